@@ -1,0 +1,9 @@
+//! The explicit list of built-in plugins, in no particular order (the registry orders them by
+//! their requirements). No link-time registration: a plugin exists if it is listed here.
+
+use crate::plugin::Registration;
+
+/// Every built-in plugin.
+pub fn registrations() -> Vec<Registration> {
+    vec![]
+}

@@ -1,0 +1,62 @@
+//! Events: the domain traits. The exchange that implements them lives in `exchange.rs`.
+//!
+//! An [`Envelope`] is what containerd's `events.Envelope` carries: when, which namespace,
+//! which topic, and the event as a protobuf `Any`. Topics are validated (`/`-separated,
+//! non-empty components, at most 255 bytes) before anything is published.
+
+use std::time::SystemTime;
+
+use crate::errdefs::{ErrorKind, Kind};
+
+/// An event with its routing data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub timestamp: SystemTime,
+    pub namespace: String,
+    pub topic: String,
+    pub event: prost_types::Any,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("invalid topic {topic:?}: {reason}")]
+    InvalidTopic { topic: String, reason: &'static str },
+    #[error(transparent)]
+    Namespace(#[from] crate::identifiers::InvalidIdentifier),
+    #[error("invalid event filter {filter:?}: {reason}")]
+    InvalidFilter { filter: String, reason: String },
+    #[error("envelope has no event")]
+    MissingEvent,
+}
+
+impl ErrorKind for EventError {
+    fn kind(&self) -> Kind {
+        match self {
+            EventError::InvalidTopic { .. }
+            | EventError::Namespace(_)
+            | EventError::InvalidFilter { .. }
+            | EventError::MissingEvent => Kind::InvalidArgument,
+        }
+    }
+}
+
+/// Publishes an event in a namespace; the publisher stamps the time.
+pub trait Publisher: Send + Sync {
+    fn publish(&self, namespace: &str, topic: &str, event: prost_types::Any) -> Result<(), EventError>;
+}
+
+/// Forwards an envelope that already has its namespace and timestamp (from a shim or a
+/// client's `Forward`).
+pub trait Forwarder: Send + Sync {
+    fn forward(&self, envelope: Envelope) -> Result<(), EventError>;
+}
+
+/// Helper: encode a prost message as an `Any` with containerd's type URL
+/// (`containerd.events.TaskCreate`, no `type.googleapis.com/` prefix, as containerd's
+/// typeurl registers them).
+pub fn any<M: prost::Name>(msg: &M) -> prost_types::Any {
+    prost_types::Any {
+        type_url: M::full_name(),
+        value: msg.encode_to_vec(),
+    }
+}

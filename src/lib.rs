@@ -1,0 +1,14 @@
+//! taskd: a Kubernetes node container runtime with containerd's APIs.
+//!
+//! See `docs/ARCHITECTURE.md` for the map of this crate.
+
+pub mod builtins;
+pub mod errdefs;
+pub mod events;
+pub mod identifiers;
+pub mod metadata;
+pub mod monitor;
+pub mod plugin;
+pub mod runtime;
+pub mod server;
+pub mod services;

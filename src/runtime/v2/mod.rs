@@ -1,0 +1,1 @@
+//! The runtime v2 shim manager.

@@ -1,0 +1,1 @@
+//! Service implementations: for each service an in-process `Local` and a thin gRPC adapter.
