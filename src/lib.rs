@@ -5,6 +5,7 @@
 pub mod builtins;
 pub mod errdefs;
 pub mod events;
+pub mod filters;
 pub mod identifiers;
 pub mod metadata;
 pub mod monitor;

@@ -60,3 +60,16 @@ pub fn any<M: prost::Name>(msg: &M) -> prost_types::Any {
         value: msg.encode_to_vec(),
     }
 }
+
+/// A live subscription: envelopes arrive on `receiver` in publish order. Dropping it
+/// unsubscribes. A subscriber that does not keep up loses events (never blocking
+/// publishers); the exchange counts and logs the drops.
+pub struct Subscription {
+    pub receiver: tokio::sync::mpsc::Receiver<Envelope>,
+}
+
+/// Subscribes to envelopes that match a filter (containerd's `events.Subscriber`).
+/// `name` identifies the subscriber kind in metrics and logs ("grpc", "cri", "monitor").
+pub trait Subscriber: Send + Sync {
+    fn subscribe(&self, name: &'static str, filter: crate::filters::Filter) -> Subscription;
+}

@@ -27,3 +27,60 @@ pub struct Runtime {
     pub name: String,
     pub options: Option<prost_types::Any>,
 }
+
+/// Errors of the metadata layer.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("{what} {id:?} not found in namespace {namespace:?}")]
+    NotFound {
+        what: &'static str,
+        namespace: String,
+        id: String,
+    },
+    #[error("{what} {id:?} already exists in namespace {namespace:?}")]
+    AlreadyExists {
+        what: &'static str,
+        namespace: String,
+        id: String,
+    },
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(transparent)]
+    Identifier(#[from] crate::identifiers::InvalidIdentifier),
+    #[error(transparent)]
+    Filter(#[from] crate::filters::FilterError),
+}
+
+impl crate::errdefs::ErrorKind for MetadataError {
+    fn kind(&self) -> crate::errdefs::Kind {
+        use crate::errdefs::Kind;
+        match self {
+            MetadataError::NotFound { .. } => Kind::NotFound,
+            MetadataError::AlreadyExists { .. } => Kind::AlreadyExists,
+            MetadataError::InvalidArgument { .. } | MetadataError::Identifier(_) => Kind::InvalidArgument,
+            MetadataError::FailedPrecondition(_) => Kind::FailedPrecondition,
+            MetadataError::Filter(e) => e.kind(),
+        }
+    }
+}
+
+/// The container store (containerd's `containers.Store`), namespaced. Calls are
+/// synchronous and short (one redb transaction each).
+pub trait ContainerStore: Send + Sync {
+    fn get(&self, namespace: &str, id: &str) -> Result<Container, MetadataError>;
+    /// `filters` use containerd's syntax (see `crate::filters`).
+    fn list(&self, namespace: &str, filters: &[String]) -> Result<Vec<Container>, MetadataError>;
+    fn create(&self, namespace: &str, container: Container) -> Result<Container, MetadataError>;
+    /// `fieldpaths` empty = replace every mutable field; else only the named ones
+    /// (`labels`, `labels.KEY`, `spec`, `image`, `snapshotter`, `snapshot_key`, `runtime`,
+    /// `extensions`, `extensions.KEY`).
+    fn update(
+        &self,
+        namespace: &str,
+        container: Container,
+        fieldpaths: &[String],
+    ) -> Result<Container, MetadataError>;
+    fn delete(&self, namespace: &str, id: &str) -> Result<(), MetadataError>;
+}
