@@ -15,3 +15,8 @@ pub trait GrpcService: Send + Sync {
 pub trait TtrpcService: Send + Sync {
     fn services(&self) -> std::collections::HashMap<String, ttrpc::r#async::Service>;
 }
+
+/// The gRPC message size limit, both directions (16 MiB). Every generated tonic server is
+/// wrapped with `.max_decoding_message_size(MAX_MESSAGE_SIZE).max_encoding_message_size(MAX_MESSAGE_SIZE)`
+/// in its `GrpcService::register`.
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
