@@ -39,6 +39,8 @@ pub enum EventError {
         component: String,
         source: crate::identifiers::InvalidIdentifier,
     },
+    #[error("forward request has no envelope")]
+    MissingEnvelope,
     #[error("timestamp must be set on a forwarded event")]
     MissingTimestamp,
     #[error("invalid event timestamp (seconds {seconds}, nanos {nanos})")]
@@ -53,6 +55,7 @@ impl ErrorKind for EventError {
             | EventError::InvalidFilter { .. }
             | EventError::MissingEvent
             | EventError::InvalidTopicComponent { .. }
+            | EventError::MissingEnvelope
             | EventError::MissingTimestamp
             | EventError::InvalidTimestamp { .. } => Kind::InvalidArgument,
         }

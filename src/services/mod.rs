@@ -1,1 +1,3 @@
 //! Service implementations: for each service an in-process `Local` and a thin gRPC adapter.
+
+pub mod events;
