@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the map of this crate.
 
 pub mod builtins;
+pub mod deprecation;
 pub mod errdefs;
 pub mod events;
 pub mod filters;
