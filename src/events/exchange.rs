@@ -25,11 +25,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::fields::EnvelopeFields;
 use super::{Envelope, EventError, Forwarder, Publisher, Subscriber, Subscription, topics};
+use crate::errdefs::{ErrorKind, Kind};
 use crate::filters::Filter;
 use crate::identifiers;
 use crate::plugin::{Instance, PluginError, PluginType, Registration, ids};
@@ -212,28 +214,74 @@ impl Subscriber for Exchange {
     }
 }
 
+/// The largest per-subscriber queue the config accepts.
+pub const MAX_QUEUE_SIZE: usize = 1 << 20;
+
+/// `[plugins."io.containerd.event.v1.exchange"]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExchangeConfig {
+    /// Envelopes buffered per subscriber before events are dropped for it (1..=1048576).
+    pub queue_size: usize,
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        ExchangeConfig {
+            queue_size: DEFAULT_QUEUE_SIZE,
+        }
+    }
+}
+
+/// Why the exchange plugin did not come up.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("queue_size = {value} is out of range: it must be between 1 and {MAX_QUEUE_SIZE}")]
+    QueueSize { value: usize },
+    #[error("register events metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl ErrorKind for ExchangeError {
+    fn kind(&self) -> Kind {
+        match self {
+            ExchangeError::QueueSize { .. } => Kind::InvalidArgument,
+            ExchangeError::Metrics(_) => Kind::Internal,
+        }
+    }
+}
+
 /// The plugin: `io.containerd.event.v1.exchange`, providing `dyn Publisher`,
 /// `dyn Forwarder`, `dyn Subscriber` and the concrete [`Exchange`].
 pub fn plugin() -> Registration {
     Registration::new(PluginType::Event, ids::EXCHANGE, |cx| async move {
-        let exchange = std::sync::Arc::new(Exchange::new().map_err(PluginError::init)?);
+        let config: ExchangeConfig = cx.config()?;
+        if !(1..=MAX_QUEUE_SIZE).contains(&config.queue_size) {
+            return Err(PluginError::init(ExchangeError::QueueSize {
+                value: config.queue_size,
+            }));
+        }
+        let exchange = Exchange::with_queue_size(config.queue_size)
+            .map_err(|e| PluginError::init(ExchangeError::from(e)))?;
         exchange
             .register_metrics(cx.metrics())
-            .map_err(PluginError::init)?;
+            .map_err(|e| PluginError::init(ExchangeError::from(e)))?;
+        let exchange = std::sync::Arc::new(exchange);
         let closer = exchange.clone();
         Ok(Instance::new()
             .with::<dyn Publisher>(exchange.clone())
             .with::<dyn Forwarder>(exchange.clone())
             .with::<dyn Subscriber>(exchange.clone())
             .with::<Exchange>(exchange)
+            .export("queue_size", config.queue_size.to_string())
             .on_shutdown(move || async move { closer.close() }))
     })
+    .config::<ExchangeConfig>()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::errdefs::{ErrorKind, Kind};
     use crate::filters;
 
     fn any(n: u32) -> prost_types::Any {
@@ -399,5 +447,37 @@ mod tests {
         let mut late = x.subscribe("b", Filter::always());
         assert!(late.receiver.recv().await.is_none());
         x.publish("default", "/tasks/start", any(2)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn plugin_config_queue_size_is_validated() {
+        use crate::plugin::{PluginStatus, Registry, RegistryConfig};
+        for (size, ok) in [(0_i64, false), (8, true), (1 << 21, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut table = toml::Table::new();
+            table.insert("queue_size".into(), toml::Value::Integer(size));
+            let plugins = Registry::new(vec![plugin()])
+                .unwrap()
+                .init(RegistryConfig {
+                    root: dir.path().join("root"),
+                    state: dir.path().join("state"),
+                    plugins: [("io.containerd.event.v1.exchange".to_owned(), table)].into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let status = plugins.table().snapshot()[0].status.clone();
+            if ok {
+                assert_eq!(status, PluginStatus::Ok);
+                assert_eq!(plugins.get::<Exchange>().unwrap().queue_size, 8);
+            } else {
+                match status {
+                    PluginStatus::Failed(msg) => {
+                        assert!(msg.contains("queue_size"), "{msg}")
+                    }
+                    other => panic!("{size}: {other:?}"),
+                }
+            }
+        }
     }
 }
