@@ -246,6 +246,21 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// `ORIGIN:LINE: key: message` (compiler style), or `ORIGIN: key: message`.
+    pub fn located(&self, origin: &str) -> String {
+        let what = if self.key.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.key, self.message)
+        };
+        match self.line {
+            Some(line) => format!("{origin}:{line}: {what}"),
+            None => format!("{origin}: {what}"),
+        }
+    }
+}
+
 /// The outcome of validation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
@@ -404,7 +419,11 @@ pub fn validate(cfg: &Config, text: &str, registrations: &[Registration]) -> Rep
     if let Err(e) = socket::check_path(&cfg.grpc.address) {
         err(&["grpc", "address"], e.to_string());
     }
-    if let Err(e) = socket::check_path(&cfg.ttrpc_address()) {
+    // A derived ttrpc address only fails when the gRPC one did: say it once.
+    let derived = cfg.ttrpc.address.as_os_str().is_empty();
+    if let Err(e) = socket::check_path(&cfg.ttrpc_address())
+        && !(derived && socket::check_path(&cfg.grpc.address).is_err())
+    {
         err(&["ttrpc", "address"], e.to_string());
     }
     if cfg.ttrpc_address() == cfg.grpc.address {
@@ -507,6 +526,19 @@ pub fn validate(cfg: &Config, text: &str, registrations: &[Registration]) -> Rep
             message,
         })
     };
+    for (key, v) in [
+        ("max_recv_message_size", cfg.grpc.max_recv_message_size),
+        ("max_send_message_size", cfg.grpc.max_send_message_size),
+    ] {
+        if v != max && v > 0 && v < max {
+            warn(
+                &["grpc", key],
+                format!(
+                    "{v}: every service currently applies the built-in {max}-byte limit (server::MAX_MESSAGE_SIZE); smaller limits are not enforced yet"
+                ),
+            );
+        }
+    }
     for name in &cfg.disabled_plugins {
         if !known.contains_key(name) {
             warn(
@@ -708,8 +740,12 @@ mod tests {
             ..Default::default()
         };
         let (_, r) = load("", &o, &regs());
-        assert_eq!(r.errors.len(), 2, "{r:?}"); // grpc and the derived ttrpc address
+        assert_eq!(r.errors.len(), 1, "{r:?}"); // the derived ttrpc address is not repeated
         assert_eq!(r.errors[0].line, None);
+        assert_eq!(
+            r.errors[0].located("f"),
+            format!("f: grpc.address: {}", r.errors[0].message)
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use taskd::server::{GrpcService, TtrpcService, grpc, http, socket, ttrpc};
 
 /// A Kubernetes node container runtime serving containerd's APIs.
 #[derive(Parser)]
-#[command(name = "taskd", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TASKD_REVISION"), ")"))]
+#[command(name = "taskd", args_override_self = true, version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TASKD_REVISION"), ")"))]
 struct Cli {
     /// Config file (TOML). Without it, the embedded defaults (`taskd config default`).
     #[arg(long, short = 'c', global = true, env = "TASKD_CONFIG")]
@@ -104,15 +104,11 @@ fn check(file: &std::path::Path, registry: &Registry) -> ExitCode {
 }
 
 fn print_report(origin: &str, report: &config::Report) {
-    let line = |d: &config::Diagnostic| match d.line {
-        Some(_) => format!("{origin}:{d}"),
-        None => format!("{origin}: {d}"),
-    };
     for w in &report.warnings {
-        eprintln!("warning: {}", line(w));
+        eprintln!("warning: {}", w.located(origin));
     }
     for e in &report.errors {
-        eprintln!("error: {}", line(e));
+        eprintln!("error: {}", e.located(origin));
     }
 }
 
