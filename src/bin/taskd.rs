@@ -235,6 +235,13 @@ async fn serve_until_signal(
     }
 
     ready.set(false);
+    if let Some(health) = plugins.get::<taskd::services::health::Health>() {
+        health.set_serving(false).await;
+    }
+    // End event streams (`ctr events`, Subscribe) so they do not hold the drain.
+    if let Some(exchange) = plugins.get::<taskd::events::Exchange>() {
+        exchange.close();
+    }
     let grace = cfg.shutdown.grace.0;
     tokio::join!(grpc_server.shutdown(grace), ttrpc_server.shutdown());
     plugins.shutdown(cfg.shutdown.hook_timeout.0).await;
