@@ -217,6 +217,9 @@ async fn serve_until_signal(
         })
         .await?;
 
+    if let Some(deprecations) = plugins.get::<taskd::deprecation::Deprecations>() {
+        deprecations.scan_plugin_config(&cfg.plugins);
+    }
     let grpc_server = grpc::serve(grpc_listener, plugins.get_all::<dyn GrpcService>(), rpc_metrics);
     let ttrpc_server = ttrpc::serve(ttrpc_listener, plugins.get_all::<dyn TtrpcService>()).await?;
     ready.set(true);
