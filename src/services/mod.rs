@@ -1,1 +1,6 @@
 //! Service implementations: for each service an in-process `Local` and a thin gRPC adapter.
+
+pub mod events;
+pub mod health;
+pub mod introspection;
+pub mod version;
