@@ -166,7 +166,7 @@ impl crate::errdefs::ErrorKind for MetadataError {
 }
 
 impl MetadataError {
-    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         MetadataError::InvalidArgument {
             field: field.into(),
             reason: reason.into(),
@@ -191,6 +191,21 @@ pub trait ContainerStore: Send + Sync {
         fieldpaths: &[String],
     ) -> Result<Container, MetadataError>;
     fn delete(&self, namespace: &str, id: &str) -> Result<(), MetadataError>;
+}
+
+/// Runs a (blocking) store call on tokio's blocking pool, so async callers never stall a
+/// runtime worker on a commit's fsync.
+pub async fn blocking<T, F>(op: &'static str, f: F) -> Result<T, MetadataError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, MetadataError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| MetadataError::Interrupted {
+            op,
+            reason: e.to_string(),
+        })?
 }
 
 /// A namespace (containerd's `namespaces` store entry).

@@ -1,1 +1,5 @@
 //! Service implementations: for each service an in-process `Local` and a thin gRPC adapter.
+
+pub mod containers;
+pub mod leases;
+pub mod namespaces;
