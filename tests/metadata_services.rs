@@ -167,6 +167,19 @@ async fn namespaces_lifecycle_and_events() {
     e.ns.delete("n2").await.unwrap();
     e.ns.delete("n1").await.unwrap();
     assert_err(e.ns.delete("n1").await.unwrap_err(), Kind::NotFound, "n1");
+    // Get of an unknown namespace answers like containerd: no labels, no error.
+    assert_eq!(
+        e.ns.get("n1").await.unwrap(),
+        Namespace {
+            name: "n1".into(),
+            labels: BTreeMap::new()
+        }
+    );
+    assert_err(
+        e.ns.get("bad/name").await.unwrap_err(),
+        Kind::InvalidArgument,
+        "namespace",
+    );
 
     let topics = e.events.topics();
     assert!(

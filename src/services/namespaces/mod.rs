@@ -22,6 +22,10 @@ use crate::plugin::{Instance, PluginType, Registration, ids};
 #[async_trait]
 pub trait Namespaces: Send + Sync {
     async fn create(&self, name: &str, labels: BTreeMap<String, String>) -> Result<Namespace, MetadataError>;
+    /// A namespace that does not exist yet is returned with no labels (containerd's `Get`
+    /// reads the labels bucket and never answers NotFound; `ctr` asks for its namespace's
+    /// `containerd.io/defaults/runtime` label before anything created it). Use
+    /// [`NamespaceStore::get`] to tell the two apart.
     async fn get(&self, name: &str) -> Result<Namespace, MetadataError>;
     /// `filter`: one containerd filter string (empty = all).
     async fn list(&self, filter: &str) -> Result<Vec<Namespace>, MetadataError>;
@@ -66,7 +70,13 @@ impl Namespaces for Local {
 
     async fn get(&self, name: &str) -> Result<Namespace, MetadataError> {
         let (store, owned) = (self.store.clone(), name.to_owned());
-        metadata::blocking("get namespace", move || store.get(&owned)).await
+        match metadata::blocking("get namespace", move || store.get(&owned)).await {
+            Err(MetadataError::NotFound { .. }) => Ok(Namespace {
+                name: name.to_owned(),
+                labels: BTreeMap::new(),
+            }),
+            other => other,
+        }
     }
 
     async fn list(&self, filter: &str) -> Result<Vec<Namespace>, MetadataError> {
