@@ -181,9 +181,13 @@ pub trait ContainerStore: Send + Sync {
     /// `filters` use containerd's syntax (see `crate::filters`).
     fn list(&self, namespace: &str, filters: &[String]) -> Result<Vec<Container>, MetadataError>;
     fn create(&self, namespace: &str, container: Container) -> Result<Container, MetadataError>;
-    /// `fieldpaths` empty = replace every mutable field; else only the named ones
-    /// (`labels`, `labels.KEY`, `spec`, `image`, `snapshotter`, `snapshot_key`, `runtime`,
-    /// `extensions`, `extensions.KEY`).
+    /// `fieldpaths` empty = replace every mutable field (containerd's full update: labels,
+    /// spec, extensions, image, snapshot_key; a different snapshotter or runtime name is
+    /// InvalidArgument); else only the named ones (`labels`, `labels.KEY`, `spec`, `image`,
+    /// `snapshotter`, `snapshot_key` (or containerd's `snapshotkey`), `runtime`,
+    /// `runtime.name`, `runtime.options`, `extensions`, `extensions.KEY`). A `labels.KEY`
+    /// whose value is empty or absent removes the label. The merged record is validated as on
+    /// create; `created_at` is kept and `updated_at` set.
     fn update(
         &self,
         namespace: &str,
@@ -225,7 +229,8 @@ pub trait NamespaceStore: Send + Sync {
     /// `fieldpaths` empty or `labels` = replace the labels; `labels.KEY` = set (or, with an
     /// empty or missing value, remove) one label.
     fn update(&self, namespace: Namespace, fieldpaths: &[String]) -> Result<Namespace, MetadataError>;
-    /// Deletes an empty namespace; FailedPrecondition naming what remains otherwise.
+    /// Deletes an empty namespace; FailedPrecondition naming what remains otherwise
+    /// (checked inside the delete's transaction, so nothing can slip in between).
     fn delete(&self, name: &str) -> Result<(), MetadataError>;
 }
 
