@@ -13,5 +13,6 @@ pub fn registrations() -> Vec<Registration> {
         crate::services::version::plugin(),
         crate::services::introspection::plugin(),
         crate::services::health::plugin(),
+        crate::metadata::plugin::registration(),
     ]
 }

@@ -4,3 +4,6 @@ pub mod events;
 pub mod health;
 pub mod introspection;
 pub mod version;
+pub mod containers;
+pub mod leases;
+pub mod namespaces;

@@ -8,11 +8,7 @@ use std::sync::Arc;
 use crate::plugin::{Instance, PluginType, Registration, ids};
 use crate::server::GrpcService;
 
-/// taskd's version (the crate version).
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// The git revision of this build, or "unknown" (set by `build.rs`).
-pub const REVISION: &str = env!("TASKD_REVISION");
+pub use crate::{REVISION, VERSION};
 
 /// What the version service reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
