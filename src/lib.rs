@@ -16,6 +16,7 @@ pub mod plugin;
 pub mod runtime;
 pub mod server;
 pub mod services;
+pub mod snapshots;
 
 /// The crate version (`taskd_build_info{version}`, `ctr version`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
