@@ -24,5 +24,7 @@ pub fn registrations() -> Vec<Registration> {
         crate::snapshots::plugin::native(),
         crate::services::snapshots::registration(),
         crate::services::snapshots::grpc::registration(),
+        crate::diff::plugin::registration(),
+        crate::services::diff::grpc::registration(),
     ]
 }

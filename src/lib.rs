@@ -5,6 +5,7 @@
 pub mod builtins;
 pub mod config;
 pub mod deprecation;
+pub mod diff;
 pub mod errdefs;
 pub mod events;
 pub mod filters;

@@ -1,6 +1,7 @@
 //! Service implementations: for each service an in-process `Local` and a thin gRPC adapter.
 
 pub mod containers;
+pub mod diff;
 pub mod events;
 pub mod health;
 pub mod introspection;

@@ -175,6 +175,8 @@ impl SnapshotError {
 pub trait Snapshotter: Send + Sync {
     /// The plugin id (`overlayfs`, `native`): the `snapshotter` field of the API.
     fn name(&self) -> &str;
+    /// The plugin's root; snapshot directories live in `<root>/snapshots/`.
+    fn root(&self) -> &Path;
     async fn stat(&self, namespace: &str, key: &str) -> Result<Info, SnapshotError>;
     /// `fieldpaths` empty or `labels` = replace the labels; `labels.KEY` = set one (an empty
     /// value removes it). Name, parent, kind and created are immutable.
@@ -272,10 +274,6 @@ impl FsSnapshotter {
             backend,
             store,
         })
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     fn dir(root: &Path, id: u64) -> PathBuf {
@@ -404,6 +402,10 @@ impl FsSnapshotter {
 impl Snapshotter for FsSnapshotter {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
     }
 
     async fn stat(&self, namespace: &str, key: &str) -> Result<Info, SnapshotError> {

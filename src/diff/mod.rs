@@ -1,0 +1,397 @@
+//! The diff applier (`io.containerd.differ.v1.walking`): applies OCI layers to snapshot
+//! mounts. The extraction itself is [`apply_layer`] (in `apply.rs`, with the hardening rules
+//! in its module docs); [`Walking`] turns mounts into a target directory and a format, reads
+//! the layer blob through a [`LayerSource`] (the content store), and enforces [`Limits`].
+//!
+//! ```text
+//! Diff.Apply(desc, mounts) ─▶ Walking::apply
+//!     mounts = [bind SRC rw]                    → native format into SRC
+//!     mounts = [overlay upperdir=U,lowerdir=L…] → overlay format into U (whiteouts as 0/0
+//!                                                  char devices, opaque dirs as xattrs)
+//!     anything else                             → NotImplemented
+//!     SRC / U must lie inside a loaded snapshotter's `snapshots/` dir (never a host path)
+//!   LayerSource::open(namespace, digest) ─▶ apply_layer(reader, media type, dir, options)
+//!     ─▶ Applied { digest, size } of the uncompressed tar (the image config's diff_id)
+//! ```
+//!
+//! Until the content store is on main, no [`LayerSource`] is wired and Apply answers
+//! Unavailable; [`apply_layer`] is complete and tested on its own. Compare (the `Diff` RPC)
+//! is not implemented yet.
+
+mod apply;
+pub mod plugin;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use apply::{Compression, apply_layer, clean};
+
+use crate::errdefs::{ErrorKind, Kind};
+use crate::snapshots::Mount;
+
+/// The media type of an uncompressed OCI layer (the "applied" descriptor's type).
+pub const MEDIA_TYPE_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// Layer media types Apply accepts (OCI and Docker; compression is detected by magic bytes,
+/// as containerd does).
+pub const LAYER_MEDIA_TYPES: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+];
+
+pub(crate) fn check_media_type(media_type: &str) -> Result<(), DiffError> {
+    if LAYER_MEDIA_TYPES.contains(&media_type) {
+        Ok(())
+    } else {
+        Err(DiffError::UnsupportedMediaType(media_type.to_owned()))
+    }
+}
+
+/// Which limit a layer exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// Total uncompressed bytes.
+    Bytes,
+    /// Number of tar entries.
+    Entries,
+    /// Uncompressed bytes per compressed byte.
+    Ratio,
+}
+
+/// Limits on one layer; `[plugins."io.containerd.differ.v1.walking"]` sets them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most uncompressed bytes one layer may hold (default 32 GiB).
+    pub max_bytes: u64,
+    /// Most tar entries one layer may hold (default 2,000,000).
+    pub max_entries: u64,
+    /// Most uncompressed bytes per compressed byte (default 200; 0 = no check), checked once
+    /// more than `ratio_min_bytes` were decompressed.
+    pub max_ratio: u64,
+    /// Below this many uncompressed bytes the ratio is not checked (default 64 MiB).
+    pub ratio_min_bytes: u64,
+    /// Allow char/block device nodes in layers (default false: refused).
+    pub allow_device_nodes: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 32 << 30,
+            max_entries: 2_000_000,
+            max_ratio: 200,
+            ratio_min_bytes: 64 << 20,
+            allow_device_nodes: false,
+        }
+    }
+}
+
+/// The on-disk format of the target.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Format {
+    /// A plain directory: whiteouts remove.
+    #[default]
+    Native,
+    /// An overlay upper dir over `lowers` (closest first): whiteouts become 0/0 char devices,
+    /// opaque dirs get `trusted.overlay.opaque=y`.
+    Overlay { lowers: Vec<PathBuf> },
+}
+
+/// How to apply a layer.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    pub format: Format,
+    pub limits: Limits,
+}
+
+/// What was applied: the uncompressed tar's descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub media_type: String,
+    /// `sha256:<hex>` of the uncompressed stream.
+    pub digest: String,
+    /// Uncompressed size in bytes.
+    pub size: u64,
+}
+
+/// A layer descriptor (`containerd.types.Descriptor`, the fields Apply uses).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+}
+
+/// Errors of the diff applier. Every refusal of a hostile layer names the entry.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    #[error("unsupported layer media type {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("layer entry {entry:?}: path escapes the root")]
+    PathEscape { entry: String },
+    #[error("layer entry {entry:?}: parent {parent:?} resolves outside the root (through a symlink or ..)")]
+    ParentEscape { entry: String, parent: String },
+    #[error(
+        "layer entry {entry:?}: parent {parent:?} is not a directory (or a symlink that does not resolve to one inside the root)"
+    )]
+    ParentNotDir { entry: String, parent: String },
+    #[error("layer entry {entry:?}: hard link target {target:?} is outside the root")]
+    HardlinkEscape { entry: String, target: String },
+    #[error("layer entry {entry:?}: hard link target {target:?}: {reason}")]
+    HardlinkTarget {
+        entry: String,
+        target: String,
+        reason: &'static str,
+    },
+    #[error("layer entry {entry:?}: {kind} device node {major}:{minor} is not allowed in layers")]
+    DeviceNode {
+        entry: String,
+        kind: &'static str,
+        major: u32,
+        minor: u32,
+    },
+    #[error("layer entry {entry:?}: unsupported entry type {kind}")]
+    UnsupportedEntry { entry: String, kind: String },
+    #[error("layer entry {entry:?}: invalid {what} in header")]
+    BadHeader { entry: String, what: &'static str },
+    #[error("layer exceeds the {} limit ({limit}{})", limit_name(*kind), limit_unit(*kind))]
+    Limit { kind: LimitKind, limit: u64 },
+    #[error("malformed layer archive: {source}")]
+    Tar { source: std::io::Error },
+    #[error("read layer: {source}")]
+    Read { source: std::io::Error },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mounts: {0}")]
+    InvalidMounts(String),
+    #[error("cannot apply to mounts {0}: only a single rw bind or an overlay with an upperdir is supported")]
+    UnsupportedMounts(String),
+    #[error("no content store is loaded: cannot read layer {0}")]
+    NoContentStore(String),
+    #[error("layer {digest}: {reason}")]
+    Content { digest: String, reason: String },
+    #[error("diff (compare) is not implemented yet")]
+    CompareNotImplemented,
+    #[error("diff: {op} did not complete: {reason}")]
+    Interrupted { op: &'static str, reason: String },
+}
+
+fn limit_name(k: LimitKind) -> &'static str {
+    match k {
+        LimitKind::Bytes => "uncompressed size",
+        LimitKind::Entries => "entry count",
+        LimitKind::Ratio => "compression ratio",
+    }
+}
+
+fn limit_unit(k: LimitKind) -> &'static str {
+    match k {
+        LimitKind::Bytes => " bytes",
+        LimitKind::Entries => " entries",
+        LimitKind::Ratio => ":1",
+    }
+}
+
+impl ErrorKind for DiffError {
+    fn kind(&self) -> Kind {
+        match self {
+            DiffError::UnsupportedMediaType(_)
+            | DiffError::UnsupportedMounts(_)
+            | DiffError::CompareNotImplemented => Kind::NotImplemented,
+            DiffError::PathEscape { .. }
+            | DiffError::ParentEscape { .. }
+            | DiffError::ParentNotDir { .. }
+            | DiffError::HardlinkEscape { .. }
+            | DiffError::HardlinkTarget { .. }
+            | DiffError::DeviceNode { .. }
+            | DiffError::UnsupportedEntry { .. }
+            | DiffError::BadHeader { .. }
+            | DiffError::Tar { .. }
+            | DiffError::InvalidMounts(_) => Kind::InvalidArgument,
+            DiffError::Limit { .. } => Kind::ResourceExhausted,
+            DiffError::Read { .. } | DiffError::Content { .. } => Kind::DataLoss,
+            DiffError::NoContentStore(_) => Kind::Unavailable,
+            DiffError::Io { .. } | DiffError::Interrupted { .. } => Kind::Internal,
+        }
+    }
+}
+
+/// Where Apply reads layer blobs: the content store implements it (one small adapter when
+/// the content store lands).
+pub trait LayerSource: Send + Sync {
+    /// A reader over the blob `digest` of `namespace`; NotFound-style errors as
+    /// [`DiffError::Content`].
+    fn open(&self, namespace: &str, digest: &str) -> Result<Box<dyn std::io::Read + Send>, DiffError>;
+}
+
+/// The in-process diff service (what image unpack and the CRI adapter use).
+#[async_trait]
+pub trait Differ: Send + Sync {
+    /// Applies layer `desc` onto `mounts`; returns the uncompressed descriptor.
+    async fn apply(
+        &self,
+        namespace: &str,
+        desc: Descriptor,
+        mounts: Vec<Mount>,
+    ) -> Result<Applied, DiffError>;
+    /// Applies the layer read from `reader` (no content store involved).
+    async fn apply_reader(
+        &self,
+        media_type: &str,
+        reader: Box<dyn std::io::Read + Send>,
+        mounts: Vec<Mount>,
+    ) -> Result<Applied, DiffError>;
+}
+
+/// The `walking` differ.
+pub struct Walking {
+    limits: Limits,
+    /// Directories a target must lie in (each snapshotter's `snapshots/` dir).
+    allowed: Vec<PathBuf>,
+    source: Option<Arc<dyn LayerSource>>,
+}
+
+impl Walking {
+    pub fn new(limits: Limits, allowed: Vec<PathBuf>, source: Option<Arc<dyn LayerSource>>) -> Self {
+        Walking {
+            limits,
+            allowed,
+            source,
+        }
+    }
+
+    /// The target directory and format for `mounts`.
+    pub fn target(&self, mounts: &[Mount]) -> Result<(PathBuf, Format), DiffError> {
+        let describe = || {
+            mounts
+                .iter()
+                .map(|m| format!("{}:{}", m.r#type, m.source))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let [m] = mounts else {
+            return Err(DiffError::UnsupportedMounts(describe()));
+        };
+        let (dir, format) = match m.r#type.as_str() {
+            "bind" | "rbind" => {
+                if m.options.iter().any(|o| o == "ro") {
+                    return Err(DiffError::InvalidMounts(format!(
+                        "bind mount of {} is read-only",
+                        m.source
+                    )));
+                }
+                (PathBuf::from(&m.source), Format::Native)
+            }
+            "overlay" => {
+                let opt = |k: &str| {
+                    m.options
+                        .iter()
+                        .find_map(|o| o.strip_prefix(k).map(str::to_owned))
+                };
+                let upper = opt("upperdir=").ok_or_else(|| DiffError::UnsupportedMounts(describe()))?;
+                let lowers: Vec<PathBuf> = opt("lowerdir=")
+                    .map(|l| l.split(':').map(PathBuf::from).collect())
+                    .unwrap_or_default();
+                for l in &lowers {
+                    self.check_allowed(l)?;
+                }
+                (PathBuf::from(upper), Format::Overlay { lowers })
+            }
+            _ => return Err(DiffError::UnsupportedMounts(describe())),
+        };
+        let dir = self.check_allowed(&dir)?;
+        Ok((dir, format))
+    }
+
+    /// `dir` canonicalized, if inside an allowed directory.
+    fn check_allowed(&self, dir: &Path) -> Result<PathBuf, DiffError> {
+        let canon = dir.canonicalize().map_err(|source| DiffError::Io {
+            op: "resolve mount source",
+            path: dir.to_owned(),
+            source,
+        })?;
+        if self
+            .allowed
+            .iter()
+            .any(|a| a.canonicalize().is_ok_and(|a| canon.starts_with(a)))
+        {
+            Ok(canon)
+        } else {
+            Err(DiffError::InvalidMounts(format!(
+                "{} is not a snapshot directory of this daemon",
+                dir.display()
+            )))
+        }
+    }
+
+    async fn run(
+        &self,
+        media_type: String,
+        reader: Box<dyn std::io::Read + Send>,
+        mounts: Vec<Mount>,
+    ) -> Result<Applied, DiffError> {
+        check_media_type(&media_type)?;
+        let (dir, format) = self.target(&mounts)?;
+        let opts = ApplyOptions {
+            format,
+            limits: self.limits.clone(),
+        };
+        tokio::task::spawn_blocking(move || apply_layer(reader, &media_type, &dir, &opts))
+            .await
+            .map_err(|e| DiffError::Interrupted {
+                op: "apply",
+                reason: e.to_string(),
+            })?
+    }
+}
+
+#[async_trait]
+impl Differ for Walking {
+    async fn apply(
+        &self,
+        namespace: &str,
+        desc: Descriptor,
+        mounts: Vec<Mount>,
+    ) -> Result<Applied, DiffError> {
+        check_media_type(&desc.media_type)?;
+        let source = self
+            .source
+            .clone()
+            .ok_or_else(|| DiffError::NoContentStore(desc.digest.clone()))?;
+        let (ns, digest) = (namespace.to_owned(), desc.digest.clone());
+        let reader = tokio::task::spawn_blocking(move || source.open(&ns, &digest))
+            .await
+            .map_err(|e| DiffError::Interrupted {
+                op: "open layer",
+                reason: e.to_string(),
+            })??;
+        self.run(desc.media_type, reader, mounts).await
+    }
+
+    async fn apply_reader(
+        &self,
+        media_type: &str,
+        reader: Box<dyn std::io::Read + Send>,
+        mounts: Vec<Mount>,
+    ) -> Result<Applied, DiffError> {
+        self.run(media_type.to_owned(), reader, mounts).await
+    }
+}
