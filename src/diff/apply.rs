@@ -437,18 +437,24 @@ impl Applier<'_> {
             return self.whiteout(pfd, &vpath, &victim);
         }
         let header = entry.header();
-        let mode = header.mode().map_err(|source| DiffError::Tar { source })? & 0o7777;
-        let uid = u32::try_from(header.uid().map_err(|source| DiffError::Tar { source })?).map_err(|_| {
-            DiffError::BadHeader {
+        // An all-NUL/space numeric field reads as 0 (as Go's archive/tar parses it).
+        let num = |field: &[u8], v: std::io::Result<u64>, what: &'static str| match v {
+            Ok(v) => Ok(v),
+            Err(_) if field.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+            Err(_) => Err(DiffError::BadHeader {
                 entry: name_str.clone(),
-                what: "uid",
-            }
+                what,
+            }),
+        };
+        let old = header.as_old();
+        let mode = num(&old.mode, header.mode().map(u64::from), "mode")? as u32 & 0o7777;
+        let uid = u32::try_from(num(&old.uid, header.uid(), "uid")?).map_err(|_| DiffError::BadHeader {
+            entry: name_str.clone(),
+            what: "uid",
         })?;
-        let gid = u32::try_from(header.gid().map_err(|source| DiffError::Tar { source })?).map_err(|_| {
-            DiffError::BadHeader {
-                entry: name_str.clone(),
-                what: "gid",
-            }
+        let gid = u32::try_from(num(&old.gid, header.gid(), "gid")?).map_err(|_| DiffError::BadHeader {
+            entry: name_str.clone(),
+            what: "gid",
         })?;
         let mtime = header.mtime().unwrap_or(0) as i64;
         if matches!(ty, tar::EntryType::Char | tar::EntryType::Block) {
