@@ -346,10 +346,8 @@ impl Walking {
         &self,
         media_type: String,
         reader: Box<dyn std::io::Read + Send>,
-        mounts: Vec<Mount>,
+        (dir, format): (PathBuf, Format),
     ) -> Result<Applied, DiffError> {
-        check_media_type(&media_type)?;
-        let (dir, format) = self.target(&mounts)?;
         let opts = ApplyOptions {
             format,
             limits: self.limits.clone(),
@@ -372,6 +370,7 @@ impl Differ for Walking {
         mounts: Vec<Mount>,
     ) -> Result<Applied, DiffError> {
         check_media_type(&desc.media_type)?;
+        let target = self.target(&mounts)?;
         let source = self
             .source
             .clone()
@@ -383,7 +382,7 @@ impl Differ for Walking {
                 op: "open layer",
                 reason: e.to_string(),
             })??;
-        self.run(desc.media_type, reader, mounts).await
+        self.run(desc.media_type, reader, target).await
     }
 
     async fn apply_reader(
@@ -392,6 +391,8 @@ impl Differ for Walking {
         reader: Box<dyn std::io::Read + Send>,
         mounts: Vec<Mount>,
     ) -> Result<Applied, DiffError> {
-        self.run(media_type.to_owned(), reader, mounts).await
+        check_media_type(media_type)?;
+        let target = self.target(&mounts)?;
+        self.run(media_type.to_owned(), reader, target).await
     }
 }
