@@ -411,6 +411,8 @@ pub fn validate(cfg: &Config, text: &str, registrations: &[Registration]) -> Rep
     for (key, dir) in [("root", &cfg.root), ("state", &cfg.state)] {
         if !dir.is_absolute() {
             err(&[key], format!("{} must be an absolute path", dir.display()));
+        } else if dir.parent().is_none() {
+            err(&[key], "must not be the file system root".into());
         }
     }
     if cfg.root == cfg.state {

@@ -301,3 +301,18 @@ async fn invalid_namespace_header_is_invalid_argument_for_every_rpc() {
     let (_, metrics) = d.http("/metrics", None);
     assert!(metrics.contains("code=\"InvalidArgument\""), "{metrics}");
 }
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line() {
+    let mut d = Daemon::start_with("[debug]\nformat = \"json\"\n");
+    assert!(d.stop().success());
+    let log = d.log();
+    let mut lines = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{log}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+        lines += 1;
+    }
+    assert!(lines > 0 && log.contains("taskd is serving"), "{log}");
+}
