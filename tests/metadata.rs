@@ -742,3 +742,73 @@ lease_expiry_interval_ms = 50
     }
     assert_eq!(left.trim(), "kept", "the expired lease was not removed");
 }
+
+/// Each change reaches the events exchange: a `ctr events`-style subscriber sees
+/// /namespaces/create, /containers/create, /containers/update, /containers/delete in order,
+/// in the right namespace, with containerd's type URLs.
+#[test]
+fn changes_publish_events_on_the_exchange() {
+    use taskd_proto::containerd::services::events::v1 as eapi;
+    let d = daemon();
+    rt().block_on(async {
+        let ch = d.channel().await;
+        let mut events = eapi::events_client::EventsClient::new(ch.clone());
+        let mut stream = events
+            .subscribe(eapi::SubscribeRequest {
+                filters: vec![r#"topic~="^/(containers|namespaces)/""#.into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = Namespaces::new(ch.clone());
+        n.create(napi::CreateNamespaceRequest {
+            namespace: Some(napi::Namespace {
+                name: "evt".into(),
+                labels: HashMap::new(),
+            }),
+        })
+        .await
+        .unwrap();
+        let mut c = Containers::new(ch);
+        create(&mut c, "evt", container("e1")).await.unwrap();
+        let mut u = container("e1");
+        u.labels.insert("x".into(), "y".into());
+        c.update(in_ns(
+            "evt",
+            capi::UpdateContainerRequest {
+                container: Some(u),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["labels.x".into()],
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+        c.delete(in_ns("evt", capi::DeleteContainerRequest { id: "e1".into() }))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            let e = tokio::time::timeout(Duration::from_secs(30), stream.message())
+                .await
+                .expect("no event within 30s")
+                .unwrap()
+                .expect("stream ended");
+            let any = e.event.unwrap();
+            got.push((e.namespace, e.topic, any.type_url));
+        }
+        let want = [
+            ("/namespaces/create", "containerd.events.NamespaceCreate"),
+            ("/containers/create", "containerd.events.ContainerCreate"),
+            ("/containers/update", "containerd.events.ContainerUpdate"),
+            ("/containers/delete", "containerd.events.ContainerDelete"),
+        ];
+        for ((ns, topic, url), (wt, wu)) in got.iter().zip(want) {
+            assert_eq!(
+                (ns.as_str(), topic.as_str(), url.as_str()),
+                ("evt", wt, wu),
+                "{got:?}"
+            );
+        }
+    });
+}
