@@ -91,6 +91,24 @@ fn ctr_fails(d: &Daemon, args: &[&str]) -> String {
 #[test]
 fn ctr_namespaces_create_ls_label_rm() {
     let d = daemon();
+    let plugins = d.ctr_ok(&["plugins", "ls"]);
+    for (t, id) in [
+        ("io.containerd.metadata.v1", "redb"),
+        ("io.containerd.service.v1", "namespaces"),
+        ("io.containerd.grpc.v1", "namespaces"),
+        ("io.containerd.service.v1", "containers"),
+        ("io.containerd.grpc.v1", "containers"),
+        ("io.containerd.service.v1", "leases"),
+        ("io.containerd.grpc.v1", "leases"),
+    ] {
+        assert!(
+            plugins.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&t) && f.get(1) == Some(&id) && f.last() == Some(&"ok")
+            }),
+            "{t} {id} not ok:\n{plugins}"
+        );
+    }
     d.ctr_ok(&["namespaces", "create", "team-a", "owner=alice"]);
     let ls = d.ctr_ok(&["namespaces", "ls"]);
     assert!(
