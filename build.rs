@@ -1,44 +1,41 @@
-//! Stamps the git revision into the binary (`taskd_build_info{revision}`), "unknown" when
-//! git is not available (e.g. a source tarball).
+//! Stamps the build with the git revision (`TASKD_REVISION`), shown by the version
+//! service (`ctr version`). `TASKD_REVISION` in the environment wins (for builds from a
+//! source tarball); without git the revision is "unknown".
+
 use std::process::Command;
 
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Watch a path only if it exists: a missing watched path would rerun this script (and
+/// rebuild the crate) on every build.
+fn watch(path: Option<String>) {
+    if let Some(p) = path
+        && std::path::Path::new(&p).exists()
+    {
+        println!("cargo:rerun-if-changed={p}");
+    }
+}
+
 fn main() {
-    let rev = std::env::var("TASKD_REVISION")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| {
-            Command::new("git")
-                .args(["rev-parse", "--short=12", "HEAD"])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .and_then(|o| String::from_utf8(o.stdout).ok())
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-        });
-    println!(
-        "cargo:rustc-env=TASKD_REVISION={}",
-        rev.as_deref().unwrap_or("unknown")
-    );
     println!("cargo:rerun-if-env-changed=TASKD_REVISION");
-    println!("cargo:rerun-if-changed=build.rs");
-    // Re-stamp when HEAD moves (works in worktrees: ask git where the files are).
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .map(|s| s.trim().to_owned())
-    };
-    let mut watch = vec![git(&["rev-parse", "--git-path", "HEAD"])];
-    if let Some(r) = git(&["rev-parse", "--symbolic-full-name", "HEAD"]).filter(|r| r.starts_with("refs/")) {
-        watch.push(git(&["rev-parse", "--git-path", &r]));
-    }
-    for path in watch.into_iter().flatten() {
-        if std::path::Path::new(&path).exists() {
-            println!("cargo:rerun-if-changed={path}");
+    let revision = match std::env::var("TASKD_REVISION") {
+        Ok(r) if !r.is_empty() => r,
+        _ => {
+            // Rebuild when HEAD moves: watch HEAD, the branch it points to and packed-refs.
+            watch(git(&["rev-parse", "--git-path", "HEAD"]));
+            if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+                watch(git(&["rev-parse", "--git-path", &branch]));
+            }
+            watch(git(&["rev-parse", "--git-path", "packed-refs"]));
+            git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
         }
-    }
+    };
+    println!("cargo:rustc-env=TASKD_REVISION={revision}");
 }

@@ -5,5 +5,20 @@ use crate::plugin::Registration;
 
 /// Every built-in plugin.
 pub fn registrations() -> Vec<Registration> {
-    vec![]
+    vec![
+        crate::events::exchange::plugin(),
+        crate::deprecation::plugin(),
+        crate::services::events::grpc_plugin(),
+        crate::services::events::ttrpc_plugin(),
+        crate::services::version::plugin(),
+        crate::services::introspection::plugin(),
+        crate::services::health::plugin(),
+        crate::metadata::plugin::registration(),
+        crate::services::namespaces::registration(),
+        crate::services::namespaces::grpc::registration(),
+        crate::services::containers::registration(),
+        crate::services::containers::grpc::registration(),
+        crate::services::leases::registration(),
+        crate::services::leases::grpc::registration(),
+    ]
 }
