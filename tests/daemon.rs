@@ -37,10 +37,11 @@ fn smoke_daemon_serves_and_ctr_reaches_it() {
     let mut d = Daemon::start();
     assert!(UnixStream::connect(&d.socket).is_ok());
     assert!(UnixStream::connect(&d.ttrpc_socket).is_ok());
-    // `ctr version` reaches the server (whatever it answers, the client part prints).
-    let out = d.ctr(&["version"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("Client:"), "{stdout}");
+    let stdout = d.ctr_ok(&["version"]);
+    assert!(
+        stdout.contains("Client:") && stdout.contains("Server:"),
+        "{stdout}"
+    );
     let status = d.stop();
     assert!(status.success(), "{status}\n{}", d.log());
 }

@@ -68,6 +68,8 @@ pub struct GrpcServer {
     stop: Option<oneshot::Sender<()>>,
     abort: watch::Sender<bool>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Set when the task ended on its own (see [`GrpcServer::ended`]).
+    ended: bool,
 }
 
 /// Serves every [`GrpcService`] on `listener`.
@@ -98,6 +100,7 @@ pub fn serve(
         stop: Some(stop),
         abort,
         task,
+        ended: false,
     }
 }
 
@@ -109,6 +112,9 @@ impl GrpcServer {
     pub async fn shutdown(mut self, grace: Duration) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if self.ended {
+            return;
         }
         match tokio::time::timeout(grace, &mut self.task).await {
             Ok(Ok(Ok(()))) => tracing::debug!("gRPC server drained"),
@@ -128,9 +134,20 @@ impl GrpcServer {
         }
     }
 
-    /// Whether the server task ended on its own (an accept error).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+    /// Resolves if the server stops on its own (it should not: an accept error), with what
+    /// it said. Cancel-safe, for a `select!` next to the signal handlers; never resolves
+    /// again once it did.
+    pub async fn ended(&mut self) -> String {
+        if self.ended {
+            return std::future::pending().await;
+        }
+        let result = (&mut self.task).await;
+        self.ended = true;
+        match result {
+            Ok(Ok(())) => "the gRPC server stopped".to_owned(),
+            Ok(Err(e)) => format!("the gRPC server failed: {e}"),
+            Err(e) => format!("the gRPC server task failed: {e}"),
+        }
     }
 }
 
