@@ -317,3 +317,11 @@ fn json_log_format_writes_one_json_object_per_line() {
     }
     assert!(lines > 0 && log.contains("taskd is serving"), "{log}");
 }
+
+#[test]
+fn metrics_endpoint_can_be_disabled() {
+    let mut d = Daemon::start_with("[metrics]\naddress = \"\"\n");
+    assert!(d.metrics_addr.is_empty());
+    assert!(!d.log().contains("serving metrics"), "{}", d.log());
+    assert!(d.stop().success());
+}

@@ -245,7 +245,10 @@ impl Daemon {
                 );
             }
             let socket_ok = std::os::unix::net::UnixStream::connect(&self.socket).is_ok();
-            let ready = socket_ok && matches!(http_get(&self.metrics_addr, "/readyz", None), Ok((200, _)));
+            // With the HTTP endpoint disabled (`[metrics] address = ""`), the socket is all we have.
+            let ready = socket_ok
+                && (self.metrics_addr.is_empty()
+                    || matches!(http_get(&self.metrics_addr, "/readyz", None), Ok((200, _))));
             if ready {
                 return Ok(());
             }
