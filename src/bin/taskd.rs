@@ -252,10 +252,18 @@ async fn serve_until_signal(
         exchange.close();
     }
     let grace = cfg.shutdown.grace.0;
-    tokio::join!(grpc_server.shutdown(grace), ttrpc_server.shutdown());
-    plugins.shutdown(cfg.shutdown.hook_timeout.0).await;
-    if let Some(h) = http_server {
-        h.shutdown(grace).await;
+    let drain = async {
+        tokio::join!(grpc_server.shutdown(grace), ttrpc_server.shutdown());
+        plugins.shutdown(cfg.shutdown.hook_timeout.0).await;
+        if let Some(h) = http_server {
+            h.shutdown(grace).await;
+        }
+    };
+    // A second SIGTERM/SIGINT during the drain skips the rest of it.
+    tokio::select! {
+        _ = drain => {}
+        _ = sigterm.recv() => bail!("second SIGTERM: exiting without finishing the drain"),
+        _ = sigint.recv() => bail!("second SIGINT: exiting without finishing the drain"),
     }
     match failure {
         Some(why) => bail!(why),

@@ -169,6 +169,16 @@ fn split_path(path: &str) -> (String, String) {
     ("unknown".to_owned(), "unknown".to_owned())
 }
 
+/// The code's name as gRPC's Go implementation spells it (`OK`, `Canceled`, `NotFound`, ...),
+/// so dashboards written for go-grpc-prometheus' `grpc_code` work unchanged.
+fn code_label(code: tonic::Code) -> String {
+    match code {
+        tonic::Code::Ok => "OK".to_owned(),
+        tonic::Code::Cancelled => "Canceled".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// The tower layer described in the module docs.
 #[derive(Clone)]
 pub struct RpcLayer {
@@ -293,7 +303,7 @@ impl Record {
         }
         self.done = true;
         let elapsed = self.started.elapsed();
-        let code_name = format!("{code:?}");
+        let code_name = code_label(code);
         self.metrics
             .requests
             .with_label_values(&[self.service.as_str(), self.method.as_str(), code_name.as_str()])
@@ -505,7 +515,7 @@ mod tests {
                 "taskd_grpc_requests_total{{code=\"{code}\",method=\"Version\",service=\"containerd.services.version.v1.Version\"}}"
             )
         };
-        assert!(text.contains(&format!("{} 1", line("Ok"))), "{text}");
+        assert!(text.contains(&format!("{} 1", line("OK"))), "{text}");
         assert!(text.contains(&format!("{} 2", line("InvalidArgument"))), "{text}");
         server.shutdown(Duration::from_secs(5)).await;
     }
@@ -589,6 +599,13 @@ mod tests {
             .encode_to_string(&registry.gather())
             .unwrap();
         assert!(text.contains("code=\"Unavailable\",method=\"Watch\""), "{text}");
+    }
+
+    #[test]
+    fn code_labels_follow_grpc_go() {
+        assert_eq!(code_label(tonic::Code::Ok), "OK");
+        assert_eq!(code_label(tonic::Code::Cancelled), "Canceled");
+        assert_eq!(code_label(tonic::Code::FailedPrecondition), "FailedPrecondition");
     }
 
     #[test]
