@@ -325,3 +325,37 @@ fn metrics_endpoint_can_be_disabled() {
     assert!(!d.log().contains("serving metrics"), "{}", d.log());
     assert!(d.stop().success());
 }
+
+#[test]
+fn log_level_flag_applies_when_rust_log_is_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("state/taskd.sock");
+    let log = dir.path().join("log");
+    let cfg = dir.path().join("taskd.toml");
+    std::fs::write(&cfg, "[metrics]\naddress = \"\"\n[debug]\nlevel = \"debug\"\n").unwrap();
+    let mut child = taskd()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--log-level", "warn"])
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--address")
+        .arg(&socket)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    eventually("socket", || UnixStream::connect(&socket).is_ok());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("INFO") && !text.contains("DEBUG"),
+        "--log-level warn wins over the config:\n{text}"
+    );
+}

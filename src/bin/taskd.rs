@@ -253,7 +253,7 @@ async fn serve_until_signal(
     }
     let grace = cfg.shutdown.grace.0;
     let drain = async {
-        tokio::join!(grpc_server.shutdown(grace), ttrpc_server.shutdown());
+        tokio::join!(grpc_server.shutdown(grace), ttrpc_server.shutdown(grace));
         plugins.shutdown(cfg.shutdown.hook_timeout.0).await;
         if let Some(h) = http_server {
             h.shutdown(grace).await;
