@@ -384,7 +384,7 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
 
     // Diff: Apply refuses mounts outside the snapshotters and (until the content store is
-    // wired) says clearly that it cannot read layers; Compare is not implemented.
+    // wired) says clearly that it cannot read layers.
     let mut df = diff::diff_client::DiffClient::new(ch.clone());
     let mounts = sn
         .mounts(with_ns(
@@ -435,12 +435,41 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
     assert!(e.message().contains("no content store"), "{e}");
     let e = df
         .apply(with_ns(
-            apply(mounts, "application/vnd.oci.image.config.v1+json"),
+            apply(mounts.clone(), "application/vnd.oci.image.config.v1+json"),
             ns,
         ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented, "{e}");
+    // Compare: the mount shapes are understood (an overlay against its own lower layers);
+    // storing the layer needs the content store.
+    let view = sn
+        .view(with_ns(
+            snapshots::ViewSnapshotRequest {
+                snapshotter: "overlayfs".into(),
+                key: "va".into(),
+                parent: "A".into(),
+                labels: HashMap::new(),
+            },
+            ns,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .mounts;
+    let e = df
+        .diff(with_ns(
+            diff::DiffRequest {
+                left: view,
+                right: mounts,
+                ..Default::default()
+            },
+            ns,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    assert!(e.message().contains("no content store"), "{e}");
     let e = df
         .diff(with_ns(diff::DiffRequest::default(), ns))
         .await

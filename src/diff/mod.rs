@@ -14,11 +14,19 @@
 //!     ─▶ Applied { digest, size } of the uncompressed tar (the image config's diff_id)
 //! ```
 //!
-//! Until the content store is on main, no [`LayerSource`] is wired and Apply answers
-//! Unavailable; [`apply_layer`] is complete and tested on its own. Compare (the `Diff` RPC)
-//! is not implemented yet.
+//!
+//! Compare (the `Diff` RPC, `compare.rs`) turns two mount sets into a layer: an overlay's
+//! upper dir against its own lower layers (overlay whiteouts → OCI whiteouts), or a double
+//! walk of two bind-mounted trees (native; or an empty lower for a first layer); the tar is
+//! compressed per the requested media type (default tar+gzip), staged in a scratch file and
+//! stored through a [`LayerSink`] with the `containerd.io/uncompressed` label.
+//!
+//! Until the content store is on main, no [`LayerSource`]/[`LayerSink`] is wired: Apply and
+//! Compare answer Unavailable naming the missing content store; [`apply_layer`] and
+//! [`write_layer`] are complete and tested on their own.
 
 mod apply;
+mod compare;
 pub mod plugin;
 
 #[cfg(test)]
@@ -31,6 +39,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use apply::{Compression, apply_layer, clean};
+pub use compare::{Changes, write_changes};
 
 use crate::errdefs::{ErrorKind, Kind};
 use crate::snapshots::Mount;
@@ -188,8 +197,8 @@ pub enum DiffError {
     NoContentStore(String),
     #[error("layer {digest}: {reason}")]
     Content { digest: String, reason: String },
-    #[error("diff (compare) is not implemented yet")]
-    CompareNotImplemented,
+    #[error("no content store is loaded: cannot store the diff")]
+    NoContentSink,
     #[error("diff: {op} did not complete: {reason}")]
     Interrupted { op: &'static str, reason: String },
 }
@@ -213,9 +222,7 @@ fn limit_unit(k: LimitKind) -> &'static str {
 impl ErrorKind for DiffError {
     fn kind(&self) -> Kind {
         match self {
-            DiffError::UnsupportedMediaType(_)
-            | DiffError::UnsupportedMounts(_)
-            | DiffError::CompareNotImplemented => Kind::NotImplemented,
+            DiffError::UnsupportedMediaType(_) | DiffError::UnsupportedMounts(_) => Kind::NotImplemented,
             DiffError::PathEscape { .. }
             | DiffError::ParentEscape { .. }
             | DiffError::ParentNotDir { .. }
@@ -228,7 +235,7 @@ impl ErrorKind for DiffError {
             | DiffError::InvalidMounts(_) => Kind::InvalidArgument,
             DiffError::Limit { .. } => Kind::ResourceExhausted,
             DiffError::Read { .. } | DiffError::Content { .. } => Kind::DataLoss,
-            DiffError::NoContentStore(_) => Kind::Unavailable,
+            DiffError::NoContentStore(_) | DiffError::NoContentSink => Kind::Unavailable,
             DiffError::Io { .. } | DiffError::Interrupted { .. } => Kind::Internal,
         }
     }
@@ -240,6 +247,117 @@ pub trait LayerSource: Send + Sync {
     /// A reader over the blob `digest` of `namespace`; NotFound-style errors as
     /// [`DiffError::Content`].
     fn open(&self, namespace: &str, digest: &str) -> Result<Box<dyn std::io::Read + Send>, DiffError>;
+}
+
+/// Where Compare stores the layers it produces: the content store implements it.
+pub trait LayerSink: Send + Sync {
+    /// Ingests the finished blob at `path` (its digest and size already computed) as
+    /// `desc` under ingest ref `reference` with `labels`; returns the stored descriptor.
+    fn ingest(
+        &self,
+        namespace: &str,
+        reference: &str,
+        path: &Path,
+        desc: Descriptor,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<Descriptor, DiffError>;
+}
+
+/// The label containerd puts on a compressed layer: the digest of its uncompressed tar.
+pub const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
+
+/// Writes the layer for `changes` compressed as `media_type` says (empty = tar+gzip, as
+/// containerd's default) into `out`; returns (the layer's descriptor, uncompressed digest).
+pub fn write_layer(
+    changes: &Changes,
+    media_type: &str,
+    out: impl std::io::Write,
+) -> Result<(Descriptor, String), DiffError> {
+    use sha2::Digest;
+    use std::io::Write;
+    /// Hashes and counts what passes through.
+    struct Hashing<W> {
+        inner: W,
+        h: sha2::Sha256,
+        n: u64,
+    }
+    impl<W: std::io::Write> std::io::Write for Hashing<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.inner.write(buf)?;
+            self.h.update(&buf[..n]);
+            self.n += n as u64;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+    let media_type = if media_type.is_empty() {
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    } else {
+        media_type
+    };
+    let compression = match media_type {
+        "application/vnd.oci.image.layer.v1.tar" | "application/vnd.docker.image.rootfs.diff.tar" => {
+            Compression::None
+        }
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Compression::Gzip,
+        "application/vnd.oci.image.layer.v1.tar+zstd" => Compression::Zstd,
+        other => return Err(DiffError::UnsupportedMediaType(other.to_owned())),
+    };
+    let outer = Hashing {
+        inner: out,
+        h: sha2::Sha256::new(),
+        n: 0,
+    };
+    let err = |source| DiffError::Io {
+        op: "write layer",
+        path: PathBuf::new(),
+        source,
+    };
+    let (outer, uncompressed) = match compression {
+        Compression::None => {
+            let mut inner = Hashing {
+                inner: outer,
+                h: sha2::Sha256::new(),
+                n: 0,
+            };
+            write_changes(changes, &mut inner)?;
+            let u = format!("sha256:{:x}", inner.h.clone().finalize());
+            (inner.inner, u)
+        }
+        Compression::Gzip => {
+            let mut inner = Hashing {
+                inner: flate2::write::GzEncoder::new(outer, flate2::Compression::default()),
+                h: sha2::Sha256::new(),
+                n: 0,
+            };
+            write_changes(changes, &mut inner)?;
+            let u = format!("sha256:{:x}", inner.h.clone().finalize());
+            (inner.inner.finish().map_err(err)?, u)
+        }
+        Compression::Zstd => {
+            let mut inner = Hashing {
+                inner: zstd::stream::write::Encoder::new(outer, 3).map_err(err)?,
+                h: sha2::Sha256::new(),
+                n: 0,
+            };
+            write_changes(changes, &mut inner)?;
+            let u = format!("sha256:{:x}", inner.h.clone().finalize());
+            (inner.inner.finish().map_err(err)?, u)
+        }
+    };
+    let mut outer = outer;
+    outer.flush().map_err(err)?;
+    Ok((
+        Descriptor {
+            media_type: media_type.to_owned(),
+            digest: format!("sha256:{:x}", outer.h.finalize()),
+            size: outer.n as i64,
+        },
+        uncompressed,
+    ))
 }
 
 /// The in-process diff service (what image unpack and the CRI adapter use).
@@ -259,6 +377,18 @@ pub trait Differ: Send + Sync {
         reader: Box<dyn std::io::Read + Send>,
         mounts: Vec<Mount>,
     ) -> Result<Applied, DiffError>;
+    /// The changes from `lower` to `upper` as a layer of `media_type` (empty = tar+gzip),
+    /// stored through the [`LayerSink`] under ingest ref `reference` (empty = generated)
+    /// with `labels` plus [`LABEL_UNCOMPRESSED`].
+    async fn compare(
+        &self,
+        namespace: &str,
+        lower: Vec<Mount>,
+        upper: Vec<Mount>,
+        media_type: &str,
+        reference: &str,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<Descriptor, DiffError>;
 }
 
 /// The `walking` differ.
@@ -267,6 +397,9 @@ pub struct Walking {
     /// Directories a target must lie in (each snapshotter's `snapshots/` dir).
     allowed: Vec<PathBuf>,
     source: Option<Arc<dyn LayerSource>>,
+    sink: Option<Arc<dyn LayerSink>>,
+    /// Where Compare writes a layer before the sink ingests it.
+    scratch: PathBuf,
 }
 
 impl Walking {
@@ -275,6 +408,67 @@ impl Walking {
             limits,
             allowed,
             source,
+            sink: None,
+            scratch: std::env::temp_dir(),
+        }
+    }
+
+    /// Compare stores its layers through `sink`, staging them in `scratch`.
+    pub fn with_sink(mut self, sink: Arc<dyn LayerSink>, scratch: PathBuf) -> Self {
+        self.sink = Some(sink);
+        self.scratch = scratch;
+        self
+    }
+
+    /// What changed from `lower` to `upper`, for the mount shapes our snapshotters return.
+    pub fn changes(&self, lower: &[Mount], upper: &[Mount]) -> Result<Changes, DiffError> {
+        let describe = |ms: &[Mount]| {
+            ms.iter()
+                .map(|m| format!("{}:{}", m.r#type, m.source))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let opt = |m: &Mount, k: &str| {
+            m.options
+                .iter()
+                .find_map(|o| o.strip_prefix(k).map(str::to_owned))
+        };
+        match upper {
+            [u] if u.r#type == "overlay" => {
+                let dir = opt(u, "upperdir=").ok_or_else(|| DiffError::UnsupportedMounts(describe(upper)))?;
+                let lowers = opt(u, "lowerdir=").unwrap_or_default();
+                // The lower side must be exactly the upper's lower layers.
+                let same = match lower {
+                    [l] if l.r#type == "bind" => l.source == lowers,
+                    [l] if l.r#type == "overlay" => {
+                        opt(l, "upperdir=").is_none() && opt(l, "lowerdir=") == Some(lowers)
+                    }
+                    _ => false,
+                };
+                if !same {
+                    return Err(DiffError::UnsupportedMounts(format!(
+                        "{} against {}",
+                        describe(upper),
+                        describe(lower)
+                    )));
+                }
+                Ok(Changes::OverlayUpper(self.check_allowed(Path::new(&dir))?))
+            }
+            [u] if u.r#type == "bind" => {
+                let up = self.check_allowed(Path::new(&u.source))?;
+                match lower {
+                    [] => Ok(Changes::Walk {
+                        lower: None,
+                        upper: up,
+                    }),
+                    [l] if l.r#type == "bind" => Ok(Changes::Walk {
+                        lower: Some(self.check_allowed(Path::new(&l.source))?),
+                        upper: up,
+                    }),
+                    _ => Err(DiffError::UnsupportedMounts(describe(lower))),
+                }
+            }
+            _ => Err(DiffError::UnsupportedMounts(describe(upper))),
         }
     }
 
@@ -394,5 +588,46 @@ impl Differ for Walking {
         check_media_type(media_type)?;
         let target = self.target(&mounts)?;
         self.run(media_type.to_owned(), reader, target).await
+    }
+
+    async fn compare(
+        &self,
+        namespace: &str,
+        lower: Vec<Mount>,
+        upper: Vec<Mount>,
+        media_type: &str,
+        reference: &str,
+        mut labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<Descriptor, DiffError> {
+        let changes = self.changes(&lower, &upper)?;
+        let sink = self.sink.clone().ok_or(DiffError::NoContentSink)?;
+        let reference = if reference.is_empty() {
+            format!("diff-{}", uuid::Uuid::new_v4().simple())
+        } else {
+            reference.to_owned()
+        };
+        let staged = self
+            .scratch
+            .join(format!("compare-{}", uuid::Uuid::new_v4().simple()));
+        let (ns, media_type) = (namespace.to_owned(), media_type.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let file = std::fs::File::create(&staged).map_err(|source| DiffError::Io {
+                    op: "create",
+                    path: staged.clone(),
+                    source,
+                })?;
+                let (desc, uncompressed) = write_layer(&changes, &media_type, std::io::BufWriter::new(file))?;
+                labels.insert(LABEL_UNCOMPRESSED.to_owned(), uncompressed);
+                sink.ingest(&ns, &reference, &staged, desc, labels)
+            })();
+            let _ = std::fs::remove_file(&staged);
+            result
+        })
+        .await
+        .map_err(|e| DiffError::Interrupted {
+            op: "compare",
+            reason: e.to_string(),
+        })?
     }
 }

@@ -578,3 +578,161 @@ fn target_must_be_inside_a_snapshot_dir() {
     let (_, format) = w.target(&[overlay]).unwrap();
     assert!(matches!(format, Format::Overlay { .. }));
 }
+
+/// Everything under `root` as (path, kind, mode, uid, content or link target), sorted.
+fn tree(root: &Path) -> Vec<(String, u32, u32, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let p = root.join(&r);
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let data = if m.is_file() {
+                std::fs::read(&p).unwrap()
+            } else if m.file_type().is_symlink() {
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else {
+                Vec::new()
+            };
+            if m.is_dir() {
+                stack.push(r.clone());
+            }
+            out.push((
+                r.display().to_string(),
+                m.mode() & libc::S_IFMT,
+                m.mode() & 0o7777,
+                m.uid(),
+                data,
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn populate(dir: &Path) {
+    std::fs::create_dir_all(dir.join("etc/conf.d")).unwrap();
+    std::fs::create_dir_all(dir.join("var/cache/x")).unwrap();
+    std::fs::write(dir.join("etc/keep"), b"keep").unwrap();
+    std::fs::write(dir.join("etc/change"), b"old").unwrap();
+    std::fs::write(dir.join("etc/remove"), b"bye").unwrap();
+    std::fs::write(dir.join("etc/conf.d/a"), b"a").unwrap();
+    std::fs::write(dir.join("var/cache/x/blob"), b"blob").unwrap();
+    std::fs::write(dir.join("mode"), b"m").unwrap();
+}
+
+fn mutate(dir: &Path) {
+    std::fs::write(dir.join("etc/change"), b"new content").unwrap();
+    std::fs::remove_file(dir.join("etc/remove")).unwrap();
+    std::fs::remove_dir_all(dir.join("var/cache")).unwrap();
+    std::fs::remove_dir_all(dir.join("etc/conf.d")).unwrap();
+    std::fs::create_dir(dir.join("etc/conf.d")).unwrap();
+    std::fs::write(dir.join("etc/conf.d/b"), b"b").unwrap();
+    std::fs::set_permissions(dir.join("mode"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
+    std::fs::write(dir.join("usr/bin/app"), b"app").unwrap();
+    std::os::unix::fs::symlink("/usr/bin/app", dir.join("usr/bin/alias")).unwrap();
+    std::fs::hard_link(dir.join("usr/bin/app"), dir.join("usr/bin/app2")).unwrap();
+}
+
+/// write_layer(changes) applied onto a copy of the lower tree gives the upper tree.
+fn roundtrip(changes: &Changes, lower: &Path, expect: &Path, media_type: &str) {
+    let mut layer = Vec::new();
+    let (desc, uncompressed) = write_layer(changes, media_type, &mut layer).unwrap();
+    assert_eq!(desc.size, layer.len() as i64);
+    assert_eq!(desc.digest, sha(&layer));
+    let d = Dirs::new();
+    crate::snapshots::copy_tree(lower, &d.target.join("rootfs")).unwrap();
+    let applied = apply_layer(
+        &layer[..],
+        if media_type.is_empty() { TGZ } else { media_type },
+        &d.target.join("rootfs"),
+        &ApplyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(applied.digest, uncompressed);
+    assert_eq!(tree(&d.target.join("rootfs")), tree(expect));
+}
+
+#[test]
+fn compare_walk_roundtrips_through_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (lower, upper) = (tmp.path().join("lower"), tmp.path().join("upper"));
+    populate(&lower);
+    crate::snapshots::copy_tree(&lower, &upper).unwrap();
+    mutate(&upper);
+    let changes = Changes::Walk {
+        lower: Some(lower.clone()),
+        upper: upper.clone(),
+    };
+    for mt in ["", TAR, TZST] {
+        roundtrip(&changes, &lower, &upper, mt);
+    }
+    // Unchanged files are not in the layer; removed ones are whiteouts.
+    let mut raw = Vec::new();
+    write_changes(&changes, &mut raw).unwrap();
+    let names: Vec<String> = tar::Archive::new(&raw[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(!names.iter().any(|n| n == "etc/keep"), "{names:?}");
+    assert!(names.iter().any(|n| n == "etc/.wh.remove"), "{names:?}");
+    assert!(names.iter().any(|n| n == "var/.wh.cache"), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("var/cache/")), "{names:?}");
+    // A first layer: everything.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    roundtrip(
+        &Changes::Walk {
+            lower: None,
+            upper: upper.clone(),
+        },
+        &empty,
+        &upper,
+        "",
+    );
+}
+
+#[test]
+fn compare_overlay_upper_roundtrips_through_apply() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("this test needs root (overlay mount): run the suite as root");
+    }
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let tmp = tempfile::tempdir().unwrap();
+    let (lower, upper, work, merged) = (
+        tmp.path().join("lower"),
+        tmp.path().join("upper"),
+        tmp.path().join("work"),
+        tmp.path().join("merged"),
+    );
+    populate(&lower);
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .unwrap();
+    mutate(&merged);
+    let expect = tmp.path().join("expect");
+    crate::snapshots::copy_tree(&merged, &expect).unwrap();
+    umount2(&merged, MntFlags::MNT_DETACH).unwrap();
+    roundtrip(&Changes::OverlayUpper(upper.clone()), &lower, &expect, "");
+}

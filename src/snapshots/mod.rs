@@ -52,6 +52,12 @@ use crate::metadata::{Db, MetadataError};
 
 pub use store::SnapshotFields;
 
+/// Copies the tree `src` to the new path `dst` as the native snapshotter does (owners,
+/// modes, times, symlinks as links, hard links, device nodes).
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), SnapshotError> {
+    fsutil::copy_dir(src, dst)
+}
+
 /// The kind of a snapshot (containerd's `snapshots.Kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum Kind {

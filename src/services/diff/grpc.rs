@@ -1,5 +1,5 @@
 //! gRPC adapter for the diff service: converts messages, maps errors with
-//! `server::status::to_status`. `Diff` (compare) answers Unimplemented for now.
+//! `server::status::to_status`. `Diff` is the walking differ's Compare.
 
 use std::sync::Arc;
 
@@ -70,7 +70,28 @@ impl api::diff_server::Diff for Service {
         }))
     }
 
-    async fn diff(&self, _req: Request<api::DiffRequest>) -> Result<Response<api::DiffResponse>, Status> {
-        Err(to_status(&DiffError::CompareNotImplemented))
+    async fn diff(&self, req: Request<api::DiffRequest>) -> Result<Response<api::DiffResponse>, Status> {
+        let ns = namespace::required(&req)?;
+        let r = req.into_inner();
+        let desc = self
+            .differ
+            .compare(
+                &ns,
+                r.left.into_iter().map(mount_from_proto).collect(),
+                r.right.into_iter().map(mount_from_proto).collect(),
+                &r.media_type,
+                &r.r#ref,
+                r.labels.into_iter().collect(),
+            )
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(api::DiffResponse {
+            diff: Some(ctypes::Descriptor {
+                media_type: desc.media_type,
+                digest: desc.digest,
+                size: desc.size,
+                annotations: Default::default(),
+            }),
+        }))
     }
 }
