@@ -27,7 +27,10 @@
 //!
 //! # Garbage collection hook
 //!
-//! A collector marks what is referenced (images' `containerd.io/gc.ref.snapshot.<name>`
+//! The collector (`gc`, from the content work) needs `snapshots(ns)` and `remove(ns, key)`
+//! synchronously: [`FsSnapshotter::list_blocking`] and [`FsSnapshotter::remove_blocking`]
+//! are exactly that, so its `SnapshotGc` adapter is a few lines. Alternatively a collector
+//! marks what is referenced (images' `containerd.io/gc.ref.snapshot.<name>`
 //! labels, containers' snapshot keys, leases' `snapshots/<snapshotter>` resources,
 //! `containerd.io/gc.root` labels) and calls [`Snapshotter::remove_unreferenced`] with the
 //! marked keys; it removes every other snapshot of the namespace that is not an ancestor of
@@ -350,6 +353,28 @@ impl FsSnapshotter {
             })?
     }
 
+    fn remove_in(s: &store::Store, root: &Path, ns: &str, key: &str) -> Result<(), SnapshotError> {
+        store::validate_key("key", key)?;
+        let id = s.remove(ns, key)?;
+        let dir = Self::dir(root, id);
+        if let Err(error) = fsutil::remove_all(&dir) {
+            // The record is gone; cleanup removes the directory later.
+            tracing::warn!(path = %dir.display(), %error, "remove snapshot directory (left for cleanup)");
+        }
+        Ok(())
+    }
+
+    /// Every snapshot of `namespace`, synchronously (for the garbage collector, which runs
+    /// on a blocking thread).
+    pub fn list_blocking(&self, namespace: &str) -> Result<Vec<Info>, SnapshotError> {
+        self.store.walk(namespace, &[])
+    }
+
+    /// Removes one snapshot synchronously (FailedPrecondition while it has children).
+    pub fn remove_blocking(&self, namespace: &str, key: &str) -> Result<(), SnapshotError> {
+        Self::remove_in(&self.store, &self.root, namespace, key)
+    }
+
     fn create(
         store: &store::Store,
         root: &Path,
@@ -536,17 +561,8 @@ impl Snapshotter for FsSnapshotter {
 
     async fn remove(&self, namespace: &str, key: &str) -> Result<(), SnapshotError> {
         let (ns, key) = (namespace.to_owned(), key.to_owned());
-        self.blocking("remove", move |s, root, _| {
-            store::validate_key("key", &key)?;
-            let id = s.remove(&ns, &key)?;
-            let dir = Self::dir(&root, id);
-            if let Err(error) = fsutil::remove_all(&dir) {
-                // The record is gone; cleanup removes the directory later.
-                tracing::warn!(path = %dir.display(), %error, "remove snapshot directory (left for cleanup)");
-            }
-            Ok(())
-        })
-        .await
+        self.blocking("remove", move |s, root, _| Self::remove_in(&s, &root, &ns, &key))
+            .await
     }
 
     async fn walk(&self, namespace: &str, filters: Vec<String>) -> Result<Vec<Info>, SnapshotError> {

@@ -53,11 +53,13 @@ async fn init(cx: InitContext, name: &'static str, backend: Backend) -> Result<I
             })
         })?
         .map_err(PluginError::init)?;
-    let sn: Arc<dyn Snapshotter> = Arc::new(sn);
+    let fs = Arc::new(sn);
+    let sn: Arc<dyn Snapshotter> = fs.clone();
     if let Err(error) = sn.cleanup().await {
         tracing::warn!(snapshotter = name, %error, "snapshot cleanup at startup failed");
     }
     Ok(Instance::new()
+        .with::<FsSnapshotter>(fs)
         .with::<dyn Snapshotter>(sn)
         .export("root", cx.root().display().to_string()))
 }

@@ -237,3 +237,92 @@ pub fn registration() -> Registration {
     })
     .requires(&[PluginType::Snapshotter, PluginType::Metadata, PluginType::Event])
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::errdefs::{ErrorKind, Kind};
+    use crate::events::EventError;
+    use crate::metadata::Db;
+    use crate::snapshots::{Backend, FsSnapshotter};
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<(String, String)>>);
+
+    impl Publisher for Collect {
+        fn publish(&self, namespace: &str, topic: &str, _event: prost_types::Any) -> Result<(), EventError> {
+            self.0
+                .lock()
+                .unwrap()
+                .push((namespace.to_owned(), topic.to_owned()));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn events_leases_and_snapshotter_selection() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&tmp.path().join("meta.redb")).unwrap());
+        let native: Arc<dyn Snapshotter> = Arc::new(
+            FsSnapshotter::open("native", &tmp.path().join("n"), Backend::Native, db.clone()).unwrap(),
+        );
+        let events = Arc::new(Collect::default());
+        let local = Local::new(vec![native], db.clone(), events.clone());
+        assert_eq!(local.names(), vec!["native"]);
+        assert_eq!(
+            local.snapshotter("").err().unwrap().to_string(),
+            "snapshotter argument missing"
+        );
+        assert_eq!(
+            local.snapshotter("overlayfs").err().unwrap().to_string(),
+            "snapshotter not loaded: overlayfs"
+        );
+
+        LeaseManager::create(&*db, "ns", "l", BTreeMap::new()).unwrap();
+        local
+            .prepare("ns", Some("l"), "native", "a", "", BTreeMap::new(), false)
+            .await
+            .unwrap();
+        local
+            .commit("ns", Some("l"), "native", "A", "a", BTreeMap::new())
+            .await
+            .unwrap();
+        local
+            .prepare("ns", None, "native", "v", "A", BTreeMap::new(), true)
+            .await
+            .unwrap();
+        // A failed prepare leaves nothing in the lease.
+        let e = local
+            .prepare(
+                "ns",
+                Some("l"),
+                "native",
+                "bad",
+                "missing",
+                BTreeMap::new(),
+                false,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), Kind::NotFound);
+        let res: Vec<String> = LeaseManager::list_resources(&*db, "ns", "l")
+            .unwrap()
+            .into_iter()
+            .map(|r| format!("{}={}", r.r#type, r.id))
+            .collect();
+        assert_eq!(res, vec!["snapshots/native=A", "snapshots/native=a"]);
+        local.remove("ns", "native", "v").await.unwrap();
+        let topics: Vec<String> = events.0.lock().unwrap().iter().map(|(_, t)| t.clone()).collect();
+        assert_eq!(
+            topics,
+            vec![
+                "/snapshot/prepare",
+                "/snapshot/commit",
+                "/snapshot/prepare",
+                "/snapshot/remove"
+            ]
+        );
+    }
+}
