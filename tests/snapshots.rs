@@ -383,6 +383,21 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
 
+    // Cleanup removes directories no snapshot names.
+    let orphan = d
+        .root
+        .join("io.containerd.snapshotter.v1.overlayfs/snapshots/999999");
+    std::fs::create_dir_all(orphan.join("fs")).unwrap();
+    sn.cleanup(with_ns(
+        snapshots::CleanupRequest {
+            snapshotter: "overlayfs".into(),
+        },
+        ns,
+    ))
+    .await
+    .unwrap();
+    assert!(!orphan.exists());
+
     // Diff: Apply refuses mounts outside the snapshotters and (until the content store is
     // wired) says clearly that it cannot read layers.
     let mut df = diff::diff_client::DiffClient::new(ch.clone());

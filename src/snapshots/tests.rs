@@ -384,3 +384,28 @@ fn overlay_check_mounts_on_this_host() {
         "the check cleans up"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_prepares_of_one_key_create_exactly_one_snapshot() {
+    let env = Env::new();
+    let s = Arc::new(env.snapshotter("native", Backend::Native));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(
+            async move { s.prepare("ns", "same", "", none()).await },
+        ));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e.kind(), EK::AlreadyExists, "{e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    let dirs = std::fs::read_dir(env.tmp.path().join("native/snapshots"))
+        .unwrap()
+        .count();
+    assert_eq!(dirs, 1, "losers removed their directories");
+}
