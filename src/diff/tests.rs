@@ -736,3 +736,40 @@ fn compare_overlay_upper_roundtrips_through_apply() {
     umount2(&merged, MntFlags::MNT_DETACH).unwrap();
     roundtrip(&Changes::OverlayUpper(upper.clone()), &lower, &expect, "");
 }
+
+#[test]
+fn gnu_tar_layers_apply_like_the_source_tree() {
+    // A layer as GNU tar writes it (PAX, long names, symlinks, hard links, a fifo), gzipped.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let zoneinfo = Path::new("/usr/share/zoneinfo");
+    if zoneinfo.is_dir() {
+        crate::snapshots::copy_tree(zoneinfo, &src.join("zoneinfo")).unwrap();
+    }
+    let long = src.join("a".repeat(120)).join("b".repeat(120));
+    std::fs::create_dir_all(&long).unwrap();
+    std::fs::write(long.join("c".repeat(200)), b"long").unwrap();
+    std::fs::write(src.join("orig"), b"shared").unwrap();
+    std::fs::hard_link(src.join("orig"), src.join("link")).unwrap();
+    nix::unistd::mkfifo(&src.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+    let layer = tmp.path().join("layer.tar.gz");
+    let st = std::process::Command::new("tar")
+        .args(["--format=pax", "-czf"])
+        .arg(&layer)
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .status()
+        .expect("run GNU tar (apt-get install tar)");
+    assert!(st.success());
+    let d = Dirs::new();
+    let bytes = std::fs::read(&layer).unwrap();
+    d.apply(&bytes, "application/vnd.docker.image.rootfs.diff.tar.gzip")
+        .unwrap();
+    assert_eq!(tree(&d.target), tree(&src));
+    assert_eq!(
+        std::fs::metadata(d.target.join("orig")).unwrap().ino(),
+        std::fs::metadata(d.target.join("link")).unwrap().ino()
+    );
+}
