@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::Snapshots;
 use crate::plugin::{Instance, PluginType, Registration, ids};
-use crate::server::{GrpcService, MAX_MESSAGE_SIZE, namespace, status::to_status};
+use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 use crate::snapshots::{Info, Kind, Mount, SnapshotError};
 
 /// The gRPC metadata key carrying the lease of a request.
@@ -32,11 +32,11 @@ impl Service {
 }
 
 impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder) {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
         routes.add_service(
             api::snapshots_server::SnapshotsServer::new(self.clone())
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send),
         );
     }
 }
