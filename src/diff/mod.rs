@@ -435,17 +435,26 @@ impl Walking {
         };
         match upper {
             [u] if u.r#type == "overlay" => {
-                let dir = opt(u, "upperdir=").ok_or_else(|| DiffError::UnsupportedMounts(describe(upper)))?;
                 let lowers = opt(u, "lowerdir=").unwrap_or_default();
-                // The lower side must be exactly the upper's lower layers.
+                // An active overlay: its upper dir over `lowers`. A read-only view of a
+                // committed snapshot: the first lower dir is that snapshot's own layer.
+                let (dir, rest) = match opt(u, "upperdir=") {
+                    Some(dir) => (dir, lowers),
+                    None => match lowers.split_once(':') {
+                        Some((first, rest)) => (first.to_owned(), rest.to_owned()),
+                        None => (lowers, String::new()),
+                    },
+                };
+                // The lower side must be exactly those lower layers.
                 let same = match lower {
-                    [l] if l.r#type == "bind" => l.source == lowers,
+                    [l] if l.r#type == "bind" => l.source == rest,
                     [l] if l.r#type == "overlay" => {
-                        opt(l, "upperdir=").is_none() && opt(l, "lowerdir=") == Some(lowers)
+                        opt(l, "upperdir=").is_none() && opt(l, "lowerdir=") == Some(rest.clone())
                     }
+                    [] => rest.is_empty(),
                     _ => false,
                 };
-                if !same {
+                if !same || dir.is_empty() {
                     return Err(DiffError::UnsupportedMounts(format!(
                         "{} against {}",
                         describe(upper),

@@ -773,3 +773,61 @@ fn gnu_tar_layers_apply_like_the_source_tree() {
         std::fs::metadata(d.target.join("link")).unwrap().ino()
     );
 }
+
+#[test]
+fn compare_understands_the_mount_pairs_ctr_snapshots_diff_sends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("snapshots");
+    for id in 1..=3 {
+        std::fs::create_dir_all(root.join(format!("{id}/fs"))).unwrap();
+    }
+    let w = Walking::new(Limits::default(), vec![root.clone()], None);
+    let fs = |id: u32| root.join(format!("{id}/fs")).display().to_string();
+    let m = |ty: &str, source: &str, options: Vec<String>| Mount {
+        r#type: ty.into(),
+        source: source.into(),
+        target: String::new(),
+        options,
+    };
+    let bind = |id: u32, flag: &str| m("bind", &fs(id), vec![flag.into(), "rbind".into()]);
+    let overlay = |opts: Vec<String>| m("overlay", "overlay", opts);
+    let canon = |id: u32| root.join(format!("{id}/fs")).canonicalize().unwrap();
+    // Active over one parent: lower = view of the parent (a ro bind).
+    let active = overlay(vec![
+        format!("workdir={}", root.join("3/work").display()),
+        format!("upperdir={}", fs(3)),
+        format!("lowerdir={}", fs(1)),
+    ]);
+    assert_eq!(
+        w.changes(&[bind(1, "ro")], std::slice::from_ref(&active))
+            .unwrap(),
+        Changes::OverlayUpper(canon(3))
+    );
+    // The wrong lower is refused rather than diffed wrongly.
+    assert!(w.changes(&[bind(2, "ro")], &[active]).is_err());
+    // A view of a committed snapshot over two layers: lower = view of its parent chain.
+    let view = overlay(vec![format!("lowerdir={}:{}:{}", fs(3), fs(2), fs(1))]);
+    let lower = overlay(vec![format!("lowerdir={}:{}", fs(2), fs(1))]);
+    assert_eq!(
+        w.changes(&[lower], &[view]).unwrap(),
+        Changes::OverlayUpper(canon(3))
+    );
+    // A first layer (or native): two binds, walked.
+    assert_eq!(
+        w.changes(&[bind(1, "ro")], &[bind(2, "rw")]).unwrap(),
+        Changes::Walk {
+            lower: Some(canon(1)),
+            upper: canon(2)
+        }
+    );
+    assert_eq!(
+        w.changes(&[], &[bind(2, "ro")]).unwrap(),
+        Changes::Walk {
+            lower: None,
+            upper: canon(2)
+        }
+    );
+    // Host paths are refused.
+    let host = m("bind", "/etc", vec!["ro".into()]);
+    assert!(w.changes(&[], &[host]).is_err());
+}
