@@ -223,6 +223,14 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
     let ch = d.channel().await;
     let mut sn = snapshots::snapshots_client::SnapshotsClient::new(ch.clone());
     let ns = "grpc-test";
+    let mut events =
+        taskd_proto::containerd::services::events::v1::events_client::EventsClient::new(ch.clone())
+            .subscribe(taskd_proto::containerd::services::events::v1::SubscribeRequest {
+                filters: vec![format!("namespace=={ns},topic~=^/snapshot/")],
+            })
+            .await
+            .unwrap()
+            .into_inner();
     let prepare = |key: &str, parent: &str, labels: &[(&str, &str)]| snapshots::PrepareSnapshotRequest {
         snapshotter: "overlayfs".into(),
         key: key.into(),
@@ -298,6 +306,30 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
     ))
     .await
     .unwrap();
+    // The events: prepare of "a" (the failed one under an unknown lease published nothing),
+    // then the commit.
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(20), events.message())
+            .await
+            .expect("an event within 20s")
+            .unwrap()
+            .unwrap()
+    };
+    let e = next().await;
+    assert_eq!(e.topic, "/snapshot/prepare");
+    let ev = <taskd_proto::containerd::events::SnapshotPrepare as prost::Message>::decode(
+        &e.event.unwrap().value[..],
+    )
+    .unwrap();
+    assert_eq!((ev.key.as_str(), ev.snapshotter.as_str()), ("a", "overlayfs"));
+    let e = next().await;
+    assert_eq!(e.topic, "/snapshot/commit");
+    let ev = <taskd_proto::containerd::events::SnapshotCommit as prost::Message>::decode(
+        &e.event.unwrap().value[..],
+    )
+    .unwrap();
+    assert_eq!((ev.key.as_str(), ev.name.as_str()), ("a", "A"));
+
     for i in 0..150 {
         sn.prepare(with_ns(prepare(&format!("c{i:03}"), "A", &[]), ns))
             .await
