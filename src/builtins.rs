@@ -5,5 +5,5 @@ use crate::plugin::Registration;
 
 /// Every built-in plugin.
 pub fn registrations() -> Vec<Registration> {
-    vec![]
+    vec![crate::monitor::cgroups::registration()]
 }
