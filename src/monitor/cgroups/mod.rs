@@ -45,7 +45,7 @@ pub mod v2;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -139,6 +139,8 @@ struct Entry {
     cgroup: Mutex<Option<Arc<CgroupPaths>>>,
     /// Whether a failure was already logged at warn level (later ones go to debug).
     warned: AtomicBool,
+    /// Files absent from this task's cgroup, not tried again.
+    absent: Mutex<HashSet<String>>,
 }
 
 struct Inner {
@@ -244,6 +246,7 @@ impl TaskMonitor for CgroupsMonitor {
             runtime,
             cgroup: Mutex::new(cgroup),
             warned: AtomicBool::new(false),
+            absent: Mutex::new(HashSet::new()),
         });
         let mut guard = self.inner.tasks.write().unwrap_or_else(|p| p.into_inner());
         guard.insert(key, entry);
@@ -280,8 +283,18 @@ impl Inner {
         devices: &HashMap<(u64, u64), String>,
     ) -> Result<TaskSamples, CgroupError> {
         let paths = self.cgroup(entry)?;
-        let mut files = Files::new(&paths, devices);
-        self.table.iter().map(|def| files.samples(def)).collect()
+        let absent = entry.absent.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut files = Files::new(&paths, devices, absent);
+        let samples = self.table.iter().map(|def| files.samples(def)).collect();
+        let newly_absent = files.take_newly_absent();
+        if !newly_absent.is_empty() {
+            entry
+                .absent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(newly_absent);
+        }
+        samples
     }
 }
 

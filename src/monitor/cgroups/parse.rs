@@ -39,18 +39,46 @@ pub fn single(path: &Path, text: &str) -> Result<Option<u64>, CgroupError> {
     u64_of(path, t, t).map(Some)
 }
 
-/// The value of `key` in a flat keyed file (`key value` per line), if the key is there.
-pub fn flat(path: &Path, text: &str, key: &str) -> Result<Option<u64>, CgroupError> {
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        if it.next() == Some(key) {
-            let v = it
-                .next()
-                .ok_or_else(|| parse_err(path, line, "key without a value"))?;
-            return u64_of(path, line, v).map(Some);
+/// A flat keyed file (`key value` per line) parsed once. A line that does not parse is
+/// only an error for the caller that asks for its key.
+pub struct Flat {
+    path: std::path::PathBuf,
+    values: HashMap<String, Result<u64, String>>,
+}
+
+impl Flat {
+    pub fn new(path: &Path, text: &str) -> Flat {
+        let values = text
+            .lines()
+            .filter_map(|line| {
+                let mut it = line.split_whitespace();
+                let k = it.next()?;
+                let v = it
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| line.to_string());
+                Some((k.to_string(), v))
+            })
+            .collect();
+        Flat {
+            path: path.to_path_buf(),
+            values,
         }
     }
-    Ok(None)
+
+    /// The value of `key`, if the key is there.
+    pub fn get(&self, key: &str) -> Result<Option<u64>, CgroupError> {
+        match self.values.get(key) {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(Some(*v)),
+            Some(Err(line)) => Err(parse_err(&self.path, line, "expected `key <unsigned integer>`")),
+        }
+    }
+}
+
+/// The value of `key` in a flat keyed file (`key value` per line), if the key is there.
+pub fn flat(path: &Path, text: &str, key: &str) -> Result<Option<u64>, CgroupError> {
+    Flat::new(path, text).get(key)
 }
 
 /// A space-separated list of values (`cpuacct.usage_percpu`).

@@ -643,3 +643,23 @@ pub(crate) mod real {
         }
     }
 }
+
+#[test]
+fn metrics_md_lists_every_series() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/METRICS.md")).unwrap();
+    for def in v1::METRICS.iter().chain(v2::METRICS) {
+        let row = format!(
+            "| `{}` | {} |",
+            def.fq_name(),
+            match def.vt {
+                ValueType::Gauge => "gauge",
+                ValueType::Counter => "counter",
+            }
+        );
+        assert!(
+            doc.contains(&row),
+            "docs/METRICS.md lacks the row for {}",
+            def.fq_name()
+        );
+    }
+}
