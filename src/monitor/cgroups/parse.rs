@@ -76,11 +76,6 @@ impl Flat {
     }
 }
 
-/// The value of `key` in a flat keyed file (`key value` per line), if the key is there.
-pub fn flat(path: &Path, text: &str, key: &str) -> Result<Option<u64>, CgroupError> {
-    Flat::new(path, text).get(key)
-}
-
 /// A space-separated list of values (`cpuacct.usage_percpu`).
 pub fn list(path: &Path, text: &str) -> Result<Vec<u64>, CgroupError> {
     text.split_whitespace().map(|v| u64_of(path, text, v)).collect()
@@ -216,9 +211,9 @@ mod tests {
     #[test]
     fn flat_keyed() {
         let t = "nr_periods 4\nnr_throttled 2\nthrottled_time 900\n";
-        assert_eq!(flat(p(), t, "nr_throttled").unwrap(), Some(2));
-        assert_eq!(flat(p(), t, "nr_bursts").unwrap(), None);
-        assert!(flat(p(), "oom\n", "oom").is_err());
+        assert_eq!(Flat::new(p(), t).get("nr_throttled").unwrap(), Some(2));
+        assert_eq!(Flat::new(p(), t).get("nr_bursts").unwrap(), None);
+        assert!(Flat::new(p(), "oom\n").get("oom").is_err());
     }
 
     #[test]
