@@ -663,3 +663,58 @@ fn metrics_md_lists_every_series() {
         );
     }
 }
+
+/// The plugin through the registry: up on a cgroupfs (fixture v2 tree via config), its
+/// `TaskMonitor` feeds the daemon registry; skipped (not failed) without a cgroupfs.
+#[tokio::test]
+async fn plugin_registers_collector_and_skips_without_cgroupfs() {
+    use crate::plugin::{PluginStatus, Registry, RegistryConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let mk_cfg = |root: &Path| {
+        let mut table = toml::Table::new();
+        table.insert(
+            "cgroup_root".into(),
+            toml::Value::String(root.display().to_string()),
+        );
+        RegistryConfig {
+            root: dir.path().join("root"),
+            state: dir.path().join("state"),
+            plugins: BTreeMap::from([("io.containerd.monitor.task.v1.cgroups".to_string(), table)]),
+            ..Default::default()
+        }
+    };
+    let cfg = mk_cfg(&fixtures().join("cgroup2"));
+    let metrics = cfg.metrics.clone();
+    let plugins = Registry::new(vec![registration()])
+        .unwrap()
+        .init(cfg)
+        .await
+        .unwrap();
+    let info = plugins.table().snapshot();
+    assert_eq!(info[0].status, PluginStatus::Ok);
+    assert!(
+        info[0]
+            .exports
+            .contains(&("cgroup_mode".to_string(), "v2".to_string()))
+    );
+    let monitor = plugins.get::<dyn TaskMonitor>().expect("TaskMonitor capability");
+    monitor.monitor(task(
+        "default",
+        "task-b",
+        0,
+        Some("/default/task-b"),
+        "io.containerd.runc.v2",
+    ));
+    let t = text(&metrics.gather());
+    assert!(t.contains(r#"container_pids_current{container_id="task-b",namespace="default",runtime="io.containerd.runc.v2"} 1"#), "{t}");
+
+    let plugins = Registry::new(vec![registration()])
+        .unwrap()
+        .init(mk_cfg(&dir.path().join("no-cgroupfs")))
+        .await
+        .unwrap();
+    assert!(matches!(
+        plugins.table().snapshot()[0].status,
+        PluginStatus::Skipped(_)
+    ));
+}
