@@ -177,9 +177,14 @@ impl Hierarchy {
         match self.mode {
             Mode::V2 => Ok(CgroupPaths::V2(join(&self.root, &rel)?)),
             Mode::V1 => {
+                // Only the controllers mounted on this host (no `hugetlb` here, for one):
+                // an unmounted one would look like a removed cgroup.
                 let mut dirs = Vec::new();
                 for ctrl in V1_CONTROLLERS {
-                    dirs.push((ctrl, join(&self.root.join(ctrl), &rel)?));
+                    let mount = self.root.join(ctrl);
+                    if mount.is_dir() {
+                        dirs.push((ctrl, join(&mount, &rel)?));
+                    }
                 }
                 Ok(CgroupPaths::V1(dirs))
             }

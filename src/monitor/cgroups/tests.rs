@@ -718,3 +718,24 @@ async fn plugin_registers_collector_and_skips_without_cgroupfs() {
         PluginStatus::Skipped(_)
     ));
 }
+
+/// Regression: a v1 task located by `cgroups_path` on a host without the hugetlb controller
+/// was reported as "cgroup gone" because the unmounted controller's directory was missing.
+#[test]
+fn v1_cgroups_path_ignores_unmounted_controllers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = dir.path().join("memory/default/t");
+    std::fs::create_dir_all(&mem).unwrap();
+    std::fs::write(mem.join("memory.usage_in_bytes"), "4096\n").unwrap();
+    let m = monitor(dir.path(), Mode::V1);
+    m.monitor(task("default", "t", 0, Some("/default/t"), "r"));
+    let mfs = m.collect_families();
+    assert_eq!(
+        value(
+            &mfs,
+            "container_memory_usage_usage_bytes",
+            &[("container_id", "t")]
+        ),
+        Some(4096.0)
+    );
+}
