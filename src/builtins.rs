@@ -5,5 +5,15 @@ use crate::plugin::Registration;
 
 /// Every built-in plugin.
 pub fn registrations() -> Vec<Registration> {
-    vec![crate::monitor::cgroups::registration()]
+    vec![
+        crate::events::exchange::plugin(),
+        crate::deprecation::plugin(),
+        crate::services::events::grpc_plugin(),
+        crate::services::events::ttrpc_plugin(),
+        crate::services::version::plugin(),
+        crate::services::introspection::plugin(),
+        crate::services::health::plugin(),
+        crate::metadata::plugin::registration(),
+        crate::monitor::cgroups::registration(),
+    ]
 }
