@@ -14,6 +14,12 @@ pub fn registrations() -> Vec<Registration> {
         crate::services::introspection::plugin(),
         crate::services::health::plugin(),
         crate::metadata::plugin::registration(),
+        crate::services::namespaces::registration(),
+        crate::services::namespaces::grpc::registration(),
+        crate::services::containers::registration(),
+        crate::services::containers::grpc::registration(),
+        crate::services::leases::registration(),
+        crate::services::leases::grpc::registration(),
         crate::monitor::cgroups::registration(),
     ]
 }
