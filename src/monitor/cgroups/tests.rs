@@ -739,3 +739,22 @@ fn v1_cgroups_path_ignores_unmounted_controllers() {
         Some(4096.0)
     );
 }
+
+/// Gathering from async code (as the HTTP handler does) works on both runtime flavors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_inside_multi_thread_runtime() {
+    let registry = prometheus::Registry::new();
+    let m = monitor(&fixtures().join("cgroup2"), Mode::V2);
+    m.register(&registry).unwrap();
+    m.monitor(task("default", "task-a", 4242, None, "r"));
+    assert!(text(&registry.gather()).contains("container_pids_current"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn collect_inside_current_thread_runtime() {
+    let registry = prometheus::Registry::new();
+    let m = monitor(&fixtures().join("cgroup2"), Mode::V2);
+    m.register(&registry).unwrap();
+    m.monitor(task("default", "task-a", 4242, None, "r"));
+    assert!(text(&registry.gather()).contains("container_pids_current"));
+}
