@@ -26,5 +26,6 @@ pub fn registrations() -> Vec<Registration> {
         crate::services::snapshots::grpc::registration(),
         crate::diff::plugin::registration(),
         crate::services::diff::grpc::registration(),
+        crate::monitor::cgroups::registration(),
     ]
 }

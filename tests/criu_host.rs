@@ -47,6 +47,22 @@ fn require() {
     );
 }
 
+/// The one host condition under which these tests do not run: CRIU itself cannot start,
+/// because its kernel feature detection fails (criu 3.17 on kernels >= 6.13, which add the
+/// `[vvar_vclock]` mapping criu 3.17 does not know; see docs/CRIU.md). Any other `criu check`
+/// outcome runs the test, so a real checkpoint/restore failure still fails it.
+fn criu_cannot_start(test: &str) -> bool {
+    let check = criu_check();
+    let broken = check.contains("Could not initialize kernel features detection");
+    if broken {
+        eprintln!(
+            "{test}: NOT RUN: CRIU cannot start on this host (its kernel feature detection fails; \
+             see docs/CRIU.md):\n{check}"
+        );
+    }
+    broken
+}
+
 /// A temp dir holding the bundle (`bundle/`), CRIU's images and work dirs, and a runc root.
 /// Drop deletes the runc containers it started (by id, in its own root) and the dir.
 struct Scratch {
@@ -208,6 +224,9 @@ fn runc_checkpoint_restore_round_trip() {
         return;
     }
     require();
+    if criu_cannot_start("runc_checkpoint_restore_round_trip") {
+        return;
+    }
     let mut s = Scratch::new();
     let bundle = s.bundle();
     let root = s.path("runc");
@@ -344,6 +363,9 @@ async fn shim_checkpoint_restore_round_trip() {
         return;
     }
     require();
+    if criu_cannot_start("shim_checkpoint_restore_round_trip") {
+        return;
+    }
     support::require_bin("containerd-shim-runc-v2", "containerd");
     let mut s = Scratch::new();
     let id = format!("taskd-criu-shim-{}", std::process::id());
