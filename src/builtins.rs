@@ -5,5 +5,9 @@ use crate::plugin::Registration;
 
 /// Every built-in plugin.
 pub fn registrations() -> Vec<Registration> {
-    vec![]
+    vec![
+        crate::runtime::v2::registration(),
+        crate::services::tasks::local::registration(),
+        crate::services::tasks::grpc::registration(),
+    ]
 }

@@ -136,9 +136,7 @@ pub enum RuntimeError {
     ProcessFinished { id: String },
     #[error("bundle {path} already exists")]
     BundleExists { path: PathBuf },
-    #[error(
-        "runtime {name:?} is not supported: runtime v1 was removed, use \"io.containerd.runc.v2\""
-    )]
+    #[error("runtime {name:?} is not supported: runtime v1 was removed, use \"io.containerd.runc.v2\"")]
     RuntimeV1 { name: String },
     #[error("invalid runtime name {name:?}: {reason}")]
     InvalidRuntime { name: String, reason: &'static str },

@@ -92,12 +92,17 @@ pub fn binary_name(runtime: &str) -> Result<String> {
     }
     let parts: Vec<&str> = runtime.split('.').collect();
     if parts.len() < 2 {
-        return Err(invalid("expected <domain>.<name>.<version>, such as io.containerd.runc.v2"));
+        return Err(invalid(
+            "expected <domain>.<name>.<version>, such as io.containerd.runc.v2",
+        ));
     }
     if parts.iter().any(|p| p.is_empty()) {
         return Err(invalid("empty component"));
     }
-    let ok = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let ok = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
     let (name, version) = (parts[parts.len() - 2], parts[parts.len() - 1]);
     if !ok(name) || !ok(version) {
         return Err(invalid("name and version may only hold [A-Za-z0-9_-]"));
@@ -233,11 +238,12 @@ pub async fn delete(binary: &Path, bundle: &Bundle, addrs: &DaemonAddresses) -> 
     if !stderr.is_empty() {
         tracing::warn!(id = %bundle.id, %stderr, "shim delete warnings");
     }
-    let resp = taskd_proto::ttrpc::v2::shim::DeleteResponse::parse_from_bytes(&out.stdout)
-        .map_err(|e| RuntimeError::Decode {
+    let resp = taskd_proto::ttrpc::v2::shim::DeleteResponse::parse_from_bytes(&out.stdout).map_err(|e| {
+        RuntimeError::Decode {
             what: "shim delete response",
             reason: e.to_string(),
-        })?;
+        }
+    })?;
     Ok(Exit {
         pid: resp.pid,
         status: resp.exit_status,
@@ -284,8 +290,7 @@ mod tests {
             Some("unix:///run/containerd/s/abc")
         );
         assert_eq!(
-            parse_address(r#"{"version":2,"address":"unix:///s/x","protocol":"ttrpc"}"#)
-                .as_deref(),
+            parse_address(r#"{"version":2,"address":"unix:///s/x","protocol":"ttrpc"}"#).as_deref(),
             Some("unix:///s/x")
         );
         assert_eq!(

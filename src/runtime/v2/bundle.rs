@@ -49,10 +49,7 @@ fn mkdir(path: &Path, mode: u32) -> std::io::Result<()> {
 
 fn mkdir_all(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(path)
 }
 
 impl Bundle {
@@ -71,13 +68,7 @@ impl Bundle {
 
     /// Creates the bundle: dirs, work link, rootfs dir and config.json. Fails when the
     /// bundle dir exists. On error, whatever was created is removed again.
-    pub fn create(
-        state: &Path,
-        root: &Path,
-        namespace: &str,
-        id: &str,
-        spec: &[u8],
-    ) -> Result<Bundle> {
+    pub fn create(state: &Path, root: &Path, namespace: &str, id: &str, spec: &[u8]) -> Result<Bundle> {
         let b = Bundle::at(state, root, namespace, id)?;
         if let Some(parent) = b.path.parent() {
             mkdir_all(parent, 0o711).map_err(io("create", parent))?;
@@ -184,8 +175,7 @@ pub fn unmount_all(target: &Path) -> Result<()> {
             Ok(()) => continue,
             Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
             Err(Errno::EBUSY) => {
-                umount2(target, MntFlags::MNT_DETACH)
-                    .map_err(|e| io("unmount", target)(e.into()))?;
+                umount2(target, MntFlags::MNT_DETACH).map_err(|e| io("unmount", target)(e.into()))?;
             }
             Err(e) => return Err(io("unmount", target)(e.into())),
         }

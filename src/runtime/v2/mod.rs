@@ -2,7 +2,7 @@
 //!
 //! - [`binary`]: resolve `io.containerd.runc.v2` → `containerd-shim-runc-v2`, run
 //!   `<shim> start` / `<shim> delete` with containerd's flags and env.
-//! - [`bundle`]: `<state>/io.containerd.runtime.v2.task/<ns>/<id>/`.
+//! - [`bundle`]: the bundle dir, `<state>/io.containerd.runtime.v2.task/<ns>/<id>/`.
 //! - [`shim`]: the ttrpc client (`containerd.task.v2.Task`), one connection per shim.
 //!
 //! Grouping: the shim itself decides which shim serves a container (runc's shim hashes the
@@ -40,7 +40,7 @@ use self::binary::DaemonAddresses;
 use self::bundle::Bundle;
 use self::shim::{ShimConn, ShimTask, TaskHandle};
 use crate::events::Publisher;
-use crate::plugin::{Instance, InitContext, PluginError, PluginType, Registration, ids};
+use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
 use crate::runtime::{CreateOpts, Exit, PlatformRuntime, Result, RuntimeError, Status, Task};
 use taskd_proto::containerd::events::{TaskDelete, TaskExit};
 
@@ -136,9 +136,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn histogram(name: &str, help: &str) -> prometheus::Result<prometheus::Histogram> {
     prometheus::Histogram::with_opts(
-        prometheus::HistogramOpts::new(name, help).buckets(vec![
-            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        ]),
+        prometheus::HistogramOpts::new(name, help)
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
     )
 }
 
@@ -261,12 +260,7 @@ impl Inner {
 
     /// The connection for `address`: an existing one (grouped shims) or a new one with a
     /// watcher on the shim's pid.
-    async fn connect(
-        self: &Arc<Self>,
-        address: &str,
-        ns: &str,
-        id: &str,
-    ) -> Result<(Arc<ShimConn>, u32)> {
+    async fn connect(self: &Arc<Self>, address: &str, ns: &str, id: &str) -> Result<(Arc<ShimConn>, u32)> {
         let existing = lock(&self.conns).get(address).and_then(Weak::upgrade);
         let fail = |reason: String| RuntimeError::ShimConnect {
             address: address.to_owned(),
@@ -344,13 +338,7 @@ impl Inner {
     }
 
     /// `<shim> delete` in the bundle, remove the bundle, publish `/tasks/exit`, mark dead.
-    async fn cleanup_dead(
-        &self,
-        binary: &Path,
-        b: &Bundle,
-        pid: u32,
-        task: Option<&ShimTask>,
-    ) -> Exit {
+    async fn cleanup_dead(&self, binary: &Path, b: &Bundle, pid: u32, task: Option<&ShimTask>) -> Exit {
         let exit = match binary::delete(binary, b, &self.addrs).await {
             Ok(exit) => exit,
             Err(e) => {
@@ -379,7 +367,11 @@ impl Inner {
             exit_status: exit.status,
             exited_at: Some(exit.timestamp.into()),
         };
-        if let Err(e) = self.publisher.publish(&b.namespace, "/tasks/exit", event_any("containerd.events.TaskExit", &ev)) {
+        if let Err(e) = self.publisher.publish(
+            &b.namespace,
+            "/tasks/exit",
+            event_any("containerd.events.TaskExit", &ev),
+        ) {
             tracing::warn!(id = %b.id, error = %e, "publish /tasks/exit");
         }
         if let Some(t) = task {
@@ -522,10 +514,7 @@ impl Inner {
         opts: &CreateOpts,
         rollback: &mut Rollback<'a>,
     ) -> Result<Arc<ShimTask>> {
-        b.write(
-            bundle::SHIM_BINARY_PATH,
-            binary.to_string_lossy().as_bytes(),
-        )?;
+        b.write(bundle::SHIM_BINARY_PATH, binary.to_string_lossy().as_bytes())?;
         b.write(bundle::RUNTIME, opts.runtime.as_bytes())?;
         let log = self.spawn_log_reader(b);
         let topts = opts.task_options.as_ref().or(opts.runtime_options.as_ref());
@@ -637,7 +626,11 @@ impl Inner {
             exited_at: Some(exit.timestamp.into()),
             id: String::new(),
         };
-        if let Err(e) = self.publisher.publish(&t.namespace, "/tasks/delete", event_any("containerd.events.TaskDelete", &ev)) {
+        if let Err(e) = self.publisher.publish(
+            &t.namespace,
+            "/tasks/delete",
+            event_any("containerd.events.TaskDelete", &ev),
+        ) {
             tracing::warn!(id = %t.id, error = %e, "publish /tasks/delete");
         }
         exit

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use super::bundle::Bundle;
 use crate::errdefs::{Kind, Remote};
 use crate::runtime::{
-    Exit, ExecOpts, Process, ProcessInfo, Result, RuntimeError, State, Status, Stdio, Task,
+    ExecOpts, Exit, Process, ProcessInfo, Result, RuntimeError, State, Status, Stdio, Task,
 };
 
 /// The ttrpc metadata key for the namespace (containerd's `namespaces.TTRPCHeader`).
@@ -160,10 +160,9 @@ pub async fn wait_pid_exit(pid: u32) -> std::io::Result<()> {
     // SAFETY: fd was just returned by pidfd_open and is owned by nobody else.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: `owned` is a valid open fd that the AsyncFd owns for its whole life.
-    let afd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| e.into_parts().1)?;
+    let afd =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
     let _ready = afd.readable().await?;
     Ok(())
 }
@@ -206,10 +205,7 @@ impl ShimTask {
     }
 
     pub fn hint(&self) -> Status {
-        self.status_hint
-            .lock()
-            .map(|g| *g)
-            .unwrap_or(Status::Unknown)
+        self.status_hint.lock().map(|g| *g).unwrap_or(Status::Unknown)
     }
 
     /// The client, or ProcessFinished when the shim is gone.
@@ -274,7 +270,11 @@ impl ShimTask {
                 terminal: r.terminal,
             },
             exit_status: r.exit_status,
-            exited_at: r.exited_at.as_ref().map(from_pb_timestamp),
+            exited_at: r
+                .exited_at
+                .as_ref()
+                .filter(|t| t.seconds != 0 || t.nanos != 0)
+                .map(from_pb_timestamp),
         })
     }
 
@@ -386,9 +386,7 @@ impl ShimTask {
                     return Err(err);
                 }
                 // The shim died: the manager runs `<shim> delete` and records the exit.
-                match tokio::time::timeout(DEAD_CLEANUP_WAIT, dead.wait_for(Option::is_some))
-                    .await
-                {
+                match tokio::time::timeout(DEAD_CLEANUP_WAIT, dead.wait_for(Option::is_some)).await {
                     Ok(Ok(v)) => (*v).ok_or(err),
                     _ => Err(err),
                 }
