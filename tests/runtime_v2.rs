@@ -52,6 +52,10 @@ fn rootfs() -> &'static Path {
 
 /// A default runc spec (`runc spec`) with our rootfs and args.
 fn spec(id: &str, args: &[&str], terminal: bool) -> prost_types::Any {
+    spec_with(id, args, terminal, None)
+}
+
+fn spec_with(id: &str, args: &[&str], terminal: bool, sandbox: Option<&str>) -> prost_types::Any {
     static BASE: OnceLock<serde_json::Value> = OnceLock::new();
     let base = BASE.get_or_init(|| {
         let d = tempfile::tempdir().unwrap();
@@ -70,6 +74,9 @@ fn spec(id: &str, args: &[&str], terminal: bool) -> prost_types::Any {
     v["process"]["terminal"] = terminal.into();
     v["hostname"] = id.into();
     v["linux"]["cgroupsPath"] = format!("/taskd-test/{id}").into();
+    if let Some(sb) = sandbox {
+        v["annotations"] = serde_json::json!({ "io.kubernetes.cri.sandbox-id": sb });
+    }
     prost_types::Any {
         type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
         value: serde_json::to_vec(&v).unwrap(),
@@ -286,6 +293,23 @@ impl World {
 
     fn container(&self, id: &str, args: &[&str]) {
         self.container_with(id, args, "io.containerd.runc.v2");
+    }
+
+    fn container_spec(&self, id: &str, spec: prost_types::Any) {
+        self.store
+            .create(
+                &self.ns,
+                Container {
+                    id: id.into(),
+                    runtime: Runtime {
+                        name: "io.containerd.runc.v2".into(),
+                        options: None,
+                    },
+                    spec: Some(spec),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
     }
 
     fn container_with(&self, id: &str, args: &[&str], runtime: &str) {
@@ -689,4 +713,155 @@ async fn restart_reconnects_live_shims_and_cleans_dead_ones() {
     w.local.delete(&ns, "gone").await.unwrap();
     std::fs::remove_dir_all(&broken).unwrap();
     assert_eq!(w.mounts_under_dir(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_containers_share_one_shim() {
+    let w = World::new().await;
+    let ns = w.ns.clone();
+    w.container_spec("sb", spec_with("sb", &["/bin/sleep", "1000"], false, Some("sb")));
+    w.container_spec("c1", spec_with("c1", &["/bin/sleep", "1000"], false, Some("sb")));
+    w.create("sb").await;
+    w.local.start(&ns, "sb", "").await.unwrap();
+    w.create("c1").await;
+    w.local.start(&ns, "c1", "").await.unwrap();
+    let tasks = w.manager.shim_tasks();
+    assert_eq!(tasks.len(), 2);
+    let (a, b) = (tasks[0].conn.as_ref().unwrap(), tasks[1].conn.as_ref().unwrap());
+    assert!(Arc::ptr_eq(a, b), "one connection for the pod's shim");
+    let shim_pid = a.shim_pid;
+    drop(tasks);
+    w.local.kill(&ns, "c1", "", 9, false).await.unwrap();
+    w.local.wait(&ns, "c1", "").await.unwrap();
+    w.local.delete(&ns, "c1").await.unwrap();
+    assert!(alive(shim_pid), "the shim still serves the sandbox");
+    assert_eq!(w.local.get(&ns, "sb", "").await.unwrap().status, Status::Running);
+    w.local.kill(&ns, "sb", "", 9, false).await.unwrap();
+    w.local.wait(&ns, "sb", "").await.unwrap();
+    w.local.delete(&ns, "sb").await.unwrap();
+    for _ in 0..100 {
+        if !alive(shim_pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!alive(shim_pid), "the shim exits with its last task");
+    // No exit was published for the deleted tasks by taskd (the shim published its own).
+    let topics = w.events.topics(&ns);
+    assert_eq!(
+        topics.iter().filter(|t| *t == "/tasks/exit").count(),
+        2,
+        "{topics:?}"
+    );
+    assert_eq!(
+        topics.iter().filter(|t| *t == "/tasks/delete").count(),
+        2,
+        "{topics:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_task_with_resize() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::new().await;
+    let ns = w.ns.clone();
+    w.container_spec("tty", spec_with("tty", &["/bin/sh"], true, None));
+    let (stdin, stdout) = (w.dir.path().join("tty.in"), w.dir.path().join("tty.out"));
+    for p in [&stdin, &stdout] {
+        nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    }
+    let mut input = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(&stdin)
+        .unwrap();
+    let mut output = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&stdout)
+        .unwrap();
+    w.local
+        .create(
+            &ns,
+            CreateTask {
+                container_id: "tty".into(),
+                io: Stdio {
+                    stdin: stdin.display().to_string(),
+                    stdout: stdout.display().to_string(),
+                    stderr: String::new(),
+                    terminal: true,
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.local.start(&ns, "tty", "").await.unwrap();
+    w.local.resize_pty(&ns, "tty", "", 100, 30).await.unwrap();
+    input
+        .write_all(b"stty size; tty; echo sum-$((40+2)); exit 7\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !(seen.contains("sum-42") && seen.contains("30 100")) {
+        let n = tokio::time::timeout(Duration::from_secs(20), output.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("terminal output so far: {seen:?}"))
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("/dev/pts/"), "{seen:?}");
+    assert_eq!(w.local.wait(&ns, "tty", "").await.unwrap().status, 7);
+    w.local.delete(&ns, "tty").await.unwrap();
+}
+
+/// 200 create/start/kill/delete cycles leave no process, mount, fd or bundle behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cycles_leave_nothing_behind() {
+    if std::env::var("TASKD_E2E").as_deref() != Ok("1") {
+        eprintln!("skipped: set TASKD_E2E=1 to run the 200-cycle test");
+        return;
+    }
+    let w = World::new().await;
+    let ns = w.ns.clone();
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    // One warm-up cycle so lazily created fds (runtime, pools) exist before counting.
+    let mut shim_pids = Vec::new();
+    let mut init_pids = Vec::new();
+    let mut before = 0;
+    for i in 0..201 {
+        if i == 1 {
+            before = fds();
+        }
+        let id = format!("c{i}");
+        w.container(&id, &["/bin/sleep", "1000"]);
+        w.create(&id).await;
+        init_pids.push(w.local.start(&ns, &id, "").await.unwrap());
+        shim_pids.push(w.manager.shim_tasks()[0].conn.as_ref().unwrap().shim_pid);
+        w.local.kill(&ns, &id, "", 9, false).await.unwrap();
+        w.local.wait(&ns, &id, "").await.unwrap();
+        w.local.delete(&ns, &id).await.unwrap();
+        let _ = std::fs::remove_file(w.dir.path().join(format!("{id}.out")));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left: Vec<_> = shim_pids
+        .iter()
+        .chain(&init_pids)
+        .filter(|p| alive(**p))
+        .collect();
+    assert!(left.is_empty(), "processes left: {left:?}");
+    assert_eq!(w.mounts_under_dir(), 0);
+    assert_eq!(
+        std::fs::read_dir(w.dir.path().join("state").join(&ns))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(w.dir.path().join("root").join(&ns))
+            .unwrap()
+            .count(),
+        0
+    );
+    let after = fds();
+    assert!(after <= before + 2, "fds before {before}, after {after}");
 }
