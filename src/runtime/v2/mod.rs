@@ -367,12 +367,16 @@ impl Inner {
             exit_status: exit.status,
             exited_at: Some(exit.timestamp.into()),
         };
-        if let Err(e) = self.publisher.publish(
+        match self.publisher.publish(
             &b.namespace,
             "/tasks/exit",
             event_any("containerd.events.TaskExit", &ev),
         ) {
-            tracing::warn!(id = %b.id, error = %e, "publish /tasks/exit");
+            Ok(()) => tracing::info!(
+                namespace = %b.namespace, id = %b.id, status = exit.status,
+                "published /tasks/exit for a task whose shim is gone"
+            ),
+            Err(e) => tracing::warn!(id = %b.id, error = %e, "publish /tasks/exit"),
         }
         if let Some(t) = task {
             t.dead.send_replace(Some(exit));
