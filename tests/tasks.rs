@@ -5,9 +5,9 @@
 //! paths; runc keeps state per namespace), so tests run in parallel with each other and with
 //! other suites. Slow tests (10-task restart, 200 cycles) run with `TASKD_E2E=1`.
 
-mod support;
 #[path = "support/rootfs.rs"]
 mod rootfs;
+mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -51,32 +51,54 @@ fn namespace(test: &str) -> String {
     )
 }
 
-struct Ns<'a> {
-    d: &'a Daemon,
+/// A test's namespace on a daemon (owns copies of the daemon's paths, so the daemon can be
+/// killed and restarted while it lives).
+struct Ns {
+    socket: PathBuf,
+    state: PathBuf,
+    log_path: PathBuf,
     ns: String,
 }
 
-impl<'a> Ns<'a> {
-    fn new(d: &'a Daemon, test: &str) -> Self {
+impl Ns {
+    fn new(d: &Daemon, test: &str) -> Self {
         require_tools();
         Ns {
-            d,
+            socket: d.socket.clone(),
+            state: d.state.clone(),
+            log_path: d.log_path.clone(),
             ns: namespace(test),
         }
     }
 
-    fn args<'b>(&'b self, args: &[&'b str]) -> Vec<&'b str> {
-        let mut v = vec!["-n", self.ns.as_str()];
-        v.extend_from_slice(args);
-        v
-    }
-
-    fn ctr_ok(&self, args: &[&str]) -> String {
-        self.d.ctr_ok(&self.args(args))
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     fn ctr(&self, args: &[&str]) -> std::process::Output {
-        self.d.ctr(&self.args(args))
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["-n", &self.ns])
+            .args(args)
+            .env_remove("CONTAINERD_ADDRESS")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+    }
+
+    fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        if !out.status.success() {
+            panic!(
+                "ctr {args:?} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- daemon log ---\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn run_detached(&self, id: &str, cmd: &[&str]) {
@@ -104,24 +126,8 @@ impl<'a> Ns<'a> {
             .unwrap_or_else(|| "MISSING".into())
     }
 
-    fn wait_status(&self, id: &str, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = self.status(id);
-            if s == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "task {id} is {s}, expected {want}\n--- daemon log ---\n{}",
-                self.d.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     fn bundle(&self, id: &str) -> PathBuf {
-        bundles(&self.d.state).join(&self.ns).join(id)
+        bundles(&self.state).join(&self.ns).join(id)
     }
 
     fn pid_file(&self, id: &str, name: &str) -> u32 {
@@ -134,22 +140,17 @@ impl<'a> Ns<'a> {
 
     /// Wait RPC over gRPC (ctr 1.6 has no `tasks wait`).
     async fn wait(&self, id: &str) -> u32 {
-        let mut c = api::tasks_client::TasksClient::new(self.d.channel().await);
-        let mut req = tonic::Request::new(api::WaitRequest {
-            container_id: id.into(),
-            exec_id: String::new(),
-        });
-        req.metadata_mut()
-            .insert("containerd-namespace", self.ns.parse().expect("ascii ns"));
-        c.wait(req).await.expect("Wait").into_inner().exit_status
+        wait_on(&self.socket, &self.ns, id).await
     }
+}
 
-    fn kill_and_remove(&self, id: &str) {
-        self.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", id]);
-        self.wait_status(id, "STOPPED");
-        self.ctr_ok(&["tasks", "rm", id]);
-        self.ctr_ok(&["containers", "rm", id]);
+/// Whether the slow end-to-end tests run (`TASKD_E2E=1`); says so when they do not.
+fn e2e(test: &str) -> bool {
+    let on = std::env::var("TASKD_E2E").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("{test}: end-to-end test not run; set TASKD_E2E=1 to run it");
     }
+    on
 }
 
 fn bundles(state: &Path) -> PathBuf {
@@ -240,11 +241,23 @@ async fn ctr_detached_task_lifecycle() {
     assert_eq!(pid, n.pid_file("d1", "init.pid"));
 
     let ps = n.ctr_ok(&["tasks", "ps", "d1"]);
-    assert!(ps.lines().skip(1).any(|l| l.starts_with(&pid.to_string())), "{ps}");
+    assert!(
+        ps.lines().skip(1).any(|l| l.starts_with(&pid.to_string())),
+        "{ps}"
+    );
 
     let out = n.ctr_ok(&["tasks", "exec", "--exec-id", "e1", "d1", "/bin/echo", "from-exec"]);
     assert_eq!(out.trim_end(), "from-exec");
-    let failed = n.ctr(&["tasks", "exec", "--exec-id", "e2", "d1", "/bin/sh", "-c", "exit 3"]);
+    let failed = n.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e2",
+        "d1",
+        "/bin/sh",
+        "-c",
+        "exit 3",
+    ]);
     assert_eq!(failed.status.code(), Some(3), "{failed:?}");
 
     n.ctr_ok(&["tasks", "pause", "d1"]);
@@ -402,7 +415,10 @@ async fn shim_sigkill_gives_exit_event_and_wait_returns() {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(l) => seen.push(l),
-            Err(_) => panic!("no /tasks/exit event; saw {seen:?}\n--- daemon log ---\n{}", d.log()),
+            Err(_) => panic!(
+                "no /tasks/exit event; saw {seen:?}\n--- daemon log ---\n{}",
+                d.log()
+            ),
         }
     }
     let _ = events.kill();
@@ -437,7 +453,10 @@ async fn restart_recovery(count: usize) {
 
     d.kill9();
     for (shim, init) in &pids {
-        assert!(alive(*shim) && alive(*init), "shim {shim} / init {init} died with taskd");
+        assert!(
+            alive(*shim) && alive(*init),
+            "shim {shim} / init {init} died with taskd"
+        );
     }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(lost_shim as i32),
@@ -453,13 +472,18 @@ async fn restart_recovery(count: usize) {
     for id in &ids {
         assert_eq!(tasks.get(id).map(|t| t.1.as_str()), Some("RUNNING"), "{tasks:?}");
     }
-    assert_eq!(tasks.get("lost").map(|t| t.1.as_str()), Some("STOPPED"), "{tasks:?}");
+    assert_eq!(
+        tasks.get("lost").map(|t| t.1.as_str()),
+        Some("STOPPED"),
+        "{tasks:?}"
+    );
     assert!(!alive(lost_init), "the lost shim's container was not cleaned up");
     assert!(!n.bundle("lost").exists());
     let log = d.log();
     assert!(log.contains("broken bundle skipped"), "{log}");
     assert!(
-        log.lines().any(|l| l.contains("published /tasks/exit") && l.contains("lost")),
+        log.lines()
+            .any(|l| l.contains("published /tasks/exit") && l.contains("lost")),
         "no exit published for the lost task"
     );
     // The monitor has the recovered tasks again, with their runtime label.
@@ -467,11 +491,29 @@ async fn restart_recovery(count: usize) {
     assert_eq!(code, 200);
     for id in &ids {
         assert!(
-            metrics.lines().any(|l| l.contains(&format!("container_id=\"{id}\""))
-                && l.contains("runtime=\"io.containerd.runc.v2\"")),
+            metrics
+                .lines()
+                .any(|l| l.contains(&format!("container_id=\"{id}\""))
+                    && l.contains("runtime=\"io.containerd.runc.v2\"")),
             "monitor lost {id} after restart"
         );
     }
+
+    // The runtime's own gauges, computed at scrape.
+    let gauge = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /v1/metrics"))
+    };
+    assert_eq!(gauge("taskd_tasks{state=\"running\"}"), count as f64);
+    assert_eq!(gauge("taskd_tasks{state=\"stopped\"}"), 1.0);
+    assert_eq!(gauge("taskd_shims_running"), count as f64);
+    // Histograms exist (they count creates of this daemon run only: none yet).
+    assert!(metrics.contains("taskd_shim_start_duration_seconds_bucket"));
+    assert!(metrics.contains("taskd_task_create_duration_seconds_count 0"));
 
     for id in &ids {
         let out = n.ctr_ok(&["tasks", "exec", "--exec-id", "e1", id, "/bin/echo", "back"]);
@@ -503,7 +545,7 @@ async fn restart_recovers_running_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_recovers_ten_tasks_e2e() {
-    if !support::e2e("restart_recovers_ten_tasks_e2e") {
+    if !e2e("restart_recovers_ten_tasks_e2e") {
         return;
     }
     restart_recovery(10).await;
@@ -511,7 +553,7 @@ async fn restart_recovers_ten_tasks_e2e() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_cycles_leave_nothing_behind_e2e() {
-    if !support::e2e("two_hundred_cycles_leave_nothing_behind_e2e") {
+    if !e2e("two_hundred_cycles_leave_nothing_behind_e2e") {
         return;
     }
     let d = Daemon::start();

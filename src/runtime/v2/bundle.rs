@@ -12,6 +12,7 @@
 //!         ├── shim-binary-path                     the shim that owns it (for `delete` after a restart)
 //!         ├── runtime                              the runtime name (the monitor's `runtime` label)
 //!         ├── log                                  fifo: the shim's log, read by taskd
+//!         ├── shim.pid                             the shim's pid (from its Connect answer)
 //!         └── init.pid, options.json, …            written by the shim
 //! <root>/io.containerd.runtime.v2.task/<namespace>/<id>/   0711  work dir
 //! ```
@@ -27,6 +28,7 @@ pub const SHIM_BINARY_PATH: &str = "shim-binary-path";
 pub const RUNTIME: &str = "runtime";
 pub const CONFIG: &str = "config.json";
 pub const LOG: &str = "log";
+pub const SHIM_PID: &str = "shim.pid";
 
 /// A task's bundle directory and its work directory.
 #[derive(Debug, Clone)]

@@ -528,6 +528,9 @@ impl Inner {
             b.write(bundle::ADDRESS, address.as_bytes())?;
         }
         let (conn, _) = self.connect(&address, &b.namespace, &b.id).await?;
+        if b.read(bundle::SHIM_PID)?.is_none() {
+            b.write(bundle::SHIM_PID, conn.shim_pid.to_string().as_bytes())?;
+        }
         self.shim_start.observe(started.elapsed().as_secs_f64());
         let t = Arc::new(ShimTask {
             namespace: b.namespace.clone(),
