@@ -279,7 +279,7 @@ async fn ctr_detached_task_lifecycle() {
         tokio::spawn(async move { wait_on(&socket, &ns, "d1").await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    n.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "d1"]);
+    n.ctr_ok(&["tasks", "kill", "--all", "-s", "SIGKILL", "d1"]);
     assert_eq!(waiter.await.expect("join"), 137);
     assert_eq!(n.status("d1"), "STOPPED");
     n.ctr_ok(&["tasks", "rm", "d1"]);
