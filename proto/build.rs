@@ -74,10 +74,17 @@ fn grpc() -> Result<(), Box<dyn std::error::Error>> {
     protos.push("protos/github.com/containerd/cgroups/cgroup2/stats/metrics.proto".into());
     protos.push("protos/cri-api/api.proto".into());
     protos.sort();
+    // Every message implements `prost::Name` (`full_name()` = containerd's event type URL).
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&protos, &["protos".to_string(), "protos/cri-api".to_string()])?;
+        .compile_with_config(
+            config,
+            &protos,
+            &["protos".to_string(), "protos/cri-api".to_string()],
+        )?;
     Ok(())
 }
 

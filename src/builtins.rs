@@ -6,6 +6,14 @@ use crate::plugin::Registration;
 /// Every built-in plugin.
 pub fn registrations() -> Vec<Registration> {
     vec![
+        crate::events::exchange::plugin(),
+        crate::deprecation::plugin(),
+        crate::services::events::grpc_plugin(),
+        crate::services::events::ttrpc_plugin(),
+        crate::services::version::plugin(),
+        crate::services::introspection::plugin(),
+        crate::services::health::plugin(),
+        crate::metadata::plugin::registration(),
         crate::runtime::v2::registration(),
         crate::services::tasks::local::registration(),
         crate::services::tasks::grpc::registration(),

@@ -3,13 +3,21 @@
 //! See `docs/ARCHITECTURE.md` for the map of this crate.
 
 pub mod builtins;
+pub mod config;
+pub mod deprecation;
 pub mod errdefs;
 pub mod events;
 pub mod filters;
 pub mod identifiers;
+pub mod logging;
 pub mod metadata;
 pub mod monitor;
 pub mod plugin;
 pub mod runtime;
 pub mod server;
 pub mod services;
+
+/// The crate version (`taskd_build_info{version}`, `ctr version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git revision taskd was built from, or "unknown" (`taskd_build_info{revision}`).
+pub const REVISION: &str = env!("TASKD_REVISION");

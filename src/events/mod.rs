@@ -8,6 +8,12 @@ use std::time::SystemTime;
 
 use crate::errdefs::{ErrorKind, Kind};
 
+pub mod exchange;
+pub mod fields;
+pub mod topics;
+
+pub use exchange::Exchange;
+
 /// An event with its routing data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
@@ -27,6 +33,18 @@ pub enum EventError {
     InvalidFilter { filter: String, reason: String },
     #[error("envelope has no event")]
     MissingEvent,
+    #[error("invalid topic {topic:?}: component {component:?}: {source}")]
+    InvalidTopicComponent {
+        topic: String,
+        component: String,
+        source: crate::identifiers::InvalidIdentifier,
+    },
+    #[error("forward request has no envelope")]
+    MissingEnvelope,
+    #[error("timestamp must be set on a forwarded event")]
+    MissingTimestamp,
+    #[error("invalid event timestamp (seconds {seconds}, nanos {nanos})")]
+    InvalidTimestamp { seconds: i64, nanos: i32 },
 }
 
 impl ErrorKind for EventError {
@@ -35,7 +53,11 @@ impl ErrorKind for EventError {
             EventError::InvalidTopic { .. }
             | EventError::Namespace(_)
             | EventError::InvalidFilter { .. }
-            | EventError::MissingEvent => Kind::InvalidArgument,
+            | EventError::MissingEvent
+            | EventError::InvalidTopicComponent { .. }
+            | EventError::MissingEnvelope
+            | EventError::MissingTimestamp
+            | EventError::InvalidTimestamp { .. } => Kind::InvalidArgument,
         }
     }
 }

@@ -111,5 +111,6 @@ pub mod ids {
     pub const VERSION: &str = "version";
     pub const INTROSPECTION: &str = "introspection";
     pub const HEALTH: &str = "healthcheck";
+    pub const DEPRECATIONS: &str = "deprecations";
     pub const CRI: &str = "cri";
 }

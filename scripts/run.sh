@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Fresh machine → running taskd: installs what taskd needs at run time when it is missing
+# (runc, and containerd for its containerd-shim-runc-v2), builds taskd and starts it on the
+# embedded defaults (root /var/lib/taskd, state /run/taskd, socket /run/taskd/taskd.sock,
+# metrics on 127.0.0.1:1338). Extra arguments go to taskd (e.g. --config FILE, --log-level debug).
+# Needs root (or sudo) to install packages and to run the daemon.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+need=()
+command -v runc >/dev/null 2>&1 || need+=(runc)
+command -v containerd-shim-runc-v2 >/dev/null 2>&1 || need+=(containerd)
+if [ "${#need[@]}" -gt 0 ]; then
+    apt_install "${need[@]}"
+fi
+ensure_cargo
+cargo build --release --bin taskd
+exec_as_root() {
+    if [ "$(id -u)" -eq 0 ]; then exec "$@"; else exec sudo "$@"; fi
+}
+exec_as_root target/release/taskd "$@"

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Fresh machine → every test: installs what the tests need when it is missing, then runs
+# `cargo test --workspace` (as root: integration tests start a real taskd, runc and shims).
+#
+#   scripts/test.sh            the default suite (fast)
+#   scripts/test.sh --e2e      also the slow end-to-end tests (TASKD_E2E=1); CI=true implies it
+#   scripts/test.sh -- ARGS    extra arguments for cargo test (e.g. -- --test daemon)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+e2e=0
+[ "${CI:-}" = "true" ] && e2e=1
+cargo_args=()
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --e2e) e2e=1 ;;
+        --) shift; cargo_args+=("$@"); break ;;
+        *) cargo_args+=("$1") ;;
+    esac
+    shift
+done
+
+apt_install runc containerd busybox-static docker-registry criu containernetworking-plugins \
+    prometheus skopeo protobuf-compiler iproute2
+ensure_cargo
+
+if [ "$e2e" -eq 1 ]; then
+    export TASKD_E2E=1
+    echo "running with TASKD_E2E=1 (slow end-to-end tests included)" >&2
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "warning: not root; integration tests that need root will fail saying so" >&2
+fi
+cargo test --workspace "${cargo_args[@]}"

@@ -1,0 +1,146 @@
+//! The leases service (`containerd.services.leases.v1.Leases`): [`Local`] over the metadata
+//! [`LeaseManager`], and the thin gRPC adapter in `grpc.rs`.
+//!
+//! - Create without an id generates one the way containerd's `WithRandomID` does
+//!   (`<nanoseconds>-<random>`); expiry is the `containerd.io/gc.expire` label (RFC 3339),
+//!   enforced by the metadata plugin's expiry task.
+//! - Delete's `sync` flag asks containerd to run its garbage collector before returning.
+//!   taskd has no garbage collector yet, so the flag is accepted and the delete is the same.
+
+pub mod grpc;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use crate::metadata::{self, Lease, LeaseManager, LeaseResource, MetadataError};
+use crate::plugin::{Instance, PluginType, Registration, ids};
+
+/// The leases service, in process.
+#[async_trait]
+pub trait Leases: Send + Sync {
+    /// `id` empty = generate one.
+    async fn create(
+        &self,
+        namespace: &str,
+        id: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Lease, MetadataError>;
+    /// `sync`: accepted; there is no garbage collector to wait for yet.
+    async fn delete(&self, namespace: &str, id: &str, sync: bool) -> Result<(), MetadataError>;
+    async fn list(&self, namespace: &str, filters: Vec<String>) -> Result<Vec<Lease>, MetadataError>;
+    async fn add_resource(
+        &self,
+        namespace: &str,
+        lease: &str,
+        resource: LeaseResource,
+    ) -> Result<(), MetadataError>;
+    async fn delete_resource(
+        &self,
+        namespace: &str,
+        lease: &str,
+        resource: LeaseResource,
+    ) -> Result<(), MetadataError>;
+    async fn list_resources(&self, namespace: &str, lease: &str)
+    -> Result<Vec<LeaseResource>, MetadataError>;
+}
+
+/// [`Leases`] over a [`LeaseManager`].
+pub struct Local {
+    manager: Arc<dyn LeaseManager>,
+}
+
+impl Local {
+    pub fn new(manager: Arc<dyn LeaseManager>) -> Self {
+        Local { manager }
+    }
+}
+
+/// containerd's `leases.WithRandomID`: `<nanoseconds of the current second>-<8 hex chars>`.
+pub fn random_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{nanos}-{}", &rand[..8])
+}
+
+#[async_trait]
+impl Leases for Local {
+    async fn create(
+        &self,
+        namespace: &str,
+        id: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Lease, MetadataError> {
+        let generated = id.is_empty();
+        // A generated id that collides is generated again (a few times).
+        let mut attempts = if generated { 3 } else { 1 };
+        loop {
+            let (m, ns, labels) = (self.manager.clone(), namespace.to_owned(), labels.clone());
+            let id = if generated { random_id() } else { id.to_owned() };
+            match metadata::blocking("create lease", move || m.create(&ns, &id, labels)).await {
+                Err(MetadataError::AlreadyExists { .. }) if attempts > 1 => attempts -= 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn delete(&self, namespace: &str, id: &str, _sync: bool) -> Result<(), MetadataError> {
+        let (m, ns, id) = (self.manager.clone(), namespace.to_owned(), id.to_owned());
+        metadata::blocking("delete lease", move || m.delete(&ns, &id)).await
+    }
+
+    async fn list(&self, namespace: &str, filters: Vec<String>) -> Result<Vec<Lease>, MetadataError> {
+        let (m, ns) = (self.manager.clone(), namespace.to_owned());
+        metadata::blocking("list leases", move || m.list(&ns, &filters)).await
+    }
+
+    async fn add_resource(
+        &self,
+        namespace: &str,
+        lease: &str,
+        resource: LeaseResource,
+    ) -> Result<(), MetadataError> {
+        let (m, ns, lease) = (self.manager.clone(), namespace.to_owned(), lease.to_owned());
+        metadata::blocking("add lease resource", move || {
+            m.add_resource(&ns, &lease, resource)
+        })
+        .await
+    }
+
+    async fn delete_resource(
+        &self,
+        namespace: &str,
+        lease: &str,
+        resource: LeaseResource,
+    ) -> Result<(), MetadataError> {
+        let (m, ns, lease) = (self.manager.clone(), namespace.to_owned(), lease.to_owned());
+        metadata::blocking("delete lease resource", move || {
+            m.delete_resource(&ns, &lease, resource)
+        })
+        .await
+    }
+
+    async fn list_resources(
+        &self,
+        namespace: &str,
+        lease: &str,
+    ) -> Result<Vec<LeaseResource>, MetadataError> {
+        let (m, ns, lease) = (self.manager.clone(), namespace.to_owned(), lease.to_owned());
+        metadata::blocking("list lease resources", move || m.list_resources(&ns, &lease)).await
+    }
+}
+
+/// `io.containerd.service.v1.leases`: provides `dyn Leases`.
+pub fn registration() -> Registration {
+    Registration::new(PluginType::Service, ids::LEASES, |cx| async move {
+        let manager = cx.get::<dyn LeaseManager>()?;
+        let local: Arc<dyn Leases> = Arc::new(Local::new(manager));
+        Ok(Instance::new().with::<dyn Leases>(local))
+    })
+    .requires(&[PluginType::Metadata])
+}

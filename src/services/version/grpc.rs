@@ -1,0 +1,60 @@
+//! gRPC adapter: `containerd.services.version.v1.Version`.
+
+use std::sync::Arc;
+
+use taskd_proto::containerd::services::version::v1::VersionResponse;
+use taskd_proto::containerd::services::version::v1::version_server::{Version, VersionServer};
+use tonic::{Request, Response, Status};
+
+use super::Local;
+use crate::server::{GrpcService, MAX_MESSAGE_SIZE};
+
+#[derive(Clone)]
+pub struct VersionService {
+    local: Arc<Local>,
+}
+
+impl VersionService {
+    pub fn new(local: Arc<Local>) -> Self {
+        VersionService { local }
+    }
+}
+
+impl GrpcService for VersionService {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder) {
+        routes.add_service(
+            VersionServer::new(self.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        );
+    }
+}
+
+#[tonic::async_trait]
+impl Version for VersionService {
+    async fn version(&self, _request: Request<()>) -> Result<Response<VersionResponse>, Status> {
+        let v = self.local.version();
+        Ok(Response::new(VersionResponse {
+            version: v.version,
+            revision: v.revision,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reports_crate_version_and_revision() {
+        let svc = VersionService::new(Arc::new(Local));
+        let v = svc.version(Request::new(())).await.unwrap().into_inner();
+        assert_eq!(v.version, env!("CARGO_PKG_VERSION"));
+        assert!(!v.revision.is_empty());
+        assert!(
+            v.revision == "unknown" || v.revision.chars().all(|c| c.is_ascii_hexdigit()),
+            "{}",
+            v.revision
+        );
+    }
+}

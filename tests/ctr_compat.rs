@@ -1,0 +1,224 @@
+//! Component test: Debian's `ctr` 1.6 against taskd's events, version, introspection and
+//! health services, served by a plain tonic server on a temporary unix socket (no daemon:
+//! the built-in plugins of this branch plus two that skip and fail, through the real
+//! registry). The daemon-level tests live in `tests/events.rs`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use taskd::events::Exchange;
+use taskd::plugin::{PluginError, PluginType, Plugins, Registration, Registry, RegistryConfig};
+use taskd::server::{GrpcService, MAX_MESSAGE_SIZE};
+use taskd_proto::containerd::services::events::v1::PublishRequest;
+use taskd_proto::containerd::services::events::v1::events_client::EventsClient;
+use tokio::net::{UnixListener, UnixStream};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+fn ctr_binary() -> Result<PathBuf> {
+    let path = PathBuf::from("/usr/bin/ctr");
+    if !path.exists() {
+        bail!("ctr is missing: install Debian's containerd package (apt-get install containerd)");
+    }
+    Ok(path)
+}
+
+struct Served {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    plugins: Plugins,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn serve() -> Result<Served> {
+    let dir = tempfile::tempdir()?;
+    let mut regs = taskd::builtins::registrations();
+    regs.push(Registration::new(PluginType::Snapshotter, "btrfs", |_cx| async {
+        Err(PluginError::Skip("path /x must be a btrfs filesystem".into()))
+    }));
+    regs.push(
+        Registration::new(PluginType::Metadata, "broken", |_cx| async {
+            Err(PluginError::init(std::io::Error::other("database is corrupt")))
+        })
+        .requires(&[PluginType::Event]),
+    );
+    let plugins = Registry::new(regs)?
+        .init(RegistryConfig {
+            root: dir.path().join("root"),
+            state: dir.path().join("state"),
+            ..Default::default()
+        })
+        .await?;
+    let mut routes = tonic::service::RoutesBuilder::default();
+    for (_, service) in plugins.get_all::<dyn GrpcService>() {
+        service.register(&mut routes);
+    }
+    let socket = dir.path().join("taskd.sock");
+    let listener = UnixListener::bind(&socket)?;
+    let router = tonic::transport::Server::builder().add_routes(routes.routes());
+    let server = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        if let Err(e) = router.serve_with_incoming(incoming).await {
+            eprintln!("test server: {e}");
+        }
+    });
+    Ok(Served {
+        _dir: dir,
+        socket,
+        plugins,
+        server,
+    })
+}
+
+async fn channel(socket: &Path) -> Result<Channel> {
+    let socket = socket.to_owned();
+    Ok(Endpoint::try_from("http://[::]:0")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(UnixStream::connect(socket).await?))
+            }
+        }))
+        .await?)
+}
+
+async fn ctr(socket: &Path, args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new(ctr_binary()?)
+        .arg("--address")
+        .arg(socket)
+        .args(args)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "ctr {args:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_version_and_plugins() -> Result<()> {
+    let s = serve().await?;
+    let version = ctr(&s.socket, &["version"]).await?;
+    let server = version.split("Server:").nth(1).context("no Server section")?;
+    assert!(
+        server.contains(&format!("Version:  {}", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    assert!(server.contains("Revision: "), "{version}");
+    assert!(!server.contains("Revision: \n"), "{version}");
+    let uuid = server
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("UUID: "))
+        .context("no UUID")?;
+    uuid::Uuid::parse_str(uuid)?;
+
+    let ls = ctr(&s.socket, &["plugins", "ls"]).await?;
+    let row = |ty: &str, id: &str| {
+        ls.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|c| c.len() == 4 && c[0] == ty && c[1] == id)
+            .map(|c| c[3].to_owned())
+    };
+    for (ty, id) in [
+        ("io.containerd.event.v1", "exchange"),
+        ("io.containerd.grpc.v1", "events"),
+        ("io.containerd.ttrpc.v1", "events"),
+        ("io.containerd.grpc.v1", "version"),
+        ("io.containerd.grpc.v1", "introspection"),
+        ("io.containerd.grpc.v1", "healthcheck"),
+    ] {
+        assert_eq!(row(ty, id).as_deref(), Some("ok"), "{ty} {id}:\n{ls}");
+    }
+    assert_eq!(
+        row("io.containerd.snapshotter.v1", "btrfs").as_deref(),
+        Some("skip"),
+        "{ls}"
+    );
+    assert_eq!(
+        row("io.containerd.metadata.v1", "broken").as_deref(),
+        Some("error"),
+        "{ls}"
+    );
+
+    let detail = ctr(&s.socket, &["plugins", "ls", "-d", "id==broken"]).await?;
+    assert!(detail.contains("Code:") && detail.contains("Unknown"), "{detail}");
+    assert!(detail.contains("database is corrupt"), "{detail}");
+
+    let grpc = ctr(&s.socket, &["plugins", "ls", "-q", "type==io.containerd.grpc.v1"]).await?;
+    let ids: Vec<_> = grpc.lines().collect();
+    for id in ["events", "version", "introspection", "healthcheck"] {
+        assert!(ids.contains(&id), "{id} missing:\n{grpc}");
+    }
+    assert!(!ids.contains(&"exchange") && !ids.contains(&"btrfs"), "{grpc}");
+    s.server.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_events_streams_what_a_client_publishes() -> Result<()> {
+    let s = serve().await?;
+    let exchange: Arc<Exchange> = s.plugins.get::<Exchange>().context("exchange is up")?;
+    let mut child = Command::new(ctr_binary()?)
+        .arg("--address")
+        .arg(&s.socket)
+        .args(["events", r#"topic~="^/tasks/""#])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let result = async {
+        // ctr has subscribed once the exchange has a subscriber
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while exchange.subscriber_count() == 0 {
+            if Instant::now() > deadline {
+                bail!("ctr events never subscribed");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut client =
+            EventsClient::new(channel(&s.socket).await?).max_decoding_message_size(MAX_MESSAGE_SIZE);
+        for (topic, id) in [("/containers/create", "skipped"), ("/tasks/oom", "c1")] {
+            let mut req = tonic::Request::new(PublishRequest {
+                topic: topic.into(),
+                event: Some(prost_types::Any {
+                    type_url: "containerd.events.TaskOOM".into(),
+                    value: prost::Message::encode_to_vec(&taskd_proto::containerd::events::TaskOom {
+                        container_id: id.into(),
+                    }),
+                }),
+            });
+            req.metadata_mut()
+                .insert("containerd-namespace", "testns".parse()?);
+            client.publish(req).await?;
+        }
+        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .context("no event line from ctr events")?
+            .context("ctr events exited")?;
+        // "<timestamp> <namespace> <topic> <json>"
+        assert!(line.contains(" testns /tasks/oom "), "{line}");
+        assert!(line.ends_with(r#"{"container_id":"c1"}"#), "{line}");
+        Ok(())
+    }
+    .await;
+    child.kill()?;
+    child.wait()?;
+    let _ = reader.join();
+    s.server.abort();
+    result
+}

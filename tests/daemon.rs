@@ -1,0 +1,303 @@
+//! The daemon's skeleton against the real binary and the real `ctr`: startup, sockets,
+//! locking, config, signals, HTTP endpoints.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::Daemon;
+
+fn taskd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_taskd"));
+    c.env_remove("TASKD_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Polls `cond` for up to 20s.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn smoke_daemon_serves_and_ctr_reaches_it() {
+    support::require_bin("ctr", "containerd");
+    let mut d = Daemon::start();
+    assert!(UnixStream::connect(&d.socket).is_ok());
+    assert!(UnixStream::connect(&d.ttrpc_socket).is_ok());
+    // `ctr version` reaches the server (whatever it answers, the client part prints).
+    let out = d.ctr(&["version"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Client:"), "{stdout}");
+    let status = d.stop();
+    assert!(status.success(), "{status}\n{}", d.log());
+}
+
+#[test]
+fn sigterm_exits_zero_and_removes_both_sockets() {
+    let mut d = Daemon::start();
+    let status = d.stop();
+    assert_eq!(status.code(), Some(0), "{status}\n{}", d.log());
+    assert!(!d.socket.exists(), "grpc socket left behind");
+    assert!(!d.ttrpc_socket.exists(), "ttrpc socket left behind");
+    assert!(d.log().contains("SIGTERM"), "{}", d.log());
+}
+
+#[test]
+fn second_instance_on_the_same_root_is_refused_and_the_first_keeps_serving() {
+    let mut d = Daemon::start();
+    let out = d.command().output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("another taskd already runs on this root"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(&format!("pid {}", d.pid())),
+        "{}",
+        stderr(&out)
+    );
+    // Another root but the same socket: refused too, and the socket is not stolen.
+    let other = tempfile::tempdir().unwrap();
+    let out = d
+        .command()
+        .arg("--root")
+        .arg(other.path().join("root"))
+        .arg("--state")
+        .arg(other.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("in use by another live process"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(d.running());
+    assert!(UnixStream::connect(&d.socket).is_ok());
+    assert_eq!(d.http("/readyz", None).0, 200);
+    assert!(d.stop().success());
+}
+
+#[test]
+fn socket_is_0660_in_a_0711_directory() {
+    let d = Daemon::start();
+    for s in [&d.socket, &d.ttrpc_socket] {
+        let mode = std::fs::metadata(s).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660, "{}", s.display());
+        let dir = std::fs::metadata(s.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir, 0o711, "{}", s.display());
+    }
+    let root = std::fs::metadata(&d.root).unwrap().permissions().mode() & 0o777;
+    assert_eq!(root, 0o711);
+}
+
+#[test]
+fn stale_sockets_after_kill9_are_replaced_on_restart() {
+    let mut d = Daemon::start();
+    d.kill9();
+    assert!(
+        d.socket.exists() && d.ttrpc_socket.exists(),
+        "kill -9 leaves the socket files"
+    );
+    d.restart();
+    assert!(UnixStream::connect(&d.socket).is_ok());
+    assert!(d.log().contains("replacing stale socket"), "{}", d.log());
+    assert!(d.stop().success());
+}
+
+#[test]
+fn too_long_socket_path_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("x".repeat(110)).join("taskd.sock");
+    let out = taskd()
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--address")
+        .arg(&long)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("grpc.address") && err.contains("at most 107 bytes"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("root").exists(),
+        "refused before touching the disk"
+    );
+}
+
+#[test]
+fn config_default_passes_config_check() {
+    let out = taskd().args(["config", "default"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("version = 1") && text.contains("[grpc]"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("default.toml");
+    std::fs::write(&file, &text).unwrap();
+    let out = taskd().args(["config", "check"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "no warnings expected: {}", stderr(&out));
+}
+
+#[test]
+fn config_check_names_unknown_key_and_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "version = 1\n\n[grpc]\naddress = \"/run/t.sock\"\nmax_recv_mesage_size = 1\n",
+    )
+    .unwrap();
+    let out = taskd().args(["config", "check"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{}:5: grpc.max_recv_mesage_size", file.display())),
+        "{err}"
+    );
+    // The daemon refuses the same file, naming the error.
+    let out = taskd().arg("--config").arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("grpc.max_recv_mesage_size"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn sighup_does_not_kill_and_reloads_the_log_level() {
+    // Without RUST_LOG, so the config's level is the one in force.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("taskd.toml");
+    let port = support::free_port();
+    let write = |level: &str| {
+        std::fs::write(
+            &cfg,
+            format!("version = 1\n[metrics]\naddress = \"127.0.0.1:{port}\"\n[debug]\nlevel = \"{level}\"\n"),
+        )
+        .unwrap()
+    };
+    write("info");
+    let log = dir.path().join("log");
+    let mut child = taskd()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--address")
+        .arg(dir.path().join("state/taskd.sock"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    eventually("readyz", || {
+        matches!(support::http_get(&addr, "/readyz", None), Ok((200, _)))
+    });
+    write("debug");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    eventually("log level reloaded", || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("log level reloaded")
+    });
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP killed taskd");
+    assert_eq!(support::http_get(&addr, "/readyz", None).unwrap().0, 200);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn sighup_with_harness_overrides_keeps_serving() {
+    let mut d = Daemon::start();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("SIGHUP handled", || d.log().contains("config level not applied"));
+    assert!(d.running());
+    assert_eq!(d.http("/readyz", None).0, 200);
+    assert!(d.stop().success());
+}
+
+#[test]
+fn healthz_readyz_and_metrics_answer_over_http() {
+    let d = Daemon::start();
+    assert_eq!(d.http("/healthz", None).0, 200);
+    assert_eq!(d.http("/readyz", None), (200, "ready\n".into()));
+    let _ = d.ctr(&["version"]);
+    for path in ["/metrics", "/v1/metrics"] {
+        let (code, body) = d.http(path, None);
+        assert_eq!(code, 200);
+        for name in [
+            "taskd_build_info{",
+            "process_resident_memory_bytes",
+            "taskd_grpc_requests_total{",
+            "taskd_grpc_request_duration_seconds_bucket{",
+        ] {
+            assert!(body.contains(name), "{name} missing from {path}:\n{body}");
+        }
+    }
+    assert_eq!(d.http("/nope", None).0, 404);
+}
+
+#[test]
+fn bearer_token_is_enforced_on_metrics_only() {
+    let tokdir = tempfile::tempdir().unwrap();
+    let token = tokdir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let d = Daemon::start_with(&format!(
+        "[metrics]\nbearer_token_file = {:?}\n",
+        token.display().to_string()
+    ));
+    assert_eq!(d.http("/metrics", None).0, 401);
+    assert_eq!(d.http("/v1/metrics", Some("wrong")).0, 401);
+    assert_eq!(d.http("/metrics", Some("s3cret")).0, 200);
+    assert_eq!(d.http("/v1/metrics", Some("s3cret")).0, 200);
+    assert_eq!(d.http("/healthz", None).0, 200);
+    assert_eq!(d.http("/readyz", None).0, 200);
+}
+
+#[tokio::test]
+async fn invalid_namespace_header_is_invalid_argument_for_every_rpc() {
+    use taskd_proto::containerd::services::version::v1::version_client::VersionClient;
+    let d = Daemon::start();
+    let mut client = VersionClient::new(d.channel().await);
+    let mut req = tonic::Request::new(());
+    req.metadata_mut()
+        .insert("containerd-namespace", "-bad-".parse().unwrap());
+    let status = client.version(req).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("namespace"), "{status:?}");
+    let mut req = tonic::Request::new(());
+    req.metadata_mut()
+        .insert("containerd-namespace", "default".parse().unwrap());
+    if let Err(status) = client.version(req).await {
+        assert_ne!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+    let (_, metrics) = d.http("/metrics", None);
+    assert!(metrics.contains("code=\"InvalidArgument\""), "{metrics}");
+}
