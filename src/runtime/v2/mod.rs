@@ -39,7 +39,7 @@ use tokio::io::AsyncBufReadExt;
 use self::binary::DaemonAddresses;
 use self::bundle::Bundle;
 use self::shim::{ShimConn, ShimTask, TaskHandle};
-use crate::events::Publisher;
+use crate::events::{self, Publisher};
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
 use crate::runtime::{CreateOpts, Exit, PlatformRuntime, Result, RuntimeError, Status, Task};
 use taskd_proto::containerd::events::{TaskDelete, TaskExit};
@@ -367,11 +367,10 @@ impl Inner {
             exit_status: exit.status,
             exited_at: Some(exit.timestamp.into()),
         };
-        match self.publisher.publish(
-            &b.namespace,
-            "/tasks/exit",
-            event_any("containerd.events.TaskExit", &ev),
-        ) {
+        match self
+            .publisher
+            .publish(&b.namespace, "/tasks/exit", events::any(&ev))
+        {
             Ok(()) => tracing::info!(
                 namespace = %b.namespace, id = %b.id, status = exit.status,
                 "published /tasks/exit for a task whose shim is gone"
@@ -633,23 +632,13 @@ impl Inner {
             exited_at: Some(exit.timestamp.into()),
             id: String::new(),
         };
-        if let Err(e) = self.publisher.publish(
-            &t.namespace,
-            "/tasks/delete",
-            event_any("containerd.events.TaskDelete", &ev),
-        ) {
+        if let Err(e) = self
+            .publisher
+            .publish(&t.namespace, "/tasks/delete", events::any(&ev))
+        {
             tracing::warn!(id = %t.id, error = %e, "publish /tasks/delete");
         }
         exit
-    }
-}
-
-/// An event as an `Any` with containerd's type URL (the generated event messages do not
-/// implement `prost::Name`, so the name is spelled here).
-fn event_any(type_url: &str, msg: &impl prost::Message) -> prost_types::Any {
-    prost_types::Any {
-        type_url: type_url.to_owned(),
-        value: msg.encode_to_vec(),
     }
 }
 
