@@ -69,6 +69,52 @@ impl Deprecations {
     }
 }
 
+/// Deprecated values that may appear anywhere in a config: (value, warning id, message).
+const DEPRECATED_VALUES: [(&str, &str, &str); 2] = [
+    ("io.containerd.runtime.v1.linux", RUNTIME_V1, RUNTIME_V1_MESSAGE),
+    ("io.containerd.runc.v1", RUNC_V1, RUNC_V1_MESSAGE),
+];
+
+impl Deprecations {
+    /// Warns for every deprecated runtime name used as a value in the plugin tables
+    /// (`[plugins."<type>.<id>"]`, at any depth: `runtime_type`, `default_runtime_name`, ...).
+    /// The daemon calls this once after loading its config.
+    pub fn scan_plugin_config<'a>(&self, tables: impl IntoIterator<Item = (&'a String, &'a toml::Table)>) {
+        fn walk(d: &Deprecations, plugin: &str, path: &str, value: &toml::Value) {
+            match value {
+                toml::Value::String(s) => {
+                    for (name, id, message) in DEPRECATED_VALUES {
+                        if s == name {
+                            d.emit(id, &format!("{message} (config: [plugins.\"{plugin}\"] {path})"));
+                        }
+                    }
+                }
+                toml::Value::Array(items) => {
+                    for (i, v) in items.iter().enumerate() {
+                        walk(d, plugin, &format!("{path}[{i}]"), v);
+                    }
+                }
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        walk(d, plugin, &p, v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (plugin, table) in tables {
+            for (k, v) in table {
+                walk(self, plugin, k, v);
+            }
+        }
+    }
+}
+
 /// `io.containerd.internal.v1.deprecations`, providing `Arc<Deprecations>`.
 pub fn plugin() -> Registration {
     Registration::new(PluginType::Internal, ids::DEPRECATIONS, |_cx| async move {
@@ -94,5 +140,32 @@ mod tests {
             vec![RUNC_V1, RUNTIME_V1]
         );
         assert!(all[1].last_occurrence >= first[0].last_occurrence);
+    }
+
+    #[test]
+    fn deprecated_runtime_names_in_plugin_config_are_reported() {
+        let tables: std::collections::BTreeMap<String, toml::Table> = [(
+            "io.containerd.cri.v1.cri".to_owned(),
+            toml::from_str(
+                "default_runtime_name = \"runc\"\n[runtimes.runc]\nruntime_type = \"io.containerd.runc.v1\"\n[runtimes.old]\nruntime_type = \"io.containerd.runtime.v1.linux\"\n[runtimes.ok]\nruntime_type = \"io.containerd.runc.v2\"\n",
+            )
+            .unwrap(),
+        )]
+        .into();
+        let d = Deprecations::new();
+        d.scan_plugin_config(&tables);
+        let all = d.list();
+        assert_eq!(
+            all.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+            vec![RUNC_V1, RUNTIME_V1]
+        );
+        assert!(
+            all[0].message.contains("runtimes.runc.runtime_type"),
+            "{}",
+            all[0].message
+        );
+        let clean = Deprecations::new();
+        clean.scan_plugin_config(&std::collections::BTreeMap::new());
+        assert!(clean.list().is_empty());
     }
 }

@@ -217,6 +217,9 @@ async fn serve_until_signal(
         })
         .await?;
 
+    if let Some(deprecations) = plugins.get::<taskd::deprecation::Deprecations>() {
+        deprecations.scan_plugin_config(&cfg.plugins);
+    }
     let grpc_server = grpc::serve(grpc_listener, plugins.get_all::<dyn GrpcService>(), rpc_metrics);
     let ttrpc_server = ttrpc::serve(ttrpc_listener, plugins.get_all::<dyn TtrpcService>()).await?;
     ready.set(true);
@@ -235,6 +238,13 @@ async fn serve_until_signal(
     }
 
     ready.set(false);
+    if let Some(health) = plugins.get::<taskd::services::health::Health>() {
+        health.set_serving(false).await;
+    }
+    // End event streams (`ctr events`, Subscribe) so they do not hold the drain.
+    if let Some(exchange) = plugins.get::<taskd::events::Exchange>() {
+        exchange.close();
+    }
     let grace = cfg.shutdown.grace.0;
     tokio::join!(grpc_server.shutdown(grace), ttrpc_server.shutdown());
     plugins.shutdown(cfg.shutdown.hook_timeout.0).await;

@@ -18,13 +18,17 @@
 //! ```
 //!
 //! A slow subscriber therefore never blocks a publisher, and never slows down the others.
+//! Metrics: `taskd_events_published_total` (publishes and forwards),
+//! `taskd_events_dropped_total{subscriber}`, `taskd_events_subscribers{subscriber}` (live
+//! subscriptions). `close()` ends every subscription (daemon shutdown: lets `Subscribe`
+//! streams finish so the gRPC server can drain).
 //! The lock is a plain mutex held only while filters are evaluated and `try_send` is called:
 //! nothing under it awaits.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -45,9 +49,10 @@ const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// The events exchange.
 pub struct Exchange {
     queue_size: usize,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     published: IntCounter,
     dropped: IntCounterVec,
+    subscribers: IntGaugeVec,
 }
 
 #[derive(Default)]
@@ -63,9 +68,51 @@ struct Sub {
     filter: Filter,
     tx: mpsc::Sender<Envelope>,
     dropped: IntCounter,
+    /// `taskd_events_subscribers{subscriber}`: incremented on subscribe, decremented on drop.
+    live: IntGauge,
     /// Drops not yet reported in a log line.
     unlogged: u64,
     last_log: Option<Instant>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding this lock cannot leave State inconsistent in a way that
+    // matters (at worst a subscriber misses an event), so recover from poisoning.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Collects `taskd_events_subscribers` after pruning ended subscriptions, so a scrape sees
+/// a dropped Subscription gone even when nothing was published since.
+struct SubscribersCollector {
+    state: Arc<Mutex<State>>,
+    gauge: IntGaugeVec,
+}
+
+impl prometheus::core::Collector for SubscribersCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        lock(&self.state).subscribers.retain(Sub::is_live);
+        self.gauge.collect()
+    }
+}
+
+impl Sub {
+    /// Whether the Subscription still exists; accounts for it when it does not.
+    fn is_live(&self) -> bool {
+        if self.tx.is_closed() {
+            self.ended();
+            return false;
+        }
+        true
+    }
+
+    fn ended(&self) {
+        self.live.dec();
+        tracing::debug!(subscriber = self.name, id = self.id, "subscription ended");
+    }
 }
 
 impl Exchange {
@@ -88,11 +135,19 @@ impl Exchange {
             ),
             &["subscriber"],
         )?;
+        let subscribers = IntGaugeVec::new(
+            Opts::new(
+                "taskd_events_subscribers",
+                "Live subscriptions to the events exchange.",
+            ),
+            &["subscriber"],
+        )?;
         Ok(Exchange {
             queue_size: queue_size.max(1),
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
             published,
             dropped,
+            subscribers,
         })
     }
 
@@ -100,13 +155,17 @@ impl Exchange {
     pub fn register_metrics(&self, registry: &Registry) -> Result<(), prometheus::Error> {
         registry.register(Box::new(self.published.clone()))?;
         registry.register(Box::new(self.dropped.clone()))?;
+        registry.register(Box::new(SubscribersCollector {
+            state: self.state.clone(),
+            gauge: self.subscribers.clone(),
+        }))?;
         Ok(())
     }
 
     /// The number of live subscriptions (dropped ones are pruned on the next broadcast).
     pub fn subscriber_count(&self) -> usize {
         let mut state = self.lock();
-        state.subscribers.retain(|s| !s.tx.is_closed());
+        state.subscribers.retain(Sub::is_live);
         state.subscribers.len()
     }
 
@@ -115,13 +174,13 @@ impl Exchange {
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        state.subscribers.clear();
+        for sub in state.subscribers.drain(..) {
+            sub.live.dec();
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave State inconsistent in a way that
-        // matters (at worst a subscriber misses an event), so recover from poisoning.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
     }
 
     fn broadcast(&self, envelope: Envelope) {
@@ -130,12 +189,12 @@ impl Exchange {
         let mut state = self.lock();
         state.subscribers.retain_mut(|sub| {
             if !sub.filter.matches(&fields) {
-                return !sub.tx.is_closed();
+                return sub.is_live();
             }
             match sub.tx.try_send(envelope.clone()) {
                 Ok(()) => true,
                 Err(TrySendError::Closed(_)) => {
-                    tracing::debug!(subscriber = sub.name, id = sub.id, "subscription ended");
+                    sub.ended();
                     false
                 }
                 Err(TrySendError::Full(_)) => {
@@ -205,9 +264,11 @@ impl Subscriber for Exchange {
                 filter,
                 tx,
                 dropped: self.dropped.with_label_values(&[name]),
+                live: self.subscribers.with_label_values(&[name]),
                 unlogged: 0,
                 last_log: None,
             };
+            sub.live.inc();
             state.subscribers.push(sub);
         }
         Subscription { receiver }
@@ -266,7 +327,7 @@ pub fn plugin() -> Registration {
         exchange
             .register_metrics(cx.metrics())
             .map_err(|e| PluginError::init(ExchangeError::from(e)))?;
-        let exchange = std::sync::Arc::new(exchange);
+        let exchange = Arc::new(exchange);
         let closer = exchange.clone();
         Ok(Instance::new()
             .with::<dyn Publisher>(exchange.clone())
@@ -426,6 +487,7 @@ mod tests {
         let a = x.subscribe("a", Filter::always());
         let mut b = x.subscribe("b", filter(r#"topic=="/nothing""#));
         assert_eq!(x.subscriber_count(), 2);
+        assert_eq!(x.subscribers.with_label_values(&["a"]).get(), 1);
         drop(a);
         x.publish("default", "/tasks/start", any(1)).unwrap();
         assert_eq!(x.subscriber_count(), 1);
@@ -434,6 +496,32 @@ mod tests {
         // pruned even when its filter did not match
         x.publish("default", "/tasks/start", any(2)).unwrap();
         assert_eq!(x.state.lock().unwrap().subscribers.len(), 0);
+        assert_eq!(x.subscribers.with_label_values(&["a"]).get(), 0);
+        assert_eq!(x.subscribers.with_label_values(&["b"]).get(), 0);
+    }
+
+    #[test]
+    fn scrape_sees_a_dropped_subscription_without_a_publish() {
+        let registry = Registry::new();
+        let x = Exchange::new().unwrap();
+        x.register_metrics(&registry).unwrap();
+        let scrape = || {
+            prometheus::TextEncoder::new()
+                .encode_to_string(&registry.gather())
+                .unwrap()
+        };
+        let sub = x.subscribe("grpc", Filter::always());
+        assert!(
+            scrape().contains(r#"taskd_events_subscribers{subscriber="grpc"} 1"#),
+            "{}",
+            scrape()
+        );
+        drop(sub);
+        assert!(
+            scrape().contains(r#"taskd_events_subscribers{subscriber="grpc"} 0"#),
+            "{}",
+            scrape()
+        );
     }
 
     #[tokio::test]

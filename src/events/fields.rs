@@ -15,8 +15,9 @@
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
-use prost::Message;
+use prost::{Message, Name};
 use taskd_proto::containerd::events as ev;
 use taskd_proto::containerd::services::images::v1 as images;
 
@@ -179,45 +180,54 @@ impl EventFields for ev::TaskIo {
     }
 }
 
+type Decoder = fn(&[u8]) -> Option<Box<dyn EventFields>>;
+
 fn decode_as<M: Message + Default + EventFields + 'static>(value: &[u8]) -> Option<Box<dyn EventFields>> {
     M::decode(value).ok().map(|m| Box::new(m) as Box<dyn EventFields>)
 }
+
+fn entry<M: Name + Message + Default + EventFields + 'static>() -> (String, Decoder) {
+    (M::full_name(), decode_as::<M>)
+}
+
+/// Type URL (containerd's: the message's full protobuf name) → decoder.
+static DECODERS: LazyLock<HashMap<String, Decoder>> = LazyLock::new(|| {
+    HashMap::from([
+        entry::<ev::ContainerCreate>(),
+        entry::<ev::ContainerUpdate>(),
+        entry::<ev::ContainerDelete>(),
+        entry::<ev::ContentCreate>(),
+        entry::<ev::ContentDelete>(),
+        entry::<ev::NamespaceCreate>(),
+        entry::<ev::NamespaceUpdate>(),
+        entry::<ev::NamespaceDelete>(),
+        entry::<ev::SandboxCreate>(),
+        entry::<ev::SandboxStart>(),
+        entry::<ev::SandboxExit>(),
+        entry::<ev::SnapshotPrepare>(),
+        entry::<ev::SnapshotCommit>(),
+        entry::<ev::SnapshotRemove>(),
+        entry::<ev::TaskCreate>(),
+        entry::<ev::TaskStart>(),
+        entry::<ev::TaskDelete>(),
+        entry::<ev::TaskExit>(),
+        entry::<ev::TaskOom>(),
+        entry::<ev::TaskExecAdded>(),
+        entry::<ev::TaskExecStarted>(),
+        entry::<ev::TaskPaused>(),
+        entry::<ev::TaskResumed>(),
+        entry::<ev::TaskCheckpointed>(),
+        entry::<images::ImageCreate>(),
+        entry::<images::ImageUpdate>(),
+        entry::<images::ImageDelete>(),
+    ])
+});
 
 /// Decodes an event by its type URL (`containerd.events.TaskExit`, with or without a
 /// `host/` prefix such as `type.googleapis.com/`).
 fn decode(any: &prost_types::Any) -> Option<Box<dyn EventFields>> {
     let name = any.type_url.rsplit('/').next().unwrap_or_default();
-    let v = any.value.as_slice();
-    match name {
-        "containerd.events.ContainerCreate" => decode_as::<ev::ContainerCreate>(v),
-        "containerd.events.ContainerUpdate" => decode_as::<ev::ContainerUpdate>(v),
-        "containerd.events.ContainerDelete" => decode_as::<ev::ContainerDelete>(v),
-        "containerd.events.ContentCreate" => decode_as::<ev::ContentCreate>(v),
-        "containerd.events.ContentDelete" => decode_as::<ev::ContentDelete>(v),
-        "containerd.events.NamespaceCreate" => decode_as::<ev::NamespaceCreate>(v),
-        "containerd.events.NamespaceUpdate" => decode_as::<ev::NamespaceUpdate>(v),
-        "containerd.events.NamespaceDelete" => decode_as::<ev::NamespaceDelete>(v),
-        "containerd.events.SandboxCreate" => decode_as::<ev::SandboxCreate>(v),
-        "containerd.events.SandboxStart" => decode_as::<ev::SandboxStart>(v),
-        "containerd.events.SandboxExit" => decode_as::<ev::SandboxExit>(v),
-        "containerd.events.SnapshotPrepare" => decode_as::<ev::SnapshotPrepare>(v),
-        "containerd.events.SnapshotCommit" => decode_as::<ev::SnapshotCommit>(v),
-        "containerd.events.SnapshotRemove" => decode_as::<ev::SnapshotRemove>(v),
-        "containerd.events.TaskCreate" => decode_as::<ev::TaskCreate>(v),
-        "containerd.events.TaskStart" => decode_as::<ev::TaskStart>(v),
-        "containerd.events.TaskDelete" => decode_as::<ev::TaskDelete>(v),
-        "containerd.events.TaskExit" => decode_as::<ev::TaskExit>(v),
-        "containerd.events.TaskOOM" => decode_as::<ev::TaskOom>(v),
-        "containerd.events.TaskExecAdded" => decode_as::<ev::TaskExecAdded>(v),
-        "containerd.events.TaskExecStarted" => decode_as::<ev::TaskExecStarted>(v),
-        "containerd.events.TaskPaused" => decode_as::<ev::TaskPaused>(v),
-        "containerd.events.TaskResumed" => decode_as::<ev::TaskResumed>(v),
-        "containerd.events.TaskCheckpointed" => decode_as::<ev::TaskCheckpointed>(v),
-        "containerd.services.images.v1.ImageCreate" => decode_as::<images::ImageCreate>(v),
-        "containerd.services.images.v1.ImageUpdate" => decode_as::<images::ImageUpdate>(v),
-        "containerd.services.images.v1.ImageDelete" => decode_as::<images::ImageDelete>(v),
-        _ => None,
-    }
+    DECODERS.get(name).and_then(|d| d(&any.value))
 }
 
 #[cfg(test)]
@@ -270,6 +280,17 @@ mod tests {
         assert!(matches("namespace==k8s.io,event.container_id==web", &exit));
         assert!(!matches("namespace==default", &exit));
         assert!(!matches("event.container_id==db", &exit));
+    }
+
+    #[test]
+    fn type_urls_are_containerds() {
+        assert_eq!(ev::TaskOom::full_name(), "containerd.events.TaskOOM");
+        assert_eq!(
+            images::ImageCreate::full_name(),
+            "containerd.services.images.v1.ImageCreate"
+        );
+        assert!(DECODERS.contains_key("containerd.events.TaskExit"));
+        assert_eq!(DECODERS.len(), 27);
     }
 
     #[test]

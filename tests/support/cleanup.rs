@@ -7,4 +7,71 @@
 use std::path::Path;
 
 /// Called by `Daemon`'s `Drop` after the daemon process was killed and reaped.
-pub fn after_daemon(_state: &Path) {}
+///
+/// For every bundle under `<state>/io.containerd.runtime.v2.task/<ns>/<id>`: run
+/// `<shim> delete` in it (runc kills and deletes the container, the rootfs is unmounted),
+/// SIGKILL the pids recorded in `init.pid` and `shim.pid`, and unmount whatever is still
+/// mounted on its rootfs.
+pub fn after_daemon(state: &Path) {
+    let runtime = state.join("io.containerd.runtime.v2.task");
+    let Ok(namespaces) = std::fs::read_dir(&runtime) else {
+        return;
+    };
+    for ns in namespaces.flatten() {
+        let Ok(bundles) = std::fs::read_dir(ns.path()) else {
+            continue;
+        };
+        let ns_name = ns.file_name().to_string_lossy().into_owned();
+        for b in bundles.flatten() {
+            let dir = b.path();
+            let id = b.file_name().to_string_lossy().into_owned();
+            if let Ok(bin) = std::fs::read_to_string(dir.join("shim-binary-path")) {
+                shim_delete(bin.trim(), &ns_name, &id, &dir, &state.join("taskd.sock"));
+            }
+            for f in ["init.pid", "shim.pid"] {
+                let pid = std::fs::read_to_string(dir.join(f))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok());
+                if let Some(pid) = pid.filter(|p| *p > 1) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            let rootfs = dir.join("rootfs");
+            for _ in 0..16 {
+                if nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `<shim> delete` for one bundle, bounded to 10 s.
+fn shim_delete(bin: &str, ns: &str, id: &str, bundle: &Path, address: &Path) {
+    let child = std::process::Command::new(bin)
+        .arg("-namespace")
+        .arg(ns)
+        .arg("-address")
+        .arg(address)
+        .args(["-publish-binary", "/bin/true", "-id", id, "-bundle"])
+        .arg(bundle)
+        .arg("delete")
+        .current_dir(bundle)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -29,6 +29,7 @@ pub trait Namespaces: Send + Sync {
     async fn get(&self, name: &str) -> Result<Namespace, MetadataError>;
     /// `filter`: one containerd filter string (empty = all).
     async fn list(&self, filter: &str) -> Result<Vec<Namespace>, MetadataError>;
+    /// Update of a namespace that does not exist is NotFound (containerd would create it).
     async fn update(&self, namespace: Namespace, fieldpaths: Vec<String>)
     -> Result<Namespace, MetadataError>;
     async fn delete(&self, name: &str) -> Result<(), MetadataError>;
