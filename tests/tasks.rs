@@ -589,3 +589,119 @@ async fn two_hundred_cycles_leave_nothing_behind_e2e() {
     assert_eq!(zombie_children(d.pid()), Vec::<u32>::new());
     assert!(n.tasks().is_empty());
 }
+
+/// A request with the namespace header.
+fn in_ns<T>(ns: &str, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("containerd-namespace", ns.parse().expect("ascii ns"));
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_keep_their_kind_across_the_shim_and_grpc() {
+    let d = Daemon::start();
+    let n = Ns::new(&d, "errors");
+    let mut c = api::tasks_client::TasksClient::new(d.channel().await);
+
+    // A shim's NotFound reaches the client as NOT_FOUND.
+    n.run_detached("e1", &["/bin/sleep", "1000"]);
+    let st = c
+        .get(in_ns(
+            &n.ns,
+            api::GetRequest {
+                container_id: "e1".into(),
+                exec_id: "nope".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::NotFound, "{st:?}");
+
+    // Create of an existing task: AlreadyExists naming it.
+    let st = c
+        .create(in_ns(
+            &n.ns,
+            api::CreateTaskRequest {
+                container_id: "e1".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::AlreadyExists);
+    assert_eq!(st.message(), "task e1 already exists");
+
+    // Checkpoint: FailedPrecondition until the content store exists.
+    let st = c
+        .checkpoint(in_ns(
+            &n.ns,
+            api::CheckpointTaskRequest {
+                container_id: "e1".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::FailedPrecondition);
+    assert!(st.message().contains("content store"), "{}", st.message());
+
+    // Exec without an id: InvalidArgument.
+    let st = c
+        .exec(in_ns(
+            &n.ns,
+            api::ExecProcessRequest {
+                container_id: "e1".into(),
+                exec_id: String::new(),
+                spec: Some(prost_types::Any::default()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::InvalidArgument);
+
+    // A container without a task: NotFound "task X not found".
+    n.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "e1"]);
+    assert_eq!(n.wait("e1").await, 137);
+    n.ctr_ok(&["tasks", "rm", "e1"]);
+    for st in [
+        c.get(in_ns(
+            &n.ns,
+            api::GetRequest {
+                container_id: "e1".into(),
+                exec_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err(),
+        c.delete(in_ns(
+            &n.ns,
+            api::DeleteTaskRequest {
+                container_id: "e1".into(),
+            },
+        ))
+        .await
+        .unwrap_err(),
+    ] {
+        assert_eq!(st.code(), tonic::Code::NotFound);
+        assert_eq!(st.message(), "task e1 not found");
+    }
+    n.ctr_ok(&["containers", "rm", "e1"]);
+
+    // Runtime v1 is refused, naming the v2 runtime.
+    let out = n.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.runc.v1",
+        "--rootfs",
+        rootfs(),
+        "v1",
+        "/bin/true",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("io.containerd.runc.v2"), "{err}");
+    assert!(!n.bundle("v1").exists());
+}

@@ -523,6 +523,7 @@ impl Inner {
         let topts = opts.task_options.as_ref().or(opts.runtime_options.as_ref());
         let started = Instant::now();
         let address = binary::start(binary, b, &self.addrs, topts).await?;
+        let shim_started = started.elapsed();
         if b.read(bundle::ADDRESS)?.is_none() {
             b.write(bundle::ADDRESS, address.as_bytes())?;
         }
@@ -530,7 +531,8 @@ impl Inner {
         if b.read(bundle::SHIM_PID)?.is_none() {
             b.write(bundle::SHIM_PID, conn.shim_pid.to_string().as_bytes())?;
         }
-        self.shim_start.observe(started.elapsed().as_secs_f64());
+        let connected = started.elapsed();
+        self.shim_start.observe(connected.as_secs_f64());
         let t = Arc::new(ShimTask {
             namespace: b.namespace.clone(),
             id: b.id.clone(),
@@ -572,6 +574,13 @@ impl Inner {
             .create(shim::context(&b.namespace, None), &req)
             .await
             .map_err(|e| shim::map_err(&b.id, "create", e))?;
+        tracing::debug!(
+            namespace = %b.namespace, id = %b.id, pid = resp.pid,
+            shim_start_ms = shim_started.as_millis() as u64,
+            connect_ms = (connected - shim_started).as_millis() as u64,
+            create_ms = (started.elapsed() - connected).as_millis() as u64,
+            "task created"
+        );
         t.pid.store(resp.pid, std::sync::atomic::Ordering::Relaxed);
         rollback.task = None;
         Ok(t)
