@@ -453,8 +453,10 @@ impl Inner {
             status_hint: Mutex::new(Status::Unknown),
             log_reader: Mutex::new(log),
         });
-        // Learn the real status (created / running / paused) once.
-        let _ = crate::runtime::Process::state(&TaskHandle(t.clone())).await;
+        // Learn the real status (created / running / paused) once; a slow shim must not
+        // hold up the daemon's start.
+        let handle = TaskHandle(t.clone());
+        let _ = tokio::time::timeout(CONNECT_TIMEOUT, crate::runtime::Process::state(&handle)).await;
         lock(&self.tasks).insert((ns.to_owned(), id.to_owned()), t);
         tracing::info!(namespace = ns, id, pid, "reconnected to shim");
         Ok(())
