@@ -865,3 +865,38 @@ async fn cycles_leave_nothing_behind() {
     let after = fds();
     assert!(after <= before + 2, "fds before {before}, after {after}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_dying_after_the_exit_does_not_publish_a_second_exit() {
+    let w = World::new().await;
+    let ns = w.ns.clone();
+    w.container("done", &["/bin/true"]);
+    w.create("done").await;
+    let wait = {
+        let local = w.local.clone();
+        let ns = ns.clone();
+        tokio::spawn(async move { local.wait(&ns, "done", "").await })
+    };
+    w.local.start(&ns, "done", "").await.unwrap();
+    assert_eq!(wait.await.unwrap().unwrap().status, 0);
+    w.events.wait_for(&ns, "/tasks/exit", 1).await;
+    let shim_pid = w.manager.shim_tasks()[0].conn.as_ref().unwrap().shim_pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..200 {
+        if w.local.get(&ns, "done", "").await.unwrap().status == Status::Stopped && !w.bundle("done").exists()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!w.bundle("done").exists(), "dead shim not cleaned up");
+    w.local.delete(&ns, "done").await.unwrap();
+    assert_eq!(
+        w.events.topics(&ns),
+        ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    );
+}

@@ -360,6 +360,19 @@ impl Inner {
         if let Err(e) = b.delete() {
             tracing::warn!(namespace = %b.namespace, id = %b.id, error = %e, "remove bundle");
         }
+        // A task the shim already reported as exited had its /tasks/exit published by
+        // the shim: do not publish a second one.
+        let already_exited = task.is_some_and(|t| t.hint() == Status::Stopped);
+        if !already_exited {
+            self.publish_exit(b, &exit);
+        }
+        if let Some(t) = task {
+            t.dead.send_replace(Some(exit));
+        }
+        exit
+    }
+
+    fn publish_exit(&self, b: &Bundle, exit: &Exit) {
         let ev = TaskExit {
             container_id: b.id.clone(),
             id: b.id.clone(),
@@ -377,10 +390,6 @@ impl Inner {
             ),
             Err(e) => tracing::warn!(id = %b.id, error = %e, "publish /tasks/exit"),
         }
-        if let Some(t) = task {
-            t.dead.send_replace(Some(exit));
-        }
-        exit
     }
 
     async fn load_one(self: &Arc<Self>, ns: &str, id: &str) -> Result<()> {
