@@ -265,6 +265,29 @@ async fn ctr_detached_task_lifecycle() {
     n.ctr_ok(&["tasks", "resume", "d1"]);
     assert_eq!(n.status("d1"), "RUNNING");
 
+    // Update: the new memory limit lands in the container's cgroup (v1 here; ctr's default
+    // cgroups path is /<namespace>/<id>).
+    n.ctr_ok(&["tasks", "update", "--memory-limit", "67108864", "d1"]);
+    let limit = Path::new("/sys/fs/cgroup/memory")
+        .join(&n.ns)
+        .join("d1")
+        .join("memory.limit_in_bytes");
+    if limit.exists() {
+        assert_eq!(
+            std::fs::read_to_string(&limit).expect("read limit").trim(),
+            "67108864"
+        );
+    } else {
+        let v2 = Path::new("/sys/fs/cgroup")
+            .join(&n.ns)
+            .join("d1")
+            .join("memory.max");
+        assert_eq!(
+            std::fs::read_to_string(&v2).expect("read memory.max").trim(),
+            "67108864"
+        );
+    }
+
     let metrics = n.ctr_ok(&["tasks", "metrics", "d1"]);
     assert!(metrics.contains("memory.usage_in_bytes"), "{metrics}");
 
