@@ -265,9 +265,24 @@ async fn ctr_detached_task_lifecycle() {
     n.ctr_ok(&["tasks", "resume", "d1"]);
     assert_eq!(n.status("d1"), "RUNNING");
 
-    // Update: the new memory limit lands in the container's cgroup (v1 here; ctr's default
-    // cgroups path is /<namespace>/<id>).
-    n.ctr_ok(&["tasks", "update", "--memory-limit", "67108864", "d1"]);
+    // Update: the new memory limit lands in the container's cgroup (ctr's default cgroups
+    // path is /<namespace>/<id>).
+    // (ctr 1.6 has no `tasks update`: the Update RPC directly, as containerd's client sends it.)
+    let mut c = api::tasks_client::TasksClient::new(d.channel().await);
+    let resources = serde_json::json!({ "memory": { "limit": 67108864 } });
+    c.update(in_ns(
+        &n.ns,
+        api::UpdateTaskRequest {
+            container_id: "d1".into(),
+            resources: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: serde_json::to_vec(&resources).expect("json"),
+            }),
+            annotations: Default::default(),
+        },
+    ))
+    .await
+    .expect("Update");
     let limit = Path::new("/sys/fs/cgroup/memory")
         .join(&n.ns)
         .join("d1")
