@@ -729,6 +729,10 @@ async fn pod_containers_share_one_shim() {
     assert_eq!(tasks.len(), 2);
     let (a, b) = (tasks[0].conn.as_ref().unwrap(), tasks[1].conn.as_ref().unwrap());
     assert!(Arc::ptr_eq(a, b), "one connection for the pod's shim");
+    assert_eq!(
+        std::fs::read_to_string(w.bundle("sb").join("address")).unwrap(),
+        std::fs::read_to_string(w.bundle("c1").join("address")).unwrap()
+    );
     let shim_pid = a.shim_pid;
     drop(tasks);
     w.local.kill(&ns, "c1", "", 9, false).await.unwrap();

@@ -168,6 +168,17 @@ pub fn cgroups_path_of(spec: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The CRI sandbox a container belongs to: the spec's `io.kubernetes.cri.sandbox-id`
+/// annotation.
+pub fn sandbox_id_of(spec: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(spec).ok()?;
+    v.get("annotations")?
+        .get("io.kubernetes.cri.sandbox-id")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
 /// Unmounts `target` until it is no longer a mount point (stacked mounts included).
 pub fn unmount_all(target: &Path) -> Result<()> {
     use nix::errno::Errno;
@@ -219,5 +230,10 @@ mod tests {
             Some("/default/t1")
         );
         assert_eq!(cgroups_path_of(b"{}"), None);
+        assert_eq!(
+            sandbox_id_of(br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#).as_deref(),
+            Some("sb")
+        );
+        assert_eq!(sandbox_id_of(br#"{"annotations":{}}"#), None);
     }
 }

@@ -533,17 +533,39 @@ impl Inner {
         let log = self.spawn_log_reader(b);
         let topts = opts.task_options.as_ref().or(opts.runtime_options.as_ref());
         let started = Instant::now();
-        let address = binary::start(binary, b, &self.addrs, topts).await?;
-        let shim_started = started.elapsed();
+        // A container of a pod whose sandbox task runs here goes to the sandbox's shim
+        // directly (containerd's shim manager does the same); otherwise `<shim> start`
+        // (which may still answer with a shared shim's address).
+        let sandbox_conn = opts
+            .spec
+            .as_ref()
+            .and_then(|s| bundle::sandbox_id_of(&s.value))
+            .filter(|sb| *sb != b.id)
+            .and_then(|sb| self.live_conn(&b.namespace, &sb, binary));
+        let (address, shim_started, conn) = match sandbox_conn {
+            Some(conn) => {
+                tracing::debug!(id = %b.id, address = %conn.address, "reusing the sandbox's shim");
+                (conn.address.clone(), Duration::ZERO, Some(conn))
+            }
+            None => {
+                let address = binary::start(binary, b, &self.addrs, topts).await?;
+                (address, started.elapsed(), None)
+            }
+        };
         if b.read(bundle::ADDRESS)?.is_none() {
             b.write(bundle::ADDRESS, address.as_bytes())?;
         }
-        let (conn, _) = self.connect(&address, &b.namespace, &b.id).await?;
+        let conn = match conn {
+            Some(conn) => conn,
+            None => self.connect(&address, &b.namespace, &b.id).await?.0,
+        };
         if b.read(bundle::SHIM_PID)?.is_none() {
             b.write(bundle::SHIM_PID, conn.shim_pid.to_string().as_bytes())?;
         }
         let connected = started.elapsed();
-        self.shim_start.observe(connected.as_secs_f64());
+        if !shim_started.is_zero() {
+            self.shim_start.observe(connected.as_secs_f64());
+        }
         let t = Arc::new(ShimTask {
             namespace: b.namespace.clone(),
             id: b.id.clone(),
@@ -595,6 +617,15 @@ impl Inner {
         t.pid.store(resp.pid, std::sync::atomic::Ordering::Relaxed);
         rollback.task = None;
         Ok(t)
+    }
+
+    /// The live connection of task `ns/id` when it runs under the same shim binary.
+    fn live_conn(&self, ns: &str, id: &str, binary: &Path) -> Option<Arc<ShimConn>> {
+        let t = lock(&self.tasks).get(&(ns.to_owned(), id.to_owned())).cloned()?;
+        if t.dead_exit().is_some() || t.binary != binary {
+            return None;
+        }
+        t.conn.clone().filter(|c| shim::pid_alive(c.shim_pid))
     }
 
     async fn delete(&self, ns: &str, id: &str) -> Result<Exit> {
