@@ -384,8 +384,16 @@ impl Drop for World {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
+            let _ = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(Path::new("/run/containerd/runc").join(&self.ns))
+                .args(["delete", "--force", &t.id])
+                .stderr(std::process::Stdio::null())
+                .status();
             let _ = taskd::runtime::v2::bundle::unmount_all(&t.bundle.rootfs());
         }
+        // runc's per-namespace state dir (the runc shim's default root), once empty.
+        let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&self.ns));
     }
 }
 
@@ -413,12 +421,13 @@ async fn echo_prints_and_exits_zero_with_events_in_order() {
     w.local.start(&w.ns, "echo", "").await.unwrap();
     let exit = wait.await.unwrap().unwrap();
     assert_eq!(exit.status, 0);
-    let (_, out) = w.out("echo.out");
-    assert_eq!(std::fs::read_to_string(out).unwrap(), "hi\n");
     let st = w.local.get(&w.ns, "echo", "").await.unwrap();
     assert_eq!(st.status, Status::Stopped);
     let exit = w.local.delete(&w.ns, "echo").await.unwrap();
     assert_eq!(exit.status, 0);
+    // The shim finishes copying output by the time the task is deleted (not at exit).
+    let (_, out) = w.out("echo.out");
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "hi\n");
     assert!(w.monitor.0.lock().unwrap().is_empty());
     assert!(!w.bundle("echo").exists());
     w.events.wait_for(&w.ns, "/tasks/delete", 1).await;
@@ -481,9 +490,10 @@ async fn all_rpcs_on_a_long_running_task() {
     };
     w.local.start(&ns, "long", "e1").await.unwrap();
     assert_eq!(wait.await.unwrap().unwrap().status, 3);
-    assert_eq!(std::fs::read_to_string(out).unwrap(), "from-exec\n");
     let e = w.local.delete_process(&ns, "long", "e1").await.unwrap();
     assert_eq!(e.status, 3);
+    // The shim finishes copying output by the time the process is deleted (not at exit).
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "from-exec\n");
     let err = w.local.get(&ns, "long", "e1").await.unwrap_err();
     assert_eq!(err.kind(), Kind::NotFound, "{err}");
 

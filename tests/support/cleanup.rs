@@ -46,6 +46,16 @@ pub fn after_daemon(state: &Path) {
                 }
             }
         }
+        // runc's per-namespace state dir (the runc shim's default root), once empty.
+        let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&ns_name));
+        // The namespace's parent cgroup (ctr's default cgroups path is /<ns>/<id>), once
+        // empty: every v1 controller, and the v2 root.
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in controllers.flatten() {
+                let _ = std::fs::remove_dir(c.path().join(&ns_name));
+            }
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&ns_name));
     }
 }
 

@@ -198,8 +198,12 @@ impl ShimTask {
         *self.dead.borrow()
     }
 
+    /// Records the init process's status. Stopped is final: a Start or Resume answer that
+    /// arrives after the exit was seen (a short-lived process) must not undo it.
     fn set_hint(&self, s: Status) {
-        if let Ok(mut g) = self.status_hint.lock() {
+        if let Ok(mut g) = self.status_hint.lock()
+            && *g != Status::Stopped
+        {
             *g = s;
         }
     }
