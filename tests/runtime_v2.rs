@@ -39,23 +39,14 @@ fn require_tools() {
     }
 }
 
-/// The shared busybox rootfs (read-only in every spec).
-fn rootfs() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = tempfile::Builder::new().prefix("taskd-rootfs").tempdir().unwrap();
-        rootfs::build(d.path()).unwrap();
-        d
-    })
-    .path()
-}
-
-/// A default runc spec (`runc spec`) with our rootfs and args.
-fn spec(id: &str, args: &[&str], terminal: bool) -> prost_types::Any {
-    spec_with(id, args, terminal, None)
-}
-
-fn spec_with(id: &str, args: &[&str], terminal: bool, sandbox: Option<&str>) -> prost_types::Any {
+/// A default runc spec (`runc spec`) with the given rootfs and args.
+fn spec_with(
+    rootfs: &Path,
+    id: &str,
+    args: &[&str],
+    terminal: bool,
+    sandbox: Option<&str>,
+) -> prost_types::Any {
     static BASE: OnceLock<serde_json::Value> = OnceLock::new();
     let base = BASE.get_or_init(|| {
         let d = tempfile::tempdir().unwrap();
@@ -68,7 +59,7 @@ fn spec_with(id: &str, args: &[&str], terminal: bool, sandbox: Option<&str>) -> 
         serde_json::from_slice(&std::fs::read(d.path().join("config.json")).unwrap()).unwrap()
     });
     let mut v = base.clone();
-    v["root"]["path"] = rootfs().to_string_lossy().into_owned().into();
+    v["root"]["path"] = rootfs.to_string_lossy().into_owned().into();
     v["root"]["readonly"] = true.into();
     v["process"]["args"] = serde_json::json!(args);
     v["process"]["terminal"] = terminal.into();
@@ -200,6 +191,7 @@ impl TaskMonitor for Monitor {
 /// One test's world: dirs, events server, manager, Local.
 struct World {
     dir: tempfile::TempDir,
+    rootfs: tempfile::TempDir,
     ns: String,
     events: Arc<EventLog>,
     store: Arc<Store>,
@@ -231,7 +223,10 @@ impl World {
             .unwrap()
             .register_service(events_ttrpc::create_events(Arc::new(Sink(events.clone()))));
         server.start().await.unwrap();
+        let rootfs = tempfile::Builder::new().prefix("taskd-rootfs").tempdir().unwrap();
+        rootfs::build(rootfs.path()).unwrap();
         let mut w = World {
+            rootfs,
             ns,
             events,
             store: Arc::default(),
@@ -295,6 +290,10 @@ impl World {
         self.container_with(id, args, "io.containerd.runc.v2");
     }
 
+    fn spec(&self, id: &str, args: &[&str], terminal: bool, sandbox: Option<&str>) -> prost_types::Any {
+        spec_with(self.rootfs.path(), id, args, terminal, sandbox)
+    }
+
     fn container_spec(&self, id: &str, spec: prost_types::Any) {
         self.store
             .create(
@@ -322,7 +321,7 @@ impl World {
                         name: runtime.into(),
                         options: None,
                     },
-                    spec: Some(spec(id, args, false)),
+                    spec: Some(self.spec(id, args, false, None)),
                     ..Default::default()
                 },
             )
@@ -729,8 +728,8 @@ async fn restart_reconnects_live_shims_and_cleans_dead_ones() {
 async fn pod_containers_share_one_shim() {
     let w = World::new().await;
     let ns = w.ns.clone();
-    w.container_spec("sb", spec_with("sb", &["/bin/sleep", "1000"], false, Some("sb")));
-    w.container_spec("c1", spec_with("c1", &["/bin/sleep", "1000"], false, Some("sb")));
+    w.container_spec("sb", w.spec("sb", &["/bin/sleep", "1000"], false, Some("sb")));
+    w.container_spec("c1", w.spec("c1", &["/bin/sleep", "1000"], false, Some("sb")));
     w.create("sb").await;
     w.local.start(&ns, "sb", "").await.unwrap();
     w.create("c1").await;
@@ -779,7 +778,7 @@ async fn terminal_task_with_resize() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let w = World::new().await;
     let ns = w.ns.clone();
-    w.container_spec("tty", spec_with("tty", &["/bin/sh"], true, None));
+    w.container_spec("tty", w.spec("tty", &["/bin/sh"], true, None));
     let (stdin, stdout) = (w.dir.path().join("tty.in"), w.dir.path().join("tty.out"));
     for p in [&stdin, &stdout] {
         nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,18 +27,14 @@ fn require_tools() {
     support::require_bin("ctr", "containerd");
 }
 
-fn rootfs() -> &'static str {
-    static DIR: OnceLock<(tempfile::TempDir, String)> = OnceLock::new();
-    &DIR.get_or_init(|| {
-        let d = tempfile::Builder::new()
-            .prefix("taskd-busybox")
-            .tempdir()
-            .expect("temp dir");
-        rootfs::build(d.path()).expect("build busybox rootfs");
-        let s = d.path().to_string_lossy().into_owned();
-        (d, s)
-    })
-    .1
+/// A busybox rootfs dir for one test (removed with it).
+fn build_rootfs() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("taskd-busybox")
+        .tempdir()
+        .expect("temp dir");
+    rootfs::build(d.path()).expect("build busybox rootfs");
+    d
 }
 
 /// A namespace unique to this test run.
@@ -54,6 +50,7 @@ fn namespace(test: &str) -> String {
 /// A test's namespace on a daemon (owns copies of the daemon's paths, so the daemon can be
 /// killed and restarted while it lives).
 struct Ns {
+    rootfs: tempfile::TempDir,
     socket: PathBuf,
     state: PathBuf,
     log_path: PathBuf,
@@ -64,11 +61,16 @@ impl Ns {
     fn new(d: &Daemon, test: &str) -> Self {
         require_tools();
         Ns {
+            rootfs: build_rootfs(),
             socket: d.socket.clone(),
             state: d.state.clone(),
             log_path: d.log_path.clone(),
             ns: namespace(test),
         }
+    }
+
+    fn rootfs(&self) -> &str {
+        self.rootfs.path().to_str().expect("utf-8 temp path")
     }
 
     fn log(&self) -> String {
@@ -102,7 +104,7 @@ impl Ns {
     }
 
     fn run_detached(&self, id: &str, cmd: &[&str]) {
-        let mut args = vec!["run", "-d", "--rootfs", rootfs(), id];
+        let mut args = vec!["run", "-d", "--rootfs", self.rootfs(), id];
         args.extend_from_slice(cmd);
         self.ctr_ok(&args);
     }
@@ -224,7 +226,7 @@ fn process_with_args(needles: &[&str]) -> Option<u32> {
 fn ctr_run_rm_echo_prints_hi() {
     let d = Daemon::start();
     let n = Ns::new(&d, "echo");
-    let out = n.ctr_ok(&["run", "--rm", "--rootfs", rootfs(), "t1", "/bin/echo", "hi"]);
+    let out = n.ctr_ok(&["run", "--rm", "--rootfs", n.rootfs(), "t1", "/bin/echo", "hi"]);
     assert_eq!(out.trim_end(), "hi");
     assert!(n.tasks().is_empty());
     assert!(!n.bundle("t1").exists());
@@ -362,7 +364,7 @@ fn ctr_run_tty_gives_a_terminal() {
         "ctr --address {} -n {} run -t --rm --rootfs {} tty1 /bin/sh -c 'tty; echo sum-$((40+2))'",
         d.socket.display(),
         n.ns,
-        rootfs()
+        n.rootfs()
     );
     let out = Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
@@ -381,7 +383,7 @@ fn runc_failing_at_create_cleans_up() {
     let d = Daemon::start();
     let n = Ns::new(&d, "badrun");
     let id = format!("bad{}", std::process::id());
-    let out = n.ctr(&["run", "--rm", "--rootfs", rootfs(), &id, "/no/such/binary"]);
+    let out = n.ctr(&["run", "--rm", "--rootfs", n.rootfs(), &id, "/no/such/binary"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -734,7 +736,7 @@ async fn errors_keep_their_kind_across_the_shim_and_grpc() {
         "--runtime",
         "io.containerd.runc.v1",
         "--rootfs",
-        rootfs(),
+        n.rootfs(),
         "v1",
         "/bin/true",
     ]);
