@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use super::{CreateTask, Descriptor, Tasks};
 use crate::plugin::{InitContext, Instance, PluginType, Registration, ids};
 use crate::runtime::{self, ExecOpts, Exit, Mount, State, Stdio};
-use crate::server::{GrpcService, MAX_MESSAGE_SIZE, namespace, status::to_status};
+use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 
 /// The plugin registration (`io.containerd.grpc.v1.tasks`).
 pub fn registration() -> Registration {
@@ -36,13 +36,13 @@ impl Service {
 }
 
 impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder) {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
         routes.add_service(
             TasksServer::new(Service {
                 local: self.local.clone(),
             })
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            .max_decoding_message_size(limits.max_recv)
+            .max_encoding_message_size(limits.max_send),
         );
     }
 }
