@@ -745,3 +745,111 @@ async fn errors_keep_their_kind_across_the_shim_and_grpc() {
     assert!(err.contains("io.containerd.runc.v2"), "{err}");
     assert!(!n.bundle("v1").exists());
 }
+
+/// `ctr events` in the background: the `/tasks/*` topics of one namespace, in order.
+struct EventWatch {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl EventWatch {
+    fn start(n: &Ns) -> EventWatch {
+        let mut child = Command::new("ctr")
+            .arg("--address")
+            .arg(&n.socket)
+            .arg("events")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr events");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Let the subscription reach the daemon before anything happens.
+        std::thread::sleep(Duration::from_millis(300));
+        EventWatch {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Task topics of `ns` until `count` of them arrived (bounded).
+    fn task_topics(&mut self, ns: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let topics: Vec<String> = self
+                .seen
+                .iter()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let i = f.iter().position(|t| t.starts_with("/tasks/"))?;
+                    (i > 0 && f[i - 1] == ns).then(|| f[i].to_owned())
+                })
+                .collect();
+            if topics.len() >= count {
+                return topics;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => return topics,
+            }
+        }
+    }
+}
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn task_events_reach_ctr_in_runtime_v2_order() {
+    let d = Daemon::start();
+    let n = Ns::new(&d, "order");
+    let mut events = EventWatch::start(&n);
+    n.ctr_ok(&["run", "--rm", "--rootfs", n.rootfs(), "o1", "/bin/true"]);
+    assert_eq!(
+        events.task_topics(&n.ns, 4),
+        ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    );
+
+    n.run_detached("o2", &["/bin/sleep", "1000"]);
+    n.ctr_ok(&["tasks", "exec", "--exec-id", "x1", "o2", "/bin/true"]);
+    n.ctr_ok(&["tasks", "pause", "o2"]);
+    n.ctr_ok(&["tasks", "resume", "o2"]);
+    n.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "o2"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while n.status("o2") != "STOPPED" {
+        assert!(Instant::now() < deadline, "o2 did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    n.ctr_ok(&["tasks", "rm", "o2"]);
+    n.ctr_ok(&["containers", "rm", "o2"]);
+    let topics = events.task_topics(&n.ns, 13);
+    assert_eq!(
+        topics[4..],
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
+            "/tasks/paused",
+            "/tasks/resumed",
+            "/tasks/exit",
+            "/tasks/delete"
+        ],
+        "{topics:?}"
+    );
+}
