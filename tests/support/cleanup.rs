@@ -39,6 +39,10 @@ pub fn after_daemon(state: &Path) {
                     );
                 }
             }
+            // The killed shim's socket (nobody listens any more).
+            if let Ok(address) = std::fs::read_to_string(dir.join("address")) {
+                remove_stale_socket(address.trim());
+            }
             let rootfs = dir.join("rootfs");
             for _ in 0..16 {
                 if nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_err() {
@@ -56,6 +60,28 @@ pub fn after_daemon(state: &Path) {
             }
         }
         let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&ns_name));
+    }
+}
+
+/// Removes `unix:///path` when it is a socket nobody listens on (waits briefly for a just
+/// killed shim to be gone).
+fn remove_stale_socket(address: &str) {
+    use std::os::unix::fs::FileTypeExt;
+    let Some(path) = address.strip_prefix("unix://").filter(|p| p.starts_with('/')) else {
+        return;
+    };
+    for _ in 0..50 {
+        let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+        if !is_socket {
+            return;
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                let _ = std::fs::remove_file(path);
+                return;
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
     }
 }
 

@@ -335,6 +335,7 @@ impl Inner {
             tracing::warn!(namespace = %t.namespace, id = %t.id, shim_pid, "shim died, cleaning up");
             self.cleanup_dead(&t.binary, &t.bundle, t.pid(), Some(&t)).await;
         }
+        shim::remove_stale_socket(address);
     }
 
     /// `<shim> delete` in the bundle, remove the bundle, publish `/tasks/exit`, mark dead.
@@ -420,6 +421,11 @@ impl Inner {
             }),
             Some(address) => self.connect(&address, ns, id).await,
         };
+        if live.is_err()
+            && let Some(address) = b.read(bundle::ADDRESS)?
+        {
+            shim::remove_stale_socket(&address);
+        }
         let (conn, pid) = match live {
             Ok((conn, pid)) if pid != 0 => (conn, pid),
             Ok(_) | Err(_) => {

@@ -167,6 +167,27 @@ pub async fn wait_pid_exit(pid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes a dead shim's socket file (a killed shim cannot; its `delete` does not): only a
+/// `unix://` path that is a socket nobody listens on any more.
+pub fn remove_stale_socket(address: &str) {
+    use std::os::unix::fs::FileTypeExt;
+    let Some(path) = address.strip_prefix("unix://").filter(|p| p.starts_with('/')) else {
+        return;
+    };
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if !is_socket {
+        return;
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::debug!(path, error = %e, "remove stale shim socket");
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Whether `pid` is alive and not a zombie (for the scrape-time task gauge).
 pub fn pid_alive(pid: u32) -> bool {
     if pid == 0 {
