@@ -32,6 +32,9 @@ cleanup() {
   for p in $TD_PID $CD_PID; do
     wait "$p" 2>/dev/null
   done
+  # runc's state dir and the parent cgroups of the "bench" namespace, once empty.
+  rmdir /run/containerd/runc/bench 2>/dev/null
+  for c in /sys/fs/cgroup/*/bench /sys/fs/cgroup/bench; do rmdir "$c" 2>/dev/null; done
   # Nothing should be mounted below $W; never remove across a mount.
   if ! grep -q " $W" /proc/self/mountinfo; then
     rm -rf "$W"
