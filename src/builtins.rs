@@ -27,5 +27,8 @@ pub fn registrations() -> Vec<Registration> {
         crate::diff::plugin::registration(),
         crate::services::diff::grpc::registration(),
         crate::monitor::cgroups::registration(),
+        crate::runtime::v2::registration(),
+        crate::services::tasks::local::registration(),
+        crate::services::tasks::grpc::registration(),
     ]
 }

@@ -106,14 +106,9 @@ pub struct Usage {
     pub inodes: i64,
 }
 
-/// A mount as containerd describes it (`containerd.types.Mount`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Mount {
-    pub r#type: String,
-    pub source: String,
-    pub target: String,
-    pub options: Vec<String>,
-}
+/// A mount as containerd describes it: the runtime's type, so snapshot mounts go straight
+/// into a task's rootfs (`CreateOpts.rootfs`).
+pub use crate::runtime::Mount;
 
 /// Errors of the snapshotters.
 #[derive(Debug, thiserror::Error)]
