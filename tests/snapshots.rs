@@ -3,6 +3,8 @@
 //! the printed mount commands are run for real (overlay as root), and a tonic client covers
 //! List filters, Update masks, leases, and the Diff service's errors.
 
+#[path = "support/rootfs.rs"]
+mod rootfs;
 mod support;
 
 use std::collections::HashMap;
@@ -522,4 +524,54 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
+}
+
+/// A committed busybox layer under an active overlay snapshot serves as a container's rootfs:
+/// the real shim and runc run on the mounted snapshot, and what the test wrote through the
+/// overlay (the upper dir) is visible in the container.
+#[test]
+fn ctr_run_on_an_overlay_snapshot_of_a_busybox_layer() {
+    prereqs();
+    support::require_bin("runc", "runc");
+    support::require_bin("containerd-shim-runc-v2", "containerd");
+    let d = Daemon::start();
+    let base = d.dir.join("mnt-base");
+    ctr_sn(&d, "overlayfs", &["prepare", "bb", ""]);
+    let line = ctr_sn(&d, "overlayfs", &["mounts", "/TARGET", "bb"]);
+    {
+        let _m = Mounted::run(line.trim(), &base);
+        rootfs::build(&base).expect("build busybox rootfs (apt-get install busybox-static)");
+    }
+    ctr_sn(&d, "overlayfs", &["commit", "busybox", "bb"]);
+    ctr_sn(&d, "overlayfs", &["prepare", "c1", "busybox"]);
+    let line = ctr_sn(&d, "overlayfs", &["mounts", "/TARGET", "c1"]);
+    assert!(line.contains("-t overlay"), "{line}");
+    let rootfs = d.dir.join("mnt-c1");
+    {
+        let _m = Mounted::run(line.trim(), &rootfs);
+        std::fs::write(rootfs.join("etc/greeting"), b"from the upper layer\n").unwrap();
+        let out = d.ctr_ok(&[
+            "run",
+            "--rm",
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "snap-t1",
+            "/bin/sh",
+            "-c",
+            "cat /etc/greeting; test -x /bin/busybox && echo busybox-from-lower",
+        ]);
+        assert_eq!(out.trim_end(), "from the upper layer\nbusybox-from-lower");
+    }
+    // The write landed in the snapshot's own layer, not in the committed parent.
+    let snaps = d.root.join("io.containerd.snapshotter.v1.overlayfs/snapshots");
+    assert!(
+        snaps.join("2/fs/etc/greeting").is_file(),
+        "c1's upper dir holds the write"
+    );
+    assert!(
+        !snaps.join("1/fs/etc/greeting").exists(),
+        "the committed layer is untouched"
+    );
+    ctr_sn(&d, "overlayfs", &["rm", "c1"]);
+    ctr_sn(&d, "overlayfs", &["rm", "busybox"]);
 }
