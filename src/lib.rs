@@ -4,11 +4,14 @@
 
 pub mod builtins;
 pub mod config;
+pub mod content;
 pub mod deprecation;
 pub mod errdefs;
 pub mod events;
 pub mod filters;
+pub mod gc;
 pub mod identifiers;
+pub mod images;
 pub mod logging;
 pub mod metadata;
 pub mod monitor;
