@@ -333,3 +333,55 @@ fn content_survives_a_restart() {
     let active = d.ctr_ok(&["content", "active"]);
     assert!(active.contains("part"), "{active}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_written_under_a_lease_survives_gc_until_the_lease_is_deleted() {
+    let d = Daemon::start_with("[plugins.\"io.containerd.internal.v1.gc\"]\ninterval_ms = 200\n");
+    let mut c = ContentClient::new(d.channel().await);
+    d.ctr_ok(&["-n", "t", "leases", "create", "--id", "keep"]);
+    let data = b"leased bytes".to_vec();
+    let digest = sha256(&data);
+    let msgs = vec![api::WriteContentRequest {
+        action: api::WriteAction::Commit as i32,
+        r#ref: "leased".into(),
+        total: data.len() as i64,
+        expected: digest.clone(),
+        data: data.clone(),
+        ..Default::default()
+    }];
+    let mut req = with_ns("t", futures::stream::iter(msgs));
+    req.metadata_mut()
+        .insert("containerd-lease", "keep".parse().unwrap());
+    let mut out = c.write(req).await.unwrap().into_inner();
+    assert_eq!(out.message().await.unwrap().unwrap().digest, digest);
+    drop(out);
+    let res = d.ctr_ok(&["-n", "t", "leases", "ls"]);
+    assert!(res.contains("keep"), "{res}");
+
+    // Unreferenced content without a lease goes at the next collection...
+    let loose = b"loose bytes";
+    let out = ctr_stdin(&d, &["-n", "t", "content", "ingest", "loose"], loose);
+    assert!(out.status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while d
+        .ctr_ok(&["-n", "t", "content", "ls", "-q"])
+        .contains(&sha256(loose))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "loose content never collected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // ... while the leased one stays.
+    assert_eq!(d.ctr_ok(&["-n", "t", "content", "get", &digest]).as_bytes(), data);
+
+    d.ctr_ok(&["-n", "t", "leases", "rm", "keep"]);
+    while d.ctr_ok(&["-n", "t", "content", "ls", "-q"]).contains(&digest) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "content never collected after the lease went"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
