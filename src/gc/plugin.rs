@@ -22,7 +22,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { interval_ms: 60_000 }
+        Config { interval_ms: 10_000 }
     }
 }
 
