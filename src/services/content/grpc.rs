@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{Content, WriteAction, WriteRequest, WriteResponse, WriteSession};
 use crate::content::{ContentError, Info};
 use crate::plugin::{Instance, PluginType, Registration, ids};
-use crate::server::{GrpcService, MAX_MESSAGE_SIZE, namespace, status::to_status};
+use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 
 /// The gRPC metadata key naming the lease a request works under.
 pub const LEASE_HEADER: &str = "containerd-lease";
@@ -31,11 +31,11 @@ impl Service {
 }
 
 impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder) {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
         routes.add_service(
             api::content_server::ContentServer::new(self.clone())
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send),
         );
     }
 }
