@@ -317,6 +317,53 @@ impl Store {
         std::fs::read(&path).map_err(|e| ContentError::io("read blob", path, e))
     }
 
+    /// Makes a blob visible in `namespace` without transferring it when it is there already:
+    /// `true` when the namespace holds it (now), `false` when the bytes must be fetched.
+    /// Another namespace's committed file of the same digest and size is adopted (it was
+    /// verified when committed). With `lease`, the blob becomes the lease's resource.
+    pub fn adopt(
+        &self,
+        namespace: &str,
+        digest: &str,
+        size: i64,
+        lease: Option<&str>,
+    ) -> Result<bool, ContentError> {
+        validate_namespace(namespace)?;
+        parse_digest("digest", digest)?;
+        let _files = self.files_lock();
+        let op = "adopt content";
+        let on_disk = self.blobs.size(digest)?;
+        self.write(op, |tx| {
+            let mut t = tx.open_table(CONTENT).ctx(op)?;
+            let present = t.get((namespace, digest)).ctx(op)?.is_some();
+            if !present {
+                match on_disk {
+                    Some(s) if size <= 0 || s == size => {
+                        let now = SystemTime::now();
+                        let info = Info {
+                            digest: digest.to_owned(),
+                            size: s,
+                            created_at: Some(now),
+                            updated_at: Some(now),
+                            labels: BTreeMap::new(),
+                        };
+                        t.insert(
+                            (namespace, digest),
+                            ContentRecord::from_info(&info).encode_to_vec().as_slice(),
+                        )
+                        .ctx(op)?;
+                    }
+                    _ => return Ok(false),
+                }
+            }
+            drop(t);
+            if let Some(lease) = lease {
+                add_lease_resource(tx, namespace, lease, "content", digest)?;
+            }
+            Ok(true)
+        })
+    }
+
     /// Opens a writer for `(namespace, ref)`, resuming an existing ingest. AlreadyExists when
     /// `expected` is already committed in the namespace; Locked when another writer holds
     /// the ref. With `lease`, the ingest is recorded as the lease's resource.

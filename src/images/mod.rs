@@ -11,6 +11,9 @@
 //! free-form (a reference such as `docker.io/library/busybox:latest`), non-empty and at
 //! most [`MAX_NAME`] bytes. Every mutation is one redb write transaction.
 
+pub mod hosts;
+pub mod pull;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;

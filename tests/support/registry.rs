@@ -539,7 +539,7 @@ impl Registry {
         let port = super::free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.join("storage").display()
         );
         let cfg_path = dir.join("config.yml");
@@ -581,6 +581,15 @@ impl Registry {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
+    }
+
+    /// How many completed GET requests for blob `digest` the registry logged.
+    pub fn blob_gets(&self, digest: &str) -> usize {
+        let path = format!("/blobs/{digest}");
+        self.log()
+            .lines()
+            .filter(|l| l.contains("response completed") && l.contains("GET") && l.contains(&path))
+            .count()
     }
 
     /// Copies `layout:tag` to `<addr>/<repo>:<dest_tag>` with skopeo (all platforms of an

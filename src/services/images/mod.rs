@@ -5,6 +5,10 @@
 //! transaction committed (a publish failure is logged). Delete asks the garbage collector
 //! for a run: at once and awaited with `sync` (containerd's `SynchronousDelete`), else
 //! scheduled.
+//!
+//! The plugin also provides the server-side [`Puller`] (`crate::images::pull`, for the CRI
+//! adapter), configured by its table: `max_concurrent_downloads`, `progress_timeout_ms`,
+//! `registries."<host>"` (mirrors, plain_http, skip_verify, ca_file, username/password).
 
 pub mod grpc;
 
@@ -15,8 +19,9 @@ use taskd_proto::containerd::services::images::v1::{ImageCreate, ImageDelete, Im
 
 use crate::events::{self, Publisher, topics};
 use crate::gc::Collector;
+use crate::images::pull::{PullConfig, Puller};
 use crate::images::{self, Image, ImageError, Store};
-use crate::metadata::Db;
+use crate::metadata::{Db, LeaseManager};
 use crate::plugin::{Instance, PluginError, PluginType, Registration, ids};
 
 /// The images service, in process (what CRI and other plugins use).
@@ -138,15 +143,36 @@ impl Images for Local {
 /// `io.containerd.service.v1.images-service`: provides `dyn Images` (and the store).
 pub fn registration() -> Registration {
     Registration::new(PluginType::Service, ids::IMAGES_SERVICE, |cx| async move {
+        let config: PullConfig = cx.config()?;
         let db = cx.get::<Db>()?;
         let publisher = cx.get::<dyn Publisher>()?;
         let gc = cx.get_optional::<Collector>();
+        let content = cx.get::<crate::content::Store>()?;
+        let leases = cx.get::<dyn LeaseManager>()?;
         let store = images::blocking("open", move || Store::open(db))
             .await
             .map_err(PluginError::init)?;
         let store = Arc::new(store);
+        let puller = Arc::new(Puller::new(content, store.clone(), leases, config.clone()));
         let local: Arc<dyn Images> = Arc::new(Local::new(store.clone(), publisher, gc));
-        Ok(Instance::new().with::<Store>(store).with::<dyn Images>(local))
+        Ok(Instance::new()
+            .with::<Store>(store)
+            .with::<Puller>(puller)
+            .with::<dyn Images>(local)
+            .export(
+                "max_concurrent_downloads",
+                config.max_concurrent_downloads.to_string(),
+            )
+            .export(
+                "registries",
+                config.registries.keys().cloned().collect::<Vec<_>>().join(","),
+            ))
     })
-    .requires(&[PluginType::Metadata, PluginType::Event, PluginType::Internal])
+    .requires(&[
+        PluginType::Metadata,
+        PluginType::Event,
+        PluginType::Internal,
+        PluginType::Content,
+    ])
+    .config::<PullConfig>()
 }

@@ -1,0 +1,175 @@
+//! Server-side pull (`images::pull::Puller`, what the CRI adapter uses) against a real
+//! `docker-registry`: plain http for 127.0.0.1, a multi-arch index resolved to
+//! linux/amd64, a mirror for `docker.io`, blobs verified, present layers not fetched again.
+//! Component test: the content and image stores on a temp redb, no daemon.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use support::registry::{ImageBuilder, LayerBuilder, OciLayout, Registry};
+use taskd::content::Store as ContentStore;
+use taskd::errdefs::{ErrorKind, Kind};
+use taskd::images::Store as ImageStore;
+use taskd::images::hosts::RegistryConfig;
+use taskd::images::pull::{PullConfig, Puller};
+use taskd::metadata::{Db, LeaseManager};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    db: Arc<Db>,
+    content: Arc<ContentStore>,
+    images: Arc<ImageStore>,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Db::open(&dir.path().join("meta.redb")).unwrap());
+    let content = ContentStore::open(db.clone(), &dir.path().join("content")).unwrap();
+    let images = Arc::new(ImageStore::open(db.clone()).unwrap());
+    Env {
+        _dir: dir,
+        db,
+        content,
+        images,
+    }
+}
+
+fn puller(e: &Env, config: PullConfig) -> Puller {
+    Puller::new(e.content.clone(), e.images.clone(), e.db.clone(), config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_from_a_loopback_registry_verifies_and_records_the_image() {
+    let reg = Registry::start();
+    let (reference, built) = reg.push_busybox("busybox", "latest");
+    let e = env();
+    let p = puller(&e, PullConfig::default());
+    let img = p.pull("k8s.io", &reference).await.unwrap();
+    assert_eq!(img.name, reference);
+    assert_eq!(img.target.digest, built.manifest.digest);
+    for b in built.blobs() {
+        let info = e.content.info("k8s.io", &b.digest).unwrap();
+        assert_eq!(info.size, b.data.len() as i64);
+        assert_eq!(e.content.read_all("k8s.io", &b.digest).unwrap(), b.data);
+    }
+    let manifest = e.content.info("k8s.io", &built.manifest.digest).unwrap();
+    assert_eq!(
+        manifest.labels.get("containerd.io/gc.ref.content.config"),
+        Some(&built.config.digest)
+    );
+    assert_eq!(
+        manifest.labels.get("containerd.io/gc.ref.content.l.0"),
+        Some(&built.layers[0].digest)
+    );
+    // The pull's lease is gone.
+    assert!(LeaseManager::list(&*e.db, "k8s.io", &[]).unwrap().is_empty());
+    assert_eq!(reg.blob_gets(&built.layers[0].digest), 1);
+
+    // Pulling again fetches no layer; another namespace adopts the verified file.
+    p.pull("k8s.io", &reference).await.unwrap();
+    p.pull("other", &reference).await.unwrap();
+    assert_eq!(reg.blob_gets(&built.layers[0].digest), 1, "{}", reg.log());
+    assert_eq!(
+        e.content.read_all("other", &built.layers[0].digest).unwrap(),
+        built.layers[0].data
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_arch_index_resolves_to_linux_amd64() {
+    let reg = Registry::start();
+    let amd = ImageBuilder {
+        layers: vec![
+            LayerBuilder::new().file("arch", "amd64\n"),
+            LayerBuilder::new().file("two", "2\n"),
+        ],
+        ..Default::default()
+    }
+    .build();
+    let arm = ImageBuilder {
+        architecture: "arm64".into(),
+        layers: vec![LayerBuilder::new().file("arch", "arm64\n")],
+        ..Default::default()
+    }
+    .build();
+    let mut layout = OciLayout::new();
+    let idx = layout.add_index("multi", &[&arm, &amd]);
+    let reference = reg.push(&layout, "multi", "multi", "v1");
+    let e = env();
+    let img = puller(
+        &e,
+        PullConfig {
+            max_concurrent_downloads: 1,
+            ..Default::default()
+        },
+    )
+    .pull("ns", &reference)
+    .await
+    .unwrap();
+    assert_eq!(img.target.digest, idx.digest);
+    assert_eq!(img.target.media_type, "application/vnd.oci.image.index.v1+json");
+    for b in amd.blobs() {
+        e.content.info("ns", &b.digest).unwrap();
+    }
+    for b in [&arm.manifest, &arm.layers[0]] {
+        assert_eq!(
+            e.content.info("ns", &b.digest).unwrap_err().kind(),
+            Kind::NotFound
+        );
+    }
+    let index = e.content.info("ns", &idx.digest).unwrap();
+    assert!(
+        index.labels.values().any(|v| *v == amd.manifest.digest),
+        "{:?}",
+        index.labels
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_io_served_by_a_configured_mirror() {
+    let reg = Registry::start();
+    let image = ImageBuilder::busybox().build();
+    let mut layout = OciLayout::new();
+    layout.add_image("latest", &image);
+    reg.push(&layout, "latest", "library/busybox", "latest");
+    let e = env();
+    let mut registries = BTreeMap::new();
+    registries.insert(
+        "docker.io".to_string(),
+        RegistryConfig {
+            // An unreachable mirror first: the next one serves.
+            mirrors: vec!["http://127.0.0.1:9".into(), format!("http://{}", reg.addr)],
+            ..Default::default()
+        },
+    );
+    let img = puller(
+        &e,
+        PullConfig {
+            registries,
+            ..Default::default()
+        },
+    )
+    .pull("ns", "docker.io/library/busybox:latest")
+    .await
+    .unwrap();
+    assert_eq!(img.name, "docker.io/library/busybox:latest");
+    assert_eq!(img.target.digest, image.manifest.digest);
+    e.content.info("ns", &image.layers[0].digest).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_images_and_bad_references_are_clear_errors() {
+    let reg = Registry::start();
+    let e = env();
+    let p = puller(&e, PullConfig::default());
+    let err = p
+        .pull("ns", &format!("{}/nothing:here", reg.addr))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("nothing"), "{err}");
+    let err = p.pull("ns", "UPPER/Case::bad").await.unwrap_err();
+    assert_eq!(err.kind(), Kind::InvalidArgument, "{err}");
+    assert!(e.content.list("ns", &[]).unwrap().is_empty());
+}
