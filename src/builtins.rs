@@ -26,5 +26,11 @@ pub fn registrations() -> Vec<Registration> {
         crate::services::containers::grpc::registration(),
         crate::services::leases::registration(),
         crate::services::leases::grpc::registration(),
+        crate::snapshots::plugin::overlayfs(),
+        crate::snapshots::plugin::native(),
+        crate::services::snapshots::registration(),
+        crate::services::snapshots::grpc::registration(),
+        crate::diff::plugin::registration(),
+        crate::services::diff::grpc::registration(),
     ]
 }

@@ -6,6 +6,7 @@ pub mod builtins;
 pub mod config;
 pub mod content;
 pub mod deprecation;
+pub mod diff;
 pub mod errdefs;
 pub mod events;
 pub mod filters;
@@ -19,6 +20,7 @@ pub mod plugin;
 pub mod runtime;
 pub mod server;
 pub mod services;
+pub mod snapshots;
 
 /// The crate version (`taskd_build_info{version}`, `ctr version`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

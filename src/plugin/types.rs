@@ -111,6 +111,9 @@ pub mod ids {
     pub const CONTAINERS: &str = "containers";
     pub const NAMESPACES: &str = "namespaces";
     pub const LEASES: &str = "leases";
+    pub const SNAPSHOTS: &str = "snapshots";
+    pub const DIFF: &str = "diff";
+    pub const WALKING: &str = "walking";
     pub const EVENTS: &str = "events";
     pub const VERSION: &str = "version";
     pub const INTROSPECTION: &str = "introspection";

@@ -2,10 +2,12 @@
 
 pub mod containers;
 pub mod content;
+pub mod diff;
 pub mod events;
 pub mod health;
 pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
+pub mod snapshots;
 pub mod version;
