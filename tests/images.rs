@@ -359,11 +359,8 @@ fn ctr_import_of_a_built_oci_archive_and_multi_arch_fetch() {
 }
 
 /// `ctr images pull` drives content, leases, images, snapshots and diff; removing the image
-/// collects its blobs and its snapshots. Needs the snapshotters and the diff service (issue 6
-/// items 2-3, branch `snapshots`) plus the wiring in `gc::snapshots` / the diff plugin's
-/// `LayerSource`: enabled by the merge that brings them together.
+/// collects its blobs and its snapshots.
 #[test]
-#[ignore = "needs the snapshotters and the diff service (branch snapshots)"]
 fn ctr_images_pull_then_rm_collects_blobs_and_snapshots() {
     let reg = Registry::start();
     let (reference, built) = reg.push_busybox("busybox", "latest");

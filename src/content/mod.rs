@@ -36,6 +36,7 @@
 //! ```
 
 pub mod blobs;
+pub mod diff_adapters;
 pub mod plugin;
 mod records;
 pub mod store;

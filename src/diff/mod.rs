@@ -195,6 +195,8 @@ pub enum DiffError {
     UnsupportedMounts(String),
     #[error("no content store is loaded: cannot read layer {0}")]
     NoContentStore(String),
+    #[error("layer {digest} not found in namespace {namespace:?}")]
+    LayerNotFound { namespace: String, digest: String },
     #[error("layer {digest}: {reason}")]
     Content { digest: String, reason: String },
     #[error("no content store is loaded: cannot store the diff")]
@@ -236,6 +238,7 @@ impl ErrorKind for DiffError {
             DiffError::Limit { .. } => Kind::ResourceExhausted,
             DiffError::Read { .. } | DiffError::Content { .. } => Kind::DataLoss,
             DiffError::NoContentStore(_) | DiffError::NoContentSink => Kind::Unavailable,
+            DiffError::LayerNotFound { .. } => Kind::NotFound,
             DiffError::Io { .. } | DiffError::Interrupted { .. } => Kind::Internal,
         }
     }

@@ -28,10 +28,11 @@
 //! When: [`Collector::schedule`] after deletions (images, leases) wakes the background task,
 //! which also runs every `interval`; `Delete(sync)` calls [`Collector::collect`] directly.
 //!
-//! Snapshotters plug in with [`Collector::register_snapshotter`] (their plugin requires
-//! `PluginType::Internal` and gets `Arc<Collector>`).
+//! Snapshotters take part through [`SnapshotGc`] (implemented for `FsSnapshotter` in
+//! `snapshots.rs`); the gc plugin registers every loaded snapshotter.
 
 pub mod plugin;
+mod snapshots;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};

@@ -2,7 +2,6 @@
 //! `Arc<Collector>` and runs its background task (woken by [`Collector::schedule`], and
 //! every `interval_ms`). The task is stopped and awaited by the shutdown hook.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -28,7 +27,7 @@ impl Default for Config {
 
 pub fn registration() -> Registration {
     Registration::new(PluginType::Internal, ids::GC, init)
-        .requires(&[PluginType::Metadata, PluginType::Content])
+        .requires(&[PluginType::Metadata, PluginType::Content, PluginType::Snapshotter])
         .config::<Config>()
 }
 
@@ -46,6 +45,9 @@ async fn init(cx: InitContext) -> Result<Instance, PluginError> {
         })?
         .map_err(PluginError::init)?;
     let collector = Collector::new(db, content);
+    for (_, sn) in cx.get_all::<crate::snapshots::FsSnapshotter>() {
+        collector.register_snapshotter(sn);
+    }
     let every = Duration::from_millis(cfg.interval_ms.max(100));
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let c = collector.clone();
@@ -73,6 +75,3 @@ async fn init(cx: InitContext) -> Result<Instance, PluginError> {
             }
         }))
 }
-
-/// Shorthand.
-pub type SharedCollector = Arc<Collector>;
