@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use support::registry::{ImageBuilder, LayerBuilder, OciLayout, Registry};
+use support::registry::{AUTH_PASSWORD, AUTH_USER, ImageBuilder, LayerBuilder, OciLayout, Registry};
 use taskd::content::Store as ContentStore;
 use taskd::errdefs::{ErrorKind, Kind};
 use taskd::images::Store as ImageStore;
@@ -172,4 +172,40 @@ async fn unknown_images_and_bad_references_are_clear_errors() {
     let err = p.pull("ns", "UPPER/Case::bad").await.unwrap_err();
     assert_eq!(err.kind(), Kind::InvalidArgument, "{err}");
     assert!(e.content.list("ns", &[]).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_from_the_registry_config() {
+    let reg = Registry::start_basic_auth();
+    let (reference, built) = reg.push_busybox("private", "v1");
+    let e = env();
+    // Without credentials: refused, nothing stored.
+    let err = puller(&e, PullConfig::default())
+        .pull("ns", &reference)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), Kind::Unauthenticated, "{err}");
+    assert!(e.content.list("ns", &[]).unwrap().is_empty());
+    // With the registry's credentials in the config.
+    let mut registries = BTreeMap::new();
+    registries.insert(
+        reg.addr.clone(),
+        RegistryConfig {
+            username: AUTH_USER.into(),
+            password: AUTH_PASSWORD.into(),
+            ..Default::default()
+        },
+    );
+    let img = puller(
+        &e,
+        PullConfig {
+            registries,
+            ..Default::default()
+        },
+    )
+    .pull("ns", &reference)
+    .await
+    .unwrap();
+    assert_eq!(img.target.digest, built.manifest.digest);
+    e.content.info("ns", &built.layers[0].digest).unwrap();
 }

@@ -519,17 +519,35 @@ impl OciLayout {
 /// How long the registry may take to answer.
 const REGISTRY_START: Duration = Duration::from_secs(20);
 
+/// The user of [`Registry::start_basic_auth`].
+pub const AUTH_USER: &str = "taskd";
+/// Its password.
+pub const AUTH_PASSWORD: &str = "s3cret";
+/// bcrypt (cost 4) of [`AUTH_PASSWORD`], as docker-registry's htpasswd file wants it.
+const AUTH_BCRYPT: &str = "$2a$04$ZPja7dgtKaJaWxZdbbtTcOg3NThqPAzJlTkZ8iWM/EK7U/AEldJ5m";
+
 /// A `docker-registry` on 127.0.0.1:<free port>, storage in a temp dir.
 pub struct Registry {
     /// `127.0.0.1:PORT`
     pub addr: String,
     pub dir: PathBuf,
+    /// Credentials the registry requires (basic auth), if any.
+    pub creds: Option<(String, String)>,
     child: Option<Child>,
 }
 
 impl Registry {
     /// Starts the registry and waits until `/v2/` answers.
     pub fn start() -> Registry {
+        Registry::start_inner(false)
+    }
+
+    /// A registry that requires basic auth ([`AUTH_USER`] / [`AUTH_PASSWORD`], htpasswd).
+    pub fn start_basic_auth() -> Registry {
+        Registry::start_inner(true)
+    }
+
+    fn start_inner(basic_auth: bool) -> Registry {
         super::require_bin("docker-registry", "docker-registry");
         let dir = tempfile::Builder::new()
             .prefix("taskd-registry-")
@@ -538,10 +556,18 @@ impl Registry {
             .keep();
         let port = super::free_port();
         let addr = format!("127.0.0.1:{port}");
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.join("storage").display()
         );
+        if basic_auth {
+            let htpasswd = dir.join("htpasswd");
+            std::fs::write(&htpasswd, format!("{AUTH_USER}:{AUTH_BCRYPT}\n")).expect("write htpasswd");
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: taskd-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
         let cfg_path = dir.join("config.yml");
         std::fs::write(&cfg_path, config).expect("write registry config");
         let log = std::fs::File::create(dir.join("registry.log")).expect("registry log");
@@ -556,11 +582,13 @@ impl Registry {
         let mut r = Registry {
             addr,
             dir,
+            creds: basic_auth.then(|| (AUTH_USER.to_owned(), AUTH_PASSWORD.to_owned())),
             child: Some(child),
         };
         let deadline = Instant::now() + REGISTRY_START;
         loop {
-            if let Ok((200, _)) = super::http_get(&r.addr, "/v2/", None) {
+            // 401 = up, asking for credentials.
+            if let Ok((200 | 401, _)) = super::http_get(&r.addr, "/v2/", None) {
                 break;
             }
             if let Some(c) = r.child.as_mut()
@@ -597,8 +625,12 @@ impl Registry {
     pub fn push(&self, layout: &OciLayout, tag: &str, repo: &str, dest_tag: &str) -> String {
         super::require_bin("skopeo", "skopeo");
         let reference = format!("{}/{repo}:{dest_tag}", self.addr);
-        let out = Command::new("skopeo")
-            .args(["copy", "--all", "--dest-tls-verify=false", "--preserve-digests"])
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--all", "--dest-tls-verify=false", "--preserve-digests"]);
+        if let Some((u, p)) = &self.creds {
+            cmd.arg("--dest-creds").arg(format!("{u}:{p}"));
+        }
+        let out = cmd
             .arg(format!("oci:{}:{tag}", layout.dir.display()))
             .arg(format!("docker://{reference}"))
             .stdin(Stdio::null())
