@@ -240,3 +240,53 @@ async fn concurrent_pulls_fetch_a_shared_layer_once() {
     e.content.info("ns", &a.layers[1].digest).unwrap();
     e.content.info("ns", &b.layers[1].digest).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_registry_with_ca_file_or_skip_verify() {
+    let reg = Registry::start_tls();
+    let (reference, built) = reg.push_busybox("secure", "v1");
+    let e = env();
+    let with = |cfg: RegistryConfig| PullConfig {
+        registries: [(reg.addr.clone(), cfg)].into(),
+        ..Default::default()
+    };
+    // An unknown CA is refused.
+    let err = puller(
+        &e,
+        with(RegistryConfig {
+            plain_http: false,
+            ca_file: None,
+            skip_verify: false,
+            mirrors: vec![format!("https://{}", reg.addr)],
+            ..Default::default()
+        }),
+    )
+    .pull("ns", &reference)
+    .await
+    .unwrap_err();
+    assert!(e.content.list("ns", &[]).unwrap().is_empty(), "{err}");
+    // The registry's certificate as CA file.
+    let img = puller(
+        &e,
+        with(RegistryConfig {
+            ca_file: reg.ca_cert.clone(),
+            ..Default::default()
+        }),
+    )
+    .pull("ca", &reference)
+    .await
+    .unwrap();
+    assert_eq!(img.target.digest, built.manifest.digest);
+    // Or no verification at all.
+    let img = puller(
+        &e,
+        with(RegistryConfig {
+            skip_verify: true,
+            ..Default::default()
+        }),
+    )
+    .pull("skip", &reference)
+    .await
+    .unwrap();
+    assert_eq!(img.target.digest, built.manifest.digest);
+}
