@@ -209,3 +209,84 @@ async fn basic_auth_from_the_registry_config() {
     assert_eq!(img.target.digest, built.manifest.digest);
     e.content.info("ns", &built.layers[0].digest).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_fetch_a_shared_layer_once() {
+    let reg = Registry::start();
+    let shared = LayerBuilder::new().file("shared", vec![7u8; 300_000]);
+    let a = ImageBuilder {
+        layers: vec![shared.clone(), LayerBuilder::new().file("a", "a\n")],
+        ..Default::default()
+    }
+    .build();
+    let b = ImageBuilder {
+        layers: vec![shared, LayerBuilder::new().file("b", "b\n")],
+        ..Default::default()
+    }
+    .build();
+    let mut layout = OciLayout::new();
+    layout.add_image("a", &a);
+    layout.add_image("b", &b);
+    let ra = reg.push(&layout, "a", "app/a", "v1");
+    let rb = reg.push(&layout, "b", "app/b", "v1");
+    assert_eq!(a.layers[0].digest, b.layers[0].digest);
+    let e = env();
+    let p = puller(&e, PullConfig::default());
+    let (x, y) = tokio::join!(p.pull("ns", &ra), p.pull("ns", &rb));
+    x.unwrap();
+    y.unwrap();
+    let gets = reg.blob_gets(&a.layers[0].digest);
+    assert_eq!(gets, 1, "shared layer fetched {gets} times");
+    e.content.info("ns", &a.layers[1].digest).unwrap();
+    e.content.info("ns", &b.layers[1].digest).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_registry_with_ca_file_or_skip_verify() {
+    let reg = Registry::start_tls();
+    let (reference, built) = reg.push_busybox("secure", "v1");
+    let e = env();
+    let with = |cfg: RegistryConfig| PullConfig {
+        registries: [(reg.addr.clone(), cfg)].into(),
+        ..Default::default()
+    };
+    // An unknown CA is refused.
+    let err = puller(
+        &e,
+        with(RegistryConfig {
+            plain_http: false,
+            ca_file: None,
+            skip_verify: false,
+            mirrors: vec![format!("https://{}", reg.addr)],
+            ..Default::default()
+        }),
+    )
+    .pull("ns", &reference)
+    .await
+    .unwrap_err();
+    assert!(e.content.list("ns", &[]).unwrap().is_empty(), "{err}");
+    // The registry's certificate as CA file.
+    let img = puller(
+        &e,
+        with(RegistryConfig {
+            ca_file: reg.ca_cert.clone(),
+            ..Default::default()
+        }),
+    )
+    .pull("ca", &reference)
+    .await
+    .unwrap();
+    assert_eq!(img.target.digest, built.manifest.digest);
+    // Or no verification at all.
+    let img = puller(
+        &e,
+        with(RegistryConfig {
+            skip_verify: true,
+            ..Default::default()
+        }),
+    )
+    .pull("skip", &reference)
+    .await
+    .unwrap();
+    assert_eq!(img.target.digest, built.manifest.digest);
+}

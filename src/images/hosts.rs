@@ -13,7 +13,8 @@
 //!
 //! Rules (as containerd): mirrors first, in order, then the registry itself; a mirror's
 //! scheme decides http or https for it (none = https, or http when `plain_http`). A registry
-//! named `localhost`, `127.0.0.1` or `::1` (any port) uses plain http without any config.
+//! named `localhost`, `127.0.0.1` or `::1` (any port) uses plain http without any config,
+//! unless its entry asks for TLS (`skip_verify` or `ca_file`).
 //! `docker.io` is served by `registry-1.docker.io`.
 
 use std::collections::BTreeMap;
@@ -58,6 +59,7 @@ pub fn is_local(registry: &str) -> bool {
 /// The endpoints for `registry`, in the order to try them.
 pub fn endpoints(registries: &BTreeMap<String, RegistryConfig>, registry: &str) -> Vec<Endpoint> {
     let cfg = registries.get(registry).cloned().unwrap_or_default();
+    let wants_tls = cfg.skip_verify || cfg.ca_file.is_some();
     let mut out = Vec::new();
     for m in &cfg.mirrors {
         let (host, plain) = if let Some(h) = m.strip_prefix("http://") {
@@ -65,7 +67,7 @@ pub fn endpoints(registries: &BTreeMap<String, RegistryConfig>, registry: &str) 
         } else if let Some(h) = m.strip_prefix("https://") {
             (h, false)
         } else {
-            (m.as_str(), cfg.plain_http || is_local(m))
+            (m.as_str(), cfg.plain_http || (is_local(m) && !wants_tls))
         };
         let host = host.trim_end_matches('/').to_owned();
         out.push(Endpoint {
@@ -83,7 +85,7 @@ pub fn endpoints(registries: &BTreeMap<String, RegistryConfig>, registry: &str) 
         registry.to_owned()
     };
     out.push(Endpoint {
-        plain_http: cfg.plain_http || is_local(registry),
+        plain_http: cfg.plain_http || (is_local(registry) && !wants_tls),
         skip_verify: cfg.skip_verify,
         ca_file: cfg.ca_file,
         username: cfg.username,
@@ -108,6 +110,16 @@ mod tests {
         let e = endpoints(&none, "registry.k8s.io");
         assert!(!e[0].plain_http);
         assert_eq!(endpoints(&none, "docker.io")[0].host, "registry-1.docker.io");
+        // TLS settings on a loopback registry mean https.
+        let mut tls = BTreeMap::new();
+        tls.insert(
+            "127.0.0.1:5000".to_string(),
+            RegistryConfig {
+                skip_verify: true,
+                ..Default::default()
+            },
+        );
+        assert!(!endpoints(&tls, "127.0.0.1:5000")[0].plain_http);
     }
 
     #[test]
@@ -132,7 +144,8 @@ mod tests {
             vec![
                 ("127.0.0.1:5000", true),
                 ("mirror.example.com", false),
-                ("localhost:6000", true),
+                // skip_verify asks for TLS: a scheme-less loopback mirror is https here.
+                ("localhost:6000", false),
                 ("registry-1.docker.io", false),
             ]
         );

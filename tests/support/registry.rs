@@ -533,21 +533,29 @@ pub struct Registry {
     pub dir: PathBuf,
     /// Credentials the registry requires (basic auth), if any.
     pub creds: Option<(String, String)>,
+    /// The self-signed certificate (PEM) of a TLS registry.
+    pub ca_cert: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl Registry {
     /// Starts the registry and waits until `/v2/` answers.
     pub fn start() -> Registry {
-        Registry::start_inner(false)
+        Registry::start_inner(false, false)
     }
 
     /// A registry that requires basic auth ([`AUTH_USER`] / [`AUTH_PASSWORD`], htpasswd).
     pub fn start_basic_auth() -> Registry {
-        Registry::start_inner(true)
+        Registry::start_inner(true, false)
     }
 
-    fn start_inner(basic_auth: bool) -> Registry {
+    /// A registry over https with a self-signed certificate for 127.0.0.1 (made with the
+    /// `openssl` CLI), in [`Registry::ca_cert`].
+    pub fn start_tls() -> Registry {
+        Registry::start_inner(false, true)
+    }
+
+    fn start_inner(basic_auth: bool, tls: bool) -> Registry {
         super::require_bin("docker-registry", "docker-registry");
         let dir = tempfile::Builder::new()
             .prefix("taskd-registry-")
@@ -560,6 +568,32 @@ impl Registry {
             "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.join("storage").display()
         );
+        let mut ca_cert = None;
+        if tls {
+            super::require_bin("openssl", "openssl");
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            let out = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+                .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl req failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+            ca_cert = Some(cert);
+        }
         if basic_auth {
             let htpasswd = dir.join("htpasswd");
             std::fs::write(&htpasswd, format!("{AUTH_USER}:{AUTH_BCRYPT}\n")).expect("write htpasswd");
@@ -583,12 +617,19 @@ impl Registry {
             addr,
             dir,
             creds: basic_auth.then(|| (AUTH_USER.to_owned(), AUTH_PASSWORD.to_owned())),
+            ca_cert,
             child: Some(child),
         };
         let deadline = Instant::now() + REGISTRY_START;
         loop {
-            // 401 = up, asking for credentials.
-            if let Ok((200 | 401, _)) = super::http_get(&r.addr, "/v2/", None) {
+            // 401 = up, asking for credentials. Over TLS: listening (and a TLS error in the log
+            // from this probe is harmless).
+            let up = if tls {
+                std::net::TcpStream::connect(&r.addr).is_ok()
+            } else {
+                matches!(super::http_get(&r.addr, "/v2/", None), Ok((200 | 401, _)))
+            };
+            if up {
                 break;
             }
             if let Some(c) = r.child.as_mut()
