@@ -290,3 +290,58 @@ async fn tls_registry_with_ca_file_or_skip_verify() {
     .unwrap();
     assert_eq!(img.target.digest, built.manifest.digest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_unpacks_into_snapshots_that_gc_keeps_with_the_image() {
+    use taskd::diff::{LayerSource, Limits, Walking};
+    use taskd::images::unpack::Unpacker;
+    use taskd::snapshots::{Backend, FsSnapshotter, Snapshotter};
+
+    support::require_root();
+    let reg = Registry::start();
+    let (reference, built) = reg.push_busybox("busybox", "latest");
+    let e = env();
+    let root = e._dir.path().join("native");
+    let sn = Arc::new(FsSnapshotter::open("native", &root, Backend::Native, e.db.clone()).unwrap());
+    let source: Arc<dyn LayerSource> = e.content.clone();
+    let differ = Arc::new(Walking::new(
+        Limits::default(),
+        vec![root.join("snapshots")],
+        Some(source),
+    ));
+    let p = puller(&e, PullConfig::default()).with_unpacker(Some(Unpacker {
+        snapshotter: sn.clone(),
+        differ,
+        leases: e.db.clone(),
+    }));
+    p.pull("ns", &reference).await.unwrap();
+
+    let snaps = sn.walk("ns", vec![]).await.unwrap();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let chain = snaps[0].name.clone();
+    let config: serde_json::Value =
+        serde_json::from_slice(&e.content.read_all("ns", &built.config.digest).unwrap()).unwrap();
+    assert_eq!(config["rootfs"]["diff_ids"][0], chain.as_str());
+    let mounts = sn.view("ns", "check", &chain, BTreeMap::new()).await.unwrap();
+    let rootfs = std::path::PathBuf::from(&mounts[0].source);
+    assert!(rootfs.join("bin/busybox").is_file(), "{mounts:?}");
+    assert_eq!(
+        std::fs::read_link(rootfs.join("bin/sh")).unwrap(),
+        std::path::Path::new("busybox")
+    );
+    sn.remove("ns", "check").await.unwrap();
+    let labels = e.content.info("ns", &built.config.digest).unwrap().labels;
+    assert_eq!(labels.get("containerd.io/gc.ref.snapshot.native"), Some(&chain));
+    // Pulling again unpacks nothing new.
+    p.pull("ns", &reference).await.unwrap();
+    assert_eq!(sn.walk("ns", vec![]).await.unwrap().len(), 1);
+
+    // The collector keeps the snapshot while the image exists and removes it after.
+    let gc = taskd::gc::Collector::new(e.db.clone(), e.content.clone());
+    gc.register_snapshotter(sn.clone());
+    assert!(gc.collect_async().await.unwrap().snapshots.is_empty());
+    e.images.delete("ns", &reference, None).unwrap();
+    let report = gc.collect_async().await.unwrap();
+    assert_eq!(report.snapshots.len(), 1, "{report:?}");
+    assert!(sn.walk("ns", vec![]).await.unwrap().is_empty());
+}

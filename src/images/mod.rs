@@ -13,6 +13,7 @@
 
 pub mod hosts;
 pub mod pull;
+pub mod unpack;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -48,6 +48,9 @@ pub struct PullConfig {
     pub progress_timeout_ms: u64,
     /// Per registry (`docker.io`, `registry.k8s.io`, `127.0.0.1:5000`): mirrors, TLS, auth.
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// The snapshotter pulled images are unpacked into (`overlayfs`; when it is not loaded,
+    /// the first loaded one); empty = do not unpack.
+    pub snapshotter: String,
 }
 
 impl Default for PullConfig {
@@ -56,6 +59,7 @@ impl Default for PullConfig {
             max_concurrent_downloads: 3,
             progress_timeout_ms: 5 * 60 * 1000,
             registries: BTreeMap::new(),
+            snapshotter: "overlayfs".into(),
         }
     }
 }
@@ -105,6 +109,16 @@ pub enum PullError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("pull {reference}: {layers} layers but {diff_ids} diff_ids in the config")]
+    LayerCount {
+        reference: String,
+        layers: usize,
+        diff_ids: usize,
+    },
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshots::SnapshotError),
+    #[error(transparent)]
+    Diff(#[from] crate::diff::DiffError),
     #[error(transparent)]
     Content(#[from] ContentError),
     #[error(transparent)]
@@ -129,6 +143,9 @@ impl ErrorKind for PullError {
             PullError::ProgressTimeout { .. } => Kind::DeadlineExceeded,
             PullError::Read { .. } => Kind::Unavailable,
             PullError::CaFile { .. } => Kind::FailedPrecondition,
+            PullError::LayerCount { .. } => Kind::FailedPrecondition,
+            PullError::Snapshot(e) => e.kind(),
+            PullError::Diff(e) => e.kind(),
             PullError::Content(e) => e.kind(),
             PullError::Image(e) => e.kind(),
             PullError::Metadata(e) => e.kind(),
@@ -172,6 +189,7 @@ pub struct Puller {
     images: Arc<Store>,
     leases: Arc<dyn LeaseManager>,
     config: PullConfig,
+    unpacker: Option<super::unpack::Unpacker>,
 }
 
 /// One endpoint, ready to use.
@@ -200,7 +218,14 @@ impl Puller {
             images,
             leases,
             config,
+            unpacker: None,
         }
+    }
+
+    /// Unpacks every pulled image with `unpacker` (into its snapshotter).
+    pub fn with_unpacker(mut self, unpacker: Option<super::unpack::Unpacker>) -> Self {
+        self.unpacker = unpacker;
+        self
     }
 
     fn remote(&self, e: &Endpoint, repository: &str) -> Result<Remote, PullError> {
@@ -490,6 +515,33 @@ impl Puller {
             None => manifest_desc,
         };
 
+        if let Some(u) = &self.unpacker {
+            let (store, ns, cd) = (self.content.clone(), namespace.to_owned(), config.digest.clone());
+            let config_bytes =
+                content::blocking("read image config", move || store.read_all(&ns, &cd)).await?;
+            let layers: Vec<Descriptor> = manifest_json
+                .layers
+                .iter()
+                .map(|l| Descriptor {
+                    media_type: l.media_type.clone(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    annotations: BTreeMap::new(),
+                })
+                .collect();
+            let top = u.unpack(namespace, name, lease, &config_bytes, &layers).await?;
+            let key = format!("containerd.io/gc.ref.snapshot.{}", u.snapshotter.name());
+            let info = content::Info {
+                digest: config.digest.clone(),
+                labels: [(key.clone(), top)].into(),
+                ..Default::default()
+            };
+            let (store, ns) = (self.content.clone(), namespace.to_owned());
+            content::blocking("label image config", move || {
+                store.update(&ns, info, &[format!("labels.{key}")])
+            })
+            .await?;
+        }
         let image = Image {
             name: name.to_owned(),
             target,

@@ -153,7 +153,30 @@ pub fn registration() -> Registration {
             .await
             .map_err(PluginError::init)?;
         let store = Arc::new(store);
-        let puller = Arc::new(Puller::new(content, store.clone(), leases, config.clone()));
+        let unpacker = if config.snapshotter.is_empty() {
+            None
+        } else {
+            let all = cx.get_all::<dyn crate::snapshots::Snapshotter>();
+            let chosen = all
+                .iter()
+                .find(|(_, s)| s.name() == config.snapshotter)
+                .or_else(|| all.first())
+                .map(|(_, s)| s.clone());
+            match (chosen, cx.get_optional::<dyn crate::diff::Differ>()) {
+                (Some(snapshotter), Some(differ)) => Some(crate::images::unpack::Unpacker {
+                    snapshotter,
+                    differ,
+                    leases: leases.clone(),
+                }),
+                _ => None,
+            }
+        };
+        let unpack_into = unpacker
+            .as_ref()
+            .map(|u| u.snapshotter.name().to_owned())
+            .unwrap_or_default();
+        let puller =
+            Arc::new(Puller::new(content, store.clone(), leases, config.clone()).with_unpacker(unpacker));
         let local: Arc<dyn Images> = Arc::new(Local::new(store.clone(), publisher, gc));
         Ok(Instance::new()
             .with::<Store>(store)
@@ -163,6 +186,7 @@ pub fn registration() -> Registration {
                 "max_concurrent_downloads",
                 config.max_concurrent_downloads.to_string(),
             )
+            .export("unpack_snapshotter", unpack_into)
             .export(
                 "registries",
                 config.registries.keys().cloned().collect::<Vec<_>>().join(","),
@@ -173,6 +197,8 @@ pub fn registration() -> Registration {
         PluginType::Event,
         PluginType::Internal,
         PluginType::Content,
+        PluginType::Snapshotter,
+        PluginType::Diff,
     ])
     .config::<PullConfig>()
 }
