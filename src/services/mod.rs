@@ -8,4 +8,5 @@ pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
+pub mod tasks;
 pub mod version;
