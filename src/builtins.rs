@@ -32,5 +32,9 @@ pub fn registrations() -> Vec<Registration> {
         crate::services::snapshots::grpc::registration(),
         crate::diff::plugin::registration(),
         crate::services::diff::grpc::registration(),
+        crate::monitor::cgroups::registration(),
+        crate::runtime::v2::registration(),
+        crate::services::tasks::local::registration(),
+        crate::services::tasks::grpc::registration(),
     ]
 }
