@@ -358,10 +358,11 @@ fn ctr_import_of_a_built_oci_archive_and_multi_arch_fetch() {
     );
 }
 
-/// `ctr images pull` drives content, leases, images, snapshots and diff; removing the image
+/// `ctr images pull` drives content, leases, images, snapshots and diff; `ctr run --rm`
+/// prints `hi`; removing the image
 /// collects its blobs and its snapshots.
 #[test]
-fn ctr_images_pull_then_rm_collects_blobs_and_snapshots() {
+fn ctr_images_pull_run_echo_hi_then_rm_collects_blobs_and_snapshots() {
     let reg = Registry::start();
     let (reference, built) = reg.push_busybox("busybox", "latest");
     let d = Daemon::start();
@@ -393,6 +394,12 @@ fn ctr_images_pull_then_rm_collects_blobs_and_snapshots() {
         config_line.contains("containerd.io/gc.ref.snapshot."),
         "{config_line}"
     );
+
+    // And the image runs (tasks service, runc shim).
+    support::require_root();
+    let hi = d.ctr_ok(&["-n", "p", "run", "--rm", &reference, "t1", "echo", "hi"]);
+    assert_eq!(hi, "hi\n");
+    assert_eq!(snapshots(&d).len(), 1, "the container's snapshot went with --rm");
 
     d.ctr_ok(&["-n", "p", "images", "rm", "--sync", &reference]);
     assert_eq!(blob_count(&d), 0);
