@@ -4,12 +4,15 @@
 
 pub mod builtins;
 pub mod config;
+pub mod content;
 pub mod deprecation;
 pub mod diff;
 pub mod errdefs;
 pub mod events;
 pub mod filters;
+pub mod gc;
 pub mod identifiers;
+pub mod images;
 pub mod logging;
 pub mod metadata;
 pub mod monitor;

@@ -480,8 +480,9 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
-    assert!(e.message().contains("no content store"), "{e}");
+    // The layer is not in the content store.
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+    assert!(e.message().contains("not found"), "{e}");
     let e = df
         .apply(with_ns(
             apply(mounts.clone(), "application/vnd.oci.image.config.v1+json"),
@@ -491,7 +492,7 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented, "{e}");
     // Compare: the mount shapes are understood (an overlay against its own lower layers);
-    // storing the layer needs the content store.
+    // the layer lands in the content store.
     let view = sn
         .view(with_ns(
             snapshots::ViewSnapshotRequest {
@@ -506,7 +507,7 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
         .unwrap()
         .into_inner()
         .mounts;
-    let e = df
+    let layer = df
         .diff(with_ns(
             diff::DiffRequest {
                 left: view,
@@ -516,9 +517,12 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
             ns,
         ))
         .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
-    assert!(e.message().contains("no content store"), "{e}");
+        .unwrap()
+        .into_inner()
+        .diff
+        .expect("a layer descriptor");
+    let listed = d.ctr_ok(&["-n", ns, "content", "ls", "-q"]);
+    assert!(listed.contains(&layer.digest), "{listed}");
     let e = df
         .diff(with_ns(diff::DiffRequest::default(), ns))
         .await

@@ -21,9 +21,9 @@
 //! compressed per the requested media type (default tar+gzip), staged in a scratch file and
 //! stored through a [`LayerSink`] with the `containerd.io/uncompressed` label.
 //!
-//! Until the content store is on main, no [`LayerSource`]/[`LayerSink`] is wired: Apply and
-//! Compare answer Unavailable naming the missing content store; [`apply_layer`] and
-//! [`write_layer`] are complete and tested on their own.
+//! The content store implements [`LayerSource`] and [`LayerSink`]
+//! (`content/diff_adapters.rs`); without one, Apply and Compare answer Unavailable.
+//! [`apply_layer`] and [`write_layer`] are pure and tested on their own.
 
 mod apply;
 mod compare;
@@ -195,6 +195,8 @@ pub enum DiffError {
     UnsupportedMounts(String),
     #[error("no content store is loaded: cannot read layer {0}")]
     NoContentStore(String),
+    #[error("layer {digest} not found in namespace {namespace:?}")]
+    LayerNotFound { namespace: String, digest: String },
     #[error("layer {digest}: {reason}")]
     Content { digest: String, reason: String },
     #[error("no content store is loaded: cannot store the diff")]
@@ -236,6 +238,7 @@ impl ErrorKind for DiffError {
             DiffError::Limit { .. } => Kind::ResourceExhausted,
             DiffError::Read { .. } | DiffError::Content { .. } => Kind::DataLoss,
             DiffError::NoContentStore(_) | DiffError::NoContentSink => Kind::Unavailable,
+            DiffError::LayerNotFound { .. } => Kind::NotFound,
             DiffError::Io { .. } | DiffError::Interrupted { .. } => Kind::Internal,
         }
     }

@@ -98,6 +98,10 @@ pub mod ids {
     pub const EXCHANGE: &str = "exchange";
     pub const METADATA: &str = "redb";
     pub const CONTENT: &str = "content";
+    pub const CONTENT_SERVICE: &str = "content-service";
+    pub const IMAGES: &str = "images";
+    pub const IMAGES_SERVICE: &str = "images-service";
+    pub const GC: &str = "gc";
     pub const OVERLAYFS: &str = "overlayfs";
     pub const NATIVE: &str = "native";
     pub const TASK: &str = "task";
