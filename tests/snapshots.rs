@@ -579,3 +579,116 @@ fn ctr_run_on_an_overlay_snapshot_of_a_busybox_layer() {
     ctr_sn(&d, "overlayfs", &["rm", "c1"]);
     ctr_sn(&d, "overlayfs", &["rm", "busybox"]);
 }
+
+/// Ingests `data` into the daemon's content store with `ctr content ingest`; returns its digest.
+fn ingest(d: &Daemon, ns: &str, data: &[u8]) -> String {
+    use sha2::Digest;
+    use std::io::Write;
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(data));
+    let mut child = Command::new("ctr")
+        .arg("--address")
+        .arg(&d.socket)
+        .args(["-n", ns, "content", "ingest", "--expected-digest", &digest])
+        .args([
+            "--expected-size",
+            &data.len().to_string(),
+            &format!("ref-{}", &digest[7..19]),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    assert!(child.wait().unwrap().success(), "ctr content ingest failed");
+    digest
+}
+
+/// A hostile layer in the content store, applied through the Diff service onto a real
+/// snapshot: refused with a clear error, and nothing beside the snapshot is touched; a good
+/// layer applies and reports its diff id.
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_apply_through_the_daemon_refuses_hostile_layers() {
+    prereqs();
+    let d = Daemon::start();
+    let ns = "hostile";
+    let sentinel = d.dir.join("sentinel");
+    std::fs::create_dir(&sentinel).unwrap();
+    std::fs::write(sentinel.join("secret"), b"untouched").unwrap();
+    let mut sn = snapshots::snapshots_client::SnapshotsClient::new(d.channel().await);
+    let mut df = diff::diff_client::DiffClient::new(d.channel().await);
+    let tar = |build: &dyn Fn(&mut tar::Builder<Vec<u8>>)| {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().unwrap()
+    };
+    let file = |b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    let s = sentinel.display().to_string();
+    let evil = tar(&|b| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "evil", &s).unwrap();
+        file(b, "evil/pwned", b"pwned");
+    });
+    let good = tar(&|b| file(b, "etc/motd", b"hello"));
+    for (i, (layer, hostile)) in [(evil, true), (good, false)].into_iter().enumerate() {
+        let key = format!("k{i}");
+        let mounts = sn
+            .prepare(with_ns(
+                snapshots::PrepareSnapshotRequest {
+                    snapshotter: "overlayfs".into(),
+                    key: key.clone(),
+                    parent: String::new(),
+                    labels: HashMap::new(),
+                },
+                ns,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        let digest = ingest(&d, ns, &layer);
+        let res = df
+            .apply(with_ns(
+                diff::ApplyRequest {
+                    diff: Some(ctypes::Descriptor {
+                        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                        digest: digest.clone(),
+                        size: layer.len() as i64,
+                        annotations: HashMap::new(),
+                    }),
+                    mounts: mounts.clone(),
+                    payloads: HashMap::new(),
+                    sync_fs: false,
+                },
+                ns,
+            ))
+            .await;
+        if hostile {
+            let e = res.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+            assert!(e.message().contains("outside the root"), "{e}");
+        } else {
+            let applied = res.unwrap().into_inner().applied.unwrap();
+            assert_eq!(
+                applied.digest, digest,
+                "an uncompressed layer's diff id is its digest"
+            );
+            assert_eq!(
+                std::fs::read(Path::new(&mounts[0].source).join("etc/motd")).unwrap(),
+                b"hello"
+            );
+        }
+        let entries: Vec<_> = std::fs::read_dir(&sentinel)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, vec![std::ffi::OsString::from("secret")]);
+        assert_eq!(std::fs::read(sentinel.join("secret")).unwrap(), b"untouched");
+    }
+}
