@@ -558,16 +558,26 @@ impl Inner {
                 (address, started.elapsed(), None)
             }
         };
-        if b.read(bundle::ADDRESS)?.is_none() {
-            b.write(bundle::ADDRESS, address.as_bytes())?;
+        let reused = conn.is_some();
+        let connected = async {
+            if b.read(bundle::ADDRESS)?.is_none() {
+                b.write(bundle::ADDRESS, address.as_bytes())?;
+            }
+            match conn {
+                Some(conn) => Ok(conn),
+                None => Ok(self.connect(&address, &b.namespace, &b.id).await?.0),
+            }
         }
-        let conn = match conn {
-            Some(conn) => conn,
-            None => self.connect(&address, &b.namespace, &b.id).await?.0,
+        .await;
+        let conn = match connected {
+            Ok(conn) => conn,
+            Err(e) => {
+                if !reused {
+                    self.abandon_shim(binary, b, &address).await;
+                }
+                return Err(e);
+            }
         };
-        if b.read(bundle::SHIM_PID)?.is_none() {
-            b.write(bundle::SHIM_PID, conn.shim_pid.to_string().as_bytes())?;
-        }
         let connected = started.elapsed();
         if !shim_started.is_zero() {
             self.shim_start.observe(connected.as_secs_f64());
@@ -586,6 +596,9 @@ impl Inner {
             log_reader: Mutex::new(log),
         });
         rollback.task = Some(t.clone());
+        if b.read(bundle::SHIM_PID)?.is_none() {
+            b.write(bundle::SHIM_PID, conn.shim_pid.to_string().as_bytes())?;
+        }
         let req = pb::CreateTaskRequest {
             id: b.id.clone(),
             bundle: b.path.to_string_lossy().into_owned(),
@@ -623,6 +636,48 @@ impl Inner {
         t.pid.store(resp.pid, std::sync::atomic::Ordering::Relaxed);
         rollback.task = None;
         Ok(t)
+    }
+
+    /// `<shim> start` succeeded but the shim cannot be reached (connect or Connect failed):
+    /// kill the shim process it left, run `<shim> delete` in the bundle and remove its
+    /// socket, so nothing outlives the failed create. The shim is found by what `start`
+    /// gave it (cwd = this bundle, `-namespace NS -id ID`) plus the bundle's `shim.pid` if
+    /// the shim wrote one; a pid that a known connection uses (a shared shim) is never
+    /// killed.
+    async fn abandon_shim(&self, binary: &Path, b: &Bundle, address: &str) {
+        let mut pids = shim::shim_pids_in(&b.path, &b.namespace, &b.id);
+        if let Some(pid) = b
+            .read(bundle::SHIM_PID)
+            .ok()
+            .flatten()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|p| *p > 1 && !pids.contains(p))
+        {
+            pids.push(pid);
+        }
+        for pid in pids {
+            let shared = lock(&self.conns)
+                .values()
+                .filter_map(Weak::upgrade)
+                .any(|c| c.shim_pid == pid);
+            if shared {
+                tracing::warn!(id = %b.id, pid, "unreachable shim pid belongs to a live connection, not killed");
+                continue;
+            }
+            tracing::warn!(namespace = %b.namespace, id = %b.id, pid, "shim unreachable after start, killing it");
+            if let Err(e) = shim::kill_pid(pid, CONNECT_TIMEOUT).await {
+                tracing::warn!(id = %b.id, pid, error = %e, "kill unreachable shim");
+            }
+        }
+        if let Err(e) = binary::delete(binary, b, &self.addrs).await {
+            tracing::debug!(id = %b.id, error = %e, "shim delete after failed connect");
+        }
+        shim::remove_stale_socket(address);
+        if let Ok(Some(written)) = b.read(bundle::ADDRESS)
+            && written != address
+        {
+            shim::remove_stale_socket(&written);
+        }
     }
 
     /// The live connection of task `ns/id` when it runs under the same shim binary.
