@@ -628,9 +628,9 @@ impl Inner {
             .map_err(|e| shim::map_err(&b.id, "create", e))?;
         tracing::debug!(
             namespace = %b.namespace, id = %b.id, pid = resp.pid,
-            shim_start_ms = shim_started.as_millis() as u64,
-            connect_ms = (connected - shim_started).as_millis() as u64,
-            create_ms = (started.elapsed() - connected).as_millis() as u64,
+            shim_start_us = shim_started.as_micros() as u64,
+            connect_us = (connected - shim_started).as_micros() as u64,
+            create_us = (started.elapsed() - connected).as_micros() as u64,
             "task created"
         );
         t.pid.store(resp.pid, std::sync::atomic::Ordering::Relaxed);
@@ -701,6 +701,7 @@ impl Inner {
         if let Some(exit) = t.dead_exit() {
             return Ok(self.forget_dead(&key, &t, exit));
         }
+        let began = Instant::now();
         let exit = match t.delete_init().await {
             Ok(exit) => exit,
             Err(RuntimeError::ShimClosed { .. } | RuntimeError::ShimTransport { .. }) => {
@@ -722,17 +723,31 @@ impl Inner {
             }
             Err(e) => return Err(e),
         };
-        self.forget(&key, &t).await;
+        let deleted = began.elapsed();
+        let (shutdown, removed) = self.forget(&key, &t).await;
+        tracing::debug!(
+            namespace = ns,
+            id,
+            shim_delete_us = deleted.as_micros() as u64,
+            shutdown_us = shutdown.as_micros() as u64,
+            bundle_us = removed.as_micros() as u64,
+            "task deleted"
+        );
         Ok(exit)
     }
 
-    async fn forget(&self, key: &Key, t: &Arc<ShimTask>) {
+    /// Drops the task, asks its shim to shut down and removes the bundle; returns how long
+    /// the Shutdown call and the bundle removal took (for the debug log).
+    async fn forget(&self, key: &Key, t: &Arc<ShimTask>) -> (Duration, Duration) {
         lock(&self.tasks).remove(key);
+        let began = Instant::now();
         t.shutdown_shim().await;
+        let shutdown = began.elapsed();
         t.stop_log();
         if let Err(e) = t.bundle.delete() {
             tracing::error!(namespace = %t.namespace, id = %t.id, error = %e, "failed to delete bundle");
         }
+        (shutdown, began.elapsed() - shutdown)
     }
 
     fn forget_dead(&self, key: &Key, t: &Arc<ShimTask>, exit: Exit) -> Exit {
