@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v containerd-shim-runc-v2 >/dev/null 2>&1 || need+=(containerd)
+# Build dependencies of the TLS stack used by image pulls (openssl-sys).
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 if [ "${#need[@]}" -gt 0 ]; then
     apt_install "${need[@]}"
 fi

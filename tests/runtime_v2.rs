@@ -610,6 +610,75 @@ async fn runc_create_failure_cleans_bundle_and_shim() {
     assert!(w.monitor.0.lock().unwrap().is_empty());
 }
 
+/// Kills pids on drop (teardown by pid when an assertion fails first).
+struct KillOnDrop(Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_connect_failure_after_start_kills_the_shim() {
+    let w = World::new().await;
+    // A shim whose `start` really starts containerd-shim-runc-v2 (which writes shim.pid and
+    // address in the bundle) but answers with an address nobody serves.
+    let record = w.dir.path().join("started");
+    let wrapper = w.dir.path().join("unreachable-shim");
+    let script = r#"#!/bin/sh
+for a in "$@"; do last=$a; done
+if [ "$last" = start ]; then
+  containerd-shim-runc-v2 "$@" >/dev/null || exit 1
+  for p in /proc/[0-9]*; do
+    [ "${p#/proc/}" != $$ ] && [ "$(readlink $p/cwd)" = "$PWD" ] && echo "${p#/proc/}"
+  done > REC.pids
+  cat address > REC.address
+  echo unix://REC.nobody.sock
+  exit 0
+fi
+exec containerd-shim-runc-v2 "$@"
+"#;
+    std::fs::write(&wrapper, script.replace("REC", &record.to_string_lossy())).unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    w.container_with("unreachable", &["/bin/true"], &wrapper.to_string_lossy());
+    let err = w
+        .local
+        .create(
+            &w.ns,
+            CreateTask {
+                container_id: "unreachable".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    let read = |ext: &str| std::fs::read_to_string(format!("{}.{ext}", record.display()));
+    let pids: Vec<u32> = read("pids")
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    let _guard = KillOnDrop(pids.clone());
+    assert!(!pids.is_empty(), "the wrapper started no shim");
+    assert_eq!(err.kind(), Kind::Unavailable, "{err}");
+    for pid in &pids {
+        assert!(!alive(*pid), "shim {pid} left running after the failed connect");
+    }
+    let address = read("address").unwrap();
+    let socket = address.trim().trim_start_matches("unix://");
+    assert!(!Path::new(socket).exists(), "shim socket {socket} left behind");
+    assert!(!w.bundle("unreachable").exists());
+    assert!(w.manager.shim_tasks().is_empty());
+    assert_eq!(w.mounts_under_dir(), 0);
+    assert!(w.monitor.0.lock().unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shim_sigkill_publishes_exit_and_wait_returns() {
     let w = World::new().await;

@@ -337,7 +337,7 @@ impl Record {
             .with_label_values(&[self.service.as_str(), self.method.as_str()])
             .observe(elapsed.as_secs_f64());
         let _g = self.span.enter();
-        tracing::debug!(code = %code_name, elapsed_ms = elapsed.as_millis() as u64, "rpc done");
+        tracing::debug!(code = %code_name, elapsed_us = elapsed.as_micros() as u64, "rpc done");
     }
 
     fn finish_from(&mut self, headers: &http::HeaderMap) -> bool {

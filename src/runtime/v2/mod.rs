@@ -558,16 +558,26 @@ impl Inner {
                 (address, started.elapsed(), None)
             }
         };
-        if b.read(bundle::ADDRESS)?.is_none() {
-            b.write(bundle::ADDRESS, address.as_bytes())?;
+        let reused = conn.is_some();
+        let connected = async {
+            if b.read(bundle::ADDRESS)?.is_none() {
+                b.write(bundle::ADDRESS, address.as_bytes())?;
+            }
+            match conn {
+                Some(conn) => Ok(conn),
+                None => Ok(self.connect(&address, &b.namespace, &b.id).await?.0),
+            }
         }
-        let conn = match conn {
-            Some(conn) => conn,
-            None => self.connect(&address, &b.namespace, &b.id).await?.0,
+        .await;
+        let conn = match connected {
+            Ok(conn) => conn,
+            Err(e) => {
+                if !reused {
+                    self.abandon_shim(binary, b, &address).await;
+                }
+                return Err(e);
+            }
         };
-        if b.read(bundle::SHIM_PID)?.is_none() {
-            b.write(bundle::SHIM_PID, conn.shim_pid.to_string().as_bytes())?;
-        }
         let connected = started.elapsed();
         if !shim_started.is_zero() {
             self.shim_start.observe(connected.as_secs_f64());
@@ -586,6 +596,9 @@ impl Inner {
             log_reader: Mutex::new(log),
         });
         rollback.task = Some(t.clone());
+        if b.read(bundle::SHIM_PID)?.is_none() {
+            b.write(bundle::SHIM_PID, conn.shim_pid.to_string().as_bytes())?;
+        }
         let req = pb::CreateTaskRequest {
             id: b.id.clone(),
             bundle: b.path.to_string_lossy().into_owned(),
@@ -615,14 +628,56 @@ impl Inner {
             .map_err(|e| shim::map_err(&b.id, "create", e))?;
         tracing::debug!(
             namespace = %b.namespace, id = %b.id, pid = resp.pid,
-            shim_start_ms = shim_started.as_millis() as u64,
-            connect_ms = (connected - shim_started).as_millis() as u64,
-            create_ms = (started.elapsed() - connected).as_millis() as u64,
+            shim_start_us = shim_started.as_micros() as u64,
+            connect_us = (connected - shim_started).as_micros() as u64,
+            create_us = (started.elapsed() - connected).as_micros() as u64,
             "task created"
         );
         t.pid.store(resp.pid, std::sync::atomic::Ordering::Relaxed);
         rollback.task = None;
         Ok(t)
+    }
+
+    /// `<shim> start` succeeded but the shim cannot be reached (connect or Connect failed):
+    /// kill the shim process it left, run `<shim> delete` in the bundle and remove its
+    /// socket, so nothing outlives the failed create. The shim is found by what `start`
+    /// gave it (cwd = this bundle, `-namespace NS -id ID`) plus the bundle's `shim.pid` if
+    /// the shim wrote one; a pid that a known connection uses (a shared shim) is never
+    /// killed.
+    async fn abandon_shim(&self, binary: &Path, b: &Bundle, address: &str) {
+        let mut pids = shim::shim_pids_in(&b.path, &b.namespace, &b.id);
+        if let Some(pid) = b
+            .read(bundle::SHIM_PID)
+            .ok()
+            .flatten()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|p| *p > 1 && !pids.contains(p))
+        {
+            pids.push(pid);
+        }
+        for pid in pids {
+            let shared = lock(&self.conns)
+                .values()
+                .filter_map(Weak::upgrade)
+                .any(|c| c.shim_pid == pid);
+            if shared {
+                tracing::warn!(id = %b.id, pid, "unreachable shim pid belongs to a live connection, not killed");
+                continue;
+            }
+            tracing::warn!(namespace = %b.namespace, id = %b.id, pid, "shim unreachable after start, killing it");
+            if let Err(e) = shim::kill_pid(pid, CONNECT_TIMEOUT).await {
+                tracing::warn!(id = %b.id, pid, error = %e, "kill unreachable shim");
+            }
+        }
+        if let Err(e) = binary::delete(binary, b, &self.addrs).await {
+            tracing::debug!(id = %b.id, error = %e, "shim delete after failed connect");
+        }
+        shim::remove_stale_socket(address);
+        if let Ok(Some(written)) = b.read(bundle::ADDRESS)
+            && written != address
+        {
+            shim::remove_stale_socket(&written);
+        }
     }
 
     /// The live connection of task `ns/id` when it runs under the same shim binary.
@@ -646,6 +701,7 @@ impl Inner {
         if let Some(exit) = t.dead_exit() {
             return Ok(self.forget_dead(&key, &t, exit));
         }
+        let began = Instant::now();
         let exit = match t.delete_init().await {
             Ok(exit) => exit,
             Err(RuntimeError::ShimClosed { .. } | RuntimeError::ShimTransport { .. }) => {
@@ -667,17 +723,31 @@ impl Inner {
             }
             Err(e) => return Err(e),
         };
-        self.forget(&key, &t).await;
+        let deleted = began.elapsed();
+        let (shutdown, removed) = self.forget(&key, &t).await;
+        tracing::debug!(
+            namespace = ns,
+            id,
+            shim_delete_us = deleted.as_micros() as u64,
+            shutdown_us = shutdown.as_micros() as u64,
+            bundle_us = removed.as_micros() as u64,
+            "task deleted"
+        );
         Ok(exit)
     }
 
-    async fn forget(&self, key: &Key, t: &Arc<ShimTask>) {
+    /// Drops the task, asks its shim to shut down and removes the bundle; returns how long
+    /// the Shutdown call and the bundle removal took (for the debug log).
+    async fn forget(&self, key: &Key, t: &Arc<ShimTask>) -> (Duration, Duration) {
         lock(&self.tasks).remove(key);
+        let began = Instant::now();
         t.shutdown_shim().await;
+        let shutdown = began.elapsed();
         t.stop_log();
         if let Err(e) = t.bundle.delete() {
             tracing::error!(namespace = %t.namespace, id = %t.id, error = %e, "failed to delete bundle");
         }
+        (shutdown, began.elapsed() - shutdown)
     }
 
     fn forget_dead(&self, key: &Key, t: &Arc<ShimTask>, exit: Exit) -> Exit {

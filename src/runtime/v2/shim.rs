@@ -167,6 +167,78 @@ pub async fn wait_pid_exit(pid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// SIGKILLs process `pid` through a pidfd (no race with pid reuse between the open and the
+/// signal) and waits up to `timeout` for it to exit. Ok when it is gone (or already was).
+pub async fn kill_pid(pid: u32, timeout: Duration) -> std::io::Result<()> {
+    let raw = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    let fd = i32::try_from(fd).map_err(std::io::Error::other)?;
+    // SAFETY: fd was just returned by pidfd_open and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: pidfd_send_signal takes a pidfd, a signal, a null siginfo and flags 0.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd,
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(e);
+        }
+    }
+    // SAFETY: `owned` is a valid open fd that the AsyncFd owns for its whole life.
+    let afd =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+    match tokio::time::timeout(timeout, afd.readable()).await {
+        Ok(r) => r.map(|_| ()),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("pid {pid} still alive {timeout:?} after SIGKILL"),
+        )),
+    }
+}
+
+/// The shim processes started for one bundle: every process whose working directory is
+/// the bundle and whose arguments carry `-namespace NS` and `-id ID` (what `<shim> start`
+/// gives the shim it daemonizes). For a shim taskd cannot reach, which cannot tell its pid.
+pub fn shim_pids_in(bundle: &std::path::Path, namespace: &str, id: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| *pid != me)
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == bundle))
+        .filter(|pid| {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+            let has = |flag: &str, value: &str| {
+                args.windows(2)
+                    .any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
+            };
+            has("-namespace", namespace) && has("-id", id)
+        })
+        .collect()
+}
+
 /// Removes a dead shim's socket file (a killed shim cannot; its `delete` does not): only a
 /// `unix://` path that is a socket nobody listens on any more.
 pub fn remove_stale_socket(address: &str) {
