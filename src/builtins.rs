@@ -20,5 +20,6 @@ pub fn registrations() -> Vec<Registration> {
         crate::services::containers::grpc::registration(),
         crate::services::leases::registration(),
         crate::services::leases::grpc::registration(),
+        crate::cri::registration(),
     ]
 }

@@ -4,6 +4,7 @@
 
 pub mod builtins;
 pub mod config;
+pub mod cri;
 pub mod deprecation;
 pub mod errdefs;
 pub mod events;

@@ -1,0 +1,108 @@
+//! The CRI adapter: kubelet's RuntimeService and ImageService (`runtime.v1`) on taskd's
+//! socket, served by the `io.containerd.cri.v1.cri` plugin.
+//!
+//! ```text
+//! kubelet ──CRI gRPC──▶ server::{RuntimeApi, ImageApi}     (tonic traits; one line per RPC)
+//!                          │ every RPC goes through instrument::Instrument::call:
+//!                          │   init gate (Unavailable until the plugin is ready) → span →
+//!                          │   log → metrics → error → Status (server::status::to_status)
+//!                          ▼
+//!                 server/<noun>/<rpc>.rs   one file per RPC, on CriService
+//!                          │
+//!      ┌───────────────────┼───────────────────────┬───────────────────┐
+//!      ▼                   ▼                       ▼                   ▼
+//!  store/ (pods,      network/ (CNI chains,   io/ (CRI log files)   in-process Locals
+//!  containers,        pinned netns)                                  (tasks, containers,
+//!  images: state                                                     images, snapshots;
+//!  machines)                                                         namespace k8s.io)
+//! ```
+//!
+//! The adapter never talks to shims: pods and containers become tasks through the tasks
+//! service's `Local`, as containerd's CRI plugin does with in-memory services. RPCs whose
+//! dependencies have not landed answer Unimplemented with a reason naming what is missing.
+
+pub mod config;
+pub mod instrument;
+pub mod io;
+pub mod network;
+pub mod server;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use crate::errdefs::{ErrorKind, Kind};
+use crate::plugin::{Instance, PluginError, PluginType, Registration, ids};
+
+pub use config::CriConfig;
+pub use service::CriService;
+
+/// The containerd namespace every CRI object lives in.
+pub const NAMESPACE: &str = "k8s.io";
+
+/// Errors of the CRI adapter. Lower layers keep their kind through `#[from]`.
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    #[error("the CRI plugin is not ready yet (still initializing)")]
+    NotReady,
+    #[error("{rpc} is not implemented yet: {missing}")]
+    Unimplemented {
+        rpc: &'static str,
+        missing: &'static str,
+    },
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("no runtime handler {handler:?} is configured (configured: {known})")]
+    UnknownHandler { handler: String, known: String },
+    #[error("{what}: {reason}")]
+    FailedPrecondition { what: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Cni(#[from] network::CniError),
+    #[error(transparent)]
+    Netns(#[from] network::NetnsError),
+    #[error(transparent)]
+    Log(#[from] io::LogError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+}
+
+impl ErrorKind for CriError {
+    fn kind(&self) -> Kind {
+        match self {
+            CriError::NotReady => Kind::Unavailable,
+            CriError::Unimplemented { .. } => Kind::NotImplemented,
+            CriError::InvalidArgument { .. } | CriError::UnknownHandler { .. } => Kind::InvalidArgument,
+            CriError::FailedPrecondition { .. } => Kind::FailedPrecondition,
+            CriError::Store(e) => e.kind(),
+            CriError::Cni(e) => e.kind(),
+            CriError::Netns(e) => e.kind(),
+            CriError::Log(e) => e.kind(),
+            CriError::Config(e) => e.kind(),
+        }
+    }
+}
+
+/// `io.containerd.cri.v1.cri`: the CRI services on taskd's socket.
+pub fn registration() -> Registration {
+    Registration::new(PluginType::Cri, ids::CRI, |cx| async move {
+        let config: CriConfig = cx.config()?;
+        config.validate().map_err(PluginError::init)?;
+        let instrument = Arc::new(instrument::Instrument::register(cx.metrics()).map_err(PluginError::init)?);
+        let service = Arc::new(CriService::new(config.clone(), cx.root(), cx.state()));
+        let api = Arc::new(server::CriApi::new(service.clone(), instrument.clone()));
+        // Nothing to recover yet (stores are in memory): the plugin is ready now.
+        instrument.set_ready();
+        Ok(Instance::new()
+            .with::<dyn crate::server::GrpcService>(api)
+            .with::<CriService>(service)
+            .export("sandbox_image", config.sandbox_image.clone())
+            .export("cni_conf_dir", config.cni.conf_dir.display().to_string())
+            .export(
+                "cgroup_driver",
+                format!("{:?}", config.cgroup_driver).to_lowercase(),
+            ))
+    })
+    .config::<CriConfig>()
+}
