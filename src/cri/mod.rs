@@ -27,6 +27,7 @@ pub mod io;
 pub mod network;
 pub mod server;
 pub mod service;
+pub mod spec;
 pub mod store;
 
 use std::sync::Arc;
