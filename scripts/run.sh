@@ -4,6 +4,7 @@
 # embedded defaults (root /var/lib/taskd, state /run/taskd, socket /run/taskd/taskd.sock,
 # metrics on 127.0.0.1:1338). Extra arguments go to taskd (e.g. --config FILE, --log-level debug).
 # Needs root (or sudo) to install packages and to run the daemon.
+# TASKD_PROFILE=dev builds the (faster to build) debug binary instead of the release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -16,8 +17,13 @@ if [ "${#need[@]}" -gt 0 ]; then
     apt_install "${need[@]}"
 fi
 ensure_cargo
-cargo build --release --bin taskd
+profile="${TASKD_PROFILE:-release}"
+cargo build --profile "$profile" --bin taskd
+case "$profile" in
+    dev) bin=target/debug/taskd ;;
+    *) bin="target/$profile/taskd" ;;
+esac
 exec_as_root() {
     if [ "$(id -u)" -eq 0 ]; then exec "$@"; else exec sudo "$@"; fi
 }
-exec_as_root target/release/taskd "$@"
+exec_as_root "$bin" "$@"

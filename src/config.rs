@@ -311,6 +311,19 @@ impl<'a> Source<'a> {
         line
     }
 
+    /// A deserialization error as a diagnostic: its span gives the line and the key.
+    fn diagnostic(&self, e: &toml::de::Error) -> Diagnostic {
+        let (key, line) = match e.span() {
+            Some(span) => (self.key_at(span.start), Some(self.line_at(span.start))),
+            None => (String::new(), None),
+        };
+        Diagnostic {
+            key,
+            line,
+            message: e.message().to_owned(),
+        }
+    }
+
     /// The dotted path of the deepest key whose key or value span contains `offset`.
     fn key_at(&self, offset: usize) -> String {
         fn walk(table: &DeTable, offset: usize, path: &mut Vec<String>, best: &mut Vec<String>) {
@@ -374,20 +387,53 @@ pub fn parse(text: &str) -> Result<Config, Report> {
             }],
         });
     }
-    toml::from_str::<Config>(text).map_err(|e| {
-        let (key, line) = match e.span() {
-            Some(span) => (source.key_at(span.start), Some(source.line_at(span.start))),
-            None => (String::new(), None),
-        };
-        Report {
-            warnings: vec![],
-            errors: vec![Diagnostic {
-                key,
-                line,
-                message: e.message().to_owned(),
-            }],
-        }
+    let first = match toml::from_str::<Config>(text) {
+        Ok(cfg) => return Ok(cfg),
+        Err(e) => source.diagnostic(&e),
+    };
+    // serde stops at the first problem; check the document key by key to report them all.
+    let mut errors = schema_errors(&source);
+    if errors.is_empty() {
+        errors.push(first);
+    }
+    Err(Report {
+        warnings: vec![],
+        errors,
     })
+}
+
+/// Deserializes the config from one key at a time (one `key = value`, or one key of one
+/// `[section]`), so every bad key gets its own error. The pieces keep the document's spans.
+fn schema_errors(source: &Source) -> Vec<Diagnostic> {
+    let Some(doc) = &source.doc else { return vec![] };
+    let whole = 0..source.text.len();
+    let check = |key: &Spanned<toml::de::DeString>, value: Spanned<DeValue>| -> Option<Diagnostic> {
+        let mut piece = DeTable::new();
+        piece.insert(key.clone(), value);
+        let de = toml::de::Deserializer::from(Spanned::new(whole.clone(), piece));
+        Config::deserialize(de).err().map(|e| source.diagnostic(&e))
+    };
+    let mut errors: Vec<Diagnostic> = Vec::new();
+    for (k, v) in doc.get_ref().iter() {
+        let found: Vec<Diagnostic> = match v.get_ref() {
+            DeValue::Table(t) if k.get_ref().as_ref() != "plugins" && !t.is_empty() => t
+                .iter()
+                .filter_map(|(k2, v2)| {
+                    let mut one = DeTable::new();
+                    one.insert(k2.clone(), v2.clone());
+                    check(k, Spanned::new(v.span(), DeValue::Table(one)))
+                })
+                .collect(),
+            _ => check(k, v.clone()).into_iter().collect(),
+        };
+        for d in found {
+            if !errors.contains(&d) {
+                errors.push(d);
+            }
+        }
+    }
+    errors.sort_by_key(|d| d.line.unwrap_or(usize::MAX));
+    errors
 }
 
 /// Checks the meaning of a parsed config (after command-line overrides) against the
@@ -411,6 +457,8 @@ pub fn validate(cfg: &Config, text: &str, registrations: &[Registration]) -> Rep
     for (key, dir) in [("root", &cfg.root), ("state", &cfg.state)] {
         if !dir.is_absolute() {
             err(&[key], format!("{} must be an absolute path", dir.display()));
+        } else if dir.parent().is_none() {
+            err(&[key], "must not be the file system root".into());
         }
     }
     if cfg.root == cfg.state {
@@ -704,6 +752,25 @@ mod tests {
         );
         let r = check("[grpc]\nmax_recv_message_size = \"big\"\n");
         assert_eq!(r.errors[0].key, "grpc.max_recv_message_size");
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_not_just_the_first() {
+        let r = check(
+            "version = 1\nbogus = 1\n[grpc]\naddres = \"/x\"\nmax_send_message_size = \"big\"\n[debug]\nformat = \"xml\"\n[nope]\na = 1\nb = 2\n",
+        );
+        let found: Vec<_> = r.errors.iter().map(|d| (d.key.as_str(), d.line)).collect();
+        assert_eq!(
+            found,
+            vec![
+                ("bogus", Some(2)),
+                ("grpc.addres", Some(4)),
+                ("grpc.max_send_message_size", Some(5)),
+                ("debug.format", Some(7)),
+                ("nope", Some(8)),
+            ],
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -37,10 +37,11 @@ fn smoke_daemon_serves_and_ctr_reaches_it() {
     let mut d = Daemon::start();
     assert!(UnixStream::connect(&d.socket).is_ok());
     assert!(UnixStream::connect(&d.ttrpc_socket).is_ok());
-    // `ctr version` reaches the server (whatever it answers, the client part prints).
-    let out = d.ctr(&["version"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("Client:"), "{stdout}");
+    let stdout = d.ctr_ok(&["version"]);
+    assert!(
+        stdout.contains("Client:") && stdout.contains("Server:"),
+        "{stdout}"
+    );
     let status = d.stop();
     assert!(status.success(), "{status}\n{}", d.log());
 }
@@ -300,4 +301,61 @@ async fn invalid_namespace_header_is_invalid_argument_for_every_rpc() {
     }
     let (_, metrics) = d.http("/metrics", None);
     assert!(metrics.contains("code=\"InvalidArgument\""), "{metrics}");
+}
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line() {
+    let mut d = Daemon::start_with("[debug]\nformat = \"json\"\n");
+    assert!(d.stop().success());
+    let log = d.log();
+    let mut lines = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{log}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+        lines += 1;
+    }
+    assert!(lines > 0 && log.contains("taskd is serving"), "{log}");
+}
+
+#[test]
+fn metrics_endpoint_can_be_disabled() {
+    let mut d = Daemon::start_with("[metrics]\naddress = \"\"\n");
+    assert!(d.metrics_addr.is_empty());
+    assert!(!d.log().contains("serving metrics"), "{}", d.log());
+    assert!(d.stop().success());
+}
+
+#[test]
+fn log_level_flag_applies_when_rust_log_is_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("state/taskd.sock");
+    let log = dir.path().join("log");
+    let cfg = dir.path().join("taskd.toml");
+    std::fs::write(&cfg, "[metrics]\naddress = \"\"\n[debug]\nlevel = \"debug\"\n").unwrap();
+    let mut child = taskd()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--log-level", "warn"])
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--address")
+        .arg(&socket)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    eventually("socket", || UnixStream::connect(&socket).is_ok());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("INFO") && !text.contains("DEBUG"),
+        "--log-level warn wins over the config:\n{text}"
+    );
 }

@@ -220,7 +220,7 @@ async fn serve_until_signal(
     if let Some(deprecations) = plugins.get::<taskd::deprecation::Deprecations>() {
         deprecations.scan_plugin_config(&cfg.plugins);
     }
-    let grpc_server = grpc::serve(grpc_listener, plugins.get_all::<dyn GrpcService>(), rpc_metrics);
+    let mut grpc_server = grpc::serve(grpc_listener, plugins.get_all::<dyn GrpcService>(), rpc_metrics);
     let ttrpc_server = ttrpc::serve(ttrpc_listener, plugins.get_all::<dyn TtrpcService>()).await?;
     ready.set(true);
     tracing::info!(
@@ -229,11 +229,17 @@ async fn serve_until_signal(
         "taskd is serving"
     );
 
+    let mut failure = None;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = sighup.recv() => reload(cli, logs),
+            why = grpc_server.ended() => {
+                tracing::error!(%why, "shutting down");
+                failure = Some(why);
+                break;
+            }
         }
     }
 
@@ -246,12 +252,23 @@ async fn serve_until_signal(
         exchange.close();
     }
     let grace = cfg.shutdown.grace.0;
-    tokio::join!(grpc_server.shutdown(grace), ttrpc_server.shutdown());
-    plugins.shutdown(cfg.shutdown.hook_timeout.0).await;
-    if let Some(h) = http_server {
-        h.shutdown(grace).await;
+    let drain = async {
+        tokio::join!(grpc_server.shutdown(grace), ttrpc_server.shutdown(grace));
+        plugins.shutdown(cfg.shutdown.hook_timeout.0).await;
+        if let Some(h) = http_server {
+            h.shutdown(grace).await;
+        }
+    };
+    // A second SIGTERM/SIGINT during the drain skips the rest of it.
+    tokio::select! {
+        _ = drain => {}
+        _ = sigterm.recv() => bail!("second SIGTERM: exiting without finishing the drain"),
+        _ = sigint.recv() => bail!("second SIGINT: exiting without finishing the drain"),
     }
-    Ok(())
+    match failure {
+        Some(why) => bail!(why),
+        None => Ok(()),
+    }
 }
 
 /// SIGHUP: re-read the config file's log level. Never fatal.

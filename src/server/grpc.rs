@@ -9,8 +9,11 @@
 //!   `taskd_grpc_request_duration_seconds{service,method}` when the response ends (its
 //!   trailers carry the code; a response dropped before its trailers counts as Cancelled).
 //!
-//! Shutdown: [`GrpcServer::shutdown`] stops accepting, lets in-flight RPCs finish within the
-//! grace period, then drops what is left (e.g. long-lived event streams).
+//! Shutdown: [`GrpcServer::shutdown`] stops accepting and lets in-flight RPCs finish within
+//! the grace period. Then it fires the layer's abort signal: every handler still running is
+//! dropped (cancelled) and answers Unavailable, and every response stream still open (e.g. an
+//! event subscription) ends with an Unavailable status, so connections close and the server
+//! task ends.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::net::UnixListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::body::Body;
 use tonic::service::{Routes, RoutesBuilder};
@@ -63,7 +66,10 @@ impl RpcMetrics {
 /// A running gRPC server.
 pub struct GrpcServer {
     stop: Option<oneshot::Sender<()>>,
+    abort: watch::Sender<bool>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Set when the task ended on its own (see [`GrpcServer::ended`]).
+    ended: bool,
 }
 
 /// Serves every [`GrpcService`] on `listener`.
@@ -78,9 +84,10 @@ pub fn serve(
         service.register(&mut routes);
     }
     let (stop, stopped) = oneshot::channel::<()>();
+    let (abort, aborted) = watch::channel(false);
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let router = tonic::transport::Server::builder()
-        .layer(RpcLayer { metrics })
+        .layer(RpcLayer { metrics, aborted })
         .add_routes(routes.routes());
     let task = tokio::spawn(async move {
         router
@@ -91,15 +98,23 @@ pub fn serve(
     });
     GrpcServer {
         stop: Some(stop),
+        abort,
         task,
+        ended: false,
     }
 }
 
+/// How long connections get to close once the remaining RPCs were aborted.
+const ABORT_WAIT: Duration = Duration::from_secs(2);
+
 impl GrpcServer {
-    /// Stops accepting, drains in-flight RPCs for at most `grace`, then drops the rest.
+    /// Stops accepting, drains in-flight RPCs for at most `grace`, then aborts the rest.
     pub async fn shutdown(mut self, grace: Duration) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if self.ended {
+            return;
         }
         match tokio::time::timeout(grace, &mut self.task).await {
             Ok(Ok(Ok(()))) => tracing::debug!("gRPC server drained"),
@@ -108,17 +123,31 @@ impl GrpcServer {
             Err(_) => {
                 tracing::warn!(
                     ?grace,
-                    "gRPC RPCs still in flight after the grace period; dropping them"
+                    "gRPC RPCs still in flight after the grace period; aborting them"
                 );
-                self.task.abort();
-                let _ = self.task.await;
+                let _ = self.abort.send(true);
+                if tokio::time::timeout(ABORT_WAIT, &mut self.task).await.is_err() {
+                    self.task.abort();
+                    let _ = self.task.await;
+                }
             }
         }
     }
 
-    /// Whether the server task ended on its own (an accept error).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+    /// Resolves if the server stops on its own (it should not: an accept error), with what
+    /// it said. Cancel-safe, for a `select!` next to the signal handlers; never resolves
+    /// again once it did.
+    pub async fn ended(&mut self) -> String {
+        if self.ended {
+            return std::future::pending().await;
+        }
+        let result = (&mut self.task).await;
+        self.ended = true;
+        match result {
+            Ok(Ok(())) => "the gRPC server stopped".to_owned(),
+            Ok(Err(e)) => format!("the gRPC server failed: {e}"),
+            Err(e) => format!("the gRPC server task failed: {e}"),
+        }
     }
 }
 
@@ -140,10 +169,21 @@ fn split_path(path: &str) -> (String, String) {
     ("unknown".to_owned(), "unknown".to_owned())
 }
 
+/// The code's name as gRPC's Go implementation spells it (`OK`, `Canceled`, `NotFound`, ...),
+/// so dashboards written for go-grpc-prometheus' `grpc_code` work unchanged.
+fn code_label(code: tonic::Code) -> String {
+    match code {
+        tonic::Code::Ok => "OK".to_owned(),
+        tonic::Code::Cancelled => "Canceled".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// The tower layer described in the module docs.
 #[derive(Clone)]
 pub struct RpcLayer {
     metrics: RpcMetrics,
+    aborted: watch::Receiver<bool>,
 }
 
 impl<S> tower::Layer<S> for RpcLayer {
@@ -152,6 +192,7 @@ impl<S> tower::Layer<S> for RpcLayer {
         RpcService {
             inner,
             metrics: self.metrics.clone(),
+            aborted: self.aborted.clone(),
         }
     }
 }
@@ -160,6 +201,19 @@ impl<S> tower::Layer<S> for RpcLayer {
 pub struct RpcService<S> {
     inner: S,
     metrics: RpcMetrics,
+    aborted: watch::Receiver<bool>,
+}
+
+/// Resolves once the server aborts what is left after the grace period.
+fn abort_signal(mut rx: watch::Receiver<bool>) -> BoxFuture<()> {
+    Box::pin(async move {
+        // An error means the server is gone: abort as well.
+        let _ = rx.wait_for(|aborted| *aborted).await;
+    })
+}
+
+fn aborted_status() -> tonic::Status {
+    tonic::Status::unavailable("taskd is shutting down: the RPC outlived the shutdown grace period")
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -212,15 +266,20 @@ where
             let _g = span.enter();
             tracing::debug!(code = ?status.code(), message = status.message(), "rpc rejected");
             let response = status.into_http::<Body>();
-            return Box::pin(async move { Ok(MeteredBody::wrap(response, record)) });
+            let abort = abort_signal(self.aborted.clone());
+            return Box::pin(async move { Ok(MeteredBody::wrap(response, record, abort)) });
         }
+        let aborted = self.aborted.clone();
         // Take the service that was driven to readiness, leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(
             async move {
-                let response = inner.call(req).await?;
-                Ok(MeteredBody::wrap(response, record))
+                let response = tokio::select! {
+                    response = inner.call(req) => response?,
+                    _ = abort_signal(aborted.clone()) => aborted_status().into_http::<Body>(),
+                };
+                Ok(MeteredBody::wrap(response, record, abort_signal(aborted)))
             }
             .instrument(span),
         )
@@ -244,7 +303,7 @@ impl Record {
         }
         self.done = true;
         let elapsed = self.started.elapsed();
-        let code_name = format!("{code:?}");
+        let code_name = code_label(code);
         self.metrics
             .requests
             .with_label_values(&[self.service.as_str(), self.method.as_str(), code_name.as_str()])
@@ -284,13 +343,26 @@ impl Drop for Record {
 pub struct MeteredBody {
     inner: Body,
     record: Record,
+    /// The server's abort signal; `None` for trailers-only responses and once fired.
+    abort: Option<BoxFuture<()>>,
+    /// Set once this body emitted the abort trailers: it is over.
+    aborted: bool,
 }
 
 impl MeteredBody {
-    fn wrap(response: http::Response<Body>, mut record: Record) -> http::Response<MeteredBody> {
+    fn wrap(
+        response: http::Response<Body>,
+        mut record: Record,
+        abort: BoxFuture<()>,
+    ) -> http::Response<MeteredBody> {
         // Trailers-only responses (errors) carry grpc-status in the headers.
-        record.finish_from(response.headers());
-        response.map(|inner| MeteredBody { inner, record })
+        let trailers_only = record.finish_from(response.headers());
+        response.map(|inner| MeteredBody {
+            inner,
+            record,
+            abort: (!trailers_only).then_some(abort),
+            aborted: false,
+        })
     }
 }
 
@@ -303,6 +375,23 @@ impl HttpBody for MeteredBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         let this = &mut *self;
+        if this.aborted {
+            return Poll::Ready(None);
+        }
+        if let Some(abort) = this.abort.as_mut()
+            && abort.as_mut().poll(cx).is_ready()
+        {
+            // End an open stream with a status instead of leaving it to hang.
+            this.abort = None;
+            this.aborted = true;
+            let status = aborted_status();
+            this.record.finish(status.code());
+            let mut trailers = http::HeaderMap::new();
+            return match status.add_header(&mut trailers) {
+                Ok(()) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                Err(status) => Poll::Ready(Some(Err(status))),
+            };
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -318,7 +407,7 @@ impl HttpBody for MeteredBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.aborted || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -335,6 +424,189 @@ const _: fn() = || {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use taskd_proto::containerd::services::version::v1::VersionResponse;
+    use taskd_proto::containerd::services::version::v1::version_client::VersionClient;
+    use taskd_proto::containerd::services::version::v1::version_server::{Version, VersionServer};
+
+    /// A Version service that takes `delay` and echoes the namespace it saw.
+    struct Slow {
+        delay: Duration,
+    }
+
+    #[tonic::async_trait]
+    impl Version for Slow {
+        async fn version(
+            &self,
+            req: tonic::Request<()>,
+        ) -> Result<tonic::Response<VersionResponse>, tonic::Status> {
+            let ns = super::super::namespace::required(&req)?;
+            tokio::time::sleep(self.delay).await;
+            Ok(tonic::Response::new(VersionResponse {
+                version: ns,
+                revision: String::new(),
+            }))
+        }
+    }
+
+    struct SlowService(Duration);
+
+    impl GrpcService for SlowService {
+        fn register(&self, routes: &mut RoutesBuilder) {
+            routes.add_service(VersionServer::new(Slow { delay: self.0 }));
+        }
+    }
+
+    async fn start(
+        delay: Duration,
+    ) -> (
+        tempfile::TempDir,
+        GrpcServer,
+        VersionClient<tonic::transport::Channel>,
+        prometheus::Registry,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sock");
+        let (listener, _bound) = super::super::socket::bind(&path).unwrap();
+        let registry = prometheus::Registry::new();
+        let metrics = RpcMetrics::register(&registry).unwrap();
+        let id = PluginId {
+            r#type: crate::plugin::PluginType::Grpc,
+            id: "slow",
+        };
+        let server = serve(
+            listener,
+            vec![(id, Arc::new(SlowService(delay)) as Arc<dyn GrpcService>)],
+            metrics,
+        );
+        let channel = tonic::transport::Endpoint::from_static("http://[::]:1")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+            .unwrap();
+        (dir, server, VersionClient::new(channel), registry)
+    }
+
+    fn with_ns(ns: &str) -> tonic::Request<()> {
+        let mut req = tonic::Request::new(());
+        req.metadata_mut().insert(HEADER, ns.parse().unwrap());
+        req
+    }
+
+    #[tokio::test]
+    async fn namespace_header_is_validated_before_the_service_and_metrics_count_codes() {
+        let (_dir, server, mut client, registry) = start(Duration::ZERO).await;
+        let ok = client.version(with_ns("k8s.io")).await.unwrap();
+        assert_eq!(ok.get_ref().version, "k8s.io");
+        let bad = client.version(with_ns("-bad")).await.unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        let missing = client.version(tonic::Request::new(())).await.unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        let line = |code: &str| {
+            format!(
+                "taskd_grpc_requests_total{{code=\"{code}\",method=\"Version\",service=\"containerd.services.version.v1.Version\"}}"
+            )
+        };
+        assert!(text.contains(&format!("{} 1", line("OK"))), "{text}");
+        assert!(text.contains(&format!("{} 2", line("InvalidArgument"))), "{text}");
+        server.shutdown(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_an_in_flight_rpc_finish_within_the_grace_period() {
+        let (_dir, server, mut client, _) = start(Duration::from_millis(300)).await;
+        let call = tokio::spawn(async move { client.version(with_ns("default")).await });
+        // Wait until the RPC is in the handler, then stop.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.shutdown(Duration::from_secs(30)).await;
+        let answer = call.await.unwrap().expect("the in-flight RPC completes");
+        assert_eq!(answer.get_ref().version, "default");
+    }
+
+    #[tokio::test]
+    async fn shutdown_drops_rpcs_still_running_after_the_grace_period() {
+        let (_dir, server, mut client, _) = start(Duration::from_secs(3600)).await;
+        let call = tokio::spawn(async move { client.version(with_ns("default")).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.shutdown(Duration::from_millis(200)).await;
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+
+    struct Health<S>(tonic_health::pb::health_server::HealthServer<S>);
+
+    impl<S: tonic_health::pb::health_server::Health> GrpcService for Health<S> {
+        fn register(&self, routes: &mut RoutesBuilder) {
+            routes.add_service(self.0.clone());
+        }
+    }
+
+    #[tokio::test]
+    async fn open_streams_end_with_unavailable_after_the_grace_period() {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sock");
+        let (listener, _bound) = super::super::socket::bind(&path).unwrap();
+        let registry = prometheus::Registry::new();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let id = PluginId {
+            r#type: crate::plugin::PluginType::Grpc,
+            id: "health",
+        };
+        let server = serve(
+            listener,
+            vec![(id, Arc::new(Health(health)) as Arc<dyn GrpcService>)],
+            RpcMetrics::register(&registry).unwrap(),
+        );
+        let channel = tonic::transport::Endpoint::from_static("http://[::]:1")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+            .unwrap();
+        let mut stream = HealthClient::new(channel)
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stream.message().await.unwrap().is_some(), "first status");
+        server.shutdown(Duration::from_millis(100)).await;
+        let status = loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("stream ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        assert!(text.contains("code=\"Unavailable\",method=\"Watch\""), "{text}");
+    }
+
+    #[test]
+    fn code_labels_follow_grpc_go() {
+        assert_eq!(code_label(tonic::Code::Ok), "OK");
+        assert_eq!(code_label(tonic::Code::Cancelled), "Canceled");
+        assert_eq!(code_label(tonic::Code::FailedPrecondition), "FailedPrecondition");
+    }
 
     #[test]
     fn paths_split_into_service_and_method() {

@@ -50,10 +50,13 @@ pub async fn serve(
 }
 
 impl TtrpcServer {
-    /// Stops accepting and closes the connections (bounded by ttrpc's own timeout).
-    pub async fn shutdown(mut self) {
-        if let Err(e) = self.server.shutdown().await {
-            tracing::warn!(error = %e, "ttrpc server shutdown");
+    /// Stops accepting and closes the connections, waiting at most `grace` (ttrpc's own
+    /// bound is 10s).
+    pub async fn shutdown(mut self, grace: std::time::Duration) {
+        match tokio::time::timeout(grace, self.server.shutdown()).await {
+            Ok(Ok(())) => tracing::debug!("ttrpc server stopped"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "ttrpc server shutdown"),
+            Err(_) => tracing::warn!(?grace, "ttrpc connections still open after the grace period"),
         }
     }
 }
