@@ -25,6 +25,8 @@ pub mod config;
 pub mod instrument;
 pub mod io;
 pub mod network;
+pub mod podfiles;
+pub mod reference;
 pub mod server;
 pub mod service;
 pub mod spec;

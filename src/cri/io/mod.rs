@@ -20,9 +20,11 @@
 //! before the swap land in the renamed file through the old descriptor, records after it in
 //! the new file; nothing is buffered across the swap, so no byte is lost.
 
+mod container_io;
 mod framer;
 mod log_file;
 
+pub use container_io::ContainerIo;
 pub use framer::{Framer, Stream, Tag, format_timestamp};
 pub use log_file::{LogFile, copy};
 
