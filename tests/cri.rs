@@ -238,3 +238,48 @@ fn invalid_cri_config_fails_the_plugin_with_the_field_named() {
     let out = d.ctr_ok(&["plugins", "ls", "-d", "id==cri"]);
     assert!(out.contains("default_runtime") && out.contains("kata"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_node_lists_nothing_and_unknown_ids_are_not_found() {
+    use k8s_cri::v1::{
+        ContainerStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandboxStatusRequest,
+        ReopenContainerLogRequest,
+    };
+    let d = Daemon::start();
+    let mut c = RuntimeServiceClient::new(d.channel().await);
+    let pods = c
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .expect("ListPodSandbox");
+    assert!(pods.into_inner().items.is_empty());
+    let ctrs = c
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .expect("ListContainers");
+    assert!(ctrs.into_inner().containers.is_empty());
+
+    let e = c
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: "nope".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("nope"));
+    let e = c
+        .container_status(ContainerStatusRequest {
+            container_id: "nope".into(),
+            verbose: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = c
+        .reopen_container_log(ReopenContainerLogRequest {
+            container_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+}

@@ -53,3 +53,83 @@ impl CriService {
         self.runtime.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Records and a service for handler unit tests.
+    use std::collections::HashMap;
+    use std::time::{Duration, SystemTime};
+
+    use taskd_proto::cri::v1 as cri;
+
+    use super::*;
+    use crate::cri::store::container::{ContainerState, Exit};
+    use crate::cri::store::sandbox::{HostNamespaces, SandboxState};
+
+    pub fn service(dir: &Path) -> CriService {
+        CriService::new(CriConfig::default(), &dir.join("root"), &dir.join("state"))
+    }
+
+    pub fn sandbox(id: &str, name: &str, state: SandboxState, labels: &[(&str, &str)], age: u64) -> Sandbox {
+        Sandbox {
+            id: id.into(),
+            name: format!("{name}_default_uid-{id}_0"),
+            pod_name: name.into(),
+            pod_namespace: "default".into(),
+            pod_uid: format!("uid-{id}"),
+            attempt: 0,
+            runtime_handler: String::new(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            annotations: HashMap::new(),
+            created_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 - age),
+            state,
+            netns_path: String::new(),
+            ip: "10.88.0.2".into(),
+            additional_ips: vec![],
+            host: HostNamespaces::default(),
+            pid: 0,
+            cgroup_parent: String::new(),
+            config: cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: name.into(),
+                    uid: format!("uid-{id}"),
+                    namespace: "default".into(),
+                    attempt: 0,
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    pub fn container(id: &str, sandbox: &str, state: ContainerState, labels: &[(&str, &str)]) -> Container {
+        Container {
+            id: id.into(),
+            name: format!("{id}_pod"),
+            sandbox_id: sandbox.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            annotations: HashMap::new(),
+            image: "docker.io/library/busybox:latest".into(),
+            image_ref: "sha256:abc".into(),
+            log_path: String::new(),
+            created_at: SystemTime::now(),
+            started_at: None,
+            state,
+            pid: 0,
+            exit: Exit::default(),
+            log: None,
+            config: cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: id.into(),
+                    attempt: 0,
+                }),
+                ..Default::default()
+            },
+        }
+    }
+}

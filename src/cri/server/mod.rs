@@ -12,7 +12,10 @@
 //!   unimplemented.rs  every RPC not yet here, with the reason it answers
 //! ```
 
+pub mod container;
+pub mod convert;
 pub mod runtime;
+pub mod sandbox;
 pub mod unimplemented;
 
 use std::pin::Pin;
@@ -102,23 +105,23 @@ impl RuntimeService for CriApi {
 
     async fn pod_sandbox_status(
         &self,
-        _r: Request<cri::PodSandboxStatusRequest>,
+        r: Request<cri::PodSandboxStatusRequest>,
     ) -> Rpc<cri::PodSandboxStatusResponse> {
         self.inst
             .call(
                 "PodSandboxStatus",
                 "",
-                unimplemented("PodSandboxStatus", LIFECYCLE),
+                self.svc.pod_sandbox_status(r.into_inner()),
             )
             .await
     }
 
     async fn list_pod_sandbox(
         &self,
-        _r: Request<cri::ListPodSandboxRequest>,
+        r: Request<cri::ListPodSandboxRequest>,
     ) -> Rpc<cri::ListPodSandboxResponse> {
         self.inst
-            .call("ListPodSandbox", "", unimplemented("ListPodSandbox", LIFECYCLE))
+            .call("ListPodSandbox", "", self.svc.list_pod_sandbox(r.into_inner()))
             .await
     }
 
@@ -174,10 +177,10 @@ impl RuntimeService for CriApi {
 
     async fn list_containers(
         &self,
-        _r: Request<cri::ListContainersRequest>,
+        r: Request<cri::ListContainersRequest>,
     ) -> Rpc<cri::ListContainersResponse> {
         self.inst
-            .call("ListContainers", "", unimplemented("ListContainers", LIFECYCLE))
+            .call("ListContainers", "", self.svc.list_containers(r.into_inner()))
             .await
     }
 
@@ -193,10 +196,10 @@ impl RuntimeService for CriApi {
 
     async fn container_status(
         &self,
-        _r: Request<cri::ContainerStatusRequest>,
+        r: Request<cri::ContainerStatusRequest>,
     ) -> Rpc<cri::ContainerStatusResponse> {
         self.inst
-            .call("ContainerStatus", "", unimplemented("ContainerStatus", LIFECYCLE))
+            .call("ContainerStatus", "", self.svc.container_status(r.into_inner()))
             .await
     }
 
@@ -215,13 +218,13 @@ impl RuntimeService for CriApi {
 
     async fn reopen_container_log(
         &self,
-        _r: Request<cri::ReopenContainerLogRequest>,
+        r: Request<cri::ReopenContainerLogRequest>,
     ) -> Rpc<cri::ReopenContainerLogResponse> {
         self.inst
             .call(
                 "ReopenContainerLog",
                 "",
-                unimplemented("ReopenContainerLog", LIFECYCLE),
+                self.svc.reopen_container_log(r.into_inner()),
             )
             .await
     }

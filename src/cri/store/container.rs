@@ -88,6 +88,8 @@ pub struct Container {
     pub state: ContainerState,
     pub pid: u32,
     pub exit: Exit,
+    /// The CRI log file (None when kubelet asked for no log).
+    pub log: Option<std::sync::Arc<crate::cri::io::LogFile>>,
     pub config: taskd_proto::cri::v1::ContainerConfig,
 }
 

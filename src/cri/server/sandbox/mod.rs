@@ -1,0 +1,5 @@
+//! Pod sandbox RPCs. Status and List read the sandbox store; Run/Stop/Remove land with the
+//! tasks, images and snapshots services.
+
+pub mod list;
+pub mod status;
