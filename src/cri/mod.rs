@@ -22,6 +22,7 @@
 //! dependencies have not landed answer Unimplemented with a reason naming what is missing.
 
 pub mod config;
+pub mod events;
 pub mod instrument;
 pub mod io;
 pub mod network;
@@ -95,6 +96,8 @@ pub fn registration() -> Registration {
         let instrument = Arc::new(instrument::Instrument::register(cx.metrics()).map_err(PluginError::init)?);
         let service = Arc::new(CriService::new(config.clone(), cx.root(), cx.state()));
         let api = Arc::new(server::CriApi::new(service.clone(), instrument.clone()));
+        let subscriber = cx.get::<dyn crate::events::Subscriber>()?;
+        let event_loop = events::spawn(service.clone(), subscriber.as_ref()).map_err(PluginError::init)?;
         // Nothing to recover yet (stores are in memory): the plugin is ready now.
         instrument.set_ready();
         Ok(Instance::new()
@@ -105,7 +108,9 @@ pub fn registration() -> Registration {
             .export(
                 "cgroup_driver",
                 format!("{:?}", config.cgroup_driver).to_lowercase(),
-            ))
+            )
+            .on_shutdown(move || async move { event_loop.abort() }))
     })
+    .requires(&[PluginType::Event])
     .config::<CriConfig>()
 }

@@ -69,6 +69,8 @@ pub struct Exit {
     pub reason: String,
     pub message: String,
     pub finished_at: Option<SystemTime>,
+    /// A `/tasks/oom` event was seen for the container (the exit reason becomes OOMKilled).
+    pub oom_killed: bool,
 }
 
 /// One container.
