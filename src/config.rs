@@ -186,6 +186,17 @@ impl Default for Shutdown {
 }
 
 impl Config {
+    /// The `[grpc]` message size limits handed to every gRPC service (validated to
+    /// 1..=16 MiB; an out-of-range value, rejected by [`validate`], maps to the bound).
+    pub fn grpc_limits(&self) -> crate::server::GrpcLimits {
+        let max = crate::server::MAX_MESSAGE_SIZE;
+        let bytes = |v: i64| usize::try_from(v).unwrap_or(1).clamp(1, max);
+        crate::server::GrpcLimits {
+            max_recv: bytes(self.grpc.max_recv_message_size),
+            max_send: bytes(self.grpc.max_send_message_size),
+        }
+    }
+
     /// The ttrpc socket: `[ttrpc] address`, or `<grpc address>.ttrpc`.
     pub fn ttrpc_address(&self) -> PathBuf {
         if self.ttrpc.address.as_os_str().is_empty() {
@@ -574,19 +585,6 @@ pub fn validate(cfg: &Config, text: &str, registrations: &[Registration]) -> Rep
             message,
         })
     };
-    for (key, v) in [
-        ("max_recv_message_size", cfg.grpc.max_recv_message_size),
-        ("max_send_message_size", cfg.grpc.max_send_message_size),
-    ] {
-        if v != max && v > 0 && v < max {
-            warn(
-                &["grpc", key],
-                format!(
-                    "{v}: every service currently applies the built-in {max}-byte limit (server::MAX_MESSAGE_SIZE); smaller limits are not enforced yet"
-                ),
-            );
-        }
-    }
     for name in &cfg.disabled_plugins {
         if !known.contains_key(name) {
             warn(
@@ -857,6 +855,24 @@ mod tests {
         assert!(
             r.errors[0].message.contains("both required and disabled"),
             "{r:?}"
+        );
+    }
+
+    #[test]
+    fn grpc_message_sizes_become_the_limits_without_warning() {
+        let text = "[grpc]\nmax_recv_message_size = 65536\nmax_send_message_size = 1024\n";
+        assert_eq!(check(text), Report::default());
+        let cfg = parse(text).unwrap();
+        assert_eq!(
+            cfg.grpc_limits(),
+            crate::server::GrpcLimits {
+                max_recv: 65536,
+                max_send: 1024
+            }
+        );
+        assert_eq!(
+            Config::default().grpc_limits(),
+            crate::server::GrpcLimits::default()
         );
     }
 

@@ -47,7 +47,7 @@ async fn serve() -> Result<Served> {
         .await?;
     let mut routes = tonic::service::RoutesBuilder::default();
     for (_, service) in plugins.get_all::<dyn GrpcService>() {
-        service.register(&mut routes);
+        service.register(&mut routes, taskd::server::GrpcLimits::default());
     }
     let socket = dir.path().join("taskd.sock");
     let listener = UnixListener::bind(&socket)?;

@@ -359,3 +359,90 @@ fn log_level_flag_applies_when_rust_log_is_unset() {
         "--log-level warn wins over the config:\n{text}"
     );
 }
+
+/// A namespace whose labels make a request of about `bytes` bytes (each label under the
+/// 4096-byte label limit, so the service accepts it once it is decoded).
+fn big_namespace(name: &str, bytes: usize) -> taskd_proto::containerd::services::namespaces::v1::Namespace {
+    let value = "v".repeat(4000);
+    taskd_proto::containerd::services::namespaces::v1::Namespace {
+        name: name.into(),
+        labels: (0..bytes.div_ceil(4000))
+            .map(|i| (format!("k{i:05}"), value.clone()))
+            .collect(),
+    }
+}
+
+fn with_ns<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("containerd-namespace", "default".parse().unwrap());
+    req
+}
+
+#[tokio::test]
+async fn grpc_max_recv_message_size_is_applied() {
+    use taskd_proto::containerd::services::namespaces::v1::CreateNamespaceRequest;
+    use taskd_proto::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
+    let d = Daemon::start_with("[grpc]\nmax_recv_message_size = 65536\n");
+    let mut client = NamespacesClient::new(d.channel().await);
+    let status = client
+        .create(with_ns(CreateNamespaceRequest {
+            namespace: Some(big_namespace("big", 100_000)),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    // Under the limit: served.
+    client
+        .create(with_ns(CreateNamespaceRequest {
+            namespace: Some(big_namespace("small", 20_000)),
+        }))
+        .await
+        .unwrap();
+    assert!(!d.ctr_ok(&["namespaces", "ls", "-q"]).contains("big"));
+}
+
+#[tokio::test]
+async fn grpc_max_send_message_size_is_applied() {
+    use taskd_proto::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
+    use taskd_proto::containerd::services::namespaces::v1::{CreateNamespaceRequest, GetNamespaceRequest};
+    let d = Daemon::start_with("[grpc]\nmax_send_message_size = 65536\n");
+    let mut client = NamespacesClient::new(d.channel().await);
+    // The request is decoded (default 16 MiB) and the namespace created; the response, which
+    // echoes the labels, is over the send limit.
+    let status = client
+        .create(with_ns(CreateNamespaceRequest {
+            namespace: Some(big_namespace("big", 100_000)),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    let status = client
+        .get(with_ns(GetNamespaceRequest { name: "big".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+}
+
+#[tokio::test]
+async fn grpc_default_message_size_accepts_one_mib() {
+    use taskd_proto::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
+    use taskd_proto::containerd::services::namespaces::v1::{CreateNamespaceRequest, GetNamespaceRequest};
+    let d = Daemon::start();
+    let mut client = NamespacesClient::new(d.channel().await);
+    let ns = big_namespace("big", 1 << 20);
+    client
+        .create(with_ns(CreateNamespaceRequest {
+            namespace: Some(ns.clone()),
+        }))
+        .await
+        .unwrap();
+    let got = client
+        .get(with_ns(GetNamespaceRequest { name: "big".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .namespace
+        .unwrap();
+    assert_eq!(got, ns);
+}

@@ -220,7 +220,12 @@ async fn serve_until_signal(
     if let Some(deprecations) = plugins.get::<taskd::deprecation::Deprecations>() {
         deprecations.scan_plugin_config(&cfg.plugins);
     }
-    let mut grpc_server = grpc::serve(grpc_listener, plugins.get_all::<dyn GrpcService>(), rpc_metrics);
+    let mut grpc_server = grpc::serve(
+        grpc_listener,
+        plugins.get_all::<dyn GrpcService>(),
+        cfg.grpc_limits(),
+        rpc_metrics,
+    );
     let ttrpc_server = ttrpc::serve(ttrpc_listener, plugins.get_all::<dyn TtrpcService>()).await?;
     ready.set(true);
     tracing::info!(

@@ -7,7 +7,9 @@
 //! - opens a tracing span `rpc{service, method, namespace}` around the handler,
 //! - counts `taskd_grpc_requests_total{service,method,code}` and observes
 //!   `taskd_grpc_request_duration_seconds{service,method}` when the response ends (its
-//!   trailers carry the code; a response dropped before its trailers counts as Cancelled).
+//!   trailers carry the code; a response dropped before its trailers counts as Cancelled),
+//! - answers a message over the `[grpc]` size limits ([`GrpcLimits`], applied by every
+//!   service) with ResourceExhausted, as grpc-go does (tonic says OutOfRange).
 //!
 //! Shutdown: [`GrpcServer::shutdown`] stops accepting and lets in-flight RPCs finish within
 //! the grace period. Then it fires the layer's abort signal: every handler still running is
@@ -29,8 +31,8 @@ use tonic::body::Body;
 use tonic::service::{Routes, RoutesBuilder};
 use tracing::Instrument;
 
-use super::GrpcService;
 use super::namespace::HEADER;
+use super::{GrpcLimits, GrpcService};
 use crate::identifiers;
 use crate::plugin::PluginId;
 
@@ -76,12 +78,13 @@ pub struct GrpcServer {
 pub fn serve(
     listener: UnixListener,
     services: Vec<(PluginId, Arc<dyn GrpcService>)>,
+    limits: GrpcLimits,
     metrics: RpcMetrics,
 ) -> GrpcServer {
     let mut routes = RoutesBuilder::default();
     for (id, service) in &services {
         tracing::debug!(plugin = %id, "adding gRPC service");
-        service.register(&mut routes);
+        service.register(&mut routes, limits);
     }
     let (stop, stopped) = oneshot::channel::<()>();
     let (abort, aborted) = watch::channel(false);
@@ -286,6 +289,27 @@ where
     }
 }
 
+/// tonic answers a message over `max_decoding_message_size` / `max_encoding_message_size`
+/// with OutOfRange; gRPC (grpc-go, which containerd and its clients use) says
+/// ResourceExhausted. Rewrites exactly those statuses (by tonic's message) in `headers`.
+fn size_limit_is_resource_exhausted(headers: &mut http::HeaderMap) {
+    const TOO_LARGE: [&str; 2] = [
+        "Error, decoded message length too large",
+        "Error, encoded message length too large",
+    ];
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    if status.code() != tonic::Code::OutOfRange || !TOO_LARGE.iter().any(|p| status.message().starts_with(p))
+    {
+        return;
+    }
+    headers.insert(
+        "grpc-status",
+        http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+    );
+}
+
 /// Records the RPC's code and duration once (trailers seen, or dropped).
 struct Record {
     metrics: RpcMetrics,
@@ -351,11 +375,12 @@ pub struct MeteredBody {
 
 impl MeteredBody {
     fn wrap(
-        response: http::Response<Body>,
+        mut response: http::Response<Body>,
         mut record: Record,
         abort: BoxFuture<()>,
     ) -> http::Response<MeteredBody> {
         // Trailers-only responses (errors) carry grpc-status in the headers.
+        size_limit_is_resource_exhausted(response.headers_mut());
         let trailers_only = record.finish_from(response.headers());
         response.map(|inner| MeteredBody {
             inner,
@@ -392,10 +417,11 @@ impl HttpBody for MeteredBody {
                 Err(status) => Poll::Ready(Some(Err(status))),
             };
         }
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &mut polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
+                if let Some(trailers) = frame.trailers_mut() {
+                    size_limit_is_resource_exhausted(trailers);
                     this.record.finish_from(trailers);
                 }
             }
@@ -451,7 +477,7 @@ mod tests {
     struct SlowService(Duration);
 
     impl GrpcService for SlowService {
-        fn register(&self, routes: &mut RoutesBuilder) {
+        fn register(&self, routes: &mut RoutesBuilder, _limits: GrpcLimits) {
             routes.add_service(VersionServer::new(Slow { delay: self.0 }));
         }
     }
@@ -476,6 +502,7 @@ mod tests {
         let server = serve(
             listener,
             vec![(id, Arc::new(SlowService(delay)) as Arc<dyn GrpcService>)],
+            GrpcLimits::default(),
             metrics,
         );
         let channel = tonic::transport::Endpoint::from_static("http://[::]:1")
@@ -544,7 +571,7 @@ mod tests {
     struct Health<S>(tonic_health::pb::health_server::HealthServer<S>);
 
     impl<S: tonic_health::pb::health_server::Health> GrpcService for Health<S> {
-        fn register(&self, routes: &mut RoutesBuilder) {
+        fn register(&self, routes: &mut RoutesBuilder, _limits: GrpcLimits) {
             routes.add_service(self.0.clone());
         }
     }
@@ -565,6 +592,7 @@ mod tests {
         let server = serve(
             listener,
             vec![(id, Arc::new(Health(health)) as Arc<dyn GrpcService>)],
+            GrpcLimits::default(),
             RpcMetrics::register(&registry).unwrap(),
         );
         let channel = tonic::transport::Endpoint::from_static("http://[::]:1")

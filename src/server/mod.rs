@@ -12,7 +12,10 @@ pub mod ttrpc;
 /// A gRPC transport adapter: a plugin of type `io.containerd.grpc.v1` provides this
 /// capability, and the server adds every one of them to its router.
 pub trait GrpcService: Send + Sync {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder);
+    /// Adds the service(s) to `routes`. Every generated tonic server must be wrapped with
+    /// `.max_decoding_message_size(limits.max_recv).max_encoding_message_size(limits.max_send)`
+    /// so `[grpc] max_recv_message_size` / `max_send_message_size` apply to it.
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits);
 }
 
 /// A ttrpc service served on the ttrpc socket (where shims publish events).
@@ -20,7 +23,28 @@ pub trait TtrpcService: Send + Sync {
     fn services(&self) -> std::collections::HashMap<String, ::ttrpc::r#async::Service>;
 }
 
-/// The gRPC message size limit, both directions (16 MiB). Every generated tonic server is
-/// wrapped with `.max_decoding_message_size(MAX_MESSAGE_SIZE).max_encoding_message_size(MAX_MESSAGE_SIZE)`
-/// in its `GrpcService::register`.
+/// The default gRPC message size limit, both directions (16 MiB), and the largest value
+/// `[grpc] max_recv_message_size` / `max_send_message_size` accept.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// The gRPC message size limits in bytes, from `[grpc] max_recv_message_size` /
+/// `max_send_message_size`; handed to every [`GrpcService::register`].
+///
+/// A request larger than `max_recv` fails with ResourceExhausted before it reaches the
+/// service; so does a response larger than `max_send`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcLimits {
+    /// Largest message the server decodes (requests).
+    pub max_recv: usize,
+    /// Largest message the server encodes (responses).
+    pub max_send: usize,
+}
+
+impl Default for GrpcLimits {
+    fn default() -> Self {
+        GrpcLimits {
+            max_recv: MAX_MESSAGE_SIZE,
+            max_send: MAX_MESSAGE_SIZE,
+        }
+    }
+}

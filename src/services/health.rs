@@ -12,7 +12,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::plugin::{Instance, PluginType, Registration, ids};
-use crate::server::{GrpcService, MAX_MESSAGE_SIZE};
+use crate::server::{GrpcLimits, GrpcService};
 
 /// The health reporter and the gRPC service that serves it.
 #[derive(Clone)]
@@ -46,11 +46,11 @@ impl Health {
 }
 
 impl GrpcService for Health {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder) {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
         routes.add_service(
             HealthServer::new(HealthService::from_health_reporter(self.reporter.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send),
         );
     }
 }

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::Containers;
 use crate::metadata::{Container, MetadataError, Runtime};
 use crate::plugin::{Instance, PluginType, Registration, ids};
-use crate::server::{GrpcService, MAX_MESSAGE_SIZE, namespace, status::to_status};
+use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 
 /// The tonic service; cheap to clone.
 #[derive(Clone)]
@@ -26,11 +26,11 @@ impl Service {
 }
 
 impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder) {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
         routes.add_service(
             api::containers_server::ContainersServer::new(self.clone())
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send),
         );
     }
 }

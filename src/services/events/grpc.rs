@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::events::{Envelope, EventError, Forwarder, Publisher, Subscriber};
 use crate::filters;
 use crate::server::status::to_status;
-use crate::server::{GrpcService, MAX_MESSAGE_SIZE, namespace};
+use crate::server::{GrpcLimits, GrpcService, namespace};
 
 /// The subscriber name of gRPC `Subscribe` streams (metrics label, logs).
 pub const SUBSCRIBER: &str = "grpc";
@@ -39,17 +39,17 @@ impl EventsService {
         }
     }
 
-    /// The tonic server with taskd's message size limits.
-    pub fn server(&self) -> EventsServer<EventsService> {
+    /// The tonic server with the given message size limits.
+    pub fn server(&self, limits: GrpcLimits) -> EventsServer<EventsService> {
         EventsServer::new(self.clone())
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+            .max_decoding_message_size(limits.max_recv)
+            .max_encoding_message_size(limits.max_send)
     }
 }
 
 impl GrpcService for EventsService {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder) {
-        routes.add_service(self.server());
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
+        routes.add_service(self.server(limits));
     }
 }
 

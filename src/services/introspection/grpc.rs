@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Local, Plugin};
 use crate::server::status::to_status;
-use crate::server::{GrpcService, MAX_MESSAGE_SIZE};
+use crate::server::{GrpcLimits, GrpcService};
 
 #[derive(Clone)]
 pub struct IntrospectionService {
@@ -25,11 +25,11 @@ impl IntrospectionService {
 }
 
 impl GrpcService for IntrospectionService {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder) {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
         routes.add_service(
             IntrospectionServer::new(self.clone())
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send),
         );
     }
 }

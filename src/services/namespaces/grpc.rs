@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::Namespaces;
 use crate::metadata::{MetadataError, Namespace};
 use crate::plugin::{Instance, PluginType, Registration, ids};
-use crate::server::{GrpcService, MAX_MESSAGE_SIZE, status::to_status};
+use crate::server::{GrpcLimits, GrpcService, status::to_status};
 
 #[derive(Clone)]
 pub struct Service {
@@ -23,11 +23,11 @@ impl Service {
 }
 
 impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder) {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
         routes.add_service(
             api::namespaces_server::NamespacesServer::new(self.clone())
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send),
         );
     }
 }

@@ -7,7 +7,7 @@ use taskd_proto::containerd::services::version::v1::version_server::{Version, Ve
 use tonic::{Request, Response, Status};
 
 use super::Local;
-use crate::server::{GrpcService, MAX_MESSAGE_SIZE};
+use crate::server::{GrpcLimits, GrpcService};
 
 #[derive(Clone)]
 pub struct VersionService {
@@ -21,11 +21,11 @@ impl VersionService {
 }
 
 impl GrpcService for VersionService {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder) {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
         routes.add_service(
             VersionServer::new(self.clone())
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send),
         );
     }
 }
