@@ -1,5 +1,5 @@
 //! The CRI gRPC surface: [`CriApi`] implements kubelet's `RuntimeService` and
-//! `ImageService`. Each method is one line: `Instrument::call(operation, handler, the
+//! `ImageService` (message limits from `[grpc]`). Each method is one line: `Instrument::call(operation, handler, the
 //! handler in server/<noun>/<rpc>.rs)`. Nothing else happens here: no conversion beyond
 //! unwrapping the request, no error mapping (the instrument does it).
 //!
@@ -30,7 +30,7 @@ use tonic::{Request, Response, Status};
 use self::unimplemented::{IMAGES, LIFECYCLE, PART2, STREAMING, unimplemented};
 use super::CriService;
 use super::instrument::Instrument;
-use crate::server::{GrpcService, MAX_MESSAGE_SIZE};
+use crate::server::{GrpcLimits, GrpcService};
 
 type Rpc<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -49,16 +49,16 @@ impl CriApi {
 }
 
 impl GrpcService for CriApi {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder) {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
         routes.add_service(
             RuntimeServiceServer::new(self.clone())
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send),
         );
         routes.add_service(
             ImageServiceServer::new(self.clone())
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send),
         );
     }
 }
