@@ -283,3 +283,71 @@ async fn empty_node_lists_nothing_and_unknown_ids_are_not_found() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_pod_resources_on_an_empty_node() {
+    // k8s-cri 0.11 predates these RPCs (cri-api 0.34+): taskd's own generated client.
+    use taskd_proto::cri::v1::runtime_service_client::RuntimeServiceClient;
+    use taskd_proto::cri::v1::{
+        StreamContainersRequest, StreamPodSandboxesRequest, UpdatePodSandboxResourcesRequest,
+    };
+    let d = Daemon::start();
+    let mut c = RuntimeServiceClient::new(d.channel().await);
+    let mut s = c
+        .stream_pod_sandboxes(StreamPodSandboxesRequest { filter: None })
+        .await
+        .expect("StreamPodSandboxes")
+        .into_inner();
+    let mut pods = 0;
+    while let Some(chunk) = s.message().await.expect("stream item") {
+        pods += chunk.pod_sandboxes.len();
+    }
+    assert_eq!(pods, 0);
+    let mut s = c
+        .stream_containers(StreamContainersRequest { filter: None })
+        .await
+        .expect("StreamContainers")
+        .into_inner();
+    assert!(s.message().await.expect("stream end").is_none());
+    let e = c
+        .update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_events_stream_ends_on_sigterm() {
+    use k8s_cri::v1::GetEventsRequest;
+    let mut d = Daemon::start();
+    let mut c = RuntimeServiceClient::new(d.channel().await);
+    let mut events = c
+        .get_container_events(GetEventsRequest {})
+        .await
+        .expect("GetContainerEvents")
+        .into_inner();
+    let reader = tokio::spawn(async move { events.message().await });
+    let status = tokio::task::spawn_blocking(move || {
+        let st = d.stop();
+        (st, d)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.success(),
+        "taskd exit: {:?}\n{}",
+        status.0,
+        status.1.log()
+    );
+    // The stream ended (cleanly, or with the connection) instead of holding shutdown.
+    let end = reader.await.unwrap();
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    assert!(
+        !status.1.log().contains("still in flight after the grace period"),
+        "the CRI events stream held the drain:\n{}",
+        status.1.log()
+    );
+}

@@ -5,7 +5,8 @@
 //!   /tasks/oom  {container_id}           container.exit.oom_killed = true
 //!   /tasks/exit {container_id, id, ...}  init process only (id == container_id):
 //!                 a container → EXITED with exit code, finish time, reason
-//!                               (OOMKilled | Completed | Error), pid 0
+//!                               (OOMKilled | Completed | Error), pid 0;
+//!                               GetContainerEvents: CONTAINER_STOPPED
 //!                 a sandbox   → NotReady (the pause process is gone)
 //! ```
 //!
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use taskd_proto::containerd::events::{TaskExit, TaskOom};
+use taskd_proto::cri::v1::ContainerEventType;
 use tokio::task::JoinHandle;
 
 use super::service::CriService;
@@ -41,6 +43,8 @@ pub fn spawn(
         while let Some(env) = sub.receiver.recv().await {
             handle(&svc, &env);
         }
+        // The exchange closed (shutdown): end the GetContainerEvents streams too.
+        svc.events.close();
         tracing::debug!("CRI event loop ended");
     }))
 }
@@ -75,18 +79,25 @@ fn exited(svc: &CriService, e: &TaskExit) {
     let code = e.exit_status as i32;
     let r = svc.containers.update(&e.container_id, |c| {
         if c.state == ContainerState::Exited {
-            return Ok(());
+            return Ok(None);
         }
         c.transition(ContainerState::Exited)?;
         c.exit.code = code;
         c.exit.finished_at = Some(at);
         c.exit.reason = exit_reason(code, c.exit.oom_killed).to_owned();
         c.pid = 0;
-        Ok(())
+        Ok(Some(c.sandbox_id.clone()))
     });
     match r {
-        Ok(()) => {
-            tracing::info!(container = %e.container_id, exit_status = code, "container exited");
+        Ok(changed) => {
+            if let Some(sandbox_id) = changed {
+                tracing::info!(container = %e.container_id, exit_status = code, "container exited");
+                svc.emit_container_event(
+                    &e.container_id,
+                    &sandbox_id,
+                    ContainerEventType::ContainerStoppedEvent,
+                );
+            }
             return;
         }
         Err(StoreError::NotFound { .. }) => {}
@@ -130,6 +141,7 @@ mod tests {
             .add(container("c2", "pod1", ContainerState::Running, &[]))
             .unwrap();
         let ex = Arc::new(Exchange::with_queue_size(16).unwrap());
+        let mut feed = svc.events.subscribe();
         let h = spawn(svc.clone(), ex.as_ref()).unwrap();
 
         let exit = |id: &str, exec: &str, status: u32| TaskExit {
@@ -169,6 +181,15 @@ mod tests {
         assert_eq!(c1.exit.finished_at, Some(UNIX_EPOCH + Duration::from_secs(100)));
         assert_eq!(svc.containers.get("c2").unwrap().state, ContainerState::Running);
         assert_eq!(svc.sandboxes.get("pod1").unwrap().state, SandboxState::NotReady);
+
+        let ev = feed.recv().await.unwrap();
+        assert_eq!(ev.container_id, "c1");
+        assert_eq!(
+            ev.container_event_type,
+            ContainerEventType::ContainerStoppedEvent as i32
+        );
+        assert_eq!(ev.containers_statuses.len(), 2);
+        assert!(ev.pod_sandbox_status.is_some());
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! dependencies have not landed answer Unimplemented with a reason naming what is missing.
 
 pub mod config;
+pub mod container_events;
 pub mod events;
 pub mod instrument;
 pub mod io;
@@ -94,7 +95,9 @@ pub fn registration() -> Registration {
         let config: CriConfig = cx.config()?;
         config.validate().map_err(PluginError::init)?;
         let instrument = Arc::new(instrument::Instrument::register(cx.metrics()).map_err(PluginError::init)?);
-        let service = Arc::new(CriService::new(config.clone(), cx.root(), cx.state()));
+        let events = container_events::ContainerEvents::new().map_err(PluginError::init)?;
+        events.register(cx.metrics()).map_err(PluginError::init)?;
+        let service = Arc::new(CriService::new(config.clone(), cx.root(), cx.state(), events));
         let api = Arc::new(server::CriApi::new(service.clone(), instrument.clone()));
         let subscriber = cx.get::<dyn crate::events::Subscriber>()?;
         let event_loop = events::spawn(service.clone(), subscriber.as_ref()).map_err(PluginError::init)?;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use super::config::CriConfig;
+use super::container_events::ContainerEvents;
 use super::network::Cni;
 use super::store::Store;
 use super::store::container::Container;
@@ -30,13 +31,16 @@ pub struct CriService {
     pub root: PathBuf,
     pub state: PathBuf,
     pub runtime: RwLock<RuntimeState>,
+    /// The GetContainerEvents feed.
+    pub events: ContainerEvents,
 }
 
 impl CriService {
     /// `root`/`state`: the plugin's own directories.
-    pub fn new(config: CriConfig, root: &Path, state: &Path) -> CriService {
+    pub fn new(config: CriConfig, root: &Path, state: &Path, events: ContainerEvents) -> CriService {
         let cni = Cni::new(&config.cni, state.join("cni-cache"));
         CriService {
+            events,
             sandboxes: Store::default(),
             containers: Store::default(),
             images: ImageStore::default(),
@@ -51,6 +55,37 @@ impl CriService {
 
     pub fn runtime_state(&self) -> RuntimeState {
         self.runtime.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Emits a container event carrying the pod's status and its containers' statuses
+    /// (as kubelet's evented PLEG expects). `status` is the container's last state when it
+    /// is already gone from the store (DELETED).
+    pub fn emit_container_event(
+        &self,
+        container_id: &str,
+        sandbox_id: &str,
+        kind: taskd_proto::cri::v1::ContainerEventType,
+    ) {
+        use super::server::convert;
+        let pod_sandbox_status = self
+            .sandboxes
+            .get(sandbox_id)
+            .ok()
+            .map(|s| convert::pod_sandbox_status(&s));
+        let containers_statuses = self
+            .containers
+            .list()
+            .iter()
+            .filter(|c| c.sandbox_id == sandbox_id)
+            .map(convert::container_status)
+            .collect();
+        self.events.emit(taskd_proto::cri::v1::ContainerEventResponse {
+            container_id: container_id.to_owned(),
+            container_event_type: kind as i32,
+            created_at: convert::nanos(Some(std::time::SystemTime::now())),
+            pod_sandbox_status,
+            containers_statuses,
+        });
     }
 }
 
@@ -67,7 +102,12 @@ pub(crate) mod testing {
     use crate::cri::store::sandbox::{HostNamespaces, SandboxState};
 
     pub fn service(dir: &Path) -> CriService {
-        CriService::new(CriConfig::default(), &dir.join("root"), &dir.join("state"))
+        CriService::new(
+            CriConfig::default(),
+            &dir.join("root"),
+            &dir.join("state"),
+            ContainerEvents::new().unwrap(),
+        )
     }
 
     pub fn sandbox(id: &str, name: &str, state: SandboxState, labels: &[(&str, &str)], age: u64) -> Sandbox {

@@ -33,7 +33,7 @@ use super::instrument::Instrument;
 use crate::server::{GrpcLimits, GrpcService};
 
 type Rpc<T> = Result<Response<T>, Status>;
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The tonic face of the CRI plugin.
 #[derive(Clone)]
@@ -128,13 +128,13 @@ impl RuntimeService for CriApi {
     type StreamPodSandboxesStream = BoxStream<cri::StreamPodSandboxesResponse>;
     async fn stream_pod_sandboxes(
         &self,
-        _r: Request<cri::StreamPodSandboxesRequest>,
+        r: Request<cri::StreamPodSandboxesRequest>,
     ) -> Rpc<Self::StreamPodSandboxesStream> {
         self.inst
             .call(
                 "StreamPodSandboxes",
                 "",
-                unimplemented("StreamPodSandboxes", PART2),
+                self.svc.stream_pod_sandboxes(r.into_inner()),
             )
             .await
     }
@@ -187,10 +187,10 @@ impl RuntimeService for CriApi {
     type StreamContainersStream = BoxStream<cri::StreamContainersResponse>;
     async fn stream_containers(
         &self,
-        _r: Request<cri::StreamContainersRequest>,
+        r: Request<cri::StreamContainersRequest>,
     ) -> Rpc<Self::StreamContainersStream> {
         self.inst
-            .call("StreamContainers", "", unimplemented("StreamContainers", PART2))
+            .call("StreamContainers", "", self.svc.stream_containers(r.into_inner()))
             .await
     }
 
@@ -358,13 +358,13 @@ impl RuntimeService for CriApi {
     type GetContainerEventsStream = BoxStream<cri::ContainerEventResponse>;
     async fn get_container_events(
         &self,
-        _r: Request<cri::GetEventsRequest>,
+        r: Request<cri::GetEventsRequest>,
     ) -> Rpc<Self::GetContainerEventsStream> {
         self.inst
             .call(
                 "GetContainerEvents",
                 "",
-                unimplemented("GetContainerEvents", PART2),
+                self.svc.get_container_events(r.into_inner()),
             )
             .await
     }
@@ -417,13 +417,13 @@ impl RuntimeService for CriApi {
 
     async fn update_pod_sandbox_resources(
         &self,
-        _r: Request<cri::UpdatePodSandboxResourcesRequest>,
+        r: Request<cri::UpdatePodSandboxResourcesRequest>,
     ) -> Rpc<cri::UpdatePodSandboxResourcesResponse> {
         self.inst
             .call(
                 "UpdatePodSandboxResources",
                 "",
-                unimplemented("UpdatePodSandboxResources", LIFECYCLE),
+                self.svc.update_pod_sandbox_resources(r.into_inner()),
             )
             .await
     }

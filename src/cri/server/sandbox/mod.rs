@@ -3,3 +3,5 @@
 
 pub mod list;
 pub mod status;
+pub mod stream;
+pub mod update_resources;
