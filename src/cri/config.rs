@@ -19,7 +19,8 @@
 //!     └── options = { ... }                            runc options (SystemdCgroup, BinaryName, ...)
 //! ```
 //!
-//! `serde` checks the shape (unknown keys are errors, with their line); [`CriConfig::validate`]
+//! A `[runtimes.<name>]` table adds a handler; the built-in `runc` stays (merged, as
+//! containerd merges). `serde` checks the shape (unknown keys are errors, with their line); [`CriConfig::validate`]
 //! checks the meaning and runs in the plugin's init.
 
 use std::collections::BTreeMap;
@@ -136,6 +137,15 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 impl CriConfig {
+    /// Adds the built-in handlers a config table did not name: a `[runtimes.kata]` table
+    /// adds kata next to runc instead of replacing the map (containerd merges the same way).
+    pub fn with_default_runtimes(mut self) -> CriConfig {
+        for (name, h) in CriConfig::default().runtimes {
+            self.runtimes.entry(name).or_insert(h);
+        }
+        self
+    }
+
     /// Checks what serde cannot: paths absolute, the default handler exists, sizes sane.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.sandbox_image.trim().is_empty() {
@@ -248,6 +258,9 @@ mod tests {
                 .to_string()
                 .contains("runtimes.x.runtime_path")
         );
+        assert!(!c.runtimes.contains_key("runc"));
+        let c = c.with_default_runtimes();
+        assert!(c.runtimes.contains_key("runc") && c.runtimes.contains_key("x"));
     }
 
     #[test]

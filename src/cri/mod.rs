@@ -92,7 +92,7 @@ impl ErrorKind for CriError {
 /// `io.containerd.cri.v1.cri`: the CRI services on taskd's socket.
 pub fn registration() -> Registration {
     Registration::new(PluginType::Cri, ids::CRI, |cx| async move {
-        let config: CriConfig = cx.config()?;
+        let config: CriConfig = cx.config::<CriConfig>()?.with_default_runtimes();
         config.validate().map_err(PluginError::init)?;
         let instrument = Arc::new(instrument::Instrument::register(cx.metrics()).map_err(PluginError::init)?);
         let events = container_events::ContainerEvents::new().map_err(PluginError::init)?;
