@@ -23,6 +23,7 @@
 
 pub mod config;
 pub mod container_events;
+pub mod controller;
 pub mod events;
 pub mod instrument;
 pub mod io;
@@ -71,6 +72,34 @@ pub enum CriError {
     Log(#[from] io::LogError),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    PodFiles(#[from] podfiles::PodFilesError),
+    #[error(transparent)]
+    Reference(#[from] reference::ReferenceError),
+    /// A failure of a service the adapter calls (tasks, containers, images, snapshots);
+    /// keeps that service's kind.
+    #[error("{op}: {cause}")]
+    Backend {
+        op: &'static str,
+        cause: Box<dyn ErrorKind + Send + Sync>,
+    },
+    #[error("{error}; rollback also failed: {cleanup}")]
+    Rollback {
+        error: Box<CriError>,
+        cleanup: Box<CriError>,
+    },
+}
+
+impl CriError {
+    /// Wraps an error of another service, keeping its kind.
+    pub fn backend(op: &'static str, e: impl ErrorKind + Send + Sync + 'static) -> CriError {
+        CriError::Backend {
+            op,
+            cause: Box::new(e),
+        }
+    }
 }
 
 impl ErrorKind for CriError {
@@ -85,6 +114,11 @@ impl ErrorKind for CriError {
             CriError::Netns(e) => e.kind(),
             CriError::Log(e) => e.kind(),
             CriError::Config(e) => e.kind(),
+            CriError::Spec(e) => e.kind(),
+            CriError::PodFiles(e) => e.kind(),
+            CriError::Reference(e) => e.kind(),
+            CriError::Backend { cause, .. } => cause.kind(),
+            CriError::Rollback { error, .. } => error.kind(),
         }
     }
 }

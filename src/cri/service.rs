@@ -33,6 +33,10 @@ pub struct CriService {
     pub runtime: RwLock<RuntimeState>,
     /// The GetContainerEvents feed.
     pub events: ContainerEvents,
+    /// Runs pause containers; None when the services it needs are not on this build.
+    pub controller: Option<std::sync::Arc<dyn super::controller::SandboxController>>,
+    /// taskd's own oom_score_adj: nothing taskd starts gets a lower one.
+    pub min_oom_score_adj: i32,
 }
 
 impl CriService {
@@ -41,6 +45,8 @@ impl CriService {
         let cni = Cni::new(&config.cni, state.join("cni-cache"));
         CriService {
             events,
+            controller: None,
+            min_oom_score_adj: own_oom_score_adj(),
             sandboxes: Store::default(),
             containers: Store::default(),
             images: ImageStore::default(),
@@ -51,6 +57,22 @@ impl CriService {
             runtime: RwLock::new(RuntimeState::default()),
             config,
         }
+    }
+
+    /// The sandbox controller, or Unimplemented naming what is missing.
+    pub fn controller(
+        &self,
+        rpc: &'static str,
+    ) -> Result<std::sync::Arc<dyn super::controller::SandboxController>, super::CriError> {
+        self.controller.clone().ok_or(super::CriError::Unimplemented {
+            rpc,
+            missing: super::server::unimplemented::LIFECYCLE,
+        })
+    }
+
+    /// `<state>/sandboxes/<id>`: the pod's files (resolv.conf, hostname, hosts).
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.state.join("sandboxes").join(id)
     }
 
     pub fn runtime_state(&self) -> RuntimeState {
@@ -87,6 +109,14 @@ impl CriService {
             containers_statuses,
         });
     }
+}
+
+/// `/proc/self/oom_score_adj` (0 when unreadable).
+fn own_oom_score_adj() -> i32 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -77,28 +77,28 @@ impl RuntimeService for CriApi {
     ) -> Rpc<cri::RunPodSandboxResponse> {
         let h = r.get_ref().runtime_handler.clone();
         self.inst
-            .call("RunPodSandbox", &h, unimplemented("RunPodSandbox", LIFECYCLE))
+            .call("RunPodSandbox", &h, self.svc.run_pod_sandbox(r.into_inner()))
             .await
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _r: Request<cri::StopPodSandboxRequest>,
+        r: Request<cri::StopPodSandboxRequest>,
     ) -> Rpc<cri::StopPodSandboxResponse> {
         self.inst
-            .call("StopPodSandbox", "", unimplemented("StopPodSandbox", LIFECYCLE))
+            .call("StopPodSandbox", "", self.svc.stop_pod_sandbox(r.into_inner()))
             .await
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _r: Request<cri::RemovePodSandboxRequest>,
+        r: Request<cri::RemovePodSandboxRequest>,
     ) -> Rpc<cri::RemovePodSandboxResponse> {
         self.inst
             .call(
                 "RemovePodSandbox",
                 "",
-                unimplemented("RemovePodSandbox", LIFECYCLE),
+                self.svc.remove_pod_sandbox(r.into_inner()),
             )
             .await
     }

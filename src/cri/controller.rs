@@ -1,0 +1,48 @@
+//! The sandbox controller: what actually runs a pod's pause container (containerd 2's
+//! `sandbox.Controller`, "podsandbox" flavour). RunPodSandbox/StopPodSandbox/
+//! RemovePodSandbox own the pod's bookkeeping (store, netns, CNI, pod files) and call the
+//! controller for the process; the controller is built over the in-process tasks,
+//! containers, images and snapshots services (namespace `k8s.io`), never over shims.
+//!
+//! ```text
+//!   ensure_image(ref) ─▶ image config        (pull when missing)
+//!   start(StartSandbox) ─▶ pid               rootfs snapshot + container record + task
+//!   stop(id)                                 SIGKILL the pause task, wait for its exit
+//!   delete(id)                               task, container record, snapshot; idempotent
+//! ```
+//!
+//! When the services it needs are not on this build, no controller is set and the pod
+//! RPCs answer Unimplemented naming what is missing.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+use super::CriError;
+use super::config::RuntimeHandler;
+use super::store::image::ImageConfig;
+
+/// Everything the controller needs to start a pause container.
+#[derive(Debug, Clone)]
+pub struct StartSandbox {
+    pub id: String,
+    pub image: String,
+    /// The OCI spec, built by RunPodSandbox (`cri::spec::sandbox`).
+    pub spec: oci_spec::runtime::Spec,
+    pub handler_name: String,
+    pub handler: RuntimeHandler,
+    pub labels: HashMap<String, String>,
+}
+
+/// Runs pause containers.
+#[async_trait]
+pub trait SandboxController: Send + Sync {
+    /// The image config of `image`, pulling it when it is not present.
+    async fn ensure_image(&self, image: &str) -> Result<ImageConfig, CriError>;
+    /// Creates and starts the pause container; returns its pid.
+    async fn start(&self, req: StartSandbox) -> Result<u32, CriError>;
+    /// Stops the pause container (no-op when it is not running).
+    async fn stop(&self, id: &str) -> Result<(), CriError>;
+    /// Removes everything `start` created (no-op for what is already gone).
+    async fn delete(&self, id: &str) -> Result<(), CriError>;
+}
