@@ -46,3 +46,55 @@ pub trait SandboxController: Send + Sync {
     /// Removes everything `start` created (no-op for what is already gone).
     async fn delete(&self, id: &str) -> Result<(), CriError>;
 }
+
+/// What the image gives a container (config + the files user resolution reads).
+#[derive(Debug, Clone, Default)]
+pub struct ImageInfo {
+    /// The config digest (CRI's image id / image_ref).
+    pub id: String,
+    /// The normalized reference the container was created from.
+    pub reference: String,
+    pub config: ImageConfig,
+    /// The image's `/etc/passwd` and `/etc/group`, when present.
+    pub passwd: Option<String>,
+    pub group: Option<String>,
+}
+
+/// Creating a container's task.
+#[derive(Debug, Clone)]
+pub struct CreateContainer {
+    pub id: String,
+    pub sandbox_id: String,
+    pub image: ImageInfo,
+    pub spec: oci_spec::runtime::Spec,
+    pub handler_name: String,
+    pub handler: RuntimeHandler,
+    /// Fifo paths the shim writes (empty: discarded).
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// How a container's init process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub code: u32,
+    pub at: std::time::SystemTime,
+}
+
+/// Runs app containers (tasks of the containers service records, namespace k8s.io).
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync {
+    /// Resolves (pulls if needed) the image a container names.
+    async fn image(&self, reference: &str) -> Result<ImageInfo, CriError>;
+    /// Creates the container record, its rootfs and its task (not started).
+    async fn create(&self, req: CreateContainer) -> Result<(), CriError>;
+    /// Starts the task; returns the pid.
+    async fn start(&self, id: &str) -> Result<u32, CriError>;
+    /// Signals the init process.
+    async fn kill(&self, id: &str, signal: u32) -> Result<(), CriError>;
+    /// Waits for the init process to exit.
+    async fn wait(&self, id: &str) -> Result<ExitInfo, CriError>;
+    /// Removes the task, the record and the rootfs (no-op for what is gone).
+    async fn delete(&self, id: &str) -> Result<(), CriError>;
+}

@@ -35,6 +35,10 @@ pub struct CriService {
     pub events: ContainerEvents,
     /// Runs pause containers; None when the services it needs are not on this build.
     pub controller: Option<std::sync::Arc<dyn super::controller::SandboxController>>,
+    /// Runs app containers; None when the services it needs are not on this build.
+    pub runner: Option<std::sync::Arc<dyn super::controller::ContainerRuntime>>,
+    /// Each container's stdio fifos and log copiers, by container id.
+    pub ios: std::sync::Mutex<std::collections::HashMap<String, super::io::ContainerIo>>,
     /// taskd's own oom_score_adj: nothing taskd starts gets a lower one.
     pub min_oom_score_adj: i32,
 }
@@ -46,6 +50,8 @@ impl CriService {
         CriService {
             events,
             controller: None,
+            runner: None,
+            ios: std::sync::Mutex::new(std::collections::HashMap::new()),
             min_oom_score_adj: own_oom_score_adj(),
             sandboxes: Store::default(),
             containers: Store::default(),
@@ -68,6 +74,22 @@ impl CriService {
             rpc,
             missing: super::server::unimplemented::LIFECYCLE,
         })
+    }
+
+    /// The container runtime, or Unimplemented naming what is missing.
+    pub fn container_runtime(
+        &self,
+        rpc: &'static str,
+    ) -> Result<std::sync::Arc<dyn super::controller::ContainerRuntime>, super::CriError> {
+        self.runner.clone().ok_or(super::CriError::Unimplemented {
+            rpc,
+            missing: super::server::unimplemented::LIFECYCLE,
+        })
+    }
+
+    /// `<state>/containers/<id>`: a container's stdio fifos.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.state.join("containers").join(id)
     }
 
     /// `<state>/sandboxes/<id>`: the pod's files (resolv.conf, hostname, hosts).

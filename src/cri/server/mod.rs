@@ -141,37 +141,34 @@ impl RuntimeService for CriApi {
 
     async fn create_container(
         &self,
-        _r: Request<cri::CreateContainerRequest>,
+        r: Request<cri::CreateContainerRequest>,
     ) -> Rpc<cri::CreateContainerResponse> {
         self.inst
-            .call("CreateContainer", "", unimplemented("CreateContainer", LIFECYCLE))
+            .call("CreateContainer", "", self.svc.create_container(r.into_inner()))
             .await
     }
 
     async fn start_container(
         &self,
-        _r: Request<cri::StartContainerRequest>,
+        r: Request<cri::StartContainerRequest>,
     ) -> Rpc<cri::StartContainerResponse> {
         self.inst
-            .call("StartContainer", "", unimplemented("StartContainer", LIFECYCLE))
+            .call("StartContainer", "", self.svc.start_container(r.into_inner()))
             .await
     }
 
-    async fn stop_container(
-        &self,
-        _r: Request<cri::StopContainerRequest>,
-    ) -> Rpc<cri::StopContainerResponse> {
+    async fn stop_container(&self, r: Request<cri::StopContainerRequest>) -> Rpc<cri::StopContainerResponse> {
         self.inst
-            .call("StopContainer", "", unimplemented("StopContainer", LIFECYCLE))
+            .call("StopContainer", "", self.svc.stop_container(r.into_inner()))
             .await
     }
 
     async fn remove_container(
         &self,
-        _r: Request<cri::RemoveContainerRequest>,
+        r: Request<cri::RemoveContainerRequest>,
     ) -> Rpc<cri::RemoveContainerResponse> {
         self.inst
-            .call("RemoveContainer", "", unimplemented("RemoveContainer", LIFECYCLE))
+            .call("RemoveContainer", "", self.svc.remove_container(r.into_inner()))
             .await
     }
 

@@ -1,8 +1,16 @@
-//! Container RPCs. Status, List and ReopenContainerLog read the container store;
-//! Create/Start/Stop/Remove land with the tasks, images and snapshots services.
+//! Container RPCs. Create/Start/Stop/Remove keep the store and the stdio/log plumbing and
+//! drive the task through the `ContainerRuntime`; Status/List/Stream/ReopenContainerLog
+//! read the store.
 
+pub mod create;
 pub mod events;
 pub mod list;
+pub mod remove;
 pub mod reopen_log;
+pub mod start;
 pub mod status;
+pub mod stop;
 pub mod stream;
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,9 @@
 //! `RemovePodSandbox`: stops the pod if needed, removes its containers and pause
 //! container, its files and its record. Idempotent: an unknown id is success.
 
-use taskd_proto::cri::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse, StopPodSandboxRequest};
+use taskd_proto::cri::v1::{
+    RemoveContainerRequest, RemovePodSandboxRequest, RemovePodSandboxResponse, StopPodSandboxRequest,
+};
 
 use crate::cri::store::StoreError;
 use crate::cri::store::sandbox::SandboxState;
@@ -23,11 +25,16 @@ impl CriService {
             })
             .await?;
         }
-        if self.containers.list().iter().any(|c| c.sandbox_id == s.id) {
-            return Err(CriError::Unimplemented {
-                rpc: "RemovePodSandbox",
-                missing: "removing the pod's containers needs RemoveContainer, not on this build yet",
-            });
+        let ids: Vec<String> = self
+            .containers
+            .list()
+            .into_iter()
+            .filter(|c| c.sandbox_id == s.id)
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            self.remove_container(RemoveContainerRequest { container_id: id })
+                .await?;
         }
         self.controller("RemovePodSandbox")?.delete(&s.id).await?;
         let dir = self.sandbox_dir(&s.id);

@@ -2,7 +2,7 @@
 //! network down (CNI DEL, netns removed) and leaves the record NotReady. Idempotent: a
 //! second call finds nothing left to stop and succeeds.
 
-use taskd_proto::cri::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
+use taskd_proto::cri::v1::{StopContainerRequest, StopPodSandboxRequest, StopPodSandboxResponse};
 
 use super::run::{pod_ref, port_mappings};
 use crate::cri::network::netns;
@@ -25,12 +25,14 @@ impl CriService {
             })
             .map(|c| c.id)
             .collect();
-        if !running.is_empty() {
-            // Containers only run once the container RPCs exist; refuse to pretend.
-            return Err(CriError::Unimplemented {
-                rpc: "StopPodSandbox",
-                missing: "stopping the pod's containers needs StopContainer, not on this build yet",
-            });
+        for id in running {
+            // As containerd: the pod's containers get no grace period here (kubelet stops
+            // them with their own grace periods before StopPodSandbox).
+            self.stop_container(StopContainerRequest {
+                container_id: id,
+                timeout: 0,
+            })
+            .await?;
         }
         let controller = self.controller("StopPodSandbox")?;
         controller.stop(&s.id).await?;
