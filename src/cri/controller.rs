@@ -97,4 +97,51 @@ pub trait ContainerRuntime: Send + Sync {
     async fn wait(&self, id: &str) -> Result<ExitInfo, CriError>;
     /// Removes the task, the record and the rootfs (no-op for what is gone).
     async fn delete(&self, id: &str) -> Result<(), CriError>;
+    /// Applies new cgroup limits to the running task (and its stored spec).
+    async fn update(&self, id: &str, resources: oci_spec::runtime::LinuxResources) -> Result<(), CriError>;
+}
+
+/// Registry credentials from a PullImage request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Auth {
+    pub username: String,
+    pub password: String,
+    /// base64 `user:password`.
+    pub auth: String,
+    pub server_address: String,
+    pub identity_token: String,
+    pub registry_token: String,
+}
+
+/// One image name in the images service (namespace k8s.io), with what it points at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendImage {
+    /// `docker.io/library/busybox:latest`, `…@sha256:…`, or the bare id.
+    pub name: String,
+    /// The config digest (CRI's image id).
+    pub config_digest: String,
+    /// Unpacked size in bytes.
+    pub size: u64,
+    pub config: ImageConfig,
+}
+
+/// Usage of the file system images (and container layers) live on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsUsage {
+    pub mountpoint: String,
+    pub used_bytes: u64,
+    pub inodes_used: u64,
+}
+
+/// The image side: server-side pull, the k8s.io image names, snapshotter usage.
+#[async_trait]
+pub trait ImageBackend: Send + Sync {
+    /// Pulls and unpacks `reference` (already normalized); returns the image it names.
+    async fn pull(&self, reference: &str, auth: Option<Auth>) -> Result<BackendImage, CriError>;
+    /// Every image name in the namespace.
+    async fn list(&self) -> Result<Vec<BackendImage>, CriError>;
+    /// Removes one image name (absent is fine).
+    async fn remove(&self, name: &str) -> Result<(), CriError>;
+    /// Usage of the snapshotter's file system.
+    async fn fs_info(&self) -> Result<FsUsage, CriError>;
 }

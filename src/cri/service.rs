@@ -37,6 +37,8 @@ pub struct CriService {
     pub controller: Option<std::sync::Arc<dyn super::controller::SandboxController>>,
     /// Runs app containers; None when the services it needs are not on this build.
     pub runner: Option<std::sync::Arc<dyn super::controller::ContainerRuntime>>,
+    /// Pulls and lists images; None when the services it needs are not on this build.
+    pub image_backend: Option<std::sync::Arc<dyn super::controller::ImageBackend>>,
     /// Each container's stdio fifos and log copiers, by container id.
     pub ios: std::sync::Mutex<std::collections::HashMap<String, super::io::ContainerIo>>,
     /// taskd's own oom_score_adj: nothing taskd starts gets a lower one.
@@ -51,6 +53,7 @@ impl CriService {
             events,
             controller: None,
             runner: None,
+            image_backend: None,
             ios: std::sync::Mutex::new(std::collections::HashMap::new()),
             min_oom_score_adj: own_oom_score_adj(),
             sandboxes: Store::default(),
@@ -84,6 +87,17 @@ impl CriService {
         self.runner.clone().ok_or(super::CriError::Unimplemented {
             rpc,
             missing: super::server::unimplemented::LIFECYCLE,
+        })
+    }
+
+    /// The image backend, or Unimplemented naming what is missing.
+    pub fn image_backend(
+        &self,
+        rpc: &'static str,
+    ) -> Result<std::sync::Arc<dyn super::controller::ImageBackend>, super::CriError> {
+        self.image_backend.clone().ok_or(super::CriError::Unimplemented {
+            rpc,
+            missing: super::server::unimplemented::IMAGES,
         })
     }
 

@@ -14,6 +14,7 @@
 
 pub mod container;
 pub mod convert;
+pub mod image;
 pub mod runtime;
 pub mod sandbox;
 pub mod unimplemented;
@@ -27,7 +28,7 @@ use taskd_proto::cri::v1::image_service_server::{ImageService, ImageServiceServe
 use taskd_proto::cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use tonic::{Request, Response, Status};
 
-use self::unimplemented::{IMAGES, LIFECYCLE, PART2, STREAMING, unimplemented};
+use self::unimplemented::{PART2, STREAMING, unimplemented};
 use super::CriService;
 use super::instrument::Instrument;
 use crate::server::{GrpcLimits, GrpcService};
@@ -202,13 +203,13 @@ impl RuntimeService for CriApi {
 
     async fn update_container_resources(
         &self,
-        _r: Request<cri::UpdateContainerResourcesRequest>,
+        r: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Rpc<cri::UpdateContainerResourcesResponse> {
         self.inst
             .call(
                 "UpdateContainerResources",
                 "",
-                unimplemented("UpdateContainerResources", LIFECYCLE),
+                self.svc.update_container_resources(r.into_inner()),
             )
             .await
     }
@@ -428,40 +429,40 @@ impl RuntimeService for CriApi {
 
 #[tonic::async_trait]
 impl ImageService for CriApi {
-    async fn list_images(&self, _r: Request<cri::ListImagesRequest>) -> Rpc<cri::ListImagesResponse> {
+    async fn list_images(&self, r: Request<cri::ListImagesRequest>) -> Rpc<cri::ListImagesResponse> {
         self.inst
-            .call("ListImages", "", unimplemented("ListImages", IMAGES))
+            .call("ListImages", "", self.svc.list_images(r.into_inner()))
             .await
     }
 
     type StreamImagesStream = BoxStream<cri::StreamImagesResponse>;
-    async fn stream_images(&self, _r: Request<cri::StreamImagesRequest>) -> Rpc<Self::StreamImagesStream> {
+    async fn stream_images(&self, r: Request<cri::StreamImagesRequest>) -> Rpc<Self::StreamImagesStream> {
         self.inst
-            .call("StreamImages", "", unimplemented("StreamImages", PART2))
+            .call("StreamImages", "", self.svc.stream_images(r.into_inner()))
             .await
     }
 
-    async fn image_status(&self, _r: Request<cri::ImageStatusRequest>) -> Rpc<cri::ImageStatusResponse> {
+    async fn image_status(&self, r: Request<cri::ImageStatusRequest>) -> Rpc<cri::ImageStatusResponse> {
         self.inst
-            .call("ImageStatus", "", unimplemented("ImageStatus", IMAGES))
+            .call("ImageStatus", "", self.svc.image_status(r.into_inner()))
             .await
     }
 
-    async fn pull_image(&self, _r: Request<cri::PullImageRequest>) -> Rpc<cri::PullImageResponse> {
+    async fn pull_image(&self, r: Request<cri::PullImageRequest>) -> Rpc<cri::PullImageResponse> {
         self.inst
-            .call("PullImage", "", unimplemented("PullImage", IMAGES))
+            .call("PullImage", "", self.svc.pull_image(r.into_inner()))
             .await
     }
 
-    async fn remove_image(&self, _r: Request<cri::RemoveImageRequest>) -> Rpc<cri::RemoveImageResponse> {
+    async fn remove_image(&self, r: Request<cri::RemoveImageRequest>) -> Rpc<cri::RemoveImageResponse> {
         self.inst
-            .call("RemoveImage", "", unimplemented("RemoveImage", IMAGES))
+            .call("RemoveImage", "", self.svc.remove_image(r.into_inner()))
             .await
     }
 
-    async fn image_fs_info(&self, _r: Request<cri::ImageFsInfoRequest>) -> Rpc<cri::ImageFsInfoResponse> {
+    async fn image_fs_info(&self, r: Request<cri::ImageFsInfoRequest>) -> Rpc<cri::ImageFsInfoResponse> {
         self.inst
-            .call("ImageFsInfo", "", unimplemented("ImageFsInfo", IMAGES))
+            .call("ImageFsInfo", "", self.svc.image_fs_info(r.into_inner()))
             .await
     }
 }

@@ -422,38 +422,7 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
     }
 
     // Resources.
-    let mut cpu = LinuxCpu::default();
-    if res.cpu_shares > 0 {
-        cpu.set_shares(Some(res.cpu_shares as u64));
-    }
-    if res.cpu_quota != 0 {
-        cpu.set_quota(Some(res.cpu_quota));
-    }
-    if res.cpu_period > 0 {
-        cpu.set_period(Some(res.cpu_period as u64));
-    }
-    if !res.cpuset_cpus.is_empty() {
-        cpu.set_cpus(Some(res.cpuset_cpus.clone()));
-    }
-    if !res.cpuset_mems.is_empty() {
-        cpu.set_mems(Some(res.cpuset_mems.clone()));
-    }
-    let mut memory = LinuxMemory::default();
-    if res.memory_limit_in_bytes > 0 {
-        memory.set_limit(Some(res.memory_limit_in_bytes));
-    }
-    if res.memory_swap_limit_in_bytes > 0 {
-        memory.set_swap(Some(res.memory_swap_limit_in_bytes));
-    }
-    let hugepages: Vec<LinuxHugepageLimit> = res
-        .hugepage_limits
-        .iter()
-        .map(|h| {
-            let mut l = LinuxHugepageLimit::default();
-            l.set_page_size(h.page_size.clone()).set_limit(h.limit as i64);
-            l
-        })
-        .collect();
+    let (cpu, memory, hugepages) = resource_parts(&res);
     let mut dev_rules = Vec::new();
     let mut deny_all = LinuxDeviceCgroup::default();
     deny_all.set_allow(sec.privileged).set_access(Some("rwm".into()));
@@ -555,6 +524,57 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
     }
     spec.set_annotations(Some(ann));
     Ok(spec)
+}
+
+/// CPU, memory and hugepage limits of a CRI resources message.
+fn resource_parts(
+    res: &taskd_proto::cri::v1::LinuxContainerResources,
+) -> (LinuxCpu, LinuxMemory, Vec<LinuxHugepageLimit>) {
+    let mut cpu = LinuxCpu::default();
+    if res.cpu_shares > 0 {
+        cpu.set_shares(Some(res.cpu_shares as u64));
+    }
+    if res.cpu_quota != 0 {
+        cpu.set_quota(Some(res.cpu_quota));
+    }
+    if res.cpu_period > 0 {
+        cpu.set_period(Some(res.cpu_period as u64));
+    }
+    if !res.cpuset_cpus.is_empty() {
+        cpu.set_cpus(Some(res.cpuset_cpus.clone()));
+    }
+    if !res.cpuset_mems.is_empty() {
+        cpu.set_mems(Some(res.cpuset_mems.clone()));
+    }
+    let mut memory = LinuxMemory::default();
+    if res.memory_limit_in_bytes > 0 {
+        memory.set_limit(Some(res.memory_limit_in_bytes));
+    }
+    if res.memory_swap_limit_in_bytes > 0 {
+        memory.set_swap(Some(res.memory_swap_limit_in_bytes));
+    }
+    let hugepages: Vec<LinuxHugepageLimit> = res
+        .hugepage_limits
+        .iter()
+        .map(|h| {
+            let mut l = LinuxHugepageLimit::default();
+            l.set_page_size(h.page_size.clone()).set_limit(h.limit as i64);
+            l
+        })
+        .collect();
+    (cpu, memory, hugepages)
+}
+
+/// The `linux.resources` UpdateContainerResources hands to the task (no device rules:
+/// those stay as created).
+pub fn update_resources(res: &taskd_proto::cri::v1::LinuxContainerResources) -> LinuxResources {
+    let (cpu, memory, hugepages) = resource_parts(res);
+    let mut r = LinuxResources::default();
+    r.set_cpu(Some(cpu))
+        .set_memory(Some(memory))
+        .set_hugepage_limits((!hugepages.is_empty()).then_some(hugepages))
+        .set_unified((!res.unified.is_empty()).then(|| res.unified.clone()));
+    r
 }
 
 #[cfg(test)]

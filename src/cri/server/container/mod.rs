@@ -11,6 +11,7 @@ pub mod start;
 pub mod status;
 pub mod stop;
 pub mod stream;
+pub mod update_resources;
 
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,7 @@ struct Proc {
 struct FakeRt {
     procs: Mutex<HashMap<String, Proc>>,
     specs: Mutex<Vec<oci_spec::runtime::Spec>>,
+    updates: Mutex<Vec<(String, oci_spec::runtime::LinuxResources)>>,
     ignore_term: bool,
 }
 
@@ -109,6 +110,10 @@ impl ContainerRuntime for FakeRt {
             code,
             at: SystemTime::now(),
         })
+    }
+    async fn update(&self, id: &str, resources: oci_spec::runtime::LinuxResources) -> Result<(), CriError> {
+        self.updates.lock().unwrap().push((id.to_owned(), resources));
+        Ok(())
     }
     async fn delete(&self, id: &str) -> Result<(), CriError> {
         // Dropping the writers closes the fifos (the shim going away).
@@ -248,6 +253,35 @@ async fn create_start_stop_remove_with_logs_and_events() {
         .await
         .unwrap_err();
     assert_eq!(again.kind(), Kind::FailedPrecondition);
+
+    // Resources update reaches the runtime and shows in the status.
+    svc.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 128 << 20,
+            cpu_shares: 256,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (uid, r) = rt.updates.lock().unwrap()[0].clone();
+    assert_eq!(uid, id);
+    assert_eq!(r.memory().as_ref().unwrap().limit(), Some(128 << 20));
+    let st = svc
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(
+        st.resources.unwrap().linux.unwrap().memory_limit_in_bytes,
+        128 << 20
+    );
 
     // Reopen works while running.
     std::fs::rename(logs.join("app/0.log"), logs.join("app/0.log.1")).unwrap();
