@@ -20,6 +20,10 @@ pub fn registrations() -> Vec<Registration> {
         crate::services::containers::grpc::registration(),
         crate::services::leases::registration(),
         crate::services::leases::grpc::registration(),
+        crate::monitor::cgroups::registration(),
+        crate::runtime::v2::registration(),
+        crate::services::tasks::local::registration(),
+        crate::services::tasks::grpc::registration(),
         crate::cri::registration(),
     ]
 }

@@ -1,4 +1,7 @@
 //! Task monitors: the domain trait and the no-op monitor used when none is configured.
+//! The cgroups monitor plugin (Prometheus `container_*` series) is in [`cgroups`].
+
+pub mod cgroups;
 
 use std::collections::BTreeMap;
 

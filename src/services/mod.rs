@@ -6,4 +6,5 @@ pub mod health;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
+pub mod tasks;
 pub mod version;

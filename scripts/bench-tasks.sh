@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): `ctr run --rm --rootfs DIR ID /bin/true` against taskd and against
+# Debian's containerd daemon, interleaved in one run so both see the same machine noise.
+#
+# Starts containerd on its own root, state and socket with the CRI plugin disabled, and taskd
+# on its own dirs; stops both afterwards. Prints the median latency of each, the ratio
+# (taskd / containerd) and each daemon's RSS (VmRSS of the daemon process only, shims
+# excluded) after the loop, as a markdown table for docs/BENCHMARKS.md.
+#
+# usage: sudo scripts/bench-tasks.sh [ITERATIONS]      (default 50)
+#   TASKD_BIN=path/to/taskd   (default target/release/taskd)
+set -euo pipefail
+
+N="${1:-50}"
+TASKD_BIN="${TASKD_BIN:-target/release/taskd}"
+
+die() { echo "bench-tasks: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "needs root"
+for b in containerd ctr runc containerd-shim-runc-v2 /bin/busybox; do
+  command -v "$b" >/dev/null || die "$b is missing (apt-get install containerd runc busybox-static)"
+done
+[ -x "$TASKD_BIN" ] || die "taskd binary $TASKD_BIN not found (cargo build --release, or set TASKD_BIN)"
+
+W="$(mktemp -d /tmp/taskd-bench.XXXXXX)"
+CD_PID=""
+TD_PID=""
+cleanup() {
+  set +e
+  for p in $TD_PID $CD_PID; do
+    kill -TERM "$p" 2>/dev/null
+  done
+  for p in $TD_PID $CD_PID; do
+    wait "$p" 2>/dev/null
+  done
+  # runc's state dir and the parent cgroups of the "bench" namespace, once empty.
+  rmdir /run/containerd/runc/bench 2>/dev/null
+  for c in /sys/fs/cgroup/*/bench /sys/fs/cgroup/bench; do rmdir "$c" 2>/dev/null; done
+  # Nothing should be mounted below $W; never remove across a mount.
+  if ! grep -q " $W" /proc/self/mountinfo; then
+    rm -rf "$W"
+  else
+    echo "bench-tasks: mounts left under $W, not removing it" >&2
+  fi
+}
+trap cleanup EXIT
+
+# busybox rootfs
+R="$W/rootfs"
+mkdir -p "$R"/{bin,etc,tmp,proc,sys,dev,root}
+cp /bin/busybox "$R/bin/busybox"
+for a in $(/bin/busybox --list); do
+  [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"
+done
+echo 'root:x:0:0:root:/root:/bin/sh' >"$R/etc/passwd"
+echo 'root:x:0:' >"$R/etc/group"
+
+# containerd: own root/state/socket, CRI off
+cat >"$W/containerd.toml" <<EOF
+version = 2
+root = "$W/cd-root"
+state = "$W/cd-state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$W/cd.sock"
+[ttrpc]
+  address = "$W/cd.sock.ttrpc"
+[debug]
+  address = "$W/cd-debug.sock"
+  level = "warn"
+EOF
+containerd --config "$W/containerd.toml" >"$W/containerd.log" 2>&1 &
+CD_PID=$!
+
+# taskd: own dirs and socket
+cat >"$W/taskd.toml" <<EOF
+version = 1
+EOF
+RUST_LOG=warn "$TASKD_BIN" --config "$W/taskd.toml" --root "$W/td-root" --state "$W/td-state" \
+  --address "$W/td.sock" >"$W/taskd.log" 2>&1 &
+TD_PID=$!
+
+wait_sock() {
+  for _ in $(seq 200); do
+    ctr --address "$1" version >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  die "daemon on $1 did not come up; logs in $W"
+}
+wait_sock "$W/cd.sock"
+wait_sock "$W/td.sock"
+
+# one run; prints milliseconds
+run_once() {
+  local sock=$1 id=$2 t0 t1
+  t0=$(date +%s%N)
+  ctr --address "$sock" -n bench run --rm --rootfs "$R" "$id" /bin/true >/dev/null \
+    || die "ctr run against $sock failed; logs in $W"
+  t1=$(date +%s%N)
+  echo $(((t1 - t0) / 1000))
+}
+
+for i in 1 2 3; do # warm-up
+  run_once "$W/cd.sock" "cdwarm$i" >/dev/null
+  run_once "$W/td.sock" "tdwarm$i" >/dev/null
+done
+
+: >"$W/cd.times"
+: >"$W/td.times"
+for i in $(seq "$N"); do
+  if [ $((i % 2)) = 0 ]; then
+    run_once "$W/cd.sock" "cd$i" >>"$W/cd.times"
+    run_once "$W/td.sock" "td$i" >>"$W/td.times"
+  else
+    run_once "$W/td.sock" "td$i" >>"$W/td.times"
+    run_once "$W/cd.sock" "cd$i" >>"$W/cd.times"
+  fi
+done
+
+median() { sort -n "$1" | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+CD_MED=$(median "$W/cd.times")
+TD_MED=$(median "$W/td.times")
+CD_RSS=$(rss "$CD_PID")
+TD_RSS=$(rss "$TD_PID")
+RATIO=$(awk -v a="$TD_MED" -v b="$CD_MED" 'BEGIN {printf "%.2f", a / b}')
+RSS_RATIO=$(awk -v a="$TD_RSS" -v b="$CD_RSS" 'BEGIN {printf "%.2f", a / b}')
+
+cat <<EOF
+| daemon | median \`ctr run --rm\` (µs) | daemon RSS (KiB) |
+|---|---|---|
+| containerd $(containerd --version | awk '{print $3}') | $CD_MED | $CD_RSS |
+| taskd ($(basename "$TASKD_BIN")) | $TD_MED | $TD_RSS |
+| **ratio taskd / containerd** | **$RATIO** | **$RSS_RATIO** |
+
+iterations: $N each (interleaved, after 3 warm-ups each); $(nproc) CPUs; $(uname -r); $(date -u +%Y-%m-%dT%H:%MZ)
+EOF

@@ -1,0 +1,239 @@
+//! The bundle: a task's directory, the contract between taskd and its shim (containerd's
+//! `runtime/v2/bundle.go`).
+//!
+//! ```text
+//! <state>/io.containerd.runtime.v2.task/          (cx.state(), volatile)
+//! └── <namespace>/                                 0711
+//!     └── <id>/                                    0700  the bundle (shim cwd)
+//!         ├── config.json                          the OCI spec
+//!         ├── rootfs/                              0711  the shim mounts the rootfs mounts here
+//!         ├── work -> <root>/…/<namespace>/<id>    the shim's persistent work dir
+//!         ├── address                              the shim's ttrpc address (written by the shim)
+//!         ├── shim-binary-path                     the shim that owns it (for `delete` after a restart)
+//!         ├── runtime                              the runtime name (the monitor's `runtime` label)
+//!         ├── log                                  fifo: the shim's log, read by taskd
+//!         ├── shim.pid                             the shim's pid (from its Connect answer)
+//!         └── init.pid, options.json, …            written by the shim
+//! <root>/io.containerd.runtime.v2.task/<namespace>/<id>/   0711  work dir
+//! ```
+
+use std::io::ErrorKind as IoKind;
+use std::path::{Path, PathBuf};
+
+use crate::identifiers;
+use crate::runtime::{Result, RuntimeError};
+
+pub const ADDRESS: &str = "address";
+pub const SHIM_BINARY_PATH: &str = "shim-binary-path";
+pub const RUNTIME: &str = "runtime";
+pub const CONFIG: &str = "config.json";
+pub const LOG: &str = "log";
+pub const SHIM_PID: &str = "shim.pid";
+
+/// A task's bundle directory and its work directory.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub namespace: String,
+    pub id: String,
+    pub path: PathBuf,
+    pub work: PathBuf,
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let path = path.to_path_buf();
+    move |source| RuntimeError::Io { op, path, source }
+}
+
+fn mkdir(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(mode).create(path)
+}
+
+fn mkdir_all(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(path)
+}
+
+impl Bundle {
+    /// The bundle of `namespace/id` (not touching the disk). Ids are validated, so the paths
+    /// stay inside taskd's dirs.
+    pub fn at(state: &Path, root: &Path, namespace: &str, id: &str) -> Result<Bundle> {
+        identifiers::validate("namespace", namespace)?;
+        identifiers::validate("id", id)?;
+        Ok(Bundle {
+            namespace: namespace.to_owned(),
+            id: id.to_owned(),
+            path: state.join(namespace).join(id),
+            work: root.join(namespace).join(id),
+        })
+    }
+
+    /// Creates the bundle: dirs, work link, rootfs dir and config.json. Fails when the
+    /// bundle dir exists. On error, whatever was created is removed again.
+    pub fn create(state: &Path, root: &Path, namespace: &str, id: &str, spec: &[u8]) -> Result<Bundle> {
+        let b = Bundle::at(state, root, namespace, id)?;
+        if let Some(parent) = b.path.parent() {
+            mkdir_all(parent, 0o711).map_err(io("create", parent))?;
+        }
+        match mkdir(&b.path, 0o700) {
+            Ok(()) => {}
+            Err(e) if e.kind() == IoKind::AlreadyExists => {
+                return Err(RuntimeError::BundleExists { path: b.path });
+            }
+            Err(e) => return Err(io("create", &b.path)(e)),
+        }
+        if let Err(e) = b.populate(spec) {
+            if let Err(cleanup) = b.delete() {
+                return Err(RuntimeError::Rollback {
+                    error: Box::new(e),
+                    cleanup: Box::new(cleanup),
+                });
+            }
+            return Err(e);
+        }
+        Ok(b)
+    }
+
+    fn populate(&self, spec: &[u8]) -> Result<()> {
+        if let Some(parent) = self.work.parent() {
+            mkdir_all(parent, 0o711).map_err(io("create", parent))?;
+        }
+        match mkdir(&self.work, 0o711) {
+            Ok(()) => {}
+            Err(e) if e.kind() == IoKind::AlreadyExists => {
+                // A stale work dir from an earlier task with this id.
+                std::fs::remove_dir_all(&self.work).map_err(io("remove", &self.work))?;
+                mkdir(&self.work, 0o711).map_err(io("create", &self.work))?;
+            }
+            Err(e) => return Err(io("create", &self.work)(e)),
+        }
+        let link = self.path.join("work");
+        std::os::unix::fs::symlink(&self.work, &link).map_err(io("symlink", &link))?;
+        let rootfs = self.rootfs();
+        mkdir(&rootfs, 0o711).map_err(io("create", &rootfs))?;
+        self.write(CONFIG, spec)?;
+        let log = self.path.join(LOG);
+        nix::unistd::mkfifo(&log, nix::sys::stat::Mode::from_bits_truncate(0o700))
+            .map_err(|e| io("mkfifo", &log)(e.into()))?;
+        Ok(())
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.path.join("rootfs")
+    }
+
+    pub fn write(&self, name: &str, data: &[u8]) -> Result<()> {
+        let p = self.path.join(name);
+        std::fs::write(&p, data).map_err(io("write", &p))
+    }
+
+    /// A bundle file's content, trimmed; `None` when it does not exist.
+    pub fn read(&self, name: &str) -> Result<Option<String>> {
+        let p = self.path.join(name);
+        match std::fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s.trim().to_owned())),
+            Err(e) if e.kind() == IoKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &p)(e)),
+        }
+    }
+
+    /// `linux.cgroupsPath` from config.json, if set.
+    pub fn cgroups_path(&self) -> Option<String> {
+        let data = std::fs::read(self.path.join(CONFIG)).ok()?;
+        cgroups_path_of(&data)
+    }
+
+    /// Unmounts whatever is still mounted on rootfs, then removes the bundle and the work
+    /// dir. Missing pieces are fine (delete is idempotent).
+    pub fn delete(&self) -> Result<()> {
+        unmount_all(&self.rootfs())?;
+        for p in [&self.path, &self.work] {
+            match std::fs::remove_dir_all(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == IoKind::NotFound => {}
+                Err(e) => return Err(io("remove", p)(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `linux.cgroupsPath` of an OCI spec (JSON).
+pub fn cgroups_path_of(spec: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(spec).ok()?;
+    v.get("linux")?
+        .get("cgroupsPath")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// The CRI sandbox a container belongs to: the spec's `io.kubernetes.cri.sandbox-id`
+/// annotation.
+pub fn sandbox_id_of(spec: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(spec).ok()?;
+    v.get("annotations")?
+        .get("io.kubernetes.cri.sandbox-id")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// Unmounts `target` until it is no longer a mount point (stacked mounts included).
+pub fn unmount_all(target: &Path) -> Result<()> {
+    use nix::errno::Errno;
+    use nix::mount::{MntFlags, umount2};
+    for _ in 0..64 {
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) => continue,
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::EBUSY) => {
+                umount2(target, MntFlags::MNT_DETACH).map_err(|e| io("unmount", target)(e.into()))?;
+            }
+            Err(e) => return Err(io("unmount", target)(e.into())),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, root) = (dir.path().join("state"), dir.path().join("root"));
+        let b = Bundle::create(&state, &root, "default", "t1", b"{}").unwrap();
+        assert!(b.path.join("config.json").is_file());
+        assert!(b.rootfs().is_dir());
+        assert!(b.work.is_dir());
+        assert_eq!(std::fs::read_link(b.path.join("work")).unwrap(), b.work);
+        let again = Bundle::create(&state, &root, "default", "t1", b"{}").unwrap_err();
+        assert!(matches!(again, RuntimeError::BundleExists { .. }), "{again}");
+        b.delete().unwrap();
+        assert!(!b.path.exists() && !b.work.exists());
+        b.delete().unwrap();
+    }
+
+    #[test]
+    fn ids_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Bundle::at(dir.path(), dir.path(), "default", "../x").is_err());
+        assert!(Bundle::at(dir.path(), dir.path(), "", "x").is_err());
+    }
+
+    #[test]
+    fn cgroups_path_from_spec() {
+        assert_eq!(
+            cgroups_path_of(br#"{"linux":{"cgroupsPath":"/default/t1"}}"#).as_deref(),
+            Some("/default/t1")
+        );
+        assert_eq!(cgroups_path_of(b"{}"), None);
+        assert_eq!(
+            sandbox_id_of(br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#).as_deref(),
+            Some("sb")
+        );
+        assert_eq!(sandbox_id_of(br#"{"annotations":{}}"#), None);
+    }
+}

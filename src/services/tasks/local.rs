@@ -1,0 +1,363 @@
+//! The in-process tasks service (containerd's `plugins/services/tasks/local.go`): holds the
+//! runtime, the container store and the task monitor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::{CreateTask, Descriptor, Metric, Result, Tasks, TasksError};
+use crate::errdefs::{ErrorKind, Kind};
+use crate::filters::{self, Adaptor};
+use crate::identifiers;
+use crate::metadata::{Container, ContainerStore};
+use crate::monitor::{MonitoredTask, NoopMonitor, TaskMonitor};
+use crate::plugin::{InitContext, Instance, PluginType, Registration};
+use crate::runtime::{
+    CreateOpts, ExecOpts, Exit, PlatformRuntime, Process, ProcessInfo, State, Status, Task,
+};
+
+/// The plugin id (`io.containerd.service.v1.tasks-service`).
+pub const ID: &str = "tasks-service";
+
+/// How long Get/List wait for one shim's state before reporting it unknown.
+const STATE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The plugin registration.
+pub fn registration() -> Registration {
+    Registration::new(PluginType::Service, ID, |cx: InitContext| async move {
+        let runtime = cx.get::<dyn PlatformRuntime>()?;
+        let containers = cx.get::<dyn ContainerStore>()?;
+        let monitor = cx
+            .get_optional::<dyn TaskMonitor>()
+            .unwrap_or_else(|| Arc::new(NoopMonitor));
+        let local = Arc::new(Local::new(runtime, containers, monitor));
+        local.monitor_recovered().await;
+        Ok(Instance::new().with::<dyn Tasks>(local))
+    })
+    .requires(&[PluginType::Runtime, PluginType::Metadata, PluginType::TaskMonitor])
+}
+
+/// The tasks service.
+pub struct Local {
+    runtime: Arc<dyn PlatformRuntime>,
+    containers: Arc<dyn ContainerStore>,
+    monitor: Arc<dyn TaskMonitor>,
+}
+
+fn label_map(runtime: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("runtime".to_owned(), runtime.to_owned())])
+}
+
+struct TaskFields<'a> {
+    state: &'a State,
+    runtime: &'a str,
+}
+
+impl Adaptor for TaskFields<'_> {
+    fn field(&self, path: &[&str]) -> Option<String> {
+        match path {
+            ["id"] | ["container_id"] => Some(self.state.id.clone()),
+            ["pid"] => Some(self.state.pid.to_string()),
+            ["status"] => Some(self.state.status.as_str().to_owned()),
+            ["runtime"] => Some(self.runtime.to_owned()),
+            _ => None,
+        }
+    }
+}
+
+struct MetricFields<'a> {
+    id: &'a str,
+    namespace: &'a str,
+    runtime: &'a str,
+}
+
+impl Adaptor for MetricFields<'_> {
+    fn field(&self, path: &[&str]) -> Option<String> {
+        match path {
+            ["id"] => Some(self.id.to_owned()),
+            ["namespace"] => Some(self.namespace.to_owned()),
+            ["runtime"] => Some(self.runtime.to_owned()),
+            _ => None,
+        }
+    }
+}
+
+impl Local {
+    pub fn new(
+        runtime: Arc<dyn PlatformRuntime>,
+        containers: Arc<dyn ContainerStore>,
+        monitor: Arc<dyn TaskMonitor>,
+    ) -> Local {
+        Local {
+            runtime,
+            containers,
+            monitor,
+        }
+    }
+
+    /// Re-registers every task the runtime recovered with the monitor (with its `runtime`
+    /// label, which containerd loses across a restart).
+    pub async fn monitor_recovered(&self) {
+        for t in self.runtime.tasks(None).await {
+            let stopped = matches!(
+                tokio::time::timeout(STATE_TIMEOUT, t.state()).await,
+                Ok(Ok(State {
+                    status: Status::Stopped,
+                    ..
+                }))
+            );
+            if stopped {
+                continue;
+            }
+            let mut runtime = t.runtime().to_owned();
+            if runtime.is_empty()
+                && let Ok(c) = self.containers.get(t.namespace(), t.id())
+            {
+                runtime = c.runtime.name;
+            }
+            self.monitor.monitor(MonitoredTask {
+                namespace: t.namespace().to_owned(),
+                id: t.id().to_owned(),
+                pid: t.pid(),
+                cgroups_path: t.cgroups_path(),
+                labels: label_map(&runtime),
+            });
+        }
+    }
+
+    fn container(&self, ns: &str, id: &str) -> Result<Container> {
+        identifiers::validate("container_id", id)?;
+        Ok(self.containers.get(ns, id)?)
+    }
+
+    /// containerd's `getTask`: the container must exist, then its task.
+    async fn task(&self, ns: &str, id: &str) -> Result<Arc<dyn Task>> {
+        let c = self.container(ns, id)?;
+        self.runtime
+            .get(ns, &c.id)
+            .await
+            .map_err(|_| TasksError::NotFound { id: id.to_owned() })
+    }
+
+    async fn process(&self, ns: &str, id: &str, exec_id: &str) -> Result<Arc<dyn Process>> {
+        let t = self.task(ns, id).await?;
+        if exec_id.is_empty() {
+            return Ok(t as Arc<dyn Process>);
+        }
+        Ok(t.process(exec_id).await?)
+    }
+
+    /// The state, bounded in time: a hung shim shows as `unknown` instead of hanging
+    /// List.
+    async fn state_of(p: &dyn Process, pid: u32) -> Result<State> {
+        match tokio::time::timeout(STATE_TIMEOUT, p.state()).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) if e.kind() == Kind::NotFound => Err(e.into()),
+            Ok(Err(e)) => {
+                tracing::error!(id = p.id(), error = %e, "get task state");
+                Ok(unknown_state(p.id(), pid))
+            }
+            Err(_) => {
+                tracing::error!(id = p.id(), "get task state timed out");
+                Ok(unknown_state(p.id(), pid))
+            }
+        }
+    }
+}
+
+fn unknown_state(id: &str, pid: u32) -> State {
+    State {
+        id: id.to_owned(),
+        pid,
+        status: Status::Unknown,
+        io: Default::default(),
+        exit_status: 0,
+        exited_at: None,
+    }
+}
+
+#[async_trait::async_trait]
+impl Tasks for Local {
+    async fn create(&self, ns: &str, req: CreateTask) -> Result<u32> {
+        let c = self.container(ns, &req.container_id)?;
+        if req.checkpoint.is_some() {
+            return Err(TasksError::NeedsContentStore {
+                what: "create from checkpoint",
+            });
+        }
+        let mut opts = CreateOpts {
+            spec: c.spec.clone(),
+            rootfs: req.rootfs,
+            io: req.io,
+            checkpoint: None,
+            runtime: c.runtime.name.clone(),
+            runtime_options: c.runtime.options.clone(),
+            task_options: req.options,
+        };
+        if !req.runtime_path.is_empty() {
+            opts.runtime = req.runtime_path;
+        }
+        match self.runtime.get(ns, &c.id).await {
+            Ok(_) => return Err(TasksError::AlreadyExists { id: c.id }),
+            Err(e) if e.kind() == Kind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        let t = self.runtime.create(ns, &c.id, opts).await?;
+        self.monitor.monitor(MonitoredTask {
+            namespace: ns.to_owned(),
+            id: c.id.clone(),
+            pid: t.pid(),
+            cgroups_path: t.cgroups_path(),
+            labels: label_map(&c.runtime.name),
+        });
+        Ok(t.pid())
+    }
+
+    async fn start(&self, ns: &str, id: &str, exec_id: &str) -> Result<u32> {
+        let p = self.process(ns, id, exec_id).await?;
+        Ok(p.start().await?)
+    }
+
+    async fn delete(&self, ns: &str, id: &str) -> Result<Exit> {
+        let t = self.task(ns, id).await?;
+        self.monitor.stop(ns, t.id());
+        Ok(self.runtime.delete(ns, t.id()).await?)
+    }
+
+    async fn delete_process(&self, ns: &str, id: &str, exec_id: &str) -> Result<Exit> {
+        if exec_id.is_empty() {
+            return Err(TasksError::InvalidArgument {
+                field: "exec_id",
+                reason: "must be set (delete the init process with Delete)".into(),
+            });
+        }
+        let p = self.process(ns, id, exec_id).await?;
+        Ok(p.delete().await?)
+    }
+
+    async fn get(&self, ns: &str, id: &str, exec_id: &str) -> Result<State> {
+        let t = self.task(ns, id).await?;
+        let pid = t.pid();
+        if exec_id.is_empty() {
+            return Local::state_of(t.as_ref(), pid).await;
+        }
+        let p = t.process(exec_id).await?;
+        Local::state_of(p.as_ref(), 0).await
+    }
+
+    async fn list(&self, ns: &str, filter: &str) -> Result<Vec<State>> {
+        let filter = if filter.is_empty() {
+            filters::Filter::always()
+        } else {
+            filters::parse(&[filter.to_owned()])?
+        };
+        let mut out = Vec::new();
+        for t in self.runtime.tasks(Some(ns)).await {
+            let state = match Local::state_of(t.as_ref(), t.pid()).await {
+                Ok(s) => s,
+                Err(_) => continue, // deleted meanwhile
+            };
+            if filter.matches(&TaskFields {
+                state: &state,
+                runtime: t.runtime(),
+            }) {
+                out.push(state);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn kill(&self, ns: &str, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let p = self.process(ns, id, exec_id).await?;
+        Ok(p.kill(signal, all).await?)
+    }
+
+    async fn exec(&self, ns: &str, id: &str, exec_id: &str, opts: ExecOpts) -> Result<()> {
+        if exec_id.is_empty() {
+            return Err(TasksError::InvalidArgument {
+                field: "exec_id",
+                reason: "exec id cannot be empty".into(),
+            });
+        }
+        identifiers::validate("exec_id", exec_id)?;
+        let t = self.task(ns, id).await?;
+        t.exec(exec_id, opts).await?;
+        Ok(())
+    }
+
+    async fn resize_pty(&self, ns: &str, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let p = self.process(ns, id, exec_id).await?;
+        Ok(p.resize_pty(width, height).await?)
+    }
+
+    async fn close_io(&self, ns: &str, id: &str, exec_id: &str, stdin: bool) -> Result<()> {
+        let p = self.process(ns, id, exec_id).await?;
+        if stdin {
+            p.close_io().await?;
+        }
+        Ok(())
+    }
+
+    async fn pause(&self, ns: &str, id: &str) -> Result<()> {
+        Ok(self.task(ns, id).await?.pause().await?)
+    }
+
+    async fn resume(&self, ns: &str, id: &str) -> Result<()> {
+        Ok(self.task(ns, id).await?.resume().await?)
+    }
+
+    async fn list_pids(&self, ns: &str, id: &str) -> Result<Vec<ProcessInfo>> {
+        Ok(self.task(ns, id).await?.pids().await?)
+    }
+
+    async fn checkpoint(
+        &self,
+        ns: &str,
+        id: &str,
+        _parent: &str,
+        _options: Option<prost_types::Any>,
+    ) -> Result<Vec<Descriptor>> {
+        self.task(ns, id).await?;
+        Err(TasksError::NeedsContentStore { what: "checkpoint" })
+    }
+
+    async fn update(
+        &self,
+        ns: &str,
+        id: &str,
+        resources: Option<prost_types::Any>,
+        annotations: HashMap<String, String>,
+    ) -> Result<()> {
+        Ok(self.task(ns, id).await?.update(resources, annotations).await?)
+    }
+
+    async fn metrics(&self, ns: &str, filters: &[String]) -> Result<Vec<Metric>> {
+        let filter = filters::parse(filters)?;
+        let mut out = Vec::new();
+        for t in self.runtime.tasks(Some(ns)).await {
+            if !filter.matches(&MetricFields {
+                id: t.id(),
+                namespace: t.namespace(),
+                runtime: t.runtime(),
+            }) {
+                continue;
+            }
+            let timestamp = SystemTime::now();
+            match t.stats().await {
+                Ok(data) => out.push(Metric {
+                    id: t.id().to_owned(),
+                    timestamp,
+                    data,
+                }),
+                Err(e) if e.kind() == Kind::NotFound => {}
+                Err(e) => tracing::error!(id = t.id(), error = %e, "collecting task metrics"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn wait(&self, ns: &str, id: &str, exec_id: &str) -> Result<Exit> {
+        let p = self.process(ns, id, exec_id).await?;
+        Ok(p.wait().await?)
+    }
+}

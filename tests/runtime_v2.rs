@@ -1,0 +1,915 @@
+//! Component tests of the runtime v2 shim manager and the tasks `Local`, in process, against
+//! the real `containerd-shim-runc-v2` and runc. Shim events arrive on a ttrpc events server
+//! the test serves; the daemon-side events on a recording publisher; both land in one
+//! ordered log.
+//!
+//! Needs root, runc, containerd-shim-runc-v2 (package containerd) and busybox-static.
+
+#[path = "support/rootfs.rs"]
+mod rootfs;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use taskd::errdefs::{ErrorKind, Kind};
+use taskd::events::{EventError, Publisher};
+use taskd::metadata::{Container, ContainerStore, MetadataError, Runtime};
+use taskd::monitor::{MonitoredTask, TaskMonitor};
+use taskd::runtime::v2::binary::DaemonAddresses;
+use taskd::runtime::v2::{Config, TaskManager};
+use taskd::runtime::{ExecOpts, Status, Stdio};
+use taskd::services::tasks::{CreateTask, Local, Tasks};
+use taskd_proto::ttrpc::v2::{events as pbevents, events_ttrpc};
+
+// ---------- fixtures ----------
+
+fn require_tools() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "these tests need root (they run runc)"
+    );
+    for (bin, pkg) in [("runc", "runc"), ("containerd-shim-runc-v2", "containerd")] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+            .unwrap_or(false);
+        assert!(found, "{bin} not found on PATH: install the {pkg} package");
+    }
+}
+
+/// A default runc spec (`runc spec`) with the given rootfs and args.
+fn spec_with(
+    rootfs: &Path,
+    id: &str,
+    args: &[&str],
+    terminal: bool,
+    sandbox: Option<&str>,
+) -> prost_types::Any {
+    static BASE: OnceLock<serde_json::Value> = OnceLock::new();
+    let base = BASE.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("runc")
+            .args(["spec", "--bundle"])
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        serde_json::from_slice(&std::fs::read(d.path().join("config.json")).unwrap()).unwrap()
+    });
+    let mut v = base.clone();
+    v["root"]["path"] = rootfs.to_string_lossy().into_owned().into();
+    v["root"]["readonly"] = true.into();
+    v["process"]["args"] = serde_json::json!(args);
+    v["process"]["terminal"] = terminal.into();
+    v["hostname"] = id.into();
+    v["linux"]["cgroupsPath"] = format!("/taskd-test/{id}").into();
+    if let Some(sb) = sandbox {
+        v["annotations"] = serde_json::json!({ "io.kubernetes.cri.sandbox-id": sb });
+    }
+    prost_types::Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+        value: serde_json::to_vec(&v).unwrap(),
+    }
+}
+
+fn process_spec(args: &[&str]) -> prost_types::Any {
+    let v = serde_json::json!({
+        "args": args, "cwd": "/", "env": ["PATH=/bin"],
+        "user": {"uid": 0, "gid": 0}, "terminal": false,
+    });
+    prost_types::Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+        value: serde_json::to_vec(&v).unwrap(),
+    }
+}
+
+/// Every event, in arrival order: (namespace, topic).
+#[derive(Default)]
+struct EventLog(Mutex<Vec<(String, String)>>);
+
+impl EventLog {
+    fn topics(&self, ns: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == ns)
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
+
+    async fn wait_for(&self, ns: &str, topic: &str, count: usize) {
+        for _ in 0..200 {
+            if self.topics(ns).iter().filter(|t| *t == topic).count() >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no {topic} event (x{count}) in {ns}: {:?}", self.topics(ns));
+    }
+}
+
+struct Sink(Arc<EventLog>);
+
+#[async_trait::async_trait]
+impl events_ttrpc::Events for Sink {
+    async fn forward(
+        &self,
+        _ctx: &ttrpc::r#async::TtrpcContext,
+        req: pbevents::ForwardRequest,
+    ) -> ttrpc::Result<protobuf::well_known_types::empty::Empty> {
+        if let Some(env) = req.envelope.as_ref() {
+            self.0
+                .0
+                .lock()
+                .unwrap()
+                .push((env.namespace.clone(), env.topic.clone()));
+        }
+        Ok(Default::default())
+    }
+}
+
+impl Publisher for Sink {
+    fn publish(&self, ns: &str, topic: &str, _e: prost_types::Any) -> Result<(), EventError> {
+        self.0.0.lock().unwrap().push((ns.to_owned(), topic.to_owned()));
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Store(Mutex<HashMap<(String, String), Container>>);
+
+impl ContainerStore for Store {
+    fn get(&self, ns: &str, id: &str) -> Result<Container, MetadataError> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(&(ns.to_owned(), id.to_owned()))
+            .cloned()
+            .ok_or(MetadataError::NotFound {
+                what: "container",
+                namespace: ns.into(),
+                id: id.into(),
+            })
+    }
+    fn list(&self, _: &str, _: &[String]) -> Result<Vec<Container>, MetadataError> {
+        Ok(self.0.lock().unwrap().values().cloned().collect())
+    }
+    fn create(&self, ns: &str, c: Container) -> Result<Container, MetadataError> {
+        self.0
+            .lock()
+            .unwrap()
+            .insert((ns.to_owned(), c.id.clone()), c.clone());
+        Ok(c)
+    }
+    fn update(&self, ns: &str, c: Container, _: &[String]) -> Result<Container, MetadataError> {
+        self.create(ns, c)
+    }
+    fn delete(&self, ns: &str, id: &str) -> Result<(), MetadataError> {
+        self.0.lock().unwrap().remove(&(ns.to_owned(), id.to_owned()));
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Monitor(Mutex<BTreeMap<(String, String), MonitoredTask>>);
+
+impl TaskMonitor for Monitor {
+    fn monitor(&self, t: MonitoredTask) {
+        self.0
+            .lock()
+            .unwrap()
+            .insert((t.namespace.clone(), t.id.clone()), t);
+    }
+    fn stop(&self, ns: &str, id: &str) {
+        self.0.lock().unwrap().remove(&(ns.to_owned(), id.to_owned()));
+    }
+}
+
+/// One test's world: dirs, events server, manager, Local.
+struct World {
+    dir: tempfile::TempDir,
+    rootfs: tempfile::TempDir,
+    ns: String,
+    events: Arc<EventLog>,
+    store: Arc<Store>,
+    monitor: Arc<Monitor>,
+    manager: TaskManager,
+    local: Arc<Local>,
+    _server: ttrpc::r#async::Server,
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl World {
+    async fn new() -> World {
+        require_tools();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let dir = tempfile::Builder::new().prefix("taskd-rt").tempdir().unwrap();
+        let ns = format!(
+            "taskd-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let events = Arc::new(EventLog::default());
+        let ttrpc_sock = dir.path().join("ttrpc.sock");
+        let mut server = ttrpc::r#async::Server::new()
+            .bind(&format!("unix://{}", ttrpc_sock.display()))
+            .unwrap()
+            .register_service(events_ttrpc::create_events(Arc::new(Sink(events.clone()))));
+        server.start().await.unwrap();
+        let rootfs = tempfile::Builder::new().prefix("taskd-rootfs").tempdir().unwrap();
+        rootfs::build(rootfs.path()).unwrap();
+        let mut w = World {
+            rootfs,
+            ns,
+            events,
+            store: Arc::default(),
+            monitor: Arc::default(),
+            manager: Self::manager_at(dir.path(), Arc::new(EventLog::default())),
+            local: Arc::new(Local::new(
+                Arc::new(Self::manager_at(dir.path(), Arc::new(EventLog::default()))),
+                Arc::new(Store::default()),
+                Arc::new(Monitor::default()),
+            )),
+            dir,
+            _server: server,
+        };
+        w.restart().await;
+        w
+    }
+
+    fn manager_at(dir: &Path, events: Arc<EventLog>) -> TaskManager {
+        TaskManager::new(
+            dir.join("state"),
+            dir.join("root"),
+            DaemonAddresses {
+                grpc: dir.join("grpc.sock"),
+                ttrpc: dir.join("ttrpc.sock"),
+                exe: std::env::current_exe().unwrap(),
+            },
+            Config::default(),
+            Arc::new(Sink(events)),
+        )
+        .unwrap()
+    }
+
+    /// The daemon "dies": the manager and Local are dropped (their shim watchers with
+    /// them), shims are left alone.
+    fn crash(&mut self) {
+        let idle = Self::manager_at(self.dir.path(), Arc::new(EventLog::default()));
+        self.manager = idle.clone();
+        self.local = Arc::new(Local::new(
+            Arc::new(idle),
+            self.store.clone(),
+            Arc::new(Monitor::default()),
+        ));
+    }
+
+    /// A new manager + Local over the same dirs (a daemon restart), with recovery.
+    async fn restart(&mut self) {
+        std::fs::create_dir_all(self.dir.path().join("state")).unwrap();
+        self.manager = Self::manager_at(self.dir.path(), self.events.clone());
+        self.manager.load().await;
+        self.monitor = Arc::default();
+        let local = Local::new(
+            Arc::new(self.manager.clone()),
+            self.store.clone(),
+            self.monitor.clone(),
+        );
+        local.monitor_recovered().await;
+        self.local = Arc::new(local);
+    }
+
+    fn container(&self, id: &str, args: &[&str]) {
+        self.container_with(id, args, "io.containerd.runc.v2");
+    }
+
+    fn spec(&self, id: &str, args: &[&str], terminal: bool, sandbox: Option<&str>) -> prost_types::Any {
+        spec_with(self.rootfs.path(), id, args, terminal, sandbox)
+    }
+
+    fn container_spec(&self, id: &str, spec: prost_types::Any) {
+        self.store
+            .create(
+                &self.ns,
+                Container {
+                    id: id.into(),
+                    runtime: Runtime {
+                        name: "io.containerd.runc.v2".into(),
+                        options: None,
+                    },
+                    spec: Some(spec),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+
+    fn container_with(&self, id: &str, args: &[&str], runtime: &str) {
+        self.store
+            .create(
+                &self.ns,
+                Container {
+                    id: id.into(),
+                    runtime: Runtime {
+                        name: runtime.into(),
+                        options: None,
+                    },
+                    spec: Some(self.spec(id, args, false, None)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+
+    fn out(&self, name: &str) -> (String, PathBuf) {
+        let p = self.dir.path().join(name);
+        (format!("file://{}", p.display()), p)
+    }
+
+    async fn create(&self, id: &str) -> u32 {
+        let (uri, _) = self.out(&format!("{id}.out"));
+        self.local
+            .create(
+                &self.ns,
+                CreateTask {
+                    container_id: id.into(),
+                    io: Stdio {
+                        stdout: uri.clone(),
+                        stderr: uri,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.dir.path().join("state").join(&self.ns).join(id)
+    }
+
+    fn mounts_under_dir(&self) -> usize {
+        let prefix = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
+            .count()
+    }
+}
+
+impl Drop for World {
+    /// Teardown by pid and path: kill the shims and init processes this world started,
+    /// unmount under its dir.
+    fn drop(&mut self) {
+        for t in self.manager.shim_tasks() {
+            if let Some(c) = &t.conn {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(c.shim_pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            if t.pid() != 0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(t.pid() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(Path::new("/run/containerd/runc").join(&self.ns))
+                .args(["delete", "--force", &t.id])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = taskd::runtime::v2::bundle::unmount_all(&t.bundle.rootfs());
+        }
+        // runc's per-namespace state dir (the runc shim's default root), once empty.
+        let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&self.ns));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    taskd::runtime::v2::shim::pid_alive(pid)
+}
+
+// ---------- tests ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_prints_and_exits_zero_with_events_in_order() {
+    let w = World::new().await;
+    w.container("echo", &["/bin/echo", "hi"]);
+    let pid = w.create("echo").await;
+    assert!(pid > 0);
+    assert_eq!(
+        w.monitor.0.lock().unwrap()[&(w.ns.clone(), "echo".into())].labels["runtime"],
+        "io.containerd.runc.v2"
+    );
+    let wait = {
+        let local = w.local.clone();
+        let ns = w.ns.clone();
+        tokio::spawn(async move { local.wait(&ns, "echo", "").await })
+    };
+    w.local.start(&w.ns, "echo", "").await.unwrap();
+    let exit = wait.await.unwrap().unwrap();
+    assert_eq!(exit.status, 0);
+    let st = w.local.get(&w.ns, "echo", "").await.unwrap();
+    assert_eq!(st.status, Status::Stopped);
+    let exit = w.local.delete(&w.ns, "echo").await.unwrap();
+    assert_eq!(exit.status, 0);
+    // The shim finishes copying output by the time the task is deleted (not at exit).
+    let (_, out) = w.out("echo.out");
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "hi\n");
+    assert!(w.monitor.0.lock().unwrap().is_empty());
+    assert!(!w.bundle("echo").exists());
+    w.events.wait_for(&w.ns, "/tasks/delete", 1).await;
+    assert_eq!(
+        w.events.topics(&w.ns),
+        ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    );
+    let err = w.local.delete(&w.ns, "echo").await.unwrap_err();
+    assert_eq!(err.kind(), Kind::NotFound);
+    assert_eq!(err.to_string(), "task echo not found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_rpcs_on_a_long_running_task() {
+    let w = World::new().await;
+    let ns = w.ns.clone();
+    w.container("long", &["/bin/sleep", "1000"]);
+    w.create("long").await;
+    let err = w
+        .local
+        .create(
+            &ns,
+            CreateTask {
+                container_id: "long".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), Kind::AlreadyExists);
+    assert_eq!(err.to_string(), "task long already exists");
+    let pid = w.local.start(&ns, "long", "").await.unwrap();
+    assert!(alive(pid));
+    let listed = w.local.list(&ns, "").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].status, Status::Running);
+
+    // exec
+    let (uri, out) = w.out("e1.out");
+    w.local
+        .exec(
+            &ns,
+            "long",
+            "e1",
+            ExecOpts {
+                spec: process_spec(&["/bin/sh", "-c", "echo from-exec; exit 3"]),
+                io: Stdio {
+                    stdout: uri.clone(),
+                    stderr: uri,
+                    ..Default::default()
+                },
+            },
+        )
+        .await
+        .unwrap();
+    let wait = {
+        let local = w.local.clone();
+        let ns = ns.clone();
+        tokio::spawn(async move { local.wait(&ns, "long", "e1").await })
+    };
+    w.local.start(&ns, "long", "e1").await.unwrap();
+    assert_eq!(wait.await.unwrap().unwrap().status, 3);
+    let e = w.local.delete_process(&ns, "long", "e1").await.unwrap();
+    assert_eq!(e.status, 3);
+    // The shim finishes copying output by the time the process is deleted (not at exit).
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "from-exec\n");
+    let err = w.local.get(&ns, "long", "e1").await.unwrap_err();
+    assert_eq!(err.kind(), Kind::NotFound, "{err}");
+
+    // pids, pause/resume, stats, update, resize on a non-tty (error kind kept), close io
+    let pids = w.local.list_pids(&ns, "long").await.unwrap();
+    assert!(pids.iter().any(|p| p.pid == pid), "{pids:?}");
+    w.local.pause(&ns, "long").await.unwrap();
+    assert_eq!(w.local.get(&ns, "long", "").await.unwrap().status, Status::Paused);
+    w.local.resume(&ns, "long").await.unwrap();
+    assert_eq!(
+        w.local.get(&ns, "long", "").await.unwrap().status,
+        Status::Running
+    );
+    let metrics = w.local.metrics(&ns, &["id==long".to_owned()]).await.unwrap();
+    assert_eq!(metrics.len(), 1);
+    let data = metrics[0].data.as_ref().expect("stats");
+    assert!(
+        data.type_url.contains("io.containerd.cgroups.v1.Metrics"),
+        "{}",
+        data.type_url
+    );
+    let resources = serde_json::json!({"cpu": {"shares": 512}});
+    w.local
+        .update(
+            &ns,
+            "long",
+            Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: serde_json::to_vec(&resources).unwrap(),
+            }),
+            HashMap::new(),
+        )
+        .await
+        .unwrap();
+    w.local.close_io(&ns, "long", "", true).await.unwrap();
+    let err = w.local.checkpoint(&ns, "long", "", None).await.unwrap_err();
+    assert_eq!(err.kind(), Kind::FailedPrecondition);
+    assert_eq!(
+        err.to_string(),
+        "checkpoint needs the content store, not available yet"
+    );
+
+    // kill + wait + delete
+    let wait = {
+        let local = w.local.clone();
+        let ns = ns.clone();
+        tokio::spawn(async move { local.wait(&ns, "long", "").await })
+    };
+    w.local.kill(&ns, "long", "", 9, false).await.unwrap();
+    assert_eq!(wait.await.unwrap().unwrap().status, 137);
+    let exit = w.local.delete(&ns, "long").await.unwrap();
+    assert_eq!(exit.status, 137);
+    assert!(!w.bundle("long").exists());
+    assert_eq!(w.mounts_under_dir(), 0);
+    w.events.wait_for(&ns, "/tasks/delete", 1).await;
+    assert_eq!(
+        w.events.topics(&ns),
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
+            "/tasks/paused",
+            "/tasks/resumed",
+            "/tasks/exit",
+            "/tasks/delete"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_v1_is_refused() {
+    let w = World::new().await;
+    w.container_with("v1", &["/bin/true"], "io.containerd.runc.v1");
+    let err = w
+        .local
+        .create(
+            &w.ns,
+            CreateTask {
+                container_id: "v1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), Kind::FailedPrecondition);
+    assert!(err.to_string().contains("io.containerd.runc.v2"), "{err}");
+    assert!(!w.bundle("v1").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_create_failure_cleans_bundle_and_shim() {
+    let w = World::new().await;
+    w.container("bad", &["/no/such/binary"]);
+    let err = w
+        .local
+        .create(
+            &w.ns,
+            CreateTask {
+                container_id: "bad".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("/no/such/binary") || msg.contains("no such file"),
+        "{msg}"
+    );
+    assert!(!w.bundle("bad").exists());
+    assert!(w.manager.shim_tasks().is_empty());
+    assert_eq!(w.mounts_under_dir(), 0);
+    assert!(w.monitor.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_sigkill_publishes_exit_and_wait_returns() {
+    let w = World::new().await;
+    let ns = w.ns.clone();
+    w.container("victim", &["/bin/sleep", "1000"]);
+    w.create("victim").await;
+    let pid = w.local.start(&ns, "victim", "").await.unwrap();
+    let shim_pid = w.manager.shim_tasks()[0].conn.as_ref().unwrap().shim_pid;
+    let wait = {
+        let local = w.local.clone();
+        let ns = ns.clone();
+        tokio::spawn(async move { local.wait(&ns, "victim", "").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("wait returns")
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.status, 137);
+    w.events.wait_for(&ns, "/tasks/exit", 1).await;
+    assert!(!alive(pid), "container init {pid} still running");
+    assert!(!w.bundle("victim").exists());
+    assert_eq!(w.mounts_under_dir(), 0);
+    let st = w.local.get(&ns, "victim", "").await.unwrap();
+    assert_eq!(st.status, Status::Stopped);
+    let exit = w.local.delete(&ns, "victim").await.unwrap();
+    assert_eq!(exit.status, 137);
+    assert_eq!(
+        w.events.topics(&ns),
+        ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    );
+    assert!(w.manager.shim_tasks().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_reconnects_live_shims_and_cleans_dead_ones() {
+    let mut w = World::new().await;
+    let ns = w.ns.clone();
+    for id in ["r1", "r2", "gone"] {
+        w.container(id, &["/bin/sleep", "1000"]);
+        w.create(id).await;
+        w.local.start(&ns, id, "").await.unwrap();
+    }
+    let gone = w
+        .manager
+        .shim_tasks()
+        .into_iter()
+        .find(|t| t.id == "gone")
+        .unwrap();
+    let gone_shim = gone.conn.as_ref().unwrap().shim_pid;
+    drop(gone);
+    // A broken bundle: no shim-binary-path, no address.
+    let broken = w.dir.path().join("state").join(&ns).join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("config.json"), b"{").unwrap();
+
+    // "Daemon dies": forget the manager without touching shims; one shim dies meanwhile.
+    w.crash();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gone_shim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.restart().await;
+
+    let tasks = w.local.list(&ns, "").await.unwrap();
+    let status: BTreeMap<_, _> = tasks.iter().map(|s| (s.id.clone(), s.status)).collect();
+    assert_eq!(status["r1"], Status::Running);
+    assert_eq!(status["r2"], Status::Running);
+    assert_eq!(status["gone"], Status::Stopped);
+    assert!(!w.bundle("gone").exists());
+    assert!(broken.exists(), "broken bundle is left alone");
+    assert!(w.events.topics(&ns).contains(&"/tasks/exit".to_owned()));
+    {
+        let m = w.monitor.0.lock().unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            m[&(ns.clone(), "r1".into())].labels["runtime"],
+            "io.containerd.runc.v2"
+        );
+    }
+    for id in ["r1", "r2"] {
+        w.local
+            .exec(
+                &ns,
+                id,
+                "x",
+                ExecOpts {
+                    spec: process_spec(&["/bin/true"]),
+                    io: Stdio::default(),
+                },
+            )
+            .await
+            .unwrap();
+        w.local.start(&ns, id, "x").await.unwrap();
+        assert_eq!(w.local.wait(&ns, id, "x").await.unwrap().status, 0);
+        w.local.delete_process(&ns, id, "x").await.unwrap();
+        w.local.kill(&ns, id, "", 9, false).await.unwrap();
+        assert_eq!(w.local.wait(&ns, id, "").await.unwrap().status, 137);
+        w.local.delete(&ns, id).await.unwrap();
+        assert!(!w.bundle(id).exists());
+    }
+    w.local.delete(&ns, "gone").await.unwrap();
+    std::fs::remove_dir_all(&broken).unwrap();
+    assert_eq!(w.mounts_under_dir(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_containers_share_one_shim() {
+    let w = World::new().await;
+    let ns = w.ns.clone();
+    w.container_spec("sb", w.spec("sb", &["/bin/sleep", "1000"], false, Some("sb")));
+    w.container_spec("c1", w.spec("c1", &["/bin/sleep", "1000"], false, Some("sb")));
+    w.create("sb").await;
+    w.local.start(&ns, "sb", "").await.unwrap();
+    w.create("c1").await;
+    w.local.start(&ns, "c1", "").await.unwrap();
+    let tasks = w.manager.shim_tasks();
+    assert_eq!(tasks.len(), 2);
+    let (a, b) = (tasks[0].conn.as_ref().unwrap(), tasks[1].conn.as_ref().unwrap());
+    assert!(Arc::ptr_eq(a, b), "one connection for the pod's shim");
+    assert_eq!(
+        std::fs::read_to_string(w.bundle("sb").join("address")).unwrap(),
+        std::fs::read_to_string(w.bundle("c1").join("address")).unwrap()
+    );
+    let shim_pid = a.shim_pid;
+    drop(tasks);
+    w.local.kill(&ns, "c1", "", 9, false).await.unwrap();
+    w.local.wait(&ns, "c1", "").await.unwrap();
+    w.local.delete(&ns, "c1").await.unwrap();
+    assert!(alive(shim_pid), "the shim still serves the sandbox");
+    assert_eq!(w.local.get(&ns, "sb", "").await.unwrap().status, Status::Running);
+    w.local.kill(&ns, "sb", "", 9, false).await.unwrap();
+    w.local.wait(&ns, "sb", "").await.unwrap();
+    w.local.delete(&ns, "sb").await.unwrap();
+    for _ in 0..100 {
+        if !alive(shim_pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!alive(shim_pid), "the shim exits with its last task");
+    // No exit was published for the deleted tasks by taskd (the shim published its own).
+    let topics = w.events.topics(&ns);
+    assert_eq!(
+        topics.iter().filter(|t| *t == "/tasks/exit").count(),
+        2,
+        "{topics:?}"
+    );
+    assert_eq!(
+        topics.iter().filter(|t| *t == "/tasks/delete").count(),
+        2,
+        "{topics:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_task_with_resize() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::new().await;
+    let ns = w.ns.clone();
+    w.container_spec("tty", w.spec("tty", &["/bin/sh"], true, None));
+    let (stdin, stdout) = (w.dir.path().join("tty.in"), w.dir.path().join("tty.out"));
+    for p in [&stdin, &stdout] {
+        nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    }
+    let mut input = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(&stdin)
+        .unwrap();
+    let mut output = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&stdout)
+        .unwrap();
+    w.local
+        .create(
+            &ns,
+            CreateTask {
+                container_id: "tty".into(),
+                io: Stdio {
+                    stdin: stdin.display().to_string(),
+                    stdout: stdout.display().to_string(),
+                    stderr: String::new(),
+                    terminal: true,
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.local.start(&ns, "tty", "").await.unwrap();
+    w.local.resize_pty(&ns, "tty", "", 100, 30).await.unwrap();
+    input
+        .write_all(b"stty size; tty; echo sum-$((40+2)); exit 7\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !(seen.contains("sum-42") && seen.contains("30 100")) {
+        let n = tokio::time::timeout(Duration::from_secs(20), output.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("terminal output so far: {seen:?}"))
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("/dev/pts/"), "{seen:?}");
+    assert_eq!(w.local.wait(&ns, "tty", "").await.unwrap().status, 7);
+    w.local.delete(&ns, "tty").await.unwrap();
+}
+
+/// 200 create/start/kill/delete cycles leave no process, mount, fd or bundle behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cycles_leave_nothing_behind() {
+    if std::env::var("TASKD_E2E").as_deref() != Ok("1") {
+        eprintln!("skipped: set TASKD_E2E=1 to run the 200-cycle test");
+        return;
+    }
+    let w = World::new().await;
+    let ns = w.ns.clone();
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    // One warm-up cycle so lazily created fds (runtime, pools) exist before counting.
+    let mut shim_pids = Vec::new();
+    let mut init_pids = Vec::new();
+    let mut before = 0;
+    for i in 0..201 {
+        if i == 1 {
+            before = fds();
+        }
+        let id = format!("c{i}");
+        w.container(&id, &["/bin/sleep", "1000"]);
+        w.create(&id).await;
+        init_pids.push(w.local.start(&ns, &id, "").await.unwrap());
+        shim_pids.push(w.manager.shim_tasks()[0].conn.as_ref().unwrap().shim_pid);
+        w.local.kill(&ns, &id, "", 9, false).await.unwrap();
+        w.local.wait(&ns, &id, "").await.unwrap();
+        w.local.delete(&ns, &id).await.unwrap();
+        let _ = std::fs::remove_file(w.dir.path().join(format!("{id}.out")));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left: Vec<_> = shim_pids
+        .iter()
+        .chain(&init_pids)
+        .filter(|p| alive(**p))
+        .collect();
+    assert!(left.is_empty(), "processes left: {left:?}");
+    assert_eq!(w.mounts_under_dir(), 0);
+    assert_eq!(
+        std::fs::read_dir(w.dir.path().join("state").join(&ns))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(w.dir.path().join("root").join(&ns))
+            .unwrap()
+            .count(),
+        0
+    );
+    let after = fds();
+    assert!(after <= before + 2, "fds before {before}, after {after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_dying_after_the_exit_does_not_publish_a_second_exit() {
+    let w = World::new().await;
+    let ns = w.ns.clone();
+    w.container("done", &["/bin/true"]);
+    w.create("done").await;
+    let wait = {
+        let local = w.local.clone();
+        let ns = ns.clone();
+        tokio::spawn(async move { local.wait(&ns, "done", "").await })
+    };
+    w.local.start(&ns, "done", "").await.unwrap();
+    assert_eq!(wait.await.unwrap().unwrap().status, 0);
+    w.events.wait_for(&ns, "/tasks/exit", 1).await;
+    let shim_pid = w.manager.shim_tasks()[0].conn.as_ref().unwrap().shim_pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..200 {
+        if w.local.get(&ns, "done", "").await.unwrap().status == Status::Stopped && !w.bundle("done").exists()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!w.bundle("done").exists(), "dead shim not cleaned up");
+    w.local.delete(&ns, "done").await.unwrap();
+    assert_eq!(
+        w.events.topics(&ns),
+        ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    );
+}
