@@ -34,6 +34,7 @@ pub mod server;
 pub mod service;
 pub mod spec;
 pub mod store;
+pub mod task_runtime;
 
 use std::sync::Arc;
 
@@ -131,7 +132,33 @@ pub fn registration() -> Registration {
         let instrument = Arc::new(instrument::Instrument::register(cx.metrics()).map_err(PluginError::init)?);
         let events = container_events::ContainerEvents::new().map_err(PluginError::init)?;
         events.register(cx.metrics()).map_err(PluginError::init)?;
-        let service = Arc::new(CriService::new(config.clone(), cx.root(), cx.state(), events));
+        let mut service = CriService::new(config.clone(), cx.root(), cx.state(), events);
+        // The pod/container runtime needs the tasks and containers services plus a rootfs
+        // provider (images + snapshots); when one is missing the RPCs say so.
+        let tasks = cx.get_optional::<dyn crate::services::tasks::Tasks>();
+        let containers = cx.get_optional::<dyn crate::services::containers::Containers>();
+        let rootfs = cx.get_optional::<dyn task_runtime::RootfsProvider>();
+        let mut missing = Vec::new();
+        match (tasks, containers, rootfs) {
+            (Some(t), Some(c), Some(r)) => {
+                let rt = Arc::new(task_runtime::TaskRuntime::new(t, c, r));
+                service.controller = Some(rt.clone());
+                service.runner = Some(rt);
+            }
+            (t, c, r) => {
+                if t.is_none() {
+                    missing.push("tasks");
+                }
+                if c.is_none() {
+                    missing.push("containers");
+                }
+                if r.is_none() {
+                    missing.push("images+snapshots (rootfs)");
+                }
+                tracing::info!(missing = %missing.join(", "), "CRI pods and containers unavailable");
+            }
+        }
+        let service = Arc::new(service);
         let api = Arc::new(server::CriApi::new(service.clone(), instrument.clone()));
         let subscriber = cx.get::<dyn crate::events::Subscriber>()?;
         let event_loop = events::spawn(service.clone(), subscriber.as_ref()).map_err(PluginError::init)?;
@@ -148,6 +175,6 @@ pub fn registration() -> Registration {
             )
             .on_shutdown(move || async move { event_loop.abort() }))
     })
-    .requires(&[PluginType::Event])
+    .requires(&[PluginType::Event, PluginType::Service])
     .config::<CriConfig>()
 }
