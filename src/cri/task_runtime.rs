@@ -37,6 +37,8 @@ const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spe
 /// Images and writable root file systems for containers (snapshot key = container id).
 #[async_trait]
 pub trait RootfsProvider: Send + Sync {
+    /// The snapshotter the root file systems come from ("" when they are not snapshots).
+    fn snapshotter(&self) -> &str;
     async fn image(&self, reference: &str) -> Result<ImageInfo, CriError>;
     async fn prepare(&self, id: &str, image: &ImageInfo) -> Result<Vec<Mount>, CriError>;
     /// Removes the container's rootfs (absent is fine).
@@ -91,7 +93,12 @@ impl TaskRuntime {
                 options: None,
             },
             spec: Some(spec::to_any(spec)?),
-            snapshot_key: id.to_owned(),
+            snapshotter: self.rootfs.snapshotter().to_owned(),
+            snapshot_key: if self.rootfs.snapshotter().is_empty() {
+                String::new()
+            } else {
+                id.to_owned()
+            },
             sandbox: sandbox_id.to_owned(),
             ..Default::default()
         };
