@@ -342,3 +342,101 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
         "no task left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_limit_exceeded_reports_oomkilled_and_bad_command_is_a_start_error() {
+    let w = world().await;
+    let logs = w.dir.path().join("logs");
+    for d in ["hog", "bad"] {
+        std::fs::create_dir_all(logs.join(d)).unwrap();
+    }
+    let mut pod_cfg = pod_config(&logs);
+    pod_cfg.metadata.as_mut().unwrap().name = "oom".into();
+    let pod = w
+        .svc
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .pod_sandbox_id;
+
+    // 32 MiB limit, then allocate far more: the kernel OOM-kills it.
+    let mut hog = container(
+        "hog",
+        "echo start; x=$(head -c 268435456 /dev/zero | tr '\\0' x); echo survived",
+    );
+    hog.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = w
+        .svc
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(hog),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .container_id;
+    w.svc
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    wait_for("hog exit", || {
+        w.svc.containers.get(&id).unwrap().state == ContainerState::Exited
+    });
+    let c = w.svc.containers.get(&id).unwrap();
+    assert_eq!((c.exit.code, c.exit.reason.as_str()), (137, "OOMKilled"), "{c:?}");
+
+    // A command that does not exist: StartContainer fails, the container shows StartError.
+    let mut bad = container("bad", "");
+    bad.command = vec!["/no/such/binary".into()];
+    let created = w
+        .svc
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(bad),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await;
+    match created {
+        // runc may refuse at create: nothing is left behind.
+        Err(e) => assert!(
+            e.to_string().contains("no such file") || e.to_string().contains("not found"),
+            "{e}"
+        ),
+        Ok(r) => {
+            let e = w
+                .svc
+                .start_container(cri::StartContainerRequest {
+                    container_id: r.container_id.clone(),
+                })
+                .await
+                .unwrap_err();
+            let c = w.svc.containers.get(&r.container_id).unwrap();
+            assert_eq!(
+                (c.state, c.exit.reason.as_str()),
+                (ContainerState::Exited, "StartError"),
+                "{e}"
+            );
+        }
+    }
+
+    w.svc
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })
+        .await
+        .expect("RemovePodSandbox");
+    assert!(w.svc.containers.is_empty());
+    assert!(
+        w.tasks.list("k8s.io", "").await.unwrap().is_empty(),
+        "no task left"
+    );
+}
