@@ -306,7 +306,55 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
     let side_log = std::fs::read_to_string(logs.join("side/0.log")).unwrap();
     assert!(side_log.contains("sleep 3600"), "{side_log}");
 
-    // Stop app (SIGTERM is ignored by the shell's sleep child? sh exits on TERM) then remove.
+    // ExecSync: output, stderr, exit code.
+    let exec = |cmd: &[&str], timeout: i64| {
+        let svc = w.svc.clone();
+        let req = cri::ExecSyncRequest {
+            container_id: app.clone(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        };
+        async move { svc.exec_sync(req).await }
+    };
+    let r = exec(&["/bin/sh", "-c", "echo hi; echo err >&2; exit 7"], 10)
+        .await
+        .expect("ExecSync");
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"hi\n"[..], &b"err\n"[..], 7)
+    );
+    // The timeout is honoured: killed, DeadlineExceeded.
+    let e = exec(&["/bin/sleep", "600"], 1).await.unwrap_err();
+    assert_eq!(
+        taskd::errdefs::ErrorKind::kind(&e),
+        taskd::errdefs::Kind::DeadlineExceeded,
+        "{e}"
+    );
+    // Many at once.
+    let all = futures::future::join_all(
+        (0..20).map(|i| exec(&["/bin/sh", "-c", if i % 2 == 0 { "true" } else { "false" }], 30)),
+    )
+    .await;
+    for (i, r) in all.into_iter().enumerate() {
+        assert_eq!(r.expect("concurrent ExecSync").exit_code, (i % 2) as i32);
+    }
+    // Not running: FailedPrecondition.
+    let e = w
+        .svc
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: side.clone(),
+            cmd: vec!["true".into()],
+            timeout: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        taskd::errdefs::ErrorKind::kind(&e),
+        taskd::errdefs::Kind::FailedPrecondition,
+        "{e}"
+    );
+
+    // Stop app, then remove it.
     w.svc
         .stop_container(cri::StopContainerRequest {
             container_id: app.clone(),

@@ -99,6 +99,20 @@ pub trait ContainerRuntime: Send + Sync {
     async fn delete(&self, id: &str) -> Result<(), CriError>;
     /// Applies new cgroup limits to the running task (and its stored spec).
     async fn update(&self, id: &str, resources: oci_spec::runtime::LinuxResources) -> Result<(), CriError>;
+    /// Adds and starts an exec process running `args` with the container's process
+    /// settings (env, cwd, user, capabilities); output to the given fifos. Returns its pid.
+    async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        args: Vec<String>,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<u32, CriError>;
+    async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo, CriError>;
+    async fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), CriError>;
+    /// Forgets the exec process (absent is fine).
+    async fn exec_delete(&self, id: &str, exec_id: &str) -> Result<(), CriError>;
 }
 
 /// Registry credentials from a PullImage request.

@@ -86,6 +86,11 @@ pub enum CriError {
         op: &'static str,
         cause: Box<dyn ErrorKind + Send + Sync>,
     },
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        what: String,
+        after: std::time::Duration,
+    },
     #[error("{error}; rollback also failed: {cleanup}")]
     Rollback {
         error: Box<CriError>,
@@ -120,6 +125,7 @@ impl ErrorKind for CriError {
             CriError::Reference(e) => e.kind(),
             CriError::Backend { cause, .. } => cause.kind(),
             CriError::Rollback { error, .. } => error.kind(),
+            CriError::Timeout { .. } => Kind::DeadlineExceeded,
         }
     }
 }

@@ -9,6 +9,8 @@
 //!               (any failure: what was created is deleted again)
 //! kill/wait     Tasks::kill / Tasks::wait (init process)
 //! update        Tasks::update(LinuxResources as JSON Any)
+//! exec          the record's spec process with new args → Tasks::exec + start; wait,
+//!               kill, delete_process
 //! delete        Tasks::delete, Containers::delete, rootfs.remove — NotFound is fine
 //! ```
 //!
@@ -31,6 +33,8 @@ use crate::runtime::{Mount, Stdio};
 use crate::services::containers::Containers;
 use crate::services::tasks::{CreateTask, Tasks};
 
+/// The `Any` type URL of an exec's OCI process spec.
+const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 /// The `Any` type URL runc's shim decodes task updates with.
 const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 
@@ -233,6 +237,80 @@ impl ContainerRuntime for TaskRuntime {
 
     async fn delete(&self, id: &str) -> Result<(), CriError> {
         self.remove_all(id).await
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        args: Vec<String>,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<u32, CriError> {
+        let record = self
+            .containers
+            .get(NAMESPACE, id)
+            .await
+            .map_err(|e| CriError::backend("get container record", e))?;
+        let spec: oci_spec::runtime::Spec = record
+            .spec
+            .as_ref()
+            .map(|a| serde_json::from_slice(&a.value))
+            .transpose()
+            .map_err(spec::SpecError::from)?
+            .unwrap_or_default();
+        let mut process = spec.process().clone().unwrap_or_default();
+        process.set_args(Some(args)).set_terminal(Some(false));
+        let opts = crate::runtime::ExecOpts {
+            spec: prost_types::Any {
+                type_url: PROCESS_TYPE_URL.to_owned(),
+                value: serde_json::to_vec(&process).map_err(spec::SpecError::from)?,
+            },
+            io: Stdio {
+                stdin: String::new(),
+                stdout: stdout.to_owned(),
+                stderr: stderr.to_owned(),
+                terminal: false,
+            },
+        };
+        self.tasks
+            .exec(NAMESPACE, id, exec_id, opts)
+            .await
+            .map_err(|e| CriError::backend("exec", e))?;
+        match self.tasks.start(NAMESPACE, id, exec_id).await {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                let _ = self.tasks.delete_process(NAMESPACE, id, exec_id).await;
+                Err(CriError::backend("start exec", e))
+            }
+        }
+    }
+
+    async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo, CriError> {
+        let exit = self
+            .tasks
+            .wait(NAMESPACE, id, exec_id)
+            .await
+            .map_err(|e| CriError::backend("wait exec", e))?;
+        Ok(ExitInfo {
+            code: exit.status,
+            at: exit.timestamp,
+        })
+    }
+
+    async fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), CriError> {
+        not_found_ok(self.tasks.kill(NAMESPACE, id, exec_id, signal, false).await)
+            .map_err(|e| CriError::backend("kill exec", e))
+    }
+
+    async fn exec_delete(&self, id: &str, exec_id: &str) -> Result<(), CriError> {
+        not_found_ok(
+            self.tasks
+                .delete_process(NAMESPACE, id, exec_id)
+                .await
+                .map(|_| ()),
+        )
+        .map_err(|e| CriError::backend("delete exec", e))
     }
 
     async fn update(&self, id: &str, resources: oci_spec::runtime::LinuxResources) -> Result<(), CriError> {

@@ -21,10 +21,12 @@
 //! the new file; nothing is buffered across the swap, so no byte is lost.
 
 mod container_io;
+mod exec_output;
 mod framer;
 mod log_file;
 
 pub use container_io::ContainerIo;
+pub use exec_output::ExecOutput;
 pub use framer::{Framer, Stream, Tag, format_timestamp};
 pub use log_file::{LogFile, copy};
 

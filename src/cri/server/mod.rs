@@ -227,9 +227,9 @@ impl RuntimeService for CriApi {
             .await
     }
 
-    async fn exec_sync(&self, _r: Request<cri::ExecSyncRequest>) -> Rpc<cri::ExecSyncResponse> {
+    async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Rpc<cri::ExecSyncResponse> {
         self.inst
-            .call("ExecSync", "", unimplemented("ExecSync", PART2))
+            .call("ExecSync", "", self.svc.exec_sync(r.into_inner()))
             .await
     }
 

@@ -4,6 +4,7 @@
 
 pub mod create;
 pub mod events;
+pub mod exec_sync;
 pub mod list;
 pub mod remove;
 pub mod reopen_log;

@@ -115,6 +115,21 @@ impl ContainerRuntime for FakeRt {
         self.updates.lock().unwrap().push((id.to_owned(), resources));
         Ok(())
     }
+    async fn exec(&self, _: &str, _: &str, _: Vec<String>, _: &str, _: &str) -> Result<u32, CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "ExecSync",
+            missing: "the fake runtime has no exec (tests/cri_pod.rs covers it)",
+        })
+    }
+    async fn exec_wait(&self, _: &str, _: &str) -> Result<ExitInfo, CriError> {
+        unreachable!("exec never starts in the fake")
+    }
+    async fn exec_kill(&self, _: &str, _: &str, _: u32) -> Result<(), CriError> {
+        Ok(())
+    }
+    async fn exec_delete(&self, _: &str, _: &str) -> Result<(), CriError> {
+        Ok(())
+    }
     async fn delete(&self, id: &str) -> Result<(), CriError> {
         // Dropping the writers closes the fifos (the shim going away).
         if let Some(p) = self.procs.lock().unwrap().remove(id) {
