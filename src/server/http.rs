@@ -195,8 +195,21 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         )
             .into_response();
     }
-    let families = state.registry.gather();
-    match prometheus::TextEncoder::new().encode_to_string(&families) {
+    // Collectors read cgroupfs and /proc synchronously: gather and encode on the blocking pool
+    // so a scrape never stalls the runtime's worker threads.
+    let registry = state.registry.clone();
+    let encoded = tokio::task::spawn_blocking(move || {
+        prometheus::TextEncoder::new().encode_to_string(&registry.gather())
+    })
+    .await;
+    let encoded = match encoded {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics collection task failed");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "metrics collection failed\n").into_response();
+        }
+    };
+    match encoded {
         Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "encode metrics");

@@ -31,9 +31,8 @@
 //!   `memory.events` `oom`), not from `/tasks/oom` events: exact across daemon restarts and
 //!   events dropped under load, and no subscriber to keep alive.
 //!
-//! The scrape is blocking work (file reads, at most ~`timeout` when a cgroup hangs); when it
-//! runs on a tokio multi-thread worker (the HTTP handler gathers the registry in async code),
-//! `collect` wraps it in `block_in_place` so the worker's other tasks move on meanwhile.
+//! The scrape is blocking work (file reads, at most ~`timeout` when a cgroup hangs); the HTTP
+//! handler gathers the registry on tokio's blocking pool, so it never stalls a runtime worker.
 
 mod error;
 pub mod hierarchy;
@@ -415,16 +414,9 @@ impl Collector for CgroupsMonitor {
         self.inner.descs.iter().collect()
     }
 
-    /// Blocking file reads (bounded by the per-task timeout). When the registry is gathered
-    /// on a worker of tokio's multi-thread runtime (an async HTTP handler), the worker hands
-    /// its other tasks off first (`block_in_place`), so a slow cgroupfs never stalls them.
+    /// Blocking file reads, bounded by the per-task timeout (callers gather off the async
+    /// runtime: see `server::http`).
     fn collect(&self) -> Vec<proto::MetricFamily> {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        match Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| self.collect_families())
-            }
-            _ => self.collect_families(),
-        }
+        self.collect_families()
     }
 }

@@ -1,0 +1,433 @@
+//! Metrics end to end: a real taskd, real `ctr`, runc and `containerd-shim-runc-v2` running a
+//! busybox task, scraped over HTTP (`/v1/metrics`, `/metrics`), checked with `promtool check
+//! metrics`, and (behind `TASKD_E2E=1`) scraped by a real Prometheus server whose query API
+//! must return the task's series with the right labels.
+
+#[path = "support/rootfs.rs"]
+mod rootfs;
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::Daemon;
+
+const RUNTIME: &str = "io.containerd.runc.v2";
+
+/// A busybox rootfs inside the daemon's temp dir (removed with it when the test ends).
+fn rootfs(d: &Daemon) -> String {
+    let dir = d.dir.join("rootfs");
+    if !dir.is_dir() {
+        rootfs::build(&dir).expect("build busybox rootfs");
+    }
+    dir.to_str().expect("utf-8 temp path").to_string()
+}
+
+fn require_tools() {
+    support::require_root();
+    support::require_bin("runc", "runc");
+    support::require_bin("containerd-shim-runc-v2", "containerd");
+    support::require_bin("ctr", "containerd");
+    support::require_bin("promtool", "prometheus");
+}
+
+/// Polls `f` until it returns `Some` (bounded; panics with `what` after `limit`).
+fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The value of the first sample of `name` in a text exposition whose labels include all of
+/// `labels` (`k="v"` pairs).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (lbls, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            labels
+                .iter()
+                .all(|(k, v)| lbls.split(',').any(|p| p == format!("{k}=\"{v}\"")))
+                .then(|| value.trim().parse().ok())?
+        })
+        .next()
+}
+
+/// `promtool check metrics`: no parse error; lint findings only the two containerd's own
+/// `container_*` names cause (gauges named `*_total`, non-second time units).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool (apt-get install prometheus)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.code() {
+        Some(0) => {}
+        Some(3) => {
+            for line in report.lines().filter(|l| !l.trim().is_empty()) {
+                let containerd_name = line.starts_with("container_")
+                    && (line.ends_with("non-counter metrics should not have \"_total\" suffix")
+                        || line.contains("use base unit \"seconds\" instead of"));
+                assert!(containerd_name, "promtool lint finding: {line}\n{report}");
+            }
+        }
+        _ => panic!(
+            "promtool check metrics failed ({}):\n{report}\n--- scrape ---\n{text}",
+            out.status
+        ),
+    }
+}
+
+/// Kills and deletes a task and its container (best effort; the harness kills shims too).
+struct TaskGuard<'a> {
+    daemon: &'a Daemon,
+    id: String,
+}
+
+impl Drop for TaskGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.daemon.ctr(&["task", "kill", "-s", "SIGKILL", &self.id]);
+        for _ in 0..50 {
+            let out = self.daemon.ctr(&["task", "delete", &self.id]);
+            if out.status.success() || String::from_utf8_lossy(&out.stderr).contains("not found") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.daemon.ctr(&["container", "delete", &self.id]);
+    }
+}
+
+fn run_task<'a>(d: &'a Daemon, id: &str, extra: &[&str], cmd: &[&str]) -> TaskGuard<'a> {
+    let rootfs = rootfs(d);
+    let mut args = vec!["run", "-d"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--rootfs", &rootfs, id]);
+    args.extend_from_slice(cmd);
+    d.ctr_ok(&args);
+    TaskGuard {
+        daemon: d,
+        id: id.to_string(),
+    }
+}
+
+fn scrape(d: &Daemon, path: &str) -> String {
+    let (code, body) = d.http(path, None);
+    assert_eq!(code, 200, "GET {path}: {body}");
+    body
+}
+
+#[test]
+fn scrape_with_a_running_task_has_container_series_and_passes_promtool() {
+    require_tools();
+    let d = Daemon::start();
+    let _busy = run_task(&d, "busy", &[], &["/bin/sh", "-c", "while :; do :; done"]);
+    let labels = [
+        ("container_id", "busy"),
+        ("namespace", "default"),
+        ("runtime", RUNTIME),
+    ];
+    let first = eventually(
+        "container_cpu_total_nanoseconds for task busy",
+        Duration::from_secs(20),
+        || {
+            sample(
+                &scrape(&d, "/v1/metrics"),
+                "container_cpu_total_nanoseconds",
+                &labels,
+            )
+        },
+    );
+    // A busy loop: the CPU counter keeps increasing.
+    eventually(
+        "the CPU counter of a busy task to increase",
+        Duration::from_secs(20),
+        || {
+            let now = sample(
+                &scrape(&d, "/v1/metrics"),
+                "container_cpu_total_nanoseconds",
+                &labels,
+            )?;
+            (now > first).then_some(())
+        },
+    );
+    let body = scrape(&d, "/v1/metrics");
+    let mem = sample(&body, "container_memory_usage_usage_bytes", &labels).expect("memory usage series");
+    assert!(mem > 0.0, "memory usage is {mem}");
+    assert!(sample(&body, "container_pids_current", &labels).unwrap_or(0.0) >= 1.0);
+    assert!(
+        body.contains("taskd_build_info"),
+        "daemon metrics missing:\n{body}"
+    );
+    promtool_check(&body);
+    // containerd's path and the conventional one serve the same registry.
+    let other = scrape(&d, "/metrics");
+    assert!(sample(&other, "container_cpu_total_nanoseconds", &labels).is_some());
+    promtool_check(&other);
+}
+
+/// A task that exceeds its memory limit is OOM-killed by the kernel, and
+/// `container_memory_oom_total` of its cgroup counts it.
+#[test]
+fn oom_kill_in_a_task_is_counted() {
+    require_tools();
+    let d = Daemon::start();
+    // `ctr events` sees the shim's /tasks/oom event; its lines arrive on `events`.
+    let mut watcher = Command::new("ctr")
+        .arg("--address")
+        .arg(&d.socket)
+        .arg("events")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run ctr events");
+    let stdout = watcher.stdout.take().expect("ctr events stdout");
+    let (tx, events) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let _watcher = KillOnDrop(watcher);
+    // dd's 256 MiB buffer cannot fit in 32 MiB; the shell (the task's init) survives.
+    let _t = run_task(
+        &d,
+        "hog",
+        &["--memory-limit", "33554432"],
+        &[
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=256M count=1; sleep 600",
+        ],
+    );
+    let labels = [
+        ("container_id", "hog"),
+        ("namespace", "default"),
+        ("runtime", RUNTIME),
+    ];
+    let oom = eventually(
+        "container_memory_oom_total >= 1 for task hog",
+        Duration::from_secs(30),
+        || sample(&scrape(&d, "/v1/metrics"), "container_memory_oom_total", &labels).filter(|v| *v >= 1.0),
+    );
+    assert!(oom >= 1.0);
+    let body = scrape(&d, "/v1/metrics");
+    assert_eq!(
+        sample(&body, "container_memory_usage_limit_bytes", &labels),
+        Some(33554432.0)
+    );
+    // The shim published /tasks/oom for the task (ctr prints `<time> default /tasks/oom {...}`).
+    let mut seen = Vec::new();
+    eventually(
+        "a /tasks/oom event for task hog on `ctr events`",
+        Duration::from_secs(30),
+        || {
+            while let Ok(line) = events.try_recv() {
+                seen.push(line);
+            }
+            seen.iter()
+                .any(|l| l.contains("/tasks/oom") && l.contains("hog"))
+                .then_some(())
+        },
+    );
+    drop(_watcher);
+    let _ = reader.join();
+}
+
+/// Kills a child we started, by pid, and reaps it.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `runtime` label is still there after the daemon is killed and restarted (containerd
+/// loses it): the tasks service re-monitors recovered tasks with their runtime.
+#[test]
+fn runtime_label_survives_a_daemon_restart() {
+    require_tools();
+    let mut d = Daemon::start();
+    let rootfs = rootfs(&d);
+    d.ctr_ok(&["run", "-d", "--rootfs", &rootfs, "sleeper", "/bin/sleep", "600"]);
+    let labels = [
+        ("container_id", "sleeper"),
+        ("namespace", "default"),
+        ("runtime", RUNTIME),
+    ];
+    eventually(
+        "series for sleeper before restart",
+        Duration::from_secs(20),
+        || sample(&scrape(&d, "/v1/metrics"), "container_pids_current", &labels),
+    );
+    d.kill9();
+    d.restart();
+    let _t = TaskGuard {
+        daemon: &d,
+        id: "sleeper".into(),
+    };
+    eventually(
+        "series for sleeper with its runtime label after restart",
+        Duration::from_secs(20),
+        || sample(&scrape(&d, "/v1/metrics"), "container_pids_current", &labels),
+    );
+}
+
+/// A real Prometheus server scraping taskd every second; stopped by pid on drop.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        support::require_bin("prometheus", "prometheus");
+        let dir = tempfile::Builder::new()
+            .prefix("taskd-prom-")
+            .tempdir()
+            .expect("temp dir");
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: taskd\n    metrics_path: /v1/metrics\n    \
+                 static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("write prometheus.yml");
+        let addr = format!("127.0.0.1:{}", support::free_port());
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        Prometheus { child, addr, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// An instant query; the `result` array of the JSON answer.
+    fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let path = format!("/api/v1/query?query={}", encode(promql));
+        let Ok((200, body)) = support::http_get(&self.addr, &path, None) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Percent-encodes a query parameter.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of a query result element (`"value": [ts, "v"]`).
+fn result_value(r: &serde_json::Value) -> Option<f64> {
+    r["value"][1].as_str()?.parse().ok()
+}
+
+#[test]
+fn prometheus_server_scrapes_task_series_with_labels() {
+    if !support::e2e("prometheus_server_scrapes_task_series_with_labels") {
+        return;
+    }
+    require_tools();
+    let d = Daemon::start();
+    let _busy = run_task(&d, "prombusy", &[], &["/bin/sh", "-c", "while :; do :; done"]);
+    let prom = Prometheus::start(&d.metrics_addr);
+    let sel = r#"{container_id="prombusy",namespace="default",runtime="io.containerd.runc.v2"}"#;
+    let cpu_query = format!("container_cpu_total_nanoseconds{sel}");
+    let first = eventually(
+        "Prometheus to return container_cpu_total_nanoseconds",
+        Duration::from_secs(60),
+        || prom.query(&cpu_query).first().and_then(result_value),
+    );
+    let r = prom.query(&cpu_query);
+    let metric = &r[0]["metric"];
+    assert_eq!(metric["container_id"], "prombusy", "{r:?}");
+    assert_eq!(metric["namespace"], "default", "{r:?}");
+    assert_eq!(metric["runtime"], RUNTIME, "{r:?}");
+    assert_eq!(metric["job"], "taskd", "{r:?}");
+    eventually(
+        "the scraped CPU counter to increase",
+        Duration::from_secs(60),
+        || {
+            let now = prom.query(&cpu_query).first().and_then(result_value)?;
+            (now > first).then_some(())
+        },
+    );
+    let mem = eventually(
+        "Prometheus to return container_memory_usage_usage_bytes",
+        Duration::from_secs(30),
+        || {
+            prom.query(&format!("container_memory_usage_usage_bytes{sel}"))
+                .first()
+                .and_then(result_value)
+        },
+    );
+    assert!(
+        mem > 0.0,
+        "memory usage {mem}\n--- prometheus log ---\n{}",
+        prom.log()
+    );
+    // Prometheus itself considers the target healthy.
+    let up = prom.query(r#"up{job="taskd"}"#);
+    assert_eq!(up.first().and_then(result_value), Some(1.0), "{up:?}");
+}
