@@ -351,3 +351,12 @@ async fn container_events_stream_ends_on_sigterm() {
         status.1.log()
     );
 }
+
+#[test]
+fn plugin_exports_what_pods_still_need() {
+    let d = Daemon::start();
+    let out = d.ctr_ok(&["plugins", "ls", "-d", "id==cri"]);
+    // tasks and containers are on the build; the rootfs provider (images + snapshots) is not.
+    assert!(out.contains("images+snapshots"), "{out}");
+    assert!(!out.contains("needs tasks"), "{out}");
+}

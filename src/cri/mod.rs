@@ -176,6 +176,14 @@ pub fn registration() -> Registration {
             .export("sandbox_image", config.sandbox_image.clone())
             .export("cni_conf_dir", config.cni.conf_dir.display().to_string())
             .export(
+                "pods",
+                if missing.is_empty() {
+                    "ok".to_owned()
+                } else {
+                    format!("unavailable: needs {}", missing.join(", "))
+                },
+            )
+            .export(
                 "cgroup_driver",
                 format!("{:?}", config.cgroup_driver).to_lowercase(),
             )
