@@ -354,6 +354,59 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
         "{e}"
     );
 
+    // Stats from the task's cgroup.
+    let st = w
+        .svc
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: app.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .stats
+        .unwrap();
+    assert!(
+        st.cpu.as_ref().unwrap().usage_core_nano_seconds.unwrap().value > 0,
+        "{st:?}"
+    );
+    let mem = st.memory.as_ref().unwrap();
+    assert!(
+        mem.usage_bytes.unwrap().value > 0 && mem.working_set_bytes.is_some(),
+        "{st:?}"
+    );
+    let again = w
+        .svc
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: app.clone(),
+        })
+        .await
+        .unwrap()
+        .stats
+        .unwrap();
+    assert!(
+        again.cpu.unwrap().usage_nano_cores.is_some(),
+        "a rate from the second sample"
+    );
+    let list = w
+        .svc
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListContainerStats")
+        .stats;
+    assert_eq!(list.len(), 2);
+    let side_stats = list
+        .iter()
+        .find(|s| s.attributes.as_ref().unwrap().id == side)
+        .unwrap();
+    assert!(
+        side_stats.cpu.is_none(),
+        "an exited container has no task to sample"
+    );
+
     // Stop app, then remove it.
     w.svc
         .stop_container(cri::StopContainerRequest {

@@ -113,6 +113,18 @@ pub trait ContainerRuntime: Send + Sync {
     async fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), CriError>;
     /// Forgets the exec process (absent is fine).
     async fn exec_delete(&self, id: &str, exec_id: &str) -> Result<(), CriError>;
+    /// Cgroup stats of the given containers' tasks as the shim encodes them
+    /// (`io.containerd.cgroups.v1.Metrics`, …), with the sampling time; a container without
+    /// a task is absent from the answer.
+    async fn stats(&self, ids: &[String]) -> Result<Vec<TaskStats>, CriError>;
+}
+
+/// One task's stats sample.
+#[derive(Debug, Clone)]
+pub struct TaskStats {
+    pub id: String,
+    pub timestamp: std::time::SystemTime,
+    pub data: Option<prost_types::Any>,
 }
 
 /// Registry credentials from a PullImage request.

@@ -313,6 +313,27 @@ impl ContainerRuntime for TaskRuntime {
         .map_err(|e| CriError::backend("delete exec", e))
     }
 
+    async fn stats(&self, ids: &[String]) -> Result<Vec<super::controller::TaskStats>, CriError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One filter per id: containerd filter strings are OR'ed.
+        let filters: Vec<String> = ids.iter().map(|id| format!("id=={id:?}")).collect();
+        let metrics = self
+            .tasks
+            .metrics(NAMESPACE, &filters)
+            .await
+            .map_err(|e| CriError::backend("task metrics", e))?;
+        Ok(metrics
+            .into_iter()
+            .map(|m| super::controller::TaskStats {
+                id: m.id,
+                timestamp: m.timestamp,
+                data: m.data,
+            })
+            .collect())
+    }
+
     async fn update(&self, id: &str, resources: oci_spec::runtime::LinuxResources) -> Result<(), CriError> {
         let any = prost_types::Any {
             type_url: RESOURCES_TYPE_URL.to_owned(),

@@ -251,22 +251,22 @@ impl RuntimeService for CriApi {
 
     async fn container_stats(
         &self,
-        _r: Request<cri::ContainerStatsRequest>,
+        r: Request<cri::ContainerStatsRequest>,
     ) -> Rpc<cri::ContainerStatsResponse> {
         self.inst
-            .call("ContainerStats", "", unimplemented("ContainerStats", PART2))
+            .call("ContainerStats", "", self.svc.container_stats(r.into_inner()))
             .await
     }
 
     async fn list_container_stats(
         &self,
-        _r: Request<cri::ListContainerStatsRequest>,
+        r: Request<cri::ListContainerStatsRequest>,
     ) -> Rpc<cri::ListContainerStatsResponse> {
         self.inst
             .call(
                 "ListContainerStats",
                 "",
-                unimplemented("ListContainerStats", PART2),
+                self.svc.list_container_stats(r.into_inner()),
             )
             .await
     }

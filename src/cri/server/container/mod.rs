@@ -9,6 +9,7 @@ pub mod list;
 pub mod remove;
 pub mod reopen_log;
 pub mod start;
+pub mod stats;
 pub mod status;
 pub mod stop;
 pub mod stream;

@@ -130,6 +130,9 @@ impl ContainerRuntime for FakeRt {
     async fn exec_delete(&self, _: &str, _: &str) -> Result<(), CriError> {
         Ok(())
     }
+    async fn stats(&self, _: &[String]) -> Result<Vec<crate::cri::controller::TaskStats>, CriError> {
+        Ok(Vec::new())
+    }
     async fn delete(&self, id: &str) -> Result<(), CriError> {
         // Dropping the writers closes the fifos (the shim going away).
         if let Some(p) = self.procs.lock().unwrap().remove(id) {
