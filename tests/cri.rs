@@ -213,23 +213,54 @@ async fn missing_rpcs_answer_unimplemented_with_a_reason_and_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_pod_sandbox_with_an_unknown_handler_is_refused() {
+    use k8s_cri::v1::{PodSandboxConfig, PodSandboxMetadata};
     let d = Daemon::start();
     let mut c = RuntimeServiceClient::new(d.channel().await);
+    let config = Some(PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "p".into(),
+            uid: "u".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        ..Default::default()
+    });
     let err = c
         .run_pod_sandbox(RunPodSandboxRequest {
-            config: None,
+            config: config.clone(),
             runtime_handler: "no-such-handler".into(),
         })
         .await
         .unwrap_err();
-    // Until pods land this is Unimplemented; afterwards, InvalidArgument naming the handler.
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(
-        matches!(
-            err.code(),
-            tonic::Code::Unimplemented | tonic::Code::InvalidArgument
-        ),
-        "{err:?}"
+        err.message().contains("no-such-handler") && err.message().contains("runc"),
+        "{}",
+        err.message()
     );
+    let err = c
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: None,
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // Valid input on this build: pods need images + snapshots, and the answer says so.
+    let err = c
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config,
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    let pods = c
+        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pods.items.is_empty(), "nothing reserved by the refused calls");
 }
 
 #[test]

@@ -86,7 +86,6 @@ impl CriService {
         &self,
         req: RunPodSandboxRequest,
     ) -> Result<RunPodSandboxResponse, CriError> {
-        let controller = self.controller("RunPodSandbox")?;
         let cfg = req.config.ok_or(CriError::InvalidArgument {
             field: "config",
             reason: "must be set".into(),
@@ -111,6 +110,8 @@ impl CriService {
                         .collect::<Vec<_>>()
                         .join(", "),
                 })?;
+        // Bad input is refused before anything else, even on a build without a controller.
+        let controller = self.controller("RunPodSandbox")?;
         let (net, pid, ipc) = pod_namespace_modes(&cfg);
         let host = HostNamespaces {
             network: net == NamespaceMode::Node,
