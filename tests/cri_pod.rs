@@ -531,6 +531,31 @@ async fn memory_limit_exceeded_reports_oomkilled_and_bad_command_is_a_start_erro
         }
     }
 
+    // A tty container: the console output reaches the CRI log too.
+    std::fs::create_dir_all(logs.join("tty")).unwrap();
+    let mut tty = container("tty", "echo on-a-tty; [ -t 1 ] && echo is-a-terminal; sleep 3600");
+    tty.tty = true;
+    let tty_id = w
+        .svc
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(tty),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .expect("CreateContainer tty")
+        .container_id;
+    w.svc
+        .start_container(cri::StartContainerRequest { container_id: tty_id })
+        .await
+        .expect("StartContainer tty");
+    let tty_log = logs.join("tty/0.log");
+    wait_for("tty output", || {
+        std::fs::read_to_string(&tty_log)
+            .unwrap_or_default()
+            .contains("is-a-terminal")
+    });
+
     w.svc
         .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })
         .await

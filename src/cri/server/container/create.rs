@@ -230,7 +230,8 @@ impl CriService {
         };
         self.containers.add(record)?;
 
-        let io = if log_path.as_os_str().is_empty() || cfg.tty {
+        // With a tty the shim copies the console to stdout (stderr stays unused).
+        let io = if log_path.as_os_str().is_empty() {
             None
         } else {
             match ContainerIo::create(
