@@ -100,6 +100,24 @@ impl Drop for World {
             .args(["link", "del", &self.bridge])
             .output();
         support::cleanup::after_daemon(&self.dir.path().join("state"));
+        // The pods' parent cgroup (cgroup_parent of pod_config), once empty: the kernel
+        // releases a dead container's cgroup shortly after its last process, so retry.
+        let parent = cgroup_parent(self.dir.path());
+        for _ in 0..100 {
+            let mut left = 0;
+            if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+                for c in controllers.flatten() {
+                    let p = c.path().join(parent.trim_start_matches('/'));
+                    if p.exists() && std::fs::remove_dir(&p).is_err() {
+                        left += 1;
+                    }
+                }
+            }
+            if left == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 
@@ -127,8 +145,9 @@ async fn world() -> World {
     }
     server.start().await.unwrap();
     let manager = TaskManager::new(
-        dir.path().join("state/runtime"),
-        dir.path().join("root/runtime"),
+        // The runtime plugin's own dirs, so support::cleanup finds the bundles.
+        dir.path().join("state/io.containerd.runtime.v2.task"),
+        dir.path().join("root/io.containerd.runtime.v2.task"),
         DaemonAddresses {
             grpc: dir.path().join("grpc.sock"),
             ttrpc: ttrpc_sock,
@@ -190,7 +209,16 @@ async fn world() -> World {
     }
 }
 
-fn pod_config(logs: &Path) -> cri::PodSandboxConfig {
+/// A pod cgroup parent unique to one test (removed by `World`'s drop).
+fn cgroup_parent(dir: &Path) -> String {
+    let tail = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("/taskd-cri-test-{}-{tail}", std::process::id())
+}
+
+fn pod_config(logs: &Path, cgroup_parent: String) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: "web".into(),
@@ -200,6 +228,10 @@ fn pod_config(logs: &Path) -> cri::PodSandboxConfig {
         }),
         hostname: "web-pod".into(),
         log_directory: logs.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -235,7 +267,7 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
     for d in ["app", "side"] {
         std::fs::create_dir_all(logs.join(d)).unwrap();
     }
-    let pod_cfg = pod_config(&logs);
+    let pod_cfg = pod_config(&logs, cgroup_parent(w.dir.path()));
     let pod = w
         .svc
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -451,7 +483,7 @@ async fn memory_limit_exceeded_reports_oomkilled_and_bad_command_is_a_start_erro
     for d in ["hog", "bad"] {
         std::fs::create_dir_all(logs.join(d)).unwrap();
     }
-    let mut pod_cfg = pod_config(&logs);
+    let mut pod_cfg = pod_config(&logs, cgroup_parent(w.dir.path()));
     pod_cfg.metadata.as_mut().unwrap().name = "oom".into();
     let pod = w
         .svc
