@@ -23,7 +23,7 @@ while [ "$#" -gt 0 ]; do
 done
 
 apt_install runc containerd busybox-static docker-registry criu containernetworking-plugins \
-    prometheus skopeo protobuf-compiler iproute2
+    prometheus skopeo protobuf-compiler iproute2 openssl
 ensure_cargo
 
 if [ "$e2e" -eq 1 ]; then

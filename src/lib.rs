@@ -4,12 +4,16 @@
 
 pub mod builtins;
 pub mod config;
+pub mod content;
 pub mod cri;
 pub mod deprecation;
+pub mod diff;
 pub mod errdefs;
 pub mod events;
 pub mod filters;
+pub mod gc;
 pub mod identifiers;
+pub mod images;
 pub mod logging;
 pub mod metadata;
 pub mod monitor;
@@ -17,6 +21,7 @@ pub mod plugin;
 pub mod runtime;
 pub mod server;
 pub mod services;
+pub mod snapshots;
 
 /// The crate version (`taskd_build_info{version}`, `ctr version`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -20,8 +20,10 @@
 //!     ├── leases        (<ns>, <id>) → LeaseRecord { created_at, labels }
 //!     │   └── lease_resources (<ns>, <lease>, <type>, <resource id>) → ()
 //!     │                  type: "content" | "ingests" | "snapshots/<snapshotter>"
-//!     └── (images, content, snapshots: future tables keyed by (<ns>, …), each registering a
-//!          [`NamespaceCheck`] so a non-empty namespace cannot be deleted)
+//!     ├── content_blobs (<ns>, <digest>) → ContentRecord   (crate::content, own file)
+//!     ├── images        (<ns>, <name>) → ImageRecord       (crate::images, own file)
+//!     └── (snapshots: likewise) — each feature creates its table on init and registers a
+//!          [`NamespaceCheck`] so a non-empty namespace cannot be deleted
 //! ```
 //!
 //! Records are protobuf messages defined in `records.rs` (prost derive, explicit tags):

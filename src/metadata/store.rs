@@ -191,8 +191,9 @@ impl Db {
         f(&tx)
     }
 
-    /// Records the namespace if it does not exist yet (implicit creation on first use).
-    fn ensure_namespace(tx: &WriteTransaction, ns: &str) -> Result<(), MetadataError> {
+    /// Records the namespace if it does not exist yet (implicit creation on first use; also
+    /// used by the snapshotters inside their own transactions).
+    pub fn ensure_namespace(tx: &WriteTransaction, ns: &str) -> Result<(), MetadataError> {
         let op = "create namespace";
         let mut t = tx.open_table(NAMESPACES).ctx(op)?;
         if t.get(ns).ctx(op)?.is_none() {

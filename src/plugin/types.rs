@@ -98,6 +98,10 @@ pub mod ids {
     pub const EXCHANGE: &str = "exchange";
     pub const METADATA: &str = "redb";
     pub const CONTENT: &str = "content";
+    pub const CONTENT_SERVICE: &str = "content-service";
+    pub const IMAGES: &str = "images";
+    pub const IMAGES_SERVICE: &str = "images-service";
+    pub const GC: &str = "gc";
     pub const OVERLAYFS: &str = "overlayfs";
     pub const NATIVE: &str = "native";
     pub const TASK: &str = "task";
@@ -107,6 +111,9 @@ pub mod ids {
     pub const CONTAINERS: &str = "containers";
     pub const NAMESPACES: &str = "namespaces";
     pub const LEASES: &str = "leases";
+    pub const SNAPSHOTS: &str = "snapshots";
+    pub const DIFF: &str = "diff";
+    pub const WALKING: &str = "walking";
     pub const EVENTS: &str = "events";
     pub const VERSION: &str = "version";
     pub const INTROSPECTION: &str = "introspection";

@@ -4,8 +4,8 @@
 //! - Create without an id generates one the way containerd's `WithRandomID` does
 //!   (`<nanoseconds>-<random>`); expiry is the `containerd.io/gc.expire` label (RFC 3339),
 //!   enforced by the metadata plugin's expiry task.
-//! - Delete's `sync` flag asks containerd to run its garbage collector before returning.
-//!   taskd has no garbage collector yet, so the flag is accepted and the delete is the same.
+//! - Delete asks the garbage collector (`crate::gc`) for a run: with `sync` it runs before
+//!   Delete returns (containerd's `SynchronousDelete`), else it is scheduled.
 
 pub mod grpc;
 
@@ -28,7 +28,7 @@ pub trait Leases: Send + Sync {
         id: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Lease, MetadataError>;
-    /// `sync`: accepted; there is no garbage collector to wait for yet.
+    /// `sync`: collect garbage before returning.
     async fn delete(&self, namespace: &str, id: &str, sync: bool) -> Result<(), MetadataError>;
     async fn list(&self, namespace: &str, filters: Vec<String>) -> Result<Vec<Lease>, MetadataError>;
     async fn add_resource(
@@ -50,11 +50,18 @@ pub trait Leases: Send + Sync {
 /// [`Leases`] over a [`LeaseManager`].
 pub struct Local {
     manager: Arc<dyn LeaseManager>,
+    gc: Option<Arc<crate::gc::Collector>>,
 }
 
 impl Local {
     pub fn new(manager: Arc<dyn LeaseManager>) -> Self {
-        Local { manager }
+        Local { manager, gc: None }
+    }
+
+    /// Runs (or schedules) a garbage collection after each delete.
+    pub fn with_gc(mut self, gc: Option<Arc<crate::gc::Collector>>) -> Self {
+        self.gc = gc;
+        self
     }
 }
 
@@ -89,9 +96,19 @@ impl Leases for Local {
         }
     }
 
-    async fn delete(&self, namespace: &str, id: &str, _sync: bool) -> Result<(), MetadataError> {
+    async fn delete(&self, namespace: &str, id: &str, sync: bool) -> Result<(), MetadataError> {
         let (m, ns, id) = (self.manager.clone(), namespace.to_owned(), id.to_owned());
-        metadata::blocking("delete lease", move || m.delete(&ns, &id)).await
+        metadata::blocking("delete lease", move || m.delete(&ns, &id)).await?;
+        if let Some(gc) = &self.gc {
+            if sync {
+                if let Err(error) = gc.collect_async().await {
+                    tracing::warn!(%error, "garbage collection after lease delete failed");
+                }
+            } else {
+                gc.schedule();
+            }
+        }
+        Ok(())
     }
 
     async fn list(&self, namespace: &str, filters: Vec<String>) -> Result<Vec<Lease>, MetadataError> {
@@ -139,8 +156,9 @@ impl Leases for Local {
 pub fn registration() -> Registration {
     Registration::new(PluginType::Service, ids::LEASES, |cx| async move {
         let manager = cx.get::<dyn LeaseManager>()?;
-        let local: Arc<dyn Leases> = Arc::new(Local::new(manager));
+        let gc = cx.get_optional::<crate::gc::Collector>();
+        let local: Arc<dyn Leases> = Arc::new(Local::new(manager).with_gc(gc));
         Ok(Instance::new().with::<dyn Leases>(local))
     })
-    .requires(&[PluginType::Metadata])
+    .requires(&[PluginType::Metadata, PluginType::Internal])
 }

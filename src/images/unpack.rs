@@ -1,0 +1,168 @@
+//! Unpack for server-side pulls: apply an image's layers into snapshots named by their
+//! chain ids (as containerd's unpacker), under the pull's lease.
+//!
+//! ```text
+//! chain[0] = diff_id[0]; chain[n] = sha256(chain[n-1] + " " + diff_id[n])
+//! for each layer: stat(chain) exists → next; else
+//!   prepare("extract-<uuid> <chain>", parent = chain[n-1]) → mounts
+//!   Differ::apply(layer, mounts) → uncompressed digest, must equal diff_id[n]
+//!   commit(chain, key)        (AlreadyExists: a concurrent unpack won; the key is removed)
+//! ```
+//! The config blob then gets `containerd.io/gc.ref.snapshot.<snapshotter>` = the top chain id,
+//! so the collector keeps the snapshots as long as the image.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::Descriptor;
+use super::pull::PullError;
+use crate::content;
+use crate::diff::{self, Differ};
+use crate::metadata::{LeaseManager, LeaseResource};
+use crate::snapshots::{SnapshotError, Snapshotter};
+
+#[derive(Debug, Deserialize)]
+struct Config {
+    rootfs: RootFs,
+}
+
+#[derive(Debug, Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+/// The chain ids of a list of diff ids.
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(parent) => content::digest_of(format!("{parent} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// Applies layers with one snapshotter and the differ.
+pub struct Unpacker {
+    pub snapshotter: Arc<dyn Snapshotter>,
+    pub differ: Arc<dyn Differ>,
+    pub leases: Arc<dyn LeaseManager>,
+}
+
+impl Unpacker {
+    /// Unpacks `layers` (in order) described by the image `config`; returns the top chain id.
+    pub async fn unpack(
+        &self,
+        namespace: &str,
+        reference: &str,
+        lease: &str,
+        config: &[u8],
+        layers: &[Descriptor],
+    ) -> Result<String, PullError> {
+        let cfg: Config = serde_json::from_slice(config).map_err(|source| PullError::Malformed {
+            reference: reference.to_owned(),
+            what: "image config",
+            source,
+        })?;
+        if cfg.rootfs.diff_ids.len() != layers.len() {
+            return Err(PullError::LayerCount {
+                reference: reference.to_owned(),
+                layers: layers.len(),
+                diff_ids: cfg.rootfs.diff_ids.len(),
+            });
+        }
+        let chains = chain_ids(&cfg.rootfs.diff_ids);
+        let sn = self.snapshotter.name().to_owned();
+        let mut parent = String::new();
+        for ((layer, diff_id), chain) in layers.iter().zip(&cfg.rootfs.diff_ids).zip(&chains) {
+            match self.snapshotter.stat(namespace, chain).await {
+                Ok(_) => {
+                    parent = chain.clone();
+                    continue;
+                }
+                Err(SnapshotError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let key = format!("extract-{} {chain}", uuid::Uuid::new_v4().simple());
+            for id in [&key, chain] {
+                let (l, ns, lease, r) = (
+                    self.leases.clone(),
+                    namespace.to_owned(),
+                    lease.to_owned(),
+                    LeaseResource {
+                        id: id.clone(),
+                        r#type: format!("snapshots/{sn}"),
+                    },
+                );
+                crate::metadata::blocking("lease snapshot", move || l.add_resource(&ns, &lease, r)).await?;
+            }
+            let mounts = self
+                .snapshotter
+                .prepare(namespace, &key, &parent, BTreeMap::new())
+                .await?;
+            let applied = self
+                .differ
+                .apply(
+                    namespace,
+                    diff::Descriptor {
+                        media_type: layer.media_type.clone(),
+                        digest: layer.digest.clone(),
+                        size: layer.size,
+                    },
+                    mounts,
+                )
+                .await;
+            let applied = match applied {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = self.snapshotter.remove(namespace, &key).await;
+                    return Err(e.into());
+                }
+            };
+            if applied.digest != *diff_id {
+                let _ = self.snapshotter.remove(namespace, &key).await;
+                return Err(PullError::DigestMismatch {
+                    reference: reference.to_owned(),
+                    what: "uncompressed layer",
+                    digest: diff_id.clone(),
+                    actual: applied.digest,
+                });
+            }
+            match self
+                .snapshotter
+                .commit(namespace, chain, &key, BTreeMap::new())
+                .await
+            {
+                Ok(()) => {}
+                Err(SnapshotError::AlreadyExists { .. }) => {
+                    let _ = self.snapshotter.remove(namespace, &key).await;
+                }
+                Err(e) => {
+                    let _ = self.snapshotter.remove(namespace, &key).await;
+                    return Err(e.into());
+                }
+            }
+            parent = chain.clone();
+        }
+        Ok(parent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let ids = super::chain_ids(&[d('a'), d('b')]);
+        assert_eq!(ids[0], d('a'));
+        assert_eq!(
+            ids[1],
+            crate::content::digest_of(format!("{} {}", d('a'), d('b')).as_bytes())
+        );
+    }
+}

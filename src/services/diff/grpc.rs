@@ -1,0 +1,97 @@
+//! gRPC adapter for the diff service: converts messages, maps errors with
+//! `server::status::to_status`. `Diff` is the walking differ's Compare.
+
+use std::sync::Arc;
+
+use taskd_proto::containerd::services::diff::v1 as api;
+use taskd_proto::containerd::types as ctypes;
+use tonic::{Request, Response, Status};
+
+use crate::diff::{Descriptor, DiffError, Differ};
+use crate::plugin::{Instance, PluginType, Registration, ids};
+use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
+use crate::services::snapshots::grpc::mount_from_proto;
+
+#[derive(Clone)]
+pub struct Service {
+    differ: Arc<dyn Differ>,
+}
+
+impl Service {
+    pub fn new(differ: Arc<dyn Differ>) -> Self {
+        Service { differ }
+    }
+}
+
+impl GrpcService for Service {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
+        routes.add_service(
+            api::diff_server::DiffServer::new(self.clone())
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send),
+        );
+    }
+}
+
+/// `io.containerd.grpc.v1.diff`.
+pub fn registration() -> Registration {
+    Registration::new(PluginType::Grpc, ids::DIFF, |cx| async move {
+        let differ = cx.get::<dyn Differ>()?;
+        Ok(Instance::new().with::<dyn GrpcService>(Arc::new(Service::new(differ))))
+    })
+    .requires(&[PluginType::Diff])
+}
+
+#[tonic::async_trait]
+impl api::diff_server::Diff for Service {
+    async fn apply(&self, req: Request<api::ApplyRequest>) -> Result<Response<api::ApplyResponse>, Status> {
+        let ns = namespace::required(&req)?;
+        let r = req.into_inner();
+        let d = r
+            .diff
+            .ok_or_else(|| to_status(&DiffError::InvalidMounts("diff: descriptor must be set".into())))?;
+        let desc = Descriptor {
+            media_type: d.media_type,
+            digest: d.digest,
+            size: d.size,
+        };
+        let applied = self
+            .differ
+            .apply(&ns, desc, r.mounts.into_iter().map(mount_from_proto).collect())
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(api::ApplyResponse {
+            applied: Some(ctypes::Descriptor {
+                media_type: applied.media_type,
+                digest: applied.digest,
+                size: applied.size as i64,
+                annotations: Default::default(),
+            }),
+        }))
+    }
+
+    async fn diff(&self, req: Request<api::DiffRequest>) -> Result<Response<api::DiffResponse>, Status> {
+        let ns = namespace::required(&req)?;
+        let r = req.into_inner();
+        let desc = self
+            .differ
+            .compare(
+                &ns,
+                r.left.into_iter().map(mount_from_proto).collect(),
+                r.right.into_iter().map(mount_from_proto).collect(),
+                &r.media_type,
+                &r.r#ref,
+                r.labels.into_iter().collect(),
+            )
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(api::DiffResponse {
+            diff: Some(ctypes::Descriptor {
+                media_type: desc.media_type,
+                digest: desc.digest,
+                size: desc.size,
+                annotations: Default::default(),
+            }),
+        }))
+    }
+}

@@ -1,0 +1,162 @@
+//! gRPC adapter for the images service: converts messages, maps errors with
+//! `server::status::to_status`.
+
+use std::sync::Arc;
+
+use taskd_proto::containerd::services::images::v1 as api;
+use taskd_proto::containerd::types::Descriptor as ApiDescriptor;
+use tonic::{Request, Response, Status};
+
+use super::Images;
+use crate::images::{Descriptor, Image, ImageError};
+use crate::plugin::{Instance, PluginType, Registration, ids};
+use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
+
+#[derive(Clone)]
+pub struct Service {
+    local: Arc<dyn Images>,
+}
+
+impl Service {
+    pub fn new(local: Arc<dyn Images>) -> Self {
+        Service { local }
+    }
+}
+
+impl GrpcService for Service {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
+        routes.add_service(
+            api::images_server::ImagesServer::new(self.clone())
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send),
+        );
+    }
+}
+
+/// `io.containerd.grpc.v1.images`.
+pub fn registration() -> Registration {
+    Registration::new(PluginType::Grpc, ids::IMAGES, |cx| async move {
+        let local = cx.get::<dyn Images>()?;
+        Ok(Instance::new().with::<dyn GrpcService>(Arc::new(Service::new(local))))
+    })
+    .requires(&[PluginType::Service])
+}
+
+fn desc_from(d: Option<ApiDescriptor>) -> Descriptor {
+    let d = d.unwrap_or_default();
+    Descriptor {
+        media_type: d.media_type,
+        digest: d.digest,
+        size: d.size,
+        annotations: d.annotations.into_iter().collect(),
+    }
+}
+
+fn desc_to(d: Descriptor) -> ApiDescriptor {
+    ApiDescriptor {
+        media_type: d.media_type,
+        digest: d.digest,
+        size: d.size,
+        annotations: d.annotations.into_iter().collect(),
+    }
+}
+
+fn image_from(i: Option<api::Image>) -> Result<Image, Status> {
+    let i = i.ok_or_else(|| {
+        to_status(&ImageError::InvalidArgument {
+            field: "image",
+            reason: "must be set".into(),
+        })
+    })?;
+    Ok(Image {
+        name: i.name,
+        labels: i.labels.into_iter().collect(),
+        target: desc_from(i.target),
+        created_at: None,
+        updated_at: None,
+    })
+}
+
+fn image_to(i: Image) -> api::Image {
+    api::Image {
+        name: i.name,
+        labels: i.labels.into_iter().collect(),
+        target: Some(desc_to(i.target)),
+        created_at: i.created_at.map(prost_types::Timestamp::from),
+        updated_at: i.updated_at.map(prost_types::Timestamp::from),
+    }
+}
+
+#[tonic::async_trait]
+impl api::images_server::Images for Service {
+    async fn get(
+        &self,
+        req: Request<api::GetImageRequest>,
+    ) -> Result<Response<api::GetImageResponse>, Status> {
+        let ns = namespace::required(&req)?;
+        let i = self
+            .local
+            .get(&ns, &req.into_inner().name)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(api::GetImageResponse {
+            image: Some(image_to(i)),
+        }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<api::ListImagesRequest>,
+    ) -> Result<Response<api::ListImagesResponse>, Status> {
+        let ns = namespace::required(&req)?;
+        let all = self
+            .local
+            .list(&ns, req.into_inner().filters)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(api::ListImagesResponse {
+            images: all.into_iter().map(image_to).collect(),
+        }))
+    }
+
+    async fn create(
+        &self,
+        req: Request<api::CreateImageRequest>,
+    ) -> Result<Response<api::CreateImageResponse>, Status> {
+        let ns = namespace::required(&req)?;
+        let image = image_from(req.into_inner().image)?;
+        let i = self.local.create(&ns, image).await.map_err(|e| to_status(&e))?;
+        Ok(Response::new(api::CreateImageResponse {
+            image: Some(image_to(i)),
+        }))
+    }
+
+    async fn update(
+        &self,
+        req: Request<api::UpdateImageRequest>,
+    ) -> Result<Response<api::UpdateImageResponse>, Status> {
+        let ns = namespace::required(&req)?;
+        let req = req.into_inner();
+        let image = image_from(req.image)?;
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let i = self
+            .local
+            .update(&ns, image, paths)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(api::UpdateImageResponse {
+            image: Some(image_to(i)),
+        }))
+    }
+
+    async fn delete(&self, req: Request<api::DeleteImageRequest>) -> Result<Response<()>, Status> {
+        let ns = namespace::required(&req)?;
+        let req = req.into_inner();
+        let target = req.target.map(|t| t.digest);
+        self.local
+            .delete(&ns, &req.name, target, req.sync)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(()))
+    }
+}
