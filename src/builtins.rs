@@ -36,5 +36,6 @@ pub fn registrations() -> Vec<Registration> {
         crate::runtime::v2::registration(),
         crate::services::tasks::local::registration(),
         crate::services::tasks::grpc::registration(),
+        crate::cri::registration(),
     ]
 }

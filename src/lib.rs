@@ -5,6 +5,7 @@
 pub mod builtins;
 pub mod config;
 pub mod content;
+pub mod cri;
 pub mod deprecation;
 pub mod diff;
 pub mod errdefs;

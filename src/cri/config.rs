@@ -1,0 +1,273 @@
+//! The CRI plugin's config table, `[plugins."io.containerd.cri.v1.cri"]`.
+//!
+//! ```text
+//! [plugins."io.containerd.cri.v1.cri"]
+//! ├── sandbox_image = "registry.k8s.io/pause:3.10"   image of every pod's pause container
+//! ├── cgroup_driver = "cgroupfs" | "systemd"          reported by RuntimeConfig, used for cgroup parents
+//! ├── default_runtime = "runc"                         handler used when a pod names none ("")
+//! ├── max_container_log_line_size = 16384              longer lines are split into P chunks
+//! ├── log_partial_flush_ms = 1000                      a partial line idle this long is written as P
+//! ├── max_exec_output_bytes = 16777216                 ExecSync output cap, per stream
+//! ├── [cni]
+//! │   ├── conf_dir = "/etc/cni/net.d"                  *.conflist / *.conf / *.json, lexical order
+//! │   ├── bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]  searched in order for plugin binaries
+//! │   ├── max_conf_num = 1                             how many networks of conf_dir a pod joins
+//! │   └── plugin_timeout_ms = 60000                    one plugin exec (ADD/DEL/CHECK)
+//! └── [runtimes.<handler>]                             RuntimeClass handler → runtime
+//!     ├── runtime_type = "io.containerd.runc.v2"       shim runtime name
+//!     ├── runtime_path = ""                            absolute shim binary path (optional)
+//!     └── options = { ... }                            runc options (SystemdCgroup, BinaryName, ...)
+//! ```
+//!
+//! A `[runtimes.<name>]` table adds a handler; the built-in `runc` stays (merged, as
+//! containerd merges). `serde` checks the shape (unknown keys are errors, with their line); [`CriConfig::validate`]
+//! checks the meaning and runs in the plugin's init.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::errdefs::{ErrorKind, Kind};
+
+/// The handler name runc is registered under by default.
+pub const DEFAULT_HANDLER: &str = "runc";
+
+/// How cgroups are named and delegated (kubelet must use the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    #[default]
+    Cgroupfs,
+    Systemd,
+}
+
+/// The plugin config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriConfig {
+    pub sandbox_image: String,
+    pub cgroup_driver: CgroupDriver,
+    pub default_runtime: String,
+    pub max_container_log_line_size: usize,
+    pub log_partial_flush_ms: u64,
+    pub max_exec_output_bytes: usize,
+    pub cni: CniConfig,
+    pub runtimes: BTreeMap<String, RuntimeHandler>,
+}
+
+impl Default for CriConfig {
+    fn default() -> Self {
+        let mut runtimes = BTreeMap::new();
+        runtimes.insert(DEFAULT_HANDLER.to_owned(), RuntimeHandler::default());
+        CriConfig {
+            sandbox_image: "registry.k8s.io/pause:3.10".to_owned(),
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            default_runtime: DEFAULT_HANDLER.to_owned(),
+            max_container_log_line_size: 16 * 1024,
+            log_partial_flush_ms: 1000,
+            max_exec_output_bytes: 16 << 20,
+            cni: CniConfig::default(),
+            runtimes,
+        }
+    }
+}
+
+/// Where CNI configs and plugins live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+    pub max_conf_num: usize,
+    pub plugin_timeout_ms: u64,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            // /usr/lib/cni: where Debian's containernetworking-plugins installs them.
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            max_conf_num: 1,
+            plugin_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// One RuntimeClass handler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeHandler {
+    pub runtime_type: String,
+    pub runtime_path: String,
+    pub options: toml::Table,
+}
+
+impl Default for RuntimeHandler {
+    fn default() -> Self {
+        RuntimeHandler {
+            runtime_type: "io.containerd.runc.v2".to_owned(),
+            runtime_path: String::new(),
+            options: toml::Table::new(),
+        }
+    }
+}
+
+/// A config value that parses but makes no sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cri config: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl ErrorKind for ConfigError {
+    fn kind(&self) -> Kind {
+        match self {
+            ConfigError::Invalid { .. } => Kind::InvalidArgument,
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl CriConfig {
+    /// Adds the built-in handlers a config table did not name: a `[runtimes.kata]` table
+    /// adds kata next to runc instead of replacing the map (containerd merges the same way).
+    pub fn with_default_runtimes(mut self) -> CriConfig {
+        for (name, h) in CriConfig::default().runtimes {
+            self.runtimes.entry(name).or_insert(h);
+        }
+        self
+    }
+
+    /// Checks what serde cannot: paths absolute, the default handler exists, sizes sane.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.sandbox_image.trim().is_empty() {
+            return Err(invalid("sandbox_image", "must not be empty"));
+        }
+        if !self.runtimes.contains_key(&self.default_runtime) {
+            return Err(invalid(
+                "default_runtime",
+                format!(
+                    "{:?} is not a key of [runtimes] (have: {})",
+                    self.default_runtime,
+                    self.runtimes.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        for (name, h) in &self.runtimes {
+            if name.is_empty() {
+                return Err(invalid("runtimes", "a handler name must not be empty"));
+            }
+            if h.runtime_type.is_empty() {
+                return Err(invalid(
+                    format!("runtimes.{name}.runtime_type"),
+                    "must not be empty",
+                ));
+            }
+            if !h.runtime_path.is_empty() && !h.runtime_path.starts_with('/') {
+                return Err(invalid(
+                    format!("runtimes.{name}.runtime_path"),
+                    format!("{:?} must be an absolute path", h.runtime_path),
+                ));
+            }
+        }
+        if self.max_container_log_line_size < 64 {
+            return Err(invalid(
+                "max_container_log_line_size",
+                "must be at least 64 bytes",
+            ));
+        }
+        if self.max_exec_output_bytes == 0 {
+            return Err(invalid("max_exec_output_bytes", "must be positive"));
+        }
+        if !self.cni.conf_dir.is_absolute() {
+            return Err(invalid("cni.conf_dir", "must be an absolute path"));
+        }
+        if self.cni.bin_dirs.is_empty() {
+            return Err(invalid("cni.bin_dirs", "must name at least one directory"));
+        }
+        if let Some(d) = self.cni.bin_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(invalid(
+                "cni.bin_dirs",
+                format!("{} must be an absolute path", d.display()),
+            ));
+        }
+        if self.cni.max_conf_num == 0 {
+            return Err(invalid("cni.max_conf_num", "must be at least 1"));
+        }
+        if self.cni.plugin_timeout_ms == 0 {
+            return Err(invalid("cni.plugin_timeout_ms", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The handler for a pod's `runtime_handler` ("" = the default one).
+    pub fn handler(&self, name: &str) -> Option<(&str, &RuntimeHandler)> {
+        let key = if name.is_empty() {
+            self.default_runtime.as_str()
+        } else {
+            name
+        };
+        self.runtimes.get_key_value(key).map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_round_trip_through_toml() {
+        let c = CriConfig::default();
+        c.validate().unwrap();
+        let t = toml::Table::try_from(c.clone()).unwrap();
+        let back: CriConfig = toml::Value::Table(t).try_into().unwrap();
+        assert_eq!(back, c);
+        assert_eq!(c.cni.bin_dirs[1], PathBuf::from("/usr/lib/cni"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_driver_are_rejected() {
+        assert!(toml::from_str::<CriConfig>("sandbox_imag = \"x\"").is_err());
+        assert!(toml::from_str::<CriConfig>("cgroup_driver = \"cgroupv3\"").is_err());
+        let c: CriConfig = toml::from_str("cgroup_driver = \"systemd\"").unwrap();
+        assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let c: CriConfig = toml::from_str("default_runtime = \"kata\"").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("default_runtime") && e.contains("kata"), "{e}");
+
+        let c: CriConfig = toml::from_str("[cni]\nconf_dir = \"rel/dir\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("cni.conf_dir"));
+
+        let c: CriConfig =
+            toml::from_str("default_runtime = \"x\"\n[runtimes.x]\nruntime_path = \"shim\"").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("runtimes.x.runtime_path")
+        );
+        assert!(!c.runtimes.contains_key("runc"));
+        let c = c.with_default_runtimes();
+        assert!(c.runtimes.contains_key("runc") && c.runtimes.contains_key("x"));
+    }
+
+    #[test]
+    fn handler_lookup_uses_default_for_empty_name() {
+        let c = CriConfig::default();
+        assert_eq!(c.handler("").unwrap().0, "runc");
+        assert_eq!(c.handler("runc").unwrap().1.runtime_type, "io.containerd.runc.v2");
+        assert!(c.handler("kata").is_none());
+    }
+}

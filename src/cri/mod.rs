@@ -1,0 +1,194 @@
+//! The CRI adapter: kubelet's RuntimeService and ImageService (`runtime.v1`) on taskd's
+//! socket, served by the `io.containerd.cri.v1.cri` plugin.
+//!
+//! ```text
+//! kubelet ──CRI gRPC──▶ server::{RuntimeApi, ImageApi}     (tonic traits; one line per RPC)
+//!                          │ every RPC goes through instrument::Instrument::call:
+//!                          │   init gate (Unavailable until the plugin is ready) → span →
+//!                          │   log → metrics → error → Status (server::status::to_status)
+//!                          ▼
+//!                 server/<noun>/<rpc>.rs   one file per RPC, on CriService
+//!                          │
+//!      ┌───────────────────┼───────────────────────┬───────────────────┐
+//!      ▼                   ▼                       ▼                   ▼
+//!  store/ (pods,      network/ (CNI chains,   io/ (CRI log files)   in-process Locals
+//!  containers,        pinned netns)                                  (tasks, containers,
+//!  images: state                                                     images, snapshots;
+//!  machines)                                                         namespace k8s.io)
+//! ```
+//!
+//! The adapter never talks to shims: pods and containers become tasks through the tasks
+//! service's `Local`, as containerd's CRI plugin does with in-memory services. RPCs whose
+//! dependencies have not landed answer Unimplemented with a reason naming what is missing.
+
+pub mod config;
+pub mod container_events;
+pub mod controller;
+pub mod events;
+pub mod instrument;
+pub mod io;
+pub mod network;
+pub mod podfiles;
+pub mod reference;
+pub mod server;
+pub mod service;
+pub mod spec;
+pub mod store;
+pub mod task_runtime;
+
+use std::sync::Arc;
+
+use crate::errdefs::{ErrorKind, Kind};
+use crate::plugin::{Instance, PluginError, PluginType, Registration, ids};
+
+pub use config::CriConfig;
+pub use service::CriService;
+
+/// The containerd namespace every CRI object lives in.
+pub const NAMESPACE: &str = "k8s.io";
+
+/// Errors of the CRI adapter. Lower layers keep their kind through `#[from]`.
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    #[error("the CRI plugin is not ready yet (still initializing)")]
+    NotReady,
+    #[error("{rpc} is not implemented yet: {missing}")]
+    Unimplemented {
+        rpc: &'static str,
+        missing: &'static str,
+    },
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("no runtime handler {handler:?} is configured (configured: {known})")]
+    UnknownHandler { handler: String, known: String },
+    #[error("{what}: {reason}")]
+    FailedPrecondition { what: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Cni(#[from] network::CniError),
+    #[error(transparent)]
+    Netns(#[from] network::NetnsError),
+    #[error(transparent)]
+    Log(#[from] io::LogError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    PodFiles(#[from] podfiles::PodFilesError),
+    #[error(transparent)]
+    Reference(#[from] reference::ReferenceError),
+    /// A failure of a service the adapter calls (tasks, containers, images, snapshots);
+    /// keeps that service's kind.
+    #[error("{op}: {cause}")]
+    Backend {
+        op: &'static str,
+        cause: Box<dyn ErrorKind + Send + Sync>,
+    },
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        what: String,
+        after: std::time::Duration,
+    },
+    #[error("{error}; rollback also failed: {cleanup}")]
+    Rollback {
+        error: Box<CriError>,
+        cleanup: Box<CriError>,
+    },
+}
+
+impl CriError {
+    /// Wraps an error of another service, keeping its kind.
+    pub fn backend(op: &'static str, e: impl ErrorKind + Send + Sync + 'static) -> CriError {
+        CriError::Backend {
+            op,
+            cause: Box::new(e),
+        }
+    }
+}
+
+impl ErrorKind for CriError {
+    fn kind(&self) -> Kind {
+        match self {
+            CriError::NotReady => Kind::Unavailable,
+            CriError::Unimplemented { .. } => Kind::NotImplemented,
+            CriError::InvalidArgument { .. } | CriError::UnknownHandler { .. } => Kind::InvalidArgument,
+            CriError::FailedPrecondition { .. } => Kind::FailedPrecondition,
+            CriError::Store(e) => e.kind(),
+            CriError::Cni(e) => e.kind(),
+            CriError::Netns(e) => e.kind(),
+            CriError::Log(e) => e.kind(),
+            CriError::Config(e) => e.kind(),
+            CriError::Spec(e) => e.kind(),
+            CriError::PodFiles(e) => e.kind(),
+            CriError::Reference(e) => e.kind(),
+            CriError::Backend { cause, .. } => cause.kind(),
+            CriError::Rollback { error, .. } => error.kind(),
+            CriError::Timeout { .. } => Kind::DeadlineExceeded,
+        }
+    }
+}
+
+/// `io.containerd.cri.v1.cri`: the CRI services on taskd's socket.
+pub fn registration() -> Registration {
+    Registration::new(PluginType::Cri, ids::CRI, |cx| async move {
+        let config: CriConfig = cx.config::<CriConfig>()?.with_default_runtimes();
+        config.validate().map_err(PluginError::init)?;
+        let instrument = Arc::new(instrument::Instrument::register(cx.metrics()).map_err(PluginError::init)?);
+        let events = container_events::ContainerEvents::new().map_err(PluginError::init)?;
+        events.register(cx.metrics()).map_err(PluginError::init)?;
+        let mut service = CriService::new(config.clone(), cx.root(), cx.state(), events);
+        // The pod/container runtime needs the tasks and containers services plus a rootfs
+        // provider (images + snapshots); when one is missing the RPCs say so.
+        let tasks = cx.get_optional::<dyn crate::services::tasks::Tasks>();
+        let containers = cx.get_optional::<dyn crate::services::containers::Containers>();
+        let rootfs = cx.get_optional::<dyn task_runtime::RootfsProvider>();
+        let mut missing = Vec::new();
+        match (tasks, containers, rootfs) {
+            (Some(t), Some(c), Some(r)) => {
+                let rt = Arc::new(task_runtime::TaskRuntime::new(t, c, r));
+                service.controller = Some(rt.clone());
+                service.runner = Some(rt);
+            }
+            (t, c, r) => {
+                if t.is_none() {
+                    missing.push("tasks");
+                }
+                if c.is_none() {
+                    missing.push("containers");
+                }
+                if r.is_none() {
+                    missing.push("images+snapshots (rootfs)");
+                }
+                tracing::info!(missing = %missing.join(", "), "CRI pods and containers unavailable");
+            }
+        }
+        let service = Arc::new(service);
+        let api = Arc::new(server::CriApi::new(service.clone(), instrument.clone()));
+        let subscriber = cx.get::<dyn crate::events::Subscriber>()?;
+        let event_loop = events::spawn(service.clone(), subscriber.as_ref()).map_err(PluginError::init)?;
+        // Nothing to recover yet (stores are in memory): the plugin is ready now.
+        instrument.set_ready();
+        Ok(Instance::new()
+            .with::<dyn crate::server::GrpcService>(api)
+            .with::<CriService>(service)
+            .export("sandbox_image", config.sandbox_image.clone())
+            .export("cni_conf_dir", config.cni.conf_dir.display().to_string())
+            .export(
+                "pods",
+                if missing.is_empty() {
+                    "ok".to_owned()
+                } else {
+                    format!("unavailable: needs {}", missing.join(", "))
+                },
+            )
+            .export(
+                "cgroup_driver",
+                format!("{:?}", config.cgroup_driver).to_lowercase(),
+            )
+            .on_shutdown(move || async move { event_loop.abort() }))
+    })
+    .requires(&[PluginType::Event, PluginType::Service])
+    .config::<CriConfig>()
+}

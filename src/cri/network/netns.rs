@@ -1,0 +1,160 @@
+//! Pod network namespaces, pinned by a bind mount so they outlive any process.
+//!
+//! ```text
+//!  create(dir):  touch <dir>/cni-<uuid>
+//!                dedicated OS thread: unshare(CLONE_NEWNET)
+//!                                     mount --bind /proc/self/task/<tid>/ns/net <dir>/cni-<uuid>
+//!                thread exits (its netns lives on through the mount)
+//!  remove(path): umount2(path, MNT_DETACH)   (not mounted → fine)
+//!                unlink(path)                (absent → fine)
+//! ```
+//!
+//! The unshare happens on a thread created for it and never reused (never a tokio worker
+//! or blocking-pool thread), so no other code ever runs inside a pod's namespace.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::errdefs::{ErrorKind, Kind};
+
+/// Errors creating or removing a pinned network namespace; each names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("create netns dir {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("create netns file {path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("unshare a network namespace for {path}: {source}")]
+    Unshare { path: PathBuf, source: nix::Error },
+    #[error("bind mount the network namespace on {path}: {source}")]
+    Mount { path: PathBuf, source: nix::Error },
+    #[error("unmount netns {path}: {source}")]
+    Unmount { path: PathBuf, source: nix::Error },
+    #[error("remove netns file {path}: {source}")]
+    Remove { path: PathBuf, source: std::io::Error },
+    #[error("netns thread for {path} panicked")]
+    Thread { path: PathBuf },
+}
+
+impl ErrorKind for NetnsError {
+    fn kind(&self) -> Kind {
+        match self {
+            NetnsError::Dir { .. }
+            | NetnsError::File { .. }
+            | NetnsError::Unshare { .. }
+            | NetnsError::Mount { .. }
+            | NetnsError::Unmount { .. }
+            | NetnsError::Remove { .. }
+            | NetnsError::Thread { .. } => Kind::Internal,
+        }
+    }
+}
+
+/// Creates a new network namespace pinned at `<dir>/cni-<uuid>`; returns the path.
+/// Blocking (a thread is created and joined): call it from `spawn_blocking`.
+pub fn create(dir: &Path) -> Result<PathBuf, NetnsError> {
+    std::fs::create_dir_all(dir).map_err(|source| NetnsError::Dir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let path = dir.join(format!("cni-{}", uuid::Uuid::new_v4()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|source| NetnsError::File {
+            path: path.clone(),
+            source,
+        })?;
+    let target = path.clone();
+    let pinned = std::thread::Builder::new()
+        .name("netns-create".into())
+        .spawn(move || pin_new_netns(&target))
+        .map_err(|source| NetnsError::File {
+            path: path.clone(),
+            source,
+        })?
+        .join()
+        .unwrap_or_else(|_| Err(NetnsError::Thread { path: path.clone() }));
+    if let Err(e) = pinned {
+        // Roll back the empty file; the mount never happened.
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+fn pin_new_netns(path: &Path) -> Result<(), NetnsError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Unshare {
+        path: path.to_owned(),
+        source,
+    })?;
+    let tid = nix::unistd::gettid();
+    let ns = format!("/proc/self/task/{tid}/ns/net");
+    nix::mount::mount(
+        Some(ns.as_str()),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|source| NetnsError::Mount {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Whether `path` is a pinned namespace (a bind mount of the nsfs file system).
+pub fn is_pinned(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Unpins and removes the namespace file; idempotent (not mounted, or gone, is success).
+pub fn remove(path: &Path) -> Result<(), NetnsError> {
+    if is_pinned(path) {
+        match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+            Err(source) => {
+                return Err(NetnsError::Unmount {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(NetnsError::Remove {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_pins_a_distinct_namespace_and_remove_is_idempotent() {
+        if !nix::unistd::Uid::effective().is_root() {
+            panic!("this test needs root (unshare + mount): run the test suite as root");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = create(&dir.path().join("netns")).unwrap();
+        assert!(is_pinned(&p));
+        let ours = std::fs::metadata("/proc/self/ns/net").unwrap();
+        let pinned = std::fs::metadata(&p).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(ours.ino(), pinned.ino(), "a new namespace, not ours");
+        remove(&p).unwrap();
+        assert!(!p.exists());
+        remove(&p).unwrap();
+        // Our own namespace is untouched.
+        assert_eq!(std::fs::metadata("/proc/self/ns/net").unwrap().ino(), ours.ino());
+    }
+}

@@ -1,0 +1,290 @@
+//! `CreateContainer`.
+//!
+//! ```text
+//! pod must be Ready; metadata + image required
+//! runtime.image(ref)            image config, id, /etc/passwd + /etc/group
+//! user (spec::user), devices (stat on the host), Localhost seccomp profile (read),
+//! TARGET pid, pod files         → spec::container
+//! reserve id + name             (store: CREATED; a name in use → AlreadyExists)
+//! ContainerIo (fifos → CRI log) when the pod has a log directory and the container a log path
+//! runtime.create                (record, rootfs, task); failure: io released, record removed
+//! GetContainerEvents: CONTAINER_CREATED
+//! ```
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use taskd_proto::cri::v1::{
+    ContainerEventType, CreateContainerRequest, CreateContainerResponse, NamespaceMode,
+};
+
+use crate::cri::controller::CreateContainer;
+use crate::cri::io::ContainerIo;
+use crate::cri::server::sandbox::run::new_id;
+use crate::cri::spec::container::{ContainerInput, HostDevice, PodFiles, container_spec};
+use crate::cri::spec::user;
+use crate::cri::store::container::{Container, ContainerState, Exit, container_name};
+use crate::cri::store::sandbox::SandboxState;
+use crate::cri::{CriError, CriService, reference};
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> CriError {
+    CriError::InvalidArgument {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// `stat`s a CRI device on the host.
+fn host_device(d: &taskd_proto::cri::v1::Device) -> Result<HostDevice, CriError> {
+    if !d.host_path.starts_with('/') {
+        return Err(invalid(
+            "devices.host_path",
+            format!("{:?} must be an absolute path", d.host_path),
+        ));
+    }
+    let m = std::fs::metadata(&d.host_path)
+        .map_err(|e| invalid("devices.host_path", format!("{}: {e}", d.host_path)))?;
+    let ft = m.file_type();
+    if !ft.is_char_device() && !ft.is_block_device() {
+        return Err(invalid(
+            "devices.host_path",
+            format!("{} is not a device", d.host_path),
+        ));
+    }
+    let rdev = m.rdev();
+    Ok(HostDevice {
+        container_path: if d.container_path.is_empty() {
+            d.host_path.clone()
+        } else {
+            d.container_path.clone()
+        },
+        char_device: ft.is_char_device(),
+        major: nix::sys::stat::major(rdev) as i64,
+        minor: nix::sys::stat::minor(rdev) as i64,
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        permissions: if d.permissions.is_empty() {
+            "rwm".into()
+        } else {
+            d.permissions.clone()
+        },
+    })
+}
+
+impl CriService {
+    pub async fn create_container(
+        &self,
+        req: CreateContainerRequest,
+    ) -> Result<CreateContainerResponse, CriError> {
+        let runner = self.container_runtime("CreateContainer")?;
+        let sandbox = self.sandboxes.get(&req.pod_sandbox_id)?;
+        if sandbox.state != SandboxState::Ready {
+            return Err(CriError::FailedPrecondition {
+                what: format!("pod sandbox {}", sandbox.id),
+                reason: format!("is {}, not ready", sandbox.state.as_str()),
+            });
+        }
+        let cfg = req.config.ok_or_else(|| invalid("config", "must be set"))?;
+        let md = cfg
+            .metadata
+            .clone()
+            .ok_or_else(|| invalid("config.metadata", "must be set"))?;
+        if md.name.is_empty() {
+            return Err(invalid("config.metadata.name", "must not be empty"));
+        }
+        let image_ref = cfg.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        if image_ref.is_empty() {
+            return Err(invalid("config.image.image", "must not be empty"));
+        }
+        if !reference::is_image_id(&image_ref) {
+            reference::normalize(&image_ref)?;
+        }
+        let (handler_name, handler) =
+            self.config
+                .handler(&sandbox.runtime_handler)
+                .ok_or_else(|| CriError::UnknownHandler {
+                    handler: sandbox.runtime_handler.clone(),
+                    known: self
+                        .config
+                        .runtimes
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+        let image = runner.image(&image_ref).await?;
+
+        let sec = cfg
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.clone())
+            .unwrap_or_default();
+        let resolved = user::resolve(
+            sec.run_as_user.map(|v| v.value),
+            &sec.run_as_username,
+            &image.config.user,
+            sec.run_as_group.map(|v| v.value),
+            &sec.supplemental_groups,
+            image.passwd.as_deref(),
+            image.group.as_deref(),
+        )?;
+        let devices = cfg
+            .devices
+            .iter()
+            .map(host_device)
+            .collect::<Result<Vec<_>, _>>()?;
+        let localhost_seccomp = match sec.seccomp.as_ref() {
+            Some(p)
+                if p.profile_type
+                    == taskd_proto::cri::v1::security_profile::ProfileType::Localhost as i32 =>
+            {
+                let path = PathBuf::from(&p.localhost_ref);
+                if !path.is_absolute() {
+                    return Err(invalid(
+                        "security_context.seccomp.localhost_ref",
+                        "must be an absolute path",
+                    ));
+                }
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        "security_context.seccomp.localhost_ref",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                Some(serde_json::from_str(&text).map_err(|e| {
+                    invalid(
+                        "security_context.seccomp.localhost_ref",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        let ns = sec.namespace_options.clone().unwrap_or_default();
+        let target_pid = if ns.pid == NamespaceMode::Target as i32 {
+            let t = self.containers.get(&ns.target_id)?;
+            if t.state != ContainerState::Running {
+                return Err(CriError::FailedPrecondition {
+                    what: format!("target container {}", t.id),
+                    reason: "is not running".into(),
+                });
+            }
+            Some(t.pid)
+        } else {
+            None
+        };
+        let dir = self.sandbox_dir(&sandbox.id);
+        let pod_files = PodFiles {
+            hosts: Some(dir.join("hosts")).filter(|p| p.exists()),
+            resolv_conf: Some(dir.join("resolv.conf")).filter(|p| p.exists()),
+            hostname: Some(dir.join("hostname")).filter(|p| p.exists()),
+        };
+        let id = new_id();
+        let spec = container_spec(&ContainerInput {
+            id: &id,
+            sandbox_id: &sandbox.id,
+            config: &cfg,
+            sandbox: &sandbox.config,
+            image: &image.config,
+            image_name: &image.reference,
+            sandbox_pid: sandbox.pid,
+            netns_path: (!sandbox.netns_path.is_empty()).then_some(sandbox.netns_path.as_str()),
+            target_pid,
+            user: resolved,
+            devices,
+            pod_files,
+            driver: self.config.cgroup_driver,
+            min_oom_score_adj: self.min_oom_score_adj,
+            localhost_seccomp,
+        })?;
+
+        let log_path = if !sandbox.config.log_directory.is_empty() && !cfg.log_path.is_empty() {
+            PathBuf::from(&sandbox.config.log_directory).join(&cfg.log_path)
+        } else {
+            PathBuf::new()
+        };
+        let record = Container {
+            id: id.clone(),
+            name: container_name(
+                &md.name,
+                &sandbox.pod_name,
+                &sandbox.pod_namespace,
+                &sandbox.pod_uid,
+                md.attempt,
+            ),
+            sandbox_id: sandbox.id.clone(),
+            labels: cfg.labels.clone(),
+            annotations: cfg.annotations.clone(),
+            image: image.reference.clone(),
+            image_ref: image.id.clone(),
+            log_path: log_path.display().to_string(),
+            created_at: SystemTime::now(),
+            started_at: None,
+            state: ContainerState::Created,
+            pid: 0,
+            exit: Exit::default(),
+            log: None,
+            config: cfg.clone(),
+        };
+        self.containers.add(record)?;
+
+        // With a tty the shim copies the console to stdout (stderr stays unused).
+        let io = if log_path.as_os_str().is_empty() {
+            None
+        } else {
+            match ContainerIo::create(
+                &self.container_dir(&id).join("io"),
+                &log_path,
+                self.config.max_container_log_line_size,
+                Duration::from_millis(self.config.log_partial_flush_ms),
+            ) {
+                Ok(io) => Some(io),
+                Err(e) => {
+                    self.containers.remove(&id);
+                    return Err(e.into());
+                }
+            }
+        };
+        let (stdout, stderr) = io
+            .as_ref()
+            .map(|io| (io.stdout.display().to_string(), io.stderr.display().to_string()))
+            .unwrap_or_default();
+        let created = runner
+            .create(CreateContainer {
+                id: id.clone(),
+                sandbox_id: sandbox.id.clone(),
+                image,
+                spec,
+                handler_name: handler_name.to_owned(),
+                handler: handler.clone(),
+                stdout,
+                stderr,
+                terminal: cfg.tty,
+            })
+            .await;
+        if let Err(e) = created {
+            if let Some(mut io) = io {
+                io.release().await;
+            }
+            self.containers.remove(&id);
+            let _ = std::fs::remove_dir_all(self.container_dir(&id));
+            return Err(e);
+        }
+        if let Some(io) = io {
+            let log = io.log().clone();
+            let _ = self.containers.update(&id, |c| {
+                c.log = Some(log);
+                Ok(())
+            });
+            self.ios
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), io);
+        }
+        self.emit_container_event(&id, &sandbox.id, ContainerEventType::ContainerCreatedEvent);
+        tracing::info!(container = %id, pod = %sandbox.id, "container created");
+        Ok(CreateContainerResponse { container_id: id })
+    }
+}

@@ -1,0 +1,61 @@
+//! `StartContainer`: CREATED → RUNNING. A start that fails moves the container to EXITED
+//! with reason `StartError` (containerd does the same), so kubelet sees why.
+
+use std::time::SystemTime;
+
+use taskd_proto::cri::v1::{ContainerEventType, StartContainerRequest, StartContainerResponse};
+
+use crate::cri::store::container::ContainerState;
+use crate::cri::store::sandbox::SandboxState;
+use crate::cri::{CriError, CriService};
+
+impl CriService {
+    pub async fn start_container(
+        &self,
+        req: StartContainerRequest,
+    ) -> Result<StartContainerResponse, CriError> {
+        let runner = self.container_runtime("StartContainer")?;
+        let c = self.containers.get(&req.container_id)?;
+        if c.state != ContainerState::Created {
+            return Err(CriError::FailedPrecondition {
+                what: format!("container {}", c.id),
+                reason: format!("is {}, not CONTAINER_CREATED", c.state.as_str()),
+            });
+        }
+        let sandbox = self.sandboxes.get(&c.sandbox_id)?;
+        if sandbox.state != SandboxState::Ready {
+            return Err(CriError::FailedPrecondition {
+                what: format!("pod sandbox {}", sandbox.id),
+                reason: format!("is {}, not ready", sandbox.state.as_str()),
+            });
+        }
+        match runner.start(&c.id).await {
+            Ok(pid) => {
+                self.containers.update(&c.id, |r| {
+                    r.transition(ContainerState::Running)?;
+                    r.pid = pid;
+                    r.started_at = Some(SystemTime::now());
+                    Ok(())
+                })?;
+                self.emit_container_event(&c.id, &c.sandbox_id, ContainerEventType::ContainerStartedEvent);
+                tracing::info!(container = %c.id, pid, "container started");
+                Ok(StartContainerResponse {})
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = self.containers.update(&c.id, |r| {
+                    r.transition(ContainerState::Exited)?;
+                    r.exit.code = 128;
+                    r.exit.reason = "StartError".into();
+                    r.exit.message = msg;
+                    r.exit.finished_at = Some(SystemTime::now());
+                    Ok(())
+                });
+                // The stdio copiers end when RemoveContainer deletes the task (the shim
+                // closes its write ends then).
+                self.emit_container_event(&c.id, &c.sandbox_id, ContainerEventType::ContainerStoppedEvent);
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `StopContainer`: the stop signal (CRI config, else the image's, else SIGTERM), wait up to
+//! the timeout, then SIGKILL and wait. Not running is success (idempotent).
+//!
+//! The exit is recorded here from Wait, or by the event loop from `/tasks/exit`, whichever
+//! comes first; the other finds the container EXITED and leaves it.
+
+use std::time::Duration;
+
+use taskd_proto::cri::v1::{ContainerEventType, StopContainerRequest, StopContainerResponse};
+
+use crate::cri::controller::ExitInfo;
+use crate::cri::store::container::{ContainerState, exit_reason};
+use crate::cri::{CriError, CriService};
+
+/// A signal name or number as images and CRI give it (`SIGTERM`, `TERM`, `15`).
+pub fn parse_signal(s: &str) -> Option<u32> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Some(n);
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|sig| sig as u32)
+}
+
+impl CriService {
+    pub async fn stop_container(&self, req: StopContainerRequest) -> Result<StopContainerResponse, CriError> {
+        let runner = self.container_runtime("StopContainer")?;
+        let c = self.containers.get(&req.container_id)?;
+        if !matches!(c.state, ContainerState::Running | ContainerState::Unknown) {
+            return Ok(StopContainerResponse {});
+        }
+        let stop_signal = match taskd_proto::cri::v1::Signal::try_from(c.config.stop_signal) {
+            Ok(s) if c.config.stop_signal != 0 => parse_signal(s.as_str_name()),
+            _ => None,
+        };
+        let image_signal = self
+            .images
+            .get(&c.image_ref)
+            .and_then(|i| parse_signal(&i.config.stop_signal).filter(|_| !i.config.stop_signal.is_empty()));
+        let signal = stop_signal.or(image_signal).unwrap_or(libc::SIGTERM as u32);
+        let exit = if req.timeout > 0 {
+            runner.kill(&c.id, signal).await?;
+            match tokio::time::timeout(Duration::from_secs(req.timeout as u64), runner.wait(&c.id)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    tracing::info!(container = %c.id, timeout = req.timeout, "stop timeout expired: SIGKILL");
+                    runner.kill(&c.id, libc::SIGKILL as u32).await?;
+                    runner.wait(&c.id).await?
+                }
+            }
+        } else {
+            runner.kill(&c.id, libc::SIGKILL as u32).await?;
+            runner.wait(&c.id).await?
+        };
+        self.record_exit(&c.id, exit);
+        Ok(StopContainerResponse {})
+    }
+
+    /// Moves a container to EXITED with `exit` unless something already did.
+    pub fn record_exit(&self, id: &str, exit: ExitInfo) {
+        let changed = self.containers.update(id, |r| {
+            if r.state == ContainerState::Exited {
+                return Ok(None);
+            }
+            r.transition(ContainerState::Exited)?;
+            r.exit.code = exit.code as i32;
+            r.exit.finished_at = Some(exit.at);
+            r.exit.reason = exit_reason(exit.code as i32, r.exit.oom_killed).to_owned();
+            r.pid = 0;
+            Ok(Some(r.sandbox_id.clone()))
+        });
+        if let Ok(Some(sandbox)) = changed {
+            self.emit_container_event(id, &sandbox, ContainerEventType::ContainerStoppedEvent);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("SIGTERM"), Some(15));
+        assert_eq!(parse_signal("quit"), Some(3));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+    }
+}

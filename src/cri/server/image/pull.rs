@@ -1,0 +1,35 @@
+//! `PullImage`: normalize the reference, pull through the backend (auth from the request;
+//! registry hosts/mirrors are the backend's config), answer the image id.
+
+use taskd_proto::cri::v1::{PullImageRequest, PullImageResponse};
+
+use crate::cri::controller::Auth;
+use crate::cri::{CriError, CriService, reference};
+
+impl CriService {
+    pub async fn pull_image(&self, req: PullImageRequest) -> Result<PullImageResponse, CriError> {
+        let backend = self.image_backend("PullImage")?;
+        let spec = req.image.map(|i| i.image).unwrap_or_default();
+        if spec.is_empty() {
+            return Err(CriError::InvalidArgument {
+                field: "image.image",
+                reason: "must not be empty".into(),
+            });
+        }
+        let r = reference::normalize(&spec)?;
+        let auth = req.auth.map(|a| Auth {
+            username: a.username,
+            password: a.password,
+            auth: a.auth,
+            server_address: a.server_address,
+            identity_token: a.identity_token,
+            registry_token: a.registry_token,
+        });
+        let pulled = backend.pull(&r.to_string(), auth).await?;
+        tracing::info!(image = %r, id = %pulled.config_digest, "image pulled");
+        self.all_images("PullImage").await?;
+        Ok(PullImageResponse {
+            image_ref: pulled.config_digest,
+        })
+    }
+}

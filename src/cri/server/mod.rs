@@ -1,0 +1,468 @@
+//! The CRI gRPC surface: [`CriApi`] implements kubelet's `RuntimeService` and
+//! `ImageService` (message limits from `[grpc]`). Each method is one line: `Instrument::call(operation, handler, the
+//! handler in server/<noun>/<rpc>.rs)`. Nothing else happens here: no conversion beyond
+//! unwrapping the request, no error mapping (the instrument does it).
+//!
+//! ```text
+//! server/
+//!   runtime/    version, status, runtime_config, update_runtime_config
+//!   sandbox/    run, stop, remove, status, list            (as the tasks service lands)
+//!   container/  create, start, stop, remove, status, list  (as the tasks service lands)
+//!   image/      pull, list, status, remove, fs_info        (as the images service lands)
+//!   unimplemented.rs  every RPC not yet here, with the reason it answers
+//! ```
+
+pub mod container;
+pub mod convert;
+pub mod image;
+pub mod runtime;
+pub mod sandbox;
+pub mod unimplemented;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use taskd_proto::cri::v1 as cri;
+use taskd_proto::cri::v1::image_service_server::{ImageService, ImageServiceServer};
+use taskd_proto::cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
+use tonic::{Request, Response, Status};
+
+use self::unimplemented::{PART2, STREAMING, unimplemented};
+use super::CriService;
+use super::instrument::Instrument;
+use crate::server::{GrpcLimits, GrpcService};
+
+type Rpc<T> = Result<Response<T>, Status>;
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The tonic face of the CRI plugin.
+#[derive(Clone)]
+pub struct CriApi {
+    svc: Arc<CriService>,
+    inst: Arc<Instrument>,
+}
+
+impl CriApi {
+    pub fn new(svc: Arc<CriService>, inst: Arc<Instrument>) -> CriApi {
+        CriApi { svc, inst }
+    }
+}
+
+impl GrpcService for CriApi {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
+        routes.add_service(
+            RuntimeServiceServer::new(self.clone())
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send),
+        );
+        routes.add_service(
+            ImageServiceServer::new(self.clone())
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send),
+        );
+    }
+}
+
+#[tonic::async_trait]
+impl RuntimeService for CriApi {
+    async fn version(&self, r: Request<cri::VersionRequest>) -> Rpc<cri::VersionResponse> {
+        self.inst
+            .call("Version", "", self.svc.version(r.into_inner()))
+            .await
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<cri::RunPodSandboxRequest>,
+    ) -> Rpc<cri::RunPodSandboxResponse> {
+        let h = r.get_ref().runtime_handler.clone();
+        self.inst
+            .call("RunPodSandbox", &h, self.svc.run_pod_sandbox(r.into_inner()))
+            .await
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<cri::StopPodSandboxRequest>,
+    ) -> Rpc<cri::StopPodSandboxResponse> {
+        self.inst
+            .call("StopPodSandbox", "", self.svc.stop_pod_sandbox(r.into_inner()))
+            .await
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<cri::RemovePodSandboxRequest>,
+    ) -> Rpc<cri::RemovePodSandboxResponse> {
+        self.inst
+            .call(
+                "RemovePodSandbox",
+                "",
+                self.svc.remove_pod_sandbox(r.into_inner()),
+            )
+            .await
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<cri::PodSandboxStatusRequest>,
+    ) -> Rpc<cri::PodSandboxStatusResponse> {
+        self.inst
+            .call(
+                "PodSandboxStatus",
+                "",
+                self.svc.pod_sandbox_status(r.into_inner()),
+            )
+            .await
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<cri::ListPodSandboxRequest>,
+    ) -> Rpc<cri::ListPodSandboxResponse> {
+        self.inst
+            .call("ListPodSandbox", "", self.svc.list_pod_sandbox(r.into_inner()))
+            .await
+    }
+
+    type StreamPodSandboxesStream = BoxStream<cri::StreamPodSandboxesResponse>;
+    async fn stream_pod_sandboxes(
+        &self,
+        r: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Rpc<Self::StreamPodSandboxesStream> {
+        self.inst
+            .call(
+                "StreamPodSandboxes",
+                "",
+                self.svc.stream_pod_sandboxes(r.into_inner()),
+            )
+            .await
+    }
+
+    async fn create_container(
+        &self,
+        r: Request<cri::CreateContainerRequest>,
+    ) -> Rpc<cri::CreateContainerResponse> {
+        self.inst
+            .call("CreateContainer", "", self.svc.create_container(r.into_inner()))
+            .await
+    }
+
+    async fn start_container(
+        &self,
+        r: Request<cri::StartContainerRequest>,
+    ) -> Rpc<cri::StartContainerResponse> {
+        self.inst
+            .call("StartContainer", "", self.svc.start_container(r.into_inner()))
+            .await
+    }
+
+    async fn stop_container(&self, r: Request<cri::StopContainerRequest>) -> Rpc<cri::StopContainerResponse> {
+        self.inst
+            .call("StopContainer", "", self.svc.stop_container(r.into_inner()))
+            .await
+    }
+
+    async fn remove_container(
+        &self,
+        r: Request<cri::RemoveContainerRequest>,
+    ) -> Rpc<cri::RemoveContainerResponse> {
+        self.inst
+            .call("RemoveContainer", "", self.svc.remove_container(r.into_inner()))
+            .await
+    }
+
+    async fn list_containers(
+        &self,
+        r: Request<cri::ListContainersRequest>,
+    ) -> Rpc<cri::ListContainersResponse> {
+        self.inst
+            .call("ListContainers", "", self.svc.list_containers(r.into_inner()))
+            .await
+    }
+
+    type StreamContainersStream = BoxStream<cri::StreamContainersResponse>;
+    async fn stream_containers(
+        &self,
+        r: Request<cri::StreamContainersRequest>,
+    ) -> Rpc<Self::StreamContainersStream> {
+        self.inst
+            .call("StreamContainers", "", self.svc.stream_containers(r.into_inner()))
+            .await
+    }
+
+    async fn container_status(
+        &self,
+        r: Request<cri::ContainerStatusRequest>,
+    ) -> Rpc<cri::ContainerStatusResponse> {
+        self.inst
+            .call("ContainerStatus", "", self.svc.container_status(r.into_inner()))
+            .await
+    }
+
+    async fn update_container_resources(
+        &self,
+        r: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Rpc<cri::UpdateContainerResourcesResponse> {
+        self.inst
+            .call(
+                "UpdateContainerResources",
+                "",
+                self.svc.update_container_resources(r.into_inner()),
+            )
+            .await
+    }
+
+    async fn reopen_container_log(
+        &self,
+        r: Request<cri::ReopenContainerLogRequest>,
+    ) -> Rpc<cri::ReopenContainerLogResponse> {
+        self.inst
+            .call(
+                "ReopenContainerLog",
+                "",
+                self.svc.reopen_container_log(r.into_inner()),
+            )
+            .await
+    }
+
+    async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Rpc<cri::ExecSyncResponse> {
+        self.inst
+            .call("ExecSync", "", self.svc.exec_sync(r.into_inner()))
+            .await
+    }
+
+    async fn exec(&self, _r: Request<cri::ExecRequest>) -> Rpc<cri::ExecResponse> {
+        self.inst.call("Exec", "", unimplemented("Exec", STREAMING)).await
+    }
+
+    async fn attach(&self, _r: Request<cri::AttachRequest>) -> Rpc<cri::AttachResponse> {
+        self.inst
+            .call("Attach", "", unimplemented("Attach", STREAMING))
+            .await
+    }
+
+    async fn port_forward(&self, _r: Request<cri::PortForwardRequest>) -> Rpc<cri::PortForwardResponse> {
+        self.inst
+            .call("PortForward", "", unimplemented("PortForward", STREAMING))
+            .await
+    }
+
+    async fn container_stats(
+        &self,
+        r: Request<cri::ContainerStatsRequest>,
+    ) -> Rpc<cri::ContainerStatsResponse> {
+        self.inst
+            .call("ContainerStats", "", self.svc.container_stats(r.into_inner()))
+            .await
+    }
+
+    async fn list_container_stats(
+        &self,
+        r: Request<cri::ListContainerStatsRequest>,
+    ) -> Rpc<cri::ListContainerStatsResponse> {
+        self.inst
+            .call(
+                "ListContainerStats",
+                "",
+                self.svc.list_container_stats(r.into_inner()),
+            )
+            .await
+    }
+
+    type StreamContainerStatsStream = BoxStream<cri::StreamContainerStatsResponse>;
+    async fn stream_container_stats(
+        &self,
+        _r: Request<cri::StreamContainerStatsRequest>,
+    ) -> Rpc<Self::StreamContainerStatsStream> {
+        self.inst
+            .call(
+                "StreamContainerStats",
+                "",
+                unimplemented("StreamContainerStats", PART2),
+            )
+            .await
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _r: Request<cri::PodSandboxStatsRequest>,
+    ) -> Rpc<cri::PodSandboxStatsResponse> {
+        self.inst
+            .call("PodSandboxStats", "", unimplemented("PodSandboxStats", PART2))
+            .await
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _r: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Rpc<cri::ListPodSandboxStatsResponse> {
+        self.inst
+            .call(
+                "ListPodSandboxStats",
+                "",
+                unimplemented("ListPodSandboxStats", PART2),
+            )
+            .await
+    }
+
+    type StreamPodSandboxStatsStream = BoxStream<cri::StreamPodSandboxStatsResponse>;
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _r: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Rpc<Self::StreamPodSandboxStatsStream> {
+        self.inst
+            .call(
+                "StreamPodSandboxStats",
+                "",
+                unimplemented("StreamPodSandboxStats", PART2),
+            )
+            .await
+    }
+
+    async fn update_runtime_config(
+        &self,
+        r: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Rpc<cri::UpdateRuntimeConfigResponse> {
+        self.inst
+            .call(
+                "UpdateRuntimeConfig",
+                "",
+                self.svc.update_runtime_config(r.into_inner()),
+            )
+            .await
+    }
+
+    async fn status(&self, r: Request<cri::StatusRequest>) -> Rpc<cri::StatusResponse> {
+        self.inst
+            .call("Status", "", self.svc.status(r.into_inner()))
+            .await
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _r: Request<cri::CheckpointContainerRequest>,
+    ) -> Rpc<cri::CheckpointContainerResponse> {
+        self.inst
+            .call(
+                "CheckpointContainer",
+                "",
+                unimplemented("CheckpointContainer", PART2),
+            )
+            .await
+    }
+
+    type GetContainerEventsStream = BoxStream<cri::ContainerEventResponse>;
+    async fn get_container_events(
+        &self,
+        r: Request<cri::GetEventsRequest>,
+    ) -> Rpc<Self::GetContainerEventsStream> {
+        self.inst
+            .call(
+                "GetContainerEvents",
+                "",
+                self.svc.get_container_events(r.into_inner()),
+            )
+            .await
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Rpc<cri::ListMetricDescriptorsResponse> {
+        self.inst
+            .call(
+                "ListMetricDescriptors",
+                "",
+                unimplemented("ListMetricDescriptors", PART2),
+            )
+            .await
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Rpc<cri::ListPodSandboxMetricsResponse> {
+        self.inst
+            .call(
+                "ListPodSandboxMetrics",
+                "",
+                unimplemented("ListPodSandboxMetrics", PART2),
+            )
+            .await
+    }
+
+    type StreamPodSandboxMetricsStream = BoxStream<cri::StreamPodSandboxMetricsResponse>;
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Rpc<Self::StreamPodSandboxMetricsStream> {
+        self.inst
+            .call(
+                "StreamPodSandboxMetrics",
+                "",
+                unimplemented("StreamPodSandboxMetrics", PART2),
+            )
+            .await
+    }
+
+    async fn runtime_config(&self, r: Request<cri::RuntimeConfigRequest>) -> Rpc<cri::RuntimeConfigResponse> {
+        self.inst
+            .call("RuntimeConfig", "", self.svc.runtime_config(r.into_inner()))
+            .await
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        r: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Rpc<cri::UpdatePodSandboxResourcesResponse> {
+        self.inst
+            .call(
+                "UpdatePodSandboxResources",
+                "",
+                self.svc.update_pod_sandbox_resources(r.into_inner()),
+            )
+            .await
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for CriApi {
+    async fn list_images(&self, r: Request<cri::ListImagesRequest>) -> Rpc<cri::ListImagesResponse> {
+        self.inst
+            .call("ListImages", "", self.svc.list_images(r.into_inner()))
+            .await
+    }
+
+    type StreamImagesStream = BoxStream<cri::StreamImagesResponse>;
+    async fn stream_images(&self, r: Request<cri::StreamImagesRequest>) -> Rpc<Self::StreamImagesStream> {
+        self.inst
+            .call("StreamImages", "", self.svc.stream_images(r.into_inner()))
+            .await
+    }
+
+    async fn image_status(&self, r: Request<cri::ImageStatusRequest>) -> Rpc<cri::ImageStatusResponse> {
+        self.inst
+            .call("ImageStatus", "", self.svc.image_status(r.into_inner()))
+            .await
+    }
+
+    async fn pull_image(&self, r: Request<cri::PullImageRequest>) -> Rpc<cri::PullImageResponse> {
+        self.inst
+            .call("PullImage", "", self.svc.pull_image(r.into_inner()))
+            .await
+    }
+
+    async fn remove_image(&self, r: Request<cri::RemoveImageRequest>) -> Rpc<cri::RemoveImageResponse> {
+        self.inst
+            .call("RemoveImage", "", self.svc.remove_image(r.into_inner()))
+            .await
+    }
+
+    async fn image_fs_info(&self, r: Request<cri::ImageFsInfoRequest>) -> Rpc<cri::ImageFsInfoResponse> {
+        self.inst
+            .call("ImageFsInfo", "", self.svc.image_fs_info(r.into_inner()))
+            .await
+    }
+}

@@ -1,0 +1,50 @@
+//! `RemovePodSandbox`: stops the pod if needed, removes its containers and pause
+//! container, its files and its record. Idempotent: an unknown id is success.
+
+use taskd_proto::cri::v1::{
+    RemoveContainerRequest, RemovePodSandboxRequest, RemovePodSandboxResponse, StopPodSandboxRequest,
+};
+
+use crate::cri::store::StoreError;
+use crate::cri::store::sandbox::SandboxState;
+use crate::cri::{CriError, CriService};
+
+impl CriService {
+    pub async fn remove_pod_sandbox(
+        &self,
+        req: RemovePodSandboxRequest,
+    ) -> Result<RemovePodSandboxResponse, CriError> {
+        let s = match self.sandboxes.get(&req.pod_sandbox_id) {
+            Ok(s) => s,
+            Err(StoreError::NotFound { .. }) => return Ok(RemovePodSandboxResponse {}),
+            Err(e) => return Err(e.into()),
+        };
+        if s.state != SandboxState::NotReady || !s.netns_path.is_empty() {
+            self.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: s.id.clone(),
+            })
+            .await?;
+        }
+        let ids: Vec<String> = self
+            .containers
+            .list()
+            .into_iter()
+            .filter(|c| c.sandbox_id == s.id)
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            self.remove_container(RemoveContainerRequest { container_id: id })
+                .await?;
+        }
+        self.controller("RemovePodSandbox")?.delete(&s.id).await?;
+        let dir = self.sandbox_dir(&s.id);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, dir = %dir.display(), "remove pod files");
+        }
+        self.sandboxes.remove(&s.id);
+        tracing::info!(sandbox = %s.id, "pod sandbox removed");
+        Ok(RemovePodSandboxResponse {})
+    }
+}

@@ -1,0 +1,267 @@
+//! `RunPodSandbox`.
+//!
+//! ```text
+//! validate config + runtime handler (unknown handler → InvalidArgument)
+//! reserve id + name            (store: Initializing; a name in use → AlreadyExists)
+//! netns::create                (unless hostNetwork)
+//! Cni::setup                   (loopback + networks; IPs recorded)
+//! pod files                    (resolv.conf from dns_config, hostname, hosts)
+//! controller.ensure_image(sandbox_image) → spec::sandbox → controller.start → pid
+//! store: Ready
+//! ```
+//!
+//! Any failure rolls back what was done, in reverse (pause container, CNI, netns, files,
+//! the record): a failed CNI ADD leaves no netns, no shim and no pause container. When the
+//! rollback fails too, both errors are reported.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use taskd_proto::cri::v1::{NamespaceMode, PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse};
+
+use crate::cri::controller::StartSandbox;
+use crate::cri::network::{PodRef, PortMapping, netns};
+use crate::cri::spec::sandbox::{SandboxInput, pod_namespace_modes, sandbox_spec};
+use crate::cri::store::sandbox::{HostNamespaces, Sandbox, SandboxState, sandbox_name};
+use crate::cri::{CriError, CriService, podfiles};
+
+/// What has been set up so far (for the rollback).
+#[derive(Default)]
+struct Progress {
+    netns: Option<PathBuf>,
+    cni: bool,
+    files: bool,
+    pause: bool,
+}
+
+/// A new 64-hex-digit id (containerd's `GenerateID`).
+pub fn new_id() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+pub(crate) fn pod_ref(s: &Sandbox) -> PodRef {
+    PodRef {
+        sandbox_id: s.id.clone(),
+        name: s.pod_name.clone(),
+        namespace: s.pod_namespace.clone(),
+        uid: s.pod_uid.clone(),
+    }
+}
+
+pub(crate) fn port_mappings(cfg: &PodSandboxConfig) -> Vec<PortMapping> {
+    cfg.port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0)
+        .map(|p| PortMapping {
+            host_port: p.host_port,
+            container_port: p.container_port,
+            protocol: match taskd_proto::cri::v1::Protocol::try_from(p.protocol) {
+                Ok(taskd_proto::cri::v1::Protocol::Udp) => "udp",
+                Ok(taskd_proto::cri::v1::Protocol::Sctp) => "sctp",
+                _ => "tcp",
+            }
+            .to_owned(),
+            host_ip: p.host_ip.clone(),
+        })
+        .collect()
+}
+
+fn required(field: &'static str, v: &str) -> Result<(), CriError> {
+    if v.is_empty() {
+        return Err(CriError::InvalidArgument {
+            field,
+            reason: "must not be empty".into(),
+        });
+    }
+    Ok(())
+}
+
+impl CriService {
+    pub async fn run_pod_sandbox(
+        &self,
+        req: RunPodSandboxRequest,
+    ) -> Result<RunPodSandboxResponse, CriError> {
+        let cfg = req.config.ok_or(CriError::InvalidArgument {
+            field: "config",
+            reason: "must be set".into(),
+        })?;
+        let md = cfg.metadata.clone().ok_or(CriError::InvalidArgument {
+            field: "config.metadata",
+            reason: "must be set".into(),
+        })?;
+        required("config.metadata.name", &md.name)?;
+        required("config.metadata.namespace", &md.namespace)?;
+        required("config.metadata.uid", &md.uid)?;
+        let (handler_name, handler) =
+            self.config
+                .handler(&req.runtime_handler)
+                .ok_or_else(|| CriError::UnknownHandler {
+                    handler: req.runtime_handler.clone(),
+                    known: self
+                        .config
+                        .runtimes
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+        // Bad input is refused before anything else, even on a build without a controller.
+        let controller = self.controller("RunPodSandbox")?;
+        let (net, pid, ipc) = pod_namespace_modes(&cfg);
+        let host = HostNamespaces {
+            network: net == NamespaceMode::Node,
+            pid: pid == NamespaceMode::Node,
+            ipc: ipc == NamespaceMode::Node,
+        };
+        let id = new_id();
+        let record = Sandbox {
+            id: id.clone(),
+            name: sandbox_name(&md.name, &md.namespace, &md.uid, md.attempt),
+            pod_name: md.name.clone(),
+            pod_namespace: md.namespace.clone(),
+            pod_uid: md.uid.clone(),
+            attempt: md.attempt,
+            runtime_handler: req.runtime_handler.clone(),
+            labels: cfg.labels.clone(),
+            annotations: cfg.annotations.clone(),
+            created_at: SystemTime::now(),
+            state: SandboxState::Initializing,
+            netns_path: String::new(),
+            ip: String::new(),
+            additional_ips: Vec::new(),
+            host,
+            pid: 0,
+            cgroup_parent: cfg
+                .linux
+                .as_ref()
+                .map(|l| l.cgroup_parent.clone())
+                .unwrap_or_default(),
+            config: cfg.clone(),
+        };
+        self.sandboxes.add(record.clone())?;
+
+        let mut progress = Progress::default();
+        let result = async {
+            let netns_path = if host.network {
+                None
+            } else {
+                let dir = self.netns_dir.clone();
+                let p = tokio::task::spawn_blocking(move || netns::create(&dir))
+                    .await
+                    .map_err(|e| CriError::FailedPrecondition {
+                        what: "create netns".into(),
+                        reason: e.to_string(),
+                    })??;
+                progress.netns = Some(p.clone());
+                Some(p)
+            };
+            let mut ips = Vec::new();
+            if let Some(ns) = &netns_path {
+                progress.cni = true;
+                let net = self
+                    .cni
+                    .setup(&pod_ref(&record), ns, &port_mappings(&cfg))
+                    .await?;
+                ips = net.ips;
+            }
+            let hostname = if host.network {
+                String::new()
+            } else {
+                cfg.hostname.clone()
+            };
+            progress.files = true;
+            let dir = self.sandbox_dir(&id);
+            let dns = cfg.dns_config.clone();
+            tokio::task::spawn_blocking(move || podfiles::write(&dir, dns.as_ref(), &hostname))
+                .await
+                .map_err(|e| CriError::FailedPrecondition {
+                    what: "write pod files".into(),
+                    reason: e.to_string(),
+                })??;
+
+            let image = controller.ensure_image(&self.config.sandbox_image).await?;
+            let netns_str = netns_path.as_ref().map(|p| p.display().to_string());
+            let spec = sandbox_spec(&SandboxInput {
+                id: &id,
+                config: &cfg,
+                image: &image,
+                netns_path: netns_str.as_deref(),
+                driver: self.config.cgroup_driver,
+                min_oom_score_adj: self.min_oom_score_adj,
+            })?;
+            progress.pause = true;
+            let pid = controller
+                .start(StartSandbox {
+                    id: id.clone(),
+                    image: self.config.sandbox_image.clone(),
+                    spec,
+                    handler_name: handler_name.to_owned(),
+                    handler: handler.clone(),
+                    labels: HashMap::new(),
+                })
+                .await?;
+            Ok::<_, CriError>((pid, netns_str, ips))
+        }
+        .await;
+
+        match result {
+            Ok((pid, netns_str, ips)) => {
+                self.sandboxes.update(&id, |s| {
+                    s.pid = pid;
+                    s.netns_path = netns_str.unwrap_or_default();
+                    s.ip = ips.first().cloned().unwrap_or_default();
+                    s.additional_ips = ips.iter().skip(1).cloned().collect();
+                    s.transition(SandboxState::Ready)
+                })?;
+                tracing::info!(sandbox = %id, pod = %record.name, pid, "pod sandbox running");
+                Ok(RunPodSandboxResponse { pod_sandbox_id: id })
+            }
+            Err(error) => {
+                let cleanup = self.rollback_sandbox(&record, &progress).await;
+                self.sandboxes.remove(&id);
+                match cleanup {
+                    Ok(()) => Err(error),
+                    Err(cleanup) => Err(CriError::Rollback {
+                        error: Box::new(error),
+                        cleanup: Box::new(cleanup),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Undoes a partial RunPodSandbox, in reverse; every step runs, the first error wins.
+    async fn rollback_sandbox(&self, s: &Sandbox, p: &Progress) -> Result<(), CriError> {
+        let mut first: Option<CriError> = None;
+        if p.pause
+            && let Some(c) = &self.controller
+            && let Err(e) = c.delete(&s.id).await
+        {
+            first.get_or_insert(e);
+        }
+        if p.cni
+            && let Some(ns) = &p.netns
+            && let Err(e) = self
+                .cni
+                .teardown(&pod_ref(s), Some(ns), &port_mappings(&s.config))
+                .await
+        {
+            first.get_or_insert(e.into());
+        }
+        if let Some(ns) = p.netns.clone() {
+            let r = tokio::task::spawn_blocking(move || netns::remove(&ns)).await;
+            if let Ok(Err(e)) = r {
+                first.get_or_insert(e.into());
+            }
+        }
+        if p.files {
+            let _ = std::fs::remove_dir_all(self.sandbox_dir(&s.id));
+        }
+        first.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,64 @@
+//! `StopPodSandbox`: stops every container of the pod, the pause container, tears the
+//! network down (CNI DEL, netns removed) and leaves the record NotReady. Idempotent: a
+//! second call finds nothing left to stop and succeeds.
+
+use taskd_proto::cri::v1::{StopContainerRequest, StopPodSandboxRequest, StopPodSandboxResponse};
+
+use super::run::{pod_ref, port_mappings};
+use crate::cri::network::netns;
+use crate::cri::store::container::ContainerState;
+use crate::cri::store::sandbox::SandboxState;
+use crate::cri::{CriError, CriService};
+
+impl CriService {
+    pub async fn stop_pod_sandbox(
+        &self,
+        req: StopPodSandboxRequest,
+    ) -> Result<StopPodSandboxResponse, CriError> {
+        let s = self.sandboxes.get(&req.pod_sandbox_id)?;
+        let running: Vec<String> = self
+            .containers
+            .list()
+            .into_iter()
+            .filter(|c| {
+                c.sandbox_id == s.id && matches!(c.state, ContainerState::Running | ContainerState::Unknown)
+            })
+            .map(|c| c.id)
+            .collect();
+        for id in running {
+            // As containerd: the pod's containers get no grace period here (kubelet stops
+            // them with their own grace periods before StopPodSandbox).
+            self.stop_container(StopContainerRequest {
+                container_id: id,
+                timeout: 0,
+            })
+            .await?;
+        }
+        let controller = self.controller("StopPodSandbox")?;
+        controller.stop(&s.id).await?;
+        self.sandboxes.update(&s.id, |r| {
+            if r.state != SandboxState::NotReady {
+                r.transition(SandboxState::NotReady)?;
+            }
+            Ok(())
+        })?;
+        if !s.netns_path.is_empty() {
+            let ns = std::path::PathBuf::from(&s.netns_path);
+            self.cni
+                .teardown(&pod_ref(&s), Some(&ns), &port_mappings(&s.config))
+                .await?;
+            tokio::task::spawn_blocking(move || netns::remove(&ns))
+                .await
+                .map_err(|e| CriError::FailedPrecondition {
+                    what: "remove netns".into(),
+                    reason: e.to_string(),
+                })??;
+            self.sandboxes.update(&s.id, |r| {
+                r.netns_path.clear();
+                Ok(())
+            })?;
+        }
+        tracing::info!(sandbox = %s.id, "pod sandbox stopped");
+        Ok(StopPodSandboxResponse {})
+    }
+}

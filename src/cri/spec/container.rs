@@ -1,0 +1,888 @@
+//! A container's spec.
+//!
+//! ```text
+//! process  args: CRI command+args | image entrypoint + CRI args | entrypoint + cmd
+//!          env: image env, CRI envs override by key; cwd: CRI > image > "/"
+//!          user: resolved by user.rs; tty; oom_score_adj ≥ taskd's own
+//!          caps: defaults ± add/drop (ALL understood); privileged = all caps
+//!          no_new_privs; seccomp (RuntimeDefault, Unconfined, Localhost)
+//! mounts   defaults, then the pod's /etc/hosts, /etc/resolv.conf, /etc/hostname,
+//!          then CRI mounts (rbind, ro, propagation; selinux_relabel ignored); a CRI
+//!          mount replaces a default at the same destination
+//! devices  CRI devices (resolved on the host by the caller) + cgroup allow rules
+//! ns       mount new; net + uts from the sandbox (host: none); ipc POD → sandbox's,
+//!          NODE → host; pid POD → sandbox's, CONTAINER → new, NODE → host, TARGET →
+//!          the target container's
+//! linux    resources (cpu shares/quota/period, cpuset, memory, hugepages, unified),
+//!          cgroupsPath under the pod's parent, masked/readonly paths (none if privileged)
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use oci_spec::runtime::{
+    Capability, LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxHugepageLimit, LinuxMemory,
+    LinuxNamespaceType, LinuxResources, LinuxSeccomp, LinuxSeccompAction, LinuxSyscall, Mount, Process, Root,
+    Spec, User,
+};
+use taskd_proto::cri::v1::security_profile::ProfileType;
+use taskd_proto::cri::v1::{ContainerConfig, MountPropagation, NamespaceMode, PodSandboxConfig};
+
+use super::sandbox::pod_namespace_modes;
+use super::user::ResolvedUser;
+use super::{
+    SpecError, all_caps, annotations as a, capability, caps_all_sets, cgroups_path, default_caps, invalid,
+    namespace,
+};
+use crate::cri::config::CgroupDriver;
+use crate::cri::store::image::ImageConfig;
+
+/// A device resolved on the host (`stat` of `host_path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDevice {
+    pub container_path: String,
+    pub char_device: bool,
+    pub major: i64,
+    pub minor: i64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `rwm` subset.
+    pub permissions: String,
+}
+
+/// Files of the pod bind-mounted into every container (absent = not mounted).
+#[derive(Debug, Clone, Default)]
+pub struct PodFiles {
+    pub hosts: Option<PathBuf>,
+    pub resolv_conf: Option<PathBuf>,
+    pub hostname: Option<PathBuf>,
+}
+
+/// What a container's spec is made of.
+pub struct ContainerInput<'a> {
+    pub id: &'a str,
+    pub sandbox_id: &'a str,
+    pub config: &'a ContainerConfig,
+    pub sandbox: &'a PodSandboxConfig,
+    pub image: &'a ImageConfig,
+    pub image_name: &'a str,
+    pub sandbox_pid: u32,
+    /// The pod's netns (None with host networking).
+    pub netns_path: Option<&'a str>,
+    /// The init pid of `namespace_options.target_id` (pid mode TARGET).
+    pub target_pid: Option<u32>,
+    pub user: ResolvedUser,
+    pub devices: Vec<HostDevice>,
+    pub pod_files: PodFiles,
+    pub driver: CgroupDriver,
+    pub min_oom_score_adj: i32,
+    /// A Localhost seccomp profile, already read and parsed by the caller.
+    pub localhost_seccomp: Option<LinuxSeccomp>,
+}
+
+/// The process args (see the module docs); empty is an error.
+pub fn process_args(config: &ContainerConfig, image: &ImageConfig) -> Result<Vec<String>, SpecError> {
+    let args: Vec<String> = if !config.command.is_empty() {
+        config.command.iter().chain(config.args.iter()).cloned().collect()
+    } else if !config.args.is_empty() {
+        image
+            .entrypoint
+            .iter()
+            .chain(config.args.iter())
+            .cloned()
+            .collect()
+    } else {
+        image.entrypoint.iter().chain(image.cmd.iter()).cloned().collect()
+    };
+    if args.is_empty() {
+        return Err(invalid(
+            "config.command",
+            "no command given and the image has neither entrypoint nor cmd",
+        ));
+    }
+    Ok(args)
+}
+
+/// Image env then CRI envs, a later key replacing an earlier one in place.
+pub fn merge_env(image: &[String], cri: &[(String, String)]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut put = |kv: String| {
+        let key = kv.split('=').next().unwrap_or("").to_owned();
+        match out.iter_mut().find(|e| e.split('=').next() == Some(key.as_str())) {
+            Some(slot) => *slot = kv,
+            None => out.push(kv),
+        }
+    };
+    for e in image {
+        put(e.clone());
+    }
+    for (k, v) in cri {
+        put(format!("{k}={v}"));
+    }
+    if !out.iter().any(|e| e.starts_with("PATH=")) {
+        out.insert(
+            0,
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
+    }
+    out
+}
+
+fn bind(dest: &str, src: &str, readonly: bool, propagation: Option<&str>) -> Mount {
+    let mut opts = vec!["rbind".to_owned(), if readonly { "ro" } else { "rw" }.to_owned()];
+    opts.extend(propagation.map(str::to_owned));
+    let mut m = Mount::default();
+    m.set_destination(dest.into())
+        .set_typ(Some("bind".into()))
+        .set_source(Some(src.into()))
+        .set_options(Some(opts));
+    m
+}
+
+/// Syscalls RuntimeDefault refuses (EPERM), as containerd's default profile does for a
+/// container without the capability guarding them. An allow-all profile with this deny
+/// list: the same effective policy for these calls, and honest about what it blocks.
+const DENY: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "add_key",
+            "request_key",
+            "keyctl",
+            "kcmp",
+            "lookup_dcookie",
+            "userfaultfd",
+            "uselib",
+            "ustat",
+            "sysfs",
+            "_sysctl",
+            "nfsservctl",
+            "vm86",
+            "vm86old",
+            "get_kernel_syms",
+            "query_module",
+            "create_module",
+            "kexec_file_load",
+            "kexec_load",
+            "open_by_handle_at",
+        ],
+    ),
+    (
+        "CAP_SYS_ADMIN",
+        &[
+            "mount",
+            "umount",
+            "umount2",
+            "pivot_root",
+            "setns",
+            "unshare",
+            "swapon",
+            "swapoff",
+            "quotactl",
+            "name_to_handle_at",
+            "bpf",
+            "perf_event_open",
+            "fanotify_init",
+            "lookup_dcookie",
+            "clone3",
+        ],
+    ),
+    (
+        "CAP_SYS_MODULE",
+        &["init_module", "finit_module", "delete_module"],
+    ),
+    (
+        "CAP_SYS_TIME",
+        &[
+            "settimeofday",
+            "stime",
+            "clock_settime",
+            "clock_adjtime",
+            "adjtimex",
+        ],
+    ),
+    ("CAP_SYS_BOOT", &["reboot"]),
+    ("CAP_SYS_PACCT", &["acct"]),
+    ("CAP_SYS_RAWIO", &["ioperm", "iopl"]),
+    (
+        "CAP_SYS_PTRACE",
+        &["ptrace", "process_vm_readv", "process_vm_writev"],
+    ),
+    (
+        "CAP_SYS_NICE",
+        &["get_mempolicy", "set_mempolicy", "mbind", "move_pages"],
+    ),
+];
+
+/// The RuntimeDefault profile for a container holding `caps`.
+pub fn runtime_default_seccomp(caps: &HashSet<Capability>) -> LinuxSeccomp {
+    let mut names: Vec<String> = Vec::new();
+    for (cap, calls) in DENY {
+        let held = !cap.is_empty() && capability(cap).is_ok_and(|c| caps.contains(&c));
+        if !held {
+            names.extend(calls.iter().map(|s| s.to_string()));
+        }
+    }
+    names.sort();
+    names.dedup();
+    let mut rule = LinuxSyscall::default();
+    rule.set_names(names)
+        .set_action(LinuxSeccompAction::ScmpActErrno)
+        .set_errno_ret(Some(libc::EPERM as u32));
+    let mut s = LinuxSeccomp::default();
+    s.set_default_action(LinuxSeccompAction::ScmpActAllow)
+        .set_syscalls(Some(vec![rule]));
+    s
+}
+
+/// Builds a container's spec.
+pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
+    let cfg = inp.config;
+    let md = cfg
+        .metadata
+        .as_ref()
+        .ok_or_else(|| invalid("config.metadata", "must be set"))?;
+    let linux_cfg = cfg.linux.clone().unwrap_or_default();
+    let sec = linux_cfg.security_context.clone().unwrap_or_default();
+    let res = linux_cfg.resources.clone().unwrap_or_default();
+    let (pod_net, _, _) = pod_namespace_modes(inp.sandbox);
+    let host_net = pod_net == NamespaceMode::Node;
+    let ns_opts = sec.namespace_options.clone().unwrap_or_default();
+    let mode = |v: i32| NamespaceMode::try_from(v).unwrap_or(NamespaceMode::Pod);
+
+    let mut spec = Spec::default();
+    spec.set_hostname(None);
+
+    // Process.
+    let envs: Vec<(String, String)> = cfg
+        .envs
+        .iter()
+        .map(|kv| (kv.key.clone(), String::from_utf8_lossy(&kv.value).into_owned()))
+        .collect();
+    let cwd = if !cfg.working_dir.is_empty() {
+        cfg.working_dir.clone()
+    } else if !inp.image.working_dir.is_empty() {
+        inp.image.working_dir.clone()
+    } else {
+        "/".to_owned()
+    };
+    let mut user = User::default();
+    user.set_uid(inp.user.uid)
+        .set_gid(inp.user.gid)
+        .set_additional_gids(Some(inp.user.additional_gids.clone()));
+    let caps = if sec.privileged {
+        all_caps()
+    } else {
+        let mut set = default_caps();
+        let c = sec.capabilities.clone().unwrap_or_default();
+        if c.drop_capabilities.iter().any(|d| d.eq_ignore_ascii_case("ALL")) {
+            set.clear();
+        }
+        if c.add_capabilities.iter().any(|d| d.eq_ignore_ascii_case("ALL")) {
+            set = all_caps();
+        }
+        for add in c
+            .add_capabilities
+            .iter()
+            .filter(|d| !d.eq_ignore_ascii_case("ALL"))
+        {
+            set.insert(capability(add)?);
+        }
+        for drop in c
+            .drop_capabilities
+            .iter()
+            .filter(|d| !d.eq_ignore_ascii_case("ALL"))
+        {
+            set.remove(&capability(drop)?);
+        }
+        set
+    };
+    let oom = i32::try_from(res.oom_score_adj)
+        .map_err(|_| {
+            invalid(
+                "resources.oom_score_adj",
+                format!("{} is out of range", res.oom_score_adj),
+            )
+        })?
+        .max(inp.min_oom_score_adj);
+    let mut process = Process::default();
+    process
+        .set_args(Some(process_args(cfg, inp.image)?))
+        .set_env(Some(merge_env(&inp.image.env, &envs)))
+        .set_cwd(cwd.into())
+        .set_terminal(Some(cfg.tty))
+        .set_user(user)
+        .set_no_new_privileges(Some(sec.no_new_privs))
+        .set_capabilities(Some(caps_all_sets(caps.clone())))
+        .set_oom_score_adj(Some(oom));
+    spec.set_process(Some(process));
+
+    let mut root = Root::default();
+    root.set_path("rootfs".into())
+        .set_readonly(Some(sec.readonly_rootfs));
+    spec.set_root(Some(root));
+
+    // Mounts: CRI mounts win over defaults and pod files at the same destination.
+    let cri_dests: HashSet<&str> = cfg.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    let mut mounts: Vec<Mount> = spec
+        .mounts()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| !cri_dests.contains(m.destination().to_string_lossy().as_ref()))
+        .map(|mut m| {
+            // Privileged containers get a writable /sys.
+            if sec.privileged && m.destination().as_os_str() == "/sys" {
+                m.set_options(Some(vec![
+                    "nosuid".into(),
+                    "noexec".into(),
+                    "nodev".into(),
+                    "rw".into(),
+                ]));
+            }
+            m
+        })
+        .collect();
+    for (dest, file) in [
+        ("/etc/hosts", &inp.pod_files.hosts),
+        ("/etc/resolv.conf", &inp.pod_files.resolv_conf),
+        ("/etc/hostname", &inp.pod_files.hostname),
+    ] {
+        if let Some(f) = file
+            && !cri_dests.contains(dest)
+        {
+            mounts.push(bind(dest, &f.display().to_string(), sec.readonly_rootfs, None));
+        }
+    }
+    for m in &cfg.mounts {
+        if m.container_path.is_empty() || !m.container_path.starts_with('/') {
+            return Err(invalid(
+                "mounts.container_path",
+                format!("{:?} must be an absolute path", m.container_path),
+            ));
+        }
+        if m.image.is_some() {
+            return Err(invalid("mounts.image", "image volumes are not supported"));
+        }
+        if !m.host_path.starts_with('/') {
+            return Err(invalid(
+                "mounts.host_path",
+                format!("{:?} must be an absolute path", m.host_path),
+            ));
+        }
+        let prop =
+            match MountPropagation::try_from(m.propagation).unwrap_or(MountPropagation::PropagationPrivate) {
+                MountPropagation::PropagationPrivate => "rprivate",
+                MountPropagation::PropagationHostToContainer => "rslave",
+                MountPropagation::PropagationBidirectional => "rshared",
+            };
+        // selinux_relabel is ignored: this host runs no SELinux policy taskd manages.
+        mounts.push(bind(&m.container_path, &m.host_path, m.readonly, Some(prop)));
+    }
+    spec.set_mounts(Some(mounts));
+
+    // Namespaces.
+    let proc_ns = |pid: u32, ns: &str| format!("/proc/{pid}/ns/{ns}");
+    let mut namespaces = vec![namespace(LinuxNamespaceType::Mount, None)];
+    if !host_net {
+        let netns = inp
+            .netns_path
+            .ok_or_else(|| invalid("netns", "the pod has no network namespace"))?;
+        namespaces.push(namespace(LinuxNamespaceType::Network, Some(netns)));
+        namespaces.push(namespace(
+            LinuxNamespaceType::Uts,
+            Some(&proc_ns(inp.sandbox_pid, "uts")),
+        ));
+    }
+    match mode(ns_opts.ipc) {
+        NamespaceMode::Node => {}
+        NamespaceMode::Container => namespaces.push(namespace(LinuxNamespaceType::Ipc, None)),
+        _ => namespaces.push(namespace(
+            LinuxNamespaceType::Ipc,
+            Some(&proc_ns(inp.sandbox_pid, "ipc")),
+        )),
+    }
+    match mode(ns_opts.pid) {
+        NamespaceMode::Node => {}
+        NamespaceMode::Pod => namespaces.push(namespace(
+            LinuxNamespaceType::Pid,
+            Some(&proc_ns(inp.sandbox_pid, "pid")),
+        )),
+        NamespaceMode::Container => namespaces.push(namespace(LinuxNamespaceType::Pid, None)),
+        NamespaceMode::Target => {
+            let pid = inp.target_pid.ok_or_else(|| {
+                invalid(
+                    "namespace_options.target_id",
+                    "pid mode TARGET needs a running target container",
+                )
+            })?;
+            namespaces.push(namespace(LinuxNamespaceType::Pid, Some(&proc_ns(pid, "pid"))));
+        }
+    }
+
+    // Resources.
+    let (cpu, memory, hugepages) = resource_parts(&res);
+    let mut dev_rules = Vec::new();
+    let mut deny_all = LinuxDeviceCgroup::default();
+    deny_all.set_allow(sec.privileged).set_access(Some("rwm".into()));
+    dev_rules.push(deny_all);
+    let mut devices = Vec::new();
+    for d in &inp.devices {
+        if d.permissions.is_empty() || !d.permissions.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+            return Err(invalid(
+                "devices.permissions",
+                format!("{:?} must be a subset of \"rwm\"", d.permissions),
+            ));
+        }
+        let typ = if d.char_device {
+            LinuxDeviceType::C
+        } else {
+            LinuxDeviceType::B
+        };
+        let mut dev = LinuxDevice::default();
+        dev.set_path(d.container_path.clone().into())
+            .set_typ(typ)
+            .set_major(d.major)
+            .set_minor(d.minor)
+            .set_file_mode(Some(d.mode))
+            .set_uid(Some(d.uid))
+            .set_gid(Some(d.gid));
+        devices.push(dev);
+        let mut rule = LinuxDeviceCgroup::default();
+        rule.set_allow(true)
+            .set_typ(Some(typ))
+            .set_major(Some(d.major))
+            .set_minor(Some(d.minor))
+            .set_access(Some(d.permissions.clone()));
+        dev_rules.push(rule);
+    }
+    let mut resources = LinuxResources::default();
+    resources
+        .set_cpu(Some(cpu))
+        .set_memory(Some(memory))
+        .set_hugepage_limits((!hugepages.is_empty()).then_some(hugepages))
+        .set_unified((!res.unified.is_empty()).then(|| res.unified.clone()))
+        .set_devices(Some(dev_rules));
+
+    // Seccomp.
+    let seccomp =
+        if sec.privileged {
+            None
+        } else {
+            match sec
+                .seccomp
+                .as_ref()
+                .map(|p| ProfileType::try_from(p.profile_type).unwrap_or(ProfileType::Unconfined))
+            {
+                None | Some(ProfileType::Unconfined) => None,
+                Some(ProfileType::RuntimeDefault) => Some(runtime_default_seccomp(&caps)),
+                Some(ProfileType::Localhost) => Some(inp.localhost_seccomp.clone().ok_or_else(|| {
+                    invalid("security_context.seccomp.localhost_ref", "profile not loaded")
+                })?),
+            }
+        };
+
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    linux
+        .set_namespaces(Some(namespaces))
+        .set_devices((!devices.is_empty()).then_some(devices))
+        .set_resources(Some(resources))
+        .set_seccomp(seccomp)
+        .set_cgroups_path(Some(
+            cgroups_path(
+                inp.driver,
+                &inp.sandbox
+                    .linux
+                    .as_ref()
+                    .map(|l| l.cgroup_parent.clone())
+                    .unwrap_or_default(),
+                inp.id,
+            )
+            .into(),
+        ));
+    if sec.privileged {
+        linux.set_masked_paths(None).set_readonly_paths(None);
+    } else {
+        if !sec.masked_paths.is_empty() {
+            linux.set_masked_paths(Some(sec.masked_paths.clone()));
+        }
+        if !sec.readonly_paths.is_empty() {
+            linux.set_readonly_paths(Some(sec.readonly_paths.clone()));
+        }
+    }
+
+    let mut ann: HashMap<String, String> = cfg.annotations.clone();
+    ann.insert(a::CONTAINER_TYPE.into(), a::TYPE_CONTAINER.into());
+    ann.insert(a::SANDBOX_ID.into(), inp.sandbox_id.into());
+    ann.insert(a::CONTAINER_NAME.into(), md.name.clone());
+    ann.insert(a::IMAGE_NAME.into(), inp.image_name.into());
+    if let Some(m) = &inp.sandbox.metadata {
+        ann.insert(a::SANDBOX_NAME.into(), m.name.clone());
+        ann.insert(a::SANDBOX_NAMESPACE.into(), m.namespace.clone());
+        ann.insert(a::SANDBOX_UID.into(), m.uid.clone());
+    }
+    spec.set_annotations(Some(ann));
+    Ok(spec)
+}
+
+/// CPU, memory and hugepage limits of a CRI resources message.
+fn resource_parts(
+    res: &taskd_proto::cri::v1::LinuxContainerResources,
+) -> (LinuxCpu, LinuxMemory, Vec<LinuxHugepageLimit>) {
+    let mut cpu = LinuxCpu::default();
+    if res.cpu_shares > 0 {
+        cpu.set_shares(Some(res.cpu_shares as u64));
+    }
+    if res.cpu_quota != 0 {
+        cpu.set_quota(Some(res.cpu_quota));
+    }
+    if res.cpu_period > 0 {
+        cpu.set_period(Some(res.cpu_period as u64));
+    }
+    if !res.cpuset_cpus.is_empty() {
+        cpu.set_cpus(Some(res.cpuset_cpus.clone()));
+    }
+    if !res.cpuset_mems.is_empty() {
+        cpu.set_mems(Some(res.cpuset_mems.clone()));
+    }
+    let mut memory = LinuxMemory::default();
+    if res.memory_limit_in_bytes > 0 {
+        memory.set_limit(Some(res.memory_limit_in_bytes));
+    }
+    if res.memory_swap_limit_in_bytes > 0 {
+        memory.set_swap(Some(res.memory_swap_limit_in_bytes));
+    }
+    let hugepages: Vec<LinuxHugepageLimit> = res
+        .hugepage_limits
+        .iter()
+        .map(|h| {
+            let mut l = LinuxHugepageLimit::default();
+            l.set_page_size(h.page_size.clone()).set_limit(h.limit as i64);
+            l
+        })
+        .collect();
+    (cpu, memory, hugepages)
+}
+
+/// The `linux.resources` UpdateContainerResources hands to the task (no device rules:
+/// those stay as created).
+pub fn update_resources(res: &taskd_proto::cri::v1::LinuxContainerResources) -> LinuxResources {
+    let (cpu, memory, hugepages) = resource_parts(res);
+    let mut r = LinuxResources::default();
+    r.set_cpu(Some(cpu))
+        .set_memory(Some(memory))
+        .set_hugepage_limits((!hugepages.is_empty()).then_some(hugepages))
+        .set_unified((!res.unified.is_empty()).then(|| res.unified.clone()));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskd_proto::cri::v1 as cri;
+
+    fn base(cfg: ContainerConfig) -> (ContainerConfig, PodSandboxConfig, ImageConfig) {
+        (
+            cfg,
+            PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: "web".into(),
+                    uid: "u1".into(),
+                    namespace: "default".into(),
+                    attempt: 0,
+                }),
+                linux: Some(cri::LinuxPodSandboxConfig {
+                    cgroup_parent: "/kubepods/podu1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ImageConfig {
+                entrypoint: vec!["/entry".into()],
+                cmd: vec!["default-arg".into()],
+                env: vec!["PATH=/img/bin".into(), "A=image".into()],
+                working_dir: "/srv".into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn meta() -> Option<cri::ContainerMetadata> {
+        Some(cri::ContainerMetadata {
+            name: "app".into(),
+            attempt: 0,
+        })
+    }
+
+    fn build(cfg: &ContainerConfig, pod: &PodSandboxConfig, img: &ImageConfig) -> Result<Spec, SpecError> {
+        container_spec(&ContainerInput {
+            id: "c1",
+            sandbox_id: "sb1",
+            config: cfg,
+            sandbox: pod,
+            image: img,
+            image_name: "docker.io/library/busybox:latest",
+            sandbox_pid: 42,
+            netns_path: Some("/run/netns/x"),
+            target_pid: Some(77),
+            user: ResolvedUser::default(),
+            devices: vec![],
+            pod_files: PodFiles {
+                resolv_conf: Some("/state/sb1/resolv.conf".into()),
+                ..Default::default()
+            },
+            driver: CgroupDriver::Cgroupfs,
+            min_oom_score_adj: -500,
+            localhost_seccomp: None,
+        })
+    }
+
+    #[test]
+    fn args_merge_like_containerd() {
+        let img = ImageConfig {
+            entrypoint: vec!["/e".into()],
+            cmd: vec!["c".into()],
+            ..Default::default()
+        };
+        let c = |command: &[&str], args: &[&str]| ContainerConfig {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(process_args(&c(&[], &[]), &img).unwrap(), ["/e", "c"]);
+        assert_eq!(process_args(&c(&[], &["a"]), &img).unwrap(), ["/e", "a"]);
+        assert_eq!(process_args(&c(&["/x"], &["a"]), &img).unwrap(), ["/x", "a"]);
+        assert!(process_args(&c(&[], &[]), &ImageConfig::default()).is_err());
+    }
+
+    #[test]
+    fn env_merges_by_key() {
+        let e = merge_env(
+            &["PATH=/p".into(), "A=1".into()],
+            &[("A".into(), "2".into()), ("B".into(), "x=y".into())],
+        );
+        assert_eq!(e, ["PATH=/p", "A=2", "B=x=y"]);
+        assert!(merge_env(&[], &[])[0].starts_with("PATH="));
+    }
+
+    #[test]
+    fn namespaces_follow_the_modes() {
+        let ns_of = |pid: NamespaceMode, ipc: NamespaceMode| {
+            let (mut cfg, pod, img) = base(ContainerConfig {
+                metadata: meta(),
+                ..Default::default()
+            });
+            cfg.linux = Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        pid: pid as i32,
+                        ipc: ipc as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let spec = build(&cfg, &pod, &img).unwrap();
+            spec.linux()
+                .as_ref()
+                .unwrap()
+                .namespaces()
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(|n| (n.typ(), n.path().clone().map(|p| p.display().to_string())))
+                .collect::<Vec<_>>()
+        };
+        let pod = ns_of(NamespaceMode::Pod, NamespaceMode::Pod);
+        assert!(pod.contains(&(LinuxNamespaceType::Pid, Some("/proc/42/ns/pid".into()))));
+        assert!(pod.contains(&(LinuxNamespaceType::Ipc, Some("/proc/42/ns/ipc".into()))));
+        assert!(pod.contains(&(LinuxNamespaceType::Uts, Some("/proc/42/ns/uts".into()))));
+        assert!(pod.contains(&(LinuxNamespaceType::Network, Some("/run/netns/x".into()))));
+        assert!(
+            ns_of(NamespaceMode::Container, NamespaceMode::Pod).contains(&(LinuxNamespaceType::Pid, None))
+        );
+        assert!(
+            !ns_of(NamespaceMode::Node, NamespaceMode::Node)
+                .iter()
+                .any(|n| matches!(n.0, LinuxNamespaceType::Pid | LinuxNamespaceType::Ipc))
+        );
+        assert!(
+            ns_of(NamespaceMode::Target, NamespaceMode::Pod)
+                .contains(&(LinuxNamespaceType::Pid, Some("/proc/77/ns/pid".into())))
+        );
+    }
+
+    #[test]
+    fn process_mounts_resources_security() {
+        let (mut cfg, pod, img) = base(ContainerConfig {
+            metadata: meta(),
+            args: vec!["--flag".into()],
+            envs: vec![cri::KeyValue {
+                key: "A".into(),
+                value: b"cri".to_vec(),
+            }],
+            mounts: vec![cri::Mount {
+                container_path: "/data".into(),
+                host_path: "/var/lib/kubelet/pods/u1/volumes/v".into(),
+                readonly: true,
+                selinux_relabel: true,
+                propagation: MountPropagation::PropagationHostToContainer as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                cpu_shares: 512,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                memory_limit_in_bytes: 64 << 20,
+                oom_score_adj: -999,
+                cpuset_cpus: "0".into(),
+                hugepage_limits: vec![cri::HugepageLimit {
+                    page_size: "2MB".into(),
+                    limit: 0,
+                }],
+                ..Default::default()
+            }),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    add_capabilities: vec!["NET_ADMIN".into()],
+                    drop_capabilities: vec!["KILL".into()],
+                    ..Default::default()
+                }),
+                no_new_privs: true,
+                readonly_rootfs: true,
+                masked_paths: vec!["/proc/kcore".into()],
+                seccomp: Some(cri::SecurityProfile {
+                    profile_type: ProfileType::RuntimeDefault as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        });
+        let spec = build(&cfg, &pod, &img).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.args().as_ref().unwrap(), &["/entry", "--flag"]);
+        assert!(p.env().as_ref().unwrap().contains(&"A=cri".to_owned()));
+        assert_eq!(p.cwd().display().to_string(), "/srv");
+        assert_eq!(p.oom_score_adj(), Some(-500), "clamped to taskd's own");
+        assert!(p.no_new_privileges().unwrap());
+        let caps = p.capabilities().as_ref().unwrap().bounding().clone().unwrap();
+        assert!(caps.contains(&Capability::NetAdmin) && !caps.contains(&Capability::Kill));
+        assert!(spec.root().as_ref().unwrap().readonly().unwrap());
+
+        let mounts = spec.mounts().as_ref().unwrap();
+        let data = mounts
+            .iter()
+            .find(|m| m.destination().as_os_str() == "/data")
+            .unwrap();
+        assert_eq!(data.options().as_ref().unwrap(), &["rbind", "ro", "rslave"]);
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.destination().as_os_str() == "/etc/resolv.conf")
+        );
+
+        let linux = spec.linux().as_ref().unwrap();
+        let r = linux.resources().as_ref().unwrap();
+        let cpu = r.cpu().as_ref().unwrap();
+        assert_eq!(
+            (cpu.shares(), cpu.quota(), cpu.period()),
+            (Some(512), Some(50_000), Some(100_000))
+        );
+        assert_eq!(cpu.cpus().as_deref(), Some("0"));
+        assert_eq!(r.memory().as_ref().unwrap().limit(), Some(64 << 20));
+        assert_eq!(r.hugepage_limits().as_ref().unwrap()[0].page_size(), "2MB");
+        assert_eq!(linux.masked_paths().as_ref().unwrap(), &["/proc/kcore"]);
+        assert_eq!(
+            linux.cgroups_path().as_ref().unwrap().display().to_string(),
+            "/kubepods/podu1/c1"
+        );
+        let sc = linux.seccomp().as_ref().unwrap();
+        let denied = &sc.syscalls().as_ref().unwrap()[0];
+        assert!(
+            denied.names().contains(&"mount".to_owned()) && denied.names().contains(&"kexec_load".to_owned())
+        );
+        let ann = spec.annotations().as_ref().unwrap();
+        assert_eq!(
+            (ann[a::CONTAINER_TYPE].as_str(), ann[a::SANDBOX_ID].as_str()),
+            ("container", "sb1")
+        );
+    }
+
+    #[test]
+    fn privileged_gets_everything_and_no_seccomp() {
+        let (mut cfg, pod, img) = base(ContainerConfig {
+            metadata: meta(),
+            ..Default::default()
+        });
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                privileged: true,
+                seccomp: Some(cri::SecurityProfile {
+                    profile_type: ProfileType::RuntimeDefault as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let spec = build(&cfg, &pod, &img).unwrap();
+        let caps = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .clone()
+            .unwrap();
+        assert!(caps.contains(&Capability::SysAdmin));
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux.seccomp().is_none() && linux.masked_paths().is_none());
+        assert!(linux.resources().as_ref().unwrap().devices().as_ref().unwrap()[0].allow());
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let (mut cfg, pod, img) = base(ContainerConfig {
+            metadata: meta(),
+            ..Default::default()
+        });
+        cfg.mounts = vec![cri::Mount {
+            container_path: "relative".into(),
+            host_path: "/x".into(),
+            ..Default::default()
+        }];
+        assert!(
+            build(&cfg, &pod, &img)
+                .unwrap_err()
+                .to_string()
+                .contains("mounts.container_path")
+        );
+        cfg.mounts.clear();
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    add_capabilities: vec!["FLY".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(build(&cfg, &pod, &img).unwrap_err().to_string().contains("FLY"));
+        cfg.linux = None;
+        cfg.metadata = None;
+        assert!(
+            build(&cfg, &pod, &img)
+                .unwrap_err()
+                .to_string()
+                .contains("metadata")
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! OCI runtime specs for pod sandboxes (the pause container) and containers, built from the
+//! CRI configs and the image config. Pure functions: everything they need from the host
+//! (netns path, sandbox pid, the image's /etc/passwd) is passed in, so they are unit-tested.
+//!
+//! ```text
+//! sandbox_spec(SandboxInput)      pause process, hostname, sysctls, namespaces (host modes),
+//!                                 cgroup parent, read-only rootfs, CRI annotations
+//! container_spec(ContainerInput)  process (image entrypoint/cmd ⊕ CRI command/args, env,
+//!                                 cwd, user), mounts, devices, resources, security context,
+//!                                 namespaces joined from the sandbox by mode (POD/CONTAINER/
+//!                                 NODE/TARGET), CRI annotations
+//! ```
+
+pub mod container;
+pub mod sandbox;
+pub mod user;
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use oci_spec::runtime::{Capability, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType, Spec};
+
+use crate::cri::config::CgroupDriver;
+use crate::errdefs::{ErrorKind, Kind};
+
+/// The `Any` type URL containerd stores specs under.
+pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+/// CRI annotations the runc shim and tools read (containerd's `annotations` package).
+pub mod annotations {
+    pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+    pub const TYPE_SANDBOX: &str = "sandbox";
+    pub const TYPE_CONTAINER: &str = "container";
+    pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+    pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+    pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+    pub const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
+    pub const SANDBOX_LOG_DIR: &str = "io.kubernetes.cri.sandbox-log-directory";
+    pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+    pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+}
+
+/// containerd's default capability set for unprivileged containers.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Errors building a spec; each names the CRI field.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("user {user:?} not found in the image's /etc/passwd")]
+    UnknownUser { user: String },
+    #[error("group {group:?} not found in the image's /etc/group")]
+    UnknownGroup { group: String },
+    #[error("read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("encode the runtime spec: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl ErrorKind for SpecError {
+    fn kind(&self) -> Kind {
+        match self {
+            SpecError::Invalid { .. } | SpecError::UnknownUser { .. } | SpecError::UnknownGroup { .. } => {
+                Kind::InvalidArgument
+            }
+            SpecError::Read { .. } | SpecError::Encode(_) => Kind::Internal,
+        }
+    }
+}
+
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// The spec as containerd stores it in a container record.
+pub fn to_any(spec: &Spec) -> Result<prost_types::Any, SpecError> {
+    Ok(prost_types::Any {
+        type_url: SPEC_TYPE_URL.to_owned(),
+        value: serde_json::to_vec(spec)?,
+    })
+}
+
+/// `linux.cgroupsPath` for a pod or container: cgroupfs `<parent>/<id>`; systemd
+/// `<parent slice>:taskd:<id>` (runc's `slice:prefix:name` form).
+pub fn cgroups_path(driver: CgroupDriver, parent: &str, id: &str) -> String {
+    match driver {
+        CgroupDriver::Cgroupfs => {
+            let parent = parent.trim_end_matches('/');
+            if parent.is_empty() {
+                format!("/taskd/{id}")
+            } else {
+                format!("{parent}/{id}")
+            }
+        }
+        CgroupDriver::Systemd => {
+            let slice = if parent.is_empty() { "system.slice" } else { parent };
+            format!("{slice}:taskd:{id}")
+        }
+    }
+}
+
+/// Parses a CRI capability name (`NET_ADMIN` or `CAP_NET_ADMIN`, any case).
+pub fn capability(name: &str) -> Result<Capability, SpecError> {
+    let upper = name.to_ascii_uppercase();
+    // oci-spec parses names without the prefix (`NET_ADMIN`).
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    Capability::from_str(bare).map_err(|_| invalid("capabilities", format!("unknown capability {name:?}")))
+}
+
+/// Every capability the kernel headers know (privileged containers, `add: ALL`).
+pub fn all_caps() -> HashSet<Capability> {
+    strum_like::ALL
+        .iter()
+        .filter_map(|c| capability(c).ok())
+        .collect()
+}
+
+/// The capability names, for `ALL` (kept here to not depend on oci-spec's strum).
+mod strum_like {
+    pub const ALL: &[&str] = &[
+        "CAP_AUDIT_CONTROL",
+        "CAP_AUDIT_READ",
+        "CAP_AUDIT_WRITE",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_KILL",
+        "CAP_LEASE",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_MAC_ADMIN",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MKNOD",
+        "CAP_NET_ADMIN",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_RAW",
+        "CAP_PERFMON",
+        "CAP_SETFCAP",
+        "CAP_SETGID",
+        "CAP_SETPCAP",
+        "CAP_SETUID",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_NICE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+    ];
+}
+
+/// The same set in every capability list runc reads (ambient stays empty, as containerd).
+pub fn caps_all_sets(set: HashSet<Capability>) -> LinuxCapabilities {
+    let mut c = LinuxCapabilities::default();
+    c.set_bounding(Some(set.clone()))
+        .set_effective(Some(set.clone()))
+        .set_permitted(Some(set))
+        .set_inheritable(None)
+        .set_ambient(None);
+    c
+}
+
+/// The default set as capabilities.
+pub fn default_caps() -> HashSet<Capability> {
+    DEFAULT_CAPS.iter().filter_map(|c| capability(c).ok()).collect()
+}
+
+/// A namespace entry (`path` None: a new namespace).
+pub fn namespace(typ: LinuxNamespaceType, path: Option<&str>) -> LinuxNamespace {
+    let mut ns = LinuxNamespace::default();
+    ns.set_typ(typ).set_path(path.map(Into::into));
+    ns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroups_paths_per_driver() {
+        assert_eq!(
+            cgroups_path(CgroupDriver::Cgroupfs, "/kubepods/pod1", "abc"),
+            "/kubepods/pod1/abc"
+        );
+        assert_eq!(cgroups_path(CgroupDriver::Cgroupfs, "", "abc"), "/taskd/abc");
+        assert_eq!(
+            cgroups_path(CgroupDriver::Systemd, "kubepods-pod1.slice", "abc"),
+            "kubepods-pod1.slice:taskd:abc"
+        );
+    }
+
+    #[test]
+    fn capability_names() {
+        assert_eq!(capability("net_admin").unwrap(), Capability::NetAdmin);
+        assert_eq!(capability("CAP_SYS_ADMIN").unwrap(), Capability::SysAdmin);
+        assert!(capability("FLY").unwrap_err().to_string().contains("FLY"));
+        assert!(all_caps().len() >= 40);
+        assert_eq!(default_caps().len(), DEFAULT_CAPS.len());
+    }
+}

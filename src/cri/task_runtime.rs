@@ -1,0 +1,347 @@
+//! [`TaskRuntime`]: the `SandboxController` and `ContainerRuntime` over the in-process
+//! services, in namespace `k8s.io` (containerd's CRI does the same through its in-memory
+//! services; nothing here talks to a shim).
+//!
+//! ```text
+//! create/start  rootfs.image(ref) ─▶ rootfs.prepare(id) = mounts
+//!               Containers::create(record: spec Any, runtime type, image, sandbox id)
+//!               Tasks::create(rootfs mounts, stdio fifos, runtime_path) ─▶ Tasks::start
+//!               (any failure: what was created is deleted again)
+//! kill/wait     Tasks::kill / Tasks::wait (init process)
+//! update        Tasks::update(LinuxResources as JSON Any)
+//! exec          the record's spec process with new args → Tasks::exec + start; wait,
+//!               kill, delete_process
+//! delete        Tasks::delete, Containers::delete, rootfs.remove — NotFound is fine
+//! ```
+//!
+//! Images and root file systems come from a [`RootfsProvider`] (the images + snapshots
+//! services); without one the CRI plugin installs no controller.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::controller::{
+    ContainerRuntime, CreateContainer, ExitInfo, ImageInfo, SandboxController, StartSandbox,
+};
+use super::store::image::ImageConfig;
+use super::{CriError, NAMESPACE, spec};
+use crate::errdefs::{ErrorKind, Kind};
+use crate::metadata::{Container, Runtime};
+use crate::runtime::{Mount, Stdio};
+use crate::services::containers::Containers;
+use crate::services::tasks::{CreateTask, Tasks};
+
+/// The `Any` type URL of an exec's OCI process spec.
+const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+/// The `Any` type URL runc's shim decodes task updates with.
+const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+
+/// Images and writable root file systems for containers (snapshot key = container id).
+#[async_trait]
+pub trait RootfsProvider: Send + Sync {
+    /// The snapshotter the root file systems come from ("" when they are not snapshots).
+    fn snapshotter(&self) -> &str;
+    async fn image(&self, reference: &str) -> Result<ImageInfo, CriError>;
+    async fn prepare(&self, id: &str, image: &ImageInfo) -> Result<Vec<Mount>, CriError>;
+    /// Removes the container's rootfs (absent is fine).
+    async fn remove(&self, id: &str) -> Result<(), CriError>;
+}
+
+/// The CRI's runtime over the tasks and containers services.
+pub struct TaskRuntime {
+    tasks: Arc<dyn Tasks>,
+    containers: Arc<dyn Containers>,
+    rootfs: Arc<dyn RootfsProvider>,
+}
+
+fn not_found_ok<E: ErrorKind>(r: Result<(), E>) -> Result<(), E> {
+    match r {
+        Err(e) if e.kind() == Kind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+impl TaskRuntime {
+    pub fn new(
+        tasks: Arc<dyn Tasks>,
+        containers: Arc<dyn Containers>,
+        rootfs: Arc<dyn RootfsProvider>,
+    ) -> Self {
+        TaskRuntime {
+            tasks,
+            containers,
+            rootfs,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_task(
+        &self,
+        id: &str,
+        sandbox_id: &str,
+        image: &ImageInfo,
+        spec: &oci_spec::runtime::Spec,
+        handler: &super::config::RuntimeHandler,
+        io: Stdio,
+        kind: &str,
+    ) -> Result<(), CriError> {
+        let mounts = self.rootfs.prepare(id, image).await?;
+        let record = Container {
+            id: id.to_owned(),
+            labels: BTreeMap::from([("io.cri-containerd.kind".to_owned(), kind.to_owned())]),
+            image: image.reference.clone(),
+            runtime: Runtime {
+                name: handler.runtime_type.clone(),
+                options: None,
+            },
+            spec: Some(spec::to_any(spec)?),
+            snapshotter: self.rootfs.snapshotter().to_owned(),
+            snapshot_key: if self.rootfs.snapshotter().is_empty() {
+                String::new()
+            } else {
+                id.to_owned()
+            },
+            sandbox: sandbox_id.to_owned(),
+            ..Default::default()
+        };
+        if let Err(e) = self.containers.create(NAMESPACE, record).await {
+            let _ = self.rootfs.remove(id).await;
+            return Err(CriError::backend("create container record", e));
+        }
+        let created = self
+            .tasks
+            .create(
+                NAMESPACE,
+                CreateTask {
+                    container_id: id.to_owned(),
+                    rootfs: mounts,
+                    io,
+                    runtime_path: handler.runtime_path.clone(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        if let Err(e) = created {
+            let _ = self.containers.delete(NAMESPACE, id).await;
+            let _ = self.rootfs.remove(id).await;
+            return Err(CriError::backend("create task", e));
+        }
+        Ok(())
+    }
+
+    async fn remove_all(&self, id: &str) -> Result<(), CriError> {
+        not_found_ok(self.tasks.delete(NAMESPACE, id).await.map(|_| ()))
+            .map_err(|e| CriError::backend("delete task", e))?;
+        not_found_ok(self.containers.delete(NAMESPACE, id).await)
+            .map_err(|e| CriError::backend("delete container record", e))?;
+        self.rootfs.remove(id).await
+    }
+}
+
+#[async_trait]
+impl SandboxController for TaskRuntime {
+    async fn ensure_image(&self, image: &str) -> Result<ImageConfig, CriError> {
+        Ok(self.rootfs.image(image).await?.config)
+    }
+
+    async fn start(&self, req: StartSandbox) -> Result<u32, CriError> {
+        let image = self.rootfs.image(&req.image).await?;
+        self.create_task(
+            &req.id,
+            &req.id,
+            &image,
+            &req.spec,
+            &req.handler,
+            Stdio::default(),
+            "sandbox",
+        )
+        .await?;
+        match self.tasks.start(NAMESPACE, &req.id, "").await {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                let _ = self.remove_all(&req.id).await;
+                Err(CriError::backend("start pause task", e))
+            }
+        }
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), CriError> {
+        match self
+            .tasks
+            .kill(NAMESPACE, id, "", libc::SIGKILL as u32, true)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == Kind::NotFound => return Ok(()),
+            Err(e) => return Err(CriError::backend("kill pause task", e)),
+        }
+        not_found_ok(self.tasks.wait(NAMESPACE, id, "").await.map(|_| ()))
+            .map_err(|e| CriError::backend("wait pause task", e))
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), CriError> {
+        self.remove_all(id).await
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for TaskRuntime {
+    async fn image(&self, reference: &str) -> Result<ImageInfo, CriError> {
+        self.rootfs.image(reference).await
+    }
+
+    async fn create(&self, req: CreateContainer) -> Result<(), CriError> {
+        let io = Stdio {
+            stdin: String::new(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        self.create_task(
+            &req.id,
+            &req.sandbox_id,
+            &req.image,
+            &req.spec,
+            &req.handler,
+            io,
+            "container",
+        )
+        .await
+    }
+
+    async fn start(&self, id: &str) -> Result<u32, CriError> {
+        self.tasks
+            .start(NAMESPACE, id, "")
+            .await
+            .map_err(|e| CriError::backend("start task", e))
+    }
+
+    async fn kill(&self, id: &str, signal: u32) -> Result<(), CriError> {
+        not_found_ok(self.tasks.kill(NAMESPACE, id, "", signal, false).await)
+            .map_err(|e| CriError::backend("kill task", e))
+    }
+
+    async fn wait(&self, id: &str) -> Result<ExitInfo, CriError> {
+        let exit = self
+            .tasks
+            .wait(NAMESPACE, id, "")
+            .await
+            .map_err(|e| CriError::backend("wait task", e))?;
+        Ok(ExitInfo {
+            code: exit.status,
+            at: exit.timestamp,
+        })
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), CriError> {
+        self.remove_all(id).await
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        args: Vec<String>,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<u32, CriError> {
+        let record = self
+            .containers
+            .get(NAMESPACE, id)
+            .await
+            .map_err(|e| CriError::backend("get container record", e))?;
+        let spec: oci_spec::runtime::Spec = record
+            .spec
+            .as_ref()
+            .map(|a| serde_json::from_slice(&a.value))
+            .transpose()
+            .map_err(spec::SpecError::from)?
+            .unwrap_or_default();
+        let mut process = spec.process().clone().unwrap_or_default();
+        process.set_args(Some(args)).set_terminal(Some(false));
+        let opts = crate::runtime::ExecOpts {
+            spec: prost_types::Any {
+                type_url: PROCESS_TYPE_URL.to_owned(),
+                value: serde_json::to_vec(&process).map_err(spec::SpecError::from)?,
+            },
+            io: Stdio {
+                stdin: String::new(),
+                stdout: stdout.to_owned(),
+                stderr: stderr.to_owned(),
+                terminal: false,
+            },
+        };
+        self.tasks
+            .exec(NAMESPACE, id, exec_id, opts)
+            .await
+            .map_err(|e| CriError::backend("exec", e))?;
+        match self.tasks.start(NAMESPACE, id, exec_id).await {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                let _ = self.tasks.delete_process(NAMESPACE, id, exec_id).await;
+                Err(CriError::backend("start exec", e))
+            }
+        }
+    }
+
+    async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo, CriError> {
+        let exit = self
+            .tasks
+            .wait(NAMESPACE, id, exec_id)
+            .await
+            .map_err(|e| CriError::backend("wait exec", e))?;
+        Ok(ExitInfo {
+            code: exit.status,
+            at: exit.timestamp,
+        })
+    }
+
+    async fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), CriError> {
+        not_found_ok(self.tasks.kill(NAMESPACE, id, exec_id, signal, false).await)
+            .map_err(|e| CriError::backend("kill exec", e))
+    }
+
+    async fn exec_delete(&self, id: &str, exec_id: &str) -> Result<(), CriError> {
+        not_found_ok(
+            self.tasks
+                .delete_process(NAMESPACE, id, exec_id)
+                .await
+                .map(|_| ()),
+        )
+        .map_err(|e| CriError::backend("delete exec", e))
+    }
+
+    async fn stats(&self, ids: &[String]) -> Result<Vec<super::controller::TaskStats>, CriError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One filter per id: containerd filter strings are OR'ed.
+        let filters: Vec<String> = ids.iter().map(|id| format!("id=={id:?}")).collect();
+        let metrics = self
+            .tasks
+            .metrics(NAMESPACE, &filters)
+            .await
+            .map_err(|e| CriError::backend("task metrics", e))?;
+        Ok(metrics
+            .into_iter()
+            .map(|m| super::controller::TaskStats {
+                id: m.id,
+                timestamp: m.timestamp,
+                data: m.data,
+            })
+            .collect())
+    }
+
+    async fn update(&self, id: &str, resources: oci_spec::runtime::LinuxResources) -> Result<(), CriError> {
+        let any = prost_types::Any {
+            type_url: RESOURCES_TYPE_URL.to_owned(),
+            value: serde_json::to_vec(&resources).map_err(spec::SpecError::from)?,
+        };
+        self.tasks
+            .update(NAMESPACE, id, Some(any), Default::default())
+            .await
+            .map_err(|e| CriError::backend("update task", e))
+    }
+}

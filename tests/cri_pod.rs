@@ -1,0 +1,600 @@
+//! A pod with containers end to end through the CRI handlers, the CRI `TaskRuntime`, the
+//! real tasks service (runtime v2 shim manager), the real `containerd-shim-runc-v2`, real
+//! runc, real CNI (bridge + host-local on a private subnet inside netns this test creates)
+//! and a real redb metadata store. Only the image side is local: until the images and
+//! snapshots services are on the build, root file systems are busybox directories built
+//! from the host's busybox-static (`tests/support/rootfs.rs`) and bind-mounted as the
+//! task rootfs.
+
+#[path = "support/rootfs.rs"]
+mod rootfs;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use taskd::cri::config::CriConfig;
+use taskd::cri::container_events::ContainerEvents;
+use taskd::cri::controller::ImageInfo;
+use taskd::cri::network::netns;
+use taskd::cri::store::container::ContainerState;
+use taskd::cri::store::image::ImageConfig;
+use taskd::cri::task_runtime::{RootfsProvider, TaskRuntime};
+use taskd::cri::{CriError, CriService};
+use taskd::events::Exchange;
+use taskd::metadata::Db;
+use taskd::monitor::NoopMonitor;
+use taskd::runtime::Mount;
+use taskd::runtime::v2::binary::DaemonAddresses;
+use taskd::runtime::v2::{Config, TaskManager};
+use taskd::server::TtrpcService;
+use taskd::services::events::ttrpc::TtrpcEvents;
+use taskd::services::tasks::Tasks;
+use taskd_proto::cri::v1 as cri;
+
+/// Busybox root file systems, one directory per container, bind-mounted.
+struct BusyboxRootfs {
+    dir: PathBuf,
+}
+
+#[async_trait]
+impl RootfsProvider for BusyboxRootfs {
+    fn snapshotter(&self) -> &str {
+        ""
+    }
+    async fn image(&self, reference: &str) -> Result<ImageInfo, CriError> {
+        let pause = reference.contains("pause");
+        Ok(ImageInfo {
+            id: "sha256:0000000000000000000000000000000000000000000000000000000000000000".into(),
+            reference: taskd::cri::reference::normalize(reference)?.to_string(),
+            config: ImageConfig {
+                entrypoint: if pause {
+                    vec!["/bin/sleep".into(), "3600".into()]
+                } else {
+                    vec![]
+                },
+                cmd: if pause { vec![] } else { vec!["/bin/sh".into()] },
+                env: vec!["PATH=/bin:/sbin:/usr/bin".into()],
+                ..Default::default()
+            },
+            passwd: Some("root:x:0:0:root:/root:/bin/sh\n".into()),
+            group: Some("root:x:0:\n".into()),
+        })
+    }
+    async fn prepare(&self, id: &str, _image: &ImageInfo) -> Result<Vec<Mount>, CriError> {
+        let root = self.dir.join(id);
+        std::fs::create_dir_all(&root).unwrap();
+        rootfs::build(&root).unwrap();
+        Ok(vec![Mount {
+            r#type: "bind".into(),
+            source: root.display().to_string(),
+            target: String::new(),
+            options: vec!["rbind".into(), "rw".into()],
+        }])
+    }
+    async fn remove(&self, id: &str) -> Result<(), CriError> {
+        let _ = std::fs::remove_dir_all(self.dir.join(id));
+        Ok(())
+    }
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    bridge: String,
+    svc: Arc<CriService>,
+    tasks: Arc<dyn Tasks>,
+    _server: ttrpc::r#async::Server,
+    _events: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.svc.netns_dir) {
+            for e in entries.flatten() {
+                let _ = netns::remove(&e.path());
+            }
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+        support::cleanup::after_daemon(&self.dir.path().join("state"));
+        // The pods' parent cgroup (cgroup_parent of pod_config), once empty: the kernel
+        // releases a dead container's cgroup shortly after its last process, so retry.
+        let parent = cgroup_parent(self.dir.path());
+        for _ in 0..100 {
+            let mut left = 0;
+            if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+                for c in controllers.flatten() {
+                    let p = c.path().join(parent.trim_start_matches('/'));
+                    if p.exists() && std::fs::remove_dir(&p).is_err() {
+                        left += 1;
+                    }
+                }
+            }
+            if left == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+async fn world() -> World {
+    support::require_root();
+    support::require_bin("runc", "runc");
+    support::require_bin("containerd-shim-runc-v2", "containerd");
+    if !Path::new("/usr/lib/cni/bridge").is_file() {
+        panic!("install the CNI plugins (apt-get install containernetworking-plugins)");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("taskd-cri-pod")
+        .tempdir()
+        .unwrap();
+    let exchange = Arc::new(Exchange::with_queue_size(1024).unwrap());
+    let ttrpc_sock = dir.path().join("ttrpc.sock");
+    let mut server = ttrpc::r#async::Server::new()
+        .bind(&format!("unix://{}", ttrpc_sock.display()))
+        .unwrap();
+    for (_, s) in TtrpcEvents::new(exchange.clone()).services() {
+        server = server.register_service(std::collections::HashMap::from([(
+            "containerd.services.events.ttrpc.v1.Events".to_owned(),
+            s,
+        )]));
+    }
+    server.start().await.unwrap();
+    let manager = TaskManager::new(
+        // The runtime plugin's own dirs, so support::cleanup finds the bundles.
+        dir.path().join("state/io.containerd.runtime.v2.task"),
+        dir.path().join("root/io.containerd.runtime.v2.task"),
+        DaemonAddresses {
+            grpc: dir.path().join("grpc.sock"),
+            ttrpc: ttrpc_sock,
+            exe: PathBuf::from(env!("CARGO_BIN_EXE_taskd")),
+        },
+        Config::default(),
+        exchange.clone(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("root")).unwrap();
+    let db = Arc::new(Db::open(&dir.path().join("root/meta.redb")).unwrap());
+    let tasks: Arc<dyn Tasks> = Arc::new(taskd::services::tasks::Local::new(
+        Arc::new(manager),
+        db.clone(),
+        Arc::new(NoopMonitor),
+    ));
+    let containers = Arc::new(taskd::services::containers::Local::new(db, exchange.clone()));
+    let rt = Arc::new(TaskRuntime::new(
+        tasks.clone(),
+        containers,
+        Arc::new(BusyboxRootfs {
+            dir: dir.path().join("rootfs"),
+        }),
+    ));
+
+    let octet = 220 + (std::process::id() % 30) as u8;
+    let bridge = format!("tkp{}", std::process::id() % 100_000);
+    let conf_dir = dir.path().join("net.d");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::write(
+        conf_dir.join("10-pod.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"podt","plugins":[{{"type":"bridge","bridge":"{bridge}","isGateway":false,"ipMasq":false,
+               "ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"10.88.{octet}.0/24"}}]]}}}}]}}"#,
+            dir.path().join("ipam").display()
+        ),
+    )
+    .unwrap();
+    let mut cfg = CriConfig::default();
+    cfg.cni.conf_dir = conf_dir;
+    cfg.cni.bin_dirs = vec![PathBuf::from("/usr/lib/cni")];
+    let mut svc = CriService::new(
+        cfg,
+        &dir.path().join("root/cri"),
+        &dir.path().join("state/cri"),
+        ContainerEvents::new().unwrap(),
+    );
+    svc.controller = Some(rt.clone());
+    svc.runner = Some(rt);
+    let svc = Arc::new(svc);
+    let events = taskd::cri::events::spawn(svc.clone(), exchange.as_ref()).unwrap();
+    World {
+        dir,
+        bridge,
+        svc,
+        tasks,
+        _server: server,
+        _events: events,
+    }
+}
+
+/// A pod cgroup parent unique to one test (removed by `World`'s drop).
+fn cgroup_parent(dir: &Path) -> String {
+    let tail = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("/taskd-cri-test-{}-{tail}", std::process::id())
+}
+
+fn pod_config(logs: &Path, cgroup_parent: String) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "web".into(),
+            uid: "uid-web".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "web-pod".into(),
+        log_directory: logs.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container(name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
+    let w = world().await;
+    let logs = w.dir.path().join("logs");
+    for d in ["app", "side"] {
+        std::fs::create_dir_all(logs.join(d)).unwrap();
+    }
+    let pod_cfg = pod_config(&logs, cgroup_parent(w.dir.path()));
+    let pod = w
+        .svc
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .pod_sandbox_id;
+    let sb = w.svc.sandboxes.get(&pod).unwrap();
+    assert!(sb.ip.starts_with("10.88."), "{}", sb.ip);
+    assert!(sb.pid > 0);
+
+    let create = |name: &str, script: &str| {
+        let svc = w.svc.clone();
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container(name, script)),
+            sandbox_config: Some(pod_cfg.clone()),
+        };
+        async move {
+            svc.create_container(req)
+                .await
+                .expect("CreateContainer")
+                .container_id
+        }
+    };
+    let app = create(
+        "app",
+        "echo hello from app; hostname; ip -4 -o addr show eth0; sleep 3600",
+    )
+    .await;
+    w.svc
+        .start_container(cri::StartContainerRequest {
+            container_id: app.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    let side = create("side", "ps; exit 3").await;
+    w.svc
+        .start_container(cri::StartContainerRequest {
+            container_id: side.clone(),
+        })
+        .await
+        .expect("StartContainer side");
+
+    let app_log = logs.join("app/0.log");
+    wait_for("app output", || {
+        std::fs::read_to_string(&app_log)
+            .unwrap_or_default()
+            .contains("eth0")
+    });
+    let text = std::fs::read_to_string(&app_log).unwrap();
+    assert!(text.contains(" stdout F hello from app\n"), "{text}");
+    assert!(
+        text.contains(" stdout F web-pod\n"),
+        "hostname from the pod: {text}"
+    );
+    assert!(text.contains(&sb.ip), "the pod IP on eth0: {text}");
+
+    // side exits 3 on its own: the event loop records it.
+    wait_for("side exit", || {
+        w.svc.containers.get(&side).unwrap().state == ContainerState::Exited
+    });
+    let s = w.svc.containers.get(&side).unwrap();
+    assert_eq!((s.exit.code, s.exit.reason.as_str()), (3, "Error"));
+    // PID namespace shared with the pod: ps in side sees app's and the pause's processes.
+    let side_log = std::fs::read_to_string(logs.join("side/0.log")).unwrap();
+    assert!(side_log.contains("sleep 3600"), "{side_log}");
+
+    // ExecSync: output, stderr, exit code.
+    let exec = |cmd: &[&str], timeout: i64| {
+        let svc = w.svc.clone();
+        let req = cri::ExecSyncRequest {
+            container_id: app.clone(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        };
+        async move { svc.exec_sync(req).await }
+    };
+    let r = exec(&["/bin/sh", "-c", "echo hi; echo err >&2; exit 7"], 10)
+        .await
+        .expect("ExecSync");
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"hi\n"[..], &b"err\n"[..], 7)
+    );
+    // The timeout is honoured: killed, DeadlineExceeded.
+    let e = exec(&["/bin/sleep", "600"], 1).await.unwrap_err();
+    assert_eq!(
+        taskd::errdefs::ErrorKind::kind(&e),
+        taskd::errdefs::Kind::DeadlineExceeded,
+        "{e}"
+    );
+    // Many at once.
+    let all = futures::future::join_all(
+        (0..20).map(|i| exec(&["/bin/sh", "-c", if i % 2 == 0 { "true" } else { "false" }], 30)),
+    )
+    .await;
+    for (i, r) in all.into_iter().enumerate() {
+        assert_eq!(r.expect("concurrent ExecSync").exit_code, (i % 2) as i32);
+    }
+    // Not running: FailedPrecondition.
+    let e = w
+        .svc
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: side.clone(),
+            cmd: vec!["true".into()],
+            timeout: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        taskd::errdefs::ErrorKind::kind(&e),
+        taskd::errdefs::Kind::FailedPrecondition,
+        "{e}"
+    );
+
+    // Stats from the task's cgroup.
+    let st = w
+        .svc
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: app.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .stats
+        .unwrap();
+    assert!(
+        st.cpu.as_ref().unwrap().usage_core_nano_seconds.unwrap().value > 0,
+        "{st:?}"
+    );
+    let mem = st.memory.as_ref().unwrap();
+    assert!(
+        mem.usage_bytes.unwrap().value > 0 && mem.working_set_bytes.is_some(),
+        "{st:?}"
+    );
+    let again = w
+        .svc
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: app.clone(),
+        })
+        .await
+        .unwrap()
+        .stats
+        .unwrap();
+    assert!(
+        again.cpu.unwrap().usage_nano_cores.is_some(),
+        "a rate from the second sample"
+    );
+    let list = w
+        .svc
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListContainerStats")
+        .stats;
+    assert_eq!(list.len(), 2);
+    let side_stats = list
+        .iter()
+        .find(|s| s.attributes.as_ref().unwrap().id == side)
+        .unwrap();
+    assert!(
+        side_stats.cpu.is_none(),
+        "an exited container has no task to sample"
+    );
+
+    // Stop app, then remove it.
+    w.svc
+        .stop_container(cri::StopContainerRequest {
+            container_id: app.clone(),
+            timeout: 5,
+        })
+        .await
+        .expect("StopContainer");
+    assert_eq!(w.svc.containers.get(&app).unwrap().state, ContainerState::Exited);
+    w.svc
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: app.clone(),
+        })
+        .await
+        .expect("RemoveContainer");
+
+    let netns_path = sb.netns_path.clone();
+    w.svc
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    assert!(!Path::new(&netns_path).exists());
+    w.svc
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+    assert!(w.svc.sandboxes.is_empty() && w.svc.containers.is_empty());
+    assert!(
+        w.tasks.list("k8s.io", "").await.unwrap().is_empty(),
+        "no task left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_limit_exceeded_reports_oomkilled_and_bad_command_is_a_start_error() {
+    let w = world().await;
+    let logs = w.dir.path().join("logs");
+    for d in ["hog", "bad"] {
+        std::fs::create_dir_all(logs.join(d)).unwrap();
+    }
+    let mut pod_cfg = pod_config(&logs, cgroup_parent(w.dir.path()));
+    pod_cfg.metadata.as_mut().unwrap().name = "oom".into();
+    let pod = w
+        .svc
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .pod_sandbox_id;
+
+    // 32 MiB limit, then allocate far more: the kernel OOM-kills it.
+    let mut hog = container(
+        "hog",
+        "echo start; x=$(head -c 268435456 /dev/zero | tr '\\0' x); echo survived",
+    );
+    hog.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = w
+        .svc
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(hog),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .container_id;
+    w.svc
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    wait_for("hog exit", || {
+        w.svc.containers.get(&id).unwrap().state == ContainerState::Exited
+    });
+    let c = w.svc.containers.get(&id).unwrap();
+    assert_eq!((c.exit.code, c.exit.reason.as_str()), (137, "OOMKilled"), "{c:?}");
+
+    // A command that does not exist: StartContainer fails, the container shows StartError.
+    let mut bad = container("bad", "");
+    bad.command = vec!["/no/such/binary".into()];
+    let created = w
+        .svc
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(bad),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await;
+    match created {
+        // runc may refuse at create: nothing is left behind.
+        Err(e) => assert!(
+            e.to_string().contains("no such file") || e.to_string().contains("not found"),
+            "{e}"
+        ),
+        Ok(r) => {
+            let e = w
+                .svc
+                .start_container(cri::StartContainerRequest {
+                    container_id: r.container_id.clone(),
+                })
+                .await
+                .unwrap_err();
+            let c = w.svc.containers.get(&r.container_id).unwrap();
+            assert_eq!(
+                (c.state, c.exit.reason.as_str()),
+                (ContainerState::Exited, "StartError"),
+                "{e}"
+            );
+        }
+    }
+
+    // A tty container: the console output reaches the CRI log too.
+    std::fs::create_dir_all(logs.join("tty")).unwrap();
+    let mut tty = container("tty", "echo on-a-tty; [ -t 1 ] && echo is-a-terminal; sleep 3600");
+    tty.tty = true;
+    let tty_id = w
+        .svc
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(tty),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .expect("CreateContainer tty")
+        .container_id;
+    w.svc
+        .start_container(cri::StartContainerRequest { container_id: tty_id })
+        .await
+        .expect("StartContainer tty");
+    let tty_log = logs.join("tty/0.log");
+    wait_for("tty output", || {
+        std::fs::read_to_string(&tty_log)
+            .unwrap_or_default()
+            .contains("is-a-terminal")
+    });
+
+    w.svc
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })
+        .await
+        .expect("RemovePodSandbox");
+    assert!(w.svc.containers.is_empty());
+    assert!(
+        w.tasks.list("k8s.io", "").await.unwrap().is_empty(),
+        "no task left"
+    );
+}
