@@ -15,7 +15,7 @@ use super::{ContentError, Info, InfoFields, Status, StatusFields, parse_digest, 
 use crate::filters;
 use crate::identifiers;
 use crate::metadata::schema::{LEASE_RESOURCES, LEASES, NAMESPACES};
-use crate::metadata::{Db, MetadataError, NamespaceCheck, validate_labels};
+use crate::metadata::{CountObjects, Db, validate_labels};
 
 /// `(<ns>, <digest>) → ContentRecord`.
 pub(crate) const CONTENT: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("content_blobs");
@@ -49,35 +49,6 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("blobs", &self.blobs)
             .finish_non_exhaustive()
-    }
-}
-
-/// "namespace still holds N blobs".
-struct ContentCheck;
-
-impl NamespaceCheck for ContentCheck {
-    fn remaining(&self, tx: &WriteTransaction, namespace: &str) -> Result<Option<String>, MetadataError> {
-        let storage = |e: redb::Error| MetadataError::Storage {
-            op: "count content",
-            source: Box::new(e),
-        };
-        let t = tx.open_table(CONTENT).map_err(|e| storage(e.into()))?;
-        let mut n = 0usize;
-        for entry in t
-            .range::<(&str, &str)>((namespace, "")..)
-            .map_err(|e| storage(e.into()))?
-        {
-            let (k, _) = entry.map_err(|e| storage(e.into()))?;
-            if k.value().0 != namespace {
-                break;
-            }
-            n += 1;
-        }
-        Ok(match n {
-            0 => None,
-            1 => Some("1 content blob".into()),
-            n => Some(format!("{n} content blobs")),
-        })
     }
 }
 
@@ -125,7 +96,11 @@ impl Store {
         let tx = db.database().begin_write().ctx("create content table")?;
         tx.open_table(CONTENT).ctx("create content table")?;
         tx.commit().ctx("create content table")?;
-        db.register_namespace_check(Arc::new(ContentCheck));
+        db.register_namespace_check(Arc::new(CountObjects::new(
+            CONTENT,
+            "content blob",
+            "content blobs",
+        )));
         Ok(Arc::new(Store {
             db,
             blobs,

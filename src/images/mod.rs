@@ -28,7 +28,7 @@ use crate::errdefs::{ErrorKind, Kind};
 use crate::filters;
 use crate::identifiers;
 use crate::metadata::schema::NAMESPACES;
-use crate::metadata::{Db, MetadataError, NamespaceCheck, validate_labels};
+use crate::metadata::{CountObjects, Db, MetadataError, validate_labels};
 
 /// `(<ns>, <name>) → ImageRecord`.
 pub(crate) const IMAGES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("images");
@@ -199,35 +199,6 @@ impl filters::Adaptor for ImageFields<'_> {
     }
 }
 
-/// "namespace still holds N images".
-struct ImageCheck;
-
-impl NamespaceCheck for ImageCheck {
-    fn remaining(&self, tx: &WriteTransaction, namespace: &str) -> Result<Option<String>, MetadataError> {
-        let storage = |e: redb::Error| MetadataError::Storage {
-            op: "count images",
-            source: Box::new(e),
-        };
-        let t = tx.open_table(IMAGES).map_err(|e| storage(e.into()))?;
-        let mut n = 0usize;
-        for entry in t
-            .range::<(&str, &str)>((namespace, "")..)
-            .map_err(|e| storage(e.into()))?
-        {
-            let (k, _) = entry.map_err(|e| storage(e.into()))?;
-            if k.value().0 != namespace {
-                break;
-            }
-            n += 1;
-        }
-        Ok(match n {
-            0 => None,
-            1 => Some("1 image".into()),
-            n => Some(format!("{n} images")),
-        })
-    }
-}
-
 fn validate(image: &Image) -> Result<(), ImageError> {
     if image.name.is_empty() {
         return Err(ImageError::InvalidArgument {
@@ -285,7 +256,7 @@ impl Store {
     /// Creates the table (idempotent) and registers the namespace check.
     pub fn open(db: Arc<Db>) -> Result<Store, ImageError> {
         create_table(&db)?;
-        db.register_namespace_check(Arc::new(ImageCheck));
+        db.register_namespace_check(Arc::new(CountObjects::new(IMAGES, "image", "images")));
         Ok(Store { db })
     }
 

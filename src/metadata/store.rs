@@ -52,13 +52,25 @@ impl<T, E: Into<redb::Error>> Ctx<T> for Result<T, E> {
     }
 }
 
-type ObjectTable = TableDefinition<'static, (&'static str, &'static str), &'static [u8]>;
+/// A redb table keyed by `(<namespace>, <id>)`, the shape of every namespaced object table.
+pub type ObjectTable = TableDefinition<'static, (&'static str, &'static str), &'static [u8]>;
 
-/// The built-in "namespace is not empty" checks: objects in a `(<ns>, <id>)` table.
-struct CountObjects {
+/// A "namespace is not empty" check that counts the namespace's rows in an object table
+/// ("2 images"); used for containers, leases, content and images alike.
+pub struct CountObjects {
     table: ObjectTable,
     singular: &'static str,
     plural: &'static str,
+}
+
+impl CountObjects {
+    pub fn new(table: ObjectTable, singular: &'static str, plural: &'static str) -> CountObjects {
+        CountObjects {
+            table,
+            singular,
+            plural,
+        }
+    }
 }
 
 impl NamespaceCheck for CountObjects {
