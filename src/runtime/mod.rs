@@ -176,8 +176,6 @@ pub enum RuntimeError {
     InvalidArgument { field: &'static str, reason: String },
     #[error("decode {what}: {reason}")]
     Decode { what: &'static str, reason: String },
-    #[error("{what} needs the content store, not available yet")]
-    NeedsContentStore { what: &'static str },
     #[error("task create failed ({error}); cleanup also failed: {cleanup}")]
     Rollback {
         error: Box<RuntimeError>,
@@ -196,7 +194,6 @@ impl ErrorKind for RuntimeError {
             RuntimeError::TaskExists { .. } => Kind::AlreadyExists,
             RuntimeError::RuntimeV1 { .. }
             | RuntimeError::ShimNotFound { .. }
-            | RuntimeError::NeedsContentStore { .. }
             | RuntimeError::BundleExists { .. } => Kind::FailedPrecondition,
             RuntimeError::InvalidRuntime { .. } | RuntimeError::InvalidArgument { .. } => {
                 Kind::InvalidArgument

@@ -3,13 +3,11 @@
 
 use crate::cri::CriError;
 
-/// Pod and container lifecycle needs the in-process tasks service plus an image store and
-/// snapshotters for the pause and container root file systems.
-pub const LIFECYCLE: &str =
-    "pods and containers need the tasks, images and snapshots services, which are not on this build yet";
-/// The image service needs the content store, the images service and server-side pull.
-pub const IMAGES: &str =
-    "the image service needs the content store and server-side pull, which are not on this build yet";
+/// Pod and container lifecycle needs root file systems for the pause and container images,
+/// from the images service and a snapshotter, which the CRI plugin is not wired to yet.
+pub const LIFECYCLE: &str = "pods and containers need image root file systems (images service + snapshotter), which the CRI plugin is not wired to yet";
+/// The image service needs the images service and server-side pull behind the CRI plugin.
+pub const IMAGES: &str = "the CRI image service is not wired to the images service and server-side pull yet";
 /// Exec, Attach, PortForward.
 pub const STREAMING: &str = "the CRI streaming server (exec/attach/port-forward) does not exist yet";
 /// ExecSync, stats, events, checkpoint, metrics, Stream* (CRI part 2, issue 8).

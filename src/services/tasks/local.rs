@@ -181,7 +181,7 @@ impl Tasks for Local {
     async fn create(&self, ns: &str, req: CreateTask) -> Result<u32> {
         let c = self.container(ns, &req.container_id)?;
         if req.checkpoint.is_some() {
-            return Err(TasksError::NeedsContentStore {
+            return Err(TasksError::CheckpointNotImplemented {
                 what: "create from checkpoint",
             });
         }
@@ -318,7 +318,7 @@ impl Tasks for Local {
         _options: Option<prost_types::Any>,
     ) -> Result<Vec<Descriptor>> {
         self.task(ns, id).await?;
-        Err(TasksError::NeedsContentStore { what: "checkpoint" })
+        Err(TasksError::CheckpointNotImplemented { what: "checkpoint" })
     }
 
     async fn update(

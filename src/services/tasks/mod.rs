@@ -33,7 +33,7 @@ pub struct CreateTask {
     pub container_id: String,
     pub rootfs: Vec<Mount>,
     pub io: Stdio,
-    /// Restore from this checkpoint image (needs the content store).
+    /// Restore from this checkpoint image (not implemented yet: see docs/CRIU.md).
     pub checkpoint: Option<Descriptor>,
     /// Task options (runc: `containerd.runc.v1.Options`).
     pub options: Option<prost_types::Any>,
@@ -58,8 +58,10 @@ pub enum TasksError {
     AlreadyExists { id: String },
     #[error("{field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
-    #[error("{what} needs the content store, not available yet")]
-    NeedsContentStore { what: &'static str },
+    #[error(
+        "{what} is not implemented yet: taskd does not yet write CRIU checkpoints to the content store or restore from them (see docs/CRIU.md)"
+    )]
+    CheckpointNotImplemented { what: &'static str },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
@@ -76,7 +78,7 @@ impl ErrorKind for TasksError {
             TasksError::NotFound { .. } => Kind::NotFound,
             TasksError::AlreadyExists { .. } => Kind::AlreadyExists,
             TasksError::InvalidArgument { .. } => Kind::InvalidArgument,
-            TasksError::NeedsContentStore { .. } => Kind::FailedPrecondition,
+            TasksError::CheckpointNotImplemented { .. } => Kind::NotImplemented,
             TasksError::Runtime(e) => e.kind(),
             TasksError::Metadata(e) => e.kind(),
             TasksError::Filter(e) => e.kind(),
