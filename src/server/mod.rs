@@ -48,3 +48,21 @@ impl Default for GrpcLimits {
         }
     }
 }
+
+/// The registration of a thin gRPC adapter (`io.containerd.grpc.v1.<id>`) over the in-process
+/// service `L` that a plugin of type `io.containerd.service.v1` provides.
+pub fn adapter_registration<L, S>(
+    id: &'static str,
+    make: fn(std::sync::Arc<L>) -> S,
+) -> crate::plugin::Registration
+where
+    L: ?Sized + Send + Sync + 'static,
+    S: GrpcService + 'static,
+{
+    use crate::plugin::{Instance, PluginType, Registration};
+    Registration::new(PluginType::Grpc, id, move |cx| async move {
+        let local = cx.get::<L>()?;
+        Ok(Instance::new().with::<dyn GrpcService>(std::sync::Arc::new(make(local))))
+    })
+    .requires(&[PluginType::Service])
+}

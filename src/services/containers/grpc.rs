@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::Containers;
 use crate::metadata::{Container, MetadataError, Runtime};
-use crate::plugin::{Instance, PluginType, Registration, ids};
+use crate::plugin::{Registration, ids};
 use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 
 /// The tonic service; cheap to clone.
@@ -37,11 +37,7 @@ impl GrpcService for Service {
 
 /// `io.containerd.grpc.v1.containers`.
 pub fn registration() -> Registration {
-    Registration::new(PluginType::Grpc, ids::CONTAINERS, |cx| async move {
-        let local = cx.get::<dyn Containers>()?;
-        Ok(Instance::new().with::<dyn GrpcService>(Arc::new(Service::new(local))))
-    })
-    .requires(&[PluginType::Service])
+    crate::server::adapter_registration::<dyn Containers, _>(ids::CONTAINERS, Service::new)
 }
 
 fn time_to_proto(t: Option<SystemTime>) -> Option<prost_types::Timestamp> {

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{Content, WriteAction, WriteRequest, WriteResponse, WriteSession};
 use crate::content::{ContentError, Info};
-use crate::plugin::{Instance, PluginType, Registration, ids};
+use crate::plugin::{Registration, ids};
 use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 
 /// The gRPC metadata key naming the lease a request works under.
@@ -42,11 +42,7 @@ impl GrpcService for Service {
 
 /// `io.containerd.grpc.v1.content`.
 pub fn registration() -> Registration {
-    Registration::new(PluginType::Grpc, ids::CONTENT, |cx| async move {
-        let local = cx.get::<dyn Content>()?;
-        Ok(Instance::new().with::<dyn GrpcService>(Arc::new(Service::new(local))))
-    })
-    .requires(&[PluginType::Service])
+    crate::server::adapter_registration::<dyn Content, _>(ids::CONTENT, Service::new)
 }
 
 /// The lease named by the `containerd-lease` header, if any.

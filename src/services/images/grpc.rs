@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::Images;
 use crate::images::{Descriptor, Image, ImageError};
-use crate::plugin::{Instance, PluginType, Registration, ids};
+use crate::plugin::{Registration, ids};
 use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 
 #[derive(Clone)]
@@ -35,11 +35,7 @@ impl GrpcService for Service {
 
 /// `io.containerd.grpc.v1.images`.
 pub fn registration() -> Registration {
-    Registration::new(PluginType::Grpc, ids::IMAGES, |cx| async move {
-        let local = cx.get::<dyn Images>()?;
-        Ok(Instance::new().with::<dyn GrpcService>(Arc::new(Service::new(local))))
-    })
-    .requires(&[PluginType::Service])
+    crate::server::adapter_registration::<dyn Images, _>(ids::IMAGES, Service::new)
 }
 
 fn desc_from(d: Option<ApiDescriptor>) -> Descriptor {

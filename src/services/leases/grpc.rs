@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::Leases;
 use crate::metadata::{Lease, LeaseResource, MetadataError};
-use crate::plugin::{Instance, PluginType, Registration, ids};
+use crate::plugin::{Registration, ids};
 use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 
 #[derive(Clone)]
@@ -34,11 +34,7 @@ impl GrpcService for Service {
 
 /// `io.containerd.grpc.v1.leases`.
 pub fn registration() -> Registration {
-    Registration::new(PluginType::Grpc, ids::LEASES, |cx| async move {
-        let local = cx.get::<dyn Leases>()?;
-        Ok(Instance::new().with::<dyn GrpcService>(Arc::new(Service::new(local))))
-    })
-    .requires(&[PluginType::Service])
+    crate::server::adapter_registration::<dyn Leases, _>(ids::LEASES, Service::new)
 }
 
 fn to_proto(l: Lease) -> api::Lease {

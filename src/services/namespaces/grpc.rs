@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::Namespaces;
 use crate::metadata::{MetadataError, Namespace};
-use crate::plugin::{Instance, PluginType, Registration, ids};
+use crate::plugin::{Registration, ids};
 use crate::server::{GrpcLimits, GrpcService, status::to_status};
 
 #[derive(Clone)]
@@ -34,11 +34,7 @@ impl GrpcService for Service {
 
 /// `io.containerd.grpc.v1.namespaces`.
 pub fn registration() -> Registration {
-    Registration::new(PluginType::Grpc, ids::NAMESPACES, |cx| async move {
-        let local = cx.get::<dyn Namespaces>()?;
-        Ok(Instance::new().with::<dyn GrpcService>(Arc::new(Service::new(local))))
-    })
-    .requires(&[PluginType::Service])
+    crate::server::adapter_registration::<dyn Namespaces, _>(ids::NAMESPACES, Service::new)
 }
 
 fn to_proto(n: Namespace) -> api::Namespace {

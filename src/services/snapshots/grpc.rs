@@ -10,7 +10,7 @@ use taskd_proto::containerd::types as ctypes;
 use tonic::{Request, Response, Status};
 
 use super::Snapshots;
-use crate::plugin::{Instance, PluginType, Registration, ids};
+use crate::plugin::{Registration, ids};
 use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 use crate::snapshots::{Info, Kind, Mount, SnapshotError};
 
@@ -43,11 +43,7 @@ impl GrpcService for Service {
 
 /// `io.containerd.grpc.v1.snapshots`.
 pub fn registration() -> Registration {
-    Registration::new(PluginType::Grpc, ids::SNAPSHOTS, |cx| async move {
-        let local = cx.get::<dyn Snapshots>()?;
-        Ok(Instance::new().with::<dyn GrpcService>(Arc::new(Service::new(local))))
-    })
-    .requires(&[PluginType::Service])
+    crate::server::adapter_registration::<dyn Snapshots, _>(ids::SNAPSHOTS, Service::new)
 }
 
 /// The lease named by the request's `containerd-lease` header, if any.
