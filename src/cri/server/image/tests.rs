@@ -181,5 +181,8 @@ async fn without_a_backend_images_are_unimplemented() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), Kind::NotImplemented);
-    assert!(e.to_string().contains("content store"), "{e}");
+    assert!(
+        e.to_string().contains("images service and server-side pull"),
+        "{e}"
+    );
 }
