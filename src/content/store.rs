@@ -127,19 +127,10 @@ impl Store {
         op: &'static str,
         f: impl FnOnce(&WriteTransaction) -> Result<T, ContentError>,
     ) -> Result<T, ContentError> {
-        let tx = self.db.database().begin_write().ctx(op)?;
-        match f(&tx) {
-            Ok(v) => {
-                tx.commit().ctx(op)?;
-                Ok(v)
-            }
-            Err(e) => {
-                if let Err(abort) = tx.abort() {
-                    tracing::warn!(op, error = %abort, "content: abort after error failed");
-                }
-                Err(e)
-            }
-        }
+        crate::metadata::write_tx(self.db.database(), op, f, |op, e| ContentError::Storage {
+            op,
+            source: Box::new(e),
+        })
     }
 
     fn get_row(

@@ -265,19 +265,10 @@ impl Store {
         op: &'static str,
         f: impl FnOnce(&WriteTransaction) -> Result<T, ImageError>,
     ) -> Result<T, ImageError> {
-        let tx = self.db.database().begin_write().ctx(op)?;
-        match f(&tx) {
-            Ok(v) => {
-                tx.commit().ctx(op)?;
-                Ok(v)
-            }
-            Err(e) => {
-                if let Err(abort) = tx.abort() {
-                    tracing::warn!(op, error = %abort, "images: abort after error failed");
-                }
-                Err(e)
-            }
-        }
+        crate::metadata::write_tx(self.db.database(), op, f, |op, e| ImageError::Storage {
+            op,
+            source: Box::new(e),
+        })
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Result<Image, ImageError> {

@@ -58,7 +58,7 @@ mod store;
 mod validate;
 
 pub use adaptors::{ContainerFields, LeaseFields, NamespaceFields};
-pub use store::{CountObjects, Db, ObjectTable};
+pub use store::{CountObjects, Db, ObjectTable, write_tx};
 pub use validate::{MAX_LABEL_SIZE, validate_labels};
 
 /// The label that gives a lease its expiry (RFC 3339), as containerd's GC reads it.

@@ -52,6 +52,30 @@ impl<T, E: Into<redb::Error>> Ctx<T> for Result<T, E> {
     }
 }
 
+/// Runs `f` in one write transaction of `db`: committed if it returns Ok, aborted (and the
+/// abort failure logged) otherwise. `storage` turns a redb failure of `op` into the caller's
+/// error type, so every store built on the metadata db shares this one commit/abort path.
+pub fn write_tx<T, E>(
+    db: &redb::Database,
+    op: &'static str,
+    f: impl FnOnce(&WriteTransaction) -> Result<T, E>,
+    storage: impl Fn(&'static str, redb::Error) -> E,
+) -> Result<T, E> {
+    let tx = db.begin_write().map_err(|e| storage(op, e.into()))?;
+    match f(&tx) {
+        Ok(v) => {
+            tx.commit().map_err(|e| storage(op, e.into()))?;
+            Ok(v)
+        }
+        Err(e) => {
+            if let Err(abort) = tx.abort() {
+                tracing::warn!(op, error = %abort, "abort after error failed");
+            }
+            Err(e)
+        }
+    }
+}
+
 /// A redb table keyed by `(<namespace>, <id>)`, the shape of every namespaced object table.
 pub type ObjectTable = TableDefinition<'static, (&'static str, &'static str), &'static [u8]>;
 
@@ -179,19 +203,10 @@ impl Db {
         op: &'static str,
         f: impl FnOnce(&WriteTransaction) -> Result<T, MetadataError>,
     ) -> Result<T, MetadataError> {
-        let tx = self.db.begin_write().ctx(op)?;
-        match f(&tx) {
-            Ok(v) => {
-                tx.commit().ctx(op)?;
-                Ok(v)
-            }
-            Err(e) => {
-                if let Err(abort) = tx.abort() {
-                    tracing::warn!(op, error = %abort, "metadata: abort after error failed");
-                }
-                Err(e)
-            }
-        }
+        write_tx(&self.db, op, f, |op, source| MetadataError::Storage {
+            op,
+            source: Box::new(source),
+        })
     }
 
     fn read<T>(

@@ -242,19 +242,7 @@ impl Store {
         op: &'static str,
         f: impl FnOnce(&WriteTransaction) -> Result<T, SnapshotError>,
     ) -> Result<T, SnapshotError> {
-        let tx = self.db.database().begin_write().ctx(op)?;
-        match f(&tx) {
-            Ok(v) => {
-                tx.commit().ctx(op)?;
-                Ok(v)
-            }
-            Err(e) => {
-                if let Err(abort) = tx.abort() {
-                    tracing::warn!(op, error = %abort, "snapshots: abort after error failed");
-                }
-                Err(e)
-            }
-        }
+        crate::metadata::write_tx(self.db.database(), op, f, |op, e| storage(op)(e))
     }
 
     fn get_in(
