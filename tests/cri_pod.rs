@@ -439,6 +439,101 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
         "an exited container has no task to sample"
     );
 
+    // Pod stats: cpu/memory/processes summed over the pause task and running containers,
+    // network from the pod's netns (eth0 from the bridge plugin), containers listed.
+    let ps = w
+        .svc
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("PodSandboxStats")
+        .stats
+        .unwrap();
+    assert_eq!(ps.attributes.as_ref().unwrap().id, pod);
+    let linux = ps.linux.as_ref().unwrap();
+    assert!(
+        linux.cpu.as_ref().unwrap().usage_core_nano_seconds.unwrap().value > 0,
+        "{ps:?}"
+    );
+    assert!(
+        linux.memory.as_ref().unwrap().working_set_bytes.unwrap().value > 0,
+        "{ps:?}"
+    );
+    // pause + app's sh + sleep (side has exited): at least 2 processes.
+    assert!(
+        linux.process.as_ref().unwrap().process_count.unwrap().value >= 2,
+        "{ps:?}"
+    );
+    let net = linux.network.as_ref().expect("pod network usage");
+    assert_eq!(net.default_interface.as_ref().unwrap().name, "eth0");
+    assert_eq!(linux.containers.len(), 2);
+    let listed = w
+        .svc
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+            filter: Some(cri::PodSandboxStatsFilter {
+                id: String::new(),
+                label_selector: [("nope".to_string(), "x".to_string())].into(),
+            }),
+        })
+        .await
+        .expect("ListPodSandboxStats")
+        .stats;
+    assert!(listed.is_empty(), "label selector matches nothing");
+    assert_eq!(
+        w.svc
+            .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+            .await
+            .unwrap()
+            .stats
+            .len(),
+        1
+    );
+
+    // CRI metrics: every served series has a descriptor with as many label keys as values.
+    let desc = w
+        .svc
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .expect("ListMetricDescriptors")
+        .descriptors;
+    let metrics = w
+        .svc
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .expect("ListPodSandboxMetrics")
+        .pod_metrics;
+    assert_eq!(metrics.len(), 1);
+    let pm = &metrics[0];
+    assert_eq!(pm.pod_sandbox_id, pod);
+    assert!(
+        pm.metrics
+            .iter()
+            .any(|m| m.name == "container_network_receive_bytes_total"
+                && m.label_values.last().map(String::as_str) == Some("eth0")),
+        "{pm:?}"
+    );
+    assert_eq!(pm.container_metrics.len(), 1, "only the running container");
+    let cm = &pm.container_metrics[0];
+    assert_eq!(cm.container_id, app);
+    let working_set = cm
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_memory_working_set_bytes")
+        .expect("working set series");
+    assert!(working_set.value.unwrap().value > 0);
+    assert_eq!(
+        working_set.label_values[..3],
+        ["app".to_string(), "web".into(), "default".into()]
+    );
+    for m in pm.metrics.iter().chain(&cm.metrics) {
+        let d = desc
+            .iter()
+            .find(|d| d.name == m.name)
+            .unwrap_or_else(|| panic!("{} not described", m.name));
+        assert_eq!(d.label_keys.len(), m.label_values.len(), "{}", m.name);
+    }
+
     // Stop app, then remove it.
     w.svc
         .stop_container(cri::StopContainerRequest {

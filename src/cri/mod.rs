@@ -33,6 +33,7 @@ pub mod reference;
 pub mod server;
 pub mod service;
 pub mod spec;
+pub mod stats;
 pub mod store;
 pub mod task_runtime;
 

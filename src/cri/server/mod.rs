@@ -36,6 +36,15 @@ use crate::server::{GrpcLimits, GrpcService};
 type Rpc<T> = Result<Response<T>, Status>;
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// Items per message of the Stream* RPCs (each streams its List twin's answer in chunks).
+pub const STREAM_CHUNK: usize = 100;
+
+/// A List answer as a stream of messages of at most [`STREAM_CHUNK`] items each.
+pub fn chunked<T: Clone, R: Send + 'static>(items: Vec<T>, wrap: impl Fn(Vec<T>) -> R) -> BoxStream<R> {
+    let messages: Vec<Result<R, Status>> = items.chunks(STREAM_CHUNK).map(|c| Ok(wrap(c.to_vec()))).collect();
+    Box::pin(futures::stream::iter(messages))
+}
+
 /// The tonic face of the CRI plugin.
 #[derive(Clone)]
 pub struct CriApi {
@@ -274,35 +283,35 @@ impl RuntimeService for CriApi {
     type StreamContainerStatsStream = BoxStream<cri::StreamContainerStatsResponse>;
     async fn stream_container_stats(
         &self,
-        _r: Request<cri::StreamContainerStatsRequest>,
+        r: Request<cri::StreamContainerStatsRequest>,
     ) -> Rpc<Self::StreamContainerStatsStream> {
         self.inst
             .call(
                 "StreamContainerStats",
                 "",
-                unimplemented("StreamContainerStats", PART2),
+                self.svc.stream_container_stats(r.into_inner()),
             )
             .await
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _r: Request<cri::PodSandboxStatsRequest>,
+        r: Request<cri::PodSandboxStatsRequest>,
     ) -> Rpc<cri::PodSandboxStatsResponse> {
         self.inst
-            .call("PodSandboxStats", "", unimplemented("PodSandboxStats", PART2))
+            .call("PodSandboxStats", "", self.svc.pod_sandbox_stats(r.into_inner()))
             .await
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _r: Request<cri::ListPodSandboxStatsRequest>,
+        r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Rpc<cri::ListPodSandboxStatsResponse> {
         self.inst
             .call(
                 "ListPodSandboxStats",
                 "",
-                unimplemented("ListPodSandboxStats", PART2),
+                self.svc.list_pod_sandbox_stats(r.into_inner()),
             )
             .await
     }
@@ -310,13 +319,13 @@ impl RuntimeService for CriApi {
     type StreamPodSandboxStatsStream = BoxStream<cri::StreamPodSandboxStatsResponse>;
     async fn stream_pod_sandbox_stats(
         &self,
-        _r: Request<cri::StreamPodSandboxStatsRequest>,
+        r: Request<cri::StreamPodSandboxStatsRequest>,
     ) -> Rpc<Self::StreamPodSandboxStatsStream> {
         self.inst
             .call(
                 "StreamPodSandboxStats",
                 "",
-                unimplemented("StreamPodSandboxStats", PART2),
+                self.svc.stream_pod_sandbox_stats(r.into_inner()),
             )
             .await
     }
@@ -369,26 +378,26 @@ impl RuntimeService for CriApi {
 
     async fn list_metric_descriptors(
         &self,
-        _r: Request<cri::ListMetricDescriptorsRequest>,
+        r: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Rpc<cri::ListMetricDescriptorsResponse> {
         self.inst
             .call(
                 "ListMetricDescriptors",
                 "",
-                unimplemented("ListMetricDescriptors", PART2),
+                self.svc.list_metric_descriptors(r.into_inner()),
             )
             .await
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
-        _r: Request<cri::ListPodSandboxMetricsRequest>,
+        r: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Rpc<cri::ListPodSandboxMetricsResponse> {
         self.inst
             .call(
                 "ListPodSandboxMetrics",
                 "",
-                unimplemented("ListPodSandboxMetrics", PART2),
+                self.svc.list_pod_sandbox_metrics(r.into_inner()),
             )
             .await
     }
@@ -396,13 +405,13 @@ impl RuntimeService for CriApi {
     type StreamPodSandboxMetricsStream = BoxStream<cri::StreamPodSandboxMetricsResponse>;
     async fn stream_pod_sandbox_metrics(
         &self,
-        _r: Request<cri::StreamPodSandboxMetricsRequest>,
+        r: Request<cri::StreamPodSandboxMetricsRequest>,
     ) -> Rpc<Self::StreamPodSandboxMetricsStream> {
         self.inst
             .call(
                 "StreamPodSandboxMetrics",
                 "",
-                unimplemented("StreamPodSandboxMetrics", PART2),
+                self.svc.stream_pod_sandbox_metrics(r.into_inner()),
             )
             .await
     }

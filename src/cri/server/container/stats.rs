@@ -1,31 +1,66 @@
-//! `ContainerStats` / `ListContainerStats`: CPU and memory from the task's cgroup stats
-//! (cgroup v1 `io.containerd.cgroups.v1.Metrics`, as the shim reports them on this host).
+//! `ContainerStats` / `ListContainerStats` / `StreamContainerStats`: CPU and memory from the
+//! task's cgroup stats as the shim reports them (v1 or v2, decoded by [`crate::cri::stats`]).
 //!
 //! ```text
-//! cpu.usage_core_nano_seconds = cpu.usage.total
+//! cpu.usage_core_nano_seconds = cpu total (ns)
 //! cpu.usage_nano_cores        = Δtotal / Δt since the previous sample of that container
-//! memory.usage_bytes          = memory.usage.usage
-//! memory.working_set_bytes    = usage − total_inactive_file (cAdvisor's definition)
-//! memory.rss_bytes            = total_rss;  page_faults / major_page_faults
+//! memory.usage_bytes          = usage
+//! memory.working_set_bytes    = usage − inactive_file (cAdvisor's definition)
+//! memory.rss_bytes            = rss (v2: anon);  page_faults / major_page_faults
 //! ```
 //!
 //! A container that is not running (created, exited) reports attributes only. The writable
 //! layer's usage needs the snapshotter and is left out until it is on the build.
 
-use prost::Message;
-use taskd_proto::cgroups::v1::Metrics as V1;
 use taskd_proto::cri::v1 as cri;
 
 use crate::cri::server::convert::{labels_match, nanos};
+use crate::cri::stats::Sample;
 use crate::cri::store::container::Container;
 use crate::cri::{CriError, CriService};
 
-fn u(v: u64) -> Option<cri::UInt64Value> {
+pub(crate) fn u(v: u64) -> Option<cri::UInt64Value> {
     Some(cri::UInt64Value { value: v })
 }
 
+/// CRI memory usage from a sample (None when the sample has no memory numbers).
+pub(crate) fn memory_usage(s: &Sample, ts: i64) -> Option<cri::MemoryUsage> {
+    s.mem_usage.map(|usage| cri::MemoryUsage {
+        timestamp: ts,
+        working_set_bytes: s.mem_working_set.or(Some(usage)).and_then(u),
+        available_bytes: None,
+        usage_bytes: u(usage),
+        rss_bytes: s.mem_rss.and_then(u),
+        page_faults: s.page_faults.and_then(u),
+        major_page_faults: s.major_page_faults.and_then(u),
+        psi: None,
+    })
+}
+
 impl CriService {
-    fn attributes(c: &Container) -> cri::ContainerAttributes {
+    /// CRI CPU usage from a sample; `usage_nano_cores` from the previous sample under `key`.
+    pub(crate) fn cpu_usage(
+        &self,
+        key: &str,
+        s: &Sample,
+        at: std::time::SystemTime,
+    ) -> Option<cri::CpuUsage> {
+        let total = s.cpu_total_ns?;
+        let mut samples = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
+        let rate = samples.get(key).and_then(|(t0, v0)| {
+            let dt = at.duration_since(*t0).ok()?.as_nanos() as u64;
+            (dt > 0 && total >= *v0).then(|| ((total - v0) as u128 * 1_000_000_000 / dt as u128) as u64)
+        });
+        samples.insert(key.to_owned(), (at, total));
+        Some(cri::CpuUsage {
+            timestamp: nanos(Some(at)),
+            usage_core_nano_seconds: u(total),
+            usage_nano_cores: rate.and_then(u),
+            psi: None,
+        })
+    }
+
+    pub(crate) fn attributes(c: &Container) -> cri::ContainerAttributes {
         cri::ContainerAttributes {
             id: c.id.clone(),
             metadata: c.config.metadata.clone(),
@@ -34,7 +69,7 @@ impl CriService {
         }
     }
 
-    fn to_stats(
+    pub(crate) fn to_stats(
         &self,
         c: &Container,
         sample: Option<&crate::cri::controller::TaskStats>,
@@ -49,44 +84,13 @@ impl CriService {
         else {
             return out;
         };
-        let Some(any) = &s.data else {
-            return out;
-        };
-        if !any.type_url.ends_with("io.containerd.cgroups.v1.Metrics") {
-            tracing::debug!(type_url = %any.type_url, "container stats in a format CRI stats do not decode yet");
-            return out;
-        }
-        let Ok(m) = V1::decode(any.value.as_slice()) else {
+        let Some(sample) = s.data.as_ref().and_then(crate::cri::stats::Sample::decode) else {
+            tracing::debug!(container = %c.id, "container stats in a format CRI stats do not decode");
             return out;
         };
         let ts = nanos(Some(s.timestamp));
-        if let Some(total) = m.cpu.as_ref().and_then(|c| c.usage.as_ref()).map(|u| u.total) {
-            let mut samples = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
-            let rate = samples.get(&c.id).and_then(|(t0, v0)| {
-                let dt = s.timestamp.duration_since(*t0).ok()?.as_nanos() as u64;
-                (dt > 0 && total >= *v0).then(|| ((total - v0) as u128 * 1_000_000_000 / dt as u128) as u64)
-            });
-            samples.insert(c.id.clone(), (s.timestamp, total));
-            out.cpu = Some(cri::CpuUsage {
-                timestamp: ts,
-                usage_core_nano_seconds: u(total),
-                usage_nano_cores: rate.and_then(u),
-                psi: None,
-            });
-        }
-        if let Some(mem) = &m.memory {
-            let usage = mem.usage.as_ref().map(|e| e.usage).unwrap_or(0);
-            out.memory = Some(cri::MemoryUsage {
-                timestamp: ts,
-                working_set_bytes: u(usage.saturating_sub(mem.total_inactive_file)),
-                available_bytes: None,
-                usage_bytes: u(usage),
-                rss_bytes: u(mem.total_rss),
-                page_faults: u(mem.total_pg_fault),
-                major_page_faults: u(mem.total_pg_maj_fault),
-                psi: None,
-            });
-        }
+        out.cpu = self.cpu_usage(&c.id, &sample, s.timestamp);
+        out.memory = memory_usage(&sample, ts);
         out
     }
 
@@ -137,5 +141,18 @@ impl CriService {
                 .map(|c| self.to_stats(c, samples.iter().find(|s| s.id == c.id)))
                 .collect(),
         })
+    }
+
+    pub async fn stream_container_stats(
+        &self,
+        req: cri::StreamContainerStatsRequest,
+    ) -> Result<crate::cri::server::BoxStream<cri::StreamContainerStatsResponse>, CriError> {
+        let stats = self
+            .list_container_stats(cri::ListContainerStatsRequest { filter: req.filter })
+            .await?
+            .stats;
+        Ok(crate::cri::server::chunked(stats, |container_stats| {
+            cri::StreamContainerStatsResponse { container_stats }
+        }))
     }
 }

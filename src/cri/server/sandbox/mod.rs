@@ -3,8 +3,10 @@
 //! the store.
 
 pub mod list;
+pub mod metrics;
 pub mod remove;
 pub mod run;
+pub mod stats;
 pub mod status;
 pub mod stop;
 pub mod stream;

@@ -1,0 +1,518 @@
+//! Pod start latency through CRI: taskd against Debian's containerd with its CRI plugin, in
+//! one run, through the same client (the `k8s-cri` crate). Not a test: prints a table
+//! (copied into docs/BENCHMARKS.md, "CRI pod start").
+//!
+//! One pod start = RunPodSandbox + CreateContainer + StartContainer, until ContainerStatus
+//! says RUNNING. Measured for `--sequential` pods one after another and for `--concurrent`
+//! pods at once, each daemon in turn, for `--rounds` rounds (alternating which daemon goes
+//! first). Both daemons pull the same pause and busybox images (pulled before timing) from a
+//! local `docker-registry` through a registry mirror config, and use the same CNI chain
+//! (bridge + host-local on a private subnet each, no route out of the machine).
+//!
+//! Run as root: `cargo bench --bench cri_pods` (`-- --sequential 30 --concurrent 10
+//! --rounds 2`). `TASKD_BIN` overrides the taskd binary (default: the one cargo built).
+//! Everything it starts is stopped by pid, pods are removed through CRI, bridges deleted,
+//! and its temp dir removed (never across a mount).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use support::registry::{ImageBuilder, OciLayout, Registry};
+use tonic::transport::Channel;
+
+const SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
+const APP_IMAGE: &str = "docker.io/library/busybox:latest";
+
+struct Args {
+    sequential: usize,
+    concurrent: usize,
+    rounds: usize,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        sequential: 30,
+        concurrent: 10,
+        rounds: 2,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut num = || -> Result<usize> {
+            it.next()
+                .context("missing value")?
+                .parse()
+                .context("not a number")
+        };
+        match flag.as_str() {
+            "--sequential" => a.sequential = num()?,
+            "--concurrent" => a.concurrent = num()?,
+            "--rounds" => a.rounds = num()?,
+            "--bench" => {}
+            other => bail!("unknown argument {other:?} (--sequential N --concurrent N --rounds N)"),
+        }
+    }
+    Ok(a)
+}
+
+/// One daemon under test.
+struct Daemon {
+    name: &'static str,
+    child: Child,
+    socket: PathBuf,
+    bridge: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A CNI conf dir with a bridge + host-local chain on `10.251.<octet>.0/24`.
+fn cni_conf(dir: &Path, bridge: &str, octet: u8) -> Result<PathBuf> {
+    let conf = dir.join(format!("net.d-{bridge}"));
+    std::fs::create_dir_all(&conf)?;
+    std::fs::write(
+        conf.join("10-bench.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"{bridge}","plugins":[{{"type":"bridge","bridge":"{bridge}","isGateway":false,"ipMasq":false,
+               "ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"10.251.{octet}.0/24"}}]]}}}}]}}"#,
+            dir.join(format!("ipam-{bridge}")).display()
+        ),
+    )?;
+    Ok(conf)
+}
+
+fn spawn(mut cmd: Command, log: &Path) -> Result<Child> {
+    let log = std::fs::File::create(log)?;
+    Ok(cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?)
+}
+
+fn start_containerd(w: &Path, registry: &str) -> Result<Daemon> {
+    let bridge = "cdbench0".to_owned();
+    let conf_dir = cni_conf(w, &bridge, 1)?;
+    let d = w.join("containerd");
+    std::fs::create_dir_all(&d)?;
+    let config = format!(
+        r#"version = 2
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = "{debug}"
+  level = "warn"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{SANDBOX_IMAGE}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{conf}"
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."registry.k8s.io"]
+    endpoint = ["http://{registry}"]
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]
+    endpoint = ["http://{registry}"]
+"#,
+        root = d.join("root").display(),
+        state = d.join("state").display(),
+        sock = d.join("cd.sock").display(),
+        debug = d.join("debug.sock").display(),
+        conf = conf_dir.display(),
+    );
+    std::fs::write(d.join("config.toml"), config)?;
+    let mut cmd = Command::new("containerd");
+    cmd.arg("--config").arg(d.join("config.toml"));
+    let child = spawn(cmd, &d.join("containerd.log"))?;
+    Ok(Daemon {
+        name: "containerd",
+        child,
+        socket: d.join("cd.sock"),
+        bridge,
+    })
+}
+
+fn start_taskd(w: &Path, registry: &str) -> Result<Daemon> {
+    let bridge = "tdbench0".to_owned();
+    let conf_dir = cni_conf(w, &bridge, 2)?;
+    let d = w.join("taskd");
+    std::fs::create_dir_all(&d)?;
+    let config = format!(
+        r#"version = 1
+[metrics]
+address = ""
+[debug]
+level = "warn"
+[plugins."io.containerd.cri.v1.cri"]
+sandbox_image = "{SANDBOX_IMAGE}"
+[plugins."io.containerd.cri.v1.cri".cni]
+conf_dir = "{conf}"
+bin_dirs = ["/usr/lib/cni"]
+[plugins."io.containerd.service.v1.images-service".registries."registry.k8s.io"]
+mirrors = ["http://{registry}"]
+[plugins."io.containerd.service.v1.images-service".registries."docker.io"]
+mirrors = ["http://{registry}"]
+"#,
+        conf = conf_dir.display(),
+    );
+    std::fs::write(d.join("taskd.toml"), config)?;
+    let bin = std::env::var_os("TASKD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_taskd")));
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
+        .arg(d.join("taskd.toml"))
+        .arg("--root")
+        .arg(d.join("root"))
+        .arg("--state")
+        .arg(d.join("state"))
+        .arg("--address")
+        .arg(d.join("td.sock"))
+        .env("RUST_LOG", "warn")
+        .env_remove("TASKD_CONFIG");
+    let child = spawn(cmd, &d.join("taskd.log"))?;
+    Ok(Daemon {
+        name: "taskd",
+        child,
+        socket: d.join("td.sock"),
+        bridge,
+    })
+}
+
+async fn channel(socket: &Path) -> Result<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let path = socket.to_owned();
+        let r = tonic::transport::Endpoint::from_static("http://[::]:50051")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await;
+        match r {
+            Ok(c) => {
+                // Ready once the CRI answers Version.
+                if RuntimeServiceClient::new(c.clone())
+                    .version(cri::VersionRequest::default())
+                    .await
+                    .is_ok()
+                {
+                    return Ok(c);
+                }
+            }
+            Err(e) if Instant::now() > deadline => bail!("connect to {}: {e}", socket.display()),
+            Err(_) => {}
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not answer CRI Version within 30s", socket.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn pod_config(w: &Path, name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: w.join("logs").join(name).display().to_string(),
+        ..Default::default()
+    }
+}
+
+/// Starts one pod with one container; returns its latency and the pod id.
+async fn start_pod(ch: Channel, w: PathBuf, name: String) -> Result<(Duration, String)> {
+    let mut rt = RuntimeServiceClient::new(ch);
+    let config = pod_config(&w, &name);
+    let t0 = Instant::now();
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .with_context(|| format!("RunPodSandbox {name}"))?
+        .into_inner()
+        .pod_sandbox_id;
+    let c = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "app".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: APP_IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["/bin/sleep".into(), "3600".into()],
+                log_path: "app/0.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(config),
+        })
+        .await
+        .with_context(|| format!("CreateContainer in {name}"))?
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: c.clone(),
+    })
+    .await
+    .with_context(|| format!("StartContainer in {name}"))?;
+    loop {
+        let s = rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: c.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner();
+        if s.status.map(|s| s.state) == Some(cri::ContainerState::ContainerRunning as i32) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok((t0.elapsed(), pod))
+}
+
+async fn remove_pods(ch: &Channel, pods: &[String]) -> Result<()> {
+    let mut rt = RuntimeServiceClient::new(ch.clone());
+    for p in pods {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: p.clone(),
+        })
+        .await
+        .with_context(|| format!("StopPodSandbox {p}"))?;
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.clone(),
+        })
+        .await
+        .with_context(|| format!("RemovePodSandbox {p}"))?;
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Samples {
+    sequential: Vec<Duration>,
+    concurrent: Vec<Duration>,
+}
+
+async fn round(d: &Daemon, w: &Path, a: &Args, r: usize, s: &mut Samples) -> Result<()> {
+    let ch = channel(&d.socket).await?;
+    let mut pods = Vec::new();
+    for i in 0..a.sequential {
+        let (t, pod) = start_pod(ch.clone(), w.to_owned(), format!("seq-{r}-{i}")).await?;
+        s.sequential.push(t);
+        pods.push(pod);
+    }
+    remove_pods(&ch, &pods).await?;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..a.concurrent {
+        set.spawn(start_pod(ch.clone(), w.to_owned(), format!("par-{r}-{i}")));
+    }
+    let mut pods = Vec::new();
+    let mut first_err = None;
+    while let Some(res) = set.join_next().await {
+        match res? {
+            Ok((t, pod)) => {
+                s.concurrent.push(t);
+                pods.push(pod);
+            }
+            Err(e) => first_err = first_err.or(Some(e)),
+        }
+    }
+    remove_pods(&ch, &pods).await?;
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn prepare(d: &Daemon, w: &Path) -> Result<()> {
+    let ch = channel(&d.socket).await?;
+    let mut img = ImageServiceClient::new(ch.clone());
+    for image in [SANDBOX_IMAGE, APP_IMAGE] {
+        img.pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .with_context(|| format!("{}: PullImage {image}", d.name))?;
+    }
+    // Warm-up: two pods, not measured.
+    let mut pods = Vec::new();
+    for i in 0..2 {
+        pods.push(start_pod(ch.clone(), w.to_owned(), format!("warm-{i}")).await?.1);
+    }
+    remove_pods(&ch, &pods).await
+}
+
+fn percentile(v: &[Duration], p: f64) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((p / 100.0) * (v.len() as f64 - 1.0)).round() as usize;
+    v[idx.min(v.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("cri_pods bench needs root");
+    }
+    for (bin, pkg) in [
+        ("containerd", "containerd"),
+        ("runc", "runc"),
+        ("docker-registry", "docker-registry"),
+        ("skopeo", "skopeo"),
+    ] {
+        support::require_bin(bin, pkg);
+    }
+    let w = tempfile::Builder::new().prefix("taskd-bench-cri-").tempdir()?;
+    let reg = Registry::start();
+    // busybox as docker.io/library/busybox:latest, and a pause image (busybox sleeping).
+    let mut layout = OciLayout::new();
+    layout.add_image("latest", &ImageBuilder::busybox().build());
+    reg.push(&layout, "latest", "library/busybox", "latest");
+    let mut pause = ImageBuilder::busybox();
+    pause.entrypoint = vec!["/bin/sleep".into(), "2147483647".into()];
+    pause.cmd = vec![];
+    let mut layout = OciLayout::new();
+    layout.add_image("3.10", &pause.build());
+    reg.push(&layout, "3.10", "pause", "3.10");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let daemons = [
+            start_containerd(w.path(), &reg.addr)?,
+            start_taskd(w.path(), &reg.addr)?,
+        ];
+        for d in &daemons {
+            prepare(d, w.path())
+                .await
+                .with_context(|| format!("{} warm-up", d.name))?;
+        }
+        let mut samples = [Samples::default(), Samples::default()];
+        for r in 0..a.rounds {
+            let order: [usize; 2] = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                round(&daemons[i], w.path(), &a, r, &mut samples[i])
+                    .await
+                    .with_context(|| format!("{} round {r}", daemons[i].name))?;
+            }
+        }
+        let rss = [rss_kib(daemons[0].child.id()), rss_kib(daemons[1].child.id())];
+        Ok::<_, anyhow::Error>((samples, rss, daemons))
+    });
+    let (samples, rss, daemons) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("bench failed: {e:#}; daemon logs under {}", w.path().display());
+            let _ = w.keep();
+            return Err(e);
+        }
+    };
+    drop(daemons);
+    rt.shutdown_timeout(Duration::from_secs(5));
+
+    let [cd, td] = &samples;
+    println!(
+        "| daemon | sequential p50 ms | sequential p99 ms | concurrent ({}) p50 ms | concurrent p99 ms | daemon RSS KiB |",
+        a.concurrent
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, s, r) in [("containerd", cd, rss[0]), ("taskd", td, rss[1])] {
+        println!(
+            "| {name} | {} | {} | {} | {} | {r} |",
+            ms(percentile(&s.sequential, 50.0)),
+            ms(percentile(&s.sequential, 99.0)),
+            ms(percentile(&s.concurrent, 50.0)),
+            ms(percentile(&s.concurrent, 99.0)),
+        );
+    }
+    let ratio = |f: &dyn Fn(&Samples) -> Duration| f(td).as_secs_f64() / f(cd).as_secs_f64().max(1e-9);
+    println!(
+        "| **ratio taskd / containerd** | **{:.2}** | {:.2} | **{:.2}** | {:.2} | {:.2} |",
+        ratio(&|s| percentile(&s.sequential, 50.0)),
+        ratio(&|s| percentile(&s.sequential, 99.0)),
+        ratio(&|s| percentile(&s.concurrent, 50.0)),
+        ratio(&|s| percentile(&s.concurrent, 99.0)),
+        rss[1] as f64 / rss[0].max(1) as f64,
+    );
+    println!(
+        "\nsamples per daemon: {} sequential, {} concurrent ({} rounds); {} CPUs; containerd {}",
+        td.sequential.len(),
+        td.concurrent.len(),
+        a.rounds,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        String::from_utf8_lossy(&Command::new("containerd").arg("--version").output()?.stdout).trim()
+    );
+    Ok(())
+}

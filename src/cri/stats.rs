@@ -1,0 +1,345 @@
+//! Task cgroup stats as the CRI stats and metrics RPCs use them: one [`Sample`] decoded from
+//! whatever the shim reports (`io.containerd.cgroups.v1.Metrics` on cgroup v1 hosts,
+//! `io.containerd.cgroups.v2.Metrics` on v2), pod totals as sums of samples, and a pod's
+//! network counters from `/proc/<pid>/net/dev` of a process in its network namespace.
+//!
+//! ```text
+//!                      v1 (ns)                       v2 (usec ×1000)
+//! cpu_total            cpu.usage.total               cpu.usage_usec
+//! cpu_user / _system   cpu.usage.user / .kernel      cpu.user_usec / system_usec
+//! mem_usage            memory.usage.usage            memory.usage
+//! mem_working_set      usage − total_inactive_file   usage − inactive_file   (cAdvisor)
+//! mem_rss              total_rss                     anon
+//! mem_cache            total_cache                   file
+//! page faults          total_pg_fault / _maj_fault   pgfault / pgmajfault
+//! processes            pids.current                  pids.current
+//! ```
+
+use std::path::Path;
+
+use prost::Message;
+use taskd_proto::cgroups::{v1, v2};
+
+/// One task's (or one pod's summed) cgroup numbers. Absent fields stay `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sample {
+    pub cpu_total_ns: Option<u64>,
+    pub cpu_user_ns: Option<u64>,
+    pub cpu_system_ns: Option<u64>,
+    pub cfs_periods: Option<u64>,
+    pub cfs_throttled_periods: Option<u64>,
+    pub cfs_throttled_ns: Option<u64>,
+    pub mem_usage: Option<u64>,
+    pub mem_max_usage: Option<u64>,
+    pub mem_working_set: Option<u64>,
+    pub mem_rss: Option<u64>,
+    pub mem_cache: Option<u64>,
+    pub mem_mapped_file: Option<u64>,
+    pub mem_active_file: Option<u64>,
+    pub mem_inactive_file: Option<u64>,
+    pub mem_swap: Option<u64>,
+    pub mem_failcnt: Option<u64>,
+    pub page_faults: Option<u64>,
+    pub major_page_faults: Option<u64>,
+    pub processes: Option<u64>,
+    pub oom_kills: Option<u64>,
+}
+
+const V1_URL: &str = "io.containerd.cgroups.v1.Metrics";
+const V2_URL: &str = "io.containerd.cgroups.v2.Metrics";
+
+impl Sample {
+    /// Decodes a shim's metrics `Any`; None for an unknown type or bad bytes.
+    pub fn decode(any: &prost_types::Any) -> Option<Sample> {
+        if any.type_url.ends_with(V1_URL) {
+            v1::Metrics::decode(any.value.as_slice())
+                .ok()
+                .map(|m| Sample::from_v1(&m))
+        } else if any.type_url.ends_with(V2_URL) {
+            v2::Metrics::decode(any.value.as_slice())
+                .ok()
+                .map(|m| Sample::from_v2(&m))
+        } else {
+            None
+        }
+    }
+
+    pub fn from_v1(m: &v1::Metrics) -> Sample {
+        let mut s = Sample::default();
+        if let Some(u) = m.cpu.as_ref().and_then(|c| c.usage.as_ref()) {
+            s.cpu_total_ns = Some(u.total);
+            s.cpu_user_ns = Some(u.user);
+            s.cpu_system_ns = Some(u.kernel);
+        }
+        if let Some(t) = m.cpu.as_ref().and_then(|c| c.throttling.as_ref()) {
+            s.cfs_periods = Some(t.periods);
+            s.cfs_throttled_periods = Some(t.throttled_periods);
+            s.cfs_throttled_ns = Some(t.throttled_time);
+        }
+        if let Some(mem) = &m.memory {
+            if let Some(u) = &mem.usage {
+                s.mem_usage = Some(u.usage);
+                s.mem_max_usage = Some(u.max);
+                s.mem_failcnt = Some(u.failcnt);
+                s.mem_working_set = Some(u.usage.saturating_sub(mem.total_inactive_file));
+            }
+            if let Some(sw) = &mem.swap {
+                s.mem_swap = Some(sw.usage.saturating_sub(mem.usage.as_ref().map_or(0, |u| u.usage)));
+            }
+            s.mem_rss = Some(mem.total_rss);
+            s.mem_cache = Some(mem.total_cache);
+            s.mem_mapped_file = Some(mem.total_mapped_file);
+            s.mem_active_file = Some(mem.total_active_file);
+            s.mem_inactive_file = Some(mem.total_inactive_file);
+            s.page_faults = Some(mem.total_pg_fault);
+            s.major_page_faults = Some(mem.total_pg_maj_fault);
+        }
+        if let Some(p) = &m.pids {
+            s.processes = Some(p.current);
+        }
+        if let Some(o) = &m.memory_oom_control {
+            s.oom_kills = Some(o.oom_kill);
+        }
+        s
+    }
+
+    pub fn from_v2(m: &v2::Metrics) -> Sample {
+        let mut s = Sample::default();
+        if let Some(c) = &m.cpu {
+            s.cpu_total_ns = Some(c.usage_usec.saturating_mul(1000));
+            s.cpu_user_ns = Some(c.user_usec.saturating_mul(1000));
+            s.cpu_system_ns = Some(c.system_usec.saturating_mul(1000));
+            s.cfs_periods = Some(c.nr_periods);
+            s.cfs_throttled_periods = Some(c.nr_throttled);
+            s.cfs_throttled_ns = Some(c.throttled_usec.saturating_mul(1000));
+        }
+        if let Some(mem) = &m.memory {
+            s.mem_usage = Some(mem.usage);
+            s.mem_max_usage = Some(mem.max_usage);
+            s.mem_working_set = Some(mem.usage.saturating_sub(mem.inactive_file));
+            s.mem_rss = Some(mem.anon);
+            s.mem_cache = Some(mem.file);
+            s.mem_mapped_file = Some(mem.file_mapped);
+            s.mem_active_file = Some(mem.active_file);
+            s.mem_inactive_file = Some(mem.inactive_file);
+            s.mem_swap = Some(mem.swap_usage);
+            s.page_faults = Some(mem.pgfault);
+            s.major_page_faults = Some(mem.pgmajfault);
+        }
+        if let Some(ev) = &m.memory_events {
+            s.mem_failcnt = Some(ev.max);
+            s.oom_kills = Some(ev.oom_kill);
+        }
+        if let Some(p) = &m.pids {
+            s.processes = Some(p.current);
+        }
+        s
+    }
+
+    /// Field-wise sum (a field is present when it is present in any part).
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a Sample>) -> Sample {
+        fn add(a: &mut Option<u64>, b: Option<u64>) {
+            if let Some(b) = b {
+                *a = Some(a.unwrap_or(0).saturating_add(b));
+            }
+        }
+        let mut t = Sample::default();
+        for p in parts {
+            add(&mut t.cpu_total_ns, p.cpu_total_ns);
+            add(&mut t.cpu_user_ns, p.cpu_user_ns);
+            add(&mut t.cpu_system_ns, p.cpu_system_ns);
+            add(&mut t.cfs_periods, p.cfs_periods);
+            add(&mut t.cfs_throttled_periods, p.cfs_throttled_periods);
+            add(&mut t.cfs_throttled_ns, p.cfs_throttled_ns);
+            add(&mut t.mem_usage, p.mem_usage);
+            add(&mut t.mem_max_usage, p.mem_max_usage);
+            add(&mut t.mem_working_set, p.mem_working_set);
+            add(&mut t.mem_rss, p.mem_rss);
+            add(&mut t.mem_cache, p.mem_cache);
+            add(&mut t.mem_mapped_file, p.mem_mapped_file);
+            add(&mut t.mem_active_file, p.mem_active_file);
+            add(&mut t.mem_inactive_file, p.mem_inactive_file);
+            add(&mut t.mem_swap, p.mem_swap);
+            add(&mut t.mem_failcnt, p.mem_failcnt);
+            add(&mut t.page_faults, p.page_faults);
+            add(&mut t.major_page_faults, p.major_page_faults);
+            add(&mut t.processes, p.processes);
+            add(&mut t.oom_kills, p.oom_kills);
+        }
+        t
+    }
+}
+
+/// One network interface's counters (`/proc/<pid>/net/dev`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetDev {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
+
+/// Parses `/proc/net/dev` text; skips the two header lines, `lo`, and malformed lines.
+pub fn parse_net_dev(text: &str) -> Vec<NetDev> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let name = name.trim();
+            if name.is_empty() || name == "lo" {
+                return None;
+            }
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .map(|v| v.parse().ok())
+                .collect::<Option<Vec<u64>>>()?;
+            if f.len() < 16 {
+                return None;
+            }
+            Some(NetDev {
+                name: name.to_owned(),
+                rx_bytes: f[0],
+                rx_packets: f[1],
+                rx_errors: f[2],
+                rx_dropped: f[3],
+                tx_bytes: f[8],
+                tx_packets: f[9],
+                tx_errors: f[10],
+                tx_dropped: f[11],
+            })
+        })
+        .collect()
+}
+
+/// The interfaces of the network namespace `pid` lives in (empty when it is gone).
+pub fn net_dev_of(proc_root: &Path, pid: u32) -> Vec<NetDev> {
+    if pid == 0 {
+        return Vec::new();
+    }
+    std::fs::read_to_string(proc_root.join(pid.to_string()).join("net/dev"))
+        .map(|t| parse_net_dev(&t))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_and_v2_decode_to_the_same_fields() {
+        let m1 = v1::Metrics {
+            cpu: Some(v1::CpuStat {
+                usage: Some(v1::CpuUsage {
+                    total: 3_000,
+                    kernel: 1_000,
+                    user: 2_000,
+                    per_cpu: vec![],
+                }),
+                throttling: None,
+            }),
+            memory: Some(v1::MemoryStat {
+                total_inactive_file: 100,
+                total_rss: 400,
+                total_pg_fault: 7,
+                usage: Some(v1::MemoryEntry {
+                    usage: 1_000,
+                    max: 2_000,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            pids: Some(v1::PidsStat { current: 3, limit: 0 }),
+            ..Default::default()
+        };
+        let any = prost_types::Any {
+            type_url: format!("types.containerd.io/{V1_URL}"),
+            value: m1.encode_to_vec(),
+        };
+        let s = Sample::decode(&any).unwrap();
+        assert_eq!(s.cpu_total_ns, Some(3_000));
+        assert_eq!(s.cpu_system_ns, Some(1_000));
+        assert_eq!(s.mem_working_set, Some(900));
+        assert_eq!(s.mem_rss, Some(400));
+        assert_eq!(s.processes, Some(3));
+
+        let m2 = v2::Metrics {
+            cpu: Some(v2::CpuStat {
+                usage_usec: 3,
+                user_usec: 2,
+                system_usec: 1,
+                ..Default::default()
+            }),
+            memory: Some(v2::MemoryStat {
+                usage: 1_000,
+                inactive_file: 100,
+                anon: 400,
+                pgfault: 7,
+                ..Default::default()
+            }),
+            pids: Some(v2::PidsStat { current: 3, limit: 0 }),
+            ..Default::default()
+        };
+        let any = prost_types::Any {
+            type_url: format!("types.containerd.io/{V2_URL}"),
+            value: m2.encode_to_vec(),
+        };
+        let s2 = Sample::decode(&any).unwrap();
+        assert_eq!(s2.cpu_total_ns, Some(3_000));
+        assert_eq!(s2.mem_working_set, s.mem_working_set);
+        assert_eq!(s2.mem_rss, s.mem_rss);
+        assert_eq!(s2.page_faults, s.page_faults);
+        assert_eq!(s2.processes, s.processes);
+
+        assert!(
+            Sample::decode(&prost_types::Any {
+                type_url: "x/other".into(),
+                value: vec![]
+            })
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn sums_keep_absent_fields_absent() {
+        let a = Sample {
+            cpu_total_ns: Some(5),
+            processes: Some(1),
+            ..Default::default()
+        };
+        let b = Sample {
+            cpu_total_ns: Some(7),
+            ..Default::default()
+        };
+        let t = Sample::sum([&a, &b]);
+        assert_eq!(t.cpu_total_ns, Some(12));
+        assert_eq!(t.processes, Some(1));
+        assert_eq!(t.mem_usage, None);
+    }
+
+    #[test]
+    fn net_dev_skips_headers_and_loopback() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+ lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  \
+eth0:    1500      10    1    2    0     0          0         0     2500      20    3    4    0     0       0          0\n";
+        let devs = parse_net_dev(text);
+        assert_eq!(
+            devs,
+            vec![NetDev {
+                name: "eth0".into(),
+                rx_bytes: 1500,
+                rx_packets: 10,
+                rx_errors: 1,
+                rx_dropped: 2,
+                tx_bytes: 2500,
+                tx_packets: 20,
+                tx_errors: 3,
+                tx_dropped: 4,
+            }]
+        );
+    }
+}
