@@ -85,8 +85,47 @@ struct World {
     bridge: String,
     svc: Arc<CriService>,
     tasks: Arc<dyn Tasks>,
+    rt: Arc<TaskRuntime>,
+    cfg: CriConfig,
+    exchange: Arc<Exchange>,
     _server: ttrpc::r#async::Server,
-    _events: tokio::task::JoinHandle<()>,
+    events: tokio::task::JoinHandle<()>,
+}
+
+/// A CRI service on the world's dirs, its stores loaded from disk; returns it with the
+/// number of record files it skipped.
+fn cri_service(dir: &Path, cfg: &CriConfig, rt: &Arc<TaskRuntime>) -> (CriService, usize) {
+    let mut svc = CriService::new(
+        cfg.clone(),
+        &dir.join("root/cri"),
+        &dir.join("state/cri"),
+        ContainerEvents::new().unwrap(),
+    );
+    svc.controller = Some(rt.clone());
+    svc.runner = Some(rt.clone());
+    let skipped = svc.open_stores().unwrap().len();
+    (svc, skipped)
+}
+
+impl World {
+    /// What a taskd crash does to the CRI plugin: its event loop and log copiers stop
+    /// mid-flight (nothing is stopped or flushed); the tasks service and shims live on.
+    fn crash_cri(&mut self) {
+        self.events.abort();
+        for (_, mut io) in self.svc.ios.lock().unwrap().drain() {
+            io.abort();
+        }
+    }
+
+    /// A new CRI plugin instance on the same dirs: load, subscribe, recover.
+    async fn restart_cri(&mut self) -> (taskd::cri::recover::Report, usize) {
+        let (svc, skipped) = cri_service(self.dir.path(), &self.cfg, &self.rt);
+        let svc = Arc::new(svc);
+        self.events = taskd::cri::events::spawn(svc.clone(), self.exchange.as_ref()).unwrap();
+        let report = taskd::cri::recover::recover(&svc).await;
+        self.svc = svc;
+        (report, skipped)
+    }
 }
 
 impl Drop for World {
@@ -189,14 +228,8 @@ async fn world() -> World {
     let mut cfg = CriConfig::default();
     cfg.cni.conf_dir = conf_dir;
     cfg.cni.bin_dirs = vec![PathBuf::from("/usr/lib/cni")];
-    let mut svc = CriService::new(
-        cfg,
-        &dir.path().join("root/cri"),
-        &dir.path().join("state/cri"),
-        ContainerEvents::new().unwrap(),
-    );
-    svc.controller = Some(rt.clone());
-    svc.runner = Some(rt);
+    let (svc, skipped) = cri_service(dir.path(), &cfg, &rt);
+    assert_eq!(skipped, 0);
     let svc = Arc::new(svc);
     let events = taskd::cri::events::spawn(svc.clone(), exchange.as_ref()).unwrap();
     World {
@@ -204,8 +237,11 @@ async fn world() -> World {
         bridge,
         svc,
         tasks,
+        rt,
+        cfg,
+        exchange,
         _server: server,
-        _events: events,
+        events,
     }
 }
 
@@ -691,5 +727,155 @@ async fn memory_limit_exceeded_reports_oomkilled_and_bad_command_is_a_start_erro
     assert!(
         w.tasks.list("k8s.io", "").await.unwrap().is_empty(),
         "no task left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cri_restart_recovers_pods_containers_logs_and_exits_while_down() {
+    let mut w = world().await;
+    let logs = w.dir.path().join("logs");
+    for d in ["ticker", "victim", "done"] {
+        std::fs::create_dir_all(logs.join(d)).unwrap();
+    }
+    let pod_cfg = pod_config(&logs, cgroup_parent(w.dir.path()));
+    let pod = w
+        .svc
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .pod_sandbox_id;
+    let before = w.svc.sandboxes.get(&pod).unwrap();
+    let mut ids = Vec::new();
+    for (name, script) in [
+        (
+            "ticker",
+            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+        ),
+        ("victim", "sleep 3600"),
+        ("done", "echo finished; exit 0"),
+    ] {
+        let id = w
+            .svc
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(container(name, script)),
+                sandbox_config: Some(pod_cfg.clone()),
+            })
+            .await
+            .expect("CreateContainer")
+            .container_id;
+        w.svc
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("StartContainer");
+        ids.push(id);
+    }
+    let (ticker, victim, done) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    let ticker_log = logs.join("ticker/0.log");
+    wait_for("ticks", || {
+        std::fs::read_to_string(&ticker_log)
+            .unwrap_or_default()
+            .contains("tick 3")
+    });
+    wait_for("done exits", || {
+        w.svc.containers.get(&done).unwrap().state == ContainerState::Exited
+    });
+    let ticker_pid = w.svc.containers.get(&ticker).unwrap().pid;
+
+    // The CRI plugin goes away; a record file gets corrupted; the victim dies meanwhile.
+    w.crash_cri();
+    std::fs::write(w.dir.path().join("root/cri/containers/0bad.json"), b"{\"id\": 12").unwrap();
+    w.tasks
+        .kill("k8s.io", &victim, "", 9, false)
+        .await
+        .expect("kill victim");
+    w.tasks.wait("k8s.io", &victim, "").await.expect("victim exits");
+    let lines_at_crash = std::fs::read_to_string(&ticker_log).unwrap().lines().count();
+
+    let (report, skipped) = w.restart_cri().await;
+    assert_eq!(skipped, 1, "the corrupt record is skipped, not fatal");
+    assert_eq!((report.sandboxes, report.ready), (1, 1), "{report:?}");
+    assert_eq!(
+        (report.containers, report.running, report.exited_while_down),
+        (3, 1, 1),
+        "{report:?}"
+    );
+
+    let sb = w.svc.sandboxes.get(&pod).unwrap();
+    assert!(sb.state.is_ready());
+    assert_eq!((sb.ip.as_str(), sb.pid), (before.ip.as_str(), before.pid));
+    let t = w.svc.containers.get(&ticker).unwrap();
+    assert_eq!((t.state, t.pid), (ContainerState::Running, ticker_pid));
+    let v = w.svc.containers.get(&victim).unwrap();
+    assert_eq!(v.state, ContainerState::Exited);
+    assert_eq!((v.exit.code, v.exit.reason.as_str()), (137, "Error"));
+    assert!(v.exit.finished_at.is_some());
+    let d = w.svc.containers.get(&done).unwrap();
+    assert_eq!(
+        (d.state, d.exit.code, d.exit.reason.as_str()),
+        (ContainerState::Exited, 0, "Completed")
+    );
+
+    // GetContainerEvents after the restart reports the exit that happened while down.
+    let mut events = w.svc.events.subscribe();
+    let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("a recovery event")
+        .expect("stream open");
+    assert_eq!(ev.container_id, victim);
+    assert_eq!(
+        ev.container_event_type,
+        cri::ContainerEventType::ContainerStoppedEvent as i32
+    );
+
+    // The ticker's output continues in the same log file.
+    wait_for("ticks after the restart", || {
+        std::fs::read_to_string(&ticker_log).unwrap().lines().count() > lines_at_crash + 3
+    });
+    let text = std::fs::read_to_string(&ticker_log).unwrap();
+    let ticks: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.rsplit_once("tick ").and_then(|(_, n)| n.parse().ok()))
+        .collect();
+    for pair in ticks.windows(2) {
+        assert_eq!(
+            pair[1],
+            pair[0] + 1,
+            "no line lost or repeated across the restart"
+        );
+    }
+
+    // Everything can be stopped and removed by the new instance.
+    w.svc
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("StopPodSandbox after restart");
+    w.svc
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("RemovePodSandbox after restart");
+    assert!(w.svc.sandboxes.is_empty() && w.svc.containers.is_empty());
+    assert!(
+        w.tasks.list("k8s.io", "").await.unwrap().is_empty(),
+        "no task left"
+    );
+    let left: Vec<_> = std::fs::read_dir(w.dir.path().join("root/cri/containers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["0bad.json.corrupt"],
+        "record files removed with their containers, the corrupt one set aside"
     );
 }

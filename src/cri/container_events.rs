@@ -11,6 +11,10 @@
 //! capacity behind loses the oldest events; the loss is counted in
 //! `taskd_cri_container_events_dropped_total` and its stream continues with the newest.
 //! `close()` (when the events exchange closes at shutdown) ends every stream.
+//!
+//! Events found at recovery (a container that exited while taskd was down) happen before
+//! kubelet can have reconnected: they are also kept as a backlog that every subscriber
+//! arriving within [`REPLAY_WINDOW`] of the recovery gets first.
 
 use prometheus::{IntCounter, Registry};
 use taskd_proto::cri::v1::ContainerEventResponse;
@@ -18,12 +22,16 @@ use tokio::sync::{broadcast, watch};
 
 /// Events kept for a slow subscriber before it starts losing them.
 pub const CAPACITY: usize = 1024;
+/// How long recovery events are replayed to new subscribers.
+pub const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The broadcaster and its drop counter.
 pub struct ContainerEvents {
     tx: broadcast::Sender<ContainerEventResponse>,
     dropped: IntCounter,
     closed: watch::Sender<bool>,
+    /// Recovery events and when they were found.
+    backlog: std::sync::Mutex<(Option<std::time::Instant>, Vec<ContainerEventResponse>)>,
 }
 
 impl ContainerEvents {
@@ -32,6 +40,7 @@ impl ContainerEvents {
         Ok(ContainerEvents {
             tx,
             closed: watch::Sender::new(false),
+            backlog: std::sync::Mutex::new((None, Vec::new())),
             dropped: IntCounter::new(
                 "taskd_cri_container_events_dropped_total",
                 "GetContainerEvents events a slow subscriber lost",
@@ -49,8 +58,26 @@ impl ContainerEvents {
     }
 
     /// A new subscriber; it sees events emitted from now on.
+    /// Emits an event found at recovery and keeps it for subscribers yet to come.
+    pub fn emit_recovered(&self, ev: ContainerEventResponse) {
+        {
+            let mut b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+            b.0 = Some(std::time::Instant::now());
+            b.1.push(ev.clone());
+        }
+        self.emit(ev);
+    }
+
     pub fn subscribe(&self) -> Receiver {
+        let backlog = {
+            let b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+            match b.0 {
+                Some(at) if at.elapsed() < REPLAY_WINDOW => b.1.iter().cloned().collect(),
+                _ => std::collections::VecDeque::new(),
+            }
+        };
         Receiver {
+            backlog,
             rx: self.tx.subscribe(),
             dropped: self.dropped.clone(),
             closed: self.closed.subscribe(),
@@ -69,6 +96,7 @@ impl ContainerEvents {
 
 /// One subscriber.
 pub struct Receiver {
+    backlog: std::collections::VecDeque<ContainerEventResponse>,
     rx: broadcast::Receiver<ContainerEventResponse>,
     dropped: IntCounter,
     closed: watch::Receiver<bool>,
@@ -77,6 +105,9 @@ pub struct Receiver {
 impl Receiver {
     /// The next event; None once closed. Lost events are counted.
     pub async fn recv(&mut self) -> Option<ContainerEventResponse> {
+        if let Some(ev) = self.backlog.pop_front() {
+            return Some(ev);
+        }
         loop {
             let next = tokio::select! {
                 // Events already queued are delivered before the close is noticed.
@@ -127,6 +158,16 @@ mod tests {
             e.subscribe().recv().await.is_none(),
             "a subscriber after close ends at once"
         );
+    }
+
+    #[tokio::test]
+    async fn recovery_events_reach_later_subscribers() {
+        let e = ContainerEvents::new().unwrap();
+        e.emit_recovered(ev("gone-while-down"));
+        let mut late = e.subscribe();
+        e.emit(ev("after"));
+        assert_eq!(late.recv().await.unwrap().container_id, "gone-while-down");
+        assert_eq!(late.recv().await.unwrap().container_id, "after");
     }
 
     #[tokio::test]

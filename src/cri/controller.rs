@@ -91,6 +91,8 @@ pub trait ContainerRuntime: Send + Sync {
     async fn create(&self, req: CreateContainer) -> Result<(), CriError>;
     /// Starts the task; returns the pid.
     async fn start(&self, id: &str) -> Result<u32, CriError>;
+    /// The state of the task's init process; None when there is no task.
+    async fn task_state(&self, id: &str) -> Result<Option<crate::runtime::State>, CriError>;
     /// Signals the init process.
     async fn kill(&self, id: &str, signal: u32) -> Result<(), CriError>;
     /// Waits for the init process to exit.

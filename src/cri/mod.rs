@@ -29,6 +29,7 @@ pub mod instrument;
 pub mod io;
 pub mod network;
 pub mod podfiles;
+pub mod recover;
 pub mod reference;
 pub mod server;
 pub mod service;
@@ -165,11 +166,18 @@ pub fn registration() -> Registration {
                 tracing::info!(missing = %missing.join(", "), "CRI pods and containers unavailable");
             }
         }
+        for s in service.open_stores().map_err(PluginError::init)? {
+            tracing::error!(file = %s.path.display(), reason = %s.reason, "CRI record skipped: cannot be loaded");
+        }
         let service = Arc::new(service);
         let api = Arc::new(server::CriApi::new(service.clone(), instrument.clone()));
         let subscriber = cx.get::<dyn crate::events::Subscriber>()?;
+        // Subscribed before recovery, so an exit during recovery is not missed.
         let event_loop = events::spawn(service.clone(), subscriber.as_ref()).map_err(PluginError::init)?;
-        // Nothing to recover yet (stores are in memory): the plugin is ready now.
+        let report = recover::recover(&service).await;
+        if report.sandboxes + report.containers > 0 {
+            tracing::info!(?report, "CRI pods and containers recovered");
+        }
         instrument.set_ready();
         Ok(Instance::new()
             .with::<dyn crate::server::GrpcService>(api)

@@ -71,6 +71,18 @@ impl CriService {
         }
     }
 
+    /// Replaces the memory-only pod and container stores with persistent ones under the
+    /// plugin's root (`sandboxes/`, `containers/`), loaded with what a previous run left.
+    /// Returns the record files that could not be loaded (the caller logs them).
+    pub fn open_stores(&mut self) -> Result<Vec<super::store::Skipped>, super::store::StoreError> {
+        let (sandboxes, mut skipped) = Store::open(&self.root.join("sandboxes"))?;
+        let (containers, more) = Store::open(&self.root.join("containers"))?;
+        skipped.extend(more);
+        self.sandboxes = sandboxes;
+        self.containers = containers;
+        Ok(skipped)
+    }
+
     /// The sandbox controller, or Unimplemented naming what is missing.
     pub fn controller(
         &self,
@@ -127,6 +139,18 @@ impl CriService {
         sandbox_id: &str,
         kind: taskd_proto::cri::v1::ContainerEventType,
     ) {
+        self.events
+            .emit(self.container_event(container_id, sandbox_id, kind));
+    }
+
+    /// A container event carrying the pod's status and its containers' statuses (as
+    /// kubelet's evented PLEG expects).
+    pub fn container_event(
+        &self,
+        container_id: &str,
+        sandbox_id: &str,
+        kind: taskd_proto::cri::v1::ContainerEventType,
+    ) -> taskd_proto::cri::v1::ContainerEventResponse {
         use super::server::convert;
         let pod_sandbox_status = self
             .sandboxes
@@ -140,13 +164,13 @@ impl CriService {
             .filter(|c| c.sandbox_id == sandbox_id)
             .map(convert::container_status)
             .collect();
-        self.events.emit(taskd_proto::cri::v1::ContainerEventResponse {
+        taskd_proto::cri::v1::ContainerEventResponse {
             container_id: container_id.to_owned(),
             container_event_type: kind as i32,
             created_at: convert::nanos(Some(std::time::SystemTime::now())),
             pod_sandbox_status,
             containers_statuses,
-        });
+        }
     }
 }
 

@@ -218,6 +218,14 @@ impl ContainerRuntime for TaskRuntime {
             .map_err(|e| CriError::backend("start task", e))
     }
 
+    async fn task_state(&self, id: &str) -> Result<Option<crate::runtime::State>, CriError> {
+        match self.tasks.get(NAMESPACE, id, "").await {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == Kind::NotFound => Ok(None),
+            Err(e) => Err(CriError::backend("get task", e)),
+        }
+    }
+
     async fn kill(&self, id: &str, signal: u32) -> Result<(), CriError> {
         not_found_ok(self.tasks.kill(NAMESPACE, id, "", signal, false).await)
             .map_err(|e| CriError::backend("kill task", e))

@@ -10,6 +10,9 @@
 //!            completes a reader waiting in open() with an immediate EOF (retried until
 //!            every copier ended: a reader may not be in open() yet)
 //! wait():    join the copiers (all output is in the log file after this)
+//! attach():  after a taskd restart: the same copiers on the fifos that already exist (the
+//!            shim keeps a read end of each open while nobody reads, so its writes never
+//!            fail and nothing written meanwhile is lost: it waits in the fifo)
 //! ```
 
 use std::fs::OpenOptions;
@@ -50,11 +53,24 @@ impl ContainerIo {
             path: dir.to_owned(),
             source,
         })?;
-        let log = LogFile::open(log_path)?;
         let stdout = dir.join("stdout");
         let stderr = dir.join("stderr");
         mkfifo(&stdout)?;
         mkfifo(&stderr)?;
+        Self::attach(dir, log_path, max_line, flush_after)
+    }
+
+    /// Starts the copiers on the fifos already in `dir` (a container taskd knew before it
+    /// restarted), appending to `log_path`.
+    pub fn attach(
+        dir: &Path,
+        log_path: &Path,
+        max_line: usize,
+        flush_after: Duration,
+    ) -> Result<ContainerIo, LogError> {
+        let log = LogFile::open(log_path)?;
+        let stdout = dir.join("stdout");
+        let stderr = dir.join("stderr");
         let copiers = [(stdout.clone(), Stream::Stdout), (stderr.clone(), Stream::Stderr)]
             .into_iter()
             .map(|(fifo, stream)| {
@@ -105,6 +121,14 @@ impl ContainerIo {
                 .write(true)
                 .custom_flags(libc::O_NONBLOCK)
                 .open(p);
+        }
+    }
+
+    /// Stops copying without draining: the fifos and what waits in them stay for whoever
+    /// attaches next (what a taskd that goes away leaves behind).
+    pub fn abort(&mut self) {
+        for h in self.copiers.drain(..) {
+            h.abort();
         }
     }
 

@@ -23,7 +23,7 @@ use std::time::SystemTime;
 use super::{Record, StoreError};
 
 /// A container's lifecycle state (CRI's `ContainerState`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ContainerState {
     Created,
     Running,
@@ -62,7 +62,7 @@ impl ContainerState {
 }
 
 /// Timestamps and exit details.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Exit {
     pub code: i32,
     /// `Completed`, `Error`, `OOMKilled`, `StartError`.
@@ -73,8 +73,8 @@ pub struct Exit {
     pub oom_killed: bool,
 }
 
-/// One container.
-#[derive(Debug, Clone)]
+/// One container (persisted as JSON by the store, without the open log file).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Container {
     pub id: String,
     /// `<name>_<pod name>_<pod namespace>_<pod uid>_<attempt>`.
@@ -91,7 +91,9 @@ pub struct Container {
     pub pid: u32,
     pub exit: Exit,
     /// The CRI log file (None when kubelet asked for no log).
+    #[serde(skip)]
     pub log: Option<std::sync::Arc<crate::cri::io::LogFile>>,
+    #[serde(with = "super::proto_hex")]
     pub config: taskd_proto::cri::v1::ContainerConfig,
 }
 

@@ -7,13 +7,26 @@
 //!
 //! Locks: one `std::sync::RwLock` per store, held only to read or swap a record; nothing
 //! awaits under it.
+//!
+//! Persistence (pods and containers, so a restarted taskd knows them again): a store opened
+//! with [`Store::open`] writes each record to `<dir>/<id>.json` after every add and update
+//! (written to a temp file and renamed over, under the store's lock, so the file is always
+//! one whole record) and unlinks it on remove. No fsync: the files must survive a crash of
+//! taskd, which the page cache does; after a crash of the machine no container survives
+//! either. [`Store::open`] loads every readable file and reports the others (logged and
+//! skipped by the caller: one corrupt record never stops the plugin), renamed to
+//! `<file>.corrupt` so they are kept for a look but not read again.
 
 pub mod container;
 pub mod image;
 pub mod sandbox;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::errdefs::{ErrorKind, Kind};
 
@@ -36,6 +49,12 @@ pub enum StoreError {
         prefix: String,
         count: usize,
     },
+    #[error("{what} {id}: persist record: {reason}")]
+    Persist {
+        what: &'static str,
+        id: String,
+        reason: String,
+    },
     #[error("{what} {id}: cannot go from {from} to {to}")]
     Transition {
         what: &'static str,
@@ -52,12 +71,13 @@ impl ErrorKind for StoreError {
             StoreError::IdExists { .. } | StoreError::NameReserved { .. } => Kind::AlreadyExists,
             StoreError::Ambiguous { .. } => Kind::InvalidArgument,
             StoreError::Transition { .. } => Kind::FailedPrecondition,
+            StoreError::Persist { .. } => Kind::Internal,
         }
     }
 }
 
 /// What a store record must tell the generic store.
-pub trait Record: Clone + Send + Sync {
+pub trait Record: Clone + Send + Sync + Serialize + DeserializeOwned {
     const WHAT: &'static str;
     fn id(&self) -> &str;
     /// The unique CRI name (`<name>_<namespace>_<uid>_<attempt>` for pods).
@@ -67,6 +87,8 @@ pub trait Record: Clone + Send + Sync {
 /// A map of records by id with a name index.
 pub struct Store<R: Record> {
     inner: RwLock<Inner<R>>,
+    /// Where records are persisted (None: memory only).
+    dir: Option<PathBuf>,
 }
 
 struct Inner<R> {
@@ -81,8 +103,44 @@ impl<R: Record> Default for Store<R> {
                 by_id: HashMap::new(),
                 names: HashMap::new(),
             }),
+            dir: None,
         }
     }
+}
+
+/// Serde for a protobuf message field of a persisted record: its wire encoding, as hex.
+pub mod proto_hex {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<M: prost::Message, S: Serializer>(m: &M, s: S) -> Result<S::Ok, S::Error> {
+        let bytes = m.encode_to_vec();
+        let mut out = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            out.push_str(&format!("{b:02x}"));
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, M: prost::Message + Default, D: Deserializer<'de>>(d: D) -> Result<M, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() % 2 != 0 || !text.is_ascii() {
+            return Err(D::Error::custom("odd-length or non-ASCII hex"));
+        }
+        let bytes = (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(D::Error::custom)?;
+        M::decode(bytes.as_slice()).map_err(D::Error::custom)
+    }
+}
+
+/// A record file that could not be loaded.
+#[derive(Debug)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
 }
 
 impl<R: Record> Store<R> {
@@ -95,6 +153,84 @@ impl<R: Record> Store<R> {
     }
 
     /// Reserves the record's name and id, atomically.
+    /// A persistent store over `dir` (created if missing), holding every record found there.
+    pub fn open(dir: &Path) -> Result<(Store<R>, Vec<Skipped>), StoreError> {
+        let io = |e: std::io::Error| StoreError::Persist {
+            what: R::WHAT,
+            id: String::new(),
+            reason: format!("{}: {e}", dir.display()),
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let store = Store {
+            dir: Some(dir.to_owned()),
+            ..Store::default()
+        };
+        let mut skipped = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if file_name.starts_with('.') && file_name.ends_with(".tmp") {
+                // A temp file of an interrupted write: the record it replaced is whole.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "json") {
+                continue; // e.g. a record set aside as corrupt
+            }
+            let loaded = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<R>(&b).map_err(|e| e.to_string()))
+                .and_then(|r| {
+                    let file_id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                    if r.id() != file_id {
+                        return Err(format!("holds id {:?}", r.id()));
+                    }
+                    let mut g = store.write();
+                    if g.names.contains_key(r.name()) {
+                        return Err(format!("name {:?} is taken by another record", r.name()));
+                    }
+                    g.names.insert(r.name().to_owned(), r.id().to_owned());
+                    g.by_id.insert(r.id().to_owned(), r);
+                    Ok(())
+                });
+            if let Err(reason) = loaded {
+                // Kept for the operator as `<file>.corrupt`, and not read again.
+                let mut aside = path.clone().into_os_string();
+                aside.push(".corrupt");
+                let _ = std::fs::rename(&path, &aside);
+                skipped.push(Skipped { path, reason });
+            }
+        }
+        Ok((store, skipped))
+    }
+
+    /// Writes `r` to its file (no-op for a memory-only store).
+    fn persist(&self, r: &R) -> Result<(), StoreError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let err = |reason: String| StoreError::Persist {
+            what: R::WHAT,
+            id: r.id().to_owned(),
+            reason,
+        };
+        let data = serde_json::to_vec(r).map_err(|e| err(e.to_string()))?;
+        let path = dir.join(format!("{}.json", r.id()));
+        let tmp = dir.join(format!(".{}.tmp", r.id()));
+        std::fs::write(&tmp, data)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| err(format!("{}: {e}", path.display())))
+    }
+
+    fn unpersist(&self, id: &str) {
+        if let Some(dir) = &self.dir {
+            let path = dir.join(format!("{id}.json"));
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "remove CRI record file");
+            }
+        }
+    }
+
     pub fn add(&self, r: R) -> Result<(), StoreError> {
         let mut g = self.write();
         if g.by_id.contains_key(r.id()) {
@@ -110,6 +246,7 @@ impl<R: Record> Store<R> {
                 owner: owner.clone(),
             });
         }
+        self.persist(&r)?;
         g.names.insert(r.name().to_owned(), r.id().to_owned());
         g.by_id.insert(r.id().to_owned(), r);
         Ok(())
@@ -161,7 +298,10 @@ impl<R: Record> Store<R> {
             what: R::WHAT,
             id: id.to_owned(),
         })?;
-        f(r)
+        let out = f(r)?;
+        // Under the lock: files are written in the order the updates happened.
+        self.persist(r)?;
+        Ok(out)
     }
 
     /// Removes the record and releases its name; absent is fine (idempotent removes).
@@ -171,6 +311,7 @@ impl<R: Record> Store<R> {
         if g.names.get(r.name()).is_some_and(|owner| owner == id) {
             g.names.remove(r.name());
         }
+        self.unpersist(id);
         Some(r)
     }
 
@@ -191,36 +332,39 @@ impl<R: Record> Store<R> {
 mod tests {
     use super::*;
 
-    #[derive(Clone)]
-    struct R(&'static str, &'static str);
+    #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    struct R(String, String);
+    fn r(id: &str, name: &str) -> R {
+        R(id.into(), name.into())
+    }
     impl Record for R {
         const WHAT: &'static str = "thing";
         fn id(&self) -> &str {
-            self.0
+            &self.0
         }
         fn name(&self) -> &str {
-            self.1
+            &self.1
         }
     }
 
     #[test]
     fn names_are_reserved_and_released() {
         let s = Store::<R>::default();
-        s.add(R("abc1", "n")).unwrap();
-        assert!(matches!(s.add(R("abc1", "m")), Err(StoreError::IdExists { .. })));
-        let e = s.add(R("def", "n")).unwrap_err();
+        s.add(r("abc1", "n")).unwrap();
+        assert!(matches!(s.add(r("abc1", "m")), Err(StoreError::IdExists { .. })));
+        let e = s.add(r("def", "n")).unwrap_err();
         assert_eq!(e.kind(), Kind::AlreadyExists);
         assert!(e.to_string().contains("abc1"));
         s.remove("abc1");
-        s.add(R("def", "n")).unwrap();
+        s.add(r("def", "n")).unwrap();
         assert!(s.remove("nope").is_none());
     }
 
     #[test]
     fn prefixes_resolve_when_unique() {
         let s = Store::<R>::default();
-        s.add(R("abc1", "a")).unwrap();
-        s.add(R("abc2", "b")).unwrap();
+        s.add(r("abc1", "a")).unwrap();
+        s.add(r("abc2", "b")).unwrap();
         assert_eq!(s.resolve("abc1").unwrap(), "abc1");
         assert!(matches!(
             s.resolve("abc"),
@@ -229,5 +373,47 @@ mod tests {
         assert!(matches!(s.resolve(""), Err(StoreError::NotFound { .. })));
         s.remove("abc2");
         assert_eq!(s.get("ab").unwrap().0, "abc1");
+    }
+
+    #[test]
+    fn persistent_store_reloads_records_and_skips_corrupt_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, skipped) = Store::<R>::open(dir.path()).unwrap();
+        assert!(skipped.is_empty());
+        s.add(r("a1", "one")).unwrap();
+        s.add(r("b2", "two")).unwrap();
+        s.update("a1", |x| {
+            x.1 = "uno".into();
+            Ok(())
+        })
+        .unwrap();
+        s.add(r("c3", "three")).unwrap();
+        s.remove("c3");
+        assert!(!dir.path().join("c3.json").exists());
+        std::fs::write(dir.path().join("d4.json"), b"{not json").unwrap();
+        std::fs::write(dir.path().join("e5.json"), br#"["x9","five"]"#).unwrap();
+        std::fs::write(dir.path().join(".f6.tmp"), b"partial").unwrap();
+
+        let (again, skipped) = Store::<R>::open(dir.path()).unwrap();
+        let mut names: Vec<String> = again.list().into_iter().map(|x| x.1).collect();
+        names.sort();
+        assert_eq!(names, vec!["two", "uno"]);
+        let mut bad: Vec<String> = skipped
+            .iter()
+            .map(|k| k.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        bad.sort();
+        assert_eq!(bad, vec!["d4.json", "e5.json"], "{skipped:?}");
+        assert!(!dir.path().join(".f6.tmp").exists());
+        assert!(
+            dir.path().join("d4.json.corrupt").exists(),
+            "set aside, not deleted"
+        );
+        assert!(
+            Store::<R>::open(dir.path()).unwrap().1.is_empty(),
+            "not read again"
+        );
+        // Names stay reserved across the reload.
+        assert!(again.add(r("z", "uno")).is_err());
     }
 }

@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use super::{Record, StoreError};
 
 /// A sandbox's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SandboxState {
     Initializing,
     Ready,
@@ -61,15 +61,15 @@ impl SandboxState {
 }
 
 /// Host namespaces a pod asked to share.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostNamespaces {
     pub network: bool,
     pub pid: bool,
     pub ipc: bool,
 }
 
-/// One pod sandbox.
-#[derive(Debug, Clone)]
+/// One pod sandbox (persisted as JSON by the store).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Sandbox {
     pub id: String,
     /// `<name>_<namespace>_<uid>_<attempt>`.
@@ -92,6 +92,7 @@ pub struct Sandbox {
     /// The pod-level cgroup parent (from the sandbox config).
     pub cgroup_parent: String,
     /// The CRI config as given, for status and for containers joining the pod.
+    #[serde(with = "super::proto_hex")]
     pub config: taskd_proto::cri::v1::PodSandboxConfig,
 }
 

@@ -95,6 +95,19 @@ impl ContainerRuntime for FakeRt {
                 reason: "no task".into(),
             })
     }
+    async fn task_state(&self, id: &str) -> Result<Option<crate::runtime::State>, CriError> {
+        Ok(self.procs.lock().unwrap().get(id).map(|p| crate::runtime::State {
+            id: id.to_owned(),
+            pid: 777,
+            status: match *p.exited.borrow() {
+                Some(_) => crate::runtime::Status::Stopped,
+                None => crate::runtime::Status::Running,
+            },
+            exit_status: p.exited.borrow().unwrap_or(0),
+            io: Default::default(),
+            exited_at: None,
+        }))
+    }
     async fn kill(&self, id: &str, signal: u32) -> Result<(), CriError> {
         if let Some(p) = self.procs.lock().unwrap().get(id)
             && !(self.ignore_term && signal == libc::SIGTERM as u32)

@@ -1,0 +1,184 @@
+//! Recovery at plugin start: the pods and containers a previous taskd ran, from their
+//! persisted records (`<cri root>/{sandboxes,containers}/<id>.json`, see `store`), matched
+//! against what the tasks service (which recovered the shims first) says now.
+//!
+//! ```text
+//! sandbox   pause task running                  → READY (pid from the task)
+//!           pause task stopped / gone           → NOTREADY
+//! container task running | paused              → RUNNING, output copied to its log again
+//!           task created                        → CREATED, output copied to its log again
+//!           task stopped                        → EXITED: exit code + finish time from the task,
+//!                                                 CONTAINER_STOPPED for GetContainerEvents
+//!           no task (record said CREATED/RUNNING) → EXITED 255, reason Unknown, same event
+//!           record already EXITED               → unchanged
+//! ```
+//!
+//! Nothing here stops, starts or deletes a task: recovery only learns. Records that cannot be
+//! read were skipped by the store (each logged); a task that cannot be queried leaves its
+//! container UNKNOWN (CRI's `CONTAINER_UNKNOWN`), which Stop/Remove still handle.
+
+use std::time::{Duration, SystemTime};
+
+use taskd_proto::cri::v1::ContainerEventType;
+
+use super::io::ContainerIo;
+use super::service::CriService;
+use super::store::container::{ContainerState, exit_reason};
+use super::store::sandbox::SandboxState;
+use crate::runtime::Status;
+
+/// The exit code recorded for a container whose task vanished while taskd was down.
+pub const UNKNOWN_EXIT_CODE: i32 = 255;
+
+/// What recovery found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub sandboxes: usize,
+    pub ready: usize,
+    pub containers: usize,
+    pub running: usize,
+    /// Containers that exited while taskd was down.
+    pub exited_while_down: usize,
+    pub unknown: usize,
+}
+
+/// Brings the loaded records up to date with the tasks (see the module docs).
+pub async fn recover(svc: &CriService) -> Report {
+    let mut report = Report::default();
+    let Some(runner) = svc.runner.clone() else {
+        // Without a runtime nothing can run: every record is shown as not running.
+        return report;
+    };
+    for sb in svc.sandboxes.list() {
+        report.sandboxes += 1;
+        let state = runner.task_state(&sb.id).await;
+        let (to, pid) = match &state {
+            Ok(Some(t)) if matches!(t.status, Status::Running | Status::Paused | Status::Pausing) => {
+                (SandboxState::Ready, t.pid)
+            }
+            Ok(_) => (SandboxState::NotReady, 0),
+            Err(e) => {
+                tracing::warn!(pod = %sb.id, error = %e, "recover: pause task state unknown");
+                (SandboxState::Unknown, sb.pid)
+            }
+        };
+        if to == SandboxState::Ready {
+            report.ready += 1;
+        }
+        let _ = svc.sandboxes.update(&sb.id, |s| {
+            // Recovery states what is, whatever the record said (an interrupted RunPodSandbox
+            // left Initializing): set, not transition.
+            s.state = to;
+            s.pid = pid;
+            Ok(())
+        });
+    }
+    for c in svc.containers.list() {
+        report.containers += 1;
+        if c.state == ContainerState::Exited {
+            continue;
+        }
+        let state = match runner.task_state(&c.id).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(container = %c.id, error = %e, "recover: task state unknown");
+                report.unknown += 1;
+                let _ = svc.containers.update(&c.id, |r| {
+                    r.state = ContainerState::Unknown;
+                    Ok(())
+                });
+                continue;
+            }
+        };
+        // Output still in the fifos (and all that comes) goes to the same log file.
+        let io_dir = svc.container_dir(&c.id).join("io");
+        if !c.log_path.is_empty() && state.is_some() && io_dir.join("stdout").exists() {
+            match ContainerIo::attach(
+                &io_dir,
+                std::path::Path::new(&c.log_path),
+                svc.config.max_container_log_line_size,
+                Duration::from_millis(svc.config.log_partial_flush_ms),
+            ) {
+                Ok(io) => {
+                    let log = io.log().clone();
+                    let _ = svc.containers.update(&c.id, |r| {
+                        r.log = Some(log);
+                        Ok(())
+                    });
+                    svc.ios
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(c.id.clone(), io);
+                }
+                Err(e) => {
+                    tracing::warn!(container = %c.id, error = %e, "recover: container log not reattached")
+                }
+            }
+        }
+        let exited = match &state {
+            Some(t) if matches!(t.status, Status::Running | Status::Paused | Status::Pausing) => {
+                report.running += 1;
+                let pid = t.pid;
+                let _ = svc.containers.update(&c.id, |r| {
+                    // The event loop (already subscribed) may have seen it exit since.
+                    if r.state != ContainerState::Exited {
+                        r.state = ContainerState::Running;
+                        r.pid = pid;
+                    }
+                    Ok(())
+                });
+                None
+            }
+            Some(t) if t.status == Status::Created => {
+                let _ = svc.containers.update(&c.id, |r| {
+                    r.state = ContainerState::Created;
+                    Ok(())
+                });
+                None
+            }
+            Some(t) if t.status == Status::Stopped => Some((
+                t.exit_status as i32,
+                t.exited_at.unwrap_or_else(SystemTime::now),
+                String::new(),
+            )),
+            Some(_) => {
+                report.unknown += 1;
+                let _ = svc.containers.update(&c.id, |r| {
+                    r.state = ContainerState::Unknown;
+                    Ok(())
+                });
+                None
+            }
+            None => Some((
+                UNKNOWN_EXIT_CODE,
+                SystemTime::now(),
+                "the container's task was gone when taskd restarted".to_owned(),
+            )),
+        };
+        if let Some((code, at, message)) = exited {
+            report.exited_while_down += 1;
+            let _ = svc.containers.update(&c.id, |r| {
+                if r.state == ContainerState::Exited {
+                    return Ok(()); // the event loop recorded the exit first
+                }
+                r.state = ContainerState::Exited;
+                r.pid = 0;
+                r.exit.code = code;
+                r.exit.finished_at = Some(at);
+                r.exit.reason = if message.is_empty() {
+                    exit_reason(code, r.exit.oom_killed).to_owned()
+                } else {
+                    "Unknown".to_owned()
+                };
+                r.exit.message = message.clone();
+                Ok(())
+            });
+            svc.events.emit_recovered(svc.container_event(
+                &c.id,
+                &c.sandbox_id,
+                ContainerEventType::ContainerStoppedEvent,
+            ));
+        }
+    }
+    report
+}
