@@ -27,6 +27,7 @@ pub mod controller;
 pub mod events;
 pub mod instrument;
 pub mod io;
+pub mod metrics;
 pub mod network;
 pub mod podfiles;
 pub mod recover;
@@ -166,6 +167,7 @@ pub fn registration() -> Registration {
                 tracing::info!(missing = %missing.join(", "), "CRI pods and containers unavailable");
             }
         }
+        service.metrics.register(cx.metrics()).map_err(PluginError::init)?;
         for s in service.open_stores().map_err(PluginError::init)? {
             tracing::error!(file = %s.path.display(), reason = %s.reason, "CRI record skipped: cannot be loaded");
         }

@@ -43,6 +43,8 @@ pub struct CriService {
     pub ios: std::sync::Mutex<std::collections::HashMap<String, super::io::ContainerIo>>,
     /// taskd's own oom_score_adj: nothing taskd starts gets a lower one.
     pub min_oom_score_adj: i32,
+    /// Pod start and image pull metrics.
+    pub metrics: super::metrics::CriMetrics,
     /// The last CPU sample per container (time, cumulative ns), for `usage_nano_cores`.
     pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (std::time::SystemTime, u64)>>,
 }
@@ -58,6 +60,7 @@ impl CriService {
             image_backend: None,
             ios: std::sync::Mutex::new(std::collections::HashMap::new()),
             min_oom_score_adj: own_oom_score_adj(),
+            metrics: super::metrics::CriMetrics::new().expect("static metric definitions are valid"),
             cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
             sandboxes: Store::default(),
             containers: Store::default(),

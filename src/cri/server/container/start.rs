@@ -39,6 +39,18 @@ impl CriService {
                 })?;
                 self.emit_container_event(&c.id, &c.sandbox_id, ContainerEventType::ContainerStartedEvent);
                 tracing::info!(container = %c.id, pid, "container started");
+                // The pod's first running container: the pod has started.
+                let first = !self
+                    .containers
+                    .list()
+                    .iter()
+                    .any(|o| o.sandbox_id == c.sandbox_id && o.id != c.id && o.started_at.is_some());
+                if first && let Ok(took) = SystemTime::now().duration_since(sandbox.created_at) {
+                    self.metrics
+                        .pod_start
+                        .with_label_values(&[sandbox.runtime_handler.as_str()])
+                        .observe(took.as_secs_f64());
+                }
                 Ok(StartContainerResponse {})
             }
             Err(e) => {
