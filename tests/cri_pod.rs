@@ -350,6 +350,12 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
         .await
         .expect("StartContainer side");
 
+    assert_eq!(
+        w.svc.metrics.pod_start.with_label_values(&[""]).get_sample_count(),
+        1,
+        "one pod start observed, at its first running container"
+    );
+
     let app_log = logs.join("app/0.log");
     wait_for("app output", || {
         std::fs::read_to_string(&app_log)
