@@ -35,6 +35,10 @@ struct Args {
     sequential: usize,
     concurrent: usize,
     rounds: usize,
+    /// ExecSync calls timed per daemon (0: skip the ExecSync part).
+    execs: usize,
+    /// Seconds of paced probing at 100 ExecSync/s per daemon for the CPU cost.
+    probe_secs: u64,
 }
 
 fn args() -> Result<Args> {
@@ -42,6 +46,8 @@ fn args() -> Result<Args> {
         sequential: 30,
         concurrent: 10,
         rounds: 2,
+        execs: 200,
+        probe_secs: 10,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,8 +61,12 @@ fn args() -> Result<Args> {
             "--sequential" => a.sequential = num()?,
             "--concurrent" => a.concurrent = num()?,
             "--rounds" => a.rounds = num()?,
+            "--execs" => a.execs = num()?,
+            "--probe-secs" => a.probe_secs = num()? as u64,
             "--bench" => {}
-            other => bail!("unknown argument {other:?} (--sequential N --concurrent N --rounds N)"),
+            other => bail!(
+                "unknown argument {other:?} (--sequential N --concurrent N --rounds N --execs N --probe-secs N)"
+            ),
         }
     }
     Ok(a)
@@ -394,6 +404,111 @@ async fn prepare(d: &Daemon, w: &Path) -> Result<()> {
     remove_pods(&ch, &pods).await
 }
 
+/// CPU time (user + system) of `pid` so far, from /proc/<pid>/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" of the comm: state is field 3; utime, stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    Duration::from_secs_f64((get(14) + get(15)) / ticks)
+}
+
+/// Busy CPU time of the whole machine so far (all CPUs, /proc/stat).
+fn machine_busy() -> Duration {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: busy = all − idle − iowait.
+    let total: f64 = cpu.iter().take(8).sum();
+    let idle = cpu.get(3).copied().unwrap_or(0.0) + cpu.get(4).copied().unwrap_or(0.0);
+    Duration::from_secs_f64((total - idle) / ticks)
+}
+
+/// ExecSync `true` latencies, and the CPU cost of probing at 100/s.
+struct ExecResult {
+    latencies: Vec<Duration>,
+    daemon_cpu: Duration,
+    machine_cpu: Duration,
+    probes: usize,
+    wall: Duration,
+}
+
+async fn exec_round(d: &Daemon, w: &Path, a: &Args) -> Result<ExecResult> {
+    let ch = channel(&d.socket).await?;
+    let (_, pod) = start_pod(ch.clone(), w.to_owned(), format!("exec-{}", d.name)).await?;
+    let mut rt = RuntimeServiceClient::new(ch.clone());
+    let c = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .containers
+        .pop()
+        .context("the pod's container")?
+        .id;
+    let probe = cri::ExecSyncRequest {
+        container_id: c,
+        cmd: vec!["/bin/true".into()],
+        timeout: 10,
+    };
+    for _ in 0..5 {
+        rt.exec_sync(probe.clone()).await.context("ExecSync warm-up")?;
+    }
+    let mut latencies = Vec::with_capacity(a.execs);
+    for _ in 0..a.execs {
+        let t0 = Instant::now();
+        let r = rt.exec_sync(probe.clone()).await.context("ExecSync")?.into_inner();
+        latencies.push(t0.elapsed());
+        if r.exit_code != 0 {
+            bail!("{}: ExecSync true exited {}", d.name, r.exit_code);
+        }
+    }
+    // 100 probes per second, each on its own task (as kubelet's probe workers are), for
+    // probe_secs seconds; CPU of the daemon process and of the whole machine meanwhile.
+    let pid = d.child.id();
+    let (cpu0, busy0, t0) = (cpu_time(pid), machine_busy(), Instant::now());
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut set = tokio::task::JoinSet::new();
+    let probes = (a.probe_secs * 100) as usize;
+    for _ in 0..probes {
+        tick.tick().await;
+        let mut rt = rt.clone();
+        let p = probe.clone();
+        set.spawn(async move { rt.exec_sync(p).await.map(|_| ()) });
+    }
+    while let Some(r) = set.join_next().await {
+        r?.context("paced ExecSync")?;
+    }
+    let (daemon_cpu, machine_cpu, wall) = (cpu_time(pid) - cpu0, machine_busy() - busy0, t0.elapsed());
+    remove_pods(&ch, &[pod]).await?;
+    Ok(ExecResult {
+        latencies,
+        daemon_cpu,
+        machine_cpu,
+        probes,
+        wall,
+    })
+}
+
 fn percentile(v: &[Duration], p: f64) -> Duration {
     let mut v = v.to_vec();
     v.sort();
@@ -469,9 +584,19 @@ fn main() -> Result<()> {
             }
         }
         let rss = [rss_kib(daemons[0].child.id()), rss_kib(daemons[1].child.id())];
-        Ok::<_, anyhow::Error>((samples, rss, daemons))
+        let mut execs = Vec::new();
+        if a.execs > 0 {
+            for d in &daemons {
+                execs.push(
+                    exec_round(d, w.path(), &a)
+                        .await
+                        .with_context(|| format!("{} ExecSync", d.name))?,
+                );
+            }
+        }
+        Ok::<_, anyhow::Error>((samples, rss, daemons, execs))
     });
-    let (samples, rss, daemons) = match result {
+    let (samples, rss, daemons, execs) = match result {
         Ok(v) => v,
         Err(e) => {
             eprintln!("bench failed: {e:#}; daemon logs under {}", w.path().display());
@@ -514,5 +639,35 @@ fn main() -> Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         String::from_utf8_lossy(&Command::new("containerd").arg("--version").output()?.stdout).trim()
     );
+    if let [cd, td] = execs.as_slice() {
+        println!(
+            "\n| daemon | ExecSync `true` p50 ms | p99 ms | daemon CPU per 100 probes/s | machine CPU per 100 probes/s |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        for (name, e) in [("containerd", cd), ("taskd", td)] {
+            let per_sec = |d: Duration| d.as_secs_f64() / e.wall.as_secs_f64();
+            println!(
+                "| {name} | {} | {} | {:.1}% of a CPU | {:.1}% of a CPU |",
+                ms(percentile(&e.latencies, 50.0)),
+                ms(percentile(&e.latencies, 99.0)),
+                per_sec(e.daemon_cpu) * 100.0 * (100.0 * e.wall.as_secs_f64() / e.probes as f64),
+                per_sec(e.machine_cpu) * 100.0 * (100.0 * e.wall.as_secs_f64() / e.probes as f64),
+            );
+        }
+        println!(
+            "| **ratio taskd / containerd** | **{:.2}** | {:.2} | {:.2} | {:.2} |",
+            percentile(&td.latencies, 50.0).as_secs_f64() / percentile(&cd.latencies, 50.0).as_secs_f64().max(1e-9),
+            percentile(&td.latencies, 99.0).as_secs_f64() / percentile(&cd.latencies, 99.0).as_secs_f64().max(1e-9),
+            td.daemon_cpu.as_secs_f64() / cd.daemon_cpu.as_secs_f64().max(1e-9),
+            td.machine_cpu.as_secs_f64() / cd.machine_cpu.as_secs_f64().max(1e-9),
+        );
+        println!(
+            "\nExecSync: {} timed calls each, then {} probes paced at 100/s ({:.1} s / {:.1} s wall)",
+            td.latencies.len(),
+            td.probes,
+            cd.wall.as_secs_f64(),
+            td.wall.as_secs_f64()
+        );
+    }
     Ok(())
 }
