@@ -170,7 +170,9 @@ impl World {
         format!("/taskd-cri-daemon-{}-{tail}", std::process::id())
     }
 
+    /// A pod config; its log directory exists (kubelet creates it).
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        std::fs::create_dir_all(self.dir.path().join("logs").join(name)).unwrap();
         cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
                 name: name.into(),
@@ -247,6 +249,74 @@ where
     let deadline = Instant::now() + Duration::from_secs(60);
     while !f().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A container of the busybox image named `name`, logging to `<name>.log`, running `script`
+/// (empty: the image's entrypoint + cmd).
+fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: image_spec("busybox"),
+        command: if script.is_empty() {
+            Vec::new()
+        } else {
+            vec!["/bin/sh".into(), "-c".into(), script.into()]
+        },
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+async fn create_and_start(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    pod_cfg: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> String {
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("StartContainer");
+    id
+}
+
+async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("ContainerStatus")
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+/// Waits until the container has exited; returns its status.
+async fn exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status(rt, id).await;
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "container {id} did not exit: {s:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -375,7 +445,6 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
     let image_id = pull(&mut images, "busybox", None).await;
 
     let pod_cfg = w.pod_config("web");
-    std::fs::create_dir_all(&pod_cfg.log_directory).unwrap();
     // The sandbox image is pulled on demand (through the registry.k8s.io mirror).
     let pod = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -406,29 +475,7 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
 
     // No command or args: the image's entrypoint + cmd, env, user (nobody, its group from
     // the image's /etc/passwd) and working dir.
-    let ctr = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "app".into(),
-                    attempt: 0,
-                }),
-                image: image_spec("busybox"),
-                log_path: "app.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .expect("StartContainer");
+    let ctr = create_and_start(&mut rt, &pod, &pod_cfg, container_config("app", "")).await;
     let log = PathBuf::from(&pod_cfg.log_directory).join("app.log");
     wait_for("the container's output", || {
         let log = log.clone();
@@ -470,20 +517,41 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
         ("exec from-image\n65534\n", 3)
     );
 
-    let cs = rt
-        .container_status(cri::ContainerStatusRequest {
-            container_id: ctr.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .unwrap();
+    let cs = status(&mut rt, &ctr).await;
     assert_eq!(cs.state, cri::ContainerState::ContainerRunning as i32);
     assert_eq!(cs.image_ref, image_id);
     assert_eq!(cs.image.unwrap().image, "docker.io/library/busybox:latest");
     assert_eq!(cs.log_path, log.display().to_string());
+
+    // A second container shares the pod's PID namespace: it sees the app's processes.
+    let side = create_and_start(&mut rt, &pod, &pod_cfg, container_config("side", "ps; exit 3")).await;
+    let s = exited(&mut rt, &side).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"), "{s:?}");
+    let side_log = std::fs::read_to_string(PathBuf::from(&pod_cfg.log_directory).join("side.log")).unwrap();
+    assert!(side_log.contains("sleep 3600"), "{side_log}");
+
+    // Over its memory limit: OOMKilled.
+    let mut hog = container_config(
+        "hog",
+        "echo start; x=$(head -c 268435456 /dev/zero | tr '\\0' x); echo survived",
+    );
+    hog.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = create_and_start(&mut rt, &pod, &pod_cfg, hog).await;
+    let s = exited(&mut rt, &hog).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"), "{s:?}");
+    for id in [&side, &hog] {
+        rt.remove_container(cri::RemoveContainerRequest {
+            container_id: id.to_string(),
+        })
+        .await
+        .expect("RemoveContainer");
+    }
 
     // The pod shares its PID namespace (mode POD): sleep is not pid 1 and dies of the
     // image's stop signal (SIGTERM, the default) before the timeout.
@@ -493,16 +561,7 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
     })
     .await
     .expect("StopContainer");
-    let cs = rt
-        .container_status(cri::ContainerStatusRequest {
-            container_id: ctr.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let cs = status(&mut rt, &ctr).await;
     assert_eq!(cs.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!((cs.exit_code, cs.reason.as_str()), (143, "Error"), "{cs:?}");
     rt.remove_container(cri::RemoveContainerRequest {
@@ -625,33 +684,16 @@ async fn host_port_on_loopback_reaches_the_pod() {
         .expect("RunPodSandbox")
         .into_inner()
         .pod_sandbox_id;
-    let ctr = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "web".into(),
-                    attempt: 0,
-                }),
-                image: image_spec("busybox"),
-                command: vec!["/bin/sh".into(), "-c".into()],
-                args: vec![
-                    "mkdir -p /tmp/www && echo hostport-ok > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"
-                        .into(),
-                ],
-                ..Default::default()
-            }),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .expect("StartContainer");
+    create_and_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config(
+            "web",
+            "mkdir -p /tmp/www && echo hostport-ok > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www",
+        ),
+    )
+    .await;
     let addr = format!("127.0.0.1:{host_port}");
     let mut body = String::new();
     wait_for("the pod's httpd through the host port", || {
