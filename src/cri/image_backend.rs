@@ -779,6 +779,88 @@ mod tests {
         );
     }
 
+    fn put(store: &Arc<content::Store>, data: &[u8]) -> String {
+        let d = content::digest_of(data);
+        let mut w = store.writer(NAMESPACE, &format!("ref-{d}"), 0, "", None).unwrap();
+        w.write(data).unwrap();
+        w.commit(data.len() as i64, &d, BTreeMap::new()).unwrap()
+    }
+
+    fn target(media_type: &str, digest: &str) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest: digest.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resolve_index_picks_the_held_linux_amd64_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(crate::metadata::Db::open(&dir.path().join("meta.redb")).unwrap());
+        let store = content::Store::open(db, &dir.path().join("content")).unwrap();
+        let diff = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let config = serde_json::json!({
+            "config": {"User": "1000:1000", "Entrypoint": ["/app"], "Cmd": ["--x"],
+                       "Env": ["A=1"], "WorkingDir": "/w", "StopSignal": "SIGINT"},
+            "rootfs": {"type": "layers", "diff_ids": [diff('a'), diff('b')]},
+        })
+        .to_string();
+        let config_digest = put(&store, config.as_bytes());
+        let manifest = serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"digest": config_digest, "size": config.len()},
+            "layers": [{"digest": diff('c'), "size": 10}, {"digest": diff('d'), "size": 20}],
+        })
+        .to_string();
+        let manifest_digest = put(&store, manifest.as_bytes());
+        // arm64 first (and not held), then the amd64 manifest that is.
+        let index = serde_json::json!({
+            "mediaType": MEDIA_OCI_INDEX,
+            "manifests": [
+                {"digest": diff('e'), "size": 1, "platform": {"os": "linux", "architecture": "arm64"}},
+                {"digest": manifest_digest, "size": manifest.len(), "platform": {"os": "linux", "architecture": "amd64"}},
+            ],
+        })
+        .to_string();
+        let index_digest = put(&store, index.as_bytes());
+        let r = resolve_blocking(&store, &target(MEDIA_OCI_INDEX, &index_digest)).unwrap();
+        assert_eq!(r.config_digest, config_digest);
+        assert_eq!(
+            r.config,
+            ImageConfig {
+                user: "1000:1000".into(),
+                entrypoint: vec!["/app".into()],
+                cmd: vec!["--x".into()],
+                env: vec!["A=1".into()],
+                working_dir: "/w".into(),
+                stop_signal: "SIGINT".into(),
+            }
+        );
+        assert_eq!(r.chain, chain_ids(&[diff('a'), diff('b')])[1]);
+        assert_eq!(r.size, (index.len() + manifest.len() + config.len() + 30) as u64);
+        assert_eq!(r.layers.len(), 2);
+
+        // No held manifest for the platform, a missing blob, a layer count that does not
+        // match: FailedPrecondition / NotFound, never a panic.
+        let only_arm = serde_json::json!({"manifests": [
+            {"digest": manifest_digest, "size": 1, "platform": {"os": "linux", "architecture": "arm64"}}]})
+        .to_string();
+        let d = put(&store, only_arm.as_bytes());
+        let e = resolve_blocking(&store, &target(MEDIA_OCI_INDEX, &d)).unwrap_err();
+        assert_eq!(e.kind(), Kind::FailedPrecondition, "{e}");
+        let e = resolve_blocking(&store, &target("", &diff('f'))).unwrap_err();
+        assert_eq!(e.kind(), Kind::NotFound, "{e}");
+        let short =
+            serde_json::json!({"config": {"digest": config_digest, "size": 1}, "layers": []}).to_string();
+        let d = put(&store, short.as_bytes());
+        let e = resolve_blocking(&store, &target("", &d)).unwrap_err();
+        assert_eq!(e.kind(), Kind::FailedPrecondition, "{e}");
+        let d = put(&store, b"{not json");
+        let e = resolve_blocking(&store, &target("", &d)).unwrap_err();
+        assert_eq!(e.kind(), Kind::FailedPrecondition, "{e}");
+    }
+
     #[test]
     fn read_in_root_stays_inside() {
         let root = tempfile::tempdir().unwrap();
