@@ -468,10 +468,10 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
     assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
     let ip = st.network.unwrap().ip;
     assert!(ip.starts_with(&format!("10.88.{}.", w.octet)), "{ip}");
-    assert!(
-        list(&mut images, Some("registry.k8s.io/pause:3.10")).await.len() == 1,
-        "the sandbox image was pulled"
-    );
+    let pause = list(&mut images, Some("registry.k8s.io/pause:3.10")).await;
+    assert_eq!(pause.len(), 1, "the sandbox image was pulled");
+    assert!(pause[0].pinned, "the sandbox image is pinned: {pause:?}");
+    assert!(!list(&mut images, Some("busybox")).await[0].pinned);
 
     // No command or args: the image's entrypoint + cmd, env, user (nobody, its group from
     // the image's /etc/passwd) and working dir.
