@@ -442,10 +442,35 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
     }
     let w = World::new(180 + (std::process::id() % 20) as u8, "");
     let (mut rt, mut images) = w.clients().await;
-    let image_id = pull(&mut images, "busybox", None).await;
-
+    // The sandbox image comes from ctr (client-side pull, unpacked into the native
+    // snapshotter only, then tagged): the CRI finds it and unpacks it into overlayfs.
+    let ctr_pause = format!("{}/pause:3.10", w.registry.addr);
+    w.d.ctr_ok(&[
+        "-n",
+        "k8s.io",
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "native",
+        &ctr_pause,
+    ]);
+    w.d.ctr_ok(&[
+        "-n",
+        "k8s.io",
+        "images",
+        "tag",
+        &ctr_pause,
+        "registry.k8s.io/pause:3.10",
+    ]);
+    let overlay = |d: &Daemon| d.ctr_ok(&["-n", "k8s.io", "snapshots", "--snapshotter", "overlayfs", "ls"]);
+    assert_eq!(
+        overlay(&w.d).lines().count(),
+        1,
+        "nothing in overlayfs yet: {}",
+        overlay(&w.d)
+    );
     let pod_cfg = w.pod_config("web");
-    // The sandbox image is pulled on demand (through the registry.k8s.io mirror).
     let pod = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(pod_cfg.clone()),
@@ -469,7 +494,13 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
     let ip = st.network.unwrap().ip;
     assert!(ip.starts_with(&format!("10.88.{}.", w.octet)), "{ip}");
     let pause = list(&mut images, Some("registry.k8s.io/pause:3.10")).await;
-    assert_eq!(pause.len(), 1, "the sandbox image was pulled");
+    assert_eq!(pause.len(), 1, "{pause:?}");
+    assert!(
+        overlay(&w.d).contains("Committed"),
+        "the pause image was unpacked into overlayfs: {}",
+        overlay(&w.d)
+    );
+    let image_id = pull(&mut images, "busybox", None).await;
     assert!(pause[0].pinned, "the sandbox image is pinned: {pause:?}");
     assert!(!list(&mut images, Some("busybox")).await[0].pinned);
 
@@ -667,6 +698,11 @@ async fn host_port_on_loopback_reaches_the_pod() {
 
     let (mut rt, mut images) = w.clients().await;
     pull(&mut images, "busybox", None).await;
+    assert!(
+        list(&mut images, Some("registry.k8s.io/pause:3.10"))
+            .await
+            .is_empty()
+    );
     let host_port = support::free_port();
     let mut pod_cfg = w.pod_config("ports");
     pod_cfg.port_mappings = vec![cri::PortMapping {
@@ -684,6 +720,11 @@ async fn host_port_on_loopback_reaches_the_pod() {
         .expect("RunPodSandbox")
         .into_inner()
         .pod_sandbox_id;
+    // The sandbox image was pulled on demand, through the registry.k8s.io mirror.
+    assert_eq!(
+        list(&mut images, Some("registry.k8s.io/pause:3.10")).await.len(),
+        1
+    );
     create_and_start(
         &mut rt,
         &pod,
