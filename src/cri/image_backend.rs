@@ -700,7 +700,15 @@ impl RootfsProvider for ImageSide {
         };
         let r = self.resolve(&img.target).await?;
         self.ensure_unpacked(&name, &r).await?;
-        let (passwd, group) = self.user_files(&r).await?;
+        // Without the files only numeric users resolve; CreateContainer then names the user
+        // it could not find.
+        let (passwd, group) = match self.user_files(&r).await {
+            Ok(files) => files,
+            Err(error) => {
+                tracing::warn!(image = %name, %error, "CRI: cannot read the image's /etc/passwd and /etc/group");
+                (None, None)
+            }
+        };
         Ok(ImageInfo {
             id: r.config_digest.clone(),
             reference: name,
