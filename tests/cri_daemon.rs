@@ -48,7 +48,6 @@ fn pause_image() -> ImageBuilder {
 }
 
 struct World {
-    // Dropped first: the daemon (and its shims) before the network and the registry.
     d: Daemon,
     registry: Registry,
     dir: tempfile::TempDir,
@@ -59,6 +58,10 @@ struct World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        // The daemon and its shims first (a failed test leaves pods running), so the pods'
+        // cgroups empty; the daemon's own drop repeats this harmlessly.
+        self.d.kill9();
+        support::cleanup::after_daemon(&self.d.state);
         for ns in netns_pins(&self.d) {
             let _ = taskd::cri::network::netns::remove(&ns);
         }
