@@ -184,13 +184,14 @@ async fn missing_rpcs_answer_unimplemented_with_a_reason_and_are_counted() {
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(err.message().contains("streaming server"), "{}", err.message());
 
+    // The image service is wired to the images service: an empty node lists no image.
     let mut images = ImageServiceClient::new(d.channel().await);
-    let err = images
+    let listed = images
         .list_images(ListImagesRequest { filter: None })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented, "{}", err.message());
-    assert!(!err.message().is_empty());
+        .expect("ListImages")
+        .into_inner();
+    assert!(listed.images.is_empty(), "{listed:?}");
 
     // The daemon is still fine, and the decorator counted every call.
     c.version(VersionRequest::default())
@@ -213,8 +214,11 @@ async fn missing_rpcs_answer_unimplemented_with_a_reason_and_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_pod_sandbox_with_an_unknown_handler_is_refused() {
+    use k8s_cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption};
     use k8s_cri::v1::{PodSandboxConfig, PodSandboxMetadata};
-    let d = Daemon::start();
+    // A sandbox image on a loopback port nothing serves: the pull fails without leaving
+    // the machine. Host network: no CNI involved.
+    let d = Daemon::start_with(&format!("[{CRI}]\nsandbox_image = \"127.0.0.1:9/pause:3.10\"\n"));
     let mut c = RuntimeServiceClient::new(d.channel().await);
     let config = Some(PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
@@ -222,6 +226,16 @@ async fn run_pod_sandbox_with_an_unknown_handler_is_refused() {
             uid: "u".into(),
             namespace: "default".into(),
             attempt: 0,
+        }),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
         }),
         ..Default::default()
     });
@@ -246,7 +260,8 @@ async fn run_pod_sandbox_with_an_unknown_handler_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
-    // Valid input on this build: pods need images + snapshots, and the answer says so.
+    // Valid input, but the sandbox image cannot be pulled: the registry error comes back
+    // and the pod is rolled back.
     let err = c
         .run_pod_sandbox(RunPodSandboxRequest {
             config,
@@ -254,7 +269,8 @@ async fn run_pod_sandbox_with_an_unknown_handler_is_refused() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("127.0.0.1:9"), "{}", err.message());
     let pods = c
         .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
         .await
@@ -384,10 +400,11 @@ async fn container_events_stream_ends_on_sigterm() {
 }
 
 #[test]
-fn plugin_exports_what_pods_still_need() {
+fn plugin_exports_that_pods_are_available() {
     let d = Daemon::start();
     let out = d.ctr_ok(&["plugins", "ls", "-d", "id==cri"]);
-    // tasks and containers are on the build; the rootfs provider (images + snapshots) is not.
-    assert!(out.contains("images+snapshots"), "{out}");
-    assert!(!out.contains("needs tasks"), "{out}");
+    // tasks, containers and the image side (images service + unpack snapshotter) are all
+    // on the build.
+    assert!(out.contains("pods ") && out.contains(" ok"), "{out}");
+    assert!(!out.contains("unavailable"), "{out}");
 }

@@ -1,10 +1,11 @@
 //! A pod with containers end to end through the CRI handlers, the CRI `TaskRuntime`, the
 //! real tasks service (runtime v2 shim manager), the real `containerd-shim-runc-v2`, real
 //! runc, real CNI (bridge + host-local on a private subnet inside netns this test creates)
-//! and a real redb metadata store. Only the image side is local: until the images and
-//! snapshots services are on the build, root file systems are busybox directories built
-//! from the host's busybox-static (`tests/support/rootfs.rs`) and bind-mounted as the
-//! task rootfs.
+//! and a real redb metadata store. Only the image side is local: root file systems are
+//! busybox directories built from the host's busybox-static (`tests/support/rootfs.rs`) and
+//! bind-mounted as the task rootfs, so the handlers are tested without a registry. The same
+//! flows through the real daemon, with pulled images and snapshots, are in
+//! `tests/cri_daemon.rs`.
 
 #[path = "support/rootfs.rs"]
 mod rootfs;

@@ -18,13 +18,16 @@
 //! ```
 //!
 //! The adapter never talks to shims: pods and containers become tasks through the tasks
-//! service's `Local`, as containerd's CRI plugin does with in-memory services. RPCs whose
-//! dependencies have not landed answer Unimplemented with a reason naming what is missing.
+//! service's `Local`, as containerd's CRI plugin does with in-memory services. Images and
+//! root file systems come from `image_backend::ImageSide` (images service, server-side
+//! pull, content store, the snapshotter pulls unpack into). When a service is not loaded,
+//! the RPCs that need it answer Unimplemented naming what is missing.
 
 pub mod config;
 pub mod container_events;
 pub mod controller;
 pub mod events;
+pub mod image_backend;
 pub mod instrument;
 pub mod io;
 pub mod metrics;
@@ -142,11 +145,27 @@ pub fn registration() -> Registration {
         let events = container_events::ContainerEvents::new().map_err(PluginError::init)?;
         events.register(cx.metrics()).map_err(PluginError::init)?;
         let mut service = CriService::new(config.clone(), cx.root(), cx.state(), events);
+        // The image side (images service + server-side pull + the snapshotter it unpacks
+        // into + content): the image RPCs and the containers' root file systems.
+        let image_side = match (
+            cx.get_optional::<dyn crate::services::images::Images>(),
+            cx.get_optional::<crate::images::pull::Puller>(),
+            cx.get_optional::<crate::content::Store>(),
+        ) {
+            (Some(images), Some(puller), Some(content)) => {
+                image_backend::ImageSide::new(images, puller, content, cx.state().join("image-views"))
+                    .map(Arc::new)
+            }
+            _ => None,
+        };
+        if let Some(side) = &image_side {
+            service.image_backend = Some(side.clone());
+        }
         // The pod/container runtime needs the tasks and containers services plus a rootfs
         // provider (images + snapshots); when one is missing the RPCs say so.
         let tasks = cx.get_optional::<dyn crate::services::tasks::Tasks>();
         let containers = cx.get_optional::<dyn crate::services::containers::Containers>();
-        let rootfs = cx.get_optional::<dyn task_runtime::RootfsProvider>();
+        let rootfs = image_side.map(|s| s as Arc<dyn task_runtime::RootfsProvider>);
         let mut missing = Vec::new();
         match (tasks, containers, rootfs) {
             (Some(t), Some(c), Some(r)) => {
@@ -162,7 +181,7 @@ pub fn registration() -> Registration {
                     missing.push("containers");
                 }
                 if r.is_none() {
-                    missing.push("images+snapshots (rootfs)");
+                    missing.push("images service with an unpack snapshotter (rootfs)");
                 }
                 tracing::info!(missing = %missing.join(", "), "CRI pods and containers unavailable");
             }
@@ -200,6 +219,6 @@ pub fn registration() -> Registration {
             )
             .on_shutdown(move || async move { event_loop.abort() }))
     })
-    .requires(&[PluginType::Event, PluginType::Service])
+    .requires(&[PluginType::Event, PluginType::Service, PluginType::Content])
     .config::<CriConfig>()
 }

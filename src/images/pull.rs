@@ -228,7 +228,17 @@ impl Puller {
         self
     }
 
-    fn remote(&self, e: &Endpoint, repository: &str) -> Result<Remote, PullError> {
+    /// The unpacker pulled images are unpacked with (None: pulls do not unpack).
+    pub fn unpacker(&self) -> Option<&super::unpack::Unpacker> {
+        self.unpacker.as_ref()
+    }
+
+    fn remote(
+        &self,
+        e: &Endpoint,
+        repository: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<Remote, PullError> {
         let mut extra = Vec::new();
         if let Some(path) = &e.ca_file {
             let data = std::fs::read(path).map_err(|source| PullError::CaFile {
@@ -251,7 +261,9 @@ impl Puller {
             max_concurrent_download: self.config.max_concurrent_downloads.max(1),
             ..Default::default()
         };
-        let auth = if e.username.is_empty() {
+        let auth = if let Some(a) = auth {
+            a.clone()
+        } else if e.username.is_empty() {
             RegistryAuth::Anonymous
         } else {
             RegistryAuth::Basic(e.username.clone(), e.password.clone())
@@ -266,6 +278,17 @@ impl Puller {
 
     /// Pulls `reference` into `namespace`; returns the image record.
     pub async fn pull(&self, namespace: &str, reference: &str) -> Result<Image, PullError> {
+        self.pull_with_auth(namespace, reference, None).await
+    }
+
+    /// [`Puller::pull`] with credentials for this call (e.g. from a CRI PullImage request);
+    /// they replace the configured `username`/`password` of every endpoint tried.
+    pub async fn pull_with_auth(
+        &self,
+        namespace: &str,
+        reference: &str,
+        auth: Option<RegistryAuth>,
+    ) -> Result<Image, PullError> {
         let parsed: Reference =
             reference
                 .parse()
@@ -287,7 +310,7 @@ impl Puller {
         let mut last_err = None;
         let mut found = None;
         for e in endpoints(&self.config.registries, &registry) {
-            let remote = self.remote(&e, &repository)?;
+            let remote = self.remote(&e, &repository, auth.as_ref())?;
             let at = match (parsed.digest(), parsed.tag()) {
                 (Some(d), _) => remote.by_digest(d),
                 (None, tag) => Reference::with_tag(
@@ -465,14 +488,16 @@ impl Puller {
         // Config and layers, bounded in parallel.
         let mut blobs: Vec<&JsonDescriptor> = vec![config];
         blobs.extend(manifest_json.layers.iter());
-        futures::stream::iter(
-            blobs
-                .iter()
-                .map(|d| self.fetch_blob(namespace, name, remote, d, lease)),
-        )
-        .buffer_unordered(self.config.max_concurrent_downloads.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
+        // Collected first: a lazy `map` closure here makes the pull future not provably
+        // `Send` (higher-ranked lifetime), which callers in spawned tasks need.
+        let fetches: Vec<_> = blobs
+            .iter()
+            .map(|d| self.fetch_blob(namespace, name, remote, d, lease))
+            .collect();
+        futures::stream::iter(fetches)
+            .buffer_unordered(self.config.max_concurrent_downloads.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
 
         // The manifest, labelled with its children (containerd's ChildrenLabelHandler).
         let mut labels = BTreeMap::new();

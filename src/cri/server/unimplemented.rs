@@ -3,11 +3,11 @@
 
 use crate::cri::CriError;
 
-/// Pod and container lifecycle needs root file systems for the pause and container images,
-/// from the images service and a snapshotter, which the CRI plugin is not wired to yet.
-pub const LIFECYCLE: &str = "pods and containers need image root file systems (images service + snapshotter), which the CRI plugin is not wired to yet";
-/// The image service needs the images service and server-side pull behind the CRI plugin.
-pub const IMAGES: &str = "the CRI image service is not wired to the images service and server-side pull yet";
+/// Pod and container lifecycle when a service it needs is not loaded (a disabled plugin,
+/// or the images service configured with `snapshotter = ""`, so nothing is unpacked).
+pub const LIFECYCLE: &str = "pods and containers need the tasks and containers services and an images service that unpacks into a snapshotter; one of them is not loaded on this daemon (see `ctr plugins ls -d id==cri`, export `pods`)";
+/// The image service when the images service or its unpack snapshotter is not loaded.
+pub const IMAGES: &str = "the CRI image service needs the images service with an unpack snapshotter, which is not loaded on this daemon (disabled plugin, or the images service's `snapshotter` is empty)";
 /// Exec, Attach, PortForward.
 pub const STREAMING: &str = "the CRI streaming server (exec/attach/port-forward) does not exist yet";
 /// ExecSync, stats, events, checkpoint, metrics, Stream* (CRI part 2, issue 8).

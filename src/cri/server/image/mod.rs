@@ -67,7 +67,14 @@ impl CriService {
     /// All images (also refreshes the in-memory image cache StopContainer reads).
     pub(crate) async fn all_images(&self, rpc: &'static str) -> Result<Vec<Image>, CriError> {
         let names = self.image_backend(rpc)?.list().await?;
-        let images = group(&names);
+        let mut images = group(&names);
+        // The sandbox image is pinned (kubelet's image GC never removes it), as containerd.
+        if let Ok(sandbox) = reference::normalize(&self.config.sandbox_image) {
+            let sandbox = sandbox.to_string();
+            for img in &mut images {
+                img.pinned = img.repo_tags.contains(&sandbox) || img.repo_digests.contains(&sandbox);
+            }
+        }
         for img in &images {
             self.images.upsert(img.clone());
         }

@@ -182,7 +182,8 @@ async fn without_a_backend_images_are_unimplemented() {
         .unwrap_err();
     assert_eq!(e.kind(), Kind::NotImplemented);
     assert!(
-        e.to_string().contains("images service and server-side pull"),
+        e.to_string()
+            .contains("images service with an unpack snapshotter"),
         "{e}"
     );
 }

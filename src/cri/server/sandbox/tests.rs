@@ -311,5 +311,5 @@ async fn without_a_controller_pod_rpcs_are_unimplemented() {
     let svc = crate::cri::service::testing::service(dir.path());
     let e = svc.run_pod_sandbox(pod("a", true)).await.unwrap_err();
     assert_eq!(e.kind(), Kind::NotImplemented);
-    assert!(e.to_string().contains("image root file systems"), "{e}");
+    assert!(e.to_string().contains("unpacks into a snapshotter"), "{e}");
 }

@@ -1,0 +1,770 @@
+//! CRI end to end against the real daemon, driven only through the independent k8s-cri
+//! client (kubelet's generated API) over taskd's socket: server-side pulls through
+//! registry mirrors from a local `docker-registry`, the images service, the overlayfs
+//! snapshotter, pods with real CNI (bridge + host-local on a private subnet, no masquerade,
+//! no default route: nothing leaves the machine), real shims and runc.
+//!
+//! The daemon's images service maps `docker.io` and `registry.k8s.io` to the local registry
+//! (`registries."<host>".mirrors`), so `busybox` (→ docker.io/library/busybox:latest) and
+//! the sandbox image `registry.k8s.io/pause:3.10` come from there. `pause` is busybox
+//! with an entrypoint that sleeps.
+//!
+//! Clean-up (also on panic): the daemon's shims (support), the pods' netns pins, the test's
+//! bridge, the pods' cgroup parent, the registry.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use support::Daemon;
+use support::registry::{ImageBuilder, OciLayout, Registry};
+use tonic::transport::Channel;
+
+const CRI: &str = "plugins.\"io.containerd.cri.v1.cri\"";
+const IMAGES: &str = "plugins.\"io.containerd.service.v1.images-service\"";
+const GREETING: &str = "GREETING=from-image";
+
+/// The busybox image kubelet pulls: entrypoint, cmd, env, user and working dir set.
+fn busybox_image() -> ImageBuilder {
+    let mut b = ImageBuilder::busybox();
+    b.entrypoint = vec!["/bin/sh".into(), "-c".into()];
+    b.cmd = vec!["echo $GREETING; id; pwd; exec sleep 3600".into()];
+    b.env.push(GREETING.into());
+    b.user = "nobody".into();
+    b.working_dir = "/tmp".into();
+    b
+}
+
+fn pause_image() -> ImageBuilder {
+    let mut b = ImageBuilder::busybox();
+    b.entrypoint = vec!["/bin/sleep".into(), "2147483647".into()];
+    b.cmd = Vec::new();
+    b
+}
+
+struct World {
+    d: Daemon,
+    registry: Registry,
+    dir: tempfile::TempDir,
+    bridge: String,
+    octet: u8,
+    busybox: support::registry::BuiltImage,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // The daemon and its shims first (a failed test leaves pods running), so the pods'
+        // cgroups empty; the daemon's own drop repeats this harmlessly.
+        self.d.kill9();
+        support::cleanup::after_daemon(&self.d.state);
+        for ns in netns_pins(&self.d) {
+            let _ = taskd::cri::network::netns::remove(&ns);
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        // The pods' cgroup parent, once the kernel released the dead containers' cgroups.
+        let parent = self.cgroup_parent();
+        for _ in 0..100 {
+            let mut left = 0;
+            if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+                for c in controllers.flatten() {
+                    let p = c.path().join(parent.trim_start_matches('/'));
+                    if p.exists() && std::fs::remove_dir(&p).is_err() {
+                        left += 1;
+                    }
+                }
+            }
+            if left == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The pinned pod network namespaces under the daemon's state dir.
+fn netns_pins(d: &Daemon) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(plugins) = std::fs::read_dir(&d.state) {
+        for p in plugins.flatten() {
+            if let Ok(pins) = std::fs::read_dir(p.path().join("netns")) {
+                out.extend(pins.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    out
+}
+
+impl World {
+    /// A registry with busybox (`library/busybox:latest` and `:1.36`) and pause, a CNI
+    /// conf dir with bridge + host-local on 10.88.<octet>.0/24 followed by `extra` plugins
+    /// (JSON objects, each with a leading comma), and a daemon using both.
+    fn new(octet: u8, extra: &str) -> World {
+        support::require_root();
+        support::require_bin("runc", "runc");
+        support::require_bin("containerd-shim-runc-v2", "containerd");
+        for p in ["bridge", "host-local", "loopback"] {
+            assert!(
+                Path::new("/usr/lib/cni").join(p).is_file(),
+                "install the CNI plugins (apt-get install containernetworking-plugins)"
+            );
+        }
+        let registry = Registry::start();
+        let busybox = busybox_image().build();
+        let mut layout = OciLayout::new();
+        layout.add_image("latest", &busybox);
+        layout.add_image("pause", &pause_image().build());
+        registry.push(&layout, "latest", "library/busybox", "latest");
+        registry.push(&layout, "latest", "library/busybox", "1.36");
+        registry.push(&layout, "pause", "pause", "3.10");
+
+        let dir = tempfile::Builder::new()
+            .prefix("taskd-cri-daemon")
+            .tempdir()
+            .unwrap();
+        let bridge = format!("tkq{}-{}", std::process::id() % 100_000, octet % 100);
+        let conf_dir = dir.path().join("net.d");
+        std::fs::create_dir(&conf_dir).unwrap();
+        std::fs::write(
+            conf_dir.join("10-taskd.conflist"),
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"taskd-e2e","plugins":[
+                  {{"type":"bridge","bridge":"{bridge}","isGateway":false,"ipMasq":false,
+                    "ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"10.88.{octet}.0/24"}}]]}}}}
+                  {extra}]}}"#,
+                dir.path().join("ipam").display()
+            ),
+        )
+        .unwrap();
+        let mirror = format!("[\"http://{}\"]", registry.addr);
+        let d = Daemon::start_with(&format!(
+            "[{IMAGES}.registries.\"docker.io\"]\nmirrors = {mirror}\n\
+             [{IMAGES}.registries.\"registry.k8s.io\"]\nmirrors = {mirror}\n\
+             [{CRI}]\nsandbox_image = \"registry.k8s.io/pause:3.10\"\n\
+             [{CRI}.cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
+            conf_dir.display().to_string()
+        ));
+        World {
+            d,
+            registry,
+            dir,
+            bridge,
+            octet,
+            busybox,
+        }
+    }
+
+    async fn clients(&self) -> (RuntimeServiceClient<Channel>, ImageServiceClient<Channel>) {
+        let ch = self.d.channel().await;
+        (RuntimeServiceClient::new(ch.clone()), ImageServiceClient::new(ch))
+    }
+
+    fn cgroup_parent(&self) -> String {
+        let tail = self
+            .dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("/taskd-cri-daemon-{}-{tail}", std::process::id())
+    }
+
+    /// A pod config; its log directory exists (kubelet creates it).
+    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        std::fs::create_dir_all(self.dir.path().join("logs").join(name)).unwrap();
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: format!("{name}-host"),
+            log_directory: self.dir.path().join("logs").join(name).display().to_string(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// IPs host-local has handed out.
+    fn ipam_leases(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("ipam").join("taskd-e2e"))
+            .map(|e| {
+                e.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("10."))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Task bundles the shim manager holds in k8s.io (a shim per bundle).
+    fn bundles(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.d.state.join("io.containerd.runtime.v2.task").join("k8s.io"))
+            .map(|e| e.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn image_spec(s: &str) -> Option<cri::ImageSpec> {
+    Some(cri::ImageSpec {
+        image: s.into(),
+        ..Default::default()
+    })
+}
+
+async fn pull(images: &mut ImageServiceClient<Channel>, r: &str, auth: Option<cri::AuthConfig>) -> String {
+    images
+        .pull_image(cri::PullImageRequest {
+            image: image_spec(r),
+            auth,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PullImage {r}: {e:?}"))
+        .into_inner()
+        .image_ref
+}
+
+async fn list(images: &mut ImageServiceClient<Channel>, filter: Option<&str>) -> Vec<cri::Image> {
+    images
+        .list_images(cri::ListImagesRequest {
+            filter: filter.map(|f| cri::ImageFilter { image: image_spec(f) }),
+        })
+        .await
+        .expect("ListImages")
+        .into_inner()
+        .images
+}
+
+async fn wait_for<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A container of the busybox image named `name`, logging to `<name>.log`, running `script`
+/// (empty: the image's entrypoint + cmd).
+fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: image_spec("busybox"),
+        command: if script.is_empty() {
+            Vec::new()
+        } else {
+            vec!["/bin/sh".into(), "-c".into(), script.into()]
+        },
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+async fn create_and_start(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    pod_cfg: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> String {
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("StartContainer");
+    id
+}
+
+async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("ContainerStatus")
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+/// Waits until the container has exited; returns its status.
+async fn exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status(rt, id).await;
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "container {id} did not exit: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_service_pull_list_status_remove_fsinfo() {
+    let w = World::new(200 + (std::process::id() % 20) as u8, "");
+    let (_, mut images) = w.clients().await;
+    let id = w.busybox.config.digest.clone();
+    let manifest = w.busybox.manifest.digest.clone();
+
+    // Normalized as kubelet sends it, pulled through the docker.io mirror.
+    assert_eq!(pull(&mut images, "busybox", None).await, id);
+    let all = list(&mut images, None).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].id, id);
+    assert_eq!(all[0].repo_tags, vec!["docker.io/library/busybox:latest"]);
+    assert_eq!(
+        all[0].repo_digests,
+        vec![format!("docker.io/library/busybox@{manifest}")]
+    );
+    assert_eq!(all[0].username, "nobody");
+    assert!(all[0].size > 0);
+    // A second tag of the same digest joins the same image.
+    assert_eq!(
+        pull(&mut images, "docker.io/library/busybox:1.36", None).await,
+        id
+    );
+    let all = list(&mut images, None).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].repo_tags.len(), 2, "{all:?}");
+
+    // Filter: by reference, by id, and a miss.
+    assert_eq!(list(&mut images, Some("busybox:1.36")).await.len(), 1);
+    assert_eq!(list(&mut images, Some(&id)).await.len(), 1);
+    assert!(list(&mut images, Some("nothing-here")).await.is_empty());
+
+    // Verbose status carries the image config.
+    let st = images
+        .image_status(cri::ImageStatusRequest {
+            image: image_spec("busybox"),
+            verbose: true,
+        })
+        .await
+        .expect("ImageStatus")
+        .into_inner();
+    assert_eq!(st.image.as_ref().unwrap().id, id);
+    let info = &st.info["info"];
+    assert!(
+        info.contains(GREETING) && info.contains("\"WorkingDir\":\"/tmp\"") && info.contains("sleep 3600"),
+        "{info}"
+    );
+
+    // Usage of the snapshotter the image was unpacked into.
+    let fs = images
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .expect("ImageFsInfo")
+        .into_inner();
+    let u = &fs.image_filesystems[0];
+    assert!(
+        u.fs_id.as_ref().unwrap().mountpoint.ends_with("overlayfs"),
+        "{fs:?}"
+    );
+    assert!(
+        u.used_bytes.unwrap().value > 0 && u.inodes_used.unwrap().value > 0,
+        "{fs:?}"
+    );
+
+    // Remove by one tag removes every tag, the digest and the id; again is fine.
+    for _ in 0..2 {
+        images
+            .remove_image(cri::RemoveImageRequest {
+                image: image_spec("busybox:1.36"),
+            })
+            .await
+            .expect("RemoveImage");
+        assert!(list(&mut images, None).await.is_empty());
+    }
+    let st = images
+        .image_status(cri::ImageStatusRequest {
+            image: image_spec(&id),
+            verbose: false,
+        })
+        .await
+        .expect("ImageStatus of a removed image")
+        .into_inner();
+    assert!(st.image.is_none());
+
+    // Auth from the request, against a registry that requires it.
+    let private = Registry::start_basic_auth();
+    private.push_busybox("private/bb", "v1");
+    let r = format!("{}/private/bb:v1", private.addr);
+    let e = images
+        .pull_image(cri::PullImageRequest {
+            image: image_spec(&r),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let (user, password) = private.creds.clone().unwrap();
+    let auth = cri::AuthConfig {
+        username: user,
+        password,
+        ..Default::default()
+    };
+    assert!(pull(&mut images, &r, Some(auth)).await.starts_with("sha256:"));
+    assert_eq!(list(&mut images, Some(&r)).await.len(), 1);
+
+    // An image pulled client-side by ctr into k8s.io is a CRI image too.
+    let ctr_ref = format!("{}/library/busybox:1.36", w.registry.addr);
+    w.d.ctr_ok(&["-n", "k8s.io", "images", "pull", "--plain-http", &ctr_ref]);
+    let found = list(&mut images, Some(&ctr_ref)).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].id, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_and_container_lifecycle_through_the_daemon() {
+    if !support::e2e("pod_and_container_lifecycle_through_the_daemon") {
+        return;
+    }
+    let w = World::new(180 + (std::process::id() % 20) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    // The sandbox image comes from ctr (client-side pull, unpacked into the native
+    // snapshotter only, then tagged): the CRI finds it and unpacks it into overlayfs.
+    let ctr_pause = format!("{}/pause:3.10", w.registry.addr);
+    w.d.ctr_ok(&[
+        "-n",
+        "k8s.io",
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "native",
+        &ctr_pause,
+    ]);
+    w.d.ctr_ok(&[
+        "-n",
+        "k8s.io",
+        "images",
+        "tag",
+        &ctr_pause,
+        "registry.k8s.io/pause:3.10",
+    ]);
+    let overlay = |d: &Daemon| d.ctr_ok(&["-n", "k8s.io", "snapshots", "--snapshotter", "overlayfs", "ls"]);
+    assert_eq!(
+        overlay(&w.d).lines().count(),
+        1,
+        "nothing in overlayfs yet: {}",
+        overlay(&w.d)
+    );
+    let pod_cfg = w.pod_config("web");
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let st = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    let ip = st.network.unwrap().ip;
+    assert!(ip.starts_with(&format!("10.88.{}.", w.octet)), "{ip}");
+    let pause = list(&mut images, Some("registry.k8s.io/pause:3.10")).await;
+    assert_eq!(pause.len(), 1, "{pause:?}");
+    assert!(
+        overlay(&w.d).contains("Committed"),
+        "the pause image was unpacked into overlayfs: {}",
+        overlay(&w.d)
+    );
+    let image_id = pull(&mut images, "busybox", None).await;
+    assert!(pause[0].pinned, "the sandbox image is pinned: {pause:?}");
+    assert!(!list(&mut images, Some("busybox")).await[0].pinned);
+
+    // No command or args: the image's entrypoint + cmd, env, user (nobody, its group from
+    // the image's /etc/passwd) and working dir.
+    let ctr = create_and_start(&mut rt, &pod, &pod_cfg, container_config("app", "")).await;
+    let log = PathBuf::from(&pod_cfg.log_directory).join("app.log");
+    wait_for("the container's output", || {
+        let log = log.clone();
+        async move {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(" stdout F /tmp\n")
+        }
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(" stdout F from-image\n"), "{text}");
+    assert!(
+        text.contains(" stdout F uid=65534(nobody) gid=65534(nogroup)"),
+        "{text}"
+    );
+    let first = text.lines().next().unwrap();
+    let ts = first.split(' ').next().unwrap();
+    assert!(
+        ts.contains('T') && ts.len() > 20,
+        "RFC3339Nano timestamp: {first}"
+    );
+
+    let r = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo exec $GREETING; id -u; exit 3".into(),
+            ],
+            timeout: 30,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    assert_eq!(
+        (String::from_utf8_lossy(&r.stdout).as_ref(), r.exit_code),
+        ("exec from-image\n65534\n", 3)
+    );
+
+    let cs = status(&mut rt, &ctr).await;
+    assert_eq!(cs.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(cs.image_ref, image_id);
+    assert_eq!(cs.image.unwrap().image, "docker.io/library/busybox:latest");
+    assert_eq!(cs.log_path, log.display().to_string());
+
+    // A second container shares the pod's PID namespace: it sees the app's processes.
+    let side = create_and_start(&mut rt, &pod, &pod_cfg, container_config("side", "ps; exit 3")).await;
+    let s = exited(&mut rt, &side).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"), "{s:?}");
+    let side_log = std::fs::read_to_string(PathBuf::from(&pod_cfg.log_directory).join("side.log")).unwrap();
+    assert!(side_log.contains("sleep 3600"), "{side_log}");
+
+    // Over its memory limit: OOMKilled.
+    let mut hog = container_config(
+        "hog",
+        "echo start; x=$(head -c 268435456 /dev/zero | tr '\\0' x); echo survived",
+    );
+    hog.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = create_and_start(&mut rt, &pod, &pod_cfg, hog).await;
+    let s = exited(&mut rt, &hog).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"), "{s:?}");
+    for id in [&side, &hog] {
+        rt.remove_container(cri::RemoveContainerRequest {
+            container_id: id.to_string(),
+        })
+        .await
+        .expect("RemoveContainer");
+    }
+
+    // The pod shares its PID namespace (mode POD): sleep is not pid 1 and dies of the
+    // image's stop signal (SIGTERM, the default) before the timeout.
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 1,
+    })
+    .await
+    .expect("StopContainer");
+    let cs = status(&mut rt, &ctr).await;
+    assert_eq!(cs.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!((cs.exit_code, cs.reason.as_str()), (143, "Error"), "{cs:?}");
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .expect("RemoveContainer");
+    let left = rt
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(left.is_empty(), "{left:?}");
+
+    for _ in 0..2 {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("StopPodSandbox (idempotent)");
+    }
+    for _ in 0..2 {
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("RemovePodSandbox (idempotent)");
+    }
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    assert!(netns_pins(&w.d).is_empty(), "netns left: {:?}", netns_pins(&w.d));
+    assert!(w.ipam_leases().is_empty(), "IPs left: {:?}", w.ipam_leases());
+    assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
+    // The container snapshots are gone; the images' layers stay.
+    let snaps = w.d.ctr_ok(&["-n", "k8s.io", "snapshots", "ls"]);
+    assert_eq!(
+        snaps.lines().skip(1).filter(|l| l.contains("Active")).count(),
+        0,
+        "{snaps}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_cni_add_rolls_the_pod_back() {
+    // The bridge ADD succeeds, then tuning fails on a sysctl that does not exist.
+    let w = World::new(
+        160 + (std::process::id() % 20) as u8,
+        r#",{"type":"tuning","sysctl":{"net.ipv4.conf.eth0.no_such_knob":"1"}}"#,
+    );
+    let (mut rt, _) = w.clients().await;
+    let e = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(w.pod_config("broken")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("tuning"), "{e:?}");
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    assert!(netns_pins(&w.d).is_empty(), "netns left: {:?}", netns_pins(&w.d));
+    assert!(w.ipam_leases().is_empty(), "IPs left: {:?}", w.ipam_leases());
+    assert!(w.bundles().is_empty(), "shim left: {:?}", w.bundles());
+    let containers = w.d.ctr_ok(&["-n", "k8s.io", "containers", "ls", "-q"]);
+    assert!(containers.trim().is_empty(), "pause container left: {containers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_port_on_loopback_reaches_the_pod() {
+    if !support::e2e("host_port_on_loopback_reaches_the_pod") {
+        return;
+    }
+    support::require_bin("iptables", "iptables");
+    let octet = 140 + (std::process::id() % 20) as u8;
+    let w = World::new(
+        octet,
+        r#",{"type":"portmap","capabilities":{"portMappings":true}}"#,
+    );
+    // The host reaches the pod subnet through the bridge's address (the pods still have no
+    // default route and nothing is masqueraded out of the machine).
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&["link", "add", &w.bridge, "type", "bridge"]);
+    ip(&["addr", "add", &format!("10.88.{octet}.1/24"), "dev", &w.bridge]);
+    ip(&["link", "set", &w.bridge, "up"]);
+
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    assert!(
+        list(&mut images, Some("registry.k8s.io/pause:3.10"))
+            .await
+            .is_empty()
+    );
+    let host_port = support::free_port();
+    let mut pod_cfg = w.pod_config("ports");
+    pod_cfg.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: host_port as i32,
+        host_ip: "127.0.0.1".into(),
+    }];
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    // The sandbox image was pulled on demand, through the registry.k8s.io mirror.
+    assert_eq!(
+        list(&mut images, Some("registry.k8s.io/pause:3.10")).await.len(),
+        1
+    );
+    create_and_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config(
+            "web",
+            "mkdir -p /tmp/www && echo hostport-ok > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www",
+        ),
+    )
+    .await;
+    let addr = format!("127.0.0.1:{host_port}");
+    let mut body = String::new();
+    wait_for("the pod's httpd through the host port", || {
+        let got = support::http_get(&addr, "/index.html", None);
+        if let Ok((200, b)) = &got {
+            body = b.clone();
+        }
+        async move { matches!(got, Ok((200, _))) }
+    })
+    .await;
+    assert!(body.contains("hostport-ok"), "{body}");
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })
+        .await
+        .expect("RemovePodSandbox");
+    // The DNAT is gone with the pod.
+    let nat = Command::new("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&nat.stdout).contains(&format!("--dport {host_port}")),
+        "portmap rules left"
+    );
+}
