@@ -31,12 +31,22 @@ fn open_append(path: &Path) -> Result<File, LogError> {
 }
 
 impl LogFile {
-    /// Opens (creating, appending) `path`. The directory must exist (kubelet creates it).
+    /// Opens (creating, appending) `path`, creating its directory when missing (kubelet
+    /// makes the pod's log directory; the container's subdirectory may be left to us, as
+    /// containerd creates it).
     pub fn open(path: &Path) -> Result<Arc<LogFile>, LogError> {
         if !path.is_absolute() {
             return Err(LogError::RelativePath {
                 path: path.to_owned(),
             });
+        }
+        if let Some(dir) = path.parent()
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir).map_err(|source| LogError::Open {
+                path: dir.to_owned(),
+                source,
+            })?;
         }
         Ok(Arc::new(LogFile {
             path: path.to_owned(),

@@ -201,7 +201,22 @@ impl CriService {
         })?;
 
         let log_path = if !sandbox.config.log_directory.is_empty() && !cfg.log_path.is_empty() {
-            PathBuf::from(&sandbox.config.log_directory).join(&cfg.log_path)
+            // Relative to the pod's log directory, and staying inside it.
+            let rel = std::path::Path::new(&cfg.log_path);
+            if rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
+            {
+                return Err(CriError::InvalidArgument {
+                    field: "config.log_path",
+                    reason: format!(
+                        "{:?} must be a relative path inside the pod's log directory",
+                        cfg.log_path
+                    ),
+                });
+            }
+            PathBuf::from(&sandbox.config.log_directory).join(rel)
         } else {
             PathBuf::new()
         };
