@@ -531,7 +531,7 @@ async fn all_rpcs_on_a_long_running_task() {
     let err = w.local.checkpoint(&ns, "long", "", None, None).await.unwrap_err();
     assert_eq!(err.kind(), Kind::NotImplemented);
     assert!(
-        err.to_string().starts_with("checkpoint is not implemented yet"),
+        err.to_string().starts_with("checkpoint needs the content store"),
         "{err}"
     );
 

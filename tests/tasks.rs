@@ -900,7 +900,13 @@ fn ingest(n: &Ns, r: &str, data: &[u8]) -> String {
     support::registry::sha256(data)
 }
 
-fn create_from_checkpoint(ns: &str, id: &str, media_type: &str, digest: &str, size: i64) -> tonic::Request<api::CreateTaskRequest> {
+fn create_from_checkpoint(
+    ns: &str,
+    id: &str,
+    media_type: &str,
+    digest: &str,
+    size: i64,
+) -> tonic::Request<api::CreateTaskRequest> {
     in_ns(
         ns,
         api::CreateTaskRequest {
@@ -929,7 +935,15 @@ async fn create_from_checkpoint_checks_the_descriptor_and_the_archive() {
     let n = Ns::new(&d, "restore");
     let mut c = api::tasks_client::TasksClient::new(d.channel().await);
     std::fs::write(n.rootfs.path().join("count.sh"), COUNTER).unwrap();
-    n.ctr_ok(&["containers", "create", "--rootfs", n.rootfs(), "r1", "/bin/sh", "/count.sh"]);
+    n.ctr_ok(&[
+        "containers",
+        "create",
+        "--rootfs",
+        n.rootfs(),
+        "r1",
+        "/bin/sh",
+        "/count.sh",
+    ]);
     let restore = tasks_service_root(&d).join("restore").join(&n.ns);
 
     // Any other media type: refused before anything is read.
@@ -980,14 +994,24 @@ async fn create_from_checkpoint_checks_the_descriptor_and_the_archive() {
     for (name, tar, expect) in hostile {
         let digest = ingest(&n, &format!("hostile-{name}"), &tar);
         let st = c
-            .create(create_from_checkpoint(&n.ns, "r1", MEDIA_CRIU, &digest, tar.len() as i64))
+            .create(create_from_checkpoint(
+                &n.ns,
+                "r1",
+                MEDIA_CRIU,
+                &digest,
+                tar.len() as i64,
+            ))
             .await
             .unwrap_err();
         assert_eq!(st.code(), tonic::Code::InvalidArgument, "{name}: {st:?}");
         assert!(st.message().contains(expect), "{name}: {}", st.message());
         assert!(st.message().contains(&digest), "{name}: {}", st.message());
         assert!(!Path::new("/tmp").join(&escape).exists(), "{name}: wrote outside");
-        assert!(entries(&restore).is_empty(), "{name}: left {:?}", entries(&restore));
+        assert!(
+            entries(&restore).is_empty(),
+            "{name}: left {:?}",
+            entries(&restore)
+        );
         assert!(n.tasks().is_empty(), "{name}: a task was created");
     }
 
@@ -998,9 +1022,15 @@ async fn create_from_checkpoint_checks_the_descriptor_and_the_archive() {
         .file("descriptors.json", r#"["/dev/null","/dev/null","/dev/null"]"#)
         .tar();
     let digest = ingest(&n, "fake-criu-image", &image);
-    c.create(create_from_checkpoint(&n.ns, "r1", MEDIA_CRIU, &digest, image.len() as i64))
-        .await
-        .unwrap_or_else(|e| panic!("create from checkpoint: {e:?}\n{}", n.log()));
+    c.create(create_from_checkpoint(
+        &n.ns,
+        "r1",
+        MEDIA_CRIU,
+        &digest,
+        image.len() as i64,
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("create from checkpoint: {e:?}\n{}", n.log()));
     let dirs = entries(&restore.join("r1"));
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     assert_eq!(
@@ -1103,7 +1133,11 @@ async fn checkpoint_of_a_running_task() {
         }
     }
     assert_eq!(n.status("c1"), "RUNNING");
-    assert!(entries(&dumps).is_empty(), "dump dirs left: {:?}", entries(&dumps));
+    assert!(
+        entries(&dumps).is_empty(),
+        "dump dirs left: {:?}",
+        entries(&dumps)
+    );
     n.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "c1"]);
     assert_eq!(n.wait("c1").await, 137);
     n.ctr_ok(&["tasks", "rm", "c1"]);

@@ -31,7 +31,8 @@ use crate::runtime::RuntimeError;
 /// The CRIU image dir as a tar (containerd's `images.MediaTypeContainerd1Checkpoint`).
 pub const MEDIA_TYPE_CHECKPOINT: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
 /// The container spec, a protobuf `Any` (`images.MediaTypeContainerd1CheckpointConfig`).
-pub const MEDIA_TYPE_CHECKPOINT_CONFIG: &str = "application/vnd.containerd.container.checkpoint.config.v1+proto";
+pub const MEDIA_TYPE_CHECKPOINT_CONFIG: &str =
+    "application/vnd.containerd.container.checkpoint.config.v1+proto";
 
 const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
 const RUNC_CHECKPOINT_OPTIONS: &str = "containerd.runc.v1.CheckpointOptions";
@@ -141,9 +142,14 @@ impl Checkpoints {
         let dir = dir.path().to_owned();
         let run = move || -> Result<Vec<Descriptor>> {
             let image_ref = dir.to_string_lossy().into_owned();
-            let image = write_content(&store, &ns, &image_ref, lease.as_deref(), MEDIA_TYPE_CHECKPOINT, |w| {
-                tar_dir(&dir, w)
-            })?;
+            let image = write_content(
+                &store,
+                &ns,
+                &image_ref,
+                lease.as_deref(),
+                MEDIA_TYPE_CHECKPOINT,
+                |w| tar_dir(&dir, w),
+            )?;
             let spec_ref = dir.join("spec").to_string_lossy().into_owned();
             let spec = write_content(
                 &store,
@@ -231,11 +237,12 @@ pub fn check_media_type(media_type: &str) -> Result<()> {
 pub fn checkpoint_path(options: Option<&prost_types::Any>) -> Result<String> {
     match options {
         Some(o) if o.type_url.ends_with(RUNC_CHECKPOINT_OPTIONS) => {
-            let opts = taskd_proto::containerd::types::runc::options::CheckpointOptions::decode(o.value.as_slice())
-                .map_err(|e| TasksError::InvalidArgument {
-                    field: "options",
-                    reason: format!("decode {RUNC_CHECKPOINT_OPTIONS}: {e}"),
-                })?;
+            let opts =
+                taskd_proto::containerd::types::runc::options::CheckpointOptions::decode(o.value.as_slice())
+                    .map_err(|e| TasksError::InvalidArgument {
+                        field: "options",
+                        reason: format!("decode {RUNC_CHECKPOINT_OPTIONS}: {e}"),
+                    })?;
             Ok(opts.image_path)
         }
         _ => Ok(String::new()),
@@ -322,8 +329,7 @@ fn tar_dir(dir: &Path, out: &mut impl Write) -> std::io::Result<()> {
     b.mode(tar::HeaderMode::Complete);
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(dir.join(&rel))?
-            .collect::<std::io::Result<Vec<_>>>()?;
+        let mut entries: Vec<_> = std::fs::read_dir(dir.join(&rel))?.collect::<std::io::Result<Vec<_>>>()?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let name = rel.join(e.file_name());
@@ -342,7 +348,9 @@ pub fn criu_log_errors(message: &str) -> String {
     let file = ["path= ", "log file: "].iter().find_map(|key| {
         let at = message.find(key)? + key.len();
         let rest = &message[at..];
-        let end = rest.find(|c: char| c.is_whitespace() || c == '"').unwrap_or(rest.len());
+        let end = rest
+            .find(|c: char| c.is_whitespace() || c == '"')
+            .unwrap_or(rest.len());
         Some(rest[..end].trim_end_matches(['.', ',', ')']).to_owned())
     });
     let Some(file) = file.filter(|f| f.starts_with('/')) else {
