@@ -410,15 +410,8 @@ async fn token_auth_follows_the_bearer_challenge() {
     }
     let requests = front.requests();
     eprintln!("token front saw: {requests:#?}");
-    assert!(
-        requests.iter().any(|r| r.starts_with("GET /token?")
-            && r.contains("repository%3Aprivate%3Apull")
-            && r.ends_with("-> 200"))
-            || requests.iter().any(|r| r.starts_with("GET /token?")
-                && r.contains("repository:private:pull")
-                && r.ends_with("-> 200")),
-        "{requests:?}"
-    );
+    let token = "GET /token?scope=repository%3Aprivate%3Apull&service=test -> 200";
+    assert!(requests.iter().any(|r| r == token), "{requests:?}");
     // Everything that reached the registry went through with the token.
     let layer = format!("GET /v2/private/blobs/{} -> 200", built.layers[0].digest);
     assert!(requests.contains(&layer), "{requests:?}");
