@@ -351,7 +351,7 @@ pub fn criu_log_errors(message: &str) -> String {
         let end = rest
             .find(|c: char| c.is_whitespace() || c == '"')
             .unwrap_or(rest.len());
-        Some(rest[..end].trim_end_matches(['.', ',', ')']).to_owned())
+        Some(rest[..end].trim_end_matches(['.', ',', ')', ':', ';']).to_owned())
     });
     let Some(file) = file.filter(|f| f.starts_with('/')) else {
         return String::new();
@@ -378,7 +378,7 @@ pub fn criu_failure(id: &str, op: &'static str, source: RuntimeError) -> TasksEr
     TasksError::Criu {
         id: id.to_owned(),
         op,
-        source,
+        source: Box::new(source),
         criu: if criu.is_empty() {
             criu
         } else {

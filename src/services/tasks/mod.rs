@@ -74,7 +74,7 @@ pub enum TasksError {
     Criu {
         id: String,
         op: &'static str,
-        source: RuntimeError,
+        source: Box<RuntimeError>,
         criu: String,
     },
     #[error("{op} {path}: {source}")]
