@@ -1143,3 +1143,73 @@ async fn checkpoint_of_a_running_task() {
     n.ctr_ok(&["tasks", "rm", "c1"]);
     n.ctr_ok(&["containers", "rm", "c1"]);
 }
+
+/// `ctr containers checkpoint` on a container made from an image. With `--task` ctr pauses
+/// the task, calls Checkpoint, resumes: where CRIU cannot dump (docs/CRIU.md) it fails with
+/// CRIU's error and the task runs on; without `--task` it records the container (image,
+/// runtime, snapshotter) as a checkpoint image through the content, images and leases
+/// services.
+#[test]
+fn ctr_containers_checkpoint() {
+    use support::registry::{ImageBuilder, OciLayout};
+    let d = Daemon::start();
+    let n = Ns::new(&d, "ctrckpt");
+    let mut layout = OciLayout::new();
+    layout.add_image("v1", &ImageBuilder::busybox().build());
+    let archive = d.dir.join("busybox.tar");
+    std::fs::write(&archive, layout.tar()).unwrap();
+    n.ctr_ok(&[
+        "images",
+        "import",
+        "--base-name",
+        "example.com/busybox",
+        archive.to_str().unwrap(),
+    ]);
+    let image = n
+        .ctr_ok(&["images", "ls", "-q"])
+        .lines()
+        .next()
+        .expect("the imported image")
+        .to_owned();
+    n.ctr_ok(&["run", "-d", &image, "c2", "/bin/sh", "-c", COUNTER]);
+
+    let out = n.ctr(&["containers", "checkpoint", "--task", "c2", "checkpoint/c2:task"]);
+    let images = n.ctr_ok(&["images", "ls", "-q"]);
+    if out.status.success() {
+        assert!(images.contains("checkpoint/c2:task"), "{images}");
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("ctr containers checkpoint --task: {err}");
+        assert!(err.contains("criu failed"), "{err}");
+        assert!(!images.contains("checkpoint/c2:task"), "{images}");
+    }
+    assert_eq!(n.status("c2"), "RUNNING");
+
+    n.ctr_ok(&["containers", "checkpoint", "c2", "checkpoint/c2:meta"]);
+    let ls = n.ctr_ok(&["images", "ls"]);
+    let index = ls
+        .lines()
+        .find(|l| l.starts_with("checkpoint/c2:meta"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("no checkpoint image in\n{ls}"))
+        .to_owned();
+    let index: serde_json::Value =
+        serde_json::from_str(&n.ctr_ok(&["content", "get", &index])).expect("index JSON");
+    assert_eq!(
+        index["annotations"]["io.containerd.checkpoint.runtime"], "io.containerd.runc.v2",
+        "{index}"
+    );
+    assert_eq!(
+        index["annotations"]["org.opencontainers.image.ref.name"], image,
+        "{index}"
+    );
+
+    n.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "c2"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while n.status("c2") != "STOPPED" {
+        assert!(Instant::now() < deadline, "c2 did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    n.ctr_ok(&["tasks", "rm", "c2"]);
+    n.ctr_ok(&["containers", "rm", "c2"]);
+}
