@@ -301,7 +301,11 @@ fn write_content(
         hash: sha2::Sha256::new(),
         size: 0,
     };
-    fill(&mut sink).map_err(|e| io_err("write checkpoint content", Path::new(reference), e))?;
+    if let Err(e) = fill(&mut sink) {
+        drop(w);
+        let _ = store.abort(ns, reference);
+        return Err(io_err("write checkpoint content", Path::new(reference), e));
+    }
     let (digest, size) = (format!("sha256:{:x}", sink.hash.finalize_reset()), sink.size);
     match w.commit(size, &digest, Default::default()) {
         Ok(_) => {}
