@@ -451,6 +451,75 @@ mod tests {
         assert_eq!(checkpoint_path(None).unwrap(), "");
     }
 
+    /// The content half without CRIU: a dump dir (as CRIU would leave it) goes into the
+    /// content store under the lease, twice (the second time the blobs exist already), and
+    /// comes back out through `unpack`; the staging dirs go.
+    #[tokio::test]
+    async fn store_and_unpack_round_trip() {
+        use crate::metadata::{Db, LeaseManager};
+        let d = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&d.path().join("meta.redb")).unwrap());
+        let content = Store::open(db.clone(), &d.path().join("content")).unwrap();
+        let cp = Checkpoints::new(content.clone(), d.path().join("tasks"));
+        db.create("ns", "l1", Default::default()).unwrap();
+        let spec = prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+            value: br#"{"ociVersion":"1.0.2"}"#.to_vec(),
+        };
+        let mut first = None;
+        for _ in 0..2 {
+            let dir = cp.dump_dir().unwrap();
+            std::fs::write(dir.path().join("inventory.img"), b"criu image").unwrap();
+            std::fs::write(dir.path().join("pages-1.img"), vec![7u8; 100_000]).unwrap();
+            let descs = cp.store("ns", Some(&spec), Some("l1"), &dir).await.unwrap();
+            let path = dir.path().to_owned();
+            drop(dir);
+            assert!(!path.exists());
+            assert_eq!(descs.len(), 2);
+            assert_eq!(descs[0].media_type, MEDIA_TYPE_CHECKPOINT);
+            assert_eq!(descs[1].media_type, MEDIA_TYPE_CHECKPOINT_CONFIG);
+            let stored = content.read_all("ns", &descs[1].digest).unwrap();
+            assert_eq!(prost_types::Any::decode(stored.as_slice()).unwrap(), spec);
+            assert_eq!(content.info("ns", &descs[0].digest).unwrap().size, descs[0].size);
+            if let Some(first) = &first {
+                assert_eq!(first, &descs, "same image, same blobs");
+            }
+            first = Some(descs);
+        }
+        let descs = first.unwrap();
+        let leased: Vec<String> = db
+            .list_resources("ns", "l1")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        for desc in &descs {
+            assert!(leased.contains(&desc.digest), "{leased:?}");
+        }
+        assert!(
+            content.list_statuses("ns", &[]).unwrap().is_empty(),
+            "no ingest left"
+        );
+
+        let restored = cp.unpack("ns", "t1", &descs[0]).await.unwrap();
+        assert!(restored.starts_with(cp.restore_dir("ns", "t1")));
+        assert_eq!(
+            std::fs::read(restored.join("inventory.img")).unwrap(),
+            b"criu image"
+        );
+        assert_eq!(
+            std::fs::read(restored.join("pages-1.img")).unwrap().len(),
+            100_000
+        );
+        // the spec is no CRIU image
+        let err = cp.unpack("ns", "t1", &descs[1]).await.unwrap_err();
+        assert_eq!(err.kind(), Kind::InvalidArgument);
+        cp.remove_restored("ns", "t1");
+        assert!(!cp.restore_dir("ns", "t1").exists());
+        cp.clean_stale(|_, _| false);
+        assert!(!d.path().join("tasks/checkpoint").exists());
+    }
+
     #[test]
     fn tar_dir_holds_relative_names() {
         let d = tempfile::tempdir().unwrap();
