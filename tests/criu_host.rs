@@ -10,12 +10,17 @@
 //!   options: containerd.runc.v1.CheckpointOptions}`, then a new shim whose `Create` carries
 //!   `checkpoint = path`.
 //!
-//! Both run only with `TASKD_E2E=1` and need root, runc, criu, containerd (shim) and
+//! - `taskd_checkpoint_restore_round_trip`: the same through taskd: `ctr tasks checkpoint
+//!   --exit` into the content store, then Create from the image's CRIU descriptor + Start.
+//!
+//! All run only with `TASKD_E2E=1` and need root, runc, criu, containerd (shim) and
 //! busybox-static. When CRIU cannot work here they FAIL with runc's/the shim's error, the
 //! `Error` lines of CRIU's log and what `criu check` says. Cleanup is by id, pid and path:
 //! `runc delete --force` on the test's own runc root, SIGKILL to the recorded shim pid, the
 //! temp dir removed without crossing mounts.
 
+#[path = "support/rootfs.rs"]
+mod rootfs;
 mod support;
 
 use std::collections::HashMap;
@@ -478,4 +483,139 @@ async fn shim_checkpoint_restore_round_trip() {
     stop_shim(&task, &id).await;
     server.shutdown().await.unwrap();
     log_task.abort();
+}
+
+/// `ctr -n NS ARGS` against the daemon; panics with ctr's stderr and the daemon log.
+fn ctr_ok(d: &support::Daemon, ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(&d.socket)
+        .args(["-n", ns])
+        .args(args)
+        .env_remove("CONTAINERD_ADDRESS")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ctr");
+    assert!(
+        out.status.success(),
+        "ctr {args:?}: {}\n{}\n--- daemon log ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The whole path through taskd: `ctr run -d` a counter, `ctr tasks checkpoint --exit`
+/// (CRIU image + spec into the content store, a checkpoint image naming them), then a new
+/// task of the same container created from the image's CRIU descriptor (`Create{checkpoint}`
+/// + Start) counts on from where it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taskd_checkpoint_restore_round_trip() {
+    use taskd_proto::containerd::services::tasks::v1 as api;
+    const TEST: &str = "taskd_checkpoint_restore_round_trip";
+    if !support::e2e(TEST) {
+        return;
+    }
+    require();
+    if criu_cannot_start(TEST) {
+        return;
+    }
+    support::require_bin("ctr", "containerd");
+    let s = Scratch::new();
+    // `wait_count_past` reads <dir>/rootfs/tmp/c
+    let dir = s.path("ctr");
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    rootfs::build(&rootfs).expect("busybox rootfs");
+    std::fs::write(rootfs.join("count.sh"), COUNTER).unwrap();
+    let d = support::Daemon::start();
+    let ns = format!("criu-{}", std::process::id());
+    let rootfs_arg = rootfs.to_string_lossy().into_owned();
+    ctr_ok(
+        &d,
+        &ns,
+        &["run", "-d", "--rootfs", &rootfs_arg, "c1", "/bin/sh", "/count.sh"],
+    );
+    wait_count_past(&dir, 5, 0);
+
+    let name = ctr_ok(&d, &ns, &["tasks", "checkpoint", "--exit", "c1"]);
+    let name = name.trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ctr_ok(&d, &ns, &["tasks", "ls"]).contains("STOPPED") {
+        assert!(Instant::now() < deadline, "c1 still runs after checkpoint --exit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = count(&dir).expect("a count before the checkpoint");
+    ctr_ok(&d, &ns, &["tasks", "rm", "c1"]);
+
+    // The checkpoint image's index names the CRIU tar.
+    let images = ctr_ok(&d, &ns, &["images", "ls"]);
+    let index_digest = images
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("no image {name:?} in\n{images}"))
+        .to_owned();
+    let index: serde_json::Value =
+        serde_json::from_str(&ctr_ok(&d, &ns, &["content", "get", &index_digest])).unwrap();
+    let criu = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mediaType"] == "application/vnd.containerd.container.criu.checkpoint.criu.tar")
+        .unwrap_or_else(|| panic!("no CRIU image in {index}"))
+        .clone();
+
+    let mut c = api::tasks_client::TasksClient::new(d.channel().await);
+    c.create(in_ns(
+        &ns,
+        api::CreateTaskRequest {
+            container_id: "c1".into(),
+            checkpoint: Some(taskd_proto::containerd::types::Descriptor {
+                media_type: criu["mediaType"].as_str().unwrap().into(),
+                digest: criu["digest"].as_str().unwrap().into(),
+                size: criu["size"].as_i64().unwrap(),
+                annotations: Default::default(),
+            }),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("create from checkpoint: {e:?}"));
+    let start = api::StartRequest {
+        container_id: "c1".into(),
+        exec_id: String::new(),
+    };
+    if let Err(e) = c.start(in_ns(&ns, start)).await {
+        let _ = c
+            .delete(in_ns(
+                &ns,
+                api::DeleteTaskRequest {
+                    container_id: "c1".into(),
+                },
+            ))
+            .await;
+        panic!("restore through taskd: {e:?}\n{}", criu_check());
+    }
+    let probe = dir.clone();
+    tokio::task::spawn_blocking(move || wait_count_past(&probe, last + 5, last))
+        .await
+        .unwrap();
+    ctr_ok(&d, &ns, &["tasks", "kill", "-s", "SIGKILL", "c1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ctr_ok(&d, &ns, &["tasks", "ls"]).contains("STOPPED") {
+        assert!(Instant::now() < deadline, "c1 did not stop after SIGKILL");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ctr_ok(&d, &ns, &["tasks", "rm", "c1"]);
+    ctr_ok(&d, &ns, &["containers", "rm", "c1"]);
+}
+
+/// A request with the namespace header.
+fn in_ns<T>(ns: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("containerd-namespace", ns.parse().unwrap());
+    r
 }

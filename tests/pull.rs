@@ -4,6 +4,8 @@
 //! Component test: the content and image stores on a temp redb, no daemon.
 
 mod support;
+#[path = "support/token_auth.rs"]
+mod token_auth;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -344,4 +346,74 @@ async fn pull_unpacks_into_snapshots_that_gc_keeps_with_the_image() {
     let report = gc.collect_async().await.unwrap();
     assert_eq!(report.snapshots.len(), 1, "{report:?}");
     assert!(sn.walk("ns", vec![]).await.unwrap().is_empty());
+}
+
+/// The registry config entry for `addr` with these credentials.
+fn with_credentials(addr: &str, username: &str, password: &str) -> PullConfig {
+    let mut registries = BTreeMap::new();
+    registries.insert(
+        addr.to_owned(),
+        RegistryConfig {
+            username: username.into(),
+            password: password.into(),
+            ..Default::default()
+        },
+    );
+    PullConfig {
+        registries,
+        ..Default::default()
+    }
+}
+
+/// Docker's token flow: the registry (a token-auth front over docker-registry) answers 401
+/// with a Bearer challenge; the puller gets a token from the realm with the configured
+/// credentials (Basic) and pulls with it. No or wrong credentials: Unauthenticated, nothing
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_follows_the_bearer_challenge() {
+    let reg = Registry::start();
+    let (direct, built) = reg.push_busybox("private", "v1");
+    let front = token_auth::TokenAuth::start(&reg.addr, AUTH_USER, AUTH_PASSWORD);
+    let reference = direct.replacen(&reg.addr, &front.addr, 1);
+    let e = env();
+
+    for (what, config) in [
+        ("no credentials", PullConfig::default()),
+        (
+            "wrong credentials",
+            with_credentials(&front.addr, AUTH_USER, "wrong"),
+        ),
+    ] {
+        let err = puller(&e, config).pull("ns", &reference).await.unwrap_err();
+        eprintln!("{what}: {err}");
+        assert_eq!(err.kind(), Kind::Unauthenticated, "{what}: {err}");
+        assert!(err.to_string().contains(&front.addr), "{what}: {err}");
+        assert!(e.content.list("ns", &[]).unwrap().is_empty(), "{what}");
+    }
+    assert!(
+        front
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /token") && r.ends_with("-> 401")),
+        "{:?}",
+        front.requests()
+    );
+
+    let img = puller(&e, with_credentials(&front.addr, AUTH_USER, AUTH_PASSWORD))
+        .pull("ns", &reference)
+        .await
+        .unwrap_or_else(|err| panic!("{err}\n{:?}", front.requests()));
+    assert_eq!(img.name, reference);
+    assert_eq!(img.target.digest, built.manifest.digest);
+    for b in built.blobs() {
+        assert_eq!(e.content.read_all("ns", &b.digest).unwrap(), b.data);
+    }
+    let requests = front.requests();
+    eprintln!("token front saw: {requests:#?}");
+    let token = "GET /token?scope=repository%3Aprivate%3Apull&service=test -> 200";
+    assert!(requests.iter().any(|r| r == token), "{requests:?}");
+    // Everything that reached the registry went through with the token.
+    let layer = format!("GET /v2/private/blobs/{} -> 200", built.layers[0].digest);
+    assert!(requests.contains(&layer), "{requests:?}");
+    assert_eq!(reg.blob_gets(&built.layers[0].digest), 1);
 }

@@ -528,10 +528,10 @@ async fn all_rpcs_on_a_long_running_task() {
         .await
         .unwrap();
     w.local.close_io(&ns, "long", "", true).await.unwrap();
-    let err = w.local.checkpoint(&ns, "long", "", None).await.unwrap_err();
+    let err = w.local.checkpoint(&ns, "long", "", None, None).await.unwrap_err();
     assert_eq!(err.kind(), Kind::NotImplemented);
     assert!(
-        err.to_string().starts_with("checkpoint is not implemented yet"),
+        err.to_string().starts_with("checkpoint needs the content store"),
         "{err}"
     );
 

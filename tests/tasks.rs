@@ -672,19 +672,18 @@ async fn errors_keep_their_kind_across_the_shim_and_grpc() {
     assert_eq!(st.code(), tonic::Code::AlreadyExists);
     assert_eq!(st.message(), "task e1 already exists");
 
-    // Checkpoint: Unimplemented, with the reason, until checkpoints go to the content store.
+    // Checkpoint of a container that does not exist: NotFound.
     let st = c
         .checkpoint(in_ns(
             &n.ns,
             api::CheckpointTaskRequest {
-                container_id: "e1".into(),
+                container_id: "nope".into(),
                 ..Default::default()
             },
         ))
         .await
         .unwrap_err();
-    assert_eq!(st.code(), tonic::Code::Unimplemented);
-    assert!(st.message().contains("not implemented yet"), "{}", st.message());
+    assert_eq!(st.code(), tonic::Code::NotFound, "{st:?}");
 
     // Exec without an id: InvalidArgument.
     let st = c
@@ -852,4 +851,365 @@ fn task_events_reach_ctr_in_runtime_v2_order() {
         ],
         "{topics:?}"
     );
+}
+
+/// Counts into /tmp/c of the rootfs, ten a second.
+const COUNTER: &str = "i=0; while true; do echo $i > /tmp/c; i=$((i+1)); sleep 0.1; done";
+
+/// The tasks service's staging dirs for checkpoints (`checkpoint/`) and restores (`restore/`).
+fn tasks_service_root(d: &Daemon) -> PathBuf {
+    d.root.join("io.containerd.service.v1.tasks-service")
+}
+
+/// Entries of a dir (none when it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `ctr content ingest REF` of `data` in the test's namespace; the digest.
+fn ingest(n: &Ns, r: &str, data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("ctr")
+        .arg("--address")
+        .arg(&n.socket)
+        .args(["-n", &n.ns, "content", "ingest", r])
+        .env_remove("CONTAINERD_ADDRESS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ctr content ingest");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(data)
+        .expect("write to ctr");
+    let out = child.wait_with_output().expect("ctr content ingest");
+    assert!(
+        out.status.success(),
+        "ctr content ingest: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    support::registry::sha256(data)
+}
+
+fn create_from_checkpoint(
+    ns: &str,
+    id: &str,
+    media_type: &str,
+    digest: &str,
+    size: i64,
+) -> tonic::Request<api::CreateTaskRequest> {
+    in_ns(
+        ns,
+        api::CreateTaskRequest {
+            container_id: id.into(),
+            checkpoint: Some(taskd_proto::containerd::types::Descriptor {
+                media_type: media_type.into(),
+                digest: digest.into(),
+                size,
+                annotations: Default::default(),
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+const MEDIA_CRIU: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
+
+/// Create with a `checkpoint` descriptor, as containerd's tasks service: only the CRIU tar
+/// media type, content that exists, an archive that stays inside its restore dir. A
+/// well-formed archive reaches the shim (whose Start runs `runc restore`), and the restore
+/// dir goes with the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_from_checkpoint_checks_the_descriptor_and_the_archive() {
+    use support::registry::LayerBuilder;
+    let d = Daemon::start();
+    let n = Ns::new(&d, "restore");
+    let mut c = api::tasks_client::TasksClient::new(d.channel().await);
+    std::fs::write(n.rootfs.path().join("count.sh"), COUNTER).unwrap();
+    n.ctr_ok(&[
+        "containers",
+        "create",
+        "--rootfs",
+        n.rootfs(),
+        "r1",
+        "/bin/sh",
+        "/count.sh",
+    ]);
+    let restore = tasks_service_root(&d).join("restore").join(&n.ns);
+
+    // Any other media type: refused before anything is read.
+    let st = c
+        .create(create_from_checkpoint(
+            &n.ns,
+            "r1",
+            "application/vnd.oci.image.layer.v1.tar",
+            &support::registry::sha256(b"x"),
+            1,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+    assert_eq!(
+        st.message(),
+        "unsupported checkpoint type \"application/vnd.oci.image.layer.v1.tar\""
+    );
+
+    // A digest the content store does not hold: NotFound.
+    let missing = support::registry::sha256(b"no such checkpoint");
+    let st = c
+        .create(create_from_checkpoint(&n.ns, "r1", MEDIA_CRIU, &missing, 18))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::NotFound, "{st:?}");
+    assert!(st.message().contains(&missing), "{}", st.message());
+
+    // Hostile archives: `..` out of the restore dir, and a symlink out of it written through.
+    let escape = format!("taskd-ckpt-escape-{}", std::process::id());
+    let hostile = [
+        (
+            "dotdot",
+            LayerBuilder::new()
+                .raw_file(&format!("../../../../../../../../../../tmp/{escape}"), "x")
+                .tar(),
+            "path escapes the root",
+        ),
+        (
+            "symlink",
+            LayerBuilder::new()
+                .raw_symlink("evil", "/tmp")
+                .raw_file(&format!("evil/{escape}"), "x")
+                .tar(),
+            "resolves outside the root",
+        ),
+    ];
+    for (name, tar, expect) in hostile {
+        let digest = ingest(&n, &format!("hostile-{name}"), &tar);
+        let st = c
+            .create(create_from_checkpoint(
+                &n.ns,
+                "r1",
+                MEDIA_CRIU,
+                &digest,
+                tar.len() as i64,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{name}: {st:?}");
+        assert!(st.message().contains(expect), "{name}: {}", st.message());
+        assert!(st.message().contains(&digest), "{name}: {}", st.message());
+        assert!(!Path::new("/tmp").join(&escape).exists(), "{name}: wrote outside");
+        assert!(
+            entries(&restore).is_empty(),
+            "{name}: left {:?}",
+            entries(&restore)
+        );
+        assert!(n.tasks().is_empty(), "{name}: a task was created");
+    }
+
+    // A well-formed archive: unpacked for the shim; Start runs `runc restore` on it, which
+    // fails (it is no CRIU image, and CRIU may not run here at all) with CRIU's error.
+    let image = LayerBuilder::new()
+        .file("inventory.img", "not a CRIU image")
+        .file("descriptors.json", r#"["/dev/null","/dev/null","/dev/null"]"#)
+        .tar();
+    let digest = ingest(&n, "fake-criu-image", &image);
+    c.create(create_from_checkpoint(
+        &n.ns,
+        "r1",
+        MEDIA_CRIU,
+        &digest,
+        image.len() as i64,
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("create from checkpoint: {e:?}\n{}", n.log()));
+    let dirs = entries(&restore.join("r1"));
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert_eq!(
+        entries(&restore.join("r1").join(&dirs[0])).len(),
+        2,
+        "the archive's two files"
+    );
+    assert_eq!(
+        std::fs::read(restore.join("r1").join(&dirs[0]).join("inventory.img")).unwrap(),
+        b"not a CRIU image"
+    );
+    let st = c
+        .start(in_ns(
+            &n.ns,
+            api::StartRequest {
+                container_id: "r1".into(),
+                exec_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        st.message().starts_with("restore of task r1: ") && st.message().contains("criu"),
+        "{st:?}"
+    );
+    eprintln!("restore from a fake image: {st:?}");
+    // No process ever ran: Delete (`ctr tasks rm -f` would wait for an exit that never comes).
+    let deleted = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.delete(in_ns(
+            &n.ns,
+            api::DeleteTaskRequest {
+                container_id: "r1".into(),
+            },
+        )),
+    )
+    .await
+    .expect("delete of the unrestored task hangs");
+    deleted.unwrap_or_else(|e| panic!("delete: {e:?}"));
+    assert!(!restore.join("r1").exists(), "restore dir left after delete");
+    n.ctr_ok(&["containers", "rm", "r1"]);
+}
+
+/// Checkpoint of a running task through the content store. When CRIU cannot dump here (see
+/// docs/CRIU.md) the error is FailedPrecondition and carries CRIU's own `Error` lines; the
+/// task keeps running and no staging dir or content is left. Where CRIU works, the image and
+/// the spec come back as containerd's two descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_of_a_running_task() {
+    let d = Daemon::start();
+    let n = Ns::new(&d, "checkpoint");
+    let mut c = api::tasks_client::TasksClient::new(d.channel().await);
+    n.run_detached("c1", &["/bin/sh", "-c", COUNTER]);
+    let dumps = tasks_service_root(&d).join("checkpoint");
+    let result = c
+        .checkpoint(in_ns(
+            &n.ns,
+            api::CheckpointTaskRequest {
+                container_id: "c1".into(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    match result {
+        Ok(r) => {
+            let media: Vec<String> = r
+                .into_inner()
+                .descriptors
+                .into_iter()
+                .map(|d| d.media_type)
+                .collect();
+            assert_eq!(
+                media,
+                [
+                    MEDIA_CRIU,
+                    "application/vnd.containerd.container.checkpoint.config.v1+proto"
+                ]
+            );
+        }
+        Err(st) => {
+            eprintln!("checkpoint failed as CRIU cannot run here: {st:?}");
+            assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{st:?}");
+            assert!(
+                st.message().starts_with("checkpoint of task c1: ") && st.message().contains("criu failed"),
+                "{st:?}"
+            );
+            let check = Command::new("criu").arg("check").output().expect("criu check");
+            let check = String::from_utf8_lossy(&check.stderr).into_owned();
+            if let Some(first) = check.lines().find(|l| l.contains("Error (")) {
+                // CRIU's own words reach the client (its log's Error lines).
+                let words = first.split_once("): ").map_or(first, |(_, w)| w);
+                assert!(st.message().contains(words), "{words:?} not in {st:?}");
+            }
+            assert_eq!(n.ctr_ok(&["content", "ls", "-q"]).trim(), "");
+            // ctr's own path: pause, checkpoint, resume; the same error.
+            let out = n.ctr(&["tasks", "checkpoint", "c1"]);
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("criu failed"), "{err}");
+        }
+    }
+    assert_eq!(n.status("c1"), "RUNNING");
+    assert!(
+        entries(&dumps).is_empty(),
+        "dump dirs left: {:?}",
+        entries(&dumps)
+    );
+    n.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "c1"]);
+    assert_eq!(n.wait("c1").await, 137);
+    n.ctr_ok(&["tasks", "rm", "c1"]);
+    n.ctr_ok(&["containers", "rm", "c1"]);
+}
+
+/// `ctr containers checkpoint` on a container made from an image. With `--task` ctr pauses
+/// the task, calls Checkpoint, resumes: where CRIU cannot dump (docs/CRIU.md) it fails with
+/// CRIU's error and the task runs on; without `--task` it records the container (image,
+/// runtime, snapshotter) as a checkpoint image through the content, images and leases
+/// services.
+#[test]
+fn ctr_containers_checkpoint() {
+    use support::registry::{ImageBuilder, OciLayout};
+    let d = Daemon::start();
+    let n = Ns::new(&d, "ctrckpt");
+    let mut layout = OciLayout::new();
+    layout.add_image("v1", &ImageBuilder::busybox().build());
+    let archive = d.dir.join("busybox.tar");
+    std::fs::write(&archive, layout.tar()).unwrap();
+    n.ctr_ok(&[
+        "images",
+        "import",
+        "--base-name",
+        "example.com/busybox",
+        archive.to_str().unwrap(),
+    ]);
+    let image = n
+        .ctr_ok(&["images", "ls", "-q"])
+        .lines()
+        .next()
+        .expect("the imported image")
+        .to_owned();
+    n.ctr_ok(&["run", "-d", &image, "c2", "/bin/sh", "-c", COUNTER]);
+
+    let out = n.ctr(&["containers", "checkpoint", "--task", "c2", "checkpoint/c2:task"]);
+    let images = n.ctr_ok(&["images", "ls", "-q"]);
+    if out.status.success() {
+        assert!(images.contains("checkpoint/c2:task"), "{images}");
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("ctr containers checkpoint --task: {err}");
+        assert!(err.contains("criu failed"), "{err}");
+        assert!(!images.contains("checkpoint/c2:task"), "{images}");
+    }
+    assert_eq!(n.status("c2"), "RUNNING");
+
+    n.ctr_ok(&["containers", "checkpoint", "c2", "checkpoint/c2:meta"]);
+    let ls = n.ctr_ok(&["images", "ls"]);
+    let index = ls
+        .lines()
+        .find(|l| l.starts_with("checkpoint/c2:meta"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("no checkpoint image in\n{ls}"))
+        .to_owned();
+    let index: serde_json::Value =
+        serde_json::from_str(&n.ctr_ok(&["content", "get", &index])).expect("index JSON");
+    assert_eq!(
+        index["annotations"]["io.containerd.checkpoint.runtime"], "io.containerd.runc.v2",
+        "{index}"
+    );
+    assert_eq!(
+        index["annotations"]["org.opencontainers.image.ref.name"], image,
+        "{index}"
+    );
+
+    n.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "c2"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while n.status("c2") != "STOPPED" {
+        assert!(Instant::now() < deadline, "c2 did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    n.ctr_ok(&["tasks", "rm", "c2"]);
+    n.ctr_ok(&["containers", "rm", "c2"]);
 }

@@ -301,10 +301,17 @@ impl tasks_server::Tasks for Service {
         req: Request<api::CheckpointTaskRequest>,
     ) -> Result<Response<api::CheckpointTaskResponse>, Status> {
         let ns = namespace::required(&req)?;
+        let lease = crate::services::content::grpc::lease(&req);
         let r = req.into_inner();
         let descriptors = self
             .local
-            .checkpoint(&ns, &r.container_id, &r.parent_checkpoint, r.options)
+            .checkpoint(
+                &ns,
+                &r.container_id,
+                &r.parent_checkpoint,
+                r.options,
+                lease.as_deref(),
+            )
             .await
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(api::CheckpointTaskResponse {

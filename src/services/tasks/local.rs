@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::checkpoint::{self, Checkpoints};
 use super::{CreateTask, Descriptor, Metric, Result, Tasks, TasksError};
 use crate::errdefs::{ErrorKind, Kind};
 use crate::filters::{self, Adaptor};
@@ -30,11 +31,21 @@ pub fn registration() -> Registration {
         let monitor = cx
             .get_optional::<dyn TaskMonitor>()
             .unwrap_or_else(|| Arc::new(NoopMonitor));
-        let local = Arc::new(Local::new(runtime, containers, monitor));
+        let mut local = Local::new(runtime, containers, monitor);
+        if let Some(content) = cx.get_optional::<crate::content::Store>() {
+            local = local.with_checkpoints(Checkpoints::new(content, cx.root().to_owned()));
+        }
+        let local = Arc::new(local);
         local.monitor_recovered().await;
+        local.clean_stale_checkpoints().await;
         Ok(Instance::new().with::<dyn Tasks>(local))
     })
-    .requires(&[PluginType::Runtime, PluginType::Metadata, PluginType::TaskMonitor])
+    .requires(&[
+        PluginType::Runtime,
+        PluginType::Metadata,
+        PluginType::Content,
+        PluginType::TaskMonitor,
+    ])
 }
 
 /// The tasks service.
@@ -42,6 +53,8 @@ pub struct Local {
     runtime: Arc<dyn PlatformRuntime>,
     containers: Arc<dyn ContainerStore>,
     monitor: Arc<dyn TaskMonitor>,
+    /// Checkpoint/restore through the content store (absent: Unimplemented).
+    checkpoints: Option<Checkpoints>,
 }
 
 fn label_map(runtime: &str) -> BTreeMap<String, String> {
@@ -92,7 +105,35 @@ impl Local {
             runtime,
             containers,
             monitor,
+            checkpoints: None,
         }
+    }
+
+    /// Enables Checkpoint and Create-from-checkpoint (content store + staging root).
+    pub fn with_checkpoints(mut self, checkpoints: Checkpoints) -> Local {
+        self.checkpoints = Some(checkpoints);
+        self
+    }
+
+    fn checkpoints(&self, what: &'static str) -> Result<&Checkpoints> {
+        self.checkpoints
+            .as_ref()
+            .ok_or(TasksError::CheckpointNotImplemented { what })
+    }
+
+    /// Removes checkpoint staging dirs a previous run left (restore dirs of live tasks stay).
+    pub async fn clean_stale_checkpoints(&self) {
+        let Some(cp) = &self.checkpoints else {
+            return;
+        };
+        let alive: std::collections::HashSet<(String, String)> = self
+            .runtime
+            .tasks(None)
+            .await
+            .iter()
+            .map(|t| (t.namespace().to_owned(), t.id().to_owned()))
+            .collect();
+        cp.clean_stale(|ns, id| alive.contains(&(ns.to_owned(), id.to_owned())));
     }
 
     /// Re-registers every task the runtime recovered with the monitor (with its `runtime`
@@ -180,16 +221,28 @@ fn unknown_state(id: &str, pid: u32) -> State {
 impl Tasks for Local {
     async fn create(&self, ns: &str, req: CreateTask) -> Result<u32> {
         let c = self.container(ns, &req.container_id)?;
-        if req.checkpoint.is_some() {
-            return Err(TasksError::CheckpointNotImplemented {
-                what: "create from checkpoint",
-            });
+        let mut restore = checkpoint::restore_path(req.options.as_ref())?;
+        match self.runtime.get(ns, &c.id).await {
+            Ok(_) => return Err(TasksError::AlreadyExists { id: c.id }),
+            Err(e) if e.kind() == Kind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        // containerd: the runc options' criu_image_path wins over the descriptor.
+        let mut unpacked = None;
+        if restore.is_empty()
+            && let Some(desc) = &req.checkpoint
+        {
+            let cp = self.checkpoints("create from checkpoint")?;
+            checkpoint::check_media_type(&desc.media_type)?;
+            let dir = cp.unpack(ns, &c.id, desc).await?;
+            restore = dir.to_string_lossy().into_owned();
+            unpacked = Some(dir);
         }
         let mut opts = CreateOpts {
             spec: c.spec.clone(),
             rootfs: req.rootfs,
             io: req.io,
-            checkpoint: None,
+            checkpoint: (!restore.is_empty()).then_some(restore),
             runtime: c.runtime.name.clone(),
             runtime_options: c.runtime.options.clone(),
             task_options: req.options,
@@ -197,12 +250,15 @@ impl Tasks for Local {
         if !req.runtime_path.is_empty() {
             opts.runtime = req.runtime_path;
         }
-        match self.runtime.get(ns, &c.id).await {
-            Ok(_) => return Err(TasksError::AlreadyExists { id: c.id }),
-            Err(e) if e.kind() == Kind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        let t = self.runtime.create(ns, &c.id, opts).await?;
+        let t = match self.runtime.create(ns, &c.id, opts).await {
+            Ok(t) => t,
+            Err(e) => {
+                if let (Some(dir), Some(cp)) = (&unpacked, &self.checkpoints) {
+                    cp.discard(ns, &c.id, dir);
+                }
+                return Err(e.into());
+            }
+        };
         self.monitor.monitor(MonitoredTask {
             namespace: ns.to_owned(),
             id: c.id.clone(),
@@ -215,13 +271,24 @@ impl Tasks for Local {
 
     async fn start(&self, ns: &str, id: &str, exec_id: &str) -> Result<u32> {
         let p = self.process(ns, id, exec_id).await?;
-        Ok(p.start().await?)
+        p.start().await.map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("criu failed") || msg.contains("OCI runtime restore failed") {
+                checkpoint::criu_failure(id, "restore", e)
+            } else {
+                e.into()
+            }
+        })
     }
 
     async fn delete(&self, ns: &str, id: &str) -> Result<Exit> {
         let t = self.task(ns, id).await?;
         self.monitor.stop(ns, t.id());
-        Ok(self.runtime.delete(ns, t.id()).await?)
+        let exit = self.runtime.delete(ns, t.id()).await?;
+        if let Some(cp) = &self.checkpoints {
+            cp.remove_restored(ns, t.id());
+        }
+        Ok(exit)
     }
 
     async fn delete_process(&self, ns: &str, id: &str, exec_id: &str) -> Result<Exit> {
@@ -315,10 +382,25 @@ impl Tasks for Local {
         ns: &str,
         id: &str,
         _parent: &str,
-        _options: Option<prost_types::Any>,
+        options: Option<prost_types::Any>,
+        lease: Option<&str>,
     ) -> Result<Vec<Descriptor>> {
-        self.task(ns, id).await?;
-        Err(TasksError::CheckpointNotImplemented { what: "checkpoint" })
+        let c = self.container(ns, id)?;
+        let t = self.task(ns, id).await?;
+        // containerd: runc's own image_path means "dump there, store nothing".
+        let own = checkpoint::checkpoint_path(options.as_ref())?;
+        if !own.is_empty() {
+            t.checkpoint(&own, options)
+                .await
+                .map_err(|e| checkpoint::criu_failure(id, "checkpoint", e))?;
+            return Ok(Vec::new());
+        }
+        let cp = self.checkpoints("checkpoint")?;
+        let dir = cp.dump_dir()?;
+        t.checkpoint(&dir.path().to_string_lossy(), options)
+            .await
+            .map_err(|e| checkpoint::criu_failure(id, "checkpoint", e))?;
+        cp.store(ns, c.spec.as_ref(), lease, &dir).await
     }
 
     async fn update(

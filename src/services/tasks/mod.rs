@@ -7,6 +7,7 @@
 //! publishes exit/delete only for tasks whose shim died. The service publishes nothing, as
 //! containerd's tasks service does not, so no event is seen twice.
 
+pub mod checkpoint;
 pub mod grpc;
 pub mod local;
 
@@ -33,7 +34,8 @@ pub struct CreateTask {
     pub container_id: String,
     pub rootfs: Vec<Mount>,
     pub io: Stdio,
-    /// Restore from this checkpoint image (not implemented yet: see docs/CRIU.md).
+    /// Restore from this checkpoint (a CRIU image tar in the content store; see
+    /// [`checkpoint`]).
     pub checkpoint: Option<Descriptor>,
     /// Task options (runc: `containerd.runc.v1.Options`).
     pub options: Option<prost_types::Any>,
@@ -58,10 +60,33 @@ pub enum TasksError {
     AlreadyExists { id: String },
     #[error("{field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
-    #[error(
-        "{what} is not implemented yet: taskd does not yet write CRIU checkpoints to the content store or restore from them (see docs/CRIU.md)"
-    )]
+    #[error("{what} needs the content store, which this tasks service was built without")]
     CheckpointNotImplemented { what: &'static str },
+    #[error("unsupported checkpoint type {media_type:?}")]
+    UnsupportedCheckpoint { media_type: String },
+    #[error("checkpoint archive {digest}: {source}")]
+    CheckpointArchive {
+        digest: String,
+        source: crate::diff::DiffError,
+    },
+    /// CRIU (through the shim and runc) failed; `criu` holds the `Error` lines of its log.
+    #[error("{op} of task {id}: {source}{criu}")]
+    Criu {
+        id: String,
+        op: &'static str,
+        source: Box<RuntimeError>,
+        criu: String,
+    },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("tasks service: {op} did not complete: {reason}")]
+    Interrupted { op: &'static str, reason: String },
+    #[error(transparent)]
+    Content(#[from] crate::content::ContentError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
@@ -79,6 +104,11 @@ impl ErrorKind for TasksError {
             TasksError::AlreadyExists { .. } => Kind::AlreadyExists,
             TasksError::InvalidArgument { .. } => Kind::InvalidArgument,
             TasksError::CheckpointNotImplemented { .. } => Kind::NotImplemented,
+            TasksError::UnsupportedCheckpoint { .. } => Kind::InvalidArgument,
+            TasksError::CheckpointArchive { source, .. } => source.kind(),
+            TasksError::Criu { source, .. } => checkpoint::criu_kind(source),
+            TasksError::Io { .. } | TasksError::Interrupted { .. } => Kind::Internal,
+            TasksError::Content(e) => e.kind(),
             TasksError::Runtime(e) => e.kind(),
             TasksError::Metadata(e) => e.kind(),
             TasksError::Filter(e) => e.kind(),
@@ -117,12 +147,16 @@ pub trait Tasks: Send + Sync {
     async fn pause(&self, namespace: &str, id: &str) -> Result<()>;
     async fn resume(&self, namespace: &str, id: &str) -> Result<()>;
     async fn list_pids(&self, namespace: &str, id: &str) -> Result<Vec<ProcessInfo>>;
+    /// CRIU-dumps the task and stores the image and the spec in the content store (under
+    /// `lease`); returns their descriptors (none when the runc options name their own
+    /// `image_path`).
     async fn checkpoint(
         &self,
         namespace: &str,
         id: &str,
         parent: &str,
         options: Option<prost_types::Any>,
+        lease: Option<&str>,
     ) -> Result<Vec<Descriptor>>;
     async fn update(
         &self,
