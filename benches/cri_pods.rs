@@ -37,8 +37,10 @@ struct Args {
     rounds: usize,
     /// ExecSync calls timed per daemon (0: skip the ExecSync part).
     execs: usize,
-    /// Seconds of paced probing at 100 ExecSync/s per daemon for the CPU cost.
+    /// Seconds of paced probing per daemon for the CPU cost.
     probe_secs: u64,
+    /// Probes per second while paced (the cost is reported per 100 probes/s).
+    probe_rate: u64,
 }
 
 fn args() -> Result<Args> {
@@ -48,6 +50,7 @@ fn args() -> Result<Args> {
         rounds: 2,
         execs: 200,
         probe_secs: 10,
+        probe_rate: 20,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,9 +66,10 @@ fn args() -> Result<Args> {
             "--rounds" => a.rounds = num()?,
             "--execs" => a.execs = num()?,
             "--probe-secs" => a.probe_secs = num()? as u64,
+            "--probe-rate" => a.probe_rate = (num()? as u64).max(1),
             "--bench" => {}
             other => bail!(
-                "unknown argument {other:?} (--sequential N --concurrent N --rounds N --execs N --probe-secs N)"
+                "unknown argument {other:?} (--sequential N --concurrent N --rounds N --execs N --probe-secs N --probe-rate N)"
             ),
         }
     }
@@ -476,19 +480,23 @@ async fn exec_round(d: &Daemon, w: &Path, a: &Args) -> Result<ExecResult> {
     let mut latencies = Vec::with_capacity(a.execs);
     for _ in 0..a.execs {
         let t0 = Instant::now();
-        let r = rt.exec_sync(probe.clone()).await.context("ExecSync")?.into_inner();
+        let r = rt
+            .exec_sync(probe.clone())
+            .await
+            .context("ExecSync")?
+            .into_inner();
         latencies.push(t0.elapsed());
         if r.exit_code != 0 {
             bail!("{}: ExecSync true exited {}", d.name, r.exit_code);
         }
     }
-    // 100 probes per second, each on its own task (as kubelet's probe workers are), for
-    // probe_secs seconds; CPU of the daemon process and of the whole machine meanwhile.
+    // probe_rate probes per second, each on its own task (as kubelet's probe workers are),
+    // for probe_secs seconds; CPU of the daemon process and of the whole machine meanwhile.
     let pid = d.child.id();
     let (cpu0, busy0, t0) = (cpu_time(pid), machine_busy(), Instant::now());
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / a.probe_rate));
     let mut set = tokio::task::JoinSet::new();
-    let probes = (a.probe_secs * 100) as usize;
+    let probes = (a.probe_secs * a.probe_rate) as usize;
     for _ in 0..probes {
         tick.tick().await;
         let mut rt = rt.clone();
@@ -656,15 +664,18 @@ fn main() -> Result<()> {
         }
         println!(
             "| **ratio taskd / containerd** | **{:.2}** | {:.2} | {:.2} | {:.2} |",
-            percentile(&td.latencies, 50.0).as_secs_f64() / percentile(&cd.latencies, 50.0).as_secs_f64().max(1e-9),
-            percentile(&td.latencies, 99.0).as_secs_f64() / percentile(&cd.latencies, 99.0).as_secs_f64().max(1e-9),
+            percentile(&td.latencies, 50.0).as_secs_f64()
+                / percentile(&cd.latencies, 50.0).as_secs_f64().max(1e-9),
+            percentile(&td.latencies, 99.0).as_secs_f64()
+                / percentile(&cd.latencies, 99.0).as_secs_f64().max(1e-9),
             td.daemon_cpu.as_secs_f64() / cd.daemon_cpu.as_secs_f64().max(1e-9),
             td.machine_cpu.as_secs_f64() / cd.machine_cpu.as_secs_f64().max(1e-9),
         );
         println!(
-            "\nExecSync: {} timed calls each, then {} probes paced at 100/s ({:.1} s / {:.1} s wall)",
+            "\nExecSync: {} timed calls each, then {} probes paced at {}/s ({:.1} s / {:.1} s wall); CPU scaled to 100 probes/s",
             td.latencies.len(),
             td.probes,
+            a.probe_rate,
             cd.wall.as_secs_f64(),
             td.wall.as_secs_f64()
         );

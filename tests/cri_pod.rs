@@ -352,7 +352,11 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
         .expect("StartContainer side");
 
     assert_eq!(
-        w.svc.metrics.pod_start.with_label_values(&[""]).get_sample_count(),
+        w.svc
+            .metrics
+            .pod_start
+            .with_label_values(&[""])
+            .get_sample_count(),
         1,
         "one pod start observed, at its first running container"
     );

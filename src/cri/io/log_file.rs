@@ -172,8 +172,21 @@ mod tests {
 
     #[test]
     fn open_error_names_the_path() {
-        let e = LogFile::open(Path::new("/nonexistent-dir-taskd/c.log")).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent-dir-taskd/c.log"), "{e}");
+        // A regular file where the log's directory should be: neither can be created.
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let e = LogFile::open(&f.path().join("app/c.log")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&f.path().join("app").display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_container_log_dir_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        LogFile::open(&dir.path().join("app/0.log")).unwrap();
+        assert!(dir.path().join("app/0.log").is_file());
     }
 
     #[tokio::test]

@@ -4,9 +4,10 @@
 //! validate config + runtime handler (unknown handler → InvalidArgument)
 //! reserve id + name            (store: Initializing; a name in use → AlreadyExists)
 //! netns::create                (unless hostNetwork)
-//! Cni::setup                   (loopback + networks; IPs recorded)
-//! pod files                    (resolv.conf from dns_config, hostname, hosts)
-//! controller.ensure_image(sandbox_image) → spec::sandbox → controller.start → pid
+//! at the same time, both run to the end:
+//!   Cni::setup                 (loopback + networks; IPs recorded)
+//!   pod files                  (resolv.conf from dns_config, hostname, hosts)
+//!   controller.ensure_image(sandbox_image) → spec::sandbox → controller.start → pid
 //! store: Ready
 //! ```
 //!
@@ -160,51 +161,60 @@ impl CriService {
                 progress.netns = Some(p.clone());
                 Some(p)
             };
-            let mut ips = Vec::new();
-            if let Some(ns) = &netns_path {
-                progress.cni = true;
-                let net = self
-                    .cni
-                    .setup(&pod_ref(&record), ns, &port_mappings(&cfg))
-                    .await?;
-                ips = net.ips;
-            }
-            let hostname = if host.network {
-                String::new()
-            } else {
-                cfg.hostname.clone()
-            };
+            // The network (CNI ADD: plugin processes, netlink) and the pause container
+            // (pod files, image, shim, runc) are independent once the netns exists: they
+            // run at the same time, and both finish before the outcome is decided, so the
+            // rollback always sees a settled state.
+            progress.cni = netns_path.is_some();
             progress.files = true;
-            let dir = self.sandbox_dir(&id);
-            let dns = cfg.dns_config.clone();
-            tokio::task::spawn_blocking(move || podfiles::write(&dir, dns.as_ref(), &hostname))
-                .await
-                .map_err(|e| CriError::FailedPrecondition {
-                    what: "write pod files".into(),
-                    reason: e.to_string(),
-                })??;
-
-            let image = controller.ensure_image(&self.config.sandbox_image).await?;
-            let netns_str = netns_path.as_ref().map(|p| p.display().to_string());
-            let spec = sandbox_spec(&SandboxInput {
-                id: &id,
-                config: &cfg,
-                image: &image,
-                netns_path: netns_str.as_deref(),
-                driver: self.config.cgroup_driver,
-                min_oom_score_adj: self.min_oom_score_adj,
-            })?;
             progress.pause = true;
-            let pid = controller
-                .start(StartSandbox {
-                    id: id.clone(),
-                    image: self.config.sandbox_image.clone(),
-                    spec,
-                    handler_name: handler_name.to_owned(),
-                    handler: handler.clone(),
-                    labels: HashMap::new(),
-                })
-                .await?;
+            let network = async {
+                match &netns_path {
+                    Some(ns) => Ok(self
+                        .cni
+                        .setup(&pod_ref(&record), ns, &port_mappings(&cfg))
+                        .await?
+                        .ips),
+                    None => Ok::<_, CriError>(Vec::new()),
+                }
+            };
+            let netns_str = netns_path.as_ref().map(|p| p.display().to_string());
+            let pause = async {
+                let hostname = if host.network {
+                    String::new()
+                } else {
+                    cfg.hostname.clone()
+                };
+                let dir = self.sandbox_dir(&id);
+                let dns = cfg.dns_config.clone();
+                tokio::task::spawn_blocking(move || podfiles::write(&dir, dns.as_ref(), &hostname))
+                    .await
+                    .map_err(|e| CriError::FailedPrecondition {
+                        what: "write pod files".into(),
+                        reason: e.to_string(),
+                    })??;
+                let image = controller.ensure_image(&self.config.sandbox_image).await?;
+                let spec = sandbox_spec(&SandboxInput {
+                    id: &id,
+                    config: &cfg,
+                    image: &image,
+                    netns_path: netns_str.as_deref(),
+                    driver: self.config.cgroup_driver,
+                    min_oom_score_adj: self.min_oom_score_adj,
+                })?;
+                controller
+                    .start(StartSandbox {
+                        id: id.clone(),
+                        image: self.config.sandbox_image.clone(),
+                        spec,
+                        handler_name: handler_name.to_owned(),
+                        handler: handler.clone(),
+                        labels: HashMap::new(),
+                    })
+                    .await
+            };
+            let (ips, pid) = tokio::join!(network, pause);
+            let (ips, pid) = (ips?, pid?);
             Ok::<_, CriError>((pid, netns_str, ips))
         }
         .await;
@@ -240,7 +250,12 @@ impl CriService {
         let mut first: Option<CriError> = None;
         if p.pause
             && let Some(c) = &self.controller
-            && let Err(e) = c.delete(&s.id).await
+            && let Err(e) = async {
+                // The pause container may be running (it starts while CNI sets up).
+                c.stop(&s.id).await?;
+                c.delete(&s.id).await
+            }
+            .await
         {
             first.get_or_insert(e);
         }
