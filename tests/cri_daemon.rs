@@ -768,3 +768,189 @@ async fn host_port_on_loopback_reaches_the_pod() {
         "portmap rules left"
     );
 }
+
+/// The shim pids of the daemon's k8s.io bundles that are alive.
+fn live_shims(w: &World) -> Vec<i32> {
+    let mut pids: Vec<i32> = w
+        .bundles()
+        .iter()
+        .filter_map(|b| std::fs::read_to_string(b.join("shim.pid")).ok())
+        .filter_map(|p| p.trim().parse().ok())
+        .filter(|&p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+        .collect();
+    pids.sort();
+    pids.dedup();
+    pids
+}
+
+async fn containers_by_state(rt: &mut RuntimeServiceClient<Channel>) -> (usize, usize, usize) {
+    let all = rt
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers;
+    let n = |s: cri::ContainerState| all.iter().filter(|c| c.state == s as i32).count();
+    (
+        n(cri::ContainerState::ContainerRunning),
+        n(cri::ContainerState::ContainerExited),
+        all.len(),
+    )
+}
+
+async fn ready_pods(rt: &mut RuntimeServiceClient<Channel>) -> usize {
+    rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+        .iter()
+        .filter(|p| p.state == cri::PodSandboxState::SandboxReady as i32)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_restarts_keep_20_pods_and_report_what_exited_meanwhile() {
+    if !support::e2e("node_restarts_keep_20_pods_and_report_what_exited_meanwhile") {
+        return;
+    }
+    const PODS: usize = 20;
+    let mut w = World::new(180 + (std::process::id() % 20) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let gate = w.dir.path().join("gate");
+    std::fs::create_dir_all(&gate).unwrap();
+    let mut pods = Vec::new();
+    let mut tickers = Vec::new();
+    for i in 0..PODS {
+        let cfg = w.pod_config(&format!("node{i}"));
+        let pod = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("RunPodSandbox")
+            .into_inner()
+            .pod_sandbox_id;
+        let ticker = create_and_start(
+            &mut rt,
+            &pod,
+            &cfg,
+            container_config(
+                "ticker",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+            ),
+        )
+        .await;
+        tickers.push((
+            ticker,
+            w.dir
+                .path()
+                .join("logs")
+                .join(format!("node{i}"))
+                .join("ticker.log"),
+        ));
+        pods.push((pod, cfg));
+    }
+    // In pod 0: a container that exits 7 once the test opens the gate.
+    let mut waiter = container_config("waiter", "while [ ! -f /gate/open ]; do sleep 0.1; done; exit 7");
+    waiter.mounts = vec![cri::Mount {
+        container_path: "/gate".into(),
+        host_path: gate.display().to_string(),
+        ..Default::default()
+    }];
+    let waiter = create_and_start(&mut rt, &pods[0].0, &pods[0].1, waiter).await;
+    assert_eq!(ready_pods(&mut rt).await, PODS);
+    assert_eq!(containers_by_state(&mut rt).await, (PODS + 1, 0, PODS + 1));
+    let shims = live_shims(&w);
+    assert_eq!(shims.len(), PODS, "one shim per pod: {shims:?}");
+    let (ticker0, ticker0_log) = tickers[0].clone();
+    wait_for("ticks", || async {
+        std::fs::read_to_string(&ticker0_log)
+            .unwrap_or_default()
+            .contains("tick 2")
+    })
+    .await;
+
+    // kill -9; the waiter exits while taskd is down.
+    w.d.kill9();
+    std::fs::write(gate.join("open"), b"").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let lines_down = std::fs::read_to_string(&ticker0_log).unwrap().lines().count();
+    w.d.restart();
+    let (mut rt, _) = w.clients().await;
+    let mut events = rt
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .expect("GetContainerEvents")
+        .into_inner();
+
+    assert_eq!(ready_pods(&mut rt).await, PODS, "every pod READY after kill -9");
+    assert_eq!(containers_by_state(&mut rt).await, (PODS, 1, PODS + 1));
+    assert_eq!(live_shims(&w), shims, "the same shims, none restarted or lost");
+    let ws = status(&mut rt, &waiter).await;
+    assert_eq!((ws.exit_code, ws.reason.as_str()), (7, "Error"), "{ws:?}");
+    assert!(ws.finished_at > ws.started_at, "{ws:?}");
+    let ev = tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .expect("an event for the exit while down")
+        .expect("stream")
+        .expect("event");
+    assert_eq!(
+        (ev.container_id.as_str(), ev.container_event_type),
+        (
+            waiter.as_str(),
+            cri::ContainerEventType::ContainerStoppedEvent as i32
+        )
+    );
+    // Logs continue in the same files, no tick lost or repeated.
+    wait_for("ticks after the restart", || async {
+        std::fs::read_to_string(&ticker0_log).unwrap().lines().count() > lines_down + 5
+    })
+    .await;
+    let ticks: Vec<u64> = std::fs::read_to_string(&ticker0_log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.rsplit_once("tick ").and_then(|(_, n)| n.parse().ok()))
+        .collect();
+    for pair in ticks.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "log continuity across kill -9");
+    }
+    let r = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: ticker0.clone(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), "echo alive".into()],
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync after restart")
+        .into_inner();
+    assert_eq!((r.stdout.as_slice(), r.exit_code), (&b"alive\n"[..], 0));
+
+    // A clean SIGTERM restart kills nothing either.
+    w.d.restart();
+    let (mut rt, _) = w.clients().await;
+    assert_eq!(ready_pods(&mut rt).await, PODS, "every pod READY after SIGTERM");
+    assert_eq!(containers_by_state(&mut rt).await, (PODS, 1, PODS + 1));
+    assert_eq!(live_shims(&w), shims);
+
+    // Stop and remove every pod.
+    for (pod, _) in &pods {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("StopPodSandbox after restarts");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("RemovePodSandbox after restarts");
+    }
+    assert_eq!(containers_by_state(&mut rt).await, (0, 0, 0));
+    assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
+    assert!(live_shims(&w).is_empty());
+    assert!(netns_pins(&w.d).is_empty(), "netns left: {:?}", netns_pins(&w.d));
+    assert!(w.ipam_leases().is_empty(), "IPs left: {:?}", w.ipam_leases());
+}
