@@ -954,3 +954,250 @@ async fn node_restarts_keep_20_pods_and_report_what_exited_meanwhile() {
     assert!(netns_pins(&w.d).is_empty(), "netns left: {:?}", netns_pins(&w.d));
     assert!(w.ipam_leases().is_empty(), "IPs left: {:?}", w.ipam_leases());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_stats_metrics_and_events_through_the_client() {
+    if !support::e2e("probes_stats_metrics_and_events_through_the_client") {
+        return;
+    }
+    let w = World::new(120 + (std::process::id() % 20) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    // Two GetContainerEvents subscribers, both before anything happens.
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        subs.push(
+            rt.get_container_events(cri::GetEventsRequest {})
+                .await
+                .expect("GetContainerEvents")
+                .into_inner(),
+        );
+    }
+    let cfg = w.pod_config("probed");
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let app = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        container_config(
+            "app",
+            "dd if=/dev/zero of=/tmp/fill bs=1024 count=512 2>/dev/null; exec sleep 3600",
+        ),
+    )
+    .await;
+
+    // ExecSync: output and exit code; 50 at once; the timeout is honoured promptly; output
+    // is capped at 16 MiB per stream.
+    let exec = |cmd: &str, timeout: i64| cri::ExecSyncRequest {
+        container_id: app.clone(),
+        cmd: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+        timeout,
+    };
+    let r = rt
+        .exec_sync(exec("echo out; echo err >&2; exit 3", 10))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], 3)
+    );
+    let all = futures::future::join_all((0..50).map(|i| {
+        let mut rt = rt.clone();
+        let req = exec(&format!("echo {i}"), 30);
+        async move { rt.exec_sync(req).await }
+    }))
+    .await;
+    for (i, r) in all.into_iter().enumerate() {
+        let r = r.expect("concurrent ExecSync").into_inner();
+        assert_eq!((r.stdout, r.exit_code), (format!("{i}\n").into_bytes(), 0));
+    }
+    let t0 = Instant::now();
+    let e = rt.exec_sync(exec("sleep 600", 1)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "the timeout is honoured, not minutes later"
+    );
+    // As kubelet's CRI client: messages of up to 16 MiB.
+    let big = rt
+        .clone()
+        .max_decoding_message_size(16 << 20)
+        .exec_sync(exec("head -c 20000000 /dev/zero", 60))
+        .await
+        .expect("ExecSync with a big output")
+        .into_inner();
+    assert_eq!(
+        big.stdout.len(),
+        taskd::cri::server::container::exec_sync::MAX_RESPONSE_OUTPUT,
+        "stdout capped to what one 16 MiB response holds"
+    );
+
+    // Stats: container (cpu, memory, writable layer), pod (cpu, memory, network, processes).
+    let cs = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: app.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(
+        cs.cpu
+            .as_ref()
+            .unwrap()
+            .usage_core_nano_seconds
+            .as_ref()
+            .unwrap()
+            .value
+            > 0
+    );
+    assert!(
+        cs.memory
+            .as_ref()
+            .unwrap()
+            .working_set_bytes
+            .as_ref()
+            .unwrap()
+            .value
+            > 0
+    );
+    let layer = cs.writable_layer.as_ref().expect("writable layer usage");
+    assert!(
+        layer.used_bytes.as_ref().unwrap().value >= 512 * 1024,
+        "{layer:?}"
+    );
+    assert!(layer.inodes_used.as_ref().unwrap().value >= 1);
+    let listed = rt
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListContainerStats")
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1);
+    let ps = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("PodSandboxStats")
+        .into_inner()
+        .stats
+        .unwrap();
+    let linux = ps.linux.unwrap();
+    assert!(linux.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    assert!(linux.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert!(linux.process.unwrap().process_count.unwrap().value >= 2);
+    assert_eq!(linux.network.unwrap().default_interface.unwrap().name, "eth0");
+    assert_eq!(linux.containers.len(), 1);
+    let desc = rt
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .expect("ListMetricDescriptors")
+        .into_inner()
+        .descriptors;
+    let pm = rt
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .expect("ListPodSandboxMetrics")
+        .into_inner()
+        .pod_metrics;
+    assert_eq!(pm.len(), 1);
+    let names: Vec<&str> = pm[0].container_metrics[0]
+        .metrics
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    for want in [
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+    ] {
+        assert!(names.contains(&want), "{want} missing: {names:?}");
+    }
+    for m in pm[0].metrics.iter().chain(&pm[0].container_metrics[0].metrics) {
+        let d = desc.iter().find(|d| d.name == m.name).expect("described");
+        assert_eq!(d.label_keys.len(), m.label_values.len(), "{}", m.name);
+    }
+
+    // Stop and remove: both subscribers saw CREATED, STARTED, STOPPED, DELETED in order.
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: app.clone(),
+        timeout: 2,
+    })
+    .await
+    .expect("StopContainer");
+    let e = rt.exec_sync(exec("true", 5)).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        tonic::Code::FailedPrecondition,
+        "exec in a stopped container: {e:?}"
+    );
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: app.clone(),
+    })
+    .await
+    .expect("RemoveContainer");
+    use cri::ContainerEventType::*;
+    for sub in &mut subs {
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            let ev = tokio::time::timeout(Duration::from_secs(10), sub.message())
+                .await
+                .expect("event in time")
+                .expect("stream")
+                .expect("event");
+            if ev.container_id == app {
+                seen.push(ev.container_event_type);
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                ContainerCreatedEvent,
+                ContainerStartedEvent,
+                ContainerStoppedEvent,
+                ContainerDeletedEvent
+            ]
+            .map(|t| t as i32)
+        );
+    }
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+
+    // The operation metrics kubelet operators scrape.
+    let (_, body) = w.d.http("/v1/metrics", None);
+    for want in [
+        "taskd_cri_operations_total{operation=\"ExecSync\",runtime_handler=\"\"} ",
+        "taskd_cri_operation_duration_seconds_bucket{operation=\"RunPodSandbox\"",
+        "taskd_cri_pod_start_duration_seconds_count{runtime_handler=\"\"} 1",
+        "taskd_cri_image_pulls_total{result=\"success\"} 1",
+        "taskd_cri_container_events_dropped_total 0",
+    ] {
+        assert!(
+            body.lines().any(|l| l.starts_with(want)),
+            "{want} missing from /v1/metrics"
+        );
+    }
+}

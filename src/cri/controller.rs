@@ -172,4 +172,8 @@ pub trait ImageBackend: Send + Sync {
     async fn remove(&self, name: &str) -> Result<(), CriError>;
     /// Usage of the snapshotter's file system.
     async fn fs_info(&self) -> Result<FsUsage, CriError>;
+    /// Usage of a container's writable layer (its active snapshot); None when it has none.
+    async fn writable_layer(&self, _container_id: &str) -> Result<Option<FsUsage>, CriError> {
+        Ok(None)
+    }
 }

@@ -666,6 +666,18 @@ impl ImageBackend for ImageSide {
         }
         Ok(used)
     }
+
+    async fn writable_layer(&self, container_id: &str) -> Result<Option<FsUsage>, CriError> {
+        match self.snapshotter.usage(NAMESPACE, container_id).await {
+            Ok(u) => Ok(Some(FsUsage {
+                mountpoint: self.snapshotter.root().display().to_string(),
+                used_bytes: u.size.max(0) as u64,
+                inodes_used: u.inodes.max(0) as u64,
+            })),
+            Err(SnapshotError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(CriError::backend("snapshot usage", e)),
+        }
+    }
 }
 
 #[async_trait]

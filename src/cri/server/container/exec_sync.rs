@@ -7,6 +7,8 @@
 //! runtime.exec (the container's process settings, new args) ─▶ pid
 //! wait ≤ timeout (0 = none) ── expired ─▶ SIGKILL, wait, DeadlineExceeded at once
 //! collect output, delete the exec process, remove the fifos
+//! fit both streams into one response kubelet can receive (its CRI client takes messages of
+//! at most 16 MiB): over that, each stream keeps at least half, the larger gives way
 //! ```
 
 use std::time::Duration;
@@ -19,6 +21,22 @@ use crate::cri::{CriError, CriService};
 
 /// How long a killed exec may take to be reaped before ExecSync stops waiting for it.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Output bytes one ExecSync response may carry: kubelet's CRI client (and taskd's default
+/// `[grpc] max_send_message_size`) take 16 MiB per message, less room for the framing.
+pub const MAX_RESPONSE_OUTPUT: usize = (16 << 20) - 4096;
+
+/// Truncates the streams so that together they hold at most `budget` bytes; a stream under
+/// half the budget is kept whole, the other is cut.
+pub fn fit_output(stdout: &mut Vec<u8>, stderr: &mut Vec<u8>, budget: usize) {
+    if stdout.len() + stderr.len() <= budget {
+        return;
+    }
+    let half = budget / 2;
+    let keep_err = stderr.len().min(half.max(budget.saturating_sub(stdout.len())));
+    stderr.truncate(keep_err);
+    stdout.truncate(budget - keep_err);
+}
 
 impl CriService {
     pub async fn exec_sync(&self, req: ExecSyncRequest) -> Result<ExecSyncResponse, CriError> {
@@ -70,7 +88,8 @@ impl CriService {
         };
         let result = match waited {
             Ok(Ok(exit)) => {
-                let (stdout, stderr) = out.collect().await;
+                let (mut stdout, mut stderr) = out.collect().await;
+                fit_output(&mut stdout, &mut stderr, MAX_RESPONSE_OUTPUT);
                 Ok(ExecSyncResponse {
                     stdout,
                     stderr,
@@ -97,5 +116,25 @@ impl CriService {
         }
         let _ = std::fs::remove_dir_all(&dir);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_output;
+
+    #[test]
+    fn output_is_fitted_into_one_response() {
+        let fit = |o: usize, e: usize| {
+            let (mut out, mut err) = (vec![1u8; o], vec![2u8; e]);
+            fit_output(&mut out, &mut err, 100);
+            (out.len(), err.len())
+        };
+        assert_eq!(fit(30, 40), (30, 40), "under the budget: untouched");
+        assert_eq!(fit(200, 0), (100, 0));
+        assert_eq!(fit(0, 200), (0, 100));
+        assert_eq!(fit(200, 10), (90, 10), "the small stream stays whole");
+        assert_eq!(fit(10, 200), (10, 90));
+        assert_eq!(fit(200, 200), (50, 50));
     }
 }

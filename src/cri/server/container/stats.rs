@@ -9,8 +9,9 @@
 //! memory.rss_bytes            = rss (v2: anon);  page_faults / major_page_faults
 //! ```
 //!
-//! A container that is not running (created, exited) reports attributes only. The writable
-//! layer's usage needs the snapshotter and is left out until it is on the build.
+//! A container that is not running (created, exited) reports attributes and its writable
+//! layer only. The writable layer is the container's active snapshot (bytes and inodes the
+//! snapshotter counts), when an image backend is on the build.
 
 use taskd_proto::cri::v1 as cri;
 
@@ -38,6 +39,27 @@ pub(crate) fn memory_usage(s: &Sample, ts: i64) -> Option<cri::MemoryUsage> {
 }
 
 impl CriService {
+    /// The container's writable layer usage (None without an image backend or snapshot;
+    /// a failure is logged, the rest of the stats still answered).
+    pub(crate) async fn writable_layer(&self, id: &str) -> Option<cri::FilesystemUsage> {
+        let backend = self.image_backend.as_ref()?;
+        match backend.writable_layer(id).await {
+            Ok(Some(layer)) => Some(cri::FilesystemUsage {
+                timestamp: nanos(Some(std::time::SystemTime::now())),
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: layer.mountpoint,
+                }),
+                used_bytes: u(layer.used_bytes),
+                inodes_used: u(layer.inodes_used),
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(container = %id, error = %e, "writable layer usage");
+                None
+            }
+        }
+    }
+
     /// CRI CPU usage from a sample; `usage_nano_cores` from the previous sample under `key`.
     pub(crate) fn cpu_usage(
         &self,
@@ -101,9 +123,9 @@ impl CriService {
         let runner = self.container_runtime("ContainerStats")?;
         let c = self.containers.get(&req.container_id)?;
         let samples = runner.stats(std::slice::from_ref(&c.id)).await?;
-        Ok(cri::ContainerStatsResponse {
-            stats: Some(self.to_stats(&c, samples.iter().find(|s| s.id == c.id))),
-        })
+        let mut stats = self.to_stats(&c, samples.iter().find(|s| s.id == c.id));
+        stats.writable_layer = self.writable_layer(&c.id).await;
+        Ok(cri::ContainerStatsResponse { stats: Some(stats) })
     }
 
     pub async fn list_container_stats(
@@ -135,12 +157,13 @@ impl CriService {
             .collect();
         let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
         let samples = runner.stats(&ids).await?;
-        Ok(cri::ListContainerStatsResponse {
-            stats: containers
-                .iter()
-                .map(|c| self.to_stats(c, samples.iter().find(|s| s.id == c.id)))
-                .collect(),
-        })
+        let mut stats = Vec::with_capacity(containers.len());
+        for c in &containers {
+            let mut s = self.to_stats(c, samples.iter().find(|s| s.id == c.id));
+            s.writable_layer = self.writable_layer(&c.id).await;
+            stats.push(s);
+        }
+        Ok(cri::ListContainerStatsResponse { stats })
     }
 
     pub async fn stream_container_stats(

@@ -25,7 +25,15 @@ impl CriService {
             identity_token: a.identity_token,
             registry_token: a.registry_token,
         });
-        let pulled = backend.pull(&r.to_string(), auth).await?;
+        let pulled = match backend.pull(&r.to_string(), auth).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.image_pulls.with_label_values(&["failure"]).inc();
+                return Err(e);
+            }
+        };
+        self.metrics.image_pulls.with_label_values(&["success"]).inc();
+        self.metrics.image_pull_bytes.inc_by(pulled.size);
         tracing::info!(image = %r, id = %pulled.config_digest, "image pulled");
         self.all_images("PullImage").await?;
         Ok(PullImageResponse {
