@@ -1201,3 +1201,105 @@ async fn probes_stats_metrics_and_events_through_the_client() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_container_writes_the_archive_or_says_why_criu_cannot() {
+    if !support::e2e("checkpoint_container_writes_the_archive_or_says_why_criu_cannot") {
+        return;
+    }
+    let w = World::new(100 + (std::process::id() % 20) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let cfg = w.pod_config("ckpt");
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let app = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        container_config("app", "echo changed > /tmp/marker; exec sleep 3600"),
+    )
+    .await;
+    let out = w.dir.path().join("checkpoints");
+    std::fs::create_dir_all(&out).unwrap();
+    let checkpoint = |location: String| cri::CheckpointContainerRequest {
+        container_id: app.clone(),
+        location,
+        timeout: 60,
+    };
+    // Bad locations are refused before anything runs.
+    for bad in ["relative.tar".to_owned(), "/no/such/dir/c.tar".to_owned()] {
+        let e = rt
+            .checkpoint_container(checkpoint(bad.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e:?}");
+    }
+    let location = out.join("app.tar");
+    let criu_ok = Command::new("criu")
+        .arg("check")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let r = rt
+        .checkpoint_container(checkpoint(location.display().to_string()))
+        .await;
+    if criu_ok {
+        r.expect("CheckpointContainer");
+        let names: Vec<String> = tar::Archive::new(std::fs::File::open(&location).unwrap())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        for want in ["config.dump", "rootfs-diff.tar", "checkpoint/"] {
+            assert!(
+                names.iter().any(|n| n.contains(want)),
+                "{want} missing: {names:?}"
+            );
+        }
+    } else {
+        let e = r.unwrap_err();
+        eprintln!("CheckpointContainer on this host (CRIU cannot run): {e:?}");
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message().to_lowercase().contains("criu"),
+            "CRIU's error is named: {e:?}"
+        );
+        assert!(!location.exists(), "no archive after a failed dump");
+    }
+    // Either way: nothing staged is left and the container still runs.
+    let stage = w.d.state.join("io.containerd.cri.v1.cri").join("checkpoints");
+    let left: Vec<_> = std::fs::read_dir(&stage)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "staging left: {left:?}");
+    assert_eq!(
+        status(&mut rt, &app).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    let e = rt
+        .checkpoint_container(checkpoint(out.join("again.tar").display().to_string()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        tonic::Code::FailedPrecondition,
+        "an exited container: {e:?}"
+    );
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+}

@@ -91,6 +91,8 @@ pub trait ContainerRuntime: Send + Sync {
     async fn create(&self, req: CreateContainer) -> Result<(), CriError>;
     /// Starts the task; returns the pid.
     async fn start(&self, id: &str) -> Result<u32, CriError>;
+    /// CRIU-dumps the running task into `image_dir` (the process keeps running).
+    async fn checkpoint(&self, id: &str, image_dir: &std::path::Path) -> Result<(), CriError>;
     /// The state of the task's init process; None when there is no task.
     async fn task_state(&self, id: &str) -> Result<Option<crate::runtime::State>, CriError>;
     /// Signals the init process.
@@ -172,6 +174,13 @@ pub trait ImageBackend: Send + Sync {
     async fn remove(&self, name: &str) -> Result<(), CriError>;
     /// Usage of the snapshotter's file system.
     async fn fs_info(&self) -> Result<FsUsage, CriError>;
+    /// Writes the container's writable layer (its changes to the image) as a tar to `dest`.
+    async fn rootfs_diff(&self, container_id: &str, _dest: &std::path::Path) -> Result<(), CriError> {
+        Err(CriError::FailedPrecondition {
+            what: format!("container {container_id}"),
+            reason: "this image backend cannot export a container's writable layer".into(),
+        })
+    }
     /// Usage of a container's writable layer (its active snapshot); None when it has none.
     async fn writable_layer(&self, _container_id: &str) -> Result<Option<FsUsage>, CriError> {
         Ok(None)

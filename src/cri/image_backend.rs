@@ -667,6 +667,49 @@ impl ImageBackend for ImageSide {
         Ok(used)
     }
 
+    async fn rootfs_diff(&self, container_id: &str, dest: &std::path::Path) -> Result<(), CriError> {
+        let mounts = self
+            .snapshotter
+            .mounts(NAMESPACE, container_id)
+            .await
+            .map_err(|e| CriError::backend("container snapshot mounts", e))?;
+        // overlayfs: the upper dir holds exactly the container's changes (whiteouts as
+        // 0/0 character devices, as overlayfs keeps them).
+        let upper = mounts
+            .iter()
+            .filter(|m| m.r#type == "overlay")
+            .flat_map(|m| m.options.iter())
+            .find_map(|o| o.strip_prefix("upperdir="))
+            .map(std::path::PathBuf::from)
+            .ok_or_else(|| CriError::FailedPrecondition {
+                what: format!("container {container_id}"),
+                reason: format!(
+                    "its root file system is on the {} snapshotter; a rootfs diff needs overlayfs",
+                    self.snapshotter.name()
+                ),
+            })?;
+        let dest = dest.to_owned();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let f = std::fs::File::create(&dest)?;
+            let mut b = tar::Builder::new(std::io::BufWriter::new(f));
+            b.follow_symlinks(false);
+            b.append_dir_all(".", &upper)?;
+            b.into_inner()?
+                .into_inner()
+                .map_err(|e| e.into_error())?
+                .sync_all()
+        })
+        .await
+        .map_err(|e| CriError::FailedPrecondition {
+            what: "rootfs diff".into(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| CriError::FailedPrecondition {
+            what: format!("rootfs diff of container {container_id}"),
+            reason: e.to_string(),
+        })
+    }
+
     async fn writable_layer(&self, container_id: &str) -> Result<Option<FsUsage>, CriError> {
         match self.snapshotter.usage(NAMESPACE, container_id).await {
             Ok(u) => Ok(Some(FsUsage {

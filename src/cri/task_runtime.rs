@@ -218,6 +218,24 @@ impl ContainerRuntime for TaskRuntime {
             .map_err(|e| CriError::backend("start task", e))
     }
 
+    async fn checkpoint(&self, id: &str, image_dir: &std::path::Path) -> Result<(), CriError> {
+        use prost::Message;
+        let opts = taskd_proto::containerd::types::runc::options::CheckpointOptions {
+            exit: false,
+            image_path: image_dir.display().to_string(),
+            ..Default::default()
+        };
+        let any = prost_types::Any {
+            type_url: "containerd.runc.v1.CheckpointOptions".to_owned(),
+            value: opts.encode_to_vec(),
+        };
+        self.tasks
+            .checkpoint(NAMESPACE, id, "", Some(any), None)
+            .await
+            .map(|_| ())
+            .map_err(|e| CriError::backend("checkpoint task", e))
+    }
+
     async fn task_state(&self, id: &str) -> Result<Option<crate::runtime::State>, CriError> {
         match self.tasks.get(NAMESPACE, id, "").await {
             Ok(s) => Ok(Some(s)),

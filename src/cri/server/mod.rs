@@ -28,7 +28,7 @@ use taskd_proto::cri::v1::image_service_server::{ImageService, ImageServiceServe
 use taskd_proto::cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use tonic::{Request, Response, Status};
 
-use self::unimplemented::{PART2, STREAMING, unimplemented};
+use self::unimplemented::{STREAMING, unimplemented};
 use super::CriService;
 use super::instrument::Instrument;
 use crate::server::{GrpcLimits, GrpcService};
@@ -351,13 +351,13 @@ impl RuntimeService for CriApi {
 
     async fn checkpoint_container(
         &self,
-        _r: Request<cri::CheckpointContainerRequest>,
+        r: Request<cri::CheckpointContainerRequest>,
     ) -> Rpc<cri::CheckpointContainerResponse> {
         self.inst
             .call(
                 "CheckpointContainer",
                 "",
-                unimplemented("CheckpointContainer", PART2),
+                self.svc.checkpoint_container(r.into_inner()),
             )
             .await
     }

@@ -10,8 +10,6 @@ pub const LIFECYCLE: &str = "pods and containers need the tasks and containers s
 pub const IMAGES: &str = "the CRI image service needs the images service with an unpack snapshotter, which is not loaded on this daemon (disabled plugin, or the images service's `snapshotter` is empty)";
 /// Exec, Attach, PortForward.
 pub const STREAMING: &str = "the CRI streaming server (exec/attach/port-forward) does not exist yet";
-/// ExecSync, stats, events, checkpoint, metrics, Stream* (CRI part 2, issue 8).
-pub const PART2: &str = "part of CRI part 2 (issue 8: exec, stats, events, checkpoint), not implemented yet";
 
 pub async fn unimplemented<T>(rpc: &'static str, missing: &'static str) -> Result<T, CriError> {
     Err(CriError::Unimplemented { rpc, missing })

@@ -2,6 +2,7 @@
 //! drive the task through the `ContainerRuntime`; Status/List/Stream/ReopenContainerLog
 //! read the store.
 
+pub mod checkpoint;
 pub mod create;
 pub mod events;
 pub mod exec_sync;

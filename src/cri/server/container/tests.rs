@@ -95,6 +95,12 @@ impl ContainerRuntime for FakeRt {
                 reason: "no task".into(),
             })
     }
+    async fn checkpoint(&self, _id: &str, _image_dir: &std::path::Path) -> Result<(), CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "CheckpointContainer",
+            missing: "the fake runtime has no CRIU",
+        })
+    }
     async fn task_state(&self, id: &str) -> Result<Option<crate::runtime::State>, CriError> {
         Ok(self.procs.lock().unwrap().get(id).map(|p| crate::runtime::State {
             id: id.to_owned(),
