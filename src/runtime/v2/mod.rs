@@ -562,8 +562,19 @@ impl Inner {
                 lock(&self.tasks).insert(key, t.clone());
                 self.task_create.observe(began.elapsed().as_secs_f64());
                 if poolable {
-                    // After this task's `runc create`, so the next one finds a warm shim.
-                    self.refill(ns, &binary);
+                    // After this task's `runc create`, so the next one finds a warm shim. A
+                    // taken warm shim usually comes back when its task is deleted: the
+                    // refill then waits a little for that.
+                    let took_warm = t
+                        .conn
+                        .as_ref()
+                        .is_some_and(|c| lock(&self.pool_dirs).contains_key(&c.shim_pid));
+                    let delay = if took_warm {
+                        pool::REFILL_DELAY
+                    } else {
+                        Duration::ZERO
+                    };
+                    self.refill(ns, &binary, delay);
                 }
                 Ok(t)
             }
@@ -759,7 +770,7 @@ impl Inner {
         t.conn.clone().filter(|c| shim::pid_alive(c.shim_pid))
     }
 
-    async fn delete(&self, ns: &str, id: &str) -> Result<Exit> {
+    async fn delete(self: &Arc<Self>, ns: &str, id: &str) -> Result<Exit> {
         let key = (ns.to_owned(), id.to_owned());
         let t = lock(&self.tasks)
             .get(&key)
@@ -788,13 +799,13 @@ impl Inner {
             }
             Err(e) if crate::errdefs::ErrorKind::kind(&e) == crate::errdefs::Kind::NotFound => {
                 // The shim no longer knows the task: finish the cleanup, report not found.
-                self.forget(&key, &t).await;
+                self.forget(&key, &t, false).await;
                 return Err(e);
             }
             Err(e) => return Err(e),
         };
         let deleted = began.elapsed();
-        let (shutdown, removed) = self.forget(&key, &t).await;
+        let (shutdown, removed) = self.forget(&key, &t, true).await;
         tracing::debug!(
             namespace = ns,
             id,
@@ -806,12 +817,15 @@ impl Inner {
         Ok(exit)
     }
 
-    /// Drops the task, asks its shim to shut down and removes the bundle; returns how long
-    /// the Shutdown call and the bundle removal took (for the debug log).
-    async fn forget(&self, key: &Key, t: &Arc<ShimTask>) -> (Duration, Duration) {
+    /// Drops the task, asks its shim to shut down (or, after a clean delete, gives a warm
+    /// pool shim back to the pool) and removes the bundle; returns how long the Shutdown call
+    /// and the bundle removal took (for the debug log).
+    async fn forget(self: &Arc<Self>, key: &Key, t: &Arc<ShimTask>, recycle: bool) -> (Duration, Duration) {
         lock(&self.tasks).remove(key);
         let began = Instant::now();
-        t.shutdown_shim().await;
+        if !(recycle && self.recycle(t)) {
+            t.shutdown_shim().await;
+        }
         let shutdown = began.elapsed();
         t.stop_log();
         if let Err(e) = t.bundle.delete() {
@@ -913,7 +927,10 @@ impl StateCollector {
             prometheus::Opts::new("taskd_tasks", "Tasks known to the runtime, by state"),
             &["state"],
         )?;
-        let shims = prometheus::IntGauge::new("taskd_shims_running", "Shim processes taskd is connected to")?;
+        let shims = prometheus::IntGauge::new(
+            "taskd_shims_running",
+            "Shim processes taskd is connected to (idle warm pool shims included)",
+        )?;
         let mut descs: Vec<Desc> = tasks.desc().into_iter().cloned().collect();
         descs.extend(shims.desc().into_iter().cloned());
         Ok(StateCollector { inner, descs })
@@ -932,9 +949,10 @@ impl Collector for StateCollector {
         ) else {
             return Vec::new();
         };
-        let Ok(shims) =
-            prometheus::IntGauge::new("taskd_shims_running", "Shim processes taskd is connected to")
-        else {
+        let Ok(shims) = prometheus::IntGauge::new(
+            "taskd_shims_running",
+            "Shim processes taskd is connected to (idle warm pool shims included)",
+        ) else {
             return Vec::new();
         };
         if let Some(inner) = self.inner.upgrade() {

@@ -6,12 +6,15 @@
 //!   shim's `start` groups by the pool id, the `log` fifo the shim needs, `address`,
 //!   `shim.pid`). `.pool` cannot be a namespace, so recovery never takes it for bundles.
 //! - None exist before a namespace + runtime is first used: the first eligible create starts
-//!   its shim as usual and then fills the pool in the background; every create that takes a
-//!   warm shim refills it, after its own `runc create` (off its critical path).
+//!   its shim as usual and then fills the pool in the background (after its own `runc
+//!   create`, off its critical path).
 //! - A task takes a warm shim and sends Create with its own id and bundle, as the
 //!   containers of a pod do with their sandbox's shim; its bundle's `address` / `shim.pid`
-//!   name the shim, so recovery finds it. Each warm shim serves exactly one task (on the
-//!   task's delete the shim shuts down as any other).
+//!   name the shim, so recovery finds it. One task at a time: after the task's clean delete
+//!   (shim Delete done, so the shim serves nothing, as a pod's shim between containers) the
+//!   shim goes back to the pool if the pool has room, otherwise it shuts down as any other.
+//!   A refill after a take waits [`REFILL_DELAY`] for that, so a run-and-remove loop starts
+//!   no shim at all; a long-running task's pool is refilled after that delay.
 //! - Only creates that a fresh `<shim> start` would give a shim of its own use the pool: no
 //!   grouping annotation, and no runtime options that `start` acts on (a shim cgroup).
 //! - A pool dir lives as long as its shim: removed when the shim exits (its pidfd watcher),
@@ -38,6 +41,10 @@ pub const POOL_DIR: &str = ".pool";
 /// How long a pool shim gets to exit after Shutdown before it is killed.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
+/// After a create took a warm shim, how long the refill waits for that shim to come back
+/// (its task deleted) before it starts a new one.
+pub const REFILL_DELAY: Duration = Duration::from_secs(1);
+
 /// (namespace, shim binary).
 type PoolKey = (String, PathBuf);
 
@@ -54,12 +61,16 @@ pub(super) struct Pool {
 pub(super) struct Warm {
     pub id: String,
     pub conn: Arc<ShimConn>,
+    /// Which idle period this is (the idle timer of an earlier one must not stop it).
+    idle_gen: u64,
 }
 
 /// A live pool shim's dir and the reader of its log fifo (kept until the shim exits).
 pub(super) struct PoolDir {
     pub dir: PathBuf,
     pub log: Option<JoinHandle<()>>,
+    /// Its pool id and key, when it may go back to the pool after its task.
+    pub origin: Option<(String, PoolKey)>,
 }
 
 impl PoolDir {
@@ -138,11 +149,22 @@ impl Inner {
         None
     }
 
-    /// Starts pool shims in the background until `ns` + `binary` has `shim_pool_size` idle
-    /// or starting ones.
-    pub(super) fn refill(self: &Arc<Self>, ns: &str, binary: &Path) {
+    /// Starts pool shims in the background (after `delay`) until `ns` + `binary` has
+    /// `shim_pool_size` idle or starting ones.
+    pub(super) fn refill(self: &Arc<Self>, ns: &str, binary: &Path, delay: Duration) {
         let size = self.config.shim_pool_size;
         if size == 0 {
+            return;
+        }
+        if !delay.is_zero() {
+            let weak = Arc::downgrade(self);
+            let (ns, binary) = (ns.to_owned(), binary.to_path_buf());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Some(inner) = weak.upgrade() {
+                    inner.refill(&ns, &binary, Duration::ZERO);
+                }
+            });
             return;
         }
         let key = (ns.to_owned(), binary.to_path_buf());
@@ -185,8 +207,13 @@ impl Inner {
             path: dir.clone(),
             work: dir.clone(),
         };
+        b.write(bundle::SHIM_BINARY_PATH, binary.to_string_lossy().as_bytes())?;
         let log = self.spawn_log_reader(&b);
-        let pool_dir = PoolDir { dir, log };
+        let pool_dir = PoolDir {
+            dir,
+            log,
+            origin: Some((id.clone(), (ns.to_owned(), binary.to_path_buf()))),
+        };
         let address = match binary::start(binary, &b, &self.addrs, None).await {
             Ok(a) => a,
             Err(e) => {
@@ -209,7 +236,11 @@ impl Inner {
                         d.remove();
                     }
                 }
-                Ok(Warm { id, conn })
+                Ok(Warm {
+                    id,
+                    conn,
+                    idle_gen: 0,
+                })
             }
             Err(e) => {
                 self.abandon_shim(binary, &b, &address).await;
@@ -233,9 +264,9 @@ impl Inner {
                     return;
                 }
                 Ok(w) if pool.closed => Some(w),
-                Ok(w) => {
+                Ok(mut w) => {
                     tracing::debug!(namespace = %key.0, id = %w.id, pid = w.conn.shim_pid, "pool shim ready");
-                    self.arm_idle_timer(&key, w.conn.shim_pid);
+                    w.idle_gen = self.arm_idle_timer(&key);
                     pool.idle.entry(key.clone()).or_default().push(w);
                     None
                 }
@@ -246,7 +277,9 @@ impl Inner {
         }
     }
 
-    fn arm_idle_timer(self: &Arc<Self>, key: &PoolKey, pid: u32) {
+    /// Starts the idle timer of a shim going idle now; returns the idle period's number.
+    fn arm_idle_timer(self: &Arc<Self>, key: &PoolKey) -> u64 {
+        let idle_gen = self.pool_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let weak = Arc::downgrade(self);
         let key = key.clone();
         let timeout = self.config.shim_pool_idle_timeout.0;
@@ -257,15 +290,16 @@ impl Inner {
                 let mut pool = lock(&inner.pool);
                 let list = pool.idle.get_mut(&key);
                 list.and_then(|l| {
-                    let i = l.iter().position(|w| w.conn.shim_pid == pid)?;
+                    let i = l.iter().position(|w| w.idle_gen == idle_gen)?;
                     Some(l.remove(i))
                 })
             };
             if let Some(w) = w {
-                tracing::debug!(namespace = %key.0, id = %w.id, pid, "idle pool shim timed out");
+                tracing::debug!(namespace = %key.0, id = %w.id, pid = w.conn.shim_pid, "idle pool shim timed out");
                 inner.stop_warm(&key.0, w).await;
             }
         });
+        idle_gen
     }
 
     /// Shutdown of an idle pool shim; killed if it does not exit in time. Its dir and socket
@@ -279,6 +313,36 @@ impl Inner {
             d.remove();
         }
         shim::remove_stale_socket(&w.conn.address);
+    }
+
+    /// After a clean delete of `t`: when its shim is a pool shim that now serves nothing and
+    /// the pool has room, it goes back to the pool (idle, with a new idle timer) instead of
+    /// shutting down. Whether it did.
+    pub(super) fn recycle(self: &Arc<Self>, t: &super::ShimTask) -> bool {
+        let Some(conn) = &t.conn else { return false };
+        let pid = conn.shim_pid;
+        let Some((id, key)) = lock(&self.pool_dirs).get(&pid).and_then(|d| d.origin.clone()) else {
+            return false;
+        };
+        let serving = lock(&self.tasks)
+            .values()
+            .any(|o| o.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)));
+        if serving || !shim::pid_alive(pid) {
+            return false;
+        }
+        let mut pool = lock(&self.pool);
+        let have = pool.idle.get(&key).map_or(0, Vec::len) + pool.starting.get(&key).copied().unwrap_or(0);
+        if pool.closed || have >= self.config.shim_pool_size {
+            return false;
+        }
+        tracing::debug!(namespace = %key.0, task = %t.id, id = %id, pid, "pool shim back in the pool");
+        let idle_gen = self.arm_idle_timer(&key);
+        pool.idle.entry(key).or_default().push(Warm {
+            id,
+            conn: conn.clone(),
+            idle_gen,
+        });
+        true
     }
 
     /// The pool shim `pid` exited: forget it and remove its dir.
@@ -363,7 +427,9 @@ impl Inner {
                 work: dir.clone(),
             };
             let log = self.spawn_log_reader(&b);
-            lock(&self.pool_dirs).insert(conn.shim_pid, PoolDir { dir, log });
+            let origin = read(bundle::SHIM_BINARY_PATH)
+                .map(|bin| (id.to_owned(), (ns.to_owned(), PathBuf::from(bin))));
+            lock(&self.pool_dirs).insert(conn.shim_pid, PoolDir { dir, log, origin });
             if !shim::pid_alive(conn.shim_pid)
                 && let Some(d) = lock(&self.pool_dirs).remove(&conn.shim_pid)
             {
@@ -408,7 +474,12 @@ impl Inner {
             shim::remove_stale_socket(address);
         }
         tracing::info!(namespace = ns, id, "stale pool shim cleaned up");
-        PoolDir { dir, log: None }.remove();
+        PoolDir {
+            dir,
+            log: None,
+            origin: None,
+        }
+        .remove();
     }
 }
 
