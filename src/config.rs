@@ -72,11 +72,11 @@ impl Serialize for HumanDuration {
     /// The largest unit that is exact: `"500ms"`, `"10s"`, `"2m"`, `"1h"`.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let ms = self.0.as_millis();
-        let text = if ms % 1000 != 0 {
+        let text = if !ms.is_multiple_of(1000) {
             format!("{ms}ms")
-        } else if ms % 3_600_000 == 0 && ms > 0 {
+        } else if ms.is_multiple_of(3_600_000) && ms > 0 {
             format!("{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 && ms > 0 {
+        } else if ms.is_multiple_of(60_000) && ms > 0 {
             format!("{}m", ms / 60_000)
         } else {
             format!("{}s", ms / 1000)
