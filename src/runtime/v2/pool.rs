@@ -512,3 +512,62 @@ async fn stop_idle(client: &TaskClient, ns: &str, id: &str, pid: u32, kill: bool
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+    use taskd_proto::containerd::types::runc::options::Options;
+
+    fn runc_options(o: Options) -> prost_types::Any {
+        prost_types::Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: o.encode_to_vec(),
+        }
+    }
+
+    #[test]
+    fn only_creates_that_start_would_give_a_shim_of_their_own() {
+        let plain = CreateOpts::default();
+        assert!(eligible(&plain, b"{}"));
+        // ctr sends empty runc options; a BinaryName etc. are per container (Create), fine.
+        let ctr = CreateOpts {
+            runtime_options: Some(runc_options(Options {
+                binary_name: "runc".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(eligible(&ctr, b"{}"));
+        // `start` puts the shim in a cgroup: a warm shim is not in it.
+        let cgroup = CreateOpts {
+            task_options: Some(runc_options(Options {
+                shim_cgroup: "/pod".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(!eligible(&cgroup, b"{}"));
+        let unknown = CreateOpts {
+            runtime_options: Some(prost_types::Any {
+                type_url: "example.com/Other".into(),
+                value: vec![1, 2],
+            }),
+            ..Default::default()
+        };
+        assert!(!eligible(&unknown, b"{}"));
+        // Grouped by annotation: the shim is the group's.
+        assert!(!eligible(
+            &plain,
+            br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#
+        ));
+        assert!(!eligible(&plain, b"not json"));
+    }
+
+    #[test]
+    fn pool_ids_are_valid_identifiers_and_distinct() {
+        let (a, b) = (pool_id(0), pool_id(1));
+        assert_ne!(a, b);
+        crate::identifiers::validate("id", &a).unwrap();
+    }
+}
