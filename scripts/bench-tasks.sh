@@ -9,6 +9,9 @@
 #
 # usage: sudo scripts/bench-tasks.sh [ITERATIONS]      (default 50)
 #   TASKD_BIN=path/to/taskd   (default target/release/taskd)
+#   TASKD_CONFIG_EXTRA='...'  TOML appended to taskd's config (e.g. to compare with the warm
+#                             shim pool off: '[plugins."io.containerd.runtime.v2.task"]' and
+#                             'shim_pool_size = 0' on two lines)
 set -euo pipefail
 
 N="${1:-50}"
@@ -74,6 +77,7 @@ CD_PID=$!
 # taskd: own dirs and socket
 cat >"$W/taskd.toml" <<EOF
 version = 1
+${TASKD_CONFIG_EXTRA:-}
 EOF
 RUST_LOG=warn "$TASKD_BIN" --config "$W/taskd.toml" --root "$W/td-root" --state "$W/td-state" \
   --address "$W/td.sock" >"$W/taskd.log" 2>&1 &
@@ -125,6 +129,15 @@ CD_RSS=$(rss "$CD_PID")
 TD_RSS=$(rss "$TD_PID")
 RATIO=$(awk -v a="$TD_MED" -v b="$CD_MED" 'BEGIN {printf "%.2f", a / b}')
 RSS_RATIO=$(awk -v a="$TD_RSS" -v b="$CD_RSS" 'BEGIN {printf "%.2f", a / b}')
+# taskd's idle warm pool shims (not in the daemon RSS above): their pids and VmRSS.
+POOL=""
+for f in "$W"/td-state/io.containerd.runtime.v2.task/.pool/bench/*/shim.pid; do
+  [ -e "$f" ] || continue
+  p=$(cat "$f" 2>/dev/null || true)
+  if [ -n "$p" ] && [ -r "/proc/$p/status" ]; then
+    POOL="$POOL pid $p: $(rss "$p") KiB;"
+  fi
+done
 
 cat <<EOF
 | daemon | median \`ctr run --rm\` (µs) | daemon RSS (KiB) |
@@ -134,4 +147,5 @@ cat <<EOF
 | **ratio taskd / containerd** | **$RATIO** | **$RSS_RATIO** |
 
 iterations: $N each (interleaved, after 3 warm-ups each); $(nproc) CPUs; $(uname -r); $(date -u +%Y-%m-%dT%H:%MZ)
+taskd idle pool shims (VmRSS, not counted above):${POOL:- none}
 EOF

@@ -25,7 +25,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -65,6 +65,23 @@ impl<'de> Deserialize<'de> for HumanDuration {
         HumanDuration::parse(&s)
             .map(HumanDuration)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for HumanDuration {
+    /// The largest unit that is exact: `"500ms"`, `"10s"`, `"2m"`, `"1h"`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ms = self.0.as_millis();
+        let text = if !ms.is_multiple_of(1000) {
+            format!("{ms}ms")
+        } else if ms.is_multiple_of(3_600_000) && ms > 0 {
+            format!("{}h", ms / 3_600_000)
+        } else if ms.is_multiple_of(60_000) && ms > 0 {
+            format!("{}m", ms / 60_000)
+        } else {
+            format!("{}s", ms / 1000)
+        };
+        s.serialize_str(&text)
     }
 }
 
@@ -891,5 +908,14 @@ mod tests {
         assert_eq!(HumanDuration::parse("2m"), Ok(Duration::from_secs(120)));
         assert!(HumanDuration::parse("5").is_err());
         assert!(HumanDuration::parse("s").is_err());
+    }
+
+    #[test]
+    fn durations_serialize_back_to_what_parses() {
+        for text in ["500ms", "1500ms", "10s", "0s", "2m", "90s", "1h"] {
+            let d = HumanDuration(HumanDuration::parse(text).unwrap());
+            let v = toml::Value::try_from(d).unwrap();
+            assert_eq!(v.as_str(), Some(text));
+        }
     }
 }

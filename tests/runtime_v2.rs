@@ -198,6 +198,8 @@ struct World {
     monitor: Arc<Monitor>,
     manager: TaskManager,
     local: Arc<Local>,
+    /// `shim_pool_size` of every manager of this world (0 unless a test is about the pool).
+    pool: usize,
     _server: ttrpc::r#async::Server,
 }
 
@@ -205,6 +207,10 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl World {
     async fn new() -> World {
+        World::with_pool(0).await
+    }
+
+    async fn with_pool(pool: usize) -> World {
         require_tools();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -231,20 +237,21 @@ impl World {
             events,
             store: Arc::default(),
             monitor: Arc::default(),
-            manager: Self::manager_at(dir.path(), Arc::new(EventLog::default())),
+            manager: Self::manager_at(dir.path(), Arc::new(EventLog::default()), pool),
             local: Arc::new(Local::new(
-                Arc::new(Self::manager_at(dir.path(), Arc::new(EventLog::default()))),
+                Arc::new(Self::manager_at(dir.path(), Arc::new(EventLog::default()), pool)),
                 Arc::new(Store::default()),
                 Arc::new(Monitor::default()),
             )),
             dir,
             _server: server,
+            pool,
         };
         w.restart().await;
         w
     }
 
-    fn manager_at(dir: &Path, events: Arc<EventLog>) -> TaskManager {
+    fn manager_at(dir: &Path, events: Arc<EventLog>, pool: usize) -> TaskManager {
         TaskManager::new(
             dir.join("state"),
             dir.join("root"),
@@ -253,7 +260,10 @@ impl World {
                 ttrpc: dir.join("ttrpc.sock"),
                 exe: std::env::current_exe().unwrap(),
             },
-            Config::default(),
+            Config {
+                shim_pool_size: pool,
+                ..Config::default()
+            },
             Arc::new(Sink(events)),
         )
         .unwrap()
@@ -262,7 +272,7 @@ impl World {
     /// The daemon "dies": the manager and Local are dropped (their shim watchers with
     /// them), shims are left alone.
     fn crash(&mut self) {
-        let idle = Self::manager_at(self.dir.path(), Arc::new(EventLog::default()));
+        let idle = Self::manager_at(self.dir.path(), Arc::new(EventLog::default()), self.pool);
         self.manager = idle.clone();
         self.local = Arc::new(Local::new(
             Arc::new(idle),
@@ -274,7 +284,7 @@ impl World {
     /// A new manager + Local over the same dirs (a daemon restart), with recovery.
     async fn restart(&mut self) {
         std::fs::create_dir_all(self.dir.path().join("state")).unwrap();
-        self.manager = Self::manager_at(self.dir.path(), self.events.clone());
+        self.manager = Self::manager_at(self.dir.path(), self.events.clone(), self.pool);
         self.manager.load().await;
         self.monitor = Arc::default();
         let local = Local::new(
@@ -356,6 +366,35 @@ impl World {
         self.dir.path().join("state").join(&self.ns).join(id)
     }
 
+    /// This namespace's pool dirs (`<state>/.pool/<ns>/<pool id>`).
+    fn pool_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path().join("state").join(".pool").join(&self.ns))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The pids in the pool dirs' `shim.pid` files.
+    fn pool_dir_pids(&self) -> Vec<u32> {
+        self.pool_dirs()
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("shim.pid")).ok())
+            .filter_map(|p| p.trim().parse().ok())
+            .collect()
+    }
+
+    /// Waits until the pool has exactly `n` idle-or-serving shims that are alive, and
+    /// returns their pids.
+    async fn pool_settles(&self, n: usize) -> Vec<u32> {
+        for _ in 0..200 {
+            let pids = self.manager.pool_shim_pids();
+            if pids.len() == n && pids.iter().all(|p| alive(*p)) {
+                return pids;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("pool never had {n} shims: {:?}", self.manager.pool_shim_pids());
+    }
+
     fn mounts_under_dir(&self) -> usize {
         let prefix = self.dir.path().to_string_lossy().into_owned();
         std::fs::read_to_string("/proc/self/mountinfo")
@@ -390,6 +429,15 @@ impl Drop for World {
                 .stderr(std::process::Stdio::null())
                 .status();
             let _ = taskd::runtime::v2::bundle::unmount_all(&t.bundle.rootfs());
+        }
+        // Pool shims (idle ones serve nothing; a crashed manager's are only in their dirs).
+        let mut pool = self.manager.pool_shim_pids();
+        pool.extend(self.pool_dir_pids());
+        for pid in pool.into_iter().filter(|p| *p > 1) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         // runc's per-namespace state dir (the runc shim's default root), once empty.
         let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&self.ns));
@@ -896,14 +944,16 @@ async fn terminal_task_with_resize() {
     w.local.delete(&ns, "tty").await.unwrap();
 }
 
-/// 200 create/start/kill/delete cycles leave no process, mount, fd or bundle behind.
+/// 200 create/start/kill/delete cycles leave no process, mount, fd or bundle behind: with
+/// the warm pool on (the default), exactly one idle pool shim is left, and the pool's
+/// close stops it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cycles_leave_nothing_behind() {
     if std::env::var("TASKD_E2E").as_deref() != Ok("1") {
         eprintln!("skipped: set TASKD_E2E=1 to run the 200-cycle test");
         return;
     }
-    let w = World::new().await;
+    let w = World::with_pool(1).await;
     let ns = w.ns.clone();
     let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     // One warm-up cycle so lazily created fds (runtime, pools) exist before counting.
@@ -925,12 +975,21 @@ async fn cycles_leave_nothing_behind() {
         let _ = std::fs::remove_file(w.dir.path().join(format!("{id}.out")));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Tasks ran in warm shims that went back to the pool after each delete: exactly one
+    // idle pool shim is left (fixed overhead), every other process is gone.
+    let pool = w.pool_settles(1).await;
+    assert_eq!(w.pool_dir_pids(), pool, "one pool dir, the idle shim's");
     let left: Vec<_> = shim_pids
         .iter()
         .chain(&init_pids)
-        .filter(|p| alive(**p))
+        .filter(|p| alive(**p) && **p != pool[0])
         .collect();
     assert!(left.is_empty(), "processes left: {left:?}");
+    assert!(w.manager.shim_tasks().is_empty());
+    w.manager.close_pool().await;
+    assert!(!alive(pool[0]), "close left the idle pool shim running");
+    assert!(w.pool_dirs().is_empty(), "{:?}", w.pool_dirs());
+    assert!(w.manager.pool_shim_pids().is_empty());
     assert_eq!(w.mounts_under_dir(), 0);
     assert_eq!(
         std::fs::read_dir(w.dir.path().join("state").join(&ns))
@@ -981,4 +1040,169 @@ async fn shim_dying_after_the_exit_does_not_publish_a_second_exit() {
         w.events.topics(&ns),
         ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
     );
+}
+
+// ---------- the warm shim pool ----------
+
+/// The first task of a namespace starts its shim as usual and fills the pool; the next task
+/// takes the warm shim (its bundle names it), which exits with that task; a new one is
+/// warmed meanwhile. Closing the pool stops the idle one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pool_shim_serves_the_next_task() {
+    let w = World::with_pool(1).await;
+    let ns = w.ns.clone();
+    assert!(
+        w.manager.pool_shim_pids().is_empty(),
+        "no pool shim before first use"
+    );
+    w.container("first", &["/bin/true"]);
+    w.create("first").await;
+    let first_shim = w.manager.shim_tasks()[0].conn.as_ref().unwrap().shim_pid;
+    let warm = w.pool_settles(1).await[0];
+    assert_ne!(warm, first_shim);
+    assert_eq!(w.pool_dir_pids(), vec![warm]);
+    w.local.start(&ns, "first", "").await.unwrap();
+    w.local.wait(&ns, "first", "").await.unwrap();
+    w.local.delete(&ns, "first").await.unwrap();
+
+    w.container("second", &["/bin/echo", "warm"]);
+    w.create("second").await;
+    let t = w.manager.shim_tasks();
+    let conn = t[0].conn.as_ref().unwrap();
+    assert_eq!(conn.shim_pid, warm, "the task did not take the warm shim");
+    let bundle = w.bundle("second");
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("address")).unwrap().trim(),
+        conn.address
+    );
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("shim.pid")).unwrap().trim(),
+        warm.to_string()
+    );
+    w.local.start(&ns, "second", "").await.unwrap();
+    assert_eq!(w.local.wait(&ns, "second", "").await.unwrap().status, 0);
+    w.local.delete(&ns, "second").await.unwrap();
+    assert!(!bundle.exists());
+    assert_eq!(std::fs::read_to_string(w.out("second.out").1).unwrap(), "warm\n");
+    // The used shim serves nothing now: it went back to the pool, unless a refill (after
+    // REFILL_DELAY on a slow run) filled it first, in which case it exited. Either way the
+    // pool holds exactly one live shim, and only its dir.
+    let refilled = w.pool_settles(1).await;
+    if refilled != [warm] {
+        for _ in 0..100 {
+            if !alive(warm) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(warm), "the warm shim outlived its task outside the pool");
+    }
+    assert_eq!(w.pool_dir_pids(), refilled, "a pool dir without its shim");
+    w.events.wait_for(&ns, "/tasks/delete", 2).await;
+    assert_eq!(
+        w.events.topics(&ns),
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete",
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete"
+        ]
+    );
+    w.manager.close_pool().await;
+    assert!(!alive(refilled[0]));
+    assert!(w.pool_dirs().is_empty());
+}
+
+/// A warm shim killed under its task: the exit is published, Wait returns, and the task's
+/// bundle and the shim's pool dir are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_shim_sigkill_cleans_task_and_pool_dir() {
+    let w = World::with_pool(1).await;
+    let ns = w.ns.clone();
+    w.container("a", &["/bin/true"]);
+    w.create("a").await;
+    let warm = w.pool_settles(1).await[0];
+    w.container("b", &["/bin/sleep", "1000"]);
+    w.create("b").await;
+    w.local.start(&ns, "b", "").await.unwrap();
+    let b = w.manager.shim_tasks().into_iter().find(|t| t.id == "b").unwrap();
+    assert_eq!(b.conn.as_ref().unwrap().shim_pid, warm);
+    let wait = {
+        let local = w.local.clone();
+        let ns = ns.clone();
+        tokio::spawn(async move { local.wait(&ns, "b", "").await })
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(warm as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait.await.unwrap().unwrap();
+    w.local.delete(&ns, "b").await.unwrap();
+    assert!(!w.bundle("b").exists());
+    let left = w.pool_settles(1).await;
+    assert!(!left.contains(&warm));
+    assert_eq!(w.pool_dir_pids(), left, "the killed shim's pool dir is gone");
+    w.local.delete(&ns, "a").await.unwrap();
+    w.manager.close_pool().await;
+    assert!(w.pool_dirs().is_empty());
+}
+
+/// After a crash, recovery shuts down the idle pool shim (never a task), keeps the warm shim
+/// that serves a task, and that shim's pool dir goes when it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_stops_idle_pool_shims_and_keeps_serving_ones() {
+    let mut w = World::with_pool(1).await;
+    let ns = w.ns.clone();
+    w.container("a", &["/bin/sleep", "1000"]);
+    w.create("a").await;
+    let warm = w.pool_settles(1).await[0];
+    w.container("b", &["/bin/sleep", "1000"]);
+    w.create("b").await;
+    w.local.start(&ns, "b", "").await.unwrap();
+    let idle = w.pool_settles(2).await.into_iter().find(|p| *p != warm).unwrap();
+
+    w.crash();
+    assert!(alive(warm) && alive(idle));
+    w.restart().await;
+    let ids: Vec<String> = w.manager.shim_tasks().iter().map(|t| t.id.clone()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["a", "b"], "a pool shim was taken for a task");
+    assert!(!alive(idle), "recovery left the idle pool shim running");
+    assert_eq!(w.manager.pool_shim_pids(), vec![warm]);
+    assert_eq!(w.pool_dir_pids(), vec![warm]);
+    assert_eq!(w.local.get(&ns, "b", "").await.unwrap().status, Status::Running);
+    w.local.kill(&ns, "b", "", 9, false).await.unwrap();
+    w.local.wait(&ns, "b", "").await.unwrap();
+    w.local.delete(&ns, "b").await.unwrap();
+    // It serves nothing now and the pool is empty: it is the pool's idle shim again.
+    assert_eq!(w.pool_settles(1).await, vec![warm]);
+    w.local.kill(&ns, "a", "", 9, false).await.unwrap();
+    w.local.wait(&ns, "a", "").await.unwrap();
+    w.local.delete(&ns, "a").await.unwrap();
+    w.manager.close_pool().await;
+    assert!(!alive(warm));
+    assert!(w.pool_dirs().is_empty(), "{:?}", w.pool_dirs());
+}
+
+/// Creates that `<shim> start` would group or configure never take a pool shim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_containers_do_not_use_the_pool() {
+    let w = World::with_pool(1).await;
+    let ns = w.ns.clone();
+    w.container_spec("sb", w.spec("sb", &["/bin/sleep", "1000"], false, Some("sb")));
+    w.create("sb").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        w.manager.pool_shim_pids().is_empty(),
+        "a grouped create filled the pool"
+    );
+    w.local.kill(&ns, "sb", "", 9, false).await.unwrap();
+    w.local.wait(&ns, "sb", "").await.unwrap();
+    w.local.delete(&ns, "sb").await.unwrap();
 }

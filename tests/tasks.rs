@@ -163,6 +163,35 @@ fn alive(pid: u32) -> bool {
     taskd::runtime::v2::shim::pid_alive(pid)
 }
 
+/// The pids of namespace `ns`'s warm pool shims (`<bundles>/.pool/<ns>/*/shim.pid`).
+fn pool_pids(state: &Path, ns: &str) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir(bundles(state).join(".pool").join(ns))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|d| std::fs::read_to_string(d.path().join("shim.pid")).ok())
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Waits (up to 10 s) until `ns` has exactly `n` pool dirs whose shims are alive.
+fn pool_settles(state: &Path, ns: &str, n: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids = pool_pids(state, ns);
+        if pids.len() == n && pids.iter().all(|p| alive(*p)) {
+            return pids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool of {ns} never had {n} live shims: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn mounts_under(dir: &Path) -> Vec<String> {
     let prefix = dir.to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -490,6 +519,13 @@ async fn restart_recovery(count: usize) {
         .collect();
     let lost_shim = n.pid_file("lost", "shim.pid");
     let lost_init = n.pid_file("lost", "init.pid");
+    // The warm pool (default size 1): shims that took a task are those tasks' shims; the
+    // rest are idle and must never come back as tasks.
+    let task_shims: Vec<u32> = pids.iter().map(|p| p.0).chain([lost_shim]).collect();
+    let idle_pool: Vec<u32> = pool_pids(&d.state, &n.ns)
+        .into_iter()
+        .filter(|p| !task_shims.contains(p))
+        .collect();
 
     d.kill9();
     for (shim, init) in &pids {
@@ -511,6 +547,16 @@ async fn restart_recovery(count: usize) {
     let tasks = n.tasks();
     for id in &ids {
         assert_eq!(tasks.get(id).map(|t| t.1.as_str()), Some("RUNNING"), "{tasks:?}");
+    }
+    assert_eq!(tasks.len(), count + 1, "{tasks:?}");
+    for p in &idle_pool {
+        assert!(!alive(*p), "idle pool shim {p} survived recovery");
+    }
+    for p in pool_pids(&d.state, &n.ns) {
+        assert!(
+            task_shims.contains(&p),
+            "pool dir of shim {p} that serves no task"
+        );
     }
     assert_eq!(
         tasks.get("lost").map(|t| t.1.as_str()),
@@ -567,13 +613,25 @@ async fn restart_recovery(count: usize) {
     n.ctr_ok(&["tasks", "rm", "lost"]);
     n.ctr_ok(&["containers", "rm", "lost"]);
     std::fs::remove_dir_all(&broken).expect("remove broken bundle");
+    // A warm pool shim whose task was deleted may be the pool's one idle shim now.
+    let pool = pool_pids(&d.state, &n.ns);
+    assert!(
+        pool.len() <= 1,
+        "more idle pool shims than shim_pool_size: {pool:?}"
+    );
     for (shim, init) in &pids {
         assert!(!alive(*init), "init {init} survived");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(*shim) && Instant::now() < deadline {
+        while alive(*shim) && !pool.contains(shim) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(!alive(*shim), "shim {shim} survived its last task");
+        assert!(
+            !alive(*shim) || pool.contains(shim),
+            "shim {shim} survived its last task"
+        );
+    }
+    for p in &pool {
+        assert!(task_shims.contains(p), "pool shim {p} was not a recovered task's");
     }
     assert!(mounts_under(&d.dir).is_empty());
 }
@@ -596,7 +654,7 @@ async fn two_hundred_cycles_leave_nothing_behind_e2e() {
     if !e2e("two_hundred_cycles_leave_nothing_behind_e2e") {
         return;
     }
-    let d = Daemon::start();
+    let mut d = Daemon::start();
     let n = Ns::new(&d, "cycles");
     let mut pids = Vec::new();
     let mut fds_before = 0;
@@ -615,7 +673,13 @@ async fn two_hundred_cycles_leave_nothing_behind_e2e() {
         }
     }
     std::thread::sleep(Duration::from_secs(1));
-    let left: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    // Warm shims go back to the pool after their task: exactly one idle pool shim is left.
+    let pool = pool_settles(&d.state, &n.ns, 1);
+    let left: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| alive(*p) && *p != pool[0])
+        .collect();
     assert!(left.is_empty(), "processes left: {left:?}");
     assert!(mounts_under(&d.dir).is_empty(), "{:?}", mounts_under(&d.dir));
     let ns_dir = bundles(&d.state).join(&n.ns);
@@ -628,6 +692,11 @@ async fn two_hundred_cycles_leave_nothing_behind_e2e() {
     );
     assert_eq!(zombie_children(d.pid()), Vec::<u32>::new());
     assert!(n.tasks().is_empty());
+    // SIGTERM stops the idle pool shim.
+    assert_eq!(pool_settles(&d.state, &n.ns, 1), pool);
+    assert!(d.stop().success());
+    assert!(!alive(pool[0]), "SIGTERM left the idle pool shim running");
+    assert_eq!(pool_pids(&d.state, &n.ns), Vec::<u32>::new());
 }
 
 /// A request with the namespace header.

@@ -22,6 +22,27 @@ pub fn after_daemon(state: &Path) {
             continue;
         };
         let ns_name = ns.file_name().to_string_lossy().into_owned();
+        if ns_name == ".pool" {
+            // Warm pool shims: `.pool/<ns>/<pool id>/{shim.pid,address}`; they serve no task.
+            for pool_ns in bundles.flatten() {
+                for d in std::fs::read_dir(pool_ns.path()).into_iter().flatten().flatten() {
+                    let dir = d.path();
+                    let pid = std::fs::read_to_string(dir.join("shim.pid"))
+                        .ok()
+                        .and_then(|s| s.trim().parse::<i32>().ok());
+                    if let Some(pid) = pid.filter(|p| *p > 1) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    if let Ok(address) = std::fs::read_to_string(dir.join("address")) {
+                        remove_stale_socket(address.trim());
+                    }
+                }
+            }
+            continue;
+        }
         for b in bundles.flatten() {
             let dir = b.path();
             let id = b.file_name().to_string_lossy().into_owned();

@@ -179,6 +179,20 @@ pub fn sandbox_id_of(spec: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Whether the spec carries an annotation that the runc shim's `start` groups shims by
+/// (`io.containerd.runc.v2.group`, `io.kubernetes.cri.sandbox-id`).
+pub fn grouped(spec: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(spec) else {
+        return true;
+    };
+    let Some(annotations) = v.get("annotations") else {
+        return false;
+    };
+    ["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"]
+        .iter()
+        .any(|k| annotations.get(k).is_some())
+}
+
 /// Unmounts `target` until it is no longer a mount point (stacked mounts included).
 pub fn unmount_all(target: &Path) -> Result<()> {
     use nix::errno::Errno;
@@ -235,5 +249,11 @@ mod tests {
             Some("sb")
         );
         assert_eq!(sandbox_id_of(br#"{"annotations":{}}"#), None);
+        assert!(grouped(
+            br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#
+        ));
+        assert!(grouped(br#"{"annotations":{"io.containerd.runc.v2.group":"g"}}"#));
+        assert!(!grouped(br#"{"annotations":{"other":"x"}}"#));
+        assert!(!grouped(b"{}"));
     }
 }

@@ -18,15 +18,19 @@
 //!
 //! Recovery ([`TaskManager::load`]): every bundle dir is visited; a live shim is reconnected,
 //! a dead one is cleaned up as above. A broken bundle is logged and skipped. Shims are
-//! never killed on daemon shutdown.
+//! never killed on daemon shutdown (idle pool shims are: they serve nothing).
+//!
+//! Warm pool ([`pool`]): pre-started shims per namespace + runtime that a create takes
+//! instead of running `<shim> start` (`shim_pool_size`).
 
 pub mod binary;
 pub mod bundle;
+pub mod pool;
 pub mod shim;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -39,6 +43,7 @@ use tokio::io::AsyncBufReadExt;
 use self::binary::DaemonAddresses;
 use self::bundle::Bundle;
 use self::shim::{ShimConn, ShimTask, TaskHandle};
+use crate::config::HumanDuration;
 use crate::events::{self, Publisher};
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
 use crate::runtime::{CreateOpts, Exit, PlatformRuntime, Result, RuntimeError, Status, Task};
@@ -48,12 +53,26 @@ use taskd_proto::containerd::events::{TaskDelete, TaskExit};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Plugin config: `[plugins."io.containerd.runtime.v2.task"]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Runtime name → absolute shim binary path, overriding the PATH lookup
     /// (`shims = { "io.containerd.runc.v2" = "/opt/bin/containerd-shim-runc-v2" }`).
     pub shims: BTreeMap<String, PathBuf>,
+    /// Warm shims kept ready per namespace + runtime once that pair was used (0 disables).
+    pub shim_pool_size: usize,
+    /// An idle pool shim is shut down after this long unused.
+    pub shim_pool_idle_timeout: HumanDuration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            shims: BTreeMap::new(),
+            shim_pool_size: 1,
+            shim_pool_idle_timeout: HumanDuration(Duration::from_secs(60)),
+        }
+    }
 }
 
 /// The plugin registration.
@@ -86,10 +105,12 @@ pub fn registration() -> Registration {
             .map_err(PluginError::init)?;
         manager.load().await;
         let state = cx.state().display().to_string();
+        let closing = manager.clone();
         Ok(Instance::new()
             .with::<dyn PlatformRuntime>(Arc::new(manager.clone()))
             .with::<TaskManager>(Arc::new(manager))
-            .export("state", state))
+            .export("state", state)
+            .on_shutdown(move || async move { closing.close_pool().await }))
     })
     .requires(&[PluginType::Event])
     .config::<Config>()
@@ -113,6 +134,10 @@ struct Inner {
     /// Ids being created (so two creates of one id cannot race).
     pending: Mutex<HashSet<Key>>,
     conns: Mutex<HashMap<String, Weak<ShimConn>>>,
+    pool: Mutex<pool::Pool>,
+    /// Live pool shims' dirs, by shim pid (removed when the shim exits).
+    pool_dirs: Mutex<HashMap<u32, pool::PoolDir>>,
+    pool_seq: AtomicU64,
     shim_start: prometheus::Histogram,
     task_create: prometheus::Histogram,
 }
@@ -171,6 +196,9 @@ impl TaskManager {
                 tasks: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashSet::new()),
                 conns: Mutex::new(HashMap::new()),
+                pool: Mutex::new(pool::Pool::default()),
+                pool_dirs: Mutex::new(HashMap::new()),
+                pool_seq: AtomicU64::new(0),
                 shim_start: histogram(
                     "taskd_shim_start_duration_seconds",
                     "Time to run `<shim> start` and connect to the shim",
@@ -205,7 +233,7 @@ impl TaskManager {
         };
         for ns in namespaces.flatten() {
             let ns_name = ns.file_name().to_string_lossy().into_owned();
-            if !ns.path().is_dir() {
+            if !ns.path().is_dir() || ns_name == pool::POOL_DIR {
                 continue;
             }
             let Ok(bundles) = std::fs::read_dir(ns.path()) else {
@@ -222,8 +250,24 @@ impl TaskManager {
                 }
             }
         }
+        // After the tasks: a pool shim that serves a recovered task is known by now.
+        inner.load_pool().await;
         let n = lock(&inner.tasks).len();
         tracing::info!(tasks = n, "runtime recovery done");
+    }
+
+    /// Daemon shutdown: stops the idle pool shims (never a shim that serves a task) and
+    /// starts no more.
+    pub async fn close_pool(&self) {
+        self.inner.close_pool(Duration::from_secs(3)).await;
+    }
+
+    /// The pids of the live pool shims this manager started or found (idle or serving a
+    /// task), for tests and introspection.
+    pub fn pool_shim_pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = lock(&self.inner.pool_dirs).keys().copied().collect();
+        v.sort_unstable();
+        v
     }
 
     /// Every task, with its shim-side object (tests and introspection).
@@ -335,6 +379,7 @@ impl Inner {
             tracing::warn!(namespace = %t.namespace, id = %t.id, shim_pid, "shim died, cleaning up");
             self.cleanup_dead(&t.binary, &t.bundle, t.pid(), Some(&t)).await;
         }
+        self.pool_shim_died(shim_pid);
         shim::remove_stale_socket(address);
     }
 
@@ -503,18 +548,34 @@ impl Inner {
                 field: "spec",
                 reason: "the container has no OCI spec".into(),
             })?;
+        let poolable = self.config.shim_pool_size > 0 && pool::eligible(&opts, &spec);
         let b = Bundle::create(&self.state, &self.root, ns, id, &spec)?;
         let mut rollback = Rollback {
             bundle: Some(&b),
             task: None,
         };
-        let result = self.create_in(&b, &binary, &opts, &mut rollback).await;
+        let result = self.create_in(&b, &binary, &opts, poolable, &mut rollback).await;
         match result {
             Ok(t) => {
                 rollback.bundle = None;
                 rollback.task = None;
                 lock(&self.tasks).insert(key, t.clone());
                 self.task_create.observe(began.elapsed().as_secs_f64());
+                if poolable {
+                    // After this task's `runc create`, so the next one finds a warm shim. A
+                    // taken warm shim usually comes back when its task is deleted: the
+                    // refill then waits a little for that.
+                    let took_warm = t
+                        .conn
+                        .as_ref()
+                        .is_some_and(|c| lock(&self.pool_dirs).contains_key(&c.shim_pid));
+                    let delay = if took_warm {
+                        pool::REFILL_DELAY
+                    } else {
+                        Duration::ZERO
+                    };
+                    self.refill(ns, &binary, delay);
+                }
                 Ok(t)
             }
             Err(e) => match rollback.run().await {
@@ -532,11 +593,23 @@ impl Inner {
         b: &'a Bundle,
         binary: &Path,
         opts: &CreateOpts,
+        poolable: bool,
         rollback: &mut Rollback<'a>,
     ) -> Result<Arc<ShimTask>> {
         b.write(bundle::SHIM_BINARY_PATH, binary.to_string_lossy().as_bytes())?;
         b.write(bundle::RUNTIME, opts.runtime.as_bytes())?;
-        let log = self.spawn_log_reader(b);
+        // A warm pool shim logs into its pool dir's fifo, which taskd reads until it exits.
+        let warm = if poolable {
+            self.take_warm(&b.namespace, binary)
+        } else {
+            None
+        };
+        let warm_taken = warm.is_some();
+        let log = if warm_taken {
+            None
+        } else {
+            self.spawn_log_reader(b)
+        };
         let topts = opts.task_options.as_ref().or(opts.runtime_options.as_ref());
         let started = Instant::now();
         // A container of a pod whose sandbox task runs here goes to the sandbox's shim
@@ -548,17 +621,22 @@ impl Inner {
             .and_then(|s| bundle::sandbox_id_of(&s.value))
             .filter(|sb| *sb != b.id)
             .and_then(|sb| self.live_conn(&b.namespace, &sb, binary));
-        let (address, shim_started, conn) = match sandbox_conn {
-            Some(conn) => {
+        let (address, shim_started, conn) = match (sandbox_conn, warm) {
+            (Some(conn), _) => {
                 tracing::debug!(id = %b.id, address = %conn.address, "reusing the sandbox's shim");
                 (conn.address.clone(), Duration::ZERO, Some(conn))
             }
-            None => {
+            (None, Some(w)) => {
+                tracing::debug!(id = %b.id, pool_id = %w.id, pid = w.conn.shim_pid, "taking a warm pool shim");
+                (w.conn.address.clone(), Duration::ZERO, Some(w.conn))
+            }
+            (None, None) => {
                 let address = binary::start(binary, b, &self.addrs, topts).await?;
                 (address, started.elapsed(), None)
             }
         };
         let reused = conn.is_some();
+        let warm_conn = conn.clone().filter(|_| warm_taken);
         let connected = async {
             if b.read(bundle::ADDRESS)?.is_none() {
                 b.write(bundle::ADDRESS, address.as_bytes())?;
@@ -572,7 +650,10 @@ impl Inner {
         let conn = match connected {
             Ok(conn) => conn,
             Err(e) => {
-                if !reused {
+                if let Some(c) = warm_conn {
+                    // Nothing was created in it: it serves nothing, so it exits.
+                    shim::shutdown_idle(&c, &b.namespace).await;
+                } else if !reused {
                     self.abandon_shim(binary, b, &address).await;
                 }
                 return Err(e);
@@ -689,7 +770,7 @@ impl Inner {
         t.conn.clone().filter(|c| shim::pid_alive(c.shim_pid))
     }
 
-    async fn delete(&self, ns: &str, id: &str) -> Result<Exit> {
+    async fn delete(self: &Arc<Self>, ns: &str, id: &str) -> Result<Exit> {
         let key = (ns.to_owned(), id.to_owned());
         let t = lock(&self.tasks)
             .get(&key)
@@ -718,13 +799,13 @@ impl Inner {
             }
             Err(e) if crate::errdefs::ErrorKind::kind(&e) == crate::errdefs::Kind::NotFound => {
                 // The shim no longer knows the task: finish the cleanup, report not found.
-                self.forget(&key, &t).await;
+                self.forget(&key, &t, false).await;
                 return Err(e);
             }
             Err(e) => return Err(e),
         };
         let deleted = began.elapsed();
-        let (shutdown, removed) = self.forget(&key, &t).await;
+        let (shutdown, removed) = self.forget(&key, &t, true).await;
         tracing::debug!(
             namespace = ns,
             id,
@@ -736,12 +817,15 @@ impl Inner {
         Ok(exit)
     }
 
-    /// Drops the task, asks its shim to shut down and removes the bundle; returns how long
-    /// the Shutdown call and the bundle removal took (for the debug log).
-    async fn forget(&self, key: &Key, t: &Arc<ShimTask>) -> (Duration, Duration) {
+    /// Drops the task, asks its shim to shut down (or, after a clean delete, gives a warm
+    /// pool shim back to the pool) and removes the bundle; returns how long the Shutdown call
+    /// and the bundle removal took (for the debug log).
+    async fn forget(self: &Arc<Self>, key: &Key, t: &Arc<ShimTask>, recycle: bool) -> (Duration, Duration) {
         lock(&self.tasks).remove(key);
         let began = Instant::now();
-        t.shutdown_shim().await;
+        if !(recycle && self.recycle(t)) {
+            t.shutdown_shim().await;
+        }
         let shutdown = began.elapsed();
         t.stop_log();
         if let Err(e) = t.bundle.delete() {
@@ -843,7 +927,10 @@ impl StateCollector {
             prometheus::Opts::new("taskd_tasks", "Tasks known to the runtime, by state"),
             &["state"],
         )?;
-        let shims = prometheus::IntGauge::new("taskd_shims_running", "Shim processes taskd is connected to")?;
+        let shims = prometheus::IntGauge::new(
+            "taskd_shims_running",
+            "Shim processes taskd is connected to (idle warm pool shims included)",
+        )?;
         let mut descs: Vec<Desc> = tasks.desc().into_iter().cloned().collect();
         descs.extend(shims.desc().into_iter().cloned());
         Ok(StateCollector { inner, descs })
@@ -862,9 +949,10 @@ impl Collector for StateCollector {
         ) else {
             return Vec::new();
         };
-        let Ok(shims) =
-            prometheus::IntGauge::new("taskd_shims_running", "Shim processes taskd is connected to")
-        else {
+        let Ok(shims) = prometheus::IntGauge::new(
+            "taskd_shims_running",
+            "Shim processes taskd is connected to (idle warm pool shims included)",
+        ) else {
             return Vec::new();
         };
         if let Some(inner) = self.inner.upgrade() {

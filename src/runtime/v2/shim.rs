@@ -260,6 +260,16 @@ pub fn remove_stale_socket(address: &str) {
     }
 }
 
+/// Asks a shim that serves no task to exit (errors are expected: it closes the connection
+/// as it goes).
+pub async fn shutdown_idle(conn: &ShimConn, namespace: &str) {
+    let req = pb::ShutdownRequest::default();
+    let ctx = context(namespace, Some(Duration::from_secs(5)));
+    if let Err(e) = conn.client.shutdown(ctx, &req).await {
+        tracing::debug!(address = %conn.address, error = %e, "shim shutdown");
+    }
+}
+
 /// Whether `pid` is alive and not a zombie (for the scrape-time task gauge).
 pub fn pid_alive(pid: u32) -> bool {
     if pid == 0 {

@@ -1,0 +1,573 @@
+//! The warm shim pool: shims started ahead of need, so a task's create skips `<shim> start`
+//! and the connect (`shim_pool_size`, default 1; 0 disables).
+//!
+//! - Per (namespace, shim binary), up to `shim_pool_size` idle shims, each started with a
+//!   pool id in its own dir `<state>/.pool/<ns>/<pool-id>/` (config.json `{}` so the runc
+//!   shim's `start` groups by the pool id, the `log` fifo the shim needs, `address`,
+//!   `shim.pid`). `.pool` cannot be a namespace, so recovery never takes it for bundles.
+//! - None exist before a namespace + runtime is first used: the first eligible create starts
+//!   its shim as usual and then fills the pool in the background (after its own `runc
+//!   create`, off its critical path).
+//! - A task takes a warm shim and sends Create with its own id and bundle, as the
+//!   containers of a pod do with their sandbox's shim; its bundle's `address` / `shim.pid`
+//!   name the shim, so recovery finds it. One task at a time: after the task's clean delete
+//!   (shim Delete done, so the shim serves nothing, as a pod's shim between containers) the
+//!   shim goes back to the pool if the pool has room, otherwise it shuts down as any other.
+//!   A refill after a take waits [`REFILL_DELAY`] for that, so a run-and-remove loop starts
+//!   no shim at all; a long-running task's pool is refilled after that delay.
+//! - Only creates that a fresh `<shim> start` would give a shim of its own use the pool: no
+//!   grouping annotation, and no runtime options that `start` acts on (a shim cgroup).
+//! - A pool dir lives as long as its shim: removed when the shim exits (its pidfd watcher),
+//!   on the idle timeout (Shutdown), on daemon shutdown (Shutdown of every idle one), and
+//!   at recovery (idle ones are shut down; one that serves a recovered task keeps its dir
+//!   until it exits).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use taskd_proto::ttrpc::v2::{shim as pb, shim_ttrpc::TaskClient};
+use tokio::task::JoinHandle;
+
+use super::bundle::{self, Bundle};
+use super::shim::{self, ShimConn};
+use super::{Inner, binary, lock};
+use crate::runtime::{CreateOpts, Result, RuntimeError};
+
+/// The pool's dir under the runtime's state dir (not a valid namespace name).
+pub const POOL_DIR: &str = ".pool";
+
+/// How long a pool shim gets to exit after Shutdown before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// After a create took a warm shim, how long the refill waits for that shim to come back
+/// (its task deleted) before it starts a new one.
+pub const REFILL_DELAY: Duration = Duration::from_secs(1);
+
+/// (namespace, shim binary).
+type PoolKey = (String, PathBuf);
+
+/// The pool's in-memory state.
+#[derive(Default)]
+pub(super) struct Pool {
+    idle: HashMap<PoolKey, Vec<Warm>>,
+    starting: HashMap<PoolKey, usize>,
+    /// Set on daemon shutdown: nothing is added any more.
+    closed: bool,
+}
+
+/// An idle, connected pool shim.
+pub(super) struct Warm {
+    pub id: String,
+    pub conn: Arc<ShimConn>,
+    /// Which idle period this is (the idle timer of an earlier one must not stop it).
+    idle_gen: u64,
+}
+
+/// A live pool shim's dir and the reader of its log fifo (kept until the shim exits).
+pub(super) struct PoolDir {
+    pub dir: PathBuf,
+    pub log: Option<JoinHandle<()>>,
+    /// Its pool id and key, when it may go back to the pool after its task.
+    pub origin: Option<(String, PoolKey)>,
+}
+
+impl PoolDir {
+    fn remove(self) {
+        if let Some(log) = self.log {
+            log.abort();
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.dir.display(), error = %e, "remove pool shim dir");
+        }
+    }
+}
+
+/// Whether a fresh `<shim> start` for this create would give it a shim of its own, with
+/// nothing from the request applied at start: no grouping annotation in the spec, and no
+/// runtime options other than runc options without a shim cgroup.
+pub(super) fn eligible(opts: &CreateOpts, spec: &[u8]) -> bool {
+    if bundle::grouped(spec) {
+        return false;
+    }
+    let topts = opts.task_options.as_ref().or(opts.runtime_options.as_ref());
+    match topts {
+        None => true,
+        Some(any) => {
+            let name = any.type_url.rsplit('/').next().unwrap_or_default();
+            name == "containerd.runc.v1.Options"
+                && <taskd_proto::containerd::types::runc::options::Options as prost::Message>::decode(
+                    any.value.as_slice(),
+                )
+                .is_ok_and(|o| o.shim_cgroup.is_empty())
+        }
+    }
+}
+
+fn pool_id(seq: u64) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("pool-{nanos:x}-{seq}")
+}
+
+fn create_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(parent)?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    std::fs::write(dir.join(bundle::CONFIG), b"{}")?;
+    nix::unistd::mkfifo(
+        &dir.join(bundle::LOG),
+        nix::sys::stat::Mode::from_bits_truncate(0o700),
+    )?;
+    Ok(())
+}
+
+impl Inner {
+    pub(super) fn pool_root(&self) -> PathBuf {
+        self.state.join(POOL_DIR)
+    }
+
+    /// An idle pool shim for `ns` + `binary`, if one is ready.
+    pub(super) fn take_warm(&self, ns: &str, binary: &Path) -> Option<Warm> {
+        let mut pool = lock(&self.pool);
+        let list = pool.idle.get_mut(&(ns.to_owned(), binary.to_path_buf()))?;
+        while let Some(w) = list.pop() {
+            if shim::pid_alive(w.conn.shim_pid) {
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// Starts pool shims in the background (after `delay`) until `ns` + `binary` has
+    /// `shim_pool_size` idle or starting ones.
+    pub(super) fn refill(self: &Arc<Self>, ns: &str, binary: &Path, delay: Duration) {
+        let size = self.config.shim_pool_size;
+        if size == 0 {
+            return;
+        }
+        if !delay.is_zero() {
+            let weak = Arc::downgrade(self);
+            let (ns, binary) = (ns.to_owned(), binary.to_path_buf());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Some(inner) = weak.upgrade() {
+                    inner.refill(&ns, &binary, Duration::ZERO);
+                }
+            });
+            return;
+        }
+        let key = (ns.to_owned(), binary.to_path_buf());
+        let missing = {
+            let mut pool = lock(&self.pool);
+            if pool.closed {
+                return;
+            }
+            let have =
+                pool.idle.get(&key).map_or(0, Vec::len) + pool.starting.get(&key).copied().unwrap_or(0);
+            let missing = size.saturating_sub(have);
+            if missing > 0 {
+                *pool.starting.entry(key.clone()).or_default() += missing;
+            }
+            missing
+        };
+        for _ in 0..missing {
+            let inner = self.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                let started = inner.start_warm(&key.0, &key.1).await;
+                inner.warm_ready(key, started).await;
+            });
+        }
+    }
+
+    /// `<shim> start` in a new pool dir, connect, remember the dir.
+    async fn start_warm(self: &Arc<Self>, ns: &str, binary: &Path) -> Result<Warm> {
+        let seq = self.pool_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = pool_id(seq);
+        let dir = self.pool_root().join(ns).join(&id);
+        create_dir(&dir).map_err(|source| RuntimeError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let b = Bundle {
+            namespace: ns.to_owned(),
+            id: id.clone(),
+            path: dir.clone(),
+            work: dir.clone(),
+        };
+        b.write(bundle::SHIM_BINARY_PATH, binary.to_string_lossy().as_bytes())?;
+        let log = self.spawn_log_reader(&b);
+        let pool_dir = PoolDir {
+            dir,
+            log,
+            origin: Some((id.clone(), (ns.to_owned(), binary.to_path_buf()))),
+        };
+        let address = match binary::start(binary, &b, &self.addrs, None).await {
+            Ok(a) => a,
+            Err(e) => {
+                for pid in shim::shim_pids_in(&b.path, ns, &id) {
+                    let _ = shim::kill_pid(pid, STOP_WAIT).await;
+                }
+                pool_dir.remove();
+                return Err(e);
+            }
+        };
+        match self.connect(&address, ns, &id).await {
+            Ok((conn, _)) => {
+                if let Err(e) = b.write(bundle::SHIM_PID, conn.shim_pid.to_string().as_bytes()) {
+                    tracing::debug!(id, error = %e, "write pool shim.pid");
+                }
+                lock(&self.pool_dirs).insert(conn.shim_pid, pool_dir);
+                if !shim::pid_alive(conn.shim_pid) {
+                    // Died before its dir was known: its watcher may have missed the dir.
+                    if let Some(d) = lock(&self.pool_dirs).remove(&conn.shim_pid) {
+                        d.remove();
+                    }
+                }
+                Ok(Warm {
+                    id,
+                    conn,
+                    idle_gen: 0,
+                })
+            }
+            Err(e) => {
+                self.abandon_shim(binary, &b, &address).await;
+                pool_dir.remove();
+                Err(e)
+            }
+        }
+    }
+
+    /// A background start finished: add the shim to the idle list (with its idle timer),
+    /// or stop it when the pool was closed meanwhile.
+    async fn warm_ready(self: &Arc<Self>, key: PoolKey, started: Result<Warm>) {
+        let closed_out = {
+            let mut pool = lock(&self.pool);
+            if let Some(n) = pool.starting.get_mut(&key) {
+                *n = n.saturating_sub(1);
+            }
+            match started {
+                Err(e) => {
+                    tracing::warn!(namespace = %key.0, shim = %key.1.display(), error = %e, "pool shim start failed");
+                    return;
+                }
+                Ok(w) if pool.closed => Some(w),
+                Ok(mut w) => {
+                    tracing::debug!(namespace = %key.0, id = %w.id, pid = w.conn.shim_pid, "pool shim ready");
+                    w.idle_gen = self.arm_idle_timer(&key);
+                    pool.idle.entry(key.clone()).or_default().push(w);
+                    None
+                }
+            }
+        };
+        if let Some(w) = closed_out {
+            self.stop_warm(&key.0, w).await;
+        }
+    }
+
+    /// Starts the idle timer of a shim going idle now; returns the idle period's number.
+    fn arm_idle_timer(self: &Arc<Self>, key: &PoolKey) -> u64 {
+        let idle_gen = self.pool_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let weak = Arc::downgrade(self);
+        let key = key.clone();
+        let timeout = self.config.shim_pool_idle_timeout.0;
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let w = {
+                let mut pool = lock(&inner.pool);
+                let list = pool.idle.get_mut(&key);
+                list.and_then(|l| {
+                    let i = l.iter().position(|w| w.idle_gen == idle_gen)?;
+                    Some(l.remove(i))
+                })
+            };
+            if let Some(w) = w {
+                tracing::debug!(namespace = %key.0, id = %w.id, pid = w.conn.shim_pid, "idle pool shim timed out");
+                inner.stop_warm(&key.0, w).await;
+            }
+        });
+        idle_gen
+    }
+
+    /// Shutdown of an idle pool shim; killed if it does not exit in time. Its dir and socket
+    /// are removed.
+    async fn stop_warm(&self, ns: &str, w: Warm) {
+        let pid = w.conn.shim_pid;
+        if !stop_idle(&w.conn.client, ns, &w.id, pid, true).await {
+            return;
+        }
+        if let Some(d) = lock(&self.pool_dirs).remove(&pid) {
+            d.remove();
+        }
+        shim::remove_stale_socket(&w.conn.address);
+    }
+
+    /// After a clean delete of `t`: when its shim is a pool shim that now serves nothing and
+    /// the pool has room, it goes back to the pool (idle, with a new idle timer) instead of
+    /// shutting down. Whether it did.
+    pub(super) fn recycle(self: &Arc<Self>, t: &super::ShimTask) -> bool {
+        let Some(conn) = &t.conn else { return false };
+        let pid = conn.shim_pid;
+        let Some((id, key)) = lock(&self.pool_dirs).get(&pid).and_then(|d| d.origin.clone()) else {
+            return false;
+        };
+        let serving = lock(&self.tasks)
+            .values()
+            .any(|o| o.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)));
+        if serving || !shim::pid_alive(pid) {
+            return false;
+        }
+        let mut pool = lock(&self.pool);
+        let have = pool.idle.get(&key).map_or(0, Vec::len) + pool.starting.get(&key).copied().unwrap_or(0);
+        if pool.closed || have >= self.config.shim_pool_size {
+            return false;
+        }
+        tracing::debug!(namespace = %key.0, task = %t.id, id = %id, pid, "pool shim back in the pool");
+        let idle_gen = self.arm_idle_timer(&key);
+        pool.idle.entry(key).or_default().push(Warm {
+            id,
+            conn: conn.clone(),
+            idle_gen,
+        });
+        true
+    }
+
+    /// The pool shim `pid` exited: forget it and remove its dir.
+    pub(super) fn pool_shim_died(&self, pid: u32) {
+        if let Some(d) = lock(&self.pool_dirs).remove(&pid) {
+            d.remove();
+        }
+        for list in lock(&self.pool).idle.values_mut() {
+            list.retain(|w| w.conn.shim_pid != pid);
+        }
+    }
+
+    /// Daemon shutdown: no more pool shims; every idle one is shut down (never a shim that
+    /// serves a task).
+    pub(super) async fn close_pool(&self, wait_starting: Duration) {
+        lock(&self.pool).closed = true;
+        let deadline = tokio::time::Instant::now() + wait_starting;
+        while lock(&self.pool).starting.values().any(|n| *n > 0) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let idle: Vec<(PoolKey, Warm)> = lock(&self.pool)
+            .idle
+            .drain()
+            .flat_map(|(k, v)| v.into_iter().map(move |w| (k.clone(), w)))
+            .collect();
+        let n = idle.len();
+        futures::future::join_all(
+            idle.into_iter()
+                .map(|(k, w)| async move { self.stop_warm(&k.0, w).await }),
+        )
+        .await;
+        if n > 0 {
+            tracing::info!(shims = n, "idle pool shims stopped");
+        }
+    }
+
+    /// Recovery: every pool dir left by an earlier run. A shim that serves a recovered task
+    /// (its address is a known connection) keeps its dir until it exits; any other is shut
+    /// down (an idle pool shim is never taken for a task) and its dir removed.
+    pub(super) async fn load_pool(self: &Arc<Self>) {
+        let root = self.pool_root();
+        let Ok(namespaces) = std::fs::read_dir(&root) else {
+            return;
+        };
+        for ns in namespaces.flatten() {
+            let ns_name = ns.file_name().to_string_lossy().into_owned();
+            let Ok(dirs) = std::fs::read_dir(ns.path()) else {
+                continue;
+            };
+            for d in dirs.flatten() {
+                let id = d.file_name().to_string_lossy().into_owned();
+                self.load_pool_dir(&ns_name, &id, d.path()).await;
+            }
+            let _ = std::fs::remove_dir(ns.path());
+        }
+    }
+
+    async fn load_pool_dir(self: &Arc<Self>, ns: &str, id: &str, dir: PathBuf) {
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .map(|s| s.trim().to_owned())
+        };
+        let address = read(bundle::ADDRESS);
+        let pid = read(bundle::SHIM_PID)
+            .and_then(|p| p.parse::<u32>().ok())
+            .filter(|p| *p > 1);
+        let in_use = address
+            .as_ref()
+            .and_then(|a| lock(&self.conns).get(a).and_then(std::sync::Weak::upgrade));
+        if let Some(conn) = in_use {
+            tracing::info!(
+                namespace = ns,
+                id,
+                pid = conn.shim_pid,
+                "pool shim serves a recovered task"
+            );
+            let b = Bundle {
+                namespace: ns.to_owned(),
+                id: id.to_owned(),
+                path: dir.clone(),
+                work: dir.clone(),
+            };
+            let log = self.spawn_log_reader(&b);
+            let origin = read(bundle::SHIM_BINARY_PATH)
+                .map(|bin| (id.to_owned(), (ns.to_owned(), PathBuf::from(bin))));
+            lock(&self.pool_dirs).insert(conn.shim_pid, PoolDir { dir, log, origin });
+            if !shim::pid_alive(conn.shim_pid)
+                && let Some(d) = lock(&self.pool_dirs).remove(&conn.shim_pid)
+            {
+                d.remove();
+            }
+            return;
+        }
+        let mut stopped = false;
+        if let (Some(address), Some(pid)) = (&address, pid)
+            && shim::pid_alive(pid)
+        {
+            let connected = tokio::time::timeout(STOP_WAIT, ttrpc::r#async::Client::connect(address)).await;
+            if let Ok(Ok(c)) = connected {
+                if !stop_idle(&TaskClient::new(c), ns, id, pid, false).await {
+                    // It serves something after all (a task recovery skipped): leave it.
+                    tracing::warn!(
+                        namespace = ns,
+                        id,
+                        pid,
+                        "pool shim ignored Shutdown, left running"
+                    );
+                    return;
+                }
+                stopped = true;
+            }
+        }
+        if !stopped {
+            // Never connected, or unreachable: kill whatever runs in the dir.
+            let mut pids = shim::shim_pids_in(&dir, ns, id);
+            pids.extend(pid.filter(|p| !pids.contains(p) && shim::pid_alive(*p)));
+            for p in pids {
+                let serving = lock(&self.conns)
+                    .values()
+                    .filter_map(std::sync::Weak::upgrade)
+                    .any(|c| c.shim_pid == p);
+                if !serving && let Err(e) = shim::kill_pid(p, STOP_WAIT).await {
+                    tracing::warn!(namespace = ns, id, pid = p, error = %e, "kill stale pool shim");
+                }
+            }
+        }
+        if let Some(address) = &address {
+            shim::remove_stale_socket(address);
+        }
+        tracing::info!(namespace = ns, id, "stale pool shim cleaned up");
+        PoolDir {
+            dir,
+            log: None,
+            origin: None,
+        }
+        .remove();
+    }
+}
+
+/// Shutdown of a shim that serves no task (the runc shim exits; one that does serve a task
+/// ignores it), then wait for `pid` to exit; when it has not after [`STOP_WAIT`], SIGKILL it
+/// if `kill` (a shim known idle). Whether it is gone.
+async fn stop_idle(client: &TaskClient, ns: &str, id: &str, pid: u32, kill: bool) -> bool {
+    let req = pb::ShutdownRequest {
+        id: id.to_owned(),
+        ..Default::default()
+    };
+    if let Err(e) = client.shutdown(shim::context(ns, Some(STOP_WAIT)), &req).await {
+        tracing::debug!(id, error = %e, "pool shim shutdown");
+    }
+    if tokio::time::timeout(STOP_WAIT, shim::wait_pid_exit(pid))
+        .await
+        .is_ok()
+    {
+        return true;
+    }
+    if !kill {
+        return false;
+    }
+    tracing::warn!(id, pid, "pool shim did not exit after Shutdown, killing it");
+    match shim::kill_pid(pid, STOP_WAIT).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(id, pid, error = %e, "kill pool shim");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+    use taskd_proto::containerd::types::runc::options::Options;
+
+    fn runc_options(o: Options) -> prost_types::Any {
+        prost_types::Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: o.encode_to_vec(),
+        }
+    }
+
+    #[test]
+    fn only_creates_that_start_would_give_a_shim_of_their_own() {
+        let plain = CreateOpts::default();
+        assert!(eligible(&plain, b"{}"));
+        // ctr sends empty runc options; a BinaryName etc. are per container (Create), fine.
+        let ctr = CreateOpts {
+            runtime_options: Some(runc_options(Options {
+                binary_name: "runc".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(eligible(&ctr, b"{}"));
+        // `start` puts the shim in a cgroup: a warm shim is not in it.
+        let cgroup = CreateOpts {
+            task_options: Some(runc_options(Options {
+                shim_cgroup: "/pod".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(!eligible(&cgroup, b"{}"));
+        let unknown = CreateOpts {
+            runtime_options: Some(prost_types::Any {
+                type_url: "example.com/Other".into(),
+                value: vec![1, 2],
+            }),
+            ..Default::default()
+        };
+        assert!(!eligible(&unknown, b"{}"));
+        // Grouped by annotation: the shim is the group's.
+        assert!(!eligible(
+            &plain,
+            br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#
+        ));
+        assert!(!eligible(&plain, b"not json"));
+    }
+
+    #[test]
+    fn pool_ids_are_valid_identifiers_and_distinct() {
+        let (a, b) = (pool_id(0), pool_id(1));
+        assert_ne!(a, b);
+        crate::identifiers::validate("id", &a).unwrap();
+    }
+}
