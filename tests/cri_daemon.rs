@@ -1179,7 +1179,7 @@ async fn probes_stats_metrics_and_events_through_the_client() {
         while let Some(m) = s.message().await.unwrap() {
             ids.extend(m.pod_sandbox_metrics.into_iter().map(|p| p.pod_sandbox_id));
         }
-        assert_eq!(ids, [pod.clone()]);
+        assert_eq!(ids, std::slice::from_ref(&pod));
         c.update_pod_sandbox_resources(t::UpdatePodSandboxResourcesRequest {
             pod_sandbox_id: pod.clone(),
             resources: Some(t::LinuxContainerResources {

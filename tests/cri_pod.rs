@@ -213,8 +213,11 @@ async fn world() -> World {
         }),
     ));
 
-    let octet = 220 + (std::process::id() % 30) as u8;
-    let bridge = format!("tkp{}", std::process::id() % 100_000);
+    // Tests in this binary run in parallel: each world has its own bridge and subnet.
+    static WORLDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = WORLDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let octet = 220 + ((std::process::id() + n * 7) % 30) as u8;
+    let bridge = format!("tkp{}-{n}", std::process::id() % 100_000);
     let conf_dir = dir.path().join("net.d");
     std::fs::create_dir_all(&conf_dir).unwrap();
     std::fs::write(
