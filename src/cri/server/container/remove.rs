@@ -35,6 +35,10 @@ impl CriService {
             io.release().await;
         }
         let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
+        self.cpu_samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&c.id);
         let last = self.containers.remove(&c.id);
         if last.is_some() {
             self.emit_container_event(&c.id, &c.sandbox_id, ContainerEventType::ContainerDeletedEvent);

@@ -43,6 +43,10 @@ impl CriService {
         {
             tracing::warn!(error = %e, dir = %dir.display(), "remove pod files");
         }
+        self.cpu_samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&super::stats::sample_key(&s.id));
         self.sandboxes.remove(&s.id);
         tracing::info!(sandbox = %s.id, "pod sandbox removed");
         Ok(RemovePodSandboxResponse {})

@@ -24,6 +24,11 @@ use crate::cri::store::container::{Container, ContainerState};
 use crate::cri::store::sandbox::{Sandbox, SandboxState};
 use crate::cri::{CriError, CriService};
 
+/// The key of a pod's previous CPU sample in `CriService::cpu_samples`.
+pub(crate) fn sample_key(pod_id: &str) -> String {
+    format!("pod/{pod_id}")
+}
+
 /// The interface kubelet treats as the pod's default one.
 const DEFAULT_INTERFACE: &str = "eth0";
 
@@ -127,7 +132,7 @@ impl CriService {
                         .collect();
                     if !parts.is_empty() {
                         let total = Sample::sum(parts);
-                        linux.cpu = self.cpu_usage(&format!("pod/{}", pod.id), &total, now);
+                        linux.cpu = self.cpu_usage(&sample_key(&pod.id), &total, now);
                         linux.memory = memory_usage(&total, ts);
                         linux.process = total.processes.map(|n| cri::ProcessUsage {
                             timestamp: ts,
