@@ -814,11 +814,10 @@ async fn cri_restart_recovers_pods_containers_logs_and_exits_while_down() {
     let (report, skipped) = w.restart_cri().await;
     assert_eq!(skipped, 1, "the corrupt record is skipped, not fatal");
     assert_eq!((report.sandboxes, report.ready), (1, 1), "{report:?}");
-    assert_eq!(
-        (report.containers, report.running, report.exited_while_down),
-        (3, 1, 1),
-        "{report:?}"
-    );
+    assert_eq!((report.containers, report.running), (3, 1), "{report:?}");
+    // The victim's exit is found by recovery, or (when its event reaches the new event loop
+    // first) by the loop: either way it is EXITED below and reported to late subscribers.
+    assert!(report.exited_while_down <= 1, "{report:?}");
 
     let sb = w.svc.sandboxes.get(&pod).unwrap();
     assert!(sb.state.is_ready());

@@ -6,7 +6,8 @@
 //!   /tasks/exit {container_id, id, ...}  init process only (id == container_id):
 //!                 a container → EXITED with exit code, finish time, reason
 //!                               (OOMKilled | Completed | Error), pid 0;
-//!                               GetContainerEvents: CONTAINER_STOPPED
+//!                               GetContainerEvents: CONTAINER_STOPPED (replayed to later
+//!                               subscribers when it exited before this taskd started)
 //!                 a sandbox   → NotReady (the pause process is gone)
 //! ```
 //!
@@ -92,11 +93,18 @@ fn exited(svc: &CriService, e: &TaskExit) {
         Ok(changed) => {
             if let Some(sandbox_id) = changed {
                 tracing::info!(container = %e.container_id, exit_status = code, "container exited");
-                svc.emit_container_event(
+                let ev = svc.container_event(
                     &e.container_id,
                     &sandbox_id,
                     ContainerEventType::ContainerStoppedEvent,
                 );
+                if at < svc.started_at {
+                    // It exited while taskd was down (the shim delivers the event late):
+                    // a recovery event, kept for subscribers that reconnect.
+                    svc.events.emit_recovered(ev);
+                } else {
+                    svc.events.emit(ev);
+                }
             }
             return;
         }

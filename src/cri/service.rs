@@ -45,6 +45,8 @@ pub struct CriService {
     pub min_oom_score_adj: i32,
     /// Pod start and image pull metrics.
     pub metrics: super::metrics::CriMetrics,
+    /// When this instance was made: an exit from before it is one found at recovery.
+    pub started_at: std::time::SystemTime,
     /// The last CPU sample per container (time, cumulative ns), for `usage_nano_cores`.
     pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (std::time::SystemTime, u64)>>,
 }
@@ -61,6 +63,7 @@ impl CriService {
             ios: std::sync::Mutex::new(std::collections::HashMap::new()),
             min_oom_score_adj: own_oom_score_adj(),
             metrics: super::metrics::CriMetrics::new().expect("static metric definitions are valid"),
+            started_at: std::time::SystemTime::now(),
             cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
             sandboxes: Store::default(),
             containers: Store::default(),
