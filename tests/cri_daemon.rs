@@ -126,7 +126,7 @@ impl World {
             .prefix("taskd-cri-daemon")
             .tempdir()
             .unwrap();
-        let bridge = format!("tkq{}-{}", std::process::id() % 100_000, octet % 100);
+        let bridge = format!("tkq{}-{octet}", std::process::id() % 100_000);
         let conf_dir = dir.path().join("net.d");
         std::fs::create_dir(&conf_dir).unwrap();
         std::fs::write(
@@ -815,7 +815,7 @@ async fn node_restarts_keep_20_pods_and_report_what_exited_meanwhile() {
         return;
     }
     const PODS: usize = 20;
-    let mut w = World::new(180 + (std::process::id() % 20) as u8, "");
+    let mut w = World::new(220 + (std::process::id() % 20) as u8, "");
     let (mut rt, mut images) = w.clients().await;
     pull(&mut images, "busybox", None).await;
     let gate = w.dir.path().join("gate");
