@@ -1376,3 +1376,203 @@ async fn checkpoint_container_writes_the_archive_or_says_why_criu_cannot() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_options_security_context_resources_and_log_reopen() {
+    if !support::e2e("pod_options_security_context_resources_and_log_reopen") {
+        return;
+    }
+    let w = World::new(240 + (std::process::id() % 14) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let mut cfg = w.pod_config("opts");
+    cfg.hostname = "opts-host".into();
+    cfg.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.0.0.10".into()],
+        searches: vec!["svc.example".into()],
+        options: vec!["ndots:2".into()],
+    });
+    if let Some(l) = cfg.linux.as_mut() {
+        l.sysctls
+            .insert("net.ipv4.ip_unprivileged_port_start".into(), "80".into());
+    }
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    // DNS, hostname, a namespaced sysctl; run as 1234, read-only rootfs, no capabilities.
+    let mut locked = container_config(
+        "locked",
+        "cat /etc/resolv.conf; hostname; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; \
+         id -u; touch /x 2>/dev/null || echo READONLY; grep CapEff /proc/self/status; exec sleep 3600",
+    );
+    locked.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1234 }),
+            readonly_rootfs: true,
+            capabilities: Some(cri::Capability {
+                drop_capabilities: vec!["ALL".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let locked = create_and_start(&mut rt, &pod, &cfg, locked).await;
+    let log = w.dir.path().join("logs/opts/locked.log");
+    wait_for("the locked container's output", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("CapEff")
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    for want in [
+        "nameserver 10.0.0.10",
+        "search svc.example",
+        "options ndots:2",
+        "opts-host",
+        " 80\n",
+        " 1234\n",
+        "READONLY",
+        "CapEff:\t0000000000000000",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+
+    // UpdateContainerResources reaches the container's cgroup and its status.
+    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: locked.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_shares: 512,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("UpdateContainerResources");
+    let r = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: locked.clone(),
+            cmd: vec!["cat".into(), "/sys/fs/cgroup/memory/memory.limit_in_bytes".into()],
+            timeout: 30,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        (64u64 << 20).to_string()
+    );
+    let st = status(&mut rt, &locked).await;
+    assert_eq!(
+        st.resources
+            .and_then(|r| r.linux)
+            .map(|l| l.memory_limit_in_bytes),
+        Some(64 << 20)
+    );
+
+    // ReopenContainerLog: kubelet renames the file, asks for a reopen; output goes on in a
+    // new file at the same path.
+    let ticker = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        container_config("ticker", "while true; do echo tick; sleep 0.1; done"),
+    )
+    .await;
+    let tlog = w.dir.path().join("logs/opts/ticker.log");
+    wait_for("ticks", || async {
+        std::fs::read_to_string(&tlog)
+            .unwrap_or_default()
+            .contains("tick")
+    })
+    .await;
+    std::fs::rename(&tlog, tlog.with_extension("log.1")).unwrap();
+    rt.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: ticker.clone(),
+    })
+    .await
+    .expect("ReopenContainerLog");
+    wait_for("ticks in the new file", || async {
+        std::fs::read_to_string(&tlog).unwrap_or_default().lines().count() >= 3
+    })
+    .await;
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: ticker.clone(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    let e = rt
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: ticker.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        tonic::Code::FailedPrecondition,
+        "reopen on a stopped container: {e:?}"
+    );
+
+    // A hostNetwork pod sees the node's interfaces (this test's bridge among them).
+    let mut host_cfg = w.pod_config("hostnet");
+    if let Some(l) = host_cfg.linux.as_mut() {
+        l.security_context = Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let host_pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(host_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox hostNetwork")
+        .into_inner()
+        .pod_sandbox_id;
+    let mut c = container_config("net", "cat /proc/net/dev; exec sleep 3600");
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    create_and_start(&mut rt, &host_pod, &host_cfg, c).await;
+    let nlog = w.dir.path().join("logs/hostnet/net.log");
+    let bridge = w.bridge.clone();
+    wait_for("the node's interfaces", || async {
+        std::fs::read_to_string(&nlog)
+            .unwrap_or_default()
+            .contains(&bridge)
+    })
+    .await;
+
+    for p in [pod, host_pod] {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: p.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
+            .await
+            .unwrap();
+    }
+    assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
+    assert!(netns_pins(&w.d).is_empty());
+}
