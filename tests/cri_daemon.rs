@@ -67,22 +67,7 @@ impl Drop for World {
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
         // The pods' cgroup parent, once the kernel released the dead containers' cgroups.
-        let parent = self.cgroup_parent();
-        for _ in 0..100 {
-            let mut left = 0;
-            if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-                for c in controllers.flatten() {
-                    let p = c.path().join(parent.trim_start_matches('/'));
-                    if p.exists() && std::fs::remove_dir(&p).is_err() {
-                        left += 1;
-                    }
-                }
-            }
-            if left == 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        support::cleanup::remove_cgroup_parent(&self.cgroup_parent());
     }
 }
 

@@ -140,24 +140,8 @@ impl Drop for World {
             .args(["link", "del", &self.bridge])
             .output();
         support::cleanup::after_daemon(&self.dir.path().join("state"));
-        // The pods' parent cgroup (cgroup_parent of pod_config), once empty: the kernel
-        // releases a dead container's cgroup shortly after its last process, so retry.
-        let parent = cgroup_parent(self.dir.path());
-        for _ in 0..100 {
-            let mut left = 0;
-            if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-                for c in controllers.flatten() {
-                    let p = c.path().join(parent.trim_start_matches('/'));
-                    if p.exists() && std::fs::remove_dir(&p).is_err() {
-                        left += 1;
-                    }
-                }
-            }
-            if left == 0 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        // The pods' parent cgroup (cgroup_parent of pod_config).
+        support::cleanup::remove_cgroup_parent(&cgroup_parent(self.dir.path()));
     }
 }
 

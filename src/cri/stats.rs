@@ -15,6 +15,7 @@
 //! processes            pids.current                  pids.current
 //! ```
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use prost::Message;
@@ -168,6 +169,14 @@ impl Sample {
         }
         t
     }
+}
+
+/// The decodable samples among `stats`, by task id.
+pub fn decode_all(stats: &[crate::cri::controller::TaskStats]) -> HashMap<String, Sample> {
+    stats
+        .iter()
+        .filter_map(|t| Some((t.id.clone(), Sample::decode(t.data.as_ref()?)?)))
+        .collect()
 }
 
 /// One network interface's counters (`/proc/<pid>/net/dev`).

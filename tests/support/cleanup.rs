@@ -132,3 +132,24 @@ fn shim_delete(bin: &str, ns: &str, id: &str, bundle: &Path, address: &Path) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Removes the pods' parent cgroup `parent` (a cgroupfs path like `/taskd-test-…`) under
+/// every mounted controller, once empty: the kernel releases a dead container's cgroup
+/// shortly after its last process, so this retries for a few seconds.
+pub fn remove_cgroup_parent(parent: &str) {
+    for _ in 0..100 {
+        let mut left = 0;
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in controllers.flatten() {
+                let p = c.path().join(parent.trim_start_matches('/'));
+                if p.exists() && std::fs::remove_dir(&p).is_err() {
+                    left += 1;
+                }
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

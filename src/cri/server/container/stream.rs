@@ -1,12 +1,9 @@
-//! `StreamContainers`: ListContainers' answer, in chunks of [`CHUNK`] containers.
+//! `StreamContainers`: ListContainers's answer, in chunks of [`STREAM_CHUNK`](crate::cri::server::STREAM_CHUNK) containers.
 
 use taskd_proto::cri::v1::{ListContainersRequest, StreamContainersRequest, StreamContainersResponse};
 
-use crate::cri::server::BoxStream;
+use crate::cri::server::{BoxStream, chunked};
 use crate::cri::{CriError, CriService};
-
-/// Items per streamed message.
-pub const CHUNK: usize = 100;
 
 impl CriService {
     pub async fn stream_containers(
@@ -17,14 +14,8 @@ impl CriService {
             .list_containers(ListContainersRequest { filter: req.filter })
             .await?
             .containers;
-        let chunks: Vec<_> = items
-            .chunks(CHUNK)
-            .map(|c| {
-                Ok(StreamContainersResponse {
-                    containers: c.to_vec(),
-                })
-            })
-            .collect();
-        Ok(Box::pin(futures::stream::iter(chunks)))
+        Ok(chunked(items, |containers| StreamContainersResponse {
+            containers,
+        }))
     }
 }

@@ -1,12 +1,9 @@
-//! `StreamImages`: ListImages' answer, in chunks of [`CHUNK`] images.
+//! `StreamImages`: ListImages's answer, in chunks of [`STREAM_CHUNK`](crate::cri::server::STREAM_CHUNK) images.
 
 use taskd_proto::cri::v1::{ListImagesRequest, StreamImagesRequest, StreamImagesResponse};
 
-use crate::cri::server::BoxStream;
+use crate::cri::server::{BoxStream, chunked};
 use crate::cri::{CriError, CriService};
-
-/// Items per streamed message.
-pub const CHUNK: usize = 100;
 
 impl CriService {
     pub async fn stream_images(
@@ -17,10 +14,6 @@ impl CriService {
             .list_images(ListImagesRequest { filter: req.filter })
             .await?
             .images;
-        let chunks: Vec<_> = items
-            .chunks(CHUNK)
-            .map(|c| Ok(StreamImagesResponse { images: c.to_vec() }))
-            .collect();
-        Ok(Box::pin(futures::stream::iter(chunks)))
+        Ok(chunked(items, |images| StreamImagesResponse { images }))
     }
 }

@@ -20,7 +20,7 @@ use taskd_proto::cri::v1 as cri;
 
 use super::stats::pod_interfaces;
 use crate::cri::server::convert::nanos;
-use crate::cri::stats::{NetDev, Sample};
+use crate::cri::stats::{NetDev, Sample, decode_all};
 use crate::cri::store::container::{Container, ContainerState};
 use crate::cri::store::sandbox::{Sandbox, SandboxState};
 use crate::cri::{CriError, CriService};
@@ -365,12 +365,7 @@ impl CriService {
             .filter(|c| c.state == ContainerState::Running && pods.iter().any(|p| p.id == c.sandbox_id))
             .collect();
         let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
-        let samples: Vec<(String, Sample)> = runner
-            .stats(&ids)
-            .await?
-            .into_iter()
-            .filter_map(|t| Some((t.id.clone(), Sample::decode(t.data.as_ref()?)?)))
-            .collect();
+        let samples = decode_all(&runner.stats(&ids).await?);
         let now = SystemTime::now();
         let ts = nanos(Some(now));
         let pod_metrics = pods
@@ -381,10 +376,7 @@ impl CriService {
                 container_metrics: containers
                     .iter()
                     .filter(|c| c.sandbox_id == pod.id)
-                    .map(|c| {
-                        let sample = samples.iter().find(|(id, _)| id == &c.id).map(|(_, s)| s);
-                        container_metrics(pod, c, sample, now)
-                    })
+                    .map(|c| container_metrics(pod, c, samples.get(&c.id), now))
                     .collect(),
             })
             .collect();

@@ -19,7 +19,7 @@ use taskd_proto::cri::v1 as cri;
 
 use super::super::container::stats::{memory_usage, u};
 use crate::cri::server::convert::{labels_match, nanos};
-use crate::cri::stats::{NetDev, Sample, net_dev_of};
+use crate::cri::stats::{NetDev, Sample, decode_all, net_dev_of};
 use crate::cri::store::container::{Container, ContainerState};
 use crate::cri::store::sandbox::{Sandbox, SandboxState};
 use crate::cri::{CriError, CriService};
@@ -88,10 +88,7 @@ impl CriService {
             .collect();
         ids.extend(containers.iter().map(|c| c.id.clone()));
         let raw = runner.stats(&ids).await?;
-        let decoded = raw
-            .iter()
-            .filter_map(|t| Some((t.id.clone(), Sample::decode(t.data.as_ref()?)?)))
-            .collect();
+        let decoded = decode_all(&raw);
         Ok((raw, decoded))
     }
 

@@ -1,12 +1,9 @@
-//! `StreamPodSandboxes`: ListPodSandbox's answer, in chunks of [`CHUNK`] pods.
+//! `StreamPodSandboxes`: ListPodSandbox's answer, in chunks of [`STREAM_CHUNK`](crate::cri::server::STREAM_CHUNK) pods.
 
 use taskd_proto::cri::v1::{ListPodSandboxRequest, StreamPodSandboxesRequest, StreamPodSandboxesResponse};
 
-use crate::cri::server::BoxStream;
+use crate::cri::server::{BoxStream, chunked};
 use crate::cri::{CriError, CriService};
-
-/// Items per streamed message.
-pub const CHUNK: usize = 100;
 
 impl CriService {
     pub async fn stream_pod_sandboxes(
@@ -17,14 +14,8 @@ impl CriService {
             .list_pod_sandbox(ListPodSandboxRequest { filter: req.filter })
             .await?
             .items;
-        let chunks: Vec<_> = items
-            .chunks(CHUNK)
-            .map(|c| {
-                Ok(StreamPodSandboxesResponse {
-                    pod_sandboxes: c.to_vec(),
-                })
-            })
-            .collect();
-        Ok(Box::pin(futures::stream::iter(chunks)))
+        Ok(chunked(items, |pod_sandboxes| StreamPodSandboxesResponse {
+            pod_sandboxes,
+        }))
     }
 }
