@@ -171,11 +171,20 @@ impl Sample {
     }
 }
 
-/// The decodable samples among `stats`, by task id.
-pub fn decode_all(stats: &[crate::cri::controller::TaskStats]) -> HashMap<String, Sample> {
+/// The decodable samples among `stats`, with their sampling time, by task id (each payload
+/// decoded once, however many answers use it).
+pub fn decode_all(
+    stats: &[crate::cri::controller::TaskStats],
+) -> HashMap<String, (std::time::SystemTime, Sample)> {
     stats
         .iter()
-        .filter_map(|t| Some((t.id.clone(), Sample::decode(t.data.as_ref()?)?)))
+        .filter_map(|t| {
+            let sample = t.data.as_ref().and_then(Sample::decode);
+            if sample.is_none() {
+                tracing::debug!(task = %t.id, "task stats in a format CRI stats do not decode");
+            }
+            Some((t.id.clone(), (t.timestamp, sample?)))
+        })
         .collect()
 }
 

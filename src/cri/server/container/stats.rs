@@ -16,7 +16,7 @@
 use taskd_proto::cri::v1 as cri;
 
 use crate::cri::server::convert::{labels_match, nanos};
-use crate::cri::stats::Sample;
+use crate::cri::stats::{Sample, decode_all};
 use crate::cri::store::container::Container;
 use crate::cri::{CriError, CriService};
 
@@ -91,10 +91,11 @@ impl CriService {
         }
     }
 
+    /// `sample`: the container's task sample and its time (from `stats::decode_all`).
     pub(crate) fn to_stats(
         &self,
         c: &Container,
-        sample: Option<&crate::cri::controller::TaskStats>,
+        sample: Option<&(std::time::SystemTime, Sample)>,
     ) -> cri::ContainerStats {
         let mut out = cri::ContainerStats {
             attributes: Some(Self::attributes(c)),
@@ -102,17 +103,13 @@ impl CriService {
         };
         // A stopped task may still answer with its last cgroup numbers: only running
         // containers are sampled.
-        let Some(s) = sample.filter(|_| c.state == crate::cri::store::container::ContainerState::Running)
+        let Some((at, sample)) =
+            sample.filter(|_| c.state == crate::cri::store::container::ContainerState::Running)
         else {
             return out;
         };
-        let Some(sample) = s.data.as_ref().and_then(crate::cri::stats::Sample::decode) else {
-            tracing::debug!(container = %c.id, "container stats in a format CRI stats do not decode");
-            return out;
-        };
-        let ts = nanos(Some(s.timestamp));
-        out.cpu = self.cpu_usage(&c.id, &sample, s.timestamp);
-        out.memory = memory_usage(&sample, ts);
+        out.cpu = self.cpu_usage(&c.id, sample, *at);
+        out.memory = memory_usage(sample, nanos(Some(*at)));
         out
     }
 
@@ -122,8 +119,8 @@ impl CriService {
     ) -> Result<cri::ContainerStatsResponse, CriError> {
         let runner = self.container_runtime("ContainerStats")?;
         let c = self.containers.get(&req.container_id)?;
-        let samples = runner.stats(std::slice::from_ref(&c.id)).await?;
-        let mut stats = self.to_stats(&c, samples.iter().find(|s| s.id == c.id));
+        let samples = decode_all(&runner.stats(std::slice::from_ref(&c.id)).await?);
+        let mut stats = self.to_stats(&c, samples.get(&c.id));
         stats.writable_layer = self.writable_layer(&c.id).await;
         Ok(cri::ContainerStatsResponse { stats: Some(stats) })
     }
@@ -156,10 +153,10 @@ impl CriService {
             .filter(|c| labels_match(&c.labels, &f.label_selector))
             .collect();
         let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
-        let samples = runner.stats(&ids).await?;
+        let samples = decode_all(&runner.stats(&ids).await?);
         let mut stats = Vec::with_capacity(containers.len());
         for c in &containers {
-            let mut s = self.to_stats(c, samples.iter().find(|s| s.id == c.id));
+            let mut s = self.to_stats(c, samples.get(&c.id));
             s.writable_layer = self.writable_layer(&c.id).await;
             stats.push(s);
         }

@@ -376,7 +376,7 @@ impl CriService {
                 container_metrics: containers
                     .iter()
                     .filter(|c| c.sandbox_id == pod.id)
-                    .map(|c| container_metrics(pod, c, samples.get(&c.id), now))
+                    .map(|c| container_metrics(pod, c, samples.get(&c.id).map(|(_, s)| s), now))
                     .collect(),
             })
             .collect();

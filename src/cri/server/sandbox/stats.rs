@@ -73,13 +73,14 @@ impl CriService {
         }
     }
 
-    /// Cgroup samples (decoded) of the pods' pause tasks and their containers' tasks.
+    /// Cgroup samples (decoded, with their time) of the pods' pause tasks and their
+    /// containers' tasks, by task id.
     async fn pod_samples(
         &self,
         rpc: &'static str,
         pods: &[Sandbox],
         containers: &[Container],
-    ) -> Result<(Vec<crate::cri::controller::TaskStats>, HashMap<String, Sample>), CriError> {
+    ) -> Result<HashMap<String, (SystemTime, Sample)>, CriError> {
         let runner = self.container_runtime(rpc)?;
         let mut ids: Vec<String> = pods
             .iter()
@@ -87,9 +88,7 @@ impl CriService {
             .map(|p| p.id.clone())
             .collect();
         ids.extend(containers.iter().map(|c| c.id.clone()));
-        let raw = runner.stats(&ids).await?;
-        let decoded = decode_all(&raw);
-        Ok((raw, decoded))
+        Ok(decode_all(&runner.stats(&ids).await?))
     }
 
     async fn pod_stats(
@@ -103,7 +102,7 @@ impl CriService {
             .into_iter()
             .filter(|c| pods.iter().any(|p| p.id == c.sandbox_id))
             .collect();
-        let (raw, samples) = self.pod_samples(rpc, &pods, &containers).await?;
+        let samples = self.pod_samples(rpc, &pods, &containers).await?;
         let now = SystemTime::now();
         let ts = nanos(Some(now));
         Ok(pods
@@ -112,7 +111,7 @@ impl CriService {
                 let mine: Vec<&Container> = containers.iter().filter(|c| c.sandbox_id == pod.id).collect();
                 let container_stats = mine
                     .iter()
-                    .map(|c| self.to_stats(c, raw.iter().find(|s| s.id == c.id)))
+                    .map(|c| self.to_stats(c, samples.get(&c.id)))
                     .collect();
                 let mut linux = cri::LinuxPodSandboxStats {
                     containers: container_stats,
@@ -125,7 +124,7 @@ impl CriService {
                                 .filter(|c| c.state == ContainerState::Running)
                                 .map(|c| c.id.as_str()),
                         )
-                        .filter_map(|id| samples.get(id))
+                        .filter_map(|id| samples.get(id).map(|(_, s)| s))
                         .collect();
                     if !parts.is_empty() {
                         let total = Sample::sum(parts);
