@@ -274,8 +274,18 @@ fn pod_config(w: &Path, name: &str) -> cri::PodSandboxConfig {
     }
 }
 
+/// How long one pod start took, in all and per call.
+#[derive(Clone, Copy, Default)]
+struct PodStart {
+    total: Duration,
+    run: Duration,
+    create: Duration,
+    /// StartContainer until ContainerStatus says RUNNING.
+    start: Duration,
+}
+
 /// Starts one pod with one container; returns its latency and the pod id.
-async fn start_pod(ch: Channel, w: PathBuf, name: String) -> Result<(Duration, String)> {
+async fn start_pod(ch: Channel, w: PathBuf, name: String) -> Result<(PodStart, String)> {
     let mut rt = RuntimeServiceClient::new(ch);
     let config = pod_config(&w, &name);
     let t0 = Instant::now();
@@ -288,6 +298,7 @@ async fn start_pod(ch: Channel, w: PathBuf, name: String) -> Result<(Duration, S
         .with_context(|| format!("RunPodSandbox {name}"))?
         .into_inner()
         .pod_sandbox_id;
+    let t_run = t0.elapsed();
     let c = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
@@ -310,6 +321,7 @@ async fn start_pod(ch: Channel, w: PathBuf, name: String) -> Result<(Duration, S
         .with_context(|| format!("CreateContainer in {name}"))?
         .into_inner()
         .container_id;
+    let t_create = t0.elapsed();
     rt.start_container(cri::StartContainerRequest {
         container_id: c.clone(),
     })
@@ -328,7 +340,16 @@ async fn start_pod(ch: Channel, w: PathBuf, name: String) -> Result<(Duration, S
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok((t0.elapsed(), pod))
+    let total = t0.elapsed();
+    Ok((
+        PodStart {
+            total,
+            run: t_run,
+            create: t_create - t_run,
+            start: total - t_create,
+        },
+        pod,
+    ))
 }
 
 async fn remove_pods(ch: &Channel, pods: &[String]) -> Result<()> {
@@ -352,6 +373,8 @@ async fn remove_pods(ch: &Channel, pods: &[String]) -> Result<()> {
 struct Samples {
     sequential: Vec<Duration>,
     concurrent: Vec<Duration>,
+    /// The sequential starts' phases.
+    phases: Vec<PodStart>,
 }
 
 async fn round(d: &Daemon, w: &Path, a: &Args, r: usize, s: &mut Samples) -> Result<()> {
@@ -359,7 +382,8 @@ async fn round(d: &Daemon, w: &Path, a: &Args, r: usize, s: &mut Samples) -> Res
     let mut pods = Vec::new();
     for i in 0..a.sequential {
         let (t, pod) = start_pod(ch.clone(), w.to_owned(), format!("seq-{r}-{i}")).await?;
-        s.sequential.push(t);
+        s.sequential.push(t.total);
+        s.phases.push(t);
         pods.push(pod);
     }
     remove_pods(&ch, &pods).await?;
@@ -372,7 +396,7 @@ async fn round(d: &Daemon, w: &Path, a: &Args, r: usize, s: &mut Samples) -> Res
     while let Some(res) = set.join_next().await {
         match res? {
             Ok((t, pod)) => {
-                s.concurrent.push(t);
+                s.concurrent.push(t.total);
                 pods.push(pod);
             }
             Err(e) => first_err = first_err.or(Some(e)),
@@ -639,6 +663,19 @@ fn main() -> Result<()> {
         ratio(&|s| percentile(&s.concurrent, 99.0)),
         rss[1] as f64 / rss[0].max(1) as f64,
     );
+    println!(
+        "\n| daemon (sequential p50 per call) | RunPodSandbox ms | CreateContainer ms | StartContainer → RUNNING ms |"
+    );
+    println!("|---|---:|---:|---:|");
+    for (name, s) in [("containerd", cd), ("taskd", td)] {
+        let p = |f: fn(&PodStart) -> Duration| ms(percentile(&s.phases.iter().map(f).collect::<Vec<_>>(), 50.0));
+        println!(
+            "| {name} | {} | {} | {} |",
+            p(|x| x.run),
+            p(|x| x.create),
+            p(|x| x.start)
+        );
+    }
     println!(
         "\nsamples per daemon: {} sequential, {} concurrent ({} rounds); {} CPUs; containerd {}",
         td.sequential.len(),

@@ -33,6 +33,7 @@ pub mod io;
 pub mod metrics;
 pub mod network;
 pub mod podfiles;
+pub mod podns;
 pub mod recover;
 pub mod reference;
 pub mod server;
@@ -84,6 +85,8 @@ pub enum CriError {
     #[error(transparent)]
     PodFiles(#[from] podfiles::PodFilesError),
     #[error(transparent)]
+    PodNs(#[from] podns::PodNsError),
+    #[error(transparent)]
     Reference(#[from] reference::ReferenceError),
     /// A failure of a service the adapter calls (tasks, containers, images, snapshots);
     /// keeps that service's kind.
@@ -128,6 +131,7 @@ impl ErrorKind for CriError {
             CriError::Config(e) => e.kind(),
             CriError::Spec(e) => e.kind(),
             CriError::PodFiles(e) => e.kind(),
+            CriError::PodNs(e) => e.kind(),
             CriError::Reference(e) => e.kind(),
             CriError::Backend { cause, .. } => cause.kind(),
             CriError::Rollback { error, .. } => error.kind(),

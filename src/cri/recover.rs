@@ -5,6 +5,8 @@
 //! ```text
 //! sandbox   pause task running                  → READY (pid from the task)
 //!           pause task stopped / gone           → NOTREADY
+//!           no pause container: was READY and its pinned namespaces are still there → READY,
+//!           else NOTREADY
 //! container task running | paused              → RUNNING, output copied to its log again
 //!           task created                        → CREATED, output copied to its log again
 //!           task stopped                        → EXITED: exit code + finish time from the task,
@@ -22,6 +24,7 @@ use std::time::{Duration, SystemTime};
 use taskd_proto::cri::v1::ContainerEventType;
 
 use super::io::ContainerIo;
+use super::network::netns;
 use super::service::CriService;
 use super::store::container::{ContainerState, exit_reason};
 use super::store::sandbox::SandboxState;
@@ -51,6 +54,23 @@ pub async fn recover(svc: &CriService) -> Report {
     };
     for sb in svc.sandboxes.list() {
         report.sandboxes += 1;
+        if !sb.infra {
+            // No process: the pod is as ready as it was, while its pinned namespaces last.
+            let pinned = |p: &str| p.is_empty() || netns::is_pinned(std::path::Path::new(p));
+            let ready = sb.state == SandboxState::Ready
+                && (!sb.netns_path.is_empty() || sb.host.network)
+                && pinned(&sb.netns_path)
+                && pinned(&sb.ipc_ns_path)
+                && pinned(&sb.uts_ns_path);
+            if ready {
+                report.ready += 1;
+            }
+            let _ = svc.sandboxes.update(&sb.id, |s| {
+                s.state = if ready { SandboxState::Ready } else { SandboxState::NotReady };
+                Ok(())
+            });
+            continue;
+        }
         let state = runner.task_state(&sb.id).await;
         let (to, pid) = match &state {
             Ok(Some(t)) if matches!(t.status, Status::Running | Status::Paused | Status::Pausing) => {

@@ -127,6 +127,12 @@ impl CriService {
         self.state.join("containers").join(id)
     }
 
+    /// `<state>/podns/<id>`: the pinned IPC/UTS namespaces of a pod without a pause
+    /// container.
+    pub fn podns_dir(&self, id: &str) -> PathBuf {
+        self.state.join("podns").join(id)
+    }
+
     /// `<state>/sandboxes/<id>`: the pod's files (resolv.conf, hostname, hosts).
     pub fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.state.join("sandboxes").join(id)
@@ -229,6 +235,9 @@ pub(crate) mod testing {
             ip: "10.88.0.2".into(),
             additional_ips: vec![],
             host: HostNamespaces::default(),
+            infra: true,
+            ipc_ns_path: String::new(),
+            uts_ns_path: String::new(),
             pid: 0,
             cgroup_parent: String::new(),
             config: cri::PodSandboxConfig {

@@ -13,8 +13,6 @@ use crate::errdefs::{ErrorKind, Kind};
 
 /// The interface name of the pod's network inside its namespace.
 pub const POD_IFNAME: &str = "eth0";
-/// The CNI version taskd speaks for the loopback network.
-const LOOPBACK_CONF: &str = r#"{"cniVersion":"1.0.0","name":"cni-loopback","type":"loopback"}"#;
 
 /// Errors of the CNI layer; each names the file, plugin or network involved.
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +275,8 @@ impl Cni {
         self.load().map(|_| ())
     }
 
-    /// Brings up loopback, then ADDs every network; on a failure, what was added is
+    /// ADDs every network (`lo` is already up: `netns::create` brings it up, so no loopback
+    /// plugin runs); on a failure, what was added is
     /// deleted again (the error of the ADD is returned; a cleanup error is logged).
     pub async fn setup(
         &self,
@@ -286,9 +285,7 @@ impl Cni {
         ports: &[PortMapping],
     ) -> Result<PodNetwork, CniError> {
         let nets = self.load()?;
-        let loopback = loopback()?;
         let runtime = runtime_config(ports);
-        self.add_chain(&loopback, pod, netns, "lo", &Map::new()).await?;
         let mut out = PodNetwork::default();
         for (i, net) in nets.iter().enumerate() {
             match self.add_chain(net, pod, netns, POD_IFNAME, &runtime).await {
@@ -314,7 +311,7 @@ impl Cni {
         Ok(out)
     }
 
-    /// DELs every network in reverse (loopback last); idempotent, works without a netns
+    /// DELs every network in reverse; idempotent, works without a netns
     /// (`netns` None: the namespace is already gone, plugins release IPAM state only).
     pub async fn teardown(
         &self,
@@ -329,10 +326,6 @@ impl Cni {
             if let Err(e) = self.del_chain(net, pod, netns, POD_IFNAME, &runtime).await {
                 first_err.get_or_insert(e);
             }
-        }
-        let loopback = loopback()?;
-        if let Err(e) = self.del_chain(&loopback, pod, netns, "lo", &Map::new()).await {
-            first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
     }
@@ -540,10 +533,6 @@ impl Cni {
     fn cache_remove(&self, net: &NetworkConfList, pod: &PodRef) {
         let _ = std::fs::remove_file(self.cache_path(net, pod));
     }
-}
-
-fn loopback() -> Result<NetworkConfList, CniError> {
-    NetworkConfList::parse(Path::new("<builtin loopback>"), LOOPBACK_CONF.as_bytes())
 }
 
 fn plugin_type(net: &NetworkConfList, i: usize) -> String {

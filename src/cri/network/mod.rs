@@ -1,9 +1,9 @@
 //! Pod networking: CNI plugin chains over pinned network namespaces.
 //!
 //! ```text
-//! RunPodSandbox ──▶ netns::create(<state>/netns)            pinned by bind mount
+//! RunPodSandbox ──▶ netns::create(<state>/netns)            pinned by bind mount, lo up
+//!                                                          (no loopback plugin process)
 //!               ──▶ Cni::setup(id, netns, pod)
-//!                     loopback plugin  (CNI_IFNAME=lo)      always
 //!                     for each network (first max_conf_num of conf_dir, lexical order):
 //!                        ADD plugin 1 ─result─▶ prevResult of plugin 2 ─▶ … ─▶ final result
 //!                        cache the final result: <state>/cni-cache/<net>-<id>-<ifname>.json

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  create(dir):  touch <dir>/cni-<uuid>
-//!                dedicated OS thread: unshare(CLONE_NEWNET)
+//!                dedicated OS thread: unshare(CLONE_NEWNET), lo up
 //!                                     mount --bind /proc/self/task/<tid>/ns/net <dir>/cni-<uuid>
 //!                thread exits (its netns lives on through the mount)
 //!  remove(path): umount2(path, MNT_DETACH)   (not mounted → fine)
@@ -27,6 +27,8 @@ pub enum NetnsError {
     File { path: PathBuf, source: std::io::Error },
     #[error("unshare a network namespace for {path}: {source}")]
     Unshare { path: PathBuf, source: nix::Error },
+    #[error("bring up lo in the network namespace for {path}: {source}")]
+    Loopback { path: PathBuf, source: nix::Error },
     #[error("bind mount the network namespace on {path}: {source}")]
     Mount { path: PathBuf, source: nix::Error },
     #[error("unmount netns {path}: {source}")]
@@ -43,6 +45,7 @@ impl ErrorKind for NetnsError {
             NetnsError::Dir { .. }
             | NetnsError::File { .. }
             | NetnsError::Unshare { .. }
+            | NetnsError::Loopback { .. }
             | NetnsError::Mount { .. }
             | NetnsError::Unmount { .. }
             | NetnsError::Remove { .. }
@@ -87,6 +90,11 @@ pub fn create(dir: &Path) -> Result<PathBuf, NetnsError> {
 
 fn pin_new_netns(path: &Path) -> Result<(), NetnsError> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Unshare {
+        path: path.to_owned(),
+        source,
+    })?;
+    // What the CNI loopback plugin would do, without starting it.
+    crate::cri::podns::loopback_up().map_err(|source| NetnsError::Loopback {
         path: path.to_owned(),
         source,
     })?;

@@ -67,7 +67,12 @@ pub struct ContainerInput<'a> {
     pub sandbox: &'a PodSandboxConfig,
     pub image: &'a ImageConfig,
     pub image_name: &'a str,
+    /// The pause process (0: the pod has none).
     pub sandbox_pid: u32,
+    /// The pinned IPC and UTS namespaces of a pod without a pause process (used instead of
+    /// `/proc/<sandbox_pid>/ns/…`).
+    pub pod_ipc_ns: Option<&'a str>,
+    pub pod_uts_ns: Option<&'a str>,
     /// The pod's netns (None with host networking).
     pub netns_path: Option<&'a str>,
     /// The init pid of `namespace_options.target_id` (pid mode TARGET).
@@ -384,6 +389,15 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
 
     // Namespaces.
     let proc_ns = |pid: u32, ns: &str| format!("/proc/{pid}/ns/{ns}");
+    // The pod's shared namespace `ns`: its pinned file, else the pause process's.
+    let pod_ns = |pinned: Option<&str>, ns: &str| match pinned {
+        Some(p) => Ok(p.to_owned()),
+        None if inp.sandbox_pid > 0 => Ok(proc_ns(inp.sandbox_pid, ns)),
+        None => Err(invalid(
+            "namespace_options",
+            format!("the pod has no shared {ns} namespace (it runs without a pause container)"),
+        )),
+    };
     let mut namespaces = vec![namespace(LinuxNamespaceType::Mount, None)];
     if !host_net {
         let netns = inp
@@ -392,7 +406,7 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
         namespaces.push(namespace(LinuxNamespaceType::Network, Some(netns)));
         namespaces.push(namespace(
             LinuxNamespaceType::Uts,
-            Some(&proc_ns(inp.sandbox_pid, "uts")),
+            Some(&pod_ns(inp.pod_uts_ns, "uts")?),
         ));
     }
     match mode(ns_opts.ipc) {
@@ -400,14 +414,14 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
         NamespaceMode::Container => namespaces.push(namespace(LinuxNamespaceType::Ipc, None)),
         _ => namespaces.push(namespace(
             LinuxNamespaceType::Ipc,
-            Some(&proc_ns(inp.sandbox_pid, "ipc")),
+            Some(&pod_ns(inp.pod_ipc_ns, "ipc")?),
         )),
     }
     match mode(ns_opts.pid) {
         NamespaceMode::Node => {}
         NamespaceMode::Pod => namespaces.push(namespace(
             LinuxNamespaceType::Pid,
-            Some(&proc_ns(inp.sandbox_pid, "pid")),
+            Some(&pod_ns(None, "pid")?),
         )),
         NamespaceMode::Container => namespaces.push(namespace(LinuxNamespaceType::Pid, None)),
         NamespaceMode::Target => {
@@ -624,6 +638,8 @@ mod tests {
             image: img,
             image_name: "docker.io/library/busybox:latest",
             sandbox_pid: 42,
+            pod_ipc_ns: None,
+            pod_uts_ns: None,
             netns_path: Some("/run/netns/x"),
             target_pid: Some(77),
             user: ResolvedUser::default(),
@@ -712,6 +728,69 @@ mod tests {
             ns_of(NamespaceMode::Target, NamespaceMode::Pod)
                 .contains(&(LinuxNamespaceType::Pid, Some("/proc/77/ns/pid".into())))
         );
+    }
+
+    #[test]
+    fn a_pod_without_a_pause_process_shares_its_pinned_namespaces() {
+        let (cfg, pod, img) = base(ContainerConfig {
+            metadata: meta(),
+            ..Default::default()
+        });
+        let input = |cfg: &ContainerConfig| {
+            container_spec(&ContainerInput {
+                id: "c1",
+                sandbox_id: "sb1",
+                config: cfg,
+                sandbox: &pod,
+                image: &img,
+                image_name: "busybox",
+                sandbox_pid: 0,
+                pod_ipc_ns: Some("/state/podns/sb1/ipc"),
+                pod_uts_ns: Some("/state/podns/sb1/uts"),
+                netns_path: Some("/run/netns/x"),
+                target_pid: None,
+                user: ResolvedUser::default(),
+                devices: vec![],
+                pod_files: PodFiles::default(),
+                driver: CgroupDriver::Cgroupfs,
+                min_oom_score_adj: 0,
+                localhost_seccomp: None,
+            })
+        };
+        let mut cfg = cfg;
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let spec = input(&cfg).unwrap();
+        let ns: Vec<_> = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|n| (n.typ(), n.path().clone().map(|p| p.display().to_string())))
+            .collect();
+        assert!(ns.contains(&(LinuxNamespaceType::Ipc, Some("/state/podns/sb1/ipc".into()))));
+        assert!(ns.contains(&(LinuxNamespaceType::Uts, Some("/state/podns/sb1/uts".into()))));
+        assert!(ns.contains(&(LinuxNamespaceType::Pid, None)));
+        // Sharing the pod's PID namespace needs the pause process the pod does not have.
+        if let Some(l) = cfg.linux.as_mut() {
+            if let Some(sc) = l.security_context.as_mut() {
+                sc.namespace_options.as_mut().unwrap().pid = NamespaceMode::Pod as i32;
+            }
+        }
+        let e = input(&cfg).unwrap_err();
+        assert!(e.to_string().contains("no shared pid namespace"), "{e}");
     }
 
     #[test]

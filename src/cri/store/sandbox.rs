@@ -88,12 +88,27 @@ pub struct Sandbox {
     pub ip: String,
     pub additional_ips: Vec<String>,
     pub host: HostNamespaces,
+    /// Whether the pod has a pause container (its namespaces are the pause process's).
+    /// Without one, `pid` is 0 and the IPC/UTS namespaces are pinned files.
+    #[serde(default = "infra_default")]
+    pub infra: bool,
+    /// The pinned IPC namespace of a pod without a pause container ("" = none).
+    #[serde(default)]
+    pub ipc_ns_path: String,
+    /// The pinned UTS namespace of a pod without a pause container ("" = none).
+    #[serde(default)]
+    pub uts_ns_path: String,
     pub pid: u32,
     /// The pod-level cgroup parent (from the sandbox config).
     pub cgroup_parent: String,
     /// The CRI config as given, for status and for containers joining the pod.
     #[serde(with = "super::proto_hex")]
     pub config: taskd_proto::cri::v1::PodSandboxConfig,
+}
+
+/// Records written before pods could run without a pause container all had one.
+fn infra_default() -> bool {
+    true
 }
 
 impl Record for Sandbox {

@@ -179,6 +179,25 @@ pub fn sandbox_id_of(spec: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The CRI sandbox of the task in bundle's `config.json`, if any (see [`sandbox_id_of`]).
+impl Bundle {
+    pub fn sandbox_id(&self) -> Option<String> {
+        let data = std::fs::read(self.path.join(CONFIG)).ok()?;
+        sandbox_id_of(&data)
+    }
+}
+
+/// Whether the spec asks for a runc shim group of its own choosing
+/// (`io.containerd.runc.v2.group`), which only `<shim> start` knows how to find.
+pub fn runc_grouped(spec: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(spec) else {
+        return true;
+    };
+    v.get("annotations")
+        .and_then(|a| a.get("io.containerd.runc.v2.group"))
+        .is_some()
+}
+
 /// Whether the spec carries an annotation that the runc shim's `start` groups shims by
 /// (`io.containerd.runc.v2.group`, `io.kubernetes.cri.sandbox-id`).
 pub fn grouped(spec: &[u8]) -> bool {
@@ -255,5 +274,10 @@ mod tests {
         assert!(grouped(br#"{"annotations":{"io.containerd.runc.v2.group":"g"}}"#));
         assert!(!grouped(br#"{"annotations":{"other":"x"}}"#));
         assert!(!grouped(b"{}"));
+        assert!(runc_grouped(br#"{"annotations":{"io.containerd.runc.v2.group":"g"}}"#));
+        assert!(!runc_grouped(
+            br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#
+        ));
+        assert!(runc_grouped(b"not json"));
     }
 }

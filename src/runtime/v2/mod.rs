@@ -459,6 +459,7 @@ impl Inner {
             })?;
         let runtime = b.read(bundle::RUNTIME)?.unwrap_or_default();
         let cgroups_path = b.cgroups_path();
+        let group = b.sandbox_id();
         let live = match b.read(bundle::ADDRESS)? {
             None => Err(RuntimeError::ShimConnect {
                 address: String::new(),
@@ -490,6 +491,7 @@ impl Inner {
                     bundle: b,
                     pid: AtomicU32::new(exit.pid),
                     cgroups_path,
+                    group,
                     conn: None,
                     dead: tokio::sync::watch::Sender::new(Some(exit)),
                     status_hint: Mutex::new(Status::Stopped),
@@ -508,6 +510,7 @@ impl Inner {
             bundle: b,
             pid: AtomicU32::new(pid),
             cgroups_path,
+            group,
             conn: Some(conn),
             dead: tokio::sync::watch::Sender::new(None),
             status_hint: Mutex::new(Status::Unknown),
@@ -569,7 +572,7 @@ impl Inner {
                         .conn
                         .as_ref()
                         .is_some_and(|c| lock(&self.pool_dirs).contains_key(&c.shim_pid));
-                    let delay = if took_warm {
+                    let delay = if took_warm && t.group.is_none() {
                         pool::REFILL_DELAY
                     } else {
                         Duration::ZERO
@@ -598,8 +601,19 @@ impl Inner {
     ) -> Result<Arc<ShimTask>> {
         b.write(bundle::SHIM_BINARY_PATH, binary.to_string_lossy().as_bytes())?;
         b.write(bundle::RUNTIME, opts.runtime.as_bytes())?;
+        // A container of a pod whose shim runs here (the sandbox's task, or another of the
+        // pod's tasks) goes to that shim directly (containerd's shim manager does the same);
+        // otherwise a warm pool shim, or `<shim> start` (which may still answer with a
+        // shared shim's address).
+        let group = opts
+            .spec
+            .as_ref()
+            .and_then(|s| bundle::sandbox_id_of(&s.value));
+        let sandbox_conn = group
+            .as_deref()
+            .and_then(|sb| self.group_conn(&b.namespace, sb, &b.id, binary));
         // A warm pool shim logs into its pool dir's fifo, which taskd reads until it exits.
-        let warm = if poolable {
+        let warm = if poolable && sandbox_conn.is_none() {
             self.take_warm(&b.namespace, binary)
         } else {
             None
@@ -612,15 +626,6 @@ impl Inner {
         };
         let topts = opts.task_options.as_ref().or(opts.runtime_options.as_ref());
         let started = Instant::now();
-        // A container of a pod whose sandbox task runs here goes to the sandbox's shim
-        // directly (containerd's shim manager does the same); otherwise `<shim> start`
-        // (which may still answer with a shared shim's address).
-        let sandbox_conn = opts
-            .spec
-            .as_ref()
-            .and_then(|s| bundle::sandbox_id_of(&s.value))
-            .filter(|sb| *sb != b.id)
-            .and_then(|sb| self.live_conn(&b.namespace, &sb, binary));
         let (address, shim_started, conn) = match (sandbox_conn, warm) {
             (Some(conn), _) => {
                 tracing::debug!(id = %b.id, address = %conn.address, "reusing the sandbox's shim");
@@ -671,6 +676,7 @@ impl Inner {
             bundle: b.clone(),
             pid: AtomicU32::new(0),
             cgroups_path: b.cgroups_path(),
+            group: group.clone(),
             conn: Some(conn.clone()),
             dead: tokio::sync::watch::Sender::new(None),
             status_hint: Mutex::new(Status::Created),
@@ -762,12 +768,24 @@ impl Inner {
     }
 
     /// The live connection of task `ns/id` when it runs under the same shim binary.
-    fn live_conn(&self, ns: &str, id: &str, binary: &Path) -> Option<Arc<ShimConn>> {
-        let t = lock(&self.tasks).get(&(ns.to_owned(), id.to_owned())).cloned()?;
-        if t.dead_exit().is_some() || t.binary != binary {
-            return None;
+    /// The live shim of CRI sandbox `group` in `ns` for `binary`: the sandbox's own task's
+    /// (its pause container), else any other live task of the pod's (a pod without a pause
+    /// container). `id` (the task being created) is not a candidate.
+    fn group_conn(&self, ns: &str, group: &str, id: &str, binary: &Path) -> Option<Arc<ShimConn>> {
+        let tasks = lock(&self.tasks);
+        let usable = |t: &Arc<ShimTask>| {
+            if t.id == id || t.dead_exit().is_some() || t.binary != binary {
+                return None;
+            }
+            t.conn.clone().filter(|c| shim::pid_alive(c.shim_pid))
+        };
+        if let Some(c) = tasks.get(&(ns.to_owned(), group.to_owned())).and_then(usable) {
+            return Some(c);
         }
-        t.conn.clone().filter(|c| shim::pid_alive(c.shim_pid))
+        tasks
+            .iter()
+            .filter(|((tns, _), t)| tns == ns && t.group.as_deref() == Some(group))
+            .find_map(|(_, t)| usable(t))
     }
 
     async fn delete(self: &Arc<Self>, ns: &str, id: &str) -> Result<Exit> {

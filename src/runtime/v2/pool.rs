@@ -16,7 +16,10 @@
 //!   A refill after a take waits [`REFILL_DELAY`] for that, so a run-and-remove loop starts
 //!   no shim at all; a long-running task's pool is refilled after that delay.
 //! - Only creates that a fresh `<shim> start` would give a shim of its own use the pool: no
-//!   grouping annotation, and no runtime options that `start` acts on (a shim cgroup).
+//!   runc group annotation, and no runtime options that `start` acts on (a shim cgroup). A
+//!   CRI pod's first task takes a warm shim; the pod's later tasks find that shim among the
+//!   tasks by sandbox id (`group_conn`), as containerd's shim manager finds a sandbox's.
+//!   Such a take is refilled at once (a pod's shim does not come back soon).
 //! - A pool dir lives as long as its shim: removed when the shim exits (its pidfd watcher),
 //!   on the idle timeout (Shutdown), on daemon shutdown (Shutdown of every idle one), and
 //!   at recovery (idle ones are shut down; one that serves a recovered task keeps its dir
@@ -87,10 +90,13 @@ impl PoolDir {
 }
 
 /// Whether a fresh `<shim> start` for this create would give it a shim of its own, with
-/// nothing from the request applied at start: no grouping annotation in the spec, and no
-/// runtime options other than runc options without a shim cgroup.
+/// nothing from the request applied at start: no runc group annotation in the spec, and no
+/// runtime options other than runc options without a shim cgroup. A CRI pod's container
+/// (`io.kubernetes.cri.sandbox-id`) is eligible: the caller looks for the pod's shim among
+/// its tasks first, and only the pod's first task takes a warm shim, which the others then
+/// find the same way.
 pub(super) fn eligible(opts: &CreateOpts, spec: &[u8]) -> bool {
-    if bundle::grouped(spec) {
+    if bundle::runc_grouped(spec) {
         return false;
     }
     let topts = opts.task_options.as_ref().or(opts.runtime_options.as_ref());
@@ -556,8 +562,13 @@ mod tests {
             ..Default::default()
         };
         assert!(!eligible(&unknown, b"{}"));
-        // Grouped by annotation: the shim is the group's.
+        // A runc group: only `start` finds the group's shim.
         assert!(!eligible(
+            &plain,
+            br#"{"annotations":{"io.containerd.runc.v2.group":"g"}}"#
+        ));
+        // A CRI pod's container: its pod's shim is found among the tasks (by sandbox id).
+        assert!(eligible(
             &plain,
             br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#
         ));

@@ -59,6 +59,8 @@ pub struct ShimTask {
     pub bundle: Bundle,
     pub pid: AtomicU32,
     pub cgroups_path: Option<String>,
+    /// The CRI sandbox the task belongs to (its tasks share one shim).
+    pub group: Option<String>,
     /// `None` for a task whose shim was found dead at recovery.
     pub conn: Option<Arc<ShimConn>>,
     /// Set once the shim is gone and `<shim> delete` ran.

@@ -190,6 +190,8 @@ impl CriService {
             image: &image.config,
             image_name: &image.reference,
             sandbox_pid: sandbox.pid,
+            pod_ipc_ns: (!sandbox.ipc_ns_path.is_empty()).then_some(sandbox.ipc_ns_path.as_str()),
+            pod_uts_ns: (!sandbox.uts_ns_path.is_empty()).then_some(sandbox.uts_ns_path.as_str()),
             netns_path: (!sandbox.netns_path.is_empty()).then_some(sandbox.netns_path.as_str()),
             target_pid,
             user: resolved,

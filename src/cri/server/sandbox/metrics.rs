@@ -372,7 +372,11 @@ impl CriService {
             .iter()
             .map(|pod| cri::PodSandboxMetrics {
                 pod_sandbox_id: pod.id.clone(),
-                metrics: pod_metrics(pod, &pod_interfaces(pod), ts),
+                metrics: pod_metrics(
+                    pod,
+                    &pod_interfaces(pod, &containers.iter().collect::<Vec<_>>()),
+                    ts,
+                ),
                 container_metrics: containers
                     .iter()
                     .filter(|c| c.sandbox_id == pod.id)

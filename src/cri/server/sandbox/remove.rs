@@ -1,5 +1,5 @@
 //! `RemovePodSandbox`: stops the pod if needed, removes its containers and pause
-//! container, its files and its record. Idempotent: an unknown id is success.
+//! container (if it has one), its files and its record. Idempotent: an unknown id is success.
 
 use taskd_proto::cri::v1::{
     RemoveContainerRequest, RemovePodSandboxRequest, RemovePodSandboxResponse, StopPodSandboxRequest,
@@ -19,7 +19,11 @@ impl CriService {
             Err(StoreError::NotFound { .. }) => return Ok(RemovePodSandboxResponse {}),
             Err(e) => return Err(e.into()),
         };
-        if s.state != SandboxState::NotReady || !s.netns_path.is_empty() {
+        if s.state != SandboxState::NotReady
+            || !s.netns_path.is_empty()
+            || !s.ipc_ns_path.is_empty()
+            || !s.uts_ns_path.is_empty()
+        {
             self.stop_pod_sandbox(StopPodSandboxRequest {
                 pod_sandbox_id: s.id.clone(),
             })
@@ -36,7 +40,9 @@ impl CriService {
             self.remove_container(RemoveContainerRequest { container_id: id })
                 .await?;
         }
-        self.controller("RemovePodSandbox")?.delete(&s.id).await?;
+        if s.infra {
+            self.controller("RemovePodSandbox")?.delete(&s.id).await?;
+        }
         let dir = self.sandbox_dir(&s.id);
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound

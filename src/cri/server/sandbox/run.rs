@@ -3,17 +3,20 @@
 //! ```text
 //! validate config + runtime handler (unknown handler → InvalidArgument)
 //! reserve id + name            (store: Initializing; a name in use → AlreadyExists)
-//! netns::create                (unless hostNetwork)
+//! netns::create                (unless hostNetwork; lo is brought up there)
+//! with a pause container (the pod shares one PID namespace, or drop_infra_container = false),
 //! at the same time, both run to the end:
-//!   Cni::setup                 (loopback + networks; IPs recorded)
+//!   Cni::setup                 (networks; IPs recorded)
 //!   pod files                  (resolv.conf from dns_config, hostname, hosts)
 //!   controller.ensure_image(sandbox_image) → spec::sandbox → controller.start → pid
+//! without one (podns):
+//!   Cni::setup, then podns::pin (IPC + UTS namespaces, hostname, sysctls) and pod files
 //! store: Ready
 //! ```
 //!
-//! Any failure rolls back what was done, in reverse (pause container, CNI, netns, files,
-//! the record): a failed CNI ADD leaves no netns, no shim and no pause container. When the
-//! rollback fails too, both errors are reported.
+//! Any failure rolls back what was done, in reverse (pause container or pinned namespaces,
+//! CNI, netns, files, the record): a failed CNI ADD leaves no netns, no shim and no pause
+//! container. When the rollback fails too, both errors are reported.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,7 +28,7 @@ use crate::cri::controller::StartSandbox;
 use crate::cri::network::{PodRef, PortMapping, netns};
 use crate::cri::spec::sandbox::{SandboxInput, pod_namespace_modes, sandbox_spec};
 use crate::cri::store::sandbox::{HostNamespaces, Sandbox, SandboxState, sandbox_name};
-use crate::cri::{CriError, CriService, podfiles};
+use crate::cri::{CriError, CriService, podfiles, podns};
 
 /// What has been set up so far (for the rollback).
 #[derive(Default)]
@@ -34,6 +37,7 @@ struct Progress {
     cni: bool,
     files: bool,
     pause: bool,
+    podns: bool,
 }
 
 /// A new 64-hex-digit id (containerd's `GenerateID`).
@@ -119,6 +123,8 @@ impl CriService {
             pid: pid == NamespaceMode::Node,
             ipc: ipc == NamespaceMode::Node,
         };
+        // A pod whose containers share one PID namespace needs a process to hold it.
+        let infra = !self.config.drop_infra_container || pid == NamespaceMode::Pod;
         let id = new_id();
         let record = Sandbox {
             id: id.clone(),
@@ -136,6 +142,9 @@ impl CriService {
             ip: String::new(),
             additional_ips: Vec::new(),
             host,
+            infra,
+            ipc_ns_path: String::new(),
+            uts_ns_path: String::new(),
             pid: 0,
             cgroup_parent: cfg
                 .linux
@@ -161,6 +170,23 @@ impl CriService {
                 progress.netns = Some(p.clone());
                 Some(p)
             };
+            if !infra {
+                let ips = match &netns_path {
+                    Some(ns) => {
+                        progress.cni = true;
+                        self.cni
+                            .setup(&pod_ref(&record), ns, &port_mappings(&cfg))
+                            .await?
+                            .ips
+                    }
+                    None => Vec::new(),
+                };
+                // After CNI: a sysctl may name the pod's interface.
+                progress.podns = true;
+                progress.files = true;
+                let pinned = self.pin_pod_namespaces(&id, &cfg, host, netns_path.clone()).await?;
+                return Ok::<_, CriError>((0, netns_path.map(|p| p.display().to_string()), ips, pinned));
+            }
             // The network (CNI ADD: plugin processes, netlink) and the pause container
             // (pod files, image, shim, runc) are independent once the netns exists: they
             // run at the same time, and both finish before the outcome is decided, so the
@@ -215,20 +241,23 @@ impl CriService {
             };
             let (ips, pid) = tokio::join!(network, pause);
             let (ips, pid) = (ips?, pid?);
-            Ok::<_, CriError>((pid, netns_str, ips))
+            Ok::<_, CriError>((pid, netns_str, ips, podns::Pinned::default()))
         }
         .await;
 
         match result {
-            Ok((pid, netns_str, ips)) => {
+            Ok((pid, netns_str, ips, pinned)) => {
+                let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
                 self.sandboxes.update(&id, |s| {
                     s.pid = pid;
+                    s.ipc_ns_path = path(pinned.ipc.clone());
+                    s.uts_ns_path = path(pinned.uts.clone());
                     s.netns_path = netns_str.unwrap_or_default();
                     s.ip = ips.first().cloned().unwrap_or_default();
                     s.additional_ips = ips.iter().skip(1).cloned().collect();
                     s.transition(SandboxState::Ready)
                 })?;
-                tracing::info!(sandbox = %id, pod = %record.name, pid, "pod sandbox running");
+                tracing::info!(sandbox = %id, pod = %record.name, pid, infra, "pod sandbox running");
                 Ok(RunPodSandboxResponse { pod_sandbox_id: id })
             }
             Err(error) => {
@@ -245,6 +274,44 @@ impl CriService {
         }
     }
 
+    /// The pod files and the pinned IPC/UTS namespaces (with hostname and sysctls) of a pod
+    /// without a pause container.
+    async fn pin_pod_namespaces(
+        &self,
+        id: &str,
+        cfg: &PodSandboxConfig,
+        host: HostNamespaces,
+        netns: Option<PathBuf>,
+    ) -> Result<podns::Pinned, CriError> {
+        let hostname = if host.network {
+            String::new()
+        } else {
+            cfg.hostname.clone()
+        };
+        let (files_dir, ns_dir) = (self.sandbox_dir(id), self.podns_dir(id));
+        let dns = cfg.dns_config.clone();
+        let sysctls = cfg.linux.as_ref().map(|l| l.sysctls.clone()).unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            podfiles::write(&files_dir, dns.as_ref(), &hostname)?;
+            podns::pin(
+                &ns_dir,
+                &podns::PinRequest {
+                    netns: netns.as_deref(),
+                    ipc: !host.ipc,
+                    uts: !host.network,
+                    hostname: &hostname,
+                    sysctls: &sysctls,
+                },
+            )
+            .map_err(CriError::from)
+        })
+        .await
+        .map_err(|e| CriError::FailedPrecondition {
+            what: "pin pod namespaces".into(),
+            reason: e.to_string(),
+        })?
+    }
+
     /// Undoes a partial RunPodSandbox, in reverse; every step runs, the first error wins.
     async fn rollback_sandbox(&self, s: &Sandbox, p: &Progress) -> Result<(), CriError> {
         let mut first: Option<CriError> = None;
@@ -258,6 +325,16 @@ impl CriService {
             .await
         {
             first.get_or_insert(e);
+        }
+        if p.podns
+            && let Err(e) = {
+                let dir = self.podns_dir(&s.id);
+                tokio::task::spawn_blocking(move || podns::unpin(&dir))
+                    .await
+                    .unwrap_or(Err(podns::PodNsError::Thread))
+            }
+        {
+            first.get_or_insert(e.into());
         }
         if p.cni
             && let Some(ns) = &p.netns

@@ -55,12 +55,25 @@ pub(crate) fn network_usage(devs: &[NetDev], ts: i64) -> Option<cri::NetworkUsag
     })
 }
 
-/// The pod's network interfaces (none for hostNetwork pods or pods without a pause process).
-pub(crate) fn pod_interfaces(s: &Sandbox) -> Vec<NetDev> {
+/// The pod's network interfaces, seen through a process in its network namespace: the pause
+/// process, or (a pod without one) a running container's. None for hostNetwork pods and
+/// pods with no such process.
+pub(crate) fn pod_interfaces(s: &Sandbox, containers: &[&Container]) -> Vec<NetDev> {
     if s.host.network || s.state != SandboxState::Ready {
         return Vec::new();
     }
-    net_dev_of(Path::new("/proc"), s.pid)
+    let pid = if s.infra {
+        s.pid
+    } else {
+        containers
+            .iter()
+            .find(|c| c.sandbox_id == s.id && c.state == ContainerState::Running && c.pid > 0)
+            .map_or(0, |c| c.pid)
+    };
+    if pid == 0 {
+        return Vec::new();
+    }
+    net_dev_of(Path::new("/proc"), pid)
 }
 
 impl CriService {
@@ -84,7 +97,7 @@ impl CriService {
         let runner = self.container_runtime(rpc)?;
         let mut ids: Vec<String> = pods
             .iter()
-            .filter(|p| p.state == SandboxState::Ready)
+            .filter(|p| p.infra && p.state == SandboxState::Ready)
             .map(|p| p.id.clone())
             .collect();
         ids.extend(containers.iter().map(|c| c.id.clone()));
@@ -135,7 +148,7 @@ impl CriService {
                             process_count: u(n),
                         });
                     }
-                    linux.network = network_usage(&pod_interfaces(pod), ts);
+                    linux.network = network_usage(&pod_interfaces(pod, &mine), ts);
                 }
                 cri::PodSandboxStats {
                     attributes: Some(Self::sandbox_attributes(pod)),

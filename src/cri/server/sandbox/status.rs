@@ -19,6 +19,9 @@ impl CriService {
             let v = serde_json::json!({
                 "pid": s.pid,
                 "netNamespacePath": s.netns_path,
+                "infraContainer": s.infra,
+                "ipcNamespacePath": s.ipc_ns_path,
+                "utsNamespacePath": s.uts_ns_path,
                 "runtimeHandler": s.runtime_handler,
                 "state": s.state.as_str(),
                 "cgroupParent": s.cgroup_parent,

@@ -1,6 +1,7 @@
-//! `StopPodSandbox`: stops every container of the pod, the pause container, tears the
-//! network down (CNI DEL, netns removed) and leaves the record NotReady. Idempotent: a
-//! second call finds nothing left to stop and succeeds.
+//! `StopPodSandbox`: stops every container of the pod, the pause container (or, for a pod
+//! without one, unpins its IPC/UTS namespaces), tears the network down (CNI DEL, netns
+//! removed) and leaves the record NotReady. Idempotent: a second call finds nothing left to
+//! stop and succeeds.
 
 use taskd_proto::cri::v1::{StopContainerRequest, StopPodSandboxRequest, StopPodSandboxResponse};
 
@@ -8,7 +9,7 @@ use super::run::{pod_ref, port_mappings};
 use crate::cri::network::netns;
 use crate::cri::store::container::ContainerState;
 use crate::cri::store::sandbox::SandboxState;
-use crate::cri::{CriError, CriService};
+use crate::cri::{CriError, CriService, podns};
 
 impl CriService {
     pub async fn stop_pod_sandbox(
@@ -34,8 +35,22 @@ impl CriService {
             })
             .await?;
         }
-        let controller = self.controller("StopPodSandbox")?;
-        controller.stop(&s.id).await?;
+        if s.infra {
+            self.controller("StopPodSandbox")?.stop(&s.id).await?;
+        } else if !s.ipc_ns_path.is_empty() || !s.uts_ns_path.is_empty() {
+            let dir = self.podns_dir(&s.id);
+            tokio::task::spawn_blocking(move || podns::unpin(&dir))
+                .await
+                .map_err(|e| CriError::FailedPrecondition {
+                    what: "unpin pod namespaces".into(),
+                    reason: e.to_string(),
+                })??;
+            self.sandboxes.update(&s.id, |r| {
+                r.ipc_ns_path.clear();
+                r.uts_ns_path.clear();
+                Ok(())
+            })?;
+        }
         self.sandboxes.update(&s.id, |r| {
             if r.state != SandboxState::NotReady {
                 r.transition(SandboxState::NotReady)?;
