@@ -1561,3 +1561,472 @@ async fn pod_options_security_context_resources_and_log_reopen() {
     assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
     assert!(netns_pins(&w.d).is_empty());
 }
+
+/// `sh -c script` in a container through ExecSync: stdout + stderr, exit code.
+async fn sh(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> (String, i32) {
+    let r = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 30,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e:?}"))
+        .into_inner();
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        ),
+        r.exit_code,
+    )
+}
+
+/// The container's init pid on the host (ContainerStatus verbose info, as containerd's).
+async fn host_pid(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> u32 {
+    let info = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("ContainerStatus verbose")
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    v["pid"]
+        .as_u64()
+        .filter(|&p| p > 0)
+        .expect("a running container's pid") as u32
+}
+
+/// A line of the host's `/proc/<pid>/status`.
+fn proc_status(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_owned()))
+        .unwrap_or_else(|| panic!("{key} missing from /proc/{pid}/status"))
+}
+
+fn with_security(
+    mut c: cri::ContainerConfig,
+    sec: cri::LinuxContainerSecurityContext,
+) -> cri::ContainerConfig {
+    let linux = c.linux.get_or_insert_with(Default::default);
+    linux.security_context = Some(sec);
+    c
+}
+
+fn seccomp(t: cri::security_profile::ProfileType, localhost_ref: &str) -> Option<cri::SecurityProfile> {
+    Some(cri::SecurityProfile {
+        profile_type: t as i32,
+        localhost_ref: localhost_ref.into(),
+    })
+}
+
+/// The mount options of `path` in a container (`-` when nothing is mounted there).
+const MOUNT_OPTS: &str =
+    "awk -v p=\"$P\" '$5==p{o=$6} END{print (o==\"\" ? \"-\" : o)}' /proc/self/mountinfo";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
+    if !support::e2e("seccomp_masked_paths_devices_hugepages_and_target_pid_namespace") {
+        return;
+    }
+    use cri::security_profile::ProfileType;
+    let w = World::new(60 + (std::process::id() % 20) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let cfg = w.pod_config("sec");
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let sleeper = |name: &str| container_config(name, "exec sleep 3600");
+    let cgroup = |controller: &str, id: &str| {
+        PathBuf::from("/sys/fs/cgroup")
+            .join(controller)
+            .join(w.cgroup_parent().trim_start_matches('/'))
+            .join(id)
+    };
+
+    // --- seccomp -------------------------------------------------------------------------
+    // RuntimeDefault: a filter (mode 2), and unshare(2) refused without CAP_SYS_ADMIN; the
+    // default masked and read-only paths are in place.
+    let dflt = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(
+            sleeper("rtdefault"),
+            cri::LinuxContainerSecurityContext {
+                seccomp: seccomp(ProfileType::RuntimeDefault, ""),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert_eq!(proc_status(host_pid(&mut rt, &dflt).await, "Seccomp"), "2");
+    let (out, code) = sh(&mut rt, &dflt, "grep Seccomp: /proc/self/status; unshare -U true").await;
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(
+        code != 0 && out.contains("Operation not permitted"),
+        "unshare under RuntimeDefault: {code} {out}"
+    );
+    // Unconfined: no filter, and the same unshare(2) passes the (absent) filter.
+    let unconf = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(
+            sleeper("unconfined"),
+            cri::LinuxContainerSecurityContext {
+                seccomp: seccomp(ProfileType::Unconfined, ""),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert_eq!(proc_status(host_pid(&mut rt, &unconf).await, "Seccomp"), "0");
+    let (out, code) = sh(
+        &mut rt,
+        &unconf,
+        "grep Seccomp: /proc/self/status; unshare -U true",
+    )
+    .await;
+    assert!(out.contains("Seccomp:\t0"), "{out}");
+    if code != 0 {
+        // The kernel may refuse user namespaces on its own; the filter is what differs.
+        eprintln!("unshare -U unconfined fails on this host too ({out}): Seccomp lines only");
+    }
+    // Localhost: the node's profile file denies mkdir with EPERM.
+    let profile = w.dir.path().join("deny-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+            {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )
+    .unwrap();
+    let local = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(
+            sleeper("localhost"),
+            cri::LinuxContainerSecurityContext {
+                seccomp: seccomp(ProfileType::Localhost, &profile.display().to_string()),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert_eq!(proc_status(host_pid(&mut rt, &local).await, "Seccomp"), "2");
+    let (out, code) = sh(&mut rt, &local, "mkdir /tmp/made").await;
+    assert!(
+        code != 0 && out.contains("Operation not permitted"),
+        "mkdir under the Localhost profile: {code} {out}"
+    );
+    // The same file as `localhost/<path>` (the prefix containerd trims): touch still works,
+    // mkdir does not.
+    let prefixed = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(
+            sleeper("prefixed"),
+            cri::LinuxContainerSecurityContext {
+                seccomp: seccomp(
+                    ProfileType::Localhost,
+                    &format!("localhost/{}", profile.display()),
+                ),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let (out, code) = sh(&mut rt, &prefixed, "touch /tmp/f && mkdir /tmp/d").await;
+    assert!(
+        code != 0 && out.contains("mkdir") && out.contains("Operation not permitted"),
+        "{out}"
+    );
+    // A Localhost profile that is not on the node: a clear error, nothing left behind.
+    let bundles = w.bundles().len();
+    let missing = w.dir.path().join("no-such-profile.json");
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(with_security(
+                sleeper("missing-profile"),
+                cri::LinuxContainerSecurityContext {
+                    seccomp: seccomp(ProfileType::Localhost, &missing.display().to_string()),
+                    ..Default::default()
+                },
+            )),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("no-such-profile.json") && e.message().contains("localhost_ref"),
+        "{e:?}"
+    );
+    let names: Vec<String> = rt
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .into_iter()
+        .filter_map(|c| c.metadata.map(|m| m.name))
+        .collect();
+    assert!(!names.iter().any(|n| n == "missing-profile"), "{names:?}");
+    assert_eq!(w.bundles().len(), bundles, "no task for the failed create");
+
+    // --- masked and read-only paths --------------------------------------------------------
+    // The defaults (containerd's): /proc/kcore reads empty, /proc/sys is mounted read-only.
+    let (out, _) = sh(
+        &mut rt,
+        &dflt,
+        &format!(
+            "wc -c < /proc/kcore; P=/proc/sys; {MOUNT_OPTS}; P=/proc/kcore; {MOUNT_OPTS}; \
+             echo 1 > /proc/sys/kernel/ns_last_pid || echo WRITE-FAILED"
+        ),
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0].trim(), "0", "/proc/kcore masked: {out}");
+    assert!(
+        lines[1].split(',').any(|o| o == "ro"),
+        "/proc/sys read-only: {out}"
+    );
+    assert_ne!(lines[2], "-", "/proc/kcore has a mask mounted: {out}");
+    assert!(
+        out.contains("Read-only file system") && out.contains("WRITE-FAILED"),
+        "{out}"
+    );
+    // Custom lists from the security context replace the defaults.
+    let custom = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(
+            sleeper("custom-paths"),
+            cri::LinuxContainerSecurityContext {
+                masked_paths: vec!["/etc/group".into()],
+                readonly_paths: vec!["/tmp".into()],
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let (out, _) = sh(
+        &mut rt,
+        &custom,
+        &format!(
+            "wc -c < /etc/group; touch /tmp/x 2>&1 || echo TMP-READONLY; \
+             P=/proc/kcore; {MOUNT_OPTS}; P=/proc/sys; {MOUNT_OPTS}"
+        ),
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0].trim(), "0", "/etc/group masked: {out}");
+    assert!(out.contains("TMP-READONLY"), "/tmp read-only: {out}");
+    assert_eq!(
+        &lines[lines.len() - 2..],
+        ["-", "-"],
+        "the default masks are replaced: {out}"
+    );
+    // Privileged: no masks, no read-only /proc/sys, no seccomp, every device allowed.
+    let privileged = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(
+            sleeper("privileged"),
+            cri::LinuxContainerSecurityContext {
+                privileged: true,
+                masked_paths: vec!["/etc/group".into()],
+                seccomp: seccomp(ProfileType::RuntimeDefault, ""),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let (out, _) = sh(
+        &mut rt,
+        &privileged,
+        &format!("P=/proc/kcore; {MOUNT_OPTS}; P=/proc/sys; {MOUNT_OPTS}; P=/etc/group; {MOUNT_OPTS}"),
+    )
+    .await;
+    let proc_sys_opts = out.lines().nth(1).unwrap_or_default();
+    assert_eq!(out.lines().next(), Some("-"), "{out}");
+    assert_eq!(out.lines().nth(2), Some("-"), "{out}");
+    assert!(
+        !proc_sys_opts.split(',').any(|o| o == "ro"),
+        "/proc/sys writable when privileged: {out}"
+    );
+    let pid = host_pid(&mut rt, &privileged).await;
+    assert_eq!(proc_status(pid, "Seccomp"), "0");
+    let devices = std::fs::read_to_string(cgroup("devices", &privileged).join("devices.list")).unwrap();
+    assert_eq!(devices.trim(), "a *:* rwm", "privileged devices cgroup");
+
+    // --- devices -------------------------------------------------------------------------
+    // The host's /dev/zero as /dev/mydev (rw), and a char node with no driver behind it
+    // (major 241, local/experimental) as /dev/fake (r): the devices cgroup allows both;
+    // a node the container makes itself is refused by the cgroup.
+    let fake = w.dir.path().join("fake-dev");
+    nix::sys::stat::mknod(
+        &fake,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+        nix::sys::stat::makedev(241, 7),
+    )
+    .expect("mknod the fake device");
+    let mut devc = sleeper("devices");
+    devc.devices = vec![
+        cri::Device {
+            container_path: "/dev/mydev".into(),
+            host_path: "/dev/zero".into(),
+            permissions: "rw".into(),
+        },
+        cri::Device {
+            container_path: "/dev/fake".into(),
+            host_path: fake.display().to_string(),
+            permissions: "r".into(),
+        },
+    ];
+    let devc = create_and_start(&mut rt, &pod, &cfg, devc).await;
+    let (out, code) = sh(
+        &mut rt,
+        &devc,
+        "stat -c '%F %t:%T' /dev/mydev; head -c 4 /dev/mydev | od -An -tx1; \
+         stat -c '%t:%T' /dev/fake; cat /dev/fake 2>&1; \
+         mknod /dev/other c 241 8 && cat /dev/other 2>&1; true",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "character special file 1:5", "{out}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["00"; 4],
+        "{out}"
+    );
+    assert_eq!(lines[2], "f1:7", "{out}");
+    let says = |path: &str, what: &str| out.lines().any(|l| l.contains(path) && l.contains(what));
+    assert!(
+        says("/dev/fake", "No such device or address"),
+        "the cgroup lets /dev/fake open (no driver behind it): {out}"
+    );
+    assert!(
+        says("/dev/other", "Operation not permitted"),
+        "the cgroup refuses a device the container was not given: {out}"
+    );
+    let devices = std::fs::read_to_string(cgroup("devices", &devc).join("devices.list")).unwrap();
+    let rules: Vec<&str> = devices.lines().collect();
+    assert!(rules.contains(&"c 241:7 r"), "{devices}");
+    assert!(rules.iter().any(|r| r.starts_with("c 1:5 ")), "{devices}");
+    assert!(!rules.contains(&"a *:* rwm"), "{devices}");
+
+    // --- hugepages -----------------------------------------------------------------------
+    // A limit only (nothing is allocated, no host sysctl changes). Without the hugetlb
+    // controller taskd skips the limit (as containerd by default) and the container runs.
+    let mut huge = sleeper("hugepages");
+    huge.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            hugepage_limits: vec![cri::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 4 << 20,
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let huge = create_and_start(&mut rt, &pod, &cfg, huge).await;
+    assert_eq!(
+        status(&mut rt, &huge).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let hugetlb = PathBuf::from("/sys/fs/cgroup/hugetlb");
+    if hugetlb.is_dir() && Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").is_dir() {
+        let limit =
+            std::fs::read_to_string(cgroup("hugetlb", &huge).join("hugetlb.2MB.limit_in_bytes")).unwrap();
+        assert_eq!(limit.trim(), (4u64 << 20).to_string());
+    } else {
+        eprintln!(
+            "hugepages: no hugetlb cgroup controller on this host (no {}): the limit is \
+             skipped, only checked that the container runs",
+            hugetlb.display()
+        );
+    }
+
+    // --- pid namespace TARGET ------------------------------------------------------------
+    // The first container has its own PID namespace; the second joins it by TARGET.
+    let ns = |pid: cri::NamespaceMode, target_id: &str| cri::LinuxContainerSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            pid: pid as i32,
+            target_id: target_id.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let first = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(
+            container_config("first", "exec sleep 3601"),
+            ns(cri::NamespaceMode::Container, ""),
+        ),
+    )
+    .await;
+    let second = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(sleeper("second"), ns(cri::NamespaceMode::Target, &first)),
+    )
+    .await;
+    let (seen, _) = sh(&mut rt, &second, "ps").await;
+    assert!(seen.contains("sleep 3601"), "the target's processes: {seen}");
+    assert!(!seen.contains("2147483647"), "not the pod's (pause): {seen}");
+    let link = "readlink /proc/self/ns/pid";
+    let (a, _) = sh(&mut rt, &first, link).await;
+    let (b, _) = sh(&mut rt, &second, link).await;
+    let (pod_ns, _) = sh(&mut rt, &dflt, link).await;
+    assert!(a.starts_with("pid:["), "{a}");
+    assert_eq!(a, b, "the second container is in the first's PID namespace");
+    assert_ne!(a, pod_ns, "which is not the pod's");
+    // A TARGET that does not exist: NotFound, nothing created.
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(with_security(
+                sleeper("orphan"),
+                ns(cri::NamespaceMode::Target, "no-such-container"),
+            )),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("no-such-container"), "{e:?}");
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })
+        .await
+        .expect("RemovePodSandbox");
+    assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
+}

@@ -3,8 +3,9 @@
 //! ```text
 //! pod must be Ready; metadata + image required
 //! runtime.image(ref)            image config, id, /etc/passwd + /etc/group
-//! user (spec::user), devices (stat on the host), Localhost seccomp profile (read),
-//! TARGET pid, pod files         → spec::container
+//! user (spec::user), devices (stat on the host), Localhost seccomp profile (read;
+//! spec::container::seccomp_choice), TARGET pid (a running container of this pod),
+//! hugetlb controller probe, pod files → spec::container
 //! reserve id + name             (store: CREATED; a name in use → AlreadyExists)
 //! ContainerIo (fifos → CRI log) when the pod has a log directory and the container a log path
 //! runtime.create                (record, rootfs, task); failure: io released, record removed
@@ -12,7 +13,7 @@
 //! ```
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use taskd_proto::cri::v1::{
@@ -22,7 +23,10 @@ use taskd_proto::cri::v1::{
 use crate::cri::controller::CreateContainer;
 use crate::cri::io::ContainerIo;
 use crate::cri::server::sandbox::run::new_id;
-use crate::cri::spec::container::{ContainerInput, HostDevice, PodFiles, container_spec};
+use crate::cri::spec::container::{
+    ContainerInput, HostDevice, PodFiles, SeccompChoice, container_spec, hugetlb_controller_present,
+    seccomp_choice,
+};
 use crate::cri::spec::user;
 use crate::cri::store::container::{Container, ContainerState, Exit, container_name};
 use crate::cri::store::sandbox::SandboxState;
@@ -71,6 +75,19 @@ fn host_device(d: &taskd_proto::cri::v1::Device) -> Result<HostDevice, CriError>
             d.permissions.clone()
         },
     })
+}
+
+/// Reads a Localhost seccomp profile (OCI `linux.seccomp` JSON; unknown keys such as a
+/// Docker profile's `archMap` are ignored, as containerd's loader does).
+fn localhost_profile(path: &Path) -> Result<oci_spec::runtime::LinuxSeccomp, CriError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        invalid(
+            "security_context.seccomp.localhost_ref",
+            format!("seccomp profile {}: {e}", path.display()),
+        )
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(&e))?;
+    serde_json::from_str(&text).map_err(|e| bad(&e))
 }
 
 impl CriService {
@@ -135,36 +152,26 @@ impl CriService {
             .iter()
             .map(host_device)
             .collect::<Result<Vec<_>, _>>()?;
-        let localhost_seccomp = match sec.seccomp.as_ref() {
-            Some(p)
-                if p.profile_type
-                    == taskd_proto::cri::v1::security_profile::ProfileType::Localhost as i32 =>
-            {
-                let path = PathBuf::from(&p.localhost_ref);
-                if !path.is_absolute() {
-                    return Err(invalid(
-                        "security_context.seccomp.localhost_ref",
-                        "must be an absolute path",
-                    ));
-                }
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    invalid(
-                        "security_context.seccomp.localhost_ref",
-                        format!("{}: {e}", path.display()),
-                    )
-                })?;
-                Some(serde_json::from_str(&text).map_err(|e| {
-                    invalid(
-                        "security_context.seccomp.localhost_ref",
-                        format!("{}: {e}", path.display()),
-                    )
-                })?)
-            }
+        let localhost_seccomp = match seccomp_choice(&sec)? {
+            SeccompChoice::Localhost(path) => Some(localhost_profile(&path)?),
             _ => None,
         };
         let ns = sec.namespace_options.clone().unwrap_or_default();
         let target_pid = if ns.pid == NamespaceMode::Target as i32 {
+            if ns.target_id.is_empty() {
+                return Err(invalid(
+                    "namespace_options.target_id",
+                    "pid mode TARGET needs the target container's id",
+                ));
+            }
             let t = self.containers.get(&ns.target_id)?;
+            // As containerd: the target must be a running container of the same pod.
+            if t.sandbox_id != sandbox.id {
+                return Err(CriError::FailedPrecondition {
+                    what: format!("target container {}", t.id),
+                    reason: format!("belongs to pod sandbox {}, not {}", t.sandbox_id, sandbox.id),
+                });
+            }
             if t.state != ContainerState::Running {
                 return Err(CriError::FailedPrecondition {
                     what: format!("target container {}", t.id),
@@ -198,6 +205,7 @@ impl CriService {
             driver: self.config.cgroup_driver,
             min_oom_score_adj: self.min_oom_score_adj,
             localhost_seccomp,
+            hugetlb_controller: hugetlb_controller_present(),
         })?;
 
         let log_path = if !sandbox.config.log_directory.is_empty() && !cfg.log_path.is_empty() {
