@@ -1791,25 +1791,46 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
     assert_eq!(w.bundles().len(), bundles, "no task for the failed create");
 
     // --- masked and read-only paths --------------------------------------------------------
-    // The defaults (containerd's): /proc/kcore reads empty, /proc/sys is mounted read-only.
-    let (out, _) = sh(
-        &mut rt,
-        &dflt,
-        &format!(
-            "wc -c < /proc/kcore; P=/proc/sys; {MOUNT_OPTS}; P=/proc/kcore; {MOUNT_OPTS}; \
-             echo 1 > /proc/sys/kernel/ns_last_pid || echo WRITE-FAILED"
-        ),
-    )
-    .await;
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0].trim(), "0", "/proc/kcore masked: {out}");
-    assert!(
-        lines[1].split(',').any(|o| o == "ro"),
-        "/proc/sys read-only: {out}"
+    // `KEY=value` lines: the size of a masked proc file (one this kernel has), the entries of
+    // /sys/firmware, the mount options at a path (`-`: nothing mounted there).
+    let masked_file = ["/proc/kcore", "/proc/timer_list", "/proc/keys"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("a proc file of the default masked list on this kernel");
+    let probe = format!(
+        "echo FILE=$(cat {masked_file} 2>/dev/null | wc -c); echo FIRMWARE=$(ls -A /sys/firmware | wc -l); \
+         echo GROUP=$(wc -c < /etc/group); \
+         for P in {masked_file} /proc/sys /etc/group /tmp; do echo \"$P=$({MOUNT_OPTS})\"; done; \
+         echo 1 2>&1 > /proc/sys/kernel/ns_last_pid | sed 's/^/SYSCTL=/'; \
+         touch /tmp/x 2>&1 | sed 's/^/TMP=/'"
     );
-    assert_ne!(lines[2], "-", "/proc/kcore has a mask mounted: {out}");
+    let probe = async |rt: &mut RuntimeServiceClient<Channel>, id: &str| {
+        let (out, _) = sh(rt, id, &probe).await;
+        let get = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("{k} missing from:\n{out}"))
+                .to_owned()
+        };
+        let ro = |p: &str| get(p).split(',').any(|o| o == "ro");
+        (
+            get("FILE"),
+            get("FIRMWARE"),
+            get("GROUP"),
+            get(masked_file) != "-",
+            ro("/proc/sys"),
+            get("/etc/group") != "-",
+            ro("/tmp"),
+            out.clone(),
+        )
+    };
+    // The defaults (containerd's): the proc file reads empty, /sys/firmware is an empty
+    // tmpfs, /proc/sys is mounted read-only (a write fails so).
+    let (file, firmware, _, file_mask, sys_ro, group_mask, tmp_ro, out) = probe(&mut rt, &dflt).await;
+    assert_eq!((file.as_str(), firmware.as_str()), ("0", "0"), "{out}");
+    assert!(file_mask && sys_ro && !group_mask && !tmp_ro, "{out}");
     assert!(
-        out.contains("Read-only file system") && out.contains("WRITE-FAILED"),
+        out.contains("SYSCTL=") && out.contains("Read-only file system"),
         "{out}"
     );
     // Custom lists from the security context replace the defaults.
@@ -1827,22 +1848,12 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
         ),
     )
     .await;
-    let (out, _) = sh(
-        &mut rt,
-        &custom,
-        &format!(
-            "wc -c < /etc/group; touch /tmp/x 2>&1 || echo TMP-READONLY; \
-             P=/proc/kcore; {MOUNT_OPTS}; P=/proc/sys; {MOUNT_OPTS}"
-        ),
-    )
-    .await;
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0].trim(), "0", "/etc/group masked: {out}");
-    assert!(out.contains("TMP-READONLY"), "/tmp read-only: {out}");
-    assert_eq!(
-        &lines[lines.len() - 2..],
-        ["-", "-"],
-        "the default masks are replaced: {out}"
+    let (_, firmware, group, file_mask, sys_ro, group_mask, tmp_ro, out) = probe(&mut rt, &custom).await;
+    assert_eq!(group, "0", "/etc/group masked: {out}");
+    assert!(group_mask && tmp_ro && out.contains("TMP="), "{out}");
+    assert!(
+        !file_mask && !sys_ro && firmware != "0",
+        "the defaults are gone: {out}"
     );
     // Privileged: no masks, no read-only /proc/sys, no seccomp, every device allowed.
     let privileged = create_and_start(
@@ -1854,24 +1865,17 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
             cri::LinuxContainerSecurityContext {
                 privileged: true,
                 masked_paths: vec!["/etc/group".into()],
+                readonly_paths: vec!["/tmp".into()],
                 seccomp: seccomp(ProfileType::RuntimeDefault, ""),
                 ..Default::default()
             },
         ),
     )
     .await;
-    let (out, _) = sh(
-        &mut rt,
-        &privileged,
-        &format!("P=/proc/kcore; {MOUNT_OPTS}; P=/proc/sys; {MOUNT_OPTS}; P=/etc/group; {MOUNT_OPTS}"),
-    )
-    .await;
-    let proc_sys_opts = out.lines().nth(1).unwrap_or_default();
-    assert_eq!(out.lines().next(), Some("-"), "{out}");
-    assert_eq!(out.lines().nth(2), Some("-"), "{out}");
+    let (_, firmware, group, file_mask, sys_ro, group_mask, tmp_ro, out) = probe(&mut rt, &privileged).await;
     assert!(
-        !proc_sys_opts.split(',').any(|o| o == "ro"),
-        "/proc/sys writable when privileged: {out}"
+        !file_mask && !sys_ro && !group_mask && !tmp_ro && group != "0" && firmware != "0",
+        "{out}"
     );
     let pid = host_pid(&mut rt, &privileged).await;
     assert_eq!(proc_status(pid, "Seccomp"), "0");
@@ -1890,7 +1894,14 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
         nix::sys::stat::makedev(241, 7),
     )
     .expect("mknod the fake device");
-    let mut devc = sleeper("devices");
+    // As root: mknod needs CAP_MKNOD (the image's user is nobody).
+    let mut devc = with_security(
+        sleeper("devices"),
+        cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 0 }),
+            ..Default::default()
+        },
+    );
     devc.devices = vec![
         cri::Device {
             container_path: "/dev/mydev".into(),

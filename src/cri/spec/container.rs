@@ -4,7 +4,7 @@
 //! process  args: CRI command+args | image entrypoint + CRI args | entrypoint + cmd
 //!          env: image env, CRI envs override by key; cwd: CRI > image > "/"
 //!          user: resolved by user.rs; tty; oom_score_adj ≥ taskd's own
-//!          caps: defaults ± add/drop (ALL understood); privileged = all caps
+//!          caps: defaults ± add/drop (ALL: taskd's own set); privileged = taskd's own set
 //!          no_new_privs; seccomp (RuntimeDefault, Unconfined, Localhost; the deprecated
 //!          seccomp_profile_path too; none if privileged)
 //! mounts   defaults, then the pod's /etc/hosts, /etc/resolv.conf, /etc/hostname,
@@ -35,8 +35,7 @@ use taskd_proto::cri::v1::{
 use super::sandbox::pod_namespace_modes;
 use super::user::ResolvedUser;
 use super::{
-    SpecError, all_caps, annotations as a, capability, caps_all_sets, cgroups_path, default_caps, invalid,
-    namespace,
+    SpecError, annotations as a, capability, caps_all_sets, cgroups_path, default_caps, invalid, namespace,
 };
 use crate::cri::config::CgroupDriver;
 use crate::cri::store::image::ImageConfig;
@@ -83,6 +82,8 @@ pub struct ContainerInput<'a> {
     pub min_oom_score_adj: i32,
     /// A Localhost seccomp profile, already read and parsed by the caller.
     pub localhost_seccomp: Option<LinuxSeccomp>,
+    /// What a privileged container or `add: ALL` gets ([`super::current_caps`]: taskd's own).
+    pub all_caps: &'a HashSet<Capability>,
     /// The host has the hugetlb cgroup controller ([`hugetlb_controller_present`]); without
     /// it hugepage limits are skipped, as containerd does by default.
     pub hugetlb_controller: bool,
@@ -359,7 +360,7 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
         .set_gid(inp.user.gid)
         .set_additional_gids(Some(inp.user.additional_gids.clone()));
     let caps = if sec.privileged {
-        all_caps()
+        inp.all_caps.clone()
     } else {
         let mut set = default_caps();
         let c = sec.capabilities.clone().unwrap_or_default();
@@ -367,7 +368,7 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
             set.clear();
         }
         if c.add_capabilities.iter().any(|d| d.eq_ignore_ascii_case("ALL")) {
-            set = all_caps();
+            set = inp.all_caps.clone();
         }
         for add in c
             .add_capabilities
@@ -702,6 +703,9 @@ mod tests {
         })
     }
 
+    static ALL_CAPS: std::sync::LazyLock<HashSet<Capability>> =
+        std::sync::LazyLock::new(super::super::all_caps);
+
     fn input<'a>(
         cfg: &'a ContainerConfig,
         pod: &'a PodSandboxConfig,
@@ -727,6 +731,7 @@ mod tests {
             min_oom_score_adj: -500,
             localhost_seccomp: None,
             hugetlb_controller: true,
+            all_caps: &ALL_CAPS,
         }
     }
 

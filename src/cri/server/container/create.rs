@@ -206,6 +206,7 @@ impl CriService {
             min_oom_score_adj: self.min_oom_score_adj,
             localhost_seccomp,
             hugetlb_controller: hugetlb_controller_present(),
+            all_caps: crate::cri::spec::current_caps(),
         })?;
 
         let log_path = if !sandbox.config.log_directory.is_empty() && !cfg.log_path.is_empty() {
