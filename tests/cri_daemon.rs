@@ -1601,6 +1601,18 @@ async fn host_pid(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> u32 {
         .expect("a running container's pid") as u32
 }
 
+/// The names of the containers ListContainers reports.
+async fn container_names(rt: &mut RuntimeServiceClient<Channel>) -> Vec<String> {
+    rt.list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+        .into_iter()
+        .filter_map(|c| c.metadata.map(|m| m.name))
+        .collect()
+}
+
 /// A line of the host's `/proc/<pid>/status`.
 fn proc_status(pid: u32, key: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -1778,15 +1790,7 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
         e.message().contains("no-such-profile.json") && e.message().contains("localhost_ref"),
         "{e:?}"
     );
-    let names: Vec<String> = rt
-        .list_containers(cri::ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .into_iter()
-        .filter_map(|c| c.metadata.map(|m| m.name))
-        .collect();
+    let names = container_names(&mut rt).await;
     assert!(!names.iter().any(|n| n == "missing-profile"), "{names:?}");
     assert_eq!(w.bundles().len(), bundles, "no task for the failed create");
 
@@ -1855,23 +1859,45 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
         !file_mask && !sys_ro && firmware != "0",
         "the defaults are gone: {out}"
     );
-    // Privileged: no masks, no read-only /proc/sys, no seccomp, every device allowed.
-    let privileged = create_and_start(
-        &mut rt,
-        &pod,
-        &cfg,
-        with_security(
-            sleeper("privileged"),
-            cri::LinuxContainerSecurityContext {
-                privileged: true,
-                masked_paths: vec!["/etc/group".into()],
-                readonly_paths: vec!["/tmp".into()],
-                seccomp: seccomp(ProfileType::RuntimeDefault, ""),
-                ..Default::default()
-            },
-        ),
-    )
-    .await;
+    // Privileged: only in a privileged pod (as containerd); there no masks, no read-only
+    // /proc/sys, no seccomp, every device allowed and the host's devices in /dev.
+    let privileged_cfg = with_security(
+        sleeper("privileged"),
+        cri::LinuxContainerSecurityContext {
+            privileged: true,
+            masked_paths: vec!["/etc/group".into()],
+            readonly_paths: vec!["/tmp".into()],
+            seccomp: seccomp(ProfileType::RuntimeDefault, ""),
+            ..Default::default()
+        },
+    );
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(privileged_cfg.clone()),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("privileged pod"), "{e:?}");
+    let mut priv_cfg = w.pod_config("privpod");
+    if let Some(l) = priv_cfg.linux.as_mut() {
+        l.security_context = Some(cri::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+    }
+    let priv_pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(priv_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox privileged")
+        .into_inner()
+        .pod_sandbox_id;
+    let privileged = create_and_start(&mut rt, &priv_pod, &priv_cfg, privileged_cfg).await;
     let (_, firmware, group, file_mask, sys_ro, group_mask, tmp_ro, out) = probe(&mut rt, &privileged).await;
     assert!(
         !file_mask && !sys_ro && !group_mask && !tmp_ro && group != "0" && firmware != "0",
@@ -1881,19 +1907,45 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
     assert_eq!(proc_status(pid, "Seccomp"), "0");
     let devices = std::fs::read_to_string(cgroup("devices", &privileged).join("devices.list")).unwrap();
     assert_eq!(devices.trim(), "a *:* rwm", "privileged devices cgroup");
+    // A host device runc would not create on its own.
+    if let Some(host_dev) = ["/dev/loop-control", "/dev/kmsg", "/dev/fuse", "/dev/autofs"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    {
+        use std::os::unix::fs::MetadataExt;
+        let rdev = std::fs::metadata(host_dev).unwrap().rdev();
+        let want = format!(
+            "{:x}:{:x}",
+            nix::sys::stat::major(rdev),
+            nix::sys::stat::minor(rdev)
+        );
+        let (out, _) = sh(&mut rt, &privileged, &format!("stat -c '%t:%T' {host_dev}")).await;
+        assert_eq!(
+            out.trim(),
+            want,
+            "the host's {host_dev} in the privileged container"
+        );
+        let (out, _) = sh(&mut rt, &dflt, &format!("ls {host_dev} 2>&1")).await;
+        assert!(out.contains("No such file"), "not in an unprivileged one: {out}");
+    }
 
     // --- devices -------------------------------------------------------------------------
     // The host's /dev/zero as /dev/mydev (rw), and a char node with no driver behind it
     // (major 241, local/experimental) as /dev/fake (r): the devices cgroup allows both;
     // a node the container makes itself is refused by the cgroup.
+    // A directory given as a device brings every node under it (here one more, 241:9).
     let fake = w.dir.path().join("fake-dev");
-    nix::sys::stat::mknod(
-        &fake,
-        nix::sys::stat::SFlag::S_IFCHR,
-        nix::sys::stat::Mode::from_bits_truncate(0o644),
-        nix::sys::stat::makedev(241, 7),
-    )
-    .expect("mknod the fake device");
+    let devdir = w.dir.path().join("devdir");
+    std::fs::create_dir_all(devdir.join("sub")).unwrap();
+    for (path, minor) in [(fake.clone(), 7), (devdir.join("sub/nine"), 9)] {
+        nix::sys::stat::mknod(
+            &path,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+            nix::sys::stat::makedev(241, minor),
+        )
+        .expect("mknod a fake device");
+    }
     // As root: mknod needs CAP_MKNOD (the image's user is nobody).
     let mut devc = with_security(
         sleeper("devices"),
@@ -1913,6 +1965,11 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
             host_path: fake.display().to_string(),
             permissions: "r".into(),
         },
+        cri::Device {
+            container_path: "/dev/group".into(),
+            host_path: devdir.display().to_string(),
+            permissions: "rw".into(),
+        },
     ];
     let devc = create_and_start(&mut rt, &pod, &cfg, devc).await;
     let (out, code) = sh(
@@ -1920,7 +1977,7 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
         &devc,
         "stat -c '%F %t:%T' /dev/mydev; head -c 4 /dev/mydev | od -An -tx1; \
          stat -c '%t:%T' /dev/fake; cat /dev/fake 2>&1; \
-         mknod /dev/other c 241 8 && cat /dev/other 2>&1; true",
+         mknod /dev/other c 241 8 && cat /dev/other 2>&1; echo GROUP=$(stat -c '%t:%T' /dev/group/sub/nine); true",
     )
     .await;
     assert_eq!(code, 0, "{out}");
@@ -1944,6 +2001,8 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
     let devices = std::fs::read_to_string(cgroup("devices", &devc).join("devices.list")).unwrap();
     let rules: Vec<&str> = devices.lines().collect();
     assert!(rules.contains(&"c 241:7 r"), "{devices}");
+    assert!(rules.contains(&"c 241:9 rw"), "{devices}");
+    assert!(out.contains("GROUP=f1:9"), "the directory's device: {out}");
     assert!(rules.iter().any(|r| r.starts_with("c 1:5 ")), "{devices}");
     assert!(!rules.contains(&"a *:* rwm"), "{devices}");
 
@@ -2030,14 +2089,35 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     assert!(e.message().contains("no-such-container"), "{e:?}");
-
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })
+    // A target in another pod: refused (containerd's rule), nothing created.
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: priv_pod.clone(),
+            config: Some(with_security(
+                sleeper("elsewhere"),
+                ns(cri::NamespaceMode::Target, &first),
+            )),
+            sandbox_config: Some(priv_cfg.clone()),
+        })
         .await
-        .expect("RemovePodSandbox");
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(&pod), "names the target's pod: {e:?}");
+    let names = container_names(&mut rt).await;
+    assert!(
+        !names.iter().any(|n| n == "orphan" || n == "elsewhere"),
+        "{names:?}"
+    );
+
+    for p in [pod, priv_pod] {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: p.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
+            .await
+            .expect("RemovePodSandbox");
+    }
     assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
 }

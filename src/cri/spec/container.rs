@@ -334,6 +334,19 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
     let linux_cfg = cfg.linux.clone().unwrap_or_default();
     let sec = linux_cfg.security_context.clone().unwrap_or_default();
     let res = linux_cfg.resources.clone().unwrap_or_default();
+    // As containerd: a privileged container only in a privileged pod.
+    let pod_privileged = inp
+        .sandbox
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .is_some_and(|s| s.privileged);
+    if sec.privileged && !pod_privileged {
+        return Err(invalid(
+            "security_context.privileged",
+            "a privileged container needs a privileged pod sandbox",
+        ));
+    }
     let (pod_net, _, _) = pod_namespace_modes(inp.sandbox);
     let host_net = pod_net == NamespaceMode::Node;
     let ns_opts = sec.namespace_options.clone().unwrap_or_default();
@@ -923,7 +936,7 @@ mod tests {
 
     #[test]
     fn privileged_gets_everything_and_no_seccomp() {
-        let (mut cfg, pod, img) = base(ContainerConfig {
+        let (mut cfg, mut pod, img) = base(ContainerConfig {
             metadata: meta(),
             ..Default::default()
         });
@@ -936,6 +949,12 @@ mod tests {
                 }),
                 ..Default::default()
             }),
+            ..Default::default()
+        });
+        let e = build(&cfg, &pod, &img).unwrap_err().to_string();
+        assert!(e.contains("privileged pod"), "{e}");
+        pod.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+            privileged: true,
             ..Default::default()
         });
         let spec = build(&cfg, &pod, &img).unwrap();
