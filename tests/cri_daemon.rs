@@ -1638,6 +1638,20 @@ fn seccomp(t: cri::security_profile::ProfileType, localhost_ref: &str) -> Option
     })
 }
 
+/// What the masked/read-only paths probe saw in a container.
+#[derive(Debug)]
+struct Probed {
+    file_bytes: String,
+    firmware_entries: String,
+    group_bytes: String,
+    file_masked: bool,
+    proc_sys_ro: bool,
+    group_masked: bool,
+    tmp_ro: bool,
+    sysfs_ro: bool,
+    out: String,
+}
+
 /// The mount options of `path` in a container (`-` when nothing is mounted there).
 const MOUNT_OPTS: &str =
     "awk -v p=\"$P\" '$5==p{o=$6} END{print (o==\"\" ? \"-\" : o)}' /proc/self/mountinfo";
@@ -1804,7 +1818,7 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
     let probe = format!(
         "echo FILE=$(cat {masked_file} 2>/dev/null | wc -c); echo FIRMWARE=$(ls -A /sys/firmware | wc -l); \
          echo GROUP=$(wc -c < /etc/group); \
-         for P in {masked_file} /proc/sys /etc/group /tmp; do echo \"$P=$({MOUNT_OPTS})\"; done; \
+         for P in {masked_file} /proc/sys /etc/group /tmp /sys /sys/fs/cgroup; do echo \"$P=$({MOUNT_OPTS})\"; done; \
          echo 1 2>&1 > /proc/sys/kernel/ns_last_pid | sed 's/^/SYSCTL=/'; \
          touch /tmp/x 2>&1 | sed 's/^/TMP=/'"
     );
@@ -1817,25 +1831,33 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
                 .to_owned()
         };
         let ro = |p: &str| get(p).split(',').any(|o| o == "ro");
-        (
-            get("FILE"),
-            get("FIRMWARE"),
-            get("GROUP"),
-            get(masked_file) != "-",
-            ro("/proc/sys"),
-            get("/etc/group") != "-",
-            ro("/tmp"),
-            out.clone(),
-        )
+        Probed {
+            file_bytes: get("FILE"),
+            firmware_entries: get("FIRMWARE"),
+            group_bytes: get("GROUP"),
+            file_masked: get(masked_file) != "-",
+            proc_sys_ro: ro("/proc/sys"),
+            group_masked: get("/etc/group") != "-",
+            tmp_ro: ro("/tmp"),
+            sysfs_ro: ro("/sys") || ro("/sys/fs/cgroup"),
+            out: out.clone(),
+        }
     };
     // The defaults (containerd's): the proc file reads empty, /sys/firmware is an empty
     // tmpfs, /proc/sys is mounted read-only (a write fails so).
-    let (file, firmware, _, file_mask, sys_ro, group_mask, tmp_ro, out) = probe(&mut rt, &dflt).await;
-    assert_eq!((file.as_str(), firmware.as_str()), ("0", "0"), "{out}");
-    assert!(file_mask && sys_ro && !group_mask && !tmp_ro, "{out}");
+    let p = probe(&mut rt, &dflt).await;
+    assert_eq!(
+        (p.file_bytes.as_str(), p.firmware_entries.as_str()),
+        ("0", "0"),
+        "{p:?}"
+    );
     assert!(
-        out.contains("SYSCTL=") && out.contains("Read-only file system"),
-        "{out}"
+        p.file_masked && p.proc_sys_ro && !p.group_masked && !p.tmp_ro && p.sysfs_ro,
+        "{p:?}"
+    );
+    assert!(
+        p.out.contains("SYSCTL=") && p.out.contains("Read-only file system"),
+        "{p:?}"
     );
     // Custom lists from the security context replace the defaults.
     let custom = create_and_start(
@@ -1852,12 +1874,12 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
         ),
     )
     .await;
-    let (_, firmware, group, file_mask, sys_ro, group_mask, tmp_ro, out) = probe(&mut rt, &custom).await;
-    assert_eq!(group, "0", "/etc/group masked: {out}");
-    assert!(group_mask && tmp_ro && out.contains("TMP="), "{out}");
+    let p = probe(&mut rt, &custom).await;
+    assert_eq!(p.group_bytes, "0", "/etc/group masked: {p:?}");
+    assert!(p.group_masked && p.tmp_ro && p.out.contains("TMP="), "{p:?}");
     assert!(
-        !file_mask && !sys_ro && firmware != "0",
-        "the defaults are gone: {out}"
+        !p.file_masked && !p.proc_sys_ro && p.firmware_entries != "0",
+        "the defaults are gone: {p:?}"
     );
     // Privileged: only in a privileged pod (as containerd); there no masks, no read-only
     // /proc/sys, no seccomp, every device allowed and the host's devices in /dev.
@@ -1898,11 +1920,12 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
         .into_inner()
         .pod_sandbox_id;
     let privileged = create_and_start(&mut rt, &priv_pod, &priv_cfg, privileged_cfg).await;
-    let (_, firmware, group, file_mask, sys_ro, group_mask, tmp_ro, out) = probe(&mut rt, &privileged).await;
+    let p = probe(&mut rt, &privileged).await;
     assert!(
-        !file_mask && !sys_ro && !group_mask && !tmp_ro && group != "0" && firmware != "0",
-        "{out}"
+        !p.file_masked && !p.proc_sys_ro && !p.group_masked && !p.tmp_ro && !p.sysfs_ro,
+        "{p:?}"
     );
+    assert!(p.group_bytes != "0" && p.firmware_entries != "0", "{p:?}");
     let pid = host_pid(&mut rt, &privileged).await;
     assert_eq!(proc_status(pid, "Seccomp"), "0");
     let devices = std::fs::read_to_string(cgroup("devices", &privileged).join("devices.list")).unwrap();

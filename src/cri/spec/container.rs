@@ -433,14 +433,18 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
         .into_iter()
         .filter(|m| !cri_dests.contains(m.destination().to_string_lossy().as_ref()))
         .map(|mut m| {
-            // Privileged containers get a writable /sys.
-            if sec.privileged && m.destination().as_os_str() == "/sys" {
-                m.set_options(Some(vec![
-                    "nosuid".into(),
-                    "noexec".into(),
-                    "nodev".into(),
-                    "rw".into(),
-                ]));
+            // Privileged containers get a writable sysfs and cgroupfs (containerd's
+            // WithWriteableSysfs and WithWriteableCgroupfs).
+            if sec.privileged && matches!(m.typ().as_deref(), Some("sysfs" | "cgroup")) {
+                let mut opts: Vec<String> = m
+                    .options()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|o| o != "ro" && o != "rw")
+                    .collect();
+                opts.push("rw".into());
+                m.set_options(Some(opts));
             }
             m
         })
@@ -969,6 +973,20 @@ mod tests {
             .clone()
             .unwrap();
         assert!(caps.contains(&Capability::SysAdmin));
+        for dest in ["/sys", "/sys/fs/cgroup"] {
+            let m = spec
+                .mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|m| m.destination().as_os_str() == dest)
+                .unwrap();
+            let opts = m.options().as_ref().unwrap();
+            assert!(
+                opts.contains(&"rw".to_owned()) && !opts.contains(&"ro".to_owned()),
+                "{dest}: {opts:?}"
+            );
+        }
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.seccomp().is_none() && linux.masked_paths().is_none());
         assert!(linux.resources().as_ref().unwrap().devices().as_ref().unwrap()[0].allow());
