@@ -1561,3 +1561,586 @@ async fn pod_options_security_context_resources_and_log_reopen() {
     assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
     assert!(netns_pins(&w.d).is_empty());
 }
+
+/// `sh -c script` in a container through ExecSync: stdout + stderr, exit code.
+async fn sh(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> (String, i32) {
+    let r = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 30,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e:?}"))
+        .into_inner();
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        ),
+        r.exit_code,
+    )
+}
+
+/// The container's init pid on the host (ContainerStatus verbose info, as containerd's).
+async fn host_pid(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> u32 {
+    let info = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("ContainerStatus verbose")
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    v["pid"]
+        .as_u64()
+        .filter(|&p| p > 0)
+        .expect("a running container's pid") as u32
+}
+
+/// The names of the containers ListContainers reports.
+async fn container_names(rt: &mut RuntimeServiceClient<Channel>) -> Vec<String> {
+    rt.list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+        .into_iter()
+        .filter_map(|c| c.metadata.map(|m| m.name))
+        .collect()
+}
+
+/// A line of the host's `/proc/<pid>/status`.
+fn proc_status(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_owned()))
+        .unwrap_or_else(|| panic!("{key} missing from /proc/{pid}/status"))
+}
+
+fn with_security(
+    mut c: cri::ContainerConfig,
+    sec: cri::LinuxContainerSecurityContext,
+) -> cri::ContainerConfig {
+    let linux = c.linux.get_or_insert_with(Default::default);
+    linux.security_context = Some(sec);
+    c
+}
+
+fn seccomp(t: cri::security_profile::ProfileType, localhost_ref: &str) -> Option<cri::SecurityProfile> {
+    Some(cri::SecurityProfile {
+        profile_type: t as i32,
+        localhost_ref: localhost_ref.into(),
+    })
+}
+
+/// What the masked/read-only paths probe saw in a container.
+#[derive(Debug)]
+struct Probed {
+    file_bytes: String,
+    firmware_entries: String,
+    group_bytes: String,
+    file_masked: bool,
+    proc_sys_ro: bool,
+    group_masked: bool,
+    tmp_ro: bool,
+    sysfs_ro: bool,
+    out: String,
+}
+
+/// The mount options of `path` in a container (`-` when nothing is mounted there).
+const MOUNT_OPTS: &str =
+    "awk -v p=\"$P\" '$5==p{o=$6} END{print (o==\"\" ? \"-\" : o)}' /proc/self/mountinfo";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
+    if !support::e2e("seccomp_masked_paths_devices_hugepages_and_target_pid_namespace") {
+        return;
+    }
+    use cri::security_profile::ProfileType;
+    let w = World::new(60 + (std::process::id() % 20) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let cfg = w.pod_config("sec");
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let sleeper = |name: &str| container_config(name, "exec sleep 3600");
+    let cgroup = |controller: &str, id: &str| {
+        PathBuf::from("/sys/fs/cgroup")
+            .join(controller)
+            .join(w.cgroup_parent().trim_start_matches('/'))
+            .join(id)
+    };
+
+    // --- seccomp -------------------------------------------------------------------------
+    // RuntimeDefault: a filter (mode 2), and unshare(2) refused without CAP_SYS_ADMIN; the
+    // default masked and read-only paths are in place.
+    let dflt = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(
+            sleeper("rtdefault"),
+            cri::LinuxContainerSecurityContext {
+                seccomp: seccomp(ProfileType::RuntimeDefault, ""),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert_eq!(proc_status(host_pid(&mut rt, &dflt).await, "Seccomp"), "2");
+    let (out, code) = sh(&mut rt, &dflt, "grep Seccomp: /proc/self/status; unshare -U true").await;
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(
+        code != 0 && out.contains("Operation not permitted"),
+        "unshare under RuntimeDefault: {code} {out}"
+    );
+    // Unconfined: no filter, and the same unshare(2) passes the (absent) filter.
+    let unconf = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(
+            sleeper("unconfined"),
+            cri::LinuxContainerSecurityContext {
+                seccomp: seccomp(ProfileType::Unconfined, ""),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert_eq!(proc_status(host_pid(&mut rt, &unconf).await, "Seccomp"), "0");
+    let (out, code) = sh(
+        &mut rt,
+        &unconf,
+        "grep Seccomp: /proc/self/status; unshare -U true",
+    )
+    .await;
+    assert!(out.contains("Seccomp:\t0"), "{out}");
+    if code != 0 {
+        // The kernel may refuse user namespaces on its own; the filter is what differs.
+        eprintln!("unshare -U unconfined fails on this host too ({out}): Seccomp lines only");
+    }
+    // Localhost: the node's profile file denies mkdir with EPERM.
+    let profile = w.dir.path().join("deny-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+            {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )
+    .unwrap();
+    let local = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(
+            sleeper("localhost"),
+            cri::LinuxContainerSecurityContext {
+                seccomp: seccomp(ProfileType::Localhost, &profile.display().to_string()),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert_eq!(proc_status(host_pid(&mut rt, &local).await, "Seccomp"), "2");
+    let (out, code) = sh(&mut rt, &local, "mkdir /tmp/made").await;
+    assert!(
+        code != 0 && out.contains("Operation not permitted"),
+        "mkdir under the Localhost profile: {code} {out}"
+    );
+    // The same file as `localhost/<path>` (the prefix containerd trims): touch still works,
+    // mkdir does not.
+    let prefixed = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(
+            sleeper("prefixed"),
+            cri::LinuxContainerSecurityContext {
+                seccomp: seccomp(
+                    ProfileType::Localhost,
+                    &format!("localhost/{}", profile.display()),
+                ),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let (out, code) = sh(&mut rt, &prefixed, "touch /tmp/f && mkdir /tmp/d").await;
+    assert!(
+        code != 0 && out.contains("mkdir") && out.contains("Operation not permitted"),
+        "{out}"
+    );
+    // A Localhost profile that is not on the node: a clear error, nothing left behind.
+    let bundles = w.bundles().len();
+    let missing = w.dir.path().join("no-such-profile.json");
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(with_security(
+                sleeper("missing-profile"),
+                cri::LinuxContainerSecurityContext {
+                    seccomp: seccomp(ProfileType::Localhost, &missing.display().to_string()),
+                    ..Default::default()
+                },
+            )),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("no-such-profile.json") && e.message().contains("localhost_ref"),
+        "{e:?}"
+    );
+    let names = container_names(&mut rt).await;
+    assert!(!names.iter().any(|n| n == "missing-profile"), "{names:?}");
+    assert_eq!(w.bundles().len(), bundles, "no task for the failed create");
+
+    // --- masked and read-only paths --------------------------------------------------------
+    // `KEY=value` lines: the size of a masked proc file (one this kernel has), the entries of
+    // /sys/firmware, the mount options at a path (`-`: nothing mounted there).
+    let masked_file = ["/proc/kcore", "/proc/timer_list", "/proc/keys"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("a proc file of the default masked list on this kernel");
+    let probe = format!(
+        "echo FILE=$(cat {masked_file} 2>/dev/null | wc -c); echo FIRMWARE=$(ls -A /sys/firmware | wc -l); \
+         echo GROUP=$(wc -c < /etc/group); \
+         for P in {masked_file} /proc/sys /etc/group /tmp /sys /sys/fs/cgroup; do echo \"$P=$({MOUNT_OPTS})\"; done; \
+         echo 1 2>&1 > /proc/sys/kernel/ns_last_pid | sed 's/^/SYSCTL=/'; \
+         touch /tmp/x 2>&1 | sed 's/^/TMP=/'"
+    );
+    let probe = async |rt: &mut RuntimeServiceClient<Channel>, id: &str| {
+        let (out, _) = sh(rt, id, &probe).await;
+        let get = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("{k} missing from:\n{out}"))
+                .to_owned()
+        };
+        let ro = |p: &str| get(p).split(',').any(|o| o == "ro");
+        Probed {
+            file_bytes: get("FILE"),
+            firmware_entries: get("FIRMWARE"),
+            group_bytes: get("GROUP"),
+            file_masked: get(masked_file) != "-",
+            proc_sys_ro: ro("/proc/sys"),
+            group_masked: get("/etc/group") != "-",
+            tmp_ro: ro("/tmp"),
+            sysfs_ro: ro("/sys") || ro("/sys/fs/cgroup"),
+            out: out.clone(),
+        }
+    };
+    // The defaults (containerd's): the proc file reads empty, /sys/firmware is an empty
+    // tmpfs, /proc/sys is mounted read-only (a write fails so).
+    let p = probe(&mut rt, &dflt).await;
+    assert_eq!(
+        (p.file_bytes.as_str(), p.firmware_entries.as_str()),
+        ("0", "0"),
+        "{p:?}"
+    );
+    assert!(
+        p.file_masked && p.proc_sys_ro && !p.group_masked && !p.tmp_ro && p.sysfs_ro,
+        "{p:?}"
+    );
+    assert!(
+        p.out.contains("SYSCTL=") && p.out.contains("Read-only file system"),
+        "{p:?}"
+    );
+    // Custom lists from the security context replace the defaults.
+    let custom = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(
+            sleeper("custom-paths"),
+            cri::LinuxContainerSecurityContext {
+                masked_paths: vec!["/etc/group".into()],
+                readonly_paths: vec!["/tmp".into()],
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let p = probe(&mut rt, &custom).await;
+    assert_eq!(p.group_bytes, "0", "/etc/group masked: {p:?}");
+    assert!(p.group_masked && p.tmp_ro && p.out.contains("TMP="), "{p:?}");
+    assert!(
+        !p.file_masked && !p.proc_sys_ro && p.firmware_entries != "0",
+        "the defaults are gone: {p:?}"
+    );
+    // Privileged: only in a privileged pod (as containerd); there no masks, no read-only
+    // /proc/sys, no seccomp, every device allowed and the host's devices in /dev.
+    let privileged_cfg = with_security(
+        sleeper("privileged"),
+        cri::LinuxContainerSecurityContext {
+            privileged: true,
+            masked_paths: vec!["/etc/group".into()],
+            readonly_paths: vec!["/tmp".into()],
+            seccomp: seccomp(ProfileType::RuntimeDefault, ""),
+            ..Default::default()
+        },
+    );
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(privileged_cfg.clone()),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("privileged pod"), "{e:?}");
+    let mut priv_cfg = w.pod_config("privpod");
+    if let Some(l) = priv_cfg.linux.as_mut() {
+        l.security_context = Some(cri::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+    }
+    let priv_pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(priv_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox privileged")
+        .into_inner()
+        .pod_sandbox_id;
+    let privileged = create_and_start(&mut rt, &priv_pod, &priv_cfg, privileged_cfg).await;
+    let p = probe(&mut rt, &privileged).await;
+    assert!(
+        !p.file_masked && !p.proc_sys_ro && !p.group_masked && !p.tmp_ro && !p.sysfs_ro,
+        "{p:?}"
+    );
+    assert!(p.group_bytes != "0" && p.firmware_entries != "0", "{p:?}");
+    let pid = host_pid(&mut rt, &privileged).await;
+    assert_eq!(proc_status(pid, "Seccomp"), "0");
+    let devices = std::fs::read_to_string(cgroup("devices", &privileged).join("devices.list")).unwrap();
+    assert_eq!(devices.trim(), "a *:* rwm", "privileged devices cgroup");
+    // A host device runc would not create on its own.
+    if let Some(host_dev) = ["/dev/loop-control", "/dev/kmsg", "/dev/fuse", "/dev/autofs"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    {
+        use std::os::unix::fs::MetadataExt;
+        let rdev = std::fs::metadata(host_dev).unwrap().rdev();
+        let want = format!(
+            "{:x}:{:x}",
+            nix::sys::stat::major(rdev),
+            nix::sys::stat::minor(rdev)
+        );
+        let (out, _) = sh(&mut rt, &privileged, &format!("stat -c '%t:%T' {host_dev}")).await;
+        assert_eq!(
+            out.trim(),
+            want,
+            "the host's {host_dev} in the privileged container"
+        );
+        let (out, _) = sh(&mut rt, &dflt, &format!("ls {host_dev} 2>&1")).await;
+        assert!(out.contains("No such file"), "not in an unprivileged one: {out}");
+    }
+
+    // --- devices -------------------------------------------------------------------------
+    // The host's /dev/zero as /dev/mydev (rw), and a char node with no driver behind it
+    // (major 241, local/experimental) as /dev/fake (r): the devices cgroup allows both;
+    // a node the container makes itself is refused by the cgroup.
+    // A directory given as a device brings every node under it (here one more, 241:9).
+    let fake = w.dir.path().join("fake-dev");
+    let devdir = w.dir.path().join("devdir");
+    std::fs::create_dir_all(devdir.join("sub")).unwrap();
+    for (path, minor) in [(fake.clone(), 7), (devdir.join("sub/nine"), 9)] {
+        nix::sys::stat::mknod(
+            &path,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+            nix::sys::stat::makedev(241, minor),
+        )
+        .expect("mknod a fake device");
+    }
+    // As root: mknod needs CAP_MKNOD (the image's user is nobody).
+    let mut devc = with_security(
+        sleeper("devices"),
+        cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 0 }),
+            ..Default::default()
+        },
+    );
+    devc.devices = vec![
+        cri::Device {
+            container_path: "/dev/mydev".into(),
+            host_path: "/dev/zero".into(),
+            permissions: "rw".into(),
+        },
+        cri::Device {
+            container_path: "/dev/fake".into(),
+            host_path: fake.display().to_string(),
+            permissions: "r".into(),
+        },
+        cri::Device {
+            container_path: "/dev/group".into(),
+            host_path: devdir.display().to_string(),
+            permissions: "rw".into(),
+        },
+    ];
+    let devc = create_and_start(&mut rt, &pod, &cfg, devc).await;
+    let (out, code) = sh(
+        &mut rt,
+        &devc,
+        "stat -c '%F %t:%T' /dev/mydev; head -c 4 /dev/mydev | od -An -tx1; \
+         stat -c '%t:%T' /dev/fake; cat /dev/fake 2>&1; \
+         mknod /dev/other c 241 8 && cat /dev/other 2>&1; echo GROUP=$(stat -c '%t:%T' /dev/group/sub/nine); true",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "character special file 1:5", "{out}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["00"; 4],
+        "{out}"
+    );
+    assert_eq!(lines[2], "f1:7", "{out}");
+    let says = |path: &str, what: &str| out.lines().any(|l| l.contains(path) && l.contains(what));
+    assert!(
+        says("/dev/fake", "No such device or address"),
+        "the cgroup lets /dev/fake open (no driver behind it): {out}"
+    );
+    assert!(
+        says("/dev/other", "Operation not permitted"),
+        "the cgroup refuses a device the container was not given: {out}"
+    );
+    let devices = std::fs::read_to_string(cgroup("devices", &devc).join("devices.list")).unwrap();
+    let rules: Vec<&str> = devices.lines().collect();
+    assert!(rules.contains(&"c 241:7 r"), "{devices}");
+    assert!(rules.contains(&"c 241:9 rw"), "{devices}");
+    assert!(out.contains("GROUP=f1:9"), "the directory's device: {out}");
+    assert!(rules.iter().any(|r| r.starts_with("c 1:5 ")), "{devices}");
+    assert!(!rules.contains(&"a *:* rwm"), "{devices}");
+
+    // --- hugepages -----------------------------------------------------------------------
+    // A limit only (nothing is allocated, no host sysctl changes). Without the hugetlb
+    // controller taskd skips the limit (as containerd by default) and the container runs.
+    let mut huge = sleeper("hugepages");
+    huge.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            hugepage_limits: vec![cri::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 4 << 20,
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let huge = create_and_start(&mut rt, &pod, &cfg, huge).await;
+    assert_eq!(
+        status(&mut rt, &huge).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let hugetlb = PathBuf::from("/sys/fs/cgroup/hugetlb");
+    if hugetlb.is_dir() && Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").is_dir() {
+        let limit =
+            std::fs::read_to_string(cgroup("hugetlb", &huge).join("hugetlb.2MB.limit_in_bytes")).unwrap();
+        assert_eq!(limit.trim(), (4u64 << 20).to_string());
+    } else {
+        eprintln!(
+            "hugepages: no hugetlb cgroup controller on this host (no {}): the limit is \
+             skipped, only checked that the container runs",
+            hugetlb.display()
+        );
+    }
+
+    // --- pid namespace TARGET ------------------------------------------------------------
+    // The first container has its own PID namespace; the second joins it by TARGET.
+    let ns = |pid: cri::NamespaceMode, target_id: &str| cri::LinuxContainerSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            pid: pid as i32,
+            target_id: target_id.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let first = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(
+            container_config("first", "exec sleep 3601"),
+            ns(cri::NamespaceMode::Container, ""),
+        ),
+    )
+    .await;
+    let second = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_security(sleeper("second"), ns(cri::NamespaceMode::Target, &first)),
+    )
+    .await;
+    let (seen, _) = sh(&mut rt, &second, "ps").await;
+    assert!(seen.contains("sleep 3601"), "the target's processes: {seen}");
+    assert!(!seen.contains("2147483647"), "not the pod's (pause): {seen}");
+    let link = "readlink /proc/self/ns/pid";
+    let (a, _) = sh(&mut rt, &first, link).await;
+    let (b, _) = sh(&mut rt, &second, link).await;
+    let (pod_ns, _) = sh(&mut rt, &dflt, link).await;
+    assert!(a.starts_with("pid:["), "{a}");
+    assert_eq!(a, b, "the second container is in the first's PID namespace");
+    assert_ne!(a, pod_ns, "which is not the pod's");
+    // A TARGET that does not exist: NotFound, nothing created.
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(with_security(
+                sleeper("orphan"),
+                ns(cri::NamespaceMode::Target, "no-such-container"),
+            )),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("no-such-container"), "{e:?}");
+    // A target in another pod: refused (containerd's rule), nothing created.
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: priv_pod.clone(),
+            config: Some(with_security(
+                sleeper("elsewhere"),
+                ns(cri::NamespaceMode::Target, &first),
+            )),
+            sandbox_config: Some(priv_cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(&pod), "names the target's pod: {e:?}");
+    let names = container_names(&mut rt).await;
+    assert!(
+        !names.iter().any(|n| n == "orphan" || n == "elsewhere"),
+        "{names:?}"
+    );
+
+    for p in [pod, priv_pod] {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: p.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
+            .await
+            .expect("RemovePodSandbox");
+    }
+    assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
+}

@@ -4,8 +4,9 @@
 //! process  args: CRI command+args | image entrypoint + CRI args | entrypoint + cmd
 //!          env: image env, CRI envs override by key; cwd: CRI > image > "/"
 //!          user: resolved by user.rs; tty; oom_score_adj ≥ taskd's own
-//!          caps: defaults ± add/drop (ALL understood); privileged = all caps
-//!          no_new_privs; seccomp (RuntimeDefault, Unconfined, Localhost)
+//!          caps: defaults ± add/drop (ALL: taskd's own set); privileged = taskd's own set
+//!          no_new_privs; seccomp (RuntimeDefault, Unconfined, Localhost; the deprecated
+//!          seccomp_profile_path too; none if privileged)
 //! mounts   defaults, then the pod's /etc/hosts, /etc/resolv.conf, /etc/hostname,
 //!          then CRI mounts (rbind, ro, propagation; selinux_relabel ignored); a CRI
 //!          mount replaces a default at the same destination
@@ -13,7 +14,8 @@
 //! ns       mount new; net + uts from the sandbox (host: none); ipc POD → sandbox's,
 //!          NODE → host; pid POD → sandbox's, CONTAINER → new, NODE → host, TARGET →
 //!          the target container's
-//! linux    resources (cpu shares/quota/period, cpuset, memory, hugepages, unified),
+//! linux    resources (cpu shares/quota/period, cpuset, memory, hugepages when the host has
+//!          the hugetlb controller, unified),
 //!          cgroupsPath under the pod's parent, masked/readonly paths (none if privileged)
 //! ```
 
@@ -26,13 +28,14 @@ use oci_spec::runtime::{
     Spec, User,
 };
 use taskd_proto::cri::v1::security_profile::ProfileType;
-use taskd_proto::cri::v1::{ContainerConfig, MountPropagation, NamespaceMode, PodSandboxConfig};
+use taskd_proto::cri::v1::{
+    ContainerConfig, LinuxContainerSecurityContext, MountPropagation, NamespaceMode, PodSandboxConfig,
+};
 
 use super::sandbox::pod_namespace_modes;
 use super::user::ResolvedUser;
 use super::{
-    SpecError, all_caps, annotations as a, capability, caps_all_sets, cgroups_path, default_caps, invalid,
-    namespace,
+    SpecError, annotations as a, capability, caps_all_sets, cgroups_path, default_caps, invalid, namespace,
 };
 use crate::cri::config::CgroupDriver;
 use crate::cri::store::image::ImageConfig;
@@ -84,6 +87,11 @@ pub struct ContainerInput<'a> {
     pub min_oom_score_adj: i32,
     /// A Localhost seccomp profile, already read and parsed by the caller.
     pub localhost_seccomp: Option<LinuxSeccomp>,
+    /// What a privileged container or `add: ALL` gets ([`super::current_caps`]: taskd's own).
+    pub all_caps: &'a HashSet<Capability>,
+    /// The host has the hugetlb cgroup controller ([`hugetlb_controller_present`]); without
+    /// it hugepage limits are skipped, as containerd does by default.
+    pub hugetlb_controller: bool,
 }
 
 /// The process args (see the module docs); empty is an error.
@@ -190,7 +198,6 @@ const DENY: &[(&str, &[&str])] = &[
             "perf_event_open",
             "fanotify_init",
             "lookup_dcookie",
-            "clone3",
         ],
     ),
     (
@@ -231,14 +238,95 @@ pub fn runtime_default_seccomp(caps: &HashSet<Capability>) -> LinuxSeccomp {
     }
     names.sort();
     names.dedup();
-    let mut rule = LinuxSyscall::default();
-    rule.set_names(names)
-        .set_action(LinuxSeccompAction::ScmpActErrno)
-        .set_errno_ret(Some(libc::EPERM as u32));
+    let errno = |names: Vec<String>, errno: i32| {
+        let mut rule = LinuxSyscall::default();
+        rule.set_names(names)
+            .set_action(LinuxSeccompAction::ScmpActErrno)
+            .set_errno_ret(Some(errno as u32));
+        rule
+    };
+    let mut rules = vec![errno(names, libc::EPERM)];
+    // clone3 without CAP_SYS_ADMIN: ENOSYS, as containerd's default profile, so glibc
+    // (>= 2.34, pthread_create) falls back to clone(2); EPERM would fail every new thread.
+    if !caps.contains(&Capability::SysAdmin) {
+        rules.push(errno(vec!["clone3".into()], libc::ENOSYS));
+    }
     let mut s = LinuxSeccomp::default();
     s.set_default_action(LinuxSeccompAction::ScmpActAllow)
-        .set_syscalls(Some(vec![rule]));
+        .set_syscalls(Some(rules));
     s
+}
+
+/// The seccomp profile a container runs under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeccompChoice {
+    Unconfined,
+    RuntimeDefault,
+    /// A profile file on the node (OCI `linux.seccomp` JSON), by absolute path.
+    Localhost(PathBuf),
+}
+
+/// The seccomp profile of a security context, read as containerd's CRI plugin does:
+/// `seccomp`, else the deprecated `seccomp_profile_path` (`runtime/default`,
+/// `docker/default`, `unconfined`, `localhost/<path>`), else unconfined; always unconfined
+/// when privileged (a Localhost file is then not even read). A `localhost_ref` may carry the
+/// `localhost/` prefix; it must name an absolute path, and only a Localhost profile has one.
+#[allow(deprecated)] // seccomp_profile_path: kubelet no longer sends it, older clients do
+pub fn seccomp_choice(sec: &LinuxContainerSecurityContext) -> Result<SeccompChoice, SpecError> {
+    const PREFIX: &str = "localhost/";
+    if sec.privileged {
+        return Ok(SeccompChoice::Unconfined);
+    }
+    let localhost = |field: &'static str, r: &str| {
+        let path = PathBuf::from(r.strip_prefix(PREFIX).unwrap_or(r));
+        if path.is_absolute() {
+            Ok(SeccompChoice::Localhost(path))
+        } else {
+            Err(invalid(field, format!("{r:?} must be an absolute path")))
+        }
+    };
+    let Some(p) = &sec.seccomp else {
+        return match sec.seccomp_profile_path.as_str() {
+            "" | "unconfined" => Ok(SeccompChoice::Unconfined),
+            "runtime/default" | "docker/default" => Ok(SeccompChoice::RuntimeDefault),
+            r if r.starts_with(PREFIX) => localhost("security_context.seccomp_profile_path", r),
+            r => Err(invalid(
+                "security_context.seccomp_profile_path",
+                format!("{r:?} is not runtime/default, docker/default, unconfined or localhost/<path>"),
+            )),
+        };
+    };
+    let typ = ProfileType::try_from(p.profile_type).map_err(|_| {
+        invalid(
+            "security_context.seccomp.profile_type",
+            format!("unknown profile type {}", p.profile_type),
+        )
+    })?;
+    if typ != ProfileType::Localhost && !p.localhost_ref.is_empty() {
+        return Err(invalid(
+            "security_context.seccomp.localhost_ref",
+            "must only be set with profile_type Localhost",
+        ));
+    }
+    match typ {
+        ProfileType::Unconfined => Ok(SeccompChoice::Unconfined),
+        ProfileType::RuntimeDefault => Ok(SeccompChoice::RuntimeDefault),
+        ProfileType::Localhost => localhost("security_context.seccomp.localhost_ref", &p.localhost_ref),
+    }
+}
+
+/// Whether the host has the hugetlb cgroup controller (v2: listed in the root's
+/// `cgroup.controllers`; v1: a `hugetlb` hierarchy), probed once.
+pub fn hugetlb_controller_present() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRESENT.get_or_init(|| hugetlb_controller_in(std::path::Path::new("/sys/fs/cgroup")))
+}
+
+fn hugetlb_controller_in(root: &std::path::Path) -> bool {
+    match std::fs::read_to_string(root.join("cgroup.controllers")) {
+        Ok(c) => c.split_whitespace().any(|c| c == "hugetlb"),
+        Err(_) => root.join("hugetlb").is_dir(),
+    }
 }
 
 /// Builds a container's spec.
@@ -251,6 +339,19 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
     let linux_cfg = cfg.linux.clone().unwrap_or_default();
     let sec = linux_cfg.security_context.clone().unwrap_or_default();
     let res = linux_cfg.resources.clone().unwrap_or_default();
+    // As containerd: a privileged container only in a privileged pod.
+    let pod_privileged = inp
+        .sandbox
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .is_some_and(|s| s.privileged);
+    if sec.privileged && !pod_privileged {
+        return Err(invalid(
+            "security_context.privileged",
+            "a privileged container needs a privileged pod sandbox",
+        ));
+    }
     let (pod_net, _, _) = pod_namespace_modes(inp.sandbox);
     let host_net = pod_net == NamespaceMode::Node;
     let ns_opts = sec.namespace_options.clone().unwrap_or_default();
@@ -277,7 +378,7 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
         .set_gid(inp.user.gid)
         .set_additional_gids(Some(inp.user.additional_gids.clone()));
     let caps = if sec.privileged {
-        all_caps()
+        inp.all_caps.clone()
     } else {
         let mut set = default_caps();
         let c = sec.capabilities.clone().unwrap_or_default();
@@ -285,7 +386,7 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
             set.clear();
         }
         if c.add_capabilities.iter().any(|d| d.eq_ignore_ascii_case("ALL")) {
-            set = all_caps();
+            set = inp.all_caps.clone();
         }
         for add in c
             .add_capabilities
@@ -337,14 +438,18 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
         .into_iter()
         .filter(|m| !cri_dests.contains(m.destination().to_string_lossy().as_ref()))
         .map(|mut m| {
-            // Privileged containers get a writable /sys.
-            if sec.privileged && m.destination().as_os_str() == "/sys" {
-                m.set_options(Some(vec![
-                    "nosuid".into(),
-                    "noexec".into(),
-                    "nodev".into(),
-                    "rw".into(),
-                ]));
+            // Privileged containers get a writable sysfs and cgroupfs (containerd's
+            // WithWriteableSysfs and WithWriteableCgroupfs).
+            if sec.privileged && matches!(m.typ().as_deref(), Some("sysfs" | "cgroup")) {
+                let mut opts: Vec<String> = m
+                    .options()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|o| o != "ro" && o != "rw")
+                    .collect();
+                opts.push("rw".into());
+                m.set_options(Some(opts));
             }
             m
         })
@@ -436,7 +541,7 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
     }
 
     // Resources.
-    let (cpu, memory, hugepages) = resource_parts(&res);
+    let (cpu, memory, hugepages) = resource_parts(&res, inp.hugetlb_controller);
     let mut dev_rules = Vec::new();
     let mut deny_all = LinuxDeviceCgroup::default();
     deny_all.set_allow(sec.privileged).set_access(Some("rwm".into()));
@@ -479,23 +584,17 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
         .set_unified((!res.unified.is_empty()).then(|| res.unified.clone()))
         .set_devices(Some(dev_rules));
 
-    // Seccomp.
-    let seccomp =
-        if sec.privileged {
-            None
-        } else {
-            match sec
-                .seccomp
-                .as_ref()
-                .map(|p| ProfileType::try_from(p.profile_type).unwrap_or(ProfileType::Unconfined))
-            {
-                None | Some(ProfileType::Unconfined) => None,
-                Some(ProfileType::RuntimeDefault) => Some(runtime_default_seccomp(&caps)),
-                Some(ProfileType::Localhost) => Some(inp.localhost_seccomp.clone().ok_or_else(|| {
-                    invalid("security_context.seccomp.localhost_ref", "profile not loaded")
-                })?),
-            }
-        };
+    // Seccomp (none for a privileged container).
+    let seccomp = match seccomp_choice(&sec)? {
+        SeccompChoice::Unconfined => None,
+        SeccompChoice::RuntimeDefault => Some(runtime_default_seccomp(&caps)),
+        SeccompChoice::Localhost(path) => Some(inp.localhost_seccomp.clone().ok_or_else(|| {
+            invalid(
+                "security_context.seccomp.localhost_ref",
+                format!("profile {} not loaded", path.display()),
+            )
+        })?),
+    };
 
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     linux
@@ -540,9 +639,11 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
     Ok(spec)
 }
 
-/// CPU, memory and hugepage limits of a CRI resources message.
+/// CPU, memory and hugepage limits of a CRI resources message; no hugepage limits without
+/// the hugetlb controller (runc could not set them: the container would not start).
 fn resource_parts(
     res: &taskd_proto::cri::v1::LinuxContainerResources,
+    hugetlb_controller: bool,
 ) -> (LinuxCpu, LinuxMemory, Vec<LinuxHugepageLimit>) {
     let mut cpu = LinuxCpu::default();
     if res.cpu_shares > 0 {
@@ -567,9 +668,13 @@ fn resource_parts(
     if res.memory_swap_limit_in_bytes > 0 {
         memory.set_swap(Some(res.memory_swap_limit_in_bytes));
     }
+    if !hugetlb_controller && !res.hugepage_limits.is_empty() {
+        tracing::warn!("the hugetlb cgroup controller is absent: hugepage limits skipped");
+    }
     let hugepages: Vec<LinuxHugepageLimit> = res
         .hugepage_limits
         .iter()
+        .filter(|_| hugetlb_controller)
         .map(|h| {
             let mut l = LinuxHugepageLimit::default();
             l.set_page_size(h.page_size.clone()).set_limit(h.limit as i64);
@@ -582,7 +687,7 @@ fn resource_parts(
 /// The `linux.resources` UpdateContainerResources hands to the task (no device rules:
 /// those stay as created).
 pub fn update_resources(res: &taskd_proto::cri::v1::LinuxContainerResources) -> LinuxResources {
-    let (cpu, memory, hugepages) = resource_parts(res);
+    let (cpu, memory, hugepages) = resource_parts(res, hugetlb_controller_present());
     let mut r = LinuxResources::default();
     r.set_cpu(Some(cpu))
         .set_memory(Some(memory))
@@ -629,8 +734,15 @@ mod tests {
         })
     }
 
-    fn build(cfg: &ContainerConfig, pod: &PodSandboxConfig, img: &ImageConfig) -> Result<Spec, SpecError> {
-        container_spec(&ContainerInput {
+    static ALL_CAPS: std::sync::LazyLock<HashSet<Capability>> =
+        std::sync::LazyLock::new(super::super::all_caps);
+
+    fn input<'a>(
+        cfg: &'a ContainerConfig,
+        pod: &'a PodSandboxConfig,
+        img: &'a ImageConfig,
+    ) -> ContainerInput<'a> {
+        ContainerInput {
             id: "c1",
             sandbox_id: "sb1",
             config: cfg,
@@ -651,7 +763,13 @@ mod tests {
             driver: CgroupDriver::Cgroupfs,
             min_oom_score_adj: -500,
             localhost_seccomp: None,
-        })
+            hugetlb_controller: true,
+            all_caps: &ALL_CAPS,
+        }
+    }
+
+    fn build(cfg: &ContainerConfig, pod: &PodSandboxConfig, img: &ImageConfig) -> Result<Spec, SpecError> {
+        container_spec(&input(cfg, pod, img))
     }
 
     #[test]
@@ -885,6 +1003,13 @@ mod tests {
         assert!(
             denied.names().contains(&"mount".to_owned()) && denied.names().contains(&"kexec_load".to_owned())
         );
+        let clone3 = &sc.syscalls().as_ref().unwrap()[1];
+        assert_eq!(
+            (clone3.names().as_slice(), clone3.errno_ret()),
+            (&["clone3".to_owned()][..], Some(libc::ENOSYS as u32)),
+            "clone3 answers ENOSYS so glibc falls back to clone"
+        );
+        assert!(!denied.names().contains(&"clone3".to_owned()));
         let ann = spec.annotations().as_ref().unwrap();
         assert_eq!(
             (ann[a::CONTAINER_TYPE].as_str(), ann[a::SANDBOX_ID].as_str()),
@@ -894,7 +1019,7 @@ mod tests {
 
     #[test]
     fn privileged_gets_everything_and_no_seccomp() {
-        let (mut cfg, pod, img) = base(ContainerConfig {
+        let (mut cfg, mut pod, img) = base(ContainerConfig {
             metadata: meta(),
             ..Default::default()
         });
@@ -909,6 +1034,12 @@ mod tests {
             }),
             ..Default::default()
         });
+        let e = build(&cfg, &pod, &img).unwrap_err().to_string();
+        assert!(e.contains("privileged pod"), "{e}");
+        pod.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
         let spec = build(&cfg, &pod, &img).unwrap();
         let caps = spec
             .process()
@@ -921,6 +1052,20 @@ mod tests {
             .clone()
             .unwrap();
         assert!(caps.contains(&Capability::SysAdmin));
+        for dest in ["/sys", "/sys/fs/cgroup"] {
+            let m = spec
+                .mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|m| m.destination().as_os_str() == dest)
+                .unwrap();
+            let opts = m.options().as_ref().unwrap();
+            assert!(
+                opts.contains(&"rw".to_owned()) && !opts.contains(&"ro".to_owned()),
+                "{dest}: {opts:?}"
+            );
+        }
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.seccomp().is_none() && linux.masked_paths().is_none());
         assert!(linux.resources().as_ref().unwrap().devices().as_ref().unwrap()[0].allow());
@@ -962,6 +1107,168 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("metadata")
+        );
+    }
+
+    fn sec_ctx(profile: Option<(ProfileType, &str)>, path: &str) -> cri::LinuxContainerSecurityContext {
+        #[allow(deprecated)]
+        cri::LinuxContainerSecurityContext {
+            seccomp: profile.map(|(t, r)| cri::SecurityProfile {
+                profile_type: t as i32,
+                localhost_ref: r.into(),
+            }),
+            seccomp_profile_path: path.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn seccomp_choice_reads_the_profile_like_containerd() {
+        use SeccompChoice::*;
+        let ok = |p, path| seccomp_choice(&sec_ctx(p, path)).unwrap();
+        let err = |p, path| seccomp_choice(&sec_ctx(p, path)).unwrap_err().to_string();
+        assert_eq!(ok(None, ""), Unconfined);
+        assert_eq!(ok(Some((ProfileType::RuntimeDefault, "")), ""), RuntimeDefault);
+        assert_eq!(
+            ok(Some((ProfileType::Unconfined, "")), "runtime/default"),
+            Unconfined
+        );
+        assert_eq!(
+            ok(Some((ProfileType::Localhost, "/p/deny.json")), ""),
+            Localhost("/p/deny.json".into())
+        );
+        assert_eq!(
+            ok(Some((ProfileType::Localhost, "localhost//p/deny.json")), ""),
+            Localhost("/p/deny.json".into()),
+            "the localhost/ prefix is trimmed"
+        );
+        assert!(err(Some((ProfileType::Localhost, "deny.json")), "").contains("absolute path"));
+        assert!(err(Some((ProfileType::RuntimeDefault, "/p/x.json")), "").contains("localhost_ref"));
+        // The deprecated string field, when `seccomp` is unset.
+        assert_eq!(ok(None, "runtime/default"), RuntimeDefault);
+        assert_eq!(ok(None, "docker/default"), RuntimeDefault);
+        assert_eq!(ok(None, "unconfined"), Unconfined);
+        assert_eq!(
+            ok(None, "localhost//p/deny.json"),
+            Localhost("/p/deny.json".into())
+        );
+        assert!(err(None, "bogus").contains("seccomp_profile_path"));
+        let mut bad_type = sec_ctx(Some((ProfileType::RuntimeDefault, "")), "");
+        bad_type.seccomp.as_mut().unwrap().profile_type = 9;
+        assert!(
+            seccomp_choice(&bad_type)
+                .unwrap_err()
+                .to_string()
+                .contains("profile_type")
+        );
+        // Privileged: no profile, and a Localhost one is not looked at.
+        let mut privileged = sec_ctx(Some((ProfileType::Localhost, "relative")), "");
+        privileged.privileged = true;
+        assert_eq!(seccomp_choice(&privileged).unwrap(), Unconfined);
+    }
+
+    #[test]
+    fn localhost_profile_goes_into_the_spec_and_must_be_loaded() {
+        let (mut cfg, pod, img) = base(ContainerConfig {
+            metadata: meta(),
+            ..Default::default()
+        });
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(sec_ctx(Some((ProfileType::Localhost, "/p/deny.json")), "")),
+            ..Default::default()
+        });
+        assert!(
+            build(&cfg, &pod, &img)
+                .unwrap_err()
+                .to_string()
+                .contains("/p/deny.json")
+        );
+        let profile: LinuxSeccomp = serde_json::from_str(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","archMap":[],"syscalls":[
+                {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1,"comment":"x"}]}"#,
+        )
+        .unwrap();
+        let spec = container_spec(&ContainerInput {
+            localhost_seccomp: Some(profile.clone()),
+            ..input(&cfg, &pod, &img)
+        })
+        .unwrap();
+        assert_eq!(spec.linux().as_ref().unwrap().seccomp().as_ref(), Some(&profile));
+    }
+
+    #[test]
+    fn hugepages_only_with_the_hugetlb_controller() {
+        let (mut cfg, pod, img) = base(ContainerConfig {
+            metadata: meta(),
+            ..Default::default()
+        });
+        let res = cri::LinuxContainerResources {
+            hugepage_limits: vec![cri::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 4 << 20,
+            }],
+            ..Default::default()
+        };
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(res.clone()),
+            ..Default::default()
+        });
+        let limits = |present: bool| {
+            container_spec(&ContainerInput {
+                hugetlb_controller: present,
+                ..input(&cfg, &pod, &img)
+            })
+            .unwrap()
+            .linux()
+            .as_ref()
+            .unwrap()
+            .resources()
+            .as_ref()
+            .unwrap()
+            .hugepage_limits()
+            .clone()
+        };
+        let with = limits(true).unwrap();
+        assert_eq!((with[0].page_size().as_str(), with[0].limit()), ("2MB", 4 << 20));
+        assert!(limits(false).is_none());
+        assert!(resource_parts(&res, false).2.is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            !hugetlb_controller_in(dir.path()),
+            "v1 without a hugetlb hierarchy"
+        );
+        std::fs::create_dir(dir.path().join("hugetlb")).unwrap();
+        assert!(hugetlb_controller_in(dir.path()), "v1 with one");
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        assert!(!hugetlb_controller_in(dir.path()), "v2 without it");
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpu hugetlb memory\n").unwrap();
+        assert!(hugetlb_controller_in(dir.path()), "v2 with it");
+    }
+
+    #[test]
+    fn systemd_driver_cgroups_path() {
+        let (cfg, mut pod, img) = base(ContainerConfig {
+            metadata: meta(),
+            ..Default::default()
+        });
+        pod.linux.as_mut().unwrap().cgroup_parent = "kubepods-besteffort-podu1.slice".into();
+        let spec = container_spec(&ContainerInput {
+            driver: CgroupDriver::Systemd,
+            ..input(&cfg, &pod, &img)
+        })
+        .unwrap();
+        assert_eq!(
+            spec.linux()
+                .as_ref()
+                .unwrap()
+                .cgroups_path()
+                .as_ref()
+                .unwrap()
+                .display()
+                .to_string(),
+            "kubepods-besteffort-podu1.slice:taskd:c1",
+            "runc's slice:prefix:name"
         );
     }
 }

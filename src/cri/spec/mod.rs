@@ -137,51 +137,81 @@ pub fn all_caps() -> HashSet<Capability> {
         .collect()
 }
 
-/// The capability names, for `ALL` (kept here to not depend on oci-spec's strum).
+/// The capability names, for `ALL` (kept here to not depend on oci-spec's strum), in the
+/// kernel's order: a name's index is its capability number (`CapEff` bits).
 mod strum_like {
     pub const ALL: &[&str] = &[
-        "CAP_AUDIT_CONTROL",
-        "CAP_AUDIT_READ",
-        "CAP_AUDIT_WRITE",
-        "CAP_BLOCK_SUSPEND",
-        "CAP_BPF",
-        "CAP_CHECKPOINT_RESTORE",
         "CAP_CHOWN",
         "CAP_DAC_OVERRIDE",
         "CAP_DAC_READ_SEARCH",
         "CAP_FOWNER",
         "CAP_FSETID",
-        "CAP_IPC_LOCK",
-        "CAP_IPC_OWNER",
         "CAP_KILL",
-        "CAP_LEASE",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
         "CAP_LINUX_IMMUTABLE",
-        "CAP_MAC_ADMIN",
-        "CAP_MAC_OVERRIDE",
-        "CAP_MKNOD",
-        "CAP_NET_ADMIN",
         "CAP_NET_BIND_SERVICE",
         "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
         "CAP_NET_RAW",
-        "CAP_PERFMON",
-        "CAP_SETFCAP",
-        "CAP_SETGID",
-        "CAP_SETPCAP",
-        "CAP_SETUID",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
         "CAP_SYS_ADMIN",
         "CAP_SYS_BOOT",
-        "CAP_SYS_CHROOT",
-        "CAP_SYS_MODULE",
         "CAP_SYS_NICE",
-        "CAP_SYS_PACCT",
-        "CAP_SYS_PTRACE",
-        "CAP_SYS_RAWIO",
         "CAP_SYS_RESOURCE",
         "CAP_SYS_TIME",
         "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
         "CAP_SYSLOG",
         "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
     ];
+}
+
+/// The capabilities of a `/proc/<pid>/status` mask (`CapEff: 000001ffffffffff`).
+pub fn caps_from_mask(mask: u64) -> HashSet<Capability> {
+    strum_like::ALL
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1u64 << bit) != 0)
+        .filter_map(|(_, c)| capability(c).ok())
+        .collect()
+}
+
+/// What taskd itself may hand out: its effective capabilities (containerd's
+/// `WithAllCurrentCapabilities`, for privileged containers and `add: ALL`), read once; every
+/// known one if `/proc/self/status` cannot be read. A capability outside the daemon's own
+/// set would make runc fail the container ("unable to apply caps").
+pub fn current_caps() -> &'static HashSet<Capability> {
+    static CURRENT: std::sync::OnceLock<HashSet<Capability>> = std::sync::OnceLock::new();
+    CURRENT.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))
+                    .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            })
+            .map(caps_from_mask)
+            .unwrap_or_else(all_caps)
+    })
 }
 
 /// The same set in every capability list runc reads (ambient stays empty, as containerd).
@@ -230,6 +260,15 @@ mod tests {
         assert_eq!(capability("CAP_SYS_ADMIN").unwrap(), Capability::SysAdmin);
         assert!(capability("FLY").unwrap_err().to_string().contains("FLY"));
         assert!(all_caps().len() >= 40);
+        assert_eq!(caps_from_mask(0x1ff_ffff_ffff), all_caps());
+        // Bit 24 (CAP_SYS_RESOURCE) missing, as on a host whose bounding set lacks it.
+        let some = caps_from_mask(0x1ff_feff_ffff);
+        assert!(!some.contains(&Capability::SysResource) && some.contains(&Capability::SysAdmin));
+        assert_eq!(some.len(), all_caps().len() - 1);
+        assert_eq!(
+            caps_from_mask(1 << 21 | 1),
+            [Capability::SysAdmin, Capability::Chown].into_iter().collect()
+        );
         assert_eq!(default_caps().len(), DEFAULT_CAPS.len());
     }
 }

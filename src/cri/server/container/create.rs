@@ -3,8 +3,10 @@
 //! ```text
 //! pod must be Ready; metadata + image required
 //! runtime.image(ref)            image config, id, /etc/passwd + /etc/group
-//! user (spec::user), devices (stat on the host), Localhost seccomp profile (read),
-//! TARGET pid, pod files         → spec::container
+//! user (spec::user), devices (stat on the host; a directory: the devices under it;
+//! privileged: the host's /dev too), Localhost seccomp profile (read;
+//! spec::container::seccomp_choice), TARGET pid (a running container of this pod),
+//! hugetlb controller probe, pod files → spec::container
 //! reserve id + name             (store: CREATED; a name in use → AlreadyExists)
 //! ContainerIo (fifos → CRI log) when the pod has a log directory and the container a log path
 //! runtime.create                (record, rootfs, task); failure: io released, record removed
@@ -12,7 +14,7 @@
 //! ```
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use taskd_proto::cri::v1::{
@@ -22,7 +24,10 @@ use taskd_proto::cri::v1::{
 use crate::cri::controller::CreateContainer;
 use crate::cri::io::ContainerIo;
 use crate::cri::server::sandbox::run::new_id;
-use crate::cri::spec::container::{ContainerInput, HostDevice, PodFiles, container_spec};
+use crate::cri::spec::container::{
+    ContainerInput, HostDevice, PodFiles, SeccompChoice, container_spec, hugetlb_controller_present,
+    seccomp_choice,
+};
 use crate::cri::spec::user;
 use crate::cri::store::container::{Container, ContainerState, Exit, container_name};
 use crate::cri::store::sandbox::SandboxState;
@@ -35,8 +40,53 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> CriError {
     }
 }
 
-/// `stat`s a CRI device on the host.
-fn host_device(d: &taskd_proto::cri::v1::Device) -> Result<HostDevice, CriError> {
+/// A device node of the host as the spec wants it.
+fn device_at(m: &std::fs::Metadata, container_path: String, permissions: &str) -> HostDevice {
+    let rdev = m.rdev();
+    HostDevice {
+        container_path,
+        char_device: m.file_type().is_char_device(),
+        major: nix::sys::stat::major(rdev) as i64,
+        minor: nix::sys::stat::minor(rdev) as i64,
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        permissions: if permissions.is_empty() {
+            "rwm".into()
+        } else {
+            permissions.to_owned()
+        },
+    }
+}
+
+fn is_device(m: &std::fs::Metadata) -> bool {
+    m.file_type().is_char_device() || m.file_type().is_block_device()
+}
+
+/// The device nodes under a host directory, recursively, with their paths relative to it
+/// (symlinks and other files skipped, directories named in `skip` not entered).
+fn devices_under(dir: &Path, rel: &Path, skip: &[&str], out: &mut Vec<(PathBuf, std::fs::Metadata)>) {
+    let Ok(entries) = std::fs::read_dir(dir.join(rel)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Ok(m) = e.metadata() else {
+            continue;
+        };
+        if m.is_dir() {
+            if !skip.iter().any(|s| name == *s) {
+                devices_under(dir, &rel.join(&name), skip, out);
+            }
+        } else if is_device(&m) {
+            out.push((rel.join(&name), m));
+        }
+    }
+}
+
+/// `stat`s a CRI device on the host (symlinks followed); a directory gives every device
+/// under it, at the same place under `container_path` (containerd's `WithDevices`).
+fn host_device(d: &taskd_proto::cri::v1::Device) -> Result<Vec<HostDevice>, CriError> {
     if !d.host_path.starts_with('/') {
         return Err(invalid(
             "devices.host_path",
@@ -45,32 +95,63 @@ fn host_device(d: &taskd_proto::cri::v1::Device) -> Result<HostDevice, CriError>
     }
     let m = std::fs::metadata(&d.host_path)
         .map_err(|e| invalid("devices.host_path", format!("{}: {e}", d.host_path)))?;
-    let ft = m.file_type();
-    if !ft.is_char_device() && !ft.is_block_device() {
+    let container_path = if d.container_path.is_empty() {
+        d.host_path.clone()
+    } else {
+        d.container_path.clone()
+    };
+    if is_device(&m) {
+        return Ok(vec![device_at(&m, container_path, &d.permissions)]);
+    }
+    if !m.is_dir() {
         return Err(invalid(
             "devices.host_path",
-            format!("{} is not a device", d.host_path),
+            format!("{} is neither a device nor a directory", d.host_path),
         ));
     }
-    let rdev = m.rdev();
-    Ok(HostDevice {
-        container_path: if d.container_path.is_empty() {
-            d.host_path.clone()
-        } else {
-            d.container_path.clone()
-        },
-        char_device: ft.is_char_device(),
-        major: nix::sys::stat::major(rdev) as i64,
-        minor: nix::sys::stat::minor(rdev) as i64,
-        mode: m.mode() & 0o7777,
-        uid: m.uid(),
-        gid: m.gid(),
-        permissions: if d.permissions.is_empty() {
-            "rwm".into()
-        } else {
-            d.permissions.clone()
-        },
-    })
+    let mut found = Vec::new();
+    devices_under(Path::new(&d.host_path), Path::new(""), &[], &mut found);
+    Ok(found
+        .iter()
+        .map(|(rel, m)| {
+            device_at(
+                m,
+                Path::new(&container_path).join(rel).display().to_string(),
+                &d.permissions,
+            )
+        })
+        .collect())
+}
+
+/// Every device of the host's `/dev` for a privileged container (containerd's
+/// `WithHostDevices`, runc's `HostDevices`: not pts, shm, fd, mqueue, the lxc/lxd/udev
+/// directories, nor the console), at the same paths, `rwm`.
+fn privileged_devices(dev: &Path) -> Vec<HostDevice> {
+    let mut found = Vec::new();
+    devices_under(
+        dev,
+        Path::new(""),
+        &["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"],
+        &mut found,
+    );
+    found
+        .iter()
+        .filter(|(rel, _)| rel.as_os_str() != "console")
+        .map(|(rel, m)| device_at(m, Path::new("/dev").join(rel).display().to_string(), "rwm"))
+        .collect()
+}
+
+/// Reads a Localhost seccomp profile (OCI `linux.seccomp` JSON; unknown keys such as a
+/// Docker profile's `archMap` are ignored, as containerd's loader does).
+fn localhost_profile(path: &Path) -> Result<oci_spec::runtime::LinuxSeccomp, CriError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        invalid(
+            "security_context.seccomp.localhost_ref",
+            format!("seccomp profile {}: {e}", path.display()),
+        )
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(&e))?;
+    serde_json::from_str(&text).map_err(|e| bad(&e))
 }
 
 impl CriService {
@@ -130,41 +211,40 @@ impl CriService {
             image.passwd.as_deref(),
             image.group.as_deref(),
         )?;
-        let devices = cfg
-            .devices
-            .iter()
-            .map(host_device)
-            .collect::<Result<Vec<_>, _>>()?;
-        let localhost_seccomp = match sec.seccomp.as_ref() {
-            Some(p)
-                if p.profile_type
-                    == taskd_proto::cri::v1::security_profile::ProfileType::Localhost as i32 =>
-            {
-                let path = PathBuf::from(&p.localhost_ref);
-                if !path.is_absolute() {
-                    return Err(invalid(
-                        "security_context.seccomp.localhost_ref",
-                        "must be an absolute path",
-                    ));
-                }
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    invalid(
-                        "security_context.seccomp.localhost_ref",
-                        format!("{}: {e}", path.display()),
-                    )
-                })?;
-                Some(serde_json::from_str(&text).map_err(|e| {
-                    invalid(
-                        "security_context.seccomp.localhost_ref",
-                        format!("{}: {e}", path.display()),
-                    )
-                })?)
-            }
+        let mut devices = Vec::new();
+        for d in &cfg.devices {
+            devices.extend(host_device(d)?);
+        }
+        if sec.privileged {
+            // The CRI's own devices first; the host's fill in the other paths.
+            let given: std::collections::HashSet<String> =
+                devices.iter().map(|d| d.container_path.clone()).collect();
+            devices.extend(
+                privileged_devices(Path::new("/dev"))
+                    .into_iter()
+                    .filter(|d| !given.contains(&d.container_path)),
+            );
+        }
+        let localhost_seccomp = match seccomp_choice(&sec)? {
+            SeccompChoice::Localhost(path) => Some(localhost_profile(&path)?),
             _ => None,
         };
         let ns = sec.namespace_options.clone().unwrap_or_default();
         let target_pid = if ns.pid == NamespaceMode::Target as i32 {
+            if ns.target_id.is_empty() {
+                return Err(invalid(
+                    "namespace_options.target_id",
+                    "pid mode TARGET needs the target container's id",
+                ));
+            }
             let t = self.containers.get(&ns.target_id)?;
+            // As containerd: the target must be a running container of the same pod.
+            if t.sandbox_id != sandbox.id {
+                return Err(CriError::FailedPrecondition {
+                    what: format!("target container {}", t.id),
+                    reason: format!("belongs to pod sandbox {}, not {}", t.sandbox_id, sandbox.id),
+                });
+            }
             if t.state != ContainerState::Running {
                 return Err(CriError::FailedPrecondition {
                     what: format!("target container {}", t.id),
@@ -200,6 +280,8 @@ impl CriService {
             driver: self.config.cgroup_driver,
             min_oom_score_adj: self.min_oom_score_adj,
             localhost_seccomp,
+            hugetlb_controller: hugetlb_controller_present(),
+            all_caps: crate::cri::spec::current_caps(),
         })?;
 
         let log_path = if !sandbox.config.log_directory.is_empty() && !cfg.log_path.is_empty() {
@@ -303,5 +385,91 @@ impl CriService {
         self.emit_container_event(&id, &sandbox.id, ContainerEventType::ContainerCreatedEvent);
         tracing::info!(container = %id, pod = %sandbox.id, "container created");
         Ok(CreateContainerResponse { container_id: id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_from_the_host() {
+        let dev = |host: &str, container: &str, perms: &str| taskd_proto::cri::v1::Device {
+            container_path: container.into(),
+            host_path: host.into(),
+            permissions: perms.into(),
+        };
+        let null = host_device(&dev("/dev/null", "/dev/mynull", "rw")).unwrap();
+        assert_eq!(
+            (
+                null[0].container_path.as_str(),
+                null[0].char_device,
+                null[0].major,
+                null[0].minor,
+                null[0].permissions.as_str()
+            ),
+            ("/dev/mynull", true, 1, 3, "rw")
+        );
+        assert_eq!(
+            host_device(&dev("/dev/null", "", "")).unwrap()[0].container_path,
+            "/dev/null"
+        );
+        assert_eq!(
+            host_device(&dev("/dev/null", "", "")).unwrap()[0].permissions,
+            "rwm"
+        );
+        for (bad, why) in [
+            ("dev/null", "absolute"),
+            ("/no/such/device", "No such file"),
+            ("/proc/self/status", "neither a device"),
+        ] {
+            let e = host_device(&dev(bad, "", "")).unwrap_err().to_string();
+            assert!(e.contains("devices.host_path") && e.contains(why), "{bad}: {e}");
+        }
+
+        // A directory: its devices, recursively, under the container path; other files
+        // and symlinks are not devices. (A fixture of real nodes needs root: mknod.)
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sub/pts")).unwrap();
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        std::os::unix::fs::symlink("/dev/null", dir.path().join("link")).unwrap();
+        let mknod = |p: &str, major, minor| {
+            nix::sys::stat::mknod(
+                &dir.path().join(p),
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+                nix::sys::stat::makedev(major, minor),
+            )
+        };
+        if mknod("a", 1, 3).is_err() {
+            eprintln!("devices_from_the_host: mknod needs root; the directory part is skipped");
+            return;
+        }
+        mknod("sub/b", 1, 5).unwrap();
+        mknod("sub/pts/0", 136, 0).unwrap();
+        mknod("console", 5, 1).unwrap();
+        let root = dir.path().display().to_string();
+        let mut paths: Vec<String> = host_device(&dev(&root, "/dev/in", "r"))
+            .unwrap()
+            .into_iter()
+            .map(|d| format!("{} {}:{} {}", d.container_path, d.major, d.minor, d.permissions))
+            .collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "/dev/in/a 1:3 r",
+                "/dev/in/console 5:1 r",
+                "/dev/in/sub/b 1:5 r",
+                "/dev/in/sub/pts/0 136:0 r"
+            ]
+        );
+        // As a privileged container's /dev: no pts, no console, all rwm.
+        let mut paths: Vec<String> = privileged_devices(dir.path())
+            .into_iter()
+            .map(|d| format!("{} {}", d.container_path, d.permissions))
+            .collect();
+        paths.sort();
+        assert_eq!(paths, ["/dev/a rwm", "/dev/sub/b rwm"]);
     }
 }
