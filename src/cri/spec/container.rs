@@ -873,6 +873,8 @@ mod tests {
                 driver: CgroupDriver::Cgroupfs,
                 min_oom_score_adj: 0,
                 localhost_seccomp: None,
+                hugetlb_controller: true,
+                all_caps: &ALL_CAPS,
             })
         };
         let mut cfg = cfg;
