@@ -3,14 +3,16 @@
 //! (copied into docs/BENCHMARKS.md, "CRI pod start").
 //!
 //! One pod start = RunPodSandbox + CreateContainer + StartContainer, until ContainerStatus
-//! says RUNNING. Measured for `--sequential` pods one after another and for `--concurrent`
+//! says RUNNING, with the namespace options kubelet sends for a pod without
+//! `shareProcessNamespace` (network and IPC per pod, PID per container). Measured for `--sequential` pods one after another and for `--concurrent`
 //! pods at once, each daemon in turn, for `--rounds` rounds (alternating which daemon goes
 //! first). Both daemons pull the same pause and busybox images (pulled before timing) from a
 //! local `docker-registry` through a registry mirror config, and use the same CNI chain
 //! (bridge + host-local on a private subnet each, no route out of the machine).
 //!
 //! Run as root: `cargo bench --bench cri_pods` (`-- --sequential 30 --concurrent 10
-//! --rounds 2`). `TASKD_BIN` overrides the taskd binary (default: the one cargo built).
+//! --rounds 2`). `TASKD_BIN` overrides the taskd binary (default: the one cargo built);
+//! `TASKD_BENCH_LOG` is taskd's `RUST_LOG` (default `warn`), and keeps the logs.
 //! Everything it starts is stopped by pid, pods are removed through CRI, bridges deleted,
 //! and its temp dir removed (never across a mount).
 
@@ -214,7 +216,10 @@ mirrors = ["http://{registry}"]
         .arg(d.join("state"))
         .arg("--address")
         .arg(d.join("td.sock"))
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("TASKD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env_remove("TASKD_CONFIG");
     let child = spawn(cmd, &d.join("taskd.log"))?;
     Ok(Daemon {
@@ -270,6 +275,24 @@ fn pod_config(w: &Path, name: &str) -> cri::PodSandboxConfig {
         }),
         hostname: name.into(),
         log_directory: w.join("logs").join(name).display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(kubelet_namespaces()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// What kubelet sends for a pod without `shareProcessNamespace` (and for its containers):
+/// network and IPC shared by the pod, a PID namespace per container.
+fn kubelet_namespaces() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     }
 }
@@ -313,6 +336,13 @@ async fn start_pod(ch: Channel, w: PathBuf, name: String) -> Result<(PodStart, S
                 }),
                 command: vec!["/bin/sleep".into(), "3600".into()],
                 log_path: "app/0.log".into(),
+                linux: Some(cri::LinuxContainerConfig {
+                    security_context: Some(cri::LinuxContainerSecurityContext {
+                        namespace_options: Some(kubelet_namespaces()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             sandbox_config: Some(config),
@@ -638,6 +668,10 @@ fn main() -> Result<()> {
     };
     drop(daemons);
     rt.shutdown_timeout(Duration::from_secs(5));
+    if std::env::var_os("TASKD_BENCH_LOG").is_some() {
+        let d = w.keep();
+        eprintln!("daemon logs kept under {}", d.display());
+    }
 
     let [cd, td] = &samples;
     println!(
@@ -668,7 +702,8 @@ fn main() -> Result<()> {
     );
     println!("|---|---:|---:|---:|");
     for (name, s) in [("containerd", cd), ("taskd", td)] {
-        let p = |f: fn(&PodStart) -> Duration| ms(percentile(&s.phases.iter().map(f).collect::<Vec<_>>(), 50.0));
+        let p =
+            |f: fn(&PodStart) -> Duration| ms(percentile(&s.phases.iter().map(f).collect::<Vec<_>>(), 50.0));
         println!(
             "| {name} | {} | {} | {} |",
             p(|x| x.run),

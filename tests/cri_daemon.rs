@@ -71,17 +71,58 @@ impl Drop for World {
     }
 }
 
-/// The pinned pod network namespaces under the daemon's state dir.
-fn netns_pins(d: &Daemon) -> Vec<PathBuf> {
+/// The entries of `<plugin state>/<dir>` under the daemon's state dir, for every plugin.
+fn state_entries(d: &Daemon, dir: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(plugins) = std::fs::read_dir(&d.state) {
         for p in plugins.flatten() {
-            if let Ok(pins) = std::fs::read_dir(p.path().join("netns")) {
+            if let Ok(pins) = std::fs::read_dir(p.path().join(dir)) {
                 out.extend(pins.flatten().map(|e| e.path()));
             }
         }
     }
     out
+}
+
+/// The pinned pod network namespaces under the daemon's state dir.
+fn netns_pins(d: &Daemon) -> Vec<PathBuf> {
+    state_entries(d, "netns")
+}
+
+/// The pinned IPC/UTS namespaces of pods without a pause container (one dir per pod).
+fn podns_pins(d: &Daemon) -> Vec<PathBuf> {
+    state_entries(d, "podns")
+}
+
+/// What kubelet sends for a pod that does not share one process namespace (the usual pod):
+/// pid mode CONTAINER for the pod, so taskd runs it without a pause container.
+fn kubelet_pod(mut cfg: cri::PodSandboxConfig) -> cri::PodSandboxConfig {
+    let l = cfg.linux.get_or_insert_with(Default::default);
+    let sc = l.security_context.get_or_insert_with(Default::default);
+    sc.namespace_options.get_or_insert_with(Default::default).pid = cri::NamespaceMode::Container as i32;
+    cfg
+}
+
+/// What kubelet sends for a container of such a pod: its own PID namespace.
+fn own_pid(mut c: cri::ContainerConfig) -> cri::ContainerConfig {
+    let l = c.linux.get_or_insert_with(Default::default);
+    let sc = l.security_context.get_or_insert_with(Default::default);
+    sc.namespace_options.get_or_insert_with(Default::default).pid = cri::NamespaceMode::Container as i32;
+    c
+}
+
+/// The `infraContainer` flag of PodSandboxStatus's verbose info.
+async fn has_pause_container(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> bool {
+    let s = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus verbose")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&s.info["info"]).expect("info JSON");
+    info["infraContainer"].as_bool().expect("infraContainer")
 }
 
 impl World {
@@ -657,6 +698,19 @@ async fn failed_cni_add_rolls_the_pod_back() {
     assert!(w.bundles().is_empty(), "shim left: {:?}", w.bundles());
     let containers = w.d.ctr_ok(&["-n", "k8s.io", "containers", "ls", "-q"]);
     assert!(containers.trim().is_empty(), "pause container left: {containers}");
+
+    // The same for a pod without a pause container: no pinned namespace left either.
+    let e = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(kubelet_pod(w.pod_config("broken2"))),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("tuning"), "{e:?}");
+    assert!(netns_pins(&w.d).is_empty(), "netns left: {:?}", netns_pins(&w.d));
+    assert!(podns_pins(&w.d).is_empty(), "podns left: {:?}", podns_pins(&w.d));
+    assert!(w.ipam_leases().is_empty(), "IPs left: {:?}", w.ipam_leases());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -807,8 +861,13 @@ async fn node_restarts_keep_20_pods_and_report_what_exited_meanwhile() {
     std::fs::create_dir_all(&gate).unwrap();
     let mut pods = Vec::new();
     let mut tickers = Vec::new();
+    // Even pods as kubelet sends a usual pod (no pause container), odd ones sharing one
+    // PID namespace (with a pause container): both kinds go through the restarts.
     for i in 0..PODS {
-        let cfg = w.pod_config(&format!("node{i}"));
+        let mut cfg = w.pod_config(&format!("node{i}"));
+        if i % 2 == 0 {
+            cfg = kubelet_pod(cfg);
+        }
         let pod = rt
             .run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(cfg.clone()),
@@ -822,12 +881,13 @@ async fn node_restarts_keep_20_pods_and_report_what_exited_meanwhile() {
             &mut rt,
             &pod,
             &cfg,
-            container_config(
+            own_pid(container_config(
                 "ticker",
                 "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
-            ),
+            )),
         )
         .await;
+        assert_eq!(has_pause_container(&mut rt, &pod).await, i % 2 == 1);
         tickers.push((
             ticker,
             w.dir
@@ -839,7 +899,10 @@ async fn node_restarts_keep_20_pods_and_report_what_exited_meanwhile() {
         pods.push((pod, cfg));
     }
     // In pod 0: a container that exits 7 once the test opens the gate.
-    let mut waiter = container_config("waiter", "while [ ! -f /gate/open ]; do sleep 0.1; done; exit 7");
+    let mut waiter = own_pid(container_config(
+        "waiter",
+        "while [ ! -f /gate/open ]; do sleep 0.1; done; exit 7",
+    ));
     waiter.mounts = vec![cri::Mount {
         container_path: "/gate".into(),
         host_path: gate.display().to_string(),
@@ -937,6 +1000,7 @@ async fn node_restarts_keep_20_pods_and_report_what_exited_meanwhile() {
     assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
     assert!(live_shims(&w).is_empty());
     assert!(netns_pins(&w.d).is_empty(), "netns left: {:?}", netns_pins(&w.d));
+    assert!(podns_pins(&w.d).is_empty(), "podns left: {:?}", podns_pins(&w.d));
     assert!(w.ipam_leases().is_empty(), "IPs left: {:?}", w.ipam_leases());
 }
 
@@ -1370,7 +1434,9 @@ async fn pod_options_security_context_resources_and_log_reopen() {
     let w = World::new(240 + (std::process::id() % 14) as u8, "");
     let (mut rt, mut images) = w.clients().await;
     pull(&mut images, "busybox", None).await;
-    let mut cfg = w.pod_config("opts");
+    // As kubelet sends a usual pod: no pause container, so the hostname and the sysctl are
+    // set in namespaces taskd pinned itself.
+    let mut cfg = kubelet_pod(w.pod_config("opts"));
     cfg.hostname = "opts-host".into();
     cfg.dns_config = Some(cri::DnsConfig {
         servers: vec!["10.0.0.10".into()],
@@ -1390,6 +1456,47 @@ async fn pod_options_security_context_resources_and_log_reopen() {
         .expect("RunPodSandbox")
         .into_inner()
         .pod_sandbox_id;
+    assert!(!has_pause_container(&mut rt, &pod).await);
+    // A sysctl outside the pod's namespaces is refused, and nothing is left of that pod.
+    let (netns_before, podns_before, ips_before) = (
+        netns_pins(&w.d).len(),
+        podns_pins(&w.d).len(),
+        w.ipam_leases().len(),
+    );
+    let mut bad = kubelet_pod(w.pod_config("badsysctl"));
+    if let Some(l) = bad.linux.as_mut() {
+        l.sysctls.insert("vm.swappiness".into(), "1".into());
+    }
+    let e = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(bad),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("vm.swappiness"), "{e:?}");
+    assert_eq!(
+        (
+            netns_pins(&w.d).len(),
+            podns_pins(&w.d).len(),
+            w.ipam_leases().len()
+        ),
+        (netns_before, podns_before, ips_before),
+        "the refused pod left something"
+    );
+    // A container cannot join a PID namespace the pod does not share.
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("podpid", "true")),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("pid"), "{e:?}");
+
     // DNS, hostname, a namespaced sysctl; run as 1234, read-only rootfs, no capabilities.
     let mut locked = container_config(
         "locked",
@@ -1398,6 +1505,10 @@ async fn pod_options_security_context_resources_and_log_reopen() {
     );
     locked.linux = Some(cri::LinuxContainerConfig {
         security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
             run_as_user: Some(cri::Int64Value { value: 1234 }),
             readonly_rootfs: true,
             capabilities: Some(cri::Capability {
@@ -1469,7 +1580,10 @@ async fn pod_options_security_context_resources_and_log_reopen() {
         &mut rt,
         &pod,
         &cfg,
-        container_config("ticker", "while true; do echo tick; sleep 0.1; done"),
+        own_pid(container_config(
+            "ticker",
+            "while true; do echo tick; sleep 0.1; done",
+        )),
     )
     .await;
     let tlog = w.dir.path().join("logs/opts/ticker.log");
@@ -1479,6 +1593,32 @@ async fn pod_options_security_context_resources_and_log_reopen() {
             .contains("tick")
     })
     .await;
+    // The pod's containers share one /dev/shm: a 64 MiB tmpfs.
+    let sh = |id: &str, script: &str| cri::ExecSyncRequest {
+        container_id: id.to_owned(),
+        cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        timeout: 30,
+    };
+    let r = rt
+        .exec_sync(sh(
+            &locked,
+            "echo shared > /dev/shm/seg && grep ' /dev/shm ' /proc/mounts",
+        ))
+        .await
+        .expect("ExecSync write /dev/shm")
+        .into_inner();
+    let mounts = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert_eq!(r.exit_code, 0, "{mounts} {}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        mounts.contains("tmpfs") && mounts.contains("size=65536k"),
+        "{mounts}"
+    );
+    let r = rt
+        .exec_sync(sh(&ticker, "cat /dev/shm/seg"))
+        .await
+        .expect("ExecSync read /dev/shm")
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "shared\n");
     std::fs::rename(&tlog, tlog.with_extension("log.1")).unwrap();
     rt.reopen_container_log(cri::ReopenContainerLogRequest {
         container_id: ticker.clone(),

@@ -1190,19 +1190,63 @@ async fn restart_stops_idle_pool_shims_and_keeps_serving_ones() {
     assert!(w.pool_dirs().is_empty(), "{:?}", w.pool_dirs());
 }
 
-/// Creates that `<shim> start` would group or configure never take a pool shim.
+/// A runc group (`io.containerd.runc.v2.group`) is `<shim> start`'s to find: such a create
+/// never takes a pool shim. A CRI pod's tasks (`io.kubernetes.cri.sandbox-id`, a pod without
+/// a pause container) do: the first takes the warm shim, the next finds it by sandbox id,
+/// and the pool is refilled at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grouped_containers_do_not_use_the_pool() {
+async fn runc_groups_skip_the_pool_and_cri_pods_share_a_warm_shim() {
     let w = World::with_pool(1).await;
     let ns = w.ns.clone();
-    w.container_spec("sb", w.spec("sb", &["/bin/sleep", "1000"], false, Some("sb")));
-    w.create("sb").await;
+    let mut grouped = w.spec("g", &["/bin/sleep", "1000"], false, None);
+    let mut v: serde_json::Value = serde_json::from_slice(&grouped.value).unwrap();
+    v["annotations"] = serde_json::json!({ "io.containerd.runc.v2.group": "g" });
+    grouped.value = serde_json::to_vec(&v).unwrap();
+    w.container_spec("g", grouped);
+    w.create("g").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         w.manager.pool_shim_pids().is_empty(),
-        "a grouped create filled the pool"
+        "a runc-grouped create filled the pool"
     );
-    w.local.kill(&ns, "sb", "", 9, false).await.unwrap();
-    w.local.wait(&ns, "sb", "").await.unwrap();
-    w.local.delete(&ns, "sb").await.unwrap();
+    w.local.kill(&ns, "g", "", 9, false).await.unwrap();
+    w.local.wait(&ns, "g", "").await.unwrap();
+    w.local.delete(&ns, "g").await.unwrap();
+
+    // Fill the pool with a plain task, then run a pod's two containers.
+    w.container("plain", &["/bin/true"]);
+    w.create("plain").await;
+    let warm = w.pool_settles(1).await[0];
+    w.local.delete(&ns, "plain").await.unwrap();
+    let shim_of = |id: &str| {
+        w.manager
+            .shim_tasks()
+            .into_iter()
+            .find(|t| t.id == id)
+            .and_then(|t| t.conn.as_ref().map(|c| c.shim_pid))
+            .unwrap()
+    };
+    for id in ["app", "side"] {
+        w.container_spec(id, w.spec(id, &["/bin/sleep", "1000"], false, Some("pod")));
+        w.create(id).await;
+        w.local.start(&ns, id, "").await.unwrap();
+    }
+    let pod_shim = shim_of("app");
+    assert_eq!(shim_of("side"), pod_shim, "the pod's tasks share one shim");
+    assert_eq!(pod_shim, warm, "the pod's first task took the warm shim");
+    // Refilled at once: a pool shim serves the pod, another one is idle.
+    let pool = w.pool_settles(2).await;
+    assert!(pool.contains(&pod_shim), "{pool:?}");
+    // One container goes; the shim stays for the other, out of the pool.
+    w.local.kill(&ns, "app", "", 9, false).await.unwrap();
+    w.local.wait(&ns, "app", "").await.unwrap();
+    w.local.delete(&ns, "app").await.unwrap();
+    assert!(alive(pod_shim), "the pod's shim went with one of its tasks");
+    assert_eq!(shim_of("side"), pod_shim);
+    w.local.kill(&ns, "side", "", 9, false).await.unwrap();
+    w.local.wait(&ns, "side", "").await.unwrap();
+    w.local.delete(&ns, "side").await.unwrap();
+    assert_eq!(w.pool_settles(1).await.len(), 1, "one idle pool shim left");
+    w.manager.close_pool().await;
+    assert!(w.pool_dirs().is_empty());
 }

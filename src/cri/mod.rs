@@ -107,6 +107,25 @@ pub enum CriError {
     },
 }
 
+/// Runs blocking work (mounts, namespaces, file trees) off the async workers; a panic in it
+/// is a FailedPrecondition naming `what`.
+pub async fn blocking<T, E>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, CriError>
+where
+    T: Send + 'static,
+    E: Into<CriError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => Err(CriError::FailedPrecondition {
+            what: what.into(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
 impl CriError {
     /// Wraps an error of another service, keeping its kind.
     pub fn backend(op: &'static str, e: impl ErrorKind + Send + Sync + 'static) -> CriError {

@@ -1,6 +1,9 @@
 //! The files a pod's containers share: `/etc/resolv.conf` (from the pod's DNS config, or
 //! the host's when none is given), `/etc/hostname`, `/etc/hosts`. Written once per pod under
-//! `<state>/sandboxes/<id>/` and bind-mounted into every container.
+//! `<state>/sandboxes/<id>/` and bind-mounted into every container. And, unless the pod uses
+//! the host's IPC namespace, its `/dev/shm`: a 64 MiB tmpfs at `<state>/sandboxes/<id>/shm`
+//! (as containerd's sandbox shm), mounted at RunPodSandbox, bound into each container,
+//! unmounted at StopPodSandbox.
 
 use std::path::{Path, PathBuf};
 
@@ -9,13 +12,17 @@ use taskd_proto::cri::v1::DnsConfig;
 use super::spec::container::PodFiles;
 use crate::errdefs::{ErrorKind, Kind};
 
-/// A pod file that could not be written; names the path.
+/// A pod file that could not be written (or mounted); names the path.
 #[derive(Debug, thiserror::Error)]
-#[error("write pod file {path}: {source}")]
+#[error("{op} pod file {path}: {source}")]
 pub struct PodFilesError {
+    pub op: &'static str,
     pub path: PathBuf,
     pub source: std::io::Error,
 }
+
+/// The size of a pod's `/dev/shm` (containerd's `defaultShmSize`).
+pub const SHM_SIZE: u64 = 64 << 20;
 
 impl ErrorKind for PodFilesError {
     fn kind(&self) -> Kind {
@@ -54,12 +61,14 @@ pub fn write(dir: &Path, dns: Option<&DnsConfig>, hostname: &str) -> Result<PodF
     let w = |name: &str, text: String| -> Result<PathBuf, PodFilesError> {
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(|source| PodFilesError {
+            op: "write",
             path: path.clone(),
             source,
         })?;
         Ok(path)
     };
     std::fs::create_dir_all(dir).map_err(|source| PodFilesError {
+        op: "create",
         path: dir.to_owned(),
         source,
     })?;
@@ -78,7 +87,75 @@ pub fn write(dir: &Path, dns: Option<&DnsConfig>, hostname: &str) -> Result<PodF
         resolv_conf: Some(w("resolv.conf", resolv)?),
         hostname: Some(w("hostname", format!("{host}\n"))?),
         hosts: Some(w("hosts", hosts(&host))?),
+        shm: None,
     })
+}
+
+/// Whether `path` is a mount point (another device than its parent's).
+fn mounted(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), path.parent().map(std::fs::metadata)) {
+        (Ok(m), Some(Ok(p))) => m.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// Mounts the pod's `/dev/shm` tmpfs at `<dir>/shm` (`dir` must exist); idempotent.
+pub fn mount_shm(dir: &Path) -> Result<PathBuf, PodFilesError> {
+    use nix::mount::MsFlags;
+    let path = dir.join("shm");
+    let err = |op: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source: std::io::Error| PodFilesError { op, path, source }
+    };
+    match std::fs::create_dir(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err("create", &path)(e)),
+    }
+    if !mounted(&path) {
+        nix::mount::mount(
+            Some("shm"),
+            &path,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(format!("mode=1777,size={SHM_SIZE}").as_str()),
+        )
+        .map_err(|e| err("mount", &path)(e.into()))?;
+    }
+    Ok(path)
+}
+
+/// The pod's `/dev/shm` under `dir`, when it is mounted.
+pub fn shm_of(dir: &Path) -> Option<PathBuf> {
+    Some(dir.join("shm")).filter(|p| mounted(p))
+}
+
+/// Unmounts the pod's `/dev/shm` (not mounted, or gone: fine).
+pub fn unmount_shm(dir: &Path) -> Result<(), PodFilesError> {
+    let path = dir.join("shm");
+    while mounted(&path) {
+        nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH).map_err(|e| PodFilesError {
+            op: "unmount",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Unmounts the pod's `/dev/shm`, then removes `dir` (never across a mount); idempotent.
+pub fn remove(dir: &Path) -> Result<(), PodFilesError> {
+    unmount_shm(dir)?;
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(PodFilesError {
+            op: "remove",
+            path: dir.to_owned(),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -116,5 +193,40 @@ mod tests {
                 .unwrap()
                 .contains("127.0.1.1\tweb")
         );
+    }
+
+    #[test]
+    fn shm_is_a_sized_tmpfs_until_unmounted_and_remove_never_crosses_it() {
+        if !nix::unistd::Uid::effective().is_root() {
+            panic!("this test needs root (mount): run the test suite as root");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sb");
+        write(&dir, None, "web").unwrap();
+        assert_eq!(shm_of(&dir), None);
+        let shm = mount_shm(&dir).unwrap();
+        assert_eq!(mount_shm(&dir).unwrap(), shm, "idempotent");
+        assert_eq!(shm_of(&dir).as_deref(), Some(shm.as_path()));
+        let st = nix::sys::statfs::statfs(&shm).unwrap();
+        assert_eq!(st.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC);
+        assert_eq!(st.blocks() * st.block_size() as u64, SHM_SIZE);
+        let line = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(shm.to_str().unwrap()))
+            .map(str::to_owned)
+            .unwrap();
+        for opt in ["nosuid", "nodev", "noexec"] {
+            assert!(line.contains(opt), "{line}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&shm).unwrap().permissions().mode() & 0o7777,
+            0o1777
+        );
+        std::fs::write(shm.join("seg"), b"x").unwrap();
+        remove(&dir).unwrap();
+        assert!(!dir.exists());
+        remove(&dir).unwrap();
     }
 }

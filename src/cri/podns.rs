@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 
 use super::network::netns;
@@ -133,7 +132,13 @@ pub fn pin(dir: &Path, req: &PinRequest<'_>) -> Result<Pinned, PodNsError> {
     let sysctls = req
         .sysctls
         .iter()
-        .map(|(k, v)| Ok((k.clone(), sysctl_path(k, req.netns.is_none(), !req.ipc)?, v.clone())))
+        .map(|(k, v)| {
+            Ok((
+                k.clone(),
+                sysctl_path(k, req.netns.is_none(), !req.ipc)?,
+                v.clone(),
+            ))
+        })
         .collect::<Result<Vec<_>, PodNsError>>()?;
     let io = |op: &'static str, path: &Path| {
         let path = path.to_owned();
@@ -175,7 +180,8 @@ fn pin_in_thread(
 ) -> Result<(), PodNsError> {
     let sys = |op: &'static str| move |source| PodNsError::Sys { op, source };
     if let Some(f) = netns_file {
-        nix::sched::setns(f.as_fd(), CloneFlags::CLONE_NEWNET).map_err(sys("join the pod network namespace"))?;
+        nix::sched::setns(f.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(sys("join the pod network namespace"))?;
     }
     let mut flags = CloneFlags::empty();
     if targets.ipc.is_some() {
@@ -198,12 +204,9 @@ fn pin_in_thread(
             }
         })?;
     }
-    let tid = nix::unistd::gettid();
     for (name, target) in [("ipc", &targets.ipc), ("uts", &targets.uts)] {
         if let Some(target) = target {
-            let ns = format!("/proc/self/task/{tid}/ns/{name}");
-            nix::mount::mount(Some(ns.as_str()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(sys("bind mount a pod namespace"))?;
+            netns::pin_own(name, target).map_err(sys("bind mount a pod namespace"))?;
         }
     }
     Ok(())

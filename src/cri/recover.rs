@@ -66,7 +66,11 @@ pub async fn recover(svc: &CriService) -> Report {
                 report.ready += 1;
             }
             let _ = svc.sandboxes.update(&sb.id, |s| {
-                s.state = if ready { SandboxState::Ready } else { SandboxState::NotReady };
+                s.state = if ready {
+                    SandboxState::Ready
+                } else {
+                    SandboxState::NotReady
+                };
                 Ok(())
             });
             continue;

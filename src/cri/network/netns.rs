@@ -98,19 +98,22 @@ fn pin_new_netns(path: &Path) -> Result<(), NetnsError> {
         path: path.to_owned(),
         source,
     })?;
-    let tid = nix::unistd::gettid();
-    let ns = format!("/proc/self/task/{tid}/ns/net");
+    pin_own("net", path).map_err(|source| NetnsError::Mount {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Bind-mounts the calling thread's namespace `kind` (`net`, `ipc`, `uts`) onto `target`.
+pub fn pin_own(kind: &str, target: &Path) -> Result<(), nix::Error> {
+    let ns = format!("/proc/self/task/{}/ns/{kind}", nix::unistd::gettid());
     nix::mount::mount(
         Some(ns.as_str()),
-        path,
+        target,
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(|source| NetnsError::Mount {
-        path: path.to_owned(),
-        source,
-    })
 }
 
 /// Whether `path` is a pinned namespace (a bind mount of the nsfs file system).

@@ -60,6 +60,8 @@ pub struct PodFiles {
     pub hosts: Option<PathBuf>,
     pub resolv_conf: Option<PathBuf>,
     pub hostname: Option<PathBuf>,
+    /// The pod's `/dev/shm` tmpfs (None: the pod uses the host's IPC namespace).
+    pub shm: Option<PathBuf>,
 }
 
 /// What a container's spec is made of.
@@ -454,6 +456,18 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
             m
         })
         .collect();
+    // /dev/shm as containerd gives it, unless the container mounts its own: the host's with
+    // the host's IPC namespace, else the pod's tmpfs (shared by its containers).
+    let shm = match mode(ns_opts.ipc) {
+        NamespaceMode::Node => Some("/dev/shm".to_owned()),
+        _ => inp.pod_files.shm.as_ref().map(|p| p.display().to_string()),
+    };
+    if let Some(shm) = shm
+        && !cri_dests.contains("/dev/shm")
+    {
+        mounts.retain(|m| m.destination().as_os_str() != "/dev/shm");
+        mounts.push(bind("/dev/shm", &shm, false, None));
+    }
     for (dest, file) in [
         ("/etc/hosts", &inp.pod_files.hosts),
         ("/etc/resolv.conf", &inp.pod_files.resolv_conf),
@@ -524,10 +538,9 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
     }
     match mode(ns_opts.pid) {
         NamespaceMode::Node => {}
-        NamespaceMode::Pod => namespaces.push(namespace(
-            LinuxNamespaceType::Pid,
-            Some(&pod_ns(None, "pid")?),
-        )),
+        NamespaceMode::Pod => {
+            namespaces.push(namespace(LinuxNamespaceType::Pid, Some(&pod_ns(None, "pid")?)))
+        }
         NamespaceMode::Container => namespaces.push(namespace(LinuxNamespaceType::Pid, None)),
         NamespaceMode::Target => {
             let pid = inp.target_pid.ok_or_else(|| {
@@ -758,6 +771,7 @@ mod tests {
             devices: vec![],
             pod_files: PodFiles {
                 resolv_conf: Some("/state/sb1/resolv.conf".into()),
+                shm: Some("/state/sb1/shm".into()),
                 ..Default::default()
             },
             driver: CgroupDriver::Cgroupfs,
@@ -904,10 +918,10 @@ mod tests {
         assert!(ns.contains(&(LinuxNamespaceType::Uts, Some("/state/podns/sb1/uts".into()))));
         assert!(ns.contains(&(LinuxNamespaceType::Pid, None)));
         // Sharing the pod's PID namespace needs the pause process the pod does not have.
-        if let Some(l) = cfg.linux.as_mut() {
-            if let Some(sc) = l.security_context.as_mut() {
-                sc.namespace_options.as_mut().unwrap().pid = NamespaceMode::Pod as i32;
-            }
+        if let Some(l) = cfg.linux.as_mut()
+            && let Some(sc) = l.security_context.as_mut()
+        {
+            sc.namespace_options.as_mut().unwrap().pid = NamespaceMode::Pod as i32;
         }
         let e = input(&cfg).unwrap_err();
         assert!(e.to_string().contains("no shared pid namespace"), "{e}");
@@ -983,6 +997,19 @@ mod tests {
             mounts
                 .iter()
                 .any(|m| m.destination().as_os_str() == "/etc/resolv.conf")
+        );
+        // One /dev/shm: the pod's.
+        let shm: Vec<_> = mounts
+            .iter()
+            .filter(|m| m.destination().as_os_str() == "/dev/shm")
+            .collect();
+        assert_eq!(shm.len(), 1, "{shm:?}");
+        assert_eq!(
+            (
+                shm[0].typ().as_deref(),
+                shm[0].source().as_ref().map(|p| p.display().to_string())
+            ),
+            (Some("bind"), Some("/state/sb1/shm".into()))
         );
 
         let linux = spec.linux().as_ref().unwrap();

@@ -274,7 +274,9 @@ mod tests {
         assert!(grouped(br#"{"annotations":{"io.containerd.runc.v2.group":"g"}}"#));
         assert!(!grouped(br#"{"annotations":{"other":"x"}}"#));
         assert!(!grouped(b"{}"));
-        assert!(runc_grouped(br#"{"annotations":{"io.containerd.runc.v2.group":"g"}}"#));
+        assert!(runc_grouped(
+            br#"{"annotations":{"io.containerd.runc.v2.group":"g"}}"#
+        ));
         assert!(!runc_grouped(
             br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#
         ));

@@ -605,10 +605,7 @@ impl Inner {
         // pod's tasks) goes to that shim directly (containerd's shim manager does the same);
         // otherwise a warm pool shim, or `<shim> start` (which may still answer with a
         // shared shim's address).
-        let group = opts
-            .spec
-            .as_ref()
-            .and_then(|s| bundle::sandbox_id_of(&s.value));
+        let group = opts.spec.as_ref().and_then(|s| bundle::sandbox_id_of(&s.value));
         let sandbox_conn = group
             .as_deref()
             .and_then(|sb| self.group_conn(&b.namespace, sb, &b.id, binary));

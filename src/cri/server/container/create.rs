@@ -260,6 +260,7 @@ impl CriService {
             hosts: Some(dir.join("hosts")).filter(|p| p.exists()),
             resolv_conf: Some(dir.join("resolv.conf")).filter(|p| p.exists()),
             hostname: Some(dir.join("hostname")).filter(|p| p.exists()),
+            shm: crate::cri::podfiles::shm_of(&dir),
         };
         let id = new_id();
         let spec = container_spec(&ContainerInput {

@@ -19,11 +19,7 @@ impl CriService {
             Err(StoreError::NotFound { .. }) => return Ok(RemovePodSandboxResponse {}),
             Err(e) => return Err(e.into()),
         };
-        if s.state != SandboxState::NotReady
-            || !s.netns_path.is_empty()
-            || !s.ipc_ns_path.is_empty()
-            || !s.uts_ns_path.is_empty()
-        {
+        if s.state != SandboxState::NotReady || !s.netns_path.is_empty() || !s.infra {
             self.stop_pod_sandbox(StopPodSandboxRequest {
                 pod_sandbox_id: s.id.clone(),
             })
@@ -44,9 +40,7 @@ impl CriService {
             self.controller("RemovePodSandbox")?.delete(&s.id).await?;
         }
         let dir = self.sandbox_dir(&s.id);
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
+        if let Err(e) = crate::cri::podfiles::remove(&dir) {
             tracing::warn!(error = %e, dir = %dir.display(), "remove pod files");
         }
         self.cpu_samples

@@ -7,7 +7,8 @@
 //! with a pause container (the pod shares one PID namespace, or drop_infra_container = false),
 //! at the same time, both run to the end:
 //!   Cni::setup                 (networks; IPs recorded)
-//!   pod files                  (resolv.conf from dns_config, hostname, hosts)
+//!   pod files                  (resolv.conf from dns_config, hostname, hosts; the /dev/shm
+//!                               tmpfs unless host IPC)
 //!   controller.ensure_image(sandbox_image) → spec::sandbox → controller.start → pid
 //! without one (podns):
 //!   Cni::setup, then podns::pin (IPC + UTS namespaces, hostname, sysctls) and pod files
@@ -28,7 +29,7 @@ use crate::cri::controller::StartSandbox;
 use crate::cri::network::{PodRef, PortMapping, netns};
 use crate::cri::spec::sandbox::{SandboxInput, pod_namespace_modes, sandbox_spec};
 use crate::cri::store::sandbox::{HostNamespaces, Sandbox, SandboxState, sandbox_name};
-use crate::cri::{CriError, CriService, podfiles, podns};
+use crate::cri::{CriError, CriService, blocking, podfiles, podns};
 
 /// What has been set up so far (for the rollback).
 #[derive(Default)]
@@ -156,21 +157,18 @@ impl CriService {
         self.sandboxes.add(record.clone())?;
 
         let mut progress = Progress::default();
+        let began = std::time::Instant::now();
         let result = async {
             let netns_path = if host.network {
                 None
             } else {
                 let dir = self.netns_dir.clone();
-                let p = tokio::task::spawn_blocking(move || netns::create(&dir))
-                    .await
-                    .map_err(|e| CriError::FailedPrecondition {
-                        what: "create netns".into(),
-                        reason: e.to_string(),
-                    })??;
+                let p = blocking("create netns", move || netns::create(&dir)).await?;
                 progress.netns = Some(p.clone());
                 Some(p)
             };
             if !infra {
+                let t_cni = std::time::Instant::now();
                 let ips = match &netns_path {
                     Some(ns) => {
                         progress.cni = true;
@@ -184,7 +182,17 @@ impl CriService {
                 // After CNI: a sysctl may name the pod's interface.
                 progress.podns = true;
                 progress.files = true;
-                let pinned = self.pin_pod_namespaces(&id, &cfg, host, netns_path.clone()).await?;
+                let t_pin = std::time::Instant::now();
+                let pinned = self
+                    .pin_pod_namespaces(&id, &cfg, host, netns_path.clone())
+                    .await?;
+                tracing::debug!(
+                    sandbox = %id,
+                    netns_us = (t_cni - began).as_micros() as u64,
+                    cni_us = (t_pin - t_cni).as_micros() as u64,
+                    pin_us = t_pin.elapsed().as_micros() as u64,
+                    "pod set up without a pause container"
+                );
                 return Ok::<_, CriError>((0, netns_path.map(|p| p.display().to_string()), ips, pinned));
             }
             // The network (CNI ADD: plugin processes, netlink) and the pause container
@@ -213,12 +221,15 @@ impl CriService {
                 };
                 let dir = self.sandbox_dir(&id);
                 let dns = cfg.dns_config.clone();
-                tokio::task::spawn_blocking(move || podfiles::write(&dir, dns.as_ref(), &hostname))
-                    .await
-                    .map_err(|e| CriError::FailedPrecondition {
-                        what: "write pod files".into(),
-                        reason: e.to_string(),
-                    })??;
+                let shared_ipc = !host.ipc;
+                blocking("write pod files", move || {
+                    podfiles::write(&dir, dns.as_ref(), &hostname)?;
+                    if shared_ipc {
+                        podfiles::mount_shm(&dir)?;
+                    }
+                    Ok::<_, podfiles::PodFilesError>(())
+                })
+                .await?;
                 let image = controller.ensure_image(&self.config.sandbox_image).await?;
                 let spec = sandbox_spec(&SandboxInput {
                     id: &id,
@@ -291,8 +302,11 @@ impl CriService {
         let (files_dir, ns_dir) = (self.sandbox_dir(id), self.podns_dir(id));
         let dns = cfg.dns_config.clone();
         let sysctls = cfg.linux.as_ref().map(|l| l.sysctls.clone()).unwrap_or_default();
-        tokio::task::spawn_blocking(move || {
+        blocking("pin pod namespaces", move || {
             podfiles::write(&files_dir, dns.as_ref(), &hostname)?;
+            if !host.ipc {
+                podfiles::mount_shm(&files_dir)?;
+            }
             podns::pin(
                 &ns_dir,
                 &podns::PinRequest {
@@ -306,10 +320,6 @@ impl CriService {
             .map_err(CriError::from)
         })
         .await
-        .map_err(|e| CriError::FailedPrecondition {
-            what: "pin pod namespaces".into(),
-            reason: e.to_string(),
-        })?
     }
 
     /// Undoes a partial RunPodSandbox, in reverse; every step runs, the first error wins.
@@ -351,8 +361,10 @@ impl CriService {
                 first.get_or_insert(e.into());
             }
         }
-        if p.files {
-            let _ = std::fs::remove_dir_all(self.sandbox_dir(&s.id));
+        if p.files
+            && let Err(e) = podfiles::remove(&self.sandbox_dir(&s.id))
+        {
+            first.get_or_insert(e.into());
         }
         first.map_or(Ok(()), Err)
     }

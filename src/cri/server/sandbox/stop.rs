@@ -9,7 +9,7 @@ use super::run::{pod_ref, port_mappings};
 use crate::cri::network::netns;
 use crate::cri::store::container::ContainerState;
 use crate::cri::store::sandbox::SandboxState;
-use crate::cri::{CriError, CriService, podns};
+use crate::cri::{CriError, CriService, blocking, podfiles, podns};
 
 impl CriService {
     pub async fn stop_pod_sandbox(
@@ -37,20 +37,20 @@ impl CriService {
         }
         if s.infra {
             self.controller("StopPodSandbox")?.stop(&s.id).await?;
-        } else if !s.ipc_ns_path.is_empty() || !s.uts_ns_path.is_empty() {
+        } else {
+            // Always (idempotent): a RunPodSandbox cut short by a crash may have pinned
+            // namespaces it never recorded.
             let dir = self.podns_dir(&s.id);
-            tokio::task::spawn_blocking(move || podns::unpin(&dir))
-                .await
-                .map_err(|e| CriError::FailedPrecondition {
-                    what: "unpin pod namespaces".into(),
-                    reason: e.to_string(),
-                })??;
+            blocking("unpin pod namespaces", move || podns::unpin(&dir)).await?;
             self.sandboxes.update(&s.id, |r| {
                 r.ipc_ns_path.clear();
                 r.uts_ns_path.clear();
                 Ok(())
             })?;
         }
+        // The pod's /dev/shm goes with its containers (as containerd's sandbox files).
+        let dir = self.sandbox_dir(&s.id);
+        blocking("unmount the pod's /dev/shm", move || podfiles::unmount_shm(&dir)).await?;
         self.sandboxes.update(&s.id, |r| {
             if r.state != SandboxState::NotReady {
                 r.transition(SandboxState::NotReady)?;
@@ -62,12 +62,7 @@ impl CriService {
             self.cni
                 .teardown(&pod_ref(&s), Some(&ns), &port_mappings(&s.config))
                 .await?;
-            tokio::task::spawn_blocking(move || netns::remove(&ns))
-                .await
-                .map_err(|e| CriError::FailedPrecondition {
-                    what: "remove netns".into(),
-                    reason: e.to_string(),
-                })??;
+            blocking("remove netns", move || netns::remove(&ns)).await?;
             self.sandboxes.update(&s.id, |r| {
                 r.netns_path.clear();
                 Ok(())
