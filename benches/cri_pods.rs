@@ -4,7 +4,8 @@
 //!
 //! One pod start = RunPodSandbox + CreateContainer + StartContainer, until ContainerStatus
 //! says RUNNING, with the namespace options kubelet sends for a pod without
-//! `shareProcessNamespace` (network and IPC per pod, PID per container). Measured for `--sequential` pods one after another and for `--concurrent`
+//! `shareProcessNamespace` (network and IPC per pod, PID per container; `--share-pid`: one
+//! PID namespace per pod, which needs a pause container). Measured for `--sequential` pods one after another and for `--concurrent`
 //! pods at once, each daemon in turn, for `--rounds` rounds (alternating which daemon goes
 //! first). Both daemons pull the same pause and busybox images (pulled before timing) from a
 //! local `docker-registry` through a registry mirror config, and use the same CNI chain
@@ -69,9 +70,10 @@ fn args() -> Result<Args> {
             "--execs" => a.execs = num()?,
             "--probe-secs" => a.probe_secs = num()? as u64,
             "--probe-rate" => a.probe_rate = (num()? as u64).max(1),
+            "--share-pid" => SHARE_PID.store(true, std::sync::atomic::Ordering::Relaxed),
             "--bench" => {}
             other => bail!(
-                "unknown argument {other:?} (--sequential N --concurrent N --rounds N --execs N --probe-secs N --probe-rate N)"
+                "unknown argument {other:?} (--sequential N --concurrent N --rounds N --execs N --probe-secs N --probe-rate N --share-pid)"
             ),
         }
     }
@@ -286,12 +288,20 @@ fn pod_config(w: &Path, name: &str) -> cri::PodSandboxConfig {
     }
 }
 
-/// What kubelet sends for a pod without `shareProcessNamespace` (and for its containers):
-/// network and IPC shared by the pod, a PID namespace per container.
+/// `--share-pid`: pods as kubelet sends them with `shareProcessNamespace: true`.
+static SHARE_PID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// What kubelet sends for a pod (and for its containers): network and IPC shared by the
+/// pod, a PID namespace per container (or, with `--share-pid`, one for the pod).
 fn kubelet_namespaces() -> cri::NamespaceOption {
+    let pid = if SHARE_PID.load(std::sync::atomic::Ordering::Relaxed) {
+        cri::NamespaceMode::Pod
+    } else {
+        cri::NamespaceMode::Container
+    };
     cri::NamespaceOption {
         network: cri::NamespaceMode::Pod as i32,
-        pid: cri::NamespaceMode::Container as i32,
+        pid: pid as i32,
         ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     }
