@@ -126,6 +126,12 @@ impl CriService {
         };
         // A pod whose containers share one PID namespace needs a process to hold it.
         let infra = !self.config.drop_infra_container || pid == NamespaceMode::Pod;
+        if !infra {
+            // taskd sets the sysctls itself: refuse a bad one before anything is set up.
+            for key in cfg.linux.iter().flat_map(|l| l.sysctls.keys()) {
+                podns::sysctl_path(key, host.network, host.ipc)?;
+            }
+        }
         let id = new_id();
         let record = Sandbox {
             id: id.clone(),
