@@ -130,6 +130,11 @@ impl World {
     /// conf dir with bridge + host-local on 10.88.<octet>.0/24 followed by `extra` plugins
     /// (JSON objects, each with a leading comma), and a daemon using both.
     fn new(octet: u8, extra: &str) -> World {
+        World::with_cri_config(octet, extra, "")
+    }
+
+    /// As [`World::new`], with `cri_extra` added to the CRI plugin's table.
+    fn with_cri_config(octet: u8, extra: &str, cri_extra: &str) -> World {
         support::require_root();
         support::require_bin("runc", "runc");
         support::require_bin("containerd-shim-runc-v2", "containerd");
@@ -170,7 +175,7 @@ impl World {
         let d = Daemon::start_with(&format!(
             "[{IMAGES}.registries.\"docker.io\"]\nmirrors = {mirror}\n\
              [{IMAGES}.registries.\"registry.k8s.io\"]\nmirrors = {mirror}\n\
-             [{CRI}]\nsandbox_image = \"registry.k8s.io/pause:3.10\"\n\
+             [{CRI}]\nsandbox_image = \"registry.k8s.io/pause:3.10\"\n{cri_extra}\n\
              [{CRI}.cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
             conf_dir.display().to_string()
         ));
@@ -668,6 +673,66 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
         0,
         "{snaps}"
     );
+}
+
+/// `drop_infra_container = false`: every pod gets a pause container, as with containerd,
+/// also one kubelet sends without a shared PID namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pod_has_a_pause_container_when_drop_infra_container_is_off() {
+    if !support::e2e("every_pod_has_a_pause_container_when_drop_infra_container_is_off") {
+        return;
+    }
+    let w = World::with_cri_config(
+        80 + (std::process::id() % 20) as u8,
+        "",
+        "drop_infra_container = false",
+    );
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let cfg = kubelet_pod(w.pod_config("infra"));
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    assert!(has_pause_container(&mut rt, &pod).await);
+    assert!(podns_pins(&w.d).is_empty(), "{:?}", podns_pins(&w.d));
+    let app = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        own_pid(container_config("app", "exec sleep 3600")),
+    )
+    .await;
+    // The pause container is a container of the k8s.io namespace, beside the app.
+    let listed = w.d.ctr_ok(&["-n", "k8s.io", "containers", "ls", "-q"]);
+    let mut ids: Vec<&str> = listed.lines().collect();
+    ids.sort();
+    let mut want = vec![pod.as_str(), app.as_str()];
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(
+        live_shims(&w).len(),
+        1,
+        "the pod's containers share the pause's shim"
+    );
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    assert!(w.bundles().is_empty(), "{:?}", w.bundles());
+    assert!(netns_pins(&w.d).is_empty(), "{:?}", netns_pins(&w.d));
+    assert!(w.ipam_leases().is_empty(), "{:?}", w.ipam_leases());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
