@@ -24,8 +24,8 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::{
     Capability, LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxHugepageLimit, LinuxMemory,
-    LinuxNamespaceType, LinuxResources, LinuxSeccomp, LinuxSeccompAction, LinuxSyscall, Mount, Process, Root,
-    Spec, User,
+    LinuxNamespaceType, LinuxResources, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
+    LinuxSeccompOperator, LinuxSyscall, Mount, Process, Root, Spec, User,
 };
 use taskd_proto::cri::v1::security_profile::ProfileType;
 use taskd_proto::cri::v1::{
@@ -229,6 +229,18 @@ const DENY: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The namespace flags of clone(2): CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID,
+/// NEWNET (together containerd's `0x7E020000`).
+const CLONE_NS_FLAGS: [u64; 7] = [
+    0x0002_0000,
+    0x0200_0000,
+    0x0400_0000,
+    0x0800_0000,
+    0x1000_0000,
+    0x2000_0000,
+    0x4000_0000,
+];
+
 /// The RuntimeDefault profile for a container holding `caps`.
 pub fn runtime_default_seccomp(caps: &HashSet<Capability>) -> LinuxSeccomp {
     let mut names: Vec<String> = Vec::new();
@@ -252,6 +264,23 @@ pub fn runtime_default_seccomp(caps: &HashSet<Capability>) -> LinuxSeccomp {
     // (>= 2.34, pthread_create) falls back to clone(2); EPERM would fail every new thread.
     if !caps.contains(&Capability::SysAdmin) {
         rules.push(errno(vec!["clone3".into()], libc::ENOSYS));
+        // clone(2) making namespaces is unshare(2) by another name: refused the same way
+        // (containerd allows clone only with none of these flags). One rule per flag: the
+        // flags argument masked with it equals it.
+        for flag in CLONE_NS_FLAGS {
+            // Every field is set: the builder has nothing left to refuse.
+            if let Ok(arg) = LinuxSeccompArgBuilder::default()
+                .index(0usize)
+                .value(flag)
+                .value_two(flag)
+                .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                .build()
+            {
+                let mut rule = errno(vec!["clone".into()], libc::EPERM);
+                rule.set_args(Some(vec![arg]));
+                rules.push(rule);
+            }
+        }
     }
     let mut s = LinuxSeccomp::default();
     s.set_default_action(LinuxSeccompAction::ScmpActAllow)
@@ -1039,6 +1068,22 @@ mod tests {
             "clone3 answers ENOSYS so glibc falls back to clone"
         );
         assert!(!denied.names().contains(&"clone3".to_owned()));
+        // clone with any namespace flag: EPERM, one rule per flag (masked equal).
+        let clone: Vec<_> = sc.syscalls().as_ref().unwrap()[2..]
+            .iter()
+            .map(|r| {
+                assert_eq!(r.names().as_slice(), &["clone".to_owned()]);
+                assert_eq!(r.errno_ret(), Some(libc::EPERM as u32));
+                let a = &r.args().as_ref().unwrap()[0];
+                assert_eq!(
+                    (a.index(), a.op(), Some(a.value())),
+                    (0, LinuxSeccompOperator::ScmpCmpMaskedEq, a.value_two())
+                );
+                a.value()
+            })
+            .collect();
+        assert_eq!(clone.iter().fold(0, |m, f| m | f), 0x7E02_0000);
+        assert_eq!(clone.len(), 7);
         let ann = spec.annotations().as_ref().unwrap();
         assert_eq!(
             (ann[a::CONTAINER_TYPE].as_str(), ann[a::SANDBOX_ID].as_str()),
