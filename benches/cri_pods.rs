@@ -2,6 +2,9 @@
 //! one run, through the same client (the `k8s-cri` crate). Not a test: prints a table
 //! (copied into docs/BENCHMARKS.md, "CRI pod start").
 //!
+//! Also the node's memory per pod: PSS of the daemon, its shims and the pause processes with
+//! the first round's sequential pods running.
+//!
 //! One pod start = RunPodSandbox + CreateContainer + StartContainer, until ContainerStatus
 //! says RUNNING, with the namespace options kubelet sends for a pod without
 //! `shareProcessNamespace` (network and IPC per pod, PID per container; `--share-pid`: one
@@ -415,6 +418,70 @@ struct Samples {
     concurrent: Vec<Duration>,
     /// The sequential starts' phases.
     phases: Vec<PodStart>,
+    /// What the node spends besides the pods' own processes, with the first round's
+    /// sequential pods running, and how many pods that was.
+    footprint: Option<(Footprint, usize)>,
+}
+
+/// Proportional set size (KiB) of a daemon, its shims, and the pause processes under them.
+#[derive(Clone, Copy, Default)]
+struct Footprint {
+    daemon: u64,
+    shims: u64,
+    pause: u64,
+    processes: usize,
+}
+
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// The daemon's footprint: its own PSS, its shims' (processes whose command line names the
+/// daemon's socket as `-address`) and the pause containers' (the shims' children running
+/// the pause image's `sleep 2147483647`). The app containers are the same for both daemons
+/// and not counted.
+fn footprint(d: &Daemon) -> Footprint {
+    let sock = d.socket.display().to_string();
+    let mut procs: Vec<(u32, u32, String)> = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
+            })
+            .unwrap_or(0);
+        procs.push((pid, ppid, cmd));
+    }
+    let shims: Vec<u32> = procs
+        .iter()
+        .filter(|(_, _, c)| c.contains("containerd-shim-runc-v2") && c.contains(&sock))
+        .map(|p| p.0)
+        .collect();
+    let pause: Vec<u32> = procs
+        .iter()
+        .filter(|(_, pp, c)| shims.contains(pp) && c.trim_end() == "/bin/sleep 2147483647")
+        .map(|p| p.0)
+        .collect();
+    Footprint {
+        daemon: pss_kib(d.child.id()),
+        shims: shims.iter().map(|p| pss_kib(*p)).sum(),
+        pause: pause.iter().map(|p| pss_kib(*p)).sum(),
+        processes: 1 + shims.len() + pause.len(),
+    }
 }
 
 async fn round(d: &Daemon, w: &Path, a: &Args, r: usize, s: &mut Samples) -> Result<()> {
@@ -425,6 +492,9 @@ async fn round(d: &Daemon, w: &Path, a: &Args, r: usize, s: &mut Samples) -> Res
         s.sequential.push(t.total);
         s.phases.push(t);
         pods.push(pod);
+    }
+    if r == 0 {
+        s.footprint = Some((footprint(d), pods.len()));
     }
     remove_pods(&ch, &pods).await?;
     let mut set = tokio::task::JoinSet::new();
@@ -719,6 +789,29 @@ fn main() -> Result<()> {
             p(|x| x.run),
             p(|x| x.create),
             p(|x| x.start)
+        );
+    }
+    if let (Some((fc, n)), Some((ft, _))) = (cd.footprint, td.footprint) {
+        println!(
+            "\n| daemon ({n} pods running) | daemon PSS KiB | shims PSS KiB | pause PSS KiB | processes | per pod KiB |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
+        let total = |f: &Footprint| f.daemon + f.shims + f.pause;
+        for (name, f) in [("containerd", &fc), ("taskd", &ft)] {
+            println!(
+                "| {name} | {} | {} | {} | {} | {} |",
+                f.daemon,
+                f.shims,
+                f.pause,
+                f.processes,
+                total(f) / n.max(1) as u64
+            );
+        }
+        println!(
+            "| **ratio taskd / containerd** | {:.2} | {:.2} | | | **{:.2}** |",
+            ft.daemon as f64 / fc.daemon.max(1) as f64,
+            ft.shims as f64 / fc.shims.max(1) as f64,
+            total(&ft) as f64 / total(&fc).max(1) as f64
         );
     }
     println!(
