@@ -1659,31 +1659,21 @@ async fn pod_options_security_context_resources_and_log_reopen() {
     })
     .await;
     // The pod's containers share one /dev/shm: a 64 MiB tmpfs.
-    let sh = |id: &str, script: &str| cri::ExecSyncRequest {
-        container_id: id.to_owned(),
-        cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        timeout: 30,
-    };
-    let r = rt
-        .exec_sync(sh(
-            &locked,
-            "echo shared > /dev/shm/seg && grep ' /dev/shm ' /proc/mounts",
-        ))
-        .await
-        .expect("ExecSync write /dev/shm")
-        .into_inner();
-    let mounts = String::from_utf8_lossy(&r.stdout).into_owned();
-    assert_eq!(r.exit_code, 0, "{mounts} {}", String::from_utf8_lossy(&r.stderr));
+    let (mounts, code) = sh(
+        &mut rt,
+        &locked,
+        "echo shared > /dev/shm/seg && grep ' /dev/shm ' /proc/mounts",
+    )
+    .await;
+    assert_eq!(code, 0, "{mounts}");
     assert!(
         mounts.contains("tmpfs") && mounts.contains("size=65536k"),
         "{mounts}"
     );
-    let r = rt
-        .exec_sync(sh(&ticker, "cat /dev/shm/seg"))
-        .await
-        .expect("ExecSync read /dev/shm")
-        .into_inner();
-    assert_eq!(String::from_utf8_lossy(&r.stdout), "shared\n");
+    assert_eq!(
+        sh(&mut rt, &ticker, "cat /dev/shm/seg").await,
+        ("shared\n".into(), 0)
+    );
     std::fs::rename(&tlog, tlog.with_extension("log.1")).unwrap();
     rt.reopen_container_log(cri::ReopenContainerLogRequest {
         container_id: ticker.clone(),
@@ -1753,7 +1743,61 @@ async fn pod_options_security_context_resources_and_log_reopen() {
     })
     .await;
 
-    for p in [pod, host_pod] {
+    // hostPID + hostIPC (as kubelet sends them for pod and container): the host's PID and
+    // IPC namespaces and the host's /dev/shm; no pause container (nothing to hold).
+    let host_ns = cri::NamespaceOption {
+        pid: cri::NamespaceMode::Node as i32,
+        ipc: cri::NamespaceMode::Node as i32,
+        ..Default::default()
+    };
+    let mut hostns_cfg = w.pod_config("hostns");
+    if let Some(l) = hostns_cfg.linux.as_mut() {
+        l.security_context = Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(host_ns.clone()),
+            ..Default::default()
+        });
+    }
+    let hostns_pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(hostns_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox hostPID + hostIPC")
+        .into_inner()
+        .pod_sandbox_id;
+    assert!(!has_pause_container(&mut rt, &hostns_pod).await);
+    let mut c = container_config("hostns", "exec sleep 3600");
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(host_ns),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hostns = create_and_start(&mut rt, &hostns_pod, &hostns_cfg, c).await;
+    let link = |p: &str| std::fs::read_link(p).unwrap().display().to_string();
+    let (out, code) = sh(
+        &mut rt,
+        &hostns,
+        "readlink /proc/self/ns/pid; readlink /proc/self/ns/ipc",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        format!("{}\n{}\n", link("/proc/self/ns/pid"), link("/proc/self/ns/ipc")),
+        "the host's PID and IPC namespaces"
+    );
+    let seg = format!("taskd-e2e-{}", std::process::id());
+    let (out, code) = sh(&mut rt, &hostns, &format!("echo host > /dev/shm/{seg}")).await;
+    assert_eq!(code, 0, "{out}");
+    let host_seg = Path::new("/dev/shm").join(&seg);
+    let seen = std::fs::read_to_string(&host_seg);
+    let _ = std::fs::remove_file(&host_seg);
+    assert_eq!(seen.unwrap(), "host\n", "the host's /dev/shm");
+
+    for p in [pod, host_pod, hostns_pod] {
         rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: p.clone(),
         })
@@ -1765,6 +1809,7 @@ async fn pod_options_security_context_resources_and_log_reopen() {
     }
     assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
     assert!(netns_pins(&w.d).is_empty());
+    assert!(podns_pins(&w.d).is_empty(), "{:?}", podns_pins(&w.d));
 }
 
 /// `sh -c script` in a container through ExecSync: stdout + stderr, exit code.
