@@ -111,6 +111,18 @@ fn own_pid(mut c: cri::ContainerConfig) -> cri::ContainerConfig {
     c
 }
 
+/// RunPodSandbox with the default handler; the pod id (`what` names the call on failure).
+async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, cfg: &cri::PodSandboxConfig, what: &str) -> String {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(cfg.clone()),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{what}: {e:?}"))
+    .into_inner()
+    .pod_sandbox_id
+}
+
 /// The `infraContainer` flag of PodSandboxStatus's verbose info.
 async fn has_pause_container(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> bool {
     let s = rt
@@ -505,15 +517,7 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
         overlay(&w.d)
     );
     let pod_cfg = w.pod_config("web");
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, &pod_cfg, "RunPodSandbox").await;
     let st = rt
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: pod.clone(),
@@ -690,15 +694,7 @@ async fn every_pod_has_a_pause_container_when_drop_infra_container_is_off() {
     let (mut rt, mut images) = w.clients().await;
     pull(&mut images, "busybox", None).await;
     let cfg = kubelet_pod(w.pod_config("infra"));
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
     assert!(has_pause_container(&mut rt, &pod).await);
     assert!(podns_pins(&w.d).is_empty(), "{:?}", podns_pins(&w.d));
     let app = create_and_start(
@@ -818,15 +814,7 @@ async fn host_port_on_loopback_reaches_the_pod() {
         host_port: host_port as i32,
         host_ip: "127.0.0.1".into(),
     }];
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, &pod_cfg, "RunPodSandbox").await;
     // The sandbox image was pulled on demand, through the registry.k8s.io mirror.
     assert_eq!(
         list(&mut images, Some("registry.k8s.io/pause:3.10")).await.len(),
@@ -933,15 +921,7 @@ async fn node_restarts_keep_20_pods_and_report_what_exited_meanwhile() {
         if i % 2 == 0 {
             cfg = kubelet_pod(cfg);
         }
-        let pod = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("RunPodSandbox")
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
         let ticker = create_and_start(
             &mut rt,
             &pod,
@@ -1088,15 +1068,7 @@ async fn probes_stats_metrics_and_events_through_the_client() {
         );
     }
     let cfg = w.pod_config("probed");
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
     let app = create_and_start(
         &mut rt,
         &pod,
@@ -1398,15 +1370,7 @@ async fn checkpoint_container_writes_the_archive_or_says_why_criu_cannot() {
     let (mut rt, mut images) = w.clients().await;
     pull(&mut images, "busybox", None).await;
     let cfg = w.pod_config("ckpt");
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
     let app = create_and_start(
         &mut rt,
         &pod,
@@ -1512,15 +1476,7 @@ async fn pod_options_security_context_resources_and_log_reopen() {
         l.sysctls
             .insert("net.ipv4.ip_unprivileged_port_start".into(), "80".into());
     }
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
     assert!(!has_pause_container(&mut rt, &pod).await);
     // A sysctl outside the pod's namespaces is refused, and nothing is left of that pod.
     let (netns_before, podns_before, ips_before) = (
@@ -1713,15 +1669,7 @@ async fn pod_options_security_context_resources_and_log_reopen() {
             ..Default::default()
         });
     }
-    let host_pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(host_cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox hostNetwork")
-        .into_inner()
-        .pod_sandbox_id;
+    let host_pod = run_pod(&mut rt, &host_cfg, "RunPodSandbox hostNetwork").await;
     let mut c = container_config("net", "cat /proc/net/dev; exec sleep 3600");
     c.linux = Some(cri::LinuxContainerConfig {
         security_context: Some(cri::LinuxContainerSecurityContext {
@@ -1757,15 +1705,7 @@ async fn pod_options_security_context_resources_and_log_reopen() {
             ..Default::default()
         });
     }
-    let hostns_pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(hostns_cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox hostPID + hostIPC")
-        .into_inner()
-        .pod_sandbox_id;
+    let hostns_pod = run_pod(&mut rt, &hostns_cfg, "RunPodSandbox hostPID + hostIPC").await;
     assert!(!has_pause_container(&mut rt, &hostns_pod).await);
     let mut c = container_config("hostns", "exec sleep 3600");
     c.linux = Some(cri::LinuxContainerConfig {
@@ -1916,15 +1856,7 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
     let (mut rt, mut images) = w.clients().await;
     pull(&mut images, "busybox", None).await;
     let cfg = w.pod_config("sec");
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
     let sleeper = |name: &str| container_config(name, "exec sleep 3600");
     let cgroup = |controller: &str, id: &str| {
         PathBuf::from("/sys/fs/cgroup")
@@ -2160,15 +2092,7 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
             ..Default::default()
         });
     }
-    let priv_pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(priv_cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox privileged")
-        .into_inner()
-        .pod_sandbox_id;
+    let priv_pod = run_pod(&mut rt, &priv_cfg, "RunPodSandbox privileged").await;
     let privileged = create_and_start(&mut rt, &priv_pod, &priv_cfg, privileged_cfg).await;
     let p = probe(&mut rt, &privileged).await;
     assert!(
