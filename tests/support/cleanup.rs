@@ -13,6 +13,32 @@ use std::path::Path;
 /// SIGKILL the pids recorded in `init.pid` and `shim.pid`, and unmount whatever is still
 /// mounted on its rootfs.
 pub fn after_daemon(state: &Path) {
+    kill_shims(state);
+    // Whatever a failed test left mounted under the state dir (pod netns / IPC / UTS pins,
+    // pod /dev/shm tmpfs, rootfs): unmounted, so removing the dir never stops at a mount.
+    unmount_under(state);
+}
+
+/// Unmounts every mount point under `dir` (deepest first, lazily), found by path in
+/// /proc/self/mountinfo.
+pub fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<std::path::PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| std::path::PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir) && p != dir)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn kill_shims(state: &Path) {
     let runtime = state.join("io.containerd.runtime.v2.task");
     let Ok(namespaces) = std::fs::read_dir(&runtime) else {
         return;

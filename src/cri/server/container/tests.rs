@@ -184,8 +184,11 @@ async fn pod(svc: &CriService, logs: &std::path::Path) -> (String, cri::PodSandb
         log_directory: logs.display().to_string(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
+                // Host network and IPC: no netns, no /dev/shm mount for these tests to
+                // leave behind (they never stop their pods).
                 namespace_options: Some(cri::NamespaceOption {
                     network: cri::NamespaceMode::Node as i32,
+                    ipc: cri::NamespaceMode::Node as i32,
                     ..Default::default()
                 }),
                 ..Default::default()

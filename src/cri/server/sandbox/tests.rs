@@ -62,6 +62,20 @@ impl Drop for Env {
                 let _ = netns::remove(&e.path());
             }
         }
+        // Pods a test left up: their pinned namespaces and /dev/shm mounts.
+        let entries = |sub: &str| {
+            std::fs::read_dir(self.dir.path().join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+        };
+        for dir in entries("state/podns") {
+            let _ = crate::cri::podns::unpin(&dir);
+        }
+        for dir in entries("state/sandboxes") {
+            let _ = crate::cri::podfiles::remove(&dir);
+        }
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
