@@ -57,11 +57,20 @@ impl ErrorKind for NetnsError {
 /// Creates a new network namespace pinned at `<dir>/cni-<uuid>`; returns the path.
 /// Blocking (a thread is created and joined): call it from `spawn_blocking`.
 pub fn create(dir: &Path) -> Result<PathBuf, NetnsError> {
+    let path = dir.join(format!("cni-{}", uuid::Uuid::new_v4()));
+    create_at(&path)?;
+    Ok(path)
+}
+
+/// Creates a new network namespace pinned at `path` (which must not exist; its parent is
+/// created). Blocking, as [`create`].
+pub fn create_at(path: &Path) -> Result<(), NetnsError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).map_err(|source| NetnsError::Dir {
         path: dir.to_owned(),
         source,
     })?;
-    let path = dir.join(format!("cni-{}", uuid::Uuid::new_v4()));
+    let path = path.to_owned();
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -85,7 +94,7 @@ pub fn create(dir: &Path) -> Result<PathBuf, NetnsError> {
         let _ = std::fs::remove_file(&path);
         return Err(e);
     }
-    Ok(path)
+    Ok(())
 }
 
 fn pin_new_netns(path: &Path) -> Result<(), NetnsError> {

@@ -3,7 +3,8 @@
 //! ```text
 //! validate config + runtime handler (unknown handler → InvalidArgument)
 //! reserve id + name            (store: Initializing; a name in use → AlreadyExists)
-//! netns::create                (unless hostNetwork; lo is brought up there)
+//! netns::create_at             <state>/netns/cni-<id>, recorded with the record (unless
+//!                              hostNetwork; lo is brought up there)
 //! with a pause container (the pod shares one PID namespace, or drop_infra_container = false),
 //! at the same time, both run to the end:
 //!   Cni::setup                 (networks; IPs recorded)
@@ -133,6 +134,9 @@ impl CriService {
             }
         }
         let id = new_id();
+        // Named by the sandbox and recorded from the first write of the record: a
+        // RunPodSandbox cut short by a crash leaves a record whose Stop/Remove finds it.
+        let netns_target = (!host.network).then(|| self.netns_dir.join(format!("cni-{id}")));
         let record = Sandbox {
             id: id.clone(),
             name: sandbox_name(&md.name, &md.namespace, &md.uid, md.attempt),
@@ -145,7 +149,10 @@ impl CriService {
             annotations: cfg.annotations.clone(),
             created_at: SystemTime::now(),
             state: SandboxState::Initializing,
-            netns_path: String::new(),
+            netns_path: netns_target
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             ip: String::new(),
             additional_ips: Vec::new(),
             host,
@@ -165,13 +172,14 @@ impl CriService {
         let mut progress = Progress::default();
         let began = std::time::Instant::now();
         let result = async {
-            let netns_path = if host.network {
-                None
-            } else {
-                let dir = self.netns_dir.clone();
-                let p = blocking("create netns", move || netns::create(&dir)).await?;
-                progress.netns = Some(p.clone());
-                Some(p)
+            let netns_path = match netns_target {
+                None => None,
+                Some(p) => {
+                    let target = p.clone();
+                    blocking("create netns", move || netns::create_at(&target)).await?;
+                    progress.netns = Some(p.clone());
+                    Some(p)
+                }
             };
             if !infra {
                 let t_cni = std::time::Instant::now();

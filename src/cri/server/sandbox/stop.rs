@@ -59,8 +59,14 @@ impl CriService {
         })?;
         if !s.netns_path.is_empty() {
             let ns = std::path::PathBuf::from(&s.netns_path);
+            // A RunPodSandbox cut short may not have created it: DEL still releases IPAM.
+            let present = netns::is_pinned(&ns);
             self.cni
-                .teardown(&pod_ref(&s), Some(&ns), &port_mappings(&s.config))
+                .teardown(
+                    &pod_ref(&s),
+                    present.then_some(ns.as_path()),
+                    &port_mappings(&s.config),
+                )
                 .await?;
             blocking("remove netns", move || netns::remove(&ns)).await?;
             self.sandboxes.update(&s.id, |r| {

@@ -327,3 +327,64 @@ async fn without_a_controller_pod_rpcs_are_unimplemented() {
     assert_eq!(e.kind(), Kind::NotImplemented);
     assert!(e.to_string().contains("unpacks into a snapshotter"), "{e}");
 }
+
+/// A RunPodSandbox cut short (taskd died in it) leaves a record that recovery shows as
+/// NotReady, with the netns path the first write already held but nothing set up after it
+/// recorded; kubelet's Stop + Remove of that record leave no netns, IP, pinned namespace,
+/// /dev/shm or pod dir behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_remove_clean_up_after_a_run_cut_short() {
+    let fake = Arc::new(Fake::default());
+    let (e, svc) = env(214, fake.clone());
+    let mut req = pod("cut", false);
+    if let Some(ns) = req
+        .config
+        .as_mut()
+        .and_then(|c| c.linux.as_mut())
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.pid = cri::NamespaceMode::Container as i32;
+    }
+    let id = svc.run_pod_sandbox(req).await.unwrap().pod_sandbox_id;
+    let s = svc.sandboxes.get(&id).unwrap();
+    let netns_path = e.dir.path().join("state/netns").join(format!("cni-{id}"));
+    assert_eq!(
+        s.netns_path,
+        netns_path.display().to_string(),
+        "named by the sandbox"
+    );
+    assert!(!s.infra && !s.ipc_ns_path.is_empty() && leases(&e) == 1);
+    // What recovery makes of the record written before the crash.
+    svc.sandboxes
+        .update(&id, |r| {
+            r.state = SandboxState::NotReady;
+            r.ip.clear();
+            r.ipc_ns_path.clear();
+            r.uts_ns_path.clear();
+            Ok(())
+        })
+        .unwrap();
+    svc.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(!netns_path.exists(), "netns left");
+    assert_eq!(leases(&e), 0, "IP left");
+    assert!(!svc.podns_dir(&id).exists(), "pinned namespaces left");
+    assert!(!svc.sandbox_dir(&id).exists(), "pod dir (and its /dev/shm) left");
+    assert!(svc.sandboxes.get(&id).is_err());
+
+    // Cut shorter: the record was written, the netns never created.
+    let mut early = crate::cri::service::testing::sandbox("early", "early", SandboxState::NotReady, &[], 0);
+    early.infra = false;
+    early.netns_path = e.dir.path().join("state/netns/cni-early").display().to_string();
+    svc.sandboxes.add(early).unwrap();
+    svc.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: "early".into(),
+    })
+    .await
+    .unwrap();
+    assert!(svc.sandboxes.get("early").is_err());
+}
