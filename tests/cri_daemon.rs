@@ -123,6 +123,20 @@ async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, cfg: &cri::PodSandboxCo
     .pod_sandbox_id
 }
 
+/// StopPodSandbox + RemovePodSandbox, both expected to succeed.
+async fn stop_and_remove(rt: &mut RuntimeServiceClient<Channel>, pod: &str) {
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+}
+
 /// The `infraContainer` flag of PodSandboxStatus's verbose info.
 async fn has_pause_container(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> bool {
     let s = rt
@@ -716,19 +730,78 @@ async fn every_pod_has_a_pause_container_when_drop_infra_container_is_off() {
         1,
         "the pod's containers share the pause's shim"
     );
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    stop_and_remove(&mut rt, &pod).await;
     assert!(w.bundles().is_empty(), "{:?}", w.bundles());
     assert!(netns_pins(&w.d).is_empty(), "{:?}", netns_pins(&w.d));
     assert!(w.ipam_leases().is_empty(), "{:?}", w.ipam_leases());
+}
+
+/// A RuntimeClass handler's runc options reach the shim: `BinaryName` names a wrapper that
+/// logs each runc call, and the pod's container is created and started through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_handler_options_reach_the_runc_shim() {
+    if !support::e2e("runtime_handler_options_reach_the_runc_shim") {
+        return;
+    }
+    let tools = tempfile::tempdir().unwrap();
+    let calls = tools.path().join("runc-calls.log");
+    let wrapper = tools.path().join("runc-wrapper");
+    let runc = support::which("runc").expect("runc");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec {} \"$@\"\n",
+            calls.display(),
+            runc.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let w = World::with_cri_config(
+        20 + (std::process::id() % 20) as u8,
+        "",
+        &format!(
+            "[{CRI}.runtimes.wrapped]\nruntime_type = \"io.containerd.runc.v2\"\n\
+             [{CRI}.runtimes.wrapped.options]\nBinaryName = {:?}\n",
+            wrapper.display().to_string()
+        ),
+    );
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let handlers = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner()
+        .runtime_handlers;
+    assert!(handlers.iter().any(|h| h.name == "wrapped"), "{handlers:?}");
+    let cfg = kubelet_pod(w.pod_config("wrapped"));
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: "wrapped".into(),
+        })
+        .await
+        .expect("RunPodSandbox wrapped")
+        .into_inner()
+        .pod_sandbox_id;
+    let app = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        own_pid(container_config("app", "exec sleep 3600")),
+    )
+    .await;
+    let log = std::fs::read_to_string(&calls).unwrap_or_default();
+    for verb in ["create", "start"] {
+        assert!(
+            log.lines().any(|l| l.contains(verb) && l.contains(&app)),
+            "no `runc {verb}` of {app} through the handler's BinaryName:\n{log}"
+        );
+    }
+    stop_and_remove(&mut rt, &pod).await;
+    assert!(w.bundles().is_empty(), "{:?}", w.bundles());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -842,14 +915,7 @@ async fn host_port_on_loopback_reaches_the_pod() {
     .await;
     assert!(body.contains("hostport-ok"), "{body}");
 
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })
-        .await
-        .expect("RemovePodSandbox");
+    stop_and_remove(&mut rt, &pod).await;
     // The DNAT is gone with the pod.
     let nat = Command::new("iptables")
         .args(["-t", "nat", "-S"])
@@ -1030,16 +1096,7 @@ async fn node_restarts_keep_20_pods_and_report_what_exited_meanwhile() {
 
     // Stop and remove every pod.
     for (pod, _) in &pods {
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .expect("StopPodSandbox after restarts");
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .expect("RemovePodSandbox after restarts");
+        stop_and_remove(&mut rt, pod).await;
     }
     assert_eq!(containers_by_state(&mut rt).await, (0, 0, 0));
     assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
@@ -2307,14 +2364,7 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
     );
 
     for p in [pod, priv_pod] {
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: p.clone(),
-        })
-        .await
-        .expect("StopPodSandbox");
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
-            .await
-            .expect("RemovePodSandbox");
+        stop_and_remove(&mut rt, &p).await;
     }
     assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
 }

@@ -18,7 +18,10 @@
 //! └── [runtimes.<handler>]                             RuntimeClass handler → runtime
 //!     ├── runtime_type = "io.containerd.runc.v2"       shim runtime name
 //!     ├── runtime_path = ""                            absolute shim binary path (optional)
-//!     └── options = { ... }                            runc options (SystemdCgroup, BinaryName, ...)
+//!     └── options = { ... }                            runc options as containerd names them (BinaryName,
+//!                                                      Root, SystemdCgroup, NoPivotRoot, NoNewKeyring,
+//!                                                      ShimCgroup, IoUid, IoGid, CriuImagePath, CriuWorkPath),
+//!                                                      sent to the shim with each container
 //! ```
 //!
 //! A `[runtimes.<name>]` table adds a handler; the built-in `runc` stays (merged, as
@@ -121,6 +124,81 @@ impl Default for RuntimeHandler {
     }
 }
 
+/// The `Any` type URL runc shims decode their runtime options with.
+pub const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
+
+/// Whether a runtime type is served by the runc shim (whose options taskd can encode).
+fn is_runc(runtime_type: &str) -> bool {
+    matches!(runtime_type, "io.containerd.runc.v2" | "io.containerd.runc.v1")
+}
+
+impl RuntimeHandler {
+    /// The handler's `options` as the runc shim reads them (`containerd.runc.v1.Options`,
+    /// keys as containerd's TOML names them: `BinaryName`, `SystemdCgroup`, …); None when
+    /// there are none. An unknown key, a value of the wrong type, or options for a runtime
+    /// that is not runc are errors naming the key.
+    pub fn runtime_options(&self, name: &str) -> Result<Option<prost_types::Any>, ConfigError> {
+        use taskd_proto::containerd::types::runc::options::Options;
+        if self.options.is_empty() {
+            return Ok(None);
+        }
+        let field = |k: &str| format!("runtimes.{name}.options.{k}");
+        if !is_runc(&self.runtime_type) {
+            return Err(invalid(
+                format!("runtimes.{name}.options"),
+                format!(
+                    "options are understood for the runc runtimes only, not {:?}",
+                    self.runtime_type
+                ),
+            ));
+        }
+        let mut o = Options::default();
+        for (k, v) in &self.options {
+            let string = || {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| invalid(field(k), "must be a string"))
+            };
+            let boolean = || {
+                v.as_bool()
+                    .ok_or_else(|| invalid(field(k), "must be true or false"))
+            };
+            let id = || {
+                v.as_integer()
+                    .and_then(|i| u32::try_from(i).ok())
+                    .ok_or_else(|| invalid(field(k), "must be a uid/gid number"))
+            };
+            match k.as_str() {
+                "NoPivotRoot" => o.no_pivot_root = boolean()?,
+                "NoNewKeyring" => o.no_new_keyring = boolean()?,
+                "ShimCgroup" => o.shim_cgroup = string()?,
+                "IoUid" => o.io_uid = id()?,
+                "IoGid" => o.io_gid = id()?,
+                "BinaryName" => o.binary_name = string()?,
+                "Root" => o.root = string()?,
+                "SystemdCgroup" => o.systemd_cgroup = boolean()?,
+                "CriuImagePath" => o.criu_image_path = string()?,
+                "CriuWorkPath" => o.criu_work_path = string()?,
+                other => {
+                    return Err(invalid(
+                        field(other),
+                        "unknown runc option (BinaryName, Root, SystemdCgroup, NoPivotRoot, \
+                         NoNewKeyring, ShimCgroup, IoUid, IoGid, CriuImagePath, CriuWorkPath)",
+                    ));
+                }
+            }
+        }
+        // (A bare BinaryName is looked up on PATH by the shim, as containerd allows.)
+        if !o.root.is_empty() && !o.root.starts_with('/') {
+            return Err(invalid(field("Root"), "must be an absolute path"));
+        }
+        Ok(Some(prost_types::Any {
+            type_url: RUNC_OPTIONS_TYPE_URL.to_owned(),
+            value: prost::Message::encode_to_vec(&o),
+        }))
+    }
+}
+
 /// A config value that parses but makes no sense.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -184,6 +262,7 @@ impl CriConfig {
                     format!("{:?} must be an absolute path", h.runtime_path),
                 ));
             }
+            h.runtime_options(name)?;
         }
         if self.max_container_log_line_size < 64 {
             return Err(invalid(
@@ -268,6 +347,52 @@ mod tests {
         assert!(!c.runtimes.contains_key("runc"));
         let c = c.with_default_runtimes();
         assert!(c.runtimes.contains_key("runc") && c.runtimes.contains_key("x"));
+    }
+
+    #[test]
+    fn runc_options_are_encoded_and_bad_ones_named() {
+        use taskd_proto::containerd::types::runc::options::Options;
+        let c: CriConfig = toml::from_str(
+            "[runtimes.alt]\nruntime_type = \"io.containerd.runc.v2\"\n\
+             [runtimes.alt.options]\nBinaryName = \"/usr/local/bin/runc-x\"\nSystemdCgroup = true\nIoUid = 1000\n",
+        )
+        .unwrap();
+        let c = c.with_default_runtimes();
+        c.validate().unwrap();
+        let any = c.runtimes["alt"].runtime_options("alt").unwrap().unwrap();
+        assert_eq!(any.type_url, RUNC_OPTIONS_TYPE_URL);
+        let o = <Options as prost::Message>::decode(any.value.as_slice()).unwrap();
+        assert_eq!(
+            (o.binary_name.as_str(), o.systemd_cgroup, o.io_uid),
+            ("/usr/local/bin/runc-x", true, 1000)
+        );
+        assert_eq!(
+            CriConfig::default().runtimes["runc"]
+                .runtime_options("runc")
+                .unwrap(),
+            None
+        );
+        for (table, want) in [
+            ("Bogus = 1", "runtimes.alt.options.Bogus"),
+            ("SystemdCgroup = \"yes\"", "runtimes.alt.options.SystemdCgroup"),
+            ("IoUid = -1", "runtimes.alt.options.IoUid"),
+            ("Root = \"rel\"", "runtimes.alt.options.Root"),
+        ] {
+            let c: CriConfig = toml::from_str(&format!("[runtimes.alt.options]\n{table}\n")).unwrap();
+            let e = c.with_default_runtimes().validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{table}: {e}");
+        }
+        let c: CriConfig = toml::from_str(
+            "[runtimes.kata]\nruntime_type = \"io.containerd.kata.v2\"\n[runtimes.kata.options]\nX = 1\n",
+        )
+        .unwrap();
+        assert!(
+            c.with_default_runtimes()
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("runc runtimes only")
+        );
     }
 
     #[test]

@@ -94,7 +94,8 @@ impl TaskRuntime {
             image: image.reference.clone(),
             runtime: Runtime {
                 name: handler.runtime_type.clone(),
-                options: None,
+                // Checked when the config was loaded; the handler's name only labels errors.
+                options: handler.runtime_options("")?,
             },
             spec: Some(spec::to_any(spec)?),
             snapshotter: self.rootfs.snapshotter().to_owned(),
