@@ -137,10 +137,11 @@ impl Bundle {
         }
     }
 
-    /// `linux.cgroupsPath` from config.json, if set.
-    pub fn cgroups_path(&self) -> Option<String> {
-        let data = std::fs::read(self.path.join(CONFIG)).ok()?;
-        cgroups_path_of(&data)
+    /// What taskd reads from the bundle's config.json (defaults when it cannot be read).
+    pub fn spec_facts(&self) -> SpecFacts {
+        std::fs::read(self.path.join(CONFIG))
+            .map(|data| SpecFacts::of(&data))
+            .unwrap_or_default()
     }
 
     /// Unmounts whatever is still mounted on rootfs, then removes the bundle and the work
@@ -158,58 +159,41 @@ impl Bundle {
     }
 }
 
-/// `linux.cgroupsPath` of an OCI spec (JSON).
-pub fn cgroups_path_of(spec: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(spec).ok()?;
-    v.get("linux")?
-        .get("cgroupsPath")?
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+/// What taskd needs from a task's OCI spec (JSON), from one parse.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecFacts {
+    /// `linux.cgroupsPath`, if set.
+    pub cgroups_path: Option<String>,
+    /// The CRI sandbox the task belongs to (`io.kubernetes.cri.sandbox-id`).
+    pub sandbox_id: Option<String>,
+    /// The spec asks for a runc shim group of its own choosing
+    /// (`io.containerd.runc.v2.group`), which only `<shim> start` knows how to find; also
+    /// set for a spec that is not JSON (nothing can be known of it).
+    pub runc_grouped: bool,
 }
 
-/// The CRI sandbox a container belongs to: the spec's `io.kubernetes.cri.sandbox-id`
-/// annotation.
-pub fn sandbox_id_of(spec: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(spec).ok()?;
-    v.get("annotations")?
-        .get("io.kubernetes.cri.sandbox-id")?
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
-
-/// The CRI sandbox of the task in bundle's `config.json`, if any (see [`sandbox_id_of`]).
-impl Bundle {
-    pub fn sandbox_id(&self) -> Option<String> {
-        let data = std::fs::read(self.path.join(CONFIG)).ok()?;
-        sandbox_id_of(&data)
+impl SpecFacts {
+    pub fn of(spec: &[u8]) -> SpecFacts {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(spec) else {
+            return SpecFacts {
+                runc_grouped: true,
+                ..SpecFacts::default()
+            };
+        };
+        let text = |v: Option<&serde_json::Value>| {
+            v.and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let annotations = v.get("annotations");
+        SpecFacts {
+            cgroups_path: text(v.get("linux").and_then(|l| l.get("cgroupsPath"))),
+            sandbox_id: text(annotations.and_then(|a| a.get("io.kubernetes.cri.sandbox-id"))),
+            runc_grouped: annotations
+                .and_then(|a| a.get("io.containerd.runc.v2.group"))
+                .is_some(),
+        }
     }
-}
-
-/// Whether the spec asks for a runc shim group of its own choosing
-/// (`io.containerd.runc.v2.group`), which only `<shim> start` knows how to find.
-pub fn runc_grouped(spec: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(spec) else {
-        return true;
-    };
-    v.get("annotations")
-        .and_then(|a| a.get("io.containerd.runc.v2.group"))
-        .is_some()
-}
-
-/// Whether the spec carries an annotation that the runc shim's `start` groups shims by
-/// (`io.containerd.runc.v2.group`, `io.kubernetes.cri.sandbox-id`).
-pub fn grouped(spec: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(spec) else {
-        return true;
-    };
-    let Some(annotations) = v.get("annotations") else {
-        return false;
-    };
-    ["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"]
-        .iter()
-        .any(|k| annotations.get(k).is_some())
 }
 
 /// Unmounts `target` until it is no longer a mount point (stacked mounts included).
@@ -257,29 +241,25 @@ mod tests {
     }
 
     #[test]
-    fn cgroups_path_from_spec() {
+    fn spec_facts_from_one_parse() {
+        let f = |spec: &[u8]| SpecFacts::of(spec);
         assert_eq!(
-            cgroups_path_of(br#"{"linux":{"cgroupsPath":"/default/t1"}}"#).as_deref(),
+            f(br#"{"linux":{"cgroupsPath":"/default/t1"}}"#)
+                .cgroups_path
+                .as_deref(),
             Some("/default/t1")
         );
-        assert_eq!(cgroups_path_of(b"{}"), None);
+        assert_eq!(f(b"{}"), SpecFacts::default());
         assert_eq!(
-            sandbox_id_of(br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#).as_deref(),
+            f(br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#)
+                .sandbox_id
+                .as_deref(),
             Some("sb")
         );
-        assert_eq!(sandbox_id_of(br#"{"annotations":{}}"#), None);
-        assert!(grouped(
-            br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#
-        ));
-        assert!(grouped(br#"{"annotations":{"io.containerd.runc.v2.group":"g"}}"#));
-        assert!(!grouped(br#"{"annotations":{"other":"x"}}"#));
-        assert!(!grouped(b"{}"));
-        assert!(runc_grouped(
-            br#"{"annotations":{"io.containerd.runc.v2.group":"g"}}"#
-        ));
-        assert!(!runc_grouped(
-            br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#
-        ));
-        assert!(runc_grouped(b"not json"));
+        assert_eq!(f(br#"{"annotations":{}}"#).sandbox_id, None);
+        assert!(f(br#"{"annotations":{"io.containerd.runc.v2.group":"g"}}"#).runc_grouped);
+        assert!(!f(br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#).runc_grouped);
+        assert!(!f(br#"{"annotations":{"other":"x"}}"#).runc_grouped);
+        assert!(f(b"not json").runc_grouped);
     }
 }

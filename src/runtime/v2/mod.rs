@@ -458,8 +458,7 @@ impl Inner {
                 reason: format!("{} has no {}", b.path.display(), bundle::SHIM_BINARY_PATH),
             })?;
         let runtime = b.read(bundle::RUNTIME)?.unwrap_or_default();
-        let cgroups_path = b.cgroups_path();
-        let group = b.sandbox_id();
+        let facts = b.spec_facts();
         let live = match b.read(bundle::ADDRESS)? {
             None => Err(RuntimeError::ShimConnect {
                 address: String::new(),
@@ -490,8 +489,8 @@ impl Inner {
                     binary,
                     bundle: b,
                     pid: AtomicU32::new(exit.pid),
-                    cgroups_path,
-                    group,
+                    cgroups_path: facts.cgroups_path,
+                    group: facts.sandbox_id,
                     conn: None,
                     dead: tokio::sync::watch::Sender::new(Some(exit)),
                     status_hint: Mutex::new(Status::Stopped),
@@ -509,8 +508,8 @@ impl Inner {
             binary,
             bundle: b,
             pid: AtomicU32::new(pid),
-            cgroups_path,
-            group,
+            cgroups_path: facts.cgroups_path,
+            group: facts.sandbox_id,
             conn: Some(conn),
             dead: tokio::sync::watch::Sender::new(None),
             status_hint: Mutex::new(Status::Unknown),
@@ -551,13 +550,16 @@ impl Inner {
                 field: "spec",
                 reason: "the container has no OCI spec".into(),
             })?;
-        let poolable = self.config.shim_pool_size > 0 && pool::eligible(&opts, &spec);
+        let facts = bundle::SpecFacts::of(&spec);
+        let poolable = self.config.shim_pool_size > 0 && pool::eligible(&opts, &facts);
         let b = Bundle::create(&self.state, &self.root, ns, id, &spec)?;
         let mut rollback = Rollback {
             bundle: Some(&b),
             task: None,
         };
-        let result = self.create_in(&b, &binary, &opts, poolable, &mut rollback).await;
+        let result = self
+            .create_in(&b, &binary, &opts, facts, poolable, &mut rollback)
+            .await;
         match result {
             Ok(t) => {
                 rollback.bundle = None;
@@ -596,6 +598,7 @@ impl Inner {
         b: &'a Bundle,
         binary: &Path,
         opts: &CreateOpts,
+        facts: bundle::SpecFacts,
         poolable: bool,
         rollback: &mut Rollback<'a>,
     ) -> Result<Arc<ShimTask>> {
@@ -605,7 +608,7 @@ impl Inner {
         // pod's tasks) goes to that shim directly (containerd's shim manager does the same);
         // otherwise a warm pool shim, or `<shim> start` (which may still answer with a
         // shared shim's address).
-        let group = opts.spec.as_ref().and_then(|s| bundle::sandbox_id_of(&s.value));
+        let group = facts.sandbox_id;
         let sandbox_conn = group
             .as_deref()
             .and_then(|sb| self.group_conn(&b.namespace, sb, &b.id, binary));
@@ -672,7 +675,7 @@ impl Inner {
             binary: binary.to_path_buf(),
             bundle: b.clone(),
             pid: AtomicU32::new(0),
-            cgroups_path: b.cgroups_path(),
+            cgroups_path: facts.cgroups_path,
             group: group.clone(),
             conn: Some(conn.clone()),
             dead: tokio::sync::watch::Sender::new(None),

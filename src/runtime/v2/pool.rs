@@ -95,8 +95,8 @@ impl PoolDir {
 /// (`io.kubernetes.cri.sandbox-id`) is eligible: the caller looks for the pod's shim among
 /// its tasks first, and only the pod's first task takes a warm shim, which the others then
 /// find the same way.
-pub(super) fn eligible(opts: &CreateOpts, spec: &[u8]) -> bool {
-    if bundle::runc_grouped(spec) {
+pub(super) fn eligible(opts: &CreateOpts, spec: &bundle::SpecFacts) -> bool {
+    if spec.runc_grouped {
         return false;
     }
     let topts = opts.task_options.as_ref().or(opts.runtime_options.as_ref());
@@ -521,6 +521,7 @@ async fn stop_idle(client: &TaskClient, ns: &str, id: &str, pid: u32, kill: bool
 
 #[cfg(test)]
 mod tests {
+    use super::bundle::SpecFacts;
     use super::*;
     use prost::Message as _;
     use taskd_proto::containerd::types::runc::options::Options;
@@ -535,7 +536,7 @@ mod tests {
     #[test]
     fn only_creates_that_start_would_give_a_shim_of_their_own() {
         let plain = CreateOpts::default();
-        assert!(eligible(&plain, b"{}"));
+        assert!(eligible(&plain, &SpecFacts::of(b"{}")));
         // ctr sends empty runc options; a BinaryName etc. are per container (Create), fine.
         let ctr = CreateOpts {
             runtime_options: Some(runc_options(Options {
@@ -544,7 +545,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        assert!(eligible(&ctr, b"{}"));
+        assert!(eligible(&ctr, &SpecFacts::of(b"{}")));
         // `start` puts the shim in a cgroup: a warm shim is not in it.
         let cgroup = CreateOpts {
             task_options: Some(runc_options(Options {
@@ -553,7 +554,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        assert!(!eligible(&cgroup, b"{}"));
+        assert!(!eligible(&cgroup, &SpecFacts::of(b"{}")));
         let unknown = CreateOpts {
             runtime_options: Some(prost_types::Any {
                 type_url: "example.com/Other".into(),
@@ -561,18 +562,18 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(!eligible(&unknown, b"{}"));
+        assert!(!eligible(&unknown, &SpecFacts::of(b"{}")));
         // A runc group: only `start` finds the group's shim.
         assert!(!eligible(
             &plain,
-            br#"{"annotations":{"io.containerd.runc.v2.group":"g"}}"#
+            &SpecFacts::of(br#"{"annotations":{"io.containerd.runc.v2.group":"g"}}"#)
         ));
         // A CRI pod's container: its pod's shim is found among the tasks (by sandbox id).
         assert!(eligible(
             &plain,
-            br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#
+            &SpecFacts::of(br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}"#)
         ));
-        assert!(!eligible(&plain, b"not json"));
+        assert!(!eligible(&plain, &SpecFacts::of(b"not json")));
     }
 
     #[test]
