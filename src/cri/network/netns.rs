@@ -103,7 +103,7 @@ fn pin_new_netns(path: &Path) -> Result<(), NetnsError> {
         source,
     })?;
     // What the CNI loopback plugin would do, without starting it.
-    crate::cri::podns::loopback_up().map_err(|source| NetnsError::Loopback {
+    loopback_up().map_err(|source| NetnsError::Loopback {
         path: path.to_owned(),
         source,
     })?;
@@ -123,6 +123,34 @@ pub fn pin_own(kind: &str, target: &Path) -> Result<(), nix::Error> {
         MsFlags::MS_BIND,
         None::<&str>,
     )
+}
+
+/// Brings up `lo` in the calling thread's network namespace (what the CNI loopback plugin
+/// does, without a process).
+fn loopback_up() -> Result<(), nix::Error> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket(2) returns a new fd or -1; a new fd is owned here and closed on drop.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(nix::Error::last());
+    }
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; the name is NUL-terminated and shorter than IFNAMSIZ;
+    // both ioctls read/write only that struct.
+    unsafe {
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            return Err(nix::Error::last());
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
+            return Err(nix::Error::last());
+        }
+    }
+    Ok(())
 }
 
 /// Whether `path` is a pinned namespace (a bind mount of the nsfs file system).

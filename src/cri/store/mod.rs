@@ -84,6 +84,16 @@ pub trait Record: Clone + Send + Sync + Serialize + DeserializeOwned {
     fn name(&self) -> &str;
 }
 
+/// A CRI filter's id: "" admits every record; otherwise only the record the id (or unique
+/// prefix) resolved to, and nothing when it resolved to none or to several (as containerd).
+pub struct IdFilter(Option<Option<String>>);
+
+impl IdFilter {
+    pub fn admits(&self, id: &str) -> bool {
+        self.0.as_ref().is_none_or(|r| r.as_deref() == Some(id))
+    }
+}
+
 /// A map of records by id with a name index.
 pub struct Store<R: Record> {
     inner: RwLock<Inner<R>>,
@@ -275,6 +285,15 @@ impl<R: Record> Store<R> {
                 count: many.len(),
             }),
         }
+    }
+
+    /// The List* RPCs' id filter on this store (see [`IdFilter`]).
+    pub fn id_filter(&self, id_or_prefix: &str) -> IdFilter {
+        IdFilter(if id_or_prefix.is_empty() {
+            None
+        } else {
+            Some(self.resolve(id_or_prefix).ok())
+        })
     }
 
     /// A copy of the record (id or unique prefix).

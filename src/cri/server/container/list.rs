@@ -12,25 +12,13 @@ impl CriService {
         req: ListContainersRequest,
     ) -> Result<ListContainersResponse, CriError> {
         let f = req.filter.unwrap_or_default();
-        let id = if f.id.is_empty() {
-            None
-        } else {
-            Some(self.containers.resolve(&f.id).ok())
-        };
-        let pod = if f.pod_sandbox_id.is_empty() {
-            None
-        } else {
-            Some(self.sandboxes.resolve(&f.pod_sandbox_id).ok())
-        };
+        let id = self.containers.id_filter(&f.id);
+        let pod = self.sandboxes.id_filter(&f.pod_sandbox_id);
         let mut containers: Vec<_> = self
             .containers
             .list()
             .iter()
-            .filter(|c| id.as_ref().is_none_or(|r| r.as_deref() == Some(c.id.as_str())))
-            .filter(|c| {
-                pod.as_ref()
-                    .is_none_or(|r| r.as_deref() == Some(c.sandbox_id.as_str()))
-            })
+            .filter(|c| id.admits(&c.id) && pod.admits(&c.sandbox_id))
             .filter(|c| {
                 f.state
                     .as_ref()

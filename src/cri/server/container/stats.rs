@@ -131,25 +131,13 @@ impl CriService {
     ) -> Result<cri::ListContainerStatsResponse, CriError> {
         let runner = self.container_runtime("ListContainerStats")?;
         let f = req.filter.unwrap_or_default();
-        let id = if f.id.is_empty() {
-            None
-        } else {
-            Some(self.containers.resolve(&f.id).ok())
-        };
-        let pod = if f.pod_sandbox_id.is_empty() {
-            None
-        } else {
-            Some(self.sandboxes.resolve(&f.pod_sandbox_id).ok())
-        };
+        let id = self.containers.id_filter(&f.id);
+        let pod = self.sandboxes.id_filter(&f.pod_sandbox_id);
         let containers: Vec<Container> = self
             .containers
             .list()
             .into_iter()
-            .filter(|c| id.as_ref().is_none_or(|r| r.as_deref() == Some(c.id.as_str())))
-            .filter(|c| {
-                pod.as_ref()
-                    .is_none_or(|r| r.as_deref() == Some(c.sandbox_id.as_str()))
-            })
+            .filter(|c| id.admits(&c.id) && pod.admits(&c.sandbox_id))
             .filter(|c| labels_match(&c.labels, &f.label_selector))
             .collect();
         let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();

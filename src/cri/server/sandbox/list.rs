@@ -11,20 +11,12 @@ impl CriService {
         req: ListPodSandboxRequest,
     ) -> Result<ListPodSandboxResponse, CriError> {
         let f = req.filter.unwrap_or_default();
-        // An id filter that matches nothing (or several) yields an empty list, as containerd.
-        let id = if f.id.is_empty() {
-            None
-        } else {
-            Some(self.sandboxes.resolve(&f.id).ok())
-        };
+        let id = self.sandboxes.id_filter(&f.id);
         let mut items: Vec<_> = self
             .sandboxes
             .list()
             .iter()
-            .filter(|s| match &id {
-                None => true,
-                Some(resolved) => resolved.as_deref() == Some(s.id.as_str()),
-            })
+            .filter(|s| id.admits(&s.id))
             .filter(|s| {
                 f.state
                     .as_ref()

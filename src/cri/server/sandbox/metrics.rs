@@ -368,15 +368,12 @@ impl CriService {
         let samples = decode_all(&runner.stats(&ids).await?);
         let now = SystemTime::now();
         let ts = nanos(Some(now));
+        let running: Vec<&Container> = containers.iter().collect();
         let pod_metrics = pods
             .iter()
             .map(|pod| cri::PodSandboxMetrics {
                 pod_sandbox_id: pod.id.clone(),
-                metrics: pod_metrics(
-                    pod,
-                    &pod_interfaces(pod, &containers.iter().collect::<Vec<_>>()),
-                    ts,
-                ),
+                metrics: pod_metrics(pod, &pod_interfaces(pod, &running), ts),
                 container_metrics: containers
                     .iter()
                     .filter(|c| c.sandbox_id == pod.id)

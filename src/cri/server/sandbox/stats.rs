@@ -173,17 +173,12 @@ impl CriService {
         req: cri::ListPodSandboxStatsRequest,
     ) -> Result<cri::ListPodSandboxStatsResponse, CriError> {
         let f = req.filter.unwrap_or_default();
-        // An id filter that matches nothing (or several) yields an empty list, as containerd.
-        let id = if f.id.is_empty() {
-            None
-        } else {
-            Some(self.sandboxes.resolve(&f.id).ok())
-        };
+        let id = self.sandboxes.id_filter(&f.id);
         let pods: Vec<Sandbox> = self
             .sandboxes
             .list()
             .into_iter()
-            .filter(|s| id.as_ref().is_none_or(|r| r.as_deref() == Some(s.id.as_str())))
+            .filter(|s| id.admits(&s.id))
             .filter(|s| labels_match(&s.labels, &f.label_selector))
             .collect();
         Ok(cri::ListPodSandboxStatsResponse {
