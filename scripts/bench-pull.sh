@@ -15,6 +15,8 @@
 # usage: sudo scripts/bench-pull.sh [ITERATIONS]      (default 7)
 #   TASKD_BIN=path/to/taskd   (default target/release/taskd)
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 N="${1:-7}"
 TASKD_BIN="${TASKD_BIN:-target/release/taskd}"
@@ -130,38 +132,7 @@ skopeo copy --quiet --dest-tls-verify=false "oci:$L:latest" "docker://$REF" >"$W
   || die "skopeo copy failed: $(cat "$W/skopeo.log")"
 
 # ---- daemons ----
-cat >"$W/containerd.toml" <<EOF
-version = 2
-root = "$W/cd-root"
-state = "$W/cd-state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$W/cd.sock"
-[ttrpc]
-  address = "$W/cd.sock.ttrpc"
-[debug]
-  address = "$W/cd-debug.sock"
-  level = "warn"
-EOF
-containerd --config "$W/containerd.toml" >"$W/containerd.log" 2>&1 &
-CD_PID=$!
-
-cat >"$W/taskd.toml" <<EOF
-version = 1
-EOF
-RUST_LOG=warn "$TASKD_BIN" --config "$W/taskd.toml" --root "$W/td-root" --state "$W/td-state" \
-  --address "$W/td.sock" >"$W/taskd.log" 2>&1 &
-TD_PID=$!
-
-wait_sock() {
-  for _ in $(seq 200); do
-    ctr --address "$1" version >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  die "daemon on $1 did not come up; logs in $W"
-}
-wait_sock "$W/cd.sock"
-wait_sock "$W/td.sock"
+bench_start_daemons "$W" "$TASKD_BIN"
 
 c() { ctr --address "$1" -n bench "${@:2}"; }
 
@@ -197,9 +168,7 @@ for i in $(seq "$N"); do
   fi
 done
 
-median() { sort -n "$1" | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 minmax() { sort -n "$1" | awk 'NR==1 {lo=$1} {hi=$1} END {print lo "–" hi}'; }
-rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 CD_MED=$(median "$W/cd.times")
 TD_MED=$(median "$W/td.times")

@@ -13,6 +13,8 @@
 #                             shim pool off: '[plugins."io.containerd.runtime.v2.task"]' and
 #                             'shim_pool_size = 0' on two lines)
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 N="${1:-50}"
 TASKD_BIN="${TASKD_BIN:-target/release/taskd}"
@@ -57,41 +59,8 @@ done
 echo 'root:x:0:0:root:/root:/bin/sh' >"$R/etc/passwd"
 echo 'root:x:0:' >"$R/etc/group"
 
-# containerd: own root/state/socket, CRI off
-cat >"$W/containerd.toml" <<EOF
-version = 2
-root = "$W/cd-root"
-state = "$W/cd-state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$W/cd.sock"
-[ttrpc]
-  address = "$W/cd.sock.ttrpc"
-[debug]
-  address = "$W/cd-debug.sock"
-  level = "warn"
-EOF
-containerd --config "$W/containerd.toml" >"$W/containerd.log" 2>&1 &
-CD_PID=$!
-
-# taskd: own dirs and socket
-cat >"$W/taskd.toml" <<EOF
-version = 1
-${TASKD_CONFIG_EXTRA:-}
-EOF
-RUST_LOG=warn "$TASKD_BIN" --config "$W/taskd.toml" --root "$W/td-root" --state "$W/td-state" \
-  --address "$W/td.sock" >"$W/taskd.log" 2>&1 &
-TD_PID=$!
-
-wait_sock() {
-  for _ in $(seq 200); do
-    ctr --address "$1" version >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  die "daemon on $1 did not come up; logs in $W"
-}
-wait_sock "$W/cd.sock"
-wait_sock "$W/td.sock"
+# containerd (own root/state/socket, CRI off) and taskd (own dirs and socket)
+bench_start_daemons "$W" "$TASKD_BIN" "${TASKD_CONFIG_EXTRA:-}"
 
 # one run; prints milliseconds
 run_once() {
@@ -120,8 +89,6 @@ for i in $(seq "$N"); do
   fi
 done
 
-median() { sort -n "$1" | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 CD_MED=$(median "$W/cd.times")
 TD_MED=$(median "$W/td.times")

@@ -44,3 +44,46 @@ ensure_cargo() {
     # shellcheck disable=SC1091
     . "$HOME/.cargo/env"
 }
+
+# ---- benchmarks (scripts/bench-*.sh) ----
+
+# bench_start_daemons DIR TASKD_BIN [TASKD_EXTRA_TOML]: starts containerd (own root, state
+# and socket under DIR, CRI plugin disabled) and taskd (own dirs under DIR, EXTRA appended
+# to its config), logs in DIR; sets CD_PID and TD_PID; returns once both answer
+# `ctr version` (else calls the sourcing script's `die`). Sockets: DIR/cd.sock, DIR/td.sock.
+bench_start_daemons() {
+    local w=$1 bin=$2 extra=${3:-}
+    cat >"$w/containerd.toml" <<EOC
+version = 2
+root = "$w/cd-root"
+state = "$w/cd-state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$w/cd.sock"
+[ttrpc]
+  address = "$w/cd.sock.ttrpc"
+[debug]
+  address = "$w/cd-debug.sock"
+  level = "warn"
+EOC
+    containerd --config "$w/containerd.toml" >"$w/containerd.log" 2>&1 &
+    CD_PID=$!
+    printf 'version = 1\n%s\n' "$extra" >"$w/taskd.toml"
+    RUST_LOG=warn "$bin" --config "$w/taskd.toml" --root "$w/td-root" --state "$w/td-state" \
+        --address "$w/td.sock" >"$w/taskd.log" 2>&1 &
+    TD_PID=$!
+    local sock
+    for sock in "$w/cd.sock" "$w/td.sock"; do
+        for _ in $(seq 200); do
+            ctr --address "$sock" version >/dev/null 2>&1 && continue 2
+            sleep 0.05
+        done
+        die "daemon on $sock did not come up; logs in $w"
+    done
+}
+
+# median FILE: the median of the numbers in FILE, one a line.
+median() { sort -n "$1" | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# rss PID: the process's VmRSS in KiB.
+rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }

@@ -61,10 +61,9 @@ impl Drop for World {
         // The daemon and its shims first (a failed test leaves pods running), so the pods'
         // cgroups empty; the daemon's own drop repeats this harmlessly.
         self.d.kill9();
+        // Shims killed; everything mounted under the state dir (pod netns, IPC/UTS pins,
+        // /dev/shm, rootfs) unmounted.
         support::cleanup::after_daemon(&self.d.state);
-        for ns in netns_pins(&self.d) {
-            let _ = taskd::cri::network::netns::remove(&ns);
-        }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
         // The pods' cgroup parent, once the kernel released the dead containers' cgroups.
         support::cleanup::remove_cgroup_parent(&self.cgroup_parent());
@@ -248,6 +247,26 @@ impl World {
             }),
             ..Default::default()
         }
+    }
+
+    /// Nothing of any pod is left: no shim bundle, pinned netns or IPC/UTS namespaces, IP.
+    fn assert_no_pod_left(&self) {
+        assert!(self.bundles().is_empty(), "shims left: {:?}", self.bundles());
+        assert!(
+            netns_pins(&self.d).is_empty(),
+            "netns left: {:?}",
+            netns_pins(&self.d)
+        );
+        assert!(
+            podns_pins(&self.d).is_empty(),
+            "podns left: {:?}",
+            podns_pins(&self.d)
+        );
+        assert!(
+            self.ipam_leases().is_empty(),
+            "IPs left: {:?}",
+            self.ipam_leases()
+        );
     }
 
     /// IPs host-local has handed out.
@@ -681,9 +700,7 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
         .into_inner()
         .items;
     assert!(pods.is_empty(), "{pods:?}");
-    assert!(netns_pins(&w.d).is_empty(), "netns left: {:?}", netns_pins(&w.d));
-    assert!(w.ipam_leases().is_empty(), "IPs left: {:?}", w.ipam_leases());
-    assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
+    w.assert_no_pod_left();
     // The container snapshots are gone; the images' layers stay.
     let snaps = w.d.ctr_ok(&["-n", "k8s.io", "snapshots", "ls"]);
     assert_eq!(
@@ -731,9 +748,7 @@ async fn every_pod_has_a_pause_container_when_drop_infra_container_is_off() {
         "the pod's containers share the pause's shim"
     );
     stop_and_remove(&mut rt, &pod).await;
-    assert!(w.bundles().is_empty(), "{:?}", w.bundles());
-    assert!(netns_pins(&w.d).is_empty(), "{:?}", netns_pins(&w.d));
-    assert!(w.ipam_leases().is_empty(), "{:?}", w.ipam_leases());
+    w.assert_no_pod_left();
 }
 
 /// A RuntimeClass handler's runc options reach the shim: `BinaryName` names a wrapper that
@@ -801,7 +816,7 @@ async fn runtime_handler_options_reach_the_runc_shim() {
         );
     }
     stop_and_remove(&mut rt, &pod).await;
-    assert!(w.bundles().is_empty(), "{:?}", w.bundles());
+    w.assert_no_pod_left();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -827,9 +842,7 @@ async fn failed_cni_add_rolls_the_pod_back() {
         .into_inner()
         .items;
     assert!(pods.is_empty(), "{pods:?}");
-    assert!(netns_pins(&w.d).is_empty(), "netns left: {:?}", netns_pins(&w.d));
-    assert!(w.ipam_leases().is_empty(), "IPs left: {:?}", w.ipam_leases());
-    assert!(w.bundles().is_empty(), "shim left: {:?}", w.bundles());
+    w.assert_no_pod_left();
     let containers = w.d.ctr_ok(&["-n", "k8s.io", "containers", "ls", "-q"]);
     assert!(containers.trim().is_empty(), "pause container left: {containers}");
 
@@ -842,9 +855,7 @@ async fn failed_cni_add_rolls_the_pod_back() {
         .await
         .unwrap_err();
     assert!(e.message().contains("tuning"), "{e:?}");
-    assert!(netns_pins(&w.d).is_empty(), "netns left: {:?}", netns_pins(&w.d));
-    assert!(podns_pins(&w.d).is_empty(), "podns left: {:?}", podns_pins(&w.d));
-    assert!(w.ipam_leases().is_empty(), "IPs left: {:?}", w.ipam_leases());
+    w.assert_no_pod_left();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1099,11 +1110,8 @@ async fn node_restarts_keep_20_pods_and_report_what_exited_meanwhile() {
         stop_and_remove(&mut rt, pod).await;
     }
     assert_eq!(containers_by_state(&mut rt).await, (0, 0, 0));
-    assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
     assert!(live_shims(&w).is_empty());
-    assert!(netns_pins(&w.d).is_empty(), "netns left: {:?}", netns_pins(&w.d));
-    assert!(podns_pins(&w.d).is_empty(), "podns left: {:?}", podns_pins(&w.d));
-    assert!(w.ipam_leases().is_empty(), "IPs left: {:?}", w.ipam_leases());
+    w.assert_no_pod_left();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1391,16 +1399,7 @@ async fn probes_stats_metrics_and_events_through_the_client() {
             .map(|t| t as i32)
         );
     }
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
+    stop_and_remove(&mut rt, &pod).await;
 
     // The operation metrics kubelet operators scrape.
     let (_, body) = w.d.http("/v1/metrics", None);
@@ -1795,18 +1794,9 @@ async fn pod_options_security_context_resources_and_log_reopen() {
     assert_eq!(seen.unwrap(), "host\n", "the host's /dev/shm");
 
     for p in [pod, host_pod, hostns_pod] {
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: p.clone(),
-        })
-        .await
-        .unwrap();
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
-            .await
-            .unwrap();
+        stop_and_remove(&mut rt, &p).await;
     }
-    assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
-    assert!(netns_pins(&w.d).is_empty());
-    assert!(podns_pins(&w.d).is_empty(), "{:?}", podns_pins(&w.d));
+    w.assert_no_pod_left();
 }
 
 /// `sh -c script` in a container through ExecSync: stdout + stderr, exit code.
@@ -2366,5 +2356,5 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
     for p in [pod, priv_pod] {
         stop_and_remove(&mut rt, &p).await;
     }
-    assert!(w.bundles().is_empty(), "shims left: {:?}", w.bundles());
+    w.assert_no_pod_left();
 }

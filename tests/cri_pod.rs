@@ -19,7 +19,6 @@ use async_trait::async_trait;
 use taskd::cri::config::CriConfig;
 use taskd::cri::container_events::ContainerEvents;
 use taskd::cri::controller::ImageInfo;
-use taskd::cri::network::netns;
 use taskd::cri::store::container::ContainerState;
 use taskd::cri::store::image::ImageConfig;
 use taskd::cri::task_runtime::{RootfsProvider, TaskRuntime};
@@ -131,17 +130,28 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.svc.netns_dir) {
-            for e in entries.flatten() {
-                let _ = netns::remove(&e.path());
-            }
-        }
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
+        // Shims killed; what is mounted under state/ (pod netns and pins, /dev/shm, rootfs)
+        // unmounted.
         support::cleanup::after_daemon(&self.dir.path().join("state"));
         // The pods' parent cgroup (cgroup_parent of pod_config).
         support::cleanup::remove_cgroup_parent(&cgroup_parent(self.dir.path()));
+    }
+}
+
+impl World {
+    /// RunPodSandbox with the default handler; the pod id.
+    async fn run_pod(&self, cfg: &cri::PodSandboxConfig) -> String {
+        self.svc
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("RunPodSandbox")
+            .pod_sandbox_id
     }
 }
 
@@ -292,15 +302,7 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
         std::fs::create_dir_all(logs.join(d)).unwrap();
     }
     let pod_cfg = pod_config(&logs, cgroup_parent(w.dir.path()));
-    let pod = w
-        .svc
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .pod_sandbox_id;
+    let pod = w.run_pod(&pod_cfg).await;
     let sb = w.svc.sandboxes.get(&pod).unwrap();
     assert!(sb.ip.starts_with("10.88."), "{}", sb.ip);
     assert!(sb.pid > 0);
@@ -614,15 +616,7 @@ async fn memory_limit_exceeded_reports_oomkilled_and_bad_command_is_a_start_erro
     }
     let mut pod_cfg = pod_config(&logs, cgroup_parent(w.dir.path()));
     pod_cfg.metadata.as_mut().unwrap().name = "oom".into();
-    let pod = w
-        .svc
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .pod_sandbox_id;
+    let pod = w.run_pod(&pod_cfg).await;
 
     // 32 MiB limit, then allocate far more: the kernel OOM-kills it.
     let mut hog = container(
@@ -736,15 +730,7 @@ async fn cri_restart_recovers_pods_containers_logs_and_exits_while_down() {
         std::fs::create_dir_all(logs.join(d)).unwrap();
     }
     let pod_cfg = pod_config(&logs, cgroup_parent(w.dir.path()));
-    let pod = w
-        .svc
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .pod_sandbox_id;
+    let pod = w.run_pod(&pod_cfg).await;
     let before = w.svc.sandboxes.get(&pod).unwrap();
     let mut ids = Vec::new();
     for (name, script) in [

@@ -382,6 +382,14 @@ impl World {
             .collect()
     }
 
+    /// SIGKILLs task `id`, waits for its exit and deletes it; returns the exit status.
+    async fn kill9_and_delete(&self, id: &str) -> u32 {
+        self.local.kill(&self.ns, id, "", 9, false).await.unwrap();
+        let status = self.local.wait(&self.ns, id, "").await.unwrap().status;
+        self.local.delete(&self.ns, id).await.unwrap();
+        status
+    }
+
     /// Waits until the pool has exactly `n` idle-or-serving shims that are alive, and
     /// returns their pids.
     async fn pool_settles(&self, n: usize) -> Vec<u32> {
@@ -831,9 +839,7 @@ async fn restart_reconnects_live_shims_and_cleans_dead_ones() {
         w.local.start(&ns, id, "x").await.unwrap();
         assert_eq!(w.local.wait(&ns, id, "x").await.unwrap().status, 0);
         w.local.delete_process(&ns, id, "x").await.unwrap();
-        w.local.kill(&ns, id, "", 9, false).await.unwrap();
-        assert_eq!(w.local.wait(&ns, id, "").await.unwrap().status, 137);
-        w.local.delete(&ns, id).await.unwrap();
+        assert_eq!(w.kill9_and_delete(id).await, 137);
         assert!(!w.bundle(id).exists());
     }
     w.local.delete(&ns, "gone").await.unwrap();
@@ -861,14 +867,10 @@ async fn pod_containers_share_one_shim() {
     );
     let shim_pid = a.shim_pid;
     drop(tasks);
-    w.local.kill(&ns, "c1", "", 9, false).await.unwrap();
-    w.local.wait(&ns, "c1", "").await.unwrap();
-    w.local.delete(&ns, "c1").await.unwrap();
+    w.kill9_and_delete("c1").await;
     assert!(alive(shim_pid), "the shim still serves the sandbox");
     assert_eq!(w.local.get(&ns, "sb", "").await.unwrap().status, Status::Running);
-    w.local.kill(&ns, "sb", "", 9, false).await.unwrap();
-    w.local.wait(&ns, "sb", "").await.unwrap();
-    w.local.delete(&ns, "sb").await.unwrap();
+    w.kill9_and_delete("sb").await;
     for _ in 0..100 {
         if !alive(shim_pid) {
             break;
@@ -969,9 +971,7 @@ async fn cycles_leave_nothing_behind() {
         w.create(&id).await;
         init_pids.push(w.local.start(&ns, &id, "").await.unwrap());
         shim_pids.push(w.manager.shim_tasks()[0].conn.as_ref().unwrap().shim_pid);
-        w.local.kill(&ns, &id, "", 9, false).await.unwrap();
-        w.local.wait(&ns, &id, "").await.unwrap();
-        w.local.delete(&ns, &id).await.unwrap();
+        w.kill9_and_delete(&id).await;
         let _ = std::fs::remove_file(w.dir.path().join(format!("{id}.out")));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1177,14 +1177,10 @@ async fn restart_stops_idle_pool_shims_and_keeps_serving_ones() {
     assert_eq!(w.manager.pool_shim_pids(), vec![warm]);
     assert_eq!(w.pool_dir_pids(), vec![warm]);
     assert_eq!(w.local.get(&ns, "b", "").await.unwrap().status, Status::Running);
-    w.local.kill(&ns, "b", "", 9, false).await.unwrap();
-    w.local.wait(&ns, "b", "").await.unwrap();
-    w.local.delete(&ns, "b").await.unwrap();
+    w.kill9_and_delete("b").await;
     // It serves nothing now and the pool is empty: it is the pool's idle shim again.
     assert_eq!(w.pool_settles(1).await, vec![warm]);
-    w.local.kill(&ns, "a", "", 9, false).await.unwrap();
-    w.local.wait(&ns, "a", "").await.unwrap();
-    w.local.delete(&ns, "a").await.unwrap();
+    w.kill9_and_delete("a").await;
     w.manager.close_pool().await;
     assert!(!alive(warm));
     assert!(w.pool_dirs().is_empty(), "{:?}", w.pool_dirs());
@@ -1209,9 +1205,7 @@ async fn runc_groups_skip_the_pool_and_cri_pods_share_a_warm_shim() {
         w.manager.pool_shim_pids().is_empty(),
         "a runc-grouped create filled the pool"
     );
-    w.local.kill(&ns, "g", "", 9, false).await.unwrap();
-    w.local.wait(&ns, "g", "").await.unwrap();
-    w.local.delete(&ns, "g").await.unwrap();
+    w.kill9_and_delete("g").await;
 
     // Fill the pool with a plain task, then run a pod's two containers.
     w.container("plain", &["/bin/true"]);
@@ -1238,14 +1232,10 @@ async fn runc_groups_skip_the_pool_and_cri_pods_share_a_warm_shim() {
     let pool = w.pool_settles(2).await;
     assert!(pool.contains(&pod_shim), "{pool:?}");
     // One container goes; the shim stays for the other, out of the pool.
-    w.local.kill(&ns, "app", "", 9, false).await.unwrap();
-    w.local.wait(&ns, "app", "").await.unwrap();
-    w.local.delete(&ns, "app").await.unwrap();
+    w.kill9_and_delete("app").await;
     assert!(alive(pod_shim), "the pod's shim went with one of its tasks");
     assert_eq!(shim_of("side"), pod_shim);
-    w.local.kill(&ns, "side", "", 9, false).await.unwrap();
-    w.local.wait(&ns, "side", "").await.unwrap();
-    w.local.delete(&ns, "side").await.unwrap();
+    w.kill9_and_delete("side").await;
     assert_eq!(w.pool_settles(1).await.len(), 1, "one idle pool shim left");
     w.manager.close_pool().await;
     assert!(w.pool_dirs().is_empty());

@@ -1,8 +1,8 @@
 //! Teardown that runs after a test daemon is gone and before its directories are removed.
 //!
 //! The tasks helper fills [`after_daemon`]: kill the shims started under `state` (by the pids
-//! recorded in their bundles, never by process name) and unmount their rootfs, so removing
-//! the temp dirs never crosses a mount.
+//! recorded in their bundles, never by process name) and unmount everything under `state`,
+//! so removing the temp dirs never crosses a mount.
 
 use std::path::Path;
 
@@ -21,7 +21,7 @@ pub fn after_daemon(state: &Path) {
 
 /// Unmounts every mount point under `dir` (deepest first, lazily), found by path in
 /// /proc/self/mountinfo.
-pub fn unmount_under(dir: &Path) {
+fn unmount_under(dir: &Path) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
@@ -52,19 +52,7 @@ fn kill_shims(state: &Path) {
             // Warm pool shims: `.pool/<ns>/<pool id>/{shim.pid,address}`; they serve no task.
             for pool_ns in bundles.flatten() {
                 for d in std::fs::read_dir(pool_ns.path()).into_iter().flatten().flatten() {
-                    let dir = d.path();
-                    let pid = std::fs::read_to_string(dir.join("shim.pid"))
-                        .ok()
-                        .and_then(|s| s.trim().parse::<i32>().ok());
-                    if let Some(pid) = pid.filter(|p| *p > 1) {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                    if let Ok(address) = std::fs::read_to_string(dir.join("address")) {
-                        remove_stale_socket(address.trim());
-                    }
+                    kill_recorded(&d.path(), &["shim.pid"]);
                 }
             }
             continue;
@@ -75,27 +63,8 @@ fn kill_shims(state: &Path) {
             if let Ok(bin) = std::fs::read_to_string(dir.join("shim-binary-path")) {
                 shim_delete(bin.trim(), &ns_name, &id, &dir, &state.join("taskd.sock"));
             }
-            for f in ["init.pid", "shim.pid"] {
-                let pid = std::fs::read_to_string(dir.join(f))
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok());
-                if let Some(pid) = pid.filter(|p| *p > 1) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            // The killed shim's socket (nobody listens any more).
-            if let Ok(address) = std::fs::read_to_string(dir.join("address")) {
-                remove_stale_socket(address.trim());
-            }
-            let rootfs = dir.join("rootfs");
-            for _ in 0..16 {
-                if nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_err() {
-                    break;
-                }
-            }
+            // (What is still mounted on its rootfs goes with `unmount_under(state)`.)
+            kill_recorded(&dir, &["init.pid", "shim.pid"]);
         }
         // runc's per-namespace state dir (the runc shim's default root), once empty.
         let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&ns_name));
@@ -107,6 +76,23 @@ fn kill_shims(state: &Path) {
             }
         }
         let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&ns_name));
+    }
+}
+
+/// SIGKILLs the pids recorded in `dir`'s `pid_files`, then removes the socket its `address`
+/// file names once nobody listens there.
+fn kill_recorded(dir: &Path, pid_files: &[&str]) {
+    for f in pid_files {
+        let pid = std::fs::read_to_string(dir.join(f))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if let Some(pid) = pid.filter(|p| *p > 1) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    if let Ok(address) = std::fs::read_to_string(dir.join("address")) {
+        remove_stale_socket(address.trim());
     }
 }
 

@@ -776,6 +776,19 @@ mod tests {
         })
     }
 
+    /// The spec's namespaces as (type, path).
+    fn namespaces(spec: &Spec) -> Vec<(LinuxNamespaceType, Option<String>)> {
+        spec.linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|n| (n.typ(), n.path().clone().map(|p| p.display().to_string())))
+            .collect()
+    }
+
     static ALL_CAPS: std::sync::LazyLock<HashSet<Capability>> =
         std::sync::LazyLock::new(super::super::all_caps);
 
@@ -861,16 +874,7 @@ mod tests {
                 }),
                 ..Default::default()
             });
-            let spec = build(&cfg, &pod, &img).unwrap();
-            spec.linux()
-                .as_ref()
-                .unwrap()
-                .namespaces()
-                .clone()
-                .unwrap()
-                .into_iter()
-                .map(|n| (n.typ(), n.path().clone().map(|p| p.display().to_string())))
-                .collect::<Vec<_>>()
+            namespaces(&build(&cfg, &pod, &img).unwrap())
         };
         let pod = ns_of(NamespaceMode::Pod, NamespaceMode::Pod);
         assert!(pod.contains(&(LinuxNamespaceType::Pid, Some("/proc/42/ns/pid".into()))));
@@ -897,27 +901,13 @@ mod tests {
             metadata: meta(),
             ..Default::default()
         });
-        let input = |cfg: &ContainerConfig| {
+        let without_pause = |cfg: &ContainerConfig| {
             container_spec(&ContainerInput {
-                id: "c1",
-                sandbox_id: "sb1",
-                config: cfg,
-                sandbox: &pod,
-                image: &img,
-                image_name: "busybox",
                 sandbox_pid: 0,
                 pod_ipc_ns: Some("/state/podns/sb1/ipc"),
                 pod_uts_ns: Some("/state/podns/sb1/uts"),
-                netns_path: Some("/run/netns/x"),
                 target_pid: None,
-                user: ResolvedUser::default(),
-                devices: vec![],
-                pod_files: PodFiles::default(),
-                driver: CgroupDriver::Cgroupfs,
-                min_oom_score_adj: 0,
-                localhost_seccomp: None,
-                hugetlb_controller: true,
-                all_caps: &ALL_CAPS,
+                ..input(cfg, &pod, &img)
             })
         };
         let mut cfg = cfg;
@@ -932,17 +922,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let spec = input(&cfg).unwrap();
-        let ns: Vec<_> = spec
-            .linux()
-            .as_ref()
-            .unwrap()
-            .namespaces()
-            .clone()
-            .unwrap()
-            .into_iter()
-            .map(|n| (n.typ(), n.path().clone().map(|p| p.display().to_string())))
-            .collect();
+        let ns = namespaces(&without_pause(&cfg).unwrap());
         assert!(ns.contains(&(LinuxNamespaceType::Ipc, Some("/state/podns/sb1/ipc".into()))));
         assert!(ns.contains(&(LinuxNamespaceType::Uts, Some("/state/podns/sb1/uts".into()))));
         assert!(ns.contains(&(LinuxNamespaceType::Pid, None)));
@@ -952,7 +932,7 @@ mod tests {
         {
             sc.namespace_options.as_mut().unwrap().pid = NamespaceMode::Pod as i32;
         }
-        let e = input(&cfg).unwrap_err();
+        let e = without_pause(&cfg).unwrap_err();
         assert!(e.to_string().contains("no shared pid namespace"), "{e}");
     }
 
