@@ -219,7 +219,28 @@ fn oom_kill_in_a_task_is_counted() {
         }
     });
     let _watcher = KillOnDrop(watcher);
-    // dd's 256 MiB buffer cannot fit in 32 MiB; the shell (the task's init) survives.
+    // Events are not replayed to late subscribers: the task starts only once `ctr events`
+    // is subscribed, known by it printing a namespace created for that.
+    let mut seen = Vec::new();
+    for i in 0.. {
+        let probe = format!("events-ready-{i}");
+        d.ctr_ok(&["namespaces", "create", &probe]);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline && !seen.iter().any(|l: &String| l.contains(&probe)) {
+            if let Ok(line) = events.recv_timeout(Duration::from_millis(50)) {
+                seen.push(line);
+            }
+        }
+        d.ctr_ok(&["namespaces", "remove", &probe]);
+        if seen.iter().any(|l| l.contains(&probe)) {
+            break;
+        }
+        assert!(i < 30, "`ctr events` never printed an event: {seen:?}");
+    }
+    // dd's 256 MiB buffer cannot fit in 32 MiB; the shell (the task's init) survives. It
+    // waits a second first: the runc shim arms its OOM eventfd only after `runc start`
+    // returned (containerd's shim, task/service.go Start), and an OOM before that publishes
+    // no /tasks/oom.
     let _t = run_task(
         &d,
         "hog",
@@ -227,7 +248,7 @@ fn oom_kill_in_a_task_is_counted() {
         &[
             "/bin/sh",
             "-c",
-            "dd if=/dev/zero of=/dev/null bs=256M count=1; sleep 600",
+            "sleep 1; dd if=/dev/zero of=/dev/null bs=256M count=1; sleep 600",
         ],
     );
     let labels = [
@@ -247,7 +268,6 @@ fn oom_kill_in_a_task_is_counted() {
         Some(33554432.0)
     );
     // The shim published /tasks/oom for the task (ctr prints `<time> default /tasks/oom {...}`).
-    let mut seen = Vec::new();
     eventually(
         "a /tasks/oom event for task hog on `ctr events`",
         Duration::from_secs(30),
