@@ -136,6 +136,15 @@ async fn stop_and_remove(rt: &mut RuntimeServiceClient<Channel>, pod: &str) {
     .expect("RemovePodSandbox");
 }
 
+/// Every message of a server stream, until it ends.
+async fn all_of<T>(mut s: tonic::Streaming<T>) -> Vec<T> {
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await.expect("stream message") {
+        out.push(m);
+    }
+    out
+}
+
 /// The `infraContainer` flag of PodSandboxStatus's verbose info.
 async fn has_pause_container(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> bool {
     let s = rt
@@ -1301,35 +1310,32 @@ async fn probes_stats_metrics_and_events_through_the_client() {
     {
         use taskd_proto::cri::v1 as t;
         let mut c = t::runtime_service_client::RuntimeServiceClient::new(w.d.channel().await);
-        let mut n = 0;
-        let mut s = c
-            .stream_container_stats(t::StreamContainerStatsRequest { filter: None })
-            .await
-            .expect("StreamContainerStats")
-            .into_inner();
-        while let Some(m) = s.message().await.unwrap() {
-            n += m.container_stats.len();
-        }
-        assert_eq!(n, 1);
-        let mut n = 0;
-        let mut s = c
-            .stream_pod_sandbox_stats(t::StreamPodSandboxStatsRequest { filter: None })
-            .await
-            .expect("StreamPodSandboxStats")
-            .into_inner();
-        while let Some(m) = s.message().await.unwrap() {
-            n += m.pod_sandbox_stats.len();
-        }
-        assert_eq!(n, 1);
-        let mut ids = Vec::new();
-        let mut s = c
-            .stream_pod_sandbox_metrics(t::StreamPodSandboxMetricsRequest {})
-            .await
-            .expect("StreamPodSandboxMetrics")
-            .into_inner();
-        while let Some(m) = s.message().await.unwrap() {
-            ids.extend(m.pod_sandbox_metrics.into_iter().map(|p| p.pod_sandbox_id));
-        }
+        let stats = all_of(
+            c.stream_container_stats(t::StreamContainerStatsRequest { filter: None })
+                .await
+                .expect("StreamContainerStats")
+                .into_inner(),
+        )
+        .await;
+        assert_eq!(stats.iter().map(|m| m.container_stats.len()).sum::<usize>(), 1);
+        let stats = all_of(
+            c.stream_pod_sandbox_stats(t::StreamPodSandboxStatsRequest { filter: None })
+                .await
+                .expect("StreamPodSandboxStats")
+                .into_inner(),
+        )
+        .await;
+        assert_eq!(stats.iter().map(|m| m.pod_sandbox_stats.len()).sum::<usize>(), 1);
+        let ids: Vec<String> = all_of(
+            c.stream_pod_sandbox_metrics(t::StreamPodSandboxMetricsRequest {})
+                .await
+                .expect("StreamPodSandboxMetrics")
+                .into_inner(),
+        )
+        .await
+        .into_iter()
+        .flat_map(|m| m.pod_sandbox_metrics.into_iter().map(|p| p.pod_sandbox_id))
+        .collect();
         assert_eq!(ids, std::slice::from_ref(&pod));
         c.update_pod_sandbox_resources(t::UpdatePodSandboxResourcesRequest {
             pod_sandbox_id: pod.clone(),

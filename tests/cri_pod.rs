@@ -153,6 +153,32 @@ impl World {
             .expect("RunPodSandbox")
             .pod_sandbox_id
     }
+
+    /// CreateContainer + StartContainer in `pod`; the container id.
+    async fn create_and_start(
+        &self,
+        pod: &str,
+        pod_cfg: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> String {
+        let id = self
+            .svc
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.to_owned(),
+                config: Some(config),
+                sandbox_config: Some(pod_cfg.clone()),
+            })
+            .await
+            .expect("CreateContainer")
+            .container_id;
+        self.svc
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("StartContainer");
+        id
+    }
 }
 
 async fn world() -> World {
@@ -630,22 +656,7 @@ async fn memory_limit_exceeded_reports_oomkilled_and_bad_command_is_a_start_erro
         }),
         ..Default::default()
     });
-    let id = w
-        .svc
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(hog),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .container_id;
-    w.svc
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("StartContainer");
+    let id = w.create_and_start(&pod, &pod_cfg, hog).await;
     wait_for("hog exit", || {
         w.svc.containers.get(&id).unwrap().state == ContainerState::Exited
     });
@@ -690,20 +701,7 @@ async fn memory_limit_exceeded_reports_oomkilled_and_bad_command_is_a_start_erro
     std::fs::create_dir_all(logs.join("tty")).unwrap();
     let mut tty = container("tty", "echo on-a-tty; [ -t 1 ] && echo is-a-terminal; sleep 3600");
     tty.tty = true;
-    let tty_id = w
-        .svc
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(tty),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .expect("CreateContainer tty")
-        .container_id;
-    w.svc
-        .start_container(cri::StartContainerRequest { container_id: tty_id })
-        .await
-        .expect("StartContainer tty");
+    w.create_and_start(&pod, &pod_cfg, tty).await;
     let tty_log = logs.join("tty/0.log");
     wait_for("tty output", || {
         std::fs::read_to_string(&tty_log)
@@ -741,23 +739,7 @@ async fn cri_restart_recovers_pods_containers_logs_and_exits_while_down() {
         ("victim", "sleep 3600"),
         ("done", "echo finished; exit 0"),
     ] {
-        let id = w
-            .svc
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(container(name, script)),
-                sandbox_config: Some(pod_cfg.clone()),
-            })
-            .await
-            .expect("CreateContainer")
-            .container_id;
-        w.svc
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("StartContainer");
-        ids.push(id);
+        ids.push(w.create_and_start(&pod, &pod_cfg, container(name, script)).await);
     }
     let (ticker, victim, done) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
     let ticker_log = logs.join("ticker/0.log");
