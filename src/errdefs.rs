@@ -105,6 +105,22 @@ pub trait ErrorKind: std::error::Error {
     fn kind(&self) -> Kind;
 }
 
+/// Idempotent removal: a NotFound error is success.
+pub fn not_found_ok<E: ErrorKind>(r: Result<(), E>) -> Result<(), E> {
+    match r {
+        Err(e) if e.kind() == Kind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Idempotent file system removal: "no such file or directory" is success.
+pub fn absent_ok(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// An error that crossed a process boundary (a shim's ttrpc status, a registry's reply):
 /// the kind survives the hop, so a shim's NotFound reaches kubelet as NOT_FOUND.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -39,7 +39,7 @@ use super::store::image::ImageConfig;
 use super::task_runtime::RootfsProvider;
 use super::{CriError, NAMESPACE, reference};
 use crate::content::{self, LABEL_GC_REF_SNAPSHOT};
-use crate::errdefs::{ErrorKind, Kind};
+use crate::errdefs::{ErrorKind, Kind, not_found_ok};
 use crate::images::pull::{MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX, Puller};
 use crate::images::unpack::chain_ids;
 use crate::images::{Descriptor, Image};
@@ -153,13 +153,6 @@ fn precondition(what: impl Into<String>, reason: impl Into<String>) -> CriError 
     CriError::FailedPrecondition {
         what: what.into(),
         reason: reason.into(),
-    }
-}
-
-fn not_found_ok<E: ErrorKind>(r: Result<(), E>) -> Result<(), E> {
-    match r {
-        Err(e) if e.kind() == Kind::NotFound => Ok(()),
-        other => other,
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use taskd_proto::cri::v1::DnsConfig;
 
 use super::spec::container::PodFiles;
-use crate::errdefs::{ErrorKind, Kind};
+use crate::errdefs::{ErrorKind, Kind, absent_ok};
 
 /// A pod file that could not be written (or mounted); names the path.
 #[derive(Debug, thiserror::Error)]
@@ -147,15 +147,11 @@ pub fn unmount_shm(dir: &Path) -> Result<(), PodFilesError> {
 /// Unmounts the pod's `/dev/shm`, then removes `dir` (never across a mount); idempotent.
 pub fn remove(dir: &Path) -> Result<(), PodFilesError> {
     unmount_shm(dir)?;
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(PodFilesError {
-            op: "remove",
-            path: dir.to_owned(),
-            source,
-        }),
-    }
+    absent_ok(std::fs::remove_dir_all(dir)).map_err(|source| PodFilesError {
+        op: "remove",
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

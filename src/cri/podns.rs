@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use nix::sched::CloneFlags;
 
 use super::network::netns;
-use crate::errdefs::{ErrorKind, Kind};
+use crate::errdefs::{ErrorKind, Kind, absent_ok};
 
 /// The IPC sysctls that live in an IPC namespace (runc's list).
 const IPC_SYSCTLS: &[&str] = &[
@@ -217,15 +217,11 @@ pub fn unpin(dir: &Path) -> Result<(), PodNsError> {
     for name in ["ipc", "uts"] {
         netns::remove(&dir.join(name))?;
     }
-    match std::fs::remove_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(PodNsError::Io {
-            op: "remove",
-            path: dir.to_owned(),
-            source,
-        }),
-    }
+    absent_ok(std::fs::remove_dir(dir)).map_err(|source| PodNsError::Io {
+        op: "remove",
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

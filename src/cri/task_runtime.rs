@@ -27,7 +27,7 @@ use super::controller::{
 };
 use super::store::image::ImageConfig;
 use super::{CriError, NAMESPACE, spec};
-use crate::errdefs::{ErrorKind, Kind};
+use crate::errdefs::{ErrorKind, Kind, not_found_ok};
 use crate::metadata::{Container, Runtime};
 use crate::runtime::{Mount, Stdio};
 use crate::services::containers::Containers;
@@ -54,13 +54,6 @@ pub struct TaskRuntime {
     tasks: Arc<dyn Tasks>,
     containers: Arc<dyn Containers>,
     rootfs: Arc<dyn RootfsProvider>,
-}
-
-fn not_found_ok<E: ErrorKind>(r: Result<(), E>) -> Result<(), E> {
-    match r {
-        Err(e) if e.kind() == Kind::NotFound => Ok(()),
-        other => other,
-    }
 }
 
 impl TaskRuntime {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
-use crate::errdefs::{ErrorKind, Kind};
+use crate::errdefs::{ErrorKind, Kind, absent_ok};
 
 /// Errors creating or removing a pinned network namespace; each names the path.
 #[derive(Debug, thiserror::Error)]
@@ -173,14 +173,10 @@ pub fn remove(path: &Path) -> Result<(), NetnsError> {
             }
         }
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(NetnsError::Remove {
-            path: path.to_owned(),
-            source,
-        }),
-    }
+    absent_ok(std::fs::remove_file(path)).map_err(|source| NetnsError::Remove {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
