@@ -3,7 +3,8 @@
 # `cargo test --workspace` (as root: integration tests start a real taskd, runc and shims).
 #
 #   scripts/test.sh            the default suite (fast)
-#   scripts/test.sh --e2e      also the slow end-to-end tests (TASKD_E2E=1); CI=true implies it
+#   scripts/test.sh --e2e      also the slow end-to-end tests (TASKD_E2E=1, and the tests marked
+#                              #[ignore = "e2e: ..."] through --include-ignored); CI=true implies it
 #   scripts/test.sh -- ARGS    extra arguments for cargo test (e.g. -- --test daemon)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,12 @@ ensure_cargo
 if [ "$e2e" -eq 1 ]; then
     export TASKD_E2E=1
     echo "running with TASKD_E2E=1 (slow end-to-end tests included)" >&2
+    # End-to-end tests are #[ignore = "e2e: ..."]: without --e2e they show as ignored, never
+    # as passed. The flag goes to the test binaries, after cargo's own `--`.
+    case " ${cargo_args[*]:-} " in
+        *" -- "*) cargo_args+=(--include-ignored) ;;
+        *) cargo_args+=(-- --include-ignored) ;;
+    esac
 fi
 if [ "$(id -u)" -ne 0 ]; then
     echo "warning: not root; integration tests that need root will fail saying so" >&2
