@@ -2364,3 +2364,236 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
     }
     w.assert_no_pod_left();
 }
+
+/// Runs `cmd`; panics with its output unless it succeeds.
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Host mounts made for a test, each `--bind` onto itself with a propagation; unmounted
+/// (lazily, newest first) on drop, also when the test panics.
+struct HostMounts(Vec<PathBuf>);
+
+impl HostMounts {
+    /// Makes `dir` a mount point of its own with `propagation` (`rshared`, `private`, ...).
+    fn bind_self(&mut self, dir: &Path, propagation: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        run_ok(Command::new("mount").arg("--bind").arg(dir).arg(dir));
+        self.0.push(dir.to_owned());
+        run_ok(
+            Command::new("mount")
+                .arg(format!("--make-{propagation}"))
+                .arg(dir),
+        );
+    }
+
+    /// A tmpfs at `dir` (created).
+    fn tmpfs(&mut self, dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        run_ok(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(dir));
+        self.0.push(dir.to_owned());
+    }
+}
+
+impl Drop for HostMounts {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn mount_of(host: &Path, container: &str, propagation: cri::MountPropagation) -> cri::Mount {
+    cri::Mount {
+        container_path: container.into(),
+        host_path: host.display().to_string(),
+        propagation: propagation as i32,
+        ..Default::default()
+    }
+}
+
+/// CRI mount propagation, as containerd: BIDIRECTIONAL needs a shared host mount and makes
+/// mounts travel both ways; HOST_TO_CONTAINER only from the host into the container; either
+/// on a private host mount is refused (FailedPrecondition) before anything is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn mount_propagation_reaches_across_host_and_container() {
+    use cri::MountPropagation::{PropagationBidirectional, PropagationHostToContainer};
+    let w = World::new(40 + (std::process::id() % 20) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let shared = w.dir.path().join("shared");
+    let private = w.dir.path().join("private");
+    let mut host = HostMounts(Vec::new());
+    host.bind_self(&shared, "rshared");
+    host.bind_self(&private, "private");
+
+    // Mounting inside a container needs CAP_SYS_ADMIN: a privileged pod.
+    let mut cfg = kubelet_pod(w.pod_config("prop"));
+    if let Some(l) = cfg.linux.as_mut() {
+        l.security_context = Some(cri::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+    }
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
+    let privileged = |name: &str, m: cri::Mount| {
+        // Root: the image's own user may not mount or write the host directory.
+        let mut c = own_pid(with_security(
+            container_config(name, "exec sleep 3600"),
+            cri::LinuxContainerSecurityContext {
+                privileged: true,
+                run_as_user: Some(cri::Int64Value { value: 0 }),
+                ..Default::default()
+            },
+        ));
+        c.mounts = vec![m];
+        c
+    };
+
+    for p in [PropagationBidirectional, PropagationHostToContainer] {
+        let e = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(privileged("refused", mount_of(&private, "/m", p))),
+                sandbox_config: Some(cfg.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{p:?}: {e:?}");
+        assert!(e.message().contains("not shared"), "{e:?}");
+    }
+    assert!(
+        container_names(&mut rt).await.is_empty(),
+        "a refused create leaves no container"
+    );
+
+    let bi = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        privileged("bi", mount_of(&shared, "/bi", PropagationBidirectional)),
+    )
+    .await;
+    let h2c = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        privileged("h2c", mount_of(&shared, "/h2c", PropagationHostToContainer)),
+    )
+    .await;
+
+    // Host → both containers: a mount the host makes after they started.
+    host.tmpfs(&shared.join("fromhost"));
+    std::fs::write(shared.join("fromhost/hello"), "from the host").unwrap();
+    assert_eq!(
+        sh(&mut rt, &bi, "cat /bi/fromhost/hello").await,
+        ("from the host".into(), 0)
+    );
+    assert_eq!(
+        sh(&mut rt, &h2c, "cat /h2c/fromhost/hello").await,
+        ("from the host".into(), 0)
+    );
+
+    // Bidirectional container → host (and on into the host-to-container one).
+    let (out, code) = sh(
+        &mut rt,
+        &bi,
+        "mkdir -p /bi/fromctr && mount -t tmpfs tmpfs /bi/fromctr && echo from-bi > /bi/fromctr/x",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    host.0.push(shared.join("fromctr"));
+    assert_eq!(
+        std::fs::read_to_string(shared.join("fromctr/x")).unwrap(),
+        "from-bi\n"
+    );
+    assert_eq!(
+        sh(&mut rt, &h2c, "cat /h2c/fromctr/x").await,
+        ("from-bi\n".into(), 0)
+    );
+
+    // Host-to-container is one way: its own mount stays inside it.
+    let (out, code) = sh(
+        &mut rt,
+        &h2c,
+        "mkdir -p /h2c/fromh2c && mount -t tmpfs tmpfs /h2c/fromh2c && echo mine > /h2c/fromh2c/y",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        shared.join("fromh2c").is_dir(),
+        "the directory itself is on the shared fs"
+    );
+    assert!(
+        !shared.join("fromh2c/y").exists(),
+        "the container's mount must not reach the host"
+    );
+
+    stop_and_remove(&mut rt, &pod).await;
+    drop(host);
+    w.assert_no_pod_left();
+}
+
+/// Two CRI API rules containerd 1.7 follows: StopContainer and StopPodSandbox of an unknown id
+/// succeed (as Remove* already did), and `run_as_group` without `run_as_user` or
+/// `run_as_username` is InvalidArgument.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn unknown_ids_stop_and_a_group_without_a_user_is_refused() {
+    let w = World::new(20 + (std::process::id() % 20) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: "no-such-container".into(),
+        timeout: 1,
+    })
+    .await
+    .expect("StopContainer of an unknown id");
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: "no-such-pod".into(),
+    })
+    .await
+    .expect("StopPodSandbox of an unknown id");
+
+    pull(&mut images, "busybox", None).await;
+    let cfg = kubelet_pod(w.pod_config("group"));
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
+    let grouped = |user: Option<i64>, username: &str| {
+        own_pid(with_security(
+            container_config("grouped", "id -u; id -g"),
+            cri::LinuxContainerSecurityContext {
+                run_as_user: user.map(|value| cri::Int64Value { value }),
+                run_as_username: username.into(),
+                run_as_group: Some(cri::Int64Value { value: 4242 }),
+                ..Default::default()
+            },
+        ))
+    };
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(grouped(None, "")),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("run_as_group"), "{e:?}");
+    // With a user it runs with that group.
+    let id = create_and_start(&mut rt, &pod, &cfg, grouped(Some(1000), "")).await;
+    let s = exited(&mut rt, &id).await;
+    assert_eq!(s.exit_code, 0);
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert!(log.contains(" 1000\n") && log.contains(" 4242\n"), "{log}");
+    stop_and_remove(&mut rt, &pod).await;
+    // Stopping it again, now that it is gone, still succeeds.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod })
+        .await
+        .expect("StopPodSandbox of a removed pod");
+    w.assert_no_pod_left();
+}

@@ -2,7 +2,8 @@
 //! (containerd's `WithUser`/`WithUserID`/`WithAdditionalGIDs`).
 //!
 //! Precedence: `run_as_user` (uid) > `run_as_username` > the image's `User` (`uid`,
-//! `name`, `uid:gid`, `name:group`); `run_as_group` overrides the gid; the additional gids
+//! `name`, `uid:gid`, `name:group`); `run_as_group` overrides the gid, and is refused without
+//! `run_as_user` or `run_as_username` (the CRI API); the additional gids
 //! are the groups of /etc/group listing the user as a member, plus `supplemental_groups`.
 
 use super::SpecError;
@@ -59,6 +60,17 @@ pub fn resolve(
     passwd: Option<&str>,
     group: Option<&str>,
 ) -> Result<ResolvedUser, SpecError> {
+    // The CRI API: run_as_group only together with run_as_user or run_as_username (the
+    // image's user does not count), else the runtime must refuse the container.
+    if let Some(g) = run_as_group
+        && run_as_user.is_none()
+        && run_as_username.is_empty()
+    {
+        return Err(super::invalid(
+            "security_context.run_as_group",
+            format!("{g} is set without run_as_user or run_as_username"),
+        ));
+    }
     let passwd = passwd.unwrap_or("");
     let group = group.unwrap_or("");
     let (user_part, group_part) = if let Some(uid) = run_as_user {
@@ -174,6 +186,28 @@ mod tests {
             Err(SpecError::UnknownGroup { .. })
         ));
         assert!(r(Some(-1), "", "", None).is_err());
+    }
+
+    #[test]
+    fn run_as_group_without_a_user_is_refused() {
+        let r = |u: Option<i64>, name: &str, img: &str| {
+            resolve(u, name, img, Some(5), &[], Some(PASSWD), Some(GROUP))
+        };
+        for (u, name, img) in [(None, "", ""), (None, "", "web")] {
+            let e = r(u, name, img).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    SpecError::Invalid {
+                        field: "security_context.run_as_group",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+        assert_eq!(r(Some(1000), "", "").unwrap().gid, 5);
+        assert_eq!(r(None, "web", "").unwrap().gid, 5);
     }
 
     #[test]

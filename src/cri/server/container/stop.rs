@@ -1,5 +1,6 @@
 //! `StopContainer`: the stop signal (CRI config, else the image's, else SIGTERM), wait up to
-//! the timeout, then SIGKILL and wait. Not running is success (idempotent).
+//! the timeout, then SIGKILL and wait. Not running, or an unknown id, is success (idempotent,
+//! as the CRI API requires; containerd 1.7 and later).
 //!
 //! The exit is recorded here from Wait, or by the event loop from `/tasks/exit`, whichever
 //! comes first; the other finds the container EXITED and leaves it.
@@ -31,7 +32,10 @@ pub fn parse_signal(s: &str) -> Option<u32> {
 impl CriService {
     pub async fn stop_container(&self, req: StopContainerRequest) -> Result<StopContainerResponse, CriError> {
         let runner = self.container_runtime("StopContainer")?;
-        let c = self.containers.get(&req.container_id)?;
+        // An unknown id is success, as for a container already stopped (the CRI API).
+        let Some(c) = self.containers.find(&req.container_id)? else {
+            return Ok(StopContainerResponse {});
+        };
         if !matches!(c.state, ContainerState::Running | ContainerState::Unknown) {
             return Ok(StopContainerResponse {});
         }
