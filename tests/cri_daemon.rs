@@ -2408,6 +2408,13 @@ impl Drop for HostMounts {
     }
 }
 
+/// Inside container `id`: a tmpfs at `dir` holding the file `name` with `text` and a newline.
+async fn tmpfs_inside(rt: &mut RuntimeServiceClient<Channel>, id: &str, dir: &str, name: &str, text: &str) {
+    let script = format!("mkdir -p {dir} && mount -t tmpfs tmpfs {dir} && echo {text} > {dir}/{name}");
+    let (out, code) = sh(rt, id, &script).await;
+    assert_eq!(code, 0, "{script}: {out}");
+}
+
 fn mount_of(host: &Path, container: &str, propagation: cri::MountPropagation) -> cri::Mount {
     cri::Mount {
         container_path: container.into(),
@@ -2501,13 +2508,7 @@ async fn mount_propagation_reaches_across_host_and_container() {
     );
 
     // Bidirectional container → host (and on into the host-to-container one).
-    let (out, code) = sh(
-        &mut rt,
-        &bi,
-        "mkdir -p /bi/fromctr && mount -t tmpfs tmpfs /bi/fromctr && echo from-bi > /bi/fromctr/x",
-    )
-    .await;
-    assert_eq!(code, 0, "{out}");
+    tmpfs_inside(&mut rt, &bi, "/bi/fromctr", "x", "from-bi").await;
     host.0.push(shared.join("fromctr"));
     assert_eq!(
         std::fs::read_to_string(shared.join("fromctr/x")).unwrap(),
@@ -2519,13 +2520,7 @@ async fn mount_propagation_reaches_across_host_and_container() {
     );
 
     // Host-to-container is one way: its own mount stays inside it.
-    let (out, code) = sh(
-        &mut rt,
-        &h2c,
-        "mkdir -p /h2c/fromh2c && mount -t tmpfs tmpfs /h2c/fromh2c && echo mine > /h2c/fromh2c/y",
-    )
-    .await;
-    assert_eq!(code, 0, "{out}");
+    tmpfs_inside(&mut rt, &h2c, "/h2c/fromh2c", "y", "mine").await;
     assert!(
         shared.join("fromh2c").is_dir(),
         "the directory itself is on the shared fs"
