@@ -2592,3 +2592,105 @@ async fn unknown_ids_stop_and_a_group_without_a_user_is_refused() {
         .expect("StopPodSandbox of a removed pod");
     w.assert_no_pod_left();
 }
+
+/// What a local user without privileges (`nobody`) can open or list among `paths`, tried in
+/// one shell run as that user: `ls` of directories, `cat` of files, `touch` in `writable`.
+fn open_to_nobody(paths: &[PathBuf], writable: &[PathBuf]) -> Vec<String> {
+    let script = r#"
+        for p in "$@"; do
+            case "$p" in
+                W:*) touch "${p#W:}/probe-by-nobody" 2>/dev/null && echo "writable ${p#W:}" ;;
+                *) if [ -d "$p" ]; then ls "$p" >/dev/null 2>&1 && echo "listable $p"
+                   else cat "$p" >/dev/null 2>&1 && echo "readable $p"; fi ;;
+            esac
+        done"#;
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ]);
+    cmd.args(paths);
+    cmd.args(writable.iter().map(|p| format!("W:{}", p.display())));
+    let out = cmd.output().expect("setpriv (util-linux)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every path below `dir` (not crossing into mounts: a pod's rootfs or shm), as root sees it.
+fn tree(dir: &Path, out: &mut Vec<PathBuf>) {
+    let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::symlink_metadata(p).unwrap());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let Ok(ft) = e.file_type() else { continue };
+        out.push(p.clone());
+        if ft.is_dir() && dev(&p) == dev(dir) {
+            tree(&p, out);
+        }
+    }
+}
+
+/// The CVE-2021-41103 class: while a pod runs with a secret in its env, a local user without
+/// privileges can neither list nor read anything below taskd's root and state (the plugin
+/// directories are 0700: CRI records, meta.redb, content, snapshots, bundles), and cannot
+/// write into the pod's /dev/shm from the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn other_users_cannot_reach_pod_state() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new(1 + (std::process::id() % 19) as u8, "");
+    // The test's temp dir is 0700; open it so that only taskd's own modes stand in the way.
+    std::fs::set_permissions(&w.d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let cfg = kubelet_pod(w.pod_config("secret"));
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
+    let mut c = own_pid(container_config("app", "exec sleep 3600"));
+    c.envs = vec![cri::KeyValue {
+        key: "MYSECRET".into(),
+        value: "hunter2".into(),
+    }];
+    create_and_start(&mut rt, &pod, &cfg, c).await;
+
+    let mut paths = Vec::new();
+    tree(&w.d.root, &mut paths);
+    tree(&w.d.state, &mut paths);
+    let plugin_dirs: Vec<&PathBuf> = paths
+        .iter()
+        .filter(|p| p.parent() == Some(&w.d.root) || p.parent() == Some(&w.d.state))
+        .filter(|p| p.is_dir())
+        .collect();
+    assert!(plugin_dirs.len() > 10, "{plugin_dirs:?}");
+    for d in &plugin_dirs {
+        let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
+    let shm =
+        w.d.state
+            .join("io.containerd.cri.v1.cri/sandboxes")
+            .join(&pod)
+            .join("shm");
+    assert!(shm.is_dir(), "the pod's /dev/shm at {}", shm.display());
+    let secret_files: Vec<&PathBuf> = paths
+        .iter()
+        .filter(|p| p.is_file() && std::fs::read(p).is_ok_and(|b| b.windows(7).any(|w| w == b"hunter2")))
+        .collect();
+    assert!(
+        !secret_files.is_empty(),
+        "the secret is on disk somewhere (record or db)"
+    );
+    let open = open_to_nobody(&paths, &[shm]);
+    assert!(open.is_empty(), "open to nobody: {open:#?}");
+    stop_and_remove(&mut rt, &pod).await;
+    w.assert_no_pod_left();
+}
