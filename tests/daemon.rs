@@ -446,3 +446,66 @@ async fn grpc_default_message_size_accepts_one_mib() {
         .unwrap();
     assert_eq!(got, ns);
 }
+
+/// The next sd_notify datagram on `rx`, skipping watchdog pings when `skip_pings` (blocking
+/// read on the blocking pool, 20 s at most).
+async fn notification(
+    rx: std::os::unix::net::UnixDatagram,
+    skip_pings: bool,
+) -> (String, std::os::unix::net::UnixDatagram) {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 512];
+        loop {
+            let n = rx.recv(&mut buf).expect("a notification within 20 s");
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !(skip_pings && m == "WATCHDOG=1") {
+                return (m, rx);
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// systemd readiness (`Type=notify`): READY=1 reaches `NOTIFY_SOCKET` only once the CRI
+/// answers, the watchdog is pinged at half of `WATCHDOG_USEC`, and SIGTERM sends STOPPING=1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd_notify_ready_only_once_the_cri_answers_then_watchdog_and_stopping() {
+    let mut d = Daemon::start();
+    d.stop();
+    let path = d.dir.join("notify.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&d.log_path)
+        .unwrap();
+    let mut child = d
+        .command()
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "300000")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let (ready, rx) = notification(rx, false).await;
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    assert!(ready.contains(&format!("MAINPID={}", child.id())), "{ready}");
+    // At the moment READY=1 arrives, the CRI already answers.
+    let version = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(d.channel().await)
+        .version(k8s_cri::v1::VersionRequest::default())
+        .await
+        .expect("CRI Version right after READY=1")
+        .into_inner();
+    assert_eq!(version.runtime_name, "taskd");
+    let (ping, rx) = notification(rx, false).await;
+    assert_eq!(ping, "WATCHDOG=1");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (stopping, _) = notification(rx, true).await;
+    assert!(stopping.starts_with("STOPPING=1"), "{stopping}");
+    assert!(child.wait().unwrap().success());
+}

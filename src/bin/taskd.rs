@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -12,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use taskd::config::{self, Config, Overrides};
 use taskd::logging::{self, LevelSource};
 use taskd::plugin::{Addresses, Registry, RegistryConfig};
+use taskd::server::notify::Notifier;
 use taskd::server::{GrpcService, TtrpcService, grpc, http, socket, ttrpc};
 
 /// A Kubernetes node container runtime serving containerd's APIs.
@@ -62,6 +64,8 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+    // SAFETY: no other thread exists yet (the runtime is built in `serve`).
+    let notifier = Arc::new(unsafe { Notifier::take_env() });
     let cli = Cli::parse();
     let registry = match Registry::new(taskd::builtins::registrations()) {
         Ok(r) => r,
@@ -80,7 +84,7 @@ fn main() -> ExitCode {
         Some(Command::Config {
             command: ConfigCommand::Check { file },
         }) => check(file, &registry),
-        None => match serve(cli, registry) {
+        None => match serve(cli, registry, notifier) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "taskd failed");
@@ -138,7 +142,7 @@ fn load_config(cli: &Cli, registry: &Registry) -> anyhow::Result<(Config, String
     }
 }
 
-fn serve(cli: Cli, registry: Registry) -> anyhow::Result<()> {
+fn serve(cli: Cli, registry: Registry, notifier: Arc<Notifier>) -> anyhow::Result<()> {
     let (cfg, origin) = load_config(&cli, &registry)?;
     let level = LevelSource::pick(
         std::env::var("RUST_LOG").ok(),
@@ -151,10 +155,16 @@ fn serve(cli: Cli, registry: Registry) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the tokio runtime")?;
-    runtime.block_on(run(cli, cfg, registry, &mut logs))
+    runtime.block_on(run(cli, cfg, registry, &mut logs, notifier))
 }
 
-async fn run(cli: Cli, cfg: Config, registry: Registry, logs: &mut logging::Logging) -> anyhow::Result<()> {
+async fn run(
+    cli: Cli,
+    cfg: Config,
+    registry: Registry,
+    logs: &mut logging::Logging,
+    notifier: Arc<Notifier>,
+) -> anyhow::Result<()> {
     // Claim the root and the sockets before any plugin touches the disk.
     socket::own_dir_0711(&cfg.root)?;
     socket::own_dir_0711(&cfg.state)?;
@@ -169,7 +179,8 @@ async fn run(cli: Cli, cfg: Config, registry: Registry, logs: &mut logging::Logg
         }
     };
     let sockets = [grpc_socket, ttrpc_socket];
-    let result = serve_until_signal(&cli, &cfg, registry, logs, grpc_listener, ttrpc_listener).await;
+    let listeners = (grpc_listener, ttrpc_listener);
+    let result = serve_until_signal(&cli, &cfg, registry, logs, listeners, &notifier).await;
     for s in &sockets {
         s.remove();
     }
@@ -182,8 +193,8 @@ async fn serve_until_signal(
     cfg: &Config,
     registry: Registry,
     logs: &mut logging::Logging,
-    grpc_listener: tokio::net::UnixListener,
-    ttrpc_listener: tokio::net::UnixListener,
+    (grpc_listener, ttrpc_listener): (tokio::net::UnixListener, tokio::net::UnixListener),
+    notifier: &Arc<Notifier>,
 ) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
@@ -235,6 +246,8 @@ async fn serve_until_signal(
     );
     let ttrpc_server = ttrpc::serve(ttrpc_listener, plugins.get_all::<dyn TtrpcService>()).await?;
     ready.set(true);
+    notifier.ready();
+    let _watchdog = notifier.watchdog();
     tracing::info!(
         grpc = %cfg.grpc.address.display(),
         ttrpc = %cfg.ttrpc_address().display(),
@@ -256,6 +269,7 @@ async fn serve_until_signal(
     }
 
     ready.set(false);
+    notifier.stopping();
     if let Some(health) = plugins.get::<taskd::services::health::Health>() {
         health.set_serving(false).await;
     }

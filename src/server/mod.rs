@@ -5,6 +5,7 @@
 pub mod grpc;
 pub mod http;
 pub mod namespace;
+pub mod notify;
 pub mod socket;
 pub mod status;
 pub mod ttrpc;
