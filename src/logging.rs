@@ -4,8 +4,19 @@
 //! from, in order of precedence: `RUST_LOG` when set, then `--log-level`, then the config's
 //! `[debug] level`. SIGHUP re-reads the config file and applies its level through the reload
 //! handle, unless `RUST_LOG` or `--log-level` override it.
+//!
+//! JSON (`[debug] format = "json"`) is one object per line with the names log pipelines
+//! (Loki, Elasticsearch, Cloud Logging) expect: `time` (RFC 3339), `level` (lowercase),
+//! `msg`, `target`, then every field of the event and of its spans at the top level (an
+//! event field wins over a span field of the same name), e.g.
+//! `{"time":"…","level":"info","msg":"pod sandbox stopped","target":"taskd::cri::…","sandbox":"…"}`.
 
+use tracing::field::{Field, Visit};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
@@ -88,8 +99,8 @@ pub fn init(source: LevelSource, format: LogFormat) -> Result<Logging, LoggingEr
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
+            .fmt_fields(JsonFields::new())
+            .event_format(PipelineJson)
             .with_writer(std::io::stderr)
             .boxed(),
     };
@@ -125,6 +136,80 @@ impl Logging {
                 Ok(true)
             }
         }
+    }
+}
+
+/// The JSON event format described in the module docs.
+struct PipelineJson;
+
+/// Collects an event's fields into a JSON map (`message` becomes `msg`).
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl JsonVisitor<'_> {
+    fn put(&mut self, field: &Field, v: serde_json::Value) {
+        let name = match field.name() {
+            "message" => "msg",
+            n => n,
+        };
+        self.0.insert(name.to_owned(), v);
+    }
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, serde_json::Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, value.into());
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for PipelineJson
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut time = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut time))?;
+        let meta = event.metadata();
+        let mut obj = serde_json::Map::new();
+        obj.insert("time".into(), time.into());
+        obj.insert("level".into(), meta.level().as_str().to_ascii_lowercase().into());
+        obj.insert("msg".into(), "".into());
+        obj.insert("target".into(), meta.target().into());
+        // Span fields, outermost first, so that inner spans and then the event win.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                let Some(fields) = ext.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(fields) {
+                    obj.extend(m);
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut obj));
+        let line = serde_json::to_string(&obj).map_err(|_| std::fmt::Error)?;
+        writeln!(writer, "{line}")
     }
 }
 

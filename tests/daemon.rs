@@ -308,14 +308,33 @@ fn json_log_format_writes_one_json_object_per_line() {
     let mut d = Daemon::start_with("[debug]\nformat = \"json\"\n");
     assert!(d.stop().success());
     let log = d.log();
-    let mut lines = 0;
+    let (mut lines, mut serving) = (0, None);
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{log}"));
-        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+        // The names log pipelines expect, every field at the top level.
+        for key in ["time", "level", "msg", "target"] {
+            assert!(v.get(key).is_some_and(|f| f.is_string()), "{key} in {line}");
+        }
+        assert!(v.get("fields").is_none(), "{line}");
+        if v["msg"] == "taskd is serving" {
+            serving = Some(v.clone());
+        }
         lines += 1;
     }
-    assert!(lines > 0 && log.contains("taskd is serving"), "{log}");
+    assert!(lines > 0, "{log}");
+    let serving = serving.unwrap_or_else(|| panic!("no 'taskd is serving' line: {log}"));
+    assert_eq!(serving["level"], "info");
+    assert!(
+        serving["grpc"]
+            .as_str()
+            .is_some_and(|g| g.ends_with("taskd.sock")),
+        "{serving}"
+    );
+    assert!(
+        serving["time"].as_str().is_some_and(|t| t.contains('T')),
+        "{serving}"
+    );
 }
 
 #[test]
