@@ -2541,7 +2541,7 @@ async fn mount_propagation_reaches_across_host_and_container() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn unknown_ids_stop_and_a_group_without_a_user_is_refused() {
-    let w = World::new(20 + (std::process::id() % 20) as u8, "");
+    let w = World::new(30 + (std::process::id() % 20) as u8, "");
     let (mut rt, mut images) = w.clients().await;
     rt.stop_container(cri::StopContainerRequest {
         container_id: "no-such-container".into(),
@@ -2692,5 +2692,78 @@ async fn other_users_cannot_reach_pod_state() {
     let open = open_to_nobody(&paths, &[shm]);
     assert!(open.is_empty(), "open to nobody: {open:#?}");
     stop_and_remove(&mut rt, &pod).await;
+    w.assert_no_pod_left();
+}
+
+/// Pod and container annotations reach the OCI specs (the bundles' config.json, which the shim
+/// and runc read; pods with a pause container, so that both specs are there) only when the
+/// handler allows them: by default neither a systemd property
+/// nor the runc shim's grouping annotation gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn annotations_reach_config_json_only_when_the_handler_allows_them() {
+    let w = World::with_cri_config(
+        50 + (std::process::id() % 20) as u8,
+        "",
+        &format!(
+            "drop_infra_container = false\n\
+             [{CRI}.runtimes.open]\nruntime_type = \"io.containerd.runc.v2\"\n\
+             pod_annotations = [\"example.com/*\"]\ncontainer_annotations = [\"org.systemd.property.*\"]\n"
+        ),
+    );
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let kv = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let hostile = [
+        kv("org.systemd.property.CPUQuota", "1%"),
+        kv("io.containerd.runc.v2.group", "someone-else"),
+        kv("example.com/trace", "on"),
+    ];
+    let annotations_of = |id: &str| -> Vec<String> {
+        let path =
+            w.d.state
+                .join("io.containerd.runtime.v2.task/k8s.io")
+                .join(id)
+                .join("config.json");
+        let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let mut keys: Vec<String> = spec["annotations"]
+            .as_object()
+            .map(|m| {
+                m.keys()
+                    .filter(|k| !k.starts_with("io.kubernetes.cri."))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    };
+    for (handler, want_pod, want_ctr) in [
+        ("", vec![], vec![]),
+        (
+            "open",
+            vec!["example.com/trace"],
+            vec!["example.com/trace", "org.systemd.property.CPUQuota"],
+        ),
+    ] {
+        let mut cfg = kubelet_pod(w.pod_config(if handler.is_empty() { "closed" } else { handler }));
+        cfg.annotations = hostile.clone().into();
+        let pod = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cfg.clone()),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .expect("RunPodSandbox")
+            .into_inner()
+            .pod_sandbox_id;
+        let mut c = own_pid(container_config("app", "exec sleep 3600"));
+        c.annotations = hostile.clone().into();
+        let app = create_and_start(&mut rt, &pod, &cfg, c).await;
+        assert_eq!(annotations_of(&app), want_ctr, "container of handler {handler:?}");
+        assert!(has_pause_container(&mut rt, &pod).await);
+        assert_eq!(annotations_of(&pod), want_pod, "pause of handler {handler:?}");
+        stop_and_remove(&mut rt, &pod).await;
+    }
     w.assert_no_pod_left();
 }

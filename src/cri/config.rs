@@ -18,10 +18,14 @@
 //! └── [runtimes.<handler>]                             RuntimeClass handler → runtime
 //!     ├── runtime_type = "io.containerd.runc.v2"       shim runtime name
 //!     ├── runtime_path = ""                            absolute shim binary path (optional)
-//!     └── options = { ... }                            runc options as containerd names them (BinaryName,
-//!                                                      Root, SystemdCgroup, NoPivotRoot, NoNewKeyring,
-//!                                                      ShimCgroup, IoUid, IoGid, CriuImagePath, CriuWorkPath),
-//!                                                      sent to the shim with each container
+//!     ├── options = { ... }                            runc options as containerd names them (BinaryName,
+//!     │                                                Root, SystemdCgroup, NoPivotRoot, NoNewKeyring,
+//!     │                                                ShimCgroup, IoUid, IoGid, CriuImagePath, CriuWorkPath),
+//!     │                                                sent to the shim with each container
+//!     ├── pod_annotations = []                         glob patterns of pod annotations passed into the
+//!     │                                                sandbox's and containers' OCI specs (none by default)
+//!     └── container_annotations = []                   glob patterns of container annotations passed into
+//!                                                      the container's OCI spec (none by default)
 //! ```
 //!
 //! A `[runtimes.<name>]` table adds a handler; the built-in `runc` stays (merged, as
@@ -112,6 +116,13 @@ pub struct RuntimeHandler {
     pub runtime_type: String,
     pub runtime_path: String,
     pub options: toml::Table,
+    /// Pod annotations that reach the OCI specs of this handler's sandboxes and containers
+    /// (glob patterns, as containerd's `pod_annotations`); none by default, so that a pod
+    /// cannot hand the runtime `io.containerd.runc.v2.group` or `org.systemd.property.*`.
+    pub pod_annotations: Vec<String>,
+    /// Container annotations that reach the container's OCI spec (containerd's
+    /// `container_annotations`).
+    pub container_annotations: Vec<String>,
 }
 
 impl Default for RuntimeHandler {
@@ -120,6 +131,8 @@ impl Default for RuntimeHandler {
             runtime_type: "io.containerd.runc.v2".to_owned(),
             runtime_path: String::new(),
             options: toml::Table::new(),
+            pod_annotations: Vec::new(),
+            container_annotations: Vec::new(),
         }
     }
 }
@@ -263,6 +276,19 @@ impl CriConfig {
                 ));
             }
             h.runtime_options(name)?;
+            for (key, patterns) in [
+                ("pod_annotations", &h.pod_annotations),
+                ("container_annotations", &h.container_annotations),
+            ] {
+                for p in patterns {
+                    glob::Pattern::new(p).map_err(|e| {
+                        invalid(
+                            format!("runtimes.{name}.{key}"),
+                            format!("{p:?} is not a glob pattern: {e}"),
+                        )
+                    })?;
+                }
+            }
         }
         if self.max_container_log_line_size < 64 {
             return Err(invalid(
@@ -325,6 +351,18 @@ mod tests {
         assert!(toml::from_str::<CriConfig>("cgroup_driver = \"cgroupv3\"").is_err());
         let c: CriConfig = toml::from_str("cgroup_driver = \"systemd\"").unwrap();
         assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
+    }
+
+    #[test]
+    fn annotation_patterns_must_be_globs() {
+        let c: CriConfig = toml::from_str("[runtimes.runc]\npod_annotations = [\"ok/*\", \"bad[\"]").unwrap();
+        let e = c.with_default_runtimes().validate().unwrap_err().to_string();
+        assert!(
+            e.contains("runtimes.runc.pod_annotations") && e.contains("bad["),
+            "{e}"
+        );
+        let c: CriConfig = toml::from_str("[runtimes.runc]\ncontainer_annotations = [\"io.x/*\"]").unwrap();
+        c.with_default_runtimes().validate().unwrap();
     }
 
     #[test]

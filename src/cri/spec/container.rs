@@ -95,6 +95,10 @@ pub struct ContainerInput<'a> {
     /// The host has the hugetlb cgroup controller ([`hugetlb_controller_present`]); without
     /// it hugepage limits are skipped, as containerd does by default.
     pub hugetlb_controller: bool,
+    /// The handler's `pod_annotations` and `container_annotations` patterns: the pod's and
+    /// the container's annotations the spec may carry.
+    pub pod_annotations: &'a [String],
+    pub container_annotations: &'a [String],
 }
 
 /// How far the container's rootfs propagates, ordered (containerd's rule: the most any CRI
@@ -695,7 +699,13 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
         }
     }
 
-    let mut ann: HashMap<String, String> = cfg.annotations.clone();
+    let mut ann: HashMap<String, String> =
+        super::passthrough_annotations(&inp.sandbox.annotations, inp.pod_annotations)
+            .chain(super::passthrough_annotations(
+                &cfg.annotations,
+                inp.container_annotations,
+            ))
+            .collect();
     ann.insert(a::CONTAINER_TYPE.into(), a::TYPE_CONTAINER.into());
     ann.insert(a::SANDBOX_ID.into(), inp.sandbox_id.into());
     ann.insert(a::CONTAINER_NAME.into(), md.name.clone());
@@ -849,6 +859,8 @@ mod tests {
             localhost_seccomp: None,
             hugetlb_controller: true,
             all_caps: &ALL_CAPS,
+            pod_annotations: &[],
+            container_annotations: &[],
         }
     }
 
@@ -1281,6 +1293,46 @@ mod tests {
         })
         .unwrap();
         assert_eq!(spec.linux().as_ref().unwrap().seccomp().as_ref(), Some(&profile));
+    }
+
+    #[test]
+    fn pod_and_container_annotations_pass_only_when_allowed() {
+        let (mut cfg, mut pod, img) = base(ContainerConfig {
+            metadata: meta(),
+            ..Default::default()
+        });
+        let kv = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        pod.annotations = [
+            kv("org.systemd.property.CPUQuota", "1%"),
+            kv("pod.example/a", "1"),
+        ]
+        .into();
+        cfg.annotations = [kv("io.containerd.runc.v2.group", "g"), kv("ctr.example/b", "2")].into();
+        let keys = |pods: &[String], ctrs: &[String]| {
+            let mut i = input(&cfg, &pod, &img);
+            i.pod_annotations = pods;
+            i.container_annotations = ctrs;
+            let mut k: Vec<String> = container_spec(&i)
+                .unwrap()
+                .annotations()
+                .clone()
+                .unwrap()
+                .into_keys()
+                .collect();
+            k.retain(|k| !k.starts_with("io.kubernetes.cri."));
+            k.sort();
+            k
+        };
+        assert!(keys(&[], &[]).is_empty());
+        assert_eq!(
+            keys(&["pod.example/*".into()], &["ctr.example/*".into()]),
+            ["ctr.example/b", "pod.example/a"]
+        );
+        assert_eq!(
+            keys(&["*".into()], &[]),
+            ["org.systemd.property.CPUQuota"],
+            "* does not cross /"
+        );
     }
 
     #[test]

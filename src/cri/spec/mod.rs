@@ -15,7 +15,7 @@ pub mod container;
 pub mod sandbox;
 pub mod user;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use oci_spec::runtime::{Capability, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType, Spec};
@@ -38,6 +38,30 @@ pub mod annotations {
     pub const SANDBOX_LOG_DIR: &str = "io.kubernetes.cri.sandbox-log-directory";
     pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
     pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+}
+
+/// The annotations of `from` whose key matches one of `patterns`: a handler's
+/// `pod_annotations` / `container_annotations` (containerd's passthrough annotations, matched
+/// as Go's `filepath.Match`: `*` and `?` do not cross a `/`). Everything else stays out of the
+/// OCI spec, where the runtime would read it.
+pub fn passthrough_annotations(
+    from: &HashMap<String, String>,
+    patterns: &[String],
+) -> impl Iterator<Item = (String, String)> {
+    let patterns: Vec<glob::Pattern> = patterns
+        .iter()
+        .filter_map(|p| glob::Pattern::new(p).ok())
+        .collect();
+    let opts = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    from.iter()
+        .filter(move |(k, _)| patterns.iter().any(|p| p.matches_with(k, opts)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<Vec<_>>()
+        .into_iter()
 }
 
 /// containerd's default capability set for unprivileged containers.

@@ -35,6 +35,8 @@ pub struct SandboxInput<'a> {
     pub driver: CgroupDriver,
     /// taskd's own oom_score_adj: nothing taskd starts goes below it.
     pub min_oom_score_adj: i32,
+    /// The handler's `pod_annotations` patterns: the pod annotations the spec may carry.
+    pub pod_annotations: &'a [String],
 }
 
 /// The namespace modes a pod asked for (network, pid, ipc).
@@ -166,7 +168,8 @@ pub fn sandbox_spec(inp: &SandboxInput<'_>) -> Result<Spec, SpecError> {
         linux.set_masked_paths(None).set_readonly_paths(None);
     }
 
-    let mut ann: HashMap<String, String> = cfg.annotations.clone();
+    let mut ann: HashMap<String, String> =
+        super::passthrough_annotations(&cfg.annotations, inp.pod_annotations).collect();
     ann.insert(a::CONTAINER_TYPE.into(), a::TYPE_SANDBOX.into());
     ann.insert(a::SANDBOX_ID.into(), inp.id.into());
     ann.insert(a::SANDBOX_NAME.into(), md.name.clone());
@@ -235,6 +238,7 @@ mod tests {
             netns_path: Some("/run/taskd/netns/cni-1"),
             driver: CgroupDriver::Cgroupfs,
             min_oom_score_adj: -999,
+            pod_annotations: &[],
         })
         .unwrap();
         let ns = ns_types(&spec);
@@ -275,6 +279,7 @@ mod tests {
             netns_path: None,
             driver: CgroupDriver::Systemd,
             min_oom_score_adj: 0,
+            pod_annotations: &[],
         })
         .unwrap();
         let ns = ns_types(&spec);
@@ -307,6 +312,49 @@ mod tests {
     }
 
     #[test]
+    fn only_allowed_pod_annotations_reach_the_spec() {
+        let mut cfg = pod(NamespaceMode::Pod, NamespaceMode::Container, NamespaceMode::Pod);
+        cfg.annotations = [
+            ("org.systemd.property.CPUQuota", "1%"),
+            ("io.containerd.runc.v2.group", "other-pod"),
+            ("example.com/trace", "on"),
+            ("example.com/deep/key", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let annotations = |allowed: &[String]| {
+            let spec = sandbox_spec(&SandboxInput {
+                id: "sb1",
+                config: &cfg,
+                image: &ImageConfig::default(),
+                netns_path: Some("/run/taskd/netns/cni-1"),
+                driver: CgroupDriver::Cgroupfs,
+                min_oom_score_adj: 0,
+                pod_annotations: allowed,
+            })
+            .unwrap();
+            let mut keys: Vec<String> = spec.annotations().clone().unwrap().into_keys().collect();
+            keys.retain(|k| !k.starts_with("io.kubernetes.cri."));
+            keys.sort();
+            keys
+        };
+        assert!(annotations(&[]).is_empty(), "nothing passes by default");
+        assert_eq!(
+            annotations(&["example.com/*".into()]),
+            ["example.com/trace"],
+            "* stops at /"
+        );
+        assert_eq!(
+            annotations(&[
+                "org.systemd.property.*".into(),
+                "io.containerd.runc.v2.group".into()
+            ]),
+            ["io.containerd.runc.v2.group", "org.systemd.property.CPUQuota"]
+        );
+    }
+
+    #[test]
     fn missing_metadata_or_netns_is_invalid() {
         let mut cfg = pod(NamespaceMode::Pod, NamespaceMode::Pod, NamespaceMode::Pod);
         let inp = |cfg: &PodSandboxConfig, ns: Option<&'static str>| {
@@ -317,6 +365,7 @@ mod tests {
                 netns_path: ns,
                 driver: CgroupDriver::Cgroupfs,
                 min_oom_score_adj: 0,
+                pod_annotations: &[],
             })
             .map(|_| ())
         };

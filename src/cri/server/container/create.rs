@@ -285,6 +285,8 @@ impl CriService {
             localhost_seccomp,
             hugetlb_controller: hugetlb_controller_present(),
             all_caps: crate::cri::spec::current_caps(),
+            pod_annotations: &handler.pod_annotations,
+            container_annotations: &handler.container_annotations,
         })?;
 
         let log_path = if !sandbox.config.log_directory.is_empty() && !cfg.log_path.is_empty() {

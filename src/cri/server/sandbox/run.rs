@@ -252,6 +252,7 @@ impl CriService {
                     netns_path: netns_str.as_deref(),
                     driver: self.config.cgroup_driver,
                     min_oom_score_adj: self.min_oom_score_adj,
+                    pod_annotations: &handler.pod_annotations,
                 })?;
                 controller
                     .start(StartSandbox {
