@@ -2767,3 +2767,177 @@ async fn annotations_reach_config_json_only_when_the_handler_allows_them() {
     }
     w.assert_no_pod_left();
 }
+
+/// What Status reports for the default handler (runc): recursive read-only mounts where
+/// runc lists `rro` and the kernel has mount_setattr (both true on this host); no user
+/// namespaces; SupplementalGroupsPolicy.
+async fn features(rt: &mut RuntimeServiceClient<Channel>) -> (cri::RuntimeHandlerFeatures, bool) {
+    let s = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner();
+    let default = s
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name.is_empty())
+        .expect("the \"\" handler");
+    let runc = s
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name == "runc")
+        .expect("runc");
+    assert_eq!(
+        default.features, runc.features,
+        "\"\" is the default handler, runc"
+    );
+    (
+        default.features.unwrap(),
+        s.features.unwrap().supplemental_groups_policy,
+    )
+}
+
+/// A recursive read-only CRI mount is read-only down to its submounts (runc's `rro`), where a
+/// plain read-only one leaves a submount writable; the CRI API's refusals (not readonly, not
+/// PRIVATE) are InvalidArgument with nothing created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn recursive_read_only_mounts_reach_submounts() {
+    let w = World::new(70 + (std::process::id() % 20) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    let (f, _) = features(&mut rt).await;
+    assert!(f.recursive_read_only_mounts && !f.user_namespaces, "{f:?}");
+    pull(&mut images, "busybox", None).await;
+    let vol = w.dir.path().join("vol");
+    let mut host = HostMounts(Vec::new());
+    host.bind_self(&vol, "private");
+    host.tmpfs(&vol.join("sub"));
+    let cfg = kubelet_pod(w.pod_config("rro"));
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
+    let with_mount = |name: &str, readonly: bool, rro: bool, propagation: cri::MountPropagation| {
+        let mut c = own_pid(with_security(
+            container_config(name, "exec sleep 3600"),
+            cri::LinuxContainerSecurityContext {
+                run_as_user: Some(cri::Int64Value { value: 0 }),
+                ..Default::default()
+            },
+        ));
+        c.mounts = vec![cri::Mount {
+            readonly,
+            recursive_read_only: rro,
+            ..mount_of(&vol, "/vol", propagation)
+        }];
+        c
+    };
+    use cri::MountPropagation::{PropagationHostToContainer, PropagationPrivate};
+    for (readonly, propagation, why) in [
+        (false, PropagationPrivate, "readonly"),
+        (true, PropagationHostToContainer, "PROPAGATION_PRIVATE"),
+    ] {
+        let e = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(with_mount("refused", readonly, true, propagation)),
+                sandbox_config: Some(cfg.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().contains("recursive_read_only") && e.message().contains(why),
+            "{e:?}"
+        );
+    }
+    assert!(container_names(&mut rt).await.is_empty());
+
+    let rro = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_mount("rro", true, true, PropagationPrivate),
+    )
+    .await;
+    let ro = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_mount("ro", true, false, PropagationPrivate),
+    )
+    .await;
+    let (out, code) = sh(&mut rt, &rro, "touch /vol/sub/x").await;
+    assert!(
+        code != 0 && out.contains("Read-only file system"),
+        "rro submount: {code} {out}"
+    );
+    let (out, code) = sh(&mut rt, &rro, "touch /vol/y").await;
+    assert!(
+        code != 0 && out.contains("Read-only file system"),
+        "rro top: {code} {out}"
+    );
+    assert_eq!(
+        sh(&mut rt, &ro, "touch /vol/sub/x && echo ok").await,
+        ("ok\n".into(), 0),
+        "plain ro is not recursive"
+    );
+    stop_and_remove(&mut rt, &pod).await;
+    drop(host);
+    w.assert_no_pod_left();
+}
+
+/// SupplementalGroupsPolicy: Merge (the default) adds the image's /etc/group memberships of
+/// the user to the pod spec's groups, Strict keeps only the pod spec's; `id -G` inside and
+/// ContainerStatus.user agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn supplemental_groups_policy_merge_and_strict() {
+    let w = World::new(90 + (std::process::id() % 20) as u8, "");
+    let mut groupy = busybox_image();
+    groupy
+        .layers
+        .push(support::registry::LayerBuilder::new().dir("etc").file(
+            "etc/group",
+            "root:x:0:\nnogroup:x:65534:\nextra:x:2000:nobody\nmore:x:3000:other,nobody\n",
+        ));
+    let mut layout = OciLayout::new();
+    layout.add_image("latest", &groupy.build());
+    w.registry.push(&layout, "latest", "library/groupy", "latest");
+    let (mut rt, mut images) = w.clients().await;
+    assert!(features(&mut rt).await.1, "SupplementalGroupsPolicy reported");
+    pull(&mut images, "groupy", None).await;
+    let cfg = kubelet_pod(w.pod_config("groups"));
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
+    for (policy, want) in [
+        (
+            cri::SupplementalGroupsPolicy::Merge,
+            vec![65534, 2000, 3000, 5555],
+        ),
+        (cri::SupplementalGroupsPolicy::Strict, vec![65534, 5555]),
+    ] {
+        let mut c = own_pid(with_security(
+            container_config(policy.as_str_name(), "exec sleep 3600"),
+            cri::LinuxContainerSecurityContext {
+                supplemental_groups: vec![5555],
+                supplemental_groups_policy: policy as i32,
+                ..Default::default()
+            },
+        ));
+        c.image = image_spec("groupy");
+        let id = create_and_start(&mut rt, &pod, &cfg, c).await;
+        let (out, code) = sh(&mut rt, &id, "id -G").await;
+        assert_eq!(code, 0, "{out}");
+        let mut seen: Vec<i64> = out.split_whitespace().map(|g| g.parse().unwrap()).collect();
+        seen.sort();
+        let mut sorted = want.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted, "{policy:?}: id -G");
+        let user = status(&mut rt, &id)
+            .await
+            .user
+            .and_then(|u| u.linux)
+            .expect("ContainerStatus.user");
+        assert_eq!((user.uid, user.gid), (65534, 65534), "{policy:?}");
+        assert_eq!(user.supplemental_groups, want, "{policy:?}: status");
+    }
+    stop_and_remove(&mut rt, &pod).await;
+    w.assert_no_pod_left();
+}

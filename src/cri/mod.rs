@@ -27,6 +27,7 @@ pub mod config;
 pub mod container_events;
 pub mod controller;
 pub mod events;
+pub mod features;
 pub mod image_backend;
 pub mod instrument;
 pub mod io;
@@ -171,6 +172,7 @@ pub fn registration() -> Registration {
         let events = container_events::ContainerEvents::new().map_err(PluginError::init)?;
         events.register(cx.metrics()).map_err(PluginError::init)?;
         let mut service = CriService::new(config.clone(), cx.root(), cx.state(), events);
+        service.handler_features = features::probe(&config).await;
         // The image side (images service + server-side pull + the snapshotter it unpacks
         // into + content): the image RPCs and the containers' root file systems.
         let image_side = match (

@@ -47,6 +47,8 @@ pub struct CriService {
     pub metrics: super::metrics::CriMetrics,
     /// When this instance was made: an exit from before it is one found at recovery.
     pub started_at: std::time::SystemTime,
+    /// Each runtime handler's features, probed at start (empty: none supported).
+    pub handler_features: std::collections::HashMap<String, super::features::HandlerFeatures>,
     /// The last CPU sample per container (time, cumulative ns), for `usage_nano_cores`.
     pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (std::time::SystemTime, u64)>>,
 }
@@ -65,6 +67,7 @@ impl CriService {
             metrics: super::metrics::CriMetrics::new().expect("static metric definitions are valid"),
             started_at: std::time::SystemTime::now(),
             cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
+            handler_features: std::collections::HashMap::new(),
             sandboxes: Store::default(),
             containers: Store::default(),
             images: ImageStore::default(),
@@ -271,6 +274,7 @@ pub(crate) mod testing {
             pid: 0,
             exit: Exit::default(),
             log: None,
+            user: None,
             config: cri::ContainerConfig {
                 metadata: Some(cri::ContainerMetadata {
                     name: id.into(),

@@ -127,7 +127,13 @@ pub fn container_status(c: &Container) -> cri::ContainerStatus {
                 windows: None,
             }),
         image_id: c.image_ref.clone(),
-        user: None,
+        user: c.user.as_ref().map(|u| cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: i64::from(u.uid),
+                gid: i64::from(u.gid),
+                supplemental_groups: u.additional_gids.iter().map(|g| i64::from(*g)).collect(),
+            }),
+        }),
         stop_signal: c.config.stop_signal,
     }
 }

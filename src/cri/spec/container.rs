@@ -10,7 +10,9 @@
 //! mounts   defaults, then the pod's /etc/hosts, /etc/resolv.conf, /etc/hostname,
 //!          then CRI mounts (rbind, ro, propagation; selinux_relabel ignored); a CRI
 //!          mount replaces a default at the same destination; rootfs propagation rshared
-//!          with a BIDIRECTIONAL mount, else rslave with a HOST_TO_CONTAINER one
+//!          with a BIDIRECTIONAL mount, else rslave with a HOST_TO_CONTAINER one;
+//!          recursive_read_only adds runc's `rro` (only readonly, PRIVATE, and where the
+//!          handler supports it)
 //! devices  CRI devices (resolved on the host by the caller) + cgroup allow rules
 //! ns       mount new; net + uts from the sandbox (host: none); ipc POD → sandbox's,
 //!          NODE → host; pid POD → sandbox's, CONTAINER → new, NODE → host, TARGET →
@@ -99,6 +101,8 @@ pub struct ContainerInput<'a> {
     /// the container's annotations the spec may carry.
     pub pod_annotations: &'a [String],
     pub container_annotations: &'a [String],
+    /// The handler supports `rro` ([`crate::cri::features`]).
+    pub recursive_read_only_mounts: bool,
 }
 
 /// How far the container's rootfs propagates, ordered (containerd's rule: the most any CRI
@@ -554,7 +558,30 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
                 }
             };
         // selinux_relabel is ignored: this host runs no SELinux policy taskd manages.
-        mounts.push(bind(&m.container_path, &m.host_path, m.readonly, Some(prop)));
+        let mut mount = bind(&m.container_path, &m.host_path, m.readonly, Some(prop));
+        if m.recursive_read_only {
+            // The CRI API's three refusals, then runc's `rro` (read-only all the way down,
+            // through mount_setattr) beside the plain `ro` of the top mount.
+            let refuse = |why: &str| {
+                Err(invalid(
+                    "mounts.recursive_read_only",
+                    format!("{}: {why}", m.container_path),
+                ))
+            };
+            if !m.readonly {
+                return refuse("needs readonly as well");
+            }
+            if prop != "rprivate" {
+                return refuse("needs propagation PROPAGATION_PRIVATE");
+            }
+            if !inp.recursive_read_only_mounts {
+                return refuse("the pod's runtime handler does not support recursive read-only mounts");
+            }
+            if let Some(o) = mount.options_mut() {
+                o.push("rro".into());
+            }
+        }
+        mounts.push(mount);
     }
     spec.set_mounts(Some(mounts));
 
@@ -861,6 +888,7 @@ mod tests {
             all_caps: &ALL_CAPS,
             pod_annotations: &[],
             container_annotations: &[],
+            recursive_read_only_mounts: true,
         }
     }
 
@@ -1333,6 +1361,62 @@ mod tests {
             ["org.systemd.property.CPUQuota"],
             "* does not cross /"
         );
+    }
+
+    #[test]
+    fn recursive_read_only_mounts_as_the_cri_api_says() {
+        let mount = |readonly, propagation: MountPropagation| cri::Mount {
+            container_path: "/data".into(),
+            host_path: "/srv".into(),
+            readonly,
+            recursive_read_only: true,
+            propagation: propagation as i32,
+            ..Default::default()
+        };
+        let build_with = |m: cri::Mount, supported: bool| {
+            let (cfg, pod, img) = base(ContainerConfig {
+                metadata: meta(),
+                mounts: vec![m],
+                ..Default::default()
+            });
+            let mut i = input(&cfg, &pod, &img);
+            i.recursive_read_only_mounts = supported;
+            container_spec(&i).map(|s| {
+                let data = s
+                    .mounts()
+                    .clone()
+                    .unwrap()
+                    .into_iter()
+                    .find(|m| m.destination().as_os_str() == "/data");
+                data.unwrap().options().clone().unwrap()
+            })
+        };
+        use MountPropagation::*;
+        assert_eq!(
+            build_with(mount(true, PropagationPrivate), true).unwrap(),
+            ["rbind", "ro", "rprivate", "rro"]
+        );
+        for (m, supported, why) in [
+            (mount(false, PropagationPrivate), true, "readonly"),
+            (
+                mount(true, PropagationHostToContainer),
+                true,
+                "PROPAGATION_PRIVATE",
+            ),
+            (mount(true, PropagationPrivate), false, "does not support"),
+        ] {
+            let e = build_with(m, supported).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    SpecError::Invalid {
+                        field: "mounts.recursive_read_only",
+                        ..
+                    }
+                ) && e.to_string().contains(why),
+                "{e}"
+            );
+        }
     }
 
     #[test]

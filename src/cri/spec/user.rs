@@ -9,7 +9,7 @@
 use super::SpecError;
 
 /// The uid/gid a process runs as.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResolvedUser {
     pub uid: u32,
     pub gid: u32,
@@ -50,16 +50,45 @@ fn group_entries(group: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
     })
 }
 
+/// What the pod spec asks for (a container's security context).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wanted<'a> {
+    pub run_as_user: Option<i64>,
+    pub run_as_username: &'a str,
+    pub run_as_group: Option<i64>,
+    pub supplemental_groups: &'a [i64],
+    /// SupplementalGroupsPolicy Strict: only the groups the pod spec names, not the image's
+    /// `/etc/group` memberships of the user (Merge, the default).
+    pub strict_groups: bool,
+}
+
+impl<'a> Wanted<'a> {
+    pub fn of(sec: &'a taskd_proto::cri::v1::LinuxContainerSecurityContext) -> Wanted<'a> {
+        Wanted {
+            run_as_user: sec.run_as_user.map(|v| v.value),
+            run_as_username: &sec.run_as_username,
+            run_as_group: sec.run_as_group.map(|v| v.value),
+            supplemental_groups: &sec.supplemental_groups,
+            strict_groups: sec.supplemental_groups_policy
+                == taskd_proto::cri::v1::SupplementalGroupsPolicy::Strict as i32,
+        }
+    }
+}
+
 /// Who the process runs as. `passwd`/`group`: the image's files (None when absent).
 pub fn resolve(
-    run_as_user: Option<i64>,
-    run_as_username: &str,
+    wanted: &Wanted<'_>,
     image_user: &str,
-    run_as_group: Option<i64>,
-    supplemental_groups: &[i64],
     passwd: Option<&str>,
     group: Option<&str>,
 ) -> Result<ResolvedUser, SpecError> {
+    let Wanted {
+        run_as_user,
+        run_as_username,
+        run_as_group,
+        supplemental_groups,
+        strict_groups,
+    } = *wanted;
     // The CRI API: run_as_group only together with run_as_user or run_as_username (the
     // image's user does not count), else the runtime must refuse the container.
     if let Some(g) = run_as_group
@@ -116,7 +145,7 @@ pub fn resolve(
         gid = to_id("run_as_group", g)?;
     }
     let mut additional = vec![gid];
-    if let Some(name) = &name {
+    if let Some(name) = name.as_ref().filter(|_| !strict_groups) {
         for (_, id, members) in group_entries(group) {
             if members.contains(&name.as_str()) && !additional.contains(&id) {
                 additional.push(id);
@@ -157,6 +186,26 @@ pub fn to_id(field: &'static str, v: i64) -> Result<u32, SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The policy Merge, with the pod spec's fields as arguments.
+    fn resolve(
+        run_as_user: Option<i64>,
+        run_as_username: &str,
+        image_user: &str,
+        run_as_group: Option<i64>,
+        supplemental_groups: &[i64],
+        passwd: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<ResolvedUser, SpecError> {
+        let wanted = Wanted {
+            run_as_user,
+            run_as_username,
+            run_as_group,
+            supplemental_groups,
+            strict_groups: false,
+        };
+        super::resolve(&wanted, image_user, passwd, group)
+    }
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1001::/home/web:/bin/sh\n";
     const GROUP: &str = "root:x:0:\nwebg:x:1001:\nextra:x:2000:web,other\nother:x:3000:other\n";
@@ -245,6 +294,24 @@ mod tests {
         }
         let huge_gid = "big:x:5:2147483648::/:/bin/sh\n";
         assert!(resolve(None, "", "big", None, &[], Some(huge_gid), None).is_err());
+    }
+
+    #[test]
+    fn strict_policy_keeps_only_the_pod_specs_groups() {
+        let wanted = |strict_groups| Wanted {
+            run_as_username: "web",
+            supplemental_groups: &[9],
+            strict_groups,
+            ..Default::default()
+        };
+        let merge = super::resolve(&wanted(false), "", Some(PASSWD), Some(GROUP)).unwrap();
+        assert_eq!(
+            merge.additional_gids,
+            [1001, 2000, 9],
+            "/etc/group memberships merged"
+        );
+        let strict = super::resolve(&wanted(true), "", Some(PASSWD), Some(GROUP)).unwrap();
+        assert_eq!(strict.additional_gids, [1001, 9], "primary gid + the pod spec's");
     }
 
     #[test]

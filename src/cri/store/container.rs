@@ -95,6 +95,10 @@ pub struct Container {
     pub log: Option<std::sync::Arc<crate::cri::io::LogFile>>,
     #[serde(with = "super::proto_hex")]
     pub config: taskd_proto::cri::v1::ContainerConfig,
+    /// The uid, gid and groups its process was created with (ContainerStatus.user); None for
+    /// a record written before taskd kept it.
+    #[serde(default)]
+    pub user: Option<crate::cri::spec::user::ResolvedUser>,
 }
 
 impl Record for Container {

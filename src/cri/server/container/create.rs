@@ -3,11 +3,11 @@
 //! ```text
 //! pod must be Ready; metadata + image required
 //! runtime.image(ref)            image config, id, /etc/passwd + /etc/group
-//! user (spec::user), host sources of propagating mounts shared/slave (propagation.rs),
-//! devices (stat on the host; a directory: the devices under it;
+//! user (spec::user), devices (stat on the host; a directory: the devices under it;
 //! privileged: the host's /dev too), Localhost seccomp profile (read;
 //! spec::container::seccomp_choice), TARGET pid (a running container of this pod),
 //! hugetlb controller probe, pod files → spec::container
+//! host sources of propagating mounts shared/slave (propagation.rs)
 //! reserve id + name             (store: CREATED; a name in use → AlreadyExists)
 //! ContainerIo (fifos → CRI log) when the pod has a log directory and the container a log path
 //! runtime.create                (record, rootfs, task); failure: io released, record removed
@@ -204,15 +204,11 @@ impl CriService {
             .and_then(|l| l.security_context.clone())
             .unwrap_or_default();
         let resolved = user::resolve(
-            sec.run_as_user.map(|v| v.value),
-            &sec.run_as_username,
+            &user::Wanted::of(&sec),
             &image.config.user,
-            sec.run_as_group.map(|v| v.value),
-            &sec.supplemental_groups,
             image.passwd.as_deref(),
             image.group.as_deref(),
         )?;
-        super::propagation::check_host_sources(&cfg.mounts)?;
         let mut devices = Vec::new();
         for d in &cfg.devices {
             devices.extend(host_device(d)?);
@@ -265,6 +261,7 @@ impl CriService {
             shm: crate::cri::podfiles::shm_of(&dir),
         };
         let id = new_id();
+        let run_user = resolved.clone();
         let spec = container_spec(&ContainerInput {
             id: &id,
             sandbox_id: &sandbox.id,
@@ -287,7 +284,13 @@ impl CriService {
             all_caps: crate::cri::spec::current_caps(),
             pod_annotations: &handler.pod_annotations,
             container_annotations: &handler.container_annotations,
+            recursive_read_only_mounts: self
+                .handler_features
+                .get(handler_name)
+                .is_some_and(|f| f.recursive_read_only_mounts),
         })?;
+        // After the spec, so that a request the CRI API refuses gets InvalidArgument first.
+        super::propagation::check_host_sources(&cfg.mounts)?;
 
         let log_path = if !sandbox.config.log_directory.is_empty() && !cfg.log_path.is_empty() {
             // Relative to the pod's log directory, and staying inside it.
@@ -330,6 +333,7 @@ impl CriService {
             pid: 0,
             exit: Exit::default(),
             log: None,
+            user: Some(run_user),
             config: cfg.clone(),
         };
         self.containers.add(record)?;

@@ -47,17 +47,20 @@ impl CriService {
             ..Default::default()
         };
         // The default handler answers to "" as well as its own name.
-        let features = Some(RuntimeHandlerFeatures {
-            recursive_read_only_mounts: false,
-            user_namespaces: false,
-        });
+        let features = |name: &str| {
+            let f = self.handler_features.get(name).copied().unwrap_or_default();
+            Some(RuntimeHandlerFeatures {
+                recursive_read_only_mounts: f.recursive_read_only_mounts,
+                user_namespaces: f.user_namespaces,
+            })
+        };
         let mut runtime_handlers = vec![RuntimeHandler {
             name: String::new(),
-            features,
+            features: features(&self.config.default_runtime),
         }];
         runtime_handlers.extend(self.config.runtimes.keys().map(|name| RuntimeHandler {
             name: name.clone(),
-            features,
+            features: features(name),
         }));
         let mut info = HashMap::new();
         if req.verbose {
@@ -80,7 +83,7 @@ impl CriService {
             info,
             runtime_handlers,
             features: Some(RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
                 user_namespaces_host_network: false,
             }),
         })
