@@ -2364,3 +2364,333 @@ async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
     }
     w.assert_no_pod_left();
 }
+
+/// Runs `cmd`; panics with its output unless it succeeds.
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Host mounts made for a test, each `--bind` onto itself with a propagation; unmounted
+/// (lazily, newest first) on drop, also when the test panics.
+struct HostMounts(Vec<PathBuf>);
+
+impl HostMounts {
+    /// Makes `dir` a mount point of its own with `propagation` (`rshared`, `private`, ...).
+    fn bind_self(&mut self, dir: &Path, propagation: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        run_ok(Command::new("mount").arg("--bind").arg(dir).arg(dir));
+        self.0.push(dir.to_owned());
+        run_ok(
+            Command::new("mount")
+                .arg(format!("--make-{propagation}"))
+                .arg(dir),
+        );
+    }
+
+    /// A tmpfs at `dir` (created).
+    fn tmpfs(&mut self, dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        run_ok(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(dir));
+        self.0.push(dir.to_owned());
+    }
+}
+
+impl Drop for HostMounts {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Inside container `id`: a tmpfs at `dir` holding the file `name` with `text` and a newline.
+async fn tmpfs_inside(rt: &mut RuntimeServiceClient<Channel>, id: &str, dir: &str, name: &str, text: &str) {
+    let script = format!("mkdir -p {dir} && mount -t tmpfs tmpfs {dir} && echo {text} > {dir}/{name}");
+    let (out, code) = sh(rt, id, &script).await;
+    assert_eq!(code, 0, "{script}: {out}");
+}
+
+fn mount_of(host: &Path, container: &str, propagation: cri::MountPropagation) -> cri::Mount {
+    cri::Mount {
+        container_path: container.into(),
+        host_path: host.display().to_string(),
+        propagation: propagation as i32,
+        ..Default::default()
+    }
+}
+
+/// CRI mount propagation, as containerd: BIDIRECTIONAL needs a shared host mount and makes
+/// mounts travel both ways; HOST_TO_CONTAINER only from the host into the container; either
+/// on a private host mount is refused (FailedPrecondition) before anything is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn mount_propagation_reaches_across_host_and_container() {
+    use cri::MountPropagation::{PropagationBidirectional, PropagationHostToContainer};
+    let w = World::new(40 + (std::process::id() % 20) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let shared = w.dir.path().join("shared");
+    let private = w.dir.path().join("private");
+    let mut host = HostMounts(Vec::new());
+    host.bind_self(&shared, "rshared");
+    host.bind_self(&private, "private");
+
+    // Mounting inside a container needs CAP_SYS_ADMIN: a privileged pod.
+    let mut cfg = kubelet_pod(w.pod_config("prop"));
+    if let Some(l) = cfg.linux.as_mut() {
+        l.security_context = Some(cri::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+    }
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
+    let privileged = |name: &str, m: cri::Mount| {
+        // Root: the image's own user may not mount or write the host directory.
+        let mut c = own_pid(with_security(
+            container_config(name, "exec sleep 3600"),
+            cri::LinuxContainerSecurityContext {
+                privileged: true,
+                run_as_user: Some(cri::Int64Value { value: 0 }),
+                ..Default::default()
+            },
+        ));
+        c.mounts = vec![m];
+        c
+    };
+
+    for p in [PropagationBidirectional, PropagationHostToContainer] {
+        let e = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(privileged("refused", mount_of(&private, "/m", p))),
+                sandbox_config: Some(cfg.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{p:?}: {e:?}");
+        assert!(e.message().contains("not shared"), "{e:?}");
+    }
+    assert!(
+        container_names(&mut rt).await.is_empty(),
+        "a refused create leaves no container"
+    );
+
+    let bi = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        privileged("bi", mount_of(&shared, "/bi", PropagationBidirectional)),
+    )
+    .await;
+    let h2c = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        privileged("h2c", mount_of(&shared, "/h2c", PropagationHostToContainer)),
+    )
+    .await;
+
+    // Host → both containers: a mount the host makes after they started.
+    host.tmpfs(&shared.join("fromhost"));
+    std::fs::write(shared.join("fromhost/hello"), "from the host").unwrap();
+    assert_eq!(
+        sh(&mut rt, &bi, "cat /bi/fromhost/hello").await,
+        ("from the host".into(), 0)
+    );
+    assert_eq!(
+        sh(&mut rt, &h2c, "cat /h2c/fromhost/hello").await,
+        ("from the host".into(), 0)
+    );
+
+    // Bidirectional container → host (and on into the host-to-container one).
+    tmpfs_inside(&mut rt, &bi, "/bi/fromctr", "x", "from-bi").await;
+    host.0.push(shared.join("fromctr"));
+    assert_eq!(
+        std::fs::read_to_string(shared.join("fromctr/x")).unwrap(),
+        "from-bi\n"
+    );
+    assert_eq!(
+        sh(&mut rt, &h2c, "cat /h2c/fromctr/x").await,
+        ("from-bi\n".into(), 0)
+    );
+
+    // Host-to-container is one way: its own mount stays inside it.
+    tmpfs_inside(&mut rt, &h2c, "/h2c/fromh2c", "y", "mine").await;
+    assert!(
+        shared.join("fromh2c").is_dir(),
+        "the directory itself is on the shared fs"
+    );
+    assert!(
+        !shared.join("fromh2c/y").exists(),
+        "the container's mount must not reach the host"
+    );
+
+    stop_and_remove(&mut rt, &pod).await;
+    drop(host);
+    w.assert_no_pod_left();
+}
+
+/// Two CRI API rules containerd 1.7 follows: StopContainer and StopPodSandbox of an unknown id
+/// succeed (as Remove* already did), and `run_as_group` without `run_as_user` or
+/// `run_as_username` is InvalidArgument.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn unknown_ids_stop_and_a_group_without_a_user_is_refused() {
+    let w = World::new(20 + (std::process::id() % 20) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: "no-such-container".into(),
+        timeout: 1,
+    })
+    .await
+    .expect("StopContainer of an unknown id");
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: "no-such-pod".into(),
+    })
+    .await
+    .expect("StopPodSandbox of an unknown id");
+
+    pull(&mut images, "busybox", None).await;
+    let cfg = kubelet_pod(w.pod_config("group"));
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
+    let grouped = |user: Option<i64>, username: &str| {
+        own_pid(with_security(
+            container_config("grouped", "id -u; id -g"),
+            cri::LinuxContainerSecurityContext {
+                run_as_user: user.map(|value| cri::Int64Value { value }),
+                run_as_username: username.into(),
+                run_as_group: Some(cri::Int64Value { value: 4242 }),
+                ..Default::default()
+            },
+        ))
+    };
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(grouped(None, "")),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("run_as_group"), "{e:?}");
+    // With a user it runs with that group.
+    let id = create_and_start(&mut rt, &pod, &cfg, grouped(Some(1000), "")).await;
+    let s = exited(&mut rt, &id).await;
+    assert_eq!(s.exit_code, 0);
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert!(log.contains(" 1000\n") && log.contains(" 4242\n"), "{log}");
+    stop_and_remove(&mut rt, &pod).await;
+    // Stopping it again, now that it is gone, still succeeds.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod })
+        .await
+        .expect("StopPodSandbox of a removed pod");
+    w.assert_no_pod_left();
+}
+
+/// What a local user without privileges (`nobody`) can open or list among `paths`, tried in
+/// one shell run as that user: `ls` of directories, `cat` of files, `touch` in `writable`.
+fn open_to_nobody(paths: &[PathBuf], writable: &[PathBuf]) -> Vec<String> {
+    let script = r#"
+        for p in "$@"; do
+            case "$p" in
+                W:*) touch "${p#W:}/probe-by-nobody" 2>/dev/null && echo "writable ${p#W:}" ;;
+                *) if [ -d "$p" ]; then ls "$p" >/dev/null 2>&1 && echo "listable $p"
+                   else cat "$p" >/dev/null 2>&1 && echo "readable $p"; fi ;;
+            esac
+        done"#;
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ]);
+    cmd.args(paths);
+    cmd.args(writable.iter().map(|p| format!("W:{}", p.display())));
+    let out = cmd.output().expect("setpriv (util-linux)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every path below `dir` (not crossing into mounts: a pod's rootfs or shm), as root sees it.
+fn tree(dir: &Path, out: &mut Vec<PathBuf>) {
+    let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::symlink_metadata(p).unwrap());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let Ok(ft) = e.file_type() else { continue };
+        out.push(p.clone());
+        if ft.is_dir() && dev(&p) == dev(dir) {
+            tree(&p, out);
+        }
+    }
+}
+
+/// The CVE-2021-41103 class: while a pod runs with a secret in its env, a local user without
+/// privileges can neither list nor read anything below taskd's root and state (the plugin
+/// directories are 0700: CRI records, meta.redb, content, snapshots, bundles), and cannot
+/// write into the pod's /dev/shm from the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn other_users_cannot_reach_pod_state() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new(1 + (std::process::id() % 19) as u8, "");
+    // The test's temp dir is 0700; open it so that only taskd's own modes stand in the way.
+    std::fs::set_permissions(&w.d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let cfg = kubelet_pod(w.pod_config("secret"));
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
+    let mut c = own_pid(container_config("app", "exec sleep 3600"));
+    c.envs = vec![cri::KeyValue {
+        key: "MYSECRET".into(),
+        value: "hunter2".into(),
+    }];
+    create_and_start(&mut rt, &pod, &cfg, c).await;
+
+    let mut paths = Vec::new();
+    tree(&w.d.root, &mut paths);
+    tree(&w.d.state, &mut paths);
+    let plugin_dirs: Vec<&PathBuf> = paths
+        .iter()
+        .filter(|p| p.parent() == Some(&w.d.root) || p.parent() == Some(&w.d.state))
+        .filter(|p| p.is_dir())
+        .collect();
+    assert!(plugin_dirs.len() > 10, "{plugin_dirs:?}");
+    for d in &plugin_dirs {
+        let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
+    let shm =
+        w.d.state
+            .join("io.containerd.cri.v1.cri/sandboxes")
+            .join(&pod)
+            .join("shm");
+    assert!(shm.is_dir(), "the pod's /dev/shm at {}", shm.display());
+    let secret_files: Vec<&PathBuf> = paths
+        .iter()
+        .filter(|p| p.is_file() && std::fs::read(p).is_ok_and(|b| b.windows(7).any(|w| w == b"hunter2")))
+        .collect();
+    assert!(
+        !secret_files.is_empty(),
+        "the secret is on disk somewhere (record or db)"
+    );
+    let open = open_to_nobody(&paths, &[shm]);
+    assert!(open.is_empty(), "open to nobody: {open:#?}");
+    stop_and_remove(&mut rt, &pod).await;
+    w.assert_no_pod_left();
+}

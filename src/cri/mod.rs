@@ -95,6 +95,8 @@ pub enum CriError {
         op: &'static str,
         cause: Box<dyn ErrorKind + Send + Sync>,
     },
+    #[error("read the host's mount table (/proc/self/mountinfo): {0}")]
+    HostMounts(#[source] procfs::ProcError),
     #[error("{what} timed out after {after:?}")]
     Timeout {
         what: String,
@@ -155,6 +157,7 @@ impl ErrorKind for CriError {
             CriError::Backend { cause, .. } => cause.kind(),
             CriError::Rollback { error, .. } => error.kind(),
             CriError::Timeout { .. } => Kind::DeadlineExceeded,
+            CriError::HostMounts(_) => Kind::Internal,
         }
     }
 }

@@ -282,6 +282,20 @@ impl Registry {
     }
 }
 
+/// Creates a plugin's directory 0700 (and makes an existing one 0700): below the 0711 root and
+/// state, nothing of a plugin is reachable by other users: not the CRI records (container env,
+/// so Secrets), `meta.redb`, content ingests, nor snapshots (layer contents, setuid binaries)
+/// (the CVE-2021-41103 class). Containers never walk these paths: runc mounts what they see
+/// as root before it drops to the container's user.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 async fn init_one(
     reg: &Registration,
     cfg: &RegistryConfig,
@@ -293,7 +307,7 @@ async fn init_one(
     let root = cfg.root.join(&name);
     let state = cfg.state.join(&name);
     for dir in [&root, &state] {
-        std::fs::create_dir_all(dir).map_err(|source| PluginError::Dir {
+        private_dir(dir).map_err(|source| PluginError::Dir {
             plugin: name.clone(),
             path: dir.clone(),
             source,

@@ -300,6 +300,11 @@ async fn per_plugin_directories_and_config_tables() {
         dir.path().join("state/io.containerd.snapshotter.v1.overlayfs")
     );
     assert!(root.is_dir() && state.is_dir());
+    for d in [&root, &state] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}: closed to other users", d.display());
+    }
     assert_eq!(
         c,
         SnapCfg {

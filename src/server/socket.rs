@@ -17,7 +17,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::errdefs::{ErrorKind, Kind};
@@ -186,13 +186,17 @@ pub struct RootLock {
 /// Takes the root lock, or says which pid holds it.
 pub fn lock_root(root: &Path) -> Result<RootLock, SocketError> {
     let path = root.join("taskd.lock");
+    // 0600: nothing under root is for other users (an older taskd's 0644 file is fixed too).
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .map_err(io_err("open lock file", &path))?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(io_err("chmod 0600", &path))?;
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             let pid = std::process::id().to_string();

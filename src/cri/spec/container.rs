@@ -9,7 +9,8 @@
 //!          seccomp_profile_path too; none if privileged)
 //! mounts   defaults, then the pod's /etc/hosts, /etc/resolv.conf, /etc/hostname,
 //!          then CRI mounts (rbind, ro, propagation; selinux_relabel ignored); a CRI
-//!          mount replaces a default at the same destination
+//!          mount replaces a default at the same destination; rootfs propagation rshared
+//!          with a BIDIRECTIONAL mount, else rslave with a HOST_TO_CONTAINER one
 //! devices  CRI devices (resolved on the host by the caller) + cgroup allow rules
 //! ns       mount new; net + uts from the sandbox (host: none); ipc POD → sandbox's,
 //!          NODE → host; pid POD → sandbox's, CONTAINER → new, NODE → host, TARGET →
@@ -94,6 +95,15 @@ pub struct ContainerInput<'a> {
     /// The host has the hugetlb cgroup controller ([`hugetlb_controller_present`]); without
     /// it hugepage limits are skipped, as containerd does by default.
     pub hugetlb_controller: bool,
+}
+
+/// How far the container's rootfs propagates, ordered (containerd's rule: the most any CRI
+/// mount needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum RootfsPropagation {
+    Private,
+    Slave,
+    Shared,
 }
 
 /// The process args (see the module docs); empty is an error.
@@ -508,6 +518,9 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
             mounts.push(bind(dest, &f.display().to_string(), sec.readonly_rootfs, None));
         }
     }
+    // The rootfs must propagate at least as much as its most propagating mount, or the
+    // host's mounts never reach a bind below it (runc's default is rprivate).
+    let mut rootfs_propagation = RootfsPropagation::Private;
     for m in &cfg.mounts {
         if m.container_path.is_empty() || !m.container_path.starts_with('/') {
             return Err(invalid(
@@ -527,8 +540,14 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
         let prop =
             match MountPropagation::try_from(m.propagation).unwrap_or(MountPropagation::PropagationPrivate) {
                 MountPropagation::PropagationPrivate => "rprivate",
-                MountPropagation::PropagationHostToContainer => "rslave",
-                MountPropagation::PropagationBidirectional => "rshared",
+                MountPropagation::PropagationHostToContainer => {
+                    rootfs_propagation = rootfs_propagation.max(RootfsPropagation::Slave);
+                    "rslave"
+                }
+                MountPropagation::PropagationBidirectional => {
+                    rootfs_propagation = RootfsPropagation::Shared;
+                    "rshared"
+                }
             };
         // selinux_relabel is ignored: this host runs no SELinux policy taskd manages.
         mounts.push(bind(&m.container_path, &m.host_path, m.readonly, Some(prop)));
@@ -656,6 +675,15 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
             )
             .into(),
         ));
+    match rootfs_propagation {
+        RootfsPropagation::Private => {}
+        RootfsPropagation::Slave => {
+            linux.set_rootfs_propagation(Some("rslave".into()));
+        }
+        RootfsPropagation::Shared => {
+            linux.set_rootfs_propagation(Some("rshared".into()));
+        }
+    }
     if sec.privileged {
         linux.set_masked_paths(None).set_readonly_paths(None);
     } else {
@@ -1002,6 +1030,11 @@ mod tests {
             .find(|m| m.destination().as_os_str() == "/data")
             .unwrap();
         assert_eq!(data.options().as_ref().unwrap(), &["rbind", "ro", "rslave"]);
+        assert_eq!(
+            spec.linux().as_ref().unwrap().rootfs_propagation().as_deref(),
+            Some("rslave"),
+            "a HOST_TO_CONTAINER mount makes the rootfs a slave"
+        );
         assert!(
             mounts
                 .iter()
@@ -1248,6 +1281,43 @@ mod tests {
         })
         .unwrap();
         assert_eq!(spec.linux().as_ref().unwrap().seccomp().as_ref(), Some(&profile));
+    }
+
+    #[test]
+    fn rootfs_propagation_follows_the_most_propagating_mount() {
+        let rootfs = |props: &[MountPropagation]| {
+            let (cfg, pod, img) = base(ContainerConfig {
+                metadata: meta(),
+                mounts: props
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| cri::Mount {
+                        container_path: format!("/m{i}"),
+                        host_path: format!("/h{i}"),
+                        propagation: *p as i32,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            });
+            let spec = build(&cfg, &pod, &img).unwrap();
+            spec.linux().as_ref().unwrap().rootfs_propagation().clone()
+        };
+        use MountPropagation::*;
+        assert_eq!(rootfs(&[]), None, "runc's default");
+        assert_eq!(rootfs(&[PropagationPrivate]), None);
+        assert_eq!(
+            rootfs(&[PropagationHostToContainer, PropagationPrivate]).as_deref(),
+            Some("rslave")
+        );
+        assert_eq!(
+            rootfs(&[PropagationBidirectional, PropagationHostToContainer]).as_deref(),
+            Some("rshared")
+        );
+        assert_eq!(
+            rootfs(&[PropagationHostToContainer, PropagationBidirectional]).as_deref(),
+            Some("rshared")
+        );
     }
 
     #[test]

@@ -94,13 +94,13 @@ pub fn sandbox_spec(inp: &SandboxInput<'_>) -> Result<Spec, SpecError> {
     let mut user = User::default();
     let uid = sec.run_as_user.map(|v| v.value).unwrap_or(0);
     let gid = sec.run_as_group.map(|v| v.value).unwrap_or(0);
-    user.set_uid(u32::try_from(uid).map_err(|_| invalid("security_context.run_as_user", format!("{uid}")))?)
-        .set_gid(u32::try_from(gid).map_err(|_| invalid("security_context.run_as_group", format!("{gid}")))?)
+    user.set_uid(super::user::to_id("security_context.run_as_user", uid)?)
+        .set_gid(super::user::to_id("security_context.run_as_group", gid)?)
         .set_additional_gids(Some(
             sec.supplemental_groups
                 .iter()
-                .filter_map(|g| u32::try_from(*g).ok())
-                .collect(),
+                .map(|g| super::user::to_id("security_context.supplemental_groups", *g))
+                .collect::<Result<_, _>>()?,
         ));
     let mut env = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
     env.extend(inp.image.env.iter().filter(|e| !e.starts_with("PATH=")).cloned());

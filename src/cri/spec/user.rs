@@ -2,7 +2,8 @@
 //! (containerd's `WithUser`/`WithUserID`/`WithAdditionalGIDs`).
 //!
 //! Precedence: `run_as_user` (uid) > `run_as_username` > the image's `User` (`uid`,
-//! `name`, `uid:gid`, `name:group`); `run_as_group` overrides the gid; the additional gids
+//! `name`, `uid:gid`, `name:group`); `run_as_group` overrides the gid, and is refused without
+//! `run_as_user` or `run_as_username` (the CRI API); the additional gids
 //! are the groups of /etc/group listing the user as a member, plus `supplemental_groups`.
 
 use super::SpecError;
@@ -59,6 +60,17 @@ pub fn resolve(
     passwd: Option<&str>,
     group: Option<&str>,
 ) -> Result<ResolvedUser, SpecError> {
+    // The CRI API: run_as_group only together with run_as_user or run_as_username (the
+    // image's user does not count), else the runtime must refuse the container.
+    if let Some(g) = run_as_group
+        && run_as_user.is_none()
+        && run_as_username.is_empty()
+    {
+        return Err(super::invalid(
+            "security_context.run_as_group",
+            format!("{g} is set without run_as_user or run_as_username"),
+        ));
+    }
     let passwd = passwd.unwrap_or("");
     let group = group.unwrap_or("");
     let (user_part, group_part) = if let Some(uid) = run_as_user {
@@ -117,6 +129,11 @@ pub fn resolve(
             additional.push(g);
         }
     }
+    // The CRI fields were checked above; what the image's User, /etc/passwd or /etc/group
+    // gave is checked here.
+    for id in [uid, gid].iter().chain(&additional) {
+        to_id("image user", i64::from(*id))?;
+    }
     Ok(ResolvedUser {
         uid,
         gid,
@@ -124,8 +141,17 @@ pub fn resolve(
     })
 }
 
-fn to_id(field: &'static str, v: i64) -> Result<u32, SpecError> {
-    u32::try_from(v).map_err(|_| super::invalid(field, format!("{v} is not a valid id")))
+/// The largest uid or gid a container may run as: ids above it are negative as a signed
+/// `int32`, which runc and the kernel's user namespace code read differently (the
+/// CVE-2024-40635 fix, as containerd).
+pub const MAX_ID: u32 = i32::MAX as u32;
+
+/// A CRI uid/gid field as an id, refusing negative ones and ones above [`MAX_ID`].
+pub fn to_id(field: &'static str, v: i64) -> Result<u32, SpecError> {
+    u32::try_from(v)
+        .ok()
+        .filter(|id| *id <= MAX_ID)
+        .ok_or_else(|| super::invalid(field, format!("{v} is not a valid id (0 to {MAX_ID})")))
 }
 
 #[cfg(test)]
@@ -174,6 +200,51 @@ mod tests {
             Err(SpecError::UnknownGroup { .. })
         ));
         assert!(r(Some(-1), "", "", None).is_err());
+    }
+
+    #[test]
+    fn run_as_group_without_a_user_is_refused() {
+        let r = |u: Option<i64>, name: &str, img: &str| {
+            resolve(u, name, img, Some(5), &[], Some(PASSWD), Some(GROUP))
+        };
+        for (u, name, img) in [(None, "", ""), (None, "", "web")] {
+            let e = r(u, name, img).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    SpecError::Invalid {
+                        field: "security_context.run_as_group",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+        assert_eq!(r(Some(1000), "", "").unwrap().gid, 5);
+        assert_eq!(r(None, "web", "").unwrap().gid, 5);
+    }
+
+    #[test]
+    fn ids_above_int32_are_refused() {
+        let big = i64::from(MAX_ID) + 1;
+        let r = |u: Option<i64>, img: &str, g: Option<i64>, sup: &[i64]| {
+            resolve(u, "", img, g, sup, Some(PASSWD), Some(GROUP))
+        };
+        assert_eq!(r(Some(i64::from(MAX_ID)), "", None, &[]).unwrap().uid, MAX_ID);
+        for (what, res) in [
+            ("run_as_user", r(Some(big), "", None, &[])),
+            ("run_as_user", r(Some(4294967295), "", None, &[])),
+            ("run_as_group", r(Some(1), "", Some(big), &[])),
+            ("supplemental_groups", r(Some(1), "", None, &[big])),
+            ("image user", r(None, "4294967295", None, &[])),
+            ("image user", r(None, "1:2147483648", None, &[])),
+        ] {
+            let e = res.unwrap_err();
+            assert!(e.to_string().contains(what), "{what}: {e}");
+            assert!(matches!(e, SpecError::Invalid { .. }), "{e:?}");
+        }
+        let huge_gid = "big:x:5:2147483648::/:/bin/sh\n";
+        assert!(resolve(None, "", "big", None, &[], Some(huge_gid), None).is_err());
     }
 
     #[test]

@@ -306,6 +306,16 @@ impl<R: Record> Store<R> {
             .ok_or(StoreError::NotFound { what: R::WHAT, id })
     }
 
+    /// A copy of the record, or `None` when no record has that id or prefix: for the RPCs that
+    /// succeed on an unknown id (Stop*/Remove*, as the CRI API requires).
+    pub fn find(&self, id_or_prefix: &str) -> Result<Option<R>, StoreError> {
+        match self.get(id_or_prefix) {
+            Ok(r) => Ok(Some(r)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Applies `f` to the record under the lock (f must not block).
     pub fn update<T>(
         &self,

@@ -3,7 +3,8 @@
 //! ```text
 //! pod must be Ready; metadata + image required
 //! runtime.image(ref)            image config, id, /etc/passwd + /etc/group
-//! user (spec::user), devices (stat on the host; a directory: the devices under it;
+//! user (spec::user), host sources of propagating mounts shared/slave (propagation.rs),
+//! devices (stat on the host; a directory: the devices under it;
 //! privileged: the host's /dev too), Localhost seccomp profile (read;
 //! spec::container::seccomp_choice), TARGET pid (a running container of this pod),
 //! hugetlb controller probe, pod files → spec::container
@@ -211,6 +212,7 @@ impl CriService {
             image.passwd.as_deref(),
             image.group.as_deref(),
         )?;
+        super::propagation::check_host_sources(&cfg.mounts)?;
         let mut devices = Vec::new();
         for d in &cfg.devices {
             devices.extend(host_device(d)?);

@@ -7,6 +7,7 @@ pub mod create;
 pub mod events;
 pub mod exec_sync;
 pub mod list;
+pub mod propagation;
 pub mod remove;
 pub mod reopen_log;
 pub mod start;

@@ -6,7 +6,6 @@ use taskd_proto::cri::v1::{
     ContainerEventType, RemoveContainerRequest, RemoveContainerResponse, StopContainerRequest,
 };
 
-use crate::cri::store::StoreError;
 use crate::cri::store::container::ContainerState;
 use crate::cri::{CriError, CriService};
 
@@ -16,10 +15,8 @@ impl CriService {
         req: RemoveContainerRequest,
     ) -> Result<RemoveContainerResponse, CriError> {
         let runner = self.container_runtime("RemoveContainer")?;
-        let c = match self.containers.get(&req.container_id) {
-            Ok(c) => c,
-            Err(StoreError::NotFound { .. }) => return Ok(RemoveContainerResponse {}),
-            Err(e) => return Err(e.into()),
+        let Some(c) = self.containers.find(&req.container_id)? else {
+            return Ok(RemoveContainerResponse {});
         };
         if !c.state.removable() || c.state == ContainerState::Unknown {
             self.stop_container(StopContainerRequest {

@@ -1,5 +1,6 @@
 //! `StopContainer`: the stop signal (CRI config, else the image's, else SIGTERM), wait up to
-//! the timeout, then SIGKILL and wait. Not running is success (idempotent).
+//! the timeout, then SIGKILL and wait. Not running, or an unknown id, is success (idempotent,
+//! as the CRI API requires; containerd 1.7 and later).
 //!
 //! The exit is recorded here from Wait, or by the event loop from `/tasks/exit`, whichever
 //! comes first; the other finds the container EXITED and leaves it.
@@ -12,10 +13,11 @@ use crate::cri::controller::ExitInfo;
 use crate::cri::store::container::{ContainerState, exit_reason};
 use crate::cri::{CriError, CriService};
 
-/// A signal name or number as images and CRI give it (`SIGTERM`, `TERM`, `15`).
+/// A signal name or number as images and CRI give it (`SIGTERM`, `TERM`, `15`, `SIGRTMIN+3`
+/// is not accepted); `None` for an unknown name or a number that is no signal of this kernel.
 pub fn parse_signal(s: &str) -> Option<u32> {
     if let Ok(n) = s.parse::<u32>() {
-        return Some(n);
+        return (1..=libc::SIGRTMAX() as u32).contains(&n).then_some(n);
     }
     let upper = s.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
@@ -31,7 +33,10 @@ pub fn parse_signal(s: &str) -> Option<u32> {
 impl CriService {
     pub async fn stop_container(&self, req: StopContainerRequest) -> Result<StopContainerResponse, CriError> {
         let runner = self.container_runtime("StopContainer")?;
-        let c = self.containers.get(&req.container_id)?;
+        // An unknown id is success, as for a container already stopped (the CRI API).
+        let Some(c) = self.containers.find(&req.container_id)? else {
+            return Ok(StopContainerResponse {});
+        };
         if !matches!(c.state, ContainerState::Running | ContainerState::Unknown) {
             return Ok(StopContainerResponse {});
         }
@@ -39,10 +44,16 @@ impl CriService {
             Ok(s) if c.config.stop_signal != 0 => parse_signal(s.as_str_name()),
             _ => None,
         };
-        let image_signal = self
-            .images
-            .get(&c.image_ref)
-            .and_then(|i| parse_signal(&i.config.stop_signal).filter(|_| !i.config.stop_signal.is_empty()));
+        // An image's StopSignal is the image author's text: one taskd cannot send falls back
+        // to SIGTERM, with a warning (the stop still ends in SIGKILL after the timeout).
+        let image_signal = self.images.get(&c.image_ref).and_then(|i| {
+            let text = &i.config.stop_signal;
+            let parsed = parse_signal(text);
+            if parsed.is_none() && !text.is_empty() {
+                tracing::warn!(container = %c.id, image = %c.image_ref, stop_signal = %text, "the image's StopSignal is not a signal: using SIGTERM");
+            }
+            parsed
+        });
         let signal = stop_signal.or(image_signal).unwrap_or(libc::SIGTERM as u32);
         let exit = if req.timeout > 0 {
             runner.kill(&c.id, signal).await?;
@@ -91,5 +102,9 @@ mod tests {
         assert_eq!(parse_signal("quit"), Some(3));
         assert_eq!(parse_signal("9"), Some(9));
         assert_eq!(parse_signal("SIGNOPE"), None);
+        assert_eq!(parse_signal("0"), None);
+        assert_eq!(parse_signal("65"), None, "above SIGRTMAX");
+        assert_eq!(parse_signal("4294967295"), None);
+        assert_eq!(parse_signal("34"), Some(34), "a realtime signal");
     }
 }

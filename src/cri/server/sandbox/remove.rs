@@ -5,7 +5,6 @@ use taskd_proto::cri::v1::{
     RemoveContainerRequest, RemovePodSandboxRequest, RemovePodSandboxResponse, StopPodSandboxRequest,
 };
 
-use crate::cri::store::StoreError;
 use crate::cri::store::sandbox::SandboxState;
 use crate::cri::{CriError, CriService};
 
@@ -14,10 +13,8 @@ impl CriService {
         &self,
         req: RemovePodSandboxRequest,
     ) -> Result<RemovePodSandboxResponse, CriError> {
-        let s = match self.sandboxes.get(&req.pod_sandbox_id) {
-            Ok(s) => s,
-            Err(StoreError::NotFound { .. }) => return Ok(RemovePodSandboxResponse {}),
-            Err(e) => return Err(e.into()),
+        let Some(s) = self.sandboxes.find(&req.pod_sandbox_id)? else {
+            return Ok(RemovePodSandboxResponse {});
         };
         if s.state != SandboxState::NotReady || !s.netns_path.is_empty() || !s.infra {
             self.stop_pod_sandbox(StopPodSandboxRequest {

@@ -1,7 +1,7 @@
 //! `StopPodSandbox`: stops every container of the pod, the pause container (or, for a pod
 //! without one, unpins its IPC/UTS namespaces), tears the network down (CNI DEL, netns
 //! removed) and leaves the record NotReady. Idempotent: a second call finds nothing left to
-//! stop and succeeds.
+//! stop and succeeds, and so does a call for an unknown id.
 
 use taskd_proto::cri::v1::{StopContainerRequest, StopPodSandboxRequest, StopPodSandboxResponse};
 
@@ -16,7 +16,10 @@ impl CriService {
         &self,
         req: StopPodSandboxRequest,
     ) -> Result<StopPodSandboxResponse, CriError> {
-        let s = self.sandboxes.get(&req.pod_sandbox_id)?;
+        // An unknown id is success (the CRI API; containerd 1.7 and later).
+        let Some(s) = self.sandboxes.find(&req.pod_sandbox_id)? else {
+            return Ok(StopPodSandboxResponse {});
+        };
         let running: Vec<String> = self
             .containers
             .list()
