@@ -317,13 +317,16 @@ async fn spdy_exec_speaks_remotecommand_v3_v2_and_v1_on(w: &CriWorld) {
         assert_eq!(r["stderr"], "err\n", "{r}");
         // Before v4 a clean exit leaves the error stream empty.
         assert_eq!(r["error_stream"], "", "{r}");
-        // And a failing one says so there, as text.
-        let url = exec_url(&mut rt, &id, &["sh", "-c", "exit 7"], false, false).await;
-        let r = spdy("exec", &["-protocols", proto], &url).ok();
-        assert!(
-            r["error_stream"].as_str().is_some_and(|e| e.contains('7')),
-            "{proto}: {r}"
-        );
+        // v2 and v3 say there, as text, that an exit failed (v1 says nothing: kubelet's
+        // server, in containerd 1.6, writes no status in v1).
+        if proto != "channel.k8s.io" {
+            let url = exec_url(&mut rt, &id, &["sh", "-c", "exit 7"], false, false).await;
+            let r = spdy("exec", &["-protocols", proto], &url).ok();
+            assert!(
+                r["error_stream"].as_str().is_some_and(|e| e.contains('7')),
+                "{proto}: {r}"
+            );
+        }
     }
 }
 
@@ -338,7 +341,7 @@ async fn spdy_tty_exec_sees_terminal_resizes_on(w: &CriWorld) {
     let (_, id) = w.pod_with(&mut rt, "tty", "exec sleep 3600").await;
     // Waits (bounded) for each size in turn, so the check does not race the resize stream.
     let script = "for want in '40 100' '50 120'; do i=0; \
-                  while [ \"$(stty size)\" != \"$want\" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; \
+                  while [ \"$(stty size 2>/dev/null)\" != \"$want\" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; \
                   echo \"size=$(stty size)\"; done; [ -t 0 ] && echo stdin-is-a-tty";
     let url = exec_url(&mut rt, &id, &["sh", "-c", script], true, true).await;
     let r = spdy(
@@ -681,7 +684,7 @@ async fn websocket_tty_exec_and_attach_see_resizes_and_stdin_on(w: &CriWorld) {
     c.stdin = true;
     c.tty = true;
     let id = w.start_container(&mut rt, &pod, &cfg, c).await;
-    let script = "i=0; while [ \"$(stty size)\" != \"33 77\" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; stty size";
+    let script = "i=0; while [ \"$(stty size 2>/dev/null)\" != \"33 77\" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; stty size";
     let url = exec_url(&mut rt, &id, &["sh", "-c", script], true, false).await;
     let r = ws("exec", &url.replace("http://", "ws://"), &["--resize", "77x33"]).ok();
     assert_eq!(r["stdout"].as_str().unwrap_or_default().trim(), "33 77", "{r}");

@@ -121,6 +121,8 @@ state = "{state}"
   level = "info"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "registry.k8s.io/pause:3.10"
+  # Keep oom_score_adj at or above the test's own (a negative one is refused here).
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -275,6 +277,8 @@ state = "{state}"
     /// The same pod in the host's network namespace.
     pub fn host_network_pod_config(&self, name: &str) -> cri::PodSandboxConfig {
         let mut cfg = self.pod_config(name);
+        // The host's UTS namespace too (containerd refuses a hostname there).
+        cfg.hostname = String::new();
         let linux = cfg.linux.get_or_insert_with(Default::default);
         linux
             .security_context

@@ -264,9 +264,8 @@ type remoteOpts struct {
 	stdoutFile, stderrFile                               string
 }
 
-func remote(target, method string, protocols []string, timeout time.Duration, o remoteOpts) Report {
+func remote(target, method string, protocols []string, timeout time.Duration, o remoteOpts) (r Report) {
 	start := time.Now()
-	var r Report
 	r.ExitCode = -1
 	defer func() { r.Millis = time.Since(start).Milliseconds() }()
 	type result struct{ err error }
@@ -441,9 +440,8 @@ func exitCode(proto string, r *Report) int {
 	return -1
 }
 
-func portforward(target, method string, protocols []string, timeout time.Duration, conns []string, halfClose bool, idle time.Duration) PortReport {
+func portforward(target, method string, protocols []string, timeout time.Duration, conns []string, halfClose bool, idle time.Duration) (r PortReport) {
 	start := time.Now()
-	var r PortReport
 	defer func() { r.Millis = time.Since(start).Milliseconds() }()
 	sc, status, proto, body, err := upgrade(target, method, protocols)
 	r.HTTPStatus, r.Protocol, r.HTTPBody = status, proto, body
