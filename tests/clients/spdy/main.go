@@ -124,7 +124,7 @@ func main() {
 	stdoutFile := fs.String("stdout-file", "", "also write the remote stdout here")
 	stderrFile := fs.String("stderr-file", "", "also write the remote stderr here")
 	var dupStream listFlag
-	fs.Var(&dupStream, "dup-stream", "create a second stream of this type (bad input for the server)")
+	fs.Var(&dupStream, "dup-stream", "create a second stream of this type right after the first (bad input for the server)")
 	var conns listFlag
 	fs.Var(&conns, "conn", "portforward: PORT[:PAYLOAD], one connection each (repeatable, run concurrently)")
 	halfClose := fs.Bool("half-close", false, "portforward: half-close each data stream after its payload")
@@ -308,7 +308,19 @@ func session(sc *spdystream.Connection, proto string, o remoteOpts, r *Report, m
 	mk := func(kind string) (*spdystream.Stream, error) {
 		h := http.Header{}
 		h.Set("streamType", kind)
-		return stream(sc, h)
+		s, err := stream(sc, h)
+		if err != nil {
+			return nil, err
+		}
+		// -dup-stream: the same type again right away, before the set is complete.
+		for _, d := range o.dup {
+			if d == kind {
+				if _, err := stream(sc, h); err != nil {
+					return nil, fmt.Errorf("duplicate stream: %w", err)
+				}
+			}
+		}
+		return s, nil
 	}
 	// The error stream first (remotecommand v2+), then the others.
 	errS, err := mk("error")
@@ -336,11 +348,6 @@ func session(sc *spdystream.Connection, proto string, o remoteOpts, r *Report, m
 	if (o.tty && (proto == "v4.channel.k8s.io" || proto == "v3.channel.k8s.io")) || len(o.resizes) > 0 {
 		if resizeS, err = mk("resize"); err != nil {
 			return err
-		}
-	}
-	for _, kind := range o.dup {
-		if _, err := mk(kind); err != nil {
-			return fmt.Errorf("duplicate stream: %w", err)
 		}
 	}
 
