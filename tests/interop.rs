@@ -655,6 +655,26 @@ async fn streaming_urls_are_single_use_and_unknown_tokens_are_refused_on(w: &Cri
     assert_eq!(spdy("exec", &[], &url).ok()["stdout"], "twice\n");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream; waits 1 min"]
+async fn streaming_urls_expire_after_one_minute() {
+    let w = world();
+    let mut rt = w.runtime().await;
+    let (_, id) = w.pod_with(&mut rt, "expiry", "exec sleep 3600").await;
+    let early = exec_url(&mut rt, &id, &["echo", "in-time"], false, false).await;
+    let late = exec_url(&mut rt, &id, &["echo", "too-late"], false, false).await;
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    assert_eq!(spdy("exec", &[], &early).ok()["stdout"], "in-time\n");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let r = spdy("exec", &[], &late);
+    let status = r.json["http_status"].as_i64().unwrap_or_default();
+    assert!(
+        !r.success && (400..500).contains(&status),
+        "expired token: {}",
+        r.json
+    );
+}
+
 // ---------------------------------------------------------------- WebSocket
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
