@@ -47,6 +47,9 @@ pub struct CriService {
     pub metrics: super::metrics::CriMetrics,
     /// When this instance was made: an exit from before it is one found at recovery.
     pub started_at: std::time::SystemTime,
+    /// The streaming server's token cache and URL (Exec/Attach/PortForward); None until
+    /// the plugin bound it.
+    pub streaming: Option<std::sync::Arc<super::streaming::Front>>,
     /// The last CPU sample per container (time, cumulative ns), for `usage_nano_cores`.
     pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (std::time::SystemTime, u64)>>,
 }
@@ -65,6 +68,7 @@ impl CriService {
             metrics: super::metrics::CriMetrics::new().expect("static metric definitions are valid"),
             started_at: std::time::SystemTime::now(),
             cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
+            streaming: None,
             sandboxes: Store::default(),
             containers: Store::default(),
             images: ImageStore::default(),
@@ -120,6 +124,13 @@ impl CriService {
             rpc,
             missing: super::server::unimplemented::IMAGES,
         })
+    }
+
+    /// The streaming server's front (token cache + URL), or an error saying it is absent.
+    pub fn streaming(&self) -> Result<&super::streaming::Front, super::CriError> {
+        self.streaming.as_deref().ok_or(super::CriError::Streaming(
+            super::streaming::StreamingError::NotRunning,
+        ))
     }
 
     /// `<state>/containers/<id>`: a container's stdio fifos.
