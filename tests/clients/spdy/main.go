@@ -250,8 +250,17 @@ func stream(sc *spdystream.Connection, h http.Header) (*spdystream.Stream, error
 	if err != nil {
 		return nil, fmt.Errorf("create %s stream: %w", h.Get("streamType"), err)
 	}
-	if err := s.WaitTimeout(30 * time.Second); err != nil {
-		return nil, fmt.Errorf("%s stream not accepted: %w", h.Get("streamType"), err)
+	// The reply, a reset, or the end of the connection (which spdystream does not pass on
+	// to a stream still waiting for its reply).
+	replied := make(chan error, 1)
+	go func() { replied <- s.WaitTimeout(30 * time.Second) }()
+	select {
+	case err := <-replied:
+		if err != nil {
+			return nil, fmt.Errorf("%s stream not accepted: %w", h.Get("streamType"), err)
+		}
+	case <-sc.CloseChan():
+		return nil, fmt.Errorf("%s stream not accepted: the server closed the connection", h.Get("streamType"))
 	}
 	return s, nil
 }
