@@ -913,7 +913,7 @@ async fn a_thousand_spdy_exec_sessions_leave_no_fd_process_fifo_or_exec_state_be
                 }
                 let n = i.to_string();
                 let url = exec_url(&mut rt, &id, &["echo", &n], false, false).await;
-                let r = clients::spdy_async("exec", &["-stderr=false"], &url).await.ok();
+                let r = clients::spdy_async("exec", &[], &url).await.ok();
                 assert_eq!(r["stdout"], format!("{n}\n"), "session {i}: {r}");
                 assert_eq!(r["exit_code"], 0, "session {i}: {r}");
             }
