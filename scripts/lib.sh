@@ -29,6 +29,28 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 }
 
+# pip_install SPEC...: installs the PyPI packages (pinned "name==version") whose pinned
+# version python3 does not have yet. Falls back to --break-system-packages where the
+# system Python refuses (PEP 668).
+pip_install() {
+    local missing=()
+    local spec
+    for spec in "$@"; do
+        if ! python3 -m pip show "${spec%%==*}" 2>/dev/null | grep -qx "Version: ${spec#*==}"; then
+            missing+=("$spec")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return 0
+    fi
+    echo "installing (pip): ${missing[*]}" >&2
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt_install python3-pip
+    fi
+    python3 -m pip install --quiet "${missing[@]}" ||
+        python3 -m pip install --quiet --break-system-packages "${missing[@]}"
+}
+
 # ensure_cargo: makes sure a Rust toolchain new enough for the workspace is on PATH.
 ensure_cargo() {
     if [ -f "$HOME/.cargo/env" ]; then

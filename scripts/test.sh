@@ -25,6 +25,11 @@ done
 
 apt_install runc containerd busybox-static docker-registry criu containernetworking-plugins \
     prometheus skopeo protobuf-compiler iproute2 openssl libssl-dev pkg-config
+# The independent clients of tests/interop.rs (tests/clients/): Go SPDY and grpc-go clients
+# built from Debian's Go sources (GOPATH mode, no module download), Python grpcio and
+# websocket-client (pinned; they work with CPython 3.11).
+apt_install golang-go golang-github-moby-spdystream-dev golang-google-grpc-dev python3
+pip_install grpcio==1.85.1 grpcio-tools==1.85.1 websocket-client==1.9.2
 ensure_cargo
 
 if [ "$e2e" -eq 1 ]; then

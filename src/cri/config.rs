@@ -10,6 +10,14 @@
 //! ├── max_container_log_line_size = 16384              longer lines are split into P chunks
 //! ├── log_partial_flush_ms = 1000                      a partial line idle this long is written as P
 //! ├── max_exec_output_bytes = 16777216                 ExecSync output cap, per stream
+//! ├── stream_server_address = "127.0.0.1"              streaming server (Exec/Attach/PortForward URLs)
+//! ├── stream_server_port = "0"                         "0": a free port, chosen at start
+//! ├── stream_idle_timeout = "4h"                       a session without traffic this long is closed
+//! ├── stream_max_sessions = 128                        streaming sessions at once (more: HTTP 429)
+//! ├── enable_tls_streaming = false                     https URLs
+//! ├── [x509_key_pair_streaming]                        PEM pair; both empty: self-signed at start
+//! │   ├── tls_cert_file = ""
+//! │   └── tls_key_file = ""
 //! ├── [cni]
 //! │   ├── conf_dir = "/etc/cni/net.d"                  *.conflist / *.conf / *.json, lexical order
 //! │   ├── bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]  searched in order for plugin binaries
@@ -65,6 +73,15 @@ pub struct CriConfig {
     pub max_container_log_line_size: usize,
     pub log_partial_flush_ms: u64,
     pub max_exec_output_bytes: usize,
+    /// The streaming server's IP address (containerd's key).
+    pub stream_server_address: String,
+    /// Its port, a string as in containerd ("0" = a free port).
+    pub stream_server_port: String,
+    pub stream_idle_timeout: crate::config::HumanDuration,
+    /// Streaming sessions (exec, attach, port-forward connections) at once.
+    pub stream_max_sessions: usize,
+    pub enable_tls_streaming: bool,
+    pub x509_key_pair_streaming: X509KeyPair,
     pub cni: CniConfig,
     pub runtimes: BTreeMap<String, RuntimeHandler>,
 }
@@ -81,10 +98,24 @@ impl Default for CriConfig {
             max_container_log_line_size: 16 * 1024,
             log_partial_flush_ms: 1000,
             max_exec_output_bytes: 16 << 20,
+            stream_server_address: "127.0.0.1".to_owned(),
+            stream_server_port: "0".to_owned(),
+            stream_idle_timeout: crate::config::HumanDuration(std::time::Duration::from_secs(4 * 3600)),
+            stream_max_sessions: 128,
+            enable_tls_streaming: false,
+            x509_key_pair_streaming: X509KeyPair::default(),
             cni: CniConfig::default(),
             runtimes,
         }
     }
+}
+
+/// The streaming server's certificate and key (PEM files).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct X509KeyPair {
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 /// Where CNI configs and plugins live.
@@ -299,6 +330,22 @@ impl CriConfig {
         if self.max_exec_output_bytes == 0 {
             return Err(invalid("max_exec_output_bytes", "must be positive"));
         }
+        if let Err(e) = super::streaming::address(self) {
+            return Err(invalid("stream_server_address/stream_server_port", e.to_string()));
+        }
+        if self.stream_idle_timeout.0.is_zero() {
+            return Err(invalid("stream_idle_timeout", "must be positive"));
+        }
+        if self.stream_max_sessions == 0 {
+            return Err(invalid("stream_max_sessions", "must be at least 1"));
+        }
+        let pair = &self.x509_key_pair_streaming;
+        if pair.tls_cert_file.is_empty() != pair.tls_key_file.is_empty() {
+            return Err(invalid(
+                "x509_key_pair_streaming",
+                "tls_cert_file and tls_key_file go together (or neither, for a self-signed pair)",
+            ));
+        }
         if !self.cni.conf_dir.is_absolute() {
             return Err(invalid("cni.conf_dir", "must be an absolute path"));
         }
@@ -431,6 +478,32 @@ mod tests {
                 .to_string()
                 .contains("runc runtimes only")
         );
+    }
+
+    #[test]
+    fn streaming_keys_parse_and_are_checked() {
+        let c: CriConfig = toml::from_str(
+            "stream_server_address = \"0.0.0.0\"\nstream_server_port = \"10010\"\nstream_idle_timeout = \"30m\"\n\
+             enable_tls_streaming = true\n[x509_key_pair_streaming]\ntls_cert_file = \"/c\"\ntls_key_file = \"/k\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.stream_idle_timeout.0, std::time::Duration::from_secs(1800));
+        assert_eq!(CriConfig::default().stream_idle_timeout.0.as_secs(), 4 * 3600);
+        for (table, want) in [
+            ("stream_server_port = \"99999\"", "stream_server_port"),
+            ("stream_server_address = \"my-host\"", "stream_server_address"),
+            ("stream_max_sessions = 0", "stream_max_sessions"),
+            (
+                "[x509_key_pair_streaming]\ntls_cert_file = \"/c\"",
+                "x509_key_pair_streaming",
+            ),
+        ] {
+            let c: CriConfig = toml::from_str(table).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{table}: {e}");
+        }
+        assert!(toml::from_str::<CriConfig>("stream_idle_timeout = \"4\"").is_err());
     }
 
     #[test]

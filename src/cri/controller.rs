@@ -69,7 +69,19 @@ pub struct CreateContainer {
     pub spec: oci_spec::runtime::Spec,
     pub handler_name: String,
     pub handler: RuntimeHandler,
+    /// The stdin fifo the shim reads (empty: none).
+    pub stdin: String,
     /// Fifo paths the shim writes (empty: discarded).
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// The stdio of an exec process: fifo paths the shim opens ("" = none) and whether the
+/// process gets a terminal (then the shim copies it to `stdout` alone).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecIo {
+    pub stdin: String,
     pub stdout: String,
     pub stderr: String,
     pub terminal: bool,
@@ -104,19 +116,18 @@ pub trait ContainerRuntime: Send + Sync {
     /// Applies new cgroup limits to the running task (and its stored spec).
     async fn update(&self, id: &str, resources: oci_spec::runtime::LinuxResources) -> Result<(), CriError>;
     /// Adds and starts an exec process running `args` with the container's process
-    /// settings (env, cwd, user, capabilities); output to the given fifos. Returns its pid.
-    async fn exec(
-        &self,
-        id: &str,
-        exec_id: &str,
-        args: Vec<String>,
-        stdout: &str,
-        stderr: &str,
-    ) -> Result<u32, CriError>;
+    /// settings (env, cwd, user, capabilities); stdio through the fifos of `io`, a
+    /// terminal when `io.terminal`. Returns its pid.
+    async fn exec(&self, id: &str, exec_id: &str, args: Vec<String>, io: ExecIo) -> Result<u32, CriError>;
     async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo, CriError>;
     async fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), CriError>;
     /// Forgets the exec process (absent is fine).
     async fn exec_delete(&self, id: &str, exec_id: &str) -> Result<(), CriError>;
+    /// Resizes the terminal of a process (`exec_id` "" = the init process).
+    async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<(), CriError>;
+    /// Closes the stdin of a process (`exec_id` "" = the init process): the shim drops its
+    /// own write end, so the process reads EOF once every writer closed.
+    async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), CriError>;
     /// Cgroup stats of the given containers' tasks as the shim encodes them
     /// (`io.containerd.cgroups.v1.Metrics`, …), with the sampling time; a container without
     /// a task is absent from the answer.

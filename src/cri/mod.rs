@@ -42,6 +42,7 @@ pub mod service;
 pub mod spec;
 pub mod stats;
 pub mod store;
+pub mod streaming;
 pub mod task_runtime;
 
 use std::sync::Arc;
@@ -89,6 +90,8 @@ pub enum CriError {
     PodNs(#[from] podns::PodNsError),
     #[error(transparent)]
     Reference(#[from] reference::ReferenceError),
+    #[error(transparent)]
+    Streaming(#[from] streaming::StreamingError),
     /// A failure of a service the adapter calls (tasks, containers, images, snapshots);
     /// keeps that service's kind.
     #[error("{op}: {cause}")]
@@ -155,6 +158,7 @@ impl ErrorKind for CriError {
             CriError::PodFiles(e) => e.kind(),
             CriError::PodNs(e) => e.kind(),
             CriError::Reference(e) => e.kind(),
+            CriError::Streaming(e) => e.kind(),
             CriError::Backend { cause, .. } => cause.kind(),
             CriError::Rollback { error, .. } => error.kind(),
             CriError::Timeout { .. } => Kind::DeadlineExceeded,
@@ -215,6 +219,9 @@ pub fn registration() -> Registration {
             }
         }
         service.metrics.register(cx.metrics()).map_err(PluginError::init)?;
+        // Bound before the service is shared, so the RPCs know its URL.
+        let stream_server = streaming::StreamServer::bind(&config).map_err(PluginError::init)?;
+        service.streaming = Some(stream_server.front());
         for s in service.open_stores().map_err(PluginError::init)? {
             tracing::error!(file = %s.path.display(), reason = %s.reason, "CRI record skipped: cannot be loaded");
         }
@@ -224,6 +231,8 @@ pub fn registration() -> Registration {
         // Subscribed before recovery, so an exit during recovery is not missed.
         let event_loop = events::spawn(service.clone(), subscriber.as_ref()).map_err(PluginError::init)?;
         let report = recover::recover(&service).await;
+        let stream_url = stream_server.front().base_url.clone();
+        let stream_server = stream_server.start(service.clone());
         if report.sandboxes + report.containers > 0 {
             tracing::info!(?report, "CRI pods and containers recovered");
         }
@@ -245,7 +254,11 @@ pub fn registration() -> Registration {
                 "cgroup_driver",
                 format!("{:?}", config.cgroup_driver).to_lowercase(),
             )
-            .on_shutdown(move || async move { event_loop.abort() }))
+            .export("stream_server", stream_url)
+            .on_shutdown(move || async move {
+                stream_server.stop().await;
+                event_loop.abort()
+            }))
     })
     .requires(&[PluginType::Event, PluginType::Service, PluginType::Content])
     .config::<CriConfig>()

@@ -49,6 +49,9 @@ pub struct CriService {
     pub started_at: std::time::SystemTime,
     /// Each runtime handler's features, probed at start (empty: none supported).
     pub handler_features: std::collections::HashMap<String, super::features::HandlerFeatures>,
+    /// The streaming server's token cache and URL (Exec/Attach/PortForward); None until
+    /// the plugin bound it.
+    pub streaming: Option<std::sync::Arc<super::streaming::Front>>,
     /// The last CPU sample per container (time, cumulative ns), for `usage_nano_cores`.
     pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (std::time::SystemTime, u64)>>,
 }
@@ -68,6 +71,7 @@ impl CriService {
             started_at: std::time::SystemTime::now(),
             cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
             handler_features: std::collections::HashMap::new(),
+            streaming: None,
             sandboxes: Store::default(),
             containers: Store::default(),
             images: ImageStore::default(),
@@ -123,6 +127,13 @@ impl CriService {
             rpc,
             missing: super::server::unimplemented::IMAGES,
         })
+    }
+
+    /// The streaming server's front (token cache + URL), or an error saying it is absent.
+    pub fn streaming(&self) -> Result<&super::streaming::Front, super::CriError> {
+        self.streaming.as_deref().ok_or(super::CriError::Streaming(
+            super::streaming::StreamingError::NotRunning,
+        ))
     }
 
     /// `<state>/containers/<id>`: a container's stdio fifos.

@@ -9,8 +9,8 @@
 //!               (any failure: what was created is deleted again)
 //! kill/wait     Tasks::kill / Tasks::wait (init process)
 //! update        Tasks::update(LinuxResources as JSON Any)
-//! exec          the record's spec process with new args → Tasks::exec + start; wait,
-//!               kill, delete_process
+//! exec          the record's spec process with new args (and a terminal when asked) →
+//!               Tasks::exec + start; wait, kill, resize_pty, close_io, delete_process
 //! delete        Tasks::delete, Containers::delete, rootfs.remove — NotFound is fine
 //! ```
 //!
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::controller::{
-    ContainerRuntime, CreateContainer, ExitInfo, ImageInfo, SandboxController, StartSandbox,
+    ContainerRuntime, CreateContainer, ExecIo, ExitInfo, ImageInfo, SandboxController, StartSandbox,
 };
 use super::store::image::ImageConfig;
 use super::{CriError, NAMESPACE, spec};
@@ -188,7 +188,7 @@ impl ContainerRuntime for TaskRuntime {
 
     async fn create(&self, req: CreateContainer) -> Result<(), CriError> {
         let io = Stdio {
-            stdin: String::new(),
+            stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
@@ -259,14 +259,7 @@ impl ContainerRuntime for TaskRuntime {
         self.remove_all(id).await
     }
 
-    async fn exec(
-        &self,
-        id: &str,
-        exec_id: &str,
-        args: Vec<String>,
-        stdout: &str,
-        stderr: &str,
-    ) -> Result<u32, CriError> {
+    async fn exec(&self, id: &str, exec_id: &str, args: Vec<String>, io: ExecIo) -> Result<u32, CriError> {
         let record = self
             .containers
             .get(NAMESPACE, id)
@@ -280,17 +273,17 @@ impl ContainerRuntime for TaskRuntime {
             .map_err(spec::SpecError::from)?
             .unwrap_or_default();
         let mut process = spec.process().clone().unwrap_or_default();
-        process.set_args(Some(args)).set_terminal(Some(false));
+        process.set_args(Some(args)).set_terminal(Some(io.terminal));
         let opts = crate::runtime::ExecOpts {
             spec: prost_types::Any {
                 type_url: PROCESS_TYPE_URL.to_owned(),
                 value: serde_json::to_vec(&process).map_err(spec::SpecError::from)?,
             },
             io: Stdio {
-                stdin: String::new(),
-                stdout: stdout.to_owned(),
-                stderr: stderr.to_owned(),
-                terminal: false,
+                stdin: io.stdin,
+                stdout: io.stdout,
+                stderr: io.stderr,
+                terminal: io.terminal,
             },
         };
         self.tasks
@@ -331,6 +324,18 @@ impl ContainerRuntime for TaskRuntime {
                 .map(|_| ()),
         )
         .map_err(|e| CriError::backend("delete exec", e))
+    }
+
+    async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<(), CriError> {
+        self.tasks
+            .resize_pty(NAMESPACE, id, exec_id, width, height)
+            .await
+            .map_err(|e| CriError::backend("resize terminal", e))
+    }
+
+    async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), CriError> {
+        not_found_ok(self.tasks.close_io(NAMESPACE, id, exec_id, true).await)
+            .map_err(|e| CriError::backend("close stdin", e))
     }
 
     async fn stats(&self, ids: &[String]) -> Result<Vec<super::controller::TaskStats>, CriError> {

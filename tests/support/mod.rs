@@ -360,19 +360,24 @@ impl Daemon {
 
     /// A tonic channel over the daemon's unix socket, for generated clients.
     pub async fn channel(&self) -> tonic::transport::Channel {
-        let path = self.socket.clone();
-        tonic::transport::Endpoint::from_static("http://[::]:50051")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.socket.display()))
+        unix_channel(&self.socket).await
     }
+}
+
+/// A tonic channel over the unix socket `socket` (taskd's or another daemon's).
+pub async fn unix_channel(socket: &Path) -> tonic::transport::Channel {
+    let path = socket.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()))
 }
 
 impl Drop for Daemon {

@@ -1,8 +1,11 @@
 //! A container's stdio: two fifos the shim writes (`stdout`, `stderr` under
-//! `<state>/containers/<id>/io/`), each drained by a copier into the CRI log file.
+//! `<state>/containers/<id>/io/`), each drained by a copier into the CRI log file, and for
+//! a container created with `stdin: true` a `stdin` fifo taskd writes (Attach).
 //!
 //! ```text
-//! create():  mkfifo stdout, stderr; open the log file
+//! create():  mkfifo stdout, stderr (+ stdin, opened read-write by taskd and kept: the
+//!            shim keeps a write end of its own too, so the process sees EOF only after
+//!            CloseIO and taskd's end closed); open the log file
 //!            per fifo, a copier task: blocking open(O_RDONLY) on the blocking pool —
 //!            returns when the shim opens its write end during task create — then
 //!            copy() until EOF (the process and the shim's copy ended)
@@ -12,7 +15,10 @@
 //! wait():    join the copiers (all output is in the log file after this)
 //! attach():  after a taskd restart: the same copiers on the fifos that already exist (the
 //!            shim keeps a read end of each open while nobody reads, so its writes never
-//!            fail and nothing written meanwhile is lost: it waits in the fifo)
+//!            fail and nothing written meanwhile is lost: it waits in the fifo); the stdin
+//!            fifo, when there, is opened again
+//! taps:      each copier hands what it reads to the attached clients (`Tap`: bounded
+//!            queue per client, a slow one is dropped, the log never waits)
 //! ```
 
 use std::fs::OpenOptions;
@@ -23,31 +29,42 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::{LogError, LogFile, Stream, copy};
+use super::exec_output::mkfifo;
+use super::{LogError, LogFile, Stream, Tap, copy};
 
 /// The fifos and copiers of one container.
 pub struct ContainerIo {
+    pub stdin: Option<PathBuf>,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// taskd's end of `stdin` (read-write, never read); None once stdin was closed.
+    stdin_writer: std::sync::Mutex<Option<std::fs::File>>,
+    /// Attached clients of stdout and stderr.
+    taps: [Arc<Tap>; 2],
     log: Arc<LogFile>,
     copiers: Vec<JoinHandle<()>>,
 }
 
-fn mkfifo(path: &Path) -> Result<(), LogError> {
-    let _ = std::fs::remove_file(path);
-    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(|e| LogError::Open {
-        path: path.to_owned(),
-        source: std::io::Error::from(e),
-    })
+fn open_stdin(path: &Path) -> Result<std::fs::File, LogError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|source| LogError::Open {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 impl ContainerIo {
-    /// Creates the fifos in `dir` and starts the copiers into `log_path`.
+    /// Creates the fifos in `dir` (`stdin` too when asked) and starts the copiers into
+    /// `log_path`.
     pub fn create(
         dir: &Path,
         log_path: &Path,
         max_line: usize,
         flush_after: Duration,
+        stdin: bool,
     ) -> Result<ContainerIo, LogError> {
         std::fs::create_dir_all(dir).map_err(|source| LogError::Open {
             path: dir.to_owned(),
@@ -57,6 +74,12 @@ impl ContainerIo {
         let stderr = dir.join("stderr");
         mkfifo(&stdout)?;
         mkfifo(&stderr)?;
+        let stdin_path = dir.join("stdin");
+        if stdin {
+            mkfifo(&stdin_path)?;
+        } else {
+            let _ = std::fs::remove_file(&stdin_path);
+        }
         Self::attach(dir, log_path, max_line, flush_after)
     }
 
@@ -71,23 +94,57 @@ impl ContainerIo {
         let log = LogFile::open(log_path)?;
         let stdout = dir.join("stdout");
         let stderr = dir.join("stderr");
-        let copiers = [(stdout.clone(), Stream::Stdout), (stderr.clone(), Stream::Stderr)]
-            .into_iter()
-            .map(|(fifo, stream)| {
+        let stdin_path = dir.join("stdin");
+        let (stdin, stdin_writer) = if stdin_path.exists() {
+            (Some(stdin_path.clone()), Some(open_stdin(&stdin_path)?))
+        } else {
+            (None, None)
+        };
+        let taps: [Arc<Tap>; 2] = Default::default();
+        let copiers = [
+            (stdout.clone(), Stream::Stdout, taps[0].clone()),
+            (stderr.clone(), Stream::Stderr, taps[1].clone()),
+        ]
+        .into_iter()
+            .map(|(fifo, stream, tap)| {
                 let log = log.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = drain(&fifo, stream, log, max_line, flush_after).await {
+                    if let Err(e) = drain(&fifo, stream, log, max_line, flush_after, tap).await {
                         tracing::warn!(error = %e, fifo = %fifo.display(), "container output copy ended with an error");
                     }
                 })
             })
             .collect();
         Ok(ContainerIo {
+            stdin,
             stdout,
             stderr,
+            stdin_writer: std::sync::Mutex::new(stdin_writer),
+            taps,
             log,
             copiers,
         })
+    }
+
+    /// The attached clients of `stream`.
+    pub fn tap(&self, stream: Stream) -> Arc<Tap> {
+        match stream {
+            Stream::Stdout => self.taps[0].clone(),
+            Stream::Stderr => self.taps[1].clone(),
+        }
+    }
+
+    /// A write end of the container's stdin of its own (a dup of taskd's end); None when
+    /// the container has no stdin or it was closed.
+    pub fn stdin_writer(&self) -> Option<std::io::Result<tokio::net::unix::pipe::Sender>> {
+        let w = self.stdin_writer.lock().unwrap_or_else(|p| p.into_inner());
+        let dup = w.as_ref()?.try_clone();
+        Some(dup.and_then(tokio::net::unix::pipe::Sender::from_file))
+    }
+
+    /// Closes taskd's end of stdin for good (`stdin_once`).
+    pub fn close_stdin(&self) {
+        self.stdin_writer.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// The log file (ReopenContainerLog).
@@ -156,6 +213,7 @@ async fn drain(
     log: Arc<LogFile>,
     max_line: usize,
     flush_after: Duration,
+    tap: Arc<Tap>,
 ) -> Result<u64, LogError> {
     let path = fifo.to_owned();
     let file = tokio::task::spawn_blocking(move || OpenOptions::new().read(true).open(&path))
@@ -175,7 +233,7 @@ async fn drain(
         path: fifo.to_owned(),
         source,
     })?;
-    copy(rx, stream, log, max_line, flush_after).await
+    copy(rx, stream, log, max_line, flush_after, tap).await
 }
 
 #[cfg(test)]
@@ -187,8 +245,14 @@ mod tests {
     async fn a_writer_on_the_fifos_ends_up_in_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("c.log");
-        let mut io =
-            ContainerIo::create(&dir.path().join("io"), &log, 16 * 1024, Duration::from_secs(60)).unwrap();
+        let mut io = ContainerIo::create(
+            &dir.path().join("io"),
+            &log,
+            16 * 1024,
+            Duration::from_secs(60),
+            false,
+        )
+        .unwrap();
         let (out, err) = (io.stdout.clone(), io.stderr.clone());
         // Like the shim: open the write ends (blocking until our readers are there), write, close.
         let w = std::thread::spawn(move || {
@@ -213,6 +277,7 @@ mod tests {
             &dir.path().join("c.log"),
             1024,
             Duration::from_secs(60),
+            false,
         )
         .unwrap();
         // Immediately: the readers may not be in open() yet; release copes with both.

@@ -1,24 +1,36 @@
-//! ExecSync's output: two fifos the shim writes, each read to EOF into a buffer capped at
-//! `cap` bytes (the rest is read and dropped, so the process never blocks on a full pipe
-//! and a probe cannot exhaust the daemon's memory).
+//! An exec's stdio fifos under `<state>/containers/<id>/exec/<exec id>/`: `stdin` (taskd
+//! writes it), `stdout` and `stderr` (the shim writes them), each output drained by a
+//! reader task until EOF.
+//!
+//! ExecSync reads each output into a buffer capped at `cap` bytes (the rest is read and
+//! dropped, so the process never blocks on a full pipe and a probe cannot exhaust the
+//! daemon's memory); a streaming exec gives its own readers (forwarding to the client).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use futures::future::BoxFuture;
 use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
 use super::LogError;
+use crate::cri::controller::ExecIo;
+
+/// Drains one output fifo; what it returns is what `collect` hands back.
+pub type Reader = Box<dyn FnOnce(pipe::Receiver) -> BoxFuture<'static, Vec<u8>> + Send>;
 
 /// The fifos and their readers.
 pub struct ExecOutput {
-    pub stdout: PathBuf,
-    pub stderr: PathBuf,
-    readers: Vec<JoinHandle<Vec<u8>>>,
+    pub stdin: Option<PathBuf>,
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+    /// stdout's reader, then stderr's.
+    readers: [Option<JoinHandle<Vec<u8>>>; 2],
 }
 
-fn mkfifo(path: &Path) -> Result<(), LogError> {
+pub(super) fn mkfifo(path: &Path) -> Result<(), LogError> {
     let _ = std::fs::remove_file(path);
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(|e| LogError::Open {
         path: path.to_owned(),
@@ -26,70 +38,154 @@ fn mkfifo(path: &Path) -> Result<(), LogError> {
     })
 }
 
-async fn read_capped(fifo: PathBuf, cap: usize) -> Vec<u8> {
+/// Opens `fifo` for reading (blocking until the shim opens its write end) and runs `reader`.
+async fn read_fifo(fifo: PathBuf, reader: Reader) -> Vec<u8> {
     let path = fifo.clone();
     let Ok(Ok(file)) = tokio::task::spawn_blocking(move || OpenOptions::new().read(true).open(&path)).await
     else {
         return Vec::new();
     };
-    let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_file(file) else {
+    let Ok(rx) = pipe::Receiver::from_file(file) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match rx.read(&mut buf).await {
-            Ok(0) | Err(_) => return out,
-            Ok(n) => {
-                let room = cap.saturating_sub(out.len());
-                out.extend_from_slice(&buf[..n.min(room)]);
+    reader(rx).await
+}
+
+/// A reader keeping at most `cap` bytes.
+pub fn capped(cap: usize) -> Reader {
+    Box::new(move |mut rx: pipe::Receiver| {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match rx.read(&mut buf).await {
+                    Ok(0) | Err(_) => return out,
+                    Ok(n) => {
+                        let room = cap.saturating_sub(out.len());
+                        out.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                }
             }
-        }
-    }
+        })
+    })
+}
+
+fn poke(p: &Path) {
+    let _ = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p);
 }
 
 impl ExecOutput {
-    /// Creates `dir/stdout` and `dir/stderr` and starts their readers.
+    /// ExecSync: `dir/stdout` and `dir/stderr`, each read into at most `cap` bytes.
     pub fn create(dir: &Path, cap: usize) -> Result<ExecOutput, LogError> {
+        Self::with_readers(dir, false, Some(capped(cap)), Some(capped(cap)))
+    }
+
+    /// Creates `dir/stdin` when asked and an output fifo per reader given, and starts the
+    /// readers.
+    pub fn with_readers(
+        dir: &Path,
+        stdin: bool,
+        stdout: Option<Reader>,
+        stderr: Option<Reader>,
+    ) -> Result<ExecOutput, LogError> {
         std::fs::create_dir_all(dir).map_err(|source| LogError::Open {
             path: dir.to_owned(),
             source,
         })?;
-        let stdout = dir.join("stdout");
-        let stderr = dir.join("stderr");
-        mkfifo(&stdout)?;
-        mkfifo(&stderr)?;
-        let readers = vec![
-            tokio::spawn(read_capped(stdout.clone(), cap)),
-            tokio::spawn(read_capped(stderr.clone(), cap)),
-        ];
-        Ok(ExecOutput {
-            stdout,
-            stderr,
-            readers,
-        })
+        let mut out = ExecOutput {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            readers: [None, None],
+        };
+        if stdin {
+            let p = dir.join("stdin");
+            mkfifo(&p)?;
+            out.stdin = Some(p);
+        }
+        for (i, (name, reader)) in [("stdout", stdout), ("stderr", stderr)].into_iter().enumerate() {
+            let Some(reader) = reader else { continue };
+            let p = dir.join(name);
+            mkfifo(&p)?;
+            out.readers[i] = Some(tokio::spawn(read_fifo(p.clone(), reader)));
+            if i == 0 {
+                out.stdout = Some(p);
+            } else {
+                out.stderr = Some(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The paths as the shim takes them ("" = none).
+    pub fn io(&self, terminal: bool) -> ExecIo {
+        let s = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        ExecIo {
+            stdin: s(&self.stdin),
+            stdout: s(&self.stdout),
+            stderr: s(&self.stderr),
+            terminal,
+        }
+    }
+
+    /// taskd's write end of `stdin` (read-write, so opening never waits for the shim and
+    /// the shim's reader sees EOF only once this and the shim's own write end are closed).
+    pub fn open_stdin(&self) -> Option<Result<pipe::Sender, LogError>> {
+        let p = self.stdin.as_ref()?;
+        Some(
+            pipe::OpenOptions::new()
+                .read_write(true)
+                .open_sender(p)
+                .map_err(|source| LogError::Open {
+                    path: p.clone(),
+                    source,
+                }),
+        )
+    }
+
+    fn outputs(&self) -> impl Iterator<Item = &PathBuf> {
+        self.stdout.iter().chain(self.stderr.iter())
+    }
+
+    fn running(&self) -> bool {
+        self.readers.iter().flatten().any(|h| !h.is_finished())
     }
 
     /// Ends readers no writer will ever open (the exec never started), retrying until
     /// they are done (a reader may not be in open() yet).
     pub async fn release(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.readers.iter().any(|h| !h.is_finished()) && std::time::Instant::now() < deadline {
-            for p in [&self.stdout, &self.stderr] {
-                let _ = OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(p);
-            }
+        while self.running() && std::time::Instant::now() < deadline {
+            self.outputs().for_each(|p| poke(p));
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits up to `grace` for the readers to reach EOF (a process that left a child
+    /// holding its output open would keep them going), then stops them. A reader that
+    /// ended is forgotten (`collect` no longer sees its output).
+    pub async fn finish(&mut self, grace: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        for slot in self.readers.iter_mut() {
+            let Some(h) = slot else { continue };
+            match tokio::time::timeout_at(deadline, &mut *h).await {
+                Ok(_) => *slot = None,
+                Err(_) => h.abort(),
+            }
         }
     }
 
     /// Both outputs, once both writers closed.
     pub async fn collect(mut self) -> (Vec<u8>, Vec<u8>) {
         let mut outs = Vec::new();
-        for h in self.readers.drain(..) {
-            outs.push(h.await.unwrap_or_default());
+        for h in self.readers.iter_mut() {
+            outs.push(match h.take() {
+                Some(h) => h.await.unwrap_or_default(),
+                None => Vec::new(),
+            });
         }
         let err = outs.pop().unwrap_or_default();
         let out = outs.pop().unwrap_or_default();
@@ -99,16 +195,11 @@ impl ExecOutput {
 
 impl Drop for ExecOutput {
     fn drop(&mut self) {
-        for h in &self.readers {
+        for h in self.readers.iter().flatten() {
             h.abort();
         }
-        if self.readers.iter().any(|h| !h.is_finished()) {
-            for p in [&self.stdout, &self.stderr] {
-                let _ = OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(p);
-            }
+        if self.running() {
+            self.outputs().for_each(|p| poke(p));
         }
     }
 }
@@ -122,7 +213,7 @@ mod tests {
     async fn output_is_capped_but_fully_drained() {
         let dir = tempfile::tempdir().unwrap();
         let out = ExecOutput::create(&dir.path().join("x"), 10).unwrap();
-        let (o, e) = (out.stdout.clone(), out.stderr.clone());
+        let (o, e) = (out.stdout.clone().unwrap(), out.stderr.clone().unwrap());
         std::thread::spawn(move || {
             let mut o = OpenOptions::new().write(true).open(o).unwrap();
             let mut e = OpenOptions::new().write(true).open(e).unwrap();

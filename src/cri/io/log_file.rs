@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{Framer, LogError, Stream};
+use super::{Framer, LogError, Stream, Tap};
 
 /// One container's log file, shared by its stdout and stderr copiers.
 #[derive(Debug)]
@@ -83,15 +83,30 @@ impl LogFile {
     }
 }
 
-/// Copies one stream into `log` until EOF, framing it (see the module docs). A write
-/// failure (disk full) is logged and the output dropped, so the container never blocks on
-/// a full pipe; a read failure ends the copy. Returns the number of bytes read.
+/// Copies one stream into `log` until EOF, framing it (see the module docs), and hands
+/// each chunk to the attached clients of `tap` (never waiting for them). A write failure
+/// (disk full) is logged and the output dropped, so the container never blocks on a full
+/// pipe; a read failure ends the copy. Returns the number of bytes read; `tap` is closed.
 pub async fn copy<R: AsyncRead + Unpin>(
+    reader: R,
+    stream: Stream,
+    log: Arc<LogFile>,
+    max_line: usize,
+    flush_after: Duration,
+    tap: Arc<Tap>,
+) -> Result<u64, LogError> {
+    let r = copy_framed(reader, stream, log, max_line, flush_after, &tap).await;
+    tap.close();
+    r
+}
+
+async fn copy_framed<R: AsyncRead + Unpin>(
     mut reader: R,
     stream: Stream,
     log: Arc<LogFile>,
     max_line: usize,
     flush_after: Duration,
+    tap: &Tap,
 ) -> Result<u64, LogError> {
     let mut framer = Framer::new(stream, max_line);
     let mut buf = vec![0u8; 32 * 1024];
@@ -125,6 +140,7 @@ pub async fn copy<R: AsyncRead + Unpin>(
             }
             Ok(n) => {
                 total += n as u64;
+                tap.publish(&buf[..n]);
                 framer.push(&buf[..n], SystemTime::now(), &mut out);
                 write(&mut out);
             }
@@ -202,6 +218,7 @@ mod tests {
             log.clone(),
             16 * 1024,
             Duration::from_secs(3600),
+            Arc::default(),
         ));
         let t2 = tokio::spawn(copy(
             r2,
@@ -209,6 +226,7 @@ mod tests {
             log.clone(),
             16 * 1024,
             Duration::from_secs(3600),
+            Arc::default(),
         ));
         w1.write_all(b"out one\nout two\nno newline").await.unwrap();
         w2.write_all(b"err one\n").await.unwrap();
@@ -241,6 +259,7 @@ mod tests {
             log.clone(),
             1024,
             Duration::from_millis(20),
+            Arc::default(),
         ));
         w.write_all(b"prompt> ").await.unwrap();
         // The stream stays open: the partial line must show up anyway (wait for it).
@@ -269,6 +288,7 @@ mod tests {
             log.clone(),
             16 * 1024,
             Duration::from_secs(3600),
+            Arc::default(),
         ));
         let writer = tokio::spawn(async move {
             for i in 0..2000 {

@@ -24,11 +24,13 @@ mod container_io;
 mod exec_output;
 mod framer;
 mod log_file;
+mod tap;
 
 pub use container_io::ContainerIo;
-pub use exec_output::ExecOutput;
+pub use exec_output::{ExecOutput, Reader as ExecReader, capped};
 pub use framer::{Framer, Stream, Tag, format_timestamp};
 pub use log_file::{LogFile, copy};
+pub use tap::{TAP_QUEUE, Tap};
 
 use std::path::PathBuf;
 

@@ -28,7 +28,6 @@ use taskd_proto::cri::v1::image_service_server::{ImageService, ImageServiceServe
 use taskd_proto::cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use tonic::{Request, Response, Status};
 
-use self::unimplemented::{STREAMING, unimplemented};
 use super::CriService;
 use super::instrument::Instrument;
 use crate::server::{GrpcLimits, GrpcService};
@@ -242,19 +241,19 @@ impl RuntimeService for CriApi {
             .await
     }
 
-    async fn exec(&self, _r: Request<cri::ExecRequest>) -> Rpc<cri::ExecResponse> {
-        self.inst.call("Exec", "", unimplemented("Exec", STREAMING)).await
+    async fn exec(&self, r: Request<cri::ExecRequest>) -> Rpc<cri::ExecResponse> {
+        self.inst.call("Exec", "", self.svc.exec(r.into_inner())).await
     }
 
-    async fn attach(&self, _r: Request<cri::AttachRequest>) -> Rpc<cri::AttachResponse> {
+    async fn attach(&self, r: Request<cri::AttachRequest>) -> Rpc<cri::AttachResponse> {
         self.inst
-            .call("Attach", "", unimplemented("Attach", STREAMING))
+            .call("Attach", "", self.svc.attach(r.into_inner()))
             .await
     }
 
-    async fn port_forward(&self, _r: Request<cri::PortForwardRequest>) -> Rpc<cri::PortForwardResponse> {
+    async fn port_forward(&self, r: Request<cri::PortForwardRequest>) -> Rpc<cri::PortForwardResponse> {
         self.inst
-            .call("PortForward", "", unimplemented("PortForward", STREAMING))
+            .call("PortForward", "", self.svc.port_forward(r.into_inner()))
             .await
     }
 

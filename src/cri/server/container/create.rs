@@ -9,7 +9,8 @@
 //! hugetlb controller probe, pod files → spec::container
 //! host sources of propagating mounts shared/slave (propagation.rs)
 //! reserve id + name             (store: CREATED; a name in use → AlreadyExists)
-//! ContainerIo (fifos → CRI log) when the pod has a log directory and the container a log path
+//! ContainerIo (fifos → CRI log; a stdin fifo when `stdin`) when the pod has a log directory
+//! and the container a log path
 //! runtime.create                (record, rootfs, task); failure: io released, record removed
 //! GetContainerEvents: CONTAINER_CREATED
 //! ```
@@ -347,6 +348,7 @@ impl CriService {
                 &log_path,
                 self.config.max_container_log_line_size,
                 Duration::from_millis(self.config.log_partial_flush_ms),
+                cfg.stdin,
             ) {
                 Ok(io) => Some(io),
                 Err(e) => {
@@ -355,9 +357,18 @@ impl CriService {
                 }
             }
         };
-        let (stdout, stderr) = io
+        let (stdin, stdout, stderr) = io
             .as_ref()
-            .map(|io| (io.stdout.display().to_string(), io.stderr.display().to_string()))
+            .map(|io| {
+                (
+                    io.stdin
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    io.stdout.display().to_string(),
+                    io.stderr.display().to_string(),
+                )
+            })
             .unwrap_or_default();
         let created = runner
             .create(CreateContainer {
@@ -367,6 +378,7 @@ impl CriService {
                 spec,
                 handler_name: handler_name.to_owned(),
                 handler: handler.clone(),
+                stdin,
                 stdout,
                 stderr,
                 terminal: cfg.tty,

@@ -2,9 +2,11 @@
 //! drive the task through the `ContainerRuntime`; Status/List/Stream/ReopenContainerLog
 //! read the store.
 
+pub mod attach;
 pub mod checkpoint;
 pub mod create;
 pub mod events;
+pub mod exec;
 pub mod exec_sync;
 pub mod list;
 pub mod propagation;

@@ -134,7 +134,13 @@ impl ContainerRuntime for FakeRt {
         self.updates.lock().unwrap().push((id.to_owned(), resources));
         Ok(())
     }
-    async fn exec(&self, _: &str, _: &str, _: Vec<String>, _: &str, _: &str) -> Result<u32, CriError> {
+    async fn exec(
+        &self,
+        _: &str,
+        _: &str,
+        _: Vec<String>,
+        _: crate::cri::controller::ExecIo,
+    ) -> Result<u32, CriError> {
         Err(CriError::Unimplemented {
             rpc: "ExecSync",
             missing: "the fake runtime has no exec (tests/cri_pod.rs covers it)",
@@ -147,6 +153,12 @@ impl ContainerRuntime for FakeRt {
         Ok(())
     }
     async fn exec_delete(&self, _: &str, _: &str) -> Result<(), CriError> {
+        Ok(())
+    }
+    async fn resize_pty(&self, _: &str, _: &str, _: u32, _: u32) -> Result<(), CriError> {
+        Ok(())
+    }
+    async fn close_stdin(&self, _: &str, _: &str) -> Result<(), CriError> {
         Ok(())
     }
     async fn stats(&self, _: &[String]) -> Result<Vec<crate::cri::controller::TaskStats>, CriError> {
