@@ -11,6 +11,7 @@
 //! mem_working_set      usage − total_inactive_file   usage − inactive_file   (cAdvisor)
 //! mem_rss              total_rss                     anon
 //! mem_cache            total_cache                   file
+//! mem_limit            memory.usage.limit            memory.usage_limit      (None: unlimited, > 2^62)
 //! page faults          total_pg_fault / _maj_fault   pgfault / pgmajfault
 //! processes            pids.current                  pids.current
 //! ```
@@ -20,6 +21,13 @@ use std::path::Path;
 
 use prost::Message;
 use taskd_proto::cgroups::{v1, v2};
+
+/// A memory limit as the shim reports it, None when it means "unlimited": above 2^62 (v1's
+/// page-rounded i64::MAX, v2's `max` as u64::MAX), as containerd and cAdvisor judge it; 0 is
+/// "no number" (an old shim).
+fn limit(v: u64) -> Option<u64> {
+    (v > 0 && v <= 1 << 62).then_some(v)
+}
 
 /// One task's (or one pod's summed) cgroup numbers. Absent fields stay `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,6 +46,8 @@ pub struct Sample {
     pub mem_mapped_file: Option<u64>,
     pub mem_active_file: Option<u64>,
     pub mem_inactive_file: Option<u64>,
+    /// The cgroup's memory limit; None when unlimited (and in pod sums: limits do not add up).
+    pub mem_limit: Option<u64>,
     pub mem_swap: Option<u64>,
     pub mem_failcnt: Option<u64>,
     pub page_faults: Option<u64>,
@@ -83,6 +93,7 @@ impl Sample {
                 s.mem_max_usage = Some(u.max);
                 s.mem_failcnt = Some(u.failcnt);
                 s.mem_working_set = Some(u.usage.saturating_sub(mem.total_inactive_file));
+                s.mem_limit = limit(u.limit);
             }
             if let Some(sw) = &mem.swap {
                 s.mem_swap = Some(sw.usage.saturating_sub(mem.usage.as_ref().map_or(0, |u| u.usage)));
@@ -118,6 +129,7 @@ impl Sample {
             s.mem_usage = Some(mem.usage);
             s.mem_max_usage = Some(mem.max_usage);
             s.mem_working_set = Some(mem.usage.saturating_sub(mem.inactive_file));
+            s.mem_limit = limit(mem.usage_limit);
             s.mem_rss = Some(mem.anon);
             s.mem_cache = Some(mem.file);
             s.mem_mapped_file = Some(mem.file_mapped);
@@ -266,6 +278,7 @@ mod tests {
                 usage: Some(v1::MemoryEntry {
                     usage: 1_000,
                     max: 2_000,
+                    limit: 4_096,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -293,6 +306,7 @@ mod tests {
             }),
             memory: Some(v2::MemoryStat {
                 usage: 1_000,
+                usage_limit: 4_096,
                 inactive_file: 100,
                 anon: 400,
                 pgfault: 7,
@@ -311,6 +325,9 @@ mod tests {
         assert_eq!(s2.mem_rss, s.mem_rss);
         assert_eq!(s2.page_faults, s.page_faults);
         assert_eq!(s2.processes, s.processes);
+        assert_eq!((s.mem_limit, s2.mem_limit), (Some(4_096), Some(4_096)));
+        assert_eq!(limit(0x7FFF_FFFF_FFFF_F000), None, "v1 unlimited");
+        assert_eq!(limit(u64::MAX), None, "v2 max");
 
         assert!(
             Sample::decode(&prost_types::Any {

@@ -6,6 +6,7 @@
 //! cpu.usage_nano_cores        = Δtotal / Δt since the previous sample of that container
 //! memory.usage_bytes          = usage
 //! memory.working_set_bytes    = usage − inactive_file (cAdvisor's definition)
+//! memory.available_bytes      = limit − working set (none without a limit, as cAdvisor)
 //! memory.rss_bytes            = rss (v2: anon);  page_faults / major_page_faults
 //! ```
 //!
@@ -26,15 +27,18 @@ pub(crate) fn u(v: u64) -> Option<cri::UInt64Value> {
 
 /// CRI memory usage from a sample (None when the sample has no memory numbers).
 pub(crate) fn memory_usage(s: &Sample, ts: i64) -> Option<cri::MemoryUsage> {
-    s.mem_usage.map(|usage| cri::MemoryUsage {
-        timestamp: ts,
-        working_set_bytes: s.mem_working_set.or(Some(usage)).and_then(u),
-        available_bytes: None,
-        usage_bytes: u(usage),
-        rss_bytes: s.mem_rss.and_then(u),
-        page_faults: s.page_faults.and_then(u),
-        major_page_faults: s.major_page_faults.and_then(u),
-        psi: None,
+    s.mem_usage.map(|usage| {
+        let working_set = s.mem_working_set.unwrap_or(usage);
+        cri::MemoryUsage {
+            timestamp: ts,
+            working_set_bytes: u(working_set),
+            available_bytes: s.mem_limit.and_then(|l| u(l.saturating_sub(working_set))),
+            usage_bytes: u(usage),
+            rss_bytes: s.mem_rss.and_then(u),
+            page_faults: s.page_faults.and_then(u),
+            major_page_faults: s.major_page_faults.and_then(u),
+            psi: None,
+        }
     })
 }
 
