@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod cleanup;
+pub mod observe;
 pub mod registry;
 
 use std::io::{Read, Write};
