@@ -216,9 +216,11 @@ if [ "$accel" = auto ]; then
     if [ -w /dev/kvm ]; then
         # A kernel with no init panics and the guest exits (-no-reboot): KVM works when the
         # kernel got that far within the probe's time.
+        # (In a subshell that does not exec it: a qemu that aborts, as it does here on an
+        # MSR it cannot set, is reported by that subshell, whose stderr is dropped.)
         (timeout -k 5 25 "${qemu_base[@]}" -accel kvm -cpu host -serial "file:$work/kvm-probe.log" \
-            -append "console=ttyS0 panic=-1 rdinit=/taskd-no-such-init" >"$work/kvm-probe.out" 2>&1) \
-            2>/dev/null || true
+            -append "console=ttyS0 panic=-1 rdinit=/taskd-no-such-init" >"$work/kvm-probe.out" 2>&1 ||
+            true) 2>/dev/null
         if grep -q "Kernel panic" "$work/kvm-probe.log" 2>/dev/null; then accel=kvm; fi
         log "KVM probe: $( [ "$accel" = kvm ] && echo works || echo 'no answer, using TCG')"
     fi

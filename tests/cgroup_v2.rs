@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use support::Daemon;
+use support::cri_client::{create_and_start, exited, status};
 use support::observe::{EventWatcher, promtool_check, sample};
 use support::registry::{ImageBuilder, OciLayout};
 use tonic::transport::Channel;
@@ -276,42 +277,6 @@ async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, cfg: &cri::PodSandboxCo
     .pod_sandbox_id
 }
 
-async fn create_and_start(
-    rt: &mut RuntimeServiceClient<Channel>,
-    pod: &str,
-    pod_cfg: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> String {
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("StartContainer");
-    id
-}
-
-async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
-    rt.container_status(cri::ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .expect("ContainerStatus")
-    .into_inner()
-    .status
-    .expect("a status")
-}
-
 /// Stops and removes the container, then the pod.
 async fn tear_down(rt: &mut RuntimeServiceClient<Channel>, pod: &str, containers: &[&str]) {
     for id in containers {
@@ -352,16 +317,16 @@ fn cpu_weight(shares: u64) -> u64 {
     1 + ((shares - 2) * 9999) / 262_142
 }
 
+/// The value of an optional CRI counter (0 when absent).
+fn val(v: Option<&cri::UInt64Value>) -> u64 {
+    v.map(|v| v.value).unwrap_or_default()
+}
+
 /// The (name → value) of a metric list.
 fn metric_values(metrics: &[cri::Metric]) -> HashMap<String, u64> {
     metrics
         .iter()
-        .map(|m| {
-            (
-                m.name.clone(),
-                m.value.as_ref().map(|v| v.value).unwrap_or_default(),
-            )
-        })
+        .map(|m| (m.name.clone(), val(m.value.as_ref())))
         .collect()
 }
 
@@ -410,12 +375,7 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
             .into_inner()
             .stats
             .expect("stats");
-        let cpu = s
-            .cpu
-            .as_ref()
-            .and_then(|c| c.usage_core_nano_seconds.as_ref())
-            .map(|v| v.value)
-            .unwrap_or_default();
+        let cpu = val(s.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()));
         if cpu > 0 {
             break s;
         }
@@ -423,11 +383,7 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let mem = stats.memory.as_ref().expect("memory stats");
-    let ws = mem
-        .working_set_bytes
-        .as_ref()
-        .map(|v| v.value)
-        .unwrap_or_default();
+    let ws = val(mem.working_set_bytes.as_ref());
     assert!(ws > 0 && ws <= 64 * MIB as u64, "working set {ws}: {stats:?}");
     assert_eq!(
         mem.available_bytes.as_ref().map(|v| v.value),
@@ -447,19 +403,15 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
         .expect("pod stats");
     let linux = ps.linux.as_ref().expect("linux pod stats");
     assert!(
-        linux
+        val(linux
             .cpu
             .as_ref()
-            .and_then(|c| c.usage_core_nano_seconds.as_ref())
-            .is_some_and(|v| v.value > 0),
+            .and_then(|c| c.usage_core_nano_seconds.as_ref()))
+            > 0,
         "pod CPU: {ps:?}"
     );
     assert!(
-        linux
-            .memory
-            .as_ref()
-            .and_then(|m| m.working_set_bytes.as_ref())
-            .is_some_and(|v| v.value > 0),
+        val(linux.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref())) > 0,
         "pod memory: {ps:?}"
     );
     assert!(
@@ -558,11 +510,7 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
         .stats
         .expect("stats");
     assert!(
-        after
-            .memory
-            .as_ref()
-            .and_then(|m| m.working_set_bytes.as_ref())
-            .is_some_and(|v| v.value > 0),
+        val(after.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref())) > 0,
         "{after:?}"
     );
 
@@ -600,15 +548,7 @@ async fn oom_kill(driver: Driver, octet: u8) {
     )
     .await;
     events.wait_for(&["/tasks/oom", &hog], Duration::from_secs(60));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let s = loop {
-        let s = status(&mut rt, &hog).await;
-        if s.state == cri::ContainerState::ContainerExited as i32 {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "hog did not exit: {s:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let s = exited(&mut rt, &hog).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"), "{s:?}");
     tear_down(&mut rt, &pod, &[&hog]).await;
 }
