@@ -12,6 +12,8 @@
 //! mem_rss              total_rss                     anon
 //! mem_cache            total_cache                   file
 //! mem_limit            memory.usage.limit            memory.usage_limit      (None: unlimited, > 2^62)
+//! mem_swap             memsw usage − usage           memory.swap.current
+//! mem_swap_limit       −                             memory.swap.max         (None: unlimited)
 //! page faults          total_pg_fault / _maj_fault   pgfault / pgmajfault
 //! processes            pids.current                  pids.current
 //! ```
@@ -48,6 +50,8 @@ pub struct Sample {
     pub mem_inactive_file: Option<u64>,
     /// The cgroup's memory limit; None when unlimited (and in pod sums: limits do not add up).
     pub mem_limit: Option<u64>,
+    /// The swap limit (v2 `memory.swap.max`); None when unlimited, on v1 and in pod sums.
+    pub mem_swap_limit: Option<u64>,
     pub mem_swap: Option<u64>,
     pub mem_failcnt: Option<u64>,
     pub page_faults: Option<u64>,
@@ -136,6 +140,7 @@ impl Sample {
             s.mem_active_file = Some(mem.active_file);
             s.mem_inactive_file = Some(mem.inactive_file);
             s.mem_swap = Some(mem.swap_usage);
+            s.mem_swap_limit = limit(mem.swap_limit);
             s.page_faults = Some(mem.pgfault);
             s.major_page_faults = Some(mem.pgmajfault);
         }
@@ -307,6 +312,8 @@ mod tests {
             memory: Some(v2::MemoryStat {
                 usage: 1_000,
                 usage_limit: 4_096,
+                swap_usage: 10,
+                swap_limit: u64::MAX,
                 inactive_file: 100,
                 anon: 400,
                 pgfault: 7,
@@ -326,6 +333,7 @@ mod tests {
         assert_eq!(s2.page_faults, s.page_faults);
         assert_eq!(s2.processes, s.processes);
         assert_eq!((s.mem_limit, s2.mem_limit), (Some(4_096), Some(4_096)));
+        assert_eq!((s2.mem_swap, s2.mem_swap_limit), (Some(10), None), "swap max");
         assert_eq!(limit(0x7FFF_FFFF_FFFF_F000), None, "v1 unlimited");
         assert_eq!(limit(u64::MAX), None, "v2 max");
 

@@ -8,6 +8,8 @@
 //! memory.working_set_bytes    = usage − inactive_file (cAdvisor's definition)
 //! memory.available_bytes      = limit − working set (none without a limit, as cAdvisor)
 //! memory.rss_bytes            = rss (v2: anon);  page_faults / major_page_faults
+//! swap.swap_usage_bytes       = swap usage (v2: memory.swap.current)
+//! swap.swap_available_bytes   = swap limit − usage (none without a limit)
 //! ```
 //!
 //! A container that is not running (created, exited) reports attributes and its writable
@@ -39,6 +41,15 @@ pub(crate) fn memory_usage(s: &Sample, ts: i64) -> Option<cri::MemoryUsage> {
             major_page_faults: s.major_page_faults.and_then(u),
             psi: None,
         }
+    })
+}
+
+/// CRI swap usage from a sample (None when the sample has no swap number).
+pub(crate) fn swap_usage(s: &Sample, ts: i64) -> Option<cri::SwapUsage> {
+    s.mem_swap.map(|used| cri::SwapUsage {
+        timestamp: ts,
+        swap_available_bytes: s.mem_swap_limit.and_then(|l| u(l.saturating_sub(used))),
+        swap_usage_bytes: u(used),
     })
 }
 
@@ -114,6 +125,7 @@ impl CriService {
         };
         out.cpu = self.cpu_usage(&c.id, sample, *at);
         out.memory = memory_usage(sample, nanos(Some(*at)));
+        out.swap = swap_usage(sample, nanos(Some(*at)));
         out
     }
 
