@@ -39,7 +39,7 @@ guest_timeout=${TASKD_VM_TIMEOUT:-1200}
 accel=${TASKD_VM_ACCEL:-auto}
 [ "$(id -u)" -eq 0 ] || die "run as root (mmdebstrap, mkfs and the loop-free disk build need it)"
 
-apt_install mmdebstrap qemu-system-x86 e2fsprogs ca-certificates
+apt_install mmdebstrap qemu-system-x86 e2fsprogs ca-certificates python3
 ensure_cargo
 
 # ---- the guest image, cached ----
