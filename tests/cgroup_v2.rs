@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use support::Daemon;
-use support::cri_client::{create_and_start, exited, status};
+use support::cri_client::{container_stats, create_and_start, exited, status};
 use support::observe::{EventWatcher, promtool_check, sample};
 use support::registry::{ImageBuilder, OciLayout};
 use tonic::transport::Channel;
@@ -379,15 +379,7 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
     // ContainerStats from cpu.stat and memory.current/memory.stat.
     let deadline = Instant::now() + Duration::from_secs(60);
     let stats = loop {
-        let s = rt
-            .container_stats(cri::ContainerStatsRequest {
-                container_id: app.clone(),
-            })
-            .await
-            .expect("ContainerStats")
-            .into_inner()
-            .stats
-            .expect("stats");
+        let s = container_stats(&mut rt, &app).await;
         let cpu = val(s.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()));
         if cpu > 0 {
             break s;
@@ -484,16 +476,8 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
     assert_eq!(cg_file(&cg, "memory.swap.max"), (64 * MIB).to_string());
     // ContainerStats.swap from memory.swap.current and memory.swap.max (the guest has no
     // swap device: nothing used, all of the limit available).
-    let swap = rt
-        .container_stats(cri::ContainerStatsRequest {
-            container_id: app.clone(),
-        })
-        .await
-        .expect("ContainerStats")
-        .into_inner()
-        .stats
-        .and_then(|s| s.swap)
-        .expect("swap stats");
+    let stats = container_stats(&mut rt, &app).await;
+    let swap = stats.swap.expect("swap stats");
     assert_eq!(
         (
             val(swap.swap_usage_bytes.as_ref()),
@@ -533,15 +517,7 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
     let s = status(&mut rt, &app).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32, "{s:?}");
     assert_eq!(cg_file(&cg, "cgroup.procs").lines().next(), procs.lines().next());
-    let after = rt
-        .container_stats(cri::ContainerStatsRequest {
-            container_id: app.clone(),
-        })
-        .await
-        .expect("ContainerStats after restart")
-        .into_inner()
-        .stats
-        .expect("stats");
+    let after = container_stats(&mut rt, &app).await;
     assert!(
         val(after.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref())) > 0,
         "{after:?}"

@@ -22,7 +22,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use support::Daemon;
-use support::cri_client::{create_and_start, exited, status};
+use support::cri_client::{container_stats, create_and_start, exited, status};
 use support::registry::{ImageBuilder, OciLayout, Registry};
 use tonic::transport::Channel;
 
@@ -1166,15 +1166,7 @@ async fn probes_stats_metrics_and_events_through_the_client() {
     );
 
     // Stats: container (cpu, memory, writable layer), pod (cpu, memory, network, processes).
-    let cs = rt
-        .container_stats(cri::ContainerStatsRequest {
-            container_id: app.clone(),
-        })
-        .await
-        .expect("ContainerStats")
-        .into_inner()
-        .stats
-        .unwrap();
+    let cs = container_stats(&mut rt, &app).await;
     assert!(
         cs.cpu
             .as_ref()

@@ -56,3 +56,15 @@ pub async fn exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::Co
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// ContainerStats of one container, expected to answer with stats.
+pub async fn container_stats(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStats {
+    rt.container_stats(cri::ContainerStatsRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ContainerStats {id}: {e:?}"))
+    .into_inner()
+    .stats
+    .expect("ContainerStats answered without stats")
+}
