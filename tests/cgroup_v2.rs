@@ -331,7 +331,7 @@ fn metric_values(metrics: &[cri::Metric]) -> HashMap<String, u64> {
 }
 
 /// Pod and container lifecycle, the container's cgroup where the driver puts it (with its
-/// hugepage limit), stats and
+/// hugepage limit), stats (PSI too) and
 /// metrics from the v2 files, UpdateContainerResources reaching them (memory.high and the
 /// swap limit too), and a kill -9 of taskd that the running container survives.
 async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
@@ -395,6 +395,42 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
         Some(64 * MIB as u64 - ws),
         "available = limit - working set: {stats:?}"
     );
+
+    // PSI from the container's cpu/memory/io.pressure (the k8s-cri client predates the psi
+    // fields: taskd's own generated client reads them). The totals only grow: read back from
+    // the container's files afterwards they are at least what ContainerStats said.
+    let mut raw =
+        taskd_proto::cri::v1::runtime_service_client::RuntimeServiceClient::new(w.d.channel().await);
+    let with_psi = raw
+        .container_stats(taskd_proto::cri::v1::ContainerStatsRequest {
+            container_id: app.clone(),
+        })
+        .await
+        .expect("ContainerStats (taskd_proto client)")
+        .into_inner()
+        .stats
+        .expect("stats");
+    for (resource, psi) in [
+        ("cpu", with_psi.cpu.as_ref().and_then(|c| c.psi)),
+        ("memory", with_psi.memory.as_ref().and_then(|m| m.psi)),
+        ("io", with_psi.io.as_ref().and_then(|i| i.psi)),
+    ] {
+        let some = psi
+            .and_then(|p| p.some)
+            .unwrap_or_else(|| panic!("no {resource} PSI: {with_psi:?}"));
+        let file = cg_file(&cg, &format!("{resource}.pressure"));
+        let now: u64 = file
+            .lines()
+            .find_map(|l| l.strip_prefix("some "))
+            .and_then(|l| l.rsplit_once("total="))
+            .and_then(|(_, t)| t.parse().ok())
+            .unwrap_or_else(|| panic!("{resource}.pressure: {file}"));
+        assert!(
+            some.total <= now,
+            "{resource} PSI total {} > the file's {now}",
+            some.total
+        );
+    }
 
     // PodSandboxStats: the pod's own cgroup totals and the container's.
     let ps = rt

@@ -260,9 +260,78 @@ pub fn net_dev_of(proc_root: &Path, pid: u32) -> Vec<NetDev> {
         .unwrap_or_default()
 }
 
+/// Pressure stall information of one cgroup v2 resource (`cpu`, `memory`, `io`).
+pub type Psi = taskd_proto::cri::v1::PsiStats;
+
+/// The PSI of `<resource>.pressure` in the cgroup v2 directory of process `pid` (its `0::`
+/// line of `/proc/<pid>/cgroup` under `cgroup_root`); None on cgroup v1, for a process that
+/// is gone, or a kernel without PSI.
+pub fn psi_of(proc_root: &Path, cgroup_root: &Path, pid: u32, resource: &str) -> Option<Psi> {
+    if pid == 0 {
+        return None;
+    }
+    let own = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = cgroup_root.join(path.trim_start_matches('/'));
+    parse_psi(&std::fs::read_to_string(dir.join(format!("{resource}.pressure"))).ok()?)
+}
+
+/// A `*.pressure` file: `some avg10=0.00 avg60=0.00 avg300=0.00 total=0` and (cpu since
+/// 5.13, memory, io) a `full` line; None when there is no `some` line.
+pub fn parse_psi(text: &str) -> Option<Psi> {
+    use taskd_proto::cri::v1::PsiData;
+    let line = |kind: &str| -> Option<PsiData> {
+        let rest = text
+            .lines()
+            .find_map(|l| l.strip_prefix(kind)?.strip_prefix(' '))?;
+        let mut d = PsiData::default();
+        for field in rest.split_whitespace() {
+            let (k, v) = field.split_once('=')?;
+            match k {
+                "avg10" => d.avg10 = v.parse().ok()?,
+                "avg60" => d.avg60 = v.parse().ok()?,
+                "avg300" => d.avg300 = v.parse().ok()?,
+                "total" => d.total = v.parse().ok()?,
+                _ => {}
+            }
+        }
+        Some(d)
+    };
+    let some = line("some")?;
+    Some(Psi {
+        full: line("full"),
+        some: Some(some),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn psi_from_the_process_cgroup_v2_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let (proc_root, cg) = (dir.path().join("proc"), dir.path().join("cg"));
+        std::fs::create_dir_all(proc_root.join("42")).unwrap();
+        std::fs::create_dir_all(cg.join("kubepods/pod1/c1")).unwrap();
+        std::fs::write(proc_root.join("42/cgroup"), "0::/kubepods/pod1/c1\n").unwrap();
+        std::fs::write(
+            cg.join("kubepods/pod1/c1/cpu.pressure"),
+            "some avg10=1.50 avg60=0.25 avg300=0.00 total=12345\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
+        )
+        .unwrap();
+        let psi = psi_of(&proc_root, &cg, 42, "cpu").unwrap();
+        let some = psi.some.unwrap();
+        assert_eq!((some.avg10, some.avg60, some.total), (1.5, 0.25, 12345));
+        assert_eq!(psi.full.unwrap().total, 7);
+        assert!(psi_of(&proc_root, &cg, 42, "io").is_none(), "no io.pressure");
+        assert!(psi_of(&proc_root, &cg, 0, "cpu").is_none());
+        // cgroup v1: no `0::` line.
+        std::fs::write(proc_root.join("42/cgroup"), "4:memory:/kubepods/pod1/c1\n").unwrap();
+        assert!(psi_of(&proc_root, &cg, 42, "cpu").is_none());
+        assert!(parse_psi("full avg10=0.00 avg60=0.00 avg300=0.00 total=7\n").is_none());
+        assert!(parse_psi("some avg10=x avg60=0 avg300=0 total=1\n").is_none());
+    }
 
     #[test]
     fn v1_and_v2_decode_to_the_same_fields() {

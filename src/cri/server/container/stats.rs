@@ -10,6 +10,8 @@
 //! memory.rss_bytes            = rss (v2: anon);  page_faults / major_page_faults
 //! swap.swap_usage_bytes       = swap usage (v2: memory.swap.current)
 //! swap.swap_available_bytes   = swap limit − usage (none without a limit)
+//! cpu/memory/io .psi          = cpu.pressure, memory.pressure, io.pressure of the cgroup
+//!                               the container's init is in (cgroup v2 only)
 //! ```
 //!
 //! A container that is not running (created, exited) reports attributes and its writable
@@ -126,6 +128,24 @@ impl CriService {
         out.cpu = self.cpu_usage(&c.id, sample, *at);
         out.memory = memory_usage(sample, nanos(Some(*at)));
         out.swap = swap_usage(sample, nanos(Some(*at)));
+        let psi = |resource: &str| {
+            crate::cri::stats::psi_of(
+                std::path::Path::new("/proc"),
+                std::path::Path::new("/sys/fs/cgroup"),
+                c.pid,
+                resource,
+            )
+        };
+        if let Some(cpu) = out.cpu.as_mut() {
+            cpu.psi = psi("cpu");
+        }
+        if let Some(memory) = out.memory.as_mut() {
+            memory.psi = psi("memory");
+        }
+        out.io = psi("io").map(|p| cri::IoUsage {
+            timestamp: nanos(Some(*at)),
+            psi: Some(p),
+        });
         out
     }
 
