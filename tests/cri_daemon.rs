@@ -22,6 +22,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use support::Daemon;
+use support::cri_client::{container_stats, create_and_start, exited, status};
 use support::registry::{ImageBuilder, OciLayout, Registry};
 use tonic::transport::Channel;
 
@@ -357,55 +358,6 @@ fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
         },
         log_path: format!("{name}.log"),
         ..Default::default()
-    }
-}
-
-async fn create_and_start(
-    rt: &mut RuntimeServiceClient<Channel>,
-    pod: &str,
-    pod_cfg: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> String {
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("StartContainer");
-    id
-}
-
-async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
-    rt.container_status(cri::ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .expect("ContainerStatus")
-    .into_inner()
-    .status
-    .unwrap()
-}
-
-/// Waits until the container has exited; returns its status.
-async fn exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = status(rt, id).await;
-        if s.state == cri::ContainerState::ContainerExited as i32 {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "container {id} did not exit: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -1214,15 +1166,7 @@ async fn probes_stats_metrics_and_events_through_the_client() {
     );
 
     // Stats: container (cpu, memory, writable layer), pod (cpu, memory, network, processes).
-    let cs = rt
-        .container_stats(cri::ContainerStatsRequest {
-            container_id: app.clone(),
-        })
-        .await
-        .expect("ContainerStats")
-        .into_inner()
-        .stats
-        .unwrap();
+    let cs = container_stats(&mut rt, &app).await;
     assert!(
         cs.cpu
             .as_ref()

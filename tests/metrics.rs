@@ -8,9 +8,10 @@ mod rootfs;
 mod support;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::Daemon;
+use support::observe::{EventWatcher, eventually, promtool_check, sample};
 
 const RUNTIME: &str = "io.containerd.runc.v2";
 
@@ -29,79 +30,6 @@ fn require_tools() {
     support::require_bin("containerd-shim-runc-v2", "containerd");
     support::require_bin("ctr", "containerd");
     support::require_bin("promtool", "prometheus");
-}
-
-/// Polls `f` until it returns `Some` (bounded; panics with `what` after `limit`).
-fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The value of the first sample of `name` in a text exposition whose labels include all of
-/// `labels` (`k="v"` pairs).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (lbls, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once("} ")?,
-                None => ("", rest.strip_prefix(' ')?),
-            };
-            labels
-                .iter()
-                .all(|(k, v)| lbls.split(',').any(|p| p == format!("{k}=\"{v}\"")))
-                .then(|| value.trim().parse().ok())?
-        })
-        .next()
-}
-
-/// `promtool check metrics`: no parse error; lint findings only the two containerd's own
-/// `container_*` names cause (gauges named `*_total`, non-second time units).
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool (apt-get install prometheus)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool output");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    match out.status.code() {
-        Some(0) => {}
-        Some(3) => {
-            for line in report.lines().filter(|l| !l.trim().is_empty()) {
-                let containerd_name = line.starts_with("container_")
-                    && (line.ends_with("non-counter metrics should not have \"_total\" suffix")
-                        || line.contains("use base unit \"seconds\" instead of"));
-                assert!(containerd_name, "promtool lint finding: {line}\n{report}");
-            }
-        }
-        _ => panic!(
-            "promtool check metrics failed ({}):\n{report}\n--- scrape ---\n{text}",
-            out.status
-        ),
-    }
 }
 
 /// Kills and deletes a task and its container (best effort; the harness kills shims too).
@@ -198,45 +126,8 @@ fn scrape_with_a_running_task_has_container_series_and_passes_promtool() {
 fn oom_kill_in_a_task_is_counted() {
     require_tools();
     let d = Daemon::start();
-    // `ctr events` sees the shim's /tasks/oom event; its lines arrive on `events`.
-    let mut watcher = Command::new("ctr")
-        .arg("--address")
-        .arg(&d.socket)
-        .arg("events")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run ctr events");
-    let stdout = watcher.stdout.take().expect("ctr events stdout");
-    let (tx, events) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let _watcher = KillOnDrop(watcher);
-    // Events are not replayed to late subscribers: the task starts only once `ctr events`
-    // is subscribed, known by it printing a namespace created for that.
-    let mut seen = Vec::new();
-    for i in 0.. {
-        let probe = format!("events-ready-{i}");
-        d.ctr_ok(&["namespaces", "create", &probe]);
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < deadline && !seen.iter().any(|l: &String| l.contains(&probe)) {
-            if let Ok(line) = events.recv_timeout(Duration::from_millis(50)) {
-                seen.push(line);
-            }
-        }
-        d.ctr_ok(&["namespaces", "remove", &probe]);
-        if seen.iter().any(|l| l.contains(&probe)) {
-            break;
-        }
-        assert!(i < 30, "`ctr events` never printed an event: {seen:?}");
-    }
+    // `ctr events` sees the shim's /tasks/oom event.
+    let mut events = EventWatcher::start(&d);
     // dd's 256 MiB buffer cannot fit in 32 MiB; the shell (the task's init) survives. It
     // waits a second first: the runc shim arms its OOM eventfd only after `runc start`
     // returned (containerd's shim, task/service.go Start), and an OOM before that publishes
@@ -268,30 +159,7 @@ fn oom_kill_in_a_task_is_counted() {
         Some(33554432.0)
     );
     // The shim published /tasks/oom for the task (ctr prints `<time> default /tasks/oom {...}`).
-    eventually(
-        "a /tasks/oom event for task hog on `ctr events`",
-        Duration::from_secs(30),
-        || {
-            while let Ok(line) = events.try_recv() {
-                seen.push(line);
-            }
-            seen.iter()
-                .any(|l| l.contains("/tasks/oom") && l.contains("hog"))
-                .then_some(())
-        },
-    );
-    drop(_watcher);
-    let _ = reader.join();
-}
-
-/// Kills a child we started, by pid, and reaps it.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    events.wait_for(&["/tasks/oom", "hog"], Duration::from_secs(30));
 }
 
 /// The `runtime` label is still there after the daemon is killed and restarted (containerd

@@ -11,6 +11,9 @@
 //! mem_working_set      usage − total_inactive_file   usage − inactive_file   (cAdvisor)
 //! mem_rss              total_rss                     anon
 //! mem_cache            total_cache                   file
+//! mem_limit            memory.usage.limit            memory.usage_limit      (None: unlimited, > 2^62)
+//! mem_swap             memsw usage − usage           memory.swap.current
+//! mem_swap_limit       −                             memory.swap.max         (None: unlimited)
 //! page faults          total_pg_fault / _maj_fault   pgfault / pgmajfault
 //! processes            pids.current                  pids.current
 //! ```
@@ -20,6 +23,13 @@ use std::path::Path;
 
 use prost::Message;
 use taskd_proto::cgroups::{v1, v2};
+
+/// A memory limit as the shim reports it, None when it means "unlimited": above 2^62 (v1's
+/// page-rounded i64::MAX, v2's `max` as u64::MAX), as containerd and cAdvisor judge it; 0 is
+/// "no number" (an old shim).
+fn limit(v: u64) -> Option<u64> {
+    (v > 0 && v <= 1 << 62).then_some(v)
+}
 
 /// One task's (or one pod's summed) cgroup numbers. Absent fields stay `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,6 +48,10 @@ pub struct Sample {
     pub mem_mapped_file: Option<u64>,
     pub mem_active_file: Option<u64>,
     pub mem_inactive_file: Option<u64>,
+    /// The cgroup's memory limit; None when unlimited (and in pod sums: limits do not add up).
+    pub mem_limit: Option<u64>,
+    /// The swap limit (v2 `memory.swap.max`); None when unlimited, on v1 and in pod sums.
+    pub mem_swap_limit: Option<u64>,
     pub mem_swap: Option<u64>,
     pub mem_failcnt: Option<u64>,
     pub page_faults: Option<u64>,
@@ -83,6 +97,7 @@ impl Sample {
                 s.mem_max_usage = Some(u.max);
                 s.mem_failcnt = Some(u.failcnt);
                 s.mem_working_set = Some(u.usage.saturating_sub(mem.total_inactive_file));
+                s.mem_limit = limit(u.limit);
             }
             if let Some(sw) = &mem.swap {
                 s.mem_swap = Some(sw.usage.saturating_sub(mem.usage.as_ref().map_or(0, |u| u.usage)));
@@ -118,12 +133,14 @@ impl Sample {
             s.mem_usage = Some(mem.usage);
             s.mem_max_usage = Some(mem.max_usage);
             s.mem_working_set = Some(mem.usage.saturating_sub(mem.inactive_file));
+            s.mem_limit = limit(mem.usage_limit);
             s.mem_rss = Some(mem.anon);
             s.mem_cache = Some(mem.file);
             s.mem_mapped_file = Some(mem.file_mapped);
             s.mem_active_file = Some(mem.active_file);
             s.mem_inactive_file = Some(mem.inactive_file);
             s.mem_swap = Some(mem.swap_usage);
+            s.mem_swap_limit = limit(mem.swap_limit);
             s.page_faults = Some(mem.pgfault);
             s.major_page_faults = Some(mem.pgmajfault);
         }
@@ -243,9 +260,78 @@ pub fn net_dev_of(proc_root: &Path, pid: u32) -> Vec<NetDev> {
         .unwrap_or_default()
 }
 
+/// Pressure stall information of one cgroup v2 resource (`cpu`, `memory`, `io`).
+pub type Psi = taskd_proto::cri::v1::PsiStats;
+
+/// The PSI of `<resource>.pressure` in the cgroup v2 directory of process `pid` (its `0::`
+/// line of `/proc/<pid>/cgroup` under `cgroup_root`); None on cgroup v1, for a process that
+/// is gone, or a kernel without PSI.
+pub fn psi_of(proc_root: &Path, cgroup_root: &Path, pid: u32, resource: &str) -> Option<Psi> {
+    if pid == 0 {
+        return None;
+    }
+    let own = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = cgroup_root.join(path.trim_start_matches('/'));
+    parse_psi(&std::fs::read_to_string(dir.join(format!("{resource}.pressure"))).ok()?)
+}
+
+/// A `*.pressure` file: `some avg10=0.00 avg60=0.00 avg300=0.00 total=0` and (cpu since
+/// 5.13, memory, io) a `full` line; None when there is no `some` line.
+pub fn parse_psi(text: &str) -> Option<Psi> {
+    use taskd_proto::cri::v1::PsiData;
+    let line = |kind: &str| -> Option<PsiData> {
+        let rest = text
+            .lines()
+            .find_map(|l| l.strip_prefix(kind)?.strip_prefix(' '))?;
+        let mut d = PsiData::default();
+        for field in rest.split_whitespace() {
+            let (k, v) = field.split_once('=')?;
+            match k {
+                "avg10" => d.avg10 = v.parse().ok()?,
+                "avg60" => d.avg60 = v.parse().ok()?,
+                "avg300" => d.avg300 = v.parse().ok()?,
+                "total" => d.total = v.parse().ok()?,
+                _ => {}
+            }
+        }
+        Some(d)
+    };
+    let some = line("some")?;
+    Some(Psi {
+        full: line("full"),
+        some: Some(some),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn psi_from_the_process_cgroup_v2_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let (proc_root, cg) = (dir.path().join("proc"), dir.path().join("cg"));
+        std::fs::create_dir_all(proc_root.join("42")).unwrap();
+        std::fs::create_dir_all(cg.join("kubepods/pod1/c1")).unwrap();
+        std::fs::write(proc_root.join("42/cgroup"), "0::/kubepods/pod1/c1\n").unwrap();
+        std::fs::write(
+            cg.join("kubepods/pod1/c1/cpu.pressure"),
+            "some avg10=1.50 avg60=0.25 avg300=0.00 total=12345\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
+        )
+        .unwrap();
+        let psi = psi_of(&proc_root, &cg, 42, "cpu").unwrap();
+        let some = psi.some.unwrap();
+        assert_eq!((some.avg10, some.avg60, some.total), (1.5, 0.25, 12345));
+        assert_eq!(psi.full.unwrap().total, 7);
+        assert!(psi_of(&proc_root, &cg, 42, "io").is_none(), "no io.pressure");
+        assert!(psi_of(&proc_root, &cg, 0, "cpu").is_none());
+        // cgroup v1: no `0::` line.
+        std::fs::write(proc_root.join("42/cgroup"), "4:memory:/kubepods/pod1/c1\n").unwrap();
+        assert!(psi_of(&proc_root, &cg, 42, "cpu").is_none());
+        assert!(parse_psi("full avg10=0.00 avg60=0.00 avg300=0.00 total=7\n").is_none());
+        assert!(parse_psi("some avg10=x avg60=0 avg300=0 total=1\n").is_none());
+    }
 
     #[test]
     fn v1_and_v2_decode_to_the_same_fields() {
@@ -266,6 +352,7 @@ mod tests {
                 usage: Some(v1::MemoryEntry {
                     usage: 1_000,
                     max: 2_000,
+                    limit: 4_096,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -293,6 +380,9 @@ mod tests {
             }),
             memory: Some(v2::MemoryStat {
                 usage: 1_000,
+                usage_limit: 4_096,
+                swap_usage: 10,
+                swap_limit: u64::MAX,
                 inactive_file: 100,
                 anon: 400,
                 pgfault: 7,
@@ -311,6 +401,10 @@ mod tests {
         assert_eq!(s2.mem_rss, s.mem_rss);
         assert_eq!(s2.page_faults, s.page_faults);
         assert_eq!(s2.processes, s.processes);
+        assert_eq!((s.mem_limit, s2.mem_limit), (Some(4_096), Some(4_096)));
+        assert_eq!((s2.mem_swap, s2.mem_swap_limit), (Some(10), None), "swap max");
+        assert_eq!(limit(0x7FFF_FFFF_FFFF_F000), None, "v1 unlimited");
+        assert_eq!(limit(u64::MAX), None, "v2 max");
 
         assert!(
             Sample::decode(&prost_types::Any {

@@ -19,6 +19,8 @@
 #![allow(dead_code)]
 
 pub mod cleanup;
+pub mod cri_client;
+pub mod observe;
 pub mod registry;
 
 use std::io::{Read, Write};

@@ -103,6 +103,10 @@ pub struct ContainerInput<'a> {
     pub container_annotations: &'a [String],
     /// The handler supports `rro` ([`crate::cri::features`]).
     pub recursive_read_only_mounts: bool,
+    /// The host is cgroup v2 ([`cgroup_v2_host`]): the container gets a private cgroup
+    /// namespace (`/proc/self/cgroup` reads `0::/`, `/sys/fs/cgroup` is its own cgroup), a
+    /// privileged one too; on v1 it shares the host's, as containerd does.
+    pub cgroup_ns: bool,
 }
 
 /// How far the container's rootfs propagates, ordered (containerd's rule: the most any CRI
@@ -378,6 +382,16 @@ fn hugetlb_controller_in(root: &std::path::Path) -> bool {
     }
 }
 
+/// Whether the host's cgroups are v2 (unified: `cgroup.controllers` at the root), probed once.
+pub fn cgroup_v2_host() -> bool {
+    static V2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V2.get_or_init(|| cgroup_v2_in(std::path::Path::new("/sys/fs/cgroup")))
+}
+
+fn cgroup_v2_in(root: &std::path::Path) -> bool {
+    root.join("cgroup.controllers").is_file()
+}
+
 /// Builds a container's spec.
 pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
     let cfg = inp.config;
@@ -630,6 +644,11 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
             })?;
             namespaces.push(namespace(LinuxNamespaceType::Pid, Some(&proc_ns(pid, "pid"))));
         }
+    }
+    // runc mounts the spec's `cgroup` mount as cgroup2 from inside the new namespace: the
+    // container's own cgroup (writable for a privileged container, see the mounts above).
+    if inp.cgroup_ns {
+        namespaces.push(namespace(LinuxNamespaceType::Cgroup, None));
     }
 
     // Resources.
@@ -885,6 +904,7 @@ mod tests {
             min_oom_score_adj: -500,
             localhost_seccomp: None,
             hugetlb_controller: true,
+            cgroup_ns: false,
             all_caps: &ALL_CAPS,
             pod_annotations: &[],
             container_annotations: &[],
@@ -1504,6 +1524,67 @@ mod tests {
         assert!(!hugetlb_controller_in(dir.path()), "v2 without it");
         std::fs::write(dir.path().join("cgroup.controllers"), "cpu hugetlb memory\n").unwrap();
         assert!(hugetlb_controller_in(dir.path()), "v2 with it");
+    }
+
+    #[test]
+    fn a_cgroup_namespace_on_v2_only_privileged_too() {
+        let cgroup_ns = |privileged: bool, cgroup_ns: bool| {
+            let (cfg, mut pod, img) = base(ContainerConfig {
+                metadata: meta(),
+                linux: Some(cri::LinuxContainerConfig {
+                    security_context: Some(cri::LinuxContainerSecurityContext {
+                        privileged,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            pod.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+                privileged,
+                ..Default::default()
+            });
+            let spec = container_spec(&ContainerInput {
+                cgroup_ns,
+                ..input(&cfg, &pod, &img)
+            })
+            .unwrap();
+            let ns = namespaces(&spec).contains(&(LinuxNamespaceType::Cgroup, None));
+            let cgroup_mount = spec
+                .mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|m| m.destination().as_os_str() == "/sys/fs/cgroup")
+                .and_then(|m| m.options().clone())
+                .unwrap_or_default();
+            (ns, cgroup_mount.contains(&"rw".to_owned()))
+        };
+        assert_eq!(
+            cgroup_ns(false, true),
+            (true, false),
+            "v2: own namespace, read-only mount"
+        );
+        assert_eq!(
+            cgroup_ns(true, true),
+            (true, true),
+            "v2 privileged: own namespace, writable"
+        );
+        assert_eq!(
+            cgroup_ns(false, false),
+            (false, false),
+            "v1: the host's namespace"
+        );
+        assert_eq!(
+            cgroup_ns(true, false),
+            (false, true),
+            "v1 privileged: the host's, writable"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!cgroup_v2_in(dir.path()), "v1: no cgroup.controllers at the root");
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        assert!(cgroup_v2_in(dir.path()), "v2");
     }
 
     #[test]

@@ -27,8 +27,8 @@ use crate::cri::controller::CreateContainer;
 use crate::cri::io::ContainerIo;
 use crate::cri::server::sandbox::run::new_id;
 use crate::cri::spec::container::{
-    ContainerInput, HostDevice, PodFiles, SeccompChoice, container_spec, hugetlb_controller_present,
-    seccomp_choice,
+    ContainerInput, HostDevice, PodFiles, SeccompChoice, cgroup_v2_host, container_spec,
+    hugetlb_controller_present, seccomp_choice,
 };
 use crate::cri::spec::user;
 use crate::cri::store::container::{Container, ContainerState, Exit, container_name};
@@ -282,6 +282,7 @@ impl CriService {
             min_oom_score_adj: self.min_oom_score_adj,
             localhost_seccomp,
             hugetlb_controller: hugetlb_controller_present(),
+            cgroup_ns: cgroup_v2_host(),
             all_caps: crate::cri::spec::current_caps(),
             pod_annotations: &handler.pod_annotations,
             container_annotations: &handler.container_annotations,

@@ -6,7 +6,12 @@
 //! cpu.usage_nano_cores        = Δtotal / Δt since the previous sample of that container
 //! memory.usage_bytes          = usage
 //! memory.working_set_bytes    = usage − inactive_file (cAdvisor's definition)
+//! memory.available_bytes      = limit − working set (none without a limit, as cAdvisor)
 //! memory.rss_bytes            = rss (v2: anon);  page_faults / major_page_faults
+//! swap.swap_usage_bytes       = swap usage (v2: memory.swap.current)
+//! swap.swap_available_bytes   = swap limit − usage (none without a limit)
+//! cpu/memory/io .psi          = cpu.pressure, memory.pressure, io.pressure of the cgroup
+//!                               the container's init is in (cgroup v2 only)
 //! ```
 //!
 //! A container that is not running (created, exited) reports attributes and its writable
@@ -26,15 +31,27 @@ pub(crate) fn u(v: u64) -> Option<cri::UInt64Value> {
 
 /// CRI memory usage from a sample (None when the sample has no memory numbers).
 pub(crate) fn memory_usage(s: &Sample, ts: i64) -> Option<cri::MemoryUsage> {
-    s.mem_usage.map(|usage| cri::MemoryUsage {
+    s.mem_usage.map(|usage| {
+        let working_set = s.mem_working_set.unwrap_or(usage);
+        cri::MemoryUsage {
+            timestamp: ts,
+            working_set_bytes: u(working_set),
+            available_bytes: s.mem_limit.and_then(|l| u(l.saturating_sub(working_set))),
+            usage_bytes: u(usage),
+            rss_bytes: s.mem_rss.and_then(u),
+            page_faults: s.page_faults.and_then(u),
+            major_page_faults: s.major_page_faults.and_then(u),
+            psi: None,
+        }
+    })
+}
+
+/// CRI swap usage from a sample (None when the sample has no swap number).
+pub(crate) fn swap_usage(s: &Sample, ts: i64) -> Option<cri::SwapUsage> {
+    s.mem_swap.map(|used| cri::SwapUsage {
         timestamp: ts,
-        working_set_bytes: s.mem_working_set.or(Some(usage)).and_then(u),
-        available_bytes: None,
-        usage_bytes: u(usage),
-        rss_bytes: s.mem_rss.and_then(u),
-        page_faults: s.page_faults.and_then(u),
-        major_page_faults: s.major_page_faults.and_then(u),
-        psi: None,
+        swap_available_bytes: s.mem_swap_limit.and_then(|l| u(l.saturating_sub(used))),
+        swap_usage_bytes: u(used),
     })
 }
 
@@ -110,6 +127,25 @@ impl CriService {
         };
         out.cpu = self.cpu_usage(&c.id, sample, *at);
         out.memory = memory_usage(sample, nanos(Some(*at)));
+        out.swap = swap_usage(sample, nanos(Some(*at)));
+        let psi = |resource: &str| {
+            crate::cri::stats::psi_of(
+                std::path::Path::new("/proc"),
+                std::path::Path::new("/sys/fs/cgroup"),
+                c.pid,
+                resource,
+            )
+        };
+        if let Some(cpu) = out.cpu.as_mut() {
+            cpu.psi = psi("cpu");
+        }
+        if let Some(memory) = out.memory.as_mut() {
+            memory.psi = psi("memory");
+        }
+        out.io = psi("io").map(|p| cri::IoUsage {
+            timestamp: nanos(Some(*at)),
+            psi: Some(p),
+        });
         out
     }
 
