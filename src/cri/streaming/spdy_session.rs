@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Ctx;
 use super::conn::{Activity, OUT_QUEUE, Out};
-use super::exec::{SessionIo, gone};
+use super::exec::{CLIENT_GONE, IDLE, SHUTDOWN, SessionIo, gone};
 use super::portforward;
 use super::protocol::{self, Outcome};
 use super::spdy::{RST_PROTOCOL_ERROR, RST_REFUSED_STREAM, RST_STREAM_IN_USE};
@@ -75,19 +75,22 @@ async fn pump<R: AsyncRead + Unpin>(
     conn: &mut SpdyConn<R>,
     activity: &Activity,
     ctx: &Ctx,
-    gone_tx: watch::Sender<bool>,
+    gone_tx: watch::Sender<Option<&'static str>>,
 ) {
     let mut shutdown = ctx.shutdown.clone();
-    tokio::select! {
+    let why = tokio::select! {
         _ = async {
             while let Ok(Some(s)) = conn.next_stream().await {
                 let _ = conn.out().send(Out::Reset(s.id, RST_REFUSED_STREAM)).await;
             }
-        } => {}
-        _ = activity.idle(ctx.idle) => tracing::info!(idle = ?ctx.idle, "streaming session idle: closing it"),
-        _ = gone(&mut shutdown) => {}
-    }
-    let _ = gone_tx.send(true);
+        } => CLIENT_GONE,
+        _ = activity.idle(ctx.idle) => {
+            tracing::info!(idle = ?ctx.idle, "streaming session idle: closing it");
+            IDLE
+        }
+        _ = gone(&mut shutdown) => SHUTDOWN,
+    };
+    let _ = gone_tx.send(Some(why));
     futures::future::pending::<()>().await
 }
 
@@ -154,7 +157,7 @@ where
                     stderr: stderr.clone(),
                     resize: got.remove("resize").map(|s| s.rx),
                 };
-                let (gone_tx, gone_rx) = watch::channel(false);
+                let (gone_tx, gone_rx) = watch::channel(None);
                 let body = async {
                     if attach {
                         super::attach::attach(&ctx.svc, &req, io, gone_rx).await

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use super::Ctx;
 use super::conn::{Activity, IN_QUEUE, OUT_QUEUE, Out, Sink};
-use super::exec::{SessionIo, gone};
+use super::exec::{CLIENT_GONE, IDLE, SHUTDOWN, SessionIo, gone};
 use super::portforward;
 use super::protocol::{self, Outcome};
 use super::token::ExecRequest;
@@ -114,12 +114,12 @@ where
         };
         let error = Sink::new(ERROR, tx.clone());
         drop(tx);
-        let (gone_tx, gone_rx) = watch::channel(false);
+        let (gone_tx, gone_rx) = watch::channel(None);
         let pump = async {
             let mut stdin_tx = stdin_tx;
             let mut resize_tx = resize_tx;
             let mut shutdown = ctx.shutdown.clone();
-            tokio::select! {
+            let why = tokio::select! {
                 _ = async {
                     while let Some(Ok(msg)) = wrx.next().await {
                         activity.touch();
@@ -143,11 +143,14 @@ where
                             _ => {}
                         }
                     }
-                } => {}
-                _ = activity.idle(ctx.idle) => tracing::info!(idle = ?ctx.idle, "streaming session idle: closing it"),
-                _ = gone(&mut shutdown) => {}
-            }
-            let _ = gone_tx.send(true);
+                } => CLIENT_GONE,
+                _ = activity.idle(ctx.idle) => {
+                    tracing::info!(idle = ?ctx.idle, "streaming session idle: closing it");
+                    IDLE
+                }
+                _ = gone(&mut shutdown) => SHUTDOWN,
+            };
+            let _ = gone_tx.send(Some(why));
             futures::future::pending::<()>().await
         };
         let body = async {
