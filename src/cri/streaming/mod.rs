@@ -119,6 +119,28 @@ pub struct Ctx {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Runs `client` (the transport reading what the client sends) until it ends, the session
+/// had no traffic for the idle timeout, or the server stops; then tells the session body
+/// why through `tx`. Never returns (the body decides when the session is over).
+pub async fn watch_session(
+    client: impl std::future::Future<Output = ()>,
+    activity: &conn::Activity,
+    ctx: &Ctx,
+    tx: watch::Sender<Option<&'static str>>,
+) {
+    let mut shutdown = ctx.shutdown.clone();
+    let why = tokio::select! {
+        _ = client => exec::CLIENT_GONE,
+        _ = activity.idle(ctx.idle) => {
+            tracing::info!(idle = ?ctx.idle, "streaming session idle: closing it");
+            exec::IDLE
+        }
+        _ = gone(&mut shutdown) => exec::SHUTDOWN,
+    };
+    let _ = tx.send(Some(why));
+    futures::future::pending::<()>().await
+}
+
 /// The bound, not yet serving, server.
 pub struct StreamServer {
     listener: TcpListener,

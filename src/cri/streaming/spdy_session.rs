@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Ctx;
 use super::conn::{Activity, OUT_QUEUE, Out};
-use super::exec::{CLIENT_GONE, IDLE, SHUTDOWN, SessionIo, gone};
+use super::exec::{SessionIo, gone};
 use super::portforward;
 use super::protocol::{self, Outcome};
 use super::spdy::{RST_PROTOCOL_ERROR, RST_REFUSED_STREAM, RST_STREAM_IN_USE};
@@ -77,21 +77,12 @@ async fn pump<R: AsyncRead + Unpin>(
     ctx: &Ctx,
     gone_tx: watch::Sender<Option<&'static str>>,
 ) {
-    let mut shutdown = ctx.shutdown.clone();
-    let why = tokio::select! {
-        _ = async {
-            while let Ok(Some(s)) = conn.next_stream().await {
-                let _ = conn.out().send(Out::Reset(s.id, RST_REFUSED_STREAM)).await;
-            }
-        } => CLIENT_GONE,
-        _ = activity.idle(ctx.idle) => {
-            tracing::info!(idle = ?ctx.idle, "streaming session idle: closing it");
-            IDLE
+    let client = async {
+        while let Ok(Some(s)) = conn.next_stream().await {
+            let _ = conn.out().send(Out::Reset(s.id, RST_REFUSED_STREAM)).await;
         }
-        _ = gone(&mut shutdown) => SHUTDOWN,
     };
-    let _ = gone_tx.send(Some(why));
-    futures::future::pending::<()>().await
+    super::watch_session(client, activity, ctx, gone_tx).await
 }
 
 /// Exec or attach over SPDY with a negotiated remotecommand `protocol`.

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use super::Ctx;
 use super::conn::{Activity, IN_QUEUE, OUT_QUEUE, Out, Sink};
-use super::exec::{CLIENT_GONE, IDLE, SHUTDOWN, SessionIo, gone};
+use super::exec::{SessionIo, gone};
 use super::portforward;
 use super::protocol::{self, Outcome};
 use super::token::ExecRequest;
@@ -118,40 +118,36 @@ where
         let pump = async {
             let mut stdin_tx = stdin_tx;
             let mut resize_tx = resize_tx;
-            let mut shutdown = ctx.shutdown.clone();
-            let why = tokio::select! {
-                _ = async {
-                    while let Some(Ok(msg)) = wrx.next().await {
-                        activity.touch();
-                        let b = match msg {
-                            Message::Binary(b) if !b.is_empty() => b,
-                            Message::Close(_) => break,
-                            _ => continue,
-                        };
-                        match b[0] {
-                            STDIN => {
-                                if let Some(t) = &stdin_tx && b.len() > 1 && t.send(b.slice(1..)).await.is_err() {
-                                    stdin_tx = None;
-                                }
+            let client = async {
+                while let Some(Ok(msg)) = wrx.next().await {
+                    activity.touch();
+                    let b = match msg {
+                        Message::Binary(b) if !b.is_empty() => b,
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    match b[0] {
+                        STDIN => {
+                            if let Some(t) = &stdin_tx
+                                && b.len() > 1
+                                && t.send(b.slice(1..)).await.is_err()
+                            {
+                                stdin_tx = None;
                             }
-                            RESIZE => {
-                                if let Some(t) = &resize_tx && t.send(b.slice(1..)).await.is_err() {
-                                    resize_tx = None;
-                                }
-                            }
-                            CLOSE_SIGNAL if version >= 5 && b.get(1) == Some(&STDIN) => stdin_tx = None,
-                            _ => {}
                         }
+                        RESIZE => {
+                            if let Some(t) = &resize_tx
+                                && t.send(b.slice(1..)).await.is_err()
+                            {
+                                resize_tx = None;
+                            }
+                        }
+                        CLOSE_SIGNAL if version >= 5 && b.get(1) == Some(&STDIN) => stdin_tx = None,
+                        _ => {}
                     }
-                } => CLIENT_GONE,
-                _ = activity.idle(ctx.idle) => {
-                    tracing::info!(idle = ?ctx.idle, "streaming session idle: closing it");
-                    IDLE
                 }
-                _ = gone(&mut shutdown) => SHUTDOWN,
             };
-            let _ = gone_tx.send(Some(why));
-            futures::future::pending::<()>().await
+            super::watch_session(client, &activity, &ctx, gone_tx).await
         };
         let body = async {
             if attach {
