@@ -809,6 +809,23 @@ async fn websocket_port_forward_frames_each_port_as_kubelet_does_on(w: &CriWorld
     assert_eq!(conns[1]["data"], "pong:ws\n", "{r}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream, python3 websocket-client"]
+async fn tls_streaming_serves_exec_over_spdy_and_websocket_with_a_self_signed_pair() {
+    let w = CriWorld::start(OCTETS, "enable_tls_streaming = true");
+    let mut rt = w.runtime().await;
+    let (_, id) = w.pod_with(&mut rt, "tls", "exec sleep 3600").await;
+    let url = exec_url(&mut rt, &id, &["sh", "-c", "echo over-tls; exit 6"], false, false).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let r = spdy("exec", &[], &url).ok();
+    assert_eq!(r["stdout"], "over-tls\n", "{r}");
+    assert_eq!(r["exit_code"], 6, "{}", status_of(&r));
+    let url = exec_url(&mut rt, &id, &["echo", "wss"], false, false).await;
+    let r = ws("exec", &url.replace("https://", "wss://"), &[]).ok();
+    assert_eq!(r["stdout"], "wss\n", "{r}");
+    assert_eq!(r["exit_code"], 0, "{}", status_of(&r));
+}
+
 // ---------------------------------------------------------------- the clients themselves
 
 /// The same checks against Debian's containerd 1.6 with its CRI plugin, whose streaming
