@@ -148,6 +148,8 @@ async fn grpcio_default_unix_channel_runs_pod_container_exec_and_containerd_vers
         "{r}"
     );
     assert_stream_url(r["exec_url"].as_str().unwrap_or_default(), "exec");
+    // Exec into a stopped container is refused.
+    assert_eq!(r["exec_after_stop"]["code"], "FAILED_PRECONDITION", "{r}");
     assert!(
         !r["containerd_version"]["version"]
             .as_str()
