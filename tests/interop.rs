@@ -148,6 +148,8 @@ async fn grpcio_default_unix_channel_runs_pod_container_exec_and_containerd_vers
         "{r}"
     );
     assert_stream_url(r["exec_url"].as_str().unwrap_or_default(), "exec");
+    // Exec into a stopped container is refused.
+    assert_eq!(r["exec_after_stop"]["code"], "FAILED_PRECONDITION", "{r}");
     assert!(
         !r["containerd_version"]["version"]
             .as_str()
@@ -807,6 +809,84 @@ async fn websocket_port_forward_frames_each_port_as_kubelet_does_on(w: &CriWorld
         "{r}"
     );
     assert_eq!(conns[1]["data"], "pong:ws\n", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream, python3 websocket-client"]
+async fn tls_streaming_serves_exec_over_spdy_and_websocket_with_a_self_signed_pair() {
+    let w = CriWorld::start(OCTETS, "enable_tls_streaming = true");
+    let mut rt = w.runtime().await;
+    let (_, id) = w.pod_with(&mut rt, "tls", "exec sleep 3600").await;
+    let url = exec_url(&mut rt, &id, &["sh", "-c", "echo over-tls; exit 6"], false, false).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let r = spdy("exec", &[], &url).ok();
+    assert_eq!(r["stdout"], "over-tls\n", "{r}");
+    assert_eq!(r["exit_code"], 6, "{}", status_of(&r));
+    let url = exec_url(&mut rt, &id, &["echo", "wss"], false, false).await;
+    let r = ws("exec", &url.replace("https://", "wss://"), &[]).ok();
+    assert_eq!(r["stdout"], "wss\n", "{r}");
+    assert_eq!(r["exit_code"], 0, "{}", status_of(&r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream"]
+async fn an_exec_whose_client_goes_away_is_killed_and_leaves_nothing() {
+    let w = world();
+    let mut rt = w.runtime().await;
+    let (_, id) = w.pod_with(&mut rt, "gone", "exec sleep 3600").await;
+    // One finished session first: the container's exec dir (kept) is in the baseline.
+    let url = exec_url(&mut rt, &id, &["true"], false, false).await;
+    spdy("exec", &[], &url).ok();
+    let pids = container_pids(w.taskd(), &id);
+    let files = tree(&w.taskd().state);
+    let url = exec_url(&mut rt, &id, &["sleep", "300"], false, false).await;
+    // The client gives up after 2 s and exits: its connection closes.
+    let r = spdy("exec", &["-timeout", "2s"], &url);
+    assert!(r.str("error").contains("did not end"), "{}", r.json);
+    wait_until("the exec process killed", Duration::from_secs(15), || {
+        container_pids(w.taskd(), &id) == pids
+    });
+    let settle = Instant::now() + Duration::from_secs(15);
+    while tree(&w.taskd().state) != files && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let now = tree(&w.taskd().state);
+    let added: Vec<_> = now.difference(&files).collect();
+    assert!(added.is_empty(), "left under the state dir: {added:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream"]
+async fn a_streaming_session_without_traffic_ends_at_the_idle_timeout() {
+    let w = CriWorld::start(OCTETS, "stream_idle_timeout = \"2s\"");
+    let mut rt = w.runtime().await;
+    let (_, id) = w.pod_with(&mut rt, "idle", "exec sleep 3600").await;
+    let pids = container_pids(w.taskd(), &id);
+    let url = exec_url(&mut rt, &id, &["sleep", "300"], false, false).await;
+    let r = spdy("exec", &["-timeout", "30s"], &url).ok();
+    let millis = r["millis"].as_i64().unwrap_or_default();
+    assert!((1500..15_000).contains(&millis), "ended after {millis} ms: {r}");
+    assert_ne!(r["exit_code"], 0, "{}", status_of(&r));
+    wait_until("the idle exec process killed", Duration::from_secs(15), || {
+        container_pids(w.taskd(), &id) == pids
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream"]
+async fn streaming_sessions_over_the_cap_are_refused_with_429() {
+    let w = CriWorld::start(OCTETS, "stream_max_sessions = 1");
+    let mut rt = w.runtime().await;
+    let (_, id) = w.pod_with(&mut rt, "cap", "exec sleep 3600").await;
+    let first = exec_url(&mut rt, &id, &["sh", "-c", "sleep 4; echo first"], false, false).await;
+    let held = std::thread::spawn(move || spdy("exec", &[], &first).ok());
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = exec_url(&mut rt, &id, &["echo", "second"], false, false).await;
+    let r = spdy("exec", &[], &second);
+    assert!(!r.success && r.json["http_status"] == 429, "{}", r.json);
+    assert_eq!(held.join().expect("first session")["stdout"], "first\n");
+    // The refused token is still good once the session is over.
+    assert_eq!(spdy("exec", &[], &second).ok()["stdout"], "second\n");
 }
 
 // ---------------------------------------------------------------- the clients themselves

@@ -11,8 +11,8 @@ fields of VersionResponse by hand.
 
     cri_grpc.py [--stubs DIR] SOCKET flow --image REF --pod JSON --container JSON
         Version, PullImage, RunPodSandbox, CreateContainer, StartContainer, ExecSync, Exec,
-        containerd Version, StopContainer, RemoveContainer, StopPodSandbox,
-        RemovePodSandbox, ListPodSandbox: one JSON report.
+        containerd Version, StopContainer, Exec again (its answer recorded), RemoveContainer,
+        StopPodSandbox, RemovePodSandbox, ListPodSandbox: one JSON report.
     cri_grpc.py [--stubs DIR] SOCKET call SERVICE/METHOD JSON
         One CRI call (SERVICE is RuntimeService or ImageService), request and answer in
         proto3 JSON (field names as in api.proto).
@@ -166,6 +166,12 @@ def flow(pb, pbg, args):
         report["containerd_version"] = containerd_version(ch)
         step = "StopContainer"
         rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=TIMEOUT)
+        step = "Exec after stop"
+        try:
+            rt.Exec(pb.ExecRequest(container_id=cid, cmd=["true"], stdout=True), timeout=TIMEOUT)
+            report["exec_after_stop"] = {"code": "OK"}
+        except grpc.RpcError as e:
+            report["exec_after_stop"] = rpc_error(e)
         step = "RemoveContainer"
         rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=TIMEOUT)
         step = "StopPodSandbox"

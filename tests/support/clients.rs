@@ -53,6 +53,7 @@ fn go_build(dir: &str, needs: &str) -> PathBuf {
         .env("GO111MODULE", "off")
         .env("GOCACHE", out_dir.join("gocache"))
         .env("GOPROXY", "off")
+        .env("GOENV", "off")
         .stdin(Stdio::null())
         .output()
         .expect("run go build");

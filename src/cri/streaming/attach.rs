@@ -15,10 +15,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::conn::Sink;
-use super::exec::{SessionIo, gone, pump_resize, pump_stdin, session_target};
+use super::exec::{Ended, SessionIo, ended, pump_resize, pump_stdin, session_target};
 use super::protocol::Outcome;
 use super::token::ExecRequest;
 use crate::cri::CriService;
@@ -34,12 +34,7 @@ async fn relay(mut rx: mpsc::Receiver<Bytes>, sink: Sink) {
 }
 
 /// Attaches the client's streams to the container's main process.
-pub async fn attach(
-    svc: &CriService,
-    req: &ExecRequest,
-    io: SessionIo,
-    mut gone_rx: watch::Receiver<bool>,
-) -> Outcome {
+pub async fn attach(svc: &CriService, req: &ExecRequest, io: SessionIo, mut gone_rx: Ended) -> Outcome {
     let (runner, c) = match session_target(svc, "Attach", &req.container_id) {
         Ok(t) => t,
         Err(o) => return o,
@@ -94,7 +89,7 @@ pub async fn attach(
     let exited = tokio::select! {
         _ = runner.wait(&c.id) => true,
         _ = &mut outputs, if req.stdout || req.stderr => false,
-        _ = gone(&mut gone_rx) => return Outcome::Failed("the client went away".into()),
+        why = ended(&mut gone_rx) => return Outcome::Failed(why.into()),
         _ = pump_stdin(io.stdin, stdin_w, close) => unreachable!("never returns"),
         _ = pump_resize(io.resize, runner.as_ref(), &c.id, "") => unreachable!("never returns"),
     };

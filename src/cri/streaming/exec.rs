@@ -41,9 +41,23 @@ pub struct SessionIo {
     pub resize: Option<mpsc::Receiver<Bytes>>,
 }
 
-/// Resolves once the session's client is gone (or the server stops).
+/// Resolves once the flag turns true (the server stops).
 pub async fn gone(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|g| *g).await;
+}
+
+/// Why a session's body must stop: set once by the transport.
+pub type Ended = watch::Receiver<Option<&'static str>>;
+pub const CLIENT_GONE: &str = "the client went away";
+pub const IDLE: &str = "no traffic for stream_idle_timeout: the session was closed";
+pub const SHUTDOWN: &str = "taskd is shutting down";
+
+/// Resolves with the reason once the transport says the session ended.
+pub async fn ended(rx: &mut Ended) -> &'static str {
+    match rx.wait_for(Option::is_some).await {
+        Ok(r) => r.unwrap_or(CLIENT_GONE),
+        Err(_) => CLIENT_GONE,
+    }
 }
 
 /// Copies a fifo to the client; once the client stops taking data, the rest is drained.
@@ -158,12 +172,7 @@ pub fn session_target(
 }
 
 /// Runs the exec of `req` with the client's streams until it exits or the client goes.
-pub async fn exec(
-    svc: &CriService,
-    req: &ExecRequest,
-    io: SessionIo,
-    mut gone_rx: watch::Receiver<bool>,
-) -> Outcome {
+pub async fn exec(svc: &CriService, req: &ExecRequest, io: SessionIo, mut gone_rx: Ended) -> Outcome {
     let (runner, c) = match session_target(svc, "Exec", &req.container_id) {
         Ok(t) => t,
         Err(o) => return o,
@@ -212,29 +221,29 @@ pub async fn exec(
         }
     };
     let exited = tokio::select! {
-        r = runner.exec_wait(&c.id, &exec_id) => Some(r),
-        _ = gone(&mut gone_rx) => None,
-        _ = pump_stdin(io.stdin, stdin_w, close) => None,
-        _ = pump_resize(io.resize, runner.as_ref(), &c.id, &exec_id) => None,
+        r = runner.exec_wait(&c.id, &exec_id) => Ok(r),
+        why = ended(&mut gone_rx) => Err(why),
+        _ = pump_stdin(io.stdin, stdin_w, close) => unreachable!("never returns"),
+        _ = pump_resize(io.resize, runner.as_ref(), &c.id, &exec_id) => unreachable!("never returns"),
     };
     let outcome = match exited {
-        Some(Ok(exit)) => {
+        Ok(Ok(exit)) => {
             // Everything the process wrote reaches the client (unless it goes away).
             tokio::select! {
                 _ = fifos.finish(Duration::from_secs(365 * 24 * 3600)) => {}
-                _ = gone(&mut gone_rx) => {}
+                _ = ended(&mut gone_rx) => {}
             }
             Outcome::Exited {
                 code: exit.code as i32,
                 cmd: req.cmd.clone(),
             }
         }
-        Some(Err(e)) => Outcome::Failed(e.to_string()),
-        None => {
-            tracing::info!(container = %c.id, exec = %exec_id, "exec session ended by the client: killing the process");
+        Ok(Err(e)) => Outcome::Failed(e.to_string()),
+        Err(why) => {
+            tracing::info!(container = %c.id, exec = %exec_id, why, "exec session ended: killing the process");
             let _ = runner.exec_kill(&c.id, &exec_id, libc::SIGKILL as u32).await;
             let _ = tokio::time::timeout(KILL_GRACE, runner.exec_wait(&c.id, &exec_id)).await;
-            Outcome::Failed("the client went away".into())
+            Outcome::Failed(why.into())
         }
     };
     fifos.finish(Duration::from_millis(100)).await;

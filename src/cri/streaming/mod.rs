@@ -119,6 +119,28 @@ pub struct Ctx {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Runs `client` (the transport reading what the client sends) until it ends, the session
+/// had no traffic for the idle timeout, or the server stops; then tells the session body
+/// why through `tx`. Never returns (the body decides when the session is over).
+pub async fn watch_session(
+    client: impl std::future::Future<Output = ()>,
+    activity: &conn::Activity,
+    ctx: &Ctx,
+    tx: watch::Sender<Option<&'static str>>,
+) {
+    let mut shutdown = ctx.shutdown.clone();
+    let why = tokio::select! {
+        _ = client => exec::CLIENT_GONE,
+        _ = activity.idle(ctx.idle) => {
+            tracing::info!(idle = ?ctx.idle, "streaming session idle: closing it");
+            exec::IDLE
+        }
+        _ = gone(&mut shutdown) => exec::SHUTDOWN,
+    };
+    let _ = tx.send(Some(why));
+    futures::future::pending::<()>().await
+}
+
 /// The bound, not yet serving, server.
 pub struct StreamServer {
     listener: TcpListener,
@@ -571,6 +593,207 @@ mod tests {
         assert!(query_ports(None, &[]).is_err());
         let many: String = (1..=65).map(|p| format!("port={p}&")).collect();
         assert!(query_ports(Some(&many), &[]).is_err());
+    }
+
+    /// A raw HTTP/1.1 request; returns the status, the head and the connection.
+    async fn request(
+        addr: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut req = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n");
+        for (k, v) in headers {
+            req += &format!("{k}: {v}\r\n");
+        }
+        req += "\r\n";
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                c.read(&mut b).await.unwrap(),
+                1,
+                "head cut: {:?}",
+                String::from_utf8_lossy(&head)
+            );
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let status = head[9..12].parse().unwrap();
+        if status != 101 {
+            let mut body = String::new();
+            c.read_to_string(&mut body).await.unwrap();
+            return (status, head + &body, c);
+        }
+        (status, head, c)
+    }
+
+    /// As [`request`], retried while the session slot of a previous test step is still
+    /// taken (429).
+    async fn request_slot(
+        addr: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, tokio::net::TcpStream) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = request(addr, path, headers).await;
+            if r.0 != 429 || std::time::Instant::now() > deadline {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    const SPDY_V4: [(&str, &str); 3] = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "SPDY/3.1"),
+        ("X-Stream-Protocol-Version", "v4.channel.k8s.io"),
+    ];
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_server_checks_path_upgrade_protocol_token_and_the_session_cap() {
+        use bytes::BytesMut;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        use super::spdy::{Decoder, Encoder, Frame};
+        use super::token::ExecRequest;
+
+        let dir = tempfile::tempdir().unwrap();
+        let svc = Arc::new(crate::cri::service::testing::service(dir.path()));
+        let cfg = CriConfig {
+            stream_max_sessions: 1,
+            ..CriConfig::default()
+        };
+        let server = StreamServer::bind(&cfg).unwrap();
+        let front = server.front();
+        let running = server.start(svc);
+        let addr = front.base_url.trim_start_matches("http://").to_owned();
+        let exec = || {
+            Pending::Exec(ExecRequest {
+                container_id: "c1".into(),
+                cmd: vec!["true".into()],
+                stdout: true,
+                ..Default::default()
+            })
+        };
+        let path = |url: String| url.trim_start_matches(&front.base_url).to_owned();
+
+        assert_eq!(request(&addr, "/nope/x", &SPDY_V4).await.0, 404);
+        let (status, text, _) = request(&addr, "/exec/0123", &SPDY_V4).await;
+        assert_eq!(status, 404);
+        assert!(text.contains("unknown, already used or expired"), "{text}");
+        let p = path(front.url(exec()).unwrap());
+        assert_eq!(request(&addr, &p, &[]).await.0, 400, "no upgrade");
+        let (status, text, _) = request(&addr, &p, &SPDY_V4[..2]).await;
+        assert_eq!(status, 101, "no protocol list: the oldest; {text}");
+        assert!(text.contains("channel.k8s.io"), "{text}");
+        assert_eq!(request_slot(&addr, &p, &SPDY_V4).await.0, 404, "used");
+        let p = path(front.url(exec()).unwrap());
+        let mut v9 = SPDY_V4;
+        v9[2].1 = "v9.channel.k8s.io";
+        assert_eq!(request_slot(&addr, &p, &v9).await.0, 403);
+
+        // The token survived the 403: a v4 session whose exec fails (no runtime here) reports
+        // a Failure Status on the error stream, then FIN and GOAWAY.
+        let (status, head, mut c) = request_slot(&addr, &p, &SPDY_V4).await;
+        assert_eq!(status, 101, "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("x-stream-protocol-version: v4.channel.k8s.io"),
+            "{head}"
+        );
+        let mut enc = Encoder::default();
+        let mut out = BytesMut::new();
+        for (id, kind) in [(1, "error"), (3, "stdout")] {
+            enc.encode(
+                &Frame::SynStream {
+                    stream_id: id,
+                    associated: 0,
+                    priority: 0,
+                    flags: 0,
+                    headers: vec![("streamtype".into(), kind.into())],
+                },
+                &mut out,
+            )
+            .unwrap();
+        }
+        c.write_all(&out).await.unwrap();
+        let mut dec = Decoder::default();
+        let mut buf = BytesMut::new();
+        let (mut error, mut fins, mut goaway) = (Vec::new(), Vec::new(), false);
+        while !goaway {
+            while let Some(f) = dec.decode(&mut buf).unwrap() {
+                match f {
+                    Frame::Data {
+                        stream_id: 1,
+                        data,
+                        fin,
+                    } => {
+                        error.extend_from_slice(&data);
+                        if fin {
+                            fins.push(1);
+                        }
+                    }
+                    Frame::Data {
+                        stream_id, fin: true, ..
+                    } => fins.push(stream_id),
+                    Frame::GoAway { .. } => goaway = true,
+                    _ => {}
+                }
+            }
+            if !goaway {
+                assert!(
+                    c.read_buf(&mut buf).await.unwrap() > 0,
+                    "connection closed before GOAWAY"
+                );
+            }
+        }
+        let status: serde_json::Value = serde_json::from_slice(&error).unwrap();
+        assert_eq!(status["status"], "Failure", "{status}");
+        assert!(status["message"].as_str().unwrap().contains("Exec"), "{status}");
+        fins.sort();
+        assert_eq!(fins, [1, 3]);
+
+        // One session at most: a port-forward session stays open, the next client gets 429
+        // and keeps its token; once the first is gone, the token works.
+        let pf = || Pending::PortForward {
+            sandbox_id: "p1".into(),
+            ports: vec![80],
+        };
+        let mut pf_hdrs = SPDY_V4;
+        pf_hdrs[2].1 = "portforward.k8s.io";
+        let first = path(front.url(pf()).unwrap());
+        let (status, _, open) = request_slot(&addr, &first, &pf_hdrs).await;
+        assert_eq!(status, 101);
+        let second = path(front.url(pf()).unwrap());
+        let (status, text, _) = request(&addr, &second, &pf_hdrs).await;
+        assert_eq!(status, 429, "{text}");
+        drop(open);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, _, c) = request(&addr, &second, &pf_hdrs).await;
+            if status == 101 {
+                // Stop with a session open: it ends, the server stops in time.
+                let t = std::time::Instant::now();
+                running.stop().await;
+                assert!(t.elapsed() < SHUTDOWN_GRACE + Duration::from_secs(2));
+                drop(c);
+                break;
+            }
+            assert_eq!(status, 429);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first session's slot never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            tokio::net::TcpStream::connect(&addr).await.is_err(),
+            "still listening after stop"
+        );
     }
 
     #[test]

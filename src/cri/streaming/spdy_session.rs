@@ -75,20 +75,14 @@ async fn pump<R: AsyncRead + Unpin>(
     conn: &mut SpdyConn<R>,
     activity: &Activity,
     ctx: &Ctx,
-    gone_tx: watch::Sender<bool>,
+    gone_tx: watch::Sender<Option<&'static str>>,
 ) {
-    let mut shutdown = ctx.shutdown.clone();
-    tokio::select! {
-        _ = async {
-            while let Ok(Some(s)) = conn.next_stream().await {
-                let _ = conn.out().send(Out::Reset(s.id, RST_REFUSED_STREAM)).await;
-            }
-        } => {}
-        _ = activity.idle(ctx.idle) => tracing::info!(idle = ?ctx.idle, "streaming session idle: closing it"),
-        _ = gone(&mut shutdown) => {}
-    }
-    let _ = gone_tx.send(true);
-    futures::future::pending::<()>().await
+    let client = async {
+        while let Ok(Some(s)) = conn.next_stream().await {
+            let _ = conn.out().send(Out::Reset(s.id, RST_REFUSED_STREAM)).await;
+        }
+    };
+    super::watch_session(client, activity, ctx, gone_tx).await
 }
 
 /// Exec or attach over SPDY with a negotiated remotecommand `protocol`.
@@ -154,7 +148,7 @@ where
                     stderr: stderr.clone(),
                     resize: got.remove("resize").map(|s| s.rx),
                 };
-                let (gone_tx, gone_rx) = watch::channel(false);
+                let (gone_tx, gone_rx) = watch::channel(None);
                 let body = async {
                     if attach {
                         super::attach::attach(&ctx.svc, &req, io, gone_rx).await

@@ -114,41 +114,40 @@ where
         };
         let error = Sink::new(ERROR, tx.clone());
         drop(tx);
-        let (gone_tx, gone_rx) = watch::channel(false);
+        let (gone_tx, gone_rx) = watch::channel(None);
         let pump = async {
             let mut stdin_tx = stdin_tx;
             let mut resize_tx = resize_tx;
-            let mut shutdown = ctx.shutdown.clone();
-            tokio::select! {
-                _ = async {
-                    while let Some(Ok(msg)) = wrx.next().await {
-                        activity.touch();
-                        let b = match msg {
-                            Message::Binary(b) if !b.is_empty() => b,
-                            Message::Close(_) => break,
-                            _ => continue,
-                        };
-                        match b[0] {
-                            STDIN => {
-                                if let Some(t) = &stdin_tx && b.len() > 1 && t.send(b.slice(1..)).await.is_err() {
-                                    stdin_tx = None;
-                                }
+            let client = async {
+                while let Some(Ok(msg)) = wrx.next().await {
+                    activity.touch();
+                    let b = match msg {
+                        Message::Binary(b) if !b.is_empty() => b,
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    match b[0] {
+                        STDIN => {
+                            if let Some(t) = &stdin_tx
+                                && b.len() > 1
+                                && t.send(b.slice(1..)).await.is_err()
+                            {
+                                stdin_tx = None;
                             }
-                            RESIZE => {
-                                if let Some(t) = &resize_tx && t.send(b.slice(1..)).await.is_err() {
-                                    resize_tx = None;
-                                }
-                            }
-                            CLOSE_SIGNAL if version >= 5 && b.get(1) == Some(&STDIN) => stdin_tx = None,
-                            _ => {}
                         }
+                        RESIZE => {
+                            if let Some(t) = &resize_tx
+                                && t.send(b.slice(1..)).await.is_err()
+                            {
+                                resize_tx = None;
+                            }
+                        }
+                        CLOSE_SIGNAL if version >= 5 && b.get(1) == Some(&STDIN) => stdin_tx = None,
+                        _ => {}
                     }
-                } => {}
-                _ = activity.idle(ctx.idle) => tracing::info!(idle = ?ctx.idle, "streaming session idle: closing it"),
-                _ = gone(&mut shutdown) => {}
-            }
-            let _ = gone_tx.send(true);
-            futures::future::pending::<()>().await
+                }
+            };
+            super::watch_session(client, &activity, &ctx, gone_tx).await
         };
         let body = async {
             if attach {
