@@ -105,10 +105,7 @@ fn status_of(r: &serde_json::Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, python3 grpcio + grpcio-tools"]
 async fn grpcio_default_unix_channel_runs_pod_container_exec_and_containerd_version() {
-    grpcio_default_unix_channel_runs_pod_container_exec_and_containerd_version_on(&world()).await;
-}
-
-async fn grpcio_default_unix_channel_runs_pod_container_exec_and_containerd_version_on(w: &CriWorld) {
+    let w = &world();
     let pod = w.pod_config("grpcio");
     // proto3 JSON of the same PodSandboxConfig and ContainerConfig the k8s-cri client sends.
     let pod_json = json!({
@@ -248,10 +245,7 @@ fn grpcio_streaming_requests_for_unknown_ids_are_not_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream"]
 async fn spdy_exec_carries_stdin_stdout_stderr_and_stdin_close_ends_the_process() {
-    spdy_exec_carries_stdin_stdout_stderr_and_stdin_close_ends_the_process_on(&world()).await;
-}
-
-async fn spdy_exec_carries_stdin_stdout_stderr_and_stdin_close_ends_the_process_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let (_, id) = w.pod_with(&mut rt, "exec", "exec sleep 3600").await;
     // cat ends only when the half-close of the stdin stream reaches it.
@@ -268,10 +262,7 @@ async fn spdy_exec_carries_stdin_stdout_stderr_and_stdin_close_ends_the_process_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream"]
 async fn spdy_exec_exit_codes_reach_the_client_in_the_v4_status() {
-    spdy_exec_exit_codes_reach_the_client_in_the_v4_status_on(&world()).await;
-}
-
-async fn spdy_exec_exit_codes_reach_the_client_in_the_v4_status_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let (_, id) = w.pod_with(&mut rt, "codes", "exec sleep 3600").await;
     for code in [0, 3, 42] {
@@ -298,10 +289,7 @@ async fn spdy_exec_exit_codes_reach_the_client_in_the_v4_status_on(w: &CriWorld)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream"]
 async fn spdy_exec_speaks_remotecommand_v3_v2_and_v1() {
-    spdy_exec_speaks_remotecommand_v3_v2_and_v1_on(&world()).await;
-}
-
-async fn spdy_exec_speaks_remotecommand_v3_v2_and_v1_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let (_, id) = w.pod_with(&mut rt, "versions", "exec sleep 3600").await;
     for proto in ["v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"] {
@@ -335,10 +323,7 @@ async fn spdy_exec_speaks_remotecommand_v3_v2_and_v1_on(w: &CriWorld) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream"]
 async fn spdy_tty_exec_sees_terminal_resizes() {
-    spdy_tty_exec_sees_terminal_resizes_on(&world()).await;
-}
-
-async fn spdy_tty_exec_sees_terminal_resizes_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let (_, id) = w.pod_with(&mut rt, "tty", "exec sleep 3600").await;
     // Waits (bounded) for each size in turn, so the check does not race the resize stream.
@@ -368,10 +353,7 @@ async fn spdy_tty_exec_sees_terminal_resizes_on(w: &CriWorld) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream"]
 async fn spdy_exec_with_a_stream_opened_twice_runs_nothing() {
-    spdy_exec_with_a_stream_opened_twice_runs_nothing_on(&world()).await;
-}
-
-async fn spdy_exec_with_a_stream_opened_twice_runs_nothing_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let (_, id) = w.pod_with(&mut rt, "twice", "exec sleep 3600").await;
     let url = exec_url(
@@ -418,10 +400,7 @@ async fn spdy_exec_with_a_stream_opened_twice_runs_nothing_on(w: &CriWorld) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream"]
 async fn spdy_attach_reaches_a_stdin_container_and_its_output_stays_in_the_cri_log() {
-    spdy_attach_reaches_a_stdin_container_and_its_output_stays_in_the_cri_log_on(&world()).await;
-}
-
-async fn spdy_attach_reaches_a_stdin_container_and_its_output_stays_in_the_cri_log_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let cfg = w.pod_config("attach");
     let pod = w.run_pod(&mut rt, &cfg).await;
@@ -503,10 +482,7 @@ const GET: &str = "GET /index.html HTTP/1.0\r\n\r\n";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream"]
 async fn spdy_port_forward_reaches_pod_loopback_ports_over_concurrent_connections() {
-    spdy_port_forward_reaches_pod_loopback_ports_over_concurrent_connections_on(&world()).await;
-}
-
-async fn spdy_port_forward_reaches_pod_loopback_ports_over_concurrent_connections_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let cfg = w.pod_config("pf");
     let pod = servers_pod(w, &mut rt, &cfg, 8080, Some(9090)).await;
@@ -555,10 +531,7 @@ async fn spdy_port_forward_reaches_pod_loopback_ports_over_concurrent_connection
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream"]
 async fn spdy_port_forward_in_a_host_network_pod_reaches_the_host_loopback() {
-    spdy_port_forward_in_a_host_network_pod_reaches_the_host_loopback_on(&world()).await;
-}
-
-async fn spdy_port_forward_in_a_host_network_pod_reaches_the_host_loopback_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let cfg = w.host_network_pod_config("hostpf");
     let http = support::free_port();
@@ -577,10 +550,7 @@ async fn spdy_port_forward_in_a_host_network_pod_reaches_the_host_loopback_on(w:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream"]
 async fn spdy_port_forward_to_a_port_nobody_listens_on_fails_on_the_error_stream() {
-    spdy_port_forward_to_a_port_nobody_listens_on_fails_on_the_error_stream_on(&world()).await;
-}
-
-async fn spdy_port_forward_to_a_port_nobody_listens_on_fails_on_the_error_stream_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let cfg = w.pod_config("closed");
     let pod = servers_pod(w, &mut rt, &cfg, 8080, Some(9090)).await;
@@ -612,10 +582,7 @@ async fn spdy_port_forward_to_a_port_nobody_listens_on_fails_on_the_error_stream
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream, python3 websocket-client"]
 async fn streaming_urls_are_single_use_and_unknown_tokens_are_refused() {
-    streaming_urls_are_single_use_and_unknown_tokens_are_refused_on(&world()).await;
-}
-
-async fn streaming_urls_are_single_use_and_unknown_tokens_are_refused_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let (_, id) = w.pod_with(&mut rt, "tokens", "exec sleep 3600").await;
     let url = exec_url(&mut rt, &id, &["echo", "once"], false, false).await;
@@ -682,10 +649,7 @@ async fn streaming_urls_expire_after_one_minute() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, python3 websocket-client"]
 async fn websocket_v5_exec_closes_stdin_with_the_close_signal_and_reports_exit_codes() {
-    websocket_v5_exec_closes_stdin_with_the_close_signal_and_reports_exit_codes_on(&world()).await;
-}
-
-async fn websocket_v5_exec_closes_stdin_with_the_close_signal_and_reports_exit_codes_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let (_, id) = w.pod_with(&mut rt, "wsv5", "exec sleep 3600").await;
     let url = exec_url(
@@ -712,10 +676,7 @@ async fn websocket_v5_exec_closes_stdin_with_the_close_signal_and_reports_exit_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, python3 websocket-client"]
 async fn websocket_v4_exec_streams_output_and_the_exit_status() {
-    websocket_v4_exec_streams_output_and_the_exit_status_on(&world()).await;
-}
-
-async fn websocket_v4_exec_streams_output_and_the_exit_status_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let (_, id) = w.pod_with(&mut rt, "wsv4", "exec sleep 3600").await;
     for code in [0, 4] {
@@ -743,10 +704,7 @@ async fn websocket_v4_exec_streams_output_and_the_exit_status_on(w: &CriWorld) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, python3 websocket-client"]
 async fn websocket_tty_exec_and_attach_see_resizes_and_stdin() {
-    websocket_tty_exec_and_attach_see_resizes_and_stdin_on(&world()).await;
-}
-
-async fn websocket_tty_exec_and_attach_see_resizes_and_stdin_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let cfg = w.pod_config("wstty");
     let pod = w.run_pod(&mut rt, &cfg).await;
@@ -772,10 +730,7 @@ async fn websocket_tty_exec_and_attach_see_resizes_and_stdin_on(w: &CriWorld) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, python3 websocket-client"]
 async fn websocket_port_forward_frames_each_port_as_kubelet_does() {
-    websocket_port_forward_frames_each_port_as_kubelet_does_on(&world()).await;
-}
-
-async fn websocket_port_forward_frames_each_port_as_kubelet_does_on(w: &CriWorld) {
+    let w = &world();
     let mut rt = w.runtime().await;
     let cfg = w.pod_config("wspf");
     let pod = servers_pod(w, &mut rt, &cfg, 8080, Some(9090)).await;
@@ -887,32 +842,6 @@ async fn streaming_sessions_over_the_cap_are_refused_with_429() {
     assert_eq!(held.join().expect("first session")["stdout"], "first\n");
     // The refused token is still good once the session is over.
     assert_eq!(spdy("exec", &[], &second).ok()["stdout"], "second\n");
-}
-
-// ---------------------------------------------------------------- the clients themselves
-
-/// The same checks against Debian's containerd 1.6 with its CRI plugin, whose streaming
-/// server is kubelet's own code: the clients get kubelet's answers, so what the tests above
-/// ask of taskd is the protocol, not these clients' reading of it. (containerd 1.6 predates
-/// WebSocket v5, so the v5 checks are not in this list; nor is the stream opened twice,
-/// which kubelet's server there neither refuses nor runs: it waits for its stream-creation
-/// timeout.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, containerd, Go + spdystream, python3 websocket-client"]
-async fn the_clients_get_the_same_answers_from_containerd_the_reference() {
-    let w = CriWorld::containerd(OCTETS);
-    spdy_exec_carries_stdin_stdout_stderr_and_stdin_close_ends_the_process_on(&w).await;
-    spdy_exec_exit_codes_reach_the_client_in_the_v4_status_on(&w).await;
-    spdy_exec_speaks_remotecommand_v3_v2_and_v1_on(&w).await;
-    spdy_tty_exec_sees_terminal_resizes_on(&w).await;
-    spdy_attach_reaches_a_stdin_container_and_its_output_stays_in_the_cri_log_on(&w).await;
-    spdy_port_forward_reaches_pod_loopback_ports_over_concurrent_connections_on(&w).await;
-    spdy_port_forward_in_a_host_network_pod_reaches_the_host_loopback_on(&w).await;
-    spdy_port_forward_to_a_port_nobody_listens_on_fails_on_the_error_stream_on(&w).await;
-    streaming_urls_are_single_use_and_unknown_tokens_are_refused_on(&w).await;
-    websocket_v4_exec_streams_output_and_the_exit_status_on(&w).await;
-    websocket_port_forward_frames_each_port_as_kubelet_does_on(&w).await;
-    cri_world::remove_all_pods(w.socket()).await;
 }
 
 // ---------------------------------------------------------------- leaks

@@ -4,16 +4,11 @@
 //! machine), and the k8s-cri client for set-up. Used with `#[path]` by the tests that need
 //! it, next to `mod support;`.
 //!
-//! [`CriWorld::containerd`] is the same world around Debian's containerd 1.6 with its CRI
-//! plugin instead (the reference: its streaming server is kubelet's code), to check that
-//! the independent clients themselves speak the protocols right.
-//!
-//! Clean-up (also on panic): the daemon (containerd: stopped, never left running) and its
-//! shims and mounts (support), the bridge, the pods' cgroup parent, the registry.
+//! Clean-up (also on panic): the daemon and its shims and mounts (support), the bridge, the pods' cgroup parent, the registry.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,19 +21,8 @@ use tonic::transport::Channel;
 pub const CRI: &str = "plugins.\"io.containerd.cri.v1.cri\"";
 const IMAGES: &str = "plugins.\"io.containerd.service.v1.images-service\"";
 
-/// The CRI server of a world.
-pub enum Server {
-    Taskd(Daemon),
-    /// Debian's containerd with its CRI plugin (state dir, socket, process).
-    Containerd {
-        state: PathBuf,
-        socket: PathBuf,
-        child: Child,
-    },
-}
-
 pub struct CriWorld {
-    pub server: Server,
+    pub server: Daemon,
     pub registry: Registry,
     pub dir: tempfile::TempDir,
     pub bridge: String,
@@ -47,26 +31,8 @@ pub struct CriWorld {
 impl Drop for CriWorld {
     fn drop(&mut self) {
         // The daemon and its shims first, so the pods' cgroups empty.
-        let state = match &mut self.server {
-            Server::Taskd(d) => {
-                d.kill9();
-                d.state.clone()
-            }
-            Server::Containerd { state, child, socket } => {
-                // containerd pins pod netns outside its state dir: remove the pods through
-                // CRI first (on a thread of its own: a test's runtime may be running here).
-                let socket = socket.clone();
-                let _ = std::thread::spawn(move || {
-                    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                        rt.block_on(remove_all_pods(&socket));
-                    }
-                })
-                .join();
-                let _ = child.kill();
-                let _ = child.wait();
-                state.clone()
-            }
-        };
+        self.server.kill9();
+        let state = self.server.state.clone();
         crate::support::cleanup::after_daemon(&state);
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
         crate::support::cleanup::remove_cgroup_parent(&self.cgroup_parent());
@@ -93,79 +59,11 @@ impl CriWorld {
             conf_dir.display().to_string()
         ));
         CriWorld {
-            server: Server::Taskd(d),
+            server: d,
             registry,
             dir,
             bridge,
         }
-    }
-
-    /// The same world around Debian's containerd 1.6 with its CRI plugin (the reference).
-    pub fn containerd(octet_base: u8) -> CriWorld {
-        crate::support::require_bin("containerd", "containerd");
-        let (registry, dir, bridge, conf_dir) = CriWorld::prepare(octet_base);
-        let cd = dir.path().join("containerd");
-        let socket = cd.join("cd.sock");
-        let state = cd.join("state");
-        std::fs::create_dir_all(&cd).expect("create containerd's dir");
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[debug]
-  address = "{sock}.debug"
-  level = "info"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.k8s.io/pause:3.10"
-  # Keep oom_score_adj at or above the test's own (a negative one is refused here).
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{conf}"
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."registry.k8s.io"]
-    endpoint = ["http://{registry}"]
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]
-    endpoint = ["http://{registry}"]
-"#,
-            root = cd.join("root").display(),
-            state = state.display(),
-            sock = socket.display(),
-            conf = conf_dir.display(),
-            registry = registry.addr,
-        );
-        std::fs::write(cd.join("config.toml"), config).expect("write containerd's config");
-        let log = std::fs::File::create(cd.join("containerd.log")).expect("create containerd's log");
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(cd.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn containerd");
-        let w = CriWorld {
-            server: Server::Containerd {
-                state,
-                socket: socket.clone(),
-                child,
-            },
-            registry,
-            dir,
-            bridge,
-        };
-        wait_until("containerd's socket", Duration::from_secs(20), || {
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        });
-        w
     }
 
     /// Registry (busybox and pause pushed), temp dir, bridge name, CNI conf dir.
@@ -210,31 +108,19 @@ state = "{state}"
         (registry, dir, bridge, conf_dir)
     }
 
-    /// The taskd of this world (panics for a containerd world).
+    /// The taskd of this world.
     pub fn taskd(&self) -> &Daemon {
-        match &self.server {
-            Server::Taskd(d) => d,
-            Server::Containerd { .. } => panic!("this world runs containerd, not taskd"),
-        }
+        &self.server
     }
 
     /// The CRI socket.
     pub fn socket(&self) -> &Path {
-        match &self.server {
-            Server::Taskd(d) => &d.socket,
-            Server::Containerd { socket, .. } => socket,
-        }
+        &self.server.socket
     }
 
     /// The server's log so far.
     pub fn server_log(&self) -> String {
-        match &self.server {
-            Server::Taskd(d) => d.log(),
-            Server::Containerd { .. } => {
-                std::fs::read_to_string(self.dir.path().join("containerd").join("containerd.log"))
-                    .unwrap_or_default()
-            }
-        }
+        self.server.log()
     }
 
     /// The k8s-cri runtime client (set-up only; the tests' checks go through the
@@ -361,28 +247,6 @@ state = "{state}"
             .start_container(rt, &pod, &cfg, container(name, script))
             .await;
         (pod, id)
-    }
-}
-
-/// StopPodSandbox + RemovePodSandbox of every pod the server at `socket` has (errors
-/// ignored: this is clean-up).
-pub async fn remove_all_pods(socket: &Path) {
-    let mut rt = RuntimeServiceClient::new(crate::support::unix_channel(socket).await);
-    let Ok(pods) = rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-    else {
-        return;
-    };
-    for p in pods.into_inner().items {
-        let _ = rt
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: p.id.clone(),
-            })
-            .await;
-        let _ = rt
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p.id })
-            .await;
     }
 }
 
