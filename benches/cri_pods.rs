@@ -20,6 +20,8 @@
 //! Everything it starts is stopped by pid, pods are removed through CRI, bridges deleted,
 //! and its temp dir removed (never across a mount).
 
+#[path = "../tests/support/clients.rs"]
+mod clients;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -47,6 +49,10 @@ struct Args {
     probe_secs: u64,
     /// Probes per second while paced (the cost is reported per 100 probes/s).
     probe_rate: u64,
+    /// Streaming exec round trips timed per daemon (0: skip the streaming part).
+    stream_execs: usize,
+    /// Streaming sessions held open at once for the memory per session.
+    stream_sessions: usize,
 }
 
 fn args() -> Result<Args> {
@@ -57,6 +63,8 @@ fn args() -> Result<Args> {
         execs: 200,
         probe_secs: 10,
         probe_rate: 20,
+        stream_execs: 100,
+        stream_sessions: 20,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,10 +81,12 @@ fn args() -> Result<Args> {
             "--execs" => a.execs = num()?,
             "--probe-secs" => a.probe_secs = num()? as u64,
             "--probe-rate" => a.probe_rate = (num()? as u64).max(1),
+            "--stream-execs" => a.stream_execs = num()?,
+            "--stream-sessions" => a.stream_sessions = num()?.max(1),
             "--share-pid" => SHARE_PID.store(true, std::sync::atomic::Ordering::Relaxed),
             "--bench" => {}
             other => bail!(
-                "unknown argument {other:?} (--sequential N --concurrent N --rounds N --execs N --probe-secs N --probe-rate N --share-pid)"
+                "unknown argument {other:?} (--sequential N --concurrent N --rounds N --execs N --probe-secs N --probe-rate N --stream-execs N --stream-sessions N --share-pid)"
             ),
         }
     }
@@ -591,11 +601,11 @@ struct ExecResult {
     wall: Duration,
 }
 
-async fn exec_round(d: &Daemon, w: &Path, a: &Args) -> Result<ExecResult> {
+/// A pod with one running container on `d`: (channel, pod id, container id).
+async fn pod_with_container(d: &Daemon, w: &Path, name: String) -> Result<(Channel, String, String)> {
     let ch = channel(&d.socket).await?;
-    let (_, pod) = start_pod(ch.clone(), w.to_owned(), format!("exec-{}", d.name)).await?;
-    let mut rt = RuntimeServiceClient::new(ch.clone());
-    let c = rt
+    let (_, pod) = start_pod(ch.clone(), w.to_owned(), name).await?;
+    let c = RuntimeServiceClient::new(ch.clone())
         .list_containers(cri::ListContainersRequest {
             filter: Some(cri::ContainerFilter {
                 pod_sandbox_id: pod.clone(),
@@ -608,6 +618,12 @@ async fn exec_round(d: &Daemon, w: &Path, a: &Args) -> Result<ExecResult> {
         .pop()
         .context("the pod's container")?
         .id;
+    Ok((ch, pod, c))
+}
+
+async fn exec_round(d: &Daemon, w: &Path, a: &Args) -> Result<ExecResult> {
+    let (ch, pod, c) = pod_with_container(d, w, format!("exec-{}", d.name)).await?;
+    let mut rt = RuntimeServiceClient::new(ch.clone());
     let probe = cri::ExecSyncRequest {
         container_id: c,
         cmd: vec!["/bin/true".into()],
@@ -653,6 +669,103 @@ async fn exec_round(d: &Daemon, w: &Path, a: &Args) -> Result<ExecResult> {
         machine_cpu,
         probes,
         wall,
+    })
+}
+
+struct StreamResult {
+    latencies: Vec<Duration>,
+    /// Daemon RSS growth per open session.
+    session_kib: f64,
+}
+
+/// Streaming exec through the independent SPDY client (tests/clients/spdy, moby/spdystream,
+/// as kubectl and kubelet): `stream_execs` round trips (Exec RPC, upgrade, `echo`, exit
+/// status), then `stream_sessions` `cat` sessions held open at once for the memory each costs
+/// the daemon.
+async fn stream_round(d: &Daemon, w: &Path, a: &Args) -> Result<StreamResult> {
+    let (ch, pod, c) = pod_with_container(d, w, format!("stream-{}", d.name)).await?;
+    let mut rt = RuntimeServiceClient::new(ch.clone());
+    let exec = |cmd: &[&str], stdin: bool| cri::ExecRequest {
+        container_id: c.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty: false,
+        stdin,
+        stdout: true,
+        stderr: !stdin,
+    };
+    let mut latencies = Vec::with_capacity(a.stream_execs);
+    for i in 0..a.stream_execs + 3 {
+        let t0 = Instant::now();
+        let url = rt
+            .exec(exec(&["echo", "hi"], false))
+            .await
+            .context("Exec")?
+            .into_inner()
+            .url;
+        let r = clients::spdy_async("exec", &[], &url).await;
+        if !r.success || r.json["stdout"] != "hi\n" || r.json["exit_code"] != 0 {
+            bail!("{}: streaming exec answered {}", d.name, r.json);
+        }
+        if i >= 3 {
+            latencies.push(t0.elapsed());
+        }
+    }
+    let pid = d.child.id();
+    let before = rss_kib(pid);
+    let mut held = Vec::new();
+    for _ in 0..a.stream_sessions {
+        let url = rt
+            .exec(exec(&["cat"], true))
+            .await
+            .context("Exec cat")?
+            .into_inner()
+            .url;
+        held.push(
+            tokio::process::Command::new(clients::spdy_bin())
+                .args([
+                    "exec",
+                    "-stdin-data",
+                    "x",
+                    "-no-stdin-close",
+                    "-timeout",
+                    "120s",
+                    &url,
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?,
+        );
+    }
+    // Every session is up once its `cat` runs in the container.
+    let count = cri::ExecSyncRequest {
+        container_id: c.clone(),
+        cmd: vec!["sh".into(), "-c".into(), "pgrep -x cat | wc -l".into()],
+        timeout: 10,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = rt.exec_sync(count.clone()).await?.into_inner().stdout;
+        if String::from_utf8_lossy(&out).trim().parse::<usize>().unwrap_or(0) >= a.stream_sessions {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{}: {} streaming sessions did not all start",
+                d.name,
+                a.stream_sessions
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = rss_kib(pid);
+    drop(held);
+    remove_pods(&ch, &[pod]).await?;
+    Ok(StreamResult {
+        latencies,
+        session_kib: during.saturating_sub(before) as f64 / a.stream_sessions as f64,
     })
 }
 
@@ -734,9 +847,19 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Ok::<_, anyhow::Error>((samples, rss, daemons, execs))
+        let mut streams = Vec::new();
+        if a.stream_execs > 0 {
+            for d in &daemons {
+                streams.push(
+                    stream_round(d, w.path(), &a)
+                        .await
+                        .with_context(|| format!("{} streaming exec", d.name))?,
+                );
+            }
+        }
+        Ok::<_, anyhow::Error>((samples, rss, daemons, execs, streams))
     });
-    let (samples, rss, daemons, execs) = match result {
+    let (samples, rss, daemons, execs, streams) = match result {
         Ok(v) => v,
         Err(e) => {
             eprintln!("bench failed: {e:#}; daemon logs under {}", w.path().display());
@@ -851,6 +974,33 @@ fn main() -> Result<()> {
             a.probe_rate,
             cd.wall.as_secs_f64(),
             td.wall.as_secs_f64()
+        );
+    }
+    if let [cd, td] = streams.as_slice() {
+        println!(
+            "\n| daemon | streaming exec round trip p50 ms | p99 ms | daemon RSS per open session KiB |"
+        );
+        println!("|---|---:|---:|---:|");
+        for (name, s) in [("containerd", cd), ("taskd", td)] {
+            println!(
+                "| {name} | {} | {} | {:.0} |",
+                ms(percentile(&s.latencies, 50.0)),
+                ms(percentile(&s.latencies, 99.0)),
+                s.session_kib
+            );
+        }
+        println!(
+            "| **ratio taskd / containerd** | **{:.2}** | {:.2} | {:.2} |",
+            percentile(&td.latencies, 50.0).as_secs_f64()
+                / percentile(&cd.latencies, 50.0).as_secs_f64().max(1e-9),
+            percentile(&td.latencies, 99.0).as_secs_f64()
+                / percentile(&cd.latencies, 99.0).as_secs_f64().max(1e-9),
+            td.session_kib / cd.session_kib.max(1.0),
+        );
+        println!(
+            "\nStreaming exec: {} round trips each (Exec RPC + SPDY/3.1 v4 session of `echo hi` through the Go spdystream client, process start included), {} `cat` sessions held open for the memory",
+            td.latencies.len(),
+            a.stream_sessions
         );
     }
     Ok(())
