@@ -10,6 +10,8 @@
 //! ├── max_container_log_line_size = 16384              longer lines are split into P chunks
 //! ├── log_partial_flush_ms = 1000                      a partial line idle this long is written as P
 //! ├── max_exec_output_bytes = 16777216                 ExecSync output cap, per stream
+//! ├── drain_exec_sync_io_timeout = "1s"                ExecSync reads output this long after the exit
+//!                                                      (a background child holding it cannot hang it)
 //! ├── stream_server_address = "127.0.0.1"              streaming server (Exec/Attach/PortForward URLs)
 //! ├── stream_server_port = "0"                         "0": a free port, chosen at start
 //! ├── stream_idle_timeout = "4h"                       a session without traffic this long is closed
@@ -73,6 +75,9 @@ pub struct CriConfig {
     pub max_container_log_line_size: usize,
     pub log_partial_flush_ms: u64,
     pub max_exec_output_bytes: usize,
+    /// How long ExecSync keeps reading output after its process exited (a child it left
+    /// running may hold the pipes open forever); containerd's key, but bounded by default.
+    pub drain_exec_sync_io_timeout: crate::config::HumanDuration,
     /// The streaming server's IP address (containerd's key).
     pub stream_server_address: String,
     /// Its port, a string as in containerd ("0" = a free port).
@@ -98,6 +103,7 @@ impl Default for CriConfig {
             max_container_log_line_size: 16 * 1024,
             log_partial_flush_ms: 1000,
             max_exec_output_bytes: 16 << 20,
+            drain_exec_sync_io_timeout: crate::config::HumanDuration(std::time::Duration::from_secs(1)),
             stream_server_address: "127.0.0.1".to_owned(),
             stream_server_port: "0".to_owned(),
             stream_idle_timeout: crate::config::HumanDuration(std::time::Duration::from_secs(4 * 3600)),

@@ -28,7 +28,13 @@ pub struct ExecOutput {
     pub stderr: Option<PathBuf>,
     /// stdout's reader, then stderr's.
     readers: [Option<JoinHandle<Vec<u8>>>; 2],
+    /// ExecSync's output as read so far (stdout, stderr): kept outside the readers, so a
+    /// reader stopped at the drain bound loses nothing it read.
+    captured: Option<[Captured; 2]>,
 }
+
+/// Output read so far, shared between a reader and [`ExecOutput::collect_within`].
+type Captured = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
 
 pub(super) fn mkfifo(path: &Path) -> Result<(), LogError> {
     let _ = std::fs::remove_file(path);
@@ -51,16 +57,22 @@ async fn read_fifo(fifo: PathBuf, reader: Reader) -> Vec<u8> {
     reader(rx).await
 }
 
-/// A reader keeping at most `cap` bytes.
-pub fn capped(cap: usize) -> Reader {
+/// A reader dropping everything (an output the client did not ask for: the shim still needs
+/// its fifo drained).
+pub fn discard() -> Reader {
+    capped(0, Captured::default())
+}
+
+/// A reader keeping at most `cap` bytes in `into` (and reading the rest to drop it).
+fn capped(cap: usize, into: Captured) -> Reader {
     Box::new(move |mut rx: pipe::Receiver| {
         Box::pin(async move {
-            let mut out = Vec::new();
             let mut buf = vec![0u8; 32 * 1024];
             loop {
                 match rx.read(&mut buf).await {
-                    Ok(0) | Err(_) => return out,
+                    Ok(0) | Err(_) => return Vec::new(),
                     Ok(n) => {
+                        let mut out = into.lock().unwrap_or_else(|p| p.into_inner());
                         let room = cap.saturating_sub(out.len());
                         out.extend_from_slice(&buf[..n.min(room)]);
                     }
@@ -78,9 +90,18 @@ fn poke(p: &Path) {
 }
 
 impl ExecOutput {
-    /// ExecSync: `dir/stdout` and `dir/stderr`, each read into at most `cap` bytes.
+    /// ExecSync: `dir/stdout` and `dir/stderr`, each read into at most `cap` bytes
+    /// ([`ExecOutput::collect_within`] hands them back).
     pub fn create(dir: &Path, cap: usize) -> Result<ExecOutput, LogError> {
-        Self::with_readers(dir, false, Some(capped(cap)), Some(capped(cap)))
+        let captured: [Captured; 2] = Default::default();
+        let mut out = Self::with_readers(
+            dir,
+            false,
+            Some(capped(cap, captured[0].clone())),
+            Some(capped(cap, captured[1].clone())),
+        )?;
+        out.captured = Some(captured);
+        Ok(out)
     }
 
     /// Creates `dir/stdin` when asked and an output fifo per reader given, and starts the
@@ -100,6 +121,7 @@ impl ExecOutput {
             stdout: None,
             stderr: None,
             readers: [None, None],
+            captured: None,
         };
         if stdin {
             let p = dir.join("stdin");
@@ -178,18 +200,14 @@ impl ExecOutput {
         }
     }
 
-    /// Both outputs, once both writers closed.
-    pub async fn collect(mut self) -> (Vec<u8>, Vec<u8>) {
-        let mut outs = Vec::new();
-        for h in self.readers.iter_mut() {
-            outs.push(match h.take() {
-                Some(h) => h.await.unwrap_or_default(),
-                None => Vec::new(),
-            });
-        }
-        let err = outs.pop().unwrap_or_default();
-        let out = outs.pop().unwrap_or_default();
-        (out, err)
+    /// ExecSync's outputs (see [`ExecOutput::create`]): read until both writers closed, or
+    /// for `drain` at most, after which the readers stop and what they read is returned (a
+    /// child the process left running may hold its output open forever).
+    pub async fn collect_within(mut self, drain: std::time::Duration) -> (Vec<u8>, Vec<u8>) {
+        self.finish(drain).await;
+        let [out, err] = self.captured.take().unwrap_or_default();
+        let take = |c: Captured| std::mem::take(&mut *c.lock().unwrap_or_else(|p| p.into_inner()));
+        (take(out), take(err))
     }
 }
 
@@ -208,6 +226,7 @@ impl Drop for ExecOutput {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::time::Duration;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn output_is_capped_but_fully_drained() {
@@ -223,9 +242,34 @@ mod tests {
         })
         .join()
         .unwrap();
-        let (stdout, stderr) = out.collect().await;
+        let (stdout, stderr) = out.collect_within(Duration::from_secs(10)).await;
         assert_eq!(stdout, b"aaaaaaaaaa");
         assert_eq!(stderr, b"err");
+    }
+
+    /// `sh -c 'sleep 600 & echo ok'`: the child keeps the output open after the process
+    /// exited; ExecSync returns what was written once the drain bound passes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_that_never_closes_is_cut_at_the_drain_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = ExecOutput::create(&dir.path().join("x"), 100).unwrap();
+        let (o, e) = (out.stdout.clone().unwrap(), out.stderr.clone().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let mut o = OpenOptions::new().write(true).open(o).unwrap();
+            let _e = OpenOptions::new().write(true).open(e).unwrap();
+            o.write_all(b"ok\n").unwrap();
+            // Held open until the test is done.
+            let _ = rx.recv();
+        });
+        // Let the reader take in what was written.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t0 = std::time::Instant::now();
+        let (stdout, stderr) = out.collect_within(Duration::from_millis(300)).await;
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!((stdout.as_slice(), stderr.as_slice()), (&b"ok\n"[..], &b""[..]));
+        drop(tx);
+        holder.join().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,6 +277,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = ExecOutput::create(&dir.path().join("x"), 10).unwrap();
         out.release().await;
-        assert_eq!(out.collect().await, (vec![], vec![]));
+        assert_eq!(
+            out.collect_within(Duration::from_secs(10)).await,
+            (vec![], vec![])
+        );
     }
 }

@@ -27,7 +27,7 @@ mod log_file;
 mod tap;
 
 pub use container_io::ContainerIo;
-pub use exec_output::{ExecOutput, Reader as ExecReader, capped};
+pub use exec_output::{ExecOutput, Reader as ExecReader, discard};
 pub use framer::{Framer, Stream, Tag, format_timestamp};
 pub use log_file::{LogFile, copy};
 pub use tap::{TAP_QUEUE, Tap};

@@ -183,7 +183,7 @@ pub async fn exec(svc: &CriService, req: &ExecRequest, io: SessionIo, mut gone_r
     // for is drained.
     let reader = |sink: &Option<Sink>| match sink {
         Some(s) => forward(s.clone()),
-        None => crate::cri::io::capped(0),
+        None => crate::cri::io::discard(),
     };
     let stdout = Some(reader(&io.stdout));
     let stderr = (!req.tty).then(|| reader(&io.stderr));

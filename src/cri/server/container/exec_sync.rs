@@ -6,7 +6,8 @@
 //!   max_exec_output_bytes per stream (the rest drained and dropped)
 //! runtime.exec (the container's process settings, new args) ─▶ pid
 //! wait ≤ timeout (0 = none) ── expired ─▶ SIGKILL, wait, DeadlineExceeded at once
-//! collect output, delete the exec process, remove the fifos
+//! collect output until EOF, or drain_exec_sync_io_timeout after the exit (a background
+//! child holding the fifos cannot hang the call); delete the exec process, remove the fifos
 //! fit both streams into one response kubelet can receive (its CRI client takes messages of
 //! at most 16 MiB): over that, each stream keeps at least half, the larger gives way
 //! ```
@@ -80,7 +81,8 @@ impl CriService {
         };
         let result = match waited {
             Ok(Ok(exit)) => {
-                let (mut stdout, mut stderr) = out.collect().await;
+                let drain = self.config.drain_exec_sync_io_timeout.0;
+                let (mut stdout, mut stderr) = out.collect_within(drain).await;
                 fit_output(&mut stdout, &mut stderr, MAX_RESPONSE_OUTPUT);
                 Ok(ExecSyncResponse {
                     stdout,
