@@ -2885,3 +2885,96 @@ async fn supplemental_groups_policy_merge_and_strict() {
     stop_and_remove(&mut rt, &pod).await;
     w.assert_no_pod_left();
 }
+
+/// The exec dirs of container `id` left under the CRI state dir.
+fn exec_dirs(d: &Daemon, id: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(
+        d.state
+            .join("io.containerd.cri.v1.cri/containers")
+            .join(id)
+            .join("exec"),
+    )
+    .map(|e| e.flatten().map(|e| e.path()).collect())
+    .unwrap_or_default()
+}
+
+/// ExecSync never hangs (issue: `sh -c 'sleep 600 & echo ok'` kept containerd 1.6 and taskd
+/// waiting for an EOF the background child never gives): 100 such probes return `ok` within
+/// their drain bound and leave no exec state or exec process behind; a caller that goes away
+/// (its deadline) gets its exec process killed and its state removed all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn exec_sync_with_a_background_child_returns_and_leaves_nothing() {
+    let w = World::with_cri_config(
+        110 + (std::process::id() % 10) as u8,
+        "",
+        "drain_exec_sync_io_timeout = \"300ms\"",
+    );
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let cfg = kubelet_pod(w.pod_config("probes"));
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
+    let id = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        own_pid(container_config("app", "exec sleep 3600")),
+    )
+    .await;
+    let before = w.d.task_pids(&id);
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (mut rt, id) = (rt.clone(), id.clone());
+        set.spawn(async move {
+            for _ in 0..10 {
+                let r = rt
+                    .exec_sync(cri::ExecSyncRequest {
+                        container_id: id.clone(),
+                        cmd: vec!["sh".into(), "-c".into(), "sleep 600 & echo ok".into()],
+                        timeout: 5,
+                    })
+                    .await
+                    .expect("ExecSync with a background child")
+                    .into_inner();
+                assert_eq!((r.stdout.as_slice(), r.exit_code), (&b"ok\n"[..], 0));
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    eprintln!("100 probes with a background child: {:?}", t0.elapsed());
+    assert!(exec_dirs(&w.d, &id).is_empty(), "{:?}", exec_dirs(&w.d, &id));
+    // What is left is the container's own: its init and the 100 backgrounded sleeps (the
+    // probes' children, reparented), no exec shell.
+    assert_eq!(w.d.task_pids(&id), before + 100);
+
+    // A caller that gives up after 1 s: the exec process is killed and removed anyway.
+    let mut req = tonic::Request::new(cri::ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec!["sleep".into(), "30".into()],
+        timeout: 0,
+    });
+    req.set_timeout(Duration::from_secs(1));
+    let e = rt.exec_sync(req).await.unwrap_err();
+    // tonic's own timer ends the call on the client side.
+    assert!(
+        matches!(e.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded),
+        "{e:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (w.d.task_pids(&id) != before + 100 || !exec_dirs(&w.d, &id).is_empty())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        w.d.task_pids(&id),
+        before + 100,
+        "the abandoned exec's sleep is killed"
+    );
+    assert!(exec_dirs(&w.d, &id).is_empty(), "{:?}", exec_dirs(&w.d, &id));
+    stop_and_remove(&mut rt, &pod).await;
+    w.assert_no_pod_left();
+}

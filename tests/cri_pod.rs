@@ -408,7 +408,7 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
             timeout,
         };
-        async move { svc.exec_sync(req).await }
+        async move { svc.exec_sync_detached(req).await }
     };
     let r = exec(&["/bin/sh", "-c", "echo hi; echo err >&2; exit 7"], 10)
         .await
@@ -435,7 +435,8 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
     // Not running: FailedPrecondition.
     let e = w
         .svc
-        .exec_sync(cri::ExecSyncRequest {
+        .clone()
+        .exec_sync_detached(cri::ExecSyncRequest {
             container_id: side.clone(),
             cmd: vec!["true".into()],
             timeout: 5,

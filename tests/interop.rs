@@ -792,14 +792,14 @@ async fn an_exec_whose_client_goes_away_is_killed_and_leaves_nothing() {
     // One finished session first: the container's exec dir (kept) is in the baseline.
     let url = exec_url(&mut rt, &id, &["true"], false, false).await;
     spdy("exec", &[], &url).ok();
-    let pids = container_pids(w.taskd(), &id);
+    let pids = w.taskd().task_pids(&id);
     let files = tree(&w.taskd().state);
     let url = exec_url(&mut rt, &id, &["sleep", "300"], false, false).await;
     // The client gives up after 2 s and exits: its connection closes.
     let r = spdy("exec", &["-timeout", "2s"], &url);
     assert!(r.str("error").contains("did not end"), "{}", r.json);
     wait_until("the exec process killed", Duration::from_secs(15), || {
-        container_pids(w.taskd(), &id) == pids
+        w.taskd().task_pids(&id) == pids
     });
     let settle = Instant::now() + Duration::from_secs(15);
     while tree(&w.taskd().state) != files && Instant::now() < settle {
@@ -816,14 +816,14 @@ async fn a_streaming_session_without_traffic_ends_at_the_idle_timeout() {
     let w = CriWorld::start(OCTETS, "stream_idle_timeout = \"2s\"");
     let mut rt = w.runtime().await;
     let (_, id) = w.pod_with(&mut rt, "idle", "exec sleep 3600").await;
-    let pids = container_pids(w.taskd(), &id);
+    let pids = w.taskd().task_pids(&id);
     let url = exec_url(&mut rt, &id, &["sleep", "300"], false, false).await;
     let r = spdy("exec", &["-timeout", "30s"], &url).ok();
     let millis = r["millis"].as_i64().unwrap_or_default();
     assert!((1500..15_000).contains(&millis), "ended after {millis} ms: {r}");
     assert_ne!(r["exit_code"], 0, "{}", status_of(&r));
     wait_until("the idle exec process killed", Duration::from_secs(15), || {
-        container_pids(w.taskd(), &id) == pids
+        w.taskd().task_pids(&id) == pids
     });
 }
 
@@ -881,15 +881,6 @@ fn fd_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// The pids in the container's cgroup (the shim's Pids, through ctr).
-fn container_pids(d: &support::Daemon, id: &str) -> usize {
-    d.ctr_ok(&["-n", "k8s.io", "tasks", "ps", id])
-        .lines()
-        .skip(1)
-        .filter(|l| !l.trim().is_empty())
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Go + spdystream; ~1 min"]
 async fn a_thousand_spdy_exec_sessions_leave_no_fd_process_fifo_or_exec_state_behind() {
@@ -905,7 +896,7 @@ async fn a_thousand_spdy_exec_sessions_leave_no_fd_process_fifo_or_exec_state_be
     let pid = w.taskd().pid();
     let fds = fd_count(pid);
     let files = tree(&w.taskd().state);
-    let pids = container_pids(w.taskd(), &id);
+    let pids = w.taskd().task_pids(&id);
 
     let started = Instant::now();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -947,9 +938,5 @@ async fn a_thousand_spdy_exec_sessions_leave_no_fd_process_fifo_or_exec_state_be
         "taskd had {fds} fds before, {} after",
         fd_count(pid)
     );
-    assert_eq!(
-        container_pids(w.taskd(), &id),
-        pids,
-        "processes left in the container"
-    );
+    assert_eq!(w.taskd().task_pids(&id), pids, "processes left in the container");
 }

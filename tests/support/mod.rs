@@ -265,6 +265,16 @@ impl Daemon {
         }
     }
 
+    /// How many pids `ctr tasks ps` lists for CRI container `id` (namespace k8s.io): its
+    /// init and everything running in it.
+    pub fn task_pids(&self, id: &str) -> usize {
+        self.ctr_ok(&["-n", "k8s.io", "tasks", "ps", id])
+            .lines()
+            .skip(1)
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    }
+
     /// Runs `ctr --address <socket> ARGS`.
     pub fn ctr(&self, args: &[&str]) -> Output {
         require_bin("ctr", "containerd");

@@ -237,7 +237,11 @@ impl RuntimeService for CriApi {
 
     async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Rpc<cri::ExecSyncResponse> {
         self.inst
-            .call("ExecSync", "", self.svc.exec_sync(r.into_inner()))
+            .call(
+                "ExecSync",
+                "",
+                self.svc.clone().exec_sync_detached(r.into_inner()),
+            )
             .await
     }
 

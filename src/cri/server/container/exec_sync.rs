@@ -8,6 +8,8 @@
 //! wait ≤ timeout (0 = none) ── expired ─▶ SIGKILL, wait, DeadlineExceeded at once
 //! collect output until EOF, or drain_exec_sync_io_timeout after the exit (a background
 //! child holding the fifos cannot hang the call); delete the exec process, remove the fifos
+//! the caller going away (kubelet's deadline, a closed connection) kills the exec process; its
+//! clean-up (delete the process, remove the fifos) always runs to the end, in a task of its own
 //! fit both streams into one response kubelet can receive (its CRI client takes messages of
 //! at most 16 MiB): over that, each stream keeps at least half, the larger gives way
 //! ```
@@ -40,7 +42,31 @@ pub fn fit_output(stdout: &mut Vec<u8>, stderr: &mut Vec<u8>, budget: usize) {
 }
 
 impl CriService {
-    pub async fn exec_sync(&self, req: ExecSyncRequest) -> Result<ExecSyncResponse, CriError> {
+    /// ExecSync in a task of its own: when the RPC's future is dropped (the caller went
+    /// away), the task sees it, kills the exec process and still removes its state. The task
+    /// is bounded once the caller is gone (a kill, [`KILL_GRACE`], the delete).
+    pub async fn exec_sync_detached(
+        self: std::sync::Arc<Self>,
+        req: ExecSyncRequest,
+    ) -> Result<ExecSyncResponse, CriError> {
+        let (caller, gone) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move { self.exec_sync(req, gone).await });
+        let result = task.await;
+        drop(caller);
+        result.unwrap_or_else(|e| {
+            Err(CriError::FailedPrecondition {
+                what: "ExecSync".into(),
+                reason: format!("its task ended: {e}"),
+            })
+        })
+    }
+
+    /// ExecSync; `gone` resolves when the caller went away.
+    pub async fn exec_sync(
+        &self,
+        req: ExecSyncRequest,
+        mut gone: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<ExecSyncResponse, CriError> {
         let runner = self.container_runtime("ExecSync")?;
         let c = self.containers.get(&req.container_id)?;
         if c.state != ContainerState::Running {
@@ -70,14 +96,15 @@ impl CriService {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
-        let waited = if req.timeout > 0 {
-            tokio::time::timeout(
-                Duration::from_secs(req.timeout as u64),
-                runner.exec_wait(&c.id, &exec_id),
-            )
-            .await
-        } else {
-            Ok(runner.exec_wait(&c.id, &exec_id).await)
+        let limit = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
+        let waited = tokio::select! {
+            w = async {
+                match limit {
+                    Some(t) => tokio::time::timeout(t, runner.exec_wait(&c.id, &exec_id)).await.map_err(|_| false),
+                    None => Ok(runner.exec_wait(&c.id, &exec_id).await),
+                }
+            } => w,
+            _ = &mut gone => Err(true),
         };
         let result = match waited {
             Ok(Ok(exit)) => {
@@ -94,8 +121,12 @@ impl CriService {
                 out.release().await;
                 Err(e)
             }
-            Err(_expired) => {
-                tracing::info!(container = %c.id, exec = %exec_id, timeout = req.timeout, "ExecSync timed out: killing");
+            Err(caller_gone) => {
+                if caller_gone {
+                    tracing::info!(container = %c.id, exec = %exec_id, "ExecSync caller went away: killing");
+                } else {
+                    tracing::info!(container = %c.id, exec = %exec_id, timeout = req.timeout, "ExecSync timed out: killing");
+                }
                 let _ = runner.exec_kill(&c.id, &exec_id, libc::SIGKILL as u32).await;
                 let _ = tokio::time::timeout(KILL_GRACE, runner.exec_wait(&c.id, &exec_id)).await;
                 drop(out);
