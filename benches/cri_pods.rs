@@ -738,28 +738,23 @@ async fn stream_round(d: &Daemon, w: &Path, a: &Args) -> Result<StreamResult> {
                 .spawn()?,
         );
     }
-    // Every session is up once its `cat` runs in the container.
-    let count = cri::ExecSyncRequest {
-        container_id: c.clone(),
-        cmd: vec!["sh".into(), "-c".into(), "pgrep -x cat | wc -l".into()],
-        timeout: 10,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = rt.exec_sync(count.clone()).await?.into_inner().stdout;
-        if String::from_utf8_lossy(&out).trim().parse::<usize>().unwrap_or(0) >= a.stream_sessions {
-            break;
+    // The sessions settle (upgrade, streams, the exec started); every client must still
+    // be holding its session then.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut ended = Vec::new();
+    for c in held.iter_mut() {
+        if let Some(status) = c.try_wait()? {
+            ended.push(status);
         }
-        if Instant::now() > deadline {
-            bail!(
-                "{}: {} streaming sessions did not all start",
-                d.name,
-                a.stream_sessions
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    if !ended.is_empty() {
+        bail!(
+            "{}: {} of {} streaming sessions ended early: {ended:?}",
+            d.name,
+            ended.len(),
+            held.len()
+        );
+    }
     let during = rss_kib(pid);
     drop(held);
     remove_pods(&ch, &[pod]).await?;

@@ -432,6 +432,28 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
         );
     }
 
+    // PodSandboxStats' PSI: the pod cgroup's (the parent of the container's).
+    let pod_psi = raw
+        .pod_sandbox_stats(taskd_proto::cri::v1::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("PodSandboxStats (taskd_proto client)")
+        .into_inner()
+        .stats
+        .and_then(|s| s.linux)
+        .expect("linux pod stats");
+    for (resource, psi) in [
+        ("cpu", pod_psi.cpu.as_ref().and_then(|c| c.psi)),
+        ("memory", pod_psi.memory.as_ref().and_then(|m| m.psi)),
+        ("io", pod_psi.io.as_ref().and_then(|i| i.psi)),
+    ] {
+        assert!(
+            psi.and_then(|p| p.some).is_some(),
+            "no pod {resource} PSI: {pod_psi:?}"
+        );
+    }
+
     // PodSandboxStats: the pod's own cgroup totals and the container's.
     let ps = rt
         .pod_sandbox_stats(cri::PodSandboxStatsRequest {

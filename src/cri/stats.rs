@@ -267,12 +267,22 @@ pub type Psi = taskd_proto::cri::v1::PsiStats;
 /// line of `/proc/<pid>/cgroup` under `cgroup_root`); None on cgroup v1, for a process that
 /// is gone, or a kernel without PSI.
 pub fn psi_of(proc_root: &Path, cgroup_root: &Path, pid: u32, resource: &str) -> Option<Psi> {
+    psi_in(&cgroup_v2_dir(proc_root, cgroup_root, pid)?, resource)
+}
+
+/// The cgroup v2 directory of process `pid` (its `0::` line of `/proc/<pid>/cgroup` under
+/// `cgroup_root`); None on cgroup v1 or for a process that is gone.
+pub fn cgroup_v2_dir(proc_root: &Path, cgroup_root: &Path, pid: u32) -> Option<std::path::PathBuf> {
     if pid == 0 {
         return None;
     }
     let own = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
     let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let dir = cgroup_root.join(path.trim_start_matches('/'));
+    Some(cgroup_root.join(path.trim_start_matches('/')))
+}
+
+/// The PSI of `<resource>.pressure` in cgroup v2 directory `dir`.
+pub fn psi_in(dir: &Path, resource: &str) -> Option<Psi> {
     parse_psi(&std::fs::read_to_string(dir.join(format!("{resource}.pressure"))).ok()?)
 }
 

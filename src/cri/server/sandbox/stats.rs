@@ -149,6 +149,35 @@ impl CriService {
                         });
                     }
                     linux.network = network_usage(&pod_interfaces(pod, &mine), ts);
+                    // PSI of the pod's cgroup (cgroup v2): the parent of a running task's
+                    // own cgroup (the pause's, else a container's), whichever cgroup driver
+                    // named it.
+                    let pid = std::iter::once(pod.pid)
+                        .chain(
+                            mine.iter()
+                                .filter(|c| c.state == ContainerState::Running)
+                                .map(|c| c.pid),
+                        )
+                        .find(|p| *p > 0)
+                        .unwrap_or(0);
+                    let pod_cgroup = crate::cri::stats::cgroup_v2_dir(
+                        std::path::Path::new("/proc"),
+                        std::path::Path::new("/sys/fs/cgroup"),
+                        pid,
+                    );
+                    if let Some(dir) = pod_cgroup.as_deref().and_then(std::path::Path::parent) {
+                        let psi = |r: &str| crate::cri::stats::psi_in(dir, r);
+                        if let Some(cpu) = linux.cpu.as_mut() {
+                            cpu.psi = psi("cpu");
+                        }
+                        if let Some(memory) = linux.memory.as_mut() {
+                            memory.psi = psi("memory");
+                        }
+                        linux.io = psi("io").map(|p| cri::IoUsage {
+                            timestamp: ts,
+                            psi: Some(p),
+                        });
+                    }
                 }
                 cri::PodSandboxStats {
                     attributes: Some(Self::sandbox_attributes(pod)),
