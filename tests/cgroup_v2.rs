@@ -292,16 +292,7 @@ async fn tear_down(rt: &mut RuntimeServiceClient<Channel>, pod: &str, containers
         .await
         .expect("RemoveContainer");
     }
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    support::cri_client::stop_and_remove(rt, pod).await;
 }
 
 /// One cgroup file, trimmed.

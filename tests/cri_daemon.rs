@@ -22,7 +22,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use support::Daemon;
-use support::cri_client::{container_stats, create_and_start, exited, status};
+use support::cri_client::{container_stats, create_and_start, exited, status, stop_and_remove};
 use support::registry::{ImageBuilder, OciLayout, Registry};
 use tonic::transport::Channel;
 
@@ -121,20 +121,6 @@ async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, cfg: &cri::PodSandboxCo
     .unwrap_or_else(|e| panic!("{what}: {e:?}"))
     .into_inner()
     .pod_sandbox_id
-}
-
-/// StopPodSandbox + RemovePodSandbox, both expected to succeed.
-async fn stop_and_remove(rt: &mut RuntimeServiceClient<Channel>, pod: &str) {
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .expect("RemovePodSandbox");
 }
 
 /// Every message of a server stream, until it ends.

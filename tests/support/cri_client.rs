@@ -68,3 +68,17 @@ pub async fn container_stats(rt: &mut RuntimeServiceClient<Channel>, id: &str) -
     .stats
     .expect("ContainerStats answered without stats")
 }
+
+/// StopPodSandbox + RemovePodSandbox, both expected to succeed.
+pub async fn stop_and_remove(rt: &mut RuntimeServiceClient<Channel>, pod: &str) {
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+}

@@ -216,22 +216,7 @@ impl CriWorld {
         pod_cfg: &cri::PodSandboxConfig,
         config: cri::ContainerConfig,
     ) -> String {
-        let id = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.into(),
-                config: Some(config),
-                sandbox_config: Some(pod_cfg.clone()),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("CreateContainer: {e:?}"))
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer: {e:?}"));
-        id
+        crate::support::cri_client::create_and_start(rt, pod, pod_cfg, config).await
     }
 
     /// A pod with one container running `script`; (pod id, container id).
