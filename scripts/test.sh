@@ -29,6 +29,8 @@ apt_install runc containerd busybox-static docker-registry criu containernetwork
 # built from Debian's Go sources (GOPATH mode, no module download), Python grpcio and
 # websocket-client (pinned; they work with CPython 3.11).
 apt_install golang-go golang-github-moby-spdystream-dev golang-google-grpc-dev python3
+# gcc with static glibc: the syscall probe of the seccomp test (tests/cri_daemon.rs).
+apt_install gcc libc6-dev
 pip_install grpcio==1.85.1 grpcio-tools==1.85.1 websocket-client==1.9.2
 ensure_cargo
 
