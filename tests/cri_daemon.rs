@@ -149,7 +149,8 @@ async fn has_pause_container(rt: &mut RuntimeServiceClient<Channel>, pod: &str) 
 impl World {
     /// A registry with busybox (`library/busybox:latest` and `:1.36`) and pause, a CNI
     /// conf dir with bridge + host-local on 10.88.<octet>.0/24 followed by `extra` plugins
-    /// (JSON objects, each with a leading comma), and a daemon using both.
+    /// (JSON objects, each with a leading comma), and a daemon using both. Plugins of a
+    /// test's own go in `<dir>/cni-bin`, searched before /usr/lib/cni.
     fn new(octet: u8, extra: &str) -> World {
         World::with_cri_config(octet, extra, "")
     }
@@ -181,6 +182,9 @@ impl World {
         let bridge = format!("tkq{}-{octet}", std::process::id() % 100_000);
         let conf_dir = dir.path().join("net.d");
         std::fs::create_dir(&conf_dir).unwrap();
+        // Test plugins (`extra`) go here; the system's after them.
+        let cni_bin = dir.path().join("cni-bin");
+        std::fs::create_dir(&cni_bin).unwrap();
         std::fs::write(
             conf_dir.join("10-taskd.conflist"),
             format!(
@@ -197,8 +201,9 @@ impl World {
             "[{IMAGES}.registries.\"docker.io\"]\nmirrors = {mirror}\n\
              [{IMAGES}.registries.\"registry.k8s.io\"]\nmirrors = {mirror}\n\
              [{CRI}]\nsandbox_image = \"registry.k8s.io/pause:3.10\"\n{cri_extra}\n\
-             [{CRI}.cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
-            conf_dir.display().to_string()
+             [{CRI}.cni]\nconf_dir = {:?}\nbin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
+            conf_dir.display().to_string(),
+            cni_bin.display().to_string()
         ));
         World {
             d,
@@ -3093,4 +3098,107 @@ async fn runtime_default_seccomp_denies_what_it_does_not_list() {
     assert!(unlisted.is_some_and(|e| e != libc::EPERM as i64), "{out}");
     assert_eq!(seen.get("pthread_create"), Some(&0), "{out}");
     stop_and_remove(&mut rt, &pod).await;
+}
+
+/// A chained CNI plugin that sleeps 3 s on ADD, then passes the bridge's result on, or
+/// fails when `<dir>/cni-fail` exists.
+const SLOW_CNI: &str = r#"#!/bin/sh
+case "$CNI_COMMAND" in
+ADD)
+    sleep 3
+    if [ -e "$FAIL_MARKER" ]; then
+        echo '{"cniVersion":"1.0.0","code":11,"msg":"told to fail"}'
+        exit 1
+    fi
+    exec python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["prevResult"]))' ;;
+VERSION)
+    echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}' ;;
+esac
+"#;
+
+async fn run_pod_within(
+    rt: &mut RuntimeServiceClient<Channel>,
+    cfg: &cri::PodSandboxConfig,
+    deadline: Duration,
+) -> Result<String, tonic::Status> {
+    let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
+        config: Some(cfg.clone()),
+        runtime_handler: String::new(),
+    });
+    req.set_timeout(deadline);
+    rt.run_pod_sandbox(req)
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+async fn pods_named(rt: &mut RuntimeServiceClient<Channel>, name: &str) -> Vec<cri::PodSandbox> {
+    rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.as_ref().is_some_and(|m| m.name == name))
+        .collect()
+}
+
+/// kubelet's deadline passing mid-RunPodSandbox cuts nothing short: the call finishes or
+/// rolls back in a task of its own, and kubelet's retry finds a consistent state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry, python3"]
+async fn run_pod_sandbox_past_the_callers_deadline_finishes_or_rolls_back() {
+    let w = World::new(80 + (std::process::id() % 20) as u8, r#",{"type":"slow-cni"}"#);
+    let plugin = w.dir.path().join("cni-bin/slow-cni");
+    let marker = w.dir.path().join("cni-fail");
+    std::fs::write(
+        &plugin,
+        SLOW_CNI.replace("$FAIL_MARKER", &marker.display().to_string()),
+    )
+    .unwrap();
+    run_ok(Command::new("chmod").arg("0755").arg(&plugin));
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+
+    // 1. The CNI ADD fails after the caller has gone: the rollback still runs to the end.
+    std::fs::write(&marker, "").unwrap();
+    let cfg = w.pod_config("slow");
+    let first = run_pod_within(&mut rt, &cfg, Duration::from_secs(1)).await;
+    let code = first.as_ref().map_err(|s| s.code());
+    assert!(
+        matches!(code, Err(tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)),
+        "{first:?}"
+    );
+    // The call runs on and rolls back: no record, netns, IP lease or shim is left.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pods_named(&mut rt, "slow").await.is_empty() {
+        assert!(Instant::now() < deadline, "the failed call was not rolled back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.assert_no_pod_left();
+
+    // 2. The retry of a failed, abandoned call runs afresh; this time it gives up the
+    // caller again, but succeeds in its own task: the retry gets that pod, not a second.
+    std::fs::remove_file(&marker).unwrap();
+    let first = run_pod_within(&mut rt, &cfg, Duration::from_secs(1)).await;
+    assert!(first.is_err(), "{first:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let retry = run_pod_within(&mut rt, &cfg, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("retry: {e:?}\n{}", w.d.log()));
+    let pods = pods_named(&mut rt, "slow").await;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(
+        (pods[0].id.as_str(), pods[0].state),
+        (retry.as_str(), cri::PodSandboxState::SandboxReady as i32)
+    );
+    assert_eq!(w.ipam_leases().len(), 1, "one IP: {:?}", w.ipam_leases());
+    assert_eq!(netns_pins(&w.d).len(), 1);
+
+    // A plain second RunPodSandbox of the same pod, its caller present, is refused as before.
+    let dup = run_pod_within(&mut rt, &cfg, Duration::from_secs(30)).await;
+    assert_eq!(dup.map_err(|s| s.code()), Err(tonic::Code::AlreadyExists));
+
+    stop_and_remove(&mut rt, &retry).await;
+    w.assert_no_pod_left();
 }
