@@ -3202,3 +3202,118 @@ async fn run_pod_sandbox_past_the_callers_deadline_finishes_or_rolls_back() {
     stop_and_remove(&mut rt, &retry).await;
     w.assert_no_pod_left();
 }
+
+/// One scrape over a fresh connection: the HTTP status (0: no answer).
+async fn scrape_status(addr: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let req = format!("GET /v1/metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn counter(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Pods start while waves of 500 parallel scrapes run: each scrape is answered (200, or 503
+/// when 64 wait already), the scrapes share collections, and every pod starts. The start
+/// times of the quiet and the flooded pods are printed (timing is measured by benchmarks,
+/// not asserted here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_scrape_flood_is_bounded_and_pods_still_start() {
+    let w = World::new(110 + (std::process::id() % 20) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let start_pods = |prefix: &'static str| {
+        let mut rt = rt.clone();
+        let w = &w;
+        async move {
+            let mut took = Vec::new();
+            for i in 0..4 {
+                let name = format!("{prefix}{i}");
+                let cfg = w.pod_config(&name);
+                let t = Instant::now();
+                let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
+                create_and_start(&mut rt, &pod, &cfg, container_config(&name, "exec sleep 3600")).await;
+                took.push(t.elapsed());
+            }
+            took
+        }
+    };
+    let quiet = start_pods("quiet").await;
+    let before = w.d.http("/v1/metrics", None).1;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = w.d.metrics_addr.clone();
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut codes: std::collections::BTreeMap<u16, usize> = Default::default();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let wave: Vec<_> = (0..500)
+                    .map(|_| {
+                        let addr = addr.clone();
+                        tokio::spawn(async move { scrape_status(&addr).await })
+                    })
+                    .collect();
+                for h in wave {
+                    *codes.entry(h.await.unwrap_or(0)).or_default() += 1;
+                }
+            }
+            codes
+        })
+    };
+    let flooded = start_pods("flood").await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let codes = flood.await.unwrap();
+    eprintln!(
+        "pod start (RunPodSandbox + CreateContainer + StartContainer): quiet {quiet:?}, under the flood {flooded:?}; scrapes {codes:?}"
+    );
+
+    let total: usize = codes.values().sum();
+    assert!(total >= 500, "{codes:?}");
+    assert!(
+        codes.keys().all(|c| *c == 200 || *c == 503),
+        "every scrape is answered 200 or 503: {codes:?}"
+    );
+    let after = w.d.http("/v1/metrics", None).1;
+    let collections = counter(&after, "taskd_metrics_collections_total")
+        - counter(&before, "taskd_metrics_collections_total");
+    assert!(
+        collections < (total / 10) as f64,
+        "{total} scrapes took {collections} collections"
+    );
+    let refused = counter(&after, "taskd_metrics_scrapes_refused_total{reason=\"busy\"}")
+        + counter(&after, "taskd_metrics_scrapes_refused_total{reason=\"timeout\"}");
+    assert_eq!(
+        refused as usize,
+        codes.get(&503).copied().unwrap_or(0),
+        "{codes:?}"
+    );
+    let (running, _, _) = containers_by_state(&mut rt).await;
+    assert_eq!(running, 8, "every container runs");
+    for p in ["quiet", "flood"] {
+        for i in 0..4 {
+            for pod in pods_named(&mut rt, &format!("{p}{i}")).await {
+                stop_and_remove(&mut rt, &pod.id).await;
+            }
+        }
+    }
+    w.assert_no_pod_left();
+}
