@@ -66,7 +66,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root=$work/rootfs
 mkdir -p "$root/opt/taskd/bin/lib" "$root/bin" "$root/usr/bin" "$root/lib64" \
-    "$root/lib/x86_64-linux-gnu" "$root/tmp"
+    "$root/lib/x86_64-linux-gnu" "$root/tmp" "$root/proc" "$root/sys" "$root/dev" "$root/etc"
 
 cp "$bin_dir/taskd" "$bin_dir/taskd-node" "$root/opt/taskd/bin/"
 [ -x "$bin_dir/containerd-shim-taskd-v2" ] && cp "$bin_dir/containerd-shim-taskd-v2" "$root/opt/taskd/bin/"
@@ -91,10 +91,9 @@ for bin in "$root"/opt/taskd/bin/*; do
         else
             cp -L "$lib" "$root/opt/taskd/bin/lib/"
         fi
-    done < <(ldd "$bin" | awk '/=> \// {print $3} /^\s*\/lib64/ {print $1}')
-    if [ "$(basename "$bin")" != taskd-node ]; then
-        patchelf --set-rpath '$ORIGIN/lib' "$bin"
-    fi
+    done < <(ldd "$bin" | awk '/=> \// {print $3} $1 ~ /^\/lib64\// {print $1}')
+    # ($ORIGIN is found through /proc/self/exe: containers and hosts have /proc.)
+    patchelf --set-rpath '$ORIGIN/lib' "$bin"
 done
 chmod 0755 "$root"/opt/taskd/bin/* "$root"/opt/taskd/bin/lib/* 2>/dev/null || true
 cp /bin/busybox "$root/bin/busybox"
