@@ -319,3 +319,113 @@ fn install_upgrade_rollback_uninstall_on_a_temp_host() {
         "status fails when not installed"
     );
 }
+
+/// The chart's post-delete hook: `taskd-node cleanup` starts one uninstall pod per node
+/// labelled taskd.io/runtime (the double runs each pod's command as that node's kubelet would,
+/// with that node's host root), waits for them, deletes them and the owned RuntimeClasses.
+#[test]
+fn cleanup_hook_uninstalls_every_node_with_taskd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (host_a, host_b, run, data) = (t.join("a"), t.join("b"), t.join("run"), t.join("data"));
+    for d in [&host_a, &host_b, &run, &data] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let _kill = KillOnDrop(run.clone());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let cfg = t.join("config.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "version = 1\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n[grpc]\naddress = \"{d}/taskd.sock\"\n[metrics]\naddress = \"{metrics}\"\n",
+            d = data.display()
+        ),
+    )
+    .unwrap();
+    let systemctl = fake_systemctl(&run, &host_a);
+    let api = ApiServer::start(t, support::agent_bin());
+    api.add_node("node-a", json!({}));
+    // node-b is labelled but has nothing installed: its uninstall has nothing to do.
+    api.add_node("node-b", json!({"taskd.io/runtime": "ready"}));
+    api.add_node("node-c", json!({}));
+    api.add_class("foreign", "runc", json!({}));
+    {
+        let mut w = api.world.lock().unwrap();
+        w.host_roots.insert("node-a".into(), host_a.clone());
+        w.host_roots.insert("node-b".into(), host_b.clone());
+    }
+    let global = [
+        format!("--host-root={}", host_a.display()),
+        format!("--systemctl={}", systemctl.display()),
+    ];
+    let src = source_dir(t, "src", b"");
+    let mut args: Vec<String> = global.to_vec();
+    args.extend([
+        "install".into(),
+        format!("--source-dir={}", src.display()),
+        format!("--config={}", cfg.display()),
+        "--runtime-class=taskd=runc".into(),
+    ]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&agent(&api.kubeconfig, "node-a", &argv));
+    assert!(api.class("taskd").is_some());
+    assert_eq!(http_status(&metrics, "/readyz"), Some(200));
+
+    let mut args: Vec<String> = global.to_vec();
+    args.extend(
+        [
+            "cleanup",
+            "--image=example/taskd-installer:1",
+            "--namespace=taskd-system",
+            "--service-account=hook",
+            "--timeout=60s",
+        ]
+        .map(String::from),
+    );
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The hook runs with no NODE_NAME of its own.
+    let out = ok(&agent(&api.kubeconfig, "", &argv));
+    assert!(out.contains("2 node(s)"), "{out}");
+    let created = api.requests("POST", "/namespaces/taskd-system/pods");
+    let mut nodes: Vec<String> = created
+        .iter()
+        .map(|r| r.body["spec"]["nodeName"].as_str().unwrap().to_string())
+        .collect();
+    nodes.sort();
+    assert_eq!(
+        nodes,
+        ["node-a", "node-b"],
+        "one pod per labelled node, none on node-c"
+    );
+    let pod = &created[0].body;
+    assert_eq!(pod["spec"]["hostPID"], true);
+    assert_eq!(pod["spec"]["serviceAccountName"], "hook");
+    assert_eq!(pod["spec"]["containers"][0]["image"], "example/taskd-installer:1");
+    assert_eq!(
+        pod["spec"]["containers"][0]["securityContext"]["privileged"],
+        true
+    );
+    assert!(
+        pod["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("uninstall"))
+    );
+    assert!(api.requests("DELETE", "/namespaces/taskd-system/pods/").len() >= 2);
+    assert!(
+        api.world.lock().unwrap().pods.is_empty(),
+        "uninstall pods deleted"
+    );
+    for n in ["node-a", "node-b"] {
+        assert!(
+            api.node(n)["metadata"]["labels"]
+                .get("taskd.io/runtime")
+                .is_none(),
+            "{n}"
+        );
+    }
+    assert!(api.class("taskd").is_none());
+    assert!(api.class("foreign").is_some());
+    assert!(!host_a.join("opt/taskd").exists());
+    assert_eq!(http_status(&metrics, "/readyz"), None);
+}

@@ -32,6 +32,8 @@ pub struct World {
     pub classes: BTreeMap<String, Value>,
     pub events: Vec<Value>,
     pub pods: BTreeMap<String, Value>,
+    /// Each node's `/` for the pods the double runs (their `--host-root=` is replaced).
+    pub host_roots: BTreeMap<String, PathBuf>,
     version: u64,
 }
 
@@ -323,11 +325,22 @@ impl ApiServer {
         let s = self.clone();
         thread::spawn(move || {
             let c = &pod["spec"]["containers"][0];
+            let node = pod["spec"]["nodeName"].as_str().unwrap_or_default().to_string();
+            let root = s.world.lock().unwrap().host_roots.get(&node).cloned();
             let args: Vec<String> = c["args"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-                .unwrap_or_default();
-            let node = pod["spec"]["nodeName"].as_str().unwrap_or_default().to_string();
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect::<Vec<String>>()
+                })
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| match &root {
+                    Some(r) if a.starts_with("--host-root=") => format!("--host-root={}", r.display()),
+                    _ => a,
+                })
+                .collect();
             assert_eq!(c["command"][0], "/opt/taskd/bin/taskd-node", "pod command");
             let out = std::process::Command::new(&s.agent_binary)
                 .args(&args)
