@@ -14,7 +14,8 @@
 #   skopeo copy oci:target/oci/taskd-installer:0.1.0 docker://ghcr.io/taskd/taskd-installer:0.1.0
 #
 # The image:
-#   /opt/taskd/bin/taskd, containerd-shim-taskd-v2 (when built), runc   what taskd-node installs
+#   /opt/taskd/bin/taskd, containerd-shim-taskd-v2 (when built), containerd-shim-runc-v2
+#   (Debian's containerd), runc            what taskd-node installs
 #   /opt/taskd/bin/lib/                    their shared libraries besides glibc (libssl,
 #                                          libcrypto, libseccomp, libgcc_s); the binaries' RPATH
 #                                          is $ORIGIN/lib, so they run on any host with glibc >=
@@ -44,7 +45,7 @@ while [ "$#" -gt 0 ]; do
 done
 die() { echo "image.sh: $*" >&2; exit 1; }
 
-apt_install patchelf busybox-static runc python3
+apt_install patchelf busybox-static runc containerd python3
 if [ -z "$tag" ]; then
     tag=$(sed -n 's/^version = "\(.*\)"/\1/p' node/Cargo.toml | head -1)
 fi
@@ -53,8 +54,9 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/n
 if [ -z "$bin_dir" ]; then
     ensure_cargo
     packages=(-p taskd -p taskd-node)
-    if grep -q '^name = "containerd-shim-taskd-v2"' shim/Cargo.toml 2>/dev/null; then
-        packages+=(-p containerd-shim-taskd-v2)
+    # taskd's own shim (containerd-shim-taskd-v2), when the workspace has the shim crate.
+    if [ -f shim/Cargo.toml ]; then
+        packages+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' shim/Cargo.toml | head -1)")
     fi
     cargo build --release "${packages[@]}"
     bin_dir=${CARGO_TARGET_DIR:-target}/release
@@ -71,6 +73,11 @@ mkdir -p "$root/opt/taskd/bin/lib" "$root/bin" "$root/usr/bin" "$root/lib64" \
 cp "$bin_dir/taskd" "$bin_dir/taskd-node" "$root/opt/taskd/bin/"
 [ -x "$bin_dir/containerd-shim-taskd-v2" ] && cp "$bin_dir/containerd-shim-taskd-v2" "$root/opt/taskd/bin/"
 cp "$(command -v runc)" "$root/opt/taskd/bin/runc"
+# containerd's runc shim (Debian's containerd package) for the chart's default runtime
+# io.containerd.runc.v2, so a node without containerd can run pods too.
+if command -v containerd-shim-runc-v2 >/dev/null 2>&1; then
+    cp "$(command -v containerd-shim-runc-v2)" "$root/opt/taskd/bin/"
+fi
 
 # glibc stays the host's (and is in the image for running there); everything else a binary
 # links is bundled next to it.

@@ -262,6 +262,20 @@ fn schema_refuses_bad_values() {
             "{bad}: {err}"
         );
     }
+    // What the schema cannot say: handlers and the default runtime must be configured runtimes.
+    for (bad, says) in [
+        (
+            "--set=runtimeClasses[0].name=x,runtimeClasses[0].handler=kata",
+            "handler \"kata\", which is not one of config.runtimes",
+        ),
+        (
+            "--set=config.defaultRuntime=crun",
+            "config.defaultRuntime \"crun\" is not one of config.runtimes",
+        ),
+    ] {
+        let (ok, _, err) = run(Command::new(helm()).args(["template", "taskd", CHART, bad]));
+        assert!(!ok && err.contains(says), "{bad}: {err}");
+    }
 }
 
 #[test]

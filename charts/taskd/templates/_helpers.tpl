@@ -59,3 +59,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - --systemctl={{ .Values.agent.systemctl }}
 - --kubelet-config={{ .Values.agent.kubeletConfig }}
 {{- end -}}
+
+{{/* Checks across values the schema cannot express. */}}
+{{- define "taskd.validate" -}}
+{{- if not (hasKey .Values.config.runtimes .Values.config.defaultRuntime) -}}
+{{- fail (printf "config.defaultRuntime %q is not one of config.runtimes" .Values.config.defaultRuntime) -}}
+{{- end -}}
+{{- range .Values.runtimeClasses -}}
+{{- if not (hasKey $.Values.config.runtimes .handler) -}}
+{{- fail (printf "runtimeClasses: %s has handler %q, which is not one of config.runtimes" .name .handler) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
