@@ -467,3 +467,46 @@ impl Agent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// uninstall keeps the data dirs named by the host's config unless asked to purge them.
+    #[tokio::test]
+    async fn uninstall_purges_data_dirs_only_when_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        for purge in [false, true] {
+            let root = tmp.path().join(format!("host-{purge}"));
+            let host = Host::new(root.clone(), "taskd.service".into());
+            host.write(
+                host::CONFIG,
+                b"version = 1\nroot = \"/data/root\"\nstate = \"/data/state\"\n",
+                0o644,
+            )
+            .unwrap();
+            host.write_unit(&host::render_unit()).unwrap();
+            for d in ["data/root/content", "data/state/sockets"] {
+                std::fs::create_dir_all(root.join(d)).unwrap();
+            }
+            let agent = Agent {
+                host,
+                // The systemctl command is configurable; `true` accepts every call.
+                systemctl: Systemctl::new("true").unwrap(),
+                kubelet_config: "/var/lib/kubelet/config.yaml".into(),
+                cluster: None,
+                ready_timeout: Duration::from_secs(1),
+            };
+            assert!(agent.uninstall(purge).await.unwrap(), "something was installed");
+            assert!(
+                !root.join("etc/taskd").exists() && !root.join(host::UNIT_DIR).join("taskd.service").exists()
+            );
+            assert_eq!(root.join("data/root/content").exists(), !purge);
+            assert_eq!(root.join("data/state/sockets").exists(), !purge);
+            assert!(
+                !agent.uninstall(purge).await.unwrap(),
+                "second uninstall: nothing left"
+            );
+        }
+    }
+}
