@@ -591,6 +591,12 @@ pub fn validate(cfg: &Config, text: &str, registrations: &[Registration]) -> Rep
                     if !found {
                         err(&["plugins", name], whole.message().to_owned());
                     }
+                } else if let Some(validate) = pc.validate
+                    && let Err((key, reason)) = validate(table.clone())
+                {
+                    let mut path = vec!["plugins", name.as_str()];
+                    path.extend(key.split('.').filter(|s| !s.is_empty()));
+                    err(&path, reason);
                 }
             }
         }
@@ -700,7 +706,11 @@ mod tests {
     fn regs() -> Vec<Registration> {
         vec![
             Registration::new(PluginType::Internal, "demo", |_cx| async { Ok(Instance::new()) })
-                .config::<DemoCfg>(),
+                .config::<DemoCfg>()
+                .validate(|t| match t.get("interval").and_then(toml::Value::as_integer) {
+                    Some(i) if i > 1000 => Err(("interval".into(), format!("{i} is over 1000"))),
+                    _ => Ok(()),
+                }),
             Registration::new(PluginType::Grpc, "plain", |_cx| async { Ok(Instance::new()) }),
         ]
     }
@@ -845,6 +855,20 @@ mod tests {
             "{found:?}"
         );
         assert!(r.errors.iter().any(|d| d.message.contains("nmae")), "{r:?}");
+    }
+
+    #[test]
+    fn plugin_meaning_checks_name_key_and_line() {
+        let r = check(
+            "version = 1\n[plugins.\"io.containerd.internal.v1.demo\"]\nname = \"x\"\ninterval = 5000\n",
+        );
+        assert_eq!(r.errors.len(), 1, "{r:?}");
+        let d = &r.errors[0];
+        assert_eq!(
+            (d.key.as_str(), d.line),
+            ("plugins.\"io.containerd.internal.v1.demo\".interval", Some(4))
+        );
+        assert!(d.message.contains("over 1000"), "{d}");
     }
 
     #[test]

@@ -163,6 +163,136 @@ fn config_default_passes_config_check() {
     assert!(stderr(&out).is_empty(), "no warnings expected: {}", stderr(&out));
 }
 
+/// `taskd config migrate FILE` then `taskd config check` on its output: the findings.
+fn migrate_and_check(dir: &std::path::Path, name: &str, containerd_toml: &str) -> String {
+    let src = dir.join(format!("{name}.containerd.toml"));
+    std::fs::write(&src, containerd_toml).unwrap();
+    let out = taskd().args(["config", "migrate"]).arg(&src).output().unwrap();
+    assert!(out.status.success(), "{name}: {}", stderr(&out));
+    let migrated = String::from_utf8(out.stdout).unwrap();
+    let dst = dir.join(format!("{name}.taskd.toml"));
+    std::fs::write(&dst, &migrated).unwrap();
+    let out = taskd().args(["config", "check"]).arg(&dst).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: check refused the migrated config: {}\n{migrated}",
+        stderr(&out)
+    );
+    migrated
+}
+
+#[test]
+fn config_migrate_of_containerd_1_6_default_passes_check() {
+    support::require_bin("containerd", "containerd");
+    let out = Command::new("containerd")
+        .args(["config", "default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let default = String::from_utf8(out.stdout).unwrap();
+    assert!(default.contains("version = 2"), "{default}");
+    let dir = tempfile::tempdir().unwrap();
+    let m = migrate_and_check(dir.path(), "default", &default);
+    let cfg: toml::Table = m.parse().unwrap();
+    assert_eq!(cfg["root"].as_str(), Some("/var/lib/containerd"));
+    assert_eq!(
+        cfg["grpc"]["address"].as_str(),
+        Some("/run/containerd/containerd.sock")
+    );
+    assert_eq!(
+        cfg["metrics"]["address"].as_str(),
+        Some(""),
+        "containerd's metrics are off by default"
+    );
+    let cri = &cfg["plugins"]["io.containerd.cri.v1.cri"];
+    assert_eq!(cri["sandbox_image"].as_str(), Some("registry.k8s.io/pause:3.6"));
+    assert_eq!(
+        cri["cni"]["bin_dirs"].as_array().unwrap()[0].as_str(),
+        Some("/opt/cni/bin")
+    );
+    assert_eq!(cri["stream_idle_timeout"].as_str(), Some("4h"));
+    assert_eq!(
+        cri["runtimes"]["runc"]["runtime_type"].as_str(),
+        Some("io.containerd.runc.v2")
+    );
+    // Every source key not carried over is listed, with its reason.
+    for key in [
+        "plugins.\"io.containerd.grpc.v1.cri\".disable_apparmor = false",
+        "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options.CriuPath = \"\"",
+        "plugins.\"io.containerd.gc.v1.scheduler\".pause_threshold = 0.02",
+        "stream_processors.\"io.containerd.ocicrypt.decoder.v1.tar\".path = \"ctd-decoder\"",
+        "oom_score = 0",
+    ] {
+        let line = m
+            .lines()
+            .position(|l| l == format!("#   {key}"))
+            .unwrap_or_else(|| panic!("{key} not listed:\n{m}"));
+        assert!(
+            m.lines()
+                .nth(line + 1)
+                .is_some_and(|r| r.starts_with("#       ") && r.len() > 12)
+        );
+    }
+}
+
+#[test]
+fn config_migrate_of_the_bench_containerd_config_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = include_str!("../benches/containerd-config.toml")
+        .replace("{root}", &d.join("root").display().to_string())
+        .replace("{state}", &d.join("state").display().to_string())
+        .replace("{sock}", &d.join("cd.sock").display().to_string())
+        .replace("{debug}", &d.join("debug.sock").display().to_string())
+        .replace("{conf}", &d.join("net.d").display().to_string())
+        .replace("{registry}", "127.0.0.1:5000")
+        .replace("{sandbox_image}", "registry.k8s.io/pause:3.10");
+    let m = migrate_and_check(d, "bench", &text);
+    let cfg: toml::Table = m.parse().unwrap();
+    assert_eq!(
+        cfg["ttrpc"]["address"].as_str(),
+        Some(d.join("cd.sock.ttrpc").to_str().unwrap())
+    );
+    assert_eq!(cfg["debug"]["level"].as_str(), Some("warn"));
+    let cri = &cfg["plugins"]["io.containerd.cri.v1.cri"];
+    assert_eq!(
+        cri["cni"]["conf_dir"].as_str(),
+        Some(d.join("net.d").to_str().unwrap())
+    );
+    let regs = &cfg["plugins"]["io.containerd.service.v1.images-service"]["registries"];
+    for r in ["registry.k8s.io", "docker.io"] {
+        assert_eq!(
+            regs[r]["mirrors"].as_array().unwrap()[0].as_str(),
+            Some("http://127.0.0.1:5000")
+        );
+    }
+    assert!(
+        m.contains("#   plugins.\"io.containerd.grpc.v1.cri\".restrict_oom_score_adj = true"),
+        "{m}"
+    );
+    assert!(m.contains("#   debug.address = "), "{m}");
+}
+
+#[test]
+fn config_check_refuses_systemd_cgroup_that_disagrees_with_the_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.toml");
+    std::fs::write(
+        &file,
+        "version = 1\n[plugins.\"io.containerd.cri.v1.cri\"]\ncgroup_driver = \"systemd\"\n\
+         [plugins.\"io.containerd.cri.v1.cri\".runtimes.runc.options]\nSystemdCgroup = false\n",
+    )
+    .unwrap();
+    let out = taskd().args(["config", "check"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(":5: plugins.\"io.containerd.cri.v1.cri\".runtimes.runc.options.SystemdCgroup")
+            && err.contains("cgroup_driver"),
+        "{err}"
+    );
+}
+
 #[test]
 fn config_check_names_unknown_key_and_its_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -54,6 +54,9 @@ enum ConfigCommand {
     Default,
     /// Validate a config file: unknown keys and bad values are errors naming key and line.
     Check { file: PathBuf },
+    /// Print the taskd config equivalent to a containerd config.toml (version 2 or 3); the
+    /// keys it could not carry over follow as comments, with the reason.
+    Migrate { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,9 @@ fn main() -> ExitCode {
         Some(Command::Config {
             command: ConfigCommand::Check { file },
         }) => check(file, &registry),
+        Some(Command::Config {
+            command: ConfigCommand::Migrate { file },
+        }) => migrate(file),
         None => match serve(cli, registry, notifier) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -111,6 +117,25 @@ fn check(file: &std::path::Path, registry: &Registry) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `taskd config migrate FILE`: the migrated config on stdout.
+fn migrate(file: &std::path::Path) -> ExitCode {
+    let origin = file.display().to_string();
+    let rendered = config::read(file)
+        .map_err(|e| e.to_string())
+        .and_then(|text| taskd::migrate::migrate(&text, &origin).map_err(|e| e.to_string()))
+        .and_then(|m| m.render(&origin).map_err(|e| e.to_string()));
+    match rendered {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("taskd: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

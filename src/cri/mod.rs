@@ -262,4 +262,5 @@ pub fn registration() -> Registration {
     })
     .requires(&[PluginType::Event, PluginType::Service, PluginType::Content])
     .config::<CriConfig>()
+    .validate(CriConfig::check_table)
 }
