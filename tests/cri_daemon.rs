@@ -1345,12 +1345,20 @@ async fn probes_stats_metrics_and_events_through_the_client() {
         "taskd_cri_pod_start_duration_seconds_count{runtime_handler=\"\"} 1",
         "taskd_cri_image_pulls_total{result=\"success\"} 1",
         "taskd_cri_container_events_dropped_total 0",
+        "taskd_cri_operation_duration_seconds_count{operation=\"CreateContainer\",runtime_handler=\"\"} ",
+        "taskd_cri_operation_duration_seconds_count{operation=\"StartContainer\",runtime_handler=\"\"} ",
+        "taskd_cri_cni_operation_duration_seconds_count{command=\"ADD\",plugin=\"bridge\"} 1",
+        "taskd_cri_cni_operation_duration_seconds_count{command=\"DEL\",plugin=\"bridge\"} ",
+        "taskd_cri_image_pull_throughput_bytes_per_second_count 1",
+        "taskd_cri_sandboxes{state=\"ready\"} 0",
+        "taskd_cri_containers{state=\"running\"} 0",
     ] {
         assert!(
             body.lines().any(|l| l.starts_with(want)),
             "{want} missing from /v1/metrics"
         );
     }
+    support::observe::check_metrics_doc(&body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,7 +59,8 @@ pub struct CriService {
 impl CriService {
     /// `root`/`state`: the plugin's own directories.
     pub fn new(config: CriConfig, root: &Path, state: &Path, events: ContainerEvents) -> CriService {
-        let cni = Cni::new(&config.cni, state.join("cni-cache"));
+        let metrics = super::metrics::CriMetrics::new().expect("static metric definitions are valid");
+        let cni = Cni::new(&config.cni, state.join("cni-cache")).with_metrics(metrics.cni.clone());
         CriService {
             events,
             controller: None,
@@ -67,7 +68,7 @@ impl CriService {
             image_backend: None,
             ios: std::sync::Mutex::new(std::collections::HashMap::new()),
             min_oom_score_adj: own_oom_score_adj(),
-            metrics: super::metrics::CriMetrics::new().expect("static metric definitions are valid"),
+            metrics,
             started_at: std::time::SystemTime::now(),
             cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
             handler_features: std::collections::HashMap::new(),
