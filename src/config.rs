@@ -591,12 +591,6 @@ pub fn validate(cfg: &Config, text: &str, registrations: &[Registration]) -> Rep
                     if !found {
                         err(&["plugins", name], whole.message().to_owned());
                     }
-                } else if let Some(validate) = pc.validate
-                    && let Err((key, reason)) = validate(table.clone())
-                {
-                    let mut path = vec!["plugins", name.as_str()];
-                    path.extend(key.split('.').filter(|s| !s.is_empty()));
-                    err(&path, reason);
                 }
             }
         }
@@ -642,6 +636,45 @@ pub fn validate(cfg: &Config, text: &str, registrations: &[Registration]) -> Rep
         );
     }
     report
+}
+
+/// The plugins' meaning checks ([`crate::plugin::Registration::validate`]) of the tables
+/// that parsed: one error per failing table, on the key it names. Not part of [`load`]: at
+/// start such an error fails that plugin only (as containerd does, shown by `ctr plugins
+/// ls`); `taskd config check` and the SIGHUP reload ([`check`]) treat it as an error.
+pub fn plugin_meaning_errors(cfg: &Config, text: &str, registrations: &[Registration]) -> Vec<Diagnostic> {
+    let source = Source::new(text);
+    let mut errors = Vec::new();
+    for r in registrations {
+        let id = r.plugin_id().to_string();
+        let (Some(pc), Some(table)) = (r.config, cfg.plugins.get(&id)) else {
+            continue;
+        };
+        if (pc.check)(table.clone()).is_err() {
+            continue; // reported by validate
+        }
+        if let Some(validate) = pc.validate
+            && let Err((key, reason)) = validate(table.clone())
+        {
+            let mut path = vec!["plugins", id.as_str()];
+            path.extend(key.split('.').filter(|s| !s.is_empty()));
+            errors.push(Diagnostic {
+                key: dotted(&path),
+                line: source.line_of(&path),
+                message: reason,
+            });
+        }
+    }
+    errors
+}
+
+/// [`load`] plus the plugins' meaning checks: what `taskd config check` and a reload accept.
+pub fn check(text: &str, overrides: &Overrides, registrations: &[Registration]) -> (Option<Config>, Report) {
+    let (cfg, mut report) = load(text, overrides, registrations);
+    if let Some(c) = &cfg {
+        report.errors.extend(plugin_meaning_errors(c, text, registrations));
+    }
+    (cfg, report)
 }
 
 /// Parses and validates one file's text with command-line overrides applied.
@@ -716,7 +749,7 @@ mod tests {
     }
 
     fn check(text: &str) -> Report {
-        let (_, r) = load(text, &Overrides::default(), &regs());
+        let (_, r) = super::check(text, &Overrides::default(), &regs());
         r
     }
 

@@ -2972,3 +2972,80 @@ async fn exec_sync_with_a_background_child_returns_and_leaves_nothing() {
     stop_and_remove(&mut rt, &pod).await;
     w.assert_no_pod_left();
 }
+
+/// SIGHUP through a real daemon with a pod: a handler the pod uses is kept although the new
+/// file drops it (and removed by the next SIGHUP once the pod is gone); the images service's
+/// registries are replaced, so a registry name that only a new mirror serves pulls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn sighup_keeps_a_handler_pods_use_and_applies_new_registries() {
+    let w = World::with_cri_config(
+        200 + (std::process::id() % 20) as u8,
+        "",
+        &format!("[{CRI}.runtimes.alt]\nruntime_type = \"io.containerd.runc.v2\"\n"),
+    );
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let cfg = kubelet_pod(w.pod_config("alt"));
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: "alt".into(),
+        })
+        .await
+        .expect("RunPodSandbox alt")
+        .into_inner()
+        .pod_sandbox_id;
+    // A loopback "registry" nothing listens on: only a mirror can serve it.
+    let nowhere = format!("127.0.0.1:{}", support::free_port());
+    let image = format!("{nowhere}/library/busybox:latest");
+    let e = images
+        .pull_image(cri::PullImageRequest {
+            image: image_spec(&image),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("no mirror yet");
+    assert!(e.message().contains(&nowhere), "{e:?}");
+
+    let mirror = format!("http://{}", w.registry.addr);
+    let drop_alt_add_mirror = |cfg: &mut toml::Table| {
+        let plugins = cfg["plugins"].as_table_mut().unwrap();
+        let cri = plugins["io.containerd.cri.v1.cri"].as_table_mut().unwrap();
+        cri.remove("runtimes");
+        let regs = plugins["io.containerd.service.v1.images-service"]["registries"]
+            .as_table_mut()
+            .unwrap();
+        let mut entry = toml::Table::new();
+        entry.insert("mirrors".into(), toml::Value::Array(vec![mirror.clone().into()]));
+        regs.insert(nowhere.clone(), toml::Value::Table(entry));
+    };
+    let log = w.d.reload_with(drop_alt_add_mirror);
+    assert!(log.contains("SIGHUP: config reloaded"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("runtime handler kept") && l.contains("alt")),
+        "{log}"
+    );
+    let handlers = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers;
+    assert!(handlers.iter().any(|h| h.name == "alt"), "{handlers:?}");
+    pull(&mut images, &image, None).await;
+
+    stop_and_remove(&mut rt, &pod).await;
+    let log = w.d.sighup_and_wait();
+    assert!(log.contains("runtimes.alt removed"), "{log}");
+    let handlers = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers;
+    assert!(!handlers.iter().any(|h| h.name == "alt"), "{handlers:?}");
+    w.assert_no_pod_left();
+}

@@ -658,3 +658,59 @@ async fn sd_notify_ready_only_once_the_cri_answers_then_watchdog_and_stopping() 
     assert!(stopping.starts_with("STOPPING=1"), "{stopping}");
     assert!(child.wait().unwrap().success());
 }
+
+/// SIGHUP through a real daemon: the metrics bearer token is turned on and rotated live, a
+/// key that needs a restart is named in the log, and a file that fails its check is rejected
+/// whole (its new token is not applied either).
+#[test]
+fn sighup_reloads_the_metrics_token_names_restart_keys_and_rejects_a_bad_file() {
+    let d = Daemon::start();
+    assert_eq!(d.http("/v1/metrics", None).0, 200);
+    let token = d.dir.join("metrics-token");
+    std::fs::write(&token, "first-secret\n").unwrap();
+    let file = token.display().to_string();
+    let log = d.reload_with(|cfg| {
+        let m = cfg
+            .entry("metrics")
+            .or_insert(toml::Value::Table(Default::default()));
+        m.as_table_mut()
+            .unwrap()
+            .insert("bearer_token_file".into(), file.clone().into());
+        let g = cfg
+            .entry("grpc")
+            .or_insert(toml::Value::Table(Default::default()));
+        g.as_table_mut()
+            .unwrap()
+            .insert("max_recv_message_size".into(), 65536.into());
+    });
+    assert!(log.contains("SIGHUP: config reloaded"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("cannot change live") && l.contains("grpc")),
+        "the restart-only key is named: {log}"
+    );
+    assert_eq!(d.http("/v1/metrics", None).0, 401);
+    assert_eq!(d.http("/v1/metrics", Some("first-secret")).0, 200);
+
+    // A rotated token file takes effect on the next SIGHUP.
+    std::fs::write(&token, "second-secret\n").unwrap();
+    let log = d.sighup_and_wait();
+    assert!(log.contains("SIGHUP: config reloaded"), "{log}");
+    assert_eq!(d.http("/v1/metrics", Some("first-secret")).0, 401);
+    assert_eq!(d.http("/v1/metrics", Some("second-secret")).0, 200);
+
+    // A bad key anywhere rejects the whole file: the token stays in force.
+    let log = d.reload_with(|cfg| {
+        if let Some(m) = cfg.get_mut("metrics").and_then(toml::Value::as_table_mut) {
+            m.remove("bearer_token_file");
+        }
+        cfg.insert("bogus_key".into(), 1.into());
+    });
+    assert!(
+        log.contains("SIGHUP: config rejected") && log.contains("bogus_key"),
+        "{log}"
+    );
+    assert_eq!(d.http("/v1/metrics", None).0, 401);
+    assert_eq!(d.http("/v1/metrics", Some("second-secret")).0, 200);
+    assert!(d.http("/healthz", None).0 == 200, "still serving");
+}

@@ -185,17 +185,10 @@ impl CriService {
             reference::normalize(&image_ref)?;
         }
         let (handler_name, handler) =
-            self.config
-                .handler(&sandbox.runtime_handler)
+            self.handler(&sandbox.runtime_handler)
                 .ok_or_else(|| CriError::UnknownHandler {
                     handler: sandbox.runtime_handler.clone(),
-                    known: self
-                        .config
-                        .runtimes
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    known: self.handler_names().join(", "),
                 })?;
         let image = runner.image(&image_ref).await?;
 
@@ -288,7 +281,7 @@ impl CriService {
             container_annotations: &handler.container_annotations,
             recursive_read_only_mounts: self
                 .handler_features
-                .get(handler_name)
+                .get(&handler_name)
                 .is_some_and(|f| f.recursive_read_only_mounts),
         })?;
         // After the spec, so that a request the CRI API refuses gets InvalidArgument first.
