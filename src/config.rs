@@ -672,7 +672,9 @@ pub fn plugin_meaning_errors(cfg: &Config, text: &str, registrations: &[Registra
 pub fn check(text: &str, overrides: &Overrides, registrations: &[Registration]) -> (Option<Config>, Report) {
     let (cfg, mut report) = load(text, overrides, registrations);
     if let Some(c) = &cfg {
-        report.errors.extend(plugin_meaning_errors(c, text, registrations));
+        report
+            .errors
+            .extend(plugin_meaning_errors(c, text, registrations));
     }
     (cfg, report)
 }

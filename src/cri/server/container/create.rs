@@ -221,6 +221,24 @@ impl CriService {
             SeccompChoice::Localhost(path) => Some(localhost_profile(&path)?),
             _ => None,
         };
+        let apparmor_profile = {
+            use crate::cri::spec::apparmor;
+            let host = apparmor::host_enabled();
+            let profile = apparmor::profile(
+                &apparmor::request(&sec)?,
+                sec.privileged,
+                host,
+                apparmor::is_loaded,
+            )?;
+            if profile.as_deref() == Some(apparmor::DEFAULT_PROFILE) {
+                let dir = self.state.join("apparmor");
+                crate::cri::blocking("load the default AppArmor profile", move || {
+                    apparmor::ensure_default_loaded(&dir)
+                })
+                .await?;
+            }
+            profile
+        };
         let ns = sec.namespace_options.clone().unwrap_or_default();
         let target_pid = if ns.pid == NamespaceMode::Target as i32 {
             if ns.target_id.is_empty() {
@@ -274,6 +292,7 @@ impl CriService {
             driver: self.config.cgroup_driver,
             min_oom_score_adj: self.min_oom_score_adj,
             localhost_seccomp,
+            apparmor_profile,
             hugetlb_controller: hugetlb_controller_present(),
             cgroup_ns: cgroup_v2_host(),
             all_caps: crate::cri::spec::current_caps(),
