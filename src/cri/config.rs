@@ -39,7 +39,8 @@
 //! ```
 //!
 //! A `[runtimes.<name>]` table adds a handler; the built-in `runc` stays (merged, as
-//! containerd merges). `serde` checks the shape (unknown keys are errors, with their line); [`CriConfig::validate`]
+//! containerd merges). A runc handler's `SystemdCgroup` must agree with `cgroup_driver`
+//! (`taskd config check` names both keys when they differ); unset, it follows the driver. `serde` checks the shape (unknown keys are errors, with their line); [`CriConfig::validate`]
 //! checks the meaning and runs in the plugin's init.
 
 use std::collections::BTreeMap;
