@@ -150,39 +150,15 @@ fn start_containerd(w: &Path, registry: &str) -> Result<Daemon> {
     let conf_dir = cni_conf(w, &bridge, 1)?;
     let d = w.join("containerd");
     std::fs::create_dir_all(&d)?;
-    let config = format!(
-        r#"version = 2
-root = "{root}"
-state = "{state}"
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[debug]
-  address = "{debug}"
-  level = "warn"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{SANDBOX_IMAGE}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{conf}"
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."registry.k8s.io"]
-    endpoint = ["http://{registry}"]
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]
-    endpoint = ["http://{registry}"]
-"#,
-        root = d.join("root").display(),
-        state = d.join("state").display(),
-        sock = d.join("cd.sock").display(),
-        debug = d.join("debug.sock").display(),
-        conf = conf_dir.display(),
-    );
+    // The template is shared with tests/config_migrate.rs (migrated by `taskd config migrate`).
+    let config = include_str!("containerd-config.toml")
+        .replace("{root}", &d.join("root").display().to_string())
+        .replace("{state}", &d.join("state").display().to_string())
+        .replace("{sock}", &d.join("cd.sock").display().to_string())
+        .replace("{debug}", &d.join("debug.sock").display().to_string())
+        .replace("{conf}", &conf_dir.display().to_string())
+        .replace("{registry}", registry)
+        .replace("{sandbox_image}", SANDBOX_IMAGE);
     std::fs::write(d.join("config.toml"), config)?;
     let mut cmd = Command::new("containerd");
     cmd.arg("--config").arg(d.join("config.toml"));

@@ -638,6 +638,47 @@ pub fn validate(cfg: &Config, text: &str, registrations: &[Registration]) -> Rep
     report
 }
 
+/// The plugins' meaning checks ([`crate::plugin::Registration::validate`]) of the tables
+/// that parsed: one error per failing table, on the key it names. Not part of [`load`]: at
+/// start such an error fails that plugin only (as containerd does, shown by `ctr plugins
+/// ls`); `taskd config check` and the SIGHUP reload ([`check`]) treat it as an error.
+pub fn plugin_meaning_errors(cfg: &Config, text: &str, registrations: &[Registration]) -> Vec<Diagnostic> {
+    let source = Source::new(text);
+    let mut errors = Vec::new();
+    for r in registrations {
+        let id = r.plugin_id().to_string();
+        let (Some(pc), Some(table)) = (r.config, cfg.plugins.get(&id)) else {
+            continue;
+        };
+        if (pc.check)(table.clone()).is_err() {
+            continue; // reported by validate
+        }
+        if let Some(validate) = pc.validate
+            && let Err((key, reason)) = validate(table.clone())
+        {
+            let mut path = vec!["plugins", id.as_str()];
+            path.extend(key.split('.').filter(|s| !s.is_empty()));
+            errors.push(Diagnostic {
+                key: dotted(&path),
+                line: source.line_of(&path),
+                message: reason,
+            });
+        }
+    }
+    errors
+}
+
+/// [`load`] plus the plugins' meaning checks: what `taskd config check` and a reload accept.
+pub fn check(text: &str, overrides: &Overrides, registrations: &[Registration]) -> (Option<Config>, Report) {
+    let (cfg, mut report) = load(text, overrides, registrations);
+    if let Some(c) = &cfg {
+        report
+            .errors
+            .extend(plugin_meaning_errors(c, text, registrations));
+    }
+    (cfg, report)
+}
+
 /// Parses and validates one file's text with command-line overrides applied.
 pub fn load(text: &str, overrides: &Overrides, registrations: &[Registration]) -> (Option<Config>, Report) {
     match parse(text) {
@@ -700,13 +741,17 @@ mod tests {
     fn regs() -> Vec<Registration> {
         vec![
             Registration::new(PluginType::Internal, "demo", |_cx| async { Ok(Instance::new()) })
-                .config::<DemoCfg>(),
+                .config::<DemoCfg>()
+                .validate(|t| match t.get("interval").and_then(toml::Value::as_integer) {
+                    Some(i) if i > 1000 => Err(("interval".into(), format!("{i} is over 1000"))),
+                    _ => Ok(()),
+                }),
             Registration::new(PluginType::Grpc, "plain", |_cx| async { Ok(Instance::new()) }),
         ]
     }
 
     fn check(text: &str) -> Report {
-        let (_, r) = load(text, &Overrides::default(), &regs());
+        let (_, r) = super::check(text, &Overrides::default(), &regs());
         r
     }
 
@@ -845,6 +890,20 @@ mod tests {
             "{found:?}"
         );
         assert!(r.errors.iter().any(|d| d.message.contains("nmae")), "{r:?}");
+    }
+
+    #[test]
+    fn plugin_meaning_checks_name_key_and_line() {
+        let r = check(
+            "version = 1\n[plugins.\"io.containerd.internal.v1.demo\"]\nname = \"x\"\ninterval = 5000\n",
+        );
+        assert_eq!(r.errors.len(), 1, "{r:?}");
+        let d = &r.errors[0];
+        assert_eq!(
+            (d.key.as_str(), d.line),
+            ("plugins.\"io.containerd.internal.v1.demo\".interval", Some(4))
+        );
+        assert!(d.message.contains("over 1000"), "{d}");
     }
 
     #[test]

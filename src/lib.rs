@@ -16,6 +16,7 @@ pub mod identifiers;
 pub mod images;
 pub mod logging;
 pub mod metadata;
+pub mod migrate;
 pub mod monitor;
 pub mod plugin;
 pub mod runtime;

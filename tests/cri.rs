@@ -408,3 +408,82 @@ fn plugin_exports_that_pods_are_available() {
     assert!(out.contains("pods ") && out.contains(" ok"), "{out}");
     assert!(!out.contains("unavailable"), "{out}");
 }
+
+/// SIGHUP through a real daemon: runtime handlers added and removed, a new CNI conf dir
+/// applied, and a CRI key that needs a restart named in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_and_removes_runtime_handlers_and_applies_a_new_cni_conf_dir() {
+    let net = tempfile::tempdir().unwrap();
+    let d = daemon_with_cni(&net.path().join("missing"), "");
+    let mut c = RuntimeServiceClient::new(d.channel().await);
+    let status = |c: &mut RuntimeServiceClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.status(StatusRequest { verbose: false })
+                .await
+                .expect("Status")
+                .into_inner()
+        }
+    };
+    let s = status(&mut c).await;
+    assert!(!condition(&s, "NetworkReady").0);
+
+    let conf_dir = net.path().join("net.d");
+    std::fs::create_dir(&conf_dir).unwrap();
+    std::fs::write(
+        conf_dir.join("10-test.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"test","plugins":[{"type":"bridge","bridge":"tkd-none1","ipam":{"type":"host-local","ranges":[[{"subnet":"10.88.251.0/24"}]]}}]}"#,
+    )
+    .unwrap();
+    let cri_table = |cfg: &mut toml::Table| -> toml::Table {
+        cfg["plugins"]["io.containerd.cri.v1.cri"]
+            .as_table()
+            .cloned()
+            .expect("the CRI table")
+    };
+    let set_cri = |cfg: &mut toml::Table, t: toml::Table| {
+        cfg["plugins"]
+            .as_table_mut()
+            .unwrap()
+            .insert("io.containerd.cri.v1.cri".into(), toml::Value::Table(t));
+    };
+    let dir = conf_dir.display().to_string();
+    let log = d.reload_with(|cfg| {
+        let mut t = cri_table(cfg);
+        t["cni"]
+            .as_table_mut()
+            .unwrap()
+            .insert("conf_dir".into(), dir.clone().into());
+        let alt: toml::Table = "runtime_type = \"io.containerd.runc.v2\"".parse().unwrap();
+        let mut runtimes = toml::Table::new();
+        runtimes.insert("alt".into(), toml::Value::Table(alt));
+        t.insert("runtimes".into(), toml::Value::Table(runtimes));
+        t.insert("sandbox_image".into(), "example.com/pause:9".into());
+        set_cri(cfg, t);
+    });
+    assert!(log.contains("SIGHUP: config reloaded"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("cannot change live") && l.contains("sandbox_image")),
+        "{log}"
+    );
+    let s = status(&mut c).await;
+    assert_eq!(
+        condition(&s, "NetworkReady"),
+        (true, String::new(), String::new()),
+        "the new conf dir is in force"
+    );
+    let names: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["", "alt", "runc"]);
+
+    // The handler dropped from the file is removed (no pod uses it).
+    let log = d.reload_with(|cfg| {
+        let mut t = cri_table(cfg);
+        t.remove("runtimes");
+        set_cri(cfg, t);
+    });
+    assert!(log.contains("runtimes.alt removed"), "{log}");
+    let s = status(&mut c).await;
+    let names: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["", "runc"]);
+}

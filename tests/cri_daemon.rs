@@ -1350,12 +1350,20 @@ async fn probes_stats_metrics_and_events_through_the_client() {
         "taskd_cri_pod_start_duration_seconds_count{runtime_handler=\"\"} 1",
         "taskd_cri_image_pulls_total{result=\"success\"} 1",
         "taskd_cri_container_events_dropped_total 0",
+        "taskd_cri_operation_duration_seconds_count{operation=\"CreateContainer\",runtime_handler=\"\"} ",
+        "taskd_cri_operation_duration_seconds_count{operation=\"StartContainer\",runtime_handler=\"\"} ",
+        "taskd_cri_cni_operation_duration_seconds_count{command=\"ADD\",plugin=\"bridge\"} 1",
+        "taskd_cri_cni_operation_duration_seconds_count{command=\"DEL\",plugin=\"bridge\"} ",
+        "taskd_cri_image_pull_throughput_bytes_per_second_count 1",
+        "taskd_cri_sandboxes{state=\"ready\"} 0",
+        "taskd_cri_containers{state=\"running\"} 0",
     ] {
         assert!(
             body.lines().any(|l| l.starts_with(want)),
             "{want} missing from /v1/metrics"
         );
     }
+    support::observe::check_metrics_doc(&body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3014,7 +3022,7 @@ fn probe_errnos(out: &str) -> std::collections::HashMap<String, i64> {
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry, gcc (static libc)"]
 async fn runtime_default_seccomp_denies_what_it_does_not_list() {
     use cri::security_profile::ProfileType;
-    let w = World::new(50 + (std::process::id() % 20) as u8, "");
+    let w = World::new(130 + (std::process::id() % 20) as u8, "");
     let bin = w.dir.path().join("probe-bin");
     std::fs::create_dir_all(&bin).unwrap();
     let src = w.dir.path().join("probe.c");
@@ -3147,7 +3155,7 @@ async fn pods_named(rt: &mut RuntimeServiceClient<Channel>, name: &str) -> Vec<c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry, python3"]
 async fn run_pod_sandbox_past_the_callers_deadline_finishes_or_rolls_back() {
-    let w = World::new(80 + (std::process::id() % 20) as u8, r#",{"type":"slow-cni"}"#);
+    let w = World::new(150 + (std::process::id() % 20) as u8, r#",{"type":"slow-cni"}"#);
     let plugin = w.dir.path().join("cni-bin/slow-cni");
     let marker = w.dir.path().join("cni-fail");
     std::fs::write(
@@ -3237,7 +3245,7 @@ fn counter(text: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn a_scrape_flood_is_bounded_and_pods_still_start() {
-    let w = World::new(110 + (std::process::id() % 20) as u8, "");
+    let w = World::new(170 + (std::process::id() % 20) as u8, "");
     let (mut rt, mut images) = w.clients().await;
     pull(&mut images, "busybox", None).await;
     let start_pods = |prefix: &'static str| {
@@ -3315,5 +3323,82 @@ async fn a_scrape_flood_is_bounded_and_pods_still_start() {
             }
         }
     }
+    w.assert_no_pod_left();
+}
+
+/// SIGHUP through a real daemon with a pod: a handler the pod uses is kept although the new
+/// file drops it (and removed by the next SIGHUP once the pod is gone); the images service's
+/// registries are replaced, so a registry name that only a new mirror serves pulls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn sighup_keeps_a_handler_pods_use_and_applies_new_registries() {
+    let w = World::with_cri_config(
+        190 + (std::process::id() % 20) as u8,
+        "",
+        &format!("[{CRI}.runtimes.alt]\nruntime_type = \"io.containerd.runc.v2\"\n"),
+    );
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let cfg = kubelet_pod(w.pod_config("alt"));
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: "alt".into(),
+        })
+        .await
+        .expect("RunPodSandbox alt")
+        .into_inner()
+        .pod_sandbox_id;
+    // A loopback "registry" nothing listens on: only a mirror can serve it.
+    let nowhere = format!("127.0.0.1:{}", support::free_port());
+    let image = format!("{nowhere}/library/busybox:latest");
+    let e = images
+        .pull_image(cri::PullImageRequest {
+            image: image_spec(&image),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("no mirror yet");
+    assert!(e.message().contains(&nowhere), "{e:?}");
+
+    let mirror = format!("http://{}", w.registry.addr);
+    let drop_alt_add_mirror = |cfg: &mut toml::Table| {
+        let plugins = cfg["plugins"].as_table_mut().unwrap();
+        let cri = plugins["io.containerd.cri.v1.cri"].as_table_mut().unwrap();
+        cri.remove("runtimes");
+        let regs = plugins["io.containerd.service.v1.images-service"]["registries"]
+            .as_table_mut()
+            .unwrap();
+        let mut entry = toml::Table::new();
+        entry.insert("mirrors".into(), toml::Value::Array(vec![mirror.clone().into()]));
+        regs.insert(nowhere.clone(), toml::Value::Table(entry));
+    };
+    let log = w.d.reload_with(drop_alt_add_mirror);
+    assert!(log.contains("SIGHUP: config reloaded"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("runtime handler kept") && l.contains("alt")),
+        "{log}"
+    );
+    let handlers = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers;
+    assert!(handlers.iter().any(|h| h.name == "alt"), "{handlers:?}");
+    pull(&mut images, &image, None).await;
+
+    stop_and_remove(&mut rt, &pod).await;
+    let log = w.d.sighup_and_wait();
+    assert!(log.contains("runtimes.alt removed"), "{log}");
+    let handlers = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers;
+    assert!(!handlers.iter().any(|h| h.name == "alt"), "{handlers:?}");
     w.assert_no_pod_left();
 }

@@ -163,6 +163,136 @@ fn config_default_passes_config_check() {
     assert!(stderr(&out).is_empty(), "no warnings expected: {}", stderr(&out));
 }
 
+/// `taskd config migrate FILE` then `taskd config check` on its output: the findings.
+fn migrate_and_check(dir: &std::path::Path, name: &str, containerd_toml: &str) -> String {
+    let src = dir.join(format!("{name}.containerd.toml"));
+    std::fs::write(&src, containerd_toml).unwrap();
+    let out = taskd().args(["config", "migrate"]).arg(&src).output().unwrap();
+    assert!(out.status.success(), "{name}: {}", stderr(&out));
+    let migrated = String::from_utf8(out.stdout).unwrap();
+    let dst = dir.join(format!("{name}.taskd.toml"));
+    std::fs::write(&dst, &migrated).unwrap();
+    let out = taskd().args(["config", "check"]).arg(&dst).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: check refused the migrated config: {}\n{migrated}",
+        stderr(&out)
+    );
+    migrated
+}
+
+#[test]
+fn config_migrate_of_containerd_1_6_default_passes_check() {
+    support::require_bin("containerd", "containerd");
+    let out = Command::new("containerd")
+        .args(["config", "default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let default = String::from_utf8(out.stdout).unwrap();
+    assert!(default.contains("version = 2"), "{default}");
+    let dir = tempfile::tempdir().unwrap();
+    let m = migrate_and_check(dir.path(), "default", &default);
+    let cfg: toml::Table = m.parse().unwrap();
+    assert_eq!(cfg["root"].as_str(), Some("/var/lib/containerd"));
+    assert_eq!(
+        cfg["grpc"]["address"].as_str(),
+        Some("/run/containerd/containerd.sock")
+    );
+    assert_eq!(
+        cfg["metrics"]["address"].as_str(),
+        Some(""),
+        "containerd's metrics are off by default"
+    );
+    let cri = &cfg["plugins"]["io.containerd.cri.v1.cri"];
+    assert_eq!(cri["sandbox_image"].as_str(), Some("registry.k8s.io/pause:3.6"));
+    assert_eq!(
+        cri["cni"]["bin_dirs"].as_array().unwrap()[0].as_str(),
+        Some("/opt/cni/bin")
+    );
+    assert_eq!(cri["stream_idle_timeout"].as_str(), Some("4h"));
+    assert_eq!(
+        cri["runtimes"]["runc"]["runtime_type"].as_str(),
+        Some("io.containerd.runc.v2")
+    );
+    // Every source key not carried over is listed, with its reason.
+    for key in [
+        "plugins.\"io.containerd.grpc.v1.cri\".disable_apparmor = false",
+        "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options.CriuPath = \"\"",
+        "plugins.\"io.containerd.gc.v1.scheduler\".pause_threshold = 0.02",
+        "stream_processors.\"io.containerd.ocicrypt.decoder.v1.tar\".path = \"ctd-decoder\"",
+        "oom_score = 0",
+    ] {
+        let line = m
+            .lines()
+            .position(|l| l == format!("#   {key}"))
+            .unwrap_or_else(|| panic!("{key} not listed:\n{m}"));
+        assert!(
+            m.lines()
+                .nth(line + 1)
+                .is_some_and(|r| r.starts_with("#       ") && r.len() > 12)
+        );
+    }
+}
+
+#[test]
+fn config_migrate_of_the_bench_containerd_config_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = include_str!("../benches/containerd-config.toml")
+        .replace("{root}", &d.join("root").display().to_string())
+        .replace("{state}", &d.join("state").display().to_string())
+        .replace("{sock}", &d.join("cd.sock").display().to_string())
+        .replace("{debug}", &d.join("debug.sock").display().to_string())
+        .replace("{conf}", &d.join("net.d").display().to_string())
+        .replace("{registry}", "127.0.0.1:5000")
+        .replace("{sandbox_image}", "registry.k8s.io/pause:3.10");
+    let m = migrate_and_check(d, "bench", &text);
+    let cfg: toml::Table = m.parse().unwrap();
+    assert_eq!(
+        cfg["ttrpc"]["address"].as_str(),
+        Some(d.join("cd.sock.ttrpc").to_str().unwrap())
+    );
+    assert_eq!(cfg["debug"]["level"].as_str(), Some("warn"));
+    let cri = &cfg["plugins"]["io.containerd.cri.v1.cri"];
+    assert_eq!(
+        cri["cni"]["conf_dir"].as_str(),
+        Some(d.join("net.d").to_str().unwrap())
+    );
+    let regs = &cfg["plugins"]["io.containerd.service.v1.images-service"]["registries"];
+    for r in ["registry.k8s.io", "docker.io"] {
+        assert_eq!(
+            regs[r]["mirrors"].as_array().unwrap()[0].as_str(),
+            Some("http://127.0.0.1:5000")
+        );
+    }
+    assert!(
+        m.contains("#   plugins.\"io.containerd.grpc.v1.cri\".restrict_oom_score_adj = true"),
+        "{m}"
+    );
+    assert!(m.contains("#   debug.address = "), "{m}");
+}
+
+#[test]
+fn config_check_refuses_systemd_cgroup_that_disagrees_with_the_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.toml");
+    std::fs::write(
+        &file,
+        "version = 1\n[plugins.\"io.containerd.cri.v1.cri\"]\ncgroup_driver = \"systemd\"\n\
+         [plugins.\"io.containerd.cri.v1.cri\".runtimes.runc.options]\nSystemdCgroup = false\n",
+    )
+    .unwrap();
+    let out = taskd().args(["config", "check"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(":5: plugins.\"io.containerd.cri.v1.cri\".runtimes.runc.options.SystemdCgroup")
+            && err.contains("cgroup_driver"),
+        "{err}"
+    );
+}
+
 #[test]
 fn config_check_names_unknown_key_and_its_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -527,4 +657,60 @@ async fn sd_notify_ready_only_once_the_cri_answers_then_watchdog_and_stopping() 
     let (stopping, _) = notification(rx, true).await;
     assert!(stopping.starts_with("STOPPING=1"), "{stopping}");
     assert!(child.wait().unwrap().success());
+}
+
+/// SIGHUP through a real daemon: the metrics bearer token is turned on and rotated live, a
+/// key that needs a restart is named in the log, and a file that fails its check is rejected
+/// whole (its new token is not applied either).
+#[test]
+fn sighup_reloads_the_metrics_token_names_restart_keys_and_rejects_a_bad_file() {
+    let d = Daemon::start();
+    assert_eq!(d.http("/v1/metrics", None).0, 200);
+    let token = d.dir.join("metrics-token");
+    std::fs::write(&token, "first-secret\n").unwrap();
+    let file = token.display().to_string();
+    let log = d.reload_with(|cfg| {
+        let m = cfg
+            .entry("metrics")
+            .or_insert(toml::Value::Table(Default::default()));
+        m.as_table_mut()
+            .unwrap()
+            .insert("bearer_token_file".into(), file.clone().into());
+        let g = cfg
+            .entry("grpc")
+            .or_insert(toml::Value::Table(Default::default()));
+        g.as_table_mut()
+            .unwrap()
+            .insert("max_recv_message_size".into(), 65536.into());
+    });
+    assert!(log.contains("SIGHUP: config reloaded"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("cannot change live") && l.contains("grpc")),
+        "the restart-only key is named: {log}"
+    );
+    assert_eq!(d.http("/v1/metrics", None).0, 401);
+    assert_eq!(d.http("/v1/metrics", Some("first-secret")).0, 200);
+
+    // A rotated token file takes effect on the next SIGHUP.
+    std::fs::write(&token, "second-secret\n").unwrap();
+    let log = d.sighup_and_wait();
+    assert!(log.contains("SIGHUP: config reloaded"), "{log}");
+    assert_eq!(d.http("/v1/metrics", Some("first-secret")).0, 401);
+    assert_eq!(d.http("/v1/metrics", Some("second-secret")).0, 200);
+
+    // A bad key anywhere rejects the whole file: the token stays in force.
+    let log = d.reload_with(|cfg| {
+        if let Some(m) = cfg.get_mut("metrics").and_then(toml::Value::as_table_mut) {
+            m.remove("bearer_token_file");
+        }
+        cfg.insert("bogus_key".into(), 1.into());
+    });
+    assert!(
+        log.contains("SIGHUP: config rejected") && log.contains("bogus_key"),
+        "{log}"
+    );
+    assert_eq!(d.http("/v1/metrics", None).0, 401);
+    assert_eq!(d.http("/v1/metrics", Some("second-secret")).0, 200);
+    assert!(d.http("/healthz", None).0 == 200, "still serving");
 }

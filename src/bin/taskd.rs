@@ -54,6 +54,9 @@ enum ConfigCommand {
     Default,
     /// Validate a config file: unknown keys and bad values are errors naming key and line.
     Check { file: PathBuf },
+    /// Print the taskd config equivalent to a containerd config.toml (version 2 or 3); the
+    /// keys it could not carry over follow as comments, with the reason.
+    Migrate { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,9 @@ fn main() -> ExitCode {
         Some(Command::Config {
             command: ConfigCommand::Check { file },
         }) => check(file, &registry),
+        Some(Command::Config {
+            command: ConfigCommand::Migrate { file },
+        }) => migrate(file),
         None => match serve(cli, registry, notifier) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -104,13 +110,32 @@ fn check(file: &std::path::Path, registry: &Registry) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (_, report) = config::load(&text, &Overrides::default(), registry.registrations());
+    let (_, report) = config::check(&text, &Overrides::default(), registry.registrations());
     print_report(&file.display().to_string(), &report);
     if report.is_ok() {
         println!("{}: ok", file.display());
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `taskd config migrate FILE`: the migrated config on stdout.
+fn migrate(file: &std::path::Path) -> ExitCode {
+    let origin = file.display().to_string();
+    let rendered = config::read(file)
+        .map_err(|e| e.to_string())
+        .and_then(|text| taskd::migrate::migrate(&text, &origin).map_err(|e| e.to_string()))
+        .and_then(|m| m.render(&origin).map_err(|e| e.to_string()));
+    match rendered {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("taskd: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -129,12 +154,7 @@ fn load_config(cli: &Cli, registry: &Registry) -> anyhow::Result<(Config, String
         Some(path) => (config::read(path)?, path.display().to_string()),
         None => (config::DEFAULT_TOML.to_owned(), "<embedded defaults>".to_owned()),
     };
-    let overrides = Overrides {
-        root: cli.root.clone(),
-        state: cli.state.clone(),
-        address: cli.address.clone(),
-    };
-    let (cfg, report) = config::load(&text, &overrides, registry.registrations());
+    let (cfg, report) = config::load(&text, &overrides(cli), registry.registrations());
     print_report(&origin, &report);
     match cfg {
         Some(cfg) if report.is_ok() => Ok((cfg, origin)),
@@ -204,6 +224,7 @@ async fn serve_until_signal(
     http::register_process_metrics(&metrics)?;
     let rpc_metrics = grpc::RpcMetrics::register(&metrics)?;
     let ready = http::Readiness::default();
+    let metrics_token = http::Token::default();
     let http_server = match cfg.metrics_address() {
         Some(address) => {
             let token = cfg
@@ -214,7 +235,13 @@ async fn serve_until_signal(
                 .transpose()?;
             let listener = http::bind(address).await?;
             tracing::info!(%address, auth = token.is_some(), "serving metrics and health over HTTP");
-            Some(http::serve(listener, metrics.clone(), ready.clone(), token))
+            metrics_token.set(token);
+            Some(http::serve(
+                listener,
+                metrics.clone(),
+                ready.clone(),
+                metrics_token.clone(),
+            ))
         }
         None => None,
     };
@@ -259,7 +286,7 @@ async fn serve_until_signal(
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            _ = sighup.recv() => reload(cli, logs),
+            _ = sighup.recv() => reload(cli, cfg, logs, &plugins, &metrics_token),
             why = grpc_server.ended() => {
                 tracing::error!(%why, "shutting down");
                 failure = Some(why);
@@ -297,24 +324,163 @@ async fn serve_until_signal(
     }
 }
 
-/// SIGHUP: re-read the config file's log level. Never fatal.
-fn reload(cli: &Cli, logs: &mut logging::Logging) {
+/// The plugin tables a reload applies (the rest need a restart).
+const CRI_PLUGIN: &str = "io.containerd.cri.v1.cri";
+const IMAGES_PLUGIN: &str = "io.containerd.service.v1.images-service";
+
+/// The command-line overrides (applied to every load of the file).
+fn overrides(cli: &Cli) -> Overrides {
+    Overrides {
+        root: cli.root.clone(),
+        state: cli.state.clone(),
+        address: cli.address.clone(),
+    }
+}
+
+/// A plugin's table of `cfg` as its config type (its defaults when the file has none).
+fn plugin_table<T: serde::de::DeserializeOwned + Default>(cfg: &Config, id: &str) -> Result<T, String> {
+    match cfg.plugins.get(id) {
+        None => Ok(T::default()),
+        Some(t) => toml::Value::Table(t.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("plugins.\"{id}\": {}", e.message())),
+    }
+}
+
+/// SIGHUP: re-reads the config file. A file that fails `taskd config check` (or whose
+/// metrics token cannot be read) is rejected whole and the running config stays. Otherwise
+/// applied live: `[debug] level`, the metrics bearer token (re-read, so a rotated token file
+/// takes effect), the CRI's runtime handlers (a handler pods use is kept) and CNI settings,
+/// the images service's `registries`. Every other key that differs from the running config
+/// is named in the log as needing a restart. Never fatal.
+fn reload(
+    cli: &Cli,
+    running: &Config,
+    logs: &mut logging::Logging,
+    plugins: &taskd::plugin::Plugins,
+    token: &http::Token,
+) {
     let Some(path) = &cli.config else {
         tracing::info!(
             "SIGHUP: reload is not supported without a config file (running on embedded defaults)"
         );
         return;
     };
-    let level = config::read(path)
-        .map_err(|e| e.to_string())
-        .and_then(|text| config::parse(&text).map_err(|r| format!("{:?}", r.errors)))
-        .map(|c| c.debug.level);
-    match level {
-        Ok(level) => {
-            if let Err(e) = logs.reload_from_config(&level) {
-                tracing::warn!(error = %e, "SIGHUP: log level not reloaded");
-            }
-        }
-        Err(e) => tracing::warn!(config = %path.display(), error = %e, "SIGHUP: config not reloaded"),
+    let origin = path.display().to_string();
+    let rejected = |why: &str| {
+        tracing::warn!(config = %origin, reason = why, "SIGHUP: config rejected; the running config stays");
+    };
+    let text = match config::read(path) {
+        Ok(t) => t,
+        Err(e) => return rejected(&e.to_string()),
+    };
+    let registrations = taskd::builtins::registrations();
+    let (cfg, report) = config::check(&text, &overrides(cli), &registrations);
+    for w in &report.warnings {
+        tracing::warn!(warning = %w.located(&origin), "SIGHUP: config warning");
     }
+    let cfg = match cfg {
+        Some(cfg) if report.is_ok() => cfg,
+        _ => {
+            for e in &report.errors {
+                tracing::warn!(error = %e.located(&origin), "SIGHUP: config error");
+            }
+            return rejected(&format!("{} error(s)", report.errors.len()));
+        }
+    };
+    // Everything that can still fail is read before anything is applied.
+    let new_token = match cfg
+        .metrics
+        .bearer_token_file
+        .as_deref()
+        .map(http::read_token)
+        .transpose()
+    {
+        Ok(t) => t,
+        Err(e) => return rejected(&e.to_string()),
+    };
+    let cri: taskd::cri::config::CriConfig = match plugin_table(&cfg, CRI_PLUGIN) {
+        Ok(c) => c,
+        Err(e) => return rejected(&e),
+    };
+    let pull: taskd::images::pull::PullConfig = match plugin_table(&cfg, IMAGES_PLUGIN) {
+        Ok(c) => c,
+        Err(e) => return rejected(&e),
+    };
+
+    let mut applied = Vec::new();
+    let mut not_live: Vec<String> = Vec::new();
+    for (key, differs) in [
+        ("root", running.root != cfg.root),
+        ("state", running.state != cfg.state),
+        ("grpc", running.grpc != cfg.grpc),
+        ("ttrpc", running.ttrpc != cfg.ttrpc),
+        ("metrics.address", running.metrics.address != cfg.metrics.address),
+        ("debug.format", running.debug.format != cfg.debug.format),
+        ("shutdown", running.shutdown != cfg.shutdown),
+        (
+            "disabled_plugins",
+            running.disabled_plugins != cfg.disabled_plugins,
+        ),
+        (
+            "required_plugins",
+            running.required_plugins != cfg.required_plugins,
+        ),
+    ] {
+        if differs {
+            not_live.push(key.to_owned());
+        }
+    }
+    for (id, table) in &cfg.plugins {
+        if id != CRI_PLUGIN && id != IMAGES_PLUGIN && running.plugins.get(id) != Some(table) {
+            not_live.push(format!("plugins.\"{id}\""));
+        }
+    }
+    for id in running.plugins.keys() {
+        if id != CRI_PLUGIN && id != IMAGES_PLUGIN && !cfg.plugins.contains_key(id) {
+            not_live.push(format!("plugins.\"{id}\""));
+        }
+    }
+
+    if let Err(e) = logs.reload_from_config(&cfg.debug.level) {
+        tracing::warn!(error = %e, "SIGHUP: log level not reloaded");
+    }
+    if running.metrics_address().is_some() {
+        tracing::info!(
+            auth = new_token.is_some(),
+            "SIGHUP: metrics bearer token reloaded"
+        );
+        token.set(new_token);
+    }
+    if let Some(service) = plugins.get::<taskd::cri::CriService>() {
+        let r = service.reload(cri);
+        applied.extend(r.applied.iter().map(|a| format!("plugins.\"{CRI_PLUGIN}\".{a}")));
+        for name in &r.kept {
+            tracing::warn!(
+                handler = %name,
+                "SIGHUP: runtime handler kept: pods use it (or it is the default handler); remove it once they are gone"
+            );
+        }
+        not_live.extend(r.not_live.iter().map(|k| format!("plugins.\"{CRI_PLUGIN}\".{k}")));
+    }
+    if let Some(puller) = plugins.get::<taskd::images::pull::Puller>() {
+        let old: taskd::images::pull::PullConfig = plugin_table(running, IMAGES_PLUGIN).unwrap_or_default();
+        // The images service's registry hosts config, replaced in one call (the next pull
+        // uses it).
+        puller.set_registries(pull.registries.clone());
+        applied.push(format!("plugins.\"{IMAGES_PLUGIN}\".registries"));
+        let rest = taskd::images::pull::PullConfig {
+            registries: old.registries.clone(),
+            ..pull
+        };
+        if rest != old {
+            not_live.push(format!(
+                "plugins.\"{IMAGES_PLUGIN}\" (keys other than registries)"
+            ));
+        }
+    }
+    for key in &not_live {
+        tracing::warn!(%key, "SIGHUP: cannot change live; the running value stays until taskd restarts");
+    }
+    tracing::info!(config = %origin, applied = ?applied, not_live = not_live.len(), "SIGHUP: config reloaded");
 }

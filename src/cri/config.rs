@@ -39,7 +39,8 @@
 //! ```
 //!
 //! A `[runtimes.<name>]` table adds a handler; the built-in `runc` stays (merged, as
-//! containerd merges). `serde` checks the shape (unknown keys are errors, with their line); [`CriConfig::validate`]
+//! containerd merges). A runc handler's `SystemdCgroup` must agree with `cgroup_driver`
+//! (`taskd config check` names both keys when they differ); unset, it follows the driver. `serde` checks the shape (unknown keys are errors, with their line); [`CriConfig::validate`]
 //! checks the meaning and runs in the plugin's init.
 
 use std::collections::BTreeMap;
@@ -274,11 +275,32 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 impl CriConfig {
     /// Adds the built-in handlers a config table did not name: a `[runtimes.kata]` table
     /// adds kata next to runc instead of replacing the map (containerd merges the same way).
+    /// A runc handler that does not set `SystemdCgroup` gets `SystemdCgroup = true` under
+    /// `cgroup_driver = "systemd"` (runc must manage the cgroups the way the driver names them).
     pub fn with_default_runtimes(mut self) -> CriConfig {
         for (name, h) in CriConfig::default().runtimes {
             self.runtimes.entry(name).or_insert(h);
         }
+        if self.cgroup_driver == CgroupDriver::Systemd {
+            for h in self.runtimes.values_mut() {
+                if is_runc(&h.runtime_type) && !h.options.contains_key("SystemdCgroup") {
+                    h.options
+                        .insert("SystemdCgroup".to_owned(), toml::Value::Boolean(true));
+                }
+            }
+        }
         self
+    }
+
+    /// The plugin table's meaning check for `taskd config check` and reloads: what the
+    /// plugin's init checks, as `(key, reason)`.
+    pub fn check_table(table: toml::Table) -> Result<(), (String, String)> {
+        let c: CriConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| (String::new(), e.message().to_owned()))?;
+        c.with_default_runtimes().validate().map_err(|e| match e {
+            ConfigError::Invalid { field, reason } => (field, reason),
+        })
     }
 
     /// Checks what serde cannot: paths absolute, the default handler exists, sizes sane.
@@ -313,6 +335,18 @@ impl CriConfig {
                 ));
             }
             h.runtime_options(name)?;
+            if let Some(systemd) = h.options.get("SystemdCgroup").and_then(toml::Value::as_bool)
+                && systemd != (self.cgroup_driver == CgroupDriver::Systemd)
+            {
+                return Err(invalid(
+                    format!("runtimes.{name}.options.SystemdCgroup"),
+                    format!(
+                        "SystemdCgroup = {systemd} disagrees with cgroup_driver = \"{}\": runc must \
+                         manage cgroups as the driver names them (set both to systemd, or both to cgroupfs)",
+                        format!("{:?}", self.cgroup_driver).to_lowercase()
+                    ),
+                ));
+            }
             for (key, patterns) in [
                 ("pod_annotations", &h.pod_annotations),
                 ("container_annotations", &h.container_annotations),
@@ -444,7 +478,7 @@ mod tests {
     fn runc_options_are_encoded_and_bad_ones_named() {
         use taskd_proto::containerd::types::runc::options::Options;
         let c: CriConfig = toml::from_str(
-            "[runtimes.alt]\nruntime_type = \"io.containerd.runc.v2\"\n\
+            "cgroup_driver = \"systemd\"\n[runtimes.alt]\nruntime_type = \"io.containerd.runc.v2\"\n\
              [runtimes.alt.options]\nBinaryName = \"/usr/local/bin/runc-x\"\nSystemdCgroup = true\nIoUid = 1000\n",
         )
         .unwrap();
@@ -484,6 +518,30 @@ mod tests {
                 .to_string()
                 .contains("runc runtimes only")
         );
+    }
+
+    #[test]
+    fn systemd_cgroup_must_agree_with_the_cgroup_driver() {
+        // Differ: an error naming both keys.
+        for text in [
+            "[runtimes.runc.options]\nSystemdCgroup = true\n",
+            "cgroup_driver = \"systemd\"\n[runtimes.runc.options]\nSystemdCgroup = false\n",
+        ] {
+            let t: toml::Table = text.parse().unwrap();
+            let (key, reason) = CriConfig::check_table(t).unwrap_err();
+            assert_eq!(key, "runtimes.runc.options.SystemdCgroup", "{text}");
+            assert!(reason.contains("cgroup_driver"), "{reason}");
+        }
+        // Unset: follows the driver.
+        let t: toml::Table = "cgroup_driver = \"systemd\"\n".parse().unwrap();
+        CriConfig::check_table(t.clone()).unwrap();
+        let c: CriConfig = toml::Value::Table(t).try_into().unwrap();
+        let c = c.with_default_runtimes();
+        assert_eq!(c.runtimes["runc"].options["SystemdCgroup"].as_bool(), Some(true));
+        let t: toml::Table = "[runtimes.runc.options]\nSystemdCgroup = false\n"
+            .parse()
+            .unwrap();
+        CriConfig::check_table(t).unwrap();
     }
 
     #[test]

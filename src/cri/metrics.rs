@@ -5,19 +5,60 @@
 //!                                                        container RUNNING (histogram)
 //! taskd_cri_image_pulls_total{result}                    PullImage outcomes: success | failure
 //! taskd_cri_image_pull_bytes_total                       size of the images PullImage pulled
+//! taskd_cri_image_pull_throughput_bytes_per_second       per successful pull: size / duration
+//! taskd_cri_cni_operation_duration_seconds{plugin,command}  one CNI plugin exec (ADD, DEL, CHECK)
+//! taskd_cri_cni_operation_errors_total{plugin,command}   CNI plugin execs that failed
+//! taskd_cri_sandboxes{state}, taskd_cri_containers{state}   counts by state, read from the CRI
+//!                                                        stores at scrape time (`StateCollector`)
 //! ```
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use std::sync::Weak;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+use super::CriService;
+use super::store::container::ContainerState;
+use super::store::sandbox::SandboxState;
 
 /// Pod start buckets (seconds).
 const POD_START_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// CNI plugin exec buckets (seconds): bridge + host-local take milliseconds.
+const CNI_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Pull throughput buckets (bytes per second): 64 KiB/s … 1 GiB/s.
+const THROUGHPUT_BUCKETS: &[f64] = &[
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+];
+
+/// The CNI plugin metrics, shared by every `Cni` the service builds.
+#[derive(Clone)]
+pub struct CniMetrics {
+    pub duration: HistogramVec,
+    pub errors: IntCounterVec,
+}
+
 pub struct CriMetrics {
     pub pod_start: HistogramVec,
     pub image_pulls: IntCounterVec,
     pub image_pull_bytes: IntCounter,
+    pub image_pull_throughput: Histogram,
+    pub cni: CniMetrics,
 }
 
 impl CriMetrics {
@@ -43,12 +84,114 @@ impl CriMetrics {
                 "taskd_cri_image_pull_bytes_total",
                 "Total size of the images CRI PullImage pulled",
             )?,
+            image_pull_throughput: Histogram::with_opts(
+                HistogramOpts::new(
+                    "taskd_cri_image_pull_throughput_bytes_per_second",
+                    "Throughput of successful CRI image pulls: image size over pull duration",
+                )
+                .buckets(THROUGHPUT_BUCKETS.to_vec()),
+            )?,
+            cni: CniMetrics {
+                duration: HistogramVec::new(
+                    HistogramOpts::new(
+                        "taskd_cri_cni_operation_duration_seconds",
+                        "Latency of one CNI plugin exec, by plugin type and command (ADD, DEL, CHECK)",
+                    )
+                    .buckets(CNI_BUCKETS.to_vec()),
+                    &["plugin", "command"],
+                )?,
+                errors: IntCounterVec::new(
+                    Opts::new(
+                        "taskd_cri_cni_operation_errors_total",
+                        "CNI plugin execs that failed (error result, timeout, missing binary), by plugin type and command",
+                    ),
+                    &["plugin", "command"],
+                )?,
+            },
         })
     }
 
     pub fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
         registry.register(Box::new(self.pod_start.clone()))?;
         registry.register(Box::new(self.image_pulls.clone()))?;
-        registry.register(Box::new(self.image_pull_bytes.clone()))
+        registry.register(Box::new(self.image_pull_bytes.clone()))?;
+        registry.register(Box::new(self.image_pull_throughput.clone()))?;
+        registry.register(Box::new(self.cni.duration.clone()))?;
+        registry.register(Box::new(self.cni.errors.clone()))
+    }
+}
+
+const SANDBOX_STATES: &[SandboxState] = &[
+    SandboxState::Initializing,
+    SandboxState::Ready,
+    SandboxState::NotReady,
+    SandboxState::Unknown,
+];
+const CONTAINER_STATES: &[ContainerState] = &[
+    ContainerState::Created,
+    ContainerState::Running,
+    ContainerState::Exited,
+    ContainerState::Unknown,
+];
+
+/// `taskd_cri_sandboxes{state}` and `taskd_cri_containers{state}`, counted from the CRI
+/// stores when scraped (every state is exported, 0 included). Holds the service weakly.
+pub struct StateCollector {
+    service: Weak<CriService>,
+    descs: Vec<Desc>,
+}
+
+fn state_gauges() -> Result<(IntGaugeVec, IntGaugeVec), prometheus::Error> {
+    Ok((
+        IntGaugeVec::new(
+            Opts::new("taskd_cri_sandboxes", "CRI pod sandboxes, by state"),
+            &["state"],
+        )?,
+        IntGaugeVec::new(
+            Opts::new("taskd_cri_containers", "CRI containers, by state"),
+            &["state"],
+        )?,
+    ))
+}
+
+/// `CONTAINER_RUNNING` → `running`.
+fn container_state_label(s: ContainerState) -> String {
+    s.as_str().trim_start_matches("CONTAINER_").to_ascii_lowercase()
+}
+
+impl StateCollector {
+    pub fn register(service: Weak<CriService>, registry: &Registry) -> Result<(), prometheus::Error> {
+        let (s, c) = state_gauges()?;
+        let descs = s.desc().into_iter().chain(c.desc()).cloned().collect();
+        registry.register(Box::new(StateCollector { service, descs }))
+    }
+}
+
+impl Collector for StateCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (Some(service), Ok((sandboxes, containers))) = (self.service.upgrade(), state_gauges()) else {
+            return Vec::new();
+        };
+        for s in SANDBOX_STATES {
+            sandboxes.with_label_values(&[s.as_str()]).set(0);
+        }
+        for s in CONTAINER_STATES {
+            containers.with_label_values(&[&container_state_label(*s)]).set(0);
+        }
+        for sb in service.sandboxes.list() {
+            sandboxes.with_label_values(&[sb.state.as_str()]).inc();
+        }
+        for c in service.containers.list() {
+            containers
+                .with_label_values(&[&container_state_label(c.state)])
+                .inc();
+        }
+        let mut out = sandboxes.collect();
+        out.extend(containers.collect());
+        out
     }
 }

@@ -227,6 +227,7 @@ pub fn registration() -> Registration {
             tracing::error!(file = %s.path.display(), reason = %s.reason, "CRI record skipped: cannot be loaded");
         }
         let service = Arc::new(service);
+        metrics::StateCollector::register(Arc::downgrade(&service), cx.metrics()).map_err(PluginError::init)?;
         let api = Arc::new(server::CriApi::new(service.clone(), instrument.clone()));
         let subscriber = cx.get::<dyn crate::events::Subscriber>()?;
         // Subscribed before recovery, so an exit during recovery is not missed.
@@ -267,4 +268,5 @@ pub fn registration() -> Registration {
     })
     .requires(&[PluginType::Event, PluginType::Service, PluginType::Content])
     .config::<CriConfig>()
+    .validate(CriConfig::check_table)
 }

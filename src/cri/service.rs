@@ -4,13 +4,33 @@
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use super::config::CriConfig;
+use std::collections::BTreeMap;
+
+use super::config::{CniConfig, CriConfig, RuntimeHandler};
 use super::container_events::ContainerEvents;
 use super::network::Cni;
 use super::store::Store;
 use super::store::container::Container;
 use super::store::image::ImageStore;
 use super::store::sandbox::Sandbox;
+
+/// The part of the config a reload replaces.
+struct Live {
+    runtimes: BTreeMap<String, RuntimeHandler>,
+    cni_config: CniConfig,
+    cni: Cni,
+}
+
+/// What a reload did, for the daemon's log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Changes made: `runtimes.kata added`, `cni replaced`, ...
+    pub applied: Vec<String>,
+    /// Handlers kept although the new config drops them: pods use them.
+    pub kept: Vec<String>,
+    /// Keys whose new value needs a restart (the running value stays).
+    pub not_live: Vec<String>,
+}
 
 /// What UpdateRuntimeConfig set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,7 +45,8 @@ pub struct CriService {
     pub sandboxes: Store<Sandbox>,
     pub containers: Store<Container>,
     pub images: ImageStore,
-    pub cni: Cni,
+    /// The runtime handlers and the CNI manager: replaced by [`CriService::reload`] (SIGHUP).
+    live: RwLock<Live>,
     /// `<state>/netns`: pinned pod network namespaces.
     pub netns_dir: PathBuf,
     pub root: PathBuf,
@@ -61,7 +82,8 @@ pub struct CriService {
 impl CriService {
     /// `root`/`state`: the plugin's own directories.
     pub fn new(config: CriConfig, root: &Path, state: &Path, events: ContainerEvents) -> CriService {
-        let cni = Cni::new(&config.cni, state.join("cni-cache"));
+        let metrics = super::metrics::CriMetrics::new().expect("static metric definitions are valid");
+        let cni = Cni::new(&config.cni, state.join("cni-cache")).with_metrics(metrics.cni.clone());
         CriService {
             events,
             controller: None,
@@ -69,7 +91,7 @@ impl CriService {
             image_backend: None,
             ios: std::sync::Mutex::new(std::collections::HashMap::new()),
             min_oom_score_adj: own_oom_score_adj(),
-            metrics: super::metrics::CriMetrics::new().expect("static metric definitions are valid"),
+            metrics,
             started_at: std::time::SystemTime::now(),
             cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
             handler_features: std::collections::HashMap::new(),
@@ -78,13 +100,99 @@ impl CriService {
             sandboxes: Store::default(),
             containers: Store::default(),
             images: ImageStore::default(),
-            cni,
+            live: RwLock::new(Live {
+                runtimes: config.runtimes.clone(),
+                cni_config: config.cni.clone(),
+                cni,
+            }),
             netns_dir: state.join("netns"),
             root: root.to_owned(),
             state: state.to_owned(),
             runtime: RwLock::new(RuntimeState::default()),
             config,
         }
+    }
+
+    fn live(&self) -> std::sync::RwLockReadGuard<'_, Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The handler a pod names ("" = `default_runtime`), with its name.
+    pub fn handler(&self, name: &str) -> Option<(String, RuntimeHandler)> {
+        let key = if name.is_empty() {
+            self.config.default_runtime.as_str()
+        } else {
+            name
+        };
+        self.live().runtimes.get(key).map(|h| (key.to_owned(), h.clone()))
+    }
+
+    /// The configured runtime handler names.
+    pub fn handler_names(&self) -> Vec<String> {
+        self.live().runtimes.keys().cloned().collect()
+    }
+
+    /// The CNI manager in force (a clone: no lock is held while plugins run).
+    pub fn cni(&self) -> Cni {
+        self.live().cni.clone()
+    }
+
+    /// Applies a new CRI config table (already checked by `taskd config check`'s rules):
+    /// runtime handlers are added, changed or removed (a handler a pod uses is kept), the
+    /// CNI settings replaced; every other key that differs is named in `not_live`.
+    pub fn reload(&self, new: CriConfig) -> ReloadReport {
+        let new = new.with_default_runtimes();
+        let mut report = ReloadReport::default();
+        let in_use: std::collections::BTreeSet<String> = self
+            .sandboxes
+            .list()
+            .into_iter()
+            .map(|s| {
+                if s.runtime_handler.is_empty() {
+                    self.config.default_runtime.clone()
+                } else {
+                    s.runtime_handler
+                }
+            })
+            .collect();
+        {
+            let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+            let old = live.runtimes.clone();
+            for (name, h) in &new.runtimes {
+                match old.get(name) {
+                    None => report.applied.push(format!("runtimes.{name} added")),
+                    Some(o) if o != h => report.applied.push(format!("runtimes.{name} changed")),
+                    Some(_) => {}
+                }
+                live.runtimes.insert(name.clone(), h.clone());
+            }
+            for name in old.keys().filter(|n| !new.runtimes.contains_key(*n)) {
+                if in_use.contains(name) || *name == self.config.default_runtime {
+                    report.kept.push(name.clone());
+                } else {
+                    live.runtimes.remove(name);
+                    report.applied.push(format!("runtimes.{name} removed"));
+                }
+            }
+            if new.cni != live.cni_config {
+                let metrics = self.metrics.cni.clone();
+                live.cni = Cni::new(&new.cni, self.state.join("cni-cache")).with_metrics(metrics);
+                live.cni_config = new.cni.clone();
+                report.applied.push("cni replaced".to_owned());
+            }
+        }
+        // Everything else: compared as TOML tables, key by key.
+        let mut rest = new.clone();
+        rest.runtimes = self.config.runtimes.clone();
+        rest.cni = self.config.cni.clone();
+        if let (Ok(a), Ok(b)) = (toml::Table::try_from(&self.config), toml::Table::try_from(&rest)) {
+            for (k, v) in &b {
+                if a.get(k) != Some(v) {
+                    report.not_live.push(k.clone());
+                }
+            }
+        }
+        report
     }
 
     /// Replaces the memory-only pod and container stores with persistent ones under the

@@ -189,6 +189,8 @@ pub struct Puller {
     images: Arc<Store>,
     leases: Arc<dyn LeaseManager>,
     config: PullConfig,
+    /// `config.registries`, replaceable at run time ([`Puller::set_registries`], SIGHUP).
+    registries: std::sync::RwLock<Arc<BTreeMap<String, RegistryConfig>>>,
     unpacker: Option<super::unpack::Unpacker>,
 }
 
@@ -217,9 +219,16 @@ impl Puller {
             content,
             images,
             leases,
+            registries: std::sync::RwLock::new(Arc::new(config.registries.clone())),
             config,
             unpacker: None,
         }
+    }
+
+    /// Replaces the registry hosts config; the next pull uses it (a pull under way keeps the
+    /// one it started with).
+    pub fn set_registries(&self, registries: BTreeMap<String, RegistryConfig>) {
+        *self.registries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registries);
     }
 
     /// Unpacks every pulled image with `unpacker` (into its snapshotter).
@@ -309,7 +318,8 @@ impl Puller {
         // The first endpoint that serves the manifest is used for everything.
         let mut last_err = None;
         let mut found = None;
-        for e in endpoints(&self.config.registries, &registry) {
+        let registries = self.registries.read().unwrap_or_else(|p| p.into_inner()).clone();
+        for e in endpoints(&registries, &registry) {
             let remote = self.remote(&e, &repository, auth.as_ref())?;
             let at = match (parsed.digest(), parsed.tag()) {
                 (Some(d), _) => remote.by_digest(d),

@@ -15,12 +15,18 @@ use super::{PluginError, PluginId, PluginType, graph};
 type InitFuture = Pin<Box<dyn Future<Output = Result<Instance, PluginError>> + Send>>;
 type InitFn = Box<dyn Fn(InitContext) -> InitFuture + Send + Sync>;
 
+/// A plugin's meaning check of its table: `Err((dotted key inside the table, reason))`.
+pub type ValidateFn = fn(toml::Table) -> Result<(), (String, String)>;
+
 /// A plugin's config schema: its defaults (for `taskd config default`) and a checker (for
 /// `taskd config check`). Built with [`PluginConfig::of`].
 #[derive(Clone, Copy)]
 pub struct PluginConfig {
     pub default: fn() -> toml::Table,
     pub check: fn(toml::Table) -> Result<(), toml::de::Error>,
+    /// The meaning check the plugin's init runs too (after `check` passed): the dotted key
+    /// inside the plugin's table and the reason. Set with [`Registration::validate`].
+    pub validate: Option<ValidateFn>,
 }
 
 impl PluginConfig {
@@ -34,6 +40,7 @@ impl PluginConfig {
                 ),
             },
             check: |t| toml::Value::Table(t).try_into::<T>().map(|_| ()),
+            validate: None,
         }
     }
 }
@@ -69,6 +76,15 @@ impl Registration {
 
     pub fn config<T: Serialize + DeserializeOwned + Default + 'static>(mut self) -> Self {
         self.config = Some(PluginConfig::of::<T>());
+        self
+    }
+
+    /// The meaning check of the plugin's config table, run by `taskd config check` (and by
+    /// the SIGHUP reload) once the table parsed: `Err((dotted key in the table, reason))`.
+    pub fn validate(mut self, f: ValidateFn) -> Self {
+        if let Some(pc) = &mut self.config {
+            pc.validate = Some(f);
+        }
         self
     }
 

@@ -69,11 +69,29 @@ impl Readiness {
     }
 }
 
+/// The metrics bearer token in force; replaced by a SIGHUP reload ([`Token::set`]).
+#[derive(Clone, Default)]
+pub struct Token(Arc<std::sync::RwLock<Option<Arc<str>>>>);
+
+impl Token {
+    pub fn new(token: Option<String>) -> Token {
+        Token(Arc::new(std::sync::RwLock::new(token.map(Arc::from))))
+    }
+
+    pub fn set(&self, token: Option<String>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = token.map(Arc::from);
+    }
+
+    pub fn get(&self) -> Option<Arc<str>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     scrapes: Arc<super::scrape::Scrapes>,
     ready: Readiness,
-    token: Option<Arc<str>>,
+    token: Token,
 }
 
 /// Reads a bearer token file (trimmed); an empty token is refused.
@@ -114,18 +132,18 @@ pub fn serve(
     listener: TcpListener,
     registry: prometheus::Registry,
     ready: Readiness,
-    token: Option<String>,
+    token: Token,
 ) -> HttpServer {
     if let Ok(addr) = listener.local_addr()
         && !addr.ip().is_loopback()
-        && token.is_none()
+        && token.get().is_none()
     {
         tracing::warn!(%addr, "metrics endpoint listens on a non-loopback address without authentication; set [metrics] bearer_token_file");
     }
     let state = AppState {
         scrapes: Arc::new(super::scrape::Scrapes::new(registry)),
         ready,
-        token: token.map(Arc::from),
+        token,
     };
     let app = router(state);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -188,8 +206,8 @@ fn authorized(expected: &str, headers: &HeaderMap) -> bool {
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(token) = &state.token
-        && !authorized(token, &headers)
+    if let Some(token) = state.token.get()
+        && !authorized(&token, &headers)
     {
         return (
             StatusCode::UNAUTHORIZED,

@@ -351,6 +351,39 @@ impl Daemon {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).expect("signal taskd");
     }
 
+    /// Edits the config file (as a TOML table), sends SIGHUP and waits until the daemon logged
+    /// the reload's outcome (`SIGHUP: config reloaded` or `SIGHUP: config rejected`); the
+    /// log lines of this reload.
+    pub fn reload_with(&self, edit: impl FnOnce(&mut toml::Table)) -> String {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        let mut cfg: toml::Table = text.parse().expect("config is TOML");
+        edit(&mut cfg);
+        std::fs::write(&self.config_path, toml::to_string(&cfg).expect("render config"))
+            .expect("write config");
+        self.sighup_and_wait()
+    }
+
+    /// Sends SIGHUP and waits for the reload's outcome line; the log lines of this reload.
+    pub fn sighup_and_wait(&self) -> String {
+        let done = |log: &str| {
+            log.matches("SIGHUP: config reloaded").count() + log.matches("SIGHUP: config rejected").count()
+        };
+        let before = self.log();
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.log();
+            if done(&now) > done(&before) {
+                return now.get(before.len()..).unwrap_or_default().to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reload outcome logged after SIGHUP:\n{now}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Starts the daemon again on the same dirs and config (stopping it first if it runs).
     pub fn restart(&mut self) {
         if self.running() {

@@ -175,3 +175,60 @@ impl Drop for EventWatcher {
         }
     }
 }
+
+/// The metric families `docs/METRICS.md` lists (first cell of its tables), and those it says
+/// appear only after their event (the bullets of "Families that appear only after their event").
+pub fn documented_families() -> (
+    std::collections::BTreeSet<String>,
+    std::collections::BTreeSet<String>,
+) {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/METRICS.md"))
+        .expect("read docs/METRICS.md");
+    let name = |s: &str| s.split('`').nth(1).map(str::to_owned);
+    let mut all = std::collections::BTreeSet::new();
+    let mut event_only = std::collections::BTreeSet::new();
+    let mut in_event_list = false;
+    for line in doc.lines() {
+        if line.starts_with("## ") {
+            in_event_list = line.contains("appear only after their event");
+        }
+        if let Some(rest) = line.strip_prefix("| `") {
+            all.extend(name(&format!("`{rest}")));
+        } else if in_event_list && let Some(rest) = line.strip_prefix("- `") {
+            event_only.extend(name(&format!("`{rest}")));
+        }
+    }
+    (all, event_only)
+}
+
+/// The families of a Prometheus text exposition (its `# TYPE` lines).
+pub fn served_families(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks `docs/METRICS.md` against a scrape taken after a pod ran: every served family is
+/// documented; every documented `taskd_*`/`process_*` family is served unless documented
+/// as appearing only after its event.
+pub fn check_metrics_doc(scrape: &str) {
+    let (documented, event_only) = documented_families();
+    let served = served_families(scrape);
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "served but not in docs/METRICS.md: {undocumented:?}"
+    );
+    let missing: Vec<_> = documented
+        .iter()
+        .filter(|f| f.starts_with("taskd_") || f.starts_with("process_"))
+        .filter(|f| !served.contains(*f) && !event_only.contains(*f))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "in docs/METRICS.md but not served (list them under \"appear only after their event\" if so): {missing:?}"
+    );
+    assert!(event_only.is_subset(&documented), "{event_only:?}");
+}

@@ -206,6 +206,13 @@ pub struct Cni {
     max_conf_num: usize,
     timeout: Duration,
     cache_dir: PathBuf,
+    metrics: Option<crate::cri::metrics::CniMetrics>,
+}
+
+impl std::fmt::Debug for crate::cri::metrics::CniMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CniMetrics")
+    }
 }
 
 impl Cni {
@@ -216,7 +223,14 @@ impl Cni {
             max_conf_num: cfg.max_conf_num,
             timeout: Duration::from_millis(cfg.plugin_timeout_ms),
             cache_dir,
+            metrics: None,
         }
+    }
+
+    /// Records every plugin exec in `taskd_cri_cni_operation_*{plugin,command}`.
+    pub fn with_metrics(mut self, metrics: crate::cri::metrics::CniMetrics) -> Cni {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn conf_dir(&self) -> &Path {
@@ -421,8 +435,34 @@ impl Cni {
             .join(":")
     }
 
+    /// One plugin exec ([`Cni::exec_plugin`]) timed and counted per plugin type and command.
     #[allow(clippy::too_many_arguments)]
     async fn exec(
+        &self,
+        net: &NetworkConfList,
+        i: usize,
+        command: &'static str,
+        pod: &PodRef,
+        netns: Option<&Path>,
+        ifname: &str,
+        conf: &Value,
+    ) -> Result<Vec<u8>, CniError> {
+        let started = std::time::Instant::now();
+        let result = self.exec_plugin(net, i, command, pod, netns, ifname, conf).await;
+        if let Some(m) = &self.metrics {
+            let plugin = plugin_type(net, i);
+            m.duration
+                .with_label_values(&[plugin.as_str(), command])
+                .observe(started.elapsed().as_secs_f64());
+            if result.is_err() {
+                m.errors.with_label_values(&[plugin.as_str(), command]).inc();
+            }
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exec_plugin(
         &self,
         net: &NetworkConfList,
         i: usize,

@@ -74,6 +74,20 @@ impl GrpcService for CriApi {
     }
 }
 
+impl CriApi {
+    /// The runtime handler a pod was run with (as RunPodSandbox named it): the label of its
+    /// containers' CreateContainer and StartContainer metrics. "" when the pod is unknown.
+    fn pod_handler(&self, sandbox_id: &str) -> String {
+        self.svc
+            .sandboxes
+            .find(sandbox_id)
+            .ok()
+            .flatten()
+            .map(|s| s.runtime_handler)
+            .unwrap_or_default()
+    }
+}
+
 #[tonic::async_trait]
 impl RuntimeService for CriApi {
     async fn version(&self, r: Request<cri::VersionRequest>) -> Rpc<cri::VersionResponse> {
@@ -162,10 +176,11 @@ impl RuntimeService for CriApi {
         &self,
         r: Request<cri::CreateContainerRequest>,
     ) -> Rpc<cri::CreateContainerResponse> {
+        let h = self.pod_handler(&r.get_ref().pod_sandbox_id);
         self.inst
             .call(
                 "CreateContainer",
-                "",
+                &h,
                 self.svc.clone().create_container_detached(r.into_inner()),
             )
             .await
@@ -175,10 +190,18 @@ impl RuntimeService for CriApi {
         &self,
         r: Request<cri::StartContainerRequest>,
     ) -> Rpc<cri::StartContainerResponse> {
+        let h = self
+            .svc
+            .containers
+            .find(&r.get_ref().container_id)
+            .ok()
+            .flatten()
+            .map(|c| self.pod_handler(&c.sandbox_id))
+            .unwrap_or_default();
         self.inst
             .call(
                 "StartContainer",
-                "",
+                &h,
                 self.svc.clone().start_container_detached(r.into_inner()),
             )
             .await

@@ -6,7 +6,8 @@
 //!          user: resolved by user.rs; tty; oom_score_adj ≥ taskd's own
 //!          caps: defaults ± add/drop (ALL: taskd's own set); privileged = taskd's own set
 //!          no_new_privs; seccomp (RuntimeDefault, Unconfined, Localhost; the deprecated
-//!          seccomp_profile_path too; none if privileged)
+//!          seccomp_profile_path too; none if privileged); AppArmor profile as chosen by
+//!          apparmor.rs
 //! mounts   defaults, then the pod's /etc/hosts, /etc/resolv.conf, /etc/hostname,
 //!          then CRI mounts (rbind, ro, propagation; selinux_relabel ignored); a CRI
 //!          mount replaces a default at the same destination; rootfs propagation rshared
@@ -91,6 +92,9 @@ pub struct ContainerInput<'a> {
     pub min_oom_score_adj: i32,
     /// A Localhost seccomp profile, already read and parsed by the caller.
     pub localhost_seccomp: Option<LinuxSeccomp>,
+    /// The AppArmor profile (`process.apparmorProfile`), chosen and loaded by the caller
+    /// ([`super::apparmor::profile`]).
+    pub apparmor_profile: Option<String>,
     /// What a privileged container or `add: ALL` gets ([`super::current_caps`]: taskd's own).
     pub all_caps: &'a HashSet<Capability>,
     /// The host has the hugetlb cgroup controller ([`hugetlb_controller_present`]); without
@@ -350,7 +354,8 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
         .set_user(user)
         .set_no_new_privileges(Some(sec.no_new_privs))
         .set_capabilities(Some(caps_all_sets(caps.clone())))
-        .set_oom_score_adj(Some(oom));
+        .set_oom_score_adj(Some(oom))
+        .set_apparmor_profile(inp.apparmor_profile.clone());
     spec.set_process(Some(process));
 
     let mut root = Root::default();
@@ -770,12 +775,55 @@ mod tests {
             driver: CgroupDriver::Cgroupfs,
             min_oom_score_adj: -500,
             localhost_seccomp: None,
+            apparmor_profile: None,
             hugetlb_controller: true,
             cgroup_ns: false,
             all_caps: &ALL_CAPS,
             pod_annotations: &[],
             container_annotations: &[],
             recursive_read_only_mounts: true,
+        }
+    }
+
+    /// AppArmor in the generated spec (this host has no AppArmor: the choice for a host that
+    /// has it is made by `apparmor::profile`, tested in apparmor.rs, and lands here).
+    #[test]
+    fn apparmor_profile_lands_in_the_process() {
+        use super::super::apparmor::{self, AppArmorRequest, DEFAULT_PROFILE};
+        let (cfg, pod, img) = base(ContainerConfig {
+            metadata: meta(),
+            ..Default::default()
+        });
+        let spec_with = |profile: Option<String>| {
+            let mut inp = input(&cfg, &pod, &img);
+            inp.apparmor_profile = profile;
+            container_spec(&inp).unwrap()
+        };
+        let on_apparmor_host =
+            apparmor::profile(&AppArmorRequest::RuntimeDefault, false, true, |_| false).unwrap();
+        let spec = spec_with(on_apparmor_host);
+        assert_eq!(
+            spec.process().as_ref().unwrap().apparmor_profile().as_deref(),
+            Some(DEFAULT_PROFILE)
+        );
+        let local = apparmor::profile(
+            &AppArmorRequest::Localhost("k8s-nginx".into()),
+            false,
+            true,
+            |n| n == "k8s-nginx",
+        )
+        .unwrap();
+        let spec = spec_with(local);
+        assert_eq!(
+            spec.process().as_ref().unwrap().apparmor_profile().as_deref(),
+            Some("k8s-nginx")
+        );
+        for unconfined in [
+            apparmor::profile(&AppArmorRequest::Unconfined, false, true, |_| true).unwrap(),
+            apparmor::profile(&AppArmorRequest::Unspecified, false, false, |_| true).unwrap(),
+        ] {
+            let spec = spec_with(unconfined);
+            assert_eq!(spec.process().as_ref().unwrap().apparmor_profile(), &None);
         }
     }
 

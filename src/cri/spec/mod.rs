@@ -11,6 +11,7 @@
 //!                                 NODE/TARGET), CRI annotations
 //! ```
 
+pub mod apparmor;
 pub mod container;
 pub mod sandbox;
 pub mod seccomp;

@@ -185,17 +185,10 @@ impl CriService {
             reference::normalize(&image_ref)?;
         }
         let (handler_name, handler) =
-            self.config
-                .handler(&sandbox.runtime_handler)
+            self.handler(&sandbox.runtime_handler)
                 .ok_or_else(|| CriError::UnknownHandler {
                     handler: sandbox.runtime_handler.clone(),
-                    known: self
-                        .config
-                        .runtimes
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    known: self.handler_names().join(", "),
                 })?;
         let image = runner.image(&image_ref).await?;
 
@@ -227,6 +220,24 @@ impl CriService {
         let localhost_seccomp = match seccomp_choice(&sec)? {
             SeccompChoice::Localhost(path) => Some(localhost_profile(&path)?),
             _ => None,
+        };
+        let apparmor_profile = {
+            use crate::cri::spec::apparmor;
+            let host = apparmor::host_enabled();
+            let profile = apparmor::profile(
+                &apparmor::request(&sec)?,
+                sec.privileged,
+                host,
+                apparmor::is_loaded,
+            )?;
+            if profile.as_deref() == Some(apparmor::DEFAULT_PROFILE) {
+                let dir = self.state.join("apparmor");
+                crate::cri::blocking("load the default AppArmor profile", move || {
+                    apparmor::ensure_default_loaded(&dir)
+                })
+                .await?;
+            }
+            profile
         };
         let ns = sec.namespace_options.clone().unwrap_or_default();
         let target_pid = if ns.pid == NamespaceMode::Target as i32 {
@@ -281,6 +292,7 @@ impl CriService {
             driver: self.config.cgroup_driver,
             min_oom_score_adj: self.min_oom_score_adj,
             localhost_seccomp,
+            apparmor_profile,
             hugetlb_controller: hugetlb_controller_present(),
             cgroup_ns: cgroup_v2_host(),
             all_caps: crate::cri::spec::current_caps(),
@@ -288,7 +300,7 @@ impl CriService {
             container_annotations: &handler.container_annotations,
             recursive_read_only_mounts: self
                 .handler_features
-                .get(handler_name)
+                .get(&handler_name)
                 .is_some_and(|f| f.recursive_read_only_mounts),
         })?;
         // After the spec, so that a request the CRI API refuses gets InvalidArgument first.

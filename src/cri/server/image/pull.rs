@@ -25,6 +25,7 @@ impl CriService {
             identity_token: a.identity_token,
             registry_token: a.registry_token,
         });
+        let started = std::time::Instant::now();
         let pulled = match backend.pull(&r.to_string(), auth).await {
             Ok(p) => p,
             Err(e) => {
@@ -34,6 +35,12 @@ impl CriService {
         };
         self.metrics.image_pulls.with_label_values(&["success"]).inc();
         self.metrics.image_pull_bytes.inc_by(pulled.size);
+        let secs = started.elapsed().as_secs_f64();
+        if secs > 0.0 {
+            self.metrics
+                .image_pull_throughput
+                .observe(pulled.size as f64 / secs);
+        }
         tracing::info!(image = %r, id = %pulled.config_digest, "image pulled");
         self.all_images("PullImage").await?;
         Ok(PullImageResponse {

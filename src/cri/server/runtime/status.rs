@@ -19,13 +19,13 @@ pub const NETWORK_NOT_READY_REASON: &str = "NetworkPluginNotReady";
 
 impl CriService {
     pub async fn status(&self, req: StatusRequest) -> Result<StatusResponse, CriError> {
-        let cni = self.cni.clone();
+        let cni = self.cni();
         // Reading conf_dir is blocking file I/O.
         let net = tokio::task::spawn_blocking(move || cni.status())
             .await
             .unwrap_or_else(|_| {
                 Err(crate::cri::network::CniError::NoConfig {
-                    dir: self.cni.conf_dir().to_owned(),
+                    dir: self.cni().conf_dir().to_owned(),
                 })
             });
         let network = match &net {
@@ -58,9 +58,9 @@ impl CriService {
             name: String::new(),
             features: features(&self.config.default_runtime),
         }];
-        runtime_handlers.extend(self.config.runtimes.keys().map(|name| RuntimeHandler {
-            name: name.clone(),
-            features: features(name),
+        runtime_handlers.extend(self.handler_names().into_iter().map(|name| RuntimeHandler {
+            features: features(&name),
+            name,
         }));
         let mut info = HashMap::new();
         if req.verbose {

@@ -105,17 +105,10 @@ impl CriService {
         required("config.metadata.namespace", &md.namespace)?;
         required("config.metadata.uid", &md.uid)?;
         let (handler_name, handler) =
-            self.config
-                .handler(&req.runtime_handler)
+            self.handler(&req.runtime_handler)
                 .ok_or_else(|| CriError::UnknownHandler {
                     handler: req.runtime_handler.clone(),
-                    known: self
-                        .config
-                        .runtimes
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    known: self.handler_names().join(", "),
                 })?;
         // Bad input is refused before anything else, even on a build without a controller.
         let controller = self.controller("RunPodSandbox")?;
@@ -186,7 +179,7 @@ impl CriService {
                 let ips = match &netns_path {
                     Some(ns) => {
                         progress.cni = true;
-                        self.cni
+                        self.cni()
                             .setup(&pod_ref(&record), ns, &port_mappings(&cfg))
                             .await?
                             .ips
@@ -219,7 +212,7 @@ impl CriService {
             let network = async {
                 match &netns_path {
                     Some(ns) => Ok(self
-                        .cni
+                        .cni()
                         .setup(&pod_ref(&record), ns, &port_mappings(&cfg))
                         .await?
                         .ips),
@@ -364,7 +357,7 @@ impl CriService {
         if p.cni
             && let Some(ns) = &p.netns
             && let Err(e) = self
-                .cni
+                .cni()
                 .teardown(&pod_ref(s), Some(ns), &port_mappings(&s.config))
                 .await
         {

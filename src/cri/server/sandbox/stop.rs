@@ -64,7 +64,7 @@ impl CriService {
             let ns = std::path::PathBuf::from(&s.netns_path);
             // A RunPodSandbox cut short may not have created it: DEL still releases IPAM.
             let present = netns::is_pinned(&ns);
-            self.cni
+            self.cni()
                 .teardown(
                     &pod_ref(&s),
                     present.then_some(ns.as_path()),
