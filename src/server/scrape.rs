@@ -6,8 +6,9 @@
 //!
 //! ```text
 //! scrape ──▶ waiting < MAX_WAITING?           no → 503 (counted: busy)
-//!        ──▶ one collection at a time (a scrape that waited reuses the text a collection
-//!            finished less than FRESH ago: concurrent scrapes share one collection)
+//!        ──▶ one collection at a time; a scrape that waited takes the text of a collection
+//!            that started after the scrape arrived (concurrent scrapes share one, and no
+//!            scrape gets data from before it arrived)
 //!        ──▶ the whole scrape ≤ SCRAPE_TIMEOUT  else → 503 (counted: timeout); a timed-out
 //!            collection keeps its permit until it really ends, so none pile up behind it
 //! ```
@@ -25,8 +26,6 @@ use tokio::sync::Semaphore;
 pub const MAX_WAITING: usize = 64;
 /// The longest a scrape waits for its text.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A collection this recent answers the scrapes that waited for it.
-pub const FRESH: Duration = Duration::from_secs(1);
 
 /// Why a scrape got no text.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,6 +43,7 @@ pub struct Scrapes {
     waiting: Arc<Semaphore>,
     /// One collection at a time; its permit moves into the blocking task.
     collecting: Arc<Semaphore>,
+    /// The last collection: when it started, its text.
     last: Mutex<Option<(Instant, Arc<String>)>>,
     collections: IntCounter,
     refused: IntCounterVec,
@@ -65,6 +65,10 @@ impl Scrapes {
             &["reason"],
         )
         .expect("static metric definition is valid");
+        // Both reasons are served from the start, at 0.
+        for reason in ["busy", "timeout"] {
+            refused.with_label_values(&[reason]);
+        }
         for c in [
             Box::new(collections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(refused.clone()),
@@ -111,6 +115,7 @@ impl Scrapes {
             return Ok(text);
         }
         let registry = self.registry.clone();
+        let started = Instant::now();
         self.collections.inc();
         let encoded = tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -120,16 +125,14 @@ impl Scrapes {
         .map_err(|e| Refused::Failed(format!("collection task: {e}")))?
         .map_err(|e| Refused::Failed(format!("encode: {e}")))?;
         let text = Arc::new(encoded);
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), text.clone()));
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((started, text.clone()));
         Ok(text)
     }
 
-    /// The last text, when it was collected after `since` began waiting or within FRESH.
+    /// The last text, when its collection started after `since` (the scrape's arrival).
     fn recent(&self, since: Instant) -> Option<Arc<String>> {
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.as_ref()
-            .filter(|(at, _)| *at >= since || at.elapsed() < FRESH)
-            .map(|(_, t)| t.clone())
+        last.as_ref().filter(|(started, _)| *started >= since).map(|(_, t)| t.clone())
     }
 }
 
