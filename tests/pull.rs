@@ -311,11 +311,7 @@ async fn pull_unpacks_into_snapshots_that_gc_keeps_with_the_image() {
         vec![root.join("snapshots")],
         Some(source),
     ));
-    let p = puller(&e, PullConfig::default()).with_unpacker(Some(Unpacker {
-        snapshotter: sn.clone(),
-        differ,
-        leases: e.db.clone(),
-    }));
+    let p = puller(&e, PullConfig::default()).with_unpacker(Some(Unpacker::new(sn.clone(), differ, e.db.clone())));
     p.pull("ns", &reference).await.unwrap();
 
     let snaps = sn.walk("ns", vec![]).await.unwrap();
