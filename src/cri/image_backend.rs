@@ -188,7 +188,11 @@ impl ImageSide {
         if let Some(r) = lock(&self.resolved).get(&target.digest) {
             return Ok(r.clone());
         }
-        let (store, t, m) = (self.content.clone(), target.clone(), self.puller.matcher().clone());
+        let (store, t, m) = (
+            self.content.clone(),
+            target.clone(),
+            self.puller.matcher().clone(),
+        );
         let r = tokio::task::spawn_blocking(move || resolve_blocking(&store, &t, &m))
             .await
             .map_err(|e| precondition("resolve image", e.to_string()))??;
@@ -396,7 +400,11 @@ fn read_json<T: serde::de::DeserializeOwned>(
     Ok((bytes, v))
 }
 
-fn resolve_blocking(store: &content::Store, target: &Descriptor, matcher: &Matcher) -> Result<Resolved, CriError> {
+fn resolve_blocking(
+    store: &content::Store,
+    target: &Descriptor,
+    matcher: &Matcher,
+) -> Result<Resolved, CriError> {
     let (top_bytes, top): (_, JsonManifest) = read_json(store, &target.digest, "manifest")?;
     let mut size = top_bytes.len() as u64;
     let manifest = if top.is_index(&target.media_type) {

@@ -135,7 +135,10 @@ pub struct Report {
 
 impl Report {
     pub fn is_empty(&self) -> bool {
-        self.content.is_empty() && self.blobs.is_empty() && self.snapshots.is_empty() && self.ingests.is_empty()
+        self.content.is_empty()
+            && self.blobs.is_empty()
+            && self.snapshots.is_empty()
+            && self.ingests.is_empty()
     }
 }
 

@@ -105,7 +105,10 @@ pub enum HostsError {
     #[error("registry hosts {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("registry hosts {path}: {source}")]
-    Toml { path: PathBuf, source: Box<toml::de::Error> },
+    Toml {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("registry hosts {path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
 }
@@ -269,17 +272,33 @@ fn from_dir(dir: &Path, registry: &str) -> Result<Vec<Endpoint>, HostsError> {
     hosts.sort_by_key(|(_, h)| h.span().start);
     let mut out = Vec::new();
     for (url, fields) in hosts {
-        out.push(endpoint_of(dir, &file, &url, fields.into_inner(), false, registry)?);
+        out.push(endpoint_of(
+            dir,
+            &file,
+            &url,
+            fields.into_inner(),
+            false,
+            registry,
+        )?);
     }
     let server = parsed.server.unwrap_or_else(|| {
         let h = default_host(registry);
-        if is_local(&h) { format!("http://{h}") } else { format!("https://{h}") }
+        if is_local(&h) {
+            format!("http://{h}")
+        } else {
+            format!("https://{h}")
+        }
     });
     let mut e = endpoint_of(dir, &file, &server, parsed.top, true, registry)?;
     // Certificate files beside hosts.toml serve the registry itself.
     let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd.filter_map(|d| d.ok().map(|d| d.path())).collect(),
-        Err(source) => return Err(HostsError::Io { path: dir.to_owned(), source }),
+        Err(source) => {
+            return Err(HostsError::Io {
+                path: dir.to_owned(),
+                source,
+            });
+        }
     };
     names.sort();
     for p in names {
@@ -339,7 +358,10 @@ fn endpoint_of(
     if let Some(caps) = &f.capabilities {
         pull = caps.iter().any(|c| c == "pull");
         resolve = caps.iter().any(|c| c == "resolve");
-        if let Some(c) = caps.iter().find(|c| !["pull", "resolve", "push"].contains(&c.as_str())) {
+        if let Some(c) = caps
+            .iter()
+            .find(|c| !["pull", "resolve", "push"].contains(&c.as_str()))
+        {
             return Err(invalid(format!("host {url:?}: unknown capability {c:?}")));
         }
     }
@@ -368,7 +390,13 @@ fn endpoint_of(
         path,
         plain_http: plain,
         skip_verify: f.skip_verify.unwrap_or(false),
-        ca_files: f.ca.map(OneOrMany::into_vec).unwrap_or_default().into_iter().map(rel).collect(),
+        ca_files: f
+            .ca
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .into_iter()
+            .map(rel)
+            .collect(),
         client_certs,
         headers: f.header.into_iter().map(|(k, v)| (k, v.into_vec())).collect(),
         username: String::new(),
@@ -470,7 +498,13 @@ server = "https://registry-1.docker.io"
         std::fs::write(d.join("me.key"), "").unwrap();
         let mut registries = BTreeMap::new();
         registries.insert("docker.io".to_owned(), RegistryConfig::default());
-        registries.insert("quay.io".to_owned(), RegistryConfig { mirrors: vec!["https://q".into()], ..Default::default() });
+        registries.insert(
+            "quay.io".to_owned(),
+            RegistryConfig {
+                mirrors: vec!["https://q".into()],
+                ..Default::default()
+            },
+        );
         let cfg = HostsConfig {
             registries,
             config_path: Some(root.path().to_owned()),
@@ -478,12 +512,21 @@ server = "https://registry-1.docker.io"
         let e = super::endpoints(&cfg, "docker.io").unwrap();
         // File order, then the server.
         assert_eq!(e.len(), 3, "{e:?}");
-        assert_eq!((e[0].host.as_str(), e[0].path.as_str()), ("z-mirror.example", "/custom"));
+        assert_eq!(
+            (e[0].host.as_str(), e[0].path.as_str()),
+            ("z-mirror.example", "/custom")
+        );
         assert!(e[0].pull && !e[0].resolve && !e[0].send_credentials);
-        assert_eq!(e[0].ca_files, vec![d.join("ca.pem"), PathBuf::from("/abs/ca2.pem")]);
+        assert_eq!(
+            e[0].ca_files,
+            vec![d.join("ca.pem"), PathBuf::from("/abs/ca2.pem")]
+        );
         assert_eq!(e[0].client_certs, vec![(d.join("c.cert"), d.join("c.key"))]);
         assert_eq!(e[0].headers["x-multi"], vec!["1".to_owned(), "2".to_owned()]);
-        assert_eq!((e[1].host.as_str(), e[1].path.as_str(), e[1].plain_http), ("a-mirror.example:5000", "/v2", true));
+        assert_eq!(
+            (e[1].host.as_str(), e[1].path.as_str(), e[1].plain_http),
+            ("a-mirror.example:5000", "/v2", true)
+        );
         assert!(e[1].skip_verify && e[1].send_credentials);
         assert_eq!(e[2].host, "registry-1.docker.io");
         assert!(e[2].send_credentials && e[2].resolve);
@@ -493,13 +536,20 @@ server = "https://registry-1.docker.io"
         assert_eq!(super::endpoints(&cfg, "quay.io").unwrap()[0].host, "q");
         assert_eq!(super::endpoints(&cfg, "ghcr.io").unwrap().len(), 1);
         std::fs::create_dir_all(root.path().join("_default")).unwrap();
-        std::fs::write(root.path().join("_default/hosts.toml"), "[host.\"https://fallback\"]\n").unwrap();
+        std::fs::write(
+            root.path().join("_default/hosts.toml"),
+            "[host.\"https://fallback\"]\n",
+        )
+        .unwrap();
         let e = super::endpoints(&cfg, "ghcr.io").unwrap();
         assert_eq!((e[0].host.as_str(), e[1].host.as_str()), ("fallback", "ghcr.io"));
         assert_eq!(super::endpoints(&cfg, "quay.io").unwrap()[0].host, "q");
         // A bad file is a clear error naming it.
         std::fs::write(d.join("hosts.toml"), "[host.\"ftp://x\"]\n").unwrap();
         let err = super::endpoints(&cfg, "docker.io").unwrap_err();
-        assert!(err.to_string().contains("hosts.toml") && err.to_string().contains("ftp"), "{err}");
+        assert!(
+            err.to_string().contains("hosts.toml") && err.to_string().contains("ftp"),
+            "{err}"
+        );
     }
 }

@@ -60,7 +60,11 @@ impl Manifest {
                 None => "(none)".to_owned(),
             })
             .collect();
-        if v.is_empty() { "none".to_owned() } else { v.join(", ") }
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
     }
 
     /// Checks the config and layer descriptors; returns their total size (each distinct
@@ -113,8 +117,18 @@ mod tests {
     #[test]
     fn sizes_are_checked() {
         assert_eq!(m(&[("a", 1), ("b", 2), ("a", 1)]).check(), Ok(3));
-        assert!(m(&[("a", 1), ("a", 1000)]).check().unwrap_err().contains("two sizes"));
+        assert!(
+            m(&[("a", 1), ("a", 1000)])
+                .check()
+                .unwrap_err()
+                .contains("two sizes")
+        );
         assert!(m(&[("a", -1)]).check().is_err());
-        assert!(m(&[("a", i64::MAX), ("b", i64::MAX), ("c", i64::MAX)]).check().unwrap_err().contains("overflow"));
+        assert!(
+            m(&[("a", i64::MAX), ("b", i64::MAX), ("c", i64::MAX)])
+                .check()
+                .unwrap_err()
+                .contains("overflow")
+        );
     }
 }

@@ -136,7 +136,8 @@ fn host_variant() -> String {
     use std::arch::is_x86_feature_detected as has;
     let v2 = has!("sse4.2") && has!("popcnt") && has!("ssse3");
     let v3 = v2 && has!("avx2") && has!("bmi1") && has!("bmi2") && has!("fma") && has!("lzcnt");
-    let v4 = v3 && has!("avx512f") && has!("avx512bw") && has!("avx512cd") && has!("avx512dq") && has!("avx512vl");
+    let v4 =
+        v3 && has!("avx512f") && has!("avx512bw") && has!("avx512cd") && has!("avx512dq") && has!("avx512vl");
     match (v2, v3, v4) {
         (_, _, true) => "v4",
         (_, true, _) => "v3",
@@ -168,7 +169,11 @@ fn expand(p: &Platform) -> Vec<Platform> {
     };
     let level = |v: &str| v.strip_prefix('v').and_then(|n| n.parse::<u32>().ok());
     match (p.architecture.as_str(), level(&p.variant)) {
-        ("amd64", Some(n)) if n >= 2 => (2..=n).rev().map(|i| with(format!("v{i}"))).chain([with(String::new())]).collect(),
+        ("amd64", Some(n)) if n >= 2 => (2..=n)
+            .rev()
+            .map(|i| with(format!("v{i}")))
+            .chain([with(String::new())])
+            .collect(),
         ("arm", Some(n)) if (5..=8).contains(&n) => (5..=n).rev().map(|i| with(format!("v{i}"))).collect(),
         _ => vec![p.clone()],
     }
@@ -229,7 +234,11 @@ impl Matcher {
 
     /// What was asked, for messages: `linux/amd64/v3, linux/arm64`.
     pub fn describe(&self) -> String {
-        self.wanted.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+        self.wanted
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -256,7 +265,12 @@ mod tests {
     #[test]
     fn amd64_falls_back_through_lower_variants() {
         let m = Matcher::new(vec![p("linux/amd64/v3")]);
-        let entries = [p("linux/arm64"), p("linux/amd64"), p("linux/amd64/v2"), p("linux/amd64/v4")];
+        let entries = [
+            p("linux/arm64"),
+            p("linux/amd64"),
+            p("linux/amd64/v2"),
+            p("linux/amd64/v4"),
+        ];
         assert_eq!(m.best(entries.iter().map(Some)), Some(2));
         assert_eq!(m.best([Some(&entries[0]), Some(&entries[1])]), Some(1));
         assert_eq!(m.best([Some(&entries[0]), Some(&entries[3])]), None);

@@ -36,8 +36,8 @@ use oci_client::secrets::RegistryAuth;
 use serde::{Deserialize, Serialize};
 
 use super::hosts::{HostsConfig, HostsError, RegistryConfig, endpoints};
-pub use super::oci::{MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
 use super::oci::{JsonDescriptor, Manifest as JsonManifest};
+pub use super::oci::{MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
 use super::platform::{Matcher, PlatformError};
 use super::registry::{RegistryError, Remote};
 use super::{Descriptor, Image, ImageError, Store};
@@ -335,7 +335,11 @@ impl Puller {
         let mut last_err = None;
         let mut found = None;
         for r in &remotes {
-            let capable = if by_digest { r.endpoint.pull } else { r.endpoint.resolve };
+            let capable = if by_digest {
+                r.endpoint.pull
+            } else {
+                r.endpoint.resolve
+            };
             if !capable {
                 continue;
             }
@@ -757,7 +761,9 @@ impl Puller {
             let aborted = content::blocking("abort blob ingest", move || store.abort(&ns, &r)).await;
             match aborted {
                 Ok(()) | Err(ContentError::IngestNotFound { .. }) => {}
-                Err(error) => tracing::warn!(%error, digest = %d.digest, "pull: ingest not removed (GC removes it with the lease)"),
+                Err(error) => {
+                    tracing::warn!(%error, digest = %d.digest, "pull: ingest not removed (GC removes it with the lease)")
+                }
             }
         }
         result

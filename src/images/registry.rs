@@ -27,7 +27,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use oci_client::secrets::RegistryAuth;
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE,
+};
 use tokio::sync::Mutex;
 
 use super::hosts::{Endpoint, is_local};
@@ -182,7 +184,10 @@ impl Remote {
             };
             let hn = HeaderName::from_bytes(k.as_bytes()).map_err(|e| bad(e.to_string()))?;
             for v in values {
-                headers.append(hn.clone(), HeaderValue::from_str(v).map_err(|e| bad(e.to_string()))?);
+                headers.append(
+                    hn.clone(),
+                    HeaderValue::from_str(v).map_err(|e| bad(e.to_string()))?,
+                );
             }
         }
         b = b.default_headers(headers);
@@ -201,7 +206,10 @@ impl Remote {
             None => (RegistryAuth::Anonymous, None),
             Some(_) if !endpoint.send_credentials => (
                 RegistryAuth::Anonymous,
-                Some("the credentials are for the registry, not this mirror (its config does not allow them)".to_owned()),
+                Some(
+                    "the credentials are for the registry, not this mirror (its config does not allow them)"
+                        .to_owned(),
+                ),
             ),
             Some(_) if endpoint.plain_http && !is_local(&endpoint.host) => (
                 RegistryAuth::Anonymous,
@@ -298,7 +306,12 @@ impl Remote {
             return Ok(HeaderValue::from_str(&format!("Bearer {t}")).ok());
         }
         let params = parse_challenge(params);
-        let get = |k: &str| params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.as_str())
+        };
         let Some(realm) = get("realm") else {
             return Ok(None);
         };
@@ -320,10 +333,10 @@ impl Remote {
         if let RegistryAuth::Basic(u, p) = &self.credentials {
             // The realm gets the credentials only under the same rules as the endpoint.
             let realm_host = url.host_str().unwrap_or("");
-            if url.scheme() == "https" || is_local(realm_host) {
-                if let Some(v) = basic(u, p) {
-                    req = req.header(AUTHORIZATION, v);
-                }
+            if (url.scheme() == "https" || is_local(realm_host))
+                && let Some(v) = basic(u, p)
+            {
+                req = req.header(AUTHORIZATION, v);
             }
         }
         let resp = req.send().await.map_err(|source| RegistryError::Http {
@@ -344,7 +357,11 @@ impl Remote {
             access_token: String,
         }
         let t: Token = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
-        let t = if t.token.is_empty() { t.access_token } else { t.token };
+        let t = if t.token.is_empty() {
+            t.access_token
+        } else {
+            t.token
+        };
         if t.is_empty() {
             return Err(bad("no token".into()));
         }
@@ -432,36 +449,42 @@ fn capped(
     what: String,
     declared: bool,
 ) -> impl Stream<Item = Result<Bytes, RegistryError>> + Send {
-    resp.bytes_stream().scan((0u64, false), move |(seen, done), chunk| {
-        let item = if *done {
-            None
-        } else {
-            Some(match chunk {
-                Ok(c) => {
-                    *seen = seen.saturating_add(c.len() as u64);
-                    if *seen > limit {
-                        *done = true;
-                        Err(over(&endpoint, &what, limit, declared))
-                    } else {
-                        Ok(c)
+    resp.bytes_stream()
+        .scan((0u64, false), move |(seen, done), chunk| {
+            let item = if *done {
+                None
+            } else {
+                Some(match chunk {
+                    Ok(c) => {
+                        *seen = seen.saturating_add(c.len() as u64);
+                        if *seen > limit {
+                            *done = true;
+                            Err(over(&endpoint, &what, limit, declared))
+                        } else {
+                            Ok(c)
+                        }
                     }
-                }
-                Err(source) => {
-                    *done = true;
-                    Err(RegistryError::Http {
-                        endpoint: endpoint.clone(),
-                        what: what.clone(),
-                        source,
-                    })
-                }
-            })
-        };
-        futures::future::ready(item)
-    })
+                    Err(source) => {
+                        *done = true;
+                        Err(RegistryError::Http {
+                            endpoint: endpoint.clone(),
+                            what: what.clone(),
+                            source,
+                        })
+                    }
+                })
+            };
+            futures::future::ready(item)
+        })
 }
 
 /// The whole body, at most `limit` bytes (else TooLarge, read no further).
-async fn read_capped(resp: reqwest::Response, limit: u64, endpoint: &str, what: &str) -> Result<Bytes, RegistryError> {
+async fn read_capped(
+    resp: reqwest::Response,
+    limit: u64,
+    endpoint: &str,
+    what: &str,
+) -> Result<Bytes, RegistryError> {
     check_length(&resp, limit, endpoint, what, false)?;
     let mut out = bytes::BytesMut::new();
     let mut s = std::pin::pin!(capped(resp, limit, endpoint.to_owned(), what.to_owned(), false));
@@ -476,7 +499,9 @@ fn parse_challenge(s: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = s.trim();
     while !rest.is_empty() {
-        let Some((k, after)) = rest.split_once('=') else { break };
+        let Some((k, after)) = rest.split_once('=') else {
+            break;
+        };
         let k = k.trim().trim_start_matches(',').trim().to_owned();
         let after = after.trim_start();
         let (v, next) = if let Some(q) = after.strip_prefix('"') {
@@ -500,7 +525,8 @@ fn parse_challenge(s: &str) -> Vec<(String, String)> {
 mod tests {
     #[test]
     fn challenge_params() {
-        let p = super::parse_challenge(r#"realm="http://a/token",service="test",scope="repository:x:pull,push""#);
+        let p =
+            super::parse_challenge(r#"realm="http://a/token",service="test",scope="repository:x:pull,push""#);
         assert_eq!(
             p,
             vec![
@@ -510,5 +536,30 @@ mod tests {
             ]
         );
         assert_eq!(super::parse_challenge("realm=x, service=y").len(), 2);
+    }
+
+    #[test]
+    fn credentials_are_withheld_from_mirrors_and_plain_http_off_loopback() {
+        use super::{Endpoint, RegistryAuth, Remote};
+        let creds = || Some(RegistryAuth::Basic("u".into(), "p".into()));
+        let e = |host: &str, plain_http: bool, send_credentials: bool| Endpoint {
+            host: host.into(),
+            path: "/v2".into(),
+            plain_http,
+            send_credentials,
+            pull: true,
+            resolve: true,
+            ..Default::default()
+        };
+        let sent = |e: Endpoint| {
+            let r = Remote::new(e, creds()).unwrap();
+            (matches!(r.credentials, RegistryAuth::Basic(..)), r.withheld)
+        };
+        assert_eq!(sent(e("registry.example.com", false, true)), (true, None));
+        assert_eq!(sent(e("127.0.0.1:5000", true, true)), (true, None));
+        let (ok, why) = sent(e("registry.example.com", true, true));
+        assert!(!ok && why.unwrap().contains("plain http"));
+        let (ok, why) = sent(e("mirror.example.com", false, false));
+        assert!(!ok && why.unwrap().contains("mirror"));
     }
 }

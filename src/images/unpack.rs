@@ -62,7 +62,11 @@ pub struct Unpacker {
 }
 
 impl Unpacker {
-    pub fn new(snapshotter: Arc<dyn Snapshotter>, differ: Arc<dyn Differ>, leases: Arc<dyn LeaseManager>) -> Unpacker {
+    pub fn new(
+        snapshotter: Arc<dyn Snapshotter>,
+        differ: Arc<dyn Differ>,
+        leases: Arc<dyn LeaseManager>,
+    ) -> Unpacker {
         Unpacker {
             snapshotter,
             differ,

@@ -167,7 +167,11 @@ pub fn registration() -> Registration {
                 .or_else(|| all.first())
                 .map(|(_, s)| s.clone());
             match (chosen, cx.get_optional::<dyn crate::diff::Differ>()) {
-                (Some(snapshotter), Some(differ)) => Some(crate::images::unpack::Unpacker::new(snapshotter, differ, leases.clone())),
+                (Some(snapshotter), Some(differ)) => Some(crate::images::unpack::Unpacker::new(
+                    snapshotter,
+                    differ,
+                    leases.clone(),
+                )),
                 _ => None,
             }
         };
