@@ -736,7 +736,7 @@ async fn platforms_config_and_a_missing_platform() {
     let err = puller(
         &e,
         PullConfig {
-            platforms: vec!["linux/amd64".into()],
+            platforms: vec!["linux/amd64".parse().unwrap()],
             ..Default::default()
         },
     )
@@ -752,11 +752,10 @@ async fn platforms_config_and_a_missing_platform() {
     puller(
         &e,
         PullConfig {
-            platforms: vec![
-                "linux/ppc64le".into(),
-                "linux/s390x".into(),
-                "linux/arm64/v8".into(),
-            ],
+            platforms: ["linux/ppc64le", "linux/s390x", "linux/arm64/v8"]
+                .iter()
+                .map(|p| p.parse().unwrap())
+                .collect(),
             ..Default::default()
         },
     )

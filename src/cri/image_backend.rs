@@ -833,7 +833,7 @@ mod tests {
     }
 
     fn amd64() -> Matcher {
-        Matcher::from_config(&["linux/amd64".to_owned()]).unwrap()
+        Matcher::from_config(&["linux/amd64".parse().unwrap()])
     }
 
     fn target(media_type: &str, digest: &str) -> Descriptor {

@@ -12,7 +12,8 @@
 //!             arm/vN accepts vN down to v5; others need the same variant.
 //!             An index entry without a platform is accepted, after every matching one.
 //! config      `platforms = ["linux/amd64", "linux/arm64"]`: the first listed platform the
-//!             index has wins (each with its fallbacks); empty = the host's.
+//!             index has wins (each with its fallbacks); empty = the host's. A pull takes
+//!             one platform (the best); the list orders preference, it does not pull several.
 //! ```
 //! 32-bit arm entries are not accepted on an arm64 host (containerd does that when the CPU
 //! runs aarch32; taskd does not probe it).
@@ -152,6 +153,31 @@ fn host_variant() -> String {
     String::new()
 }
 
+/// A platform as the config writes it (`"linux/arm64/v8"`), checked when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformSpec(pub Platform);
+
+impl std::str::FromStr for PlatformSpec {
+    type Err = PlatformError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Platform::parse(s).map(PlatformSpec)
+    }
+}
+
+impl serde::Serialize for PlatformSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for PlatformSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Which platforms a pull accepts, in order of preference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matcher {
@@ -199,15 +225,11 @@ impl Matcher {
     }
 
     /// From the `platforms` config key; empty = the host's.
-    pub fn from_config(platforms: &[String]) -> Result<Matcher, PlatformError> {
+    pub fn from_config(platforms: &[PlatformSpec]) -> Matcher {
         if platforms.is_empty() {
-            return Ok(Matcher::host());
+            return Matcher::host();
         }
-        platforms
-            .iter()
-            .map(|s| Platform::parse(s))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Matcher::new)
+        Matcher::new(platforms.iter().map(|p| p.0.clone()).collect())
     }
 
     /// The preference of `p` (lower is better); None when not accepted. No platform is
@@ -281,10 +303,10 @@ mod tests {
 
     #[test]
     fn arm64_is_v8_and_the_config_order_wins() {
-        let m = Matcher::from_config(&["linux/arm64".into()]).unwrap();
+        let m = Matcher::from_config(&["linux/arm64".parse().unwrap()]);
         assert_eq!(m.rank(Some(&Platform::new("linux", "arm64", "v8"))), Some(0));
         assert_eq!(m.rank(Some(&Platform::new("linux", "arm64", "v9"))), None);
-        let m = Matcher::from_config(&["linux/arm/v7".into(), "linux/amd64".into()]).unwrap();
+        let m = Matcher::from_config(&["linux/arm/v7".parse().unwrap(), "linux/amd64".parse().unwrap()]);
         let e = [p("linux/amd64"), p("linux/arm/v6"), p("linux/arm/v7")];
         assert_eq!(m.best(e.iter().map(Some)), Some(2));
         assert_eq!(m.best([Some(&e[0]), Some(&e[1])]), Some(1));

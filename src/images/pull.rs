@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use super::hosts::{HostsConfig, HostsError, RegistryConfig, endpoints};
 use super::oci::{JsonDescriptor, Manifest as JsonManifest};
 pub use super::oci::{MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
-use super::platform::{Matcher, PlatformError};
+use super::platform::{Matcher, PlatformError, PlatformSpec};
 use super::registry::{RegistryError, Remote};
 use super::{Descriptor, Image, ImageError, Store};
 use crate::content::{self, ContentError, LABEL_GC_REF_CONTENT};
@@ -64,7 +64,7 @@ pub struct PullConfig {
     pub config_path: Option<PathBuf>,
     /// The platforms pulls accept, in order (`linux/amd64`, `linux/arm64/v8`); empty = the
     /// host's.
-    pub platforms: Vec<String>,
+    pub platforms: Vec<PlatformSpec>,
     /// The largest manifest or index read from a registry, in bytes.
     pub max_manifest_bytes: u64,
     /// The largest image config fetched, in bytes.
@@ -91,7 +91,7 @@ impl Default for PullConfig {
 
 impl PullConfig {
     /// The platform matcher the config asks for.
-    pub fn matcher(&self) -> Result<Matcher, PlatformError> {
+    pub fn matcher(&self) -> Matcher {
         Matcher::from_config(&self.platforms)
     }
 
@@ -242,10 +242,7 @@ impl Puller {
         leases: Arc<dyn LeaseManager>,
         config: PullConfig,
     ) -> Puller {
-        let matcher = config.matcher().unwrap_or_else(|error| {
-            tracing::warn!(%error, "pull: bad platforms; the host's platform is used");
-            Matcher::host()
-        });
+        let matcher = config.matcher();
         Puller {
             content,
             images,

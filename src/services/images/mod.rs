@@ -147,7 +147,6 @@ impl Images for Local {
 pub fn registration() -> Registration {
     Registration::new(PluginType::Service, ids::IMAGES_SERVICE, |cx| async move {
         let config: PullConfig = cx.config()?;
-        config.matcher().map_err(PluginError::init)?;
         let db = cx.get::<Db>()?;
         let publisher = cx.get::<dyn Publisher>()?;
         let gc = cx.get_optional::<Collector>();
