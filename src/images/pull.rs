@@ -348,7 +348,7 @@ impl Puller {
                     found = Some((r.clone(), bytes));
                     break;
                 }
-                Err(e @ RegistryError::TooLarge { .. }) => return Err(registry_err(e)),
+                Err(e) if e.is_over_limit() => return Err(registry_err(e)),
                 Err(source) => {
                     tracing::debug!(endpoint = %r.endpoint.host, error = %source, "pull: endpoint failed");
                     last_err = Some(registry_err(source));
@@ -441,13 +441,13 @@ impl Puller {
                 .await
             {
                 Ok((bytes, _)) => return Ok(bytes),
-                // Not there or not reachable: the next endpoint may have it.
-                Err(e @ (RegistryError::NotFound { .. } | RegistryError::Http { .. })) => last = Some(e),
-                // Anything else (too long, refused) ends the pull.
-                Err(e) => {
+                // Content over its limits ends the pull.
+                Err(e) if e.is_over_limit() => {
                     last = Some(e);
                     break;
                 }
+                // Not there, not reachable, refused: the next endpoint may serve it.
+                Err(e) => last = Some(e),
             }
         }
         Err(PullError::Registry {
@@ -796,8 +796,8 @@ impl Puller {
                     stream = Some(s);
                     break;
                 }
-                Err(e @ (RegistryError::NotFound { .. } | RegistryError::Http { .. })) => last = Some(e),
-                Err(e) => return Err(registry_err(e)),
+                Err(e) if e.is_over_limit() => return Err(registry_err(e)),
+                Err(e) => last = Some(e),
             }
         }
         let Some(stream) = stream else {

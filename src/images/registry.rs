@@ -101,6 +101,15 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// The registry sent more than allowed (a hostile or broken registry): the pull stops
+    /// instead of trying the next endpoint.
+    pub fn is_over_limit(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::TooLarge { .. } | RegistryError::LongerThanDeclared { .. }
+        )
+    }
+
     /// The errdefs kind.
     pub fn kind(&self) -> crate::errdefs::Kind {
         use crate::errdefs::Kind;
