@@ -836,3 +836,32 @@ impl Puller {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_apply_to_the_registry_they_name() {
+        use super::auth_applies;
+        assert!(auth_applies("", "registry.example.com", "mirror.example.com"));
+        assert!(auth_applies(
+            "registry.example.com",
+            "registry.example.com",
+            "registry.example.com"
+        ));
+        assert!(auth_applies(
+            "https://index.docker.io/v1/",
+            "docker.io",
+            "registry-1.docker.io"
+        ));
+        assert!(!auth_applies(
+            "other.example.com",
+            "registry.example.com",
+            "registry.example.com"
+        ));
+        assert!(!auth_applies(
+            "https://ghcr.io",
+            "docker.io",
+            "registry-1.docker.io"
+        ));
+    }
+}
