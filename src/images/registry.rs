@@ -109,9 +109,10 @@ impl RegistryError {
             RegistryError::TooLarge { .. } | RegistryError::LongerThanDeclared { .. }
         )
     }
+}
 
-    /// The errdefs kind.
-    pub fn kind(&self) -> crate::errdefs::Kind {
+impl crate::errdefs::ErrorKind for RegistryError {
+    fn kind(&self) -> crate::errdefs::Kind {
         use crate::errdefs::Kind;
         match self {
             RegistryError::NotFound { .. } => Kind::NotFound,
