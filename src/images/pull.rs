@@ -20,7 +20,8 @@
 //!     else streamed into a content writer (expected digest + size: verified on commit),
 //!     a stream passing the declared size is cut off at once, each chunk within
 //!     progress_timeout; a ref held by a concurrent pull → wait, then skip;
-//!     a failed fetch aborts its ingest
+//!     a failed pull aborts every ingest its lease holds (also those of fetches dropped
+//!     when another failed)
 //!   manifest (+ index) with containerd's gc.ref.content labels; image created or updated
 //!   lease deleted
 //! ```
@@ -404,11 +405,46 @@ impl Puller {
         let result = self
             .pull_leased(namespace, &name, &remotes, top, top_json, is_index, &lease)
             .await;
+        if result.is_err() {
+            self.abort_ingests(namespace, &lease).await;
+        }
         let (l, ns, id) = (self.leases.clone(), namespace.to_owned(), lease);
         if let Err(error) = crate::metadata::blocking("delete pull lease", move || l.delete(&ns, &id)).await {
             tracing::warn!(%error, "pull: lease not deleted (it expires)");
         }
         result
+    }
+
+    /// Removes the partial downloads a failed pull leaves: every ingest its lease holds
+    /// (fetches still running when another failed were dropped without cleaning up). An
+    /// ingest a writer still holds is retried briefly, then left to the GC (its lease goes).
+    async fn abort_ingests(&self, namespace: &str, lease: &str) {
+        let (l, ns, id) = (self.leases.clone(), namespace.to_owned(), lease.to_owned());
+        let refs =
+            match crate::metadata::blocking("list pull ingests", move || l.list_resources(&ns, &id)).await {
+                Ok(rs) => rs
+                    .into_iter()
+                    .filter(|r| r.r#type == "ingests")
+                    .map(|r| r.id)
+                    .collect::<Vec<_>>(),
+                Err(error) => {
+                    tracing::warn!(%error, "pull: ingests of a failed pull not listed (the GC removes them)");
+                    return;
+                }
+            };
+        for r in refs {
+            for _ in 0..20 {
+                let (store, ns, rr) = (self.content.clone(), namespace.to_owned(), r.clone());
+                match content::blocking("abort pull ingest", move || store.abort(&ns, &rr)).await {
+                    Err(ContentError::Locked { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Ok(()) | Err(ContentError::IngestNotFound { .. }) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, r#ref = %r, "pull: ingest not removed (the GC removes it)");
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// Fetches the manifest `digest` (at most `size` bytes) from the first endpoint that has it.
