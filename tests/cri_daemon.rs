@@ -149,7 +149,8 @@ async fn has_pause_container(rt: &mut RuntimeServiceClient<Channel>, pod: &str) 
 impl World {
     /// A registry with busybox (`library/busybox:latest` and `:1.36`) and pause, a CNI
     /// conf dir with bridge + host-local on 10.88.<octet>.0/24 followed by `extra` plugins
-    /// (JSON objects, each with a leading comma), and a daemon using both.
+    /// (JSON objects, each with a leading comma), and a daemon using both. Plugins of a
+    /// test's own go in `<dir>/cni-bin`, searched before /usr/lib/cni.
     fn new(octet: u8, extra: &str) -> World {
         World::with_cri_config(octet, extra, "")
     }
@@ -181,6 +182,9 @@ impl World {
         let bridge = format!("tkq{}-{octet}", std::process::id() % 100_000);
         let conf_dir = dir.path().join("net.d");
         std::fs::create_dir(&conf_dir).unwrap();
+        // Test plugins (`extra`) go here; the system's after them.
+        let cni_bin = dir.path().join("cni-bin");
+        std::fs::create_dir(&cni_bin).unwrap();
         std::fs::write(
             conf_dir.join("10-taskd.conflist"),
             format!(
@@ -197,8 +201,9 @@ impl World {
             "[{IMAGES}.registries.\"docker.io\"]\nmirrors = {mirror}\n\
              [{IMAGES}.registries.\"registry.k8s.io\"]\nmirrors = {mirror}\n\
              [{CRI}]\nsandbox_image = \"registry.k8s.io/pause:3.10\"\n{cri_extra}\n\
-             [{CRI}.cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
-            conf_dir.display().to_string()
+             [{CRI}.cni]\nconf_dir = {:?}\nbin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
+            conf_dir.display().to_string(),
+            cni_bin.display().to_string()
         ));
         World {
             d,
@@ -2962,5 +2967,353 @@ async fn exec_sync_with_a_background_child_returns_and_leaves_nothing() {
     );
     assert!(exec_dirs(&w.d, &id).is_empty(), "{:?}", exec_dirs(&w.d, &id));
     stop_and_remove(&mut rt, &pod).await;
+    w.assert_no_pod_left();
+}
+
+/// A static probe (C, built here with gcc) that makes the syscalls RuntimeDefault must
+/// refuse and prints `name return errno` for each, then whether a thread starts.
+const SYSCALL_PROBE: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void *thread(void *a) { return a; }
+static void probe(const char *name, long r) { printf("%s %ld %d\n", name, r, r < 0 ? errno : 0); }
+int main(void) {
+    unsigned params[30] = {0};
+    probe("io_uring_setup", syscall(SYS_io_uring_setup, 1, params));
+    probe("keyctl", syscall(SYS_keyctl, 0, -3, 0));
+    probe("unshare", syscall(SYS_unshare, CLONE_NEWUSER));
+    probe("unlisted", syscall(SYS_uselib, 0));
+    pthread_t t;
+    int e = pthread_create(&t, 0, thread, 0);
+    if (e == 0) pthread_join(t, 0);
+    printf("pthread_create %d\n", e);
+    return 0;
+}
+"#;
+
+/// `name → errno` (0: the call succeeded) from the probe's output.
+fn probe_errnos(out: &str) -> std::collections::HashMap<String, i64> {
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [name, _, errno] => Some((name.to_string(), errno.parse().ok()?)),
+                [name, e] => Some((name.to_string(), e.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry, gcc (static libc)"]
+async fn runtime_default_seccomp_denies_what_it_does_not_list() {
+    use cri::security_profile::ProfileType;
+    let w = World::new(50 + (std::process::id() % 20) as u8, "");
+    let bin = w.dir.path().join("probe-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let src = w.dir.path().join("probe.c");
+    std::fs::write(&src, SYSCALL_PROBE).unwrap();
+    run_ok(
+        Command::new("gcc")
+            .args(["-static", "-O1", "-pthread", "-o"])
+            .arg(bin.join("probe"))
+            .arg(&src),
+    );
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let cfg = w.pod_config("seccomp");
+    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
+    let with_probe = |name: &str, profile: ProfileType| {
+        let mut c = with_security(
+            container_config(name, "exec sleep 3600"),
+            cri::LinuxContainerSecurityContext {
+                seccomp: seccomp(profile, ""),
+                ..Default::default()
+            },
+        );
+        c.mounts = vec![cri::Mount {
+            container_path: "/probe".into(),
+            host_path: bin.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        }];
+        c
+    };
+    let dflt = create_and_start(
+        &mut rt,
+        &pod,
+        &cfg,
+        with_probe("dflt", ProfileType::RuntimeDefault),
+    )
+    .await;
+    let open = create_and_start(&mut rt, &pod, &cfg, with_probe("open", ProfileType::Unconfined)).await;
+
+    // The profile in config.json is deny-by-default.
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            w.d.state
+                .join(format!("io.containerd.runtime.v2.task/k8s.io/{dflt}/config.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO",
+        "{}",
+        config["linux"]["seccomp"]
+    );
+
+    let (out, code) = sh(&mut rt, &dflt, "/probe/probe").await;
+    assert_eq!(code, 0, "{out}");
+    let seen = probe_errnos(&out);
+    for call in ["io_uring_setup", "keyctl", "unshare", "unlisted"] {
+        assert_eq!(
+            seen.get(call),
+            Some(&(libc::EPERM as i64)),
+            "{call} under RuntimeDefault: {out}"
+        );
+    }
+    assert_eq!(
+        seen.get("pthread_create"),
+        Some(&0),
+        "threads start (clone3 → ENOSYS → clone): {out}"
+    );
+    let (out, code) = sh(&mut rt, &dflt, "ls / >/dev/null && echo listed").await;
+    assert_eq!((out.trim(), code), ("listed", 0));
+
+    // Unconfined, the same calls reach the kernel: the unlisted one (uselib) answers ENOSYS
+    // or EFAULT there, so the EPERM above came from the profile's default action. (A number
+    // above every syscall libseccomp knows gets ENOSYS from runc's filter either way, so
+    // that glibc's fallbacks for calls newer than libseccomp work.)
+    let (out, code) = sh(&mut rt, &open, "/probe/probe").await;
+    assert_eq!(code, 0, "{out}");
+    let seen = probe_errnos(&out);
+    let unlisted = seen.get("unlisted").copied();
+    assert!(unlisted.is_some_and(|e| e != libc::EPERM as i64), "{out}");
+    assert_eq!(seen.get("pthread_create"), Some(&0), "{out}");
+    stop_and_remove(&mut rt, &pod).await;
+}
+
+/// A chained CNI plugin that sleeps 3 s on ADD, then passes the bridge's result on, or
+/// fails when `<dir>/cni-fail` exists.
+const SLOW_CNI: &str = r#"#!/bin/sh
+case "$CNI_COMMAND" in
+ADD)
+    sleep 3
+    if [ -e "$FAIL_MARKER" ]; then
+        echo '{"cniVersion":"1.0.0","code":11,"msg":"told to fail"}'
+        exit 1
+    fi
+    exec python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["prevResult"]))' ;;
+VERSION)
+    echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}' ;;
+esac
+"#;
+
+async fn run_pod_within(
+    rt: &mut RuntimeServiceClient<Channel>,
+    cfg: &cri::PodSandboxConfig,
+    deadline: Duration,
+) -> Result<String, tonic::Status> {
+    let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
+        config: Some(cfg.clone()),
+        runtime_handler: String::new(),
+    });
+    req.set_timeout(deadline);
+    rt.run_pod_sandbox(req)
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+async fn pods_named(rt: &mut RuntimeServiceClient<Channel>, name: &str) -> Vec<cri::PodSandbox> {
+    rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.as_ref().is_some_and(|m| m.name == name))
+        .collect()
+}
+
+/// kubelet's deadline passing mid-RunPodSandbox cuts nothing short: the call finishes or
+/// rolls back in a task of its own, and kubelet's retry finds a consistent state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry, python3"]
+async fn run_pod_sandbox_past_the_callers_deadline_finishes_or_rolls_back() {
+    let w = World::new(80 + (std::process::id() % 20) as u8, r#",{"type":"slow-cni"}"#);
+    let plugin = w.dir.path().join("cni-bin/slow-cni");
+    let marker = w.dir.path().join("cni-fail");
+    std::fs::write(
+        &plugin,
+        SLOW_CNI.replace("$FAIL_MARKER", &marker.display().to_string()),
+    )
+    .unwrap();
+    run_ok(Command::new("chmod").arg("0755").arg(&plugin));
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+
+    // 1. The CNI ADD fails after the caller has gone: the rollback still runs to the end.
+    std::fs::write(&marker, "").unwrap();
+    let cfg = w.pod_config("slow");
+    let first = run_pod_within(&mut rt, &cfg, Duration::from_secs(1)).await;
+    let code = first.as_ref().map_err(|s| s.code());
+    assert!(
+        matches!(code, Err(tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)),
+        "{first:?}"
+    );
+    // The call runs on and rolls back: no record, netns, IP lease or shim is left.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pods_named(&mut rt, "slow").await.is_empty() {
+        assert!(Instant::now() < deadline, "the failed call was not rolled back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.assert_no_pod_left();
+
+    // 2. The retry of a failed, abandoned call runs afresh; this time it gives up the
+    // caller again, but succeeds in its own task: the retry gets that pod, not a second.
+    std::fs::remove_file(&marker).unwrap();
+    let first = run_pod_within(&mut rt, &cfg, Duration::from_secs(1)).await;
+    assert!(first.is_err(), "{first:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let retry = run_pod_within(&mut rt, &cfg, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("retry: {e:?}\n{}", w.d.log()));
+    let pods = pods_named(&mut rt, "slow").await;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(
+        (pods[0].id.as_str(), pods[0].state),
+        (retry.as_str(), cri::PodSandboxState::SandboxReady as i32)
+    );
+    assert_eq!(w.ipam_leases().len(), 1, "one IP: {:?}", w.ipam_leases());
+    assert_eq!(netns_pins(&w.d).len(), 1);
+
+    // A plain second RunPodSandbox of the same pod, its caller present, is refused as before.
+    let dup = run_pod_within(&mut rt, &cfg, Duration::from_secs(30)).await;
+    assert_eq!(dup.map_err(|s| s.code()), Err(tonic::Code::AlreadyExists));
+
+    stop_and_remove(&mut rt, &retry).await;
+    w.assert_no_pod_left();
+}
+
+/// One scrape over a fresh connection: the HTTP status (0: no answer).
+async fn scrape_status(addr: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let req = format!("GET /v1/metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn counter(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Pods start while waves of 500 parallel scrapes run: each scrape is answered (200, or 503
+/// when 64 wait already), the scrapes share collections, and every pod starts. The start
+/// times of the quiet and the flooded pods are printed (timing is measured by benchmarks,
+/// not asserted here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_scrape_flood_is_bounded_and_pods_still_start() {
+    let w = World::new(110 + (std::process::id() % 20) as u8, "");
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let start_pods = |prefix: &'static str| {
+        let mut rt = rt.clone();
+        let w = &w;
+        async move {
+            let mut took = Vec::new();
+            for i in 0..4 {
+                let name = format!("{prefix}{i}");
+                let cfg = w.pod_config(&name);
+                let t = Instant::now();
+                let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
+                create_and_start(&mut rt, &pod, &cfg, container_config(&name, "exec sleep 3600")).await;
+                took.push(t.elapsed());
+            }
+            took
+        }
+    };
+    let quiet = start_pods("quiet").await;
+    let before = w.d.http("/v1/metrics", None).1;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = w.d.metrics_addr.clone();
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut codes: std::collections::BTreeMap<u16, usize> = Default::default();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let wave: Vec<_> = (0..500)
+                    .map(|_| {
+                        let addr = addr.clone();
+                        tokio::spawn(async move { scrape_status(&addr).await })
+                    })
+                    .collect();
+                for h in wave {
+                    *codes.entry(h.await.unwrap_or(0)).or_default() += 1;
+                }
+            }
+            codes
+        })
+    };
+    let flooded = start_pods("flood").await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let codes = flood.await.unwrap();
+    eprintln!(
+        "pod start (RunPodSandbox + CreateContainer + StartContainer): quiet {quiet:?}, under the flood {flooded:?}; scrapes {codes:?}"
+    );
+
+    let total: usize = codes.values().sum();
+    assert!(total >= 500, "{codes:?}");
+    assert!(
+        codes.keys().all(|c| *c == 200 || *c == 503),
+        "every scrape is answered 200 or 503: {codes:?}"
+    );
+    let after = w.d.http("/v1/metrics", None).1;
+    let collections = counter(&after, "taskd_metrics_collections_total")
+        - counter(&before, "taskd_metrics_collections_total");
+    assert!(
+        collections < (total / 10) as f64,
+        "{total} scrapes took {collections} collections"
+    );
+    let refused = counter(&after, "taskd_metrics_scrapes_refused_total{reason=\"busy\"}")
+        + counter(&after, "taskd_metrics_scrapes_refused_total{reason=\"timeout\"}");
+    assert_eq!(
+        refused as usize,
+        codes.get(&503).copied().unwrap_or(0),
+        "{codes:?}"
+    );
+    let (running, _, _) = containers_by_state(&mut rt).await;
+    assert_eq!(running, 8, "every container runs");
+    for p in ["quiet", "flood"] {
+        for i in 0..4 {
+            for pod in pods_named(&mut rt, &format!("{p}{i}")).await {
+                stop_and_remove(&mut rt, &pod.id).await;
+            }
+        }
+    }
     w.assert_no_pod_left();
 }

@@ -493,20 +493,7 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
     assert_eq!(e.code(), tonic::Code::Unimplemented, "{e}");
     // Compare: the mount shapes are understood (an overlay against its own lower layers);
     // the layer lands in the content store.
-    let view = sn
-        .view(with_ns(
-            snapshots::ViewSnapshotRequest {
-                snapshotter: "overlayfs".into(),
-                key: "va".into(),
-                parent: "A".into(),
-                labels: HashMap::new(),
-            },
-            ns,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .mounts;
+    let view = overlay_view(&mut sn, ns, "va", "A").await;
     let layer = df
         .diff(with_ns(
             diff::DiffRequest {
@@ -691,4 +678,140 @@ async fn diff_apply_through_the_daemon_refuses_hostile_layers() {
         assert_eq!(entries, vec![std::ffi::OsString::from("secret")]);
         assert_eq!(std::fs::read(sentinel.join("secret")).unwrap(), b"untouched");
     }
+}
+
+/// The Diff service on an active snapshot while its owner races it: a file in the upper dir
+/// is swapped for a symlink to a host sentinel again and again during the walks. The walk
+/// reads beneath the upper dir's fd and never through a symlink, so no layer it writes holds
+/// the sentinel's bytes (a swap mid-walk is an error or the link itself, never the target).
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_of_an_active_snapshot_never_reads_through_a_planted_symlink() {
+    prereqs();
+    let d = Daemon::start();
+    let ch = d.channel().await;
+    let mut sn = snapshots::snapshots_client::SnapshotsClient::new(ch.clone());
+    let mut df = diff::diff_client::DiffClient::new(ch.clone());
+    let ns = "race";
+    ctr_sn_ns(&d, ns, &["prepare", "base-a", ""]);
+    ctr_sn_ns(&d, ns, &["commit", "base", "base-a"]);
+    ctr_sn_ns(&d, ns, &["prepare", "c1", "base"]);
+    let mounts = |key: &str| snapshots::MountsRequest {
+        snapshotter: "overlayfs".into(),
+        key: key.into(),
+    };
+    let active = sn
+        .mounts(with_ns(mounts("c1"), ns))
+        .await
+        .unwrap()
+        .into_inner()
+        .mounts;
+    let upper = active[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .map(PathBuf::from)
+        .expect("an overlay upper dir");
+    let view = overlay_view(&mut sn, ns, "v", "base").await;
+
+    let sentinel_bytes = format!("HOST-SENTINEL-{}", std::process::id());
+    let sentinel = d.dir.join("sentinel");
+    std::fs::write(&sentinel, &sentinel_bytes).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let racer = {
+        let stop = stop.clone();
+        let (upper, sentinel) = (upper.clone(), sentinel.clone());
+        std::thread::spawn(move || {
+            let f = upper.join("f");
+            let tmp_file = upper.join(".f-file");
+            let tmp_link = upper.join(".f-link");
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = std::fs::write(&tmp_file, [b'x'; 4096]);
+                let _ = std::fs::rename(&tmp_file, &f);
+                let _ = std::os::unix::fs::symlink(&sentinel, &tmp_link);
+                let _ = std::fs::rename(&tmp_link, &f);
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+
+    let (mut written, mut refused) = (0, Vec::new());
+    for _ in 0..60 {
+        let r = df
+            .diff(with_ns(
+                diff::DiffRequest {
+                    left: view.clone(),
+                    right: active.clone(),
+                    media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                    ..Default::default()
+                },
+                ns,
+            ))
+            .await;
+        match r {
+            Ok(r) => {
+                let layer = r.into_inner().diff.expect("a layer descriptor");
+                let out = Command::new("ctr")
+                    .arg("--address")
+                    .arg(&d.socket)
+                    .args(["-n", ns, "content", "get", &layer.digest])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                let blob = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    !blob.contains(&sentinel_bytes),
+                    "the layer holds the host file's bytes"
+                );
+                written += 1;
+            }
+            Err(e) => refused.push(e.message().to_owned()),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let swaps = racer.join().unwrap();
+    eprintln!(
+        "{written} layers written, {} refused, {swaps} swaps; refusals: {:?}",
+        refused.len(),
+        refused.first()
+    );
+    assert!(swaps > 60, "the racer ran ({swaps} swaps)");
+    assert!(written > 0, "some walks finish: {refused:?}");
+    for m in &refused {
+        assert!(
+            m.contains("changed during the walk")
+                || m.contains("symbolic links")
+                || m.contains("No such file"),
+            "a refused walk says why: {m}"
+        );
+    }
+}
+
+fn ctr_sn_ns(d: &Daemon, ns: &str, args: &[&str]) -> String {
+    let mut all = vec!["-n", ns, "snapshots", "--snapshotter", "overlayfs"];
+    all.extend_from_slice(args);
+    d.ctr_ok(&all)
+}
+
+/// The mounts of a new overlayfs view `key` of `parent`.
+async fn overlay_view(
+    sn: &mut snapshots::snapshots_client::SnapshotsClient<tonic::transport::Channel>,
+    ns: &str,
+    key: &str,
+    parent: &str,
+) -> Vec<ctypes::Mount> {
+    sn.view(with_ns(
+        snapshots::ViewSnapshotRequest {
+            snapshotter: "overlayfs".into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: HashMap::new(),
+        },
+        ns,
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .mounts
 }

@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use std::os::unix::fs::OpenOptionsExt;
+
 use async_trait::async_trait;
 use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
@@ -671,15 +673,17 @@ impl ImageBackend for ImageSide {
                 ),
             })?;
         let dest = dest.to_owned();
+        // The container runs while its upper dir is read: walked beneath an fd, never
+        // through a symlink it could plant (diff::beneath); the archive is new and 0600.
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let f = std::fs::File::create(&dest)?;
-            let mut b = tar::Builder::new(std::io::BufWriter::new(f));
-            b.follow_symlinks(false);
-            b.append_dir_all(".", &upper)?;
-            b.into_inner()?
-                .into_inner()
-                .map_err(|e| e.into_error())?
-                .sync_all()
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&dest)?;
+            let mut out = std::io::BufWriter::new(f);
+            crate::diff::beneath::write_tree(&upper, &mut out)?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()
         })
         .await
         .map_err(|e| CriError::FailedPrecondition {

@@ -26,6 +26,7 @@
 pub mod config;
 pub mod container_events;
 pub mod controller;
+pub mod detach;
 pub mod events;
 pub mod features;
 pub mod image_backend;
@@ -233,6 +234,7 @@ pub fn registration() -> Registration {
         let report = recover::recover(&service).await;
         let stream_url = stream_server.front().base_url.clone();
         let stream_server = stream_server.start(service.clone());
+        let calls = service.clone();
         if report.sandboxes + report.containers > 0 {
             tracing::info!(?report, "CRI pods and containers recovered");
         }
@@ -257,6 +259,9 @@ pub fn registration() -> Registration {
             .export("stream_server", stream_url)
             .on_shutdown(move || async move {
                 stream_server.stop().await;
+                // Calls still running (their callers gone with the gRPC server) end or roll
+                // back; what outlives this is recovered at the next start.
+                calls.detached.drain(std::time::Duration::from_secs(10)).await;
                 event_loop.abort()
             }))
     })

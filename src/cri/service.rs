@@ -54,6 +54,8 @@ pub struct CriService {
     pub streaming: Option<std::sync::Arc<super::streaming::Front>>,
     /// The last CPU sample per container (time, cumulative ns), for `usage_nano_cores`.
     pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (std::time::SystemTime, u64)>>,
+    /// The state-changing calls' own tasks, and the answers their retries may claim.
+    pub detached: super::detach::Detached,
 }
 
 impl CriService {
@@ -72,6 +74,7 @@ impl CriService {
             cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
             handler_features: std::collections::HashMap::new(),
             streaming: None,
+            detached: super::detach::Detached::default(),
             sandboxes: Store::default(),
             containers: Store::default(),
             images: ImageStore::default(),

@@ -21,6 +21,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::DiffError;
+use super::beneath::{Root, exactly};
 
 /// Where the changes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +45,14 @@ pub fn write_changes(changes: &Changes, out: impl Write) -> Result<(), DiffError
     };
     w.b.follow_symlinks(false);
     match changes {
-        Changes::OverlayUpper(upper) => w.overlay(upper, Path::new(""))?,
-        Changes::Walk { lower, upper } => w.walk(lower.as_deref(), upper, Path::new(""))?,
+        Changes::OverlayUpper(upper) => {
+            let root = Root::open(upper).map_err(io("open", upper))?;
+            w.overlay(&root, Path::new(""))?
+        }
+        Changes::Walk { lower, upper } => {
+            let root = Root::open(upper).map_err(io("open", upper))?;
+            w.walk(lower.as_deref(), &root, Path::new(""))?
+        }
     }
     let out = w.b.into_inner().map_err(io("finish tar", Path::new("")))?;
     drop(out);
@@ -84,7 +91,14 @@ fn opaque(path: &Path) -> bool {
     n == 1 && buf[0] == b'y'
 }
 
-fn same(a: &std::fs::Metadata, b: &std::fs::Metadata, a_path: &Path, b_path: &Path) -> bool {
+/// Whether lower entry `a` (at `a_path`) and upper entry `b` (its link target from
+/// `b_link`) are the same.
+fn same(
+    a: &std::fs::Metadata,
+    b: &std::fs::Metadata,
+    a_path: &Path,
+    b_link: impl FnOnce() -> Option<PathBuf>,
+) -> bool {
     let kind = |m: &std::fs::Metadata| m.mode() & libc::S_IFMT;
     if kind(a) != kind(b)
         || a.mode() != b.mode()
@@ -101,7 +115,7 @@ fn same(a: &std::fs::Metadata, b: &std::fs::Metadata, a_path: &Path, b_path: &Pa
         return false;
     }
     if a.file_type().is_symlink() {
-        return std::fs::read_link(a_path).ok() == std::fs::read_link(b_path).ok();
+        return std::fs::read_link(a_path).ok() == b_link();
     }
     true
 }
@@ -130,8 +144,9 @@ impl<W: Write> Writer<W> {
             .map_err(io("write whiteout", &path))
     }
 
-    /// Writes the entry at `src` (real path) under archive path `rel`.
-    fn entry(&mut self, src: &Path, rel: &Path, meta: &std::fs::Metadata) -> Result<(), DiffError> {
+    /// Writes the entry `rel` of `root` (read beneath it, never through a symlink).
+    fn entry(&mut self, root: &Root, rel: &Path, meta: &std::fs::Metadata) -> Result<(), DiffError> {
+        let src = &root.path().join(rel);
         let mut h = self.header(meta);
         let ft = meta.file_type();
         if ft.is_dir() {
@@ -155,7 +170,7 @@ impl<W: Write> Writer<W> {
         }
         if ft.is_symlink() {
             h.set_entry_type(tar::EntryType::Symlink);
-            let target = std::fs::read_link(src).map_err(io("read link", src))?;
+            let target = root.read_link(rel).map_err(io("read link", src))?;
             return self
                 .b
                 .append_link(&mut h, rel, &target)
@@ -164,8 +179,11 @@ impl<W: Write> Writer<W> {
         if ft.is_file() {
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(meta.len());
-            let f = std::fs::File::open(src).map_err(io("open", src))?;
-            return self.b.append_data(&mut h, rel, f).map_err(io("write file", src));
+            let f = root.open_file(rel, meta).map_err(io("open", src))?;
+            return self
+                .b
+                .append_data(&mut h, rel, exactly(f, meta.len()))
+                .map_err(io("write file", src));
         }
         let ty = if ft.is_fifo() {
             tar::EntryType::Fifo
@@ -188,18 +206,19 @@ impl<W: Write> Writer<W> {
             .map_err(io("write special file", src))
     }
 
-    fn overlay(&mut self, root: &Path, rel: &Path) -> Result<(), DiffError> {
-        let dir = root.join(rel);
-        for name in sorted_names(&dir)? {
+    fn overlay(&mut self, root: &Root, rel: &Path) -> Result<(), DiffError> {
+        let dir = root.path().join(rel);
+        for name in root.list(rel).map_err(io("read directory", &dir))? {
             let src = dir.join(&name);
             let r = rel.join(&name);
-            let meta = std::fs::symlink_metadata(&src).map_err(io("stat", &src))?;
+            let meta = root.lstat(&r).map_err(io("stat", &src))?;
             if meta.file_type().is_char_device() && meta.rdev() == 0 {
                 self.whiteout(rel, &name)?;
                 continue;
             }
-            self.entry(&src, &r, &meta)?;
+            self.entry(root, &r, &meta)?;
             if meta.is_dir() {
+                // By path: reads one flag, never file contents.
                 if opaque(&src) {
                     self.whiteout(&r, &OsString::from(".wh..opq"))?;
                 }
@@ -209,9 +228,9 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
-    fn walk(&mut self, lower: Option<&Path>, upper: &Path, rel: &Path) -> Result<(), DiffError> {
-        let udir = upper.join(rel);
-        let unames = sorted_names(&udir)?;
+    fn walk(&mut self, lower: Option<&Path>, upper: &Root, rel: &Path) -> Result<(), DiffError> {
+        let udir = upper.path().join(rel);
+        let unames = upper.list(rel).map_err(io("read directory", &udir))?;
         let ldir = lower.map(|l| l.join(rel));
         let lnames = match &ldir {
             Some(d) if std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()) => sorted_names(d)?,
@@ -225,17 +244,17 @@ impl<W: Write> Writer<W> {
         for name in unames {
             let src = udir.join(&name);
             let r = rel.join(&name);
-            let meta = std::fs::symlink_metadata(&src).map_err(io("stat", &src))?;
+            let meta = upper.lstat(&r).map_err(io("stat", &src))?;
             let lower_path = ldir.as_ref().map(|d| d.join(&name));
             let lmeta = lower_path
                 .as_ref()
                 .and_then(|p| std::fs::symlink_metadata(p).ok());
             let changed = match (&lmeta, &lower_path) {
-                (Some(lm), Some(lp)) => !same(lm, &meta, lp, &src),
+                (Some(lm), Some(lp)) => !same(lm, &meta, lp, || upper.read_link(&r).ok()),
                 _ => true,
             };
             if changed {
-                self.entry(&src, &r, &meta)?;
+                self.entry(upper, &r, &meta)?;
             }
             if meta.is_dir() {
                 // A dir replacing a non-dir has no lower children to compare with.

@@ -26,6 +26,7 @@
 //! [`apply_layer`] and [`write_layer`] are pure and tested on their own.
 
 mod apply;
+pub mod beneath;
 mod compare;
 pub mod plugin;
 

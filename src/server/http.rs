@@ -6,6 +6,9 @@
 //! | `/healthz`              | 200 while the process runs                                        |
 //! | `/readyz`               | 200 once plugins are initialized and the gRPC server serves, else 503 |
 //!
+//! Scrapes are bounded (server/scrape.rs): concurrent ones share a collection, too many
+//! waiting or too slow get 503.
+//!
 //! With `bearer_token_file` set, the metrics paths need `Authorization: Bearer <token>`; the
 //! health paths never do (kubelet-style probes).
 
@@ -68,7 +71,7 @@ impl Readiness {
 
 #[derive(Clone)]
 struct AppState {
-    registry: prometheus::Registry,
+    scrapes: Arc<super::scrape::Scrapes>,
     ready: Readiness,
     token: Option<Arc<str>>,
 }
@@ -120,7 +123,7 @@ pub fn serve(
         tracing::warn!(%addr, "metrics endpoint listens on a non-loopback address without authentication; set [metrics] bearer_token_file");
     }
     let state = AppState {
-        registry,
+        scrapes: Arc::new(super::scrape::Scrapes::new(registry)),
         ready,
         token: token.map(Arc::from),
     };
@@ -195,29 +198,34 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         )
             .into_response();
     }
-    // Collectors read cgroupfs and /proc synchronously: gather and encode on the blocking pool
-    // so a scrape never stalls the runtime's worker threads.
-    let registry = state.registry.clone();
-    let encoded = tokio::task::spawn_blocking(move || {
-        prometheus::TextEncoder::new().encode_to_string(&registry.gather())
-    })
-    .await;
-    let encoded = match encoded {
-        Ok(r) => r,
+    // Collectors read cgroupfs and /proc synchronously: bounded collections on the blocking
+    // pool, shared by concurrent scrapes (server/scrape.rs).
+    match state.scrapes.text().await {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            text.to_string(),
+        )
+            .into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "metrics collection task failed");
-            return (StatusCode::INTERNAL_SERVER_ERROR, "metrics collection failed\n").into_response();
-        }
-    };
-    match encoded {
-        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "encode metrics");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("encode metrics: {e}\n"),
-            )
-                .into_response()
+            use super::scrape::Refused;
+            let (status, body) = match e {
+                Refused::Busy => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many scrapes waiting\n".to_owned(),
+                ),
+                Refused::Timeout => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "metrics collection timed out\n".to_owned(),
+                ),
+                Refused::Failed(reason) => {
+                    tracing::warn!(%reason, "metrics collection failed");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("metrics collection failed: {reason}\n"),
+                    )
+                }
+            };
+            (status, body).into_response()
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod http;
 pub mod namespace;
 pub mod notify;
+pub mod scrape;
 pub mod socket;
 pub mod status;
 pub mod ttrpc;

@@ -1,6 +1,8 @@
 //! The CRI gRPC surface: [`CriApi`] implements kubelet's `RuntimeService` and
 //! `ImageService` (message limits from `[grpc]`). Each method is one line: `Instrument::call(operation, handler, the
-//! handler in server/<noun>/<rpc>.rs)`. Nothing else happens here: no conversion beyond
+//! handler in server/<noun>/<rpc>.rs)`; the calls that change state go through their
+//! `*_detached` twin (cri/detach.rs), which runs them in a task the caller cannot cut
+//! short. Nothing else happens here: no conversion beyond
 //! unwrapping the request, no error mapping (the instrument does it).
 //!
 //! ```text
@@ -86,7 +88,11 @@ impl RuntimeService for CriApi {
     ) -> Rpc<cri::RunPodSandboxResponse> {
         let h = r.get_ref().runtime_handler.clone();
         self.inst
-            .call("RunPodSandbox", &h, self.svc.run_pod_sandbox(r.into_inner()))
+            .call(
+                "RunPodSandbox",
+                &h,
+                self.svc.clone().run_pod_sandbox_detached(r.into_inner()),
+            )
             .await
     }
 
@@ -95,7 +101,11 @@ impl RuntimeService for CriApi {
         r: Request<cri::StopPodSandboxRequest>,
     ) -> Rpc<cri::StopPodSandboxResponse> {
         self.inst
-            .call("StopPodSandbox", "", self.svc.stop_pod_sandbox(r.into_inner()))
+            .call(
+                "StopPodSandbox",
+                "",
+                self.svc.clone().stop_pod_sandbox_detached(r.into_inner()),
+            )
             .await
     }
 
@@ -107,7 +117,7 @@ impl RuntimeService for CriApi {
             .call(
                 "RemovePodSandbox",
                 "",
-                self.svc.remove_pod_sandbox(r.into_inner()),
+                self.svc.clone().remove_pod_sandbox_detached(r.into_inner()),
             )
             .await
     }
@@ -153,7 +163,11 @@ impl RuntimeService for CriApi {
         r: Request<cri::CreateContainerRequest>,
     ) -> Rpc<cri::CreateContainerResponse> {
         self.inst
-            .call("CreateContainer", "", self.svc.create_container(r.into_inner()))
+            .call(
+                "CreateContainer",
+                "",
+                self.svc.clone().create_container_detached(r.into_inner()),
+            )
             .await
     }
 
@@ -162,13 +176,21 @@ impl RuntimeService for CriApi {
         r: Request<cri::StartContainerRequest>,
     ) -> Rpc<cri::StartContainerResponse> {
         self.inst
-            .call("StartContainer", "", self.svc.start_container(r.into_inner()))
+            .call(
+                "StartContainer",
+                "",
+                self.svc.clone().start_container_detached(r.into_inner()),
+            )
             .await
     }
 
     async fn stop_container(&self, r: Request<cri::StopContainerRequest>) -> Rpc<cri::StopContainerResponse> {
         self.inst
-            .call("StopContainer", "", self.svc.stop_container(r.into_inner()))
+            .call(
+                "StopContainer",
+                "",
+                self.svc.clone().stop_container_detached(r.into_inner()),
+            )
             .await
     }
 
@@ -177,7 +199,11 @@ impl RuntimeService for CriApi {
         r: Request<cri::RemoveContainerRequest>,
     ) -> Rpc<cri::RemoveContainerResponse> {
         self.inst
-            .call("RemoveContainer", "", self.svc.remove_container(r.into_inner()))
+            .call(
+                "RemoveContainer",
+                "",
+                self.svc.clone().remove_container_detached(r.into_inner()),
+            )
             .await
     }
 
@@ -462,7 +488,11 @@ impl ImageService for CriApi {
 
     async fn pull_image(&self, r: Request<cri::PullImageRequest>) -> Rpc<cri::PullImageResponse> {
         self.inst
-            .call("PullImage", "", self.svc.pull_image(r.into_inner()))
+            .call(
+                "PullImage",
+                "",
+                self.svc.clone().pull_image_detached(r.into_inner()),
+            )
             .await
     }
 

@@ -27,8 +27,7 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::{
     Capability, LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxHugepageLimit, LinuxMemory,
-    LinuxNamespaceType, LinuxResources, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
-    LinuxSeccompOperator, LinuxSyscall, Mount, Process, Root, Spec, User,
+    LinuxNamespaceType, LinuxResources, LinuxSeccomp, Mount, Process, Root, Spec, User,
 };
 use taskd_proto::cri::v1::security_profile::ProfileType;
 use taskd_proto::cri::v1::{
@@ -175,139 +174,6 @@ fn bind(dest: &str, src: &str, readonly: bool, propagation: Option<&str>) -> Mou
         .set_source(Some(src.into()))
         .set_options(Some(opts));
     m
-}
-
-/// Syscalls RuntimeDefault refuses (EPERM), as containerd's default profile does for a
-/// container without the capability guarding them. An allow-all profile with this deny
-/// list: the same effective policy for these calls, and honest about what it blocks.
-const DENY: &[(&str, &[&str])] = &[
-    (
-        "",
-        &[
-            "add_key",
-            "request_key",
-            "keyctl",
-            "kcmp",
-            "lookup_dcookie",
-            "userfaultfd",
-            "uselib",
-            "ustat",
-            "sysfs",
-            "_sysctl",
-            "nfsservctl",
-            "vm86",
-            "vm86old",
-            "get_kernel_syms",
-            "query_module",
-            "create_module",
-            "kexec_file_load",
-            "kexec_load",
-            "open_by_handle_at",
-        ],
-    ),
-    (
-        "CAP_SYS_ADMIN",
-        &[
-            "mount",
-            "umount",
-            "umount2",
-            "pivot_root",
-            "setns",
-            "unshare",
-            "swapon",
-            "swapoff",
-            "quotactl",
-            "name_to_handle_at",
-            "bpf",
-            "perf_event_open",
-            "fanotify_init",
-            "lookup_dcookie",
-        ],
-    ),
-    (
-        "CAP_SYS_MODULE",
-        &["init_module", "finit_module", "delete_module"],
-    ),
-    (
-        "CAP_SYS_TIME",
-        &[
-            "settimeofday",
-            "stime",
-            "clock_settime",
-            "clock_adjtime",
-            "adjtimex",
-        ],
-    ),
-    ("CAP_SYS_BOOT", &["reboot"]),
-    ("CAP_SYS_PACCT", &["acct"]),
-    ("CAP_SYS_RAWIO", &["ioperm", "iopl"]),
-    (
-        "CAP_SYS_PTRACE",
-        &["ptrace", "process_vm_readv", "process_vm_writev"],
-    ),
-    (
-        "CAP_SYS_NICE",
-        &["get_mempolicy", "set_mempolicy", "mbind", "move_pages"],
-    ),
-];
-
-/// The namespace flags of clone(2): CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID,
-/// NEWNET (together containerd's `0x7E020000`).
-const CLONE_NS_FLAGS: [u64; 7] = [
-    0x0002_0000,
-    0x0200_0000,
-    0x0400_0000,
-    0x0800_0000,
-    0x1000_0000,
-    0x2000_0000,
-    0x4000_0000,
-];
-
-/// The RuntimeDefault profile for a container holding `caps`.
-pub fn runtime_default_seccomp(caps: &HashSet<Capability>) -> LinuxSeccomp {
-    let mut names: Vec<String> = Vec::new();
-    for (cap, calls) in DENY {
-        let held = !cap.is_empty() && capability(cap).is_ok_and(|c| caps.contains(&c));
-        if !held {
-            names.extend(calls.iter().map(|s| s.to_string()));
-        }
-    }
-    names.sort();
-    names.dedup();
-    let errno = |names: Vec<String>, errno: i32| {
-        let mut rule = LinuxSyscall::default();
-        rule.set_names(names)
-            .set_action(LinuxSeccompAction::ScmpActErrno)
-            .set_errno_ret(Some(errno as u32));
-        rule
-    };
-    let mut rules = vec![errno(names, libc::EPERM)];
-    // clone3 without CAP_SYS_ADMIN: ENOSYS, as containerd's default profile, so glibc
-    // (>= 2.34, pthread_create) falls back to clone(2); EPERM would fail every new thread.
-    if !caps.contains(&Capability::SysAdmin) {
-        rules.push(errno(vec!["clone3".into()], libc::ENOSYS));
-        // clone(2) making namespaces is unshare(2) by another name: refused the same way
-        // (containerd allows clone only with none of these flags). One rule per flag: the
-        // flags argument masked with it equals it.
-        for flag in CLONE_NS_FLAGS {
-            // Every field is set: the builder has nothing left to refuse.
-            if let Ok(arg) = LinuxSeccompArgBuilder::default()
-                .index(0usize)
-                .value(flag)
-                .value_two(flag)
-                .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
-                .build()
-            {
-                let mut rule = errno(vec!["clone".into()], libc::EPERM);
-                rule.set_args(Some(vec![arg]));
-                rules.push(rule);
-            }
-        }
-    }
-    let mut s = LinuxSeccomp::default();
-    s.set_default_action(LinuxSeccompAction::ScmpActAllow)
-        .set_syscalls(Some(rules));
-    s
 }
 
 /// The seccomp profile a container runs under.
@@ -698,7 +564,7 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
     // Seccomp (none for a privileged container).
     let seccomp = match seccomp_choice(&sec)? {
         SeccompChoice::Unconfined => None,
-        SeccompChoice::RuntimeDefault => Some(runtime_default_seccomp(&caps)),
+        SeccompChoice::RuntimeDefault => Some(super::seccomp::runtime_default(&caps)),
         SeccompChoice::Localhost(path) => Some(inp.localhost_seccomp.clone().ok_or_else(|| {
             invalid(
                 "security_context.seccomp.localhost_ref",
@@ -827,6 +693,7 @@ mod tests {
     use super::*;
     use taskd_proto::cri::v1 as cri;
 
+    use oci_spec::runtime::LinuxSeccompAction;
     fn base(cfg: ContainerConfig) -> (ContainerConfig, PodSandboxConfig, ImageConfig) {
         (
             cfg,
@@ -1129,34 +996,14 @@ mod tests {
             linux.cgroups_path().as_ref().unwrap().display().to_string(),
             "/kubepods/podu1/c1"
         );
+        // RuntimeDefault: the deny-by-default profile (its rules: spec::seccomp's tests).
         let sc = linux.seccomp().as_ref().unwrap();
-        let denied = &sc.syscalls().as_ref().unwrap()[0];
+        assert_eq!(sc.default_action(), LinuxSeccompAction::ScmpActErrno);
         assert!(
-            denied.names().contains(&"mount".to_owned()) && denied.names().contains(&"kexec_load".to_owned())
+            sc.syscalls().as_ref().unwrap()[0]
+                .names()
+                .contains(&"read".to_owned())
         );
-        let clone3 = &sc.syscalls().as_ref().unwrap()[1];
-        assert_eq!(
-            (clone3.names().as_slice(), clone3.errno_ret()),
-            (&["clone3".to_owned()][..], Some(libc::ENOSYS as u32)),
-            "clone3 answers ENOSYS so glibc falls back to clone"
-        );
-        assert!(!denied.names().contains(&"clone3".to_owned()));
-        // clone with any namespace flag: EPERM, one rule per flag (masked equal).
-        let clone: Vec<_> = sc.syscalls().as_ref().unwrap()[2..]
-            .iter()
-            .map(|r| {
-                assert_eq!(r.names().as_slice(), &["clone".to_owned()]);
-                assert_eq!(r.errno_ret(), Some(libc::EPERM as u32));
-                let a = &r.args().as_ref().unwrap()[0];
-                assert_eq!(
-                    (a.index(), a.op(), Some(a.value())),
-                    (0, LinuxSeccompOperator::ScmpCmpMaskedEq, a.value_two())
-                );
-                a.value()
-            })
-            .collect();
-        assert_eq!(clone.iter().fold(0, |m, f| m | f), 0x7E02_0000);
-        assert_eq!(clone.len(), 7);
         let ann = spec.annotations().as_ref().unwrap();
         assert_eq!(
             (ann[a::CONTAINER_TYPE].as_str(), ann[a::SANDBOX_ID].as_str()),

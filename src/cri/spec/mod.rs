@@ -13,6 +13,7 @@
 
 pub mod container;
 pub mod sandbox;
+pub mod seccomp;
 pub mod user;
 
 use std::collections::{HashMap, HashSet};

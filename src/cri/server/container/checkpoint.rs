@@ -16,6 +16,7 @@
 //! The CRIU dump runs last, so everything else is checked even where CRIU cannot run; its
 //! failure comes back with CRIU's own error (FailedPrecondition) and nothing is written.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use taskd_proto::cri::v1::{CheckpointContainerRequest, CheckpointContainerResponse};
@@ -57,7 +58,12 @@ fn write_archive(stage: &Path, location: &Path) -> std::io::Result<()> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let result = (|| {
-        let f = std::fs::File::create(&tmp)?;
+        // New (O_EXCL) and 0600: the archive holds the container's memory and files.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         let mut b = tar::Builder::new(std::io::BufWriter::new(f));
         b.follow_symlinks(false);
         b.append_dir_all(".", stage)?;
