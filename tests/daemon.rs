@@ -714,3 +714,23 @@ fn sighup_reloads_the_metrics_token_names_restart_keys_and_rejects_a_bad_file() 
     assert_eq!(d.http("/v1/metrics", Some("second-secret")).0, 200);
     assert!(d.http("/healthz", None).0 == 200, "still serving");
 }
+
+/// containerd's `registry.config_path` (its hosts.toml directory) becomes the images
+/// service's `config_path`, which `taskd config check` accepts.
+#[test]
+fn config_migrate_maps_the_registry_config_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.d");
+    std::fs::create_dir(&certs).unwrap();
+    let text = format!(
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = {:?}\n",
+        certs.display().to_string()
+    );
+    let m = migrate_and_check(dir.path(), "config_path", &text);
+    let cfg: toml::Table = m.parse().unwrap();
+    assert_eq!(
+        cfg["plugins"]["io.containerd.service.v1.images-service"]["config_path"].as_str(),
+        Some(certs.to_str().unwrap()),
+        "{m}"
+    );
+}

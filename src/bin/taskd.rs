@@ -467,15 +467,17 @@ fn reload(
         let old: taskd::images::pull::PullConfig = plugin_table(running, IMAGES_PLUGIN).unwrap_or_default();
         // The images service's registry hosts config, replaced in one call (the next pull
         // uses it).
-        puller.set_registries(pull.registries.clone());
+        puller.replace_hosts(pull.hosts());
         applied.push(format!("plugins.\"{IMAGES_PLUGIN}\".registries"));
+        applied.push(format!("plugins.\"{IMAGES_PLUGIN}\".config_path"));
         let rest = taskd::images::pull::PullConfig {
             registries: old.registries.clone(),
+            config_path: old.config_path.clone(),
             ..pull
         };
         if rest != old {
             not_live.push(format!(
-                "plugins.\"{IMAGES_PLUGIN}\" (keys other than registries)"
+                "plugins.\"{IMAGES_PLUGIN}\" (keys other than registries and config_path)"
             ));
         }
     }

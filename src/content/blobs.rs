@@ -30,6 +30,10 @@ struct IngestMeta {
     total: i64,
     /// Nanoseconds since the Unix epoch.
     started_at: u128,
+    /// The lease that held it when it was opened ("" = none): once that lease is gone, the
+    /// garbage collector removes the ingest.
+    #[serde(default)]
+    lease: String,
 }
 
 fn to_nanos(t: SystemTime) -> u128 {
@@ -108,6 +112,7 @@ impl Blobs {
         r: &str,
         total: i64,
         expected: &str,
+        lease: Option<&str>,
     ) -> Result<Ingest, ContentError> {
         let dir = self.ingest_dir(namespace, r);
         let data = dir.join("data");
@@ -122,6 +127,7 @@ impl Blobs {
                     expected: String::new(),
                     total: 0,
                     started_at: to_nanos(SystemTime::now()),
+                    lease: String::new(),
                 }
             }
         };
@@ -130,6 +136,9 @@ impl Blobs {
         }
         if !expected.is_empty() {
             meta.expected = expected.to_owned();
+        }
+        if let Some(l) = lease {
+            meta.lease = l.to_owned();
         }
         write_meta(&meta_path, &meta)?;
         let mut file = OpenOptions::new()
@@ -183,6 +192,21 @@ impl Blobs {
                 Ok(Some(s)) => out.push(s),
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "skipping unreadable ingest"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every ingest opened under a lease: (namespace, ref, lease).
+    pub fn leased_ingests(&self) -> Result<Vec<(String, String, String)>, ContentError> {
+        let dir = self.root.join("ingest");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|e| ContentError::io("list ingests", &dir, e))? {
+            let e = e.map_err(|e| ContentError::io("list ingests", &dir, e))?;
+            if let Ok(Some(m)) = read_meta(&e.path().join("meta.json"))
+                && !m.lease.is_empty()
+            {
+                out.push((m.namespace, m.r#ref, m.lease));
             }
         }
         Ok(out)

@@ -387,7 +387,7 @@ impl Store {
         }
         let mode = Mode::Ingest(Box::new(
             self.blobs
-                .open_ingest(namespace, r, total, expected)
+                .open_ingest(namespace, r, total, expected, lease)
                 .map_err(unlock)?,
         ));
         Ok(Writer {
@@ -450,6 +450,31 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// Removes the ingests whose lease is gone (`live(namespace, lease)` is false) and that no
+    /// writer holds; returns their (namespace, ref). The garbage collector calls it, so a
+    /// pull that failed or whose lease expired leaves no partial download behind.
+    pub fn remove_unleased_ingests(
+        &self,
+        live: impl Fn(&str, &str) -> bool,
+    ) -> Result<Vec<(String, String)>, ContentError> {
+        let mut removed = Vec::new();
+        for (ns, r, lease) in self.blobs.leased_ingests()? {
+            if live(&ns, &lease) {
+                continue;
+            }
+            // Held under the writer locks' mutex: no writer can open it meanwhile.
+            let locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            if locks.contains(&(ns.clone(), r.clone())) {
+                continue;
+            }
+            if self.blobs.remove_ingest(&ns, &r)? {
+                removed.push((ns, r));
+            }
+            drop(locks);
+        }
+        Ok(removed)
     }
 
     /// Adds the namespace's row for a verified blob (and the lease resource) in one

@@ -42,7 +42,9 @@ use super::task_runtime::RootfsProvider;
 use super::{CriError, NAMESPACE, reference};
 use crate::content::{self, LABEL_GC_REF_SNAPSHOT};
 use crate::errdefs::{ErrorKind, Kind, not_found_ok};
-use crate::images::pull::{MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX, Puller};
+use crate::images::oci::Manifest as JsonManifest;
+use crate::images::platform::Matcher;
+use crate::images::pull::{PullAuth, Puller};
 use crate::images::unpack::chain_ids;
 use crate::images::{Descriptor, Image};
 use crate::metadata::{LABEL_GC_EXPIRE, LeaseManager, LeaseResource};
@@ -57,37 +59,6 @@ pub const MAX_USER_FILE: u64 = 4 << 20;
 /// How long the lease that protects a fresh container snapshot (or a view, or an unpack)
 /// lives when nobody deletes it.
 const LEASE_TTL: Duration = Duration::from_secs(3600);
-
-#[derive(Debug, Deserialize, Default)]
-struct JsonDescriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    size: i64,
-    #[serde(default)]
-    platform: Option<JsonPlatform>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-struct JsonPlatform {
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    os: String,
-}
-
-#[derive(Debug, Deserialize, Default)]
-struct JsonManifest {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    #[serde(default)]
-    config: Option<JsonDescriptor>,
-    #[serde(default)]
-    layers: Vec<JsonDescriptor>,
-    #[serde(default)]
-    manifests: Vec<JsonDescriptor>,
-}
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
@@ -219,8 +190,12 @@ impl ImageSide {
         if let Some(r) = lock(&self.resolved).get(&target.digest) {
             return Ok(r.clone());
         }
-        let (store, t) = (self.content.clone(), target.clone());
-        let r = tokio::task::spawn_blocking(move || resolve_blocking(&store, &t))
+        let (store, t, m) = (
+            self.content.clone(),
+            target.clone(),
+            self.puller.matcher().clone(),
+        );
+        let r = tokio::task::spawn_blocking(move || resolve_blocking(&store, &t, &m))
             .await
             .map_err(|e| precondition("resolve image", e.to_string()))??;
         let r = Arc::new(r);
@@ -427,27 +402,31 @@ fn read_json<T: serde::de::DeserializeOwned>(
     Ok((bytes, v))
 }
 
-fn resolve_blocking(store: &content::Store, target: &Descriptor) -> Result<Resolved, CriError> {
+fn resolve_blocking(
+    store: &content::Store,
+    target: &Descriptor,
+    matcher: &Matcher,
+) -> Result<Resolved, CriError> {
     let (top_bytes, top): (_, JsonManifest) = read_json(store, &target.digest, "manifest")?;
-    let is_index = !top.manifests.is_empty()
-        || [MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST].contains(&top.media_type.as_str())
-        || [MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST].contains(&target.media_type.as_str());
     let mut size = top_bytes.len() as u64;
-    let manifest = if is_index {
-        // The linux/amd64 manifest this namespace holds.
-        let chosen = top
+    let manifest = if top.is_index(&target.media_type) {
+        // The best platform's manifest this namespace holds.
+        let held: Vec<_> = top
             .manifests
             .iter()
-            .filter(|m| {
-                m.platform
-                    .as_ref()
-                    .is_none_or(|p| p.os == "linux" && p.architecture == "amd64")
-            })
-            .find(|m| store.info(NAMESPACE, &m.digest).is_ok())
+            .filter(|m| store.info(NAMESPACE, &m.digest).is_ok())
+            .collect();
+        let chosen = matcher
+            .best(held.iter().map(|m| m.platform.as_ref()))
+            .map(|i| held[i])
             .ok_or_else(|| {
                 precondition(
                     format!("image index {}", target.digest),
-                    "holds no linux/amd64 manifest in the content store",
+                    format!(
+                        "holds no manifest for {} in the content store (the index lists: {})",
+                        matcher.describe(),
+                        top.platforms()
+                    ),
                 )
             })?;
         let (bytes, m): (_, JsonManifest) = read_json(store, &chosen.digest, "manifest")?;
@@ -456,6 +435,9 @@ fn resolve_blocking(store: &content::Store, target: &Descriptor) -> Result<Resol
     } else {
         top
     };
+    let blobs = manifest
+        .check()
+        .map_err(|reason| precondition(format!("manifest of {}", target.digest), reason))?;
     let config = manifest
         .config
         .ok_or_else(|| precondition(format!("manifest of {}", target.digest), "has no config"))?;
@@ -470,8 +452,12 @@ fn resolve_blocking(store: &content::Store, target: &Descriptor) -> Result<Resol
             ),
         ));
     }
-    size += config_bytes.len() as u64;
-    size += manifest.layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
+    // The config's declared size is in `blobs`; what it holds is what counts.
+    let size = size
+        .checked_add(blobs)
+        .and_then(|s| s.checked_sub(config.size.max(0) as u64))
+        .and_then(|s| s.checked_add(config_bytes.len() as u64))
+        .ok_or_else(|| precondition(format!("image {}", target.digest), "its size overflows"))?;
     let c = cfg.config;
     Ok(Resolved {
         config_digest: config.digest,
@@ -589,7 +575,10 @@ fn read_in_root(root: &Path, path: &str) -> Result<Option<String>, CriError> {
 impl ImageBackend for ImageSide {
     async fn pull(&self, reference: &str, auth: Option<Auth>) -> Result<BackendImage, CriError> {
         let auth = match auth {
-            Some(a) => registry_auth(&a)?,
+            Some(a) => registry_auth(&a)?.map(|auth| PullAuth {
+                auth,
+                server_address: a.server_address.clone(),
+            }),
             None => None,
         };
         let img = self
@@ -803,6 +792,7 @@ impl RootfsProvider for ImageSide {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::oci::MEDIA_OCI_INDEX;
 
     #[test]
     fn auth_forms() {
@@ -846,6 +836,10 @@ mod tests {
         w.commit(data.len() as i64, &d, BTreeMap::new()).unwrap()
     }
 
+    fn amd64() -> Matcher {
+        Matcher::from_config(&["linux/amd64".parse().unwrap()])
+    }
+
     fn target(media_type: &str, digest: &str) -> Descriptor {
         Descriptor {
             media_type: media_type.into(),
@@ -884,7 +878,7 @@ mod tests {
         })
         .to_string();
         let index_digest = put(&store, index.as_bytes());
-        let r = resolve_blocking(&store, &target(MEDIA_OCI_INDEX, &index_digest)).unwrap();
+        let r = resolve_blocking(&store, &target(MEDIA_OCI_INDEX, &index_digest), &amd64()).unwrap();
         assert_eq!(r.config_digest, config_digest);
         assert_eq!(
             r.config,
@@ -907,17 +901,17 @@ mod tests {
             {"digest": manifest_digest, "size": 1, "platform": {"os": "linux", "architecture": "arm64"}}]})
         .to_string();
         let d = put(&store, only_arm.as_bytes());
-        let e = resolve_blocking(&store, &target(MEDIA_OCI_INDEX, &d)).unwrap_err();
+        let e = resolve_blocking(&store, &target(MEDIA_OCI_INDEX, &d), &amd64()).unwrap_err();
         assert_eq!(e.kind(), Kind::FailedPrecondition, "{e}");
-        let e = resolve_blocking(&store, &target("", &diff('f'))).unwrap_err();
+        let e = resolve_blocking(&store, &target("", &diff('f')), &amd64()).unwrap_err();
         assert_eq!(e.kind(), Kind::NotFound, "{e}");
         let short =
             serde_json::json!({"config": {"digest": config_digest, "size": 1}, "layers": []}).to_string();
         let d = put(&store, short.as_bytes());
-        let e = resolve_blocking(&store, &target("", &d)).unwrap_err();
+        let e = resolve_blocking(&store, &target("", &d), &amd64()).unwrap_err();
         assert_eq!(e.kind(), Kind::FailedPrecondition, "{e}");
         let d = put(&store, b"{not json");
-        let e = resolve_blocking(&store, &target("", &d)).unwrap_err();
+        let e = resolve_blocking(&store, &target("", &d), &amd64()).unwrap_err();
         assert_eq!(e.kind(), Kind::FailedPrecondition, "{e}");
     }
 

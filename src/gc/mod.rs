@@ -14,9 +14,9 @@
 //! snapshot ──the same two labels────────────────────────────────────────────▶ content / snapshot
 //! ```
 //! Everything not reached is swept: content rows (and a blob file once no namespace holds
-//! it), then unreached snapshots leaf first. In-progress ingests are never swept: a
-//! client's write is protected by its lock and, across restarts, by the lease that holds
-//! `ingests/<ref>`.
+//! it), then unreached snapshots leaf first. Ingests: one opened under a lease (a pull's
+//! downloads) is removed once that lease is gone (deleted or expired) and no writer holds
+//! it; one opened without a lease is never swept (a client's write, protected by its lock).
 //!
 //! Consistency: the mark runs first in read transactions; only when it finds garbage is
 //! it repeated inside one write transaction (redb serializes writers, so nothing can gain a
@@ -129,11 +129,16 @@ pub struct Report {
     pub blobs: Vec<String>,
     /// (namespace, snapshotter, key) removed.
     pub snapshots: Vec<(String, String, String)>,
+    /// (namespace, ref) of partial downloads removed (their lease was gone).
+    pub ingests: Vec<(String, String)>,
 }
 
 impl Report {
     pub fn is_empty(&self) -> bool {
-        self.content.is_empty() && self.blobs.is_empty() && self.snapshots.is_empty()
+        self.content.is_empty()
+            && self.blobs.is_empty()
+            && self.snapshots.is_empty()
+            && self.ingests.is_empty()
     }
 }
 
@@ -237,6 +242,17 @@ impl Collector {
         self.wake.notified().await
     }
 
+    /// Removes the ingests whose lease is gone (a failed or expired pull's downloads).
+    fn unleased_ingests(&self) -> Result<Vec<(String, String)>, GcError> {
+        // A lease listing that fails keeps the ingest.
+        let live = |ns: &str, lease: &str| {
+            LeaseManager::list(&*self.db, ns, &[])
+                .map(|v| v.iter().any(|l| l.id == lease))
+                .unwrap_or(true)
+        };
+        Ok(self.content.remove_unleased_ingests(live)?)
+    }
+
     /// Runs a collection on tokio's blocking pool.
     pub async fn collect_async(self: &Arc<Self>) -> Result<Report, GcError> {
         let me = self.clone();
@@ -265,11 +281,18 @@ impl Collector {
             self.garbage(&nss)
         };
         let orphans = self.orphan_blobs()?;
+        let ingests = self.unleased_ingests()?;
         if garbage.is_empty() && orphans.is_empty() {
-            return Ok(Report::default());
+            return Ok(Report {
+                ingests,
+                ..Default::default()
+            });
         }
         // Phase 2: mark again and sweep content inside one write transaction.
-        let mut report = Report::default();
+        let mut report = Report {
+            ingests,
+            ..Default::default()
+        };
         let snapshot_garbage;
         {
             let _files = self.content.files_lock();

@@ -12,7 +12,10 @@
 //! most [`MAX_NAME`] bytes. Every mutation is one redb write transaction.
 
 pub mod hosts;
+pub mod oci;
+pub mod platform;
 pub mod pull;
+pub mod registry;
 pub mod unpack;
 
 use std::collections::BTreeMap;

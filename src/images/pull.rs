@@ -1,42 +1,55 @@
 //! Server-side pull (what the CRI adapter's PullImage uses): resolve a reference against the
-//! registry's endpoints (`hosts.rs`: mirrors in order, then the registry), fetch the
-//! manifest (an index resolves to linux/amd64), write config and layers into the content
-//! store under a temporary lease, record the image.
+//! registry's endpoints (`hosts.rs`: mirrors in order, then the registry; `registry.rs`:
+//! the HTTP client), fetch the manifest (an index resolves to the platform the matcher of
+//! `platform.rs` prefers), write config and layers into the content store under a temporary
+//! lease, record the image.
 //!
 //! ```text
 //! pull(ns, "127.0.0.1:5000/busybox:latest")
+//!   endpoints(registry)                       read per pull (hosts.toml edits apply at once)
+//!   tag: first endpoint with `resolve` that serves the manifest; digest: with `pull`
+//!     manifest (≤ max_manifest_bytes, read through a size-checked stream), sha256 checked
+//!     index → the best platform's manifest (≤ its declared size and max_manifest_bytes)
+//!     no accepted platform → NotFound naming the wanted and the listed platforms
+//!   descriptors checked: sizes ≥ 0, one size per digest, checked sum; config ≤
+//!     max_config_bytes
 //!   lease pull-<id> (expires in 1h)          protects everything written until the image exists
-//!   for endpoint in endpoints(registry):      first endpoint that serves the manifest wins
-//!     manifest (or index → linux/amd64 manifest), sha256 checked against what was asked
-//!   layers, config: buffer_unordered(max_concurrent_downloads)
+//!   layers, config: buffer_unordered(max_concurrent_downloads), each distinct digest once,
+//!     from the endpoints with `pull` (the resolving one first)
 //!     present in the namespace → skipped; present in another namespace → adopted (no fetch)
 //!     else streamed into a content writer (expected digest + size: verified on commit),
-//!     each chunk within progress_timeout; a ref held by a concurrent pull → wait, then skip
+//!     a stream passing the declared size is cut off at once, each chunk within
+//!     progress_timeout; a ref held by a concurrent pull → wait, then skip;
+//!     a failed pull aborts every ingest its lease holds (also those of fetches dropped
+//!     when another failed)
 //!   manifest (+ index) with containerd's gc.ref.content labels; image created or updated
 //!   lease deleted
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::manifest::OciDescriptor;
+use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 
-use super::hosts::{Endpoint, RegistryConfig, endpoints};
+use super::hosts::{HostsConfig, HostsError, RegistryConfig, endpoints};
+use super::oci::{JsonDescriptor, Manifest as JsonManifest};
+pub use super::oci::{MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
+use super::platform::{Matcher, PlatformError, PlatformSpec};
+use super::registry::{RegistryError, Remote};
 use super::{Descriptor, Image, ImageError, Store};
 use crate::content::{self, ContentError, LABEL_GC_REF_CONTENT};
 use crate::errdefs::{ErrorKind, Kind};
 use crate::metadata::{LABEL_GC_EXPIRE, LeaseManager};
 
-pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// The default cap of a manifest or index.
+pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// The default cap of an image config.
+pub const DEFAULT_MAX_CONFIG_BYTES: u64 = 8 << 20;
 
 /// Pull settings (part of the images service's config table).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +61,15 @@ pub struct PullConfig {
     pub progress_timeout_ms: u64,
     /// Per registry (`docker.io`, `registry.k8s.io`, `127.0.0.1:5000`): mirrors, TLS, auth.
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// A containerd `certs.d`-style directory of `<host>/hosts.toml` (see `hosts.rs`).
+    pub config_path: Option<PathBuf>,
+    /// The platforms pulls accept, in order (`linux/amd64`, `linux/arm64/v8`); empty = the
+    /// host's.
+    pub platforms: Vec<PlatformSpec>,
+    /// The largest manifest or index read from a registry, in bytes.
+    pub max_manifest_bytes: u64,
+    /// The largest image config fetched, in bytes.
+    pub max_config_bytes: u64,
     /// The snapshotter pulled images are unpacked into (`overlayfs`; when it is not loaded,
     /// the first loaded one); empty = do not unpack.
     pub snapshotter: String,
@@ -59,9 +81,36 @@ impl Default for PullConfig {
             max_concurrent_downloads: 3,
             progress_timeout_ms: 5 * 60 * 1000,
             registries: BTreeMap::new(),
+            config_path: None,
+            platforms: Vec::new(),
+            max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
+            max_config_bytes: DEFAULT_MAX_CONFIG_BYTES,
             snapshotter: "overlayfs".into(),
         }
     }
+}
+
+impl PullConfig {
+    /// The platform matcher the config asks for.
+    pub fn matcher(&self) -> Matcher {
+        Matcher::from_config(&self.platforms)
+    }
+
+    /// The registry part (what `Puller::replace_hosts` takes).
+    pub fn hosts(&self) -> HostsConfig {
+        HostsConfig {
+            registries: self.registries.clone(),
+            config_path: self.config_path.clone(),
+        }
+    }
+}
+
+/// Credentials for one pull (a CRI PullImage's auth).
+#[derive(Debug, Clone)]
+pub struct PullAuth {
+    pub auth: RegistryAuth,
+    /// The registry they are for (`server_address`); empty = the image's registry.
+    pub server_address: String,
 }
 
 /// Errors of a pull.
@@ -69,11 +118,10 @@ impl Default for PullConfig {
 pub enum PullError {
     #[error("image reference {reference:?}: {reason}")]
     InvalidReference { reference: String, reason: String },
-    #[error("pull {reference} from {endpoint}: {source}")]
+    #[error("pull {reference} from {source}")]
     Registry {
         reference: String,
-        endpoint: String,
-        source: Box<oci_client::errors::OciDistributionError>,
+        source: Box<RegistryError>,
     },
     #[error("pull {reference}: {what} {digest}: registry sent content with digest {actual}")]
     DigestMismatch {
@@ -82,8 +130,12 @@ pub enum PullError {
         digest: String,
         actual: String,
     },
-    #[error("pull {reference}: no linux/amd64 manifest in the index")]
-    NoPlatform { reference: String },
+    #[error("pull {reference}: no manifest for {wanted} in the index (it has: {available})")]
+    NoPlatform {
+        reference: String,
+        wanted: String,
+        available: String,
+    },
     #[error("pull {reference}: unsupported manifest media type {media_type:?}")]
     UnsupportedMediaType { reference: String, media_type: String },
     #[error("pull {reference}: malformed {what}: {source}")]
@@ -92,22 +144,21 @@ pub enum PullError {
         what: &'static str,
         source: serde_json::Error,
     },
+    #[error("pull {reference}: bad descriptors: {reason}")]
+    BadDescriptor { reference: String, reason: String },
+    #[error("pull {reference}: {what} {digest} declares {size} bytes, more than the limit of {limit}")]
+    TooLarge {
+        reference: String,
+        what: &'static str,
+        digest: String,
+        size: i64,
+        limit: u64,
+    },
     #[error("pull {reference}: no data for blob {digest} within {timeout:?}")]
     ProgressTimeout {
         reference: String,
         digest: String,
         timeout: Duration,
-    },
-    #[error("pull {reference}: read blob {digest}: {source}")]
-    Read {
-        reference: String,
-        digest: String,
-        source: std::io::Error,
-    },
-    #[error("registry CA file {path}: {source}")]
-    CaFile {
-        path: std::path::PathBuf,
-        source: std::io::Error,
     },
     #[error("pull {reference}: {layers} layers but {diff_ids} diff_ids in the config")]
     LayerCount {
@@ -115,6 +166,10 @@ pub enum PullError {
         layers: usize,
         diff_ids: usize,
     },
+    #[error(transparent)]
+    Hosts(#[from] HostsError),
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
     #[error(transparent)]
     Snapshot(#[from] crate::snapshots::SnapshotError),
     #[error(transparent)]
@@ -131,19 +186,17 @@ impl ErrorKind for PullError {
     fn kind(&self) -> Kind {
         match self {
             PullError::InvalidReference { .. } => Kind::InvalidArgument,
-            PullError::Registry { source, .. } => match source.as_ref() {
-                oci_client::errors::OciDistributionError::ImageManifestNotFoundError(_) => Kind::NotFound,
-                oci_client::errors::OciDistributionError::AuthenticationFailure(_)
-                | oci_client::errors::OciDistributionError::UnauthorizedError { .. } => Kind::Unauthenticated,
-                _ => Kind::Unavailable,
-            },
+            PullError::Registry { source, .. } => source.kind(),
             PullError::DigestMismatch { .. } => Kind::DataLoss,
             PullError::NoPlatform { .. } => Kind::NotFound,
-            PullError::UnsupportedMediaType { .. } | PullError::Malformed { .. } => Kind::FailedPrecondition,
+            PullError::UnsupportedMediaType { .. }
+            | PullError::Malformed { .. }
+            | PullError::BadDescriptor { .. }
+            | PullError::TooLarge { .. } => Kind::FailedPrecondition,
             PullError::ProgressTimeout { .. } => Kind::DeadlineExceeded,
-            PullError::Read { .. } => Kind::Unavailable,
-            PullError::CaFile { .. } => Kind::FailedPrecondition,
             PullError::LayerCount { .. } => Kind::FailedPrecondition,
+            PullError::Hosts(e) => e.kind(),
+            PullError::Platform(e) => e.kind(),
             PullError::Snapshot(e) => e.kind(),
             PullError::Diff(e) => e.kind(),
             PullError::Content(e) => e.kind(),
@@ -153,59 +206,34 @@ impl ErrorKind for PullError {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct JsonDescriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: i64,
-    #[serde(default)]
-    platform: Option<JsonPlatform>,
-}
-
-#[derive(Debug, Deserialize)]
-struct JsonPlatform {
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    os: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct JsonManifest {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    #[serde(default)]
-    config: Option<JsonDescriptor>,
-    #[serde(default)]
-    layers: Vec<JsonDescriptor>,
-    #[serde(default)]
-    manifests: Vec<JsonDescriptor>,
-}
-
 /// Pulls images into the content and image stores.
 pub struct Puller {
     content: Arc<content::Store>,
     images: Arc<Store>,
     leases: Arc<dyn LeaseManager>,
     config: PullConfig,
-    /// `config.registries`, replaceable at run time ([`Puller::set_registries`], SIGHUP).
-    registries: std::sync::RwLock<Arc<BTreeMap<String, RegistryConfig>>>,
+    /// Registries and `config_path`: replaceable while running ([`Puller::replace_hosts`]).
+    hosts: RwLock<Arc<HostsConfig>>,
+    matcher: Matcher,
     unpacker: Option<super::unpack::Unpacker>,
 }
 
-/// One endpoint, ready to use.
-struct Remote {
-    client: Client,
-    auth: RegistryAuth,
-    host: String,
+/// The endpoints of one pull: `fetch` serve content by digest, in order.
+struct Remotes {
     repository: String,
+    fetch: Vec<Arc<Remote>>,
 }
 
-impl Remote {
-    fn by_digest(&self, digest: &str) -> Reference {
-        Reference::with_digest(self.host.clone(), self.repository.clone(), digest.to_owned())
-    }
+/// Whether credentials meant for `server_address` may go to `registry`'s endpoint `host`.
+fn auth_applies(server_address: &str, registry: &str, host: &str) -> bool {
+    let s = server_address
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let docker = |h: &str| matches!(h, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+    s.is_empty() || s == registry || s == host || (docker(s) && docker(registry))
 }
 
 impl Puller {
@@ -215,20 +243,16 @@ impl Puller {
         leases: Arc<dyn LeaseManager>,
         config: PullConfig,
     ) -> Puller {
+        let matcher = config.matcher();
         Puller {
             content,
             images,
             leases,
-            registries: std::sync::RwLock::new(Arc::new(config.registries.clone())),
+            hosts: RwLock::new(Arc::new(config.hosts())),
             config,
+            matcher,
             unpacker: None,
         }
-    }
-
-    /// Replaces the registry hosts config; the next pull uses it (a pull under way keeps the
-    /// one it started with).
-    pub fn set_registries(&self, registries: BTreeMap<String, RegistryConfig>) {
-        *self.registries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registries);
     }
 
     /// Unpacks every pulled image with `unpacker` (into its snapshotter).
@@ -242,47 +266,20 @@ impl Puller {
         self.unpacker.as_ref()
     }
 
-    fn remote(
-        &self,
-        e: &Endpoint,
-        repository: &str,
-        auth: Option<&RegistryAuth>,
-    ) -> Result<Remote, PullError> {
-        let mut extra = Vec::new();
-        if let Some(path) = &e.ca_file {
-            let data = std::fs::read(path).map_err(|source| PullError::CaFile {
-                path: path.clone(),
-                source,
-            })?;
-            extra.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data,
-            });
-        }
-        let config = ClientConfig {
-            protocol: if e.plain_http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            accept_invalid_certificates: e.skip_verify,
-            extra_root_certificates: extra,
-            max_concurrent_download: self.config.max_concurrent_downloads.max(1),
-            ..Default::default()
-        };
-        let auth = if let Some(a) = auth {
-            a.clone()
-        } else if e.username.is_empty() {
-            RegistryAuth::Anonymous
-        } else {
-            RegistryAuth::Basic(e.username.clone(), e.password.clone())
-        };
-        Ok(Remote {
-            client: Client::new(config),
-            auth,
-            host: e.host.clone(),
-            repository: repository.to_owned(),
-        })
+    /// The platforms pulls accept.
+    pub fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+
+    /// The registry config pulls use now.
+    pub fn hosts(&self) -> Arc<HostsConfig> {
+        self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the registry config (`registries`, `config_path`) for the pulls that start
+    /// from now on (a reload).
+    pub fn replace_hosts(&self, hosts: HostsConfig) {
+        *self.hosts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hosts);
     }
 
     /// Pulls `reference` into `namespace`; returns the image record.
@@ -291,12 +288,13 @@ impl Puller {
     }
 
     /// [`Puller::pull`] with credentials for this call (e.g. from a CRI PullImage request);
-    /// they replace the configured `username`/`password` of every endpoint tried.
+    /// they replace the configured `username`/`password`, and go only to the endpoints that
+    /// may receive them (see `hosts.rs`).
     pub async fn pull_with_auth(
         &self,
         namespace: &str,
         reference: &str,
-        auth: Option<RegistryAuth>,
+        auth: Option<PullAuth>,
     ) -> Result<Image, PullError> {
         let parsed: Reference =
             reference
@@ -314,44 +312,54 @@ impl Puller {
             MEDIA_DOCKER_LIST,
             MEDIA_DOCKER_MANIFEST,
         ];
+        let registry_err = |source: RegistryError| PullError::Registry {
+            reference: name.clone(),
+            source: Box::new(source),
+        };
 
-        // The first endpoint that serves the manifest is used for everything.
+        let mut remotes = Vec::new();
+        for e in endpoints(&self.hosts(), &registry)? {
+            let creds = auth
+                .as_ref()
+                .filter(|a| auth_applies(&a.server_address, &registry, &e.host))
+                .map(|a| a.auth.clone());
+            remotes.push(Arc::new(Remote::new(e, creds).map_err(registry_err)?));
+        }
+        // A tag is resolved by endpoints with `resolve`, a digest fetched from ones with `pull`.
+        let (at, by_digest) = match (parsed.digest(), parsed.tag()) {
+            (Some(d), _) => (d.to_owned(), true),
+            (None, tag) => (tag.unwrap_or("latest").to_owned(), false),
+        };
         let mut last_err = None;
         let mut found = None;
-        let registries = self.registries.read().unwrap_or_else(|p| p.into_inner()).clone();
-        for e in endpoints(&registries, &registry) {
-            let remote = self.remote(&e, &repository, auth.as_ref())?;
-            let at = match (parsed.digest(), parsed.tag()) {
-                (Some(d), _) => remote.by_digest(d),
-                (None, tag) => Reference::with_tag(
-                    remote.host.clone(),
-                    repository.clone(),
-                    tag.unwrap_or("latest").to_owned(),
-                ),
+        for r in &remotes {
+            let capable = if by_digest {
+                r.endpoint.pull
+            } else {
+                r.endpoint.resolve
             };
-            match remote
-                .client
-                .pull_manifest_raw(&at, &remote.auth, &accepted)
+            if !capable {
+                continue;
+            }
+            match r
+                .manifest(&repository, &at, &accepted, self.config.max_manifest_bytes)
                 .await
             {
                 Ok((bytes, _)) => {
-                    found = Some((remote, bytes));
+                    found = Some((r.clone(), bytes));
                     break;
                 }
+                Err(e) if e.is_over_limit() => return Err(registry_err(e)),
                 Err(source) => {
-                    tracing::debug!(endpoint = %e.host, error = %source, "pull: endpoint failed");
-                    last_err = Some(PullError::Registry {
-                        reference: name.clone(),
-                        endpoint: e.host.clone(),
-                        source: Box::new(source),
-                    });
+                    tracing::debug!(endpoint = %r.endpoint.host, error = %source, "pull: endpoint failed");
+                    last_err = Some(registry_err(source));
                 }
             }
         }
-        let Some((remote, top)) = found else {
+        let Some((resolver, top)) = found else {
             return Err(last_err.unwrap_or_else(|| PullError::InvalidReference {
                 reference: name.clone(),
-                reason: "no endpoint".into(),
+                reason: format!("no endpoint of {registry} may resolve it"),
             }));
         };
         let top_digest = content::digest_of(&top);
@@ -370,9 +378,18 @@ impl Puller {
             what: "manifest",
             source,
         })?;
-        let is_index = !top_json.manifests.is_empty()
-            || top_json.media_type == MEDIA_OCI_INDEX
-            || top_json.media_type == MEDIA_DOCKER_LIST;
+        let is_index = top_json.is_index("");
+        let mut fetch: Vec<Arc<Remote>> = Vec::new();
+        if resolver.endpoint.pull {
+            fetch.push(resolver.clone());
+        }
+        fetch.extend(
+            remotes
+                .iter()
+                .filter(|r| r.endpoint.pull && !Arc::ptr_eq(r, &resolver))
+                .cloned(),
+        );
+        let remotes = Remotes { repository, fetch };
 
         // A lease protects everything written until the image record exists.
         let lease = format!("pull-{}", crate::services::leases::random_id());
@@ -386,8 +403,11 @@ impl Puller {
             .await?;
         }
         let result = self
-            .pull_leased(namespace, &name, &remote, top, top_json, is_index, &lease)
+            .pull_leased(namespace, &name, &remotes, top, top_json, is_index, &lease)
             .await;
+        if result.is_err() {
+            self.abort_ingests(namespace, &lease).await;
+        }
         let (l, ns, id) = (self.leases.clone(), namespace.to_owned(), lease);
         if let Err(error) = crate::metadata::blocking("delete pull lease", move || l.delete(&ns, &id)).await {
             tracing::warn!(%error, "pull: lease not deleted (it expires)");
@@ -395,12 +415,92 @@ impl Puller {
         result
     }
 
+    /// Removes the partial downloads a failed pull leaves: every ingest its lease holds
+    /// (fetches still running when another failed were dropped without cleaning up). An
+    /// ingest a writer still holds is retried briefly, then left to the GC (its lease goes).
+    async fn abort_ingests(&self, namespace: &str, lease: &str) {
+        let (l, ns, id) = (self.leases.clone(), namespace.to_owned(), lease.to_owned());
+        let refs =
+            match crate::metadata::blocking("list pull ingests", move || l.list_resources(&ns, &id)).await {
+                Ok(rs) => rs
+                    .into_iter()
+                    .filter(|r| r.r#type == "ingests")
+                    .map(|r| r.id)
+                    .collect::<Vec<_>>(),
+                Err(error) => {
+                    tracing::warn!(%error, "pull: ingests of a failed pull not listed (the GC removes them)");
+                    return;
+                }
+            };
+        for r in refs {
+            for _ in 0..20 {
+                let (store, ns, rr) = (self.content.clone(), namespace.to_owned(), r.clone());
+                match content::blocking("abort pull ingest", move || store.abort(&ns, &rr)).await {
+                    Err(ContentError::Locked { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Ok(()) | Err(ContentError::IngestNotFound { .. }) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, r#ref = %r, "pull: ingest not removed (the GC removes it)");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fetches the manifest `digest` (at most `size` bytes) from the first endpoint that has it.
+    async fn fetch_manifest(
+        &self,
+        name: &str,
+        remotes: &Remotes,
+        digest: &str,
+        size: i64,
+    ) -> Result<bytes::Bytes, PullError> {
+        let limit = self.config.max_manifest_bytes;
+        if size < 0 || size as u64 > limit {
+            return Err(PullError::TooLarge {
+                reference: name.to_owned(),
+                what: "manifest",
+                digest: digest.to_owned(),
+                size,
+                limit,
+            });
+        }
+        let mut last = None;
+        for r in &remotes.fetch {
+            match r
+                .manifest(
+                    &remotes.repository,
+                    digest,
+                    &[MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST],
+                    size as u64,
+                )
+                .await
+            {
+                Ok((bytes, _)) => return Ok(bytes),
+                // Content over its limits ends the pull.
+                Err(e) if e.is_over_limit() => {
+                    last = Some(e);
+                    break;
+                }
+                // Not there, not reachable, refused: the next endpoint may serve it.
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(PullError::Registry {
+            reference: name.to_owned(),
+            source: Box::new(last.unwrap_or_else(|| RegistryError::NotFound {
+                endpoint: "(no endpoint with pull)".into(),
+                what: format!("manifest {digest}"),
+            })),
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn pull_leased(
         &self,
         namespace: &str,
         name: &str,
-        remote: &Remote,
+        remotes: &Remotes,
         top: bytes::Bytes,
         top_json: JsonManifest,
         is_index: bool,
@@ -409,30 +509,18 @@ impl Puller {
         let top_digest = content::digest_of(&top);
         let top_media_type = top_json.media_type.clone();
         let (manifest_bytes, manifest_json, manifest_desc, index) = if is_index {
-            let chosen = top_json
-                .manifests
-                .iter()
-                .find(|m| {
-                    m.platform
-                        .as_ref()
-                        .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-                })
+            let best = self
+                .matcher
+                .best(top_json.manifests.iter().map(|m| m.platform.as_ref()))
                 .ok_or_else(|| PullError::NoPlatform {
                     reference: name.to_owned(),
+                    wanted: self.matcher.describe(),
+                    available: top_json.platforms(),
                 })?;
-            let (bytes, _) = remote
-                .client
-                .pull_manifest_raw(
-                    &remote.by_digest(&chosen.digest),
-                    &remote.auth,
-                    &[MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST],
-                )
-                .await
-                .map_err(|source| PullError::Registry {
-                    reference: name.to_owned(),
-                    endpoint: remote.host.clone(),
-                    source: Box::new(source),
-                })?;
+            let chosen = &top_json.manifests[best];
+            let bytes = self
+                .fetch_manifest(name, remotes, &chosen.digest, chosen.size)
+                .await?;
             let actual = content::digest_of(&bytes);
             if actual != chosen.digest {
                 return Err(PullError::DigestMismatch {
@@ -494,15 +582,32 @@ impl Puller {
                 reference: name.to_owned(),
                 media_type: "manifest without config".into(),
             })?;
+        manifest_json.check().map_err(|reason| PullError::BadDescriptor {
+            reference: name.to_owned(),
+            reason,
+        })?;
+        if config.size as u64 > self.config.max_config_bytes {
+            return Err(PullError::TooLarge {
+                reference: name.to_owned(),
+                what: "image config",
+                digest: config.digest.clone(),
+                size: config.size,
+                limit: self.config.max_config_bytes,
+            });
+        }
 
-        // Config and layers, bounded in parallel.
+        // Config and layers (each distinct blob once), bounded in parallel.
         let mut blobs: Vec<&JsonDescriptor> = vec![config];
-        blobs.extend(manifest_json.layers.iter());
+        for l in &manifest_json.layers {
+            if !blobs.iter().any(|b| b.digest == l.digest) {
+                blobs.push(l);
+            }
+        }
         // Collected first: a lazy `map` closure here makes the pull future not provably
         // `Send` (higher-ranked lifetime), which callers in spawned tasks need.
         let fetches: Vec<_> = blobs
             .iter()
-            .map(|d| self.fetch_blob(namespace, name, remote, d, lease))
+            .map(|d| self.fetch_blob(namespace, name, remotes, d, lease))
             .collect();
         futures::stream::iter(fetches)
             .buffer_unordered(self.config.max_concurrent_downloads.max(1))
@@ -626,11 +731,17 @@ impl Puller {
                 }
                 Err(e) => return Err(e),
             };
-            w.truncate()?;
-            w.write(&data)?;
-            match w.commit(size, &d, labels) {
-                Ok(_) | Err(ContentError::AlreadyExists { .. }) => Ok(()),
-                Err(e) => Err(e),
+            let written = w
+                .truncate()
+                .and_then(|()| w.write(&data))
+                .and_then(|()| w.commit(size, &d, labels).map(|_| ()));
+            drop(w);
+            match written {
+                Ok(()) | Err(ContentError::AlreadyExists { .. }) => Ok(()),
+                Err(e) => {
+                    let _ = store.abort(&ns, &format!("pull-{d}"));
+                    Err(e)
+                }
             }
         })
         .await?;
@@ -638,11 +749,12 @@ impl Puller {
     }
 
     /// Fetches one blob unless the namespace has it; adopts it when another namespace has it.
+    /// A failed fetch removes its ingest.
     async fn fetch_blob(
         &self,
         namespace: &str,
         name: &str,
-        remote: &Remote,
+        remotes: &Remotes,
         d: &JsonDescriptor,
         lease: &str,
     ) -> Result<(), PullError> {
@@ -650,7 +762,7 @@ impl Puller {
         let r = format!("pull-{}", d.digest);
         // Open a writer; a concurrent pull of the same blob holds the ref: wait for it.
         let started = tokio::time::Instant::now();
-        let mut writer = loop {
+        let writer = loop {
             let (store, ns, rr, dg, size, l) = (
                 self.content.clone(),
                 namespace.to_owned(),
@@ -675,14 +787,31 @@ impl Puller {
                 Err(e) => return Err(e.into()),
             }
         };
-        let desc = OciDescriptor {
-            media_type: d.media_type.clone(),
-            digest: d.digest.clone(),
-            size: d.size,
-            ..Default::default()
-        };
-        let resumed_at = writer.status().offset;
-        if resumed_at > 0 {
+        let result = self.stream_blob(name, remotes, d, writer, timeout).await;
+        if result.is_err() {
+            // The writer is dropped (its lock released): remove what it wrote.
+            let (store, ns) = (self.content.clone(), namespace.to_owned());
+            let aborted = content::blocking("abort blob ingest", move || store.abort(&ns, &r)).await;
+            match aborted {
+                Ok(()) | Err(ContentError::IngestNotFound { .. }) => {}
+                Err(error) => {
+                    tracing::warn!(%error, digest = %d.digest, "pull: ingest not removed (GC removes it with the lease)")
+                }
+            }
+        }
+        result
+    }
+
+    /// Streams blob `d` from the first endpoint that has it into `writer` and commits it.
+    async fn stream_blob(
+        &self,
+        name: &str,
+        remotes: &Remotes,
+        d: &JsonDescriptor,
+        mut writer: content::Writer,
+        timeout: Duration,
+    ) -> Result<(), PullError> {
+        if writer.status().offset > 0 {
             // Restart: a ranged resume is possible, but a fresh fetch keeps verification simple.
             writer = content::blocking("restart blob", move || {
                 let mut w = writer;
@@ -691,16 +820,29 @@ impl Puller {
             })
             .await?;
         }
-        let mut stream = remote
-            .client
-            .pull_blob_stream(&remote.by_digest(&d.digest), &desc)
-            .await
-            .map_err(|source| PullError::Registry {
-                reference: name.to_owned(),
-                endpoint: remote.host.clone(),
-                source: Box::new(source),
-            })?
-            .stream;
+        let registry_err = |source: RegistryError| PullError::Registry {
+            reference: name.to_owned(),
+            source: Box::new(source),
+        };
+        let mut last = None;
+        let mut stream = None;
+        for r in &remotes.fetch {
+            match r.blob(&remotes.repository, &d.digest, d.size.max(0) as u64).await {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) if e.is_over_limit() => return Err(registry_err(e)),
+                Err(e) => last = Some(e),
+            }
+        }
+        let Some(stream) = stream else {
+            return Err(registry_err(last.unwrap_or_else(|| RegistryError::NotFound {
+                endpoint: "(no endpoint with pull)".into(),
+                what: format!("blob {}", d.digest),
+            })));
+        };
+        let mut stream = std::pin::pin!(stream);
         loop {
             let next = tokio::time::timeout(timeout, stream.next()).await.map_err(|_| {
                 PullError::ProgressTimeout {
@@ -710,11 +852,7 @@ impl Puller {
                 }
             })?;
             let Some(chunk) = next else { break };
-            let chunk = chunk.map_err(|source| PullError::Read {
-                reference: name.to_owned(),
-                digest: d.digest.clone(),
-                source,
-            })?;
+            let chunk = chunk.map_err(registry_err)?;
             writer = content::blocking("write blob", move || {
                 let mut w = writer;
                 w.write(&chunk)?;
@@ -732,5 +870,34 @@ impl Puller {
         })
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_apply_to_the_registry_they_name() {
+        use super::auth_applies;
+        assert!(auth_applies("", "registry.example.com", "mirror.example.com"));
+        assert!(auth_applies(
+            "registry.example.com",
+            "registry.example.com",
+            "registry.example.com"
+        ));
+        assert!(auth_applies(
+            "https://index.docker.io/v1/",
+            "docker.io",
+            "registry-1.docker.io"
+        ));
+        assert!(!auth_applies(
+            "other.example.com",
+            "registry.example.com",
+            "registry.example.com"
+        ));
+        assert!(!auth_applies(
+            "https://ghcr.io",
+            "docker.io",
+            "registry-1.docker.io"
+        ));
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! chain[0] = diff_id[0]; chain[n] = sha256(chain[n-1] + " " + diff_id[n])
-//! for each layer: stat(chain) exists → next; else
+//! for each layer: lease chain (before the stat: an existing snapshot it builds on must
+//!                  outlive a concurrent GC until the image holds it)
+//!   stat(chain) exists → next; else
 //!   prepare("extract-<uuid> <chain>", parent = chain[n-1]) → mounts
 //!   Differ::apply(layer, mounts) → uncompressed digest, must equal diff_id[n]
 //!   commit(chain, key)        (AlreadyExists: a concurrent unpack won; the key is removed)
@@ -47,14 +49,52 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
+/// A pause point in an unpack (tests): awaited with the chain id just found to exist.
+pub type UnpackHook = Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// Applies layers with one snapshotter and the differ.
 pub struct Unpacker {
     pub snapshotter: Arc<dyn Snapshotter>,
     pub differ: Arc<dyn Differ>,
     pub leases: Arc<dyn LeaseManager>,
+    /// Fault injection for tests (a GC between the stat and the commit); None in the daemon.
+    after_stat: Option<UnpackHook>,
 }
 
 impl Unpacker {
+    pub fn new(
+        snapshotter: Arc<dyn Snapshotter>,
+        differ: Arc<dyn Differ>,
+        leases: Arc<dyn LeaseManager>,
+    ) -> Unpacker {
+        Unpacker {
+            snapshotter,
+            differ,
+            leases,
+            after_stat: None,
+        }
+    }
+
+    /// Awaits `hook` each time a layer's chain snapshot is found to exist (tests).
+    pub fn with_hook_after_stat(mut self, hook: UnpackHook) -> Unpacker {
+        self.after_stat = Some(hook);
+        self
+    }
+
+    async fn lease(&self, namespace: &str, lease: &str, id: &str) -> Result<(), PullError> {
+        let (l, ns, lease, r) = (
+            self.leases.clone(),
+            namespace.to_owned(),
+            lease.to_owned(),
+            LeaseResource {
+                id: id.to_owned(),
+                r#type: format!("snapshots/{}", self.snapshotter.name()),
+            },
+        );
+        crate::metadata::blocking("lease snapshot", move || l.add_resource(&ns, &lease, r)).await?;
+        Ok(())
+    }
+
     /// Unpacks `layers` (in order) described by the image `config`; returns the top chain id.
     pub async fn unpack(
         &self,
@@ -77,11 +117,16 @@ impl Unpacker {
             });
         }
         let chains = chain_ids(&cfg.rootfs.diff_ids);
-        let sn = self.snapshotter.name().to_owned();
         let mut parent = String::new();
         for ((layer, diff_id), chain) in layers.iter().zip(&cfg.rootfs.diff_ids).zip(&chains) {
+            // Leased first, so that a snapshot found below cannot be collected before the
+            // image's config label holds it.
+            self.lease(namespace, lease, chain).await?;
             match self.snapshotter.stat(namespace, chain).await {
                 Ok(_) => {
+                    if let Some(hook) = &self.after_stat {
+                        hook(chain.clone()).await;
+                    }
                     parent = chain.clone();
                     continue;
                 }
@@ -89,18 +134,7 @@ impl Unpacker {
                 Err(e) => return Err(e.into()),
             }
             let key = format!("extract-{} {chain}", uuid::Uuid::new_v4().simple());
-            for id in [&key, chain] {
-                let (l, ns, lease, r) = (
-                    self.leases.clone(),
-                    namespace.to_owned(),
-                    lease.to_owned(),
-                    LeaseResource {
-                        id: id.clone(),
-                        r#type: format!("snapshots/{sn}"),
-                    },
-                );
-                crate::metadata::blocking("lease snapshot", move || l.add_resource(&ns, &lease, r)).await?;
-            }
+            self.lease(namespace, lease, &key).await?;
             let mounts = self
                 .snapshotter
                 .prepare(namespace, &key, &parent, BTreeMap::new())

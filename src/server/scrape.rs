@@ -132,7 +132,9 @@ impl Scrapes {
     /// The last text, when its collection started after `since` (the scrape's arrival).
     fn recent(&self, since: Instant) -> Option<Arc<String>> {
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.as_ref().filter(|(started, _)| *started >= since).map(|(_, t)| t.clone())
+        last.as_ref()
+            .filter(|(started, _)| *started >= since)
+            .map(|(_, t)| t.clone())
     }
 }
 

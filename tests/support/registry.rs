@@ -535,27 +535,60 @@ pub struct Registry {
     pub creds: Option<(String, String)>,
     /// The self-signed certificate (PEM) of a TLS registry.
     pub ca_cert: Option<PathBuf>,
+    /// The client certificate and key (PEM) a registry from
+    /// [`Registry::start_tls_client_auth`] requires.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     child: Option<Child>,
+}
+
+/// A self-signed certificate and key for `cn` (openssl CLI), into `cert` and `key`.
+fn self_signed(cn: &str, cert: &Path, key: &Path, san: Option<&str>) {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .arg("-subj")
+        .arg(format!("/CN={cn}"));
+    if let Some(san) = san {
+        cmd.arg("-addext").arg(format!("subjectAltName={san}"));
+    }
+    let out = cmd
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Registry {
     /// Starts the registry and waits until `/v2/` answers.
     pub fn start() -> Registry {
-        Registry::start_inner(false, false)
+        Registry::start_inner(false, false, false)
     }
 
     /// A registry that requires basic auth ([`AUTH_USER`] / [`AUTH_PASSWORD`], htpasswd).
     pub fn start_basic_auth() -> Registry {
-        Registry::start_inner(true, false)
+        Registry::start_inner(true, false, false)
     }
 
     /// A registry over https with a self-signed certificate for 127.0.0.1 (made with the
     /// `openssl` CLI), in [`Registry::ca_cert`].
     pub fn start_tls() -> Registry {
-        Registry::start_inner(false, true)
+        Registry::start_inner(false, true, false)
     }
 
-    fn start_inner(basic_auth: bool, tls: bool) -> Registry {
+    /// [`Registry::start_tls`] that also requires a client certificate (`http.tls.clientcas`:
+    /// a self-signed client certificate, in [`Registry::client_cert`]).
+    pub fn start_tls_client_auth() -> Registry {
+        Registry::start_inner(false, true, true)
+    }
+
+    fn start_inner(basic_auth: bool, tls: bool, client_auth: bool) -> Registry {
         super::require_bin("docker-registry", "docker-registry");
         let dir = tempfile::Builder::new()
             .prefix("taskd-registry-")
@@ -569,29 +602,22 @@ impl Registry {
             dir.join("storage").display()
         );
         let mut ca_cert = None;
+        let mut client_cert = None;
         if tls {
             super::require_bin("openssl", "openssl");
             let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-            let out = Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
-                .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .stdin(Stdio::null())
-                .output()
-                .expect("run openssl");
-            assert!(
-                out.status.success(),
-                "openssl req failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            self_signed("127.0.0.1", &cert, &key, Some("IP:127.0.0.1"));
             config.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 cert.display(),
                 key.display()
             ));
+            if client_auth {
+                let (c, k) = (dir.join("client.cert"), dir.join("client.key"));
+                self_signed("taskd-test-client", &c, &k, None);
+                config.push_str(&format!("    clientcas:\n      - {}\n", c.display()));
+                client_cert = Some((c, k));
+            }
             ca_cert = Some(cert);
         }
         if basic_auth {
@@ -618,6 +644,7 @@ impl Registry {
             dir,
             creds: basic_auth.then(|| (AUTH_USER.to_owned(), AUTH_PASSWORD.to_owned())),
             ca_cert,
+            client_cert,
             child: Some(child),
         };
         let deadline = Instant::now() + REGISTRY_START;
@@ -670,6 +697,10 @@ impl Registry {
         cmd.args(["copy", "--all", "--dest-tls-verify=false", "--preserve-digests"]);
         if let Some((u, p)) = &self.creds {
             cmd.arg("--dest-creds").arg(format!("{u}:{p}"));
+        }
+        if self.client_cert.is_some() {
+            // docker's certs.d layout: client.cert + client.key (cert.pem / key.pem are ignored).
+            cmd.arg("--dest-cert-dir").arg(&self.dir);
         }
         let out = cmd
             .arg(format!("oci:{}:{tag}", layout.dir.display()))

@@ -8,7 +8,10 @@
 //!
 //! The plugin also provides the server-side [`Puller`] (`crate::images::pull`, for the CRI
 //! adapter), configured by its table: `max_concurrent_downloads`, `progress_timeout_ms`,
-//! `registries."<host>"` (mirrors, plain_http, skip_verify, ca_file, username/password).
+//! `registries."<host>"` (mirrors, plain_http, skip_verify, ca_file, username/password,
+//! mirror_credentials), `config_path` (hosts.toml directories), `platforms`,
+//! `max_manifest_bytes`, `max_config_bytes`. The registry part is replaceable while
+//! running: `Puller::replace_hosts`.
 
 pub mod grpc;
 
@@ -163,11 +166,11 @@ pub fn registration() -> Registration {
                 .or_else(|| all.first())
                 .map(|(_, s)| s.clone());
             match (chosen, cx.get_optional::<dyn crate::diff::Differ>()) {
-                (Some(snapshotter), Some(differ)) => Some(crate::images::unpack::Unpacker {
+                (Some(snapshotter), Some(differ)) => Some(crate::images::unpack::Unpacker::new(
                     snapshotter,
                     differ,
-                    leases: leases.clone(),
-                }),
+                    leases.clone(),
+                )),
                 _ => None,
             }
         };
@@ -180,13 +183,22 @@ pub fn registration() -> Registration {
         let local: Arc<dyn Images> = Arc::new(Local::new(store.clone(), publisher, gc));
         Ok(Instance::new()
             .with::<Store>(store)
-            .with::<Puller>(puller)
+            .with::<Puller>(puller.clone())
             .with::<dyn Images>(local)
             .export(
                 "max_concurrent_downloads",
                 config.max_concurrent_downloads.to_string(),
             )
             .export("unpack_snapshotter", unpack_into)
+            .export("platforms", puller.matcher().describe())
+            .export(
+                "config_path",
+                config
+                    .config_path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            )
             .export(
                 "registries",
                 config.registries.keys().cloned().collect::<Vec<_>>().join(","),
