@@ -20,8 +20,9 @@
 //!     else streamed into a content writer (expected digest + size: verified on commit),
 //!     a stream passing the declared size is cut off at once, each chunk within
 //!     progress_timeout; a ref held by a concurrent pull → wait, then skip;
-//!     a failed pull aborts every ingest its lease holds (also those of fetches dropped
-//!     when another failed)
+//!     the first failed fetch stops the others at their next chunk (none is dropped
+//!     mid-write); each failed fetch aborts its ingest, and a failed pull every ingest its
+//!     lease still holds
 //!   manifest (+ index) with containerd's gc.ref.content labels; image created or updated
 //!   lease deleted
 //! ```
@@ -31,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
 use serde::{Deserialize, Serialize};
@@ -160,6 +161,8 @@ pub enum PullError {
         digest: String,
         timeout: Duration,
     },
+    #[error("pull {reference}: download of {digest} stopped: another download of the pull failed")]
+    Stopped { reference: String, digest: String },
     #[error("pull {reference}: {layers} layers but {diff_ids} diff_ids in the config")]
     LayerCount {
         reference: String,
@@ -194,6 +197,7 @@ impl ErrorKind for PullError {
             | PullError::BadDescriptor { .. }
             | PullError::TooLarge { .. } => Kind::FailedPrecondition,
             PullError::ProgressTimeout { .. } => Kind::DeadlineExceeded,
+            PullError::Stopped { .. } => Kind::Aborted,
             PullError::LayerCount { .. } => Kind::FailedPrecondition,
             PullError::Hosts(e) => e.kind(),
             PullError::Platform(e) => e.kind(),
@@ -605,14 +609,28 @@ impl Puller {
         }
         // Collected first: a lazy `map` closure here makes the pull future not provably
         // `Send` (higher-ranked lifetime), which callers in spawned tasks need.
+        // Every fetch runs to its end (none is dropped mid-write, so each cleans up its own
+        // ingest); the first failure tells the others to stop at their next chunk.
+        let (stop, _) = tokio::sync::watch::channel(false);
         let fetches: Vec<_> = blobs
             .iter()
-            .map(|d| self.fetch_blob(namespace, name, remotes, d, lease))
+            .map(|d| self.fetch_blob(namespace, name, remotes, d, lease, &stop))
             .collect();
-        futures::stream::iter(fetches)
+        let results: Vec<Result<(), PullError>> = futures::stream::iter(fetches)
             .buffer_unordered(self.config.max_concurrent_downloads.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+            .collect()
+            .await;
+        let mut stopped = None;
+        for r in results {
+            match r {
+                Ok(()) => {}
+                Err(e @ PullError::Stopped { .. }) => stopped = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(e) = stopped {
+            return Err(e);
+        }
 
         // The manifest, labelled with its children (containerd's ChildrenLabelHandler).
         let mut labels = BTreeMap::new();
@@ -757,7 +775,15 @@ impl Puller {
         remotes: &Remotes,
         d: &JsonDescriptor,
         lease: &str,
+        stop: &tokio::sync::watch::Sender<bool>,
     ) -> Result<(), PullError> {
+        let stopped = || PullError::Stopped {
+            reference: name.to_owned(),
+            digest: d.digest.clone(),
+        };
+        if *stop.borrow() {
+            return Err(stopped());
+        }
         let timeout = Duration::from_millis(self.config.progress_timeout_ms.max(1));
         let r = format!("pull-{}", d.digest);
         // Open a writer; a concurrent pull of the same blob holds the ref: wait for it.
@@ -787,7 +813,14 @@ impl Puller {
                 Err(e) => return Err(e.into()),
             }
         };
-        let result = self.stream_blob(name, remotes, d, writer, timeout).await;
+        let result = self
+            .stream_blob(name, remotes, d, writer, timeout, stop.subscribe())
+            .await;
+        if let Err(e) = &result
+            && !matches!(e, PullError::Stopped { .. })
+        {
+            stop.send_replace(true);
+        }
         if result.is_err() {
             // The writer is dropped (its lock released): remove what it wrote.
             let (store, ns) = (self.content.clone(), namespace.to_owned());
@@ -810,6 +843,7 @@ impl Puller {
         d: &JsonDescriptor,
         mut writer: content::Writer,
         timeout: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), PullError> {
         if writer.status().offset > 0 {
             // Restart: a ranged resume is possible, but a fresh fetch keeps verification simple.
@@ -844,13 +878,21 @@ impl Puller {
         };
         let mut stream = std::pin::pin!(stream);
         loop {
-            let next = tokio::time::timeout(timeout, stream.next()).await.map_err(|_| {
-                PullError::ProgressTimeout {
-                    reference: name.to_owned(),
-                    digest: d.digest.clone(),
-                    timeout,
+            let next = tokio::select! {
+                next = tokio::time::timeout(timeout, stream.next()) => next.map_err(|_| {
+                    PullError::ProgressTimeout {
+                        reference: name.to_owned(),
+                        digest: d.digest.clone(),
+                        timeout,
+                    }
+                })?,
+                _ = stop.wait_for(|s| *s) => {
+                    return Err(PullError::Stopped {
+                        reference: name.to_owned(),
+                        digest: d.digest.clone(),
+                    });
                 }
-            })?;
+            };
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(registry_err)?;
             writer = content::blocking("write blob", move || {
