@@ -1,0 +1,627 @@
+//! taskd's own shim, `containerd-shim-taskd-v2` (runtime `io.containerd.taskd.v2`), end to
+//! end: driven directly over its ttrpc task API as taskd's runtime drives it (start, RPCs,
+//! events on a ttrpc events server playing taskd's), through a real taskd with `ctr`, and
+//! under Debian's containerd 1.6. The shim is built by `cargo build -p
+//! containerd-shim-taskd-v2` (scripts/test.sh); the key lifecycle tests of tests/tasks.rs,
+//! tests/runtime_v2.rs and the CRI suites (whose default handler uses this shim) cover the
+//! rest against both shims.
+
+#[path = "support/rootfs.rs"]
+mod rootfs;
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use taskd::events::{Envelope, Exchange, Subscriber};
+use taskd::filters::Filter;
+use taskd::server::TtrpcService;
+use taskd::services::events::ttrpc::TtrpcEvents;
+use taskd_proto::containerd::events as ev;
+use taskd_proto::ttrpc::v2::shim;
+use taskd_proto::ttrpc::v2::shim_ttrpc::TaskClient;
+
+const RUNTIME: &str = "io.containerd.taskd.v2";
+
+#[test]
+fn version_and_info_need_no_daemon() {
+    let bin = support::taskd_shim();
+    let out = std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .expect("run shim");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("containerd-shim-taskd-v2") && text.contains(RUNTIME),
+        "{text}"
+    );
+    let out = std::process::Command::new(&bin)
+        .arg("-info")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run shim -info");
+    assert!(out.status.success(), "{out:?}");
+    // RuntimeInfo { name = 1 }: the runtime id as its first field.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(RUNTIME),
+        "{:?}",
+        out.stdout
+    );
+}
+
+/// One shim started by hand in a temp dir, with a ttrpc events server playing taskd's.
+struct Rig {
+    dir: tempfile::TempDir,
+    rootfs: tempfile::TempDir,
+    ns: String,
+    sub: tokio::sync::mpsc::Receiver<Envelope>,
+    server: ttrpc::r#async::Server,
+    task: Option<TaskClient>,
+    shim_pid: Option<i32>,
+    ids: Vec<String>,
+}
+
+fn ctx(ns: &str) -> ttrpc::context::Context {
+    let mut md = HashMap::new();
+    md.insert("containerd-namespace-ttrpc".to_owned(), vec![ns.to_owned()]);
+    let mut c = ttrpc::context::with_metadata(md);
+    c.timeout_nano = 30_000_000_000;
+    c
+}
+
+fn code(e: &ttrpc::Error) -> ttrpc::Code {
+    match e {
+        ttrpc::Error::RpcStatus(s) => s.code(),
+        other => panic!("not a ttrpc status: {other:?}"),
+    }
+}
+
+impl Rig {
+    async fn new(test: &str) -> Rig {
+        support::require_root();
+        support::require_bin("runc", "runc");
+        let dir = tempfile::Builder::new()
+            .prefix("taskd-shim")
+            .tempdir()
+            .expect("tmp");
+        let rootfs = tempfile::Builder::new()
+            .prefix("taskd-rootfs")
+            .tempdir()
+            .expect("tmp");
+        rootfs::build(rootfs.path()).expect("rootfs");
+        let exchange = Arc::new(Exchange::new().expect("exchange"));
+        let sub = exchange.subscribe("test", Filter::always()).receiver;
+        let sock = dir.path().join("ttrpc.sock");
+        let mut server = ttrpc::r#async::Server::new()
+            .bind(&format!("unix://{}", sock.display()))
+            .expect("bind")
+            .register_service(TtrpcEvents::new(exchange.clone()).services());
+        server.start().await.expect("events server");
+        Rig {
+            ns: format!("shim-taskd-{}-{test}", std::process::id()),
+            dir,
+            rootfs,
+            sub,
+            server,
+            task: None,
+            shim_pid: None,
+            ids: Vec::new(),
+        }
+    }
+
+    /// A bundle for `id` running `args` (optionally with a memory limit), with the `log`
+    /// fifo the shim writes to.
+    fn bundle(&self, id: &str, args: &[&str], memory_limit: Option<i64>) -> PathBuf {
+        let b = self.dir.path().join(id);
+        std::fs::create_dir_all(&b).expect("mkdir");
+        let out = std::process::Command::new("runc")
+            .args(["spec", "--bundle"])
+            .arg(&b)
+            .output()
+            .expect("runc spec");
+        assert!(out.status.success());
+        let path = b.join("config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = serde_json::json!(args);
+        spec["root"]["path"] = self.rootfs.path().to_string_lossy().into_owned().into();
+        spec["linux"]["cgroupsPath"] = format!("/{}/{id}", self.ns).into();
+        if let Some(limit) = memory_limit {
+            spec["linux"]["resources"]["memory"] = serde_json::json!({ "limit": limit });
+            if Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+                spec["linux"]["resources"]["memory"]["swap"] = limit.into();
+            }
+        }
+        std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("json")).expect("write");
+        let log = b.join("log");
+        if !log.exists() {
+            nix::unistd::mkfifo(&log, nix::sys::stat::Mode::from_bits_truncate(0o700)).expect("mkfifo");
+            // Keep a reader so the shim's log writes never block.
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&log)
+                .expect("open log");
+            std::mem::forget(f);
+        }
+        b
+    }
+
+    /// `<shim> start` in `bundle`, as taskd runs it; connects to the printed address.
+    async fn start_shim(&mut self, id: &str, bundle: &Path) {
+        let out = tokio::process::Command::new(support::taskd_shim())
+            .args(["-namespace", &self.ns, "-address"])
+            .arg(self.dir.path().join("grpc.sock"))
+            .args(["-publish-binary", "/nonexistent", "-id", id, "start"])
+            .env("TTRPC_ADDRESS", self.dir.path().join("ttrpc.sock"))
+            .current_dir(bundle)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("shim start");
+        assert!(out.status.success(), "shim start: {out:?}");
+        let address = String::from_utf8(out.stdout).expect("utf-8").trim().to_owned();
+        assert!(address.starts_with("unix://"), "shim printed {address:?}");
+        let client = ttrpc::r#async::Client::connect(&address).await.expect("connect");
+        let task = TaskClient::new(client);
+        let c = task
+            .connect(
+                ctx(&self.ns),
+                &shim::ConnectRequest {
+                    id: id.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("Connect");
+        self.shim_pid = Some(c.shim_pid as i32);
+        self.task = Some(task);
+    }
+
+    fn task(&self) -> &TaskClient {
+        self.task.as_ref().expect("shim started")
+    }
+
+    async fn create(&mut self, id: &str, bundle: &Path, terminal: bool) -> Result<u32, ttrpc::Error> {
+        self.ids.push(id.to_owned());
+        let r = self
+            .task()
+            .create(
+                ctx(&self.ns),
+                &shim::CreateTaskRequest {
+                    id: id.into(),
+                    bundle: bundle.to_string_lossy().into_owned(),
+                    terminal,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(r.pid)
+    }
+
+    async fn next_event(&mut self) -> Envelope {
+        tokio::time::timeout(Duration::from_secs(30), self.sub.recv())
+            .await
+            .expect("no event from the shim within 30s")
+            .expect("subscription ended")
+    }
+
+    /// The next `n` event topics.
+    async fn topics(&mut self, n: usize) -> Vec<String> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(self.next_event().await.topic);
+        }
+        v
+    }
+
+    fn shim_alive(&self) -> bool {
+        self.shim_pid
+            .is_some_and(|p| taskd::runtime::v2::shim::pid_alive(p as u32))
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(p) = self.shim_pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+        }
+        let root = format!("/run/containerd/runc/{}", self.ns);
+        for id in &self.ids {
+            let _ = std::process::Command::new("runc")
+                .args(["--root", &root, "delete", "--force", id])
+                .output();
+        }
+        let _ = std::fs::remove_dir(&root);
+        for sub in [
+            "memory", "cpu", "pids", "freezer", "devices", "blkio", "cpuset", "cpuacct", "systemd", "",
+        ] {
+            let d = Path::new("/sys/fs/cgroup").join(sub).join(&self.ns);
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+                let _ = std::fs::remove_dir(&d);
+            }
+        }
+        let _ = &self.server;
+    }
+}
+
+fn exec_spec(args: &[&str], terminal: bool) -> protobuf::well_known_types::any::Any {
+    let v = serde_json::json!({
+        "args": args, "cwd": "/", "env": ["PATH=/bin"],
+        "user": {"uid": 0, "gid": 0}, "terminal": terminal,
+    });
+    protobuf::well_known_types::any::Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+        value: serde_json::to_vec(&v).expect("json"),
+        ..Default::default()
+    }
+}
+
+/// Every RPC with bad input gets a clear ttrpc status and the shim lives on; events come in
+/// order; an exec with a terminal can be resized; Delete cleans up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn rpcs_events_bad_input_and_tty_exec() {
+    let mut r = Rig::new("rpcs").await;
+    let b = r.bundle("c1", &["/bin/sleep", "1000"], None);
+    r.start_shim("c1", &b).await;
+    let ns = r.ns.clone();
+    let t = r.task().clone();
+
+    // A bundle without config.json: InvalidArgument, no event.
+    let bad = r.dir.path().join("nobundle");
+    std::fs::create_dir_all(&bad).expect("mkdir");
+    let e = r.create("bad", &bad, false).await.expect_err("bad bundle");
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT, "{e:?}");
+    assert!(format!("{e:?}").contains("config.json"), "{e:?}");
+    let e = t
+        .start(
+            ctx(&ns),
+            &shim::StartRequest {
+                id: "nosuch".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("unknown id");
+    assert_eq!(code(&e), ttrpc::Code::NOT_FOUND, "{e:?}");
+
+    let pid = r.create("c1", &b, false).await.expect("Create");
+    assert!(pid > 0);
+    let e = r.create("c1", &b, false).await.expect_err("second create");
+    assert_eq!(code(&e), ttrpc::Code::ALREADY_EXISTS, "{e:?}");
+    let started = t
+        .start(
+            ctx(&ns),
+            &shim::StartRequest {
+                id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Start");
+    assert_eq!(started.pid, pid);
+    let e = t
+        .start(
+            ctx(&ns),
+            &shim::StartRequest {
+                id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("second start");
+    assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION, "{e:?}");
+    let e = t
+        .start(
+            ctx(&ns),
+            &shim::StartRequest {
+                id: "c1".into(),
+                exec_id: "nosuch".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("unknown exec");
+    assert_eq!(code(&e), ttrpc::Code::NOT_FOUND, "{e:?}");
+    assert!(format!("{e:?}").contains("nosuch"), "{e:?}");
+    let e = t
+        .exec(
+            ctx(&ns),
+            &shim::ExecProcessRequest {
+                id: "c1".into(),
+                exec_id: "x".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("exec without spec");
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT, "{e:?}");
+
+    // Exec with a terminal: its size follows ResizePty.
+    let fifo = r.dir.path().join("e1-out");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(&fifo).unwrap_or_default())
+    };
+    t.exec(
+        ctx(&ns),
+        &shim::ExecProcessRequest {
+            id: "c1".into(),
+            exec_id: "e1".into(),
+            terminal: true,
+            stdout: fifo.to_string_lossy().into_owned(),
+            spec: protobuf::MessageField::some(exec_spec(
+                &["/bin/sh", "-c", "sleep 1; stty size; tty"],
+                true,
+            )),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("Exec");
+    t.start(
+        ctx(&ns),
+        &shim::StartRequest {
+            id: "c1".into(),
+            exec_id: "e1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("exec Start");
+    t.resize_pty(
+        ctx(&ns),
+        &shim::ResizePtyRequest {
+            id: "c1".into(),
+            exec_id: "e1".into(),
+            width: 91,
+            height: 37,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("ResizePty");
+    let w = t
+        .wait(
+            ctx(&ns),
+            &shim::WaitRequest {
+                id: "c1".into(),
+                exec_id: "e1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("exec Wait");
+    assert_eq!(w.exit_status, 0);
+    let e = t
+        .kill(
+            ctx(&ns),
+            &shim::KillRequest {
+                id: "c1".into(),
+                exec_id: "e1".into(),
+                signal: 9,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("kill an exited exec");
+    assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION, "{e:?}");
+    t.delete(
+        ctx(&ns),
+        &shim::DeleteRequest {
+            id: "c1".into(),
+            exec_id: "e1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("exec Delete");
+    let out = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
+    assert!(out.contains("37 91") && out.contains("/dev/pts/"), "{out:?}");
+
+    // Pids, Stats, Pause/Resume, State on the running init.
+    let pids = t
+        .pids(
+            ctx(&ns),
+            &shim::PidsRequest {
+                id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Pids");
+    assert!(pids.processes.iter().any(|p| p.pid == pid), "{pids:?}");
+    let stats = t
+        .stats(
+            ctx(&ns),
+            &shim::StatsRequest {
+                id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Stats");
+    assert!(
+        stats.stats.type_url.contains("io.containerd.cgroups"),
+        "{:?}",
+        stats.stats.type_url
+    );
+    t.pause(
+        ctx(&ns),
+        &shim::PauseRequest {
+            id: "c1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("Pause");
+    t.resume(
+        ctx(&ns),
+        &shim::ResumeRequest {
+            id: "c1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("Resume");
+
+    // Delete of a running task is refused; kill, wait, a second kill is refused.
+    let e = t
+        .delete(
+            ctx(&ns),
+            &shim::DeleteRequest {
+                id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("delete running");
+    assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION, "{e:?}");
+    t.kill(
+        ctx(&ns),
+        &shim::KillRequest {
+            id: "c1".into(),
+            signal: 9,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("Kill");
+    let w = t
+        .wait(
+            ctx(&ns),
+            &shim::WaitRequest {
+                id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Wait");
+    assert_eq!(w.exit_status, 137);
+    let e = t
+        .kill(
+            ctx(&ns),
+            &shim::KillRequest {
+                id: "c1".into(),
+                signal: 9,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("kill exited");
+    assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION, "{e:?}");
+    let d = t
+        .delete(
+            ctx(&ns),
+            &shim::DeleteRequest {
+                id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Delete");
+    assert_eq!(d.exit_status, 137);
+    assert!(r.shim_alive(), "the shim died on bad input");
+
+    let topics = r.topics(8).await;
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
+            "/tasks/paused",
+            "/tasks/resumed",
+            "/tasks/exit",
+        ]
+    );
+    let del = r.next_event().await;
+    assert_eq!(del.topic, "/tasks/delete");
+    assert_eq!(del.event.type_url, "containerd.events.TaskDelete");
+    let d = ev::TaskDelete::decode(del.event.value.as_slice()).expect("decode");
+    assert_eq!((d.container_id.as_str(), d.exit_status), ("c1", 137));
+
+    // Shutdown with nothing left: the shim exits, no zombie left of its children.
+    let pid = r.shim_pid.expect("pid");
+    let _ = t
+        .shutdown(
+            ctx(&ns),
+            &shim::ShutdownRequest {
+                id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while r.shim_alive() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!r.shim_alive(), "shim {pid} still running after Shutdown");
+}
+
+/// A container over its memory limit is OOM-killed and the shim reports /tasks/oom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, memory cgroup, the built containerd-shim-taskd-v2"]
+async fn oom_kill_is_reported() {
+    let mut r = Rig::new("oom").await;
+    let b = r.bundle(
+        "o1",
+        &[
+            "/bin/sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo $x",
+        ],
+        Some(16 << 20),
+    );
+    r.start_shim("o1", &b).await;
+    let ns = r.ns.clone();
+    let t = r.task().clone();
+    r.create("o1", &b, false).await.expect("Create");
+    t.start(
+        ctx(&ns),
+        &shim::StartRequest {
+            id: "o1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("Start");
+    let w = t
+        .wait(
+            ctx(&ns),
+            &shim::WaitRequest {
+                id: "o1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Wait");
+    assert_ne!(w.exit_status, 0);
+    let mut topics = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !topics.iter().any(|t| t == "/tasks/oom") && Instant::now() < deadline {
+        topics.push(r.next_event().await.topic);
+    }
+    assert!(topics.iter().any(|t| t == "/tasks/oom"), "{topics:?}");
+    t.delete(
+        ctx(&ns),
+        &shim::DeleteRequest {
+            id: "o1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("Delete");
+}
