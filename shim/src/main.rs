@@ -50,7 +50,7 @@ async fn delete(flags: &Flags, bundle: &Path) -> containerd_shim::Result<Vec<u8>
     let opts = containerd_shim::util::read_options(bundle)
         .await
         .unwrap_or_default();
-    if let Ok(runc) = runcx::client(&flags.namespace, bundle, &opts)
+    if let Ok(runc) = runcx::client_with(&flags.namespace, bundle, &opts, false)
         && let Err(e) = runc.delete(&flags.id, Some(&DeleteOpts::new().force(true))).await
     {
         eprintln!("delete {}: {e}", flags.id);

@@ -69,8 +69,15 @@ impl Spawner for ReaperSpawner {
     }
 }
 
-/// A runc client for a container in `namespace` with the runtime options of its task.
+/// A runc client for a container in `namespace` with the runtime options of its task, for
+/// the serving shim (whose reaper reaps runc).
 pub fn client(namespace: &str, bundle: &Path, opts: &Options) -> runc::Result<Runc> {
+    client_with(namespace, bundle, opts, true)
+}
+
+/// As [`client`]; `reaped` false for a process without a reaper (the `delete` action),
+/// which waits for runc itself.
+pub fn client_with(namespace: &str, bundle: &Path, opts: &Options, reaped: bool) -> runc::Result<Runc> {
     let root = if opts.root.is_empty() {
         DEFAULT_ROOT
     } else {
@@ -87,7 +94,9 @@ pub fn client(namespace: &str, bundle: &Path, opts: &Options) -> runc::Result<Ru
         .systemd_cgroup(opts.systemd_cgroup)
         .log(bundle.join("log.json"))
         .log_json();
-    g.custom_spawner(std::sync::Arc::new(ReaperSpawner));
+    if reaped {
+        g.custom_spawner(std::sync::Arc::new(ReaperSpawner));
+    }
     g.build()
 }
 
