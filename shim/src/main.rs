@@ -116,6 +116,12 @@ async fn start(flags: Flags) -> containerd_shim::Result<()> {
 }
 
 fn main() {
+    // One malloc arena: the shim has one thread (plus at most two short-lived blocking
+    // ones), and every extra arena is resident memory.
+    // SAFETY: mallopt before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let args: Vec<_> = std::env::args_os().collect();
     let flags = containerd_shim::parse(&args[1..]).ok();
     if flags.as_ref().is_some_and(|f| f.version) {

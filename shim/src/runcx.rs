@@ -15,6 +15,16 @@ use tokio::io::AsyncReadExt;
 /// The runc root when the options name none, as the stock shim's.
 pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
 
+/// Pids of the runc commands running now: their exits are theirs, not a container
+/// process's (the task service drops them, see [`forget`]).
+static COMMANDS: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Whether `pid` was one of our runc commands (forgetting it): its exit is not a process's.
+pub fn forget(pid: u32) -> bool {
+    COMMANDS.lock().map(|mut c| c.remove(&pid)).unwrap_or(false)
+}
+
 /// Runs runc commands and takes their exit status from the shim's reaper.
 #[derive(Debug)]
 pub struct ReaperSpawner;
@@ -48,6 +58,9 @@ impl Spawner for ReaperSpawner {
             }
         };
         let pid = child.id();
+        if let Ok(mut c) = COMMANDS.lock() {
+            c.insert(pid);
+        }
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         drop(cmd);
         let outputs = async { tokio::join!(read_all(stdout), read_all(stderr)) };

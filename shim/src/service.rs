@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::asynchronous::io::Stdio;
 use containerd_shim::monitor::{Subject, Topic, monitor_subscribe};
-use containerd_shim::util::{convert_to_any, timestamp};
+use containerd_shim::util::timestamp;
 use containerd_shim_protos::api::{self, Empty};
 use containerd_shim_protos::events::task::{
     TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM,
@@ -35,8 +35,11 @@ use crate::events::Publisher;
 use crate::stdio::{self, ProcIo, StdioError};
 use crate::{oom, runcx};
 
-/// Exits whose process is not known yet (a start still running), kept for it.
+/// Exits whose process is not known yet (a start still running), kept for it: at most this
+/// many, for at most [`ORPHAN_TTL`] (pids are reused, a stale exit must not end a new
+/// process).
 const ORPHAN_EXITS: usize = 256;
+const ORPHAN_TTL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -162,7 +165,7 @@ impl Container {
 #[derive(Default)]
 struct State {
     containers: HashMap<String, Container>,
-    orphans: VecDeque<(u32, i32, Timestamp)>,
+    orphans: VecDeque<(u32, i32, Timestamp, std::time::Instant)>,
 }
 
 pub struct Inner {
@@ -247,6 +250,9 @@ impl Inner {
 
     /// A reaped child: the process it was (if any) exits, else it is kept for a start.
     fn on_exit(&self, pid: u32, code: i32, at: Timestamp) {
+        if runcx::forget(pid) {
+            return;
+        }
         let mut st = self.lock();
         let mut hit = None;
         for (cid, c) in st.containers.iter_mut() {
@@ -265,10 +271,11 @@ impl Inner {
         match hit {
             Some((cid, eid)) => self.exited(&mut st, &cid, &eid, code, at),
             None => {
+                Inner::expire_orphans(&mut st);
                 if st.orphans.len() >= ORPHAN_EXITS {
                     st.orphans.pop_front();
                 }
-                st.orphans.push_back((pid, code, at));
+                st.orphans.push_back((pid, code, at, std::time::Instant::now()));
             }
         }
     }
@@ -304,8 +311,15 @@ impl Inner {
 
     /// The exit the reaper saw for `pid` before its start finished, if any.
     fn take_orphan(st: &mut State, pid: u32) -> Option<(i32, Timestamp)> {
-        let i = st.orphans.iter().position(|(p, _, _)| *p == pid)?;
-        st.orphans.remove(i).map(|(_, c, t)| (c, t))
+        Inner::expire_orphans(st);
+        let i = st.orphans.iter().position(|(p, ..)| *p == pid)?;
+        st.orphans.remove(i).map(|(_, c, t, _)| (c, t))
+    }
+
+    fn expire_orphans(st: &mut State) {
+        while st.orphans.front().is_some_and(|o| o.3.elapsed() > ORPHAN_TTL) {
+            st.orphans.pop_front();
+        }
     }
 
     fn with<T>(&self, id: &str, f: impl FnOnce(&mut Container) -> Res<T>) -> Res<T> {
@@ -796,7 +810,11 @@ impl Task for Service {
                     exec_id: exec_id.clone(),
                     ..Default::default()
                 };
-                info.info = convert_to_any(Box::new(d)).ok().into();
+                info.info = d
+                    .write_to_bytes()
+                    .ok()
+                    .map(|v| crate::events::any("containerd.runc.v1.ProcessDetails", v))
+                    .into();
             }
             processes.push(info);
         }

@@ -4,8 +4,8 @@
 //! page faults, working set) are filled in from cgroups-rs here.
 
 use containerd_shim::cgroup::{collect_metrics, collect_metrics_v2, get_cgroup};
-use containerd_shim::util::convert_to_any;
 use containerd_shim_protos::cgroups::metrics::{CPUUsage, MemoryEntry, Metrics};
+use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 
 use crate::service::ServiceError;
@@ -102,10 +102,12 @@ pub async fn collect(id: &str, pid: u32) -> Result<Any, ServiceError> {
         let cg = get_cgroup(pid).map_err(|e| err(&e))?;
         if cg.v2() {
             let m = collect_metrics_v2(&cg).map_err(|e| err(&e))?;
-            convert_to_any(Box::new(m)).map_err(|e| err(&e))
+            let v = m.write_to_bytes().map_err(|e| err(&e))?;
+            Ok(crate::events::any("io.containerd.cgroups.v2.Metrics", v))
         } else {
             let m = v1(&cg).map_err(|e| err(&e))?;
-            convert_to_any(Box::new(m)).map_err(|e| err(&e))
+            let v = m.write_to_bytes().map_err(|e| err(&e))?;
+            Ok(crate::events::any("io.containerd.cgroups.v1.Metrics", v))
         }
     })
     .await

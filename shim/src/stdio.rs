@@ -268,13 +268,15 @@ async fn output(
     uri: &str,
 ) -> Result<(), StdioError> {
     match sink(uri)? {
-        Sink::Fifo => io
-            .tasks
-            .copy_to_fifo(from, fifo_path(uri))
-            .map_err(|e| StdioError::Open {
+        Sink::Fifo => {
+            let path = fifo_path(uri);
+            // Our own writer on the fifo, opened once the copy's reader holds it.
+            let copy = io.tasks.copy_to_fifo(DrainFirst::new(from, path), path);
+            copy.map_err(|e| StdioError::Open {
                 uri: uri.to_owned(),
                 source: std::io::Error::other(e.to_string()),
-            }),
+            })
+        }
         Sink::Binary => Ok(()), // the logger reads the pipe itself
         Sink::File(path) => {
             if let Some(dir) = path.parent() {
@@ -292,6 +294,93 @@ async fn output(
                 let _ = f.flush().await;
             }));
             Ok(())
+        }
+    }
+}
+
+/// How long output left in a fifo may wait for its reader once the process's output ended.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// The source of an output copy that, at its end, holds the fifo open for writing until
+/// what is queued in it has been read (or [`DRAIN_WAIT`] passed). The copy never waits for
+/// the daemon's reader to open the fifo, so without this a short-lived process's output
+/// would be discarded with the fifo when the copy closed it before the reader came.
+struct DrainFirst {
+    inner: Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>,
+    path: String,
+    fifo: Option<File>,
+    until: Option<tokio::time::Instant>,
+    tick: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl DrainFirst {
+    fn new(inner: Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>, path: &str) -> Self {
+        DrainFirst {
+            inner,
+            path: path.to_owned(),
+            fifo: None,
+            until: None,
+            tick: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        }
+    }
+
+    /// Bytes queued in the fifo, unread.
+    fn queued(&mut self) -> usize {
+        use std::os::unix::fs::OpenOptionsExt;
+        if self.fifo.is_none() {
+            self.fifo = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.path)
+                .ok();
+        }
+        let Some(f) = &self.fifo else {
+            return 0;
+        };
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        if unsafe { libc::ioctl(f.as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
+            return 0;
+        }
+        n.max(0) as usize
+    }
+}
+
+impl tokio::io::AsyncRead for DrainFirst {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.until.is_none() {
+            let before = buf.filled().len();
+            match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() == before => {
+                    this.until = Some(tokio::time::Instant::now() + DRAIN_WAIT);
+                }
+                other => {
+                    // Opened early (while the copy holds the fifo), so the end can hold it.
+                    if this.fifo.is_none() {
+                        this.queued();
+                    }
+                    return other;
+                }
+            }
+        }
+        loop {
+            let until = this.until.unwrap_or_else(tokio::time::Instant::now);
+            if this.queued() == 0 || tokio::time::Instant::now() >= until {
+                this.fifo = None;
+                return Poll::Ready(Ok(()));
+            }
+            this.tick
+                .as_mut()
+                .reset(tokio::time::Instant::now() + Duration::from_millis(10));
+            if this.tick.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
         }
     }
 }
