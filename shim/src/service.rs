@@ -58,6 +58,8 @@ pub enum ServiceError {
         state: &'static str,
         what: &'static str,
     },
+    #[error("process {id}/{exec_id}: process already finished")]
+    Finished { id: String, exec_id: String },
     #[error("bad request for {id}: {reason}")]
     Invalid { id: String, reason: String },
     #[error("runc {op} {id}: {msg}")]
@@ -77,7 +79,11 @@ pub enum ServiceError {
 impl From<ServiceError> for ttrpc::Error {
     fn from(e: ServiceError) -> Self {
         let code = match &e {
-            ServiceError::NotFound { .. } | ServiceError::ExecNotFound { .. } => Code::NOT_FOUND,
+            // NotFound for a finished process, as the stock shim answers a Kill to it (and
+            // the daemon's stop paths expect).
+            ServiceError::NotFound { .. }
+            | ServiceError::ExecNotFound { .. }
+            | ServiceError::Finished { .. } => Code::NOT_FOUND,
             ServiceError::Exists { .. } | ServiceError::ExecExists { .. } => Code::ALREADY_EXISTS,
             ServiceError::State { .. } => Code::FAILED_PRECONDITION,
             ServiceError::Invalid { .. } => Code::INVALID_ARGUMENT,
@@ -902,11 +908,9 @@ impl Task for Service {
             let (runc, bundle) = (c.runc.clone(), c.bundle.clone());
             let p = c.proc(&req.id, &req.exec_id)?;
             if p.exit.is_some() {
-                return Err(ServiceError::State {
+                return Err(ServiceError::Finished {
                     id: req.id.clone(),
                     exec_id: req.exec_id.clone(),
-                    state: "stopped",
-                    what: "process already finished",
                 });
             }
             if req.exec_id.is_empty() {
@@ -929,15 +933,20 @@ impl Task for Service {
                     .await;
                 if let Err(e) = r {
                     let msg = runcx::describe(&e, &bundle);
-                    // Raced with the exit: the process is gone, as the caller wanted.
-                    if !msg.contains("not running") && !msg.contains("process already finished") {
-                        return Err(ServiceError::Runc {
-                            op: "kill",
+                    // Raced with the exit: the process is gone.
+                    if msg.contains("not running") || msg.contains("process already finished") {
+                        return Err(ServiceError::Finished {
                             id: req.id.clone(),
-                            msg,
+                            exec_id: String::new(),
                         }
                         .into());
                     }
+                    return Err(ServiceError::Runc {
+                        op: "kill",
+                        id: req.id.clone(),
+                        msg,
+                    }
+                    .into());
                 }
             }
             How::Pid(pid) => {
