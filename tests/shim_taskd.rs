@@ -228,7 +228,12 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        if let Some(p) = self.shim_pid {
+        // The shim we connected to, and any of this rig's namespace a failed start left.
+        let pids = self
+            .shim_pid
+            .into_iter()
+            .chain(shims_of(&self.ns).into_iter().map(|p| p as i32));
+        for p in pids {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
         }
         let root = format!("/run/containerd/runc/{}", self.ns);
@@ -799,6 +804,17 @@ fn containerd_1_6_runs_containers_with_the_shim() {
     }
     let log = cd.log();
     assert!(!log.contains("level=error"), "{log}");
+    drop(cd);
+    let _ = std::fs::remove_dir(format!("/run/containerd/runc/{ns}"));
+    // ctr's cgroups are /<ns>/<id>: the namespace's parents, empty now.
+    for ctrl in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = std::fs::remove_dir(ctrl.path().join(&ns));
+    }
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&ns));
 }
 
 /// A live process whose command line holds every one of `needles` (read-only lookup).
