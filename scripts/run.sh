@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fresh machine → running taskd: installs what taskd needs at run time when it is missing
-# (runc, and containerd for its containerd-shim-runc-v2), builds taskd and starts it on the
+# (runc, and containerd for its containerd-shim-runc-v2), builds taskd and its shim
+# containerd-shim-taskd-v2 (installed next to taskd) and starts taskd on the
 # embedded defaults (root /var/lib/taskd, state /run/taskd, socket /run/taskd/taskd.sock,
 # metrics on 127.0.0.1:1338). Extra arguments go to taskd (e.g. --config FILE, --log-level debug).
 # Needs root (or sudo) to install packages and to run the daemon.
@@ -26,6 +27,21 @@ case "$profile" in
     dev) bin=target/debug/taskd ;;
     *) bin="target/$profile/taskd" ;;
 esac
+# taskd's own shim (io.containerd.taskd.v2, the CRI's default handler), built for size and
+# installed next to taskd, where taskd looks for shims after PATH.
+shim_profile=shim
+[ "$profile" = dev ] && shim_profile=dev
+cargo build --profile "$shim_profile" -p containerd-shim-taskd-v2
+case "$shim_profile" in
+    dev) shim=target/debug/containerd-shim-taskd-v2 ;;
+    *) shim="target/$shim_profile/containerd-shim-taskd-v2" ;;
+esac
+target_dir="${CARGO_TARGET_DIR:-target}"
+bin="$target_dir/${bin#target/}"
+shim="$target_dir/${shim#target/}"
+if [ "$shim" != "$(dirname "$bin")/containerd-shim-taskd-v2" ]; then
+    install -m 0755 "$shim" "$(dirname "$bin")/containerd-shim-taskd-v2"
+fi
 exec_as_root() {
     if [ "$(id -u)" -eq 0 ]; then exec "$@"; else exec sudo "$@"; fi
 }

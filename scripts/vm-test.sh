@@ -166,6 +166,10 @@ stage() { # stage ABSOLUTE_PATH: copies it under files/ at the same path
     cp -a "$1" "$files$1"
 }
 stage "$target_dir/debug/taskd"
+# taskd's own shim (the CRI's default handler), next to taskd where taskd finds it.
+cargo build -p containerd-shim-taskd-v2 2>"$work/cargo-shim.err" ||
+    { cat "$work/cargo-shim.err" >&2; die "cargo build -p containerd-shim-taskd-v2 failed"; }
+stage "$target_dir/debug/containerd-shim-taskd-v2"
 stage "$PWD/tests/fixtures"
 {
     echo '#!/bin/sh'

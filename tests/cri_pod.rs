@@ -213,7 +213,16 @@ async fn world() -> World {
             ttrpc: ttrpc_sock,
             exe: PathBuf::from(env!("CARGO_BIN_EXE_taskd")),
         },
-        Config::default(),
+        Config {
+            // The CRI's default handler runs taskd's own shim, built next to taskd
+            // (`cargo build -p containerd-shim-taskd-v2`), not next to this test binary.
+            shims: [(
+                "io.containerd.taskd.v2".to_owned(),
+                PathBuf::from(env!("CARGO_BIN_EXE_taskd")).with_file_name("containerd-shim-taskd-v2"),
+            )]
+            .into(),
+            ..Config::default()
+        },
         exchange.clone(),
     )
     .unwrap();

@@ -200,14 +200,26 @@ struct World {
     local: Arc<Local>,
     /// `shim_pool_size` of every manager of this world (0 unless a test is about the pool).
     pool: usize,
+    /// The runtime of the world's containers: the stock Go shim, or taskd's own.
+    runtime: &'static str,
     _server: ttrpc::r#async::Server,
 }
+
+const RUNC_V2: &str = "io.containerd.runc.v2";
+const TASKD_V2: &str = "io.containerd.taskd.v2";
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl World {
     async fn new() -> World {
         World::with_pool(0).await
+    }
+
+    /// A world whose containers run on `runtime`.
+    async fn on(runtime: &'static str) -> World {
+        let mut w = World::with_pool(0).await;
+        w.runtime = runtime;
+        w
     }
 
     async fn with_pool(pool: usize) -> World {
@@ -246,6 +258,7 @@ impl World {
             dir,
             _server: server,
             pool,
+            runtime: RUNC_V2,
         };
         w.restart().await;
         w
@@ -262,6 +275,9 @@ impl World {
             },
             Config {
                 shim_pool_size: pool,
+                // taskd's own shim, built next to taskd (`cargo build -p
+                // containerd-shim-taskd-v2`; the in-process manager is not next to it).
+                shims: [(TASKD_V2.to_owned(), taskd_shim())].into(),
                 ..Config::default()
             },
             Arc::new(Sink(events)),
@@ -297,7 +313,7 @@ impl World {
     }
 
     fn container(&self, id: &str, args: &[&str]) {
-        self.container_with(id, args, "io.containerd.runc.v2");
+        self.container_with(id, args, self.runtime);
     }
 
     fn spec(&self, id: &str, args: &[&str], terminal: bool, sandbox: Option<&str>) -> prost_types::Any {
@@ -311,7 +327,7 @@ impl World {
                 Container {
                     id: id.into(),
                     runtime: Runtime {
-                        name: "io.containerd.runc.v2".into(),
+                        name: self.runtime.into(),
                         options: None,
                     },
                     spec: Some(spec),
@@ -456,17 +472,36 @@ fn alive(pid: u32) -> bool {
     taskd::runtime::v2::shim::pid_alive(pid)
 }
 
+fn taskd_shim() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_taskd")).with_file_name("containerd-shim-taskd-v2");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build -p containerd-shim-taskd-v2` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
 // ---------- tests ----------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_prints_and_exits_zero_with_events_in_order() {
-    let w = World::new().await;
+    echo_events_in_order(RUNC_V2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_prints_and_exits_zero_with_events_in_order_taskd_shim() {
+    echo_events_in_order(TASKD_V2).await;
+}
+
+async fn echo_events_in_order(runtime: &'static str) {
+    let w = World::on(runtime).await;
     w.container("echo", &["/bin/echo", "hi"]);
     let pid = w.create("echo").await;
     assert!(pid > 0);
     assert_eq!(
         w.monitor.0.lock().unwrap()[&(w.ns.clone(), "echo".into())].labels["runtime"],
-        "io.containerd.runc.v2"
+        runtime
     );
     let wait = {
         let local = w.local.clone();
@@ -849,7 +884,16 @@ async fn restart_reconnects_live_shims_and_cleans_dead_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_containers_share_one_shim() {
-    let w = World::new().await;
+    pod_shares_one_shim(RUNC_V2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_containers_share_one_shim_taskd_shim() {
+    pod_shares_one_shim(TASKD_V2).await;
+}
+
+async fn pod_shares_one_shim(runtime: &'static str) {
+    let w = World::on(runtime).await;
     let ns = w.ns.clone();
     w.container_spec("sb", w.spec("sb", &["/bin/sleep", "1000"], false, Some("sb")));
     w.container_spec("c1", w.spec("c1", &["/bin/sleep", "1000"], false, Some("sb")));
@@ -894,8 +938,17 @@ async fn pod_containers_share_one_shim() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminal_task_with_resize() {
+    terminal_with_resize(RUNC_V2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_task_with_resize_taskd_shim() {
+    terminal_with_resize(TASKD_V2).await;
+}
+
+async fn terminal_with_resize(runtime: &'static str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let w = World::new().await;
+    let w = World::on(runtime).await;
     let ns = w.ns.clone();
     w.container_spec("tty", w.spec("tty", &["/bin/sh"], true, None));
     let (stdin, stdout) = (w.dir.path().join("tty.in"), w.dir.path().join("tty.out"));

@@ -55,12 +55,23 @@ struct Ns {
     state: PathBuf,
     log_path: PathBuf,
     ns: String,
+    /// The runtime `ctr run` uses (`--runtime`).
+    runtime: &'static str,
 }
+
+/// The stock Go shim and taskd's own: the key lifecycle tests run against both.
+const RUNC_V2: &str = "io.containerd.runc.v2";
+const TASKD_V2: &str = "io.containerd.taskd.v2";
 
 impl Ns {
     fn new(d: &Daemon, test: &str) -> Self {
+        Ns::with_runtime(d, test, RUNC_V2)
+    }
+
+    fn with_runtime(d: &Daemon, test: &str, runtime: &'static str) -> Self {
         require_tools();
         Ns {
+            runtime,
             rootfs: build_rootfs(),
             socket: d.socket.clone(),
             state: d.state.clone(),
@@ -104,7 +115,15 @@ impl Ns {
     }
 
     fn run_detached(&self, id: &str, cmd: &[&str]) {
-        let mut args = vec!["run", "-d", "--rootfs", self.rootfs(), id];
+        let mut args = vec![
+            "run",
+            "--runtime",
+            self.runtime,
+            "-d",
+            "--rootfs",
+            self.rootfs(),
+            id,
+        ];
         args.extend_from_slice(cmd);
         self.ctr_ok(&args);
     }
@@ -253,9 +272,28 @@ fn process_with_args(needles: &[&str]) -> Option<u32> {
 
 #[test]
 fn ctr_run_rm_echo_prints_hi() {
+    run_rm_echo(RUNC_V2);
+}
+
+#[test]
+fn ctr_run_rm_echo_prints_hi_taskd_shim() {
+    run_rm_echo(TASKD_V2);
+}
+
+fn run_rm_echo(runtime: &'static str) {
     let d = Daemon::start();
-    let n = Ns::new(&d, "echo");
-    let out = n.ctr_ok(&["run", "--rm", "--rootfs", n.rootfs(), "t1", "/bin/echo", "hi"]);
+    let n = Ns::with_runtime(&d, "echo", runtime);
+    let out = n.ctr_ok(&[
+        "run",
+        "--runtime",
+        runtime,
+        "--rm",
+        "--rootfs",
+        n.rootfs(),
+        "t1",
+        "/bin/echo",
+        "hi",
+    ]);
     assert_eq!(out.trim_end(), "hi");
     assert!(n.tasks().is_empty());
     assert!(!n.bundle("t1").exists());
@@ -264,8 +302,17 @@ fn ctr_run_rm_echo_prints_hi() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctr_detached_task_lifecycle() {
+    detached_task_lifecycle(RUNC_V2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_detached_task_lifecycle_taskd_shim() {
+    detached_task_lifecycle(TASKD_V2).await;
+}
+
+async fn detached_task_lifecycle(runtime: &'static str) {
     let d = Daemon::start();
-    let n = Ns::new(&d, "life");
+    let n = Ns::with_runtime(&d, "life", runtime);
     n.run_detached("d1", &["/bin/sleep", "1000"]);
     let (pid, status) = n.tasks()["d1"].clone();
     assert_eq!(status, "RUNNING");
@@ -432,8 +479,17 @@ fn runc_failing_at_create_cleans_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shim_sigkill_gives_exit_event_and_wait_returns() {
+    shim_sigkill_exit(RUNC_V2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_sigkill_gives_exit_event_and_wait_returns_taskd_shim() {
+    shim_sigkill_exit(TASKD_V2).await;
+}
+
+async fn shim_sigkill_exit(runtime: &'static str) {
     let d = Daemon::start();
-    let n = Ns::new(&d, "shimkill");
+    let n = Ns::with_runtime(&d, "shimkill", runtime);
     n.run_detached("v1", &["/bin/sleep", "1000"]);
     let shim = n.pid_file("v1", "shim.pid");
     let init = n.pid_file("v1", "init.pid");
@@ -505,9 +561,9 @@ async fn shim_sigkill_gives_exit_event_and_wait_returns() {
 
 /// Restart recovery with `count` long-running tasks, a task whose shim dies while taskd is
 /// down, and a broken bundle.
-async fn restart_recovery(count: usize) {
+async fn restart_recovery(count: usize, runtime: &'static str) {
     let mut d = Daemon::start();
-    let n = Ns::new(&d, "restart");
+    let n = Ns::with_runtime(&d, "restart", runtime);
     let ids: Vec<String> = (0..count).map(|i| format!("r{i}")).collect();
     for id in &ids {
         n.run_detached(id, &["/bin/sleep", "1000"]);
@@ -580,7 +636,7 @@ async fn restart_recovery(count: usize) {
             metrics
                 .lines()
                 .any(|l| l.contains(&format!("container_id=\"{id}\""))
-                    && l.contains("runtime=\"io.containerd.runc.v2\"")),
+                    && l.contains(&format!("runtime=\"{runtime}\""))),
             "monitor lost {id} after restart"
         );
     }
@@ -638,7 +694,12 @@ async fn restart_recovery(count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_recovers_running_tasks() {
-    restart_recovery(2).await;
+    restart_recovery(2, RUNC_V2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_recovers_running_tasks_taskd_shim() {
+    restart_recovery(2, TASKD_V2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,7 +707,7 @@ async fn restart_recovers_ten_tasks_e2e() {
     if !e2e("restart_recovers_ten_tasks_e2e") {
         return;
     }
-    restart_recovery(10).await;
+    restart_recovery(10, RUNC_V2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

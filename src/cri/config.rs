@@ -6,7 +6,8 @@
 //! ├── drop_infra_container = true                      no pause container unless the pod shares
 //! │                                                    its PID namespace (IPC/UTS pinned instead)
 //! ├── cgroup_driver = "cgroupfs" | "systemd"          reported by RuntimeConfig, used for cgroup parents
-//! ├── default_runtime = "runc"                         handler used when a pod names none ("")
+//! ├── default_runtime = "runc"                         handler used when a pod names none ("");
+//! │                                                    the built-in `runc` runs io.containerd.taskd.v2
 //! ├── max_container_log_line_size = 16384              longer lines are split into P chunks
 //! ├── log_partial_flush_ms = 1000                      a partial line idle this long is written as P
 //! ├── max_exec_output_bytes = 16777216                 ExecSync output cap, per stream
@@ -26,7 +27,8 @@
 //! │   ├── max_conf_num = 1                             how many networks of conf_dir a pod joins
 //! │   └── plugin_timeout_ms = 60000                    one plugin exec (ADD/DEL/CHECK)
 //! └── [runtimes.<handler>]                             RuntimeClass handler → runtime
-//!     ├── runtime_type = "io.containerd.runc.v2"       shim runtime name
+//!     ├── runtime_type = "io.containerd.taskd.v2"      shim runtime name (or the stock
+//!     │                                                "io.containerd.runc.v2")
 //!     ├── runtime_path = ""                            absolute shim binary path (optional)
 //!     ├── options = { ... }                            runc options as containerd names them (BinaryName,
 //!     │                                                Root, SystemdCgroup, NoPivotRoot, NoNewKeyring,
@@ -166,7 +168,7 @@ pub struct RuntimeHandler {
 impl Default for RuntimeHandler {
     fn default() -> Self {
         RuntimeHandler {
-            runtime_type: "io.containerd.runc.v2".to_owned(),
+            runtime_type: DEFAULT_RUNTIME_TYPE.to_owned(),
             runtime_path: String::new(),
             options: toml::Table::new(),
             pod_annotations: Vec::new(),
@@ -178,9 +180,17 @@ impl Default for RuntimeHandler {
 /// The `Any` type URL runc shims decode their runtime options with.
 pub const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
 
-/// Whether a runtime type is served by the runc shim (whose options taskd can encode).
-fn is_runc(runtime_type: &str) -> bool {
-    matches!(runtime_type, "io.containerd.runc.v2" | "io.containerd.runc.v1")
+/// The built-in `runc` handler's runtime: taskd's own shim (`containerd-shim-taskd-v2`, the
+/// workspace's `shim/` crate), which drives runc as the stock runc shim does.
+pub const DEFAULT_RUNTIME_TYPE: &str = "io.containerd.taskd.v2";
+
+/// Whether a runtime type is served by a runc shim (whose options taskd can encode): the
+/// stock runc shims and taskd's own.
+pub fn is_runc(runtime_type: &str) -> bool {
+    matches!(
+        runtime_type,
+        "io.containerd.runc.v2" | "io.containerd.runc.v1" | DEFAULT_RUNTIME_TYPE
+    )
 }
 
 impl RuntimeHandler {
@@ -574,7 +584,11 @@ mod tests {
     fn handler_lookup_uses_default_for_empty_name() {
         let c = CriConfig::default();
         assert_eq!(c.handler("").unwrap().0, "runc");
-        assert_eq!(c.handler("runc").unwrap().1.runtime_type, "io.containerd.runc.v2");
+        assert_eq!(
+            c.handler("runc").unwrap().1.runtime_type,
+            "io.containerd.taskd.v2"
+        );
+        assert!(is_runc("io.containerd.taskd.v2") && is_runc("io.containerd.runc.v2"));
         assert!(c.handler("kata").is_none());
     }
 }

@@ -3,7 +3,7 @@
 //! on or off. A feature reported true works end to end; anything not probed true is false.
 //!
 //! ```text
-//! recursive_read_only_mounts   the handler runs runc (runtime type io.containerd.runc.v2) whose
+//! recursive_read_only_mounts   the handler runs runc (a runc shim: io.containerd.taskd.v2 or .runc.v2) whose
 //!                              `runc features` lists the `rro` mount option, and the kernel has
 //!                              mount_setattr(2) (5.12+), which `rro` needs
 //! user_namespaces              false: pods in their own user namespace are not implemented
@@ -55,7 +55,7 @@ pub async fn probe(config: &CriConfig) -> HashMap<String, HandlerFeatures> {
 
 /// The runc a runc-shim handler runs; None for other runtimes.
 fn runc_binary(h: &RuntimeHandler) -> Option<String> {
-    if h.runtime_type != "io.containerd.runc.v2" {
+    if !crate::cri::config::is_runc(&h.runtime_type) {
         return None;
     }
     Some(

@@ -41,6 +41,20 @@ pub fn require_root() {
     }
 }
 
+/// taskd's own shim (`containerd-shim-taskd-v2`, runtime `io.containerd.taskd.v2`, the CRI's
+/// default handler), which `cargo test` does not build: `cargo build -p
+/// containerd-shim-taskd-v2` puts it next to the tests' taskd (scripts/test.sh runs it first),
+/// where taskd finds it.
+pub fn taskd_shim() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_taskd")).with_file_name("containerd-shim-taskd-v2");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build -p containerd-shim-taskd-v2` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
 /// Where `bin` is on PATH, if anywhere.
 pub fn which(bin: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -140,6 +154,7 @@ impl Daemon {
     /// A daemon whose config is `extra_config_toml` (any keys or tables) plus, unless it
     /// sets them, `[metrics] address` on a free loopback port.
     pub fn start_with(extra_config_toml: &str) -> Daemon {
+        taskd_shim();
         let dir = tempfile::Builder::new()
             .prefix("taskd-test-")
             .tempdir()
