@@ -13,8 +13,8 @@
 //! Without AppArmor this is containerd 1.6/1.7's CRI behaviour: a pod that asks for a profile
 //! other than unconfined fails CreateContainer rather than running unconfined unnoticed (kubelet
 //! itself refuses such pods on a node without AppArmor). "The host has AppArmor" is
-//! [`host_enabled`]: `/sys/module/apparmor/parameters/enabled` reads `Y` and the securityfs
-//! directory exists. `taskd-default` is loaded with `apparmor_parser -Kr` the first time a
+//! [`host_enabled`]: `/sys/module/apparmor/parameters/enabled` reads `Y`, the securityfs
+//! directory exists and `apparmor_parser` is installed (containerd's own test). `taskd-default` is loaded with `apparmor_parser -Kr` the first time a
 //! container needs it (and again if it was unloaded), from [`DEFAULT_PROFILE_TEXT`].
 
 use std::path::Path;
@@ -111,9 +111,14 @@ pub fn profile(
     }
 }
 
-/// Whether the host has AppArmor: the module is enabled and securityfs shows it.
+/// Whether the host has AppArmor, as containerd decides it: the module is enabled,
+/// securityfs shows it, and `apparmor_parser` is installed (a host with the module but
+/// without the tools, such as a minimal Debian image, runs containers unconfined).
 pub fn host_enabled() -> bool {
     host_enabled_in(Path::new("/sys"))
+        && ["/sbin/apparmor_parser", "/usr/sbin/apparmor_parser"]
+            .iter()
+            .any(|p| Path::new(p).is_file())
 }
 
 fn host_enabled_in(sys: &Path) -> bool {
