@@ -53,7 +53,7 @@ fi
 if [ "$(id -u)" -ne 0 ]; then
     echo "warning: not root; integration tests that need root will fail saying so" >&2
 fi
-# taskd's own shim: the tests' taskd finds it next to itself (target/debug), and the in-process
-# runtime tests through support::taskd_shim(); `cargo test` does not build another package's bin.
-cargo build -p containerd-shim-taskd-v2
+# taskd's own shim: the tests' taskd finds it next to itself (target/debug), the in-process
+# runtime tests through support::taskd_shim(). `cargo test --workspace` builds it before any test
+# runs (shim/tests/cli.rs needs the binary), with the workspace's features: no second build.
 cargo test --workspace "${cargo_args[@]}"

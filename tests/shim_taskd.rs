@@ -26,33 +26,6 @@ use taskd_proto::ttrpc::v2::shim_ttrpc::TaskClient;
 
 const RUNTIME: &str = "io.containerd.taskd.v2";
 
-#[test]
-fn version_and_info_need_no_daemon() {
-    let bin = support::taskd_shim();
-    let out = std::process::Command::new(&bin)
-        .arg("--version")
-        .output()
-        .expect("run shim");
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("containerd-shim-taskd-v2") && text.contains(RUNTIME),
-        "{text}"
-    );
-    let out = std::process::Command::new(&bin)
-        .arg("-info")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run shim -info");
-    assert!(out.status.success(), "{out:?}");
-    // RuntimeInfo { name = 1 }: the runtime id as its first field.
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(RUNTIME),
-        "{:?}",
-        out.stdout
-    );
-}
-
 /// One shim started by hand in a temp dir, with a ttrpc events server playing taskd's.
 struct Rig {
     dir: tempfile::TempDir,

@@ -42,14 +42,13 @@ pub fn require_root() {
 }
 
 /// taskd's own shim (`containerd-shim-taskd-v2`, runtime `io.containerd.taskd.v2`, the CRI's
-/// default handler), which `cargo test` does not build: `cargo build -p
-/// containerd-shim-taskd-v2` puts it next to the tests' taskd (scripts/test.sh runs it first),
-/// where taskd finds it.
+/// default handler), next to the tests' taskd, where taskd finds it: `cargo test --workspace`
+/// builds it (shim/tests needs it); `cargo test -p taskd` alone does not.
 pub fn taskd_shim() -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_taskd")).with_file_name("containerd-shim-taskd-v2");
     assert!(
         p.is_file(),
-        "{} is missing: run `cargo build -p containerd-shim-taskd-v2` first (scripts/test.sh does)",
+        "{} is missing: run `cargo test --workspace` (scripts/test.sh) or `cargo build -p containerd-shim-taskd-v2` first",
         p.display()
     );
     p
