@@ -9,7 +9,7 @@ const RUNTIME: &str = "io.containerd.taskd.v2";
 #[test]
 fn version_and_info_need_no_daemon() {
     let bin = env!("CARGO_BIN_EXE_containerd-shim-taskd-v2");
-    let out = std::process::Command::new(&bin)
+    let out = std::process::Command::new(bin)
         .arg("--version")
         .output()
         .expect("run shim");
@@ -19,7 +19,7 @@ fn version_and_info_need_no_daemon() {
         text.contains("containerd-shim-taskd-v2") && text.contains(RUNTIME),
         "{text}"
     );
-    let out = std::process::Command::new(&bin)
+    let out = std::process::Command::new(bin)
         .arg("-info")
         .stdin(std::process::Stdio::null())
         .output()
