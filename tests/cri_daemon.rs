@@ -467,10 +467,8 @@ async fn image_service_pull_list_status_remove_fsinfo() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn pod_and_container_lifecycle_through_the_daemon() {
-    if !support::e2e("pod_and_container_lifecycle_through_the_daemon") {
-        return;
-    }
     let w = World::new(180 + (std::process::id() % 20) as u8, "");
     let (mut rt, mut images) = w.clients().await;
     // The sandbox image comes from ctr (client-side pull, unpacked into the native
@@ -665,10 +663,8 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
 /// `drop_infra_container = false`: every pod gets a pause container, as with containerd,
 /// also one kubelet sends without a shared PID namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn every_pod_has_a_pause_container_when_drop_infra_container_is_off() {
-    if !support::e2e("every_pod_has_a_pause_container_when_drop_infra_container_is_off") {
-        return;
-    }
     let w = World::with_cri_config(
         80 + (std::process::id() % 20) as u8,
         "",
@@ -706,10 +702,8 @@ async fn every_pod_has_a_pause_container_when_drop_infra_container_is_off() {
 /// A RuntimeClass handler's runc options reach the shim: `BinaryName` names a wrapper that
 /// logs each runc call, and the pod's container is created and started through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn runtime_handler_options_reach_the_runc_shim() {
-    if !support::e2e("runtime_handler_options_reach_the_runc_shim") {
-        return;
-    }
     let tools = tempfile::tempdir().unwrap();
     let calls = tools.path().join("runc-calls.log");
     let wrapper = tools.path().join("runc-wrapper");
@@ -811,10 +805,8 @@ async fn failed_cni_add_rolls_the_pod_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn host_port_on_loopback_reaches_the_pod() {
-    if !support::e2e("host_port_on_loopback_reaches_the_pod") {
-        return;
-    }
     support::require_bin("iptables", "iptables");
     let octet = 140 + (std::process::id() % 20) as u8;
     let w = World::new(
@@ -931,10 +923,8 @@ async fn ready_pods(rt: &mut RuntimeServiceClient<Channel>) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn node_restarts_keep_20_pods_and_report_what_exited_meanwhile() {
-    if !support::e2e("node_restarts_keep_20_pods_and_report_what_exited_meanwhile") {
-        return;
-    }
     const PODS: usize = 20;
     let mut w = World::new(220 + (std::process::id() % 20) as u8, "");
     let (mut rt, mut images) = w.clients().await;
@@ -1067,10 +1057,8 @@ async fn node_restarts_keep_20_pods_and_report_what_exited_meanwhile() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn probes_stats_metrics_and_events_through_the_client() {
-    if !support::e2e("probes_stats_metrics_and_events_through_the_client") {
-        return;
-    }
     let w = World::new(120 + (std::process::id() % 20) as u8, "");
     let (mut rt, mut images) = w.clients().await;
     pull(&mut images, "busybox", None).await;
@@ -1367,10 +1355,8 @@ async fn probes_stats_metrics_and_events_through_the_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn checkpoint_container_writes_the_archive_or_says_why_criu_cannot() {
-    if !support::e2e("checkpoint_container_writes_the_archive_or_says_why_criu_cannot") {
-        return;
-    }
     let w = World::new(100 + (std::process::id() % 20) as u8, "");
     let (mut rt, mut images) = w.clients().await;
     pull(&mut images, "busybox", None).await;
@@ -1461,10 +1447,8 @@ async fn checkpoint_container_writes_the_archive_or_says_why_criu_cannot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn pod_options_security_context_resources_and_log_reopen() {
-    if !support::e2e("pod_options_security_context_resources_and_log_reopen") {
-        return;
-    }
     let w = World::new(240 + (std::process::id() % 14) as u8, "");
     let (mut rt, mut images) = w.clients().await;
     pull(&mut images, "busybox", None).await;
@@ -1843,10 +1827,8 @@ const MOUNT_OPTS: &str =
     "awk -v p=\"$P\" '$5==p{o=$6} END{print (o==\"\" ? \"-\" : o)}' /proc/self/mountinfo";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn seccomp_masked_paths_devices_hugepages_and_target_pid_namespace() {
-    if !support::e2e("seccomp_masked_paths_devices_hugepages_and_target_pid_namespace") {
-        return;
-    }
     use cri::security_profile::ProfileType;
     let w = World::new(60 + (std::process::id() % 20) as u8, "");
     let (mut rt, mut images) = w.clients().await;

@@ -13,7 +13,7 @@
 //! - `taskd_checkpoint_restore_round_trip`: the same through taskd: `ctr tasks checkpoint
 //!   --exit` into the content store, then Create from the image's CRIU descriptor + Start.
 //!
-//! All run only with `TASKD_E2E=1` and need root, runc, criu, containerd (shim) and
+//! All are `#[ignore = "e2e: ..."]` (run by `scripts/test.sh --e2e`) and need root, runc, criu, containerd (shim) and
 //! busybox-static. When CRIU cannot work here they FAIL with runc's/the shim's error, the
 //! `Error` lines of CRIU's log and what `criu check` says. Cleanup is by id, pid and path:
 //! `runc delete --force` on the test's own runc root, SIGKILL to the recorded shim pid, the
@@ -224,10 +224,8 @@ fn criu_failed(step: &str, error: &str, log: &Path) -> ! {
 }
 
 #[test]
+#[ignore = "e2e: needs root, runc, criu (what this kernel cannot checkpoint is asserted, not skipped)"]
 fn runc_checkpoint_restore_round_trip() {
-    if !support::e2e("runc_checkpoint_restore_round_trip") {
-        return;
-    }
     require();
     if criu_cannot_start("runc_checkpoint_restore_round_trip") {
         return;
@@ -363,10 +361,8 @@ async fn stop_shim(task: &TaskClient, id: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, criu (what this kernel cannot checkpoint is asserted, not skipped)"]
 async fn shim_checkpoint_restore_round_trip() {
-    if !support::e2e("shim_checkpoint_restore_round_trip") {
-        return;
-    }
     require();
     if criu_cannot_start("shim_checkpoint_restore_round_trip") {
         return;
@@ -511,12 +507,10 @@ fn ctr_ok(d: &support::Daemon, ns: &str, args: &[&str]) -> String {
 /// task of the same container created from the image's CRIU descriptor (`Create{checkpoint}`
 /// + Start) counts on from where it stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, criu (what this kernel cannot checkpoint is asserted, not skipped)"]
 async fn taskd_checkpoint_restore_round_trip() {
     use taskd_proto::containerd::services::tasks::v1 as api;
     const TEST: &str = "taskd_checkpoint_restore_round_trip";
-    if !support::e2e(TEST) {
-        return;
-    }
     require();
     if criu_cannot_start(TEST) {
         return;

@@ -272,10 +272,8 @@ fn result_value(r: &serde_json::Value) -> Option<f64> {
 }
 
 #[test]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr, a Prometheus server"]
 fn prometheus_server_scrapes_task_series_with_labels() {
-    if !support::e2e("prometheus_server_scrapes_task_series_with_labels") {
-        return;
-    }
     require_tools();
     let d = Daemon::start();
     let _busy = run_task(&d, "prombusy", &[], &["/bin/sh", "-c", "while :; do :; done"]);

@@ -3,7 +3,7 @@
 //!
 //! Every test uses its own namespace and container ids (shims hash them into their socket
 //! paths; runc keeps state per namespace), so tests run in parallel with each other and with
-//! other suites. Slow tests (10-task restart, 200 cycles) run with `TASKD_E2E=1`.
+//! other suites. Slow tests (10-task restart, 200 cycles) are `#[ignore = "e2e: ..."]`: `scripts/test.sh --e2e`.
 
 #[path = "support/rootfs.rs"]
 mod rootfs;
@@ -163,15 +163,6 @@ impl Ns {
     async fn wait(&self, id: &str) -> u32 {
         wait_on(&self.socket, &self.ns, id).await
     }
-}
-
-/// Whether the slow end-to-end tests run (`TASKD_E2E=1`); says so when they do not.
-fn e2e(test: &str) -> bool {
-    let on = std::env::var("TASKD_E2E").is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!("{test}: end-to-end test not run; set TASKD_E2E=1 to run it");
-    }
-    on
 }
 
 fn bundles(state: &Path) -> PathBuf {
@@ -703,18 +694,14 @@ async fn restart_recovers_running_tasks_taskd_shim() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: slow (10 tasks through a daemon restart); needs root, runc, the runc shim"]
 async fn restart_recovers_ten_tasks_e2e() {
-    if !e2e("restart_recovers_ten_tasks_e2e") {
-        return;
-    }
     restart_recovery(10, RUNC_V2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: slow (200 task cycles); needs root, runc, the runc shim"]
 async fn two_hundred_cycles_leave_nothing_behind_e2e() {
-    if !e2e("two_hundred_cycles_leave_nothing_behind_e2e") {
-        return;
-    }
     let mut d = Daemon::start();
     let n = Ns::new(&d, "cycles");
     let mut pids = Vec::new();

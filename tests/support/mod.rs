@@ -69,16 +69,6 @@ pub fn require_bin(bin: &str, apt_package: &str) {
     }
 }
 
-/// Whether the slow end-to-end tests are enabled (`TASKD_E2E=1`; CI sets it). A test gated on
-/// this returns early after printing why, so `cargo test` output says what was not run.
-pub fn e2e(test: &str) -> bool {
-    let on = std::env::var("TASKD_E2E").is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!("{test}: end-to-end test not run; set TASKD_E2E=1 (scripts/test.sh --e2e) to run it");
-    }
-    on
-}
-
 /// A free loopback TCP port (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
