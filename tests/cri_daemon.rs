@@ -23,6 +23,7 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use support::Daemon;
 use support::cri_client::{container_stats, create_and_start, exited, status, stop_and_remove};
+use support::observe::sample;
 use support::registry::{ImageBuilder, OciLayout, Registry};
 use tonic::transport::Channel;
 
@@ -3212,14 +3213,6 @@ async fn scrape_status(addr: &str) -> u16 {
         .unwrap_or(0)
 }
 
-fn counter(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Pods start while waves of 500 parallel scrapes run: each scrape is answered (200, or 503
 /// when 64 wait already), the scrapes share collections, and every pod starts. The start
 /// times of the quiet and the flooded pods are printed (timing is measured by benchmarks,
@@ -3283,14 +3276,16 @@ async fn a_scrape_flood_is_bounded_and_pods_still_start() {
         "every scrape is answered 200 or 503: {codes:?}"
     );
     let after = w.d.http("/v1/metrics", None).1;
-    let collections = counter(&after, "taskd_metrics_collections_total")
-        - counter(&before, "taskd_metrics_collections_total");
+    let collections = sample(&after, "taskd_metrics_collections_total", &[]).unwrap_or(0.0)
+        - sample(&before, "taskd_metrics_collections_total", &[]).unwrap_or(0.0);
     assert!(
         collections < (total / 10) as f64,
         "{total} scrapes took {collections} collections"
     );
-    let refused = counter(&after, "taskd_metrics_scrapes_refused_total{reason=\"busy\"}")
-        + counter(&after, "taskd_metrics_scrapes_refused_total{reason=\"timeout\"}");
+    let refused = ["busy", "timeout"]
+        .iter()
+        .map(|r| sample(&after, "taskd_metrics_scrapes_refused_total", &[("reason", r)]).unwrap_or(0.0))
+        .sum::<f64>();
     assert_eq!(
         refused as usize,
         codes.get(&503).copied().unwrap_or(0),

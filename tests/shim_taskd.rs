@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
+use support::procs::{command_lines, fd_count, zombie_children};
 use taskd::events::{Envelope, Exchange, Subscriber};
 use taskd::filters::Filter;
 use taskd::server::TtrpcService;
@@ -790,74 +791,31 @@ fn containerd_1_6_runs_containers_with_the_shim() {
     let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&ns));
 }
 
-/// A live process whose command line holds every one of `needles` (read-only lookup).
-fn process_with_arg(needles: &[&str]) -> Option<u32> {
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(format!("/proc/{p}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect();
-        if args
-            .first()
-            .is_some_and(|a| a.ends_with("containerd-shim-taskd-v2"))
-            && needles.iter().all(|n| args.iter().any(|a| a == n))
-        {
-            return Some(p);
-        }
-    }
-    None
+/// Command lines of this shim's processes (read-only lookup).
+fn taskd_shims() -> Vec<(u32, Vec<String>)> {
+    command_lines()
+        .into_iter()
+        .filter(|(_, args)| {
+            args.first()
+                .is_some_and(|a| a.ends_with("containerd-shim-taskd-v2"))
+        })
+        .collect()
 }
 
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+/// A shim whose command line holds every one of `needles`.
+fn process_with_arg(needles: &[&str]) -> Option<u32> {
+    taskd_shims()
+        .into_iter()
+        .find(|(_, args)| needles.iter().all(|n| args.iter().any(|a| a == n)))
+        .map(|(p, _)| p)
 }
 
 fn shims_of(ns: &str) -> Vec<u32> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(format!("/proc/{p}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect();
-        if args
-            .first()
-            .is_some_and(|a| a.ends_with("containerd-shim-taskd-v2"))
-            && args.iter().any(|a| a == ns)
-        {
-            v.push(p);
-        }
-    }
-    v
-}
-
-fn zombies_of(parent: u32) -> usize {
-    std::fs::read_dir("/proc")
+    taskd_shims()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            f.len() > 1 && f[0] == "Z" && f[1] == parent.to_string()
-        })
-        .count()
+        .filter(|(_, args)| args.iter().any(|a| a == ns))
+        .map(|(p, _)| p)
+        .collect()
 }
 
 /// 100 create/start/exec/kill/delete cycles through taskd on this shim (the warm pool's
@@ -953,7 +911,7 @@ fn hundred_cycles_leak_nothing() {
     for (p, fds) in shims.iter().zip(&shim_fds) {
         if after.contains(p) {
             assert!(fd_count(*p) <= fds + 2, "shim {p} fds {fds} → {}", fd_count(*p));
-            assert_eq!(zombies_of(*p), 0, "zombies under shim {p}");
+            assert_eq!(zombie_children(*p).len(), 0, "zombies under shim {p}");
             assert_eq!(ptys(*p), 0);
         }
     }

@@ -76,7 +76,12 @@ fn prereqs() {
 }
 
 fn ctr_sn(d: &Daemon, sn: &str, args: &[&str]) -> String {
-    let mut all = vec!["snapshots", "--snapshotter", sn];
+    ctr_sn_in(d, "default", sn, args)
+}
+
+/// `ctr -n NS snapshots --snapshotter SN ARGS...`.
+fn ctr_sn_in(d: &Daemon, ns: &str, sn: &str, args: &[&str]) -> String {
+    let mut all = vec!["-n", ns, "snapshots", "--snapshotter", sn];
     all.extend_from_slice(args);
     d.ctr_ok(&all)
 }
@@ -692,9 +697,9 @@ async fn diff_of_an_active_snapshot_never_reads_through_a_planted_symlink() {
     let mut sn = snapshots::snapshots_client::SnapshotsClient::new(ch.clone());
     let mut df = diff::diff_client::DiffClient::new(ch.clone());
     let ns = "race";
-    ctr_sn_ns(&d, ns, &["prepare", "base-a", ""]);
-    ctr_sn_ns(&d, ns, &["commit", "base", "base-a"]);
-    ctr_sn_ns(&d, ns, &["prepare", "c1", "base"]);
+    ctr_sn_in(&d, ns, "overlayfs", &["prepare", "base-a", ""]);
+    ctr_sn_in(&d, ns, "overlayfs", &["commit", "base", "base-a"]);
+    ctr_sn_in(&d, ns, "overlayfs", &["prepare", "c1", "base"]);
     let mounts = |key: &str| snapshots::MountsRequest {
         snapshotter: "overlayfs".into(),
         key: key.into(),
@@ -786,12 +791,6 @@ async fn diff_of_an_active_snapshot_never_reads_through_a_planted_symlink() {
             "a refused walk says why: {m}"
         );
     }
-}
-
-fn ctr_sn_ns(d: &Daemon, ns: &str, args: &[&str]) -> String {
-    let mut all = vec!["-n", ns, "snapshots", "--snapshotter", "overlayfs"];
-    all.extend_from_slice(args);
-    d.ctr_ok(&all)
 }
 
 /// The mounts of a new overlayfs view `key` of `parent`.

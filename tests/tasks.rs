@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::Daemon;
+use support::procs::{command_lines, fd_count, zombie_children};
 use taskd_proto::containerd::services::tasks::v1 as api;
 
 fn require_tools() {
@@ -213,52 +214,13 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Zombie children of `pid`.
-fn zombie_children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 1 && f[0] == "Z" && f[1] == pid.to_string() {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// Whether any live process's command line holds all of `needles` (read-only check; tests
 /// never kill by name).
 fn process_with_args(needles: &[&str]) -> Option<u32> {
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(format!("/proc/{p}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect();
-        if needles.iter().all(|n| args.iter().any(|a| a == n)) && alive(p) {
-            return Some(p);
-        }
-    }
-    None
+    command_lines()
+        .into_iter()
+        .find(|(p, args)| needles.iter().all(|n| args.iter().any(|a| a == n)) && alive(*p))
+        .map(|(p, _)| p)
 }
 
 #[test]

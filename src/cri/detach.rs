@@ -256,57 +256,20 @@ impl CriService {
             .map(|_| cri::StartContainerResponse {})
     }
 
-    pub async fn stop_pod_sandbox_detached(
+    /// `call` on this service in a tracked task of its own: a caller that goes away leaves
+    /// it running to its end (StopPodSandbox, RemovePodSandbox, StopContainer,
+    /// RemoveContainer, PullImage: calls whose retry is idempotent).
+    pub async fn detached<T, Fut>(
         self: Arc<Self>,
-        req: cri::StopPodSandboxRequest,
-    ) -> Result<cri::StopPodSandboxResponse, CriError> {
-        let svc = self.clone();
-        self.detached
-            .spawn_and_wait("StopPodSandbox", async move { svc.stop_pod_sandbox(req).await })
-            .await
-    }
-
-    pub async fn remove_pod_sandbox_detached(
-        self: Arc<Self>,
-        req: cri::RemovePodSandboxRequest,
-    ) -> Result<cri::RemovePodSandboxResponse, CriError> {
-        let svc = self.clone();
-        self.detached
-            .spawn_and_wait(
-                "RemovePodSandbox",
-                async move { svc.remove_pod_sandbox(req).await },
-            )
-            .await
-    }
-
-    pub async fn stop_container_detached(
-        self: Arc<Self>,
-        req: cri::StopContainerRequest,
-    ) -> Result<cri::StopContainerResponse, CriError> {
-        let svc = self.clone();
-        self.detached
-            .spawn_and_wait("StopContainer", async move { svc.stop_container(req).await })
-            .await
-    }
-
-    pub async fn remove_container_detached(
-        self: Arc<Self>,
-        req: cri::RemoveContainerRequest,
-    ) -> Result<cri::RemoveContainerResponse, CriError> {
-        let svc = self.clone();
-        self.detached
-            .spawn_and_wait("RemoveContainer", async move { svc.remove_container(req).await })
-            .await
-    }
-
-    pub async fn pull_image_detached(
-        self: Arc<Self>,
-        req: cri::PullImageRequest,
-    ) -> Result<cri::PullImageResponse, CriError> {
-        let svc = self.clone();
-        self.detached
-            .spawn_and_wait("PullImage", async move { svc.pull_image(req).await })
-            .await
+        what: &'static str,
+        call: impl FnOnce(Arc<Self>) -> Fut,
+    ) -> Result<T, CriError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, CriError>> + Send + 'static,
+    {
+        let op = call(self.clone());
+        self.detached.spawn_and_wait(what, op).await
     }
 }
 

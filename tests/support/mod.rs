@@ -21,6 +21,7 @@
 pub mod cleanup;
 pub mod cri_client;
 pub mod observe;
+pub mod procs;
 pub mod registry;
 
 use std::io::{Read, Write};

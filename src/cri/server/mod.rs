@@ -1,8 +1,8 @@
 //! The CRI gRPC surface: [`CriApi`] implements kubelet's `RuntimeService` and
 //! `ImageService` (message limits from `[grpc]`). Each method is one line: `Instrument::call(operation, handler, the
-//! handler in server/<noun>/<rpc>.rs)`; the calls that change state go through their
-//! `*_detached` twin (cri/detach.rs), which runs them in a task the caller cannot cut
-//! short. Nothing else happens here: no conversion beyond
+//! handler in server/<noun>/<rpc>.rs)`; the calls that change state run through
+//! `CriService::detached` or their `*_detached` twin (cri/detach.rs), in a task the caller
+//! cannot cut short. Nothing else happens here: no conversion beyond
 //! unwrapping the request, no error mapping (the instrument does it).
 //!
 //! ```text
@@ -118,7 +118,9 @@ impl RuntimeService for CriApi {
             .call(
                 "StopPodSandbox",
                 "",
-                self.svc.clone().stop_pod_sandbox_detached(r.into_inner()),
+                self.svc.clone().detached("StopPodSandbox", |s| async move {
+                    s.stop_pod_sandbox(r.into_inner()).await
+                }),
             )
             .await
     }
@@ -131,7 +133,9 @@ impl RuntimeService for CriApi {
             .call(
                 "RemovePodSandbox",
                 "",
-                self.svc.clone().remove_pod_sandbox_detached(r.into_inner()),
+                self.svc.clone().detached("RemovePodSandbox", |s| async move {
+                    s.remove_pod_sandbox(r.into_inner()).await
+                }),
             )
             .await
     }
@@ -212,7 +216,9 @@ impl RuntimeService for CriApi {
             .call(
                 "StopContainer",
                 "",
-                self.svc.clone().stop_container_detached(r.into_inner()),
+                self.svc.clone().detached("StopContainer", |s| async move {
+                    s.stop_container(r.into_inner()).await
+                }),
             )
             .await
     }
@@ -225,7 +231,9 @@ impl RuntimeService for CriApi {
             .call(
                 "RemoveContainer",
                 "",
-                self.svc.clone().remove_container_detached(r.into_inner()),
+                self.svc.clone().detached("RemoveContainer", |s| async move {
+                    s.remove_container(r.into_inner()).await
+                }),
             )
             .await
     }
@@ -514,7 +522,9 @@ impl ImageService for CriApi {
             .call(
                 "PullImage",
                 "",
-                self.svc.clone().pull_image_detached(r.into_inner()),
+                self.svc
+                    .clone()
+                    .detached("PullImage", |s| async move { s.pull_image(r.into_inner()).await }),
             )
             .await
     }
