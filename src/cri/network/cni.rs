@@ -506,13 +506,22 @@ impl Cni {
             .kill_on_drop(true)
             .spawn()
             .map_err(exec_err)?;
-        let mut child_stdin = child.stdin.take();
-        let run = async {
-            if let Some(s) = child_stdin.as_mut() {
-                s.write_all(&stdin).await?;
+        let child_stdin = child.stdin.take();
+        // The config is written while the output is read, and a plugin that exits without
+        // reading all of it (a broken pipe) is judged by its exit and output, as libcni does.
+        let feed = async move {
+            let Some(mut s) = child_stdin else {
+                return Ok(());
+            };
+            match s.write_all(&stdin).await {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                r => r,
             }
-            drop(child_stdin.take());
-            child.wait_with_output().await
+        };
+        let run = async {
+            let (fed, out) = tokio::join!(feed, child.wait_with_output());
+            fed?;
+            out
         };
         let out = match tokio::time::timeout(self.timeout, run).await {
             Ok(r) => r.map_err(exec_err)?,
@@ -759,6 +768,44 @@ mod tests {
         let cni = Cni::new(&CniConfig::default(), PathBuf::from("/nonexistent"));
         for p in ["../../bin/sh", "/bin/sh", ".."] {
             assert!(matches!(cni.find(p), Err(CniError::PluginNotFound { .. })), "{p}");
+        }
+    }
+
+    /// A plugin that answers without reading its config (slow-cni DEL in the e2e suite) is
+    /// judged by its exit and output; the broken pipe of the unread config is no error.
+    #[tokio::test]
+    async fn a_plugin_that_leaves_its_config_unread_is_judged_by_its_exit() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let plugin = bin.join("early");
+        std::fs::write(&plugin, "#!/bin/sh\necho '{\"cniVersion\":\"1.0.0\"}'\n").unwrap();
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = CniConfig {
+            bin_dirs: vec![bin],
+            ..Default::default()
+        };
+        let cni = Cni::new(&cfg, dir.path().join("cache"));
+        let net = NetworkConfList::parse(
+            Path::new("/x/a.conflist"),
+            br#"{"cniVersion":"1.0.0","name":"a","plugins":[{"type":"early"}]}"#,
+        )
+        .unwrap();
+        let pod = PodRef {
+            sandbox_id: "s".into(),
+            name: "p".into(),
+            namespace: "n".into(),
+            uid: "u".into(),
+        };
+        // Far more than a pipe holds, so the write outlives the plugin.
+        let conf = json!({"name": "a", "type": "early", "pad": "x".repeat(1 << 20)});
+        for _ in 0..3 {
+            let out = cni
+                .exec_plugin(&net, 0, "DEL", &pod, None, "eth0", &conf)
+                .await
+                .unwrap();
+            assert_eq!(out, b"{\"cniVersion\":\"1.0.0\"}\n");
         }
     }
 
