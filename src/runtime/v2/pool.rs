@@ -24,18 +24,26 @@
 //!   on the idle timeout (Shutdown), on daemon shutdown (Shutdown of every idle one), and
 //!   at recovery (idle ones are shut down; one that serves a recovered task keeps its dir
 //!   until it exits).
+//! - [`WarmPool`] owns its background work (starts, delayed refills, idle timers) in one
+//!   task tracker: [`WarmPool::close`] cancels the timers, waits for the starts in flight and
+//!   stops every idle shim. It knows the manager's tasks only through what the manager
+//!   passes in (a recycled shim's "still serving" answer), never the other way round.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use taskd_proto::ttrpc::v2::{shim as pb, shim_ttrpc::TaskClient};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::binary::{self, DaemonAddresses};
 use super::bundle::{self, Bundle};
-use super::shim::{self, ShimConn};
-use super::{Inner, binary, lock};
+use super::conns::Connections;
+use super::shim::{self, ShimConn, lock};
 use crate::runtime::{CreateOpts, Result, RuntimeError};
 
 /// The pool's dir under the runtime's state dir (not a valid namespace name).
@@ -51,17 +59,23 @@ pub const REFILL_DELAY: Duration = Duration::from_secs(1);
 /// (namespace, shim binary).
 type PoolKey = (String, PathBuf);
 
-/// The pool's in-memory state.
+/// The idle and starting shims, per key.
 #[derive(Default)]
-pub(super) struct Pool {
+struct Slots {
     idle: HashMap<PoolKey, Vec<Warm>>,
     starting: HashMap<PoolKey, usize>,
     /// Set on daemon shutdown: nothing is added any more.
     closed: bool,
 }
 
+impl Slots {
+    fn have(&self, key: &PoolKey) -> usize {
+        self.idle.get(key).map_or(0, Vec::len) + self.starting.get(key).copied().unwrap_or(0)
+    }
+}
+
 /// An idle, connected pool shim.
-pub(super) struct Warm {
+pub struct Warm {
     pub id: String,
     pub conn: Arc<ShimConn>,
     /// Which idle period this is (the idle timer of an earlier one must not stop it).
@@ -69,11 +83,11 @@ pub(super) struct Warm {
 }
 
 /// A live pool shim's dir and the reader of its log fifo (kept until the shim exits).
-pub(super) struct PoolDir {
-    pub dir: PathBuf,
-    pub log: Option<JoinHandle<()>>,
+struct PoolDir {
+    dir: PathBuf,
+    log: Option<JoinHandle<()>>,
     /// Its pool id and key, when it may go back to the pool after its task.
-    pub origin: Option<(String, PoolKey)>,
+    origin: Option<(String, PoolKey)>,
 }
 
 impl PoolDir {
@@ -95,7 +109,7 @@ impl PoolDir {
 /// (`io.kubernetes.cri.sandbox-id`) is eligible: the caller looks for the pod's shim among
 /// its tasks first, and only the pod's first task takes a warm shim, which the others then
 /// find the same way.
-pub(super) fn eligible(opts: &CreateOpts, spec: &bundle::SpecFacts) -> bool {
+pub fn eligible(opts: &CreateOpts, spec: &bundle::SpecFacts) -> bool {
     if spec.runc_grouped {
         return false;
     }
@@ -138,15 +152,68 @@ fn create_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-impl Inner {
-    pub(super) fn pool_root(&self) -> PathBuf {
-        self.state.join(POOL_DIR)
+/// The warm shim pool of one runtime manager.
+pub struct WarmPool {
+    /// `<state>/.pool`.
+    root: PathBuf,
+    addrs: DaemonAddresses,
+    conns: Arc<Connections>,
+    /// Idle shims kept per key (0: the pool is off).
+    size: usize,
+    idle_timeout: Duration,
+    slots: Mutex<Slots>,
+    /// Live pool shims' dirs, by shim pid (removed when the shim exits).
+    dirs: Mutex<HashMap<u32, PoolDir>>,
+    seq: AtomicU64,
+    /// Every background task of the pool: starts, delayed refills, idle timers.
+    work: TaskTracker,
+    /// Cancels the waiting ones (delayed refills, idle timers) on close.
+    closing: CancellationToken,
+}
+
+impl WarmPool {
+    pub fn new(
+        state: &Path,
+        addrs: DaemonAddresses,
+        conns: Arc<Connections>,
+        size: usize,
+        idle_timeout: Duration,
+    ) -> WarmPool {
+        WarmPool {
+            root: state.join(POOL_DIR),
+            addrs,
+            conns,
+            size,
+            idle_timeout,
+            slots: Mutex::new(Slots::default()),
+            dirs: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+            work: TaskTracker::new(),
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// Whether the pool is on (`shim_pool_size` > 0).
+    pub fn enabled(&self) -> bool {
+        self.size > 0
+    }
+
+    /// Whether `pid` is a shim the pool started (idle, or serving a task it was taken for).
+    pub fn owns(&self, pid: u32) -> bool {
+        lock(&self.dirs).contains_key(&pid)
+    }
+
+    /// The pids of the live pool shims (idle or serving a task), sorted.
+    pub fn shim_pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = lock(&self.dirs).keys().copied().collect();
+        v.sort_unstable();
+        v
     }
 
     /// An idle pool shim for `ns` + `binary`, if one is ready.
-    pub(super) fn take_warm(&self, ns: &str, binary: &Path) -> Option<Warm> {
-        let mut pool = lock(&self.pool);
-        let list = pool.idle.get_mut(&(ns.to_owned(), binary.to_path_buf()))?;
+    pub fn take(&self, ns: &str, binary: &Path) -> Option<Warm> {
+        let mut slots = lock(&self.slots);
+        let list = slots.idle.get_mut(&(ns.to_owned(), binary.to_path_buf()))?;
         while let Some(w) = list.pop() {
             if shim::pid_alive(w.conn.shim_pid) {
                 return Some(w);
@@ -157,51 +224,52 @@ impl Inner {
 
     /// Starts pool shims in the background (after `delay`) until `ns` + `binary` has
     /// `shim_pool_size` idle or starting ones.
-    pub(super) fn refill(self: &Arc<Self>, ns: &str, binary: &Path, delay: Duration) {
-        let size = self.config.shim_pool_size;
-        if size == 0 {
+    pub fn refill(self: &Arc<Self>, ns: &str, binary: &Path, delay: Duration) {
+        if self.size == 0 {
             return;
         }
         if !delay.is_zero() {
             let weak = Arc::downgrade(self);
+            let closing = self.closing.clone();
             let (ns, binary) = (ns.to_owned(), binary.to_path_buf());
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                if let Some(inner) = weak.upgrade() {
-                    inner.refill(&ns, &binary, Duration::ZERO);
+            self.work.spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {
+                        if let Some(pool) = weak.upgrade() {
+                            pool.refill(&ns, &binary, Duration::ZERO);
+                        }
+                    }
+                    () = closing.cancelled() => {}
                 }
             });
             return;
         }
         let key = (ns.to_owned(), binary.to_path_buf());
         let missing = {
-            let mut pool = lock(&self.pool);
-            if pool.closed {
+            let mut slots = lock(&self.slots);
+            if slots.closed {
                 return;
             }
-            let have =
-                pool.idle.get(&key).map_or(0, Vec::len) + pool.starting.get(&key).copied().unwrap_or(0);
-            let missing = size.saturating_sub(have);
+            let missing = self.size.saturating_sub(slots.have(&key));
             if missing > 0 {
-                *pool.starting.entry(key.clone()).or_default() += missing;
+                *slots.starting.entry(key.clone()).or_default() += missing;
             }
             missing
         };
         for _ in 0..missing {
-            let inner = self.clone();
+            let pool = self.clone();
             let key = key.clone();
-            tokio::spawn(async move {
-                let started = inner.start_warm(&key.0, &key.1).await;
-                inner.warm_ready(key, started).await;
+            self.work.spawn(async move {
+                let started = pool.start(&key.0, &key.1).await;
+                pool.ready(key, started).await;
             });
         }
     }
 
     /// `<shim> start` in a new pool dir, connect, remember the dir.
-    async fn start_warm(self: &Arc<Self>, ns: &str, binary: &Path) -> Result<Warm> {
-        let seq = self.pool_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = pool_id(seq);
-        let dir = self.pool_root().join(ns).join(&id);
+    async fn start(&self, ns: &str, binary: &Path) -> Result<Warm> {
+        let id = pool_id(self.seq.fetch_add(1, Ordering::Relaxed));
+        let dir = self.root.join(ns).join(&id);
         create_dir(&dir).map_err(|source| RuntimeError::Io {
             op: "create",
             path: dir.clone(),
@@ -214,10 +282,9 @@ impl Inner {
             work: dir.clone(),
         };
         b.write(bundle::SHIM_BINARY_PATH, binary.to_string_lossy().as_bytes())?;
-        let log = self.spawn_log_reader(&b);
         let pool_dir = PoolDir {
             dir,
-            log,
+            log: shim::forward_log(&b),
             origin: Some((id.clone(), (ns.to_owned(), binary.to_path_buf()))),
         };
         let address = match binary::start(binary, &b, &self.addrs, None).await {
@@ -230,18 +297,12 @@ impl Inner {
                 return Err(e);
             }
         };
-        match self.connect(&address, ns, &id).await {
+        match self.conns.connect(&address, ns, &id).await {
             Ok((conn, _)) => {
                 if let Err(e) = b.write(bundle::SHIM_PID, conn.shim_pid.to_string().as_bytes()) {
                     tracing::debug!(id, error = %e, "write pool shim.pid");
                 }
-                lock(&self.pool_dirs).insert(conn.shim_pid, pool_dir);
-                if !shim::pid_alive(conn.shim_pid) {
-                    // Died before its dir was known: its watcher may have missed the dir.
-                    if let Some(d) = lock(&self.pool_dirs).remove(&conn.shim_pid) {
-                        d.remove();
-                    }
-                }
+                self.keep_dir(conn.shim_pid, pool_dir);
                 Ok(Warm {
                     id,
                     conn,
@@ -249,19 +310,30 @@ impl Inner {
                 })
             }
             Err(e) => {
-                self.abandon_shim(binary, &b, &address).await;
+                self.conns.abandon(&self.addrs, binary, &b, &address).await;
                 pool_dir.remove();
                 Err(e)
             }
         }
     }
 
+    /// Remembers the dir of live pool shim `pid`; removes it at once when the shim died
+    /// before (its watcher may have missed the dir).
+    fn keep_dir(&self, pid: u32, dir: PoolDir) {
+        lock(&self.dirs).insert(pid, dir);
+        if !shim::pid_alive(pid)
+            && let Some(d) = lock(&self.dirs).remove(&pid)
+        {
+            d.remove();
+        }
+    }
+
     /// A background start finished: add the shim to the idle list (with its idle timer),
     /// or stop it when the pool was closed meanwhile.
-    async fn warm_ready(self: &Arc<Self>, key: PoolKey, started: Result<Warm>) {
+    async fn ready(self: &Arc<Self>, key: PoolKey, started: Result<Warm>) {
         let closed_out = {
-            let mut pool = lock(&self.pool);
-            if let Some(n) = pool.starting.get_mut(&key) {
+            let mut slots = lock(&self.slots);
+            if let Some(n) = slots.starting.get_mut(&key) {
                 *n = n.saturating_sub(1);
             }
             match started {
@@ -269,40 +341,43 @@ impl Inner {
                     tracing::warn!(namespace = %key.0, shim = %key.1.display(), error = %e, "pool shim start failed");
                     return;
                 }
-                Ok(w) if pool.closed => Some(w),
+                Ok(w) if slots.closed => Some(w),
                 Ok(mut w) => {
                     tracing::debug!(namespace = %key.0, id = %w.id, pid = w.conn.shim_pid, "pool shim ready");
                     w.idle_gen = self.arm_idle_timer(&key);
-                    pool.idle.entry(key.clone()).or_default().push(w);
+                    slots.idle.entry(key.clone()).or_default().push(w);
                     None
                 }
             }
         };
         if let Some(w) = closed_out {
-            self.stop_warm(&key.0, w).await;
+            self.stop(&key.0, w).await;
         }
     }
 
     /// Starts the idle timer of a shim going idle now; returns the idle period's number.
     fn arm_idle_timer(self: &Arc<Self>, key: &PoolKey) -> u64 {
-        let idle_gen = self.pool_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let idle_gen = self.seq.fetch_add(1, Ordering::Relaxed);
         let weak = Arc::downgrade(self);
+        let closing = self.closing.clone();
         let key = key.clone();
-        let timeout = self.config.shim_pool_idle_timeout.0;
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            let Some(inner) = weak.upgrade() else { return };
+        let timeout = self.idle_timeout;
+        self.work.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => {}
+                () = closing.cancelled() => return,
+            }
+            let Some(pool) = weak.upgrade() else { return };
             let w = {
-                let mut pool = lock(&inner.pool);
-                let list = pool.idle.get_mut(&key);
-                list.and_then(|l| {
+                let mut slots = lock(&pool.slots);
+                slots.idle.get_mut(&key).and_then(|l| {
                     let i = l.iter().position(|w| w.idle_gen == idle_gen)?;
                     Some(l.remove(i))
                 })
             };
             if let Some(w) = w {
                 tracing::debug!(namespace = %key.0, id = %w.id, pid = w.conn.shim_pid, "idle pool shim timed out");
-                inner.stop_warm(&key.0, w).await;
+                pool.stop(&key.0, w).await;
             }
         });
         idle_gen
@@ -310,40 +385,36 @@ impl Inner {
 
     /// Shutdown of an idle pool shim; killed if it does not exit in time. Its dir and socket
     /// are removed.
-    async fn stop_warm(&self, ns: &str, w: Warm) {
+    async fn stop(&self, ns: &str, w: Warm) {
         let pid = w.conn.shim_pid;
         if !stop_idle(&w.conn.client, ns, &w.id, pid, true).await {
             return;
         }
-        if let Some(d) = lock(&self.pool_dirs).remove(&pid) {
+        if let Some(d) = lock(&self.dirs).remove(&pid) {
             d.remove();
         }
         shim::remove_stale_socket(&w.conn.address);
     }
 
-    /// After a clean delete of `t`: when its shim is a pool shim that now serves nothing and
-    /// the pool has room, it goes back to the pool (idle, with a new idle timer) instead of
-    /// shutting down. Whether it did.
-    pub(super) fn recycle(self: &Arc<Self>, t: &super::ShimTask) -> bool {
-        let Some(conn) = &t.conn else { return false };
+    /// After a clean delete of task `task_id`: when `conn` is a pool shim that now serves
+    /// nothing (`still_serving` false: no other task uses it) and the pool has room, it goes
+    /// back to the pool (idle, with a new idle timer) instead of shutting down. Whether it
+    /// did.
+    pub fn recycle(self: &Arc<Self>, conn: &Arc<ShimConn>, task_id: &str, still_serving: bool) -> bool {
         let pid = conn.shim_pid;
-        let Some((id, key)) = lock(&self.pool_dirs).get(&pid).and_then(|d| d.origin.clone()) else {
+        let Some((id, key)) = lock(&self.dirs).get(&pid).and_then(|d| d.origin.clone()) else {
             return false;
         };
-        let serving = lock(&self.tasks)
-            .values()
-            .any(|o| o.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)));
-        if serving || !shim::pid_alive(pid) {
+        if still_serving || !shim::pid_alive(pid) {
             return false;
         }
-        let mut pool = lock(&self.pool);
-        let have = pool.idle.get(&key).map_or(0, Vec::len) + pool.starting.get(&key).copied().unwrap_or(0);
-        if pool.closed || have >= self.config.shim_pool_size {
+        let mut slots = lock(&self.slots);
+        if slots.closed || slots.have(&key) >= self.size {
             return false;
         }
-        tracing::debug!(namespace = %key.0, task = %t.id, id = %id, pid, "pool shim back in the pool");
+        tracing::debug!(namespace = %key.0, task = %task_id, id = %id, pid, "pool shim back in the pool");
         let idle_gen = self.arm_idle_timer(&key);
-        pool.idle.entry(key).or_default().push(Warm {
+        slots.idle.entry(key).or_default().push(Warm {
             id,
             conn: conn.clone(),
             idle_gen,
@@ -351,25 +422,33 @@ impl Inner {
         true
     }
 
-    /// The pool shim `pid` exited: forget it and remove its dir.
-    pub(super) fn pool_shim_died(&self, pid: u32) {
-        if let Some(d) = lock(&self.pool_dirs).remove(&pid) {
+    /// The shim `pid` exited: forget it (when it was a pool shim) and remove its dir.
+    pub fn shim_died(&self, pid: u32) {
+        if let Some(d) = lock(&self.dirs).remove(&pid) {
             d.remove();
         }
-        for list in lock(&self.pool).idle.values_mut() {
+        for list in lock(&self.slots).idle.values_mut() {
             list.retain(|w| w.conn.shim_pid != pid);
         }
     }
 
-    /// Daemon shutdown: no more pool shims; every idle one is shut down (never a shim that
-    /// serves a task).
-    pub(super) async fn close_pool(&self, wait_starting: Duration) {
-        lock(&self.pool).closed = true;
-        let deadline = tokio::time::Instant::now() + wait_starting;
-        while lock(&self.pool).starting.values().any(|n| *n > 0) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    /// Daemon shutdown: no more pool shims; the waiting background tasks end, the starts in
+    /// flight get up to `wait_starting` to finish (each stops its shim), and every idle shim
+    /// is shut down (never a shim that serves a task).
+    pub async fn close(&self, wait_starting: Duration) {
+        lock(&self.slots).closed = true;
+        self.closing.cancel();
+        self.work.close();
+        if tokio::time::timeout(wait_starting, self.work.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.work.len(),
+                "pool shim starts still running at shutdown"
+            );
         }
-        let idle: Vec<(PoolKey, Warm)> = lock(&self.pool)
+        let idle: Vec<(PoolKey, Warm)> = lock(&self.slots)
             .idle
             .drain()
             .flat_map(|(k, v)| v.into_iter().map(move |w| (k.clone(), w)))
@@ -377,7 +456,7 @@ impl Inner {
         let n = idle.len();
         futures::future::join_all(
             idle.into_iter()
-                .map(|(k, w)| async move { self.stop_warm(&k.0, w).await }),
+                .map(|(k, w)| async move { self.stop(&k.0, w).await }),
         )
         .await;
         if n > 0 {
@@ -385,12 +464,12 @@ impl Inner {
         }
     }
 
-    /// Recovery: every pool dir left by an earlier run. A shim that serves a recovered task
-    /// (its address is a known connection) keeps its dir until it exits; any other is shut
-    /// down (an idle pool shim is never taken for a task) and its dir removed.
-    pub(super) async fn load_pool(self: &Arc<Self>) {
-        let root = self.pool_root();
-        let Ok(namespaces) = std::fs::read_dir(&root) else {
+    /// Recovery, after the tasks': every pool dir left by an earlier run. A shim that serves
+    /// a recovered task (its address is a known connection) keeps its dir until it exits;
+    /// any other is shut down (an idle pool shim is never taken for a task) and its dir
+    /// removed.
+    pub async fn recover(&self) {
+        let Ok(namespaces) = std::fs::read_dir(&self.root) else {
             return;
         };
         for ns in namespaces.flatten() {
@@ -400,13 +479,13 @@ impl Inner {
             };
             for d in dirs.flatten() {
                 let id = d.file_name().to_string_lossy().into_owned();
-                self.load_pool_dir(&ns_name, &id, d.path()).await;
+                self.recover_dir(&ns_name, &id, d.path()).await;
             }
             let _ = std::fs::remove_dir(ns.path());
         }
     }
 
-    async fn load_pool_dir(self: &Arc<Self>, ns: &str, id: &str, dir: PathBuf) {
+    async fn recover_dir(&self, ns: &str, id: &str, dir: PathBuf) {
         let read = |name: &str| {
             std::fs::read_to_string(dir.join(name))
                 .ok()
@@ -416,10 +495,7 @@ impl Inner {
         let pid = read(bundle::SHIM_PID)
             .and_then(|p| p.parse::<u32>().ok())
             .filter(|p| *p > 1);
-        let in_use = address
-            .as_ref()
-            .and_then(|a| lock(&self.conns).get(a).and_then(std::sync::Weak::upgrade));
-        if let Some(conn) = in_use {
+        if let Some(conn) = address.as_deref().and_then(|a| self.conns.get(a)) {
             tracing::info!(
                 namespace = ns,
                 id,
@@ -432,15 +508,10 @@ impl Inner {
                 path: dir.clone(),
                 work: dir.clone(),
             };
-            let log = self.spawn_log_reader(&b);
+            let log = shim::forward_log(&b);
             let origin = read(bundle::SHIM_BINARY_PATH)
                 .map(|bin| (id.to_owned(), (ns.to_owned(), PathBuf::from(bin))));
-            lock(&self.pool_dirs).insert(conn.shim_pid, PoolDir { dir, log, origin });
-            if !shim::pid_alive(conn.shim_pid)
-                && let Some(d) = lock(&self.pool_dirs).remove(&conn.shim_pid)
-            {
-                d.remove();
-            }
+            self.keep_dir(conn.shim_pid, PoolDir { dir, log, origin });
             return;
         }
         let mut stopped = false;
@@ -467,11 +538,9 @@ impl Inner {
             let mut pids = shim::shim_pids_in(&dir, ns, id);
             pids.extend(pid.filter(|p| !pids.contains(p) && shim::pid_alive(*p)));
             for p in pids {
-                let serving = lock(&self.conns)
-                    .values()
-                    .filter_map(std::sync::Weak::upgrade)
-                    .any(|c| c.shim_pid == p);
-                if !serving && let Err(e) = shim::kill_pid(p, STOP_WAIT).await {
+                if !self.conns.serves_pid(p)
+                    && let Err(e) = shim::kill_pid(p, STOP_WAIT).await
+                {
                     tracing::warn!(namespace = ns, id, pid = p, error = %e, "kill stale pool shim");
                 }
             }

@@ -29,7 +29,7 @@ use taskd_proto::ttrpc::v2::{shim as pb, shim_ttrpc::TaskClient, task as pbtask}
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::bundle::Bundle;
+use super::bundle::{self, Bundle};
 use crate::errdefs::{Kind, Remote};
 use crate::runtime::{
     ExecOpts, Exit, Process, ProcessInfo, Result, RuntimeError, State, Status, Stdio, Task,
@@ -40,6 +40,43 @@ const TTRPC_NAMESPACE: &str = "containerd-namespace-ttrpc";
 
 /// How long a client's Wait waits for the dead-shim cleanup after the connection broke.
 const DEAD_CLEANUP_WAIT: Duration = Duration::from_secs(90);
+
+/// (namespace, id): how the manager's tables key a task.
+pub type Key = (String, String);
+
+/// Every task the manager knows, by key: shared by the manager and the scrape-time gauges.
+pub type TaskTable = Mutex<HashMap<Key, Arc<ShimTask>>>;
+
+/// Locks one of the runtime's short-lived tables. A panic while holding one cannot leave it
+/// half-updated (every critical section is a single insert/remove/clone), so poison is
+/// ignored.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Copies the lines a shim writes into its bundle's `log` fifo into taskd's log, until the
+/// shim closes it; None when the bundle has no fifo.
+pub fn forward_log(b: &Bundle) -> Option<JoinHandle<()>> {
+    use tokio::io::AsyncBufReadExt;
+    let path = b.path.join(bundle::LOG);
+    let rx = match tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&path)
+    {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "no shim log fifo");
+            return None;
+        }
+    };
+    let (ns, id) = (b.namespace.clone(), b.id.clone());
+    Some(tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(rx).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(target: "taskd::shim", namespace = %ns, id = %id, "{line}");
+        }
+    }))
+}
 
 /// A connection to one shim process.
 pub struct ShimConn {
@@ -68,6 +105,57 @@ pub struct ShimTask {
     /// The last status taskd saw (for the `taskd_tasks` gauge, no shim call at scrape).
     pub status_hint: Mutex<Status>,
     pub(super) log_reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What a task is, from its bundle: where it lives and which shim binary serves it.
+pub struct TaskSource {
+    pub bundle: Bundle,
+    pub runtime: String,
+    pub binary: PathBuf,
+    pub facts: bundle::SpecFacts,
+}
+
+impl ShimTask {
+    /// A task its shim serves: init process `pid` (0 until the shim's Create answers), last
+    /// seen in `status`, the shim's log forwarded by `log`.
+    pub fn live(
+        src: TaskSource,
+        conn: Arc<ShimConn>,
+        pid: u32,
+        status: Status,
+        log: Option<JoinHandle<()>>,
+    ) -> ShimTask {
+        ShimTask::of(src, Some(conn), pid, status, None, log)
+    }
+
+    /// A task whose shim is gone and whose `<shim> delete` gave `exit`.
+    pub fn dead(src: TaskSource, exit: Exit) -> ShimTask {
+        ShimTask::of(src, None, exit.pid, Status::Stopped, Some(exit), None)
+    }
+
+    fn of(
+        src: TaskSource,
+        conn: Option<Arc<ShimConn>>,
+        pid: u32,
+        status: Status,
+        dead: Option<Exit>,
+        log: Option<JoinHandle<()>>,
+    ) -> ShimTask {
+        ShimTask {
+            namespace: src.bundle.namespace.clone(),
+            id: src.bundle.id.clone(),
+            runtime: src.runtime,
+            binary: src.binary,
+            bundle: src.bundle,
+            pid: AtomicU32::new(pid),
+            cgroups_path: src.facts.cgroups_path,
+            group: src.facts.sandbox_id,
+            conn,
+            dead: watch::Sender::new(dead),
+            status_hint: Mutex::new(status),
+            log_reader: Mutex::new(log),
+        }
+    }
 }
 
 impl Drop for ShimTask {

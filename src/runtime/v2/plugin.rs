@@ -1,0 +1,53 @@
+//! The runtime v2 plugin (`io.containerd.runtime.v2.task`): its config table and its
+//! registration, which builds the [`TaskManager`], registers its metrics, recovers the
+//! tasks of an earlier run and closes the warm pool on shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::binary::DaemonAddresses;
+use super::manager::{Config, TaskManager};
+use crate::events::Publisher;
+use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
+use crate::runtime::{PlatformRuntime, RuntimeError};
+
+/// The plugin registration.
+pub fn registration() -> Registration {
+    Registration::new(PluginType::Runtime, ids::TASK, |cx: InitContext| async move {
+        let config: Config = cx.config()?;
+        let publisher = cx.get::<dyn Publisher>()?;
+        let exe = std::env::current_exe().map_err(|source| {
+            PluginError::init(RuntimeError::Io {
+                op: "resolve",
+                path: PathBuf::from("/proc/self/exe"),
+                source,
+            })
+        })?;
+        let addrs = DaemonAddresses {
+            grpc: cx.addresses().grpc.clone(),
+            ttrpc: cx.addresses().ttrpc.clone(),
+            exe,
+        };
+        let manager = TaskManager::new(
+            cx.state().to_path_buf(),
+            cx.root().to_path_buf(),
+            addrs,
+            config,
+            publisher,
+        )
+        .map_err(PluginError::init)?;
+        manager
+            .register_metrics(cx.metrics())
+            .map_err(PluginError::init)?;
+        manager.load().await;
+        let state = cx.state().display().to_string();
+        let closing = manager.clone();
+        Ok(Instance::new()
+            .with::<dyn PlatformRuntime>(Arc::new(manager.clone()))
+            .with::<TaskManager>(Arc::new(manager))
+            .export("state", state)
+            .on_shutdown(move || async move { closing.close_pool().await }))
+    })
+    .requires(&[PluginType::Event])
+    .config::<Config>()
+}
