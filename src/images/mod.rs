@@ -363,14 +363,7 @@ impl Store {
             }
             for p in fieldpaths {
                 if let Some(key) = p.strip_prefix("labels.") {
-                    match image.labels.get(key) {
-                        Some(v) if !v.is_empty() => {
-                            updated.labels.insert(key.to_owned(), v.clone());
-                        }
-                        _ => {
-                            updated.labels.remove(key);
-                        }
-                    }
+                    crate::metadata::apply_key(&mut updated.labels, &image.labels, key);
                 } else if let Some(key) = p.strip_prefix("annotations.") {
                     match image.target.annotations.get(key) {
                         Some(v) => {

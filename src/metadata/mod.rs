@@ -51,6 +51,9 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 mod adaptors;
+mod containers;
+mod leases;
+mod namespaces;
 pub mod plugin;
 mod records;
 pub mod schema;
@@ -58,7 +61,9 @@ mod store;
 mod validate;
 
 pub use adaptors::{ContainerFields, LeaseFields, NamespaceFields};
-pub use store::{CountObjects, Db, ObjectTable, write_tx};
+pub use containers::apply_container_update;
+pub use namespaces::apply_namespace_update;
+pub use store::{CountObjects, Db, ObjectTable, apply_key, scan_namespace, write_tx};
 pub use validate::{MAX_LABEL_SIZE, validate_labels};
 
 /// The label that gives a lease its expiry (RFC 3339), as containerd's GC reads it.

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::schema::{self, MIGRATIONS, Migration, SCHEMA_VERSION};
-use super::store::{apply_container_update, apply_namespace_update};
 use super::*;
+use super::{apply_container_update, apply_namespace_update};
 use crate::errdefs::{ErrorKind, Kind};
 
 fn db() -> (tempfile::TempDir, Db) {
