@@ -403,12 +403,12 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// One tar entry: a whiteout, or a node of one kind, created fresh in its parent
+    /// (whatever was there is removed, a directory over a directory is kept).
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), DiffError> {
         let raw = entry.path_bytes().into_owned();
-        let name_str = String::from_utf8_lossy(&raw).into_owned();
-        let comps = clean(&raw).ok_or_else(|| DiffError::PathEscape {
-            entry: name_str.clone(),
-        })?;
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let comps = clean(&raw).ok_or_else(|| DiffError::PathEscape { entry: name.clone() })?;
         let ty = entry.header().entry_type();
         if matches!(ty, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
             return Ok(());
@@ -417,56 +417,19 @@ impl Applier<'_> {
             // The root itself ("./"): its attributes stay the snapshot's.
             return Ok(());
         };
-        let leaf_bytes = leaf.as_bytes();
-        // Whiteouts.
-        if leaf_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
-            let pfd = self.parent(&comps, parent)?;
-            if leaf_bytes == WHITEOUT_OPAQUE.as_bytes() {
-                return self.opaque(pfd, parent);
-            }
-            if leaf_bytes.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
-                tracing::debug!(entry = %name_str, "skipping whiteout metadata entry");
-                return Ok(());
-            }
-            let victim = OsStr::from_bytes(&leaf_bytes[WHITEOUT_PREFIX.len()..]).to_owned();
-            if victim.is_empty() || victim == ".." || victim == "." {
-                return Err(DiffError::PathEscape { entry: name_str });
-            }
-            let mut vpath = parent.to_vec();
-            vpath.push(victim.clone());
-            return self.whiteout(pfd, &vpath, &victim);
+        if leaf.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            return self.whiteout_entry(&name, &comps);
         }
-        let header = entry.header();
-        // An all-NUL/space numeric field reads as 0 (as Go's archive/tar parses it).
-        let num = |field: &[u8], v: std::io::Result<u64>, what: &'static str| match v {
-            Ok(v) => Ok(v),
-            Err(_) if field.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
-            Err(_) => Err(DiffError::BadHeader {
-                entry: name_str.clone(),
-                what,
-            }),
-        };
-        let old = header.as_old();
-        let mode = num(&old.mode, header.mode().map(u64::from), "mode")? as u32 & 0o7777;
-        let uid = u32::try_from(num(&old.uid, header.uid(), "uid")?).map_err(|_| DiffError::BadHeader {
-            entry: name_str.clone(),
-            what: "uid",
-        })?;
-        let gid = u32::try_from(num(&old.gid, header.gid(), "gid")?).map_err(|_| DiffError::BadHeader {
-            entry: name_str.clone(),
-            what: "gid",
-        })?;
-        let mtime = header.mtime().unwrap_or(0) as i64;
+        let meta = Meta::of(entry.header(), &name)?;
         if matches!(ty, tar::EntryType::Char | tar::EntryType::Block) {
-            let major = header.device_major().ok().flatten().unwrap_or(0);
-            let minor = header.device_minor().ok().flatten().unwrap_or(0);
+            let (major, minor) = device(entry.header());
             if ty == tar::EntryType::Char && major == 0 && minor == 0 {
                 let pfd = self.parent(&comps, parent)?;
                 return self.whiteout(pfd, &comps, leaf);
             }
             if !self.opts.limits.allow_device_nodes {
                 return Err(DiffError::DeviceNode {
-                    entry: name_str,
+                    entry: name,
                     kind: if ty == tar::EntryType::Char {
                         "char"
                     } else {
@@ -484,174 +447,202 @@ impl Applier<'_> {
         if existing.is_some() && !(is_dir && existing_is_dir) {
             remove_at(pfd.as_fd(), leaf).map_err(|e| self.io("remove", &comps, e))?;
         }
-        let xattrs = xattrs(entry, &name_str)?;
+        let xattrs = xattrs(entry, &name)?;
+        let at = At {
+            pfd: &pfd,
+            leaf,
+            comps: &comps,
+        };
         match ty {
-            tar::EntryType::Directory => {
-                if !existing_is_dir {
-                    mkdirat(pfd.as_fd(), leaf.as_os_str(), Mode::from_bits_truncate(0o700))
-                        .map_err(|e| self.io("create directory", &comps, e))?;
-                }
-                let fd = openat(
-                    pfd.as_fd(),
-                    leaf.as_os_str(),
-                    OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| self.io("open directory", &comps, e))?;
-                self.attrs(&fd, &comps, uid, gid, mode, &xattrs)?;
-                self.dirs.push((comps.clone(), mtime));
-            }
+            tar::EntryType::Directory => self.directory(&at, &meta, &xattrs, existing_is_dir)?,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let fd = openat(
-                    pfd.as_fd(),
-                    leaf.as_os_str(),
-                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(|e| self.io("create file", &comps, e))?;
-                let mut file = std::fs::File::from(fd);
-                std::io::copy(entry, &mut file).map_err(|source| DiffError::Read { source })?;
-                let fd = OwnedFd::from(file);
-                self.attrs(&fd, &comps, uid, gid, mode, &xattrs)?;
-                set_times(&fd, mtime).map_err(|e| self.io("set times", &comps, e))?;
+                self.regular(&at, &meta, &xattrs, entry)?;
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| DiffError::BadHeader {
-                        entry: name_str.clone(),
-                        what: "symlink target",
-                    })?
-                    .into_owned();
-                symlinkat(OsStr::from_bytes(&target), pfd.as_fd(), leaf.as_os_str())
-                    .map_err(|e| self.io("create symlink", &comps, e))?;
-                fchownat(
-                    pfd.as_fd(),
-                    leaf.as_os_str(),
-                    Some(Uid::from_raw(uid)),
-                    Some(Gid::from_raw(gid)),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| self.io("chown", &comps, e))?;
-                let t = TimeSpec::new(mtime, 0);
-                nix::sys::stat::utimensat(
-                    pfd.as_fd(),
-                    leaf.as_os_str(),
-                    &t,
-                    &t,
-                    nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-                )
-                .map_err(|e| self.io("set times", &comps, e))?;
+                let target = link_name(entry, &name, "symlink target")?;
+                self.symlink(&at, &meta, &target)?;
             }
             tar::EntryType::Link => {
-                let target_raw = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| DiffError::BadHeader {
-                        entry: name_str.clone(),
-                        what: "hard link target",
-                    })?
-                    .into_owned();
-                let target_str = String::from_utf8_lossy(&target_raw).into_owned();
-                let escape = || DiffError::HardlinkEscape {
-                    entry: name_str.clone(),
-                    target: target_str.clone(),
-                };
-                let tcomps = clean(&target_raw).ok_or_else(escape)?;
-                let Some((tleaf, tparent)) = tcomps.split_last() else {
-                    return Err(escape());
-                };
-                let tfd = match self.open_dir(tparent)? {
-                    Ok(fd) => fd,
-                    Err(Errno::EXDEV | Errno::ELOOP) => return Err(escape()),
-                    Err(_) => {
-                        return Err(DiffError::HardlinkTarget {
-                            entry: name_str,
-                            target: target_str,
-                            reason: "target not found in the layer's root",
-                        });
-                    }
-                };
-                match fstatat(tfd.as_fd(), tleaf.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-                        return Err(DiffError::HardlinkTarget {
-                            entry: name_str,
-                            target: target_str,
-                            reason: "target is a directory",
-                        });
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        return Err(DiffError::HardlinkTarget {
-                            entry: name_str,
-                            target: target_str,
-                            reason: "target not found in the layer's root",
-                        });
-                    }
-                }
-                linkat(
-                    tfd.as_fd(),
-                    tleaf.as_os_str(),
-                    pfd.as_fd(),
-                    leaf.as_os_str(),
-                    AtFlags::empty(),
-                )
-                .map_err(|e| self.io("create hard link", &comps, e))?;
+                let target = link_name(entry, &name, "hard link target")?;
+                self.hard_link(&at, &name, &target)?;
             }
             tar::EntryType::Fifo | tar::EntryType::Char | tar::EntryType::Block => {
-                let (kind, dev) = match ty {
-                    tar::EntryType::Fifo => (SFlag::S_IFIFO, 0),
-                    t => {
-                        let major = entry.header().device_major().ok().flatten().unwrap_or(0);
-                        let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
-                        let kind = if t == tar::EntryType::Char {
-                            SFlag::S_IFCHR
-                        } else {
-                            SFlag::S_IFBLK
-                        };
-                        (kind, nix::sys::stat::makedev(major as u64, minor as u64))
-                    }
+                let dev = match ty {
+                    tar::EntryType::Fifo => None,
+                    _ => Some(device(entry.header())),
                 };
-                mknodat(
-                    pfd.as_fd(),
-                    leaf.as_os_str(),
-                    kind,
-                    Mode::from_bits_truncate(mode),
-                    dev,
-                )
-                .map_err(|e| self.io("mknod", &comps, e))?;
-                // The new node is not a symlink; undo the umask.
-                nix::sys::stat::fchmodat(
-                    pfd.as_fd(),
-                    leaf.as_os_str(),
-                    Mode::from_bits_truncate(mode),
-                    nix::sys::stat::FchmodatFlags::FollowSymlink,
-                )
-                .map_err(|e| self.io("chmod", &comps, e))?;
-                let fd = openat(
-                    pfd.as_fd(),
-                    leaf.as_os_str(),
-                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| self.io("open", &comps, e))?;
-                fchownat(
-                    fd.as_fd(),
-                    "",
-                    Some(Uid::from_raw(uid)),
-                    Some(Gid::from_raw(gid)),
-                    AtFlags::AT_EMPTY_PATH,
-                )
-                .map_err(|e| self.io("chown", &comps, e))?;
+                self.node(&at, &meta, ty == tar::EntryType::Char, dev)?;
             }
             other => {
                 return Err(DiffError::UnsupportedEntry {
-                    entry: name_str,
+                    entry: name,
                     kind: format!("{other:?}"),
                 });
             }
         }
         self.created.insert(comps);
         Ok(())
+    }
+
+    /// `.wh..wh..opq` (opaque dir), `.wh..wh.*` (metadata, skipped) or `.wh.NAME`.
+    fn whiteout_entry(&mut self, name: &str, comps: &[OsString]) -> Result<(), DiffError> {
+        let Some((leaf, parent)) = comps.split_last() else {
+            return Ok(());
+        };
+        let leaf_bytes = leaf.as_bytes();
+        let pfd = self.parent(comps, parent)?;
+        if leaf_bytes == WHITEOUT_OPAQUE.as_bytes() {
+            return self.opaque(pfd, parent);
+        }
+        if leaf_bytes.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
+            tracing::debug!(entry = %name, "skipping whiteout metadata entry");
+            return Ok(());
+        }
+        let victim = OsStr::from_bytes(&leaf_bytes[WHITEOUT_PREFIX.len()..]).to_owned();
+        if victim.is_empty() || victim == ".." || victim == "." {
+            return Err(DiffError::PathEscape {
+                entry: name.to_owned(),
+            });
+        }
+        let mut vpath = parent.to_vec();
+        vpath.push(victim.clone());
+        self.whiteout(pfd, &vpath, &victim)
+    }
+
+    fn directory(
+        &mut self,
+        at: &At<'_>,
+        meta: &Meta,
+        xattrs: &[(String, Vec<u8>)],
+        exists: bool,
+    ) -> Result<(), DiffError> {
+        if !exists {
+            mkdirat(
+                at.pfd.as_fd(),
+                at.leaf.as_os_str(),
+                Mode::from_bits_truncate(0o700),
+            )
+            .map_err(|e| self.io("create directory", at.comps, e))?;
+        }
+        let fd = openat(
+            at.pfd.as_fd(),
+            at.leaf.as_os_str(),
+            OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io("open directory", at.comps, e))?;
+        self.attrs(&fd, at.comps, meta.uid, meta.gid, meta.mode, xattrs)?;
+        self.dirs.push((at.comps.to_vec(), meta.mtime));
+        Ok(())
+    }
+
+    fn regular(
+        &self,
+        at: &At<'_>,
+        meta: &Meta,
+        xattrs: &[(String, Vec<u8>)],
+        data: &mut impl Read,
+    ) -> Result<(), DiffError> {
+        let fd = openat(
+            at.pfd.as_fd(),
+            at.leaf.as_os_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| self.io("create file", at.comps, e))?;
+        let mut file = std::fs::File::from(fd);
+        std::io::copy(data, &mut file).map_err(|source| DiffError::Read { source })?;
+        let fd = OwnedFd::from(file);
+        self.attrs(&fd, at.comps, meta.uid, meta.gid, meta.mode, xattrs)?;
+        set_times(&fd, meta.mtime).map_err(|e| self.io("set times", at.comps, e))
+    }
+
+    fn symlink(&self, at: &At<'_>, meta: &Meta, target: &[u8]) -> Result<(), DiffError> {
+        let (pfd, leaf) = (at.pfd.as_fd(), at.leaf.as_os_str());
+        symlinkat(OsStr::from_bytes(target), pfd, leaf)
+            .map_err(|e| self.io("create symlink", at.comps, e))?;
+        fchownat(
+            pfd,
+            leaf,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io("chown", at.comps, e))?;
+        let t = TimeSpec::new(meta.mtime, 0);
+        nix::sys::stat::utimensat(pfd, leaf, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
+            .map_err(|e| self.io("set times", at.comps, e))
+    }
+
+    /// A hard link to an earlier entry of the layer, or a file of the lower layers: the target
+    /// is resolved beneath the root like any path, and never a directory.
+    fn hard_link(&self, at: &At<'_>, name: &str, target_raw: &[u8]) -> Result<(), DiffError> {
+        let target = String::from_utf8_lossy(target_raw).into_owned();
+        let escape = || DiffError::HardlinkEscape {
+            entry: name.to_owned(),
+            target: target.clone(),
+        };
+        let refused = |reason: &'static str| DiffError::HardlinkTarget {
+            entry: name.to_owned(),
+            target: target.clone(),
+            reason,
+        };
+        let tcomps = clean(target_raw).ok_or_else(escape)?;
+        let Some((tleaf, tparent)) = tcomps.split_last() else {
+            return Err(escape());
+        };
+        let tfd = match self.open_dir(tparent)? {
+            Ok(fd) => fd,
+            Err(Errno::EXDEV | Errno::ELOOP) => return Err(escape()),
+            Err(_) => return Err(refused("target not found in the layer's root")),
+        };
+        match fstatat(tfd.as_fd(), tleaf.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                return Err(refused("target is a directory"));
+            }
+            Ok(_) => {}
+            Err(_) => return Err(refused("target not found in the layer's root")),
+        }
+        linkat(
+            tfd.as_fd(),
+            tleaf.as_os_str(),
+            at.pfd.as_fd(),
+            at.leaf.as_os_str(),
+            AtFlags::empty(),
+        )
+        .map_err(|e| self.io("create hard link", at.comps, e))
+    }
+
+    /// A fifo (`dev` None) or a char (`char`) / block device node `dev` = (major, minor).
+    fn node(&self, at: &At<'_>, meta: &Meta, char: bool, dev: Option<(u32, u32)>) -> Result<(), DiffError> {
+        let (pfd, leaf) = (at.pfd.as_fd(), at.leaf.as_os_str());
+        let (kind, dev) = match dev {
+            None => (SFlag::S_IFIFO, 0),
+            Some((major, minor)) => (
+                if char { SFlag::S_IFCHR } else { SFlag::S_IFBLK },
+                nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
+            ),
+        };
+        let mode = Mode::from_bits_truncate(meta.mode);
+        mknodat(pfd, leaf, kind, mode, dev).map_err(|e| self.io("mknod", at.comps, e))?;
+        // The new node is not a symlink; undo the umask.
+        nix::sys::stat::fchmodat(pfd, leaf, mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
+            .map_err(|e| self.io("chmod", at.comps, e))?;
+        let fd = openat(
+            pfd,
+            leaf,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io("open", at.comps, e))?;
+        fchownat(
+            fd.as_fd(),
+            "",
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+            AtFlags::AT_EMPTY_PATH,
+        )
+        .map_err(|e| self.io("chown", at.comps, e))
     }
 
     fn attrs(
@@ -731,6 +722,66 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+/// Where an entry goes: its parent dir's fd, its name there, and its whole path.
+struct At<'a> {
+    pfd: &'a OwnedFd,
+    leaf: &'a OsString,
+    comps: &'a [OsString],
+}
+
+/// The owner, permission bits and mtime of an entry.
+struct Meta {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: i64,
+}
+
+impl Meta {
+    fn of(header: &tar::Header, name: &str) -> Result<Meta, DiffError> {
+        let bad = |what: &'static str| DiffError::BadHeader {
+            entry: name.to_owned(),
+            what,
+        };
+        // An all-NUL/space numeric field reads as 0 (as Go's archive/tar parses it).
+        let num = |field: &[u8], v: std::io::Result<u64>, what: &'static str| match v {
+            Ok(v) => Ok(v),
+            Err(_) if field.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+            Err(_) => Err(bad(what)),
+        };
+        let old = header.as_old();
+        Ok(Meta {
+            mode: num(&old.mode, header.mode().map(u64::from), "mode")? as u32 & 0o7777,
+            uid: u32::try_from(num(&old.uid, header.uid(), "uid")?).map_err(|_| bad("uid"))?,
+            gid: u32::try_from(num(&old.gid, header.gid(), "gid")?).map_err(|_| bad("gid"))?,
+            mtime: header.mtime().unwrap_or(0) as i64,
+        })
+    }
+}
+
+/// A device entry's (major, minor); 0 where the header has none.
+fn device(header: &tar::Header) -> (u32, u32) {
+    (
+        header.device_major().ok().flatten().unwrap_or(0),
+        header.device_minor().ok().flatten().unwrap_or(0),
+    )
+}
+
+/// A link entry's target.
+fn link_name<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    name: &str,
+    what: &'static str,
+) -> Result<Vec<u8>, DiffError> {
+    entry
+        .link_name_bytes()
+        .map(|t| t.into_owned())
+        .ok_or_else(|| DiffError::BadHeader {
+            entry: name.to_owned(),
+            what,
+        })
 }
 
 fn set_times(fd: &OwnedFd, mtime: i64) -> Result<(), Errno> {
