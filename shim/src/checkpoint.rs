@@ -6,8 +6,8 @@ use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::oci::{CheckpointOptions, Options};
 use runc::Spawner;
 
+use crate::error::ServiceError;
 use crate::runcx::{DEFAULT_ROOT, ReaperSpawner};
-use crate::service::ServiceError;
 
 pub async fn run(
     req: &containerd_shim_protos::api::CheckpointTaskRequest,

@@ -7,6 +7,7 @@
 //! (grouped by the sandbox id), one thread: a current-thread tokio runtime.
 
 mod checkpoint;
+mod error;
 mod events;
 mod oom;
 mod runcx;

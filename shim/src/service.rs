@@ -23,7 +23,7 @@ use containerd_shim_protos::protobuf::{EnumOrUnknown, Message, MessageField};
 use containerd_shim_protos::shim::oci::Options;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
-use containerd_shim_protos::ttrpc::{self, Code, r#async::TtrpcContext};
+use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
 use containerd_shim_protos::types::task::{ProcessInfo, Status};
 use log::{debug, warn};
 use runc::Runc;
@@ -31,8 +31,9 @@ use runc::options::{CreateOpts, DeleteOpts, ExecOpts, KillOpts};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::error::ServiceError;
 use crate::events::Publisher;
-use crate::stdio::{self, ProcIo, StdioError};
+use crate::stdio::{self, ProcIo};
 use crate::{oom, runcx};
 
 /// Exits whose process is not known yet (a start still running), kept for it: at most this
@@ -40,61 +41,6 @@ use crate::{oom, runcx};
 /// process).
 const ORPHAN_EXITS: usize = 256;
 const ORPHAN_TTL: Duration = Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error("container {id} not found")]
-    NotFound { id: String },
-    #[error("exec {exec_id} of container {id} not found")]
-    ExecNotFound { id: String, exec_id: String },
-    #[error("container {id} already exists in this shim")]
-    Exists { id: String },
-    #[error("exec {exec_id} already exists in container {id}")]
-    ExecExists { id: String, exec_id: String },
-    #[error("process {id}/{exec_id} is {state}: {what}")]
-    State {
-        id: String,
-        exec_id: String,
-        state: &'static str,
-        what: &'static str,
-    },
-    #[error("process {id}/{exec_id}: process already finished")]
-    Finished { id: String, exec_id: String },
-    #[error("bad request for {id}: {reason}")]
-    Invalid { id: String, reason: String },
-    #[error("runc {op} {id}: {msg}")]
-    Runc {
-        op: &'static str,
-        id: String,
-        msg: String,
-    },
-    #[error("{id}: {source}")]
-    Stdio { id: String, source: StdioError },
-    #[error("{id}: mount rootfs: {msg}")]
-    Mount { id: String, msg: String },
-    #[error("{op} is not supported by this shim")]
-    Unsupported { op: &'static str },
-}
-
-impl From<ServiceError> for ttrpc::Error {
-    fn from(e: ServiceError) -> Self {
-        let code = match &e {
-            // NotFound for a finished process, as the stock shim answers a Kill to it (and
-            // the daemon's stop paths expect).
-            ServiceError::NotFound { .. }
-            | ServiceError::ExecNotFound { .. }
-            | ServiceError::Finished { .. } => Code::NOT_FOUND,
-            ServiceError::Exists { .. } | ServiceError::ExecExists { .. } => Code::ALREADY_EXISTS,
-            ServiceError::State { .. } => Code::FAILED_PRECONDITION,
-            ServiceError::Invalid { .. } => Code::INVALID_ARGUMENT,
-            ServiceError::Runc { .. } | ServiceError::Stdio { .. } | ServiceError::Mount { .. } => {
-                Code::UNKNOWN
-            }
-            ServiceError::Unsupported { .. } => Code::UNIMPLEMENTED,
-        };
-        ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
-    }
-}
 
 type Res<T> = std::result::Result<T, ServiceError>;
 

@@ -8,7 +8,7 @@ use containerd_shim_protos::cgroups::metrics::{CPUUsage, MemoryEntry, Metrics};
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 
-use crate::service::ServiceError;
+use crate::error::ServiceError;
 
 type Cgroup = cgroups_rs::fs::Cgroup;
 

@@ -283,6 +283,20 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 impl CriConfig {
+    /// The streaming server's address (`stream_server_port` "0" = a free port), or why the
+    /// two keys do not make one.
+    pub fn stream_address(&self) -> Result<std::net::SocketAddr, &'static str> {
+        let ip: std::net::IpAddr = self
+            .stream_server_address
+            .parse()
+            .map_err(|_| "the address must be an IP address")?;
+        let port: u16 = self
+            .stream_server_port
+            .parse()
+            .map_err(|_| "the port must be a number from 0 to 65535")?;
+        Ok(std::net::SocketAddr::new(ip, port))
+    }
+
     /// Adds the built-in handlers a config table did not name: a `[runtimes.kata]` table
     /// adds kata next to runc instead of replacing the map (containerd merges the same way).
     /// A runc handler that does not set `SystemdCgroup` gets `SystemdCgroup = true` under
@@ -380,8 +394,14 @@ impl CriConfig {
         if self.max_exec_output_bytes == 0 {
             return Err(invalid("max_exec_output_bytes", "must be positive"));
         }
-        if let Err(e) = super::streaming::address(self) {
-            return Err(invalid("stream_server_address/stream_server_port", e.to_string()));
+        if let Err(reason) = self.stream_address() {
+            return Err(invalid(
+                "stream_server_address/stream_server_port",
+                format!(
+                    "{:?} / {:?}: {reason}",
+                    self.stream_server_address, self.stream_server_port
+                ),
+            ));
         }
         if self.stream_idle_timeout.0.is_zero() {
             return Err(invalid("stream_idle_timeout", "must be positive"));

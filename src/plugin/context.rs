@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use super::registry::{PluginTable, Up};
+use super::table::{PluginTable, Up};
 use super::{PluginError, PluginId, PluginType};
 
 /// The server addresses a plugin may need (the shim manager passes them to shims).

@@ -19,14 +19,13 @@ mod context;
 mod graph;
 mod instance;
 mod registry;
+mod table;
 mod types;
 
 pub use context::{Addresses, InitContext};
 pub use instance::{Instance, ShutdownFn};
-pub use registry::{
-    PluginConfig, PluginInfo, PluginStatus, PluginTable, Plugins, Registration, Registry, RegistryConfig,
-    RegistryError,
-};
+pub use registry::{PluginConfig, Plugins, Registration, Registry, RegistryConfig, RegistryError};
+pub use table::{PluginInfo, PluginStatus, PluginTable};
 pub use types::{PluginId, PluginType, ids};
 
 use crate::errdefs::{ErrorKind, Kind};

@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::context::{Addresses, InitContext};
 use super::instance::{Instance, ShutdownFn};
+use super::table::{PluginInfo, PluginStatus, PluginTable, Up};
 use super::{PluginError, PluginId, PluginType, graph};
 
 type InitFuture = Pin<Box<dyn Future<Output = Result<Instance, PluginError>> + Send>>;
@@ -111,46 +112,6 @@ pub enum RegistryError {
     RequiredUnknown(String),
 }
 
-/// What became of a plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PluginStatus {
-    Pending,
-    Ok,
-    Skipped(String),
-    Failed(String),
-    Disabled,
-}
-
-/// One row of the plugin table (what `ctr plugins ls` shows).
-#[derive(Debug, Clone)]
-pub struct PluginInfo {
-    pub id: PluginId,
-    pub requires: Vec<PluginType>,
-    pub status: PluginStatus,
-    pub exports: Vec<(String, String)>,
-    pub capabilities: Vec<&'static str>,
-}
-
-/// The live plugin table, shared with introspection.
-#[derive(Clone, Default)]
-pub struct PluginTable(Arc<RwLock<Vec<PluginInfo>>>);
-
-impl PluginTable {
-    pub fn snapshot(&self) -> Vec<PluginInfo> {
-        self.0
-            .read()
-            .map(|t| t.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    fn update(&self, index: usize, f: impl FnOnce(&mut PluginInfo)) {
-        let mut guard = self.0.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(info) = guard.get_mut(index) {
-            f(info);
-        }
-    }
-}
-
 /// Everything `init` needs from the daemon's config.
 #[derive(Clone, Default)]
 pub struct RegistryConfig {
@@ -162,12 +123,6 @@ pub struct RegistryConfig {
     pub required_plugins: Vec<String>,
     pub addresses: Addresses,
     pub metrics: prometheus::Registry,
-}
-
-#[derive(Clone)]
-pub(super) struct Up {
-    pub(super) id: PluginId,
-    pub(super) instance: Arc<Instance>,
 }
 
 /// A validated set of registrations in init order.
@@ -231,7 +186,7 @@ impl Registry {
                 tracing::warn!(plugin = %dis, "disabled_plugins names a plugin that is not registered");
             }
         }
-        let table = PluginTable(Arc::new(RwLock::new(
+        let table = PluginTable::new(
             self.ordered
                 .iter()
                 .map(|r| PluginInfo {
@@ -242,7 +197,7 @@ impl Registry {
                     capabilities: Vec::new(),
                 })
                 .collect(),
-        )));
+        );
         let mut up: Vec<Up> = Vec::new();
         let mut hooks: Vec<(PluginId, ShutdownFn)> = Vec::new();
         for (index, reg) in self.ordered.into_iter().enumerate() {

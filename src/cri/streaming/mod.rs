@@ -152,20 +152,11 @@ pub struct StreamServer {
 
 /// The address from the config (`stream_server_port` "0" = a free port).
 pub fn address(cfg: &CriConfig) -> Result<SocketAddr, StreamingError> {
-    let bad = |reason: &str| StreamingError::Address {
+    cfg.stream_address().map_err(|reason| StreamingError::Address {
         address: cfg.stream_server_address.clone(),
         port: cfg.stream_server_port.clone(),
         reason: reason.to_owned(),
-    };
-    let ip: IpAddr = cfg
-        .stream_server_address
-        .parse()
-        .map_err(|_| bad("the address must be an IP address"))?;
-    let port: u16 = cfg
-        .stream_server_port
-        .parse()
-        .map_err(|_| bad("the port must be a number from 0 to 65535"))?;
-    Ok(SocketAddr::new(ip, port))
+    })
 }
 
 impl StreamServer {
