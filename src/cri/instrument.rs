@@ -4,7 +4,8 @@
 //! Instrument::call(operation, runtime_handler, handler future)
 //!   ├─ gate: not ready → Unavailable ("the CRI plugin is not ready yet"); the handler
 //!   │        future is never polled
-//!   ├─ span  cri{operation, runtime_handler}; debug log of the call
+//!   ├─ span  cri{operation, runtime_handler}; debug log of the call (for OpenTelemetry
+//!   │        the span is named after the operation, failed on a warn-level failure)
 //!   ├─ run the handler inside the span
 //!   ├─ metrics: taskd_cri_operations_total{operation,runtime_handler}
 //!   │           taskd_cri_operation_duration_seconds{operation,runtime_handler}
@@ -97,7 +98,7 @@ impl Instrument {
         F: Future<Output = Result<T, E>>,
         E: ErrorKind + Display,
     {
-        let span = tracing::info_span!("cri", operation, runtime_handler = handler);
+        let span = tracing::info_span!("cri", operation, runtime_handler = handler, otel.name = operation);
         if !self.is_ready() {
             let err = CriError::NotReady;
             self.errors
@@ -131,7 +132,10 @@ impl Instrument {
                     Kind::NotFound | Kind::NotImplemented | Kind::AlreadyExists => {
                         tracing::debug!(error = %e, code = code_name(kind), "CRI call failed")
                     }
-                    _ => tracing::warn!(error = %e, code = code_name(kind), "CRI call failed"),
+                    _ => {
+                        crate::telemetry::set_error(&span, e.to_string());
+                        tracing::warn!(error = %e, code = code_name(kind), "CRI call failed")
+                    }
                 }
                 Err(to_status(&e))
             }

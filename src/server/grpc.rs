@@ -4,7 +4,10 @@
 //! them all to one router behind [`RpcLayer`], which for every RPC:
 //! - validates the `containerd-namespace` header when present (invalid → InvalidArgument
 //!   before the service runs; services then call [`namespace::required`](super::namespace::required)),
-//! - opens a tracing span `rpc{service, method, namespace}` around the handler,
+//! - opens a tracing span `rpc{service, method, namespace}` around the handler; for
+//!   OpenTelemetry (`crate::telemetry`) it is the server span `<service>/<method>`, child of
+//!   the caller's W3C `traceparent` when the request has one, failed on a server-side error code,
+//!   and it ends with the response body,
 //! - counts `taskd_grpc_requests_total{service,method,code}` and observes
 //!   `taskd_grpc_request_duration_seconds{service,method}` when the response ends (its
 //!   trailers carry the code; a response dropped before its trailers counts as Cancelled),
@@ -243,8 +246,11 @@ where
             "rpc",
             service = %service,
             method = %method,
-            namespace = tracing::field::Empty
+            namespace = tracing::field::Empty,
+            otel.name = %format_args!("{service}/{method}"),
+            otel.kind = "server",
         );
+        crate::telemetry::continue_trace(&span, req.headers());
         let record = Record {
             metrics: self.metrics.clone(),
             service,
@@ -336,6 +342,19 @@ impl Record {
             .duration
             .with_label_values(&[self.service.as_str(), self.method.as_str()])
             .observe(elapsed.as_secs_f64());
+        // The server-side error codes of OpenTelemetry's gRPC conventions; a NotFound or an
+        // InvalidArgument is the caller's business, not a failed span.
+        if matches!(
+            code,
+            tonic::Code::Unknown
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unimplemented
+                | tonic::Code::Internal
+                | tonic::Code::Unavailable
+                | tonic::Code::DataLoss
+        ) {
+            crate::telemetry::set_error(&self.span, code_name.clone());
+        }
         let _g = self.span.enter();
         tracing::debug!(code = %code_name, elapsed_us = elapsed.as_micros() as u64, "rpc done");
     }
