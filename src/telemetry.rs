@@ -176,11 +176,55 @@ pub fn set_error(span: &tracing::Span, message: impl Into<String>) {
     span.set_status(Status::error(message.into()));
 }
 
+/// A subscriber that records the spans it ends, for unit tests of span names and statuses.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// The spans ended so far, as the SDK hands them to an exporter.
+    #[derive(Debug, Clone, Default)]
+    pub struct Recorded(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Recorded {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend(batch);
+            Ok(())
+        }
+    }
+
+    impl Recorded {
+        pub fn named(&self, name: &str) -> Vec<SpanData> {
+            let spans = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            spans.iter().filter(|s| s.name == name).cloned().collect()
+        }
+    }
+
+    /// taskd's OpenTelemetry layer (with its filter) exporting every span as it ends.
+    pub fn subscriber() -> (
+        impl tracing::Subscriber + Send + Sync,
+        Recorded,
+        SdkTracerProvider,
+    ) {
+        let recorded = Recorded::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(recorded.clone())
+            .build();
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_filter(super::filter());
+        (tracing_subscriber::registry().with(layer), recorded, provider)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::TraceContextExt;
-    use tracing_subscriber::layer::SubscriberExt;
 
     #[test]
     fn endpoints_are_checked() {
@@ -205,32 +249,30 @@ mod tests {
 
     #[test]
     fn traceparent_becomes_the_parent_of_the_span() {
-        let provider = SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")));
+        let (subscriber, recorded, _provider) = testing::subscriber();
         tracing::subscriber::with_default(subscriber, || {
             let mut headers = http::HeaderMap::new();
             headers.insert(
                 "traceparent",
                 http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             );
-            let span = tracing::info_span!("rpc");
+            let span = tracing::info_span!("rpc", otel.name = "traced");
             continue_trace(&span, &headers);
-            let cx = span.context();
-            let sc = cx.span().span_context().clone();
-            assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-            assert_ne!(
-                sc.span_id().to_string(),
-                "00f067aa0ba902b7",
-                "a child, not the caller's span"
-            );
+            drop(span);
             // No header: a new root.
-            let root = tracing::info_span!("rpc");
+            let root = tracing::info_span!("rpc", otel.name = "root");
             continue_trace(&root, &http::HeaderMap::new());
-            assert_ne!(
-                root.context().span().span_context().trace_id().to_string(),
-                "4bf92f3577b34da6a3ce929d0e0e4736"
-            );
+            drop(root);
         });
+        let traced = &recorded.named("traced")[0];
+        assert_eq!(
+            traced.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(traced.parent_span_id.to_string(), "00f067aa0ba902b7");
+        assert!(traced.parent_span_is_remote);
+        let root = &recorded.named("root")[0];
+        assert_eq!(root.parent_span_id, opentelemetry::trace::SpanId::INVALID);
+        assert_ne!(root.span_context.trace_id(), traced.span_context.trace_id());
     }
 }

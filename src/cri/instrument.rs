@@ -194,6 +194,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_span_is_named_after_the_operation_and_failed_on_warn_level_errors() {
+        use opentelemetry::trace::Status;
+        let (subscriber, recorded, _provider) = crate::telemetry::testing::subscriber();
+        let _g = tracing::subscriber::set_default(subscriber);
+        let i = Instrument::unregistered().unwrap();
+        i.set_ready();
+        let _ = i
+            .call("StartContainer", "runc", async {
+                Err::<(), _>(CriError::FailedPrecondition {
+                    what: "container c".into(),
+                    reason: "not created".into(),
+                })
+            })
+            .await;
+        let _ = i
+            .call("Exec", "", async {
+                Err::<(), _>(CriError::Unimplemented {
+                    rpc: "Exec",
+                    missing: "the streaming server",
+                })
+            })
+            .await;
+        i.call("Version", "", async { Ok::<_, CriError>(()) })
+            .await
+            .unwrap();
+        let start = &recorded.named("StartContainer")[0];
+        assert!(
+            matches!(&start.status, Status::Error { description } if description.contains("not created")),
+            "{:?}",
+            start.status
+        );
+        assert!(
+            start
+                .attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "runtime_handler" && kv.value.as_str() == "runc"),
+            "{:?}",
+            start.attributes
+        );
+        // A caller's mistake or a missing feature is not a failed span.
+        assert_eq!(recorded.named("Exec")[0].status, Status::Unset);
+        assert_eq!(recorded.named("Version")[0].status, Status::Unset);
+    }
+
+    #[tokio::test]
     async fn errors_map_to_their_code_and_are_counted() {
         let i = Instrument::unregistered().unwrap();
         i.set_ready();

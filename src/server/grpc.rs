@@ -567,6 +567,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_rpc_span_continues_the_callers_traceparent_and_is_the_server_span() {
+        use opentelemetry::trace::{SpanKind, Status};
+        let (subscriber, recorded, _provider) = crate::telemetry::testing::subscriber();
+        let _g = tracing::subscriber::set_default(subscriber);
+        let (_dir, server, mut client, _) = start(Duration::ZERO).await;
+        let mut req = with_ns("k8s.io");
+        req.metadata_mut().insert(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+                .parse()
+                .unwrap(),
+        );
+        client.version(req).await.unwrap();
+        // A bad namespace is the caller's error: answered, not a failed span.
+        client.version(with_ns("-bad")).await.unwrap_err();
+        server.shutdown(Duration::from_secs(5)).await;
+        let spans = recorded.named("containerd.services.version.v1.Version/Version");
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        let traced = spans
+            .iter()
+            .find(|s| s.parent_span_is_remote)
+            .expect("the traced call's span");
+        assert_eq!(
+            traced.span_context.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(traced.parent_span_id.to_string(), "b7ad6b7169203331");
+        assert_eq!(traced.span_kind, SpanKind::Server);
+        assert!(spans.iter().all(|s| s.status == Status::Unset), "{spans:?}");
+    }
+
+    #[tokio::test]
     async fn shutdown_lets_an_in_flight_rpc_finish_within_the_grace_period() {
         let (_dir, server, mut client, _) = start(Duration::from_millis(300)).await;
         let call = tokio::spawn(async move { client.version(with_ns("default")).await });
