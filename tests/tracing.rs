@@ -263,8 +263,11 @@ fn threads(pid: u32) -> Vec<String> {
 }
 
 /// Export is off by default (no exporter thread), and the containerd API on the main socket
-/// continues a caller's trace too; the last spans are sent when taskd stops.
-#[tokio::test]
+/// continues a caller's trace too; `[tracing]` is not changed by a SIGHUP; the last spans are
+/// sent when taskd stops.
+// Multi-threaded: the client's connection closes while this thread waits for taskd to stop
+// (else taskd's drain waits its grace period for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_is_off_by_default_and_the_containerd_api_continues_a_trace() {
     let mut off = Daemon::start();
     assert!(
@@ -290,6 +293,19 @@ async fn export_is_off_by_default_and_the_containerd_api_continues_a_trace() {
         .version(req)
         .await
         .expect("containerd Version");
+    // [tracing] needs a restart: a SIGHUP names it and keeps the running export.
+    let reload = d.reload_with(|cfg| {
+        cfg["tracing"]
+            .as_table_mut()
+            .expect("[tracing] is a table")
+            .insert("service_name".into(), "renamed".into());
+    });
+    assert!(
+        reload
+            .lines()
+            .any(|l| l.contains("cannot change live") && l.contains("key=tracing")),
+        "{reload}"
+    );
     // SIGTERM: the spans still queued go out before taskd exits.
     assert!(d.stop().success(), "{}", d.log());
     let spans = Spans(collector.spans());
