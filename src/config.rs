@@ -10,6 +10,9 @@
 //!            bearer_token_file       optional
 //! [debug]    level, format           "text" | "json"
 //! [shutdown] grace, hook_timeout     durations: "500ms", "10s", "2m", "1h"
+//! [tracing]  endpoint                "" = no OpenTelemetry export; "http://host:port" (OTLP/gRPC)
+//!            sampling_ratio          0.0..=1.0 of new traces (a caller's sampled flag is kept)
+//!            service_name            service.name of the exported spans (default "taskd")
 //! [plugins."<type uri>.<id>"]        checked by that plugin's PluginConfig::check
 //! ```
 //!
@@ -107,6 +110,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub debug: Debug,
     pub shutdown: Shutdown,
+    pub tracing: Tracing,
     pub plugins: BTreeMap<String, toml::Table>,
 }
 
@@ -147,6 +151,16 @@ pub struct Shutdown {
     pub hook_timeout: HumanDuration,
 }
 
+/// OpenTelemetry export (`crate::telemetry`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tracing {
+    /// Empty: no export.
+    pub endpoint: String,
+    pub sampling_ratio: f64,
+    pub service_name: String,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -160,6 +174,7 @@ impl Default for Config {
             metrics: Metrics::default(),
             debug: Debug::default(),
             shutdown: Shutdown::default(),
+            tracing: Tracing::default(),
             plugins: BTreeMap::new(),
         }
     }
@@ -198,6 +213,16 @@ impl Default for Shutdown {
         Shutdown {
             grace: HumanDuration(Duration::from_secs(10)),
             hook_timeout: HumanDuration(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Tracing {
+            endpoint: String::new(),
+            sampling_ratio: 1.0,
+            service_name: "taskd".into(),
         }
     }
 }
@@ -550,6 +575,21 @@ pub fn validate(cfg: &Config, text: &str, registrations: &[Registration]) -> Rep
         if d.is_zero() {
             err(&["shutdown", key], "must be greater than zero".into());
         }
+    }
+    if !cfg.tracing.endpoint.is_empty()
+        && let Err(e) = crate::telemetry::check_endpoint(&cfg.tracing.endpoint)
+    {
+        err(&["tracing", "endpoint"], format!("{e}; use \"\" to disable"));
+    }
+    let ratio = cfg.tracing.sampling_ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        err(
+            &["tracing", "sampling_ratio"],
+            format!("{ratio} is out of range: must be between 0.0 and 1.0"),
+        );
+    }
+    if cfg.tracing.service_name.trim().is_empty() {
+        err(&["tracing", "service_name"], "must not be empty".into());
     }
 
     let known: BTreeMap<String, Option<PluginConfig>> = registrations
@@ -959,6 +999,30 @@ mod tests {
         assert_eq!(r.warnings[0].key, "metrics.address");
         let r = check("[metrics]\naddress = \"\"\n");
         assert_eq!(r, Report::default());
+    }
+
+    #[test]
+    fn tracing_is_off_by_default_and_checked() {
+        assert_eq!(Config::default().tracing.endpoint, "");
+        let text = "[tracing]\nendpoint = \"http://127.0.0.1:4317\"\nsampling_ratio = 0.25\nservice_name = \"node-a\"\n";
+        assert_eq!(check(text), Report::default());
+        let cfg = parse(text).unwrap();
+        assert_eq!(cfg.tracing.sampling_ratio, 0.25);
+        let r =
+            check("[tracing]\nendpoint = \"https://c:4317\"\nsampling_ratio = 2.0\nservice_name = \" \"\n");
+        let found: Vec<_> = r.errors.iter().map(|d| (d.key.as_str(), d.line)).collect();
+        assert_eq!(
+            found,
+            vec![
+                ("tracing.endpoint", Some(2)),
+                ("tracing.sampling_ratio", Some(3)),
+                ("tracing.service_name", Some(4)),
+            ],
+            "{r:?}"
+        );
+        assert!(r.errors[0].message.contains("no TLS"), "{r:?}");
+        let r = check("[tracing]\nendpont = \"x\"\n");
+        assert_eq!(r.errors[0].key, "tracing.endpont", "{r:?}");
     }
 
     #[test]

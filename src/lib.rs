@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod server;
 pub mod services;
 pub mod snapshots;
+pub mod telemetry;
 
 /// The crate version (`taskd_build_info{version}`, `ctr version`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -10,9 +10,14 @@
 //! `msg`, `target`, then every field of the event and of its spans at the top level (an
 //! event field wins over a span field of the same name), e.g.
 //! `{"time":"…","level":"info","msg":"pod sandbox stopped","target":"taskd::cri::…","sandbox":"…"}`.
+//!
+//! The level filters the log layer only. With `[tracing] endpoint` set, a second layer
+//! (`crate::telemetry`) exports taskd's INFO spans over OTLP whatever the log level; the
+//! `otel.*` fields that name those spans are left out of both log formats.
 
 use tracing::field::{Field, Visit};
-use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::field::{RecordFields, VisitOutput};
+use tracing_subscriber::fmt::format::{DefaultVisitor, JsonFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -22,6 +27,7 @@ use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 use crate::config::LogFormat;
 use crate::errdefs::{ErrorKind, Kind};
+use crate::telemetry::{self, Export, TelemetryError, is_otel_field};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
@@ -35,6 +41,8 @@ pub enum LoggingError {
     Install(#[from] tracing_subscriber::util::TryInitError),
     #[error("reload the log level: {0}")]
     Reload(#[from] reload::Error),
+    #[error("start the tracing export: {0}")]
+    Telemetry(#[from] TelemetryError),
 }
 
 impl ErrorKind for LoggingError {
@@ -42,6 +50,7 @@ impl ErrorKind for LoggingError {
         match self {
             LoggingError::Level { .. } => Kind::InvalidArgument,
             LoggingError::Install(_) | LoggingError::Reload(_) => Kind::Unknown,
+            LoggingError::Telemetry(e) => e.kind(),
         }
     }
 }
@@ -83,18 +92,26 @@ fn filter(level: &str, from: &'static str) -> Result<EnvFilter, LoggingError> {
         })
 }
 
-/// Handle to change the level at run time.
+/// Handle to change the level at run time; holds the tracing export when there is one.
 pub struct Logging {
     handle: reload::Handle<EnvFilter, Registry>,
     source: LevelSource,
+    export: Option<Export>,
 }
 
-/// Installs the global subscriber.
-pub fn init(source: LevelSource, format: LogFormat) -> Result<Logging, LoggingError> {
+/// Installs the global subscriber: the log layer (filtered by the level) and, when
+/// `[tracing] endpoint` is set, the OpenTelemetry export layer. With an endpoint it must
+/// be called inside the tokio runtime.
+pub fn init(
+    source: LevelSource,
+    format: LogFormat,
+    tracing_cfg: &crate::config::Tracing,
+) -> Result<Logging, LoggingError> {
     let (level, from) = source.parts();
     let (filter_layer, handle) = reload::Layer::new(filter(level, from)?);
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .fmt_fields(TextFields)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .boxed(),
@@ -104,14 +121,40 @@ pub fn init(source: LevelSource, format: LogFormat) -> Result<Logging, LoggingEr
             .with_writer(std::io::stderr)
             .boxed(),
     };
+    let (export, otel) = match Export::start(tracing_cfg)? {
+        Some((export, tracer)) => {
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                .with_filter(telemetry::filter());
+            (Some(export), Some(layer))
+        }
+        None => (None, None),
+    };
     tracing_subscriber::registry()
-        .with(filter_layer)
-        .with(fmt)
+        .with(fmt.with_filter(filter_layer))
+        .with(otel)
         .try_init()?;
-    Ok(Logging { handle, source })
+    if let Some(e) = &export {
+        tracing::info!(endpoint = e.endpoint(), "exporting traces over OTLP");
+    }
+    Ok(Logging {
+        handle,
+        source,
+        export,
+    })
 }
 
 impl Logging {
+    /// Sends the spans still queued and stops the export (blocking; call it outside async
+    /// code while the runtime still runs). No-op without an export.
+    pub fn shutdown_export(&mut self) {
+        if let Some(e) = self.export.take() {
+            e.shutdown();
+        }
+    }
+
     /// Applies a level read from the config file again (SIGHUP). Returns whether it changed
     /// anything; an override (RUST_LOG, --log-level) keeps winning.
     pub fn reload_from_config(&mut self, level: &str) -> Result<bool, LoggingError> {
@@ -139,6 +182,38 @@ impl Logging {
     }
 }
 
+/// The text format's fields: tracing-subscriber's, without the `otel.*` span fields.
+struct TextFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for TextFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> std::fmt::Result {
+        let mut v = SkipOtel(DefaultVisitor::new(writer, true));
+        fields.record(&mut v);
+        v.0.finish()
+    }
+}
+
+/// Forwards every field but the `otel.*` ones.
+struct SkipOtel<V>(V);
+
+impl<V: Visit> Visit for SkipOtel<V> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if !is_otel_field(field.name()) {
+            self.0.record_debug(field, value);
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if !is_otel_field(field.name()) {
+            self.0.record_str(field, value);
+        }
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if !is_otel_field(field.name()) {
+            self.0.record_error(field, value);
+        }
+    }
+}
+
 /// The JSON event format described in the module docs.
 struct PipelineJson;
 
@@ -147,6 +222,9 @@ struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
 
 impl JsonVisitor<'_> {
     fn put(&mut self, field: &Field, v: serde_json::Value) {
+        if is_otel_field(field.name()) {
+            return;
+        }
         let name = match field.name() {
             "message" => "msg",
             n => n,
@@ -203,7 +281,7 @@ where
                     continue;
                 };
                 if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(fields) {
-                    obj.extend(m);
+                    obj.extend(m.into_iter().filter(|(k, _)| !is_otel_field(k)));
                 }
             }
         }
@@ -225,6 +303,76 @@ mod tests {
         assert_eq!(p, LevelSource::Flag("warn".into()));
         let p = LevelSource::pick(None, None, "info");
         assert_eq!(p, LevelSource::Config("info".into()));
+    }
+
+    /// Everything written through the returned writer.
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    /// An event in a span that has both plain and `otel.*` fields.
+    fn log_one() {
+        let span = tracing::info_span!(
+            "cri",
+            operation = "RunPodSandbox",
+            otel.name = "RunPodSandbox",
+            otel.kind = "server"
+        );
+        let _g = span.enter();
+        tracing::info!(sandbox = "s1", "pod sandbox started");
+    }
+
+    #[test]
+    fn json_lines_have_pipeline_names_and_span_fields_on_top_without_otel_fields() {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(PipelineJson)
+            .with_writer(move || w.clone());
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log_one);
+        let line = buf.text();
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(v["level"], "info", "{line}");
+        assert_eq!(v["msg"], "pod sandbox started", "{line}");
+        assert_eq!(v["sandbox"], "s1", "{line}");
+        assert_eq!(v["operation"], "RunPodSandbox", "{line}");
+        assert!(v["time"].as_str().is_some_and(|t| t.contains('T')), "{line}");
+        assert!(v.get("fields").is_none() && v.get("message").is_none(), "{line}");
+        assert!(!line.contains("otel."), "{line}");
+    }
+
+    #[test]
+    fn text_lines_leave_otel_fields_out() {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(TextFields)
+            .with_ansi(false)
+            .with_writer(move || w.clone());
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log_one);
+        let line = buf.text();
+        assert!(
+            line.contains("cri{operation=\"RunPodSandbox\"}: ")
+                && line.contains("pod sandbox started sandbox=\"s1\""),
+            "{line}"
+        );
+        assert!(!line.contains("otel."), "{line}");
     }
 
     #[test]

@@ -20,6 +20,11 @@
 //!   registry.configs.<h>.tls.{insecure_skip_verify, ca_file}, auth.{username, password, auth}
 //!                                                        … registries.<h>.{skip_verify, ca_file, username, password}
 //!   max_concurrent_downloads, containerd.snapshotter    images-service max_concurrent_downloads, snapshotter
+//! plugins."io.containerd.tracing.processor.v1.otlp"     [tracing] endpoint: only with protocol = "grpc" (taskd
+//!   endpoint, protocol, insecure                          exports OTLP/gRPC, without TLS): "host:port" with
+//!                                                         insecure = true → "http://host:port"
+//! plugins."io.containerd.internal.v1.tracing"           [tracing] sampling_ratio, service_name
+//!   sampling_ratio, service_name
 //! ```
 //!
 //! Every other key (and a mapped key whose value taskd cannot take) is listed after the config
@@ -314,6 +319,86 @@ impl Migrator {
                 _ => self.skip(&format, &v, "taskd's log formats are \"text\" and \"json\""),
             }
         }
+    }
+
+    /// containerd's OTLP processor and tracing settings → `[tracing]`.
+    fn tracing(&mut self) {
+        let otlp = |k: &str| path(&["plugins", "io.containerd.tracing.processor.v1.otlp", k]);
+        let (ep_key, proto_key, insecure_key) = (otlp("endpoint"), otlp("protocol"), otlp("insecure"));
+        let endpoint = self.src.take(&ep_key);
+        let protocol = self.src.take(&proto_key);
+        let insecure = self.src.take(&insecure_key);
+        let grpc = protocol.as_ref().and_then(Value::as_str) == Some("grpc");
+        match endpoint
+            .as_ref()
+            .and_then(Value::as_str)
+            .filter(|e| !e.is_empty())
+        {
+            None => {
+                // Export off in containerd as in taskd: the rest says nothing.
+                for (k, v) in [
+                    (ep_key, endpoint),
+                    (proto_key, protocol),
+                    (insecure_key, insecure),
+                ] {
+                    if let Some(v) = v {
+                        self.skip(
+                            &k,
+                            &v,
+                            "no endpoint: tracing stays off ([tracing] endpoint = \"\")",
+                        );
+                    }
+                }
+            }
+            Some(ep) if !grpc => {
+                let ep = Value::from(ep);
+                self.note(
+                    &ep_key,
+                    &ep,
+                    "taskd exports OTLP over gRPC only (containerd's protocol here is http/protobuf, its \
+                     default): set [tracing] endpoint to the collector's gRPC address, e.g. \"http://host:4317\""
+                        .to_owned(),
+                );
+                if let Some(p) = protocol {
+                    self.skip(&proto_key, &p, "taskd's OTLP protocol is always gRPC");
+                }
+                if let Some(i) = insecure {
+                    self.skip(&insecure_key, &i, "taskd's OTLP export is always plain text");
+                }
+            }
+            Some(ep) => {
+                let url = if ep.contains("://") {
+                    ep.to_owned()
+                } else if insecure.as_ref().and_then(Value::as_bool) == Some(true) {
+                    format!("http://{ep}")
+                } else {
+                    format!("https://{ep}")
+                };
+                match crate::telemetry::check_endpoint(&url) {
+                    Ok(()) => set(&mut self.out, &["tracing", "endpoint"], Value::from(url)),
+                    Err(reason) => {
+                        let ep = Value::from(ep);
+                        self.note(&ep_key, &ep, reason);
+                        if let Some(i) = insecure {
+                            self.skip(&insecure_key, &i, "taskd's OTLP export is always plain text");
+                        }
+                    }
+                }
+            }
+        }
+        let cfg = |k: &str| path(&["plugins", "io.containerd.internal.v1.tracing", k]);
+        let ratio_key = cfg("sampling_ratio");
+        if let Some(v) = self.src.take(&ratio_key) {
+            let ratio = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
+            match ratio {
+                // containerd's 0 samples nothing, as taskd's does: copied as it is.
+                Some(r) if (0.0..=1.0).contains(&r) => {
+                    set(&mut self.out, &["tracing", "sampling_ratio"], Value::Float(r))
+                }
+                _ => self.skip(&ratio_key, &v, "taskd takes a sampling ratio from 0.0 to 1.0"),
+            }
+        }
+        self.copy(&cfg("service_name"), &["tracing", "service_name"]);
     }
 
     fn copy_value(&mut self, v: &Value, to: &[&str]) {
@@ -769,6 +854,7 @@ pub fn migrate(text: &str, origin: &str) -> Result<Migration, MigrateError> {
     m.src.take(&path(&["version"]));
     set(&mut m.out, &["version"], Value::Integer(1));
     m.top_level();
+    m.tracing();
     if version >= 3 {
         m.cri(
             &path(&["plugins", "io.containerd.cri.v1.runtime"]),
@@ -882,6 +968,69 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("dTpw"), "{text}");
+    }
+
+    #[test]
+    fn tracing_maps_grpc_endpoints_only() {
+        let m = migrate(
+            r#"version = 2
+[plugins."io.containerd.tracing.processor.v1.otlp"]
+  endpoint = "127.0.0.1:4317"
+  protocol = "grpc"
+  insecure = true
+[plugins."io.containerd.internal.v1.tracing"]
+  sampling_ratio = 0.5
+  service_name = "node-7"
+"#,
+            "f",
+        )
+        .unwrap();
+        let t = &m.config["tracing"];
+        assert_eq!(t["endpoint"].as_str(), Some("http://127.0.0.1:4317"));
+        assert_eq!(t["sampling_ratio"].as_float(), Some(0.5));
+        assert_eq!(t["service_name"].as_str(), Some("node-7"));
+        assert!(m.unmapped.is_empty(), "{:?}", m.unmapped);
+
+        // containerd's default protocol (http/protobuf), and TLS: listed, not carried over.
+        for (extra, says) in [
+            ("", "gRPC only"),
+            ("protocol = \"http/protobuf\"\n", "gRPC only"),
+            ("protocol = \"grpc\"\n", "no TLS"),
+        ] {
+            let m = migrate(
+                &format!(
+                    "version = 2\n[plugins.\"io.containerd.tracing.processor.v1.otlp\"]\nendpoint = \"c:4317\"\n{extra}"
+                ),
+                "f",
+            )
+            .unwrap();
+            assert!(m.config.get("tracing").is_none(), "{extra}: {:?}", m.config);
+            let (key, _, reason) = &m.unmapped[0];
+            assert!(key.ends_with("otlp\".endpoint"), "{key}");
+            assert!(reason.contains(says), "{extra}: {reason}");
+        }
+
+        // Off (containerd 1.6's defaults): nothing turned on, the keys listed as unset.
+        let m = migrate(
+            r#"version = 2
+[plugins."io.containerd.tracing.processor.v1.otlp"]
+  endpoint = ""
+  insecure = false
+  protocol = ""
+[plugins."io.containerd.internal.v1.tracing"]
+  sampling_ratio = 1.0
+  service_name = "containerd"
+"#,
+            "f",
+        )
+        .unwrap();
+        assert!(m.config["tracing"].get("endpoint").is_none());
+        assert_eq!(m.unmapped.len(), 3, "{:?}", m.unmapped);
+        assert!(
+            m.unmapped.iter().all(|u| u.2.contains("nothing lost")),
+            "{:?}",
+            m.unmapped
+        );
     }
 
     #[test]

@@ -169,13 +169,20 @@ fn serve(cli: Cli, registry: Registry, notifier: Arc<Notifier>) -> anyhow::Resul
         cli.log_level.clone(),
         &cfg.debug.level,
     );
-    let mut logs = logging::init(level, cfg.debug.format)?;
-    tracing::info!(version = taskd::VERSION, revision = taskd::REVISION, config = %origin, "starting taskd");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the tokio runtime")?;
-    runtime.block_on(run(cli, cfg, registry, &mut logs, notifier))
+    // The tracing export's OTLP channel is made on the runtime.
+    let mut logs = {
+        let _rt = runtime.enter();
+        logging::init(level, cfg.debug.format, &cfg.tracing)?
+    };
+    tracing::info!(version = taskd::VERSION, revision = taskd::REVISION, config = %origin, "starting taskd");
+    let result = runtime.block_on(run(cli, cfg, registry, &mut logs, notifier));
+    // The last spans go out while the runtime (and so the OTLP channel) still runs.
+    logs.shutdown_export();
+    result
 }
 
 async fn run(
@@ -418,6 +425,7 @@ fn reload(
         ("metrics.address", running.metrics.address != cfg.metrics.address),
         ("debug.format", running.debug.format != cfg.debug.format),
         ("shutdown", running.shutdown != cfg.shutdown),
+        ("tracing", running.tracing != cfg.tracing),
         (
             "disabled_plugins",
             running.disabled_plugins != cfg.disabled_plugins,

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use taskd_proto::cri::v1 as cri;
 
@@ -147,12 +148,13 @@ impl Detached {
     }
 
     /// Runs `op` in a tracked task of its own; a caller that goes away leaves it running.
+    /// The task stays in the caller's span (its CNI and shim spans are the call's children).
     pub async fn spawn_and_wait<T: Send + 'static>(
         &self,
         what: &'static str,
         op: impl Future<Output = Result<T, CriError>> + Send + 'static,
     ) -> Result<T, CriError> {
-        self.tasks.spawn(op).await.unwrap_or_else(|e| {
+        self.tasks.spawn(op.in_current_span()).await.unwrap_or_else(|e| {
             Err(CriError::FailedPrecondition {
                 what: what.into(),
                 reason: format!("its task ended: {e}"),

@@ -4,7 +4,8 @@
 //! Instrument::call(operation, runtime_handler, handler future)
 //!   ├─ gate: not ready → Unavailable ("the CRI plugin is not ready yet"); the handler
 //!   │        future is never polled
-//!   ├─ span  cri{operation, runtime_handler}; debug log of the call
+//!   ├─ span  cri{operation, runtime_handler}; debug log of the call (for OpenTelemetry
+//!   │        the span is named after the operation, failed on a warn-level failure)
 //!   ├─ run the handler inside the span
 //!   ├─ metrics: taskd_cri_operations_total{operation,runtime_handler}
 //!   │           taskd_cri_operation_duration_seconds{operation,runtime_handler}
@@ -97,7 +98,7 @@ impl Instrument {
         F: Future<Output = Result<T, E>>,
         E: ErrorKind + Display,
     {
-        let span = tracing::info_span!("cri", operation, runtime_handler = handler);
+        let span = tracing::info_span!("cri", operation, runtime_handler = handler, otel.name = operation);
         if !self.is_ready() {
             let err = CriError::NotReady;
             self.errors
@@ -131,7 +132,10 @@ impl Instrument {
                     Kind::NotFound | Kind::NotImplemented | Kind::AlreadyExists => {
                         tracing::debug!(error = %e, code = code_name(kind), "CRI call failed")
                     }
-                    _ => tracing::warn!(error = %e, code = code_name(kind), "CRI call failed"),
+                    _ => {
+                        crate::telemetry::set_error(&span, e.to_string());
+                        tracing::warn!(error = %e, code = code_name(kind), "CRI call failed")
+                    }
                 }
                 Err(to_status(&e))
             }
@@ -187,6 +191,51 @@ mod tests {
                 .into_inner(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn the_span_is_named_after_the_operation_and_failed_on_warn_level_errors() {
+        use opentelemetry::trace::Status;
+        let (subscriber, recorded, _provider) = crate::telemetry::testing::subscriber();
+        let _g = tracing::subscriber::set_default(subscriber);
+        let i = Instrument::unregistered().unwrap();
+        i.set_ready();
+        let _ = i
+            .call("StartContainer", "runc", async {
+                Err::<(), _>(CriError::FailedPrecondition {
+                    what: "container c".into(),
+                    reason: "not created".into(),
+                })
+            })
+            .await;
+        let _ = i
+            .call("Exec", "", async {
+                Err::<(), _>(CriError::Unimplemented {
+                    rpc: "Exec",
+                    missing: "the streaming server",
+                })
+            })
+            .await;
+        i.call("Version", "", async { Ok::<_, CriError>(()) })
+            .await
+            .unwrap();
+        let start = &recorded.named("StartContainer")[0];
+        assert!(
+            matches!(&start.status, Status::Error { description } if description.contains("not created")),
+            "{:?}",
+            start.status
+        );
+        assert!(
+            start
+                .attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "runtime_handler" && kv.value.as_str() == "runc"),
+            "{:?}",
+            start.attributes
+        );
+        // A caller's mistake or a missing feature is not a failed span.
+        assert_eq!(recorded.named("Exec")[0].status, Status::Unset);
+        assert_eq!(recorded.named("Version")[0].status, Status::Unset);
     }
 
     #[tokio::test]

@@ -14,6 +14,9 @@
 //! delete        Tasks::delete, Containers::delete, rootfs.remove — NotFound is fine
 //! ```
 //!
+//! Every Tasks call that reaches a shim runs in a span `shim{op, id, exec_id}`
+//! ([`shim_call`]; OpenTelemetry `shim.Create`, `shim.Start`, ... under the CRI call's span).
+//!
 //! Images and root file systems come from a [`RootfsProvider`] (the images + snapshots
 //! services); without one the CRI plugin installs no controller.
 
@@ -21,6 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tracing::Instrument as _;
 
 use super::controller::{
     ContainerRuntime, CreateContainer, ExecIo, ExitInfo, ImageInfo, SandboxController, StartSandbox,
@@ -104,9 +108,11 @@ impl TaskRuntime {
             let _ = self.rootfs.remove(id).await;
             return Err(CriError::backend("create container record", e));
         }
-        let created = self
-            .tasks
-            .create(
+        let created = shim_call(
+            "Create",
+            id,
+            "",
+            self.tasks.create(
                 NAMESPACE,
                 CreateTask {
                     container_id: id.to_owned(),
@@ -115,8 +121,9 @@ impl TaskRuntime {
                     runtime_path: handler.runtime_path.clone(),
                     ..Default::default()
                 },
-            )
-            .await;
+            ),
+        )
+        .await;
         if let Err(e) = created {
             let _ = self.containers.delete(NAMESPACE, id).await;
             let _ = self.rootfs.remove(id).await;
@@ -126,12 +133,45 @@ impl TaskRuntime {
     }
 
     async fn remove_all(&self, id: &str) -> Result<(), CriError> {
-        not_found_ok(self.tasks.delete(NAMESPACE, id).await.map(|_| ()))
-            .map_err(|e| CriError::backend("delete task", e))?;
+        not_found_ok(
+            shim_call("Delete", id, "", self.tasks.delete(NAMESPACE, id))
+                .await
+                .map(|_| ()),
+        )
+        .map_err(|e| CriError::backend("delete task", e))?;
         not_found_ok(self.containers.delete(NAMESPACE, id).await)
             .map_err(|e| CriError::backend("delete container record", e))?;
         self.rootfs.remove(id).await
     }
+}
+
+/// Runs one tasks-service call that reaches the container's shim in a span
+/// `shim{op, id, exec_id}` (OpenTelemetry: `shim.<op>`, kind client), failed on an error
+/// other than NotFound (which callers here take as done).
+async fn shim_call<T, E>(
+    op: &'static str,
+    id: &str,
+    exec_id: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E>
+where
+    E: ErrorKind + std::fmt::Display,
+{
+    let span = tracing::info_span!(
+        "shim",
+        op,
+        id,
+        exec_id,
+        otel.name = %format_args!("shim.{op}"),
+        otel.kind = "client",
+    );
+    let result = call.instrument(span.clone()).await;
+    if let Err(e) = &result
+        && e.kind() != Kind::NotFound
+    {
+        crate::telemetry::set_error(&span, e.to_string());
+    }
+    result
 }
 
 #[async_trait]
@@ -152,7 +192,7 @@ impl SandboxController for TaskRuntime {
             "sandbox",
         )
         .await?;
-        match self.tasks.start(NAMESPACE, &req.id, "").await {
+        match shim_call("Start", &req.id, "", self.tasks.start(NAMESPACE, &req.id, "")).await {
             Ok(pid) => Ok(pid),
             Err(e) => {
                 let _ = self.remove_all(&req.id).await;
@@ -162,17 +202,24 @@ impl SandboxController for TaskRuntime {
     }
 
     async fn stop(&self, id: &str) -> Result<(), CriError> {
-        match self
-            .tasks
-            .kill(NAMESPACE, id, "", libc::SIGKILL as u32, true)
-            .await
+        match shim_call(
+            "Kill",
+            id,
+            "",
+            self.tasks.kill(NAMESPACE, id, "", libc::SIGKILL as u32, true),
+        )
+        .await
         {
             Ok(()) => {}
             Err(e) if e.kind() == Kind::NotFound => return Ok(()),
             Err(e) => return Err(CriError::backend("kill pause task", e)),
         }
-        not_found_ok(self.tasks.wait(NAMESPACE, id, "").await.map(|_| ()))
-            .map_err(|e| CriError::backend("wait pause task", e))
+        not_found_ok(
+            shim_call("Wait", id, "", self.tasks.wait(NAMESPACE, id, ""))
+                .await
+                .map(|_| ()),
+        )
+        .map_err(|e| CriError::backend("wait pause task", e))
     }
 
     async fn delete(&self, id: &str) -> Result<(), CriError> {
@@ -206,8 +253,7 @@ impl ContainerRuntime for TaskRuntime {
     }
 
     async fn start(&self, id: &str) -> Result<u32, CriError> {
-        self.tasks
-            .start(NAMESPACE, id, "")
+        shim_call("Start", id, "", self.tasks.start(NAMESPACE, id, ""))
             .await
             .map_err(|e| CriError::backend("start task", e))
     }
@@ -223,15 +269,19 @@ impl ContainerRuntime for TaskRuntime {
             type_url: "containerd.runc.v1.CheckpointOptions".to_owned(),
             value: opts.encode_to_vec(),
         };
-        self.tasks
-            .checkpoint(NAMESPACE, id, "", Some(any), None)
-            .await
-            .map(|_| ())
-            .map_err(|e| CriError::backend("checkpoint task", e))
+        shim_call(
+            "Checkpoint",
+            id,
+            "",
+            self.tasks.checkpoint(NAMESPACE, id, "", Some(any), None),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| CriError::backend("checkpoint task", e))
     }
 
     async fn task_state(&self, id: &str) -> Result<Option<crate::runtime::State>, CriError> {
-        match self.tasks.get(NAMESPACE, id, "").await {
+        match shim_call("State", id, "", self.tasks.get(NAMESPACE, id, "")).await {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.kind() == Kind::NotFound => Ok(None),
             Err(e) => Err(CriError::backend("get task", e)),
@@ -239,14 +289,12 @@ impl ContainerRuntime for TaskRuntime {
     }
 
     async fn kill(&self, id: &str, signal: u32) -> Result<(), CriError> {
-        not_found_ok(self.tasks.kill(NAMESPACE, id, "", signal, false).await)
+        not_found_ok(shim_call("Kill", id, "", self.tasks.kill(NAMESPACE, id, "", signal, false)).await)
             .map_err(|e| CriError::backend("kill task", e))
     }
 
     async fn wait(&self, id: &str) -> Result<ExitInfo, CriError> {
-        let exit = self
-            .tasks
-            .wait(NAMESPACE, id, "")
+        let exit = shim_call("Wait", id, "", self.tasks.wait(NAMESPACE, id, ""))
             .await
             .map_err(|e| CriError::backend("wait task", e))?;
         Ok(ExitInfo {
@@ -286,23 +334,26 @@ impl ContainerRuntime for TaskRuntime {
                 terminal: io.terminal,
             },
         };
-        self.tasks
-            .exec(NAMESPACE, id, exec_id, opts)
+        shim_call("Exec", id, exec_id, self.tasks.exec(NAMESPACE, id, exec_id, opts))
             .await
             .map_err(|e| CriError::backend("exec", e))?;
-        match self.tasks.start(NAMESPACE, id, exec_id).await {
+        match shim_call("Start", id, exec_id, self.tasks.start(NAMESPACE, id, exec_id)).await {
             Ok(pid) => Ok(pid),
             Err(e) => {
-                let _ = self.tasks.delete_process(NAMESPACE, id, exec_id).await;
+                let _ = shim_call(
+                    "DeleteProcess",
+                    id,
+                    exec_id,
+                    self.tasks.delete_process(NAMESPACE, id, exec_id),
+                )
+                .await;
                 Err(CriError::backend("start exec", e))
             }
         }
     }
 
     async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo, CriError> {
-        let exit = self
-            .tasks
-            .wait(NAMESPACE, id, exec_id)
+        let exit = shim_call("Wait", id, exec_id, self.tasks.wait(NAMESPACE, id, exec_id))
             .await
             .map_err(|e| CriError::backend("wait exec", e))?;
         Ok(ExitInfo {
@@ -312,30 +363,54 @@ impl ContainerRuntime for TaskRuntime {
     }
 
     async fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), CriError> {
-        not_found_ok(self.tasks.kill(NAMESPACE, id, exec_id, signal, false).await)
-            .map_err(|e| CriError::backend("kill exec", e))
+        not_found_ok(
+            shim_call(
+                "Kill",
+                id,
+                exec_id,
+                self.tasks.kill(NAMESPACE, id, exec_id, signal, false),
+            )
+            .await,
+        )
+        .map_err(|e| CriError::backend("kill exec", e))
     }
 
     async fn exec_delete(&self, id: &str, exec_id: &str) -> Result<(), CriError> {
         not_found_ok(
-            self.tasks
-                .delete_process(NAMESPACE, id, exec_id)
-                .await
-                .map(|_| ()),
+            shim_call(
+                "DeleteProcess",
+                id,
+                exec_id,
+                self.tasks.delete_process(NAMESPACE, id, exec_id),
+            )
+            .await
+            .map(|_| ()),
         )
         .map_err(|e| CriError::backend("delete exec", e))
     }
 
     async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<(), CriError> {
-        self.tasks
-            .resize_pty(NAMESPACE, id, exec_id, width, height)
-            .await
-            .map_err(|e| CriError::backend("resize terminal", e))
+        shim_call(
+            "ResizePty",
+            id,
+            exec_id,
+            self.tasks.resize_pty(NAMESPACE, id, exec_id, width, height),
+        )
+        .await
+        .map_err(|e| CriError::backend("resize terminal", e))
     }
 
     async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), CriError> {
-        not_found_ok(self.tasks.close_io(NAMESPACE, id, exec_id, true).await)
-            .map_err(|e| CriError::backend("close stdin", e))
+        not_found_ok(
+            shim_call(
+                "CloseIO",
+                id,
+                exec_id,
+                self.tasks.close_io(NAMESPACE, id, exec_id, true),
+            )
+            .await,
+        )
+        .map_err(|e| CriError::backend("close stdin", e))
     }
 
     async fn stats(&self, ids: &[String]) -> Result<Vec<super::controller::TaskStats>, CriError> {
@@ -364,9 +439,13 @@ impl ContainerRuntime for TaskRuntime {
             type_url: RESOURCES_TYPE_URL.to_owned(),
             value: serde_json::to_vec(&resources).map_err(spec::SpecError::from)?,
         };
-        self.tasks
-            .update(NAMESPACE, id, Some(any), Default::default())
-            .await
-            .map_err(|e| CriError::backend("update task", e))
+        shim_call(
+            "Update",
+            id,
+            "",
+            self.tasks.update(NAMESPACE, id, Some(any), Default::default()),
+        )
+        .await
+        .map_err(|e| CriError::backend("update task", e))
     }
 }

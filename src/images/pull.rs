@@ -36,6 +36,7 @@ use futures::StreamExt;
 use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 
 use super::hosts::{HostsConfig, HostsError, RegistryConfig, endpoints};
 use super::oci::{JsonDescriptor, Manifest as JsonManifest};
@@ -294,7 +295,26 @@ impl Puller {
     /// [`Puller::pull`] with credentials for this call (e.g. from a CRI PullImage request);
     /// they replace the configured `username`/`password`, and go only to the endpoints that
     /// may receive them (see `hosts.rs`).
+    /// The pull runs in a span `pull{image}` (OpenTelemetry: `image.pull`, with an
+    /// `image.fetch` child per blob and `image.unpack`).
     pub async fn pull_with_auth(
+        &self,
+        namespace: &str,
+        reference: &str,
+        auth: Option<PullAuth>,
+    ) -> Result<Image, PullError> {
+        let span = tracing::info_span!("pull", image = reference, otel.name = "image.pull");
+        let result = self
+            .pull_in_span(namespace, reference, auth)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            crate::telemetry::set_error(&span, e.to_string());
+        }
+        result
+    }
+
+    async fn pull_in_span(
         &self,
         namespace: &str,
         reference: &str,
@@ -614,7 +634,16 @@ impl Puller {
         let (stop, _) = tokio::sync::watch::channel(false);
         let fetches: Vec<_> = blobs
             .iter()
-            .map(|d| self.fetch_blob(namespace, name, remotes, d, lease, &stop))
+            .map(|d| {
+                let span = tracing::info_span!(
+                    "fetch",
+                    digest = %d.digest,
+                    size = d.size,
+                    otel.name = "image.fetch"
+                );
+                self.fetch_blob(namespace, name, remotes, d, lease, &stop)
+                    .instrument(span)
+            })
             .collect();
         let results: Vec<Result<(), PullError>> = futures::stream::iter(fetches)
             .buffer_unordered(self.config.max_concurrent_downloads.max(1))
@@ -687,7 +716,10 @@ impl Puller {
                     annotations: BTreeMap::new(),
                 })
                 .collect();
-            let top = u.unpack(namespace, name, lease, &config_bytes, &layers).await?;
+            let top = u
+                .unpack(namespace, name, lease, &config_bytes, &layers)
+                .instrument(tracing::info_span!("unpack", otel.name = "image.unpack"))
+                .await?;
             let key = format!("containerd.io/gc.ref.snapshot.{}", u.snapshotter.name());
             let info = content::Info {
                 digest: config.digest.clone(),

@@ -4,7 +4,10 @@
 //! them all to one router behind [`RpcLayer`], which for every RPC:
 //! - validates the `containerd-namespace` header when present (invalid → InvalidArgument
 //!   before the service runs; services then call [`namespace::required`](super::namespace::required)),
-//! - opens a tracing span `rpc{service, method, namespace}` around the handler,
+//! - opens a tracing span `rpc{service, method, namespace}` around the handler; for
+//!   OpenTelemetry (`crate::telemetry`) it is the server span `<service>/<method>`, child of
+//!   the caller's W3C `traceparent` when the request has one, failed on a server-side error code,
+//!   and it ends with the response body,
 //! - counts `taskd_grpc_requests_total{service,method,code}` and observes
 //!   `taskd_grpc_request_duration_seconds{service,method}` when the response ends (its
 //!   trailers carry the code; a response dropped before its trailers counts as Cancelled),
@@ -243,8 +246,11 @@ where
             "rpc",
             service = %service,
             method = %method,
-            namespace = tracing::field::Empty
+            namespace = tracing::field::Empty,
+            otel.name = %format_args!("{service}/{method}"),
+            otel.kind = "server",
         );
+        crate::telemetry::continue_trace(&span, req.headers());
         let record = Record {
             metrics: self.metrics.clone(),
             service,
@@ -336,6 +342,19 @@ impl Record {
             .duration
             .with_label_values(&[self.service.as_str(), self.method.as_str()])
             .observe(elapsed.as_secs_f64());
+        // The server-side error codes of OpenTelemetry's gRPC conventions; a NotFound or an
+        // InvalidArgument is the caller's business, not a failed span.
+        if matches!(
+            code,
+            tonic::Code::Unknown
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unimplemented
+                | tonic::Code::Internal
+                | tonic::Code::Unavailable
+                | tonic::Code::DataLoss
+        ) {
+            crate::telemetry::set_error(&self.span, code_name.clone());
+        }
         let _g = self.span.enter();
         tracing::debug!(code = %code_name, elapsed_us = elapsed.as_micros() as u64, "rpc done");
     }
@@ -545,6 +564,38 @@ mod tests {
         assert!(text.contains(&format!("{} 1", line("OK"))), "{text}");
         assert!(text.contains(&format!("{} 2", line("InvalidArgument"))), "{text}");
         server.shutdown(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test]
+    async fn the_rpc_span_continues_the_callers_traceparent_and_is_the_server_span() {
+        use opentelemetry::trace::{SpanKind, Status};
+        let (subscriber, recorded, _provider) = crate::telemetry::testing::subscriber();
+        let _g = tracing::subscriber::set_default(subscriber);
+        let (_dir, server, mut client, _) = start(Duration::ZERO).await;
+        let mut req = with_ns("k8s.io");
+        req.metadata_mut().insert(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+                .parse()
+                .unwrap(),
+        );
+        client.version(req).await.unwrap();
+        // A bad namespace is the caller's error: answered, not a failed span.
+        client.version(with_ns("-bad")).await.unwrap_err();
+        server.shutdown(Duration::from_secs(5)).await;
+        let spans = recorded.named("containerd.services.version.v1.Version/Version");
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        let traced = spans
+            .iter()
+            .find(|s| s.parent_span_is_remote)
+            .expect("the traced call's span");
+        assert_eq!(
+            traced.span_context.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(traced.parent_span_id.to_string(), "b7ad6b7169203331");
+        assert_eq!(traced.span_kind, SpanKind::Server);
+        assert!(spans.iter().all(|s| s.status == Status::Unset), "{spans:?}");
     }
 
     #[tokio::test]

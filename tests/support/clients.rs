@@ -9,6 +9,8 @@
 //! - `ws_client.py` (PyPI websocket-client): WebSocket remotecommand and portforward.
 //! - `cri_grpc.py` (PyPI grpcio + grpcio-tools): CRI and containerd API calls over grpcio's
 //!   default unix-socket channel.
+//! - `otlp_collector.py` (PyPI grpcio + opentelemetry-proto): an OTLP/gRPC trace collector
+//!   on loopback that writes the spans it receives as JSON lines ([`OtlpCollector`]).
 //!
 //! A missing client toolchain fails the test with what to install (`scripts/test.sh`
 //! installs all of it).
@@ -20,7 +22,8 @@ use std::sync::OnceLock;
 
 /// What `scripts/test.sh` installs for these clients.
 pub const APT: &str = "apt-get install golang-go golang-github-moby-spdystream-dev golang-google-grpc-dev";
-pub const PIP: &str = "pip install grpcio==1.85.1 grpcio-tools==1.85.1 websocket-client==1.9.2";
+pub const PIP: &str =
+    "pip install grpcio==1.85.1 grpcio-tools==1.85.1 websocket-client==1.9.2 opentelemetry-proto==1.45.2";
 
 fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -209,4 +212,80 @@ pub fn cri_grpc(socket: &Path, args: &[&str]) -> Report {
     let mut c = Command::new("python3");
     c.arg(clients_dir().join("cri_grpc.py")).arg(socket).args(args);
     run(format!("cri_grpc.py {args:?}"), c, None)
+}
+
+/// `otlp_collector.py OUT`: an OTLP/gRPC trace collector on 127.0.0.1, stopped (killed) on
+/// drop; it also stops by itself after ten minutes.
+pub struct OtlpCollector {
+    child: std::process::Child,
+    pub port: u16,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OtlpCollector {
+    pub fn start() -> OtlpCollector {
+        let check = Command::new("python3")
+            .args([
+                "-c",
+                "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run python3");
+        assert!(
+            check.status.success(),
+            "the OTLP collector needs Python modules: {PIP}\n{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let dir = tempfile::tempdir().expect("the collector's temp dir");
+        let out = dir.path().join("spans.jsonl");
+        let mut child = Command::new("python3")
+            .arg(clients_dir().join("otlp_collector.py"))
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start otlp_collector.py");
+        let mut first = String::new();
+        let stdout = child.stdout.take().expect("collector stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
+            .expect("read the collector's port");
+        let port = serde_json::from_str::<serde_json::Value>(&first)
+            .ok()
+            .and_then(|v| v["port"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("otlp_collector.py did not report its port: {first:?}")
+            });
+        OtlpCollector {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, for `[tracing] endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for OtlpCollector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

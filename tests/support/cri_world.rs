@@ -49,13 +49,19 @@ impl CriWorld {
     /// A world around taskd whose subnet octets start at `octet_base` (one per world, 50
     /// at most), with `cri_extra` added to the CRI plugin's table.
     pub fn start(octet_base: u8, cri_extra: &str) -> CriWorld {
+        CriWorld::start_with_tables(octet_base, cri_extra, "")
+    }
+
+    /// [`CriWorld::start`] with `tables` (whole TOML tables, e.g. `[tracing]`) added to
+    /// taskd's config.
+    pub fn start_with_tables(octet_base: u8, cri_extra: &str, tables: &str) -> CriWorld {
         let (registry, dir, bridge, conf_dir) = CriWorld::prepare(octet_base);
         let mirror = format!("[\"http://{}\"]", registry.addr);
         let d = Daemon::start_with(&format!(
             "[{IMAGES}.registries.\"docker.io\"]\nmirrors = {mirror}\n\
              [{IMAGES}.registries.\"registry.k8s.io\"]\nmirrors = {mirror}\n\
              [{CRI}]\nsandbox_image = \"registry.k8s.io/pause:3.10\"\n{cri_extra}\n\
-             [{CRI}.cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
+             [{CRI}.cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\"]\n{tables}\n",
             conf_dir.display().to_string()
         ));
         CriWorld {

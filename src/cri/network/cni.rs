@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
+use tracing::Instrument as _;
 
 use crate::cri::config::CniConfig;
 use crate::errdefs::{ErrorKind, Kind};
@@ -435,7 +436,8 @@ impl Cni {
             .join(":")
     }
 
-    /// One plugin exec ([`Cni::exec_plugin`]) timed and counted per plugin type and command.
+    /// One plugin exec ([`Cni::exec_plugin`]) in a span `cni{network, plugin, command}`
+    /// (OpenTelemetry: `cni.ADD`, ...), timed and counted per plugin type and command.
     #[allow(clippy::too_many_arguments)]
     async fn exec(
         &self,
@@ -448,9 +450,23 @@ impl Cni {
         conf: &Value,
     ) -> Result<Vec<u8>, CniError> {
         let started = std::time::Instant::now();
-        let result = self.exec_plugin(net, i, command, pod, netns, ifname, conf).await;
+        let plugin = plugin_type(net, i);
+        let span = tracing::info_span!(
+            "cni",
+            network = %net.name,
+            plugin = %plugin,
+            command,
+            otel.name = %format_args!("cni.{command}"),
+            otel.kind = "client",
+        );
+        let result = self
+            .exec_plugin(net, i, command, pod, netns, ifname, conf)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            crate::telemetry::set_error(&span, e.to_string());
+        }
         if let Some(m) = &self.metrics {
-            let plugin = plugin_type(net, i);
             m.duration
                 .with_label_values(&[plugin.as_str(), command])
                 .observe(started.elapsed().as_secs_f64());

@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use taskd_proto::cri::v1::{ExecSyncRequest, ExecSyncResponse};
+use tracing::Instrument as _;
 
 use crate::cri::io::ExecOutput;
 use crate::cri::store::container::ContainerState;
@@ -50,7 +51,8 @@ impl CriService {
         req: ExecSyncRequest,
     ) -> Result<ExecSyncResponse, CriError> {
         let (caller, gone) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move { self.exec_sync(req, gone).await });
+        // In the call's span: the exec's shim spans are the call's children.
+        let task = tokio::spawn(async move { self.exec_sync(req, gone).await }.in_current_span());
         let result = task.await;
         drop(caller);
         result.unwrap_or_else(|e| {
