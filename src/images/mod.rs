@@ -11,6 +11,7 @@
 //! free-form (a reference such as `docker.io/library/busybox:latest`), non-empty and at
 //! most [`MAX_NAME`] bytes. Every mutation is one redb write transaction.
 
+pub mod error;
 pub mod hosts;
 pub mod oci;
 pub mod platform;

@@ -38,14 +38,14 @@ use oci_client::secrets::RegistryAuth;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
-use super::hosts::{HostsConfig, HostsError, RegistryConfig, endpoints};
+pub use super::error::PullError;
+use super::hosts::{HostsConfig, RegistryConfig, endpoints};
 use super::oci::{JsonDescriptor, Manifest as JsonManifest};
 pub use super::oci::{MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
-use super::platform::{Matcher, PlatformError, PlatformSpec};
+use super::platform::{Matcher, PlatformSpec};
 use super::registry::{RegistryError, Remote};
 use super::{Descriptor, Image, ImageError, Store};
 use crate::content::{self, ContentError, LABEL_GC_REF_CONTENT};
-use crate::errdefs::{ErrorKind, Kind};
 use crate::metadata::{LABEL_GC_EXPIRE, LeaseManager};
 
 /// The default cap of a manifest or index.
@@ -113,102 +113,6 @@ pub struct PullAuth {
     pub auth: RegistryAuth,
     /// The registry they are for (`server_address`); empty = the image's registry.
     pub server_address: String,
-}
-
-/// Errors of a pull.
-#[derive(Debug, thiserror::Error)]
-pub enum PullError {
-    #[error("image reference {reference:?}: {reason}")]
-    InvalidReference { reference: String, reason: String },
-    #[error("pull {reference} from {source}")]
-    Registry {
-        reference: String,
-        source: Box<RegistryError>,
-    },
-    #[error("pull {reference}: {what} {digest}: registry sent content with digest {actual}")]
-    DigestMismatch {
-        reference: String,
-        what: &'static str,
-        digest: String,
-        actual: String,
-    },
-    #[error("pull {reference}: no manifest for {wanted} in the index (it has: {available})")]
-    NoPlatform {
-        reference: String,
-        wanted: String,
-        available: String,
-    },
-    #[error("pull {reference}: unsupported manifest media type {media_type:?}")]
-    UnsupportedMediaType { reference: String, media_type: String },
-    #[error("pull {reference}: malformed {what}: {source}")]
-    Malformed {
-        reference: String,
-        what: &'static str,
-        source: serde_json::Error,
-    },
-    #[error("pull {reference}: bad descriptors: {reason}")]
-    BadDescriptor { reference: String, reason: String },
-    #[error("pull {reference}: {what} {digest} declares {size} bytes, more than the limit of {limit}")]
-    TooLarge {
-        reference: String,
-        what: &'static str,
-        digest: String,
-        size: i64,
-        limit: u64,
-    },
-    #[error("pull {reference}: no data for blob {digest} within {timeout:?}")]
-    ProgressTimeout {
-        reference: String,
-        digest: String,
-        timeout: Duration,
-    },
-    #[error("pull {reference}: download of {digest} stopped: another download of the pull failed")]
-    Stopped { reference: String, digest: String },
-    #[error("pull {reference}: {layers} layers but {diff_ids} diff_ids in the config")]
-    LayerCount {
-        reference: String,
-        layers: usize,
-        diff_ids: usize,
-    },
-    #[error(transparent)]
-    Hosts(#[from] HostsError),
-    #[error(transparent)]
-    Platform(#[from] PlatformError),
-    #[error(transparent)]
-    Snapshot(#[from] crate::snapshots::SnapshotError),
-    #[error(transparent)]
-    Diff(#[from] crate::diff::DiffError),
-    #[error(transparent)]
-    Content(#[from] ContentError),
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    #[error(transparent)]
-    Metadata(#[from] crate::metadata::MetadataError),
-}
-
-impl ErrorKind for PullError {
-    fn kind(&self) -> Kind {
-        match self {
-            PullError::InvalidReference { .. } => Kind::InvalidArgument,
-            PullError::Registry { source, .. } => source.kind(),
-            PullError::DigestMismatch { .. } => Kind::DataLoss,
-            PullError::NoPlatform { .. } => Kind::NotFound,
-            PullError::UnsupportedMediaType { .. }
-            | PullError::Malformed { .. }
-            | PullError::BadDescriptor { .. }
-            | PullError::TooLarge { .. } => Kind::FailedPrecondition,
-            PullError::ProgressTimeout { .. } => Kind::DeadlineExceeded,
-            PullError::Stopped { .. } => Kind::Aborted,
-            PullError::LayerCount { .. } => Kind::FailedPrecondition,
-            PullError::Hosts(e) => e.kind(),
-            PullError::Platform(e) => e.kind(),
-            PullError::Snapshot(e) => e.kind(),
-            PullError::Diff(e) => e.kind(),
-            PullError::Content(e) => e.kind(),
-            PullError::Image(e) => e.kind(),
-            PullError::Metadata(e) => e.kind(),
-        }
-    }
 }
 
 /// Pulls images into the content and image stores.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::Descriptor;
-use super::pull::PullError;
+use super::error::PullError;
 use crate::content;
 use crate::diff::{self, Differ};
 use crate::metadata::{LeaseManager, LeaseResource};
