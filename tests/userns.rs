@@ -128,6 +128,19 @@ async fn a_pod_in_its_user_namespace_runs_survives_a_restart_and_leaves_nothing(
     let vol = w.dir.path().join("vol");
     std::fs::create_dir(&vol).unwrap();
     std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A read-only volume from a nosuid,nodev,noexec mount (as /run is): flags a user
+    // namespace cannot drop. Under the state dir, so the world's clean-up unmounts it.
+    let locked = w.taskd().state.join("locked-src");
+    std::fs::create_dir(&locked).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &locked,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(locked.join("data"), "locked-ok\n").unwrap();
 
     let mut rt = w.runtime().await;
     // As kubelet sends it (PID mode CONTAINER): a pod without a pause container, whose
@@ -168,12 +181,18 @@ async fn a_pod_in_its_user_namespace_runs_survives_a_restart_and_leaves_nothing(
     );
     let mut app = container(
         "app",
-        "cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c 'root-owner %u:%g' /etc/passwd; \
+        "cat /proc/self/uid_map /proc/self/gid_map /locked/data; id -u; stat -c 'root-owner %u:%g' /etc/passwd; \
          echo x > /rootfs-write && echo rootfs-writable; touch /vol/made-inside; exec sleep 3600",
     );
     app.mounts.push(cri::Mount {
         container_path: "/vol".into(),
         host_path: vol.display().to_string(),
+        ..Default::default()
+    });
+    app.mounts.push(cri::Mount {
+        container_path: "/locked".into(),
+        host_path: locked.display().to_string(),
+        readonly: true,
         ..Default::default()
     });
     // kubelet repeats the pod's user namespace in the container's options.
@@ -191,6 +210,7 @@ async fn a_pod_in_its_user_namespace_runs_survives_a_restart_and_leaves_nothing(
     let log = squeeze(&w.log("userns", "app"));
     assert!(log.contains(&format!("0 {HOST_UID} 65536")), "uid_map: {log}");
     assert!(log.contains(&format!("0 {HOST_GID} 65536")), "gid_map: {log}");
+    assert!(log.contains("locked-ok"), "the read-only volume: {log}");
     assert!(
         log.contains("root-owner 0:0"),
         "the rootfs belongs to the pod's root: {log}"
