@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clients::cri_grpc;
-use cri_world::{CriWorld, container, wait_until};
+use cri_world::{CRI, CriWorld, container, wait_until};
 use k8s_cri::v1 as cri;
 use serde_json::json;
 
@@ -106,19 +106,26 @@ async fn exec(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Python grpcio"]
 async fn a_pod_in_its_user_namespace_runs_survives_a_restart_and_leaves_nothing() {
-    let mut w = CriWorld::start(OCTETS, "");
+    // A second handler on containerd's own shim (containerd-shim-runc-v2) for the pod with a
+    // pause container: the feature holds for both shims.
+    let mut w = CriWorld::start(
+        OCTETS,
+        &format!("[{CRI}.runtimes.stock]\nruntime_type = \"io.containerd.runc.v2\"\n"),
+    );
 
     // The feature, as kubelet reads it (Python grpcio).
     let status = cri_grpc(w.socket(), &["call", "RuntimeService/Status", "{}"]).ok();
     let handlers = status["response"]["runtime_handlers"]
         .as_array()
         .unwrap_or_else(|| panic!("{status}"));
-    assert!(
-        handlers
-            .iter()
-            .any(|h| h["name"] == "runc" && h["features"]["user_namespaces"] == true),
-        "{status}"
-    );
+    for name in ["runc", "stock"] {
+        assert!(
+            handlers
+                .iter()
+                .any(|h| h["name"] == name && h["features"]["user_namespaces"] == true),
+            "{name}: {status}"
+        );
+    }
     assert!(
         w.server_log().contains("runc_userns=true") && w.server_log().contains("kernel_userns=true"),
         "the probe is logged"
@@ -159,12 +166,20 @@ async fn a_pod_in_its_user_namespace_runs_survives_a_restart_and_leaves_nothing(
     }
     let pod = w.run_pod(&mut rt, &cfg).await;
     // And one sharing a PID namespace, so with a pause container (its pid 1) in the user
-    // namespace.
+    // namespace, on the stock shim.
     let paused_cfg = with_userns(
         w.pod_config("paused"),
         userns(cri::NamespaceMode::Pod, PAUSED, PAUSED),
     );
-    let paused = w.run_pod(&mut rt, &paused_cfg).await;
+    let paused = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(paused_cfg.clone()),
+            runtime_handler: "stock".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox on the stock shim: {e:?}\n{}", w.server_log()))
+        .into_inner()
+        .pod_sandbox_id;
     let in_paused = w
         .start_container(&mut rt, &paused, &paused_cfg, container("c", "exec sleep 3600"))
         .await;
