@@ -237,6 +237,25 @@ async fn a_pod_in_its_user_namespace_runs_survives_a_restart_and_leaves_nothing(
         "owned by the mapped host ids"
     );
     let pause_ns = exec(&mut rt, &id, "readlink /proc/self/ns/user").await;
+    // A container cannot ask for another user namespace than its pod's.
+    let mut other = own_pid(container("other", "true"));
+    other
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options
+        .get_or_insert_with(Default::default)
+        .userns_options = Some(userns(cri::NamespaceMode::Pod, PAUSED, PAUSED));
+    let refused = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(other),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .expect_err("a container in another user namespace than its pod's");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
 
     // kill -9 and restart: the pod and its container are back, and work.
     w.server.kill9();
@@ -303,7 +322,14 @@ async fn a_pod_in_its_user_namespace_runs_survives_a_restart_and_leaves_nothing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: root, runc, shim, CNI plugins, docker-registry, skopeo, Python grpcio"]
 async fn user_namespace_configs_the_cri_api_refuses_leave_nothing_behind() {
-    let w = CriWorld::start(OCTETS, "");
+    // A handler whose runc cannot be asked for its features: user_namespaces false.
+    let w = CriWorld::start(
+        OCTETS,
+        &format!(
+            "[{CRI}.runtimes.nouserns]\nruntime_type = \"io.containerd.runc.v2\"\n\
+             [{CRI}.runtimes.nouserns.options]\nBinaryName = \"/bin/false\"\n"
+        ),
+    );
     let pod = |name: &str, linux: serde_json::Value| {
         json!({
             "metadata": {"name": name, "uid": format!("uid-{name}"), "namespace": "default"},
@@ -360,6 +386,27 @@ async fn user_namespace_configs_the_cri_api_refuses_leave_nothing_behind() {
             "host's network",
         ),
     ];
+    let good = ns(pod_mode(json!([map(0, HOST_UID)]), json!([map(0, HOST_GID)])));
+    let status = cri_grpc(w.socket(), &["call", "RuntimeService/Status", "{}"]).ok();
+    let unsupported = status["response"]["runtime_handlers"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["name"] == "nouserns"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_ne!(unsupported["features"]["user_namespaces"], true, "{status}");
+    let req = json!({"config": pod("unsupported", good), "runtime_handler": "nouserns"});
+    let r = cri_grpc(
+        w.socket(),
+        &["call", "RuntimeService/RunPodSandbox", &req.to_string()],
+    )
+    .ok();
+    assert_eq!(r["error"]["code"], "INVALID_ARGUMENT", "{r}");
+    assert!(
+        r["error"]["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not support user namespaces"),
+        "{r}"
+    );
     for (name, linux, why) in cases {
         let req = json!({"config": pod(name, linux)});
         let r = cri_grpc(
