@@ -60,15 +60,18 @@ fn with_userns(mut cfg: cri::PodSandboxConfig, u: cri::UserNamespace) -> cri::Po
     cfg
 }
 
-/// A container in a PID namespace of its own (kubelet's default).
-fn own_pid(mut c: cri::ContainerConfig) -> cri::ContainerConfig {
-    c.linux
+/// A container in a PID namespace of its own (kubelet's default), with `userns` in its
+/// options (kubelet repeats the pod's there).
+fn own_pid(mut c: cri::ContainerConfig, userns: Option<cri::UserNamespace>) -> cri::ContainerConfig {
+    let ns = c
+        .linux
         .get_or_insert_with(Default::default)
         .security_context
         .get_or_insert_with(Default::default)
         .namespace_options
-        .get_or_insert_with(Default::default)
-        .pid = cri::NamespaceMode::Container as i32;
+        .get_or_insert_with(Default::default);
+    ns.pid = cri::NamespaceMode::Container as i32;
+    ns.userns_options = userns;
     c
 }
 
@@ -211,14 +214,8 @@ async fn a_pod_in_its_user_namespace_runs_survives_a_restart_and_leaves_nothing(
         ..Default::default()
     });
     // kubelet repeats the pod's user namespace in the container's options.
-    app.linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options
-        .get_or_insert_with(Default::default)
-        .userns_options = Some(userns(cri::NamespaceMode::Pod, HOST_UID, HOST_GID));
-    let id = w.start_container(&mut rt, &pod, &cfg, own_pid(app)).await;
+    let app = own_pid(app, Some(userns(cri::NamespaceMode::Pod, HOST_UID, HOST_GID)));
+    let id = w.start_container(&mut rt, &pod, &cfg, app).await;
     wait_until("the container's report", Duration::from_secs(20), || {
         w.log("userns", "app").contains("rootfs-writable")
     });
@@ -238,15 +235,10 @@ async fn a_pod_in_its_user_namespace_runs_survives_a_restart_and_leaves_nothing(
     );
     let pause_ns = exec(&mut rt, &id, "readlink /proc/self/ns/user").await;
     // A container cannot ask for another user namespace than its pod's.
-    let mut other = own_pid(container("other", "true"));
-    other
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options
-        .get_or_insert_with(Default::default)
-        .userns_options = Some(userns(cri::NamespaceMode::Pod, PAUSED, PAUSED));
+    let other = own_pid(
+        container("other", "true"),
+        Some(userns(cri::NamespaceMode::Pod, PAUSED, PAUSED)),
+    );
     let refused = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
@@ -282,7 +274,7 @@ async fn a_pod_in_its_user_namespace_runs_survives_a_restart_and_leaves_nothing(
             &mut rt,
             &pod,
             &cfg,
-            own_pid(container("second", "exec sleep 3600")),
+            own_pid(container("second", "exec sleep 3600"), None),
         )
         .await;
     assert_eq!(
