@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
-use taskd_proto::cri::v1::{IdMapping, NamespaceMode, NamespaceOption};
+use taskd_proto::cri::v1::{IdMapping, NamespaceMode, NamespaceOption, PodSandboxConfig};
 
 use crate::errdefs::{ErrorKind, Kind};
 
@@ -160,6 +160,16 @@ pub fn from_options(opts: Option<&NamespaceOption>) -> Result<Option<PodUserns>,
         )),
         Err(_) => Err(invalid("userns_options.mode", format!("unknown mode {}", u.mode))),
     }
+}
+
+/// The user namespace of a pod's config ([`from_options`] of its namespace options).
+pub fn of_pod(cfg: &PodSandboxConfig) -> Result<Option<PodUserns>, UsernsError> {
+    from_options(
+        cfg.linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref()),
+    )
 }
 
 /// Where the namespaces of a pod in a user namespace are pinned (None: not created).

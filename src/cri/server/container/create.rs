@@ -297,14 +297,7 @@ impl CriService {
         } else {
             None
         };
-        let pod_userns = userns::from_options(
-            sandbox
-                .config
-                .linux
-                .as_ref()
-                .and_then(|l| l.security_context.as_ref())
-                .and_then(|s| s.namespace_options.as_ref()),
-        )?;
+        let pod_userns = userns::of_pod(&sandbox.config)?;
         // kubelet repeats the pod's user namespace in each container's options; the pod's
         // namespaces belong to it, so a container cannot have another one.
         if ns.userns_options.is_some() && userns::from_options(Some(&ns))? != pod_userns {

@@ -38,14 +38,7 @@ impl CriService {
             self.controller("RemovePodSandbox")?.delete(&s.id).await?;
         }
         if let Some(c) = &self.controller
-            && crate::cri::userns::from_options(
-                s.config
-                    .linux
-                    .as_ref()
-                    .and_then(|l| l.security_context.as_ref())
-                    .and_then(|c| c.namespace_options.as_ref()),
-            )
-            .is_ok_and(|u| u.is_some())
+            && crate::cri::userns::of_pod(&s.config).is_ok_and(|u| u.is_some())
         {
             // The image copies its containers' root file systems were made on.
             c.remove_pod_rootfs(&s.id).await?;

@@ -366,12 +366,7 @@ impl CriService {
         handler_name: &str,
         host: HostNamespaces,
     ) -> Result<Option<userns::PodUserns>, CriError> {
-        let ns = cfg
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .and_then(|s| s.namespace_options.as_ref());
-        let Some(map) = userns::from_options(ns)? else {
+        let Some(map) = userns::of_pod(cfg)? else {
             return Ok(None);
         };
         let refuse = |reason: String| {
