@@ -45,6 +45,11 @@ pub trait SandboxController: Send + Sync {
     async fn stop(&self, id: &str) -> Result<(), CriError>;
     /// Removes everything `start` created (no-op for what is already gone).
     async fn delete(&self, id: &str) -> Result<(), CriError>;
+    /// Removes what the pod's containers' root file systems shared (the image copies of a
+    /// pod in a user namespace), once they are all removed; no-op when there is none.
+    async fn remove_pod_rootfs(&self, _sandbox_id: &str) -> Result<(), CriError> {
+        Ok(())
+    }
 }
 
 /// What the image gives a container (config + the files user resolution reads).

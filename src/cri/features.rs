@@ -6,7 +6,12 @@
 //! recursive_read_only_mounts   the handler runs runc (a runc shim: io.containerd.taskd.v2 or .runc.v2) whose
 //!                              `runc features` lists the `rro` mount option, and the kernel has
 //!                              mount_setattr(2) (5.12+), which `rro` needs
-//! user_namespaces              false: pods in their own user namespace are not implemented
+//! user_namespaces              the handler runs runc whose `runc features` lists the `user`
+//!                              namespace, and taskd could create a user namespace with a
+//!                              mapping and a netns it owns (`cri/userns.rs` probe: the
+//!                              kernel has them and lets root use them). Pods get it with
+//!                              their mapping; rootfs = a per-pod remapped image copy, volumes
+//!                              plain bind mounts (no idmapped mounts: runc 1.1 has none)
 //! ```
 //!
 //! The runc binary is the handler's `BinaryName` option, else `runc` on PATH, as the shim
@@ -28,22 +33,37 @@ pub struct HandlerFeatures {
 /// Probes every handler of `config` (the default handler answers to "" too).
 pub async fn probe(config: &CriConfig) -> HashMap<String, HandlerFeatures> {
     let kernel_rro = kernel_has_mount_setattr();
+    let kernel_userns = match tokio::task::spawn_blocking(super::userns::probe).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            tracing::info!(%error, "cannot create a user namespace: no user namespaces for pods");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "user namespace probe panicked: no user namespaces for pods");
+            false
+        }
+    };
     let mut out = HashMap::new();
     for (name, h) in &config.runtimes {
         let runc = runc_binary(h);
-        let runc_rro = match &runc {
-            Some(bin) => runc_mount_options(bin).await.iter().any(|o| o == "rro"),
-            None => false,
+        let features = match &runc {
+            Some(bin) => runc_features(bin).await,
+            None => RuncFeatures::default(),
         };
+        let runc_rro = features.mount_options.iter().any(|o| o == "rro");
+        let runc_userns = features.linux.namespaces.iter().any(|n| n == "user");
         let f = HandlerFeatures {
             recursive_read_only_mounts: runc_rro && kernel_rro,
-            user_namespaces: false,
+            user_namespaces: runc_userns && kernel_userns,
         };
         tracing::info!(
             handler = %name,
             runc = ?runc,
             runc_rro,
             kernel_mount_setattr = kernel_rro,
+            runc_userns,
+            kernel_userns,
             recursive_read_only_mounts = f.recursive_read_only_mounts,
             user_namespaces = f.user_namespaces,
             "runtime handler features"
@@ -68,8 +88,8 @@ fn runc_binary(h: &RuntimeHandler) -> Option<String> {
     )
 }
 
-/// The `mountOptions` of `<runc> features` (empty when it fails).
-async fn runc_mount_options(bin: &str) -> Vec<String> {
+/// What taskd reads of `<runc> features` (empty when it fails).
+async fn runc_features(bin: &str) -> RuncFeatures {
     let run = tokio::process::Command::new(bin)
         .arg("features")
         .stdin(std::process::Stdio::null())
@@ -77,31 +97,38 @@ async fn runc_mount_options(bin: &str) -> Vec<String> {
         .kill_on_drop(true)
         .output();
     match tokio::time::timeout(Duration::from_secs(5), run).await {
-        Ok(Ok(out)) if out.status.success() => mount_options(&out.stdout),
+        Ok(Ok(out)) if out.status.success() => parse_features(&out.stdout),
         Ok(Ok(out)) => {
-            tracing::info!(runc = bin, status = %out.status, "`runc features` failed: no rro");
-            Vec::new()
+            tracing::info!(runc = bin, status = %out.status, "`runc features` failed: no rro, no userns");
+            RuncFeatures::default()
         }
         Ok(Err(e)) => {
-            tracing::info!(runc = bin, error = %e, "`runc features` did not run: no rro");
-            Vec::new()
+            tracing::info!(runc = bin, error = %e, "`runc features` did not run: no rro, no userns");
+            RuncFeatures::default()
         }
         Err(_) => {
-            tracing::warn!(runc = bin, "`runc features` took over 5 s: no rro");
-            Vec::new()
+            tracing::warn!(runc = bin, "`runc features` took over 5 s: no rro, no userns");
+            RuncFeatures::default()
         }
     }
 }
 
-fn mount_options(features_json: &[u8]) -> Vec<String> {
-    #[derive(serde::Deserialize)]
-    struct Features {
-        #[serde(rename = "mountOptions", default)]
-        mount_options: Vec<String>,
-    }
-    serde_json::from_slice::<Features>(features_json)
-        .map(|f| f.mount_options)
-        .unwrap_or_default()
+#[derive(Debug, Default, serde::Deserialize)]
+struct RuncFeatures {
+    #[serde(rename = "mountOptions", default)]
+    mount_options: Vec<String>,
+    #[serde(default)]
+    linux: RuncLinuxFeatures,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct RuncLinuxFeatures {
+    #[serde(default)]
+    namespaces: Vec<String>,
+}
+
+fn parse_features(features_json: &[u8]) -> RuncFeatures {
+    serde_json::from_slice(features_json).unwrap_or_default()
 }
 
 /// Whether the kernel has mount_setattr(2): called with a bad fd, it fails with EBADF (or
@@ -136,11 +163,14 @@ mod tests {
     }
 
     #[test]
-    fn mount_options_come_from_the_features_json() {
-        let json = br#"{"ociVersionMin":"1.0.0","mountOptions":["ro","rro","rbind"]}"#;
-        assert_eq!(mount_options(json), ["ro", "rro", "rbind"]);
-        assert!(mount_options(b"not json").is_empty());
-        assert!(mount_options(b"{}").is_empty());
+    fn mount_options_and_namespaces_come_from_the_features_json() {
+        let json = br#"{"ociVersionMin":"1.0.0","mountOptions":["ro","rro","rbind"],
+            "linux":{"namespaces":["ipc","user"]}}"#;
+        let f = parse_features(json);
+        assert_eq!(f.mount_options, ["ro", "rro", "rbind"]);
+        assert_eq!(f.linux.namespaces, ["ipc", "user"]);
+        assert!(parse_features(b"not json").mount_options.is_empty());
+        assert!(parse_features(b"{}").linux.namespaces.is_empty());
     }
 
     #[tokio::test]

@@ -39,6 +39,7 @@ use serde::Deserialize;
 use super::controller::{Auth, BackendImage, FsUsage, ImageBackend, ImageInfo};
 use super::store::image::ImageConfig;
 use super::task_runtime::RootfsProvider;
+use super::userns::PodUserns;
 use super::{CriError, NAMESPACE, reference};
 use crate::content::{self, LABEL_GC_REF_SNAPSHOT};
 use crate::errdefs::{ErrorKind, Kind, not_found_ok};
@@ -120,6 +121,9 @@ pub struct ImageSide {
     by_config: Mutex<HashMap<String, Arc<Resolved>>>,
     /// config digest → the image's user files.
     files: Mutex<HashMap<String, UserFiles>>,
+    /// One remapped copy is made at a time (two containers of a pod on the same image
+    /// would otherwise both make it).
+    remapping: tokio::sync::Mutex<()>,
 }
 
 fn precondition(what: impl Into<String>, reason: impl Into<String>) -> CriError {
@@ -182,6 +186,7 @@ impl ImageSide {
             resolved: Mutex::new(HashMap::new()),
             by_config: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
+            remapping: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -268,7 +273,17 @@ impl ImageSide {
 
     /// A lease that expires on its own, holding `resources` (snapshots of our snapshotter).
     async fn lease(&self, id: &str, keys: &[&str]) -> Result<(), CriError> {
-        let expire = prost_types::Timestamp::from(SystemTime::now() + LEASE_TTL).to_string();
+        self.lease_with(id, keys, true).await
+    }
+
+    /// A lease holding `keys` (snapshots of our snapshotter); it expires only if asked.
+    async fn lease_with(&self, id: &str, keys: &[&str], expires: bool) -> Result<(), CriError> {
+        let labels: HashMap<String, String> = if expires {
+            let expire = prost_types::Timestamp::from(SystemTime::now() + LEASE_TTL).to_string();
+            [(LABEL_GC_EXPIRE.to_owned(), expire)].into()
+        } else {
+            HashMap::new()
+        };
         let sn = format!("snapshots/{}", self.snapshotter.name());
         let (l, id, keys) = (
             self.leases.clone(),
@@ -276,7 +291,7 @@ impl ImageSide {
             keys.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
         );
         crate::metadata::blocking("create lease", move || {
-            match l.create(NAMESPACE, &id, [(LABEL_GC_EXPIRE.to_owned(), expire)].into()) {
+            match l.create(NAMESPACE, &id, labels.into_iter().collect()) {
                 Ok(_) => {}
                 Err(e) if e.kind() == Kind::AlreadyExists => {}
                 Err(e) => return Err(e),
@@ -487,17 +502,34 @@ fn resolve_blocking(
 
 /// Mounts `mounts` read-only on `dir`, reads the user files, unmounts.
 fn read_user_files(mounts: &[Mount], dir: &Path) -> Result<UserFiles, CriError> {
+    with_mounted(mounts, dir, true, |dir| {
+        read_in_root(dir, "etc/passwd").and_then(|p| Ok((p, read_in_root(dir, "etc/group")?)))
+    })
+}
+
+/// Mounts a snapshot's single mount on `dir` (created), runs `f` on it, then unmounts it
+/// and removes `dir`, whatever `f` answered.
+fn with_mounted<T>(
+    mounts: &[Mount],
+    dir: &Path,
+    readonly: bool,
+    f: impl FnOnce(&Path) -> Result<T, CriError>,
+) -> Result<T, CriError> {
     use nix::mount::{MntFlags, MsFlags, mount, umount2};
     let io =
         |op: &str, e: &dyn std::fmt::Display| precondition(format!("{op} {}", dir.display()), e.to_string());
     let [m] = mounts else {
         return Err(precondition(
-            "image view",
+            "image snapshot",
             format!("{} mounts, expected one", mounts.len()),
         ));
     };
     std::fs::create_dir_all(dir).map_err(|e| io("create", &e))?;
-    let mut flags = MsFlags::MS_RDONLY;
+    let mut flags = if readonly {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
     let mut data = Vec::new();
     for o in &m.options {
         match o.as_str() {
@@ -520,14 +552,14 @@ fn read_user_files(mounts: &[Mount], dir: &Path) -> Result<UserFiles, CriError> 
     );
     if let Err(e) = mounted {
         let _ = std::fs::remove_dir(dir);
-        return Err(io("mount image view on", &e));
+        return Err(io("mount image snapshot on", &e));
     }
-    let files = read_in_root(dir, "etc/passwd").and_then(|p| Ok((p, read_in_root(dir, "etc/group")?)));
+    let out = f(dir);
     if let Err(error) = umount2(dir, MntFlags::MNT_DETACH) {
-        tracing::warn!(%error, dir = %dir.display(), "CRI: image view not unmounted");
+        tracing::warn!(%error, dir = %dir.display(), "CRI: image snapshot not unmounted");
     }
     let _ = std::fs::remove_dir(dir);
-    files
+    out
 }
 
 /// Reads `path` under `root` without leaving it (symlinks resolve inside `root`); None
@@ -760,23 +792,20 @@ impl RootfsProvider for ImageSide {
     }
 
     async fn prepare(&self, id: &str, image: &ImageInfo) -> Result<Vec<Mount>, CriError> {
-        let r = lock(&self.by_config)
-            .get(&image.id)
-            .cloned()
-            .ok_or_else(|| precondition(format!("image {}", image.id), "was not resolved before prepare"))?;
-        let lease = format!("cri-rootfs-{id}");
-        self.lease(&lease, &[id]).await?;
-        match self
-            .snapshotter
-            .prepare(NAMESPACE, id, &r.chain, BTreeMap::new())
-            .await
-        {
-            Ok(m) => Ok(m),
-            Err(e) => {
-                self.drop_lease(&lease).await;
-                Err(CriError::backend("prepare container snapshot", e))
-            }
-        }
+        let r = self.resolved_for(image)?;
+        self.prepare_on(id, &r.chain).await
+    }
+
+    async fn prepare_remapped(
+        &self,
+        id: &str,
+        image: &ImageInfo,
+        pod: &str,
+        map: &PodUserns,
+    ) -> Result<Vec<Mount>, CriError> {
+        let r = self.resolved_for(image)?;
+        let parent = self.remapped(&r, pod, map).await?;
+        self.prepare_on(id, &parent).await
     }
 
     async fn remove(&self, id: &str) -> Result<(), CriError> {
@@ -786,6 +815,121 @@ impl RootfsProvider for ImageSide {
         }
         self.drop_lease(&format!("cri-rootfs-{id}")).await;
         Ok(())
+    }
+
+    async fn remove_pod(&self, pod: &str) -> Result<(), CriError> {
+        let prefix = format!("{}-", pod_lease(pod));
+        let keys: Vec<String> = self
+            .snapshotter
+            .walk(NAMESPACE, Vec::new())
+            .await
+            .map_err(|e| CriError::backend("walk snapshots", e))?
+            .into_iter()
+            .map(|i| i.name)
+            .filter(|k| k.starts_with(&prefix))
+            .collect();
+        for key in &keys {
+            not_found_ok(self.snapshotter.remove(NAMESPACE, key).await)
+                .map_err(|e| CriError::backend("remove the pod's remapped image copy", e))?;
+        }
+        self.drop_lease(&pod_lease(pod)).await;
+        if !keys.is_empty() {
+            tracing::info!(
+                sandbox = pod,
+                copies = keys.len(),
+                "CRI: the pod's remapped image copies removed"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The lease (never expiring) holding the remapped image copies of a pod in a user
+/// namespace; the copies are named `<lease>-<chain id>`.
+fn pod_lease(pod: &str) -> String {
+    format!("cri-userns-{pod}")
+}
+
+impl ImageSide {
+    fn resolved_for(&self, image: &ImageInfo) -> Result<Arc<Resolved>, CriError> {
+        lock(&self.by_config)
+            .get(&image.id)
+            .cloned()
+            .ok_or_else(|| precondition(format!("image {}", image.id), "was not resolved before prepare"))
+    }
+
+    /// The committed copy of the image's top snapshot whose files belong to the pod's user
+    /// namespace (made the first time; see `cri/remap.rs`), held by the pod's lease.
+    async fn remapped(&self, r: &Resolved, pod: &str, map: &PodUserns) -> Result<String, CriError> {
+        let key = format!("{}-{}", pod_lease(pod), r.chain);
+        let _one = self.remapping.lock().await;
+        match self.snapshotter.stat(NAMESPACE, &key).await {
+            Ok(_) => return Ok(key),
+            Err(SnapshotError::NotFound { .. }) => {}
+            Err(e) => return Err(CriError::backend("stat remapped image copy", e)),
+        }
+        let tmp = format!("{key}-{}", uuid::Uuid::new_v4().simple());
+        self.lease_with(&pod_lease(pod), &[&key, &tmp], false).await?;
+        let began = std::time::Instant::now();
+        let mounts = self
+            .snapshotter
+            .prepare(NAMESPACE, &tmp, &r.chain, BTreeMap::new())
+            .await
+            .map_err(|e| CriError::backend("prepare remapped image copy", e))?;
+        let (dir, map_) = (self.scratch.join(uuid::Uuid::new_v4().simple().to_string()), *map);
+        let remapped = crate::cri::blocking("remap the image copy", move || {
+            with_mounted(&mounts, &dir, false, |root| {
+                super::remap::remap_tree(root, &map_).map_err(|e| {
+                    precondition("remap the image copy for the pod's user namespace", e.to_string())
+                })
+            })
+        })
+        .await;
+        let committed = match remapped {
+            Ok(files) => self
+                .snapshotter
+                .commit(NAMESPACE, &key, &tmp, BTreeMap::new())
+                .await
+                .map(|()| files)
+                .map_err(|e| CriError::backend("commit remapped image copy", e)),
+            Err(e) => Err(e),
+        };
+        match committed {
+            Ok(files) => {
+                tracing::info!(
+                    sandbox = pod,
+                    chain = %r.chain,
+                    files,
+                    ms = began.elapsed().as_millis() as u64,
+                    "CRI: image copy remapped for the pod's user namespace"
+                );
+                Ok(key)
+            }
+            Err(e) => {
+                if let Err(error) = not_found_ok(self.snapshotter.remove(NAMESPACE, &tmp).await) {
+                    tracing::warn!(%error, key = tmp, "CRI: unfinished remapped copy not removed (its pod's removal does it)");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Snapshot `id` on `parent`, held by an expiring lease until the container record
+    /// references it.
+    async fn prepare_on(&self, id: &str, parent: &str) -> Result<Vec<Mount>, CriError> {
+        let lease = format!("cri-rootfs-{id}");
+        self.lease(&lease, &[id]).await?;
+        match self
+            .snapshotter
+            .prepare(NAMESPACE, id, parent, BTreeMap::new())
+            .await
+        {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                self.drop_lease(&lease).await;
+                Err(CriError::backend("prepare container snapshot", e))
+            }
+        }
     }
 }
 

@@ -38,6 +38,7 @@ pub mod podfiles;
 pub mod podns;
 pub mod recover;
 pub mod reference;
+pub mod remap;
 pub mod server;
 pub mod service;
 pub mod spec;
@@ -45,6 +46,7 @@ pub mod stats;
 pub mod store;
 pub mod streaming;
 pub mod task_runtime;
+pub mod userns;
 
 use std::sync::Arc;
 
@@ -93,6 +95,8 @@ pub enum CriError {
     Reference(#[from] reference::ReferenceError),
     #[error(transparent)]
     Streaming(#[from] streaming::StreamingError),
+    #[error(transparent)]
+    Userns(#[from] userns::UsernsError),
     /// A failure of a service the adapter calls (tasks, containers, images, snapshots);
     /// keeps that service's kind.
     #[error("{op}: {cause}")]
@@ -160,6 +164,7 @@ impl ErrorKind for CriError {
             CriError::PodNs(e) => e.kind(),
             CriError::Reference(e) => e.kind(),
             CriError::Streaming(e) => e.kind(),
+            CriError::Userns(e) => e.kind(),
             CriError::Backend { cause, .. } => cause.kind(),
             CriError::Rollback { error, .. } => error.kind(),
             CriError::Timeout { .. } => Kind::DeadlineExceeded,

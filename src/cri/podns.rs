@@ -83,6 +83,9 @@ pub struct PinRequest<'a> {
     pub uts: bool,
     pub hostname: &'a str,
     pub sysctls: &'a HashMap<String, String>,
+    /// The IPC/UTS namespaces are pinned already under the dir (made inside the pod's user
+    /// namespace, [`super::userns::pin`]): join them instead of making new ones.
+    pub joined: bool,
 }
 
 /// Paths of the pinned namespaces (None: not pinned, the host's is used).
@@ -149,7 +152,9 @@ pub fn pin(dir: &Path, req: &PinRequest<'_>) -> Result<Pinned, PodNsError> {
     for (want, name, slot) in [(req.ipc, "ipc", &mut out.ipc), (req.uts, "uts", &mut out.uts)] {
         if want {
             let p = dir.join(name);
-            std::fs::File::create(&p).map_err(io("create", &p))?;
+            if !req.joined {
+                std::fs::File::create(&p).map_err(io("create", &p))?;
+            }
             *slot = Some(p);
         }
     }
@@ -159,9 +164,10 @@ pub fn pin(dir: &Path, req: &PinRequest<'_>) -> Result<Pinned, PodNsError> {
     };
     let hostname = req.hostname.to_owned();
     let targets = out.clone();
+    let joined = req.joined;
     let result = std::thread::Builder::new()
         .name("podns-pin".into())
-        .spawn(move || pin_in_thread(netns_file.as_ref(), &targets, &hostname, &sysctls))
+        .spawn(move || pin_in_thread(netns_file.as_ref(), &targets, joined, &hostname, &sysctls))
         .map_err(io("spawn a thread for", dir))?
         .join()
         .unwrap_or(Err(PodNsError::Thread));
@@ -175,6 +181,7 @@ pub fn pin(dir: &Path, req: &PinRequest<'_>) -> Result<Pinned, PodNsError> {
 fn pin_in_thread(
     netns_file: Option<&std::fs::File>,
     targets: &Pinned,
+    joined: bool,
     hostname: &str,
     sysctls: &[(String, PathBuf, String)],
 ) -> Result<(), PodNsError> {
@@ -184,11 +191,22 @@ fn pin_in_thread(
             .map_err(sys("join the pod network namespace"))?;
     }
     let mut flags = CloneFlags::empty();
-    if targets.ipc.is_some() {
-        flags |= CloneFlags::CLONE_NEWIPC;
-    }
-    if targets.uts.is_some() {
-        flags |= CloneFlags::CLONE_NEWUTS;
+    for (target, flag) in [
+        (&targets.ipc, CloneFlags::CLONE_NEWIPC),
+        (&targets.uts, CloneFlags::CLONE_NEWUTS),
+    ] {
+        match target {
+            Some(p) if joined => {
+                let f = std::fs::File::open(p).map_err(|source| PodNsError::Io {
+                    op: "open",
+                    path: p.clone(),
+                    source,
+                })?;
+                nix::sched::setns(f.as_fd(), flag).map_err(sys("join a pinned pod namespace"))?;
+            }
+            Some(_) => flags |= flag,
+            None => {}
+        }
     }
     if !flags.is_empty() {
         nix::sched::unshare(flags).map_err(sys("unshare the pod's IPC/UTS namespaces"))?;
@@ -205,16 +223,19 @@ fn pin_in_thread(
         })?;
     }
     for (name, target) in [("ipc", &targets.ipc), ("uts", &targets.uts)] {
-        if let Some(target) = target {
+        if let Some(target) = target
+            && !joined
+        {
             netns::pin_own(name, target).map_err(sys("bind mount a pod namespace"))?;
         }
     }
     Ok(())
 }
 
-/// Unpins and removes every namespace pinned under `dir`, then `dir`; idempotent.
+/// Unpins and removes every namespace pinned under `dir` (the pod's user namespace too),
+/// then `dir`; idempotent.
 pub fn unpin(dir: &Path) -> Result<(), PodNsError> {
-    for name in ["ipc", "uts"] {
+    for name in ["ipc", "uts", "user"] {
         netns::remove(&dir.join(name))?;
     }
     absent_ok(std::fs::remove_dir(dir)).map_err(|source| PodNsError::Io {
@@ -278,6 +299,7 @@ mod tests {
                 uts: true,
                 hostname: "pod-one",
                 sysctls: &sysctls,
+                joined: false,
             },
         )
         .unwrap();
@@ -327,6 +349,7 @@ mod tests {
                 uts: false,
                 hostname: "",
                 sysctls: &sysctls,
+                joined: false,
             },
         )
         .unwrap_err();

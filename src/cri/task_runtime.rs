@@ -30,6 +30,7 @@ use super::controller::{
     ContainerRuntime, CreateContainer, ExecIo, ExitInfo, ImageInfo, SandboxController, StartSandbox,
 };
 use super::store::image::ImageConfig;
+use super::userns::PodUserns;
 use super::{CriError, NAMESPACE, spec};
 use crate::errdefs::{ErrorKind, Kind, not_found_ok};
 use crate::metadata::{Container, Runtime};
@@ -49,8 +50,27 @@ pub trait RootfsProvider: Send + Sync {
     fn snapshotter(&self) -> &str;
     async fn image(&self, reference: &str) -> Result<ImageInfo, CriError>;
     async fn prepare(&self, id: &str, image: &ImageInfo) -> Result<Vec<Mount>, CriError>;
+    /// A rootfs whose files belong to pod `pod`'s user namespace `map` (made from a copy of
+    /// the image the pod keeps until [`RootfsProvider::remove_pod`]).
+    async fn prepare_remapped(
+        &self,
+        id: &str,
+        _image: &ImageInfo,
+        _pod: &str,
+        _map: &PodUserns,
+    ) -> Result<Vec<Mount>, CriError> {
+        Err(CriError::FailedPrecondition {
+            what: format!("container {id}"),
+            reason: "this rootfs provider cannot give a root file system to a user namespace".into(),
+        })
+    }
     /// Removes the container's rootfs (absent is fine).
     async fn remove(&self, id: &str) -> Result<(), CriError>;
+    /// Removes what [`RootfsProvider::prepare_remapped`] keeps for pod `pod` (after its
+    /// containers' rootfs; absent is fine).
+    async fn remove_pod(&self, _pod: &str) -> Result<(), CriError> {
+        Ok(())
+    }
 }
 
 /// The CRI's runtime over the tasks and containers services.
@@ -84,7 +104,10 @@ impl TaskRuntime {
         io: Stdio,
         kind: &str,
     ) -> Result<(), CriError> {
-        let mounts = self.rootfs.prepare(id, image).await?;
+        let mounts = match pod_userns(spec) {
+            None => self.rootfs.prepare(id, image).await?,
+            Some(map) => self.rootfs.prepare_remapped(id, image, sandbox_id, &map).await?,
+        };
         let record = Container {
             id: id.to_owned(),
             labels: BTreeMap::from([("io.cri-containerd.kind".to_owned(), kind.to_owned())]),
@@ -225,6 +248,26 @@ impl SandboxController for TaskRuntime {
     async fn delete(&self, id: &str) -> Result<(), CriError> {
         self.remove_all(id).await
     }
+
+    async fn remove_pod_rootfs(&self, sandbox_id: &str) -> Result<(), CriError> {
+        self.rootfs.remove_pod(sandbox_id).await
+    }
+}
+
+/// The user namespace mapping a spec asks for (its first uid and gid ranges).
+fn pod_userns(spec: &oci_spec::runtime::Spec) -> Option<PodUserns> {
+    let linux = spec.linux().as_ref()?;
+    let one = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        m.as_ref()?.first().map(|m| super::userns::IdMap {
+            container_id: m.container_id(),
+            host_id: m.host_id(),
+            length: m.size(),
+        })
+    };
+    Some(PodUserns {
+        uid: one(linux.uid_mappings())?,
+        gid: one(linux.gid_mappings())?,
+    })
 }
 
 #[async_trait]

@@ -405,6 +405,18 @@ impl FsSnapshotter {
             match backend {
                 Backend::Overlay { .. } => {
                     std::fs::create_dir(&fs).map_err(SnapshotError::io("create directory", &fs))?;
+                    // The upper dir is the merged root's inode: it keeps the parent's owner
+                    // (a copy remapped for a user namespace stays owned by the pod's root).
+                    if let Some(pid) = parent_ids.first() {
+                        use std::os::unix::fs::MetadataExt;
+                        let parent_fs = Self::fs_dir(root, *pid);
+                        let m = std::fs::symlink_metadata(&parent_fs)
+                            .map_err(SnapshotError::io("stat", &parent_fs))?;
+                        if (m.uid(), m.gid()) != (0, 0) {
+                            std::os::unix::fs::lchown(&fs, Some(m.uid()), Some(m.gid()))
+                                .map_err(SnapshotError::io("chown", &fs))?;
+                        }
+                    }
                     if kind == Kind::Active && !parent_ids.is_empty() {
                         let work = Self::work_dir(root, id);
                         std::fs::create_dir(&work).map_err(SnapshotError::io("create directory", &work))?;

@@ -32,6 +32,19 @@ pub async fn create_and_start(
     id
 }
 
+/// `sh -c script` in a container through ExecSync (30 s), expected to answer: the response
+/// (stdout, stderr, exit code).
+pub async fn sh(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> cri::ExecSyncResponse {
+    rt.exec_sync(cri::ExecSyncRequest {
+        container_id: id.into(),
+        cmd: vec!["sh".into(), "-c".into(), script.into()],
+        timeout: 30,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e:?}"))
+    .into_inner()
+}
+
 pub async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
     rt.container_status(cri::ContainerStatusRequest {
         container_id: id.into(),

@@ -125,6 +125,33 @@ pub fn pin_own(kind: &str, target: &Path) -> Result<(), nix::Error> {
     )
 }
 
+/// Brings up `lo` in the network namespace pinned at `path` (on a thread made for it).
+/// Blocking.
+pub fn loopback_up_in(path: &Path) -> Result<(), NetnsError> {
+    use std::os::fd::AsFd;
+    let file = std::fs::File::open(path).map_err(|source| NetnsError::File {
+        path: path.to_owned(),
+        source,
+    })?;
+    let err = |source| NetnsError::Loopback {
+        path: path.to_owned(),
+        source,
+    };
+    std::thread::Builder::new()
+        .name("netns-lo".into())
+        .spawn(move || {
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+            loopback_up()
+        })
+        .map_err(|source| NetnsError::File {
+            path: path.to_owned(),
+            source,
+        })?
+        .join()
+        .unwrap_or(Err(nix::Error::EIO))
+        .map_err(err)
+}
+
 /// Brings up `lo` in the calling thread's network namespace (what the CNI loopback plugin
 /// does, without a process).
 fn loopback_up() -> Result<(), nix::Error> {

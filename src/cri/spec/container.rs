@@ -110,6 +110,8 @@ pub struct ContainerInput<'a> {
     /// namespace (`/proc/self/cgroup` reads `0::/`, `/sys/fs/cgroup` is its own cgroup), a
     /// privileged one too; on v1 it shares the host's, as containerd does.
     pub cgroup_ns: bool,
+    /// The pod's user namespace (None: the host's).
+    pub userns: Option<super::UsernsSpec<'a>>,
 }
 
 /// How far the container's rootfs propagates, ordered (containerd's rule: the most any CRI
@@ -579,6 +581,7 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
     };
 
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    super::join_userns(linux, &mut namespaces, inp.userns);
     linux
         .set_namespaces(Some(namespaces))
         .set_devices((!devices.is_empty()).then_some(devices))
@@ -782,7 +785,43 @@ mod tests {
             pod_annotations: &[],
             container_annotations: &[],
             recursive_read_only_mounts: true,
+            userns: None,
         }
+    }
+
+    #[test]
+    fn a_pod_user_namespace_is_joined_first_with_its_mappings() {
+        let (cfg, pod, img) = base(ContainerConfig {
+            metadata: meta(),
+            ..Default::default()
+        });
+        let map = crate::cri::userns::IdMap {
+            container_id: 0,
+            host_id: 65536,
+            length: 65536,
+        };
+        let spec = container_spec(&ContainerInput {
+            userns: Some(crate::cri::spec::UsernsSpec {
+                path: "/state/podns/sb1/user",
+                map: crate::cri::userns::PodUserns { uid: map, gid: map },
+            }),
+            ..input(&cfg, &pod, &img)
+        })
+        .unwrap();
+        assert_eq!(
+            namespaces(&spec)[0],
+            (LinuxNamespaceType::User, Some("/state/podns/sb1/user".into()))
+        );
+        let linux = spec.linux().as_ref().unwrap();
+        let uids = linux.uid_mappings().as_ref().unwrap();
+        assert_eq!(
+            (uids[0].container_id(), uids[0].host_id(), uids[0].size()),
+            (0, 65536, 65536)
+        );
+        assert_eq!(linux.gid_mappings().as_ref().unwrap().len(), 1);
+        let host = container_spec(&input(&cfg, &pod, &img)).unwrap();
+        assert!(!namespaces(&host).iter().any(|n| n.0 == LinuxNamespaceType::User));
+        assert!(host.linux().as_ref().unwrap().uid_mappings().is_none());
     }
 
     /// AppArmor in the generated spec (this host has no AppArmor: the choice for a host that

@@ -256,6 +256,30 @@ pub fn default_caps() -> HashSet<Capability> {
     DEFAULT_CAPS.iter().filter_map(|c| capability(c).ok()).collect()
 }
 
+/// The pod's user namespace as a spec carries it: the pinned namespace (joined, never
+/// created by runc) and its mappings (runc 1.1 wants them with the path too).
+#[derive(Debug, Clone, Copy)]
+pub struct UsernsSpec<'a> {
+    pub path: &'a str,
+    pub map: crate::cri::userns::PodUserns,
+}
+
+/// Joins the pod's user namespace: first in `namespaces` (runc joins it before the others,
+/// which it owns) and the mappings in `linux`.
+pub fn join_userns(
+    linux: &mut oci_spec::runtime::Linux,
+    namespaces: &mut Vec<LinuxNamespace>,
+    userns: Option<UsernsSpec<'_>>,
+) {
+    let Some(u) = userns else {
+        return;
+    };
+    namespaces.insert(0, namespace(LinuxNamespaceType::User, Some(u.path)));
+    linux
+        .set_uid_mappings(Some(vec![u.map.uid.to_oci()]))
+        .set_gid_mappings(Some(vec![u.map.gid.to_oci()]));
+}
+
 /// A namespace entry (`path` None: a new namespace).
 pub fn namespace(typ: LinuxNamespaceType, path: Option<&str>) -> LinuxNamespace {
     let mut ns = LinuxNamespace::default();

@@ -37,6 +37,8 @@ pub struct SandboxInput<'a> {
     pub min_oom_score_adj: i32,
     /// The handler's `pod_annotations` patterns: the pod annotations the spec may carry.
     pub pod_annotations: &'a [String],
+    /// The pod's user namespace (None: the host's).
+    pub userns: Option<super::UsernsSpec<'a>>,
 }
 
 /// The namespace modes a pod asked for (network, pid, ipc).
@@ -157,6 +159,7 @@ pub fn sandbox_spec(inp: &SandboxInput<'_>) -> Result<Spec, SpecError> {
     resources.set_cpu(Some(cpu));
 
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    super::join_userns(linux, &mut namespaces, inp.userns);
     linux
         .set_namespaces(Some(namespaces))
         .set_sysctl(Some(linux_cfg.sysctls.clone()))
@@ -239,6 +242,7 @@ mod tests {
             driver: CgroupDriver::Cgroupfs,
             min_oom_score_adj: -999,
             pod_annotations: &[],
+            userns: None,
         })
         .unwrap();
         let ns = ns_types(&spec);
@@ -280,6 +284,7 @@ mod tests {
             driver: CgroupDriver::Systemd,
             min_oom_score_adj: 0,
             pod_annotations: &[],
+            userns: None,
         })
         .unwrap();
         let ns = ns_types(&spec);
@@ -332,6 +337,7 @@ mod tests {
                 driver: CgroupDriver::Cgroupfs,
                 min_oom_score_adj: 0,
                 pod_annotations: allowed,
+                userns: None,
             })
             .unwrap();
             let mut keys: Vec<String> = spec.annotations().clone().unwrap().into_keys().collect();
@@ -366,6 +372,7 @@ mod tests {
                 driver: CgroupDriver::Cgroupfs,
                 min_oom_score_adj: 0,
                 pod_annotations: &[],
+                userns: None,
             })
             .map(|_| ())
         };

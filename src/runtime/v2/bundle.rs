@@ -4,7 +4,10 @@
 //! ```text
 //! <state>/io.containerd.runtime.v2.task/          (cx.state(), volatile)
 //! └── <namespace>/                                 0711
-//!     └── <id>/                                    0700  the bundle (shim cwd)
+//!     └── <id>/                                    0700  the bundle (shim cwd); a task in a user
+//!                                                        namespace: 0710, group = its root's gid,
+//!                                                        and <state>/… made 0711 (runc reaches
+//!                                                        rootfs/ from inside the namespace)
 //!         ├── config.json                          the OCI spec
 //!         ├── rootfs/                              0711  the shim mounts the rootfs mounts here
 //!         ├── work -> <root>/…/<namespace>/<id>    the shim's persistent work dir
@@ -82,7 +85,7 @@ impl Bundle {
             }
             Err(e) => return Err(io("create", &b.path)(e)),
         }
-        if let Err(e) = b.populate(spec) {
+        if let Err(e) = b.open_to_userns(state, spec).and_then(|()| b.populate(spec)) {
             if let Err(cleanup) = b.delete() {
                 return Err(RuntimeError::Rollback {
                     error: Box::new(e),
@@ -92,6 +95,29 @@ impl Bundle {
             return Err(e);
         }
         Ok(b)
+    }
+
+    /// A task in a user namespace: runc sets its rootfs up from inside the namespace, as the
+    /// namespace's root (a host id that is not root), so the path to `rootfs/` must let it
+    /// through: the runtime's state dir traverse-only (0711), the bundle 0710 with the group
+    /// of the namespace's root (containerd does the same). Nothing for other tasks.
+    fn open_to_userns(&self, state: &Path, spec: &[u8]) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(gid) = remapped_root_gid(spec) else {
+            return Ok(());
+        };
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).map_err(io("chmod", p))
+        };
+        let state_mode = std::fs::metadata(state)
+            .map_err(io("stat", state))?
+            .permissions()
+            .mode();
+        if state_mode & 0o011 != 0o011 {
+            mode(state, (state_mode & 0o7777) | 0o011)?;
+        }
+        std::os::unix::fs::chown(&self.path, None, Some(gid)).map_err(io("chown", &self.path))?;
+        mode(&self.path, 0o710)
     }
 
     fn populate(&self, spec: &[u8]) -> Result<()> {
@@ -157,6 +183,23 @@ impl Bundle {
         }
         Ok(())
     }
+}
+
+/// The host gid of gid 0 in the spec's user namespace, when it has one (`linux.gidMappings`).
+fn remapped_root_gid(spec: &[u8]) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Map {
+        #[serde(rename = "containerID")]
+        container: u32,
+        #[serde(rename = "hostID")]
+        host: u32,
+        size: u32,
+    }
+    let v: serde_json::Value = serde_json::from_slice(spec).ok()?;
+    let maps: Vec<Map> = serde_json::from_value(v.get("linux")?.get("gidMappings")?.clone()).ok()?;
+    maps.iter()
+        .find(|m| m.container == 0 && m.size > 0)
+        .map(|m| m.host)
 }
 
 /// What taskd needs from a task's OCI spec (JSON), from one parse.
@@ -231,6 +274,30 @@ mod tests {
         b.delete().unwrap();
         assert!(!b.path.exists() && !b.work.exists());
         b.delete().unwrap();
+    }
+
+    #[test]
+    fn a_user_namespace_task_can_reach_its_rootfs() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test needs root (chown): run the test suite as root"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (state, root) = (dir.path().join("state"), dir.path().join("root"));
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let spec = br#"{"linux":{"gidMappings":[{"containerID":0,"hostID":165536,"size":65536}]}}"#;
+        let b = Bundle::create(&state, &root, "k8s.io", "t1", spec).unwrap();
+        let m = std::fs::metadata(&b.path).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.gid()), (0o710, 165536));
+        assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o7777, 0o711);
+        // Without a user namespace nothing changes.
+        let plain = Bundle::create(&state, &root, "k8s.io", "t2", b"{}").unwrap();
+        let m = std::fs::metadata(&plain.path).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.gid()), (0o700, 0));
+        b.delete().unwrap();
+        plain.delete().unwrap();
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! user (spec::user), devices (stat on the host; a directory: the devices under it;
 //! privileged: the host's /dev too), Localhost seccomp profile (read;
 //! spec::container::seccomp_choice), TARGET pid (a running container of this pod),
-//! hugetlb controller probe, pod files → spec::container
+//! hugetlb controller probe, pod files, the pod's user namespace (the container's own
+//! userns_options, when given, must be the pod's) → spec::container
 //! host sources of propagating mounts shared/slave (propagation.rs)
 //! reserve id + name             (store: CREATED; a name in use → AlreadyExists)
 //! ContainerIo (fifos → CRI log; a stdin fifo when `stdin`) when the pod has a log directory
@@ -30,10 +31,10 @@ use crate::cri::spec::container::{
     ContainerInput, HostDevice, PodFiles, SeccompChoice, cgroup_v2_host, container_spec,
     hugetlb_controller_present, seccomp_choice,
 };
-use crate::cri::spec::user;
+use crate::cri::spec::{UsernsSpec, user};
 use crate::cri::store::container::{Container, ContainerState, Exit, container_name};
 use crate::cri::store::sandbox::SandboxState;
-use crate::cri::{CriError, CriService, reference};
+use crate::cri::{CriError, CriService, reference, userns};
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> CriError {
     CriError::InvalidArgument {
@@ -156,6 +157,37 @@ fn localhost_profile(path: &Path) -> Result<oci_spec::runtime::LinuxSeccomp, Cri
     serde_json::from_str(&text).map_err(|e| bad(&e))
 }
 
+/// In a user namespace the kernel will not let runc drop the nosuid/nodev/noexec flags of a
+/// bind mount's source (they are locked), and runc 1.1 remounts a read-only bind with only
+/// the flags the spec names: each read-only bind names its source's flags too.
+fn keep_locked_flags(spec: &mut oci_spec::runtime::Spec) {
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let Some(mut mounts) = spec.mounts().clone() else {
+        return;
+    };
+    for m in &mut mounts {
+        let mut opts = m.options().clone().unwrap_or_default();
+        let bind = m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
+        if !bind || !opts.iter().any(|o| o == "ro") {
+            continue;
+        }
+        let Some(Ok(st)) = m.source().as_ref().map(statvfs) else {
+            continue;
+        };
+        for (flag, name) in [
+            (FsFlags::ST_NOSUID, "nosuid"),
+            (FsFlags::ST_NODEV, "nodev"),
+            (FsFlags::ST_NOEXEC, "noexec"),
+        ] {
+            if st.flags().contains(flag) && !opts.iter().any(|o| o == name) {
+                opts.push(name.to_owned());
+            }
+        }
+        m.set_options(Some(opts));
+    }
+    spec.set_mounts(Some(mounts));
+}
+
 impl CriService {
     pub async fn create_container(
         &self,
@@ -265,6 +297,18 @@ impl CriService {
         } else {
             None
         };
+        let pod_userns = userns::of_pod(&sandbox.config)?;
+        // kubelet repeats the pod's user namespace in each container's options; the pod's
+        // namespaces belong to it, so a container cannot have another one.
+        if ns.userns_options.is_some() && userns::from_options(Some(&ns))? != pod_userns {
+            return Err(invalid(
+                "namespace_options.userns_options",
+                "must be the pod sandbox's user namespace and mappings",
+            ));
+        }
+        let user_pin = userns::pin_path(&self.podns_dir(&sandbox.id))
+            .display()
+            .to_string();
         let dir = self.sandbox_dir(&sandbox.id);
         let pod_files = PodFiles {
             hosts: Some(dir.join("hosts")).filter(|p| p.exists()),
@@ -302,7 +346,12 @@ impl CriService {
                 .handler_features
                 .get(&handler_name)
                 .is_some_and(|f| f.recursive_read_only_mounts),
+            userns: pod_userns.map(|map| UsernsSpec { path: &user_pin, map }),
         })?;
+        let mut spec = spec;
+        if pod_userns.is_some() {
+            keep_locked_flags(&mut spec);
+        }
         // After the spec, so that a request the CRI API refuses gets InvalidArgument first.
         super::propagation::check_host_sources(&cfg.mounts)?;
 
@@ -425,6 +474,46 @@ impl CriService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_only_binds_name_their_sources_locked_flags() {
+        let bind = |src: &str, ro: &str| {
+            let mut m = oci_spec::runtime::Mount::default();
+            m.set_destination("/x".into())
+                .set_typ(Some("bind".into()))
+                .set_source(Some(src.into()))
+                .set_options(Some(vec!["rbind".into(), ro.into()]));
+            m
+        };
+        use nix::mount::{MntFlags, MsFlags, mount, umount2};
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test needs root (mount): run the test suite as root"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().display().to_string();
+        mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .unwrap();
+        let mut spec = oci_spec::runtime::Spec::default();
+        spec.set_mounts(Some(vec![bind(&src, "ro"), bind(&src, "rw")]));
+        keep_locked_flags(&mut spec);
+        umount2(dir.path(), MntFlags::MNT_DETACH).unwrap();
+        let opts: Vec<Vec<String>> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.options().clone().unwrap())
+            .collect();
+        assert_eq!(opts[0], ["rbind", "ro", "nosuid", "nodev", "noexec"]);
+        assert_eq!(opts[1], ["rbind", "rw"], "a read-write bind is not remounted");
+    }
 
     #[test]
     fn devices_from_the_host() {

@@ -31,10 +31,17 @@ impl CriService {
         }
         match runner.start(&c.id).await {
             Ok(pid) => {
+                // A process that ends at once may have its exit recorded (by the event
+                // loop) before this update: it stays EXITED, with its pid and start time.
                 self.containers.update(&c.id, |r| {
-                    r.transition(ContainerState::Running)?;
+                    let now = SystemTime::now();
+                    if r.state == ContainerState::Exited {
+                        r.started_at = Some(r.exit.finished_at.map_or(now, |f| f.min(now)));
+                    } else {
+                        r.transition(ContainerState::Running)?;
+                        r.started_at = Some(now);
+                    }
                     r.pid = pid;
-                    r.started_at = Some(SystemTime::now());
                     Ok(())
                 })?;
                 self.emit_container_event(&c.id, &c.sandbox_id, ContainerEventType::ContainerStartedEvent);

@@ -1,5 +1,6 @@
 //! `RemovePodSandbox`: stops the pod if needed, removes its containers and pause
-//! container (if it has one), its files and its record. Idempotent: an unknown id is success.
+//! container (if it has one), the image copies of a pod in a user namespace, its files and
+//! its record. Idempotent: an unknown id is success.
 
 use taskd_proto::cri::v1::{
     RemoveContainerRequest, RemovePodSandboxRequest, RemovePodSandboxResponse, StopPodSandboxRequest,
@@ -35,6 +36,12 @@ impl CriService {
         }
         if s.infra {
             self.controller("RemovePodSandbox")?.delete(&s.id).await?;
+        }
+        if let Some(c) = &self.controller
+            && crate::cri::userns::of_pod(&s.config).is_ok_and(|u| u.is_some())
+        {
+            // The image copies its containers' root file systems were made on.
+            c.remove_pod_rootfs(&s.id).await?;
         }
         let dir = self.sandbox_dir(&s.id);
         if let Err(e) = crate::cri::podfiles::remove(&dir) {

@@ -4,7 +4,9 @@
 //! validate config + runtime handler (unknown handler → InvalidArgument)
 //! reserve id + name            (store: Initializing; a name in use → AlreadyExists)
 //! netns::create_at             <state>/netns/cni-<id>, recorded with the record (unless
-//!                              hostNetwork; lo is brought up there)
+//!                              hostNetwork; lo is brought up there); userns POD:
+//!                              userns::pin makes it inside the pod's user namespace
+//!                              (<state>/podns/<id>/user, + IPC/UTS without a pause container)
 //! with a pause container (the pod shares one PID namespace, or drop_infra_container = false),
 //! at the same time, both run to the end:
 //!   Cni::setup                 (networks; IPs recorded)
@@ -28,9 +30,10 @@ use taskd_proto::cri::v1::{NamespaceMode, PodSandboxConfig, RunPodSandboxRequest
 
 use crate::cri::controller::StartSandbox;
 use crate::cri::network::{PodRef, PortMapping, netns};
+use crate::cri::spec::UsernsSpec;
 use crate::cri::spec::sandbox::{SandboxInput, pod_namespace_modes, sandbox_spec};
 use crate::cri::store::sandbox::{HostNamespaces, Sandbox, SandboxState, sandbox_name};
-use crate::cri::{CriError, CriService, blocking, podfiles, podns};
+use crate::cri::{CriError, CriService, blocking, podfiles, podns, userns};
 
 /// What has been set up so far (for the rollback).
 #[derive(Default)]
@@ -120,6 +123,7 @@ impl CriService {
         };
         // A pod whose containers share one PID namespace needs a process to hold it.
         let infra = !self.config.drop_infra_container || pid == NamespaceMode::Pod;
+        let userns = self.pod_userns(&cfg, &handler_name, host)?;
         if !infra {
             // taskd sets the sysctls itself: refuse a bad one before anything is set up.
             for key in cfg.linux.iter().flat_map(|l| l.sysctls.keys()) {
@@ -169,7 +173,25 @@ impl CriService {
                 None => None,
                 Some(p) => {
                     let target = p.clone();
-                    blocking("create netns", move || netns::create_at(&target)).await?;
+                    match userns {
+                        None => blocking("create netns", move || netns::create_at(&target)).await?,
+                        Some(map) => {
+                            // The netns (and the IPC/UTS namespaces taskd pins) are made
+                            // inside the pod's user namespace, which owns them.
+                            let dir = self.podns_dir(&id);
+                            let pins = userns::Pins {
+                                user: userns::pin_path(&dir),
+                                net: Some(target),
+                                ipc: (!infra && !host.ipc).then(|| dir.join("ipc")),
+                                uts: (!infra && !host.network).then(|| dir.join("uts")),
+                            };
+                            progress.podns = true;
+                            blocking("create the pod's user namespace", move || {
+                                userns::pin(&pins, &map)
+                            })
+                            .await?;
+                        }
+                    }
                     progress.netns = Some(p.clone());
                     Some(p)
                 }
@@ -191,7 +213,7 @@ impl CriService {
                 progress.files = true;
                 let t_pin = std::time::Instant::now();
                 let pinned = self
-                    .pin_pod_namespaces(&id, &cfg, host, netns_path.clone())
+                    .pin_pod_namespaces(&id, &cfg, host, netns_path.clone(), userns.is_some())
                     .await?;
                 tracing::debug!(
                     sandbox = %id,
@@ -238,6 +260,7 @@ impl CriService {
                 })
                 .await?;
                 let image = controller.ensure_image(&self.config.sandbox_image).await?;
+                let user_pin = userns::pin_path(&self.podns_dir(&id)).display().to_string();
                 let spec = sandbox_spec(&SandboxInput {
                     id: &id,
                     config: &cfg,
@@ -246,6 +269,7 @@ impl CriService {
                     driver: self.config.cgroup_driver,
                     min_oom_score_adj: self.min_oom_score_adj,
                     pod_annotations: &handler.pod_annotations,
+                    userns: userns.map(|map| UsernsSpec { path: &user_pin, map }),
                 })?;
                 controller
                     .start(StartSandbox {
@@ -301,6 +325,7 @@ impl CriService {
         cfg: &PodSandboxConfig,
         host: HostNamespaces,
         netns: Option<PathBuf>,
+        joined: bool,
     ) -> Result<podns::Pinned, CriError> {
         let hostname = if host.network {
             String::new()
@@ -323,11 +348,48 @@ impl CriService {
                     uts: !host.network,
                     hostname: &hostname,
                     sysctls: &sysctls,
+                    joined,
                 },
             )
             .map_err(CriError::from)
         })
         .await
+    }
+
+    /// The user namespace the pod asks for, refused (InvalidArgument, before anything is set
+    /// up) when the handler was not probed to support it or the pod also asks for a host
+    /// namespace (those are owned by the host's user namespace, which the pod's processes
+    /// could not join, and sysfs needs a netns its user namespace owns).
+    fn pod_userns(
+        &self,
+        cfg: &PodSandboxConfig,
+        handler_name: &str,
+        host: HostNamespaces,
+    ) -> Result<Option<userns::PodUserns>, CriError> {
+        let Some(map) = userns::of_pod(cfg)? else {
+            return Ok(None);
+        };
+        let refuse = |reason: String| {
+            Err(CriError::InvalidArgument {
+                field: "config.linux.security_context.namespace_options.userns_options",
+                reason,
+            })
+        };
+        if !self
+            .handler_features
+            .get(handler_name)
+            .is_some_and(|f| f.user_namespaces)
+        {
+            return refuse(format!(
+                "runtime handler {handler_name:?} does not support user namespaces (see Status features)"
+            ));
+        }
+        if host.network || host.pid || host.ipc {
+            return refuse(
+                "a pod in its own user namespace cannot use the host's network, PID or IPC namespace".into(),
+            );
+        }
+        Ok(Some(map))
     }
 
     /// Undoes a partial RunPodSandbox, in reverse; every step runs, the first error wins.

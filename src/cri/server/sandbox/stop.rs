@@ -1,5 +1,5 @@
-//! `StopPodSandbox`: stops every container of the pod, the pause container (or, for a pod
-//! without one, unpins its IPC/UTS namespaces), tears the network down (CNI DEL, netns
+//! `StopPodSandbox`: stops every container of the pod, the pause container, unpins the
+//! namespaces taskd pinned (IPC/UTS of a pod without a pause container, a user namespace), tears the network down (CNI DEL, netns
 //! removed) and leaves the record NotReady. Idempotent: a second call finds nothing left to
 //! stop and succeeds, and so does a call for an unknown id.
 
@@ -40,11 +40,13 @@ impl CriService {
         }
         if s.infra {
             self.controller("StopPodSandbox")?.stop(&s.id).await?;
-        } else {
-            // Always (idempotent): a RunPodSandbox cut short by a crash may have pinned
-            // namespaces it never recorded.
-            let dir = self.podns_dir(&s.id);
-            blocking("unpin pod namespaces", move || podns::unpin(&dir)).await?;
+        }
+        // Always (idempotent): a RunPodSandbox cut short by a crash may have pinned
+        // namespaces it never recorded; a pod with a pause container may have a pinned user
+        // namespace.
+        let dir = self.podns_dir(&s.id);
+        blocking("unpin pod namespaces", move || podns::unpin(&dir)).await?;
+        if !s.infra {
             self.sandboxes.update(&s.id, |r| {
                 r.ipc_ns_path.clear();
                 r.uts_ns_path.clear();
