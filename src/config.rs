@@ -161,6 +161,35 @@ pub struct Tracing {
     pub service_name: String,
 }
 
+/// Checks `[tracing] endpoint` (non-empty): an `http://host:port` URL.
+pub fn check_tracing_endpoint(endpoint: &str) -> Result<(), String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{endpoint:?} is not a URL ({e}); e.g. \"http://127.0.0.1:4317\""))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{endpoint:?}: taskd's OTLP export has no TLS; use an http:// collector (e.g. a node-local agent)"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "{endpoint:?} must start with http:// (e.g. \"http://127.0.0.1:4317\")"
+            ));
+        }
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err(format!("{endpoint:?} names no host"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!(
+            "{endpoint:?}: OTLP/gRPC takes no path (the service path is fixed)"
+        ));
+    }
+    Ok(())
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -577,7 +606,7 @@ pub fn validate(cfg: &Config, text: &str, registrations: &[Registration]) -> Rep
         }
     }
     if !cfg.tracing.endpoint.is_empty()
-        && let Err(e) = crate::telemetry::check_endpoint(&cfg.tracing.endpoint)
+        && let Err(e) = check_tracing_endpoint(&cfg.tracing.endpoint)
     {
         err(&["tracing", "endpoint"], format!("{e}; use \"\" to disable"));
     }

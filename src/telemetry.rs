@@ -50,35 +50,6 @@ impl ErrorKind for TelemetryError {
     }
 }
 
-/// Checks `[tracing] endpoint` (non-empty): an `http://host:port` URL.
-pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    let uri: http::Uri = endpoint
-        .parse()
-        .map_err(|e| format!("{endpoint:?} is not a URL ({e}); e.g. \"http://127.0.0.1:4317\""))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{endpoint:?}: taskd's OTLP export has no TLS; use an http:// collector (e.g. a node-local agent)"
-            ));
-        }
-        _ => {
-            return Err(format!(
-                "{endpoint:?} must start with http:// (e.g. \"http://127.0.0.1:4317\")"
-            ));
-        }
-    }
-    if uri.authority().is_none_or(|a| a.host().is_empty()) {
-        return Err(format!("{endpoint:?} names no host"));
-    }
-    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-        return Err(format!(
-            "{endpoint:?}: OTLP/gRPC takes no path (the service path is fixed)"
-        ));
-    }
-    Ok(())
-}
-
 /// The running export: the provider whose batch thread sends the spans.
 pub struct Export {
     provider: SdkTracerProvider,
@@ -96,7 +67,7 @@ impl Export {
             endpoint: cfg.endpoint.clone(),
             reason,
         };
-        check_endpoint(&cfg.endpoint).map_err(failed)?;
+        crate::config::check_tracing_endpoint(&cfg.endpoint).map_err(failed)?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(cfg.endpoint.clone())
@@ -228,15 +199,15 @@ mod tests {
 
     #[test]
     fn endpoints_are_checked() {
-        assert!(check_endpoint("http://127.0.0.1:4317").is_ok());
-        assert!(check_endpoint("http://collector.local:4317/").is_ok());
+        assert!(crate::config::check_tracing_endpoint("http://127.0.0.1:4317").is_ok());
+        assert!(crate::config::check_tracing_endpoint("http://collector.local:4317/").is_ok());
         for (bad, says) in [
             ("https://c:4317", "no TLS"),
             ("127.0.0.1:4317", "http://"),
             ("http://c:4317/v1/traces", "no path"),
             ("not a url", "not a URL"),
         ] {
-            let e = check_endpoint(bad).unwrap_err();
+            let e = crate::config::check_tracing_endpoint(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
     }
