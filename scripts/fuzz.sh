@@ -12,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
+# libfuzzer-sys builds libFuzzer (C++) with the system compiler.
+apt_install g++
 ensure_cargo
 
 [ "$#" -eq 2 ] || { echo "usage: scripts/fuzz.sh TARGET|all SECONDS" >&2; exit 2; }
