@@ -2569,7 +2569,10 @@ fn tree(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The CVE-2021-41103 class: while a pod runs with a secret in its env, a local user without
 /// privileges can neither list nor read anything below taskd's root and state (the plugin
 /// directories are 0700: CRI records, meta.redb, content, snapshots, bundles), and cannot
-/// write into the pod's /dev/shm from the host.
+/// write into the pod's /dev/shm from the host. Below the plugin directories nothing is open
+/// to other users either (taskd's umask is 0077), but for the named exceptions; and a
+/// container of another user still reads its pod files and cgroup, writes the pod's shm, and
+/// runs in the mount point and working directory runc made for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn other_users_cannot_reach_pod_state() {
@@ -2587,6 +2590,38 @@ async fn other_users_cannot_reach_pod_state() {
         value: "hunter2".into(),
     }];
     create_and_start(&mut rt, &pod, &cfg, c).await;
+    let vol = w.d.dir.join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut other = own_pid(container_config("other", "exec sleep 3600"));
+    other.working_dir = "/made/by/runc".into();
+    other.mounts = vec![cri::Mount {
+        container_path: "/deep/mount/point".into(),
+        host_path: vol.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    let sc = other
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .unwrap();
+    sc.run_as_user = Some(cri::Int64Value { value: 1234 });
+    let other = create_and_start(&mut rt, &pod, &cfg, other).await;
+    let (out, code) = sh(
+        &mut rt,
+        &other,
+        "id -u; pwd; cat /etc/hosts /etc/hostname /etc/resolv.conf >/dev/null && echo files; \
+         echo x >/dev/shm/by-1234 && echo shm; ls /deep/mount/point >/dev/null && echo mount; \
+         cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null \
+         | grep -q . && echo cgroup",
+    )
+    .await;
+    assert_eq!(
+        (out.as_str(), code),
+        ("1234\n/made/by/runc\nfiles\nshm\nmount\ncgroup\n", 0),
+        "a container of uid 1234"
+    );
 
     let mut paths = Vec::new();
     tree(&w.d.root, &mut paths);
@@ -2617,6 +2652,33 @@ async fn other_users_cannot_reach_pod_state() {
     );
     let open = open_to_nobody(&paths, &[shm]);
     assert!(open.is_empty(), "open to nobody: {open:#?}");
+
+    // What may be open to other users below the closed plugin directories, and why.
+    let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::symlink_metadata(p).unwrap());
+    let snapshots = w.d.root.join("io.containerd.snapshotter.v1.overlayfs/snapshots");
+    let sandboxes = w.d.state.join("io.containerd.cri.v1.cri/sandboxes");
+    let bundles = w.d.state.join("io.containerd.runtime.v2.task");
+    let exception = |p: &Path, m: &std::fs::Metadata| {
+        // A layer's tree (and its root, the container's `/`) keeps the image's modes.
+        p.strip_prefix(&snapshots).is_ok_and(|r| r.iter().nth(1) == Some("fs".as_ref()))
+            // A mount point shows the mounted root: a rootfs, the shm (1777), namespace files.
+            || p.parent().is_some_and(|d| dev(d) != dev(p))
+            // Bound into the containers, which read them as any user (0644).
+            || (p.parent().and_then(Path::parent) == Some(&sandboxes)
+                && ["hosts", "hostname", "resolv.conf"].iter().any(|f| p.ends_with(f)))
+            // The shim's own files: it runs with umask 0022 for runc's sake, in 0700 bundles.
+            || (p.starts_with(&bundles) && m.is_file())
+    };
+    let world: Vec<String> = paths
+        .iter()
+        .filter_map(|p| {
+            let m = std::fs::symlink_metadata(p).unwrap();
+            let mode = m.permissions().mode();
+            (mode & 0o007 != 0 && !m.file_type().is_symlink() && !exception(p, &m))
+                .then(|| format!("{:o} {}", mode & 0o7777, p.display()))
+        })
+        .collect();
+    assert!(world.is_empty(), "open to other users: {world:#?}");
     stop_and_remove(&mut rt, &pod).await;
     w.assert_no_pod_left();
 }

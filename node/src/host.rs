@@ -370,6 +370,10 @@ mod tests {
         assert!(u.contains("ExecStart=/opt/taskd/current/taskd --config /etc/taskd/config.toml\n"));
         assert!(u.contains("Environment=PATH=/opt/taskd/current:"));
         assert!(u.contains("\nKillMode=process\n"));
+        assert!(
+            u.contains("\nUMask=0077\n"),
+            "taskd's files are closed to other users"
+        );
         assert!(u.starts_with("# Installed by taskd-node"));
         assert!(!u.contains("/usr/local/bin/taskd"));
     }

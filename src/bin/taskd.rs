@@ -67,6 +67,12 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+    // Nothing taskd creates is for other users unless it says so with an explicit mode (the
+    // pod files bound into containers, the pod's shm): plugin data (CRI records with container
+    // env, meta.redb, ingests, snapshots) never depends on the umask it was started with.
+    // The unit sets `UMask=0077` too. Shims (and so runc) are started with 0022
+    // (runtime::v2::binary).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // SAFETY: no other thread exists yet (the runtime is built in `serve`).
     let notifier = Arc::new(unsafe { Notifier::take_env() });
     let cli = Cli::parse();

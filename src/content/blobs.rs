@@ -374,7 +374,8 @@ impl Ingest {
             .map_err(|e| ContentError::io("sync ingest data", &self.data, e))?;
         drop(self.file);
         if fs::symlink_metadata(&target).is_err() {
-            fs::set_permissions(&self.data, fs::Permissions::from_mode(0o444))
+            // Read-only, and root's alone: an image config can carry secrets in its env.
+            fs::set_permissions(&self.data, fs::Permissions::from_mode(0o400))
                 .map_err(|e| ContentError::io("chmod ingest data", &self.data, e))?;
             fs::rename(&self.data, &target).map_err(|e| ContentError::io("commit blob", &target, e))?;
             if let Some(parent) = target.parent()

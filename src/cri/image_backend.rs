@@ -91,6 +91,26 @@ struct JsonRootfs {
     diff_ids: Vec<String>,
 }
 
+impl From<JsonRunConfig> for ImageConfig {
+    fn from(c: JsonRunConfig) -> ImageConfig {
+        ImageConfig {
+            user: c.user,
+            entrypoint: c.entrypoint.unwrap_or_default(),
+            cmd: c.cmd.unwrap_or_default(),
+            env: c.env.unwrap_or_default(),
+            working_dir: c.working_dir,
+            stop_signal: c.stop_signal,
+        }
+    }
+}
+
+/// An image config as CreateContainer reads it, and its layers' diff ids (the entry of the
+/// fuzz targets, fuzz/).
+pub fn decode_image_config(bytes: &[u8]) -> Result<(ImageConfig, Vec<String>), serde_json::Error> {
+    let c: JsonImageConfig = serde_json::from_slice(bytes)?;
+    Ok((c.config.into(), c.rootfs.diff_ids))
+}
+
 /// What an image target resolves to.
 #[derive(Debug, Clone)]
 struct Resolved {
@@ -473,17 +493,9 @@ fn resolve_blocking(
         .and_then(|s| s.checked_sub(config.size.max(0) as u64))
         .and_then(|s| s.checked_add(config_bytes.len() as u64))
         .ok_or_else(|| precondition(format!("image {}", target.digest), "its size overflows"))?;
-    let c = cfg.config;
     Ok(Resolved {
         config_digest: config.digest,
-        config: ImageConfig {
-            user: c.user,
-            entrypoint: c.entrypoint.unwrap_or_default(),
-            cmd: c.cmd.unwrap_or_default(),
-            env: c.env.unwrap_or_default(),
-            working_dir: c.working_dir,
-            stop_signal: c.stop_signal,
-        },
+        config: cfg.config.into(),
         size,
         chain: chain_ids(&cfg.rootfs.diff_ids).pop().unwrap_or_default(),
         config_bytes,

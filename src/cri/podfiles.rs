@@ -59,12 +59,27 @@ pub fn hosts(hostname: &str) -> String {
 /// Writes the pod's files in `dir` (created). `hostname` empty: the host's (host network).
 pub fn write(dir: &Path, dns: Option<&DnsConfig>, hostname: &str) -> Result<PodFiles, PodFilesError> {
     let w = |name: &str, text: String| -> Result<PathBuf, PodFilesError> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|source| PodFilesError {
+        let err = |source| PodFilesError {
             op: "write",
             path: path.clone(),
             source,
-        })?;
+        };
+        // 0644 whatever the umask (taskd's is 0077): these files are bind-mounted into every
+        // container of the pod, whose users (any uid) read them. Only their content is
+        // reachable: the directory they are in stays closed (0700 plugin directory above).
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&path)
+            .map_err(err)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(err)?;
+        f.write_all(text.as_bytes()).map_err(err)?;
         Ok(path)
     };
     std::fs::create_dir_all(dir).map_err(|source| PodFilesError {
@@ -114,6 +129,8 @@ pub fn mount_shm(dir: &Path) -> Result<PathBuf, PodFilesError> {
         Err(e) => return Err(err("create", &path)(e)),
     }
     if !mounted(&path) {
+        // mode=1777 (as /dev/shm on a host): the pod's containers share it whatever their
+        // users. Host users never reach it: it is below the 0700 CRI state directory.
         nix::mount::mount(
             Some("shm"),
             &path,

@@ -135,6 +135,17 @@ fn command(
         .kill_on_drop(true)
         // Own process group: the daemonized shim must not share taskd's group.
         .process_group(0);
+    // The shim, and runc below it, get the usual umask 0022 rather than taskd's 0077: runc
+    // creates what the container's own users must reach (the cgroup v1 directories bound at
+    // /sys/fs/cgroup, mount points and the working directory in the rootfs). The shim's own
+    // files are in the bundle, below the 0700 plugin directory.
+    // SAFETY: umask(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+            Ok(())
+        });
+    }
     cmd
 }
 
