@@ -265,6 +265,14 @@ fn run_pod_sandbox(cfg: &cri::PodSandboxConfig) {
     use taskd::cri::spec::sandbox::{SandboxInput, sandbox_spec};
     let image = taskd::cri::store::image::ImageConfig::default();
     let _ = taskd::cri::spec::sandbox::pod_namespace_modes(cfg);
+    // The pod's user namespace is validated (and, when valid, joined) like RunPodSandbox does.
+    let Ok(userns) = taskd::cri::userns::of_pod(cfg) else {
+        return;
+    };
+    let userns = userns.map(|map| taskd::cri::spec::UsernsSpec {
+        path: "/run/taskd/podns/fuzz/user",
+        map,
+    });
     if let Ok(spec) = sandbox_spec(&SandboxInput {
         id: "fuzz-pod",
         config: cfg,
@@ -273,6 +281,7 @@ fn run_pod_sandbox(cfg: &cri::PodSandboxConfig) {
         driver: Default::default(),
         min_oom_score_adj: -999,
         pod_annotations: &["example.com/*".to_owned()],
+        userns,
     }) {
         let _ = taskd::cri::spec::to_any(&spec);
     }
@@ -325,6 +334,7 @@ fn create_container(config: &cri::ContainerConfig, sandbox: &cri::PodSandboxConf
         container_annotations: &["example.com/*".to_owned()],
         recursive_read_only_mounts: true,
         cgroup_ns: false,
+        userns: None,
     }) {
         let _ = taskd::cri::spec::to_any(&spec);
     }

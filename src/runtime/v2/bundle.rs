@@ -47,14 +47,27 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeEr
     move |source| RuntimeError::Io { op, path, source }
 }
 
+// The modes below are exact, whatever the process umask (taskd runs with 0077). Bundles and
+// their parents are closed (0700); only a task in a user namespace opens its path to the
+// rootfs (`open_to_userns`).
 fn mkdir(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().mode(mode).create(path)
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().mode(mode).create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
+/// Creates `path` and its parents; a dir that exists keeps its mode (a namespace dir that a
+/// user namespace task opened stays open).
 fn mkdir_all(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(mode).create(path)
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 impl Bundle {
@@ -76,7 +89,7 @@ impl Bundle {
     pub fn create(state: &Path, root: &Path, namespace: &str, id: &str, spec: &[u8]) -> Result<Bundle> {
         let b = Bundle::at(state, root, namespace, id)?;
         if let Some(parent) = b.path.parent() {
-            mkdir_all(parent, 0o711).map_err(io("create", parent))?;
+            mkdir_all(parent, 0o700).map_err(io("create", parent))?;
         }
         match mkdir(&b.path, 0o700) {
             Ok(()) => {}
@@ -99,8 +112,9 @@ impl Bundle {
 
     /// A task in a user namespace: runc sets its rootfs up from inside the namespace, as the
     /// namespace's root (a host id that is not root), so the path to `rootfs/` must let it
-    /// through: the runtime's state dir traverse-only (0711), the bundle 0710 with the group
-    /// of the namespace's root (containerd does the same). Nothing for other tasks.
+    /// through: the runtime's state dir and its namespace dir traverse-only (0711), the
+    /// bundle 0710 with the group of the namespace's root (containerd does the same). Nothing
+    /// for other tasks.
     fn open_to_userns(&self, state: &Path, spec: &[u8]) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let Some(gid) = remapped_root_gid(spec) else {
@@ -109,12 +123,14 @@ impl Bundle {
         let mode = |p: &Path, m: u32| {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).map_err(io("chmod", p))
         };
-        let state_mode = std::fs::metadata(state)
-            .map_err(io("stat", state))?
-            .permissions()
-            .mode();
-        if state_mode & 0o011 != 0o011 {
-            mode(state, (state_mode & 0o7777) | 0o011)?;
+        for dir in [Some(state), self.path.parent()].into_iter().flatten() {
+            let m = std::fs::metadata(dir)
+                .map_err(io("stat", dir))?
+                .permissions()
+                .mode();
+            if m & 0o011 != 0o011 {
+                mode(dir, (m & 0o7777) | 0o011)?;
+            }
         }
         std::os::unix::fs::chown(&self.path, None, Some(gid)).map_err(io("chown", &self.path))?;
         mode(&self.path, 0o710)
@@ -122,14 +138,14 @@ impl Bundle {
 
     fn populate(&self, spec: &[u8]) -> Result<()> {
         if let Some(parent) = self.work.parent() {
-            mkdir_all(parent, 0o711).map_err(io("create", parent))?;
+            mkdir_all(parent, 0o700).map_err(io("create", parent))?;
         }
-        match mkdir(&self.work, 0o711) {
+        match mkdir(&self.work, 0o700) {
             Ok(()) => {}
             Err(e) if e.kind() == IoKind::AlreadyExists => {
                 // A stale work dir from an earlier task with this id.
                 std::fs::remove_dir_all(&self.work).map_err(io("remove", &self.work))?;
-                mkdir(&self.work, 0o711).map_err(io("create", &self.work))?;
+                mkdir(&self.work, 0o700).map_err(io("create", &self.work))?;
             }
             Err(e) => return Err(io("create", &self.work)(e)),
         }
@@ -292,10 +308,19 @@ mod tests {
         let m = std::fs::metadata(&b.path).unwrap();
         assert_eq!((m.mode() & 0o7777, m.gid()), (0o710, 165536));
         assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o7777, 0o711);
-        // Without a user namespace nothing changes.
+        let ns_dir = state.join("k8s.io");
+        assert_eq!(std::fs::metadata(&ns_dir).unwrap().mode() & 0o7777, 0o711);
+        // Without a user namespace the bundle is closed, and the path stays open for the
+        // other task.
         let plain = Bundle::create(&state, &root, "k8s.io", "t2", b"{}").unwrap();
         let m = std::fs::metadata(&plain.path).unwrap();
         assert_eq!((m.mode() & 0o7777, m.gid()), (0o700, 0));
+        assert_eq!(std::fs::metadata(&ns_dir).unwrap().mode() & 0o7777, 0o711);
+        // A namespace of plain tasks only is closed.
+        let other = Bundle::create(&state, &root, "default", "t3", b"{}").unwrap();
+        let parent = other.path.parent().unwrap();
+        assert_eq!(std::fs::metadata(parent).unwrap().mode() & 0o7777, 0o700);
+        other.delete().unwrap();
         b.delete().unwrap();
         plain.delete().unwrap();
     }
