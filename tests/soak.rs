@@ -452,8 +452,8 @@ async fn soak_pods_with_kill9_leaves_nothing_behind() {
             let above = now.above(&base);
             assert!(
                 above.is_empty(),
-                "after {i} cycles ({kills} kill -9), above the baseline: {above:?}\nbaseline {base:?}\nnow {now:?}\n--- daemon log (tail) ---\n{}",
-                tail(&w.server_log())
+                "after {i} cycles ({kills} kill -9), above the baseline: {above:?}\nbaseline {base:?}\nnow {now:?}\n{}",
+                leak_report(&w)
             );
             let meta = *first_meta.get_or_insert(now.meta_bytes);
             assert!(
@@ -474,6 +474,36 @@ async fn soak_pods_with_kill9_leaves_nothing_behind() {
         "soak: {cycles} cycles, {kills} kill -9 (pods found and removed after them: {recovered_pods}), {:.0} s",
         t0.elapsed().as_secs_f64()
     );
+}
+
+/// The task bundles left, with what the daemon logged about each (or the log's tail).
+fn leak_report(w: &CriWorld) -> String {
+    let log = w.server_log();
+    let tasks = w.taskd().state.join("io.containerd.runtime.v2.task");
+    let mut out = String::new();
+    for b in entries(&tasks)
+        .iter()
+        .filter(|ns| ns.file_name().is_some_and(|n| n != ".pool"))
+        .flat_map(|ns| entries(ns))
+    {
+        let id = b
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "--- bundle {} left: {:?}; its log lines ---\n",
+            b.display(),
+            entries(&b)
+        ));
+        for l in log.lines().filter(|l| l.contains(&id)) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    if out.is_empty() {
+        out = format!("--- daemon log (tail) ---\n{}", tail(&log));
+    }
+    out
 }
 
 /// The last 60 lines of a log.
