@@ -827,10 +827,14 @@ async fn restart_reconnects_live_shims_and_cleans_dead_ones() {
         .unwrap();
     let gone_shim = gone.conn.as_ref().unwrap().shim_pid;
     drop(gone);
-    // A broken bundle: no shim-binary-path, no address.
+    // A broken bundle (its shim-binary-path unreadable), and one a cut create or delete left
+    // (no shim-binary-path: no shim was ever started from it, or its delete was cut).
     let broken = w.dir.path().join("state").join(&ns).join("broken");
-    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::create_dir_all(broken.join("shim-binary-path")).unwrap();
     std::fs::write(broken.join("config.json"), b"{").unwrap();
+    let cut = w.dir.path().join("state").join(&ns).join("cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    std::fs::write(cut.join("config.json"), b"{").unwrap();
 
     // "Daemon dies": forget the manager without touching shims; one shim dies meanwhile.
     w.crash();
@@ -849,6 +853,7 @@ async fn restart_reconnects_live_shims_and_cleans_dead_ones() {
     assert_eq!(status["gone"], Status::Stopped);
     assert!(!w.bundle("gone").exists());
     assert!(broken.exists(), "broken bundle is left alone");
+    assert!(!cut.exists(), "a bundle without a shim is removed");
     assert!(w.events.topics(&ns).contains(&"/tasks/exit".to_owned()));
     {
         let m = w.monitor.0.lock().unwrap();

@@ -35,6 +35,8 @@ struct Rig {
     sub: tokio::sync::mpsc::Receiver<Envelope>,
     server: ttrpc::r#async::Server,
     task: Option<TaskClient>,
+    /// The shim's ttrpc address.
+    address: String,
     shim_pid: Option<i32>,
     ids: Vec<String>,
 }
@@ -82,6 +84,7 @@ impl Rig {
             sub,
             server,
             task: None,
+            address: String::new(),
             shim_pid: None,
             ids: Vec::new(),
         }
@@ -155,6 +158,7 @@ impl Rig {
             .expect("Connect");
         self.shim_pid = Some(c.shim_pid as i32);
         self.task = Some(task);
+        self.address = address;
     }
 
     fn task(&self) -> &TaskClient {
@@ -605,6 +609,87 @@ async fn oom_kill_is_reported() {
     )
     .await
     .expect("Delete");
+}
+
+/// A Start whose caller goes mid-call (the daemon killed: its connection closes and ttrpc
+/// drops the request's handler) still leaves a process that can be started, killed and
+/// deleted: before, a start cut at its runc call left the process "starting" for good, and
+/// every later Delete failed (found by tests/soak.rs: RemovePodSandbox after a kill -9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn start_cut_by_a_closed_connection_leaves_no_stuck_process() {
+    let mut r = Rig::new("cut").await;
+    let ids = ["k1", "k2", "k3", "k4"];
+    let bundles: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| r.bundle(id, &["/bin/sleep", "1000"], None))
+        .collect();
+    r.start_shim(ids[0], &bundles[0]).await;
+    let ns = r.ns.clone();
+    let t = r.task().clone();
+    let req = |id: &str| shim::StartRequest {
+        id: id.into(),
+        ..Default::default()
+    };
+    for (i, (id, b)) in ids.iter().zip(&bundles).enumerate() {
+        r.create(id, b, false).await.expect("Create");
+        // Start on a connection of its own, closed after 0, 2, 5, 10 ms.
+        let own = TaskClient::new(
+            ttrpc::r#async::Client::connect(&r.address)
+                .await
+                .expect("connect"),
+        );
+        let (c, n) = (ctx(&ns), req(id));
+        let call = tokio::spawn(async move { own.start(c, &n).await });
+        tokio::time::sleep(Duration::from_millis([0, 2, 5, 10][i])).await;
+        call.abort();
+        let _ = call.await;
+        // Whatever the cut left: started, or startable again; never stuck.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let st = t
+            .state(
+                ctx(&ns),
+                &shim::StateRequest {
+                    id: (*id).into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("State");
+        if st.status.enum_value() != Ok(taskd_proto::ttrpc::v2::task::Status::RUNNING) {
+            t.start(ctx(&ns), &req(id))
+                .await
+                .unwrap_or_else(|e| panic!("Start {id} again after a cut start ({st:?}): {e:?}"));
+        }
+        t.kill(
+            ctx(&ns),
+            &shim::KillRequest {
+                id: (*id).into(),
+                signal: 9,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Kill");
+        t.wait(
+            ctx(&ns),
+            &shim::WaitRequest {
+                id: (*id).into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Wait");
+        t.delete(
+            ctx(&ns),
+            &shim::DeleteRequest {
+                id: (*id).into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Delete {id} after a cut start: {e:?}"));
+    }
 }
 
 /// Debian's containerd 1.6 in a temp root/state/address, killed (and its tasks with it)

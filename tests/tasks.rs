@@ -549,8 +549,11 @@ async fn restart_recovery(count: usize, runtime: &'static str) {
     )
     .expect("kill shim");
     let broken = bundles(&d.state).join(&n.ns).join("broken");
-    std::fs::create_dir_all(&broken).expect("mkdir");
+    std::fs::create_dir_all(broken.join("shim-binary-path")).expect("mkdir");
     std::fs::write(broken.join("config.json"), b"{not json").expect("write");
+    let cut = bundles(&d.state).join(&n.ns).join("cut");
+    std::fs::create_dir_all(&cut).expect("mkdir");
+    std::fs::write(cut.join("config.json"), b"{}").expect("write");
 
     d.restart();
     let tasks = n.tasks();
@@ -576,6 +579,10 @@ async fn restart_recovery(count: usize, runtime: &'static str) {
     assert!(!n.bundle("lost").exists());
     let log = d.log();
     assert!(log.contains("broken bundle skipped"), "{log}");
+    assert!(
+        !cut.exists(),
+        "a bundle without a shim (cut create or delete) is removed"
+    );
     assert!(
         log.lines()
             .any(|l| l.contains("published /tasks/exit") && l.contains("lost")),

@@ -38,6 +38,12 @@ pub enum ServiceError {
     Mount { id: String, msg: String },
     #[error("{op} is not supported by this shim")]
     Unsupported { op: &'static str },
+    #[error("{op} {id} ended without an answer: {msg}")]
+    Aborted {
+        op: &'static str,
+        id: String,
+        msg: String,
+    },
 }
 
 impl From<ServiceError> for ttrpc::Error {
@@ -51,9 +57,10 @@ impl From<ServiceError> for ttrpc::Error {
             ServiceError::Exists { .. } | ServiceError::ExecExists { .. } => Code::ALREADY_EXISTS,
             ServiceError::State { .. } => Code::FAILED_PRECONDITION,
             ServiceError::Invalid { .. } => Code::INVALID_ARGUMENT,
-            ServiceError::Runc { .. } | ServiceError::Stdio { .. } | ServiceError::Mount { .. } => {
-                Code::UNKNOWN
-            }
+            ServiceError::Runc { .. }
+            | ServiceError::Stdio { .. }
+            | ServiceError::Mount { .. }
+            | ServiceError::Aborted { .. } => Code::UNKNOWN,
             ServiceError::Unsupported { .. } => Code::UNIMPLEMENTED,
         };
         ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))

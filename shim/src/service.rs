@@ -143,6 +143,24 @@ fn runc_err(op: &'static str, id: &str, bundle: &Path, e: runc::error::Error) ->
     }
 }
 
+/// Runs a call that changes a process's state to its end even when its caller goes: ttrpc
+/// drops the handler of a request whose connection closes (the daemon killed mid-call), and
+/// a create, start or delete cut at an await would leave its process half made, or
+/// "starting" for good, which nothing can start, kill or delete again (found by
+/// tests/soak.rs). The task is not detached for long: it ends with the call, which runc's
+/// own run bounds.
+async fn to_end<T: Send + 'static>(
+    op: &'static str,
+    id: &str,
+    call: impl std::future::Future<Output = Res<T>> + Send + 'static,
+) -> Res<T> {
+    tokio::spawn(call).await.map_err(|e| ServiceError::Aborted {
+        op,
+        id: id.to_owned(),
+        msg: e.to_string(),
+    })?
+}
+
 fn ts_now() -> Timestamp {
     timestamp().unwrap_or_default()
 }
@@ -716,7 +734,8 @@ impl Task for Service {
         _: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> ttrpc::Result<api::CreateTaskResponse> {
-        let pid = ok(Service::create(self, req).await)?;
+        let (svc, id) = (self.clone(), req.id.clone());
+        let pid = ok(to_end("create", &id, async move { Service::create(&svc, req).await }).await)?;
         Ok(api::CreateTaskResponse {
             pid,
             ..Default::default()
@@ -724,7 +743,12 @@ impl Task for Service {
     }
 
     async fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
-        let pid = ok(Service::start(self, &req.id, &req.exec_id).await)?;
+        let svc = self.clone();
+        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+        let pid = ok(to_end("start", &req.id, async move {
+            Service::start(&svc, &id, &exec_id).await
+        })
+        .await)?;
         Ok(api::StartResponse {
             pid,
             ..Default::default()
@@ -732,7 +756,12 @@ impl Task for Service {
     }
 
     async fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> ttrpc::Result<api::DeleteResponse> {
-        let (pid, exit_status, at) = ok(Service::delete(self, &req.id, &req.exec_id).await)?;
+        let svc = self.clone();
+        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+        let (pid, exit_status, at) = ok(to_end("delete", &req.id, async move {
+            Service::delete(&svc, &id, &exec_id).await
+        })
+        .await)?;
         Ok(api::DeleteResponse {
             pid,
             exit_status,

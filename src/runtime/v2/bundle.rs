@@ -186,15 +186,47 @@ impl Bundle {
             .unwrap_or_default()
     }
 
-    /// Unmounts whatever is still mounted on rootfs, then removes the bundle and the work
-    /// dir. Missing pieces are fine (delete is idempotent).
+    /// Unmounts whatever is still mounted on rootfs, then removes the bundle's files, the
+    /// work dir, and `shim-binary-path` last of all: a delete cut short (the daemon killed
+    /// meanwhile) leaves a bundle that recovery still loads and finishes (`<shim> delete`,
+    /// removed), never one it must skip as broken and keep for good (found by
+    /// tests/soak.rs). Missing pieces are fine (delete is idempotent).
     pub fn delete(&self) -> Result<()> {
         unmount_all(&self.rootfs())?;
-        for p in [&self.path, &self.work] {
-            match std::fs::remove_dir_all(p) {
+        self.remove_all_but_binary_path()?;
+        let gone = |p: &Path, r: std::io::Result<()>| match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == IoKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", p)(e)),
+        };
+        gone(&self.work, std::fs::remove_dir_all(&self.work))?;
+        let binary = self.path.join(SHIM_BINARY_PATH);
+        gone(&binary, std::fs::remove_file(&binary))?;
+        gone(&self.path, std::fs::remove_dir(&self.path))
+    }
+
+    /// The first step of [`Bundle::delete`]: every entry of the bundle dir but
+    /// `shim-binary-path` (a directory recursively; the `work` link as a link).
+    fn remove_all_but_binary_path(&self) -> Result<()> {
+        let entries = match std::fs::read_dir(&self.path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == IoKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("read", &self.path)(e)),
+        };
+        for e in entries {
+            let e = e.map_err(io("read", &self.path))?;
+            if e.file_name() == SHIM_BINARY_PATH {
+                continue;
+            }
+            let p = e.path();
+            let r = match e.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+                _ => std::fs::remove_file(&p),
+            };
+            match r {
                 Ok(()) => {}
                 Err(e) if e.kind() == IoKind::NotFound => {}
-                Err(e) => return Err(io("remove", p)(e)),
+                Err(e) => return Err(io("remove", &p)(e)),
             }
         }
         Ok(())
@@ -290,6 +322,27 @@ mod tests {
         b.delete().unwrap();
         assert!(!b.path.exists() && !b.work.exists());
         b.delete().unwrap();
+    }
+
+    /// A delete cut after its first step (the daemon killed) leaves the bundle recognizable:
+    /// `shim-binary-path` goes last, so recovery can still finish it.
+    #[test]
+    fn a_cut_delete_keeps_the_shim_binary_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, root) = (dir.path().join("state"), dir.path().join("root"));
+        let b = Bundle::create(&state, &root, "default", "t1", b"{}").unwrap();
+        for f in [SHIM_BINARY_PATH, ADDRESS, SHIM_PID, "init.pid", "log.json"] {
+            b.write(f, b"x").unwrap();
+        }
+        b.remove_all_but_binary_path().unwrap();
+        let left: Vec<_> = std::fs::read_dir(&b.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(SHIM_BINARY_PATH)]);
+        assert_eq!(b.read(SHIM_BINARY_PATH).unwrap().as_deref(), Some("x"));
+        b.delete().unwrap();
+        assert!(!b.path.exists() && !b.work.exists());
     }
 
     #[test]

@@ -63,13 +63,16 @@ async fn load_one(inner: &Arc<Inner>, ns: &str, id: &str) -> Result<()> {
     if empty {
         return b.delete();
     }
-    let binary = b
-        .read(bundle::SHIM_BINARY_PATH)?
-        .map(PathBuf::from)
-        .ok_or_else(|| RuntimeError::InvalidArgument {
-            field: "bundle",
-            reason: format!("{} has no {}", b.path.display(), bundle::SHIM_BINARY_PATH),
-        })?;
+    // `shim-binary-path` is written before any shim starts and removed last by a delete: a
+    // bundle without it is a create or delete cut short with no shim behind it.
+    let Some(binary) = b.read(bundle::SHIM_BINARY_PATH)?.map(PathBuf::from) else {
+        tracing::info!(
+            namespace = ns,
+            id,
+            "bundle without a shim (cut create or delete), removed"
+        );
+        return b.delete();
+    };
     let runtime = b.read(bundle::RUNTIME)?.unwrap_or_default();
     let facts = b.spec_facts();
     let live = match b.read(bundle::ADDRESS)? {
