@@ -17,6 +17,9 @@ use crate::runtime::{
     CreateOpts, ExecOpts, Exit, PlatformRuntime, Process, ProcessInfo, State, Status, Task,
 };
 
+/// How many shims a Metrics call asks for stats at once.
+const METRICS_PARALLEL: usize = 16;
+
 /// The plugin id (`io.containerd.service.v1.tasks-service`).
 pub const ID: &str = "tasks-service";
 
@@ -414,32 +417,53 @@ impl Tasks for Local {
     }
 
     async fn metrics(&self, ns: &str, filters: &[String]) -> Result<Vec<Metric>> {
+        use futures::StreamExt as _;
         let filter = filters::parse(filters)?;
-        let mut out = Vec::new();
-        for t in self.runtime.tasks(Some(ns)).await {
-            if !filter.matches(&MetricFields {
-                id: t.id(),
-                namespace: t.namespace(),
-                runtime: t.runtime(),
-            }) {
-                continue;
-            }
-            let timestamp = SystemTime::now();
-            match t.stats().await {
-                Ok(data) => out.push(Metric {
-                    id: t.id().to_owned(),
-                    timestamp,
-                    data,
-                }),
-                Err(e) if e.kind() == Kind::NotFound => {}
-                Err(e) => tracing::error!(id = t.id(), error = %e, "collecting task metrics"),
-            }
-        }
-        Ok(out)
+        let tasks: Vec<_> = self
+            .runtime
+            .tasks(Some(ns))
+            .await
+            .into_iter()
+            .filter(|t| {
+                filter.matches(&MetricFields {
+                    id: t.id(),
+                    namespace: t.namespace(),
+                    runtime: t.runtime(),
+                })
+            })
+            .collect();
+        // One Stats call per task, each to its own shim: up to METRICS_PARALLEL at once (a
+        // full node's 220 tasks one after another took over a second), answered in order.
+        // (The futures are made first: a closure inside the stream trips the Send check of
+        // the async trait.)
+        let calls: Vec<_> = tasks.into_iter().map(task_metric).collect();
+        let samples: Vec<Option<Metric>> = futures::stream::iter(calls)
+            .buffered(METRICS_PARALLEL)
+            .collect()
+            .await;
+        Ok(samples.into_iter().flatten().collect())
     }
 
     async fn wait(&self, ns: &str, id: &str, exec_id: &str) -> Result<Exit> {
         let p = self.process(ns, id, exec_id).await?;
         Ok(p.wait().await?)
+    }
+}
+
+/// One task's Stats answer as a Metric; None when the task is gone (or its shim failed,
+/// logged).
+async fn task_metric(t: Arc<dyn Task>) -> Option<Metric> {
+    let timestamp = SystemTime::now();
+    match t.stats().await {
+        Ok(data) => Some(Metric {
+            id: t.id().to_owned(),
+            timestamp,
+            data,
+        }),
+        Err(e) if e.kind() == Kind::NotFound => None,
+        Err(e) => {
+            tracing::error!(id = t.id(), error = %e, "collecting task metrics");
+            None
+        }
     }
 }

@@ -178,12 +178,16 @@ impl CriService {
             .collect();
         let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
         let samples = decode_all(&runner.stats(&ids).await?);
-        let mut stats = Vec::with_capacity(containers.len());
-        for c in &containers {
-            let mut s = self.to_stats(c, samples.get(&c.id));
-            s.writable_layer = self.writable_layer(&c.id).await;
-            stats.push(s);
-        }
+        // The writable layers are measured at once (each a walk in the blocking pool).
+        let layers = futures::future::join_all(containers.iter().map(|c| self.writable_layer(&c.id))).await;
+        let stats = containers
+            .iter()
+            .zip(layers)
+            .map(|(c, layer)| cri::ContainerStats {
+                writable_layer: layer,
+                ..self.to_stats(c, samples.get(&c.id))
+            })
+            .collect();
         Ok(cri::ListContainerStatsResponse { stats })
     }
 
