@@ -526,6 +526,14 @@ fn leak_report(w: &CriWorld) -> String {
             out.push('\n');
         }
     }
+    // Pool shims: every pool dir left, and what the log says of the pool.
+    for d in entries(&tasks.join(".pool")).iter().flat_map(|ns| entries(ns)) {
+        out.push_str(&format!("--- pool dir {} left: {:?}\n", d.display(), entries(&d)));
+    }
+    for l in log.lines().filter(|l| l.contains("pool shim")) {
+        out.push_str(l);
+        out.push('\n');
+    }
     if out.is_empty() {
         out = format!("--- daemon log (tail) ---\n{}", tail(&log));
     }

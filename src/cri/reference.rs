@@ -102,7 +102,8 @@ pub fn normalize(input: &str) -> Result<Reference, ReferenceError> {
     if input.is_empty() {
         return Err(err("empty"));
     }
-    if input.len() > 255 + 80 {
+    // The longest reference: a 255-character name, a 128-character tag and a digest.
+    if input.len() > 255 + 1 + 128 + 1 + 71 {
         return Err(err("too long"));
     }
     if is_image_id(input) {
@@ -152,6 +153,11 @@ pub fn normalize(input: &str) -> Result<Reference, ReferenceError> {
     if domain.is_empty() || domain.starts_with('-') || domain.ends_with('-') {
         return Err(err("invalid domain"));
     }
+    // As distribution/reference: the normalized name (domain and path, without tag or
+    // digest) is at most 255 characters.
+    if domain.len() + 1 + path.len() > 255 {
+        return Err(err("repository name longer than 255 characters"));
+    }
     let tag = match (&tag, &digest) {
         (None, None) => Some("latest".to_owned()),
         _ => tag,
@@ -167,6 +173,24 @@ pub fn normalize(input: &str) -> Result<Reference, ReferenceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The length limit is the name's (255), not the input's: a name just under it keeps its
+    /// normal form when `:latest` is added (found by the `reference` fuzz target), and a
+    /// name that normalizes past it is refused.
+    #[test]
+    fn the_length_limit_is_the_names() {
+        let name = format!("example.com/{}", "a".repeat(255 - "example.com/".len()));
+        let r = normalize(&name).unwrap();
+        assert_eq!(r.to_string(), format!("{name}:latest"));
+        assert_eq!(normalize(&r.to_string()).unwrap(), r);
+        let tagged = format!("{name}:{}", "t".repeat(128));
+        assert_eq!(normalize(&tagged).unwrap().to_string(), tagged);
+        let long = format!("example.com/{}", "a".repeat(256 - "example.com/".len()));
+        assert!(normalize(&long).unwrap_err().to_string().contains("255"));
+        // docker.io/library/ is part of the name.
+        let short = "a".repeat(250);
+        assert!(normalize(&short).is_err());
+    }
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
