@@ -75,17 +75,18 @@ async fn load_one(inner: &Arc<Inner>, ns: &str, id: &str) -> Result<()> {
     };
     let runtime = b.read(bundle::RUNTIME)?.unwrap_or_default();
     let facts = b.spec_facts();
-    let live = match b.read(bundle::ADDRESS)? {
+    let address = b.read(bundle::ADDRESS)?;
+    let live = match &address {
         None => Err(RuntimeError::ShimConnect {
             address: String::new(),
             reason: "no address file".into(),
         }),
-        Some(address) => inner.conns.connect(&address, ns, id).await,
+        Some(address) => inner.conns.connect(address, ns, id).await,
     };
     if live.is_err()
-        && let Some(address) = b.read(bundle::ADDRESS)?
+        && let Some(address) = &address
     {
-        shim::remove_stale_socket(&address);
+        shim::remove_stale_socket(address);
     }
     let (conn, pid) = match live {
         Ok((conn, pid)) if pid != 0 => (conn, pid),
