@@ -1295,3 +1295,92 @@ async fn runc_groups_skip_the_pool_and_cri_pods_share_a_warm_shim() {
     w.manager.close_pool().await;
     assert!(w.pool_dirs().is_empty());
 }
+
+/// taskd dies while its shim is still creating a task (a slow `runc create` here): the shim
+/// finishes the create on its own, and the restarted daemon must take the task as created,
+/// not as lost. (Taken as lost, its cleanup raced the shim's create and left a shim holding
+/// a task nobody knew of: the soak's rare leftover shim.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_while_the_shim_still_creates_takes_the_task_once_created() {
+    let mut w = World::on(TASKD_V2).await;
+    let ns = w.ns.clone();
+    // runc, with every `create` slowed by a second.
+    let slow = w.dir.path().join("slow-runc");
+    std::fs::write(
+        &slow,
+        "#!/bin/sh\ncase \" $* \" in *\" create \"*) sleep 1 ;; esac\nexec runc \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let options = taskd_proto::containerd::types::runc::options::Options {
+        binary_name: slow.display().to_string(),
+        ..Default::default()
+    };
+    w.store
+        .create(
+            &ns,
+            Container {
+                id: "slow".into(),
+                runtime: Runtime {
+                    name: TASKD_V2.into(),
+                    options: Some(prost_types::Any {
+                        type_url: "containerd.runc.v1.Options".into(),
+                        value: prost::Message::encode_to_vec(&options),
+                    }),
+                },
+                spec: Some(w.spec("slow", &["/bin/sleep", "1000"], false, None)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let local = w.local.clone();
+    let ns2 = ns.clone();
+    let creating = tokio::spawn(async move {
+        local
+            .create(
+                &ns2,
+                CreateTask {
+                    container_id: "slow".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+    });
+    // The shim has the Create by now and sits in the slow `runc create`.
+    let address = w.bundle("slow").join("address");
+    for _ in 0..100 {
+        if address.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    creating.abort();
+    let _ = creating.await;
+    w.crash();
+    w.restart().await;
+
+    let t = w.local.get(&ns, "slow", "").await.unwrap();
+    assert_eq!(
+        t.status,
+        Status::Created,
+        "the shim's finished create was taken as lost"
+    );
+    assert_ne!(t.pid, 0);
+    let shim_pid = w
+        .manager
+        .shim_tasks()
+        .into_iter()
+        .find(|t| t.id == "slow")
+        .and_then(|t| t.conn.as_ref().map(|c| c.shim_pid))
+        .unwrap();
+    w.local.delete(&ns, "slow").await.unwrap();
+    assert!(!w.bundle("slow").exists());
+    for _ in 0..100 {
+        if !alive(shim_pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!alive(shim_pid), "the shim outlived its only task");
+}

@@ -19,7 +19,10 @@
 //! read were skipped by the store (each logged); a task that cannot be queried leaves its
 //! container UNKNOWN (CRI's `CONTAINER_UNKNOWN`), which Stop/Remove still handle.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
 
 use taskd_proto::cri::v1::ContainerEventType;
 
@@ -29,6 +32,9 @@ use super::service::CriService;
 use super::store::container::{ContainerState, exit_reason};
 use super::store::sandbox::SandboxState;
 use crate::runtime::Status;
+
+/// How many task states recovery asks for at once.
+const STATE_PARALLEL: usize = 64;
 
 /// The exit code recorded for a container whose task vanished while taskd was down.
 pub const UNKNOWN_EXIT_CODE: i32 = 255;
@@ -52,7 +58,34 @@ pub async fn recover(svc: &CriService) -> Report {
         // Without a runtime nothing can run: every record is shown as not running.
         return report;
     };
-    for sb in svc.sandboxes.list() {
+    let started = std::time::Instant::now();
+    let sandboxes = svc.sandboxes.list();
+    let all = svc.containers.list();
+    report.containers = all.len();
+    let containers: Vec<_> = all
+        .into_iter()
+        .filter(|c| c.state != ContainerState::Exited)
+        .collect();
+    // Every task's state at once (each is a round trip to its shim): a full node's pods
+    // must not come back one after another.
+    let ids = sandboxes
+        .iter()
+        .filter(|sb| sb.infra)
+        .map(|sb| sb.id.clone())
+        .chain(containers.iter().map(|c| c.id.clone()))
+        .collect::<Vec<_>>();
+    let mut states: HashMap<String, _> = futures::stream::iter(ids)
+        .map(|id| {
+            let runner = runner.clone();
+            async move {
+                let state = runner.task_state(&id).await;
+                (id, state)
+            }
+        })
+        .buffer_unordered(STATE_PARALLEL)
+        .collect()
+        .await;
+    for sb in sandboxes {
         report.sandboxes += 1;
         if !sb.infra {
             // No process: the pod is as ready as it was, while its pinned namespaces last.
@@ -75,7 +108,7 @@ pub async fn recover(svc: &CriService) -> Report {
             });
             continue;
         }
-        let state = runner.task_state(&sb.id).await;
+        let state = states.remove(&sb.id).unwrap_or(Ok(None));
         let (to, pid) = match &state {
             Ok(Some(t)) if matches!(t.status, Status::Running | Status::Paused | Status::Pausing) => {
                 (SandboxState::Ready, t.pid)
@@ -97,12 +130,8 @@ pub async fn recover(svc: &CriService) -> Report {
             Ok(())
         });
     }
-    for c in svc.containers.list() {
-        report.containers += 1;
-        if c.state == ContainerState::Exited {
-            continue;
-        }
-        let state = match runner.task_state(&c.id).await {
+    for c in containers {
+        let state = match states.remove(&c.id).unwrap_or(Ok(None)) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(container = %c.id, error = %e, "recover: task state unknown");
@@ -204,5 +233,6 @@ pub async fn recover(svc: &CriService) -> Report {
             ));
         }
     }
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "CRI recovery done");
     report
 }

@@ -31,6 +31,10 @@ pub trait ShimDeaths: Send + Sync + 'static {
 /// The live shim connections, by address.
 pub struct Connections {
     by_address: Mutex<HashMap<String, Weak<ShimConn>>>,
+    /// One gate per address being dialled: tasks of one shim that connect at once (recovery
+    /// runs bundles in parallel; a pod's containers share its shim) make one connection and
+    /// one watcher, not one each.
+    dialing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     deaths: Weak<dyn ShimDeaths>,
 }
 
@@ -38,6 +42,7 @@ impl Connections {
     pub fn new(deaths: Weak<dyn ShimDeaths>) -> Connections {
         Connections {
             by_address: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashMap::new()),
             deaths,
         }
     }
@@ -82,6 +87,22 @@ impl Connections {
     /// (grouped shims) or a new one with a watcher on the shim's pid. Returns the connection
     /// and the task's pid as the shim's Connect reports it.
     pub async fn connect(&self, address: &str, ns: &str, id: &str) -> Result<(Arc<ShimConn>, u32)> {
+        let gate = lock(&self.dialing).entry(address.to_owned()).or_default().clone();
+        // Held while this address is dialled, so a second task of the same shim waits and
+        // then shares the connection; other addresses are not held up.
+        let dialled = {
+            let _one_at_a_time = gate.lock().await;
+            self.dial(address, ns, id).await
+        };
+        let mut dialing = lock(&self.dialing);
+        // The map's reference and ours: nobody else waits on this gate.
+        if Arc::strong_count(&gate) <= 2 {
+            dialing.remove(address);
+        }
+        dialled
+    }
+
+    async fn dial(&self, address: &str, ns: &str, id: &str) -> Result<(Arc<ShimConn>, u32)> {
         let existing = self.get(address);
         let fail = |reason: String| RuntimeError::ShimConnect {
             address: address.to_owned(),

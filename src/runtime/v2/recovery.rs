@@ -1,54 +1,84 @@
 //! Recovery ([`TaskManager::load`]): every bundle dir of an earlier run is visited; a live
 //! shim is reconnected, a dead one is cleaned up as a shim death is (`<shim> delete`, bundle
 //! removed, `/tasks/exit` published, the task kept as stopped until its delete). A broken
-//! bundle is logged and skipped. Then the warm pool recovers its own dirs.
+//! bundle is logged and skipped. Bundles are recovered in parallel (up to
+//! [`RECOVERY_PARALLEL`] at once; tasks of one shim share one connection, see
+//! [`super::conns`]). Then the warm pool recovers its own dirs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use taskd_proto::ttrpc::v2::shim as pb;
 
 use super::bundle;
 use super::conns::CONNECT_TIMEOUT;
 use super::manager::{Inner, TaskManager};
 use super::pool;
-use super::shim::{self, ShimTask, TaskHandle, TaskSource, lock};
+use super::shim::{self, ShimConn, ShimTask, TaskHandle, TaskSource, lock};
 use crate::runtime::{Result, RuntimeError, Status};
+
+/// How many bundles recovery works on at once: each is a connect and a State call to its
+/// shim (or a `<shim> delete` for a dead one), so a node's worth of pods comes back in a few
+/// round trips rather than one after another.
+const RECOVERY_PARALLEL: usize = 64;
 
 impl TaskManager {
     /// Recovery: reconnects to every live shim and cleans up after dead ones. Never fails.
     pub async fn load(&self) {
+        let started = std::time::Instant::now();
         let inner = &self.inner;
-        let state = inner.state_dir();
-        let namespaces = match std::fs::read_dir(state) {
-            Ok(rd) => rd,
-            Err(e) => {
-                tracing::warn!(path = %state.display(), error = %e, "read runtime state dir");
-                return;
-            }
-        };
-        for ns in namespaces.flatten() {
-            let ns_name = ns.file_name().to_string_lossy().into_owned();
-            if !ns.path().is_dir() || ns_name == pool::POOL_DIR {
-                continue;
-            }
-            let Ok(bundles) = std::fs::read_dir(ns.path()) else {
-                tracing::warn!(path = %ns.path().display(), "unreadable namespace dir, skipped");
-                continue;
-            };
-            for b in bundles.flatten() {
-                let id = b.file_name().to_string_lossy().into_owned();
-                if let Err(e) = load_one(inner, &ns_name, &id).await {
+        let found = bundles(inner.state_dir());
+        let total = found.len();
+        futures::stream::iter(found)
+            .map(|(ns, id)| async move {
+                if let Err(e) = load_one(inner, &ns, &id).await {
                     tracing::warn!(
-                        namespace = %ns_name, id = %id, error = %e,
+                        namespace = %ns, id = %id, error = %e,
                         "broken bundle skipped during recovery"
                     );
                 }
-            }
-        }
+            })
+            .buffer_unordered(RECOVERY_PARALLEL)
+            .collect::<()>()
+            .await;
         // After the tasks: a pool shim that serves a recovered task is known by now.
         inner.pool.recover().await;
         let n = lock(&inner.tasks).len();
-        tracing::info!(tasks = n, "runtime recovery done");
+        tracing::info!(
+            bundles = total,
+            tasks = n,
+            ms = started.elapsed().as_millis() as u64,
+            "runtime recovery done"
+        );
     }
+}
+
+/// Every `(namespace, id)` bundle dir under the state dir, the pool's own dir aside.
+fn bundles(state: &Path) -> Vec<(String, String)> {
+    let namespaces = match std::fs::read_dir(state) {
+        Ok(rd) => rd,
+        Err(e) => {
+            tracing::warn!(path = %state.display(), error = %e, "read runtime state dir");
+            return Vec::new();
+        }
+    };
+    let mut found = Vec::new();
+    for ns in namespaces.flatten() {
+        let ns_name = ns.file_name().to_string_lossy().into_owned();
+        if !ns.path().is_dir() || ns_name == pool::POOL_DIR {
+            continue;
+        }
+        let Ok(bundles) = std::fs::read_dir(ns.path()) else {
+            tracing::warn!(path = %ns.path().display(), "unreadable namespace dir, skipped");
+            continue;
+        };
+        for b in bundles.flatten() {
+            found.push((ns_name.clone(), b.file_name().to_string_lossy().into_owned()));
+        }
+    }
+    found
 }
 
 async fn load_one(inner: &Arc<Inner>, ns: &str, id: &str) -> Result<()> {
@@ -83,32 +113,30 @@ async fn load_one(inner: &Arc<Inner>, ns: &str, id: &str) -> Result<()> {
         }),
         Some(address) => inner.conns.connect(address, ns, id).await,
     };
-    if live.is_err()
-        && let Some(address) = &address
-    {
-        shim::remove_stale_socket(address);
-    }
-    let (conn, pid) = match live {
-        Ok((conn, pid)) if pid != 0 => (conn, pid),
-        Ok(_) | Err(_) => {
-            let pid = b
-                .read("init.pid")
-                .ok()
-                .flatten()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
-            tracing::warn!(namespace = ns, id, "shim is gone, cleaning up its task");
-            let exit = inner.cleanup_dead(&binary, &b, pid, None).await;
-            let src = TaskSource {
-                bundle: b,
-                runtime,
-                binary,
-                facts,
-            };
-            let t = Arc::new(ShimTask::dead(src, exit));
-            lock(&inner.tasks).insert((ns.to_owned(), id.to_owned()), t);
-            return Ok(());
+    let live = match live {
+        Ok((conn, 0)) => match settled_pid(&conn, ns, id).await {
+            Some(pid) => Some((conn, pid)),
+            None => {
+                // The shim lives but has no such task (a create cut before the shim made
+                // it): clean up as for a dead shim, then ask the shim to exit, which it
+                // does when it serves nothing else (a pool shim or the pod's own).
+                cleanup_lost(inner, &binary, b, runtime, facts).await;
+                shim::shutdown_idle(&conn, ns).await;
+                return Ok(());
+            }
+        },
+        Ok((conn, pid)) => Some((conn, pid)),
+        Err(_) => {
+            if let Some(address) = &address {
+                shim::remove_stale_socket(address);
+            }
+            None
         }
+    };
+    let Some((conn, pid)) = live else {
+        tracing::warn!(namespace = ns, id, "shim is gone, cleaning up its task");
+        cleanup_lost(inner, &binary, b, runtime, facts).await;
+        return Ok(());
     };
     let log = shim::forward_log(&b);
     let src = TaskSource {
@@ -125,4 +153,61 @@ async fn load_one(inner: &Arc<Inner>, ns: &str, id: &str) -> Result<()> {
     lock(&inner.tasks).insert((ns.to_owned(), id.to_owned()), t);
     tracing::info!(namespace = ns, id, pid, "reconnected to shim");
     Ok(())
+}
+
+/// How long recovery waits for a live shim to finish a create that taskd's crash cut short
+/// (the shim runs a create to its end on its own; its Connect reports no task until then).
+const CREATE_SETTLE: Duration = Duration::from_secs(3);
+
+/// The pid of task `id` once its shim reports one, polling Connect while a create may still
+/// be running in the shim; None when the shim does not have the task after
+/// [`CREATE_SETTLE`].
+async fn settled_pid(conn: &ShimConn, ns: &str, id: &str) -> Option<u32> {
+    let deadline = tokio::time::Instant::now() + CREATE_SETTLE;
+    let req = pb::ConnectRequest {
+        id: id.to_owned(),
+        ..Default::default()
+    };
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match conn
+            .client
+            .connect(shim::context(ns, Some(CONNECT_TIMEOUT)), &req)
+            .await
+        {
+            Ok(r) if r.task_pid != 0 => return Some(r.task_pid),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(namespace = ns, id, error = %e, "connect while a create settles");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// The task's shim is gone, or does not have the task: `<shim> delete` in its bundle, and
+/// the task kept as stopped until its delete (as after a shim's death).
+async fn cleanup_lost(
+    inner: &Arc<Inner>,
+    binary: &Path,
+    b: bundle::Bundle,
+    runtime: String,
+    facts: bundle::SpecFacts,
+) {
+    let pid = b
+        .read("init.pid")
+        .ok()
+        .flatten()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let exit = inner.cleanup_dead(binary, &b, pid, None).await;
+    let key = (b.namespace.clone(), b.id.clone());
+    let src = TaskSource {
+        bundle: b,
+        runtime,
+        binary: binary.to_path_buf(),
+        facts,
+    };
+    lock(&inner.tasks).insert(key, Arc::new(ShimTask::dead(src, exit)));
 }

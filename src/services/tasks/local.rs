@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures::StreamExt as _;
+
 use super::checkpoint::{self, Checkpoints};
 use super::{CreateTask, Descriptor, Metric, Result, Tasks, TasksError};
 use crate::errdefs::{ErrorKind, Kind};
@@ -17,8 +19,8 @@ use crate::runtime::{
     CreateOpts, ExecOpts, Exit, PlatformRuntime, Process, ProcessInfo, State, Status, Task,
 };
 
-/// How many shims a Metrics call asks for stats at once.
-const METRICS_PARALLEL: usize = 16;
+/// How many shims one call asks at once (a Metrics call's stats, recovery's states).
+const SHIMS_AT_ONCE: usize = 16;
 
 /// The plugin id (`io.containerd.service.v1.tasks-service`).
 pub const ID: &str = "tasks-service";
@@ -60,6 +62,18 @@ pub struct Local {
     checkpoints: Option<Checkpoints>,
 }
 
+/// The task and whether it has stopped (a task whose state cannot be had in time counts as
+/// not stopped).
+async fn with_stopped(t: Arc<dyn Task>) -> (Arc<dyn Task>, bool) {
+    let stopped = matches!(
+        tokio::time::timeout(STATE_TIMEOUT, t.state()).await,
+        Ok(Ok(State {
+            status: Status::Stopped,
+            ..
+        }))
+    );
+    (t, stopped)
+}
 fn label_map(runtime: &str) -> BTreeMap<String, String> {
     BTreeMap::from([("runtime".to_owned(), runtime.to_owned())])
 }
@@ -142,14 +156,20 @@ impl Local {
     /// Re-registers every task the runtime recovered with the monitor (with its `runtime`
     /// label, which containerd loses across a restart).
     pub async fn monitor_recovered(&self) {
-        for t in self.runtime.tasks(None).await {
-            let stopped = matches!(
-                tokio::time::timeout(STATE_TIMEOUT, t.state()).await,
-                Ok(Ok(State {
-                    status: Status::Stopped,
-                    ..
-                }))
-            );
+        // The states at once (a round trip to each shim), so a full node is not asked one
+        // task after another.
+        let asks: Vec<_> = self
+            .runtime
+            .tasks(None)
+            .await
+            .into_iter()
+            .map(with_stopped)
+            .collect();
+        let states = futures::stream::iter(asks)
+            .buffer_unordered(SHIMS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+        for (t, stopped) in states {
             if stopped {
                 continue;
             }
@@ -417,7 +437,6 @@ impl Tasks for Local {
     }
 
     async fn metrics(&self, ns: &str, filters: &[String]) -> Result<Vec<Metric>> {
-        use futures::StreamExt as _;
         let filter = filters::parse(filters)?;
         let tasks: Vec<_> = self
             .runtime
@@ -432,13 +451,13 @@ impl Tasks for Local {
                 })
             })
             .collect();
-        // One Stats call per task, each to its own shim: up to METRICS_PARALLEL at once (a
+        // One Stats call per task, each to its own shim: up to SHIMS_AT_ONCE at once (a
         // full node's 220 tasks one after another took over a second), answered in order.
         // (The futures are made first: a closure inside the stream trips the Send check of
         // the async trait.)
         let calls: Vec<_> = tasks.into_iter().map(task_metric).collect();
         let samples: Vec<Option<Metric>> = futures::stream::iter(calls)
-            .buffered(METRICS_PARALLEL)
+            .buffered(SHIMS_AT_ONCE)
             .collect()
             .await;
         Ok(samples.into_iter().flatten().collect())
