@@ -9,7 +9,7 @@
 //! [metrics]  address                 "" = disabled; default 127.0.0.1:1338
 //!            bearer_token_file       optional
 //! [debug]    level, format           "text" | "json"
-//! [shutdown] grace, hook_timeout     durations: "500ms", "10s", "2m", "1h"
+//! [shutdown] grace, hook_timeout     durations: "500ms", "10s", "2m", "1h", "1m30s"
 //! [tracing]  endpoint                "" = no OpenTelemetry export; "http://host:port" (OTLP/gRPC)
 //!            sampling_ratio          0.0..=1.0 of new traces (a caller's sampled flag is kept)
 //!            service_name            service.name of the exported spans (default "taskd")
@@ -38,27 +38,18 @@ use crate::server::socket;
 /// The embedded default config (`deploy/taskd.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../deploy/taskd.toml");
 
-/// A duration written as `"500ms"`, `"10s"`, `"2m"` or `"1h"`.
+/// A duration written as `"500ms"`, `"10s"`, `"2m"`, `"1h"` or combined (`"1m30s"`, as
+/// containerd's Go `ParseDuration` reads them); parsed by `humantime`, which also takes
+/// spaces and longer unit names (`"1m 30s"`, `"2min"`). Written back in the largest exact
+/// unit, Go-style (see the `Serialize` impl).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
     pub fn parse(s: &str) -> Result<Duration, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| {
-            format!("invalid duration {s:?}: expected e.g. \"500ms\", \"10s\", \"2m\", \"1h\"")
-        })?;
-        match unit {
-            "ms" => Ok(Duration::from_millis(n)),
-            "s" => Ok(Duration::from_secs(n)),
-            "m" => Ok(Duration::from_secs(n * 60)),
-            "h" => Ok(Duration::from_secs(n * 3600)),
-            _ => Err(format!(
-                "invalid duration {s:?}: unit must be ms, s, m or h (e.g. \"10s\")"
-            )),
-        }
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            format!("invalid duration {s:?}: {e} (e.g. \"500ms\", \"10s\", \"2m\", \"1h\", \"1m30s\")")
+        })
     }
 }
 
@@ -1058,8 +1049,14 @@ mod tests {
     fn durations_parse() {
         assert_eq!(HumanDuration::parse("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(HumanDuration::parse("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(HumanDuration::parse("4h"), Ok(Duration::from_secs(4 * 3600)));
+        assert_eq!(HumanDuration::parse("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(HumanDuration::parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(HumanDuration::parse(" 10s "), Ok(Duration::from_secs(10)));
         assert!(HumanDuration::parse("5").is_err());
         assert!(HumanDuration::parse("s").is_err());
+        assert!(HumanDuration::parse("").is_err());
+        assert!(HumanDuration::parse("-1s").is_err());
     }
 
     #[test]

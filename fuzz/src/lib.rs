@@ -92,8 +92,8 @@ pub fn reference(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(r) = taskd::cri::reference::normalize(s) {
-        let again = taskd::cri::reference::normalize(&r.to_string())
+    if let Ok(r) = taskd::images::reference::normalize(s) {
+        let again = taskd::images::reference::normalize(&r.to_string())
             .unwrap_or_else(|e| panic!("{s:?} normalized to {r}, which does not parse: {e}"));
         assert_eq!(again.to_string(), r.to_string(), "normalizing {s:?} twice");
         let _ = r.name();
@@ -142,7 +142,7 @@ pub fn manifest(data: &[u8]) {
 /// An image config as CreateContainer reads it, and its chain id.
 pub fn image_config(data: &[u8]) {
     if let Ok((cfg, diff_ids)) = taskd::cri::image_backend::decode_image_config(data) {
-        let chains = taskd::images::unpack::chain_ids(&diff_ids);
+        let chains = taskd::images::oci::chain_ids(&diff_ids);
         assert_eq!(chains.len(), diff_ids.len());
         let _ = cfg;
     }
@@ -236,7 +236,7 @@ pub fn cri_request(data: &[u8]) {
         }
         4 => {
             if let Ok(r) = cri::PullImageRequest::decode(body) {
-                let _ = taskd::cri::reference::normalize(&r.image.unwrap_or_default().image);
+                let _ = taskd::images::reference::normalize(&r.image.unwrap_or_default().image);
             }
         }
         5 => {
@@ -248,8 +248,8 @@ pub fn cri_request(data: &[u8]) {
         6 => {
             if let Ok(r) = cri::ImageStatusRequest::decode(body) {
                 let image = r.image.unwrap_or_default().image;
-                if !taskd::cri::reference::is_image_id(&image) {
-                    let _ = taskd::cri::reference::normalize(&image);
+                if !taskd::images::reference::is_image_id(&image) {
+                    let _ = taskd::images::reference::normalize(&image);
                 }
             }
         }
@@ -386,7 +386,7 @@ mod properties {
         fn valid_references_normalize_to_a_fixed_point(
             r in "([a-z0-9]{1,8}\\.[a-z]{2,3}(:[0-9]{2,5})?/)?[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,10})?"
         ) {
-            let n = taskd::cri::reference::normalize(&r);
+            let n = taskd::images::reference::normalize(&r);
             prop_assert!(n.is_ok(), "{r}: {n:?}");
             reference(r.as_bytes());
         }

@@ -7,7 +7,8 @@
 //!                   images service's snapshotter) → names `ref`, `repo@<target digest>`
 //!                   and `sha256:<config>` (label io.cri-containerd.image=managed)
 //! list / remove     images service (`dyn Images`: events, GC scheduled on delete)
-//! resolve(target)   content store: index → linux/amd64 manifest → config (ImageConfig,
+//! resolve(target)   content store (images/oci.rs): index → the manifest of the best
+//!                   platform held (images/platform.rs) → config (ImageConfig,
 //!                   diff_ids → top chain id), size = manifest + config + layers;
 //!                   cached by target digest (content addressed, never stale)
 //! image(ref | id)   resolve; a missing name is pulled (the sandbox image); a missing
@@ -34,19 +35,18 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use async_trait::async_trait;
 use oci_client::secrets::RegistryAuth;
-use serde::Deserialize;
 
 use super::controller::{Auth, BackendImage, FsUsage, ImageBackend, ImageInfo};
 use super::store::image::ImageConfig;
 use super::task_runtime::RootfsProvider;
 use super::userns::PodUserns;
-use super::{CriError, NAMESPACE, reference};
+use super::{CriError, NAMESPACE};
 use crate::content::{self, LABEL_GC_REF_SNAPSHOT};
 use crate::errdefs::{ErrorKind, Kind, not_found_ok};
-use crate::images::oci::Manifest as JsonManifest;
+use crate::images::oci::{self, Manifest as JsonManifest, RunConfig, chain_ids};
 use crate::images::platform::Matcher;
 use crate::images::pull::{PullAuth, Puller};
-use crate::images::unpack::chain_ids;
+use crate::images::reference;
 use crate::images::{Descriptor, Image};
 use crate::metadata::{LABEL_GC_EXPIRE, LeaseManager, LeaseResource};
 use crate::runtime::Mount;
@@ -61,38 +61,8 @@ pub const MAX_USER_FILE: u64 = 4 << 20;
 /// lives when nobody deletes it.
 const LEASE_TTL: Duration = Duration::from_secs(3600);
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(default)]
-struct JsonImageConfig {
-    config: JsonRunConfig,
-    rootfs: JsonRootfs,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(default)]
-struct JsonRunConfig {
-    #[serde(rename = "User")]
-    user: String,
-    #[serde(rename = "Entrypoint")]
-    entrypoint: Option<Vec<String>>,
-    #[serde(rename = "Cmd")]
-    cmd: Option<Vec<String>>,
-    #[serde(rename = "Env")]
-    env: Option<Vec<String>>,
-    #[serde(rename = "WorkingDir")]
-    working_dir: String,
-    #[serde(rename = "StopSignal")]
-    stop_signal: String,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(default)]
-struct JsonRootfs {
-    diff_ids: Vec<String>,
-}
-
-impl From<JsonRunConfig> for ImageConfig {
-    fn from(c: JsonRunConfig) -> ImageConfig {
+impl From<RunConfig> for ImageConfig {
+    fn from(c: RunConfig) -> ImageConfig {
         ImageConfig {
             user: c.user,
             entrypoint: c.entrypoint.unwrap_or_default(),
@@ -107,7 +77,7 @@ impl From<JsonRunConfig> for ImageConfig {
 /// An image config as CreateContainer reads it, and its layers' diff ids (the entry of the
 /// fuzz targets, fuzz/).
 pub fn decode_image_config(bytes: &[u8]) -> Result<(ImageConfig, Vec<String>), serde_json::Error> {
-    let c: JsonImageConfig = serde_json::from_slice(bytes)?;
+    let c: oci::ImageConfig = serde_json::from_slice(bytes)?;
     Ok((c.config.into(), c.rootfs.diff_ids))
 }
 
@@ -476,7 +446,7 @@ fn resolve_blocking(
     let config = manifest
         .config
         .ok_or_else(|| precondition(format!("manifest of {}", target.digest), "has no config"))?;
-    let (config_bytes, cfg): (_, JsonImageConfig) = read_json(store, &config.digest, "image config")?;
+    let (config_bytes, cfg): (_, oci::ImageConfig) = read_json(store, &config.digest, "image config")?;
     if cfg.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(precondition(
             format!("image config {}", config.digest),
@@ -499,16 +469,7 @@ fn resolve_blocking(
         size,
         chain: chain_ids(&cfg.rootfs.diff_ids).pop().unwrap_or_default(),
         config_bytes,
-        layers: manifest
-            .layers
-            .iter()
-            .map(|l| Descriptor {
-                media_type: l.media_type.clone(),
-                digest: l.digest.clone(),
-                size: l.size,
-                annotations: BTreeMap::new(),
-            })
-            .collect(),
+        layers: manifest.layers.iter().map(|l| l.to_descriptor()).collect(),
     })
 }
 

@@ -219,35 +219,32 @@ pub struct NetDev {
     pub tx_dropped: u64,
 }
 
-/// Parses `/proc/net/dev` text; skips the two header lines, `lo`, and malformed lines.
+/// Parses `/proc/net/dev` text (procfs' parser); leaves out `lo`; by name. Text that
+/// does not parse gives no interfaces.
 pub fn parse_net_dev(text: &str) -> Vec<NetDev> {
-    text.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.split_once(':')?;
-            let name = name.trim();
-            if name.is_empty() || name == "lo" {
-                return None;
-            }
-            let f: Vec<u64> = rest
-                .split_whitespace()
-                .map(|v| v.parse().ok())
-                .collect::<Option<Vec<u64>>>()?;
-            if f.len() < 16 {
-                return None;
-            }
-            Some(NetDev {
-                name: name.to_owned(),
-                rx_bytes: f[0],
-                rx_packets: f[1],
-                rx_errors: f[2],
-                rx_dropped: f[3],
-                tx_bytes: f[8],
-                tx_packets: f[9],
-                tx_errors: f[10],
-                tx_dropped: f[11],
-            })
+    use procfs::FromRead;
+    let Ok(procfs::net::InterfaceDeviceStatus(devs)) =
+        procfs::net::InterfaceDeviceStatus::from_read(text.as_bytes())
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<NetDev> = devs
+        .into_values()
+        .filter(|d| d.name != "lo")
+        .map(|d| NetDev {
+            name: d.name,
+            rx_bytes: d.recv_bytes,
+            rx_packets: d.recv_packets,
+            rx_errors: d.recv_errs,
+            rx_dropped: d.recv_drop,
+            tx_bytes: d.sent_bytes,
+            tx_packets: d.sent_packets,
+            tx_errors: d.sent_errs,
+            tx_dropped: d.sent_drop,
         })
-        .collect()
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// The interfaces of the network namespace `pid` lives in (empty when it is gone).
@@ -276,9 +273,13 @@ pub fn cgroup_v2_dir(proc_root: &Path, cgroup_root: &Path, pid: u32) -> Option<s
     if pid == 0 {
         return None;
     }
-    let own = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
-    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(cgroup_root.join(path.trim_start_matches('/')))
+    let own = procfs::process::Process::new_with_root(proc_root.join(pid.to_string()))
+        .and_then(|p| p.cgroups())
+        .ok()?;
+    let unified = own
+        .into_iter()
+        .find(|c| c.hierarchy == 0 && c.controllers.is_empty())?;
+    Some(cgroup_root.join(unified.pathname.trim_start_matches('/')))
 }
 
 /// The PSI of `<resource>.pressure` in cgroup v2 directory `dir`.

@@ -16,6 +16,7 @@ pub mod hosts;
 pub mod oci;
 pub mod platform;
 pub mod pull;
+pub mod reference;
 pub mod registry;
 pub mod unpack;
 

@@ -312,4 +312,27 @@ mod tests {
         assert_eq!(m.best([Some(&e[0]), Some(&e[1])]), Some(1));
         assert_eq!(m.describe(), "linux/arm/v7, linux/amd64");
     }
+
+    /// The host's architecture in OCI's words: an arm64 node pulls linux/arm64 (v8, which
+    /// normalizes to no variant), an x86_64 node linux/amd64 with its CPU's level.
+    #[test]
+    fn the_host_is_named_as_oci_names_it() {
+        let host = Platform::host();
+        let expected = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        assert_eq!(host.architecture, expected);
+        if cfg!(target_arch = "aarch64") {
+            assert_eq!(host.to_string(), "linux/arm64");
+        }
+        let m = Matcher::host();
+        assert_eq!(m.rank(Some(&host)), Some(0));
+        // Every host runs its architecture's base variant (amd64 v1, arm64 v8).
+        assert!(
+            m.rank(Some(&Platform::new(&host.os, &host.architecture, "")))
+                .is_some()
+        );
+    }
 }

@@ -33,7 +33,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
@@ -224,16 +223,13 @@ impl Puller {
         reference: &str,
         auth: Option<PullAuth>,
     ) -> Result<Image, PullError> {
-        let parsed: Reference =
-            reference
-                .parse()
-                .map_err(|e: oci_client::ParseError| PullError::InvalidReference {
-                    reference: reference.to_owned(),
-                    reason: e.to_string(),
-                })?;
-        let name = parsed.whole();
-        let registry = parsed.registry().to_owned();
-        let repository = parsed.repository().to_owned();
+        let parsed = super::reference::normalize(reference).map_err(|e| PullError::InvalidReference {
+            reference: reference.to_owned(),
+            reason: e.reason.to_owned(),
+        })?;
+        let name = parsed.to_string();
+        let registry = parsed.domain.clone();
+        let repository = parsed.path.clone();
         let accepted = [
             MEDIA_OCI_INDEX,
             MEDIA_OCI_MANIFEST,
@@ -254,9 +250,9 @@ impl Puller {
             remotes.push(Arc::new(Remote::new(e, creds).map_err(registry_err)?));
         }
         // A tag is resolved by endpoints with `resolve`, a digest fetched from ones with `pull`.
-        let (at, by_digest) = match (parsed.digest(), parsed.tag()) {
-            (Some(d), _) => (d.to_owned(), true),
-            (None, tag) => (tag.unwrap_or("latest").to_owned(), false),
+        let (at, by_digest) = match (&parsed.digest, &parsed.tag) {
+            (Some(d), _) => (d.clone(), true),
+            (None, tag) => (tag.as_deref().unwrap_or("latest").to_owned(), false),
         };
         let mut last_err = None;
         let mut found = None;
@@ -291,8 +287,8 @@ impl Puller {
             }));
         };
         let top_digest = content::digest_of(&top);
-        if let Some(want) = parsed.digest()
-            && want != top_digest
+        if let Some(want) = &parsed.digest
+            && *want != top_digest
         {
             return Err(PullError::DigestMismatch {
                 reference: name,
@@ -320,7 +316,7 @@ impl Puller {
         let remotes = Remotes { repository, fetch };
 
         // A lease protects everything written until the image record exists.
-        let lease = format!("pull-{}", crate::services::leases::random_id());
+        let lease = format!("pull-{}", crate::metadata::random_lease_id());
         let expire = prost_types::Timestamp::from(std::time::SystemTime::now() + Duration::from_secs(3600))
             .to_string();
         {
@@ -610,16 +606,7 @@ impl Puller {
             let (store, ns, cd) = (self.content.clone(), namespace.to_owned(), config.digest.clone());
             let config_bytes =
                 content::blocking("read image config", move || store.read_all(&ns, &cd)).await?;
-            let layers: Vec<Descriptor> = manifest_json
-                .layers
-                .iter()
-                .map(|l| Descriptor {
-                    media_type: l.media_type.clone(),
-                    digest: l.digest.clone(),
-                    size: l.size,
-                    annotations: BTreeMap::new(),
-                })
-                .collect();
+            let layers: Vec<Descriptor> = manifest_json.layers.iter().map(|l| l.to_descriptor()).collect();
             let top = u
                 .unpack(namespace, name, lease, &config_bytes, &layers)
                 .instrument(tracing::info_span!("unpack", otel.name = "image.unpack"))

@@ -2,7 +2,7 @@
 //! chain ids (as containerd's unpacker), under the pull's lease.
 //!
 //! ```text
-//! chain[0] = diff_id[0]; chain[n] = sha256(chain[n-1] + " " + diff_id[n])
+//! chains = oci::chain_ids(config.rootfs.diff_ids)
 //! for each layer: lease chain (before the stat: an existing snapshot it builds on must
 //!                  outlive a concurrent GC until the image holds it)
 //!   stat(chain) exists → next; else
@@ -16,38 +16,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Deserialize;
-
 use super::Descriptor;
 use super::error::PullError;
-use crate::content;
+use super::oci::{ImageConfig, chain_ids};
 use crate::diff::{self, Differ};
 use crate::metadata::{LeaseManager, LeaseResource};
 use crate::snapshots::{SnapshotError, Snapshotter};
-
-#[derive(Debug, Deserialize)]
-struct Config {
-    rootfs: RootFs,
-}
-
-#[derive(Debug, Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
-}
-
-/// The chain ids of a list of diff ids.
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(parent) => content::digest_of(format!("{parent} {d}").as_bytes()),
-        };
-        out.push(next);
-    }
-    out
-}
 
 /// A pause point in an unpack (tests): awaited with the chain id just found to exist.
 pub type UnpackHook = Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
@@ -104,7 +78,7 @@ impl Unpacker {
         config: &[u8],
         layers: &[Descriptor],
     ) -> Result<String, PullError> {
-        let cfg: Config = serde_json::from_slice(config).map_err(|source| PullError::Malformed {
+        let cfg: ImageConfig = serde_json::from_slice(config).map_err(|source| PullError::Malformed {
             reference: reference.to_owned(),
             what: "image config",
             source,
@@ -184,19 +158,5 @@ impl Unpacker {
             parent = chain.clone();
         }
         Ok(parent)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn chain_ids_follow_the_oci_definition() {
-        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
-        let ids = super::chain_ids(&[d('a'), d('b')]);
-        assert_eq!(ids[0], d('a'));
-        assert_eq!(
-            ids[1],
-            crate::content::digest_of(format!("{} {}", d('a'), d('b')).as_bytes())
-        );
     }
 }

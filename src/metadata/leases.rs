@@ -15,6 +15,17 @@ use super::validate::{parse_expiry, validate_lease_id, validate_lease_labels, va
 use super::{LABEL_GC_EXPIRE, Lease, LeaseManager, LeaseResource, MetadataError};
 use crate::filters;
 
+/// containerd's `leases.WithRandomID`: `<nanoseconds of the current second>-<8 hex chars>`
+/// (the leases service's generated ids, and the pull's lease).
+pub fn random_lease_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{nanos}-{}", &rand[..8])
+}
+
 fn lease_exists(
     t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     ns: &str,

@@ -62,6 +62,7 @@ mod validate;
 
 pub use adaptors::{ContainerFields, LeaseFields, NamespaceFields};
 pub use containers::apply_container_update;
+pub use leases::random_lease_id;
 pub use namespaces::apply_namespace_update;
 pub use store::{CountObjects, Db, ObjectTable, apply_key, scan_namespace, write_tx};
 pub use validate::{MAX_LABEL_SIZE, validate_labels};

@@ -145,13 +145,13 @@ impl Hierarchy {
                             line: text.chars().take(200).collect(),
                             reason: "no unified (0::) line",
                         })?;
-                Ok(CgroupPaths::V2(join(&self.root, line.path)?))
+                Ok(CgroupPaths::V2(join(&self.root, &line.pathname)?))
             }
             Mode::V1 => {
                 let mut dirs = Vec::new();
                 for ctrl in V1_CONTROLLERS {
-                    if let Some(line) = lines.iter().find(|l| l.controllers.contains(&ctrl)) {
-                        dirs.push((ctrl, join(&self.root.join(ctrl), line.path)?));
+                    if let Some(line) = lines.iter().find(|l| l.controllers.iter().any(|c| c == ctrl)) {
+                        dirs.push((ctrl, join(&self.root.join(ctrl), &line.pathname)?));
                     }
                 }
                 if dirs.is_empty() {

@@ -152,33 +152,24 @@ pub fn blkio(path: &Path, text: &str) -> Result<Vec<BlkioEntry>, CgroupError> {
     Ok(out)
 }
 
-/// One line of `/proc/<pid>/cgroup`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcCgroup<'a> {
-    /// Empty for the unified (v2) hierarchy (`0::/path`); named hierarchies keep their
-    /// `name=` prefix.
-    pub controllers: Vec<&'a str>,
-    pub path: &'a str,
-}
-
-/// `/proc/<pid>/cgroup`: `hierarchy-id:controller,controller:/path` per line.
-pub fn proc_cgroup<'a>(path: &Path, text: &'a str) -> Result<Vec<ProcCgroup<'a>>, CgroupError> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let mut it = line.splitn(3, ':');
-        let (Some(_id), Some(ctrls), Some(cg)) = (it.next(), it.next(), it.next()) else {
-            return Err(parse_err(path, line, "expected id:controllers:path"));
-        };
-        out.push(ProcCgroup {
-            controllers: ctrls.split(',').filter(|c| !c.is_empty()).collect(),
-            path: cg,
-        });
-    }
-    Ok(out)
+/// `/proc/<pid>/cgroup`: `hierarchy-id:controller,controller:/path` per line (procfs'
+/// parser). A line's `controllers` is empty for the unified (v2) hierarchy (`0::/path`);
+/// named hierarchies keep their `name=` prefix.
+pub fn proc_cgroup(path: &Path, text: &str) -> Result<Vec<procfs::ProcessCGroup>, CgroupError> {
+    use procfs::FromRead;
+    procfs::ProcessCGroups::from_read(text.as_bytes())
+        .map(|c| c.0)
+        .map_err(|_| CgroupError::Parse {
+            path: path.to_path_buf(),
+            line: text.chars().take(200).collect(),
+            reason: "expected id:controllers:path per line",
+        })
 }
 
 /// `/proc/partitions`: `(major, minor)` → `/dev/<name>` (containerd's blkio `device`
-/// label).
+/// label). Hand-written, not procfs': its `PartitionEntry` keeps the minor in a `u16`, but
+/// Linux minors have 20 bits (loop and dm devices pass 65535), and one such line fails
+/// the whole file there; here a line that does not parse is skipped.
 pub fn partitions(text: &str) -> HashMap<(u64, u64), String> {
     text.lines()
         .filter_map(|line| {
@@ -242,8 +233,8 @@ mod tests {
         let t = "4:memory:/default/a\n2:cpu,cpuacct:/default/a\n1:name=systemd:/\n0::/\n";
         let l = proc_cgroup(p(), t).unwrap();
         assert_eq!(l[1].controllers, vec!["cpu", "cpuacct"]);
-        assert_eq!(l[3].controllers, Vec::<&str>::new());
-        assert_eq!(l[3].path, "/");
+        assert!(l[3].controllers.is_empty());
+        assert_eq!(l[3].pathname, "/");
         assert!(proc_cgroup(p(), "garbage\n").is_err());
     }
 

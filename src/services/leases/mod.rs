@@ -11,7 +11,6 @@ pub mod grpc;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use async_trait::async_trait;
 
@@ -65,16 +64,6 @@ impl Local {
     }
 }
 
-/// containerd's `leases.WithRandomID`: `<nanoseconds of the current second>-<8 hex chars>`.
-pub fn random_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let rand = uuid::Uuid::new_v4().simple().to_string();
-    format!("{nanos}-{}", &rand[..8])
-}
-
 #[async_trait]
 impl Leases for Local {
     async fn create(
@@ -88,7 +77,11 @@ impl Leases for Local {
         let mut attempts = if generated { 3 } else { 1 };
         loop {
             let (m, ns, labels) = (self.manager.clone(), namespace.to_owned(), labels.clone());
-            let id = if generated { random_id() } else { id.to_owned() };
+            let id = if generated {
+                metadata::random_lease_id()
+            } else {
+                id.to_owned()
+            };
             match metadata::blocking("create lease", move || m.create(&ns, &id, labels)).await {
                 Err(MetadataError::AlreadyExists { .. }) if attempts > 1 => attempts -= 1,
                 other => return other,
