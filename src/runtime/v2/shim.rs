@@ -306,26 +306,21 @@ pub async fn kill_pid(pid: u32, timeout: Duration) -> std::io::Result<()> {
 /// the bundle and whose arguments carry `-namespace NS` and `-id ID` (what `<shim> start`
 /// gives the shim it daemonizes). For a shim taskd cannot reach, which cannot tell its pid.
 pub fn shim_pids_in(bundle: &std::path::Path, namespace: &str, id: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
+    let Ok(all) = procfs::process::all_processes() else {
         return Vec::new();
     };
-    let me = std::process::id();
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(|pid| *pid != me)
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == bundle))
-        .filter(|pid| {
-            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+    let me = std::process::id() as i32;
+    all.flatten()
+        .filter(|p| p.pid != me)
+        .filter(|p| p.cwd().is_ok_and(|c| c == bundle))
+        .filter(|p| {
+            let Ok(args) = p.cmdline() else {
                 return false;
             };
-            let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-            let has = |flag: &str, value: &str| {
-                args.windows(2)
-                    .any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
-            };
+            let has = |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
             has("-namespace", namespace) && has("-id", id)
         })
+        .filter_map(|p| u32::try_from(p.pid).ok())
         .collect()
 }
 
@@ -362,16 +357,13 @@ pub async fn shutdown_idle(conn: &ShimConn, namespace: &str) {
 
 /// Whether `pid` is alive and not a zombie (for the scrape-time task gauge).
 pub fn pid_alive(pid: u32) -> bool {
-    if pid == 0 {
+    let Ok(pid) = i32::try_from(pid) else {
         return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    };
+    pid != 0
+        && procfs::process::Process::new(pid)
+            .and_then(|p| p.stat())
+            .is_ok_and(|s| s.state != 'Z' && s.state != 'X')
 }
 
 impl ShimTask {
