@@ -194,10 +194,10 @@ impl Service {
             while let Some(id) = oom_rx.recv().await {
                 i.publish(
                     topics::TASK_OOM_EVENT_TOPIC,
-                    Box::new(TaskOOM {
+                    TaskOOM {
                         container_id: id,
                         ..Default::default()
-                    }),
+                    },
                 );
             }
         }));
@@ -214,7 +214,7 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, topic: &str, ev: Box<dyn containerd_shim_protos::protobuf::MessageDyn>) {
+    fn publish<M: Message>(&self, topic: &str, ev: M) {
         self.publisher.publish(topic, ev);
     }
 
@@ -264,7 +264,7 @@ impl Inner {
         debug!("{cid}/{eid} pid {pid} exited {code}");
         self.publish(
             topics::TASK_EXIT_EVENT_TOPIC,
-            Box::new(TaskExit {
+            TaskExit {
                 container_id: cid.to_owned(),
                 id: if eid.is_empty() {
                     cid.to_owned()
@@ -275,7 +275,7 @@ impl Inner {
                 exit_status: code as u32,
                 exited_at: MessageField::some(at),
                 ..Default::default()
-            }),
+            },
         );
     }
 
@@ -462,7 +462,7 @@ impl Service {
             );
             self.inner.publish(
                 topics::TASK_CREATE_EVENT_TOPIC,
-                Box::new(TaskCreate {
+                TaskCreate {
                     container_id: id.clone(),
                     bundle: req.bundle.clone(),
                     rootfs: req.rootfs.clone(),
@@ -476,7 +476,7 @@ impl Service {
                     checkpoint: req.checkpoint.clone(),
                     pid,
                     ..Default::default()
-                }),
+                },
             );
             // An init that died between create and here.
             if let Some((code, at)) = Inner::take_orphan(&mut st, pid) {
@@ -537,21 +537,21 @@ impl Service {
         if exec_id.is_empty() {
             self.inner.publish(
                 topics::TASK_START_EVENT_TOPIC,
-                Box::new(TaskStart {
+                TaskStart {
                     container_id: id.to_owned(),
                     pid,
                     ..Default::default()
-                }),
+                },
             );
         } else {
             self.inner.publish(
                 topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-                Box::new(TaskExecStarted {
+                TaskExecStarted {
                     container_id: id.to_owned(),
                     exec_id: exec_id.to_owned(),
                     pid,
                     ..Default::default()
-                }),
+                },
             );
         }
         if let Some((code, at)) = Inner::take_orphan(&mut st, pid) {
@@ -687,14 +687,14 @@ impl Service {
         let (code, at) = c.init.exit.clone().unwrap_or((137, ts_now()));
         self.inner.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
-            Box::new(TaskDelete {
+            TaskDelete {
                 container_id: id.to_owned(),
                 id: id.to_owned(),
                 pid: c.init.pid,
                 exit_status: code,
                 exited_at: MessageField::some(at.clone()),
                 ..Default::default()
-            }),
+            },
         );
         Ok((c.init.pid, code, at))
     }
@@ -817,10 +817,10 @@ impl Task for Service {
         });
         self.inner.publish(
             topics::TASK_PAUSED_EVENT_TOPIC,
-            Box::new(TaskPaused {
+            TaskPaused {
                 container_id: req.id.clone(),
                 ..Default::default()
-            }),
+            },
         );
         Ok(Empty::new())
     }
@@ -849,10 +849,10 @@ impl Task for Service {
         });
         self.inner.publish(
             topics::TASK_RESUMED_EVENT_TOPIC,
-            Box::new(TaskResumed {
+            TaskResumed {
                 container_id: req.id.clone(),
                 ..Default::default()
-            }),
+            },
         );
         Ok(Empty::new())
     }
@@ -865,11 +865,11 @@ impl Task for Service {
         ok(crate::checkpoint::run(&req, &bundle, &self.inner.namespace, &opts).await)?;
         self.inner.publish(
             topics::TASK_CHECKPOINTED_EVENT_TOPIC,
-            Box::new(TaskCheckpointed {
+            TaskCheckpointed {
                 container_id: req.id.clone(),
                 checkpoint: req.path.clone(),
                 ..Default::default()
-            }),
+            },
         );
         Ok(Empty::new())
     }
@@ -975,11 +975,11 @@ impl Task for Service {
         }))?;
         self.inner.publish(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-            Box::new(TaskExecAdded {
+            TaskExecAdded {
                 container_id: req.id.clone(),
                 exec_id: req.exec_id.clone(),
                 ..Default::default()
-            }),
+            },
         );
         Ok(Empty::new())
     }
