@@ -27,7 +27,7 @@ use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
 use containerd_shim_protos::types::task::{ProcessInfo, Status};
 use log::{debug, warn};
 use runc::Runc;
-use runc::options::{CreateOpts, DeleteOpts, ExecOpts, KillOpts};
+use runc::options::{CreateOpts, DeleteOpts, KillOpts};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -53,8 +53,8 @@ struct Proc {
     stdio: Stdio,
     io: Option<ProcIo>,
     exited: watch::Sender<bool>,
-    /// The exec's process spec (JSON), for `runc exec`.
-    spec: Option<oci_spec::runtime::Process>,
+    /// The exec's process spec (JSON, as the request had it), for `runc exec`.
+    spec: Option<Vec<u8>>,
 }
 
 impl Proc {
@@ -507,8 +507,7 @@ impl Service {
                 .map(|_| ())
                 .map_err(|e| runc_err("start", id, &bundle, e))
         } else {
-            self.exec_start(id, exec_id, &runc, &bundle, spec, &stdio, &opts)
-                .await
+            self.exec_start(id, exec_id, &bundle, spec, &stdio, &opts).await
         };
         let mut st = self.inner.lock();
         let Some(c) = st.containers.get_mut(id) else {
@@ -560,14 +559,12 @@ impl Service {
         Ok(pid)
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn exec_start(
         &self,
         id: &str,
         exec_id: &str,
-        runc: &Runc,
         bundle: &Path,
-        spec: Option<oci_spec::runtime::Process>,
+        spec: Option<Vec<u8>>,
         stdio: &Stdio,
         opts: &Options,
     ) -> Res<()> {
@@ -588,14 +585,15 @@ impl Service {
             source,
         })?;
         let pid_file = bundle.join(format!("{exec_id}.pid"));
-        let mut eopts = ExecOpts::new().pid_file(&pid_file).detach(true);
-        if let Some(io) = &pending.runc_io {
-            eopts = eopts.io(io.clone());
-        }
-        if let Some((_, path)) = &pending.console {
-            eopts = eopts.console_socket(path);
-        }
-        let ran = runc.exec(id, &spec, Some(&eopts)).await;
+        let exec = runcx::Exec {
+            id,
+            spec: &spec,
+            spec_file: &bundle.join(format!("{exec_id}.process.json")),
+            pid_file: &pid_file,
+            console: pending.console.as_ref().map(|(_, path)| path.as_path()),
+            io: pending.runc_io.as_ref(),
+        };
+        let ran = exec.run(&self.inner.namespace, bundle, opts).await;
         let pid = read_pid(&pid_file).unwrap_or(0);
         let _ = std::fs::remove_file(&pid_file);
         ran.map_err(|e| runc_err("exec", id, bundle, e))?;
@@ -938,11 +936,16 @@ impl Task for Service {
     }
 
     async fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
-        let spec: oci_spec::runtime::Process = ok(req
+        // Kept as JSON for `runc exec --process` (see runcx::Exec); runc checks the rest.
+        let spec = ok(req
             .spec
             .as_ref()
             .ok_or_else(|| "no process spec".to_owned())
-            .and_then(|a| serde_json::from_slice(&a.value).map_err(|e| e.to_string()))
+            .and_then(|a| match serde_json::from_slice(&a.value) {
+                Ok(serde_json::Value::Object(_)) => Ok(a.value.clone()),
+                Ok(_) => Err("the process spec is not a JSON object".to_owned()),
+                Err(e) => Err(e.to_string()),
+            })
             .map_err(|reason| ServiceError::Invalid {
                 id: req.id.clone(),
                 reason: format!("exec {}: {reason}", req.exec_id),
