@@ -21,7 +21,7 @@ SHIM_BIN="${SHIM_BIN:-target/shim/containerd-shim-taskd-v2}"
 die() { echo "bench-shim: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root"
 [ -x "$TASKD_BIN" ] || die "taskd binary $TASKD_BIN not found (set TASKD_BIN)"
-[ -x "$SHIM_BIN" ] || die "shim $SHIM_BIN not found (cargo build --profile shim -p containerd-shim-taskd-v2)"
+[ -x "$SHIM_BIN" ] || die "shim $SHIM_BIN not found (build it as scripts/run.sh does: cargo rustc --profile shim -p containerd-shim-taskd-v2 --bin containerd-shim-taskd-v2 -- -C target-feature=+crt-static -C relocation-model=static)"
 
 W="$(mktemp -d /tmp/taskd-bench-shim.XXXXXX)"
 CD_PID=""

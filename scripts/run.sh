@@ -29,9 +29,17 @@ case "$profile" in
 esac
 # taskd's own shim (io.containerd.taskd.v2, the CRI's default handler), built for size and
 # installed next to taskd, where taskd looks for shims after PATH.
+# The size build links glibc statically into a non-PIE executable (no ld.so/libc.so pages,
+# no relocated .data.rel.ro copy per process): `cargo rustc` passes the flags to the final
+# crate only (fat LTO codegens every crate there); taskd is not affected.
 shim_profile=shim
-[ "$profile" = dev ] && shim_profile=dev
-cargo build --profile "$shim_profile" -p containerd-shim-taskd-v2
+if [ "$profile" = dev ]; then
+    shim_profile=dev
+    cargo build --profile dev -p containerd-shim-taskd-v2
+else
+    cargo rustc --profile shim -p containerd-shim-taskd-v2 --bin containerd-shim-taskd-v2 -- \
+        -C target-feature=+crt-static -C relocation-model=static
+fi
 case "$shim_profile" in
     dev) shim=target/debug/containerd-shim-taskd-v2 ;;
     *) shim="target/$shim_profile/containerd-shim-taskd-v2" ;;

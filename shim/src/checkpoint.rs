@@ -7,7 +7,7 @@ use containerd_shim_protos::shim::oci::{CheckpointOptions, Options};
 use runc::Spawner;
 
 use crate::error::ServiceError;
-use crate::runcx::{DEFAULT_ROOT, ReaperSpawner};
+use crate::runcx::ReaperSpawner;
 
 pub async fn run(
     req: &containerd_shim_protos::api::CheckpointTaskRequest,
@@ -44,26 +44,7 @@ pub async fn run(
     } else {
         bundle.join("criu-work").to_string_lossy().into_owned()
     };
-    let root = if opts.root.is_empty() {
-        DEFAULT_ROOT
-    } else {
-        &opts.root
-    };
-    let binary = if opts.binary_name.is_empty() {
-        "runc"
-    } else {
-        &opts.binary_name
-    };
-    let mut cmd = tokio::process::Command::new(binary);
-    cmd.arg("--root")
-        .arg(Path::new(root).join(namespace))
-        .arg("--log")
-        .arg(bundle.join("log.json"))
-        .arg("--log-format")
-        .arg("json");
-    if opts.systemd_cgroup {
-        cmd.arg("--systemd-cgroup");
-    }
+    let mut cmd = crate::runcx::command(namespace, bundle, opts);
     cmd.arg("checkpoint")
         .arg("--image-path")
         .arg(&image)
@@ -88,10 +69,7 @@ pub async fn run(
     if !co.cgroups_mode.is_empty() {
         cmd.arg("--manage-cgroups-mode").arg(&co.cgroups_mode);
     }
-    cmd.arg(id)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    cmd.arg(id);
     let (status, _, out, err) = ReaperSpawner.execute(cmd).await.map_err(|e| ServiceError::Runc {
         op: "checkpoint",
         id: id.to_owned(),

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use containerd_shim::util::timestamp;
-use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
@@ -36,8 +36,11 @@ impl Publisher {
         Publisher { tx, namespace, task }
     }
 
-    /// Queues `event` under `topic`; never waits.
-    pub fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+    /// Queues `event` under `topic`; never waits. Encoded through the message's own
+    /// (generated) code: `write_to_bytes_dyn` would check it through reflection, which
+    /// builds and keeps the descriptors of every .proto file the message's file imports
+    /// (descriptor.proto included, through gogo.proto): about 0.6 MiB of heap.
+    pub fn publish<M: Message>(&self, topic: &str, event: M) {
         let mut env = Envelope::new();
         env.topic = topic.to_owned();
         env.namespace = self.namespace.clone();
@@ -46,7 +49,7 @@ impl Publisher {
             warn!("no event type for topic {topic}");
             return;
         };
-        match event.write_to_bytes_dyn() {
+        match event.write_to_bytes() {
             Ok(value) => env.event = Some(any(type_url, value)).into(),
             Err(e) => {
                 warn!("event {topic} not encoded: {e}");

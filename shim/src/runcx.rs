@@ -3,12 +3,14 @@
 //! from that reaper's exit events, never from a `wait` of our own (which would race it).
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
-use std::process::ExitStatus;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use containerd_shim::monitor::{Subject, Topic, monitor_subscribe, monitor_unsubscribe};
 use containerd_shim_protos::shim::oci::Options;
+use runc::io::Io;
 use runc::{Runc, Spawner};
 use tokio::io::AsyncReadExt;
 
@@ -82,15 +84,9 @@ impl Spawner for ReaperSpawner {
     }
 }
 
-/// A runc client for a container in `namespace` with the runtime options of its task, for
-/// the serving shim (whose reaper reaps runc).
-pub fn client(namespace: &str, bundle: &Path, opts: &Options) -> runc::Result<Runc> {
-    client_with(namespace, bundle, opts, true)
-}
-
-/// As [`client`]; `reaped` false for a process without a reaper (the `delete` action),
-/// which waits for runc itself.
-pub fn client_with(namespace: &str, bundle: &Path, opts: &Options, reaped: bool) -> runc::Result<Runc> {
+/// The runc binary and runc root (under `Root`, default [`DEFAULT_ROOT`], per namespace) of
+/// the task's runtime options.
+fn binary_and_root<'a>(namespace: &str, opts: &'a Options) -> (&'a str, PathBuf) {
     let root = if opts.root.is_empty() {
         DEFAULT_ROOT
     } else {
@@ -101,9 +97,22 @@ pub fn client_with(namespace: &str, bundle: &Path, opts: &Options, reaped: bool)
     } else {
         opts.binary_name.as_str()
     };
+    (binary, Path::new(root).join(namespace))
+}
+
+/// A runc client for a container in `namespace` with the runtime options of its task, for
+/// the serving shim (whose reaper reaps runc).
+pub fn client(namespace: &str, bundle: &Path, opts: &Options) -> runc::Result<Runc> {
+    client_with(namespace, bundle, opts, true)
+}
+
+/// As [`client`]; `reaped` false for a process without a reaper (the `delete` action),
+/// which waits for runc itself.
+pub fn client_with(namespace: &str, bundle: &Path, opts: &Options, reaped: bool) -> runc::Result<Runc> {
+    let (binary, root) = binary_and_root(namespace, opts);
     let mut g = runc::options::GlobalOpts::new()
         .command(binary)
-        .root(Path::new(root).join(namespace))
+        .root(root)
         .systemd_cgroup(opts.systemd_cgroup)
         .log(bundle.join("log.json"))
         .log_json();
@@ -111,6 +120,84 @@ pub fn client_with(namespace: &str, bundle: &Path, opts: &Options, reaped: bool)
         g.custom_spawner(std::sync::Arc::new(ReaperSpawner));
     }
     g.build()
+}
+
+/// `runc` with the global options of a container in `namespace` (as [`client`] sets them),
+/// for the commands the shim runs itself rather than through the `runc` crate.
+pub fn command(namespace: &str, bundle: &Path, opts: &Options) -> runc::Command {
+    let (binary, root) = binary_and_root(namespace, opts);
+    let mut cmd = runc::Command::new(binary);
+    cmd.arg("--root")
+        .arg(root)
+        .arg("--log")
+        .arg(bundle.join("log.json"))
+        .arg("--log-format")
+        .arg("json");
+    if opts.systemd_cgroup {
+        cmd.arg("--systemd-cgroup");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("NOTIFY_SOCKET");
+    cmd
+}
+
+/// `runc exec --detach --process FILE`, the process spec written as the Exec request had it.
+/// Ours rather than the `runc` crate's `exec`, which takes an `oci_spec` `Process`: parsing
+/// one links oci-spec's `execCPUAffinity` check and with it `regex` (about 400 KiB of the
+/// shim's 2.4 MB of code), and a shim's RSS follows its code size (the kernel maps code in
+/// 64 KiB chunks around each page it runs).
+pub struct Exec<'a> {
+    pub id: &'a str,
+    pub spec: &'a [u8],
+    pub spec_file: &'a Path,
+    pub pid_file: &'a Path,
+    pub console: Option<&'a Path>,
+    pub io: Option<&'a Arc<dyn Io>>,
+}
+
+impl Exec<'_> {
+    pub async fn run(&self, namespace: &str, bundle: &Path, opts: &Options) -> runc::Result<()> {
+        std::fs::write(self.spec_file, self.spec).map_err(runc::error::Error::SpecFileCreationFailed)?;
+        let mut cmd = command(namespace, bundle, opts);
+        cmd.arg("exec")
+            .arg("--process")
+            .arg(self.spec_file)
+            .arg("--detach")
+            .arg("--pid-file")
+            .arg(self.pid_file);
+        if let Some(console) = self.console {
+            cmd.arg("--console-socket").arg(console);
+        }
+        cmd.arg(self.id);
+        let ran = self.launch(cmd).await;
+        let _ = std::fs::remove_file(self.spec_file);
+        let (status, _, stdout, stderr) = ran?;
+        if !status.success() {
+            return Err(runc::error::Error::CommandFailed {
+                status,
+                stdout,
+                stderr,
+            });
+        }
+        Ok(())
+    }
+
+    async fn launch(&self, mut cmd: runc::Command) -> runc::Result<(ExitStatus, u32, String, String)> {
+        if let Some(io) = self.io {
+            io.set(&mut cmd)
+                .await
+                .map_err(|e| runc::error::Error::IoSet(e.to_string()))?;
+        }
+        let ran = ReaperSpawner.execute(cmd).await;
+        // runc has the pipes' write ends (or failed): the shim's copies close, so the
+        // readers see EOF when the process ends.
+        if let Some(io) = self.io {
+            io.close_after_start().await;
+        }
+        ran
+    }
 }
 
 /// The most useful message of a failed runc command: runc's last logged error (log.json in

@@ -27,7 +27,7 @@ use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
 use containerd_shim_protos::types::task::{ProcessInfo, Status};
 use log::{debug, warn};
 use runc::Runc;
-use runc::options::{CreateOpts, DeleteOpts, ExecOpts, KillOpts};
+use runc::options::{CreateOpts, DeleteOpts, KillOpts};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -53,8 +53,8 @@ struct Proc {
     stdio: Stdio,
     io: Option<ProcIo>,
     exited: watch::Sender<bool>,
-    /// The exec's process spec (JSON), for `runc exec`.
-    spec: Option<oci_spec::runtime::Process>,
+    /// The exec's process spec (JSON, as the request had it), for `runc exec`.
+    spec: Option<Vec<u8>>,
 }
 
 impl Proc {
@@ -194,10 +194,10 @@ impl Service {
             while let Some(id) = oom_rx.recv().await {
                 i.publish(
                     topics::TASK_OOM_EVENT_TOPIC,
-                    Box::new(TaskOOM {
+                    TaskOOM {
                         container_id: id,
                         ..Default::default()
-                    }),
+                    },
                 );
             }
         }));
@@ -214,7 +214,7 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, topic: &str, ev: Box<dyn containerd_shim_protos::protobuf::MessageDyn>) {
+    fn publish<M: Message>(&self, topic: &str, ev: M) {
         self.publisher.publish(topic, ev);
     }
 
@@ -264,7 +264,7 @@ impl Inner {
         debug!("{cid}/{eid} pid {pid} exited {code}");
         self.publish(
             topics::TASK_EXIT_EVENT_TOPIC,
-            Box::new(TaskExit {
+            TaskExit {
                 container_id: cid.to_owned(),
                 id: if eid.is_empty() {
                     cid.to_owned()
@@ -275,7 +275,7 @@ impl Inner {
                 exit_status: code as u32,
                 exited_at: MessageField::some(at),
                 ..Default::default()
-            }),
+            },
         );
     }
 
@@ -462,7 +462,7 @@ impl Service {
             );
             self.inner.publish(
                 topics::TASK_CREATE_EVENT_TOPIC,
-                Box::new(TaskCreate {
+                TaskCreate {
                     container_id: id.clone(),
                     bundle: req.bundle.clone(),
                     rootfs: req.rootfs.clone(),
@@ -476,7 +476,7 @@ impl Service {
                     checkpoint: req.checkpoint.clone(),
                     pid,
                     ..Default::default()
-                }),
+                },
             );
             // An init that died between create and here.
             if let Some((code, at)) = Inner::take_orphan(&mut st, pid) {
@@ -507,8 +507,7 @@ impl Service {
                 .map(|_| ())
                 .map_err(|e| runc_err("start", id, &bundle, e))
         } else {
-            self.exec_start(id, exec_id, &runc, &bundle, spec, &stdio, &opts)
-                .await
+            self.exec_start(id, exec_id, &bundle, spec, &stdio, &opts).await
         };
         let mut st = self.inner.lock();
         let Some(c) = st.containers.get_mut(id) else {
@@ -537,21 +536,21 @@ impl Service {
         if exec_id.is_empty() {
             self.inner.publish(
                 topics::TASK_START_EVENT_TOPIC,
-                Box::new(TaskStart {
+                TaskStart {
                     container_id: id.to_owned(),
                     pid,
                     ..Default::default()
-                }),
+                },
             );
         } else {
             self.inner.publish(
                 topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-                Box::new(TaskExecStarted {
+                TaskExecStarted {
                     container_id: id.to_owned(),
                     exec_id: exec_id.to_owned(),
                     pid,
                     ..Default::default()
-                }),
+                },
             );
         }
         if let Some((code, at)) = Inner::take_orphan(&mut st, pid) {
@@ -560,14 +559,12 @@ impl Service {
         Ok(pid)
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn exec_start(
         &self,
         id: &str,
         exec_id: &str,
-        runc: &Runc,
         bundle: &Path,
-        spec: Option<oci_spec::runtime::Process>,
+        spec: Option<Vec<u8>>,
         stdio: &Stdio,
         opts: &Options,
     ) -> Res<()> {
@@ -588,14 +585,15 @@ impl Service {
             source,
         })?;
         let pid_file = bundle.join(format!("{exec_id}.pid"));
-        let mut eopts = ExecOpts::new().pid_file(&pid_file).detach(true);
-        if let Some(io) = &pending.runc_io {
-            eopts = eopts.io(io.clone());
-        }
-        if let Some((_, path)) = &pending.console {
-            eopts = eopts.console_socket(path);
-        }
-        let ran = runc.exec(id, &spec, Some(&eopts)).await;
+        let exec = runcx::Exec {
+            id,
+            spec: &spec,
+            spec_file: &bundle.join(format!("{exec_id}.process.json")),
+            pid_file: &pid_file,
+            console: pending.console.as_ref().map(|(_, path)| path.as_path()),
+            io: pending.runc_io.as_ref(),
+        };
+        let ran = exec.run(&self.inner.namespace, bundle, opts).await;
         let pid = read_pid(&pid_file).unwrap_or(0);
         let _ = std::fs::remove_file(&pid_file);
         ran.map_err(|e| runc_err("exec", id, bundle, e))?;
@@ -687,14 +685,14 @@ impl Service {
         let (code, at) = c.init.exit.clone().unwrap_or((137, ts_now()));
         self.inner.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
-            Box::new(TaskDelete {
+            TaskDelete {
                 container_id: id.to_owned(),
                 id: id.to_owned(),
                 pid: c.init.pid,
                 exit_status: code,
                 exited_at: MessageField::some(at.clone()),
                 ..Default::default()
-            }),
+            },
         );
         Ok((c.init.pid, code, at))
     }
@@ -817,10 +815,10 @@ impl Task for Service {
         });
         self.inner.publish(
             topics::TASK_PAUSED_EVENT_TOPIC,
-            Box::new(TaskPaused {
+            TaskPaused {
                 container_id: req.id.clone(),
                 ..Default::default()
-            }),
+            },
         );
         Ok(Empty::new())
     }
@@ -849,10 +847,10 @@ impl Task for Service {
         });
         self.inner.publish(
             topics::TASK_RESUMED_EVENT_TOPIC,
-            Box::new(TaskResumed {
+            TaskResumed {
                 container_id: req.id.clone(),
                 ..Default::default()
-            }),
+            },
         );
         Ok(Empty::new())
     }
@@ -865,11 +863,11 @@ impl Task for Service {
         ok(crate::checkpoint::run(&req, &bundle, &self.inner.namespace, &opts).await)?;
         self.inner.publish(
             topics::TASK_CHECKPOINTED_EVENT_TOPIC,
-            Box::new(TaskCheckpointed {
+            TaskCheckpointed {
                 container_id: req.id.clone(),
                 checkpoint: req.path.clone(),
                 ..Default::default()
-            }),
+            },
         );
         Ok(Empty::new())
     }
@@ -938,11 +936,16 @@ impl Task for Service {
     }
 
     async fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
-        let spec: oci_spec::runtime::Process = ok(req
+        // Kept as JSON for `runc exec --process` (see runcx::Exec); runc checks the rest.
+        let spec = ok(req
             .spec
             .as_ref()
             .ok_or_else(|| "no process spec".to_owned())
-            .and_then(|a| serde_json::from_slice(&a.value).map_err(|e| e.to_string()))
+            .and_then(|a| match serde_json::from_slice(&a.value) {
+                Ok(serde_json::Value::Object(_)) => Ok(a.value.clone()),
+                Ok(_) => Err("the process spec is not a JSON object".to_owned()),
+                Err(e) => Err(e.to_string()),
+            })
             .map_err(|reason| ServiceError::Invalid {
                 id: req.id.clone(),
                 reason: format!("exec {}: {reason}", req.exec_id),
@@ -975,11 +978,11 @@ impl Task for Service {
         }))?;
         self.inner.publish(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-            Box::new(TaskExecAdded {
+            TaskExecAdded {
                 container_id: req.id.clone(),
                 exec_id: req.exec_id.clone(),
                 ..Default::default()
-            }),
+            },
         );
         Ok(Empty::new())
     }
