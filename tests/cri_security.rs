@@ -361,6 +361,17 @@ async fn pod_options_security_context_resources_and_log_reopen() {
         "reopen on a stopped container: {e:?}"
     );
 
+    stop_and_remove(&mut rt, &pod).await;
+    w.assert_no_pod_left();
+}
+
+/// A hostNetwork pod sees the node's interfaces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn host_network_pod_sees_the_nodes_interfaces() {
+    let w = CriWorld::kubelet(110 + (std::process::id() % 20) as u8, "", "");
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
     // A hostNetwork pod sees the node's interfaces (this test's bridge among them).
     let mut host_cfg = w.pod_config("hostnet");
     if let Some(l) = host_cfg.linux.as_mut() {
@@ -386,14 +397,33 @@ async fn pod_options_security_context_resources_and_log_reopen() {
     });
     create_and_start(&mut rt, &host_pod, &host_cfg, c).await;
     let nlog = w.dir.path().join("logs/hostnet/net.log");
-    let bridge = w.bridge.clone();
+    // The node's interfaces other than lo (a fresh network namespace has only lo); other
+    // tests add and remove veths meanwhile, so one of them showing up is the proof.
+    let node_ifaces: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_owned()))
+        .filter(|n| n != "lo")
+        .collect();
+    assert!(!node_ifaces.is_empty(), "the node has an interface besides lo");
     wait_for("the node's interfaces", || async {
-        std::fs::read_to_string(&nlog)
-            .unwrap_or_default()
-            .contains(&bridge)
+        let seen = std::fs::read_to_string(&nlog).unwrap_or_default();
+        node_ifaces.iter().any(|n| seen.contains(&format!("{n}:")))
     })
     .await;
 
+    stop_and_remove(&mut rt, &host_pod).await;
+    w.assert_no_pod_left();
+}
+
+/// hostPID + hostIPC: the host's PID and IPC namespaces and /dev/shm, no pause container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn host_pid_and_ipc_pod_shares_the_hosts_namespaces_and_dev_shm() {
+    let w = CriWorld::kubelet(220 + (std::process::id() % 20) as u8, "", "");
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
     // hostPID + hostIPC (as kubelet sends them for pod and container): the host's PID and
     // IPC namespaces and the host's /dev/shm; no pause container (nothing to hold).
     let host_ns = cri::NamespaceOption {
@@ -440,9 +470,7 @@ async fn pod_options_security_context_resources_and_log_reopen() {
     let _ = std::fs::remove_file(&host_seg);
     assert_eq!(seen.unwrap(), "host\n", "the host's /dev/shm");
 
-    for p in [pod, host_pod, hostns_pod] {
-        stop_and_remove(&mut rt, &p).await;
-    }
+    stop_and_remove(&mut rt, &hostns_pod).await;
     w.assert_no_pod_left();
 }
 
