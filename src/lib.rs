@@ -8,6 +8,9 @@ pub mod content;
 pub mod cri;
 pub mod deprecation;
 pub mod diff;
+#[cfg(test)]
+#[allow(dead_code)] // each test binary uses part of it (tests/support includes it too)
+mod e2e_guard;
 pub mod errdefs;
 pub mod events;
 pub mod filters;

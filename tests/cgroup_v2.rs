@@ -40,7 +40,7 @@ enum Driver {
 /// Panics unless this host is what the suite is about: cgroup v2 unified (and systemd as
 /// PID 1 for the systemd driver).
 fn require_vm_host(driver: Driver) {
-    support::require_root();
+    support::require(&[support::Need::Root]);
     assert!(
         Path::new(CGROUP_ROOT).join("cgroup.controllers").is_file(),
         "this suite needs a cgroup v2 (unified) host; run it with scripts/vm-test.sh"
@@ -51,9 +51,11 @@ fn require_vm_host(driver: Driver) {
             "the systemd cgroup driver needs systemd as PID 1; run it with scripts/vm-test.sh"
         );
     }
-    support::require_bin("runc", "runc");
-    support::require_bin("containerd-shim-runc-v2", "containerd");
-    support::require_bin("ctr", "containerd");
+    support::require(&[
+        support::Need::Bin("runc", "runc"),
+        support::Need::Bin("containerd-shim-runc-v2", "containerd"),
+        support::Need::Bin("ctr", "containerd"),
+    ]);
 }
 
 struct World {

@@ -43,9 +43,11 @@ const COUNTER: &str = "i=0; while true; do echo $i > /tmp/c; i=$((i+1)); sleep 0
 const NAMESPACE: &str = "taskd-criu-host-test";
 
 fn require() {
-    support::require_root();
-    support::require_bin("runc", "runc");
-    support::require_bin("criu", "criu");
+    support::require(&[
+        support::Need::Root,
+        support::Need::Bin("runc", "runc"),
+        support::Need::Bin("criu", "criu"),
+    ]);
     assert!(
         Path::new("/bin/busybox").is_file(),
         "/bin/busybox is missing: apt-get install busybox-static"
@@ -367,7 +369,7 @@ async fn shim_checkpoint_restore_round_trip() {
     if criu_cannot_start("shim_checkpoint_restore_round_trip") {
         return;
     }
-    support::require_bin("containerd-shim-runc-v2", "containerd");
+    support::require(&[support::Need::Bin("containerd-shim-runc-v2", "containerd")]);
     let mut s = Scratch::new();
     let id = format!("taskd-criu-shim-{}", std::process::id());
     // The shim wants the bundle dir named after the id.
@@ -515,7 +517,7 @@ async fn taskd_checkpoint_restore_round_trip() {
     if criu_cannot_start(TEST) {
         return;
     }
-    support::require_bin("ctr", "containerd");
+    support::require(&[support::Need::Bin("ctr", "containerd")]);
     let s = Scratch::new();
     // `wait_count_past` reads <dir>/rootfs/tmp/c
     let dir = s.path("ctr");

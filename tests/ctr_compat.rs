@@ -84,6 +84,7 @@ async fn ctr(socket: &Path, args: &[&str]) -> Result<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs Debian's ctr (containerd)"]
 async fn ctr_version_and_plugins() -> Result<()> {
     let s = serve().await?;
     let version = ctr(&s.socket, &["version"]).await?;

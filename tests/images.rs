@@ -41,6 +41,7 @@ const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111
 const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs ctr (containerd)"]
 async fn images_service_crud_filters_field_mask_and_events() {
     let d = Daemon::start();
     let ch = d.channel().await;
@@ -233,6 +234,7 @@ fn blob_count(d: &Daemon) -> usize {
 }
 
 #[test]
+#[ignore = "e2e: needs ctr (containerd), docker-registry, skopeo"]
 fn ctr_fetch_export_rm_import_and_gc_against_a_local_registry() {
     let reg = Registry::start();
     let (reference, built) = reg.push_busybox("busybox", "latest");
@@ -293,6 +295,7 @@ fn ctr_fetch_export_rm_import_and_gc_against_a_local_registry() {
 }
 
 #[test]
+#[ignore = "e2e: needs ctr (containerd), docker-registry, skopeo"]
 fn ctr_import_of_a_built_oci_archive_and_multi_arch_fetch() {
     // An OCI archive built by the harness, imported with a base name.
     let img = ImageBuilder {
@@ -362,6 +365,7 @@ fn ctr_import_of_a_built_oci_archive_and_multi_arch_fetch() {
 /// prints `hi`; removing the image
 /// collects its blobs and its snapshots.
 #[test]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr, docker-registry, skopeo"]
 fn ctr_images_pull_run_echo_hi_then_rm_collects_blobs_and_snapshots() {
     let reg = Registry::start();
     let (reference, built) = reg.push_busybox("busybox", "latest");
@@ -396,7 +400,7 @@ fn ctr_images_pull_run_echo_hi_then_rm_collects_blobs_and_snapshots() {
     );
 
     // And the image runs (tasks service, runc shim).
-    support::require_root();
+    support::require(&[support::Need::Root]);
     let hi = d.ctr_ok(&["-n", "p", "run", "--rm", &reference, "t1", "echo", "hi"]);
     assert_eq!(hi, "hi\n");
     assert_eq!(snapshots(&d).len(), 1, "the container's snapshot went with --rm");

@@ -168,7 +168,7 @@ async fn grpcio_default_unix_channel_runs_pod_container_exec_and_containerd_vers
 #[test]
 #[ignore = "e2e: root, python3 grpcio + grpcio-tools"]
 fn grpcio_every_authority_form_reaches_cri_containerd_api_and_streaming_rpcs() {
-    support::require_root();
+    support::require(&[support::Need::Root]);
     let d = support::Daemon::start();
     let r = cri_grpc(&d.socket, &["authority"]);
     let sock = d.socket.display().to_string();
@@ -206,7 +206,7 @@ fn grpcio_every_authority_form_reaches_cri_containerd_api_and_streaming_rpcs() {
 #[test]
 #[ignore = "e2e: root, Go (golang-go, golang-google-grpc-dev)"]
 fn grpc_go_dialled_like_kubelet_gets_cri_and_containerd_versions() {
-    support::require_root();
+    support::require(&[support::Need::Root]);
     let d = support::Daemon::start();
     let r = grpcgo(&d.socket, "/runtime.v1.RuntimeService/Version").ok();
     // VersionResponse: version, runtime_name, runtime_version, runtime_api_version.
@@ -219,7 +219,7 @@ fn grpc_go_dialled_like_kubelet_gets_cri_and_containerd_versions() {
 #[test]
 #[ignore = "e2e: root, python3 grpcio + grpcio-tools"]
 fn grpcio_streaming_requests_for_unknown_ids_are_not_found() {
-    support::require_root();
+    support::require(&[support::Need::Root]);
     let d = support::Daemon::start();
     for (method, req) in [
         (

@@ -22,8 +22,7 @@ type Leases = lapi::leases_client::LeasesClient<Channel>;
 type Namespaces = napi::namespaces_client::NamespacesClient<Channel>;
 
 fn daemon() -> Daemon {
-    support::require_root();
-    support::require_bin("ctr", "containerd");
+    support::require(&[support::Need::Root, support::Need::Bin("ctr", "containerd")]);
     Daemon::start()
 }
 
@@ -89,6 +88,7 @@ fn ctr_fails(d: &Daemon, args: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 fn ctr_namespaces_create_ls_label_rm() {
     let d = daemon();
     let plugins = d.ctr_ok(&["plugins", "ls"]);
@@ -151,6 +151,7 @@ fn ctr_namespaces_create_ls_label_rm() {
 }
 
 #[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 fn ctr_containers_ls_info_label_rm() {
     let d = daemon();
     rt().block_on(async {
@@ -208,6 +209,7 @@ fn ctr_containers_ls_info_label_rm() {
 }
 
 #[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 fn ctr_leases_create_ls_rm() {
     let d = daemon();
     let out = d.ctr_ok(&["leases", "create", "--id", "build-1", "purpose=test"]);
@@ -236,6 +238,7 @@ fn ctr_leases_create_ls_rm() {
 }
 
 #[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 fn grpc_validation_errors_carry_the_code_and_name_the_field() {
     let d = daemon();
     rt().block_on(async {
@@ -404,6 +407,7 @@ fn grpc_validation_errors_carry_the_code_and_name_the_field() {
 }
 
 #[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 fn grpc_list_stream_filters_updates_and_resources() {
     let d = daemon();
     rt().block_on(async {
@@ -546,6 +550,7 @@ fn grpc_list_stream_filters_updates_and_resources() {
 /// AlreadyExists and NotFound, every client's successful label updates all survive on the
 /// containers that still exist, and creates − deletes = containers left.
 #[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 fn concurrent_grpc_writes_lose_no_update() {
     let d = daemon();
     rt().block_on(async {
@@ -614,6 +619,7 @@ fn concurrent_grpc_writes_lose_no_update() {
 
 /// No lost update on one hot record: 8 clients each set 12 distinct labels concurrently.
 #[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 fn concurrent_grpc_label_updates_on_one_container_all_survive() {
     let d = daemon();
     rt().block_on(async {
@@ -659,6 +665,7 @@ fn concurrent_grpc_label_updates_on_one_container_all_survive() {
 /// kill -9 during a burst of concurrent creates; after a restart the database opens and
 /// every create acknowledged before the kill is there.
 #[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 fn durability_kill9_during_concurrent_writes_keeps_acknowledged_writes() {
     let mut d = daemon();
     let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
@@ -720,9 +727,9 @@ fn durability_kill9_during_concurrent_writes_keeps_acknowledged_writes() {
 }
 
 #[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 fn expired_leases_are_removed_by_the_daemon() {
-    support::require_root();
-    support::require_bin("ctr", "containerd");
+    support::require(&[support::Need::Root, support::Need::Bin("ctr", "containerd")]);
     let d = Daemon::start_with(
         r#"
 [plugins."io.containerd.metadata.v1.redb"]
@@ -765,6 +772,7 @@ lease_expiry_interval_ms = 50
 /// /namespaces/create, /containers/create, /containers/update, /containers/delete in order,
 /// in the right namespace, with containerd's type URLs.
 #[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 fn changes_publish_events_on_the_exchange() {
     use taskd_proto::containerd::services::events::v1 as eapi;
     let d = daemon();

@@ -25,11 +25,13 @@ fn rootfs(d: &Daemon) -> String {
 }
 
 fn require_tools() {
-    support::require_root();
-    support::require_bin("runc", "runc");
-    support::require_bin("containerd-shim-runc-v2", "containerd");
-    support::require_bin("ctr", "containerd");
-    support::require_bin("promtool", "prometheus");
+    support::require(&[
+        support::Need::Root,
+        support::Need::Bin("runc", "runc"),
+        support::Need::Bin("containerd-shim-runc-v2", "containerd"),
+        support::Need::Bin("ctr", "containerd"),
+        support::Need::Bin("promtool", "prometheus"),
+    ]);
 }
 
 /// Kills and deletes a task and its container (best effort; the harness kills shims too).
@@ -72,6 +74,7 @@ fn scrape(d: &Daemon, path: &str) -> String {
 }
 
 #[test]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr, promtool"]
 fn scrape_with_a_running_task_has_container_series_and_passes_promtool() {
     require_tools();
     let d = Daemon::start();
@@ -123,6 +126,7 @@ fn scrape_with_a_running_task_has_container_series_and_passes_promtool() {
 /// A task that exceeds its memory limit is OOM-killed by the kernel, and
 /// `container_memory_oom_total` of its cgroup counts it.
 #[test]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr, promtool"]
 fn oom_kill_in_a_task_is_counted() {
     require_tools();
     let d = Daemon::start();
@@ -165,6 +169,7 @@ fn oom_kill_in_a_task_is_counted() {
 /// The `runtime` label is still there after the daemon is killed and restarted (containerd
 /// loses it): the tasks service re-monitors recovered tasks with their runtime.
 #[test]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr, promtool"]
 fn runtime_label_survives_a_daemon_restart() {
     require_tools();
     let mut d = Daemon::start();
@@ -202,7 +207,7 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: &str) -> Prometheus {
-        support::require_bin("prometheus", "prometheus");
+        support::require(&[support::Need::Bin("prometheus", "prometheus")]);
         let dir = tempfile::Builder::new()
             .prefix("taskd-prom-")
             .tempdir()
@@ -343,7 +348,7 @@ fn grafana_dashboard_loads_and_names_only_documented_series() {
     .expect("read deploy/grafana-dashboard.json");
     let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
     let panels = dash["panels"].as_array().expect("panels");
-    // docs/METRICS.md is compared with what /v1/metrics serves (tests/cri_daemon.rs), so a
+    // docs/METRICS.md is compared with what /v1/metrics serves (tests/cri_containers.rs), so a
     // documented series is one that exists.
     let (documented, _) = support::observe::documented_families();
     let mut exprs = vec![
@@ -386,8 +391,9 @@ fn grafana_dashboard_loads_and_names_only_documented_series() {
 }
 
 #[test]
+#[ignore = "e2e: needs promtool (prometheus)"]
 fn deploy_prometheus_config_passes_promtool_with_its_kubernetes_job() {
-    support::require_bin("promtool", "prometheus");
+    support::require(&[support::Need::Bin("promtool", "prometheus")]);
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus.yml");
     let check = |path: &std::path::Path| {
         let out = Command::new("promtool")

@@ -95,6 +95,7 @@ fn native_unpacker(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs docker-registry, skopeo"]
 async fn pull_from_a_loopback_registry_verifies_and_records_the_image() {
     let reg = Registry::start();
     let (reference, built) = reg.push_busybox("busybox", "latest");
@@ -132,6 +133,7 @@ async fn pull_from_a_loopback_registry_verifies_and_records_the_image() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs docker-registry, skopeo"]
 async fn a_multi_arch_index_resolves_to_linux_amd64() {
     let reg = Registry::start();
     let amd = ImageBuilder {
@@ -182,6 +184,7 @@ async fn a_multi_arch_index_resolves_to_linux_amd64() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs docker-registry, skopeo"]
 async fn docker_io_served_by_a_configured_mirror() {
     let reg = Registry::start();
     let image = ImageBuilder::busybox().build();
@@ -214,6 +217,7 @@ async fn docker_io_served_by_a_configured_mirror() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs docker-registry, skopeo"]
 async fn unknown_images_and_bad_references_are_clear_errors() {
     let reg = Registry::start();
     let e = env();
@@ -229,6 +233,7 @@ async fn unknown_images_and_bad_references_are_clear_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs docker-registry, skopeo"]
 async fn basic_auth_from_the_registry_config() {
     let reg = Registry::start_basic_auth();
     let (reference, built) = reg.push_busybox("private", "v1");
@@ -265,6 +270,7 @@ async fn basic_auth_from_the_registry_config() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs docker-registry, skopeo"]
 async fn concurrent_pulls_fetch_a_shared_layer_once() {
     let reg = Registry::start();
     let shared = LayerBuilder::new().file("shared", vec![7u8; 300_000]);
@@ -286,6 +292,7 @@ async fn concurrent_pulls_fetch_a_shared_layer_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs docker-registry, skopeo"]
 async fn tls_registry_with_ca_file_or_skip_verify() {
     let reg = Registry::start_tls();
     let (reference, built) = reg.push_busybox("secure", "v1");
@@ -336,10 +343,11 @@ async fn tls_registry_with_ca_file_or_skip_verify() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, docker-registry, skopeo"]
 async fn pull_unpacks_into_snapshots_that_gc_keeps_with_the_image() {
     use taskd::snapshots::Snapshotter;
 
-    support::require_root();
+    support::require(&[support::Need::Root]);
     let reg = Registry::start();
     let (reference, built) = reg.push_busybox("busybox", "latest");
     let e = env();
@@ -400,6 +408,7 @@ fn with_credentials(addr: &str, username: &str, password: &str) -> PullConfig {
 /// credentials (Basic) and pulls with it. No or wrong credentials: Unauthenticated, nothing
 /// stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs docker-registry, skopeo"]
 async fn token_auth_follows_the_bearer_challenge() {
     let reg = Registry::start();
     let (direct, built) = reg.push_busybox("private", "v1");
@@ -472,6 +481,7 @@ fn with_config_path(dir: &std::path::Path) -> PullConfig {
 /// registry is ignored), a TLS registry with its CA and a client certificate as files beside
 /// hosts.toml (added between two pulls: read per pull), and the `_default` directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs docker-registry, skopeo"]
 async fn hosts_toml_mirror_ca_client_certificate_and_default() {
     let plain = Registry::start();
     let secure = Registry::start_tls_client_auth();
@@ -540,6 +550,7 @@ async fn hosts_toml_mirror_ca_client_certificate_and_default() {
 /// PullImage credentials go to the registry, not to a mirror that challenges for them
 /// (unless its config allows it), and not when `server_address` names another registry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs docker-registry, skopeo"]
 async fn credentials_never_reach_a_mirror() {
     use fake_registry::{FakeRegistry, Reply};
     let reg = Registry::start_basic_auth();
@@ -725,6 +736,7 @@ async fn hostile_registry_reads_are_bounded() {
 /// `platforms` picks another entry; an index without an accepted platform is NotFound naming
 /// what it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs docker-registry, skopeo"]
 async fn platforms_config_and_a_missing_platform() {
     let reg = Registry::start();
     let (_, arm) = small_image("arm64", "arm");
@@ -772,10 +784,11 @@ async fn platforms_config_and_a_missing_platform() {
 /// Unpack leases a chain snapshot that already exists before it builds on it: a GC that runs
 /// right after the stat (the image that held the snapshot is gone) does not remove it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, docker-registry, skopeo"]
 async fn gc_between_stat_and_commit_does_not_break_an_unpack() {
     use taskd::snapshots::Snapshotter;
 
-    support::require_root();
+    support::require(&[support::Need::Root]);
     let reg = Registry::start();
     let base = LayerBuilder::new().file("base", "1");
     let (ra, _, rb, _) = push_pair(

@@ -8,6 +8,11 @@
 #[path = "support/rootfs.rs"]
 mod rootfs;
 
+// The end-to-end guard (the file tests/support includes; this binary does not use support).
+#[path = "../src/e2e_guard.rs"]
+#[allow(dead_code)]
+mod e2e_guard;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,16 +32,11 @@ use taskd_proto::ttrpc::v2::{events as pbevents, events_ttrpc};
 // ---------- fixtures ----------
 
 fn require_tools() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "these tests need root (they run runc)"
-    );
-    for (bin, pkg) in [("runc", "runc"), ("containerd-shim-runc-v2", "containerd")] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-            .unwrap_or(false);
-        assert!(found, "{bin} not found on PATH: install the {pkg} package");
-    }
+    e2e_guard::require(&[
+        e2e_guard::Need::Root,
+        e2e_guard::Need::Bin("runc", "runc"),
+        e2e_guard::Need::Bin("containerd-shim-runc-v2", "containerd"),
+    ]);
 }
 
 /// A default runc spec (`runc spec`) with the given rootfs and args.
@@ -485,11 +485,13 @@ fn taskd_shim() -> PathBuf {
 // ---------- tests ----------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn echo_prints_and_exits_zero_with_events_in_order() {
     echo_events_in_order(RUNC_V2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn echo_prints_and_exits_zero_with_events_in_order_taskd_shim() {
     echo_events_in_order(TASKD_V2).await;
 }
@@ -531,6 +533,7 @@ async fn echo_events_in_order(runtime: &'static str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn all_rpcs_on_a_long_running_task() {
     let w = World::new().await;
     let ns = w.ns.clone();
@@ -656,6 +659,7 @@ async fn all_rpcs_on_a_long_running_task() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn runtime_v1_is_refused() {
     let w = World::new().await;
     w.container_with("v1", &["/bin/true"], "io.containerd.runc.v1");
@@ -676,6 +680,7 @@ async fn runtime_v1_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn runc_create_failure_cleans_bundle_and_shim() {
     let w = World::new().await;
     w.container("bad", &["/no/such/binary"]);
@@ -716,6 +721,7 @@ impl Drop for KillOnDrop {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn shim_connect_failure_after_start_kills_the_shim() {
     let w = World::new().await;
     // A shim whose `start` really starts containerd-shim-runc-v2 (which writes shim.pid and
@@ -771,6 +777,7 @@ exec containerd-shim-runc-v2 "$@"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn shim_sigkill_publishes_exit_and_wait_returns() {
     let w = World::new().await;
     let ns = w.ns.clone();
@@ -811,6 +818,7 @@ async fn shim_sigkill_publishes_exit_and_wait_returns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn restart_reconnects_live_shims_and_cleans_dead_ones() {
     let mut w = World::new().await;
     let ns = w.ns.clone();
@@ -888,11 +896,13 @@ async fn restart_reconnects_live_shims_and_cleans_dead_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn pod_containers_share_one_shim() {
     pod_shares_one_shim(RUNC_V2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn pod_containers_share_one_shim_taskd_shim() {
     pod_shares_one_shim(TASKD_V2).await;
 }
@@ -942,11 +952,13 @@ async fn pod_shares_one_shim(runtime: &'static str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn terminal_task_with_resize() {
     terminal_with_resize(RUNC_V2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn terminal_task_with_resize_taskd_shim() {
     terminal_with_resize(TASKD_V2).await;
 }
@@ -1063,6 +1075,7 @@ async fn cycles_leave_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn shim_dying_after_the_exit_does_not_publish_a_second_exit() {
     let w = World::new().await;
     let ns = w.ns.clone();
@@ -1103,6 +1116,7 @@ async fn shim_dying_after_the_exit_does_not_publish_a_second_exit() {
 /// takes the warm shim (its bundle names it), which exits with that task; a new one is
 /// warmed meanwhile. Closing the pool stops the idle one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn warm_pool_shim_serves_the_next_task() {
     let w = World::with_pool(1).await;
     let ns = w.ns.clone();
@@ -1175,6 +1189,7 @@ async fn warm_pool_shim_serves_the_next_task() {
 /// A warm shim killed under its task: the exit is published, Wait returns, and the task's
 /// bundle and the shim's pool dir are gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn warm_shim_sigkill_cleans_task_and_pool_dir() {
     let w = World::with_pool(1).await;
     let ns = w.ns.clone();
@@ -1210,6 +1225,7 @@ async fn warm_shim_sigkill_cleans_task_and_pool_dir() {
 /// After a crash, recovery shuts down the idle pool shim (never a task), keeps the warm shim
 /// that serves a task, and that shim's pool dir goes when it exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn restart_stops_idle_pool_shims_and_keeps_serving_ones() {
     let mut w = World::with_pool(1).await;
     let ns = w.ns.clone();
@@ -1246,6 +1262,7 @@ async fn restart_stops_idle_pool_shims_and_keeps_serving_ones() {
 /// a pause container) do: the first takes the warm shim, the next finds it by sandbox id,
 /// and the pool is refilled at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
 async fn runc_groups_skip_the_pool_and_cri_pods_share_a_warm_shim() {
     let w = World::with_pool(1).await;
     let ns = w.ns.clone();

@@ -7,6 +7,11 @@
 //! drives the shim through its task API as taskd's runtime would (start, Create, Start,
 //! Wait, Delete, Shutdown). Needs root, runc, containerd-shim-runc-v2 and busybox.
 
+// The end-to-end guard (the file tests/support includes; this binary does not use support).
+#[path = "../src/e2e_guard.rs"]
+#[allow(dead_code)]
+mod e2e_guard;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,15 +29,6 @@ use taskd_proto::ttrpc::v2::shim_ttrpc::TaskClient;
 use tokio::io::AsyncReadExt;
 
 const NAMESPACE: &str = "taskd-shim-events-test";
-
-fn require(path: &str, package: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(path);
-    ensure!(
-        p.exists(),
-        "{path} is missing: install {package} (apt-get install {package})"
-    );
-    Ok(p)
-}
 
 /// A bundle running `busybox sh -c 'exit 3'` with the shim's `log` fifo.
 fn bundle(dir: &Path, busybox: &Path) -> Result<()> {
@@ -75,14 +71,16 @@ async fn next(sub: &mut tokio::sync::mpsc::Receiver<Envelope>) -> Result<Envelop
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, busybox-static"]
 async fn real_shim_forwards_task_events_over_ttrpc() -> Result<()> {
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this test runs containers: run it as root"
-    );
-    let shim_bin = require("/usr/bin/containerd-shim-runc-v2", "containerd")?;
-    require("/usr/sbin/runc", "runc")?;
-    let busybox = require("/bin/busybox", "busybox-static")?;
+    e2e_guard::require(&[
+        e2e_guard::Need::Root,
+        e2e_guard::Need::File("/usr/bin/containerd-shim-runc-v2", "containerd"),
+        e2e_guard::Need::File("/usr/sbin/runc", "runc"),
+        e2e_guard::Need::File("/bin/busybox", "busybox-static"),
+    ]);
+    let shim_bin = PathBuf::from("/usr/bin/containerd-shim-runc-v2");
+    let busybox = PathBuf::from("/bin/busybox");
 
     let dir = tempfile::tempdir()?;
     let id = format!("taskd-shim-events-{}", std::process::id());

@@ -58,8 +58,7 @@ fn code(e: &ttrpc::Error) -> ttrpc::Code {
 
 impl Rig {
     async fn new(test: &str) -> Rig {
-        support::require_root();
-        support::require_bin("runc", "runc");
+        support::require(&[support::Need::Root, support::Need::Bin("runc", "runc")]);
         let dir = tempfile::Builder::new()
             .prefix("taskd-shim")
             .tempdir()
@@ -702,7 +701,7 @@ struct Containerd {
 
 impl Containerd {
     fn start() -> Containerd {
-        support::require_bin("containerd", "containerd");
+        support::require(&[support::Need::Bin("containerd", "containerd")]);
         let dir = tempfile::Builder::new()
             .prefix("taskd-cd16")
             .tempdir()
@@ -792,8 +791,7 @@ impl Drop for Containerd {
 #[test]
 #[ignore = "e2e: root, Debian's containerd 1.6 + ctr, runc, busybox-static, the built containerd-shim-taskd-v2"]
 fn containerd_1_6_runs_containers_with_the_shim() {
-    support::require_root();
-    support::require_bin("ctr", "containerd");
+    support::require(&[support::Need::Root, support::Need::Bin("ctr", "containerd")]);
     let rootfs = tempfile::Builder::new()
         .prefix("taskd-rootfs")
         .tempdir()
@@ -910,8 +908,7 @@ fn shims_of(ns: &str) -> Vec<u32> {
 #[ignore = "e2e: root, runc, ctr, busybox-static, the built containerd-shim-taskd-v2 (100 cycles)"]
 fn hundred_cycles_leak_nothing() {
     const CYCLES: usize = 100;
-    support::require_root();
-    support::require_bin("ctr", "containerd");
+    support::require(&[support::Need::Root, support::Need::Bin("ctr", "containerd")]);
     let d = support::Daemon::start();
     let rootfs = tempfile::Builder::new()
         .prefix("taskd-rootfs")

@@ -70,9 +70,11 @@ impl Drop for Mounted {
 }
 
 fn prereqs() {
-    support::require_root();
-    support::require_bin("ctr", "containerd");
-    support::require_bin("mount", "mount");
+    support::require(&[
+        support::Need::Root,
+        support::Need::Bin("ctr", "containerd"),
+        support::Need::Bin("mount", "mount"),
+    ]);
 }
 
 fn ctr_sn(d: &Daemon, sn: &str, args: &[&str]) -> String {
@@ -170,6 +172,7 @@ fn ctr_lifecycle(d: &Daemon, sn: &str) {
 }
 
 #[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 fn ctr_drives_both_snapshotters_and_state_survives_kill9() {
     prereqs();
     let mut d = Daemon::start();
@@ -224,6 +227,7 @@ fn ctr_drives_both_snapshotters_and_state_survives_kill9() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 async fn grpc_filters_update_masks_leases_and_diff_errors() {
     prereqs();
     let d = Daemon::start();
@@ -526,10 +530,13 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
 /// the real shim and runc run on the mounted snapshot, and what the test wrote through the
 /// overlay (the upper dir) is visible in the container.
 #[test]
+#[ignore = "e2e: needs root, ctr, runc, the runc shim"]
 fn ctr_run_on_an_overlay_snapshot_of_a_busybox_layer() {
     prereqs();
-    support::require_bin("runc", "runc");
-    support::require_bin("containerd-shim-runc-v2", "containerd");
+    support::require(&[
+        support::Need::Bin("runc", "runc"),
+        support::Need::Bin("containerd-shim-runc-v2", "containerd"),
+    ]);
     let d = Daemon::start();
     let base = d.dir.join("mnt-base");
     ctr_sn(&d, "overlayfs", &["prepare", "bb", ""]);
@@ -598,6 +605,7 @@ fn ingest(d: &Daemon, ns: &str, data: &[u8]) -> String {
 /// snapshot: refused with a clear error, and nothing beside the snapshot is touched; a good
 /// layer applies and reports its diff id.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 async fn diff_apply_through_the_daemon_refuses_hostile_layers() {
     prereqs();
     let d = Daemon::start();
@@ -690,6 +698,7 @@ async fn diff_apply_through_the_daemon_refuses_hostile_layers() {
 /// reads beneath the upper dir's fd and never through a symlink, so no layer it writes holds
 /// the sentinel's bytes (a swap mid-walk is an error or the link itself, never the target).
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
 async fn diff_of_an_active_snapshot_never_reads_through_a_planted_symlink() {
     prereqs();
     let d = Daemon::start();

@@ -22,10 +22,12 @@ use support::procs::{command_lines, fd_count, zombie_children};
 use taskd_proto::containerd::services::tasks::v1 as api;
 
 fn require_tools() {
-    support::require_root();
-    support::require_bin("runc", "runc");
-    support::require_bin("containerd-shim-runc-v2", "containerd");
-    support::require_bin("ctr", "containerd");
+    support::require(&[
+        support::Need::Root,
+        support::Need::Bin("runc", "runc"),
+        support::Need::Bin("containerd-shim-runc-v2", "containerd"),
+        support::Need::Bin("ctr", "containerd"),
+    ]);
 }
 
 /// A busybox rootfs dir for one test (removed with it).
@@ -224,11 +226,13 @@ fn process_with_args(needles: &[&str]) -> Option<u32> {
 }
 
 #[test]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 fn ctr_run_rm_echo_prints_hi() {
     run_rm_echo(RUNC_V2);
 }
 
 #[test]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 fn ctr_run_rm_echo_prints_hi_taskd_shim() {
     run_rm_echo(TASKD_V2);
 }
@@ -254,11 +258,13 @@ fn run_rm_echo(runtime: &'static str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 async fn ctr_detached_task_lifecycle() {
     detached_task_lifecycle(RUNC_V2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 async fn ctr_detached_task_lifecycle_taskd_shim() {
     detached_task_lifecycle(TASKD_V2).await;
 }
@@ -385,8 +391,9 @@ async fn wait_on(socket: &Path, ns: &str, id: &str) -> u32 {
 }
 
 #[test]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr, script (bsdutils)"]
 fn ctr_run_tty_gives_a_terminal() {
-    support::require_bin("script", "bsdutils");
+    support::require(&[support::Need::Bin("script", "bsdutils")]);
     let d = Daemon::start();
     let n = Ns::new(&d, "tty");
     let cmd = format!(
@@ -408,6 +415,7 @@ fn ctr_run_tty_gives_a_terminal() {
 }
 
 #[test]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 fn runc_failing_at_create_cleans_up() {
     let d = Daemon::start();
     let n = Ns::new(&d, "badrun");
@@ -431,11 +439,13 @@ fn runc_failing_at_create_cleans_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 async fn shim_sigkill_gives_exit_event_and_wait_returns() {
     shim_sigkill_exit(RUNC_V2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 async fn shim_sigkill_gives_exit_event_and_wait_returns_taskd_shim() {
     shim_sigkill_exit(TASKD_V2).await;
 }
@@ -653,11 +663,13 @@ async fn restart_recovery(count: usize, runtime: &'static str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 async fn restart_recovers_running_tasks() {
     restart_recovery(2, RUNC_V2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 async fn restart_recovers_running_tasks_taskd_shim() {
     restart_recovery(2, TASKD_V2).await;
 }
@@ -725,6 +737,7 @@ fn in_ns<T>(ns: &str, msg: T) -> tonic::Request<T> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 async fn errors_keep_their_kind_across_the_shim_and_grpc() {
     let d = Daemon::start();
     let n = Ns::new(&d, "errors");
@@ -899,6 +912,7 @@ impl Drop for EventWatch {
 }
 
 #[test]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 fn task_events_reach_ctr_in_runtime_v2_order() {
     let d = Daemon::start();
     let n = Ns::new(&d, "order");
@@ -1015,6 +1029,7 @@ const MEDIA_CRIU: &str = "application/vnd.containerd.container.criu.checkpoint.c
 /// well-formed archive reaches the shim (whose Start runs `runc restore`), and the restore
 /// dir goes with the task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 async fn create_from_checkpoint_checks_the_descriptor_and_the_archive() {
     use support::registry::LayerBuilder;
     let d = Daemon::start();
@@ -1165,6 +1180,7 @@ async fn create_from_checkpoint_checks_the_descriptor_and_the_archive() {
 /// task keeps running and no staging dir or content is left. Where CRIU works, the image and
 /// the spec come back as containerd's two descriptors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 async fn checkpoint_of_a_running_task() {
     let d = Daemon::start();
     let n = Ns::new(&d, "checkpoint");
@@ -1236,6 +1252,7 @@ async fn checkpoint_of_a_running_task() {
 /// runtime, snapshotter) as a checkpoint image through the content, images and leases
 /// services.
 #[test]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
 fn ctr_containers_checkpoint() {
     use support::registry::{ImageBuilder, OciLayout};
     let d = Daemon::start();

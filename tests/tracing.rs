@@ -268,7 +268,9 @@ fn threads(pid: u32) -> Vec<String> {
 // Multi-threaded: the client's connection closes while this thread waits for taskd to stop
 // (else taskd's drain waits its grace period for it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs python3 with grpcio and opentelemetry-proto (pip)"]
 async fn export_is_off_by_default_and_the_containerd_api_continues_a_trace() {
+    support::require(&[support::Need::Bin("python3", "python3")]);
     let mut off = Daemon::start();
     assert!(
         !threads(off.pid()).iter().any(|t| t == EXPORT_THREAD),

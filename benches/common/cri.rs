@@ -42,13 +42,14 @@ pub fn setup(bench: &str, prefix: &str) -> Result<(tempfile::TempDir, Registry, 
     if !nix::unistd::Uid::effective().is_root() {
         bail!("{bench} bench needs root");
     }
-    for (bin, pkg) in [
-        ("containerd", "containerd"),
-        ("runc", "runc"),
-        ("docker-registry", "docker-registry"),
-        ("skopeo", "skopeo"),
-    ] {
-        crate::support::require_bin(bin, pkg);
+    {
+        use crate::support::{Need, require};
+        require(&[
+            Need::Bin("containerd", "containerd"),
+            Need::Bin("runc", "runc"),
+            Need::Bin("docker-registry", "docker-registry"),
+            Need::Bin("skopeo", "skopeo"),
+        ]);
     }
     let w = tempfile::Builder::new().prefix(prefix).tempdir()?;
     let reg = registry();

@@ -117,11 +117,9 @@ mod tests {
     use crate::cri::userns::IdMap;
 
     #[test]
+    #[ignore = "e2e: needs root (chown)"]
     fn owners_move_into_the_host_range_and_special_bits_stay() {
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "this test needs root (chown): run the test suite as root"
-        );
+        crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("fs");
         std::fs::create_dir_all(root.join("etc")).unwrap();

@@ -414,11 +414,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "e2e: needs root (user and network namespaces)"]
     fn pinned_namespaces_carry_the_mapping_and_own_the_netns() {
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "this test needs root (user namespaces + mounts): run the test suite as root"
-        );
+        crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
         let tmp = tempfile::tempdir().unwrap();
         let map = IdMap {
             container_id: 0,

@@ -164,7 +164,9 @@ fn sha(data: &[u8]) -> String {
 }
 
 #[test]
+#[ignore = "e2e: needs root (chown)"]
 fn applies_files_dirs_links_and_reports_the_uncompressed_digest() {
+    crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
     let tar = Layer::new()
         .dir("etc/")
         .file("etc/hostname", b"box\n")
@@ -215,7 +217,9 @@ fn unknown_media_type_is_not_implemented() {
 }
 
 #[test]
+#[ignore = "e2e: needs root (chown)"]
 fn native_whiteouts_remove_and_opaque_dirs_keep_only_this_layer() {
+    crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
     let d = Dirs::new();
     let lower = Layer::new()
         .file("a/gone", b"1")
@@ -254,10 +258,9 @@ fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 }
 
 #[test]
+#[ignore = "e2e: needs root (mknod, trusted.* xattrs)"]
 fn overlay_format_makes_char_device_whiteouts_and_opaque_xattrs() {
-    if !nix::unistd::Uid::effective().is_root() {
-        panic!("this test needs root (mknod, trusted.* xattrs): run the suite as root");
-    }
+    crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
     let d = Dirs::new();
     let lower = d.target.parent().unwrap().join("lower");
     std::fs::create_dir_all(lower.join("a")).unwrap();
@@ -300,7 +303,9 @@ fn overlay_format_makes_char_device_whiteouts_and_opaque_xattrs() {
 }
 
 #[test]
+#[ignore = "e2e: needs root (chown)"]
 fn hostile_path_traversal_is_refused() {
+    crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
     let d = Dirs::new();
     for name in [
         "../sentinel/pwned",
@@ -325,7 +330,9 @@ fn hostile_path_traversal_is_refused() {
 }
 
 #[test]
+#[ignore = "e2e: needs root (chown)"]
 fn hostile_symlink_out_of_the_root_then_write_through_it_is_refused() {
+    crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
     let d = Dirs::new();
     let sentinel = d.sentinel.display().to_string();
     let cases: Vec<(&str, String)> = vec![
@@ -384,7 +391,9 @@ fn hostile_symlink_out_of_the_root_then_write_through_it_is_refused() {
 }
 
 #[test]
+#[ignore = "e2e: needs root (chown)"]
 fn hostile_hardlinks_out_of_the_tree_are_refused() {
+    crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
     let d = Dirs::new();
     let sentinel = d.sentinel.display().to_string();
     let layer = Layer::new().hardlink("hl", "../sentinel/secret").tar();
@@ -485,7 +494,9 @@ fn hostile_decompression_bomb_is_refused_by_the_ratio_guard() {
 }
 
 #[test]
+#[ignore = "e2e: needs root (chown)"]
 fn hostile_huge_layer_is_refused_by_size_and_entry_limits() {
+    crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
     let d = Dirs::new();
     // Size announced by a header: refused before any byte of it is written.
     let tar = Layer::new().file("big", &vec![7u8; 2 << 20]).tar();
@@ -700,10 +711,9 @@ fn compare_walk_roundtrips_through_apply() {
 }
 
 #[test]
+#[ignore = "e2e: needs root (overlay mount)"]
 fn compare_overlay_upper_roundtrips_through_apply() {
-    if !nix::unistd::Uid::effective().is_root() {
-        panic!("this test needs root (overlay mount): run the suite as root");
-    }
+    crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
     use nix::mount::{MntFlags, MsFlags, mount, umount2};
     let tmp = tempfile::tempdir().unwrap();
     let (lower, upper, work, merged) = (
@@ -738,7 +748,9 @@ fn compare_overlay_upper_roundtrips_through_apply() {
 }
 
 #[test]
+#[ignore = "e2e: needs root (chown, mknod)"]
 fn gnu_tar_layers_apply_like_the_source_tree() {
+    crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
     // A layer as GNU tar writes it (PAX, long names, symlinks, hard links, a fifo), gzipped.
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");

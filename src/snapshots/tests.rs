@@ -222,12 +222,6 @@ async fn cleanup_removes_orphan_dirs_and_gc_hook_removes_children_first() {
     assert_eq!(removed, vec!["B", "A"]);
 }
 
-fn require_root() {
-    if !nix::unistd::Uid::effective().is_root() {
-        panic!("this test needs root (overlay mounts): run the suite as root");
-    }
-}
-
 /// Mounts `m` read-only at `at`; unmounted (by path) on drop.
 struct Mounted(PathBuf);
 
@@ -291,7 +285,7 @@ const TGZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// Two layers (the second with a whiteout and an opaque dir) unpacked through the walking
 /// differ into real snapshots, then the top viewed through a real mount.
 async fn unpack_and_view(backend: Backend, name: &str) {
-    require_root();
+    crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
     let env = Env::new();
     let s = env.snapshotter(name, backend);
     let differ = Walking::new(
@@ -364,18 +358,21 @@ async fn unpack_and_view(backend: Backend, name: &str) {
 }
 
 #[tokio::test]
+#[ignore = "e2e: needs root (overlay mounts)"]
 async fn overlay_unpacked_layers_mount_with_whiteouts_applied() {
     unpack_and_view(Backend::Overlay { index_off: false }, "overlayfs").await;
 }
 
 #[tokio::test]
+#[ignore = "e2e: needs root (mounts)"]
 async fn native_unpacked_layers_mount_with_whiteouts_applied() {
     unpack_and_view(Backend::Native, "native").await;
 }
 
 #[test]
+#[ignore = "e2e: needs root (overlay mount)"]
 fn overlay_check_mounts_on_this_host() {
-    require_root();
+    crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
     let tmp = tempfile::tempdir().unwrap();
     plugin::check_overlay(tmp.path()).unwrap();
     assert_eq!(

@@ -35,12 +35,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a daemon may take to exit after SIGTERM before the harness gives up.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Panics unless the test runs as root.
-pub fn require_root() {
-    if !nix::unistd::Uid::effective().is_root() {
-        panic!("this test needs root: run the test suite as root (sudo -E cargo test)");
-    }
-}
+// The one end-to-end guard, shared with the unit tests: see its module doc.
+#[path = "../../src/e2e_guard.rs"]
+mod e2e_guard;
+#[allow(unused_imports)] // CNI_PLUGINS: only the CNI tests use it
+pub use e2e_guard::{CNI_PLUGINS, Need, require};
 
 /// taskd's own shim (`containerd-shim-taskd-v2`, runtime `io.containerd.taskd.v2`, the CRI's
 /// default handler), next to the tests' taskd, where taskd finds it: `cargo test --workspace`
@@ -61,13 +60,6 @@ pub fn which(bin: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(bin))
         .find(|p| p.is_file())
-}
-
-/// Panics with "install BIN (apt-get install PACKAGE)" when `bin` is not on PATH.
-pub fn require_bin(bin: &str, apt_package: &str) {
-    if which(bin).is_none() {
-        panic!("install {bin} (apt-get install {apt_package})");
-    }
 }
 
 /// A free loopback TCP port (bound and released; good enough for tests).
@@ -282,7 +274,7 @@ impl Daemon {
 
     /// Runs `ctr --address <socket> ARGS`.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        require_bin("ctr", "containerd");
+        require(&[Need::Bin("ctr", "containerd")]);
         Command::new("ctr")
             .arg("--address")
             .arg(&self.socket)

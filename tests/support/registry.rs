@@ -589,7 +589,7 @@ impl Registry {
     }
 
     fn start_inner(basic_auth: bool, tls: bool, client_auth: bool) -> Registry {
-        super::require_bin("docker-registry", "docker-registry");
+        super::require(&[super::Need::Bin("docker-registry", "docker-registry")]);
         let dir = tempfile::Builder::new()
             .prefix("taskd-registry-")
             .tempdir()
@@ -604,7 +604,7 @@ impl Registry {
         let mut ca_cert = None;
         let mut client_cert = None;
         if tls {
-            super::require_bin("openssl", "openssl");
+            super::require(&[super::Need::Bin("openssl", "openssl")]);
             let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
             self_signed("127.0.0.1", &cert, &key, Some("IP:127.0.0.1"));
             config.push_str(&format!(
@@ -691,7 +691,7 @@ impl Registry {
     /// Copies `layout:tag` to `<addr>/<repo>:<dest_tag>` with skopeo (all platforms of an
     /// index); returns the reference.
     pub fn push(&self, layout: &OciLayout, tag: &str, repo: &str, dest_tag: &str) -> String {
-        super::require_bin("skopeo", "skopeo");
+        super::require(&[super::Need::Bin("skopeo", "skopeo")]);
         let reference = format!("{}/{repo}:{dest_tag}", self.addr);
         let mut cmd = Command::new("skopeo");
         cmd.args(["copy", "--all", "--dest-tls-verify=false", "--preserve-digests"]);

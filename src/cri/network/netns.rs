@@ -211,10 +211,9 @@ mod tests {
     use super::*;
 
     #[test]
+    #[ignore = "e2e: needs root (network namespaces)"]
     fn create_pins_a_distinct_namespace_and_remove_is_idempotent() {
-        if !nix::unistd::Uid::effective().is_root() {
-            panic!("this test needs root (unshare + mount): run the test suite as root");
-        }
+        crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
         let dir = tempfile::tempdir().unwrap();
         let p = create(&dir.path().join("netns")).unwrap();
         assert!(is_pinned(&p));

@@ -435,7 +435,9 @@ pub(crate) fn is_containerd_name_lint(line: &str) -> bool {
 }
 
 #[test]
+#[ignore = "e2e: needs promtool (prometheus)"]
 fn promtool_accepts_a_collection() {
+    crate::e2e_guard::require(&[crate::e2e_guard::Need::Bin("promtool", "prometheus")]);
     let m1 = monitor(&fixtures().join("cgroup1"), Mode::V1);
     m1.monitor(task("default", "task-a", 4343, None, "io.containerd.runc.v2"));
     promtool_check(&text(&m1.collect_families()));
@@ -468,13 +470,14 @@ fn registry_gather_includes_container_series() {
 /// process in fresh `taskd-test-<pid>` cgroups shows CPU, memory and pids; a process that
 /// exceeds the memory limit is OOM-killed and `container_memory_oom_total` counts it.
 #[test]
+#[ignore = "e2e: needs root (cgroups), promtool"]
 fn real_cgroup_stats_and_oom() {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test creates cgroups: run it as root"
-    );
+    crate::e2e_guard::require(&[
+        crate::e2e_guard::Need::Root,
+        crate::e2e_guard::Need::Bin("promtool", "prometheus"),
+    ]);
     let root = Path::new("/sys/fs/cgroup");
     let h =
         Hierarchy::detect(root, Path::new("/proc")).expect("a cgroup v1 or v2 hierarchy at /sys/fs/cgroup");

@@ -143,7 +143,7 @@ impl ContainerRuntime for FakeRt {
     ) -> Result<u32, CriError> {
         Err(CriError::Unimplemented {
             rpc: "ExecSync",
-            missing: "the fake runtime has no exec (tests/cri_pod.rs covers it)",
+            missing: "the fake runtime has no exec (tests/cri_task_runtime.rs covers it)",
         })
     }
     async fn exec_wait(&self, _: &str, _: &str) -> Result<ExitInfo, CriError> {

@@ -83,11 +83,9 @@ impl Drop for Env {
 }
 
 fn env(octet: u8, fake: Arc<Fake>) -> (Env, CriService) {
-    if !nix::unistd::Uid::effective().is_root() || !Path::new("/usr/lib/cni/bridge").is_file() {
-        panic!(
-            "needs root and the CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)"
-        );
-    }
+    use crate::e2e_guard::{CNI_PLUGINS, Need, require};
+    require(&[Need::Root]);
+    require(&CNI_PLUGINS);
     let dir = tempfile::tempdir().unwrap();
     let bridge = format!("tkc{}-{}", std::process::id() % 100_000, octet % 100);
     let conf_dir = dir.path().join("net.d");
@@ -160,6 +158,7 @@ fn pod(name: &str, host_network: bool) -> cri::RunPodSandboxRequest {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, CNI plugins"]
 async fn run_status_stop_remove_with_cni() {
     let fake = Arc::new(Fake::default());
     let (e, svc) = env(211, fake.clone());
@@ -245,6 +244,7 @@ async fn run_status_stop_remove_with_cni() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, CNI plugins"]
 async fn failed_start_rolls_back_netns_ip_files_and_record() {
     let fake = Arc::new(Fake {
         fail_start: true,
@@ -284,6 +284,7 @@ async fn failed_start_rolls_back_netns_ip_files_and_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, CNI plugins"]
 async fn host_network_needs_no_cni_and_bad_input_is_refused() {
     let fake = Arc::new(Fake::default());
     let (_e, svc) = env(213, fake.clone());
@@ -333,6 +334,7 @@ async fn without_a_controller_pod_rpcs_are_unimplemented() {
 /// recorded; kubelet's Stop + Remove of that record leave no netns, IP, pinned namespace,
 /// /dev/shm or pod dir behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, CNI plugins"]
 async fn stop_and_remove_clean_up_after_a_run_cut_short() {
     let fake = Arc::new(Fake::default());
     let (e, svc) = env(214, fake.clone());

@@ -5,7 +5,7 @@
 //! busybox directories built from the host's busybox-static (`tests/support/rootfs.rs`) and
 //! bind-mounted as the task rootfs, so the handlers are tested without a registry. The same
 //! flows through the real daemon, with pulled images and snapshots, are in
-//! `tests/cri_daemon.rs`.
+//! `tests/cri_sandbox.rs`, `tests/cri_containers.rs`.
 
 #[path = "support/rootfs.rs"]
 mod rootfs;
@@ -182,9 +182,11 @@ impl World {
 }
 
 async fn world() -> World {
-    support::require_root();
-    support::require_bin("runc", "runc");
-    support::require_bin("containerd-shim-runc-v2", "containerd");
+    support::require(&[
+        support::Need::Root,
+        support::Need::Bin("runc", "runc"),
+        support::Need::Bin("containerd-shim-runc-v2", "containerd"),
+    ]);
     if !Path::new("/usr/lib/cni/bridge").is_file() {
         panic!("install the CNI plugins (apt-get install containernetworking-plugins)");
     }
@@ -330,6 +332,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
 async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
     let w = world().await;
     let logs = w.dir.path().join("logs");
@@ -644,6 +647,7 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
 async fn memory_limit_exceeded_reports_oomkilled_and_bad_command_is_a_start_error() {
     let w = world().await;
     let logs = w.dir.path().join("logs");
@@ -731,6 +735,7 @@ async fn memory_limit_exceeded_reports_oomkilled_and_bad_command_is_a_start_erro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
 async fn cri_restart_recovers_pods_containers_logs_and_exits_while_down() {
     let mut w = world().await;
     let logs = w.dir.path().join("logs");

@@ -1,11 +1,17 @@
-//! CRI v1 against the real daemon, driven by the independent k8s-cri client (the same
-//! generated API kubelet tooling uses), over the daemon's unix socket.
+//! The CRI plugin on a node: Version, Status and its network condition, the runtime config,
+//! config validation and SIGHUP reloads (runtime handlers, CNI conf dir, registries), failed
+//! RPCs, and an empty node's answers; against the real daemon, driven by the independent
+//! k8s-cri client (the same generated API kubelet tooling uses) over its unix socket.
 
+#[path = "support/cri_world.rs"]
+mod cri_world;
 mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cri_world::{CriWorld, image_spec, kubelet_pod, pull};
+use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
@@ -13,8 +19,9 @@ use k8s_cri::v1::{
     RuntimeConfigRequest, StatusRequest, StatusResponse, UpdateRuntimeConfigRequest, VersionRequest,
 };
 use support::Daemon;
+use support::cri_client::stop_and_remove;
 
-const CRI: &str = "plugins.\"io.containerd.cri.v1.cri\"";
+use cri_world::CRI;
 
 /// A daemon whose CNI conf dir is `conf_dir` (which may not exist yet).
 fn daemon_with_cni(conf_dir: &Path, extra: &str) -> Daemon {
@@ -213,7 +220,9 @@ async fn failed_rpcs_answer_with_a_reason_and_are_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root (the pod's /dev/shm mount)"]
 async fn run_pod_sandbox_with_an_unknown_handler_is_refused() {
+    support::require(&[support::Need::Root]);
     use k8s_cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption};
     use k8s_cri::v1::{PodSandboxConfig, PodSandboxMetadata};
     // A sandbox image on a loopback port nothing serves: the pull fails without leaving
@@ -280,6 +289,7 @@ async fn run_pod_sandbox_with_an_unknown_handler_is_refused() {
 }
 
 #[test]
+#[ignore = "e2e: needs ctr (containerd)"]
 fn invalid_cri_config_fails_the_plugin_with_the_field_named() {
     let d = Daemon::start_with(&format!("[{CRI}]\ndefault_runtime = \"kata\"\n"));
     let out = d.ctr_ok(&["plugins", "ls", "-d", "id==cri"]);
@@ -400,6 +410,7 @@ async fn container_events_stream_ends_on_sigterm() {
 }
 
 #[test]
+#[ignore = "e2e: needs ctr (containerd)"]
 fn plugin_exports_that_pods_are_available() {
     let d = Daemon::start();
     let out = d.ctr_ok(&["plugins", "ls", "-d", "id==cri"]);
@@ -486,4 +497,81 @@ async fn sighup_adds_and_removes_runtime_handlers_and_applies_a_new_cni_conf_dir
     let s = status(&mut c).await;
     let names: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(names, ["", "runc"]);
+}
+
+/// SIGHUP through a real daemon with a pod: a handler the pod uses is kept although the new
+/// file drops it (and removed by the next SIGHUP once the pod is gone); the images service's
+/// registries are replaced, so a registry name that only a new mirror serves pulls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn sighup_keeps_a_handler_pods_use_and_applies_new_registries() {
+    let w = CriWorld::kubelet(
+        190 + (std::process::id() % 20) as u8,
+        "",
+        &format!("[{CRI}.runtimes.alt]\nruntime_type = \"io.containerd.runc.v2\"\n"),
+    );
+    let (mut rt, mut images) = w.clients().await;
+    pull(&mut images, "busybox", None).await;
+    let cfg = kubelet_pod(w.pod_config("alt"));
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: "alt".into(),
+        })
+        .await
+        .expect("RunPodSandbox alt")
+        .into_inner()
+        .pod_sandbox_id;
+    // A loopback "registry" nothing listens on: only a mirror can serve it.
+    let nowhere = format!("127.0.0.1:{}", support::free_port());
+    let image = format!("{nowhere}/library/busybox:latest");
+    let e = images
+        .pull_image(cri::PullImageRequest {
+            image: image_spec(&image),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("no mirror yet");
+    assert!(e.message().contains(&nowhere), "{e:?}");
+
+    let mirror = format!("http://{}", w.registry.addr);
+    let drop_alt_add_mirror = |cfg: &mut toml::Table| {
+        let plugins = cfg["plugins"].as_table_mut().unwrap();
+        let cri = plugins["io.containerd.cri.v1.cri"].as_table_mut().unwrap();
+        cri.remove("runtimes");
+        let regs = plugins["io.containerd.service.v1.images-service"]["registries"]
+            .as_table_mut()
+            .unwrap();
+        let mut entry = toml::Table::new();
+        entry.insert("mirrors".into(), toml::Value::Array(vec![mirror.clone().into()]));
+        regs.insert(nowhere.clone(), toml::Value::Table(entry));
+    };
+    let log = w.server.reload_with(drop_alt_add_mirror);
+    assert!(log.contains("SIGHUP: config reloaded"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("runtime handler kept") && l.contains("alt")),
+        "{log}"
+    );
+    let handlers = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers;
+    assert!(handlers.iter().any(|h| h.name == "alt"), "{handlers:?}");
+    pull(&mut images, &image, None).await;
+
+    stop_and_remove(&mut rt, &pod).await;
+    let log = w.server.sighup_and_wait();
+    assert!(log.contains("runtimes.alt removed"), "{log}");
+    let handlers = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers;
+    assert!(!handlers.iter().any(|h| h.name == "alt"), "{handlers:?}");
+    w.assert_no_pod_left();
 }

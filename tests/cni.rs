@@ -3,6 +3,8 @@
 //! inside network namespaces this test creates (the bridge gets no address and no masquerade:
 //! nothing can leave the machine). Cleans up its netns, bridge and IPAM state by name/path.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,28 +12,6 @@ use taskd::cri::config::CniConfig;
 use taskd::cri::network::{Cni, CniError, PodRef, netns};
 
 const BIN_DIR: &str = "/usr/lib/cni";
-
-fn require() {
-    if !nix::unistd::Uid::effective().is_root() {
-        panic!("this test needs root (netns + CNI): run the test suite as root");
-    }
-    for p in ["bridge", "host-local", "loopback"] {
-        if !Path::new(BIN_DIR).join(p).is_file() {
-            panic!(
-                "install the CNI plugins (apt-get install containernetworking-plugins): {BIN_DIR}/{p} missing"
-            );
-        }
-    }
-    if which("nsenter").is_none() || which("ip").is_none() {
-        panic!("install nsenter and ip (apt-get install util-linux iproute2)");
-    }
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
-}
 
 /// Everything the test creates; removed on drop (also on panic).
 struct Env {
@@ -52,7 +32,12 @@ impl Drop for Env {
 impl Env {
     /// `subnet_octet`: the third octet of 10.88.X.0/24, distinct per test.
     fn new(subnet_octet: u8, extra_plugins: &str) -> (Env, Cni) {
-        require();
+        support::require(&[
+            support::Need::Root,
+            support::Need::Bin("nsenter", "util-linux"),
+            support::Need::Bin("ip", "iproute2"),
+        ]);
+        support::require(&support::CNI_PLUGINS);
         let dir = tempfile::tempdir().unwrap();
         let bridge = format!("tkd{}-{}", std::process::id() % 100_000, subnet_octet % 100);
         let conf_dir = dir.path().join("net.d");
@@ -131,6 +116,7 @@ fn pod(id: &str) -> PodRef {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, CNI plugins, nsenter, ip"]
 async fn bridge_with_host_local_add_check_del() {
     let (mut env, cni) = Env::new(201, "");
     let ns = env.netns();
@@ -172,6 +158,7 @@ async fn bridge_with_host_local_add_check_del() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, CNI plugins, nsenter, ip"]
 async fn failed_add_rolls_back_the_chain() {
     // The second plugin does not exist: ADD fails after bridge + IPAM succeeded.
     let (mut env, cni) = Env::new(202, r#",{"type":"no-such-plugin-tkd"}"#);
@@ -187,6 +174,7 @@ async fn failed_add_rolls_back_the_chain() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, CNI plugins, nsenter, ip"]
 async fn plugin_error_carries_the_cni_error_message() {
     // host-local refuses a range that is not a subnet: the CNI error object reaches us.
     let (mut env, _) = Env::new(203, "");
