@@ -1318,6 +1318,7 @@ async fn runc_groups_skip_the_pool_and_cri_pods_share_a_warm_shim() {
 /// not as lost. (Taken as lost, its cleanup raced the shim's create and left a shim holding
 /// a task nobody knew of: the soak's rare leftover shim.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the taskd shim"]
 async fn restart_while_the_shim_still_creates_takes_the_task_once_created() {
     let mut w = World::on(TASKD_V2).await;
     let ns = w.ns.clone();
