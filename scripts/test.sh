@@ -68,9 +68,17 @@ if [ "$e2e" -eq 1 ]; then
     # as passed. The flag goes to the test binaries, after cargo's own `--`.
     # The VM tier's tests (tests/cgroup_v2.rs, `vm::*`) need a cgroup v2 + systemd host:
     # scripts/vm-test.sh runs them in a guest, the host suite skips them.
+    skips=(--skip vm::)
+    # tests/criu_host.rs checkpoints and restores with the host's CRIU. criu 3.17 cannot start
+    # on kernels >= 6.13 (docs/CRIU.md); on such a host those three tests are left out by name
+    # (shown as filtered, never as passed), elsewhere they run.
+    if criu check 2>&1 | grep -q "Could not initialize kernel features detection"; then
+        echo "criu cannot start on this kernel: skipping tests/criu_host.rs's round trips" >&2
+        skips+=(--skip checkpoint_restore_round_trip)
+    fi
     case " ${cargo_args[*]:-} " in
-        *" -- "*) cargo_args+=(--include-ignored --skip vm::) ;;
-        *) cargo_args+=(-- --include-ignored --skip vm::) ;;
+        *" -- "*) cargo_args+=(--include-ignored "${skips[@]}") ;;
+        *) cargo_args+=(-- --include-ignored "${skips[@]}") ;;
     esac
 fi
 if [ "$e2e" -eq 1 ] && [ "$(id -u)" -ne 0 ]; then
