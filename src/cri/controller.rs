@@ -18,9 +18,10 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
-use super::CriError;
 use super::config::RuntimeHandler;
 use super::store::image::ImageConfig;
+use crate::cri::error::CriError;
+use crate::cri::io::exec_output::ExecIo;
 
 /// Everything the controller needs to start a pause container.
 #[derive(Debug, Clone)]
@@ -77,16 +78,6 @@ pub struct CreateContainer {
     /// The stdin fifo the shim reads (empty: none).
     pub stdin: String,
     /// Fifo paths the shim writes (empty: discarded).
-    pub stdout: String,
-    pub stderr: String,
-    pub terminal: bool,
-}
-
-/// The stdio of an exec process: fifo paths the shim opens ("" = none) and whether the
-/// process gets a terminal (then the shim copies it to `stdout` alone).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecIo {
-    pub stdin: String,
     pub stdout: String,
     pub stderr: String,
     pub terminal: bool,

@@ -40,8 +40,10 @@ use super::controller::{Auth, BackendImage, FsUsage, ImageBackend, ImageInfo};
 use super::store::image::ImageConfig;
 use super::task_runtime::RootfsProvider;
 use super::userns::PodUserns;
-use super::{CriError, NAMESPACE, reference};
 use crate::content::{self, LABEL_GC_REF_SNAPSHOT};
+use crate::cri::error::CriError;
+use crate::cri::error::NAMESPACE;
+use crate::cri::reference;
 use crate::errdefs::{ErrorKind, Kind, not_found_ok};
 use crate::images::oci::Manifest as JsonManifest;
 use crate::images::platform::Matcher;
@@ -889,7 +891,7 @@ impl ImageSide {
             .await
             .map_err(|e| CriError::backend("prepare remapped image copy", e))?;
         let (dir, map_) = (self.scratch.join(uuid::Uuid::new_v4().simple().to_string()), *map);
-        let remapped = crate::cri::blocking("remap the image copy", move || {
+        let remapped = crate::cri::error::blocking("remap the image copy", move || {
             with_mounted(&mounts, &dir, false, |root| {
                 super::remap::remap_tree(root, &map_).map_err(|e| {
                     precondition("remap the image copy for the pod's user namespace", e.to_string())

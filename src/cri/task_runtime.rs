@@ -27,11 +27,14 @@ use async_trait::async_trait;
 use tracing::Instrument as _;
 
 use super::controller::{
-    ContainerRuntime, CreateContainer, ExecIo, ExitInfo, ImageInfo, SandboxController, StartSandbox,
+    ContainerRuntime, CreateContainer, ExitInfo, ImageInfo, SandboxController, StartSandbox,
 };
 use super::store::image::ImageConfig;
 use super::userns::PodUserns;
-use super::{CriError, NAMESPACE, spec};
+use crate::cri::error::CriError;
+use crate::cri::error::NAMESPACE;
+use crate::cri::io::exec_output::ExecIo;
+use crate::cri::spec;
 use crate::errdefs::{ErrorKind, Kind, not_found_ok};
 use crate::metadata::{Container, Runtime};
 use crate::runtime::{Mount, Stdio};

@@ -25,8 +25,10 @@ use taskd_proto::cri::v1::{
 };
 
 use crate::cri::controller::CreateContainer;
+use crate::cri::error::CriError;
 use crate::cri::io::ContainerIo;
 use crate::cri::server::sandbox::run::new_id;
+use crate::cri::service::CriService;
 use crate::cri::spec::container::{
     ContainerInput, HostDevice, PodFiles, SeccompChoice, cgroup_v2_host, container_spec,
     hugetlb_controller_present, seccomp_choice,
@@ -34,7 +36,7 @@ use crate::cri::spec::container::{
 use crate::cri::spec::{UsernsSpec, user};
 use crate::cri::store::container::{Container, ContainerState, Exit, container_name};
 use crate::cri::store::sandbox::SandboxState;
-use crate::cri::{CriError, CriService, reference, userns};
+use crate::cri::{reference, userns};
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> CriError {
     CriError::InvalidArgument {
@@ -264,7 +266,7 @@ impl CriService {
             )?;
             if profile.as_deref() == Some(apparmor::DEFAULT_PROFILE) {
                 let dir = self.state.join("apparmor");
-                crate::cri::blocking("load the default AppArmor profile", move || {
+                crate::cri::error::blocking("load the default AppArmor profile", move || {
                     apparmor::ensure_default_loaded(&dir)
                 })
                 .await?;

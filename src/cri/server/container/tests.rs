@@ -14,9 +14,10 @@ use crate::cri::container_events::ContainerEvents;
 use crate::cri::controller::{
     ContainerRuntime, CreateContainer, ExitInfo, ImageInfo, SandboxController, StartSandbox,
 };
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::store::container::ContainerState;
 use crate::cri::store::image::ImageConfig;
-use crate::cri::{CriError, CriService};
 use crate::errdefs::{ErrorKind, Kind};
 
 struct Proc {
@@ -139,7 +140,7 @@ impl ContainerRuntime for FakeRt {
         _: &str,
         _: &str,
         _: Vec<String>,
-        _: crate::cri::controller::ExecIo,
+        _: crate::cri::io::exec_output::ExecIo,
     ) -> Result<u32, CriError> {
         Err(CriError::Unimplemented {
             rpc: "ExecSync",

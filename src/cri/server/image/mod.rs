@@ -17,8 +17,10 @@ use std::collections::BTreeMap;
 use taskd_proto::cri::v1 as cri;
 
 use crate::cri::controller::BackendImage;
+use crate::cri::error::CriError;
+use crate::cri::reference;
+use crate::cri::service::CriService;
 use crate::cri::store::image::Image;
-use crate::cri::{CriError, CriService, reference};
 
 /// Groups image names by config digest.
 pub fn group(names: &[BackendImage]) -> Vec<Image> {

@@ -4,7 +4,9 @@
 use taskd_proto::cri::v1::{PullImageRequest, PullImageResponse};
 
 use crate::cri::controller::Auth;
-use crate::cri::{CriError, CriService, reference};
+use crate::cri::error::CriError;
+use crate::cri::reference;
+use crate::cri::service::CriService;
 
 impl CriService {
     pub async fn pull_image(&self, req: PullImageRequest) -> Result<PullImageResponse, CriError> {

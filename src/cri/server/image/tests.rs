@@ -7,8 +7,9 @@ use taskd_proto::cri::v1 as cri;
 
 use crate::cri::container_events::ContainerEvents;
 use crate::cri::controller::{Auth, BackendImage, FsUsage, ImageBackend};
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::store::image::ImageConfig;
-use crate::cri::{CriError, CriService};
 use crate::errdefs::{ErrorKind, Kind};
 
 const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";

@@ -29,11 +29,14 @@ use std::time::SystemTime;
 use taskd_proto::cri::v1::{NamespaceMode, PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse};
 
 use crate::cri::controller::StartSandbox;
+use crate::cri::error::CriError;
+use crate::cri::error::blocking;
 use crate::cri::network::{PodRef, PortMapping, netns};
+use crate::cri::service::CriService;
 use crate::cri::spec::UsernsSpec;
 use crate::cri::spec::sandbox::{SandboxInput, pod_namespace_modes, sandbox_spec};
 use crate::cri::store::sandbox::{HostNamespaces, Sandbox, SandboxState, sandbox_name};
-use crate::cri::{CriError, CriService, blocking, podfiles, podns, userns};
+use crate::cri::{podfiles, podns, userns};
 
 /// What has been set up so far (for the rollback).
 #[derive(Default)]

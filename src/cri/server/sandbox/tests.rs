@@ -10,10 +10,11 @@ use taskd_proto::cri::v1 as cri;
 use crate::cri::config::CriConfig;
 use crate::cri::container_events::ContainerEvents;
 use crate::cri::controller::{SandboxController, StartSandbox};
+use crate::cri::error::CriError;
 use crate::cri::network::netns;
+use crate::cri::service::CriService;
 use crate::cri::store::image::ImageConfig;
 use crate::cri::store::sandbox::SandboxState;
-use crate::cri::{CriError, CriService};
 use crate::errdefs::{ErrorKind, Kind};
 
 #[derive(Default)]
