@@ -5,7 +5,7 @@
 //! runtime.image(ref)            image config, id, /etc/passwd + /etc/group
 //! user (spec::user), devices (stat on the host; a directory: the devices under it;
 //! privileged: the host's /dev too), Localhost seccomp profile (read;
-//! spec::container::seccomp_choice), TARGET pid (a running container of this pod),
+//! spec::seccomp::seccomp_choice), TARGET pid (a running container of this pod),
 //! hugetlb controller probe, pod files, the pod's user namespace (the container's own
 //! userns_options, when given, must be the pod's) → spec::container
 //! host sources of propagating mounts shared/slave (propagation.rs)
@@ -29,10 +29,11 @@ use crate::cri::error::CriError;
 use crate::cri::io::ContainerIo;
 use crate::cri::server::sandbox::run::new_id;
 use crate::cri::service::CriService;
-use crate::cri::spec::container::{
-    ContainerInput, HostDevice, PodFiles, SeccompChoice, cgroup_v2_host, container_spec,
-    hugetlb_controller_present, seccomp_choice,
-};
+use crate::cri::spec::container::{ContainerInput, container_spec};
+use crate::cri::spec::devices::HostDevice;
+use crate::cri::spec::mounts::PodFiles;
+use crate::cri::spec::resources::{cgroup_v2_host, hugetlb_controller_present};
+use crate::cri::spec::seccomp::{SeccompChoice, seccomp_choice};
 use crate::cri::spec::{UsernsSpec, user};
 use crate::cri::store::container::{Container, ContainerState, Exit, container_name};
 use crate::cri::store::sandbox::SandboxState;

@@ -6,7 +6,7 @@ use taskd_proto::cri::v1::{UpdateContainerResourcesRequest, UpdateContainerResou
 
 use crate::cri::error::CriError;
 use crate::cri::service::CriService;
-use crate::cri::spec::container::update_resources;
+use crate::cri::spec::resources::update_resources;
 use crate::cri::store::container::ContainerState;
 
 impl CriService {
