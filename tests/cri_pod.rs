@@ -16,14 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use taskd::cri::backend::contract::ImageInfo;
+use taskd::cri::backend::contract::RootfsProvider;
+use taskd::cri::backend::tasks::TaskRuntime;
 use taskd::cri::config::CriConfig;
 use taskd::cri::container_events::ContainerEvents;
-use taskd::cri::controller::ImageInfo;
 use taskd::cri::error::CriError;
 use taskd::cri::service::CriService;
 use taskd::cri::store::container::ContainerState;
 use taskd::cri::store::image::ImageConfig;
-use taskd::cri::task_runtime::{RootfsProvider, TaskRuntime};
 use taskd::events::Exchange;
 use taskd::metadata::Db;
 use taskd::monitor::NoopMonitor;

@@ -141,7 +141,7 @@ pub fn manifest(data: &[u8]) {
 
 /// An image config as CreateContainer reads it, and its chain id.
 pub fn image_config(data: &[u8]) {
-    if let Ok((cfg, diff_ids)) = taskd::cri::image_backend::decode_image_config(data) {
+    if let Ok((cfg, diff_ids)) = taskd::cri::backend::images::decode_image_config(data) {
         let chains = taskd::images::unpack::chain_ids(&diff_ids);
         assert_eq!(chains.len(), diff_ids.len());
         let _ = cfg;

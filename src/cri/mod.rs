@@ -19,19 +19,18 @@
 //!
 //! The adapter never talks to shims: pods and containers become tasks through the tasks
 //! service's `Local`, as containerd's CRI plugin does with in-memory services. Images and
-//! root file systems come from `image_backend::ImageSide` (images service, server-side
+//! root file systems come from `backend::images::ImageSide` (images service, server-side
 //! pull, content store, the snapshotter pulls unpack into). When a service is not loaded,
 //! the RPCs that need it answer Unimplemented naming what is missing.
 
+pub mod backend;
 pub mod config;
 pub mod container_events;
-pub mod controller;
 pub mod convert;
 pub mod detach;
 pub mod error;
 pub mod events;
 pub mod features;
-pub mod image_backend;
 pub mod instrument;
 pub mod io;
 pub mod metrics;
@@ -51,6 +50,5 @@ pub mod store;
 pub mod stream_front;
 pub mod stream_tokens;
 pub mod streaming;
-pub mod task_runtime;
 pub mod unimplemented;
 pub mod userns;

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
+use crate::cri::backend::contract::RootfsProvider;
+use crate::cri::backend::images::ImageSide;
+use crate::cri::backend::tasks::TaskRuntime;
 use crate::cri::config::CriConfig;
 use crate::cri::service::CriService;
-use crate::cri::{
-    container_events, events, features, image_backend, instrument, recover, server, state_metrics, streaming,
-    task_runtime,
-};
+use crate::cri::{container_events, events, features, instrument, recover, server, state_metrics, streaming};
 use crate::plugin::{Instance, PluginError, PluginType, Registration, ids};
 
 /// The plugins this module registers; `builtins.rs` lists them.
@@ -35,7 +35,7 @@ fn registration() -> Registration {
             cx.get_optional::<crate::content::Store>(),
         ) {
             (Some(images), Some(puller), Some(content)) => {
-                image_backend::ImageSide::new(images, puller, content, cx.state().join("image-views"))
+                ImageSide::new(images, puller, content, cx.state().join("image-views"))
                     .map(Arc::new)
             }
             _ => None,
@@ -47,11 +47,11 @@ fn registration() -> Registration {
         // provider (images + snapshots); when one is missing the RPCs say so.
         let tasks = cx.get_optional::<dyn crate::services::tasks::Tasks>();
         let containers = cx.get_optional::<dyn crate::services::containers::Containers>();
-        let rootfs = image_side.map(|s| s as Arc<dyn task_runtime::RootfsProvider>);
+        let rootfs = image_side.map(|s| s as Arc<dyn RootfsProvider>);
         let mut missing = Vec::new();
         match (tasks, containers, rootfs) {
             (Some(t), Some(c), Some(r)) => {
-                let rt = Arc::new(task_runtime::TaskRuntime::new(t, c, r));
+                let rt = Arc::new(TaskRuntime::new(t, c, r));
                 service.controller = Some(rt.clone());
                 service.runner = Some(rt);
             }

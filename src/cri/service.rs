@@ -55,11 +55,11 @@ pub struct CriService {
     /// The GetContainerEvents feed.
     pub events: ContainerEvents,
     /// Runs pause containers; None when the services it needs are not on this build.
-    pub controller: Option<std::sync::Arc<dyn super::controller::SandboxController>>,
+    pub controller: Option<std::sync::Arc<dyn crate::cri::backend::contract::SandboxController>>,
     /// Runs app containers; None when the services it needs are not on this build.
-    pub runner: Option<std::sync::Arc<dyn super::controller::ContainerRuntime>>,
+    pub runner: Option<std::sync::Arc<dyn crate::cri::backend::contract::ContainerRuntime>>,
     /// Pulls and lists images; None when the services it needs are not on this build.
-    pub image_backend: Option<std::sync::Arc<dyn super::controller::ImageBackend>>,
+    pub image_backend: Option<std::sync::Arc<dyn crate::cri::backend::contract::ImageBackend>>,
     /// Each container's stdio fifos and log copiers, by container id.
     pub ios: std::sync::Mutex<std::collections::HashMap<String, super::io::ContainerIo>>,
     /// taskd's own oom_score_adj: nothing taskd starts gets a lower one.
@@ -211,7 +211,10 @@ impl CriService {
     pub fn controller(
         &self,
         rpc: &'static str,
-    ) -> Result<std::sync::Arc<dyn super::controller::SandboxController>, crate::cri::error::CriError> {
+    ) -> Result<
+        std::sync::Arc<dyn crate::cri::backend::contract::SandboxController>,
+        crate::cri::error::CriError,
+    > {
         self.controller
             .clone()
             .ok_or(crate::cri::error::CriError::Unimplemented {
@@ -224,7 +227,10 @@ impl CriService {
     pub fn container_runtime(
         &self,
         rpc: &'static str,
-    ) -> Result<std::sync::Arc<dyn super::controller::ContainerRuntime>, crate::cri::error::CriError> {
+    ) -> Result<
+        std::sync::Arc<dyn crate::cri::backend::contract::ContainerRuntime>,
+        crate::cri::error::CriError,
+    > {
         self.runner
             .clone()
             .ok_or(crate::cri::error::CriError::Unimplemented {
@@ -237,7 +243,8 @@ impl CriService {
     pub fn image_backend(
         &self,
         rpc: &'static str,
-    ) -> Result<std::sync::Arc<dyn super::controller::ImageBackend>, crate::cri::error::CriError> {
+    ) -> Result<std::sync::Arc<dyn crate::cri::backend::contract::ImageBackend>, crate::cri::error::CriError>
+    {
         self.image_backend
             .clone()
             .ok_or(crate::cri::error::CriError::Unimplemented {

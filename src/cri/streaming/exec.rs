@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::conn::Sink;
 use super::protocol::{Outcome, ResizeDecoder};
-use crate::cri::controller::ContainerRuntime;
+use crate::cri::backend::contract::ContainerRuntime;
 use crate::cri::error::CriError;
 use crate::cri::io::{ExecOutput, ExecReader};
 use crate::cri::service::CriService;

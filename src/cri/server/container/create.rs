@@ -24,7 +24,7 @@ use taskd_proto::cri::v1::{
     ContainerEventType, CreateContainerRequest, CreateContainerResponse, NamespaceMode,
 };
 
-use crate::cri::controller::CreateContainer;
+use crate::cri::backend::contract::CreateContainer;
 use crate::cri::error::CriError;
 use crate::cri::io::ContainerIo;
 use crate::cri::server::sandbox::run::new_id;
@@ -441,7 +441,6 @@ impl CriService {
                 sandbox_id: sandbox.id.clone(),
                 image,
                 spec,
-                handler_name: handler_name.to_owned(),
                 handler: handler.clone(),
                 stdin,
                 stdout,

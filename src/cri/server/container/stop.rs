@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use taskd_proto::cri::v1::{ContainerEventType, StopContainerRequest, StopContainerResponse};
 
-use crate::cri::controller::ExitInfo;
+use crate::cri::backend::contract::ExitInfo;
 use crate::cri::error::CriError;
 use crate::cri::service::CriService;
 use crate::cri::store::container::{ContainerState, exit_reason};

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use taskd_proto::cri::v1 as cri;
 
-use crate::cri::controller::BackendImage;
+use crate::cri::backend::contract::BackendImage;
 use crate::cri::error::CriError;
 use crate::cri::reference;
 use crate::cri::service::CriService;

@@ -3,7 +3,7 @@
 
 use taskd_proto::cri::v1::{PullImageRequest, PullImageResponse};
 
-use crate::cri::controller::Auth;
+use crate::cri::backend::contract::Auth;
 use crate::cri::error::CriError;
 use crate::cri::reference;
 use crate::cri::service::CriService;
