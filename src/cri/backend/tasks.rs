@@ -36,6 +36,7 @@ use crate::cri::spec;
 use crate::cri::userns::PodUserns;
 use crate::errdefs::{ErrorKind, Kind, not_found_ok};
 use crate::metadata::{Container, Runtime};
+use crate::rollback::Rollback;
 use crate::runtime::Stdio;
 use crate::services::containers::Containers;
 use crate::services::tasks::{CreateTask, Tasks};
@@ -80,6 +81,8 @@ impl TaskRuntime {
             None => self.rootfs.prepare(id, image).await?,
             Some(map) => self.rootfs.prepare_remapped(id, image, sandbox_id, &map).await?,
         };
+        let mut rollback = Rollback::new(format!("create {kind} {id}"));
+        rollback.defer("remove the rootfs", || self.rootfs.remove(id));
         let record = Container {
             id: id.to_owned(),
             labels: BTreeMap::from([("io.cri-containerd.kind".to_owned(), kind.to_owned())]),
@@ -100,9 +103,15 @@ impl TaskRuntime {
             ..Default::default()
         };
         if let Err(e) = self.containers.create(NAMESPACE, record).await {
-            let _ = self.rootfs.remove(id).await;
+            rollback.undo().await;
             return Err(CriError::backend("create container record", e));
         }
+        rollback.defer("delete the container record", || async move {
+            self.containers
+                .delete(NAMESPACE, id)
+                .await
+                .map_err(|e| CriError::backend("delete container record", e))
+        });
         let created = shim_call(
             "Create",
             id,
@@ -120,10 +129,10 @@ impl TaskRuntime {
         )
         .await;
         if let Err(e) = created {
-            let _ = self.containers.delete(NAMESPACE, id).await;
-            let _ = self.rootfs.remove(id).await;
+            rollback.undo().await;
             return Err(CriError::backend("create task", e));
         }
+        rollback.disarm();
         Ok(())
     }
 

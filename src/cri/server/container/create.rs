@@ -38,6 +38,7 @@ use crate::cri::spec::{UsernsSpec, user};
 use crate::cri::store::container::{Container, ContainerState, Exit, container_name};
 use crate::cri::store::sandbox::SandboxState;
 use crate::cri::{reference, userns};
+use crate::rollback::Rollback;
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> CriError {
     CriError::InvalidArgument {
@@ -403,6 +404,20 @@ impl CriService {
             config: cfg.clone(),
         };
         self.containers.add(record)?;
+        let mut rollback = Rollback::new(format!("create container {id}"));
+        rollback.defer("remove the container's directory", || {
+            let dir = self.container_dir(&id);
+            async move {
+                match std::fs::remove_dir_all(dir) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    r => r,
+                }
+            }
+        });
+        rollback.defer("forget the container record", || async {
+            self.containers.remove(&id);
+            Ok(())
+        });
 
         // With a tty the shim copies the console to stdout (stderr stays unused).
         let io = if log_path.as_os_str().is_empty() {
@@ -417,7 +432,7 @@ impl CriService {
             ) {
                 Ok(io) => Some(io),
                 Err(e) => {
-                    self.containers.remove(&id);
+                    rollback.undo().await;
                     return Err(e.into());
                 }
             }
@@ -452,10 +467,10 @@ impl CriService {
             if let Some(mut io) = io {
                 io.release().await;
             }
-            self.containers.remove(&id);
-            let _ = std::fs::remove_dir_all(self.container_dir(&id));
+            rollback.undo().await;
             return Err(e);
         }
+        rollback.disarm();
         if let Some(io) = io {
             let log = io.log().clone();
             let _ = self.containers.update(&id, |c| {
