@@ -1,41 +1,36 @@
 //! The explicit list of built-in plugins, in no particular order (the registry orders them by
 //! their requirements). No link-time registration: a plugin exists if it is listed here.
+//! Every plugin's wiring lives in the `plugin.rs` beside its module, as `registrations()`.
 
 use crate::plugin::Registration;
 
 /// Every built-in plugin.
 pub fn registrations() -> Vec<Registration> {
-    vec![
-        crate::events::exchange::plugin(),
-        crate::deprecation::plugin(),
-        crate::services::events::grpc_plugin(),
-        crate::services::events::ttrpc_plugin(),
-        crate::services::version::plugin(),
-        crate::services::introspection::plugin(),
-        crate::services::health::plugin(),
-        crate::metadata::plugin::registration(),
-        crate::content::plugin::registration(),
-        crate::services::content::registration(),
-        crate::services::content::grpc::registration(),
-        crate::gc::plugin::registration(),
-        crate::services::images::registration(),
-        crate::services::images::grpc::registration(),
-        crate::services::namespaces::registration(),
-        crate::services::namespaces::grpc::registration(),
-        crate::services::containers::registration(),
-        crate::services::containers::grpc::registration(),
-        crate::services::leases::registration(),
-        crate::services::leases::grpc::registration(),
-        crate::snapshots::plugin::overlayfs(),
-        crate::snapshots::plugin::native(),
-        crate::services::snapshots::registration(),
-        crate::services::snapshots::grpc::registration(),
-        crate::diff::plugin::registration(),
-        crate::services::diff::grpc::registration(),
-        crate::monitor::cgroups::registration(),
-        crate::runtime::v2::registration(),
-        crate::services::tasks::local::registration(),
-        crate::services::tasks::grpc::registration(),
-        crate::cri::registration(),
+    [
+        crate::events::plugin::registrations(),
+        crate::deprecation::plugin::registrations(),
+        crate::services::events::plugin::registrations(),
+        crate::services::version::plugin::registrations(),
+        crate::services::introspection::plugin::registrations(),
+        crate::services::health::plugin::registrations(),
+        crate::metadata::plugin::registrations(),
+        crate::content::plugin::registrations(),
+        crate::services::content::plugin::registrations(),
+        crate::gc::plugin::registrations(),
+        crate::services::images::plugin::registrations(),
+        crate::services::namespaces::plugin::registrations(),
+        crate::services::containers::plugin::registrations(),
+        crate::services::leases::plugin::registrations(),
+        crate::snapshots::plugin::registrations(),
+        crate::services::snapshots::plugin::registrations(),
+        crate::diff::plugin::registrations(),
+        crate::services::diff::plugin::registrations(),
+        crate::monitor::cgroups::plugin::registrations(),
+        crate::runtime::v2::plugin::registrations(),
+        crate::services::tasks::plugin::registrations(),
+        crate::cri::plugin::registrations(),
     ]
+    .into_iter()
+    .flatten()
+    .collect()
 }

@@ -22,6 +22,7 @@ pub mod metadata;
 pub mod migrate;
 pub mod monitor;
 pub mod plugin;
+pub mod rollback;
 pub mod runtime;
 pub mod server;
 pub mod services;

@@ -16,13 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use taskd::cri::backend::contract::ImageInfo;
+use taskd::cri::backend::contract::RootfsProvider;
+use taskd::cri::backend::tasks::TaskRuntime;
 use taskd::cri::config::CriConfig;
 use taskd::cri::container_events::ContainerEvents;
-use taskd::cri::controller::ImageInfo;
+use taskd::cri::error::CriError;
+use taskd::cri::service::CriService;
 use taskd::cri::store::container::ContainerState;
 use taskd::cri::store::image::ImageConfig;
-use taskd::cri::task_runtime::{RootfsProvider, TaskRuntime};
-use taskd::cri::{CriError, CriService};
 use taskd::events::Exchange;
 use taskd::metadata::Db;
 use taskd::monitor::NoopMonitor;
@@ -48,7 +50,7 @@ impl RootfsProvider for BusyboxRootfs {
         let pause = reference.contains("pause");
         Ok(ImageInfo {
             id: "sha256:0000000000000000000000000000000000000000000000000000000000000000".into(),
-            reference: taskd::cri::reference::normalize(reference)?.to_string(),
+            reference: taskd::images::reference::normalize(reference)?.to_string(),
             config: ImageConfig {
                 entrypoint: if pause {
                     vec!["/bin/sleep".into(), "3600".into()]

@@ -141,7 +141,7 @@ pub fn manifest(data: &[u8]) {
 
 /// An image config as CreateContainer reads it, and its chain id.
 pub fn image_config(data: &[u8]) {
-    if let Ok((cfg, diff_ids)) = taskd::cri::image_backend::decode_image_config(data) {
+    if let Ok((cfg, diff_ids)) = taskd::cri::backend::images::decode_image_config(data) {
         let chains = taskd::images::oci::chain_ids(&diff_ids);
         assert_eq!(chains.len(), diff_ids.len());
         let _ = cfg;
@@ -231,7 +231,7 @@ pub fn cri_request(data: &[u8]) {
         }
         3 => {
             if let Ok(r) = cri::UpdateContainerResourcesRequest::decode(body) {
-                let _ = taskd::cri::spec::container::update_resources(&r.linux.unwrap_or_default());
+                let _ = taskd::cri::spec::resources::update_resources(&r.linux.unwrap_or_default());
             }
         }
         4 => {
@@ -300,7 +300,7 @@ fn create_container(config: &cri::ContainerConfig, sandbox: &cri::PodSandboxConf
         return;
     };
     if taskd::cri::spec::apparmor::request(&sec).is_err()
-        || taskd::cri::spec::container::seccomp_choice(&sec).is_err()
+        || taskd::cri::spec::seccomp::seccomp_choice(&sec).is_err()
     {
         return;
     }

@@ -466,7 +466,7 @@ fn reload(
         );
         token.set(new_token);
     }
-    if let Some(service) = plugins.get::<taskd::cri::CriService>() {
+    if let Some(service) = plugins.get::<taskd::cri::service::CriService>() {
         let r = service.reload(cri);
         applied.extend(r.applied.iter().map(|a| format!("plugins.\"{CRI_PLUGIN}\".{a}")));
         for name in &r.kept {

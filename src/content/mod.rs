@@ -36,7 +36,6 @@
 //! ```
 
 pub mod blobs;
-pub mod diff_adapters;
 pub mod plugin;
 mod records;
 pub mod store;

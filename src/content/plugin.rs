@@ -7,7 +7,12 @@ use super::{ContentError, Store};
 use crate::metadata::Db;
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
 
-pub fn registration() -> Registration {
+/// The plugins this module registers; `builtins.rs` lists them.
+pub fn registrations() -> Vec<Registration> {
+    vec![registration()]
+}
+
+fn registration() -> Registration {
     Registration::new(PluginType::Content, ids::CONTENT, init).requires(&[PluginType::Metadata])
 }
 

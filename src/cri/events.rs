@@ -36,8 +36,14 @@ pub fn spawn(
     subscriber: &dyn Subscriber,
 ) -> Result<JoinHandle<()>, filters::FilterError> {
     let filter = filters::parse(&[
-        format!(r#"namespace=="{}",topic=="/tasks/exit""#, super::NAMESPACE),
-        format!(r#"namespace=="{}",topic=="/tasks/oom""#, super::NAMESPACE),
+        format!(
+            r#"namespace=="{}",topic=="/tasks/exit""#,
+            crate::cri::error::NAMESPACE
+        ),
+        format!(
+            r#"namespace=="{}",topic=="/tasks/oom""#,
+            crate::cri::error::NAMESPACE
+        ),
     ])?;
     let mut sub = subscriber.subscribe("cri", filter);
     Ok(tokio::spawn(async move {

@@ -22,7 +22,7 @@ use std::time::Instant;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tracing::Instrument as _;
 
-use super::CriError;
+use crate::cri::error::CriError;
 use crate::errdefs::{ErrorKind, Kind};
 use crate::server::status::to_status;
 

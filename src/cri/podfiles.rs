@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use taskd_proto::cri::v1::DnsConfig;
 
-use super::spec::container::PodFiles;
+use super::spec::mounts::PodFiles;
 use crate::errdefs::{ErrorKind, Kind, absent_ok};
 
 /// A pod file that could not be written (or mounted); names the path.

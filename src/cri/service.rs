@@ -55,11 +55,11 @@ pub struct CriService {
     /// The GetContainerEvents feed.
     pub events: ContainerEvents,
     /// Runs pause containers; None when the services it needs are not on this build.
-    pub controller: Option<std::sync::Arc<dyn super::controller::SandboxController>>,
+    pub controller: Option<std::sync::Arc<dyn crate::cri::backend::contract::SandboxController>>,
     /// Runs app containers; None when the services it needs are not on this build.
-    pub runner: Option<std::sync::Arc<dyn super::controller::ContainerRuntime>>,
+    pub runner: Option<std::sync::Arc<dyn crate::cri::backend::contract::ContainerRuntime>>,
     /// Pulls and lists images; None when the services it needs are not on this build.
-    pub image_backend: Option<std::sync::Arc<dyn super::controller::ImageBackend>>,
+    pub image_backend: Option<std::sync::Arc<dyn crate::cri::backend::contract::ImageBackend>>,
     /// Each container's stdio fifos and log copiers, by container id.
     pub ios: std::sync::Mutex<std::collections::HashMap<String, super::io::ContainerIo>>,
     /// taskd's own oom_score_adj: nothing taskd starts gets a lower one.
@@ -72,7 +72,7 @@ pub struct CriService {
     pub handler_features: std::collections::HashMap<String, super::features::HandlerFeatures>,
     /// The streaming server's token cache and URL (Exec/Attach/PortForward); None until
     /// the plugin bound it.
-    pub streaming: Option<std::sync::Arc<super::streaming::Front>>,
+    pub streaming: Option<std::sync::Arc<crate::cri::stream_front::Front>>,
     /// The last CPU sample per container (time, cumulative ns), for `usage_nano_cores`.
     pub cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (std::time::SystemTime, u64)>>,
     /// The state-changing calls' own tasks, and the answers their retries may claim.
@@ -211,40 +211,55 @@ impl CriService {
     pub fn controller(
         &self,
         rpc: &'static str,
-    ) -> Result<std::sync::Arc<dyn super::controller::SandboxController>, super::CriError> {
-        self.controller.clone().ok_or(super::CriError::Unimplemented {
-            rpc,
-            missing: super::server::unimplemented::LIFECYCLE,
-        })
+    ) -> Result<
+        std::sync::Arc<dyn crate::cri::backend::contract::SandboxController>,
+        crate::cri::error::CriError,
+    > {
+        self.controller
+            .clone()
+            .ok_or(crate::cri::error::CriError::Unimplemented {
+                rpc,
+                missing: crate::cri::unimplemented::LIFECYCLE,
+            })
     }
 
     /// The container runtime, or Unimplemented naming what is missing.
     pub fn container_runtime(
         &self,
         rpc: &'static str,
-    ) -> Result<std::sync::Arc<dyn super::controller::ContainerRuntime>, super::CriError> {
-        self.runner.clone().ok_or(super::CriError::Unimplemented {
-            rpc,
-            missing: super::server::unimplemented::LIFECYCLE,
-        })
+    ) -> Result<
+        std::sync::Arc<dyn crate::cri::backend::contract::ContainerRuntime>,
+        crate::cri::error::CriError,
+    > {
+        self.runner
+            .clone()
+            .ok_or(crate::cri::error::CriError::Unimplemented {
+                rpc,
+                missing: crate::cri::unimplemented::LIFECYCLE,
+            })
     }
 
     /// The image backend, or Unimplemented naming what is missing.
     pub fn image_backend(
         &self,
         rpc: &'static str,
-    ) -> Result<std::sync::Arc<dyn super::controller::ImageBackend>, super::CriError> {
-        self.image_backend.clone().ok_or(super::CriError::Unimplemented {
-            rpc,
-            missing: super::server::unimplemented::IMAGES,
-        })
+    ) -> Result<std::sync::Arc<dyn crate::cri::backend::contract::ImageBackend>, crate::cri::error::CriError>
+    {
+        self.image_backend
+            .clone()
+            .ok_or(crate::cri::error::CriError::Unimplemented {
+                rpc,
+                missing: crate::cri::unimplemented::IMAGES,
+            })
     }
 
     /// The streaming server's front (token cache + URL), or an error saying it is absent.
-    pub fn streaming(&self) -> Result<&super::streaming::Front, super::CriError> {
-        self.streaming.as_deref().ok_or(super::CriError::Streaming(
-            super::streaming::StreamingError::NotRunning,
-        ))
+    pub fn streaming(&self) -> Result<&crate::cri::stream_front::Front, crate::cri::error::CriError> {
+        self.streaming
+            .as_deref()
+            .ok_or(crate::cri::error::CriError::Streaming(
+                crate::cri::stream_front::StreamingError::NotRunning,
+            ))
     }
 
     /// `<state>/containers/<id>`: a container's stdio fifos.
@@ -288,7 +303,7 @@ impl CriService {
         sandbox_id: &str,
         kind: taskd_proto::cri::v1::ContainerEventType,
     ) -> taskd_proto::cri::v1::ContainerEventResponse {
-        use super::server::convert;
+        use crate::cri::convert;
         let pod_sandbox_status = self
             .sandboxes
             .get(sandbox_id)

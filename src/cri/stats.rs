@@ -191,7 +191,7 @@ impl Sample {
 /// The decodable samples among `stats`, with their sampling time, by task id (each payload
 /// decoded once, however many answers use it).
 pub fn decode_all(
-    stats: &[crate::cri::controller::TaskStats],
+    stats: &[crate::cri::backend::contract::TaskStats],
 ) -> HashMap<String, (std::time::SystemTime, Sample)> {
     stats
         .iter()

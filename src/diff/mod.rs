@@ -22,12 +22,13 @@
 //! stored through a [`LayerSink`] with the `containerd.io/uncompressed` label.
 //!
 //! The content store implements [`LayerSource`] and [`LayerSink`]
-//! (`content/diff_adapters.rs`); without one, Apply and Compare answer Unavailable.
+//! (`diff/content_store.rs`); without one, Apply and Compare answer Unavailable.
 //! [`apply_layer`] and [`write_layer`] are pure and tested on their own.
 
 mod apply;
 pub mod beneath;
 mod compare;
+pub mod content_store;
 pub mod plugin;
 
 #[cfg(test)]

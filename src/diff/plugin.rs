@@ -8,7 +8,12 @@ use super::{Differ, Limits, Walking};
 use crate::plugin::{Instance, PluginType, Registration, ids};
 use crate::snapshots::Snapshotter;
 
-pub fn registration() -> Registration {
+/// The plugins this module registers; `builtins.rs` lists them.
+pub fn registrations() -> Vec<Registration> {
+    vec![registration()]
+}
+
+fn registration() -> Registration {
     Registration::new(PluginType::Diff, ids::WALKING, |cx| async move {
         let limits: Limits = cx.config()?;
         let allowed = cx
@@ -28,7 +33,7 @@ pub fn registration() -> Registration {
                     source: e,
                 })
             })?;
-            walking = walking.with_sink(Arc::new(crate::content::diff_adapters::Sink(store)), scratch);
+            walking = walking.with_sink(Arc::new(super::content_store::Sink(store)), scratch);
         }
         let differ: Arc<dyn Differ> = Arc::new(walking);
         Ok(Instance::new()

@@ -38,7 +38,6 @@ use super::{Envelope, EventError, Forwarder, Publisher, Subscriber, Subscription
 use crate::errdefs::{ErrorKind, Kind};
 use crate::filters::Filter;
 use crate::identifiers;
-use crate::plugin::{Instance, PluginError, PluginType, Registration, ids};
 
 /// The default capacity of each subscriber's queue.
 pub const DEFAULT_QUEUE_SIZE: usize = 1024;
@@ -312,34 +311,6 @@ impl ErrorKind for ExchangeError {
     }
 }
 
-/// The plugin: `io.containerd.event.v1.exchange`, providing `dyn Publisher`,
-/// `dyn Forwarder`, `dyn Subscriber` and the concrete [`Exchange`].
-pub fn plugin() -> Registration {
-    Registration::new(PluginType::Event, ids::EXCHANGE, |cx| async move {
-        let config: ExchangeConfig = cx.config()?;
-        if !(1..=MAX_QUEUE_SIZE).contains(&config.queue_size) {
-            return Err(PluginError::init(ExchangeError::QueueSize {
-                value: config.queue_size,
-            }));
-        }
-        let exchange = Exchange::with_queue_size(config.queue_size)
-            .map_err(|e| PluginError::init(ExchangeError::from(e)))?;
-        exchange
-            .register_metrics(cx.metrics())
-            .map_err(|e| PluginError::init(ExchangeError::from(e)))?;
-        let exchange = Arc::new(exchange);
-        let closer = exchange.clone();
-        Ok(Instance::new()
-            .with::<dyn Publisher>(exchange.clone())
-            .with::<dyn Forwarder>(exchange.clone())
-            .with::<dyn Subscriber>(exchange.clone())
-            .with::<Exchange>(exchange)
-            .export("queue_size", config.queue_size.to_string())
-            .on_shutdown(move || async move { closer.close() }))
-    })
-    .config::<ExchangeConfig>()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,7 +515,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let mut table = toml::Table::new();
             table.insert("queue_size".into(), toml::Value::Integer(size));
-            let plugins = Registry::new(vec![plugin()])
+            let plugins = Registry::new(crate::events::plugin::registrations())
                 .unwrap()
                 .init(RegistryConfig {
                     root: dir.path().join("root"),

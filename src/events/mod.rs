@@ -10,6 +10,7 @@ use crate::errdefs::{ErrorKind, Kind};
 
 pub mod exchange;
 pub mod fields;
+pub mod plugin;
 pub mod topics;
 
 pub use exchange::Exchange;

@@ -25,7 +25,12 @@ impl Default for Config {
     }
 }
 
-pub fn registration() -> Registration {
+/// The plugins this module registers; `builtins.rs` lists them.
+pub fn registrations() -> Vec<Registration> {
+    vec![registration()]
+}
+
+fn registration() -> Registration {
     Registration::new(PluginType::Internal, ids::GC, init)
         .requires(&[PluginType::Metadata, PluginType::Content, PluginType::Snapshotter])
         .config::<Config>()

@@ -32,7 +32,12 @@ impl Default for Config {
     }
 }
 
-pub fn registration() -> Registration {
+/// The plugins this module registers; `builtins.rs` lists them.
+pub fn registrations() -> Vec<Registration> {
+    vec![registration()]
+}
+
+fn registration() -> Registration {
     Registration::new(PluginType::Metadata, ids::METADATA, init).config::<Config>()
 }
 

@@ -13,7 +13,12 @@ use super::{Backend, FsSnapshotter, SnapshotError, Snapshotter};
 use crate::metadata::Db;
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
 
-pub fn overlayfs() -> Registration {
+/// The plugins this module registers; `builtins.rs` lists them.
+pub fn registrations() -> Vec<Registration> {
+    vec![overlayfs(), native()]
+}
+
+fn overlayfs() -> Registration {
     Registration::new(PluginType::Snapshotter, ids::OVERLAYFS, |cx| async move {
         let root = cx.root().to_owned();
         let check_root = root.clone();
@@ -34,7 +39,7 @@ pub fn overlayfs() -> Registration {
     .requires(&[PluginType::Metadata])
 }
 
-pub fn native() -> Registration {
+fn native() -> Registration {
     Registration::new(PluginType::Snapshotter, ids::NATIVE, |cx| async move {
         init(cx, ids::NATIVE, Backend::Native).await
     })

@@ -16,7 +16,16 @@ use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
 use super::LogError;
-use crate::cri::controller::ExecIo;
+
+/// The stdio of an exec process: fifo paths the shim opens ("" = none) and whether the
+/// process gets a terminal (then the shim copies it to `stdout` alone).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecIo {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
 
 /// Drains one output fifo; what it returns is what `collect` hands back.
 pub type Reader = Box<dyn FnOnce(pipe::Receiver) -> BoxFuture<'static, Vec<u8>> + Send>;

@@ -21,7 +21,7 @@
 //! the new file; nothing is buffered across the swap, so no byte is lost.
 
 mod container_io;
-mod exec_output;
+pub mod exec_output;
 mod framer;
 mod log_file;
 mod tap;

@@ -15,11 +15,10 @@
 //! ```
 
 pub mod container;
-pub mod convert;
+pub mod detached;
 pub mod image;
 pub mod runtime;
 pub mod sandbox;
-pub mod unimplemented;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,8 +29,8 @@ use taskd_proto::cri::v1::image_service_server::{ImageService, ImageServiceServe
 use taskd_proto::cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use tonic::{Request, Response, Status};
 
-use super::CriService;
 use super::instrument::Instrument;
+use crate::cri::service::CriService;
 use crate::server::{GrpcLimits, GrpcService};
 
 type Rpc<T> = Result<Response<T>, Status>;

@@ -1,4 +1,7 @@
-//! A container's spec.
+//! A container's spec. This file builds the process and the namespaces and puts the
+//! parts together; the other concerns have a file each: `mounts.rs`, `devices.rs`,
+//! `resources.rs` (and the host's cgroup probes), `seccomp.rs` (which profile, and
+//! RuntimeDefault), `apparmor.rs`, `user.rs`.
 //!
 //! ```text
 //! process  args: CRI command+args | image entrypoint + CRI args | entrypoint + cmd
@@ -24,48 +27,26 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 
 use oci_spec::runtime::{
-    Capability, LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxHugepageLimit, LinuxMemory,
-    LinuxNamespaceType, LinuxResources, LinuxSeccomp, Mount, Process, Root, Spec, User,
+    Capability, LinuxNamespace, LinuxNamespaceType, LinuxSeccomp, Process, Root, Spec, User,
 };
-use taskd_proto::cri::v1::security_profile::ProfileType;
 use taskd_proto::cri::v1::{
-    ContainerConfig, LinuxContainerSecurityContext, MountPropagation, NamespaceMode, PodSandboxConfig,
+    ContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig,
 };
 
+use super::devices::{HostDevice, container_devices};
+use super::mounts::{PodFiles, RootfsPropagation, container_mounts};
+use super::resources::container_resources;
 use super::sandbox::pod_namespace_modes;
+use super::seccomp::container_seccomp;
 use super::user::ResolvedUser;
 use super::{
     SpecError, annotations as a, capability, caps_all_sets, cgroups_path, default_caps, invalid, namespace,
 };
 use crate::cri::config::CgroupDriver;
 use crate::cri::store::image::ImageConfig;
-
-/// A device resolved on the host (`stat` of `host_path`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostDevice {
-    pub container_path: String,
-    pub char_device: bool,
-    pub major: i64,
-    pub minor: i64,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    /// `rwm` subset.
-    pub permissions: String,
-}
-
-/// Files of the pod bind-mounted into every container (absent = not mounted).
-#[derive(Debug, Clone, Default)]
-pub struct PodFiles {
-    pub hosts: Option<PathBuf>,
-    pub resolv_conf: Option<PathBuf>,
-    pub hostname: Option<PathBuf>,
-    /// The pod's `/dev/shm` tmpfs (None: the pod uses the host's IPC namespace).
-    pub shm: Option<PathBuf>,
-}
 
 /// What a container's spec is made of.
 pub struct ContainerInput<'a> {
@@ -97,7 +78,7 @@ pub struct ContainerInput<'a> {
     pub apparmor_profile: Option<String>,
     /// What a privileged container or `add: ALL` gets ([`super::current_caps`]: taskd's own).
     pub all_caps: &'a HashSet<Capability>,
-    /// The host has the hugetlb cgroup controller ([`hugetlb_controller_present`]); without
+    /// The host has the hugetlb cgroup controller ([`super::resources::hugetlb_controller_present`]); without
     /// it hugepage limits are skipped, as containerd does by default.
     pub hugetlb_controller: bool,
     /// The handler's `pod_annotations` and `container_annotations` patterns: the pod's and
@@ -106,21 +87,12 @@ pub struct ContainerInput<'a> {
     pub container_annotations: &'a [String],
     /// The handler supports `rro` ([`crate::cri::features`]).
     pub recursive_read_only_mounts: bool,
-    /// The host is cgroup v2 ([`cgroup_v2_host`]): the container gets a private cgroup
+    /// The host is cgroup v2 ([`super::resources::cgroup_v2_host`]): the container gets a private cgroup
     /// namespace (`/proc/self/cgroup` reads `0::/`, `/sys/fs/cgroup` is its own cgroup), a
     /// privileged one too; on v1 it shares the host's, as containerd does.
     pub cgroup_ns: bool,
     /// The pod's user namespace (None: the host's).
     pub userns: Option<super::UsernsSpec<'a>>,
-}
-
-/// How far the container's rootfs propagates, ordered (containerd's rule: the most any CRI
-/// mount needs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum RootfsPropagation {
-    Private,
-    Slave,
-    Shared,
 }
 
 /// The process args (see the module docs); empty is an error.
@@ -171,99 +143,6 @@ pub fn merge_env(image: &[String], cri: &[(String, String)]) -> Vec<String> {
     out
 }
 
-fn bind(dest: &str, src: &str, readonly: bool, propagation: Option<&str>) -> Mount {
-    let mut opts = vec!["rbind".to_owned(), if readonly { "ro" } else { "rw" }.to_owned()];
-    opts.extend(propagation.map(str::to_owned));
-    let mut m = Mount::default();
-    m.set_destination(dest.into())
-        .set_typ(Some("bind".into()))
-        .set_source(Some(src.into()))
-        .set_options(Some(opts));
-    m
-}
-
-/// The seccomp profile a container runs under.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SeccompChoice {
-    Unconfined,
-    RuntimeDefault,
-    /// A profile file on the node (OCI `linux.seccomp` JSON), by absolute path.
-    Localhost(PathBuf),
-}
-
-/// The seccomp profile of a security context, read as containerd's CRI plugin does:
-/// `seccomp`, else the deprecated `seccomp_profile_path` (`runtime/default`,
-/// `docker/default`, `unconfined`, `localhost/<path>`), else unconfined; always unconfined
-/// when privileged (a Localhost file is then not even read). A `localhost_ref` may carry the
-/// `localhost/` prefix; it must name an absolute path, and only a Localhost profile has one.
-#[allow(deprecated)] // seccomp_profile_path: kubelet no longer sends it, older clients do
-pub fn seccomp_choice(sec: &LinuxContainerSecurityContext) -> Result<SeccompChoice, SpecError> {
-    const PREFIX: &str = "localhost/";
-    if sec.privileged {
-        return Ok(SeccompChoice::Unconfined);
-    }
-    let localhost = |field: &'static str, r: &str| {
-        let path = PathBuf::from(r.strip_prefix(PREFIX).unwrap_or(r));
-        if path.is_absolute() {
-            Ok(SeccompChoice::Localhost(path))
-        } else {
-            Err(invalid(field, format!("{r:?} must be an absolute path")))
-        }
-    };
-    let Some(p) = &sec.seccomp else {
-        return match sec.seccomp_profile_path.as_str() {
-            "" | "unconfined" => Ok(SeccompChoice::Unconfined),
-            "runtime/default" | "docker/default" => Ok(SeccompChoice::RuntimeDefault),
-            r if r.starts_with(PREFIX) => localhost("security_context.seccomp_profile_path", r),
-            r => Err(invalid(
-                "security_context.seccomp_profile_path",
-                format!("{r:?} is not runtime/default, docker/default, unconfined or localhost/<path>"),
-            )),
-        };
-    };
-    let typ = ProfileType::try_from(p.profile_type).map_err(|_| {
-        invalid(
-            "security_context.seccomp.profile_type",
-            format!("unknown profile type {}", p.profile_type),
-        )
-    })?;
-    if typ != ProfileType::Localhost && !p.localhost_ref.is_empty() {
-        return Err(invalid(
-            "security_context.seccomp.localhost_ref",
-            "must only be set with profile_type Localhost",
-        ));
-    }
-    match typ {
-        ProfileType::Unconfined => Ok(SeccompChoice::Unconfined),
-        ProfileType::RuntimeDefault => Ok(SeccompChoice::RuntimeDefault),
-        ProfileType::Localhost => localhost("security_context.seccomp.localhost_ref", &p.localhost_ref),
-    }
-}
-
-/// Whether the host has the hugetlb cgroup controller (v2: listed in the root's
-/// `cgroup.controllers`; v1: a `hugetlb` hierarchy), probed once.
-pub fn hugetlb_controller_present() -> bool {
-    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PRESENT.get_or_init(|| hugetlb_controller_in(std::path::Path::new("/sys/fs/cgroup")))
-}
-
-fn hugetlb_controller_in(root: &std::path::Path) -> bool {
-    match std::fs::read_to_string(root.join("cgroup.controllers")) {
-        Ok(c) => c.split_whitespace().any(|c| c == "hugetlb"),
-        Err(_) => root.join("hugetlb").is_dir(),
-    }
-}
-
-/// Whether the host's cgroups are v2 (unified: `cgroup.controllers` at the root), probed once.
-pub fn cgroup_v2_host() -> bool {
-    static V2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *V2.get_or_init(|| cgroup_v2_in(std::path::Path::new("/sys/fs/cgroup")))
-}
-
-fn cgroup_v2_in(root: &std::path::Path) -> bool {
-    root.join("cgroup.controllers").is_file()
-}
-
 /// Builds a container's spec.
 pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
     let cfg = inp.config;
@@ -295,7 +174,98 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
     let mut spec = Spec::default();
     spec.set_hostname(None);
 
-    // Process.
+    let (process, caps) = process(inp, &sec, &res)?;
+    spec.set_process(Some(process));
+
+    let mut root = Root::default();
+    root.set_path("rootfs".into())
+        .set_readonly(Some(sec.readonly_rootfs));
+    spec.set_root(Some(root));
+
+    let defaults = spec.mounts().clone().unwrap_or_default();
+    let (mounts, rootfs_propagation) = container_mounts(
+        defaults,
+        &cfg.mounts,
+        &inp.pod_files,
+        &sec,
+        mode(ns_opts.ipc),
+        inp.recursive_read_only_mounts,
+    )?;
+    spec.set_mounts(Some(mounts));
+
+    let mut namespaces = namespaces(inp, &ns_opts, host_net)?;
+
+    let (devices, dev_rules) = container_devices(&inp.devices, sec.privileged)?;
+    let resources = container_resources(&res, inp.hugetlb_controller, dev_rules);
+    let seccomp = container_seccomp(&sec, &caps, inp.localhost_seccomp.as_ref())?;
+
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    super::join_userns(linux, &mut namespaces, inp.userns);
+    linux
+        .set_namespaces(Some(namespaces))
+        .set_devices((!devices.is_empty()).then_some(devices))
+        .set_resources(Some(resources))
+        .set_seccomp(seccomp)
+        .set_cgroups_path(Some(
+            cgroups_path(
+                inp.driver,
+                &inp.sandbox
+                    .linux
+                    .as_ref()
+                    .map(|l| l.cgroup_parent.clone())
+                    .unwrap_or_default(),
+                inp.id,
+            )
+            .into(),
+        ));
+    match rootfs_propagation {
+        RootfsPropagation::Private => {}
+        RootfsPropagation::Slave => {
+            linux.set_rootfs_propagation(Some("rslave".into()));
+        }
+        RootfsPropagation::Shared => {
+            linux.set_rootfs_propagation(Some("rshared".into()));
+        }
+    }
+    if sec.privileged {
+        linux.set_masked_paths(None).set_readonly_paths(None);
+    } else {
+        if !sec.masked_paths.is_empty() {
+            linux.set_masked_paths(Some(sec.masked_paths.clone()));
+        }
+        if !sec.readonly_paths.is_empty() {
+            linux.set_readonly_paths(Some(sec.readonly_paths.clone()));
+        }
+    }
+
+    let mut ann: HashMap<String, String> =
+        super::passthrough_annotations(&inp.sandbox.annotations, inp.pod_annotations)
+            .chain(super::passthrough_annotations(
+                &cfg.annotations,
+                inp.container_annotations,
+            ))
+            .collect();
+    ann.insert(a::CONTAINER_TYPE.into(), a::TYPE_CONTAINER.into());
+    ann.insert(a::SANDBOX_ID.into(), inp.sandbox_id.into());
+    ann.insert(a::CONTAINER_NAME.into(), md.name.clone());
+    ann.insert(a::IMAGE_NAME.into(), inp.image_name.into());
+    if let Some(m) = &inp.sandbox.metadata {
+        ann.insert(a::SANDBOX_NAME.into(), m.name.clone());
+        ann.insert(a::SANDBOX_NAMESPACE.into(), m.namespace.clone());
+        ann.insert(a::SANDBOX_UID.into(), m.uid.clone());
+    }
+    spec.set_annotations(Some(ann));
+    Ok(spec)
+}
+
+/// The container's process: args, env, cwd, user, capabilities (returned as well: the
+/// RuntimeDefault seccomp profile follows them), no_new_privs, oom_score_adj, AppArmor.
+fn process(
+    inp: &ContainerInput<'_>,
+    sec: &LinuxContainerSecurityContext,
+    res: &LinuxContainerResources,
+) -> Result<(Process, HashSet<Capability>), SpecError> {
+    let cfg = inp.config;
     let envs: Vec<(String, String)> = cfg
         .envs
         .iter()
@@ -358,121 +328,17 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
         .set_capabilities(Some(caps_all_sets(caps.clone())))
         .set_oom_score_adj(Some(oom))
         .set_apparmor_profile(inp.apparmor_profile.clone());
-    spec.set_process(Some(process));
+    Ok((process, caps))
+}
 
-    let mut root = Root::default();
-    root.set_path("rootfs".into())
-        .set_readonly(Some(sec.readonly_rootfs));
-    spec.set_root(Some(root));
-
-    // Mounts: CRI mounts win over defaults and pod files at the same destination.
-    let cri_dests: HashSet<&str> = cfg.mounts.iter().map(|m| m.container_path.as_str()).collect();
-    let mut mounts: Vec<Mount> = spec
-        .mounts()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| !cri_dests.contains(m.destination().to_string_lossy().as_ref()))
-        .map(|mut m| {
-            // Privileged containers get a writable sysfs and cgroupfs (containerd's
-            // WithWriteableSysfs and WithWriteableCgroupfs).
-            if sec.privileged && matches!(m.typ().as_deref(), Some("sysfs" | "cgroup")) {
-                let mut opts: Vec<String> = m
-                    .options()
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|o| o != "ro" && o != "rw")
-                    .collect();
-                opts.push("rw".into());
-                m.set_options(Some(opts));
-            }
-            m
-        })
-        .collect();
-    // /dev/shm as containerd gives it, unless the container mounts its own: the host's with
-    // the host's IPC namespace, else the pod's tmpfs (shared by its containers).
-    let shm = match mode(ns_opts.ipc) {
-        NamespaceMode::Node => Some("/dev/shm".to_owned()),
-        _ => inp.pod_files.shm.as_ref().map(|p| p.display().to_string()),
-    };
-    if let Some(shm) = shm
-        && !cri_dests.contains("/dev/shm")
-    {
-        mounts.retain(|m| m.destination().as_os_str() != "/dev/shm");
-        mounts.push(bind("/dev/shm", &shm, false, None));
-    }
-    for (dest, file) in [
-        ("/etc/hosts", &inp.pod_files.hosts),
-        ("/etc/resolv.conf", &inp.pod_files.resolv_conf),
-        ("/etc/hostname", &inp.pod_files.hostname),
-    ] {
-        if let Some(f) = file
-            && !cri_dests.contains(dest)
-        {
-            mounts.push(bind(dest, &f.display().to_string(), sec.readonly_rootfs, None));
-        }
-    }
-    // The rootfs must propagate at least as much as its most propagating mount, or the
-    // host's mounts never reach a bind below it (runc's default is rprivate).
-    let mut rootfs_propagation = RootfsPropagation::Private;
-    for m in &cfg.mounts {
-        if m.container_path.is_empty() || !m.container_path.starts_with('/') {
-            return Err(invalid(
-                "mounts.container_path",
-                format!("{:?} must be an absolute path", m.container_path),
-            ));
-        }
-        if m.image.is_some() {
-            return Err(invalid("mounts.image", "image volumes are not supported"));
-        }
-        if !m.host_path.starts_with('/') {
-            return Err(invalid(
-                "mounts.host_path",
-                format!("{:?} must be an absolute path", m.host_path),
-            ));
-        }
-        let prop =
-            match MountPropagation::try_from(m.propagation).unwrap_or(MountPropagation::PropagationPrivate) {
-                MountPropagation::PropagationPrivate => "rprivate",
-                MountPropagation::PropagationHostToContainer => {
-                    rootfs_propagation = rootfs_propagation.max(RootfsPropagation::Slave);
-                    "rslave"
-                }
-                MountPropagation::PropagationBidirectional => {
-                    rootfs_propagation = RootfsPropagation::Shared;
-                    "rshared"
-                }
-            };
-        // selinux_relabel is ignored: this host runs no SELinux policy taskd manages.
-        let mut mount = bind(&m.container_path, &m.host_path, m.readonly, Some(prop));
-        if m.recursive_read_only {
-            // The CRI API's three refusals, then runc's `rro` (read-only all the way down,
-            // through mount_setattr) beside the plain `ro` of the top mount.
-            let refuse = |why: &str| {
-                Err(invalid(
-                    "mounts.recursive_read_only",
-                    format!("{}: {why}", m.container_path),
-                ))
-            };
-            if !m.readonly {
-                return refuse("needs readonly as well");
-            }
-            if prop != "rprivate" {
-                return refuse("needs propagation PROPAGATION_PRIVATE");
-            }
-            if !inp.recursive_read_only_mounts {
-                return refuse("the pod's runtime handler does not support recursive read-only mounts");
-            }
-            if let Some(o) = mount.options_mut() {
-                o.push("rro".into());
-            }
-        }
-        mounts.push(mount);
-    }
-    spec.set_mounts(Some(mounts));
-
-    // Namespaces.
+/// The container's namespaces: a new mount namespace; the pod's network and UTS (none with
+/// host networking); IPC and PID by mode; a private cgroup namespace on cgroup v2.
+fn namespaces(
+    inp: &ContainerInput<'_>,
+    ns_opts: &NamespaceOption,
+    host_net: bool,
+) -> Result<Vec<LinuxNamespace>, SpecError> {
+    let mode = |v: i32| NamespaceMode::try_from(v).unwrap_or(NamespaceMode::Pod);
     let proc_ns = |pid: u32, ns: &str| format!("/proc/{pid}/ns/{ns}");
     // The pod's shared namespace `ns`: its pinned file, else the pause process's.
     let pod_ns = |pinned: Option<&str>, ns: &str| match pinned {
@@ -523,183 +389,17 @@ pub fn container_spec(inp: &ContainerInput<'_>) -> Result<Spec, SpecError> {
     if inp.cgroup_ns {
         namespaces.push(namespace(LinuxNamespaceType::Cgroup, None));
     }
-
-    // Resources.
-    let (cpu, memory, hugepages) = resource_parts(&res, inp.hugetlb_controller);
-    let mut dev_rules = Vec::new();
-    let mut deny_all = LinuxDeviceCgroup::default();
-    deny_all.set_allow(sec.privileged).set_access(Some("rwm".into()));
-    dev_rules.push(deny_all);
-    let mut devices = Vec::new();
-    for d in &inp.devices {
-        if d.permissions.is_empty() || !d.permissions.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
-            return Err(invalid(
-                "devices.permissions",
-                format!("{:?} must be a subset of \"rwm\"", d.permissions),
-            ));
-        }
-        let typ = if d.char_device {
-            LinuxDeviceType::C
-        } else {
-            LinuxDeviceType::B
-        };
-        let mut dev = LinuxDevice::default();
-        dev.set_path(d.container_path.clone().into())
-            .set_typ(typ)
-            .set_major(d.major)
-            .set_minor(d.minor)
-            .set_file_mode(Some(d.mode))
-            .set_uid(Some(d.uid))
-            .set_gid(Some(d.gid));
-        devices.push(dev);
-        let mut rule = LinuxDeviceCgroup::default();
-        rule.set_allow(true)
-            .set_typ(Some(typ))
-            .set_major(Some(d.major))
-            .set_minor(Some(d.minor))
-            .set_access(Some(d.permissions.clone()));
-        dev_rules.push(rule);
-    }
-    let mut resources = LinuxResources::default();
-    resources
-        .set_cpu(Some(cpu))
-        .set_memory(Some(memory))
-        .set_hugepage_limits((!hugepages.is_empty()).then_some(hugepages))
-        .set_unified((!res.unified.is_empty()).then(|| res.unified.clone()))
-        .set_devices(Some(dev_rules));
-
-    // Seccomp (none for a privileged container).
-    let seccomp = match seccomp_choice(&sec)? {
-        SeccompChoice::Unconfined => None,
-        SeccompChoice::RuntimeDefault => Some(super::seccomp::runtime_default(&caps)),
-        SeccompChoice::Localhost(path) => Some(inp.localhost_seccomp.clone().ok_or_else(|| {
-            invalid(
-                "security_context.seccomp.localhost_ref",
-                format!("profile {} not loaded", path.display()),
-            )
-        })?),
-    };
-
-    let linux = spec.linux_mut().get_or_insert_with(Default::default);
-    super::join_userns(linux, &mut namespaces, inp.userns);
-    linux
-        .set_namespaces(Some(namespaces))
-        .set_devices((!devices.is_empty()).then_some(devices))
-        .set_resources(Some(resources))
-        .set_seccomp(seccomp)
-        .set_cgroups_path(Some(
-            cgroups_path(
-                inp.driver,
-                &inp.sandbox
-                    .linux
-                    .as_ref()
-                    .map(|l| l.cgroup_parent.clone())
-                    .unwrap_or_default(),
-                inp.id,
-            )
-            .into(),
-        ));
-    match rootfs_propagation {
-        RootfsPropagation::Private => {}
-        RootfsPropagation::Slave => {
-            linux.set_rootfs_propagation(Some("rslave".into()));
-        }
-        RootfsPropagation::Shared => {
-            linux.set_rootfs_propagation(Some("rshared".into()));
-        }
-    }
-    if sec.privileged {
-        linux.set_masked_paths(None).set_readonly_paths(None);
-    } else {
-        if !sec.masked_paths.is_empty() {
-            linux.set_masked_paths(Some(sec.masked_paths.clone()));
-        }
-        if !sec.readonly_paths.is_empty() {
-            linux.set_readonly_paths(Some(sec.readonly_paths.clone()));
-        }
-    }
-
-    let mut ann: HashMap<String, String> =
-        super::passthrough_annotations(&inp.sandbox.annotations, inp.pod_annotations)
-            .chain(super::passthrough_annotations(
-                &cfg.annotations,
-                inp.container_annotations,
-            ))
-            .collect();
-    ann.insert(a::CONTAINER_TYPE.into(), a::TYPE_CONTAINER.into());
-    ann.insert(a::SANDBOX_ID.into(), inp.sandbox_id.into());
-    ann.insert(a::CONTAINER_NAME.into(), md.name.clone());
-    ann.insert(a::IMAGE_NAME.into(), inp.image_name.into());
-    if let Some(m) = &inp.sandbox.metadata {
-        ann.insert(a::SANDBOX_NAME.into(), m.name.clone());
-        ann.insert(a::SANDBOX_NAMESPACE.into(), m.namespace.clone());
-        ann.insert(a::SANDBOX_UID.into(), m.uid.clone());
-    }
-    spec.set_annotations(Some(ann));
-    Ok(spec)
-}
-
-/// CPU, memory and hugepage limits of a CRI resources message; no hugepage limits without
-/// the hugetlb controller (runc could not set them: the container would not start).
-fn resource_parts(
-    res: &taskd_proto::cri::v1::LinuxContainerResources,
-    hugetlb_controller: bool,
-) -> (LinuxCpu, LinuxMemory, Vec<LinuxHugepageLimit>) {
-    let mut cpu = LinuxCpu::default();
-    if res.cpu_shares > 0 {
-        cpu.set_shares(Some(res.cpu_shares as u64));
-    }
-    if res.cpu_quota != 0 {
-        cpu.set_quota(Some(res.cpu_quota));
-    }
-    if res.cpu_period > 0 {
-        cpu.set_period(Some(res.cpu_period as u64));
-    }
-    if !res.cpuset_cpus.is_empty() {
-        cpu.set_cpus(Some(res.cpuset_cpus.clone()));
-    }
-    if !res.cpuset_mems.is_empty() {
-        cpu.set_mems(Some(res.cpuset_mems.clone()));
-    }
-    let mut memory = LinuxMemory::default();
-    if res.memory_limit_in_bytes > 0 {
-        memory.set_limit(Some(res.memory_limit_in_bytes));
-    }
-    if res.memory_swap_limit_in_bytes > 0 {
-        memory.set_swap(Some(res.memory_swap_limit_in_bytes));
-    }
-    if !hugetlb_controller && !res.hugepage_limits.is_empty() {
-        tracing::warn!("the hugetlb cgroup controller is absent: hugepage limits skipped");
-    }
-    let hugepages: Vec<LinuxHugepageLimit> = res
-        .hugepage_limits
-        .iter()
-        .filter(|_| hugetlb_controller)
-        .map(|h| {
-            let mut l = LinuxHugepageLimit::default();
-            l.set_page_size(h.page_size.clone()).set_limit(h.limit as i64);
-            l
-        })
-        .collect();
-    (cpu, memory, hugepages)
-}
-
-/// The `linux.resources` UpdateContainerResources hands to the task (no device rules:
-/// those stay as created).
-pub fn update_resources(res: &taskd_proto::cri::v1::LinuxContainerResources) -> LinuxResources {
-    let (cpu, memory, hugepages) = resource_parts(res, hugetlb_controller_present());
-    let mut r = LinuxResources::default();
-    r.set_cpu(Some(cpu))
-        .set_memory(Some(memory))
-        .set_hugepage_limits((!hugepages.is_empty()).then_some(hugepages))
-        .set_unified((!res.unified.is_empty()).then(|| res.unified.clone()));
-    r
+    Ok(namespaces)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cri::spec::resources::{cgroup_v2_in, hugetlb_controller_in, resource_parts};
+    use crate::cri::spec::seccomp::{SeccompChoice, seccomp_choice};
     use taskd_proto::cri::v1 as cri;
+    use taskd_proto::cri::v1::MountPropagation;
+    use taskd_proto::cri::v1::security_profile::ProfileType;
 
     use oci_spec::runtime::LinuxSeccompAction;
     fn base(cfg: ContainerConfig) -> (ContainerConfig, PodSandboxConfig, ImageConfig) {

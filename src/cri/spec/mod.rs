@@ -13,6 +13,9 @@
 
 pub mod apparmor;
 pub mod container;
+pub mod devices;
+pub mod mounts;
+pub mod resources;
 pub mod sandbox;
 pub mod seccomp;
 pub mod user;

@@ -23,12 +23,15 @@
 //! reaches the host's hypervisor services.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use oci_spec::runtime::{Arch, Capability, LinuxSeccomp, LinuxSeccompAction, LinuxSyscall};
 use serde::Deserialize;
+use taskd_proto::cri::v1::LinuxContainerSecurityContext;
+use taskd_proto::cri::v1::security_profile::ProfileType;
 
-use super::capability;
+use super::{SpecError, capability, invalid};
 
 const PROFILE_JSON: &str = include_str!("seccomp_default.json");
 
@@ -153,6 +156,83 @@ fn build(p: &Profile, h: &Host) -> LinuxSeccomp {
         .set_architectures(p.architectures.get(h.arch).cloned())
         .set_syscalls(Some(syscalls));
     s
+}
+
+/// The seccomp profile a container runs under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeccompChoice {
+    Unconfined,
+    RuntimeDefault,
+    /// A profile file on the node (OCI `linux.seccomp` JSON), by absolute path.
+    Localhost(PathBuf),
+}
+
+/// The seccomp profile of a security context, read as containerd's CRI plugin does:
+/// `seccomp`, else the deprecated `seccomp_profile_path` (`runtime/default`,
+/// `docker/default`, `unconfined`, `localhost/<path>`), else unconfined; always unconfined
+/// when privileged (a Localhost file is then not even read). A `localhost_ref` may carry the
+/// `localhost/` prefix; it must name an absolute path, and only a Localhost profile has one.
+#[allow(deprecated)] // seccomp_profile_path: kubelet no longer sends it, older clients do
+pub fn seccomp_choice(sec: &LinuxContainerSecurityContext) -> Result<SeccompChoice, SpecError> {
+    const PREFIX: &str = "localhost/";
+    if sec.privileged {
+        return Ok(SeccompChoice::Unconfined);
+    }
+    let localhost = |field: &'static str, r: &str| {
+        let path = PathBuf::from(r.strip_prefix(PREFIX).unwrap_or(r));
+        if path.is_absolute() {
+            Ok(SeccompChoice::Localhost(path))
+        } else {
+            Err(invalid(field, format!("{r:?} must be an absolute path")))
+        }
+    };
+    let Some(p) = &sec.seccomp else {
+        return match sec.seccomp_profile_path.as_str() {
+            "" | "unconfined" => Ok(SeccompChoice::Unconfined),
+            "runtime/default" | "docker/default" => Ok(SeccompChoice::RuntimeDefault),
+            r if r.starts_with(PREFIX) => localhost("security_context.seccomp_profile_path", r),
+            r => Err(invalid(
+                "security_context.seccomp_profile_path",
+                format!("{r:?} is not runtime/default, docker/default, unconfined or localhost/<path>"),
+            )),
+        };
+    };
+    let typ = ProfileType::try_from(p.profile_type).map_err(|_| {
+        invalid(
+            "security_context.seccomp.profile_type",
+            format!("unknown profile type {}", p.profile_type),
+        )
+    })?;
+    if typ != ProfileType::Localhost && !p.localhost_ref.is_empty() {
+        return Err(invalid(
+            "security_context.seccomp.localhost_ref",
+            "must only be set with profile_type Localhost",
+        ));
+    }
+    match typ {
+        ProfileType::Unconfined => Ok(SeccompChoice::Unconfined),
+        ProfileType::RuntimeDefault => Ok(SeccompChoice::RuntimeDefault),
+        ProfileType::Localhost => localhost("security_context.seccomp.localhost_ref", &p.localhost_ref),
+    }
+}
+
+/// A container's `linux.seccomp`: none when unconfined (always for a privileged container),
+/// the RuntimeDefault profile for its capabilities, or the Localhost profile the caller read.
+pub fn container_seccomp(
+    sec: &LinuxContainerSecurityContext,
+    caps: &HashSet<Capability>,
+    localhost: Option<&LinuxSeccomp>,
+) -> Result<Option<LinuxSeccomp>, SpecError> {
+    Ok(match seccomp_choice(sec)? {
+        SeccompChoice::Unconfined => None,
+        SeccompChoice::RuntimeDefault => Some(runtime_default(caps)),
+        SeccompChoice::Localhost(path) => Some(localhost.cloned().ok_or_else(|| {
+            invalid(
+                "security_context.seccomp.localhost_ref",
+                format!("profile {} not loaded", path.display()),
+            )
+        })?),
+    })
 }
 
 #[cfg(test)]

@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use super::conn::Sink;
 use super::exec::{Ended, SessionIo, ended, pump_resize, pump_stdin, session_target};
 use super::protocol::Outcome;
-use super::token::ExecRequest;
-use crate::cri::CriService;
 use crate::cri::io::Stream;
+use crate::cri::service::CriService;
+use crate::cri::stream_tokens::ExecRequest;
 
 /// Copies a tap subscription to the client until the stream (or the client) ends.
 async fn relay(mut rx: mpsc::Receiver<Bytes>, sink: Sink) {

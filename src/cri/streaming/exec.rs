@@ -23,11 +23,12 @@ use tokio::sync::{mpsc, watch};
 
 use super::conn::Sink;
 use super::protocol::{Outcome, ResizeDecoder};
-use super::token::ExecRequest;
-use crate::cri::controller::ContainerRuntime;
+use crate::cri::backend::contract::ContainerRuntime;
+use crate::cri::error::CriError;
 use crate::cri::io::{ExecOutput, ExecReader};
+use crate::cri::service::CriService;
 use crate::cri::store::container::ContainerState;
-use crate::cri::{CriError, CriService};
+use crate::cri::stream_tokens::ExecRequest;
 
 /// How long a killed exec may take to be reaped.
 const KILL_GRACE: Duration = Duration::from_secs(5);

@@ -27,7 +27,6 @@ pub mod spdy;
 pub mod spdy_conn;
 pub mod spdy_session;
 pub mod tls;
-pub mod token;
 pub mod ws;
 
 use std::convert::Infallible;
@@ -48,10 +47,10 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use self::exec::gone;
 use self::protocol::{client_protocols, negotiate};
-use self::token::{Pending, TokenStore};
-use super::CriService;
 use super::config::CriConfig;
-use crate::errdefs::{ErrorKind, Kind};
+use crate::cri::service::CriService;
+use crate::cri::stream_front::{Front, StreamingError};
+use crate::cri::stream_tokens::{Pending, TokenStore};
 
 /// How long a client may take to send its request headers (and, with TLS, its handshake).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,56 +58,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Connections not yet upgraded, beyond the session cap.
 const EXTRA_CONNECTIONS: usize = 64;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StreamingError {
-    #[error("stream_server_address {address:?} / stream_server_port {port:?}: {reason}")]
-    Address {
-        address: String,
-        port: String,
-        reason: String,
-    },
-    #[error("bind the streaming server on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("streaming TLS: {what}: {reason}")]
-    Tls { what: String, reason: String },
-    #[error("{0} streaming requests are waiting for their client; retry later")]
-    TooManyPending(usize),
-    #[error("the streaming server is not running on this daemon")]
-    NotRunning,
-}
-
-impl ErrorKind for StreamingError {
-    fn kind(&self) -> Kind {
-        match self {
-            StreamingError::Address { .. } => Kind::InvalidArgument,
-            StreamingError::Bind { .. } | StreamingError::Tls { .. } => Kind::Internal,
-            StreamingError::TooManyPending(_) => Kind::ResourceExhausted,
-            StreamingError::NotRunning => Kind::Unavailable,
-        }
-    }
-}
-
-/// What the RPCs need: the token cache and the server's base URL.
-pub struct Front {
-    pub tokens: TokenStore,
-    pub base_url: String,
-}
-
-impl Front {
-    /// Caches `req` and returns the URL a client connects to.
-    pub fn url(&self, req: Pending) -> Result<String, StreamingError> {
-        let kind = req.kind();
-        let token = self
-            .tokens
-            .insert(req)
-            .ok_or(StreamingError::TooManyPending(token::MAX_PENDING))?;
-        Ok(format!("{}/{kind}/{token}", self.base_url))
-    }
-}
 
 /// What every session gets.
 #[derive(Clone)]
@@ -650,7 +599,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         use super::spdy::{Decoder, Encoder, Frame};
-        use super::token::ExecRequest;
+        use crate::cri::stream_tokens::ExecRequest;
 
         let dir = tempfile::tempdir().unwrap();
         let svc = Arc::new(crate::cri::service::testing::service(dir.path()));

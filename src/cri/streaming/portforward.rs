@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::conn::Sink;
-use crate::cri::CriService;
+use crate::cri::service::CriService;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 

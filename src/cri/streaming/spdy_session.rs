@@ -29,7 +29,7 @@ use super::portforward;
 use super::protocol::{self, Outcome};
 use super::spdy::{RST_PROTOCOL_ERROR, RST_REFUSED_STREAM, RST_STREAM_IN_USE};
 use super::spdy_conn::{SpdyConn, Stream, write_loop};
-use super::token::ExecRequest;
+use crate::cri::stream_tokens::ExecRequest;
 
 /// How long the client may take to open the streams a session needs (kubelet's default
 /// stream creation timeout).

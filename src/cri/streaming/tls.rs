@@ -14,7 +14,7 @@ use openssl::pkey::PKey;
 use openssl::x509::extension::SubjectAlternativeName;
 use openssl::x509::{X509, X509NameBuilder};
 
-use super::StreamingError;
+use crate::cri::stream_front::StreamingError;
 
 fn tls_err(what: &str, e: impl std::fmt::Display) -> StreamingError {
     StreamingError::Tls {

@@ -29,7 +29,7 @@ use super::conn::{Activity, IN_QUEUE, OUT_QUEUE, Out, Sink};
 use super::exec::{SessionIo, gone};
 use super::portforward;
 use super::protocol::{self, Outcome};
-use super::token::ExecRequest;
+use crate::cri::stream_tokens::ExecRequest;
 
 /// Largest message accepted from a client.
 const MAX_MESSAGE: usize = 1 << 20;

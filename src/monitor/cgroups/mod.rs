@@ -37,6 +37,7 @@
 mod error;
 pub mod hierarchy;
 mod parse;
+pub mod plugin;
 pub mod pool;
 pub mod table;
 pub mod v1;
@@ -46,7 +47,7 @@ pub mod v2;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -59,7 +60,6 @@ pub use self::error::CgroupError;
 pub use self::hierarchy::{CgroupPaths, Hierarchy, Mode};
 use self::table::{Files, MetricDef, Sample, ValueType};
 use super::{MonitoredTask, TaskMonitor};
-use crate::plugin::{Instance, PluginError, PluginType, Registration, ids};
 
 /// The labels every series carries, before the row's extra labels.
 pub const BASE_LABELS: [&str; 3] = ["container_id", "namespace", "runtime"];
@@ -104,31 +104,6 @@ impl Default for CollectOptions {
             parallelism: c.parallelism,
         }
     }
-}
-
-/// The plugin registration for `builtins.rs`.
-pub fn registration() -> Registration {
-    Registration::new(PluginType::TaskMonitor, ids::CGROUPS, |cx| async move {
-        let cfg: Config = cx.config()?;
-        let hierarchy = match Hierarchy::detect(&cfg.cgroup_root, Path::new("/proc")) {
-            Ok(h) => h,
-            Err(e @ CgroupError::NoHierarchy { .. }) => return Err(PluginError::Skip(e.to_string())),
-            Err(e) => return Err(PluginError::init(e)),
-        };
-        let opts = CollectOptions {
-            task_timeout: Duration::from_millis(cfg.task_timeout_ms.max(1)),
-            parallelism: cfg.parallelism.max(1),
-        };
-        let monitor = CgroupsMonitor::new(hierarchy, opts).map_err(PluginError::init)?;
-        if !cfg.no_prometheus {
-            monitor.register(cx.metrics()).map_err(PluginError::init)?;
-        }
-        tracing::info!(mode = monitor.mode().as_str(), root = %cfg.cgroup_root.display(), "cgroups task monitor up");
-        Ok(Instance::new()
-            .export("cgroup_mode", monitor.mode().as_str())
-            .with::<dyn TaskMonitor>(Arc::new(monitor)))
-    })
-    .config::<Config>()
 }
 
 /// One monitored task.

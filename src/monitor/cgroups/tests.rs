@@ -688,7 +688,7 @@ async fn plugin_registers_collector_and_skips_without_cgroupfs() {
     };
     let cfg = mk_cfg(&fixtures().join("cgroup2"));
     let metrics = cfg.metrics.clone();
-    let plugins = Registry::new(vec![registration()])
+    let plugins = Registry::new(plugin::registrations())
         .unwrap()
         .init(cfg)
         .await
@@ -711,7 +711,7 @@ async fn plugin_registers_collector_and_skips_without_cgroupfs() {
     let t = text(&metrics.gather());
     assert!(t.contains(r#"container_pids_current{container_id="task-b",namespace="default",runtime="io.containerd.runc.v2"} 1"#), "{t}");
 
-    let plugins = Registry::new(vec![registration()])
+    let plugins = Registry::new(plugin::registrations())
         .unwrap()
         .init(mk_cfg(&dir.path().join("no-cgroupfs")))
         .await

@@ -44,4 +44,3 @@ pub mod recovery;
 pub mod shim;
 
 pub use manager::{Config, TaskManager};
-pub use plugin::registration;

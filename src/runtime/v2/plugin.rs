@@ -11,8 +11,13 @@ use crate::events::Publisher;
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
 use crate::runtime::{PlatformRuntime, RuntimeError};
 
+/// The plugins this module registers; `builtins.rs` lists them.
+pub fn registrations() -> Vec<Registration> {
+    vec![registration()]
+}
+
 /// The plugin registration.
-pub fn registration() -> Registration {
+fn registration() -> Registration {
     Registration::new(PluginType::Runtime, ids::TASK, |cx: InitContext| async move {
         let config: Config = cx.config()?;
         let publisher = cx.get::<dyn Publisher>()?;

@@ -10,7 +10,6 @@ use tonic::{Request, Response, Status};
 
 use super::Containers;
 use crate::metadata::{Container, MetadataError, Runtime};
-use crate::plugin::{Registration, ids};
 use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 
 /// The tonic service; cheap to clone.
@@ -33,11 +32,6 @@ impl GrpcService for Service {
                 .max_encoding_message_size(limits.max_send),
         );
     }
-}
-
-/// `io.containerd.grpc.v1.containers`.
-pub fn registration() -> Registration {
-    crate::server::adapter_registration::<dyn Containers, _>(ids::CONTAINERS, Service::new)
 }
 
 fn time_to_proto(t: Option<SystemTime>) -> Option<prost_types::Timestamp> {

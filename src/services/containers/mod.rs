@@ -11,6 +11,7 @@
 //! ([`metadata::blocking`]).
 
 pub mod grpc;
+pub mod plugin;
 
 use std::sync::Arc;
 
@@ -19,7 +20,6 @@ use taskd_proto::containerd::events::{ContainerCreate, ContainerDelete, Containe
 
 use crate::events::{self, Publisher};
 use crate::metadata::{self, Container, ContainerStore, MetadataError};
-use crate::plugin::{Instance, PluginType, Registration, ids};
 
 /// The containers service, in process (what CRI and other plugins use).
 #[async_trait]
@@ -118,15 +118,4 @@ impl Containers for Local {
         );
         Ok(())
     }
-}
-
-/// `io.containerd.service.v1.containers`: provides `dyn Containers`.
-pub fn registration() -> Registration {
-    Registration::new(PluginType::Service, ids::CONTAINERS, |cx| async move {
-        let store = cx.get::<dyn ContainerStore>()?;
-        let publisher = cx.get::<dyn Publisher>()?;
-        let local: Arc<dyn Containers> = Arc::new(Local::new(store, publisher));
-        Ok(Instance::new().with::<dyn Containers>(local))
-    })
-    .requires(&[PluginType::Metadata, PluginType::Event])
 }

@@ -10,7 +10,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{Content, WriteAction, WriteRequest, WriteResponse, WriteSession};
 use crate::content::{ContentError, Info};
-use crate::plugin::{Registration, ids};
 use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 
 /// The gRPC metadata key naming the lease a request works under.
@@ -38,11 +37,6 @@ impl GrpcService for Service {
                 .max_encoding_message_size(limits.max_send),
         );
     }
-}
-
-/// `io.containerd.grpc.v1.content`.
-pub fn registration() -> Registration {
-    crate::server::adapter_registration::<dyn Content, _>(ids::CONTENT, Service::new)
 }
 
 /// The lease named by the `containerd-lease` header, if any.

@@ -16,6 +16,7 @@
 //! Delete publishes `/content/delete`.
 
 pub mod grpc;
+pub mod plugin;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -29,7 +30,6 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::content::{self, ContentError, Info, Status, Store, Writer};
 use crate::events::{self, Publisher, topics};
-use crate::plugin::{Instance, PluginType, Registration, ids};
 
 /// Read chunk size (containerd's content server uses 1 MiB buffers).
 pub const READ_CHUNK: usize = 1 << 20;
@@ -360,15 +360,4 @@ fn step(
         }
     }
     Ok((msg, total, expected))
-}
-
-/// `io.containerd.service.v1.content-service`: provides `dyn Content`.
-pub fn registration() -> Registration {
-    Registration::new(PluginType::Service, ids::CONTENT_SERVICE, |cx| async move {
-        let store = cx.get::<Store>()?;
-        let publisher = cx.get::<dyn Publisher>()?;
-        let local: Arc<dyn Content> = Arc::new(Local::new(store, publisher));
-        Ok(Instance::new().with::<dyn Content>(local))
-    })
-    .requires(&[PluginType::Content, PluginType::Event])
 }

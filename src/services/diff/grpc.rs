@@ -8,7 +8,6 @@ use taskd_proto::containerd::types as ctypes;
 use tonic::{Request, Response, Status};
 
 use crate::diff::{Descriptor, DiffError, Differ};
-use crate::plugin::{Instance, PluginType, Registration, ids};
 use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 use crate::services::snapshots::grpc::mount_from_proto;
 
@@ -31,15 +30,6 @@ impl GrpcService for Service {
                 .max_encoding_message_size(limits.max_send),
         );
     }
-}
-
-/// `io.containerd.grpc.v1.diff`.
-pub fn registration() -> Registration {
-    Registration::new(PluginType::Grpc, ids::DIFF, |cx| async move {
-        let differ = cx.get::<dyn Differ>()?;
-        Ok(Instance::new().with::<dyn GrpcService>(Arc::new(Service::new(differ))))
-    })
-    .requires(&[PluginType::Diff])
 }
 
 #[tonic::async_trait]

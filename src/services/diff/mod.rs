@@ -2,3 +2,4 @@
 //! over the walking differ (`crate::diff::Differ`), which is its own in-process `Local`.
 
 pub mod grpc;
+pub mod plugin;

@@ -9,7 +9,6 @@ use tonic::{Request, Response, Status};
 
 use super::Images;
 use crate::images::{Descriptor, Image, ImageError};
-use crate::plugin::{Registration, ids};
 use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 
 #[derive(Clone)]
@@ -31,11 +30,6 @@ impl GrpcService for Service {
                 .max_encoding_message_size(limits.max_send),
         );
     }
-}
-
-/// `io.containerd.grpc.v1.images`.
-pub fn registration() -> Registration {
-    crate::server::adapter_registration::<dyn Images, _>(ids::IMAGES, Service::new)
 }
 
 fn desc_from(d: Option<ApiDescriptor>) -> Descriptor {

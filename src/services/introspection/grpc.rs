@@ -111,8 +111,8 @@ mod tests {
     use crate::plugin::{Instance, PluginError, PluginType, Plugins, Registration, Registry, RegistryConfig};
 
     fn registrations() -> Vec<Registration> {
-        vec![
-            crate::events::exchange::plugin(),
+        let mut all = crate::events::plugin::registrations();
+        all.extend([
             Registration::new(PluginType::Snapshotter, "btrfs", |_cx| async {
                 Err(PluginError::Skip("path /x must be a btrfs filesystem".into()))
             }),
@@ -121,9 +121,10 @@ mod tests {
             })
             .requires(&[PluginType::Event]),
             Registration::new(PluginType::Diff, "off", |_cx| async { Ok(Instance::new()) }),
-            deprecation::plugin(),
-            crate::services::introspection::plugin(),
-        ]
+        ]);
+        all.extend(deprecation::plugin::registrations());
+        all.extend(crate::services::introspection::plugin::registrations());
+        all
     }
 
     async fn daemon(root: &std::path::Path) -> Plugins {

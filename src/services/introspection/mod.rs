@@ -14,6 +14,7 @@
 //! - `PluginInfo`: one plugin by type and id.
 
 pub mod grpc;
+pub mod plugin;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,10 +24,7 @@ use std::sync::Arc;
 use crate::deprecation::{Deprecations, Warning};
 use crate::errdefs::{ErrorKind, Kind};
 use crate::filters::{self, Adaptor, FilterError};
-use crate::plugin::{
-    Instance, PluginError, PluginInfo, PluginStatus, PluginTable, PluginType, Registration, ids,
-};
-use crate::server::GrpcService;
+use crate::plugin::{PluginError, PluginInfo, PluginStatus, PluginTable};
 
 /// Introspection errors.
 #[derive(Debug, thiserror::Error)]
@@ -223,17 +221,4 @@ fn pid_namespace() -> u64 {
     std::fs::metadata("/proc/self/ns/pid")
         .map(|m| m.ino())
         .unwrap_or(0)
-}
-
-/// `io.containerd.grpc.v1.introspection`, providing `dyn GrpcService` and `Arc<Local>`.
-pub fn plugin() -> Registration {
-    Registration::new(PluginType::Grpc, ids::INTROSPECTION, |cx| async move {
-        let local = Local::open(cx.root(), cx.plugin_table(), cx.get_optional::<Deprecations>())
-            .map_err(PluginError::init)?;
-        let local = Arc::new(local);
-        Ok(Instance::new()
-            .with::<dyn GrpcService>(Arc::new(grpc::IntrospectionService::new(local.clone())))
-            .with::<Local>(local))
-    })
-    .requires(&[PluginType::Internal])
 }

@@ -8,7 +8,6 @@ use tonic::{Request, Response, Status};
 
 use super::Leases;
 use crate::metadata::{Lease, LeaseResource, MetadataError};
-use crate::plugin::{Registration, ids};
 use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 
 #[derive(Clone)]
@@ -30,11 +29,6 @@ impl GrpcService for Service {
                 .max_encoding_message_size(limits.max_send),
         );
     }
-}
-
-/// `io.containerd.grpc.v1.leases`.
-pub fn registration() -> Registration {
-    crate::server::adapter_registration::<dyn Leases, _>(ids::LEASES, Service::new)
 }
 
 fn to_proto(l: Lease) -> api::Lease {

@@ -8,6 +8,7 @@
 //!   Delete returns (containerd's `SynchronousDelete`), else it is scheduled.
 
 pub mod grpc;
+pub mod plugin;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +16,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::metadata::{self, Lease, LeaseManager, LeaseResource, MetadataError};
-use crate::plugin::{Instance, PluginType, Registration, ids};
 
 /// The leases service, in process.
 #[async_trait]
@@ -143,15 +143,4 @@ impl Leases for Local {
         let (m, ns, lease) = (self.manager.clone(), namespace.to_owned(), lease.to_owned());
         metadata::blocking("list lease resources", move || m.list_resources(&ns, &lease)).await
     }
-}
-
-/// `io.containerd.service.v1.leases`: provides `dyn Leases`.
-pub fn registration() -> Registration {
-    Registration::new(PluginType::Service, ids::LEASES, |cx| async move {
-        let manager = cx.get::<dyn LeaseManager>()?;
-        let gc = cx.get_optional::<crate::gc::Collector>();
-        let local: Arc<dyn Leases> = Arc::new(Local::new(manager).with_gc(gc));
-        Ok(Instance::new().with::<dyn Leases>(local))
-    })
-    .requires(&[PluginType::Metadata, PluginType::Internal])
 }

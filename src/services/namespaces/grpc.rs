@@ -8,7 +8,6 @@ use tonic::{Request, Response, Status};
 
 use super::Namespaces;
 use crate::metadata::{MetadataError, Namespace};
-use crate::plugin::{Registration, ids};
 use crate::server::{GrpcLimits, GrpcService, status::to_status};
 
 #[derive(Clone)]
@@ -30,11 +29,6 @@ impl GrpcService for Service {
                 .max_encoding_message_size(limits.max_send),
         );
     }
-}
-
-/// `io.containerd.grpc.v1.namespaces`.
-pub fn registration() -> Registration {
-    crate::server::adapter_registration::<dyn Namespaces, _>(ids::NAMESPACES, Service::new)
 }
 
 fn to_proto(n: Namespace) -> api::Namespace {

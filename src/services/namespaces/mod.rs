@@ -6,6 +6,7 @@
 //! (`NamespaceDelete`). List takes containerd's filter syntax over `name` and `labels.KEY`.
 
 pub mod grpc;
+pub mod plugin;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +17,6 @@ use taskd_proto::containerd::events::{NamespaceCreate, NamespaceDelete, Namespac
 use crate::events::{self, Publisher};
 use crate::filters;
 use crate::metadata::{self, MetadataError, Namespace, NamespaceFields, NamespaceStore};
-use crate::plugin::{Instance, PluginType, Registration, ids};
 
 /// The namespaces service, in process.
 #[async_trait]
@@ -120,15 +120,4 @@ impl Namespaces for Local {
         );
         Ok(())
     }
-}
-
-/// `io.containerd.service.v1.namespaces`: provides `dyn Namespaces`.
-pub fn registration() -> Registration {
-    Registration::new(PluginType::Service, ids::NAMESPACES, |cx| async move {
-        let store = cx.get::<dyn NamespaceStore>()?;
-        let publisher = cx.get::<dyn Publisher>()?;
-        let local: Arc<dyn Namespaces> = Arc::new(Local::new(store, publisher));
-        Ok(Instance::new().with::<dyn Namespaces>(local))
-    })
-    .requires(&[PluginType::Metadata, PluginType::Event])
 }

@@ -10,7 +10,6 @@ use taskd_proto::containerd::types as ctypes;
 use tonic::{Request, Response, Status};
 
 use super::Snapshots;
-use crate::plugin::{Registration, ids};
 use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
 use crate::snapshots::{Info, Kind, Mount, SnapshotError};
 
@@ -39,11 +38,6 @@ impl GrpcService for Service {
                 .max_encoding_message_size(limits.max_send),
         );
     }
-}
-
-/// `io.containerd.grpc.v1.snapshots`.
-pub fn registration() -> Registration {
-    crate::server::adapter_registration::<dyn Snapshots, _>(ids::SNAPSHOTS, Service::new)
 }
 
 /// The lease named by the request's `containerd-lease` header, if any.

@@ -11,6 +11,7 @@
 //!   `/snapshot/commit`, `/snapshot/remove`. A publish failure is logged.
 
 pub mod grpc;
+pub mod plugin;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +21,6 @@ use taskd_proto::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotR
 
 use crate::events::{self, Publisher, topics};
 use crate::metadata::{self, LeaseManager, LeaseResource};
-use crate::plugin::{Instance, PluginType, Registration, ids};
 use crate::snapshots::{Mount, SnapshotError, Snapshotter};
 
 /// The snapshots service, in process.
@@ -216,26 +216,6 @@ impl Snapshots for Local {
         );
         Ok(())
     }
-}
-
-/// `io.containerd.service.v1.snapshots`: provides `dyn Snapshots`.
-pub fn registration() -> Registration {
-    Registration::new(PluginType::Service, ids::SNAPSHOTS, |cx| async move {
-        let snapshotters: Vec<Arc<dyn Snapshotter>> = cx
-            .get_all::<dyn Snapshotter>()
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect();
-        let leases = cx.get::<dyn LeaseManager>()?;
-        let publisher = cx.get::<dyn Publisher>()?;
-        let local = Local::new(snapshotters, leases, publisher);
-        let names = local.names().join(",");
-        let local: Arc<dyn Snapshots> = Arc::new(local);
-        Ok(Instance::new()
-            .with::<dyn Snapshots>(local)
-            .export("snapshotters", names))
-    })
-    .requires(&[PluginType::Snapshotter, PluginType::Metadata, PluginType::Event])
 }
 
 #[cfg(test)]

@@ -11,18 +11,8 @@ use taskd_proto::containerd::v1::types as v1types;
 use tonic::{Request, Response, Status};
 
 use super::{CreateTask, Descriptor, Tasks};
-use crate::plugin::{InitContext, Instance, PluginType, Registration, ids};
 use crate::runtime::{self, ExecOpts, Exit, Mount, State, Stdio};
 use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
-
-/// The plugin registration (`io.containerd.grpc.v1.tasks`).
-pub fn registration() -> Registration {
-    Registration::new(PluginType::Grpc, ids::TASKS, |cx: InitContext| async move {
-        let local = cx.get::<dyn Tasks>()?;
-        Ok(Instance::new().with::<dyn GrpcService>(Arc::new(Service { local })))
-    })
-    .requires(&[PluginType::Service])
-}
 
 /// The adapter.
 pub struct Service {

@@ -13,8 +13,7 @@ use crate::errdefs::{ErrorKind, Kind};
 use crate::filters::{self, Adaptor};
 use crate::identifiers;
 use crate::metadata::{Container, ContainerStore};
-use crate::monitor::{MonitoredTask, NoopMonitor, TaskMonitor};
-use crate::plugin::{InitContext, Instance, PluginType, Registration};
+use crate::monitor::{MonitoredTask, TaskMonitor};
 use crate::runtime::{
     CreateOpts, ExecOpts, Exit, PlatformRuntime, Process, ProcessInfo, State, Status, Task,
 };
@@ -27,31 +26,6 @@ pub const ID: &str = "tasks-service";
 
 /// How long Get/List wait for one shim's state before reporting it unknown.
 const STATE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The plugin registration.
-pub fn registration() -> Registration {
-    Registration::new(PluginType::Service, ID, |cx: InitContext| async move {
-        let runtime = cx.get::<dyn PlatformRuntime>()?;
-        let containers = cx.get::<dyn ContainerStore>()?;
-        let monitor = cx
-            .get_optional::<dyn TaskMonitor>()
-            .unwrap_or_else(|| Arc::new(NoopMonitor));
-        let mut local = Local::new(runtime, containers, monitor);
-        if let Some(content) = cx.get_optional::<crate::content::Store>() {
-            local = local.with_checkpoints(Checkpoints::new(content, cx.root().to_owned()));
-        }
-        let local = Arc::new(local);
-        local.monitor_recovered().await;
-        local.clean_stale_checkpoints().await;
-        Ok(Instance::new().with::<dyn Tasks>(local))
-    })
-    .requires(&[
-        PluginType::Runtime,
-        PluginType::Metadata,
-        PluginType::Content,
-        PluginType::TaskMonitor,
-    ])
-}
 
 /// The tasks service.
 pub struct Local {

@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod grpc;
 pub mod local;
+pub mod plugin;
 
 use std::collections::HashMap;
 use std::time::SystemTime;

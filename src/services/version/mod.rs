@@ -2,11 +2,7 @@
 //! the git revision taskd was built from (`ctr version` prints both).
 
 pub mod grpc;
-
-use std::sync::Arc;
-
-use crate::plugin::{Instance, PluginType, Registration, ids};
-use crate::server::GrpcService;
+pub mod plugin;
 
 pub use crate::{REVISION, VERSION};
 
@@ -28,14 +24,4 @@ impl Local {
             revision: REVISION.to_owned(),
         }
     }
-}
-
-/// `io.containerd.grpc.v1.version`.
-pub fn plugin() -> Registration {
-    Registration::new(PluginType::Grpc, ids::VERSION, |_cx| async move {
-        let local = Arc::new(Local);
-        Ok(Instance::new()
-            .with::<dyn GrpcService>(Arc::new(grpc::VersionService::new(local.clone())))
-            .with::<Local>(local))
-    })
 }

@@ -10,9 +10,10 @@
 use taskd_proto::cri::v1::{AttachRequest, AttachResponse};
 
 use super::exec::check_streams;
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
+use crate::cri::stream_tokens::{self, Pending};
 use crate::cri::streaming::exec::running_container;
-use crate::cri::streaming::token::{self, Pending};
-use crate::cri::{CriError, CriService};
 
 impl CriService {
     pub async fn attach(&self, req: AttachRequest) -> Result<AttachResponse, CriError> {
@@ -20,7 +21,7 @@ impl CriService {
         self.container_runtime("Attach")?;
         let c = running_container(self, &req.container_id)?;
         check_streams(req.stdin, req.stdout, req.stderr, req.tty)?;
-        let url = front.url(Pending::Attach(token::ExecRequest {
+        let url = front.url(Pending::Attach(stream_tokens::ExecRequest {
             container_id: c.id,
             cmd: Vec::new(),
             tty: req.tty,

@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 
 use taskd_proto::cri::v1::{CheckpointContainerRequest, CheckpointContainerResponse};
 
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::store::container::ContainerState;
-use crate::cri::{CriError, CriService};
 
 fn invalid(reason: String) -> CriError {
     CriError::InvalidArgument {

@@ -5,7 +5,7 @@
 //! runtime.image(ref)            image config, id, /etc/passwd + /etc/group
 //! user (spec::user), devices (stat on the host; a directory: the devices under it;
 //! privileged: the host's /dev too), Localhost seccomp profile (read;
-//! spec::container::seccomp_choice), TARGET pid (a running container of this pod),
+//! spec::seccomp::seccomp_choice), TARGET pid (a running container of this pod),
 //! hugetlb controller probe, pod files, the pod's user namespace (the container's own
 //! userns_options, when given, must be the pod's) → spec::container
 //! host sources of propagating mounts shared/slave (propagation.rs)
@@ -24,17 +24,22 @@ use taskd_proto::cri::v1::{
     ContainerEventType, CreateContainerRequest, CreateContainerResponse, NamespaceMode,
 };
 
-use crate::cri::controller::CreateContainer;
+use crate::cri::backend::contract::CreateContainer;
+use crate::cri::error::CriError;
 use crate::cri::io::ContainerIo;
 use crate::cri::server::sandbox::run::new_id;
-use crate::cri::spec::container::{
-    ContainerInput, HostDevice, PodFiles, SeccompChoice, cgroup_v2_host, container_spec,
-    hugetlb_controller_present, seccomp_choice,
-};
+use crate::cri::service::CriService;
+use crate::cri::spec::container::{ContainerInput, container_spec};
+use crate::cri::spec::devices::HostDevice;
+use crate::cri::spec::mounts::PodFiles;
+use crate::cri::spec::resources::{cgroup_v2_host, hugetlb_controller_present};
+use crate::cri::spec::seccomp::{SeccompChoice, seccomp_choice};
 use crate::cri::spec::{UsernsSpec, user};
 use crate::cri::store::container::{Container, ContainerState, Exit, container_name};
 use crate::cri::store::sandbox::SandboxState;
-use crate::cri::{CriError, CriService, reference, userns};
+use crate::cri::userns;
+use crate::images::reference;
+use crate::rollback::Rollback;
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> CriError {
     CriError::InvalidArgument {
@@ -264,7 +269,7 @@ impl CriService {
             )?;
             if profile.as_deref() == Some(apparmor::DEFAULT_PROFILE) {
                 let dir = self.state.join("apparmor");
-                crate::cri::blocking("load the default AppArmor profile", move || {
+                crate::cri::error::blocking("load the default AppArmor profile", move || {
                     apparmor::ensure_default_loaded(&dir)
                 })
                 .await?;
@@ -400,6 +405,20 @@ impl CriService {
             config: cfg.clone(),
         };
         self.containers.add(record)?;
+        let mut rollback = Rollback::new(format!("create container {id}"));
+        rollback.defer("remove the container's directory", || {
+            let dir = self.container_dir(&id);
+            async move {
+                match std::fs::remove_dir_all(dir) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    r => r,
+                }
+            }
+        });
+        rollback.defer("forget the container record", || async {
+            self.containers.remove(&id);
+            Ok(())
+        });
 
         // With a tty the shim copies the console to stdout (stderr stays unused).
         let io = if log_path.as_os_str().is_empty() {
@@ -414,7 +433,7 @@ impl CriService {
             ) {
                 Ok(io) => Some(io),
                 Err(e) => {
-                    self.containers.remove(&id);
+                    rollback.undo().await;
                     return Err(e.into());
                 }
             }
@@ -438,7 +457,6 @@ impl CriService {
                 sandbox_id: sandbox.id.clone(),
                 image,
                 spec,
-                handler_name: handler_name.to_owned(),
                 handler: handler.clone(),
                 stdin,
                 stdout,
@@ -450,10 +468,10 @@ impl CriService {
             if let Some(mut io) = io {
                 io.release().await;
             }
-            self.containers.remove(&id);
-            let _ = std::fs::remove_dir_all(self.container_dir(&id));
+            rollback.undo().await;
             return Err(e);
         }
+        rollback.disarm();
         if let Some(io) = io {
             let log = io.log().clone();
             let _ = self.containers.update(&id, |c| {

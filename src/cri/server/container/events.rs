@@ -3,8 +3,9 @@
 
 use taskd_proto::cri::v1::{ContainerEventResponse, GetEventsRequest};
 
+use crate::cri::error::CriError;
 use crate::cri::server::BoxStream;
-use crate::cri::{CriError, CriService};
+use crate::cri::service::CriService;
 
 impl CriService {
     pub async fn get_container_events(

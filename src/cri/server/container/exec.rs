@@ -9,9 +9,10 @@
 
 use taskd_proto::cri::v1::{ExecRequest, ExecResponse};
 
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
+use crate::cri::stream_tokens::{self, Pending};
 use crate::cri::streaming::exec::running_container;
-use crate::cri::streaming::token::{self, Pending};
-use crate::cri::{CriError, CriService};
 
 /// The stream flags of an Exec or Attach, checked as kubelet checks them.
 pub fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), CriError> {
@@ -42,7 +43,7 @@ impl CriService {
             });
         }
         check_streams(req.stdin, req.stdout, req.stderr, req.tty)?;
-        let url = front.url(Pending::Exec(token::ExecRequest {
+        let url = front.url(Pending::Exec(stream_tokens::ExecRequest {
             container_id: c.id,
             cmd: req.cmd,
             tty: req.tty,

@@ -19,9 +19,10 @@ use std::time::Duration;
 use taskd_proto::cri::v1::{ExecSyncRequest, ExecSyncResponse};
 use tracing::Instrument as _;
 
+use crate::cri::error::CriError;
 use crate::cri::io::ExecOutput;
+use crate::cri::service::CriService;
 use crate::cri::store::container::ContainerState;
-use crate::cri::{CriError, CriService};
 
 /// How long a killed exec may take to be reaped before ExecSync stops waiting for it.
 const KILL_GRACE: Duration = Duration::from_secs(5);

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use procfs::process::{MountInfo, MountOptFields};
 use taskd_proto::cri::v1::{Mount as CriMount, MountPropagation};
 
-use crate::cri::CriError;
+use crate::cri::error::CriError;
 
 /// What a mount's propagation needs of the host mount holding its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,8 +6,9 @@ use taskd_proto::cri::v1::{
     ContainerEventType, RemoveContainerRequest, RemoveContainerResponse, StopContainerRequest,
 };
 
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::store::container::ContainerState;
-use crate::cri::{CriError, CriService};
 
 impl CriService {
     pub async fn remove_container(

@@ -3,8 +3,9 @@
 
 use taskd_proto::cri::v1::{ReopenContainerLogRequest, ReopenContainerLogResponse};
 
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::store::container::ContainerState;
-use crate::cri::{CriError, CriService};
 
 impl CriService {
     pub async fn reopen_container_log(

@@ -5,9 +5,10 @@ use std::time::SystemTime;
 
 use taskd_proto::cri::v1::{ContainerEventType, StartContainerRequest, StartContainerResponse};
 
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::store::container::ContainerState;
 use crate::cri::store::sandbox::SandboxState;
-use crate::cri::{CriError, CriService};
 
 impl CriService {
     pub async fn start_container(

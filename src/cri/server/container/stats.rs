@@ -20,10 +20,11 @@
 
 use taskd_proto::cri::v1 as cri;
 
-use crate::cri::server::convert::{labels_match, nanos};
+use crate::cri::convert::{labels_match, nanos};
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::stats::{Sample, decode_all};
 use crate::cri::store::container::Container;
-use crate::cri::{CriError, CriService};
 
 pub(crate) fn u(v: u64) -> Option<cri::UInt64Value> {
     Some(cri::UInt64Value { value: v })

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 
 use taskd_proto::cri::v1::{ContainerStatusRequest, ContainerStatusResponse};
 
-use crate::cri::server::convert;
-use crate::cri::{CriError, CriService};
+use crate::cri::convert;
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 
 impl CriService {
     pub async fn container_status(

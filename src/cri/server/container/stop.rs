@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use taskd_proto::cri::v1::{ContainerEventType, StopContainerRequest, StopContainerResponse};
 
-use crate::cri::controller::ExitInfo;
+use crate::cri::backend::contract::ExitInfo;
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::store::container::{ContainerState, exit_reason};
-use crate::cri::{CriError, CriService};
 
 /// A signal name or number as images and CRI give it (`SIGTERM`, `TERM`, `15`, `SIGRTMIN+3`
 /// is not accepted); `None` for an unknown name or a number that is no signal of this kernel.

@@ -10,13 +10,14 @@ use async_trait::async_trait;
 use taskd_proto::cri::v1 as cri;
 use tokio::sync::watch;
 
-use crate::cri::container_events::ContainerEvents;
-use crate::cri::controller::{
+use crate::cri::backend::contract::{
     ContainerRuntime, CreateContainer, ExitInfo, ImageInfo, SandboxController, StartSandbox,
 };
+use crate::cri::container_events::ContainerEvents;
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::store::container::ContainerState;
 use crate::cri::store::image::ImageConfig;
-use crate::cri::{CriError, CriService};
 use crate::errdefs::{ErrorKind, Kind};
 
 struct Proc {
@@ -34,8 +35,8 @@ struct FakeRt {
 
 #[async_trait]
 impl SandboxController for FakeRt {
-    async fn ensure_image(&self, _image: &str) -> Result<ImageConfig, CriError> {
-        Ok(ImageConfig::default())
+    async fn ensure_image(&self, _image: &str) -> Result<ImageInfo, CriError> {
+        Ok(ImageInfo::default())
     }
     async fn start(&self, _req: StartSandbox) -> Result<u32, CriError> {
         Ok(1)
@@ -53,7 +54,7 @@ impl ContainerRuntime for FakeRt {
     async fn image(&self, reference: &str) -> Result<ImageInfo, CriError> {
         Ok(ImageInfo {
             id: "sha256:feed".into(),
-            reference: crate::cri::reference::normalize(reference)?.to_string(),
+            reference: crate::images::reference::normalize(reference)?.to_string(),
             config: ImageConfig {
                 entrypoint: vec!["/bin/sh".into()],
                 user: "app".into(),
@@ -139,7 +140,7 @@ impl ContainerRuntime for FakeRt {
         _: &str,
         _: &str,
         _: Vec<String>,
-        _: crate::cri::controller::ExecIo,
+        _: crate::cri::io::exec_output::ExecIo,
     ) -> Result<u32, CriError> {
         Err(CriError::Unimplemented {
             rpc: "ExecSync",
@@ -161,7 +162,7 @@ impl ContainerRuntime for FakeRt {
     async fn close_stdin(&self, _: &str, _: &str) -> Result<(), CriError> {
         Ok(())
     }
-    async fn stats(&self, _: &[String]) -> Result<Vec<crate::cri::controller::TaskStats>, CriError> {
+    async fn stats(&self, _: &[String]) -> Result<Vec<crate::cri::backend::contract::TaskStats>, CriError> {
         Ok(Vec::new())
     }
     async fn delete(&self, id: &str) -> Result<(), CriError> {

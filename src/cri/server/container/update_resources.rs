@@ -4,9 +4,10 @@
 
 use taskd_proto::cri::v1::{UpdateContainerResourcesRequest, UpdateContainerResourcesResponse};
 
-use crate::cri::spec::container::update_resources;
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
+use crate::cri::spec::resources::update_resources;
 use crate::cri::store::container::ContainerState;
-use crate::cri::{CriError, CriService};
 
 impl CriService {
     pub async fn update_container_resources(

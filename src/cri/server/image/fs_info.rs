@@ -4,8 +4,9 @@ use taskd_proto::cri::v1::{
     FilesystemIdentifier, FilesystemUsage, ImageFsInfoRequest, ImageFsInfoResponse, UInt64Value,
 };
 
-use crate::cri::server::convert::nanos;
-use crate::cri::{CriError, CriService};
+use crate::cri::convert::nanos;
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 
 impl CriService {
     pub async fn image_fs_info(&self, _req: ImageFsInfoRequest) -> Result<ImageFsInfoResponse, CriError> {

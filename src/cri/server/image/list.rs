@@ -3,7 +3,8 @@
 use taskd_proto::cri::v1::{ListImagesRequest, ListImagesResponse};
 
 use super::to_cri;
-use crate::cri::{CriError, CriService};
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 
 impl CriService {
     pub async fn list_images(&self, req: ListImagesRequest) -> Result<ListImagesResponse, CriError> {

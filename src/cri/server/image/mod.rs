@@ -16,9 +16,11 @@ use std::collections::BTreeMap;
 
 use taskd_proto::cri::v1 as cri;
 
-use crate::cri::controller::BackendImage;
+use crate::cri::backend::contract::BackendImage;
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::store::image::Image;
-use crate::cri::{CriError, CriService, reference};
+use crate::images::reference;
 
 /// Groups image names by config digest.
 pub fn group(names: &[BackendImage]) -> Vec<Image> {

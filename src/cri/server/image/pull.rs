@@ -3,8 +3,10 @@
 
 use taskd_proto::cri::v1::{PullImageRequest, PullImageResponse};
 
-use crate::cri::controller::Auth;
-use crate::cri::{CriError, CriService, reference};
+use crate::cri::backend::contract::Auth;
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
+use crate::images::reference;
 
 impl CriService {
     pub async fn pull_image(&self, req: PullImageRequest) -> Result<PullImageResponse, CriError> {

@@ -3,7 +3,8 @@
 
 use taskd_proto::cri::v1::{RemoveImageRequest, RemoveImageResponse};
 
-use crate::cri::{CriError, CriService};
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 
 impl CriService {
     pub async fn remove_image(&self, req: RemoveImageRequest) -> Result<RemoveImageResponse, CriError> {

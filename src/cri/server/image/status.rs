@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use taskd_proto::cri::v1::{ImageStatusRequest, ImageStatusResponse};
 
 use super::to_cri;
-use crate::cri::{CriError, CriService};
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 
 impl CriService {
     pub async fn image_status(&self, req: ImageStatusRequest) -> Result<ImageStatusResponse, CriError> {

@@ -2,8 +2,9 @@
 
 use taskd_proto::cri::v1::{ListImagesRequest, StreamImagesRequest, StreamImagesResponse};
 
+use crate::cri::error::CriError;
 use crate::cri::server::{BoxStream, chunked};
-use crate::cri::{CriError, CriService};
+use crate::cri::service::CriService;
 
 impl CriService {
     pub async fn stream_images(

@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use taskd_proto::cri::v1 as cri;
 
+use crate::cri::backend::contract::{Auth, BackendImage, FsUsage, ImageBackend};
 use crate::cri::container_events::ContainerEvents;
-use crate::cri::controller::{Auth, BackendImage, FsUsage, ImageBackend};
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::store::image::ImageConfig;
-use crate::cri::{CriError, CriService};
 use crate::errdefs::{ErrorKind, Kind};
 
 const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";

@@ -5,7 +5,8 @@ use taskd_proto::cri::v1::{
 };
 
 use crate::cri::config::CgroupDriver as Driver;
-use crate::cri::{CriError, CriService};
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 
 impl CriService {
     pub async fn runtime_config(

@@ -11,7 +11,8 @@ use taskd_proto::cri::v1::{
     StatusResponse,
 };
 
-use crate::cri::{CriError, CriService};
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 
 pub const RUNTIME_READY: &str = "RuntimeReady";
 pub const NETWORK_READY: &str = "NetworkReady";

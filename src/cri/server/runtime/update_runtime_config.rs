@@ -3,7 +3,8 @@
 
 use taskd_proto::cri::v1::{UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse};
 
-use crate::cri::{CriError, CriService};
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 
 impl CriService {
     pub async fn update_runtime_config(

@@ -2,7 +2,8 @@
 
 use taskd_proto::cri::v1::{VersionRequest, VersionResponse};
 
-use crate::cri::{CriError, CriService};
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 
 /// The CRI API version kubelet checks (`runtime_api_version`).
 pub const CRI_API_VERSION: &str = "v1";

@@ -2,8 +2,9 @@
 
 use taskd_proto::cri::v1::{ListPodSandboxRequest, ListPodSandboxResponse};
 
-use crate::cri::server::convert;
-use crate::cri::{CriError, CriService};
+use crate::cri::convert;
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 
 impl CriService {
     pub async fn list_pod_sandbox(

@@ -19,11 +19,12 @@ use std::time::SystemTime;
 use taskd_proto::cri::v1 as cri;
 
 use super::stats::pod_interfaces;
-use crate::cri::server::convert::nanos;
+use crate::cri::convert::nanos;
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::stats::{NetDev, Sample, decode_all};
 use crate::cri::store::container::{Container, ContainerState};
 use crate::cri::store::sandbox::{Sandbox, SandboxState};
-use crate::cri::{CriError, CriService};
 
 /// The label keys every metric starts with.
 const BASE_LABELS: [&str; 4] = ["container", "pod", "namespace", "id"];

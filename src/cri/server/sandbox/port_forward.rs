@@ -9,8 +9,9 @@
 
 use taskd_proto::cri::v1::{PortForwardRequest, PortForwardResponse};
 
-use crate::cri::streaming::token::Pending;
-use crate::cri::{CriError, CriService};
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
+use crate::cri::stream_tokens::Pending;
 
 impl CriService {
     pub async fn port_forward(&self, req: PortForwardRequest) -> Result<PortForwardResponse, CriError> {

@@ -6,8 +6,9 @@ use taskd_proto::cri::v1::{
     RemoveContainerRequest, RemovePodSandboxRequest, RemovePodSandboxResponse, StopPodSandboxRequest,
 };
 
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::store::sandbox::SandboxState;
-use crate::cri::{CriError, CriService};
 
 impl CriService {
     pub async fn remove_pod_sandbox(

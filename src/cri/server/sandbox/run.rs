@@ -22,18 +22,20 @@
 //! CNI, netns, files, the record): a failed CNI ADD leaves no netns, no shim and no pause
 //! container. When the rollback fails too, both errors are reported.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use taskd_proto::cri::v1::{NamespaceMode, PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse};
 
-use crate::cri::controller::StartSandbox;
+use crate::cri::backend::contract::StartSandbox;
+use crate::cri::error::CriError;
+use crate::cri::error::blocking;
 use crate::cri::network::{PodRef, PortMapping, netns};
+use crate::cri::service::CriService;
 use crate::cri::spec::UsernsSpec;
 use crate::cri::spec::sandbox::{SandboxInput, pod_namespace_modes, sandbox_spec};
 use crate::cri::store::sandbox::{HostNamespaces, Sandbox, SandboxState, sandbox_name};
-use crate::cri::{CriError, CriService, blocking, podfiles, podns, userns};
+use crate::cri::{podfiles, podns, userns};
 
 /// What has been set up so far (for the rollback).
 #[derive(Default)]
@@ -264,7 +266,7 @@ impl CriService {
                 let spec = sandbox_spec(&SandboxInput {
                     id: &id,
                     config: &cfg,
-                    image: &image,
+                    image: &image.config,
                     netns_path: netns_str.as_deref(),
                     driver: self.config.cgroup_driver,
                     min_oom_score_adj: self.min_oom_score_adj,
@@ -274,11 +276,9 @@ impl CriService {
                 controller
                     .start(StartSandbox {
                         id: id.clone(),
-                        image: self.config.sandbox_image.clone(),
+                        image,
                         spec,
-                        handler_name: handler_name.to_owned(),
                         handler: handler.clone(),
-                        labels: HashMap::new(),
                     })
                     .await
             };

@@ -18,11 +18,12 @@ use std::time::SystemTime;
 use taskd_proto::cri::v1 as cri;
 
 use super::super::container::stats::{memory_usage, u};
-use crate::cri::server::convert::{labels_match, nanos};
+use crate::cri::convert::{labels_match, nanos};
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 use crate::cri::stats::{NetDev, Sample, decode_all, net_dev_of};
 use crate::cri::store::container::{Container, ContainerState};
 use crate::cri::store::sandbox::{Sandbox, SandboxState};
-use crate::cri::{CriError, CriService};
 
 /// The key of a pod's previous CPU sample in `CriService::cpu_samples`.
 pub(crate) fn sample_key(pod_id: &str) -> String {

@@ -6,10 +6,13 @@
 use taskd_proto::cri::v1::{StopContainerRequest, StopPodSandboxRequest, StopPodSandboxResponse};
 
 use super::run::{pod_ref, port_mappings};
+use crate::cri::error::CriError;
+use crate::cri::error::blocking;
 use crate::cri::network::netns;
+use crate::cri::service::CriService;
 use crate::cri::store::container::ContainerState;
 use crate::cri::store::sandbox::SandboxState;
-use crate::cri::{CriError, CriService, blocking, podfiles, podns};
+use crate::cri::{podfiles, podns};
 
 impl CriService {
     pub async fn stop_pod_sandbox(

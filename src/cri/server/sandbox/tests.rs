@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use taskd_proto::cri::v1 as cri;
 
+use crate::cri::backend::contract::{ImageInfo, SandboxController, StartSandbox};
 use crate::cri::config::CriConfig;
 use crate::cri::container_events::ContainerEvents;
-use crate::cri::controller::{SandboxController, StartSandbox};
+use crate::cri::error::CriError;
 use crate::cri::network::netns;
-use crate::cri::store::image::ImageConfig;
+use crate::cri::service::CriService;
 use crate::cri::store::sandbox::SandboxState;
-use crate::cri::{CriError, CriService};
 use crate::errdefs::{ErrorKind, Kind};
 
 #[derive(Default)]
@@ -25,9 +25,9 @@ struct Fake {
 
 #[async_trait]
 impl SandboxController for Fake {
-    async fn ensure_image(&self, image: &str) -> Result<ImageConfig, CriError> {
+    async fn ensure_image(&self, image: &str) -> Result<ImageInfo, CriError> {
         self.calls.lock().unwrap().push(format!("image {image}"));
-        Ok(ImageConfig::default())
+        Ok(ImageInfo::default())
     }
     async fn start(&self, req: StartSandbox) -> Result<u32, CriError> {
         self.calls.lock().unwrap().push(format!("start {}", &req.id[..8]));

@@ -5,7 +5,8 @@
 
 use taskd_proto::cri::v1::{UpdatePodSandboxResourcesRequest, UpdatePodSandboxResourcesResponse};
 
-use crate::cri::{CriError, CriService};
+use crate::cri::error::CriError;
+use crate::cri::service::CriService;
 
 impl CriService {
     pub async fn update_pod_sandbox_resources(

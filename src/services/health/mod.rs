@@ -5,13 +5,12 @@
 //! it listens. The daemon flips it to NOT_SERVING when it starts draining
 //! ([`Health::set_serving`]), and the shutdown hook does so in any case.
 
-use std::sync::Arc;
+pub mod plugin;
 
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
-use crate::plugin::{Instance, PluginType, Registration, ids};
 use crate::server::{GrpcLimits, GrpcService};
 
 /// The health reporter and the gRPC service that serves it.
@@ -53,18 +52,6 @@ impl GrpcService for Health {
                 .max_encoding_message_size(limits.max_send),
         );
     }
-}
-
-/// `io.containerd.grpc.v1.healthcheck`, providing `dyn GrpcService` and `Arc<Health>`.
-pub fn plugin() -> Registration {
-    Registration::new(PluginType::Grpc, ids::HEALTH, |_cx| async move {
-        let health = Arc::new(Health::new());
-        let on_stop = health.clone();
-        Ok(Instance::new()
-            .with::<dyn GrpcService>(health.clone())
-            .with::<Health>(health)
-            .on_shutdown(move || async move { on_stop.set_serving(false).await }))
-    })
 }
 
 #[cfg(test)]

@@ -26,15 +26,18 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tracing::Instrument as _;
 
-use super::controller::{
-    ContainerRuntime, CreateContainer, ExecIo, ExitInfo, ImageInfo, SandboxController, StartSandbox,
+use crate::cri::backend::contract::{
+    ContainerRuntime, CreateContainer, ExitInfo, ImageInfo, RootfsProvider, SandboxController, StartSandbox,
 };
-use super::store::image::ImageConfig;
-use super::userns::PodUserns;
-use super::{CriError, NAMESPACE, spec};
+use crate::cri::error::CriError;
+use crate::cri::error::NAMESPACE;
+use crate::cri::io::exec_output::ExecIo;
+use crate::cri::spec;
+use crate::cri::userns::PodUserns;
 use crate::errdefs::{ErrorKind, Kind, not_found_ok};
 use crate::metadata::{Container, Runtime};
-use crate::runtime::{Mount, Stdio};
+use crate::rollback::Rollback;
+use crate::runtime::Stdio;
 use crate::services::containers::Containers;
 use crate::services::tasks::{CreateTask, Tasks};
 
@@ -42,36 +45,6 @@ use crate::services::tasks::{CreateTask, Tasks};
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 /// The `Any` type URL runc's shim decodes task updates with.
 const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
-
-/// Images and writable root file systems for containers (snapshot key = container id).
-#[async_trait]
-pub trait RootfsProvider: Send + Sync {
-    /// The snapshotter the root file systems come from ("" when they are not snapshots).
-    fn snapshotter(&self) -> &str;
-    async fn image(&self, reference: &str) -> Result<ImageInfo, CriError>;
-    async fn prepare(&self, id: &str, image: &ImageInfo) -> Result<Vec<Mount>, CriError>;
-    /// A rootfs whose files belong to pod `pod`'s user namespace `map` (made from a copy of
-    /// the image the pod keeps until [`RootfsProvider::remove_pod`]).
-    async fn prepare_remapped(
-        &self,
-        id: &str,
-        _image: &ImageInfo,
-        _pod: &str,
-        _map: &PodUserns,
-    ) -> Result<Vec<Mount>, CriError> {
-        Err(CriError::FailedPrecondition {
-            what: format!("container {id}"),
-            reason: "this rootfs provider cannot give a root file system to a user namespace".into(),
-        })
-    }
-    /// Removes the container's rootfs (absent is fine).
-    async fn remove(&self, id: &str) -> Result<(), CriError>;
-    /// Removes what [`RootfsProvider::prepare_remapped`] keeps for pod `pod` (after its
-    /// containers' rootfs; absent is fine).
-    async fn remove_pod(&self, _pod: &str) -> Result<(), CriError> {
-        Ok(())
-    }
-}
 
 /// The CRI's runtime over the tasks and containers services.
 pub struct TaskRuntime {
@@ -100,7 +73,7 @@ impl TaskRuntime {
         sandbox_id: &str,
         image: &ImageInfo,
         spec: &oci_spec::runtime::Spec,
-        handler: &super::config::RuntimeHandler,
+        handler: &crate::cri::config::RuntimeHandler,
         io: Stdio,
         kind: &str,
     ) -> Result<(), CriError> {
@@ -108,6 +81,8 @@ impl TaskRuntime {
             None => self.rootfs.prepare(id, image).await?,
             Some(map) => self.rootfs.prepare_remapped(id, image, sandbox_id, &map).await?,
         };
+        let mut rollback = Rollback::new(format!("create {kind} {id}"));
+        rollback.defer("remove the rootfs", || self.rootfs.remove(id));
         let record = Container {
             id: id.to_owned(),
             labels: BTreeMap::from([("io.cri-containerd.kind".to_owned(), kind.to_owned())]),
@@ -128,9 +103,15 @@ impl TaskRuntime {
             ..Default::default()
         };
         if let Err(e) = self.containers.create(NAMESPACE, record).await {
-            let _ = self.rootfs.remove(id).await;
+            rollback.undo().await;
             return Err(CriError::backend("create container record", e));
         }
+        rollback.defer("delete the container record", || async move {
+            self.containers
+                .delete(NAMESPACE, id)
+                .await
+                .map_err(|e| CriError::backend("delete container record", e))
+        });
         let created = shim_call(
             "Create",
             id,
@@ -148,10 +129,10 @@ impl TaskRuntime {
         )
         .await;
         if let Err(e) = created {
-            let _ = self.containers.delete(NAMESPACE, id).await;
-            let _ = self.rootfs.remove(id).await;
+            rollback.undo().await;
             return Err(CriError::backend("create task", e));
         }
+        rollback.disarm();
         Ok(())
     }
 
@@ -199,16 +180,15 @@ where
 
 #[async_trait]
 impl SandboxController for TaskRuntime {
-    async fn ensure_image(&self, image: &str) -> Result<ImageConfig, CriError> {
-        Ok(self.rootfs.image(image).await?.config)
+    async fn ensure_image(&self, image: &str) -> Result<ImageInfo, CriError> {
+        self.rootfs.image(image).await
     }
 
     async fn start(&self, req: StartSandbox) -> Result<u32, CriError> {
-        let image = self.rootfs.image(&req.image).await?;
         self.create_task(
             &req.id,
             &req.id,
-            &image,
+            &req.image,
             &req.spec,
             &req.handler,
             Stdio::default(),
@@ -258,7 +238,7 @@ impl SandboxController for TaskRuntime {
 fn pod_userns(spec: &oci_spec::runtime::Spec) -> Option<PodUserns> {
     let linux = spec.linux().as_ref()?;
     let one = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
-        m.as_ref()?.first().map(|m| super::userns::IdMap {
+        m.as_ref()?.first().map(|m| crate::cri::userns::IdMap {
             container_id: m.container_id(),
             host_id: m.host_id(),
             length: m.size(),
@@ -456,7 +436,7 @@ impl ContainerRuntime for TaskRuntime {
         .map_err(|e| CriError::backend("close stdin", e))
     }
 
-    async fn stats(&self, ids: &[String]) -> Result<Vec<super::controller::TaskStats>, CriError> {
+    async fn stats(&self, ids: &[String]) -> Result<Vec<crate::cri::backend::contract::TaskStats>, CriError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -469,7 +449,7 @@ impl ContainerRuntime for TaskRuntime {
             .map_err(|e| CriError::backend("task metrics", e))?;
         Ok(metrics
             .into_iter()
-            .map(|m| super::controller::TaskStats {
+            .map(|m| crate::cri::backend::contract::TaskStats {
                 id: m.id,
                 timestamp: m.timestamp,
                 data: m.data,

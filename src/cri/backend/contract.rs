@@ -14,31 +14,32 @@
 //! When the services it needs are not on this build, no controller is set and the pod
 //! RPCs answer Unimplemented naming what is missing.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 
-use super::CriError;
-use super::config::RuntimeHandler;
-use super::store::image::ImageConfig;
+use crate::cri::config::RuntimeHandler;
+use crate::cri::error::CriError;
+use crate::cri::io::exec_output::ExecIo;
+use crate::cri::store::image::ImageConfig;
+use crate::cri::userns::PodUserns;
+use crate::runtime::Mount;
 
 /// Everything the controller needs to start a pause container.
 #[derive(Debug, Clone)]
 pub struct StartSandbox {
     pub id: String,
-    pub image: String,
+    /// The pause image, as `ensure_image` resolved it (resolved once per pod).
+    pub image: ImageInfo,
     /// The OCI spec, built by RunPodSandbox (`cri::spec::sandbox`).
     pub spec: oci_spec::runtime::Spec,
-    pub handler_name: String,
     pub handler: RuntimeHandler,
-    pub labels: HashMap<String, String>,
 }
 
 /// Runs pause containers.
 #[async_trait]
 pub trait SandboxController: Send + Sync {
-    /// The image config of `image`, pulling it when it is not present.
-    async fn ensure_image(&self, image: &str) -> Result<ImageConfig, CriError>;
+    /// The image `image` resolves to (config, id, reference), pulling it when it is not
+    /// present; `start` takes what this returns.
+    async fn ensure_image(&self, image: &str) -> Result<ImageInfo, CriError>;
     /// Creates and starts the pause container; returns its pid.
     async fn start(&self, req: StartSandbox) -> Result<u32, CriError>;
     /// Stops the pause container (no-op when it is not running).
@@ -72,21 +73,10 @@ pub struct CreateContainer {
     pub sandbox_id: String,
     pub image: ImageInfo,
     pub spec: oci_spec::runtime::Spec,
-    pub handler_name: String,
     pub handler: RuntimeHandler,
     /// The stdin fifo the shim reads (empty: none).
     pub stdin: String,
     /// Fifo paths the shim writes (empty: discarded).
-    pub stdout: String,
-    pub stderr: String,
-    pub terminal: bool,
-}
-
-/// The stdio of an exec process: fifo paths the shim opens ("" = none) and whether the
-/// process gets a terminal (then the shim copies it to `stdout` alone).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecIo {
-    pub stdin: String,
     pub stdout: String,
     pub stderr: String,
     pub terminal: bool,
@@ -200,5 +190,35 @@ pub trait ImageBackend: Send + Sync {
     /// Usage of a container's writable layer (its active snapshot); None when it has none.
     async fn writable_layer(&self, _container_id: &str) -> Result<Option<FsUsage>, CriError> {
         Ok(None)
+    }
+}
+
+/// Images and writable root file systems for containers (snapshot key = container id).
+#[async_trait]
+pub trait RootfsProvider: Send + Sync {
+    /// The snapshotter the root file systems come from ("" when they are not snapshots).
+    fn snapshotter(&self) -> &str;
+    async fn image(&self, reference: &str) -> Result<ImageInfo, CriError>;
+    async fn prepare(&self, id: &str, image: &ImageInfo) -> Result<Vec<Mount>, CriError>;
+    /// A rootfs whose files belong to pod `pod`'s user namespace `map` (made from a copy of
+    /// the image the pod keeps until [`RootfsProvider::remove_pod`]).
+    async fn prepare_remapped(
+        &self,
+        id: &str,
+        _image: &ImageInfo,
+        _pod: &str,
+        _map: &PodUserns,
+    ) -> Result<Vec<Mount>, CriError> {
+        Err(CriError::FailedPrecondition {
+            what: format!("container {id}"),
+            reason: "this rootfs provider cannot give a root file system to a user namespace".into(),
+        })
+    }
+    /// Removes the container's rootfs (absent is fine).
+    async fn remove(&self, id: &str) -> Result<(), CriError>;
+    /// Removes what [`RootfsProvider::prepare_remapped`] keeps for pod `pod` (after its
+    /// containers' rootfs; absent is fine).
+    async fn remove_pod(&self, _pod: &str) -> Result<(), CriError> {
+        Ok(())
     }
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-use super::{ContentError, Store};
-use crate::diff::{Descriptor, DiffError, LayerSink, LayerSource};
+use super::{Descriptor, DiffError, LayerSink, LayerSource};
+use crate::content::{ContentError, Info, Store};
 
 fn content_err(digest: &str, e: impl std::fmt::Display) -> DiffError {
     DiffError::Content {
@@ -48,7 +48,7 @@ impl LayerSink for Sink {
             Ok(w) => w,
             Err(ContentError::AlreadyExists { .. }) => {
                 let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
-                let info = super::Info {
+                let info = Info {
                     digest: d.clone(),
                     labels,
                     ..Default::default()

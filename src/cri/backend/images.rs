@@ -36,12 +36,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use async_trait::async_trait;
 use oci_client::secrets::RegistryAuth;
 
-use super::controller::{Auth, BackendImage, FsUsage, ImageBackend, ImageInfo};
-use super::store::image::ImageConfig;
-use super::task_runtime::RootfsProvider;
-use super::userns::PodUserns;
-use super::{CriError, NAMESPACE};
 use crate::content::{self, LABEL_GC_REF_SNAPSHOT};
+use crate::cri::backend::contract::{Auth, BackendImage, FsUsage, ImageBackend, ImageInfo, RootfsProvider};
+use crate::cri::error::CriError;
+use crate::cri::error::NAMESPACE;
+use crate::cri::store::image::ImageConfig;
+use crate::cri::userns::PodUserns;
 use crate::errdefs::{ErrorKind, Kind, not_found_ok};
 use crate::images::oci::{self, Manifest as JsonManifest, RunConfig, chain_ids};
 use crate::images::platform::Matcher;
@@ -850,9 +850,9 @@ impl ImageSide {
             .await
             .map_err(|e| CriError::backend("prepare remapped image copy", e))?;
         let (dir, map_) = (self.scratch.join(uuid::Uuid::new_v4().simple().to_string()), *map);
-        let remapped = crate::cri::blocking("remap the image copy", move || {
+        let remapped = crate::cri::error::blocking("remap the image copy", move || {
             with_mounted(&mounts, &dir, false, |root| {
-                super::remap::remap_tree(root, &map_).map_err(|e| {
+                crate::cri::remap::remap_tree(root, &map_).map_err(|e| {
                     precondition("remap the image copy for the pod's user namespace", e.to_string())
                 })
             })

@@ -6,11 +6,11 @@
 //! `Arc<Deprecations>`; a plugin that wants to warn requires `PluginType::Internal` and
 //! takes `cx.get_optional::<Deprecations>()`.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+pub mod plugin;
 
-use crate::plugin::{Instance, PluginType, Registration, ids};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 /// `io.containerd.runtime.v1.linux` in a config or a request.
 pub const RUNTIME_V1: &str = "io.containerd.deprecation/runtime-v1";
@@ -113,13 +113,6 @@ impl Deprecations {
             }
         }
     }
-}
-
-/// `io.containerd.internal.v1.deprecations`, providing `Arc<Deprecations>`.
-pub fn plugin() -> Registration {
-    Registration::new(PluginType::Internal, ids::DEPRECATIONS, |_cx| async move {
-        Ok(Instance::new().with::<Deprecations>(Arc::new(Deprecations::new())))
-    })
 }
 
 #[cfg(test)]
