@@ -327,9 +327,16 @@ impl<R: Record> Store<R> {
             what: R::WHAT,
             id: id.to_owned(),
         })?;
+        let before = self.dir.as_ref().map(|_| serde_json::to_vec(&*r));
         let out = f(r)?;
-        // Under the lock: files are written in the order the updates happened.
-        self.persist(r)?;
+        // An update that changed nothing persisted (recovery finding what the record says,
+        // a field kept only in memory) writes no file: a full node's restart would
+        // otherwise rewrite every record.
+        let unchanged = matches!(&before, Some(Ok(b)) if serde_json::to_vec(&*r).is_ok_and(|a| a == *b));
+        if !unchanged {
+            // Under the lock: files are written in the order the updates happened.
+            self.persist(r)?;
+        }
         Ok(out)
     }
 
@@ -402,6 +409,23 @@ mod tests {
         assert!(matches!(s.resolve(""), Err(StoreError::NotFound { .. })));
         s.remove("abc2");
         assert_eq!(s.get("ab").unwrap().0, "abc1");
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_writes_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Store::<R>::open(dir.path()).unwrap();
+        s.add(r("a1", "one")).unwrap();
+        let file = dir.path().join("a1.json");
+        std::fs::remove_file(&file).unwrap();
+        s.update("a1", |_| Ok(())).unwrap();
+        assert!(!file.exists(), "a no-op update rewrote the record");
+        s.update("a1", |x| {
+            x.1 = "renamed".into();
+            Ok(())
+        })
+        .unwrap();
+        assert!(std::fs::read_to_string(&file).unwrap().contains("renamed"));
     }
 
     #[test]
