@@ -19,6 +19,7 @@
 //! `TASKD_BENCH_LOG` is taskd's `RUST_LOG` (default `warn`), and keeps the logs.
 //! Everything it starts is stopped by pid, pods are removed through CRI, bridges deleted,
 //! and its temp dir removed (never across a mount).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "../tests/support/clients.rs"]
 mod clients;
@@ -227,7 +228,7 @@ async fn stream_round(d: &Daemon, w: &Path, a: &Args) -> Result<StreamResult> {
     let mut rt = RuntimeServiceClient::new(ch.clone());
     let exec = |cmd: &[&str], stdin: bool| cri::ExecRequest {
         container_id: c.clone(),
-        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        cmd: cmd.iter().map(std::string::ToString::to_string).collect(),
         tty: false,
         stdin,
         stdout: true,
@@ -282,7 +283,7 @@ async fn stream_round(d: &Daemon, w: &Path, a: &Args) -> Result<StreamResult> {
     // be holding its session then.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut ended = Vec::new();
-    for c in held.iter_mut() {
+    for c in &mut held {
         if let Some(status) = c.try_wait()? {
             ended.push(status);
         }
@@ -423,7 +424,9 @@ fn main() -> Result<()> {
         td.sequential.len(),
         td.concurrent.len(),
         a.rounds,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(std::num::NonZero::get)
+            .unwrap_or(0),
         String::from_utf8_lossy(&Command::new("containerd").arg("--version").output()?.stdout).trim()
     );
     if let [cd, td] = execs.as_slice() {

@@ -26,6 +26,7 @@
 //! 60 --only taskd|containerd`). Build taskd and its shim in release first (`cargo build
 //! --release; cargo build --profile shim -p containerd-shim-taskd-v2`); `TASKD_BIN`
 //! overrides the taskd binary. The logs stay under the printed temp dir on failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "common/cri.rs"]
 mod common;
@@ -363,13 +364,15 @@ async fn lists(ch: &Channel) -> [Option<Duration>; 4] {
 /// Entries of /run/netns (where containerd pins its pods' network namespaces; taskd pins
 /// them under its state dir).
 fn run_netns() -> usize {
-    std::fs::read_dir("/run/netns").map(|e| e.count()).unwrap_or(0)
+    std::fs::read_dir("/run/netns")
+        .map(std::iter::Iterator::count)
+        .unwrap_or(0)
 }
 
 /// What the node still holds for `d` after its pods are gone (`run_netns_before`: the
 /// /run/netns entries before its pods).
 fn leftovers(d: &common::Daemon, run_netns_before: usize) -> String {
-    let count = |p: &Path| std::fs::read_dir(p).map(|e| e.count()).unwrap_or(0);
+    let count = |p: &Path| std::fs::read_dir(p).map(std::iter::Iterator::count).unwrap_or(0);
     let pins: usize = std::fs::read_dir(d.dir.join("state"))
         .map(|e| e.flatten().map(|p| count(&p.path().join("netns"))).sum())
         .unwrap_or(0);
@@ -464,7 +467,7 @@ fn main() -> Result<()> {
                 .with_context(|| format!("{} warm-up", d.name))?;
         }
         let mut out = Vec::new();
-        for d in daemons.iter_mut() {
+        for d in &mut daemons {
             eprintln!("node_scale: {} ...", d.name);
             let r = run_daemon(d, w.path(), &a)
                 .await
@@ -584,7 +587,9 @@ fn main() -> Result<()> {
     }
     println!(
         "{} CPUs; containerd {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(std::num::NonZero::get)
+            .unwrap_or(0),
         String::from_utf8_lossy(
             &std::process::Command::new("containerd")
                 .arg("--version")

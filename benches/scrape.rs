@@ -8,6 +8,7 @@
 //!
 //! Run as root: `cargo bench --bench scrape` (add `-- --iterations 50` to change the
 //! sample count). Cleans up its processes (by pid) and cgroups (by path) on exit.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -168,7 +169,9 @@ fn main() -> Result<()> {
         "cgroups task monitor: one collection + text encoding, cgroup {}, {} iterations, {} cpus",
         h.mode.as_str(),
         iterations,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(std::num::NonZero::get)
+            .unwrap_or(1)
     );
     println!(
         "| tasks | parallelism | series | bytes | bytes/task | median | p90 | median/task | cpu user | cpu sys |"

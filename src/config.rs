@@ -400,7 +400,7 @@ impl<'a> Source<'a> {
     /// The dotted path of the deepest key whose key or value span contains `offset`.
     fn key_at(&self, offset: usize) -> String {
         fn walk(table: &DeTable, offset: usize, path: &mut Vec<String>, best: &mut Vec<String>) {
-            for (k, v) in table.iter() {
+            for (k, v) in table {
                 path.push(k.get_ref().to_string());
                 let hit =
                     |r: std::ops::Range<usize>| r.start <= offset && (offset < r.end || offset == r.start);
@@ -410,7 +410,7 @@ impl<'a> Source<'a> {
                 match v.get_ref() {
                     DeValue::Table(t) => walk(t, offset, path, best),
                     DeValue::Array(items) => {
-                        for item in items.iter() {
+                        for item in items {
                             if let DeValue::Table(t) = item.get_ref() {
                                 walk(t, offset, path, best);
                             }
@@ -487,7 +487,7 @@ fn schema_errors(source: &Source) -> Vec<Diagnostic> {
         Config::deserialize(de).err().map(|e| source.diagnostic(&e))
     };
     let mut errors: Vec<Diagnostic> = Vec::new();
-    for (k, v) in doc.get_ref().iter() {
+    for (k, v) in doc.get_ref() {
         let found: Vec<Diagnostic> = match v.get_ref() {
             DeValue::Table(t) if k.get_ref().as_ref() != "plugins" && !t.is_empty() => t
                 .iter()
@@ -519,7 +519,7 @@ pub fn validate(cfg: &Config, text: &str, registrations: &[Registration]) -> Rep
             key: dotted(path),
             line: source.line_of(path),
             message,
-        })
+        });
     };
     if cfg.version != 1 {
         err(
@@ -660,7 +660,7 @@ pub fn validate(cfg: &Config, text: &str, registrations: &[Registration]) -> Rep
             key: dotted(path),
             line: source.line_of(path),
             message,
-        })
+        });
     };
     for name in &cfg.disabled_plugins {
         if !known.contains_key(name) {

@@ -276,9 +276,8 @@ impl<'a> Parser<'a> {
             _ => {}
         }
         let (pos, t) = self.scan()?;
-        let op = match t {
-            Token::Operator(op) => op,
-            _ => return Err(self.err(pos, r#"expected an operator ("==", "!=" or "~=")"#)),
+        let Token::Operator(op) = t else {
+            return Err(self.err(pos, r#"expected an operator ("==", "!=" or "~=")"#));
         };
         let (vpos, v) = self.scan()?;
         let value = match v {
@@ -372,7 +371,7 @@ mod tests {
     }
 
     fn m(filters: &[&str], o: &Obj) -> bool {
-        let f: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
+        let f: Vec<String> = filters.iter().map(std::string::ToString::to_string).collect();
         parse(&f).unwrap().matches(o)
     }
 

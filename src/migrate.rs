@@ -178,9 +178,8 @@ fn is_zero(v: &Value) -> bool {
 }
 
 fn set(out: &mut Table, p: &[&str], v: Value) {
-    let (last, dirs) = match p.split_last() {
-        Some(x) => x,
-        None => return,
+    let Some((last, dirs)) = p.split_last() else {
+        return;
     };
     let mut t = out;
     for d in dirs {
@@ -393,7 +392,7 @@ impl Migrator {
             match ratio {
                 // containerd's 0 samples nothing, as taskd's does: copied as it is.
                 Some(r) if (0.0..=1.0).contains(&r) => {
-                    set(&mut self.out, &["tracing", "sampling_ratio"], Value::Float(r))
+                    set(&mut self.out, &["tracing", "sampling_ratio"], Value::Float(r));
                 }
                 _ => self.skip(&ratio_key, &v, "taskd takes a sampling ratio from 0.0 to 1.0"),
             }
@@ -516,7 +515,7 @@ impl Migrator {
             let Some(v) = self.src.take(&from) else { continue };
             match (key, v.as_str()) {
                 ("snapshotter", Some("overlayfs" | "native")) | ("max_concurrent_downloads", None) => {
-                    self.copy_value(&v, &["plugins", IMAGES, key])
+                    self.copy_value(&v, &["plugins", IMAGES, key]);
                 }
                 ("snapshotter", _) => self.skip(&from, &v, "taskd's snapshotters are overlayfs and native"),
                 _ => self.skip(&from, &v, "not a value taskd takes"),
@@ -778,7 +777,7 @@ impl Migrator {
             ("version", _, _) => "taskd's config is version 1 (written above)",
             ("imports", _, _) => "taskd reads one file: merge the imported files into this one",
             ("oom_score", _, _) => "set OOMScoreAdjust in taskd's systemd unit instead",
-            ("plugin_dir", _, _) | ("proxy_plugins", _, _) => "taskd loads no external plugins",
+            ("plugin_dir" | "proxy_plugins", _, _) => "taskd loads no external plugins",
             ("temp", _, _) => "taskd has no temp directory setting",
             ("disabled_plugins" | "required_plugins", _, _) => {
                 "plugin ids differ between containerd and taskd: `taskd config default` lists taskd's"

@@ -164,14 +164,17 @@ pub(crate) mod testing {
 
     impl SpanExporter for Recorded {
         async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend(batch);
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(batch);
             Ok(())
         }
     }
 
     impl Recorded {
         pub fn named(&self, name: &str) -> Vec<SpanData> {
-            let spans = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let spans = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             spans.iter().filter(|s| s.name == name).cloned().collect()
         }
     }

@@ -12,6 +12,7 @@
 //! Images (busybox and the sandbox image) are OCI archives built by the harness and imported
 //! with `ctr -n k8s.io images import`; pods join a CNI bridge on a private subnet (the guest
 //! has no network device).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 

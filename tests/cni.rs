@@ -2,6 +2,7 @@
 //! them in /usr/lib/cni): a bridge + host-local IPAM network on a private subnet, only
 //! inside network namespaces this test creates (the bridge gets no address and no masquerade:
 //! nothing can leave the machine). Cleans up its netns, bridge and IPAM state by name/path.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 
@@ -81,7 +82,7 @@ impl Env {
         let d = self.dir.path().join("ipam").join("tkdtest");
         let mut v: Vec<String> = std::fs::read_dir(d)
             .map(|e| {
-                e.filter_map(|e| e.ok())
+                e.filter_map(std::result::Result::ok)
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .filter(|n| n.starts_with("10."))
                     .collect()

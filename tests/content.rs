@@ -1,5 +1,6 @@
 //! The content service against a real taskd: the real `ctr content …` commands, and a tonic
 //! client for what ctr does not expose (resumed writes, ranged reads, statuses).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! probes (ExecSync), stats, metrics and events, checkpoints, annotations, exec clean-up and
 //! refused requests, driven only through the independent k8s-cri client over taskd's socket
 //! (real CNI bridge on a private subnet, real shims and runc).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/cri_world.rs"]
 mod cri_world;
@@ -165,7 +166,7 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
     assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"), "{s:?}");
     for id in [&side, &hog] {
         rt.remove_container(cri::RemoveContainerRequest {
-            container_id: id.to_string(),
+            container_id: id.clone(),
         })
         .await
         .expect("RemoveContainer");

@@ -2,6 +2,7 @@
 //! `docker-registry` (kubelet's normalised references, tags, digests, auth), ListImages,
 //! ImageStatus, RemoveImage and ImageFsInfo, driven only through the independent k8s-cri
 //! client over taskd's socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/cri_world.rs"]
 mod cri_world;

@@ -1,6 +1,7 @@
 //! CRI mounts end to end: mount propagation between host and container and recursive
 //! read-only mounts, driven only through the independent k8s-cri client over taskd's socket
 //! (real shims and runc).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/cri_world.rs"]
 mod cri_world;

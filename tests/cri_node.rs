@@ -2,6 +2,7 @@
 //! config validation and SIGHUP reloads (runtime handlers, CNI conf dir, registries), failed
 //! RPCs, and an empty node's answers; against the real daemon, driven by the independent
 //! k8s-cri client (the same generated API kubelet tooling uses) over its unix socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/cri_world.rs"]
 mod cri_world;

@@ -2,6 +2,7 @@
 //! node restarts with pods running, RunPodSandbox past the caller's deadline, and pod starts
 //! under a metrics scrape flood, driven only through the independent k8s-cri client over
 //! taskd's socket (real CNI bridge on a private subnet, real shims and runc).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/cri_world.rs"]
 mod cri_world;
@@ -439,7 +440,7 @@ async fn run_pod_sandbox_past_the_callers_deadline_finishes_or_rolls_back() {
     std::fs::write(&marker, "").unwrap();
     let cfg = w.pod_config("slow");
     let first = run_pod_within(&mut rt, &cfg, Duration::from_secs(1)).await;
-    let code = first.as_ref().map_err(|s| s.code());
+    let code = first.as_ref().map_err(tonic::Status::code);
     assert!(
         matches!(code, Err(tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)),
         "{first:?}"

@@ -2,6 +2,7 @@
 //! (RuntimeDefault, Localhost, Unconfined), masked paths, devices, hugepages, PID namespace
 //! targets, supplemental groups and the permissions of pod state, driven only through the
 //! independent k8s-cri client over taskd's socket (real shims and runc).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/cri_world.rs"]
 mod cri_world;

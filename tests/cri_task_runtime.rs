@@ -6,6 +6,7 @@
 //! bind-mounted as the task rootfs, so the handlers are tested without a registry. The same
 //! flows through the real daemon, with pulled images and snapshots, are in
 //! `tests/cri_sandbox.rs`, `tests/cri_containers.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/rootfs.rs"]
 mod rootfs;
@@ -419,7 +420,7 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
         let svc = w.svc.clone();
         let req = cri::ExecSyncRequest {
             container_id: app.clone(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            cmd: cmd.iter().map(std::string::ToString::to_string).collect(),
             timeout,
         };
         async move { svc.exec_sync_detached(req).await }

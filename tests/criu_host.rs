@@ -18,6 +18,7 @@
 //! `Error` lines of CRIU's log and what `criu check` says. Cleanup is by id, pid and path:
 //! `runc delete --force` on the test's own runc root, SIGKILL to the recorded shim pid, the
 //! temp dir removed without crossing mounts.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/rootfs.rs"]
 mod rootfs;

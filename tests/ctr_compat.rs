@@ -3,6 +3,7 @@
 //! `-d`), which a stock daemon cannot easily produce on demand. Served by a plain tonic
 //! server on a temporary unix socket over the built-in plugins plus those two, through the
 //! real registry. The daemon-level tests live in `tests/events.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 

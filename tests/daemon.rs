@@ -1,5 +1,6 @@
 //! The daemon's skeleton against the real binary and the real `ctr`: startup, sockets,
 //! locking, config, signals, HTTP endpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 
@@ -332,7 +333,7 @@ fn sighup_does_not_kill_and_reloads_the_log_level() {
             &cfg,
             format!("version = 1\n[metrics]\naddress = \"127.0.0.1:{port}\"\n[debug]\nlevel = \"{level}\"\n"),
         )
-        .unwrap()
+        .unwrap();
     };
     write("info");
     let log = dir.path().join("log");
@@ -447,7 +448,10 @@ fn json_log_format_writes_one_json_object_per_line() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{log}"));
         // The names log pipelines expect, every field at the top level.
         for key in ["time", "level", "msg", "target"] {
-            assert!(v.get(key).is_some_and(|f| f.is_string()), "{key} in {line}");
+            assert!(
+                v.get(key).is_some_and(serde_json::Value::is_string),
+                "{key} in {line}"
+            );
         }
         assert!(v.get("fields").is_none(), "{line}");
         if v["msg"] == "taskd is serving" {

@@ -1,5 +1,6 @@
 //! Events, version, introspection and health against the real daemon and the real `ctr`
 //! (Debian's containerd 1.6 client).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 

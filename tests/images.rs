@@ -2,6 +2,7 @@
 //! `ctr` against a real taskd and a real `docker-registry` (tests/support/registry.rs).
 //! The registry tests need `docker-registry` and `skopeo` (apt) and fail saying so when
 //! they are missing; each takes about a second, so they are part of the default suite.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 
@@ -229,7 +230,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 fn blob_count(d: &Daemon) -> usize {
     std::fs::read_dir(d.root.join("io.containerd.content.v1.content/blobs/sha256"))
-        .map(|r| r.count())
+        .map(std::iter::Iterator::count)
         .unwrap_or(0)
 }
 

@@ -7,6 +7,7 @@
 //!
 //! Run: `TASKD_E2E=1 cargo test --test interop -- --include-ignored` (as root; needs what
 //! `scripts/test.sh` installs).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/clients.rs"]
 mod clients;
@@ -42,7 +43,7 @@ async fn exec_url(
 ) -> String {
     rt.exec(cri::ExecRequest {
         container_id: id.into(),
-        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        cmd: cmd.iter().map(std::string::ToString::to_string).collect(),
         tty,
         stdin,
         stdout: true,
@@ -193,7 +194,7 @@ fn grpcio_every_authority_form_reaches_cri_containerd_api_and_streaming_rpcs() {
                 || x["containerd_version"]["ok"].as_str().is_none_or(str::is_empty)
                 || x["stream"]["ok"] != 0
         })
-        .map(|x| x.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
     assert!(
         failed.is_empty(),
@@ -877,7 +878,7 @@ fn is_mount(p: &Path) -> bool {
 
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
+        .map(std::iter::Iterator::count)
         .unwrap_or(0)
 }
 

@@ -3,6 +3,7 @@
 //! (`ctr containers create` needs an image, so container records are made through the API).
 //!
 //! Needs root and `ctr` (apt-get install containerd); fails saying so otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 

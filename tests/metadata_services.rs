@@ -1,5 +1,6 @@
 //! Component tests: the namespaces, containers and leases `Local`s against a temporary redb
 //! database, with a collecting event publisher. No daemon, no root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -77,7 +78,7 @@ fn container(id: &str) -> Container {
 }
 
 fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
+    v.iter().map(std::string::ToString::to_string).collect()
 }
 
 #[track_caller]
@@ -287,7 +288,7 @@ async fn concurrent_create_update_delete_on_overlapping_ids() {
                 };
                 match r {
                     Ok(()) => ok[(client + i) % 3] += 1,
-                    Err(MetadataError::AlreadyExists { .. }) | Err(MetadataError::NotFound { .. }) => {}
+                    Err(MetadataError::AlreadyExists { .. } | MetadataError::NotFound { .. }) => {}
                     Err(other) => panic!("client {client} call {i} on {id}: unexpected error {other}"),
                 }
             }

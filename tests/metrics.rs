@@ -2,6 +2,7 @@
 //! busybox task, scraped over HTTP (`/v1/metrics`, `/metrics`), checked with `promtool check
 //! metrics`, and (behind `TASKD_E2E=1`) scraped by a real Prometheus server whose query API
 //! must return the task's series with the right labels.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/rootfs.rs"]
 mod rootfs;

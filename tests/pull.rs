@@ -4,6 +4,7 @@
 //! hosts.toml directories (mirror, CA + client certificate, `_default`), platforms,
 //! credentials kept from mirrors, hostile registries (bounded reads), GC during unpack.
 //! Component test: the content and image stores on a temp redb, no daemon.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/fake_registry.rs"]
 mod fake_registry;

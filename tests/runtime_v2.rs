@@ -4,6 +4,7 @@
 //! ordered log.
 //!
 //! Needs root, runc, containerd-shim-runc-v2 (package containerd) and busybox-static.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/rootfs.rs"]
 mod rootfs;

@@ -6,6 +6,7 @@
 //! `Exchange` on a temporary socket plays taskd's ttrpc endpoint (`TTRPC_ADDRESS`); the test
 //! drives the shim through its task API as taskd's runtime would (start, Create, Start,
 //! Wait, Delete, Shutdown). Needs root, runc, containerd-shim-runc-v2 and busybox.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 // The end-to-end guard (the file tests/support includes; this binary does not use support).
 #[path = "../src/e2e_guard.rs"]

@@ -5,6 +5,7 @@
 //! containerd-shim-taskd-v2` (scripts/test.sh); the key lifecycle tests of tests/tasks.rs,
 //! tests/runtime_v2.rs and the CRI suites (whose default handler uses this shim) cover the
 //! rest against both shims.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/rootfs.rs"]
 mod rootfs;

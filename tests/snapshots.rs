@@ -2,6 +2,7 @@
 //! `snapshots prepare/ls/mounts/tree/info/usage/commit/view/label/rm` on both snapshotters,
 //! the printed mount commands are run for real (overlay as root), and a tonic client covers
 //! List filters, Update masks, leases, and the Diff service's errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/rootfs.rs"]
 mod rootfs;
@@ -394,7 +395,7 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
             ..Default::default()
         }),
         update_mask: Some(prost_types::FieldMask {
-            paths: paths.iter().map(|s| s.to_string()).collect(),
+            paths: paths.iter().map(std::string::ToString::to_string).collect(),
         }),
     };
     let info = sn

@@ -21,6 +21,7 @@
 //! `cargo test --test soak -- --include-ignored --nocapture` runs 200 cycles;
 //! `scripts/soak.sh CYCLES` runs this same test with `TASKD_SOAK_CYCLES=CYCLES`.
 //! `TASKD_SOAK_SEED` replays a run (the seed is printed).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/cri_world.rs"]
 mod cri_world;

@@ -4,6 +4,7 @@
 //! Every test uses its own namespace and container ids (shims hash them into their socket
 //! paths; runc keeps state per namespace), so tests run in parallel with each other and with
 //! other suites. Slow tests (10-task restart, 200 cycles) are `#[ignore = "e2e: ..."]`: `scripts/test.sh --e2e`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/rootfs.rs"]
 mod rootfs;
@@ -712,7 +713,9 @@ async fn two_hundred_cycles_leave_nothing_behind_e2e() {
     assert!(left.is_empty(), "processes left: {left:?}");
     assert!(mounts_under(&d.dir).is_empty(), "{:?}", mounts_under(&d.dir));
     let ns_dir = bundles(&d.state).join(&n.ns);
-    let left_bundles = std::fs::read_dir(&ns_dir).map(|r| r.count()).unwrap_or(0);
+    let left_bundles = std::fs::read_dir(&ns_dir)
+        .map(std::iter::Iterator::count)
+        .unwrap_or(0);
     assert_eq!(left_bundles, 0, "bundles left in {}", ns_dir.display());
     let fds_after = fd_count(d.pid());
     assert!(

@@ -6,6 +6,7 @@
 //!
 //! Run: `TASKD_E2E=1 cargo test --test tracing -- --include-ignored` (as root; needs what
 //! `scripts/test.sh` installs).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/clients.rs"]
 mod clients;

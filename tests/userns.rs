@@ -8,6 +8,7 @@
 //! Python grpcio (`tests/clients/cri_grpc.py`).
 //!
 //! Run: `TASKD_E2E=1 cargo test --test userns -- --include-ignored` (as root).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "support/clients.rs"]
 mod clients;

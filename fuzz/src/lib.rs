@@ -6,6 +6,8 @@
 //! `corpus/<target>/` holds its seeds and the inputs of crashes found (regression tests:
 //! the tests below replay every file there).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed unwrap is a found bug
+
 use std::time::{Duration, UNIX_EPOCH};
 
 use prost::Message;

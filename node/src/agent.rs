@@ -257,7 +257,7 @@ impl Agent {
                     "TaskdInstalled",
                     &format!("taskd {version} ({id}) installed and ready"),
                 )
-                .await
+                .await;
             }
             Outcome::Upgraded { from } => {
                 self.event(
@@ -265,7 +265,7 @@ impl Agent {
                     "TaskdUpgraded",
                     &format!("taskd upgraded from {from} to {version} ({id}), ready"),
                 )
-                .await
+                .await;
             }
             Outcome::Unchanged => {}
         }
@@ -395,7 +395,7 @@ impl Agent {
         let state = self.host.load_state()?;
         match (&state.current, self.host.current_id()) {
             (Some(r), Some(link)) if r.id == link && self.host.release_dir(&r.id).join("taskd").is_file() => {
-                line(true, "binaries", format!("taskd {} release {}", r.version, r.id))
+                line(true, "binaries", format!("taskd {} release {}", r.version, r.id));
             }
             (Some(r), link) => line(
                 false,

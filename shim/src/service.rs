@@ -211,7 +211,9 @@ impl Service {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A poisoned lock only means a panic elsewhere (panic=abort in release anyway).
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn publish<M: Message>(&self, topic: &str, ev: M) {
@@ -225,7 +227,7 @@ impl Inner {
         }
         let mut st = self.lock();
         let mut hit = None;
-        for (cid, c) in st.containers.iter_mut() {
+        for (cid, c) in &mut st.containers {
             let procs =
                 std::iter::once(("", &mut c.init)).chain(c.execs.iter_mut().map(|(k, p)| (k.as_str(), p)));
             for (eid, p) in procs {

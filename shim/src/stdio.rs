@@ -145,8 +145,8 @@ fn start_logger(uri: &str, io: &PipedIo, id: &str, namespace: &str) -> Result<()
     let err = dup(io.stderr.as_ref())?;
     let (ready_r, ready_w) = std::io::pipe().map_err(open_err(uri))?;
     let fds: [RawFd; 3] = [
-        out.as_ref().map_or(-1, |f| f.as_raw_fd()),
-        err.as_ref().map_or(-1, |f| f.as_raw_fd()),
+        out.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd),
+        err.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd),
         ready_w.as_raw_fd(),
     ];
     cmd.env("CONTAINER_ID", id)

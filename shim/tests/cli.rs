@@ -3,6 +3,7 @@
 //! Being an integration test of this package, it also makes `cargo test --workspace` build
 //! the shim binary (with the workspace's features, next to taskd in target/debug), where the
 //! daemon's tests find it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 const RUNTIME: &str = "io.containerd.taskd.v2";
 

@@ -327,7 +327,7 @@ async fn serve_until_signal(
     };
     // A second SIGTERM/SIGINT during the drain skips the rest of it.
     tokio::select! {
-        _ = drain => {}
+        () = drain => {}
         _ = sigterm.recv() => bail!("second SIGTERM: exiting without finishing the drain"),
         _ = sigint.recv() => bail!("second SIGINT: exiting without finishing the drain"),
     }

@@ -119,7 +119,9 @@ impl Store {
 
     /// Held while installing/removing blob files (see the field docs).
     pub(crate) fn files_lock(&self) -> MutexGuard<'_, ()> {
-        self.files.lock().unwrap_or_else(|p| p.into_inner())
+        self.files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write<T>(
@@ -366,7 +368,10 @@ impl Store {
         }
         let key = (namespace.to_owned(), r.to_owned());
         {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            let mut locks = self
+                .locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if !locks.insert(key.clone()) {
                 return Err(ContentError::Locked {
                     namespace: namespace.to_owned(),
@@ -376,7 +381,10 @@ impl Store {
         }
         // From here on the lock is released by the Writer's Drop (or by `unlock` below).
         let unlock = |e: ContentError| {
-            self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            self.locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&key);
             e
         };
         if let Some(lease) = lease {
@@ -435,7 +443,7 @@ impl Store {
         if self
             .locks
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .contains(&key)
         {
             return Err(ContentError::Locked {
@@ -465,7 +473,10 @@ impl Store {
                 continue;
             }
             // Held under the writer locks' mutex: no writer can open it meanwhile.
-            let locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            let locks = self
+                .locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if locks.contains(&(ns.clone(), r.clone())) {
                 continue;
             }
@@ -583,7 +594,7 @@ impl Drop for Writer {
         self.store
             .locks
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&(
                 std::mem::take(&mut self.namespace),
                 std::mem::take(&mut self.r#ref),

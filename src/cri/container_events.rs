@@ -61,7 +61,10 @@ impl ContainerEvents {
     /// Emits an event found at recovery and keeps it for subscribers yet to come.
     pub fn emit_recovered(&self, ev: ContainerEventResponse) {
         {
-            let mut b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+            let mut b = self
+                .backlog
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             b.0 = Some(std::time::Instant::now());
             b.1.push(ev.clone());
         }
@@ -70,7 +73,10 @@ impl ContainerEvents {
 
     pub fn subscribe(&self) -> Receiver {
         let backlog = {
-            let b = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+            let b = self
+                .backlog
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match b.0 {
                 Some(at) if at.elapsed() < REPLAY_WINDOW => b.1.iter().cloned().collect(),
                 _ => std::collections::VecDeque::new(),

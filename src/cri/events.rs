@@ -129,7 +129,7 @@ fn exited(svc: &CriService, e: &TaskExit) {
     match r {
         Ok(()) => tracing::info!(sandbox = %e.container_id, "pod sandbox pause process exited"),
         Err(StoreError::NotFound { .. }) => {
-            tracing::debug!(id = %e.container_id, "exit of a task CRI does not know")
+            tracing::debug!(id = %e.container_id, "exit of a task CRI does not know");
         }
         Err(err) => tracing::warn!(error = %err, "sandbox exit not applied"),
     }

@@ -130,11 +130,11 @@ impl Instrument {
                 self.errors.with_label_values(&[operation, code_name(kind)]).inc();
                 match kind {
                     Kind::NotFound | Kind::NotImplemented | Kind::AlreadyExists => {
-                        tracing::debug!(error = %e, code = code_name(kind), "CRI call failed")
+                        tracing::debug!(error = %e, code = code_name(kind), "CRI call failed");
                     }
                     _ => {
                         crate::telemetry::set_error(&span, e.to_string());
-                        tracing::warn!(error = %e, code = code_name(kind), "CRI call failed")
+                        tracing::warn!(error = %e, code = code_name(kind), "CRI call failed");
                     }
                 }
                 Err(to_status(&e))

@@ -112,7 +112,7 @@ fn registration() -> Registration {
                 // Calls still running (their callers gone with the gRPC server) end or roll
                 // back; what outlives this is recovered at the next start.
                 calls.detached.drain(std::time::Duration::from_secs(10)).await;
-                event_loop.abort()
+                event_loop.abort();
             }))
     })
     .requires(&[PluginType::Event, PluginType::Service, PluginType::Content])

@@ -160,11 +160,11 @@ pub async fn recover(svc: &CriService) -> Report {
                     });
                     svc.ios
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .insert(c.id.clone(), io);
                 }
                 Err(e) => {
-                    tracing::warn!(container = %c.id, error = %e, "recover: container log not reattached")
+                    tracing::warn!(container = %c.id, error = %e, "recover: container log not reattached");
                 }
             }
         }

@@ -81,6 +81,10 @@ pub struct CriService {
 
 impl CriService {
     /// `root`/`state`: the plugin's own directories.
+    #[expect(
+        clippy::expect_used,
+        reason = "static metric definitions: valid or a bug caught by every test"
+    )]
     pub fn new(config: CriConfig, root: &Path, state: &Path, events: ContainerEvents) -> CriService {
         let metrics = super::metrics::CriMetrics::new().expect("static metric definitions are valid");
         let cni = Cni::new(&config.cni, state.join("cni-cache")).with_metrics(metrics.cni.clone());
@@ -114,7 +118,9 @@ impl CriService {
     }
 
     fn live(&self) -> std::sync::RwLockReadGuard<'_, Live> {
-        self.live.read().unwrap_or_else(|p| p.into_inner())
+        self.live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The handler a pod names ("" = `default_runtime`), with its name.
@@ -156,7 +162,10 @@ impl CriService {
             })
             .collect();
         {
-            let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+            let mut live = self
+                .live
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let old = live.runtimes.clone();
             for (name, h) in &new.runtimes {
                 match old.get(name) {
@@ -279,7 +288,10 @@ impl CriService {
     }
 
     pub fn runtime_state(&self) -> RuntimeState {
-        self.runtime.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.runtime
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Emits a container event carrying the pod's status and its containers' statuses

@@ -48,7 +48,9 @@ pub struct TokenStore {
 
 impl TokenStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Pending)>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Caches `req` under a fresh token (122 random bits, uuid v4); None when

@@ -41,7 +41,10 @@ impl Deprecations {
     /// Records a warning (logged the first time an id is seen; later occurrences only
     /// update its time).
     pub fn emit(&self, id: &str, message: &str) {
-        let mut warnings = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        let mut warnings = self
+            .warnings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = SystemTime::now();
         match warnings.get_mut(id) {
             Some(w) => {
@@ -64,7 +67,10 @@ impl Deprecations {
 
     /// Every warning, ordered by id.
     pub fn list(&self) -> Vec<Warning> {
-        let warnings = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        let warnings = self
+            .warnings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         warnings.values().cloned().collect()
     }
 }

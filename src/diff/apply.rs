@@ -777,7 +777,7 @@ fn link_name<R: Read>(
 ) -> Result<Vec<u8>, DiffError> {
     entry
         .link_name_bytes()
-        .map(|t| t.into_owned())
+        .map(std::borrow::Cow::into_owned)
         .ok_or_else(|| DiffError::BadHeader {
             entry: name.to_owned(),
             what,

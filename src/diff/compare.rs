@@ -47,11 +47,11 @@ pub fn write_changes(changes: &Changes, out: impl Write) -> Result<(), DiffError
     match changes {
         Changes::OverlayUpper(upper) => {
             let root = Root::open(upper).map_err(io("open", upper))?;
-            w.overlay(&root, Path::new(""))?
+            w.overlay(&root, Path::new(""))?;
         }
         Changes::Walk { lower, upper } => {
             let root = Root::open(upper).map_err(io("open", upper))?;
-            w.walk(lower.as_deref(), &root, Path::new(""))?
+            w.walk(lower.as_deref(), &root, Path::new(""))?;
         }
     }
     let out = w.b.into_inner().map_err(io("finish tar", Path::new("")))?;

@@ -564,7 +564,7 @@ fn target_must_be_inside_a_snapshot_dir() {
         r#type: "bind".into(),
         source: src.display().to_string(),
         target: String::new(),
-        options: opts.iter().map(|s| s.to_string()).collect(),
+        options: opts.iter().map(std::string::ToString::to_string).collect(),
     };
     assert!(w.target(&[bind(&allowed.join("1/fs"), &["rw", "rbind"])]).is_ok());
     let e = w.target(&[bind(tmp.path(), &["rw", "rbind"])]).unwrap_err();

@@ -77,7 +77,7 @@ struct Sub {
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic while holding this lock cannot leave State inconsistent in a way that
     // matters (at worst a subscriber misses an event), so recover from poisoning.
-    state.lock().unwrap_or_else(|p| p.into_inner())
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Collects `taskd_events_subscribers` after pruning ended subscriptions, so a scrape sees
@@ -532,7 +532,7 @@ mod tests {
             } else {
                 match status {
                     PluginStatus::Failed(msg) => {
-                        assert!(msg.contains("queue_size"), "{msg}")
+                        assert!(msg.contains("queue_size"), "{msg}");
                     }
                     other => panic!("{size}: {other:?}"),
                 }

@@ -229,7 +229,7 @@ impl Collector {
     pub fn register_snapshotter(&self, s: Arc<dyn SnapshotGc>) {
         self.snapshotters
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(s);
     }
 
@@ -239,7 +239,7 @@ impl Collector {
     }
 
     pub(crate) async fn woken(&self) {
-        self.wake.notified().await
+        self.wake.notified().await;
     }
 
     /// Removes the ingests whose lease is gone (a failed or expired pull's downloads).
@@ -265,11 +265,14 @@ impl Collector {
 
     /// Runs one collection now (blocking).
     pub fn collect(&self) -> Result<Report, GcError> {
-        let _running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let _running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let snapshotters: Vec<Arc<dyn SnapshotGc>> = self
             .snapshotters
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         // Phase 1: a read-only mark; most runs end here.
         let garbage = {

@@ -63,7 +63,7 @@ async fn init(cx: InitContext) -> Result<Instance, PluginError> {
             tokio::select! {
                 _ = &mut stopped => break,
                 _ = tick.tick() => {}
-                _ = c.woken() => {}
+                () = c.woken() => {}
             }
             if let Err(error) = c.collect_async().await {
                 tracing::warn!(%error, "garbage collection failed");

@@ -196,7 +196,7 @@ impl filters::Adaptor for ImageFields<'_> {
         match path {
             ["name"] => Some(self.0.name.clone()),
             ["target", "digest"] => Some(self.0.target.digest.clone()),
-            ["target", "mediatype"] | ["target", "media_type"] => Some(self.0.target.media_type.clone()),
+            ["target", "mediatype" | "media_type"] => Some(self.0.target.media_type.clone()),
             ["labels", _] => filters::label_field(&self.0.labels, path),
             ["annotations", key] => self.0.target.annotations.get(*key).cloned(),
             _ => None,

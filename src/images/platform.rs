@@ -258,7 +258,7 @@ impl Matcher {
     pub fn describe(&self) -> String {
         self.wanted
             .iter()
-            .map(|p| p.to_string())
+            .map(std::string::ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ")
     }

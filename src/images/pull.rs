@@ -181,13 +181,19 @@ impl Puller {
 
     /// The registry config pulls use now.
     pub fn hosts(&self) -> Arc<HostsConfig> {
-        self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.hosts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Replaces the registry config (`registries`, `config_path`) for the pulls that start
     /// from now on (a reload).
     pub fn replace_hosts(&self, hosts: HostsConfig) {
-        *self.hosts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hosts);
+        *self
+            .hosts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(hosts);
     }
 
     /// Pulls `reference` into `namespace`; returns the image record.
@@ -606,7 +612,11 @@ impl Puller {
             let (store, ns, cd) = (self.content.clone(), namespace.to_owned(), config.digest.clone());
             let config_bytes =
                 content::blocking("read image config", move || store.read_all(&ns, &cd)).await?;
-            let layers: Vec<Descriptor> = manifest_json.layers.iter().map(|l| l.to_descriptor()).collect();
+            let layers: Vec<Descriptor> = manifest_json
+                .layers
+                .iter()
+                .map(super::oci::JsonDescriptor::to_descriptor)
+                .collect();
             let top = u
                 .unpack(namespace, name, lease, &config_bytes, &layers)
                 .instrument(tracing::info_span!("unpack", otel.name = "image.unpack"))
@@ -751,7 +761,7 @@ impl Puller {
             match aborted {
                 Ok(()) | Err(ContentError::IngestNotFound { .. }) => {}
                 Err(error) => {
-                    tracing::warn!(%error, digest = %d.digest, "pull: ingest not removed (GC removes it with the lease)")
+                    tracing::warn!(%error, digest = %d.digest, "pull: ingest not removed (GC removes it with the lease)");
                 }
             }
         }

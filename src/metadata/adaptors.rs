@@ -96,7 +96,7 @@ mod tests {
     }
 
     fn matching(filters: &[&str], all: &[Container]) -> Vec<String> {
-        let f: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
+        let f: Vec<String> = filters.iter().map(std::string::ToString::to_string).collect();
         let f = filters::parse(&f).unwrap();
         all.iter()
             .filter(|c| f.matches(&ContainerFields(c)))

@@ -50,7 +50,7 @@ pub fn apply_container_update(
                 "field is immutable unless named in the update mask",
             ));
         }
-        full = FULL.iter().map(|s| s.to_string()).collect();
+        full = FULL.iter().map(std::string::ToString::to_string).collect();
         &full[..]
     } else {
         fieldpaths

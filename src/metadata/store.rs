@@ -214,12 +214,18 @@ impl Db {
 
     /// The checks consulted before a namespace is deleted.
     pub(super) fn namespace_checks(&self) -> Vec<Arc<dyn NamespaceCheck>> {
-        self.checks.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.checks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Adds a check consulted, inside the transaction, before a namespace is deleted.
     pub fn register_namespace_check(&self, check: Arc<dyn NamespaceCheck>) {
-        self.checks.write().unwrap_or_else(|p| p.into_inner()).push(check);
+        self.checks
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(check);
     }
 
     /// Runs `f` in one write transaction: committed if it returns Ok, aborted otherwise.

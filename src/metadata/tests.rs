@@ -44,7 +44,7 @@ fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 fn paths(p: &[&str]) -> Vec<String> {
-    p.iter().map(|s| s.to_string()).collect()
+    p.iter().map(std::string::ToString::to_string).collect()
 }
 
 #[track_caller]

@@ -43,7 +43,7 @@ impl PluginTable {
     }
 
     pub(super) fn update(&self, index: usize, f: impl FnOnce(&mut PluginInfo)) {
-        let mut guard = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(info) = guard.get_mut(index) {
             f(info);
         }

@@ -286,7 +286,7 @@ where
             async move {
                 let response = tokio::select! {
                     response = inner.call(req) => response?,
-                    _ = abort_signal(aborted.clone()) => aborted_status().into_http::<Body>(),
+                    () = abort_signal(aborted.clone()) => aborted_status().into_http::<Body>(),
                 };
                 Ok(MeteredBody::wrap(response, record, abort_signal(aborted)))
             }

@@ -79,11 +79,14 @@ impl Token {
     }
 
     pub fn set(&self, token: Option<String>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = token.map(Arc::from);
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = token.map(Arc::from);
     }
 
     pub fn get(&self) -> Option<Arc<str>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 

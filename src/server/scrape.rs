@@ -51,6 +51,10 @@ pub struct Scrapes {
 
 impl Scrapes {
     /// Bounded scrapes of `registry`; their own counters are registered there.
+    #[expect(
+        clippy::expect_used,
+        reason = "static metric definitions: valid or a bug caught by every test"
+    )]
     pub fn new(registry: prometheus::Registry) -> Scrapes {
         let collections = IntCounter::new(
             "taskd_metrics_collections_total",
@@ -125,13 +129,19 @@ impl Scrapes {
         .map_err(|e| Refused::Failed(format!("collection task: {e}")))?
         .map_err(|e| Refused::Failed(format!("encode: {e}")))?;
         let text = Arc::new(encoded);
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((started, text.clone()));
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((started, text.clone()));
         Ok(text)
     }
 
     /// The last text, when its collection started after `since` (the scrape's arrival).
     fn recent(&self, since: Instant) -> Option<Arc<String>> {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         last.as_ref()
             .filter(|(started, _)| *started >= since)
             .map(|(_, t)| t.clone())

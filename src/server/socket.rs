@@ -123,7 +123,7 @@ impl BoundSocket {
                 }
             }
             Ok(_) => {
-                tracing::warn!(path = %self.path.display(), "socket was replaced by someone else; left alone")
+                tracing::warn!(path = %self.path.display(), "socket was replaced by someone else; left alone");
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "stat socket"),

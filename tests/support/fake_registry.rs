@@ -96,7 +96,10 @@ impl FakeRegistry {
     }
 
     pub fn requests(&self) -> Vec<Request> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -131,7 +134,9 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Request>>, handler: &Handler) {
         path,
         headers,
     };
-    log.lock().unwrap_or_else(|p| p.into_inner()).push(req.clone());
+    log.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(req.clone());
     let mut out = conn;
     let reason = |c: u16| match c {
         200 => "OK",

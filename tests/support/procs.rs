@@ -43,7 +43,7 @@ pub fn zombie_children(pid: u32) -> Vec<u32> {
 /// Open file descriptors of `pid` (0 when it is gone).
 pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
+        .map(std::iter::Iterator::count)
         .unwrap_or(0)
 }
 

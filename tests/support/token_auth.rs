@@ -72,7 +72,10 @@ impl TokenAuth {
 
     /// `METHOD PATH -> STATUS` of every request so far.
     pub fn requests(&self) -> Vec<String> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -142,7 +145,7 @@ impl Front {
     fn record(&self, head: &Head, status: u16) {
         self.log
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(format!("{} {} -> {status}", head.method, head.path));
     }
 

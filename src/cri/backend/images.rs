@@ -278,7 +278,9 @@ impl ImageSide {
         let (l, id, keys) = (
             self.leases.clone(),
             id.to_owned(),
-            keys.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+            keys.iter()
+                .map(std::string::ToString::to_string)
+                .collect::<Vec<_>>(),
         );
         crate::metadata::blocking("create lease", move || {
             match l.create(NAMESPACE, &id, labels.into_iter().collect()) {
@@ -391,7 +393,7 @@ impl ImageSide {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(
@@ -469,7 +471,11 @@ fn resolve_blocking(
         size,
         chain: chain_ids(&cfg.rootfs.diff_ids).pop().unwrap_or_default(),
         config_bytes,
-        layers: manifest.layers.iter().map(|l| l.to_descriptor()).collect(),
+        layers: manifest
+            .layers
+            .iter()
+            .map(crate::images::oci::JsonDescriptor::to_descriptor)
+            .collect(),
     })
 }
 
@@ -556,7 +562,7 @@ fn read_in_root(root: &Path, path: &str) -> Result<Option<String>, CriError> {
         );
     let fd = match openat2(&rootfd, path, how) {
         Ok(fd) => fd,
-        Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) | Err(nix::errno::Errno::EXDEV) => {
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR | nix::errno::Errno::EXDEV) => {
             return Ok(None);
         }
         Err(e) => return Err(fail(&e)),
@@ -688,7 +694,9 @@ impl ImageBackend for ImageSide {
                 .open(&dest)?;
             let mut out = std::io::BufWriter::new(f);
             crate::diff::beneath::write_tree(&upper, &mut out)?;
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()
+            out.into_inner()
+                .map_err(std::io::IntoInnerError::into_error)?
+                .sync_all()
         })
         .await
         .map_err(|e| CriError::FailedPrecondition {

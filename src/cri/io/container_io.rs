@@ -137,14 +137,20 @@ impl ContainerIo {
     /// A write end of the container's stdin of its own (a dup of taskd's end); None when
     /// the container has no stdin or it was closed.
     pub fn stdin_writer(&self) -> Option<std::io::Result<tokio::net::unix::pipe::Sender>> {
-        let w = self.stdin_writer.lock().unwrap_or_else(|p| p.into_inner());
+        let w = self
+            .stdin_writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dup = w.as_ref()?.try_clone();
         Some(dup.and_then(tokio::net::unix::pipe::Sender::from_file))
     }
 
     /// Closes taskd's end of stdin for good (`stdin_once`).
     pub fn close_stdin(&self) {
-        self.stdin_writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.stdin_writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 
     /// The log file (ReopenContainerLog).

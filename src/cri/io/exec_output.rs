@@ -81,7 +81,7 @@ fn capped(cap: usize, into: Captured) -> Reader {
                 match rx.read(&mut buf).await {
                     Ok(0) | Err(_) => return Vec::new(),
                     Ok(n) => {
-                        let mut out = into.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut out = into.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         let room = cap.saturating_sub(out.len());
                         out.extend_from_slice(&buf[..n.min(room)]);
                     }
@@ -200,7 +200,7 @@ impl ExecOutput {
     /// ended is forgotten (`collect` no longer sees its output).
     pub async fn finish(&mut self, grace: std::time::Duration) {
         let deadline = tokio::time::Instant::now() + grace;
-        for slot in self.readers.iter_mut() {
+        for slot in &mut self.readers {
             let Some(h) = slot else { continue };
             match tokio::time::timeout_at(deadline, &mut *h).await {
                 Ok(_) => *slot = None,
@@ -215,7 +215,8 @@ impl ExecOutput {
     pub async fn collect_within(mut self, drain: std::time::Duration) -> (Vec<u8>, Vec<u8>) {
         self.finish(drain).await;
         let [out, err] = self.captured.take().unwrap_or_default();
-        let take = |c: Captured| std::mem::take(&mut *c.lock().unwrap_or_else(|p| p.into_inner()));
+        let take =
+            |c: Captured| std::mem::take(&mut *c.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         (take(out), take(err))
     }
 }

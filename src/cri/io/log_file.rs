@@ -60,7 +60,9 @@ impl LogFile {
 
     fn lock(&self) -> MutexGuard<'_, File> {
         // A poisoned lock only means a writer panicked mid-call; the file is still usable.
-        self.file.lock().unwrap_or_else(|p| p.into_inner())
+        self.file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Opens the path again and swaps the descriptor (kubelet renamed the old file). On

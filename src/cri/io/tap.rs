@@ -24,7 +24,9 @@ struct TapState {
 
 impl Tap {
     fn lock(&self) -> std::sync::MutexGuard<'_, TapState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A queue of what the stream carries from now on; it ends with the stream (or when

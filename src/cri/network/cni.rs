@@ -512,7 +512,10 @@ impl Cni {
             )
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &pod.sandbox_id)
-            .env("CNI_NETNS", netns.map(|p| p.as_os_str()).unwrap_or_default())
+            .env(
+                "CNI_NETNS",
+                netns.map(std::path::Path::as_os_str).unwrap_or_default(),
+            )
             .env("CNI_IFNAME", ifname)
             .env("CNI_ARGS", args)
             .env("CNI_PATH", self.cni_path())

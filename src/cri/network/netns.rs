@@ -191,7 +191,7 @@ pub fn is_pinned(path: &Path) -> bool {
 pub fn remove(path: &Path) -> Result<(), NetnsError> {
     if is_pinned(path) {
         match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+            Ok(()) | Err(nix::Error::EINVAL | nix::Error::ENOENT) => {}
             Err(source) => {
                 return Err(NetnsError::Unmount {
                     path: path.to_owned(),

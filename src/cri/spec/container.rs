@@ -371,7 +371,7 @@ fn namespaces(
     match mode(ns_opts.pid) {
         NamespaceMode::Node => {}
         NamespaceMode::Pod => {
-            namespaces.push(namespace(LinuxNamespaceType::Pid, Some(&pod_ns(None, "pid")?)))
+            namespaces.push(namespace(LinuxNamespaceType::Pid, Some(&pod_ns(None, "pid")?)));
         }
         NamespaceMode::Container => namespaces.push(namespace(LinuxNamespaceType::Pid, None)),
         NamespaceMode::Target => {
@@ -578,8 +578,8 @@ mod tests {
             ..Default::default()
         };
         let c = |command: &[&str], args: &[&str]| ContainerConfig {
-            command: command.iter().map(|s| s.to_string()).collect(),
-            args: args.iter().map(|s| s.to_string()).collect(),
+            command: command.iter().map(std::string::ToString::to_string).collect(),
+            args: args.iter().map(std::string::ToString::to_string).collect(),
             ..Default::default()
         };
         assert_eq!(process_args(&c(&[], &[]), &img).unwrap(), ["/e", "c"]);

@@ -265,7 +265,7 @@ mod tests {
     fn unconditional(s: &LinuxSeccomp, name: &str) -> bool {
         allowed(s, name)
             .iter()
-            .any(|r| r.args().as_ref().is_none_or(|a| a.is_empty()))
+            .any(|r| r.args().as_ref().is_none_or(std::vec::Vec::is_empty))
     }
 
     #[test]

@@ -47,11 +47,7 @@ impl ContainerState {
         self == to
             || matches!(
                 (self, to),
-                (Created, Running)
-                    | (Created, Exited)
-                    | (Running, Exited)
-                    | (Unknown, Running)
-                    | (Unknown, Exited)
+                (Created | Unknown, Running) | (Created | Running | Unknown, Exited)
             )
     }
 

@@ -48,7 +48,10 @@ impl ImageStore {
     /// Adds or merges an image (its refs join the record of the same id; a ref that
     /// pointed elsewhere moves, and a record left without refs is dropped).
     pub fn upsert(&self, img: Image) {
-        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut g = self
+            .inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (images, refs) = &mut *g;
         for r in img.repo_tags.iter().chain(img.repo_digests.iter()) {
             if let Some(old) = refs.insert(r.clone(), img.id.clone())
@@ -77,21 +80,30 @@ impl ImageStore {
 
     /// The image an id or a reference names.
     pub fn get(&self, id_or_ref: &str) -> Option<Image> {
-        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let g = self
+            .inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let id = g.1.get(id_or_ref).map(String::as_str).unwrap_or(id_or_ref);
         g.0.get(id).cloned()
     }
 
     /// Removes the image (and all its refs); returns it if it was there.
     pub fn remove(&self, id: &str) -> Option<Image> {
-        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut g = self
+            .inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let img = g.0.remove(id)?;
         g.1.retain(|_, v| v != id);
         Some(img)
     }
 
     pub fn list(&self) -> Vec<Image> {
-        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let g = self
+            .inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         g.0.values().cloned().collect()
     }
 }
@@ -103,7 +115,7 @@ mod tests {
     fn img(id: &str, tags: &[&str]) -> Image {
         Image {
             id: id.into(),
-            repo_tags: tags.iter().map(|s| s.to_string()).collect(),
+            repo_tags: tags.iter().map(std::string::ToString::to_string).collect(),
             ..Default::default()
         }
     }

@@ -155,11 +155,15 @@ pub struct Skipped {
 
 impl<R: Record> Store<R> {
     fn read(&self) -> RwLockReadGuard<'_, Inner<R>> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner<R>> {
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Reserves the record's name and id, atomically.

@@ -46,11 +46,7 @@ impl SandboxState {
         self == to
             || matches!(
                 (self, to),
-                (Initializing, Ready)
-                    | (Initializing, NotReady)
-                    | (Ready, NotReady)
-                    | (Unknown, Ready)
-                    | (Unknown, NotReady)
+                (Initializing | Unknown, Ready) | (Initializing | Ready | Unknown, NotReady)
             )
     }
 

@@ -40,7 +40,7 @@ pub async fn attach(svc: &CriService, req: &ExecRequest, io: SessionIo, mut gone
         Err(o) => return o,
     };
     let (out, err, stdin_w) = {
-        let ios = svc.ios.lock().unwrap_or_else(|p| p.into_inner());
+        let ios = svc.ios.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(cio) = ios.get(&c.id) else {
             return Outcome::Failed(format!(
                 "container {} has no stdio taskd can attach to (it was created without a log path)",
@@ -73,7 +73,12 @@ pub async fn attach(svc: &CriService, req: &ExecRequest, io: SessionIo, mut gone
     let close = async {
         if stdin_once {
             tracing::info!(container = %c.id, "stdin_once: the attached client closed stdin; closing the container's stdin");
-            if let Some(cio) = svc.ios.lock().unwrap_or_else(|p| p.into_inner()).get(&c.id) {
+            if let Some(cio) = svc
+                .ios
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&c.id)
+            {
                 cio.close_stdin();
             }
             if let Err(e) = runner.close_stdin(&c.id, "").await {
@@ -88,10 +93,10 @@ pub async fn attach(svc: &CriService, req: &ExecRequest, io: SessionIo, mut gone
     tokio::pin!(outputs);
     let exited = tokio::select! {
         _ = runner.wait(&c.id) => true,
-        _ = &mut outputs, if req.stdout || req.stderr => false,
+        () = &mut outputs, if req.stdout || req.stderr => false,
         why = ended(&mut gone_rx) => return Outcome::Failed(why.into()),
-        _ = pump_stdin(io.stdin, stdin_w, close) => unreachable!("never returns"),
-        _ = pump_resize(io.resize, runner.as_ref(), &c.id, "") => unreachable!("never returns"),
+        () = pump_stdin(io.stdin, stdin_w, close) => unreachable!("never returns"),
+        () = pump_resize(io.resize, runner.as_ref(), &c.id, "") => unreachable!("never returns"),
     };
     if exited {
         // The process is gone: what it wrote last still reaches the client.

@@ -113,11 +113,11 @@ mod tests {
         let toucher = async move {
             tokio::time::sleep(Duration::from_millis(150)).await;
             b.touch();
-            futures::future::pending::<()>().await
+            futures::future::pending::<()>().await;
         };
         tokio::select! {
-            _ = a.idle(Duration::from_millis(300)) => {}
-            _ = toucher => unreachable!(),
+            () = a.idle(Duration::from_millis(300)) => {}
+            () = toucher => unreachable!(),
         }
         assert!(t0.elapsed() >= Duration::from_millis(450), "{:?}", t0.elapsed());
     }

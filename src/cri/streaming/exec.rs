@@ -103,7 +103,7 @@ pub async fn pump_stdin(
         (Some(mut rx), None) => while rx.recv().await.is_some() {},
         _ => {}
     }
-    futures::future::pending::<()>().await
+    futures::future::pending::<()>().await;
 }
 
 /// Applies the client's terminal sizes; never returns (a bad resize stream is ignored
@@ -135,7 +135,7 @@ pub async fn pump_resize(
             }
         }
     }
-    futures::future::pending::<()>().await
+    futures::future::pending::<()>().await;
 }
 
 /// The container of a session, which must be running.
@@ -224,14 +224,14 @@ pub async fn exec(svc: &CriService, req: &ExecRequest, io: SessionIo, mut gone_r
     let exited = tokio::select! {
         r = runner.exec_wait(&c.id, &exec_id) => Ok(r),
         why = ended(&mut gone_rx) => Err(why),
-        _ = pump_stdin(io.stdin, stdin_w, close) => unreachable!("never returns"),
-        _ = pump_resize(io.resize, runner.as_ref(), &c.id, &exec_id) => unreachable!("never returns"),
+        () = pump_stdin(io.stdin, stdin_w, close) => unreachable!("never returns"),
+        () = pump_resize(io.resize, runner.as_ref(), &c.id, &exec_id) => unreachable!("never returns"),
     };
     let outcome = match exited {
         Ok(Ok(exit)) => {
             // Everything the process wrote reaches the client (unless it goes away).
             tokio::select! {
-                _ = fifos.finish(Duration::from_secs(365 * 24 * 3600)) => {}
+                () = fifos.finish(Duration::from_secs(365 * 24 * 3600)) => {}
                 _ = ended(&mut gone_rx) => {}
             }
             Outcome::Exited {

@@ -79,15 +79,15 @@ pub async fn watch_session(
 ) {
     let mut shutdown = ctx.shutdown.clone();
     let why = tokio::select! {
-        _ = client => exec::CLIENT_GONE,
-        _ = activity.idle(ctx.idle) => {
+        () = client => exec::CLIENT_GONE,
+        () = activity.idle(ctx.idle) => {
             tracing::info!(idle = ?ctx.idle, "streaming session idle: closing it");
             exec::IDLE
         }
-        _ = gone(&mut shutdown) => exec::SHUTDOWN,
+        () = gone(&mut shutdown) => exec::SHUTDOWN,
     };
     let _ = tx.send(Some(why));
-    futures::future::pending::<()>().await
+    futures::future::pending::<()>().await;
 }
 
 /// The bound, not yet serving, server.
@@ -234,7 +234,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<tokio_native_tls::TlsAcc
                 }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = gone(&mut stop) => break,
+            () = gone(&mut stop) => break,
         }
     }
     drop(listener);
@@ -273,9 +273,12 @@ where
         r = conn => if let Err(e) = r {
             tracing::debug!(error = %e, "streaming HTTP connection");
         },
-        _ = gone(&mut stop) => return,
+        () = gone(&mut stop) => return,
     }
-    let session = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let session = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
     if let Some(session) = session {
         session.await;
     }
@@ -437,26 +440,26 @@ fn handle(mut req: Request<Incoming>, shared: &Arc<Shared>, slot: &Slot) -> Resp
         };
         match (pending, transport) {
             (Pending::Exec(r), Transport::Spdy) => {
-                spdy_session::remotecommand(upgraded, ctx, r, false, chosen).await
+                spdy_session::remotecommand(upgraded, ctx, r, false, chosen).await;
             }
             (Pending::Attach(r), Transport::Spdy) => {
-                spdy_session::remotecommand(upgraded, ctx, r, true, chosen).await
+                spdy_session::remotecommand(upgraded, ctx, r, true, chosen).await;
             }
             (Pending::PortForward { sandbox_id, .. }, Transport::Spdy) => {
-                spdy_session::port_forward(upgraded, ctx, sandbox_id).await
+                spdy_session::port_forward(upgraded, ctx, sandbox_id).await;
             }
             (Pending::Exec(r), Transport::WebSocket) => {
-                ws::remotecommand(upgraded, ctx, r, false, chosen).await
+                ws::remotecommand(upgraded, ctx, r, false, chosen).await;
             }
             (Pending::Attach(r), Transport::WebSocket) => {
-                ws::remotecommand(upgraded, ctx, r, true, chosen).await
+                ws::remotecommand(upgraded, ctx, r, true, chosen).await;
             }
             (Pending::PortForward { sandbox_id, .. }, Transport::WebSocket) => {
-                ws::port_forward(upgraded, ctx, sandbox_id, ws_ports).await
+                ws::port_forward(upgraded, ctx, sandbox_id, ws_ports).await;
             }
         }
     });
-    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(session);
+    *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(session);
     let mut r = text(StatusCode::SWITCHING_PROTOCOLS, "");
     *r.body_mut() = Full::new(Bytes::new());
     let hm = r.headers_mut();

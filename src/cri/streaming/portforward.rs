@@ -76,7 +76,7 @@ pub async fn connect(target: &Target, port: u16) -> Result<TcpStream, String> {
         std::thread::Builder::new()
             .name("portforward".into())
             .spawn(move || connect_blocking(netns, port))
-            .map(|h| h.join())
+            .map(std::thread::JoinHandle::join)
     })
     .await;
     let stream = match joined {

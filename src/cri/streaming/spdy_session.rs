@@ -82,7 +82,7 @@ async fn pump<R: AsyncRead + Unpin>(
             let _ = conn.out().send(Out::Reset(s.id, RST_REFUSED_STREAM)).await;
         }
     };
-    super::watch_session(client, activity, ctx, gone_tx).await
+    super::watch_session(client, activity, ctx, gone_tx).await;
 }
 
 /// Exec or attach over SPDY with a negotiated remotecommand `protocol`.
@@ -115,12 +115,12 @@ where
                         return;
                     }
                 },
-                _ = tokio::time::sleep_until(deadline) => {
+                () = tokio::time::sleep_until(deadline) => {
                     let missing: Vec<&str> = all.iter().copied().filter(|t| needed(t) && !got.contains_key(t)).collect();
                     failure = Some(format!("timed out after {STREAM_WAIT:?} waiting for the client's streams: {}", missing.join(", ")));
                     break;
                 }
-                _ = gone(&mut shutdown) => return,
+                () = gone(&mut shutdown) => return,
             };
             match stream_type(&s) {
                 Some(t) if t != "data" && got.contains_key(t) => {
@@ -158,7 +158,7 @@ where
                 };
                 tokio::select! {
                     o = body => o,
-                    _ = pump(&mut conn, &activity, &ctx, gone_tx) => unreachable!("pump never returns"),
+                    () = pump(&mut conn, &activity, &ctx, gone_tx) => unreachable!("pump never returns"),
                 }
             }
         };
@@ -174,7 +174,7 @@ where
         drop(got);
         drop(conn);
     })
-    .await
+    .await;
 }
 
 /// One port-forward pair as it arrives.
@@ -229,18 +229,18 @@ where
                     }
                 }
                 Some(()) = forwards.next(), if !forwards.is_empty() => {}
-                _ = activity.idle(ctx.idle) => {
+                () = activity.idle(ctx.idle) => {
                     tracing::info!(idle = ?ctx.idle, "port-forward session idle: closing it");
                     break;
                 }
-                _ = gone(&mut shutdown) => break,
+                () = gone(&mut shutdown) => break,
             }
         }
         drop(forwards);
         drop(pairs);
         drop(conn);
     })
-    .await
+    .await;
 }
 
 async fn forward_pair(ctx: &Ctx, sandbox_id: String, error: Stream, data: Stream) {

@@ -147,7 +147,7 @@ where
                     }
                 }
             };
-            super::watch_session(client, &activity, &ctx, gone_tx).await
+            super::watch_session(client, &activity, &ctx, gone_tx).await;
         };
         let body = async {
             if attach {
@@ -158,13 +158,13 @@ where
         };
         let outcome: Outcome = tokio::select! {
             o = body => o,
-            _ = pump => unreachable!("pump never returns"),
+            () = pump => unreachable!("pump never returns"),
         };
         if let Some(bytes) = outcome.error_stream(version) {
             error.send(&bytes).await;
         }
     })
-    .await
+    .await;
 }
 
 /// Port-forward over WebSocket to `ports` of the pod `sandbox_id`.
@@ -223,11 +223,11 @@ where
             }
         };
         tokio::select! {
-            _ = reader => {}
-            _ = async { while forwards.next().await.is_some() {} } => {}
-            _ = activity.idle(ctx.idle) => tracing::info!(idle = ?ctx.idle, "port-forward session idle: closing it"),
-            _ = gone(&mut shutdown) => {}
+            () = reader => {}
+            () = async { while forwards.next().await.is_some() {} } => {}
+            () = activity.idle(ctx.idle) => tracing::info!(idle = ?ctx.idle, "port-forward session idle: closing it"),
+            () = gone(&mut shutdown) => {}
         }
     })
-    .await
+    .await;
 }

@@ -149,7 +149,7 @@ impl CgroupsMonitor {
                 let labels = BASE_LABELS
                     .iter()
                     .chain(def.labels)
-                    .map(|s| s.to_string())
+                    .map(std::string::ToString::to_string)
                     .collect();
                 Desc::new(def.fq_name(), def.help.to_string(), labels, HashMap::new()).map_err(|source| {
                     CgroupError::Descriptor {
@@ -195,7 +195,11 @@ impl CgroupsMonitor {
     }
 
     fn snapshot(&self) -> Vec<Arc<Entry>> {
-        let guard = self.inner.tasks.read().unwrap_or_else(|p| p.into_inner());
+        let guard = self
+            .inner
+            .tasks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.values().cloned().collect()
     }
 }
@@ -223,12 +227,20 @@ impl TaskMonitor for CgroupsMonitor {
             warned: AtomicBool::new(false),
             absent: Mutex::new(HashSet::new()),
         });
-        let mut guard = self.inner.tasks.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self
+            .inner
+            .tasks
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.insert(key, entry);
     }
 
     fn stop(&self, namespace: &str, id: &str) {
-        let mut guard = self.inner.tasks.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self
+            .inner
+            .tasks
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.remove(&(namespace.to_string(), id.to_string()));
     }
 }
@@ -237,7 +249,10 @@ impl Inner {
     /// The task's cgroup: cached, else from `cgroups_path` (the pid is not reused for this:
     /// it may belong to another process by now).
     fn cgroup(&self, entry: &Entry) -> Result<Arc<CgroupPaths>, CgroupError> {
-        let mut guard = entry.cgroup.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = entry
+            .cgroup
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(p) = guard.as_ref() {
             return Ok(Arc::clone(p));
         }
@@ -258,7 +273,11 @@ impl Inner {
         devices: &HashMap<(u64, u64), String>,
     ) -> Result<TaskSamples, CgroupError> {
         let paths = self.cgroup(entry)?;
-        let absent = entry.absent.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let absent = entry
+            .absent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let mut files = Files::new(&paths, devices, absent);
         let samples = self.table.iter().map(|def| files.samples(def)).collect();
         let newly_absent = files.take_newly_absent();
@@ -266,7 +285,7 @@ impl Inner {
             entry
                 .absent
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .extend(newly_absent);
         }
         samples

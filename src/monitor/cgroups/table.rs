@@ -347,7 +347,7 @@ impl<'a> Files<'a> {
             }
         };
         let mut pages: Vec<String> = rd
-            .filter_map(|e| e.ok())
+            .filter_map(std::result::Result::ok)
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
                 let page = name.strip_prefix("hugetlb.")?.strip_suffix(".usage_in_bytes")?;

@@ -73,7 +73,7 @@ fn tables_are_consistent() {
         }
     }
     // The series the issue names, by table.
-    let v1: HashSet<String> = v1::METRICS.iter().map(|d| d.fq_name()).collect();
+    let v1: HashSet<String> = v1::METRICS.iter().map(super::table::MetricDef::fq_name).collect();
     for n in [
         "container_cpu_total_nanoseconds",
         "container_cpu_kernel_nanoseconds",
@@ -99,7 +99,7 @@ fn tables_are_consistent() {
     ] {
         assert!(v1.contains(n), "v1 lacks {n}");
     }
-    let v2: HashSet<String> = v2::METRICS.iter().map(|d| d.fq_name()).collect();
+    let v2: HashSet<String> = v2::METRICS.iter().map(super::table::MetricDef::fq_name).collect();
     for n in [
         "container_cpu_usage_usec_microseconds",
         "container_cpu_user_usec_microseconds",
@@ -202,7 +202,11 @@ fn v2_fixture_values() {
     // Every series has the three base labels.
     for mf in &mfs {
         for metric in mf.get_metric() {
-            let names: Vec<&str> = metric.get_label().iter().map(|l| l.name()).collect();
+            let names: Vec<&str> = metric
+                .get_label()
+                .iter()
+                .map(prometheus::proto::LabelPair::name)
+                .collect();
             for base in BASE_LABELS {
                 assert!(names.contains(&base), "{} lacks {base}", mf.name());
             }

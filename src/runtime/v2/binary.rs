@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use prost::Message as _;
 use protobuf::Message as _;
 use tokio::io::AsyncWriteExt;
 
@@ -182,7 +181,7 @@ pub async fn start(
     options: Option<&prost_types::Any>,
 ) -> Result<String> {
     let cmd = command(binary, bundle, addrs, &["-id", &bundle.id, "start"]);
-    let stdin = options.map(|o| o.encode_to_vec()).unwrap_or_default();
+    let stdin = options.map(prost::Message::encode_to_vec).unwrap_or_default();
     let out = run(cmd, binary, "start", stdin).await?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();

@@ -294,7 +294,7 @@ pub fn unmount_all(target: &Path) -> Result<()> {
     for _ in 0..64 {
         match umount2(target, MntFlags::empty()) {
             Ok(()) => continue,
-            Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
             Err(Errno::EBUSY) => {
                 umount2(target, MntFlags::MNT_DETACH).map_err(|e| io("unmount", target)(e.into()))?;
             }

@@ -147,7 +147,7 @@ mod tests {
 
     async fn subscribe(svc: &EventsService, filters: &[&str]) -> EnvelopeStream {
         let req = Request::new(SubscribeRequest {
-            filters: filters.iter().map(|s| s.to_string()).collect(),
+            filters: filters.iter().map(std::string::ToString::to_string).collect(),
         });
         svc.subscribe(req).await.unwrap().into_inner()
     }

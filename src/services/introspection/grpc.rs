@@ -146,7 +146,7 @@ mod tests {
 
     async fn list(svc: &IntrospectionService, filters: &[&str]) -> Result<Vec<pb::Plugin>, Status> {
         let req = Request::new(pb::PluginsRequest {
-            filters: filters.iter().map(|s| s.to_string()).collect(),
+            filters: filters.iter().map(std::string::ToString::to_string).collect(),
         });
         Ok(svc.plugins(req).await?.into_inner().plugins)
     }

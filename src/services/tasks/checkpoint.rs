@@ -334,7 +334,7 @@ fn tar_dir(dir: &Path, out: &mut impl Write) -> std::io::Result<()> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let mut entries: Vec<_> = std::fs::read_dir(dir.join(&rel))?.collect::<std::io::Result<Vec<_>>>()?;
-        entries.sort_by_key(|e| e.file_name());
+        entries.sort_by_key(std::fs::DirEntry::file_name);
         for e in entries {
             let name = rel.join(e.file_name());
             b.append_path_with_name(e.path(), &name)?;

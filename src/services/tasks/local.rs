@@ -60,7 +60,7 @@ struct TaskFields<'a> {
 impl Adaptor for TaskFields<'_> {
     fn field(&self, path: &[&str]) -> Option<String> {
         match path {
-            ["id"] | ["container_id"] => Some(self.state.id.clone()),
+            ["id" | "container_id"] => Some(self.state.id.clone()),
             ["pid"] => Some(self.state.pid.to_string()),
             ["status"] => Some(self.state.status.as_str().to_owned()),
             ["runtime"] => Some(self.runtime.to_owned()),
@@ -317,9 +317,8 @@ impl Tasks for Local {
         };
         let mut out = Vec::new();
         for t in self.runtime.tasks(Some(ns)).await {
-            let state = match Local::state_of(t.as_ref(), t.pid()).await {
-                Ok(s) => s,
-                Err(_) => continue, // deleted meanwhile
+            let Ok(state) = Local::state_of(t.as_ref(), t.pid()).await else {
+                continue; // deleted meanwhile
             };
             if filter.matches(&TaskFields {
                 state: &state,

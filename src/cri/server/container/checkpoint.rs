@@ -70,7 +70,7 @@ fn write_archive(stage: &Path, location: &Path) -> std::io::Result<()> {
         b.append_dir_all(".", stage)?;
         b.into_inner()?
             .into_inner()
-            .map_err(|e| e.into_error())?
+            .map_err(std::io::IntoInnerError::into_error)?
             .sync_all()?;
         std::fs::rename(&tmp, location)
     })();

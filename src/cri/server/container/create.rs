@@ -480,7 +480,7 @@ impl CriService {
             });
             self.ios
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(id.clone(), io);
         }
         self.emit_container_event(&id, &sandbox.id, ContainerEventType::ContainerCreatedEvent);

@@ -27,7 +27,11 @@ impl CriService {
             .await?;
         }
         runner.delete(&c.id).await?;
-        let io = self.ios.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.id);
+        let io = self
+            .ios
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&c.id);
         if let Some(mut io) = io {
             // The task is gone, so are the shim's write ends: the copiers reach EOF.
             io.release().await;
@@ -35,7 +39,7 @@ impl CriService {
         let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
         self.cpu_samples
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&c.id);
         let last = self.containers.remove(&c.id);
         if last.is_some() {

@@ -86,7 +86,10 @@ impl CriService {
         at: std::time::SystemTime,
     ) -> Option<cri::CpuUsage> {
         let total = s.cpu_total_ns?;
-        let mut samples = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut samples = self
+            .cpu_samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let rate = samples.get(key).and_then(|(t0, v0)| {
             let dt = at.duration_since(*t0).ok()?.as_nanos() as u64;
             (dt > 0 && total >= *v0).then(|| ((total - v0) as u128 * 1_000_000_000 / dt as u128) as u64)

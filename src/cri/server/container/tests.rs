@@ -125,7 +125,7 @@ impl ContainerRuntime for FakeRt {
     }
     async fn wait(&self, id: &str) -> Result<ExitInfo, CriError> {
         let mut rx = self.procs.lock().unwrap().get(id).unwrap().exited.subscribe();
-        let code = rx.wait_for(|c| c.is_some()).await.unwrap().unwrap();
+        let code = rx.wait_for(std::option::Option::is_some).await.unwrap().unwrap();
         Ok(ExitInfo {
             code,
             at: SystemTime::now(),

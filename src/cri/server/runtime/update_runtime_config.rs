@@ -23,7 +23,10 @@ impl CriService {
         for c in cidr.split(',') {
             validate_cidr(c.trim())?;
         }
-        let mut state = self.runtime.write().unwrap_or_else(|p| p.into_inner());
+        let mut state = self
+            .runtime
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if state.pod_cidr != cidr {
             tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
         }

@@ -215,7 +215,11 @@ const START_TIME: &str = "container_start_time_seconds";
 const LAST_SEEN: &str = "container_last_seen";
 
 fn labels(extra: &[&str]) -> Vec<String> {
-    BASE_LABELS.iter().chain(extra).map(|s| s.to_string()).collect()
+    BASE_LABELS
+        .iter()
+        .chain(extra)
+        .map(std::string::ToString::to_string)
+        .collect()
 }
 
 /// Every descriptor, one per metric name.

@@ -50,7 +50,7 @@ impl CriService {
         }
         self.cpu_samples
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&super::stats::sample_key(&s.id));
         self.sandboxes.remove(&s.id);
         tracing::info!(sandbox = %s.id, "pod sandbox removed");
