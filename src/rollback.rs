@@ -11,6 +11,10 @@
 //!                                       failure is returned for the caller to report
 //! ```
 //!
+//! A step whose place in the undo order is known before its undo is (the undo needs a value
+//! made later, or the steps are done in another order than they are undone) `reserve`s its
+//! place first and `fill`s it once done; a place never filled undoes nothing.
+//!
 //! The undo steps are async, so they cannot run in `Drop`: a guard dropped while armed (its
 //! operation cut short) logs the steps that did not run.
 
@@ -25,8 +29,11 @@ type Undo<'a, E> = Box<dyn FnOnce() -> BoxFuture<'a, Result<(), E>> + Send + 'a>
 #[must_use = "a rollback guard must end with disarm() or run()"]
 pub struct Rollback<'a, E> {
     what: String,
-    steps: Vec<(&'static str, Undo<'a, E>)>,
+    steps: Vec<(&'static str, Option<Undo<'a, E>>)>,
 }
+
+/// A place in a guard's undo order, kept by [`Rollback::reserve`] for an undo known later.
+pub struct Slot(usize);
 
 impl<'a, E: Display> Rollback<'a, E> {
     /// A guard for `what` (named in its log lines), with nothing to undo yet.
@@ -43,7 +50,26 @@ impl<'a, E: Display> Rollback<'a, E> {
         F: FnOnce() -> Fut + Send + 'a,
         Fut: Future<Output = Result<(), E>> + Send + 'a,
     {
-        self.steps.push((step, Box::new(move || Box::pin(undo()))));
+        self.steps.push((step, Some(Box::new(move || Box::pin(undo())))));
+    }
+
+    /// Keeps the next place in the undo order for step `step`, which undoes nothing until
+    /// [`Rollback::fill`]ed.
+    pub fn reserve(&mut self, step: &'static str) -> Slot {
+        self.steps.push((step, None));
+        Slot(self.steps.len() - 1)
+    }
+
+    /// Records how to undo the step of `slot` (reserved on this guard), replacing what it
+    /// held; it runs in the place the slot was reserved at.
+    pub fn fill<F, Fut>(&mut self, slot: &Slot, undo: F)
+    where
+        F: FnOnce() -> Fut + Send + 'a,
+        Fut: Future<Output = Result<(), E>> + Send + 'a,
+    {
+        if let Some((_, place)) = self.steps.get_mut(slot.0) {
+            *place = Some(Box::new(move || Box::pin(undo())));
+        }
     }
 
     /// The operation succeeded: nothing is undone.
@@ -56,6 +82,7 @@ impl<'a, E: Display> Rollback<'a, E> {
     pub async fn run(mut self) -> Result<(), E> {
         let mut first = None;
         while let Some((step, undo)) = self.steps.pop() {
+            let Some(undo) = undo else { continue };
             if let Err(e) = undo().await {
                 tracing::warn!(what = %self.what, step, error = %e, "rollback step failed");
                 first.get_or_insert(e);
@@ -74,8 +101,13 @@ impl<'a, E: Display> Rollback<'a, E> {
 
 impl<E> Drop for Rollback<'_, E> {
     fn drop(&mut self) {
-        if !self.steps.is_empty() {
-            let steps: Vec<&str> = self.steps.iter().map(|(s, _)| *s).collect();
+        let steps: Vec<&str> = self
+            .steps
+            .iter()
+            .filter(|(_, undo)| undo.is_some())
+            .map(|(s, _)| *s)
+            .collect();
+        if !steps.is_empty() {
             tracing::warn!(what = %self.what, ?steps, "rollback dropped while armed: these steps did not run");
         }
     }
@@ -110,6 +142,19 @@ mod tests {
         rollback.defer("three", log_step(&log, "three", false));
         assert_eq!(rollback.run().await, Err("three failed".to_owned()));
         assert_eq!(*log.lock().unwrap(), ["three", "two", "one"]);
+    }
+
+    #[tokio::test]
+    async fn a_reserved_step_runs_in_its_place_and_an_unfilled_one_is_skipped() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut rollback = Rollback::new("test");
+        let early = rollback.reserve("early");
+        let _never = rollback.reserve("never");
+        rollback.defer("later", log_step(&log, "later", false));
+        rollback.fill(&early, log_step(&log, "replaced", true));
+        rollback.fill(&early, log_step(&log, "early", false));
+        assert_eq!(rollback.run().await, Err("later failed".to_owned()));
+        assert_eq!(*log.lock().unwrap(), ["later", "early"]);
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use super::shim::{self, Key, ShimConn, ShimTask, TaskHandle, TaskSource, TaskTab
 use crate::config::HumanDuration;
 use crate::events::{self, Publisher};
 use crate::plugin::{PluginType, ids};
+use crate::rollback::Rollback;
 use crate::runtime::{CreateOpts, Exit, PlatformRuntime, Result, RuntimeError, Status, Task};
 use taskd_proto::containerd::events::{TaskDelete, TaskExit};
 
@@ -268,17 +269,16 @@ impl Inner {
         let facts = bundle::SpecFacts::of(&spec);
         let poolable = self.pool.enabled() && pool::eligible(&opts, &facts);
         let b = Bundle::create(&self.state, &self.root, ns, id, &spec)?;
-        let mut rollback = Rollback {
-            bundle: Some(&b),
-            task: None,
-        };
+        // Undone in reverse: the task in its shim (deleted, the shim asked to shut down), the
+        // bundle.
+        let mut rollback = Rollback::new(format!("create task {ns}/{id}"));
+        rollback.defer("remove the bundle", || async { b.delete() });
         let result = self
             .create_in(&b, &binary, &opts, facts, poolable, &mut rollback)
             .await;
         match result {
             Ok(t) => {
-                rollback.bundle = None;
-                rollback.task = None;
+                rollback.disarm();
                 lock(&self.tasks).insert(key, t.clone());
                 self.metrics.task_create.observe(began.elapsed().as_secs_f64());
                 if poolable {
@@ -312,7 +312,7 @@ impl Inner {
         opts: &CreateOpts,
         facts: bundle::SpecFacts,
         poolable: bool,
-        rollback: &mut Rollback<'a>,
+        rollback: &mut Rollback<'a, RuntimeError>,
     ) -> Result<Arc<ShimTask>> {
         b.write(bundle::SHIM_BINARY_PATH, binary.to_string_lossy().as_bytes())?;
         b.write(bundle::RUNTIME, opts.runtime.as_bytes())?;
@@ -383,7 +383,16 @@ impl Inner {
             facts,
         };
         let t = Arc::new(ShimTask::live(src, conn.clone(), 0, Status::Created, log));
-        rollback.task = Some(t.clone());
+        let task = t.clone();
+        rollback.defer("delete the task and shut its shim down", || async move {
+            // The shim may never have created the task: its answer is not a failure.
+            if let Err(e) = task.delete_init().await {
+                tracing::debug!(id = %task.id, error = %e, "rollback: shim delete");
+            }
+            task.shutdown_shim().await;
+            task.stop_log();
+            Ok(())
+        });
         if b.read(bundle::SHIM_PID)?.is_none() {
             b.write(bundle::SHIM_PID, conn.shim_pid.to_string().as_bytes())?;
         }
@@ -422,7 +431,6 @@ impl Inner {
             "task created"
         );
         t.pid.store(resp.pid, std::sync::atomic::Ordering::Relaxed);
-        rollback.task = None;
         Ok(t)
     }
 
@@ -536,29 +544,6 @@ impl Inner {
             tracing::warn!(id = %t.id, error = %e, "publish /tasks/delete");
         }
         exit
-    }
-}
-
-/// Undo a failed create: delete the task in the shim (if it got that far), ask the shim
-/// to shut down, remove the bundle.
-struct Rollback<'a> {
-    bundle: Option<&'a Bundle>,
-    task: Option<Arc<ShimTask>>,
-}
-
-impl Rollback<'_> {
-    async fn run(self) -> Result<()> {
-        if let Some(t) = &self.task {
-            if let Err(e) = t.delete_init().await {
-                tracing::debug!(id = %t.id, error = %e, "rollback: shim delete");
-            }
-            t.shutdown_shim().await;
-            t.stop_log();
-        }
-        match self.bundle {
-            Some(b) => b.delete(),
-            None => Ok(()),
-        }
     }
 }
 

@@ -36,16 +36,7 @@ use crate::cri::spec::UsernsSpec;
 use crate::cri::spec::sandbox::{SandboxInput, pod_namespace_modes, sandbox_spec};
 use crate::cri::store::sandbox::{HostNamespaces, Sandbox, SandboxState, sandbox_name};
 use crate::cri::{podfiles, podns, userns};
-
-/// What has been set up so far (for the rollback).
-#[derive(Default)]
-struct Progress {
-    netns: Option<PathBuf>,
-    cni: bool,
-    files: bool,
-    pause: bool,
-    podns: bool,
-}
+use crate::rollback::Rollback;
 
 /// A new 64-hex-digit id (containerd's `GenerateID`).
 pub fn new_id() -> String {
@@ -168,7 +159,38 @@ impl CriService {
         };
         self.sandboxes.add(record.clone())?;
 
-        let mut progress = Progress::default();
+        // Undone in reverse: the pause container or pinned namespaces, CNI, the netns, the
+        // pod files, the record. Each place is filled just before its step begins (a step
+        // cut short is undone too); the order is fixed here.
+        let mut rollback = Rollback::new(format!("run pod sandbox {id}"));
+        rollback.defer("forget the sandbox record", || async {
+            self.sandboxes.remove(&id);
+            Ok(())
+        });
+        let files_slot = rollback.reserve("remove the pod files");
+        let netns_slot = rollback.reserve("remove the netns");
+        let cni_slot = rollback.reserve("tear the pod network down");
+        let podns_slot = rollback.reserve("unpin the pod namespaces");
+        let pause_slot = rollback.reserve("stop and delete the pause container");
+        let remove_files = || async { podfiles::remove(&self.sandbox_dir(&id)).map_err(CriError::from) };
+        let unpin = || {
+            let dir = self.podns_dir(&id);
+            async move {
+                tokio::task::spawn_blocking(move || podns::unpin(&dir))
+                    .await
+                    .unwrap_or(Err(podns::PodNsError::Thread))
+                    .map_err(CriError::from)
+            }
+        };
+        let teardown = |ns: PathBuf| {
+            let record = &record;
+            move || async move {
+                self.cni()
+                    .teardown(&pod_ref(record), Some(&ns), &port_mappings(&record.config))
+                    .await
+                    .map_err(CriError::from)
+            }
+        };
         let began = std::time::Instant::now();
         let result = async {
             let netns_path = match netns_target {
@@ -187,14 +209,21 @@ impl CriService {
                                 ipc: (!infra && !host.ipc).then(|| dir.join("ipc")),
                                 uts: (!infra && !host.network).then(|| dir.join("uts")),
                             };
-                            progress.podns = true;
+                            rollback.fill(&podns_slot, unpin);
                             blocking("create the pod's user namespace", move || {
                                 userns::pin(&pins, &map)
                             })
                             .await?;
                         }
                     }
-                    progress.netns = Some(p.clone());
+                    let ns = p.clone();
+                    rollback.fill(&netns_slot, || async move {
+                        // A panicked removal is not reported (it never was).
+                        match tokio::task::spawn_blocking(move || netns::remove(&ns)).await {
+                            Ok(Err(e)) => Err(e.into()),
+                            _ => Ok(()),
+                        }
+                    });
                     Some(p)
                 }
             };
@@ -202,7 +231,7 @@ impl CriService {
                 let t_cni = std::time::Instant::now();
                 let ips = match &netns_path {
                     Some(ns) => {
-                        progress.cni = true;
+                        rollback.fill(&cni_slot, teardown(ns.clone()));
                         self.cni()
                             .setup(&pod_ref(&record), ns, &port_mappings(&cfg))
                             .await?
@@ -211,8 +240,8 @@ impl CriService {
                     None => Vec::new(),
                 };
                 // After CNI: a sysctl may name the pod's interface.
-                progress.podns = true;
-                progress.files = true;
+                rollback.fill(&podns_slot, unpin);
+                rollback.fill(&files_slot, remove_files);
                 let t_pin = std::time::Instant::now();
                 let pinned = self
                     .pin_pod_namespaces(&id, &cfg, host, netns_path.clone(), userns.is_some())
@@ -230,9 +259,15 @@ impl CriService {
             // (pod files, image, shim, runc) are independent once the netns exists: they
             // run at the same time, and both finish before the outcome is decided, so the
             // rollback always sees a settled state.
-            progress.cni = netns_path.is_some();
-            progress.files = true;
-            progress.pause = true;
+            if let Some(ns) = &netns_path {
+                rollback.fill(&cni_slot, teardown(ns.clone()));
+            }
+            rollback.fill(&files_slot, remove_files);
+            rollback.fill(&pause_slot, || async {
+                // The pause container may be running (it starts while CNI sets up).
+                controller.stop(&id).await?;
+                controller.delete(&id).await
+            });
             let network = async {
                 match &netns_path {
                     Some(ns) => Ok(self
@@ -290,6 +325,7 @@ impl CriService {
 
         match result {
             Ok((pid, netns_str, ips, pinned)) => {
+                rollback.disarm();
                 let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
                 self.sandboxes.update(&id, |s| {
                     s.pid = pid;
@@ -303,17 +339,13 @@ impl CriService {
                 tracing::info!(sandbox = %id, pod = %record.name, pid, infra, "pod sandbox running");
                 Ok(RunPodSandboxResponse { pod_sandbox_id: id })
             }
-            Err(error) => {
-                let cleanup = self.rollback_sandbox(&record, &progress).await;
-                self.sandboxes.remove(&id);
-                match cleanup {
-                    Ok(()) => Err(error),
-                    Err(cleanup) => Err(CriError::Rollback {
-                        error: Box::new(error),
-                        cleanup: Box::new(cleanup),
-                    }),
-                }
-            }
+            Err(error) => match rollback.run().await {
+                Ok(()) => Err(error),
+                Err(cleanup) => Err(CriError::Rollback {
+                    error: Box::new(error),
+                    cleanup: Box::new(cleanup),
+                }),
+            },
         }
     }
 
@@ -390,52 +422,5 @@ impl CriService {
             );
         }
         Ok(Some(map))
-    }
-
-    /// Undoes a partial RunPodSandbox, in reverse; every step runs, the first error wins.
-    async fn rollback_sandbox(&self, s: &Sandbox, p: &Progress) -> Result<(), CriError> {
-        let mut first: Option<CriError> = None;
-        if p.pause
-            && let Some(c) = &self.controller
-            && let Err(e) = async {
-                // The pause container may be running (it starts while CNI sets up).
-                c.stop(&s.id).await?;
-                c.delete(&s.id).await
-            }
-            .await
-        {
-            first.get_or_insert(e);
-        }
-        if p.podns
-            && let Err(e) = {
-                let dir = self.podns_dir(&s.id);
-                tokio::task::spawn_blocking(move || podns::unpin(&dir))
-                    .await
-                    .unwrap_or(Err(podns::PodNsError::Thread))
-            }
-        {
-            first.get_or_insert(e.into());
-        }
-        if p.cni
-            && let Some(ns) = &p.netns
-            && let Err(e) = self
-                .cni()
-                .teardown(&pod_ref(s), Some(ns), &port_mappings(&s.config))
-                .await
-        {
-            first.get_or_insert(e.into());
-        }
-        if let Some(ns) = p.netns.clone() {
-            let r = tokio::task::spawn_blocking(move || netns::remove(&ns)).await;
-            if let Ok(Err(e)) = r {
-                first.get_or_insert(e.into());
-            }
-        }
-        if p.files
-            && let Err(e) = podfiles::remove(&self.sandbox_dir(&s.id))
-        {
-            first.get_or_insert(e.into());
-        }
-        first.map_or(Ok(()), Err)
     }
 }
