@@ -9,7 +9,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Backend, FsSnapshotter, SnapshotError, Snapshotter};
+use super::error::SnapshotError;
+use super::model::Snapshotter;
+use super::snapshotter::{Backend, FsSnapshotter};
 use crate::metadata::Db;
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
 
