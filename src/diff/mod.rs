@@ -43,7 +43,45 @@ pub use apply::{Compression, apply_layer, clean};
 pub use compare::{Changes, write_changes, write_layer};
 pub use error::{DiffError, LimitKind};
 pub use model::{
-    Applied, ApplyOptions, Descriptor, Differ, Format, LABEL_UNCOMPRESSED, LAYER_MEDIA_TYPES, LayerSink,
-    LayerSource, Limits, MEDIA_TYPE_LAYER,
+    Applied, ApplyOptions, Descriptor, Format, LABEL_UNCOMPRESSED, LAYER_MEDIA_TYPES, LayerSink, LayerSource,
+    Limits, MEDIA_TYPE_LAYER,
 };
 pub use walking::Walking;
+
+use async_trait::async_trait;
+
+use crate::snapshots::Mount;
+
+// The plugin capabilities stay here: introspection names a capability by its Rust path
+// (`taskd::diff::Differ`), so moving one would change what `Plugins` reports.
+
+/// The in-process diff service (what image unpack and the CRI adapter use).
+#[async_trait]
+pub trait Differ: Send + Sync {
+    /// Applies layer `desc` onto `mounts`; returns the uncompressed descriptor.
+    async fn apply(
+        &self,
+        namespace: &str,
+        desc: Descriptor,
+        mounts: Vec<Mount>,
+    ) -> Result<Applied, DiffError>;
+    /// Applies the layer read from `reader` (no content store involved).
+    async fn apply_reader(
+        &self,
+        media_type: &str,
+        reader: Box<dyn std::io::Read + Send>,
+        mounts: Vec<Mount>,
+    ) -> Result<Applied, DiffError>;
+    /// The changes from `lower` to `upper` as a layer of `media_type` (empty = tar+gzip),
+    /// stored through the [`LayerSink`] under ingest ref `reference` (empty = generated)
+    /// with `labels` plus [`LABEL_UNCOMPRESSED`].
+    async fn compare(
+        &self,
+        namespace: &str,
+        lower: Vec<Mount>,
+        upper: Vec<Mount>,
+        media_type: &str,
+        reference: &str,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<Descriptor, DiffError>;
+}

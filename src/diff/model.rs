@@ -1,14 +1,12 @@
 //! What the differ speaks: layer media types, [`Limits`], apply options and results,
-//! descriptors, and the traits around it ([`Differ`]; [`LayerSource`] and [`LayerSink`],
-//! which the content store implements).
+//! descriptors, and [`LayerSource`] and [`LayerSink`], which the content store implements
+//! (the `Differ` trait stays in `mod.rs`: it is a plugin capability, named by its path).
 
 use std::path::{Path, PathBuf};
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::error::DiffError;
-use crate::snapshots::Mount;
 
 /// The media type of an uncompressed OCI layer (the "applied" descriptor's type).
 pub const MEDIA_TYPE_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -124,34 +122,3 @@ pub trait LayerSink: Send + Sync {
 
 /// The label containerd puts on a compressed layer: the digest of its uncompressed tar.
 pub const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
-
-/// The in-process diff service (what image unpack and the CRI adapter use).
-#[async_trait]
-pub trait Differ: Send + Sync {
-    /// Applies layer `desc` onto `mounts`; returns the uncompressed descriptor.
-    async fn apply(
-        &self,
-        namespace: &str,
-        desc: Descriptor,
-        mounts: Vec<Mount>,
-    ) -> Result<Applied, DiffError>;
-    /// Applies the layer read from `reader` (no content store involved).
-    async fn apply_reader(
-        &self,
-        media_type: &str,
-        reader: Box<dyn std::io::Read + Send>,
-        mounts: Vec<Mount>,
-    ) -> Result<Applied, DiffError>;
-    /// The changes from `lower` to `upper` as a layer of `media_type` (empty = tar+gzip),
-    /// stored through the [`LayerSink`] under ingest ref `reference` (empty = generated)
-    /// with `labels` plus [`LABEL_UNCOMPRESSED`].
-    async fn compare(
-        &self,
-        namespace: &str,
-        lower: Vec<Mount>,
-        upper: Vec<Mount>,
-        media_type: &str,
-        reference: &str,
-        labels: std::collections::BTreeMap<String, String>,
-    ) -> Result<Descriptor, DiffError>;
-}

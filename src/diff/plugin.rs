@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
+use super::Differ;
 use super::error::DiffError;
-use super::model::{Differ, LayerSource, Limits};
+use super::model::{LayerSource, Limits};
 use super::walking::Walking;
 use crate::plugin::{Instance, PluginType, Registration, ids};
 use crate::snapshots::Snapshotter;

@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::Differ;
 use super::apply::apply_layer;
 use super::compare::{Changes, write_layer};
 use super::error::DiffError;
 use super::model::{
-    Applied, ApplyOptions, Descriptor, Differ, Format, LABEL_UNCOMPRESSED, LayerSink, LayerSource, Limits,
+    Applied, ApplyOptions, Descriptor, Format, LABEL_UNCOMPRESSED, LayerSink, LayerSource, Limits,
     check_media_type,
 };
 use crate::snapshots::Mount;

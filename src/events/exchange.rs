@@ -35,8 +35,9 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use super::error::EventError;
 use super::fields::EnvelopeFields;
-use super::model::{Envelope, Forwarder, Publisher, Subscriber, Subscription};
+use super::model::{Envelope, Subscription};
 use super::topics;
+use super::{Forwarder, Publisher, Subscriber};
 use crate::errdefs::{ErrorKind, Kind};
 use crate::filters::Filter;
 use crate::identifiers;

@@ -13,4 +13,24 @@ pub mod topics;
 
 pub use error::EventError;
 pub use exchange::Exchange;
-pub use model::{Envelope, Forwarder, Publisher, Subscriber, Subscription, any};
+pub use model::{Envelope, Subscription, any};
+
+// The plugin capabilities stay here: introspection names a capability by its Rust path
+// (`taskd::events::Publisher`), so moving one would change what `Plugins` reports.
+
+/// Publishes an event in a namespace; the publisher stamps the time.
+pub trait Publisher: Send + Sync {
+    fn publish(&self, namespace: &str, topic: &str, event: prost_types::Any) -> Result<(), EventError>;
+}
+
+/// Forwards an envelope that already has its namespace and timestamp (from a shim or a
+/// client's `Forward`).
+pub trait Forwarder: Send + Sync {
+    fn forward(&self, envelope: Envelope) -> Result<(), EventError>;
+}
+
+/// Subscribes to envelopes that match a filter (containerd's `events.Subscriber`).
+/// `name` identifies the subscriber kind in metrics and logs ("grpc", "cri", "monitor").
+pub trait Subscriber: Send + Sync {
+    fn subscribe(&self, name: &'static str, filter: crate::filters::Filter) -> Subscription;
+}

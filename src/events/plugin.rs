@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::exchange::{Exchange, ExchangeConfig, ExchangeError, MAX_QUEUE_SIZE};
-use super::model::{Forwarder, Publisher, Subscriber};
+use super::{Forwarder, Publisher, Subscriber};
 use crate::plugin::{Instance, PluginError, PluginType, Registration, ids};
 
 /// The plugins this module registers; `builtins.rs` lists them.

@@ -3,9 +3,10 @@
 use prost::Message;
 use redb::ReadableTable;
 
+use super::ContainerStore;
 use super::adaptors::ContainerFields;
 use super::error::MetadataError;
-use super::model::{Container, ContainerStore};
+use super::model::Container;
 use super::records::{ContainerRecord, decode};
 use super::schema::CONTAINERS;
 use super::store::{Ctx, Db, apply_key, drop_empty, now, scan_namespace, validate_namespace};

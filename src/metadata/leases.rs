@@ -7,9 +7,10 @@ use std::time::SystemTime;
 use prost::Message;
 use redb::{ReadableTable, WriteTransaction};
 
+use super::LeaseManager;
 use super::adaptors::LeaseFields;
 use super::error::MetadataError;
-use super::model::{LABEL_GC_EXPIRE, Lease, LeaseManager, LeaseResource};
+use super::model::{LABEL_GC_EXPIRE, Lease, LeaseResource};
 use super::records::{LeaseRecord, decode};
 use super::schema::{LEASE_RESOURCES, LEASES};
 use super::store::{Ctx, Db, drop_empty, now, scan_namespace, validate_namespace};

@@ -63,13 +63,85 @@ pub use adaptors::{ContainerFields, LeaseFields, NamespaceFields};
 pub use containers::apply_container_update;
 pub use error::{MetadataError, blocking};
 pub use leases::random_lease_id;
-pub use model::{
-    Container, ContainerStore, LABEL_GC_EXPIRE, Lease, LeaseManager, LeaseResource, Namespace,
-    NamespaceCheck, NamespaceStore, Runtime,
-};
+pub use model::{Container, LABEL_GC_EXPIRE, Lease, LeaseResource, Namespace, NamespaceCheck, Runtime};
 pub use namespaces::apply_namespace_update;
 pub use store::{CountObjects, Db, ObjectTable, apply_key, scan_namespace, write_tx};
 pub use validate::{MAX_LABEL_SIZE, validate_labels};
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+// The plugin capabilities stay here: introspection names a capability by its Rust path
+// (`taskd::metadata::LeaseManager`), so moving one would change what `Plugins` reports.
+
+/// The container store (containerd's `containers.Store`), namespaced. Calls are
+/// synchronous and short (one redb transaction each).
+pub trait ContainerStore: Send + Sync {
+    fn get(&self, namespace: &str, id: &str) -> Result<Container, MetadataError>;
+    /// `filters` use containerd's syntax (see `crate::filters`).
+    fn list(&self, namespace: &str, filters: &[String]) -> Result<Vec<Container>, MetadataError>;
+    fn create(&self, namespace: &str, container: Container) -> Result<Container, MetadataError>;
+    /// `fieldpaths` empty = replace every mutable field (containerd's full update: labels,
+    /// spec, extensions, image, snapshot_key; a different snapshotter or runtime name is
+    /// InvalidArgument); else only the named ones (`labels`, `labels.KEY`, `spec`, `image`,
+    /// `snapshotter`, `snapshot_key` (or containerd's `snapshotkey`), `runtime`,
+    /// `runtime.name`, `runtime.options`, `extensions`, `extensions.KEY`). A `labels.KEY`
+    /// whose value is empty or absent removes the label. The merged record is validated as on
+    /// create; `created_at` is kept and `updated_at` set.
+    fn update(
+        &self,
+        namespace: &str,
+        container: Container,
+        fieldpaths: &[String],
+    ) -> Result<Container, MetadataError>;
+    fn delete(&self, namespace: &str, id: &str) -> Result<(), MetadataError>;
+}
+
+/// The namespace store (containerd's `namespaces.Store`).
+pub trait NamespaceStore: Send + Sync {
+    /// Creates `name`; AlreadyExists if it exists (explicitly or implicitly).
+    fn create(&self, name: &str, labels: BTreeMap<String, String>) -> Result<Namespace, MetadataError>;
+    fn get(&self, name: &str) -> Result<Namespace, MetadataError>;
+    /// Every namespace, sorted by name.
+    fn list(&self) -> Result<Vec<Namespace>, MetadataError>;
+    /// `fieldpaths` empty or `labels` = replace the labels; `labels.KEY` = set (or, with an
+    /// empty or missing value, remove) one label.
+    fn update(&self, namespace: Namespace, fieldpaths: &[String]) -> Result<Namespace, MetadataError>;
+    /// Deletes an empty namespace; FailedPrecondition naming what remains otherwise
+    /// (checked inside the delete's transaction, so nothing can slip in between).
+    fn delete(&self, name: &str) -> Result<(), MetadataError>;
+}
+
+/// The lease manager (containerd's `leases.Manager`), namespaced.
+pub trait LeaseManager: Send + Sync {
+    /// Creates lease `id` (callers generate one when the client gave none).
+    fn create(
+        &self,
+        namespace: &str,
+        id: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Lease, MetadataError>;
+    fn delete(&self, namespace: &str, id: &str) -> Result<(), MetadataError>;
+    /// `filters` use containerd's syntax over `id` and `labels.KEY`.
+    fn list(&self, namespace: &str, filters: &[String]) -> Result<Vec<Lease>, MetadataError>;
+    fn add_resource(
+        &self,
+        namespace: &str,
+        lease: &str,
+        resource: LeaseResource,
+    ) -> Result<(), MetadataError>;
+    /// Removing a resource the lease does not hold is not an error.
+    fn delete_resource(
+        &self,
+        namespace: &str,
+        lease: &str,
+        resource: LeaseResource,
+    ) -> Result<(), MetadataError>;
+    fn list_resources(&self, namespace: &str, lease: &str) -> Result<Vec<LeaseResource>, MetadataError>;
+    /// Deletes every lease (in every namespace) whose expiry label is before `now`, with its
+    /// resources, in one transaction; returns the `(namespace, id)` of each.
+    fn expire(&self, now: SystemTime) -> Result<Vec<(String, String)>, MetadataError>;
+}
 
 #[cfg(test)]
 mod tests;

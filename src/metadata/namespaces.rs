@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use prost::Message;
 use redb::ReadableTable;
 
+use super::NamespaceStore;
 use super::error::MetadataError;
-use super::model::{Namespace, NamespaceStore};
+use super::model::Namespace;
 use super::records::{NamespaceRecord, decode};
 use super::schema::NAMESPACES;
 use super::store::{Ctx, Db, apply_key, drop_empty, validate_namespace};

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::error::MetadataError;
-use super::model::{ContainerStore, LeaseManager, NamespaceStore};
 use super::store::Db;
+use super::{ContainerStore, LeaseManager, NamespaceStore};
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
 
 /// The database file name inside the plugin's root directory.

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::error::SnapshotError;
-use super::model::Snapshotter;
-use super::snapshotter::{Backend, FsSnapshotter};
+use super::snapshotter::Backend;
+use super::{FsSnapshotter, Snapshotter};
 use crate::metadata::Db;
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::error::SnapshotError;
-use super::model::{Info, Kind, Snapshotter, Usage};
+use super::model::{Info, Kind, Usage};
+use super::{FsSnapshotter, Snapshotter};
 use super::{fsutil, store};
 use crate::metadata::Db;
 use crate::runtime::Mount;
@@ -30,14 +31,6 @@ struct NewSnapshot {
     key: String,
     parent: String,
     labels: BTreeMap<String, String>,
-}
-
-/// The snapshotter over the metadata database and a directory (both plugins).
-pub struct FsSnapshotter {
-    name: String,
-    root: PathBuf,
-    backend: Backend,
-    store: Arc<store::Store>,
 }
 
 impl FsSnapshotter {
