@@ -34,6 +34,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::plugin::{PluginConfig, Registration};
 use crate::server::socket;
+use crate::telemetry::{Tracing, check_tracing_endpoint};
 
 /// The embedded default config (`deploy/taskd.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../deploy/taskd.toml");
@@ -142,45 +143,6 @@ pub struct Shutdown {
     pub hook_timeout: HumanDuration,
 }
 
-/// OpenTelemetry export (`crate::telemetry`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Tracing {
-    /// Empty: no export.
-    pub endpoint: String,
-    pub sampling_ratio: f64,
-    pub service_name: String,
-}
-
-/// Checks `[tracing] endpoint` (non-empty): an `http://host:port` URL.
-pub fn check_tracing_endpoint(endpoint: &str) -> Result<(), String> {
-    let uri: http::Uri = endpoint
-        .parse()
-        .map_err(|e| format!("{endpoint:?} is not a URL ({e}); e.g. \"http://127.0.0.1:4317\""))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{endpoint:?}: taskd's OTLP export has no TLS; use an http:// collector (e.g. a node-local agent)"
-            ));
-        }
-        _ => {
-            return Err(format!(
-                "{endpoint:?} must start with http:// (e.g. \"http://127.0.0.1:4317\")"
-            ));
-        }
-    }
-    if uri.authority().is_none_or(|a| a.host().is_empty()) {
-        return Err(format!("{endpoint:?} names no host"));
-    }
-    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-        return Err(format!(
-            "{endpoint:?}: OTLP/gRPC takes no path (the service path is fixed)"
-        ));
-    }
-    Ok(())
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -233,16 +195,6 @@ impl Default for Shutdown {
         Shutdown {
             grace: HumanDuration(Duration::from_secs(10)),
             hook_timeout: HumanDuration(Duration::from_secs(5)),
-        }
-    }
-}
-
-impl Default for Tracing {
-    fn default() -> Self {
-        Tracing {
-            endpoint: String::new(),
-            sampling_ratio: 1.0,
-            service_name: "taskd".into(),
         }
     }
 }

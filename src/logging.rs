@@ -105,7 +105,7 @@ pub struct Logging {
 pub fn init(
     source: LevelSource,
     format: LogFormat,
-    tracing_cfg: &crate::config::Tracing,
+    tracing_cfg: &crate::telemetry::Tracing,
 ) -> Result<Logging, LoggingError> {
     let (level, from) = source.parts();
     let (filter_layer, handle) = reload::Layer::new(filter(level, from)?);

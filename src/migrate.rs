@@ -373,7 +373,7 @@ impl Migrator {
                 } else {
                     format!("https://{ep}")
                 };
-                match crate::config::check_tracing_endpoint(&url) {
+                match crate::telemetry::check_tracing_endpoint(&url) {
                     Ok(()) => set(&mut self.out, &["tracing", "endpoint"], Value::from(url)),
                     Err(reason) => {
                         let ep = Value::from(ep);

@@ -26,9 +26,9 @@ use opentelemetry::trace::{Status, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use serde::Deserialize;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::config;
 use crate::errdefs::{ErrorKind, Kind};
 
 /// How long one export may take before it is abandoned (the batch is dropped).
@@ -50,6 +50,55 @@ impl ErrorKind for TelemetryError {
     }
 }
 
+/// The `[tracing]` section of the daemon's config: where and how spans are exported.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tracing {
+    /// Empty: no export.
+    pub endpoint: String,
+    pub sampling_ratio: f64,
+    pub service_name: String,
+}
+
+/// Checks `[tracing] endpoint` (non-empty): an `http://host:port` URL.
+pub fn check_tracing_endpoint(endpoint: &str) -> Result<(), String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{endpoint:?} is not a URL ({e}); e.g. \"http://127.0.0.1:4317\""))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{endpoint:?}: taskd's OTLP export has no TLS; use an http:// collector (e.g. a node-local agent)"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "{endpoint:?} must start with http:// (e.g. \"http://127.0.0.1:4317\")"
+            ));
+        }
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err(format!("{endpoint:?} names no host"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!(
+            "{endpoint:?}: OTLP/gRPC takes no path (the service path is fixed)"
+        ));
+    }
+    Ok(())
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Tracing {
+            endpoint: String::new(),
+            sampling_ratio: 1.0,
+            service_name: "taskd".into(),
+        }
+    }
+}
+
 /// The running export: the provider whose batch thread sends the spans.
 pub struct Export {
     provider: SdkTracerProvider,
@@ -59,7 +108,7 @@ pub struct Export {
 impl Export {
     /// Starts the export `cfg` asks for; `None` when `endpoint` is empty. Must run inside
     /// the tokio runtime (the OTLP channel lives there) and the runtime must outlive it.
-    pub fn start(cfg: &config::Tracing) -> Result<Option<(Export, SdkTracer)>, TelemetryError> {
+    pub fn start(cfg: &Tracing) -> Result<Option<(Export, SdkTracer)>, TelemetryError> {
         if cfg.endpoint.is_empty() {
             return Ok(None);
         }
@@ -67,7 +116,7 @@ impl Export {
             endpoint: cfg.endpoint.clone(),
             reason,
         };
-        crate::config::check_tracing_endpoint(&cfg.endpoint).map_err(failed)?;
+        check_tracing_endpoint(&cfg.endpoint).map_err(failed)?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(cfg.endpoint.clone())
@@ -202,22 +251,22 @@ mod tests {
 
     #[test]
     fn endpoints_are_checked() {
-        assert!(crate::config::check_tracing_endpoint("http://127.0.0.1:4317").is_ok());
-        assert!(crate::config::check_tracing_endpoint("http://collector.local:4317/").is_ok());
+        assert!(check_tracing_endpoint("http://127.0.0.1:4317").is_ok());
+        assert!(check_tracing_endpoint("http://collector.local:4317/").is_ok());
         for (bad, says) in [
             ("https://c:4317", "no TLS"),
             ("127.0.0.1:4317", "http://"),
             ("http://c:4317/v1/traces", "no path"),
             ("not a url", "not a URL"),
         ] {
-            let e = crate::config::check_tracing_endpoint(bad).unwrap_err();
+            let e = check_tracing_endpoint(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
     }
 
     #[test]
     fn no_endpoint_no_export() {
-        let cfg = config::Tracing::default();
+        let cfg = Tracing::default();
         assert!(Export::start(&cfg).unwrap().is_none());
     }
 

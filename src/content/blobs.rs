@@ -1,6 +1,6 @@
 //! The raw, un-namespaced file store: `blobs/sha256/<hex>` and `ingest/<key>/` (see the
 //! module docs of `content`). It knows nothing about namespaces' visibility or leases; the
-//! namespaced [`Store`](super::Store) owns that and serializes installs and removals.
+//! namespaced [`Store`](super::store::Store) owns that and serializes installs and removals.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{ContentError, Status, format_digest, parse_digest};
+use super::error::ContentError;
+use super::model::{Status, format_digest, parse_digest};
 
 /// The file store under one root directory.
 #[derive(Debug)]

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use super::{ContentError, Store};
+use super::error::ContentError;
+use super::store::Store;
 use crate::metadata::Db;
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
 

@@ -7,7 +7,8 @@ use std::time::SystemTime;
 use prost::Message;
 use prost_types::Timestamp;
 
-use super::{ContentError, Info};
+use super::error::ContentError;
+use super::model::Info;
 
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct ContentRecord {
@@ -48,4 +49,9 @@ impl ContentRecord {
             source,
         })
     }
+}
+
+/// Decodes a `content_blobs` row (for the garbage collector).
+pub(crate) fn records_decode(namespace: &str, digest: &str, bytes: &[u8]) -> Result<Info, ContentError> {
+    Ok(ContentRecord::decode_for(namespace, digest, bytes)?.into_info(digest))
 }

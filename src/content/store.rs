@@ -10,8 +10,9 @@ use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::blobs::{Blobs, Ingest};
+use super::error::ContentError;
+use super::model::{Info, InfoFields, Status, StatusFields, parse_digest, validate_ref};
 use super::records::ContentRecord;
-use super::{ContentError, Info, InfoFields, Status, StatusFields, parse_digest, validate_ref};
 use crate::filters;
 use crate::identifiers;
 use crate::metadata::schema::{LEASE_RESOURCES, LEASES, NAMESPACES};

@@ -63,7 +63,8 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat};
 use sha2::{Digest, Sha256};
 
-use super::{Applied, ApplyOptions, DiffError, Format, LimitKind, MEDIA_TYPE_LAYER};
+use super::error::{DiffError, LimitKind};
+use super::model::{Applied, ApplyOptions, Format, MEDIA_TYPE_LAYER, check_media_type};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
@@ -159,7 +160,7 @@ pub fn apply_layer(
     target: &Path,
     opts: &ApplyOptions,
 ) -> Result<Applied, DiffError> {
-    super::check_media_type(media_type)?;
+    check_media_type(media_type)?;
     let counters = Rc::new(Counters::default());
     let mut source = BufReader::new(CountIn {
         inner: reader,

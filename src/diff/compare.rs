@@ -20,8 +20,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::DiffError;
+use super::apply::Compression;
 use super::beneath::{Root, exactly};
+use super::error::DiffError;
+use super::model::Descriptor;
 
 /// Where the changes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,4 +269,98 @@ impl<W: Write> Writer<W> {
         }
         Ok(())
     }
+}
+
+/// Writes the layer for `changes` compressed as `media_type` says (empty = tar+gzip, as
+/// containerd's default) into `out`; returns (the layer's descriptor, uncompressed digest).
+pub fn write_layer(
+    changes: &Changes,
+    media_type: &str,
+    out: impl std::io::Write,
+) -> Result<(Descriptor, String), DiffError> {
+    use sha2::Digest;
+    use std::io::Write;
+    /// Hashes and counts what passes through.
+    struct Hashing<W> {
+        inner: W,
+        h: sha2::Sha256,
+        n: u64,
+    }
+    impl<W: std::io::Write> std::io::Write for Hashing<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.inner.write(buf)?;
+            self.h.update(&buf[..n]);
+            self.n += n as u64;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+    let media_type = if media_type.is_empty() {
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    } else {
+        media_type
+    };
+    let compression = match media_type {
+        "application/vnd.oci.image.layer.v1.tar" | "application/vnd.docker.image.rootfs.diff.tar" => {
+            Compression::None
+        }
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Compression::Gzip,
+        "application/vnd.oci.image.layer.v1.tar+zstd" => Compression::Zstd,
+        other => return Err(DiffError::UnsupportedMediaType(other.to_owned())),
+    };
+    let outer = Hashing {
+        inner: out,
+        h: sha2::Sha256::new(),
+        n: 0,
+    };
+    let err = |source| DiffError::Io {
+        op: "write layer",
+        path: PathBuf::new(),
+        source,
+    };
+    let (outer, uncompressed) = match compression {
+        Compression::None => {
+            let mut inner = Hashing {
+                inner: outer,
+                h: sha2::Sha256::new(),
+                n: 0,
+            };
+            write_changes(changes, &mut inner)?;
+            let u = format!("sha256:{:x}", inner.h.clone().finalize());
+            (inner.inner, u)
+        }
+        Compression::Gzip => {
+            let mut inner = Hashing {
+                inner: flate2::write::GzEncoder::new(outer, flate2::Compression::default()),
+                h: sha2::Sha256::new(),
+                n: 0,
+            };
+            write_changes(changes, &mut inner)?;
+            let u = format!("sha256:{:x}", inner.h.clone().finalize());
+            (inner.inner.finish().map_err(err)?, u)
+        }
+        Compression::Zstd => {
+            let mut inner = Hashing {
+                inner: zstd::stream::write::Encoder::new(outer, 3).map_err(err)?,
+                h: sha2::Sha256::new(),
+                n: 0,
+            };
+            write_changes(changes, &mut inner)?;
+            let u = format!("sha256:{:x}", inner.h.clone().finalize());
+            (inner.inner.finish().map_err(err)?, u)
+        }
+    };
+    let mut outer = outer;
+    outer.flush().map_err(err)?;
+    Ok((
+        Descriptor {
+            media_type: media_type.to_owned(),
+            digest: format!("sha256:{:x}", outer.h.finalize()),
+            size: outer.n as i64,
+        },
+        uncompressed,
+    ))
 }

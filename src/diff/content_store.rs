@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-use super::{Descriptor, DiffError, LayerSink, LayerSource};
+use super::error::DiffError;
+use super::model::{Descriptor, LayerSink, LayerSource};
 use crate::content::{ContentError, Info, Store};
 
 fn content_err(digest: &str, e: impl std::fmt::Display) -> DiffError {

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use super::{Differ, Limits, Walking};
+use super::Differ;
+use super::error::DiffError;
+use super::model::{LayerSource, Limits};
+use super::walking::Walking;
 use crate::plugin::{Instance, PluginType, Registration, ids};
 use crate::snapshots::Snapshotter;
 
@@ -22,12 +25,12 @@ fn registration() -> Registration {
             .map(|(_, s)| s.root().join("snapshots"))
             .collect();
         let content = cx.get_optional::<crate::content::Store>();
-        let source = content.clone().map(|s| s as Arc<dyn super::LayerSource>);
+        let source = content.clone().map(|s| s as Arc<dyn LayerSource>);
         let mut walking = Walking::new(limits.clone(), allowed, source);
         if let Some(store) = content {
             let scratch = cx.root().join("scratch");
             std::fs::create_dir_all(&scratch).map_err(|e| {
-                crate::plugin::PluginError::init(super::DiffError::Io {
+                crate::plugin::PluginError::init(DiffError::Io {
                     op: "create scratch dir",
                     path: scratch.clone(),
                     source: e,

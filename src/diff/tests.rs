@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::snapshots::Mount;
 
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const TGZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";

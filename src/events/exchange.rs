@@ -33,8 +33,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
+use super::error::EventError;
 use super::fields::EnvelopeFields;
-use super::{Envelope, EventError, Forwarder, Publisher, Subscriber, Subscription, topics};
+use super::model::{Envelope, Subscription};
+use super::topics;
+use super::{Forwarder, Publisher, Subscriber};
 use crate::errdefs::{ErrorKind, Kind};
 use crate::filters::Filter;
 use crate::identifiers;

@@ -21,7 +21,7 @@ use prost::{Message, Name};
 use taskd_proto::containerd::events as ev;
 use taskd_proto::containerd::services::images::v1 as images;
 
-use super::Envelope;
+use super::model::Envelope;
 use crate::filters::Adaptor;
 
 /// Borrows an envelope and answers filter field lookups on it.

@@ -4,7 +4,7 @@
 //! containerd identifier (alphanumerics joined by single `.`, `_` or `-`, at most 76
 //! characters), and the whole topic is at most [`MAX_LENGTH`] bytes.
 
-use super::EventError;
+use super::error::EventError;
 use crate::identifiers;
 
 /// The longest topic accepted, in bytes.

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Container, Lease, Namespace};
+use super::model::{Container, Lease, Namespace};
 use crate::filters::Adaptor;
 
 fn present(v: &str) -> Option<String> {
@@ -77,7 +77,7 @@ mod tests {
     use super::*;
     use crate::errdefs::{ErrorKind, Kind};
     use crate::filters;
-    use crate::metadata::Runtime;
+    use crate::metadata::model::Runtime;
 
     fn c(id: &str, image: &str, runtime: &str, labels: &[(&str, &str)]) -> Container {
         Container {
@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn bad_filter_is_invalid_argument_naming_the_filter() {
         let err = filters::parse(&["image~=(".into()]).unwrap_err();
-        let err = crate::metadata::MetadataError::from(err);
+        let err = crate::metadata::error::MetadataError::from(err);
         assert_eq!(err.kind(), Kind::InvalidArgument);
         assert!(err.to_string().contains("filter"), "{err}");
     }

@@ -3,12 +3,14 @@
 use prost::Message;
 use redb::ReadableTable;
 
+use super::ContainerStore;
 use super::adaptors::ContainerFields;
+use super::error::MetadataError;
+use super::model::Container;
 use super::records::{ContainerRecord, decode};
 use super::schema::CONTAINERS;
 use super::store::{Ctx, Db, apply_key, drop_empty, now, scan_namespace, validate_namespace};
 use super::validate::validate_container;
-use super::{Container, ContainerStore, MetadataError};
 use crate::filters;
 use crate::identifiers;
 

@@ -7,12 +7,14 @@ use std::time::SystemTime;
 use prost::Message;
 use redb::{ReadableTable, WriteTransaction};
 
+use super::LeaseManager;
 use super::adaptors::LeaseFields;
+use super::error::MetadataError;
+use super::model::{LABEL_GC_EXPIRE, Lease, LeaseResource};
 use super::records::{LeaseRecord, decode};
 use super::schema::{LEASE_RESOURCES, LEASES};
 use super::store::{Ctx, Db, drop_empty, now, scan_namespace, validate_namespace};
 use super::validate::{parse_expiry, validate_lease_id, validate_lease_labels, validate_resource};
-use super::{LABEL_GC_EXPIRE, Lease, LeaseManager, LeaseResource, MetadataError};
 use crate::filters;
 
 /// containerd's `leases.WithRandomID`: `<nanoseconds of the current second>-<8 hex chars>`

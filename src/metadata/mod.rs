@@ -47,12 +47,11 @@
 //!   Async callers (the services) run calls through [`blocking`] (`block_in_place` on the
 //!   daemon's multi-thread runtime, else tokio's blocking pool), never plainly on a worker.
 
-use std::collections::BTreeMap;
-use std::time::SystemTime;
-
 mod adaptors;
 mod containers;
+mod error;
 mod leases;
+mod model;
 mod namespaces;
 pub mod plugin;
 mod records;
@@ -62,126 +61,18 @@ mod validate;
 
 pub use adaptors::{ContainerFields, LeaseFields, NamespaceFields};
 pub use containers::apply_container_update;
+pub use error::{MetadataError, blocking};
 pub use leases::random_lease_id;
+pub use model::{Container, LABEL_GC_EXPIRE, Lease, LeaseResource, Namespace, NamespaceCheck, Runtime};
 pub use namespaces::apply_namespace_update;
 pub use store::{CountObjects, Db, ObjectTable, apply_key, scan_namespace, write_tx};
 pub use validate::{MAX_LABEL_SIZE, validate_labels};
 
-/// The label that gives a lease its expiry (RFC 3339), as containerd's GC reads it.
-pub const LABEL_GC_EXPIRE: &str = "containerd.io/gc.expire";
+use std::collections::BTreeMap;
+use std::time::SystemTime;
 
-/// A container record (containerd's `containers.Container`).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Container {
-    pub id: String,
-    pub labels: BTreeMap<String, String>,
-    pub image: String,
-    pub runtime: Runtime,
-    /// The OCI runtime spec as an `Any` (`types.containerd.io/opencontainers/runtime-spec/1/Spec`).
-    pub spec: Option<prost_types::Any>,
-    pub snapshotter: String,
-    pub snapshot_key: String,
-    pub created_at: Option<SystemTime>,
-    pub updated_at: Option<SystemTime>,
-    pub extensions: BTreeMap<String, prost_types::Any>,
-    pub sandbox: String,
-}
-
-/// The runtime a container runs under: name (`io.containerd.runc.v2`) and options.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Runtime {
-    pub name: String,
-    pub options: Option<prost_types::Any>,
-}
-
-/// Errors of the metadata layer.
-#[derive(Debug, thiserror::Error)]
-pub enum MetadataError {
-    #[error("{what} {id:?} not found in namespace {namespace:?}")]
-    NotFound {
-        what: &'static str,
-        namespace: String,
-        id: String,
-    },
-    #[error("{what} {id:?} already exists in namespace {namespace:?}")]
-    AlreadyExists {
-        what: &'static str,
-        namespace: String,
-        id: String,
-    },
-    #[error("{field}: {reason}")]
-    InvalidArgument { field: String, reason: String },
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error(transparent)]
-    Identifier(#[from] crate::identifiers::InvalidIdentifier),
-    #[error(transparent)]
-    Filter(#[from] crate::filters::FilterError),
-    /// A namespace still holds objects; `remaining` names them ("2 containers, 1 lease").
-    #[error("namespace {namespace:?} must be empty, but it still holds {remaining}")]
-    NamespaceNotEmpty { namespace: String, remaining: String },
-    /// A lease resource type this store does not track (containerd: "not supported yet").
-    #[error("resource.type: lease resource type {type:?} is not supported")]
-    UnsupportedResource { r#type: String },
-    /// The database file could not be opened (or created).
-    #[error("open metadata database {path}: {source}")]
-    Open {
-        path: std::path::PathBuf,
-        source: Box<redb::DatabaseError>,
-    },
-    /// The database was written by a newer taskd (its schema version is unknown here).
-    #[error("metadata database {path} has schema version {found}, this taskd supports up to {supported}")]
-    SchemaTooNew {
-        path: std::path::PathBuf,
-        found: u64,
-        supported: u64,
-    },
-    /// A redb operation failed (I/O, corruption, ...).
-    #[error("metadata store: {op}: {source}")]
-    Storage {
-        op: &'static str,
-        source: Box<redb::Error>,
-    },
-    /// A stored record does not decode.
-    #[error("metadata store: corrupt {what} record {key:?}: {source}")]
-    Corrupt {
-        what: &'static str,
-        key: String,
-        source: prost::DecodeError,
-    },
-    /// The blocking task that ran a store call did not complete (panicked or was cancelled).
-    #[error("metadata store: {op} did not complete: {reason}")]
-    Interrupted { op: &'static str, reason: String },
-}
-
-impl crate::errdefs::ErrorKind for MetadataError {
-    fn kind(&self) -> crate::errdefs::Kind {
-        use crate::errdefs::Kind;
-        match self {
-            MetadataError::NotFound { .. } => Kind::NotFound,
-            MetadataError::AlreadyExists { .. } => Kind::AlreadyExists,
-            MetadataError::InvalidArgument { .. } | MetadataError::Identifier(_) => Kind::InvalidArgument,
-            MetadataError::FailedPrecondition(_)
-            | MetadataError::NamespaceNotEmpty { .. }
-            | MetadataError::SchemaTooNew { .. } => Kind::FailedPrecondition,
-            MetadataError::Filter(e) => e.kind(),
-            MetadataError::UnsupportedResource { .. } => Kind::NotImplemented,
-            MetadataError::Open { .. }
-            | MetadataError::Storage { .. }
-            | MetadataError::Interrupted { .. } => Kind::Internal,
-            MetadataError::Corrupt { .. } => Kind::DataLoss,
-        }
-    }
-}
-
-impl MetadataError {
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        MetadataError::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
+// The plugin capabilities stay here: introspection names a capability by its Rust path
+// (`taskd::metadata::LeaseManager`), so moving one would change what `Plugins` reports.
 
 /// The container store (containerd's `containers.Store`), namespaced. Calls are
 /// synchronous and short (one redb transaction each).
@@ -206,37 +97,6 @@ pub trait ContainerStore: Send + Sync {
     fn delete(&self, namespace: &str, id: &str) -> Result<(), MetadataError>;
 }
 
-/// Runs a (blocking) store call without stalling the runtime: on the multi-thread runtime
-/// (the daemon) in place with `block_in_place`, which hands this worker's other tasks to
-/// another thread while the call (and a commit's fsync) runs here; elsewhere (a
-/// current-thread runtime, as in some tests) on tokio's blocking pool. In place saves the
-/// hop to a pool thread and back, each a wake-up that costs milliseconds on a loaded
-/// 2-CPU host, on every metadata RPC.
-pub async fn blocking<T, F>(op: &'static str, f: F) -> Result<T, MetadataError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, MetadataError> + Send + 'static,
-{
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread {
-        return tokio::task::block_in_place(f);
-    }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| MetadataError::Interrupted {
-            op,
-            reason: e.to_string(),
-        })?
-}
-
-/// A namespace (containerd's `namespaces` store entry).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Namespace {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-}
-
 /// The namespace store (containerd's `namespaces.Store`).
 pub trait NamespaceStore: Send + Sync {
     /// Creates `name`; AlreadyExists if it exists (explicitly or implicitly).
@@ -250,35 +110,6 @@ pub trait NamespaceStore: Send + Sync {
     /// Deletes an empty namespace; FailedPrecondition naming what remains otherwise
     /// (checked inside the delete's transaction, so nothing can slip in between).
     fn delete(&self, name: &str) -> Result<(), MetadataError>;
-}
-
-/// A check run when a namespace is deleted, inside the delete's write transaction: what
-/// does the feature that registered it still hold in the namespace? Containers and leases
-/// are built in; images, content and snapshots register theirs with
-/// [`Db::register_namespace_check`].
-pub trait NamespaceCheck: Send + Sync {
-    /// What remains, counted: `Some("2 images")`, or `None` when nothing does.
-    fn remaining(
-        &self,
-        tx: &redb::WriteTransaction,
-        namespace: &str,
-    ) -> Result<Option<String>, MetadataError>;
-}
-
-/// A lease (containerd's `leases.Lease`): holds resources against garbage collection until
-/// deleted or, with the [`LABEL_GC_EXPIRE`] label, until it expires.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Lease {
-    pub id: String,
-    pub created_at: Option<SystemTime>,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// A resource held by a lease: `type` is `content`, `ingests` or `snapshots/<snapshotter>`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct LeaseResource {
-    pub id: String,
-    pub r#type: String,
 }
 
 /// The lease manager (containerd's `leases.Manager`), namespaced.

@@ -1,16 +1,18 @@
 //! The namespaces table: [`NamespaceStore`] on [`Db`]. Deleting a namespace asks every
-//! registered [`super::NamespaceCheck`] what it still holds.
+//! registered [`NamespaceCheck`](super::model::NamespaceCheck) what it still holds.
 
 use std::collections::BTreeMap;
 
 use prost::Message;
 use redb::ReadableTable;
 
+use super::NamespaceStore;
+use super::error::MetadataError;
+use super::model::Namespace;
 use super::records::{NamespaceRecord, decode};
 use super::schema::NAMESPACES;
 use super::store::{Ctx, Db, apply_key, drop_empty, validate_namespace};
 use super::validate::validate_labels;
-use super::{MetadataError, Namespace, NamespaceStore};
 
 /// Applies an update field mask to a namespace's labels.
 pub fn apply_namespace_update(

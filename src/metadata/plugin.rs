@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ContainerStore, Db, LeaseManager, MetadataError, NamespaceStore};
+use super::error::MetadataError;
+use super::store::Db;
+use super::{ContainerStore, LeaseManager, NamespaceStore};
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
 
 /// The database file name inside the plugin's root directory.

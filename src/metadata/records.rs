@@ -10,7 +10,8 @@ use std::time::SystemTime;
 use prost::Message;
 use prost_types::{Any, Timestamp};
 
-use super::{Container, Lease, MetadataError, Namespace, Runtime};
+use super::error::MetadataError;
+use super::model::{Container, Lease, Namespace, Runtime};
 
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct NamespaceRecord {

@@ -12,7 +12,7 @@
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::MetadataError;
+use super::error::MetadataError;
 
 /// The schema version this taskd writes.
 pub const SCHEMA_VERSION: u64 = 1;

@@ -9,9 +9,10 @@ use std::time::SystemTime;
 use prost::Message;
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
+use super::error::MetadataError;
+use super::model::NamespaceCheck;
 use super::records::NamespaceRecord;
 use super::schema::{self, CONTAINERS, LEASES, Migration, NAMESPACES};
-use super::{MetadataError, NamespaceCheck};
 use crate::identifiers;
 
 /// The metadata database. Cheap to share behind an `Arc`; every method is one transaction.

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use super::{Container, LABEL_GC_EXPIRE, LeaseResource, MetadataError};
+use super::error::MetadataError;
+use super::model::{Container, LABEL_GC_EXPIRE, LeaseResource};
 use crate::identifiers;
 
 /// containerd's `labels.Validate`: key plus value at most this many bytes.
@@ -177,7 +178,7 @@ fn is_digest(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::errdefs::{ErrorKind, Kind};
-    use crate::metadata::Runtime;
+    use crate::metadata::model::Runtime;
 
     fn container() -> Container {
         Container {

@@ -3,8 +3,9 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
+use super::error::PluginError;
 use super::table::{PluginTable, Up};
-use super::{PluginError, PluginId, PluginType};
+use super::types::{PluginId, PluginType};
 
 /// The server addresses a plugin may need (the shim manager passes them to shims).
 #[derive(Debug, Clone, Default)]

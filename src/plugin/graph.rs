@@ -1,7 +1,7 @@
 //! Init order from the requirement graph: a plugin that requires type `T` comes after every
 //! plugin of type `T`. Ties keep registration order, so the order is deterministic.
 
-use super::PluginType;
+use super::types::PluginType;
 
 /// Returns the init order as indexes into `nodes`, or the indexes of the plugins on a cycle.
 pub(super) fn order(nodes: &[(PluginType, Vec<PluginType>)]) -> Result<Vec<usize>, Vec<usize>> {

@@ -9,9 +9,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::context::{Addresses, InitContext};
+use super::error::PluginError;
+use super::graph;
 use super::instance::{Instance, ShutdownFn};
 use super::table::{PluginInfo, PluginStatus, PluginTable, Up};
-use super::{PluginError, PluginId, PluginType, graph};
+use super::types::{PluginId, PluginType};
 
 type InitFuture = Pin<Box<dyn Future<Output = Result<Instance, PluginError>> + Send>>;
 type InitFn = Box<dyn Fn(InitContext) -> InitFuture + Send + Sync>;

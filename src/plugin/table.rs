@@ -4,7 +4,7 @@
 use std::sync::{Arc, RwLock};
 
 use super::instance::Instance;
-use super::{PluginId, PluginType};
+use super::types::{PluginId, PluginType};
 
 /// What became of a plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]

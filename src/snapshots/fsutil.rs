@@ -6,7 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use super::{SnapshotError, Usage};
+use super::error::SnapshotError;
+use super::model::Usage;
 
 /// Removes `path` (file or tree) without following symlinks; a missing path is fine.
 pub fn remove_all(path: &Path) -> Result<(), SnapshotError> {
@@ -52,7 +53,8 @@ pub fn disk_usage(root: &Path) -> Result<Usage, SnapshotError> {
     Ok(usage)
 }
 
-/// Copies the tree `src` to the new directory `dst` (which must not exist).
+/// Copies the tree `src` to the new directory `dst` (which must not exist) as the native
+/// snapshotter does (owners, modes, times, symlinks as links, hard links, device nodes).
 pub fn copy_dir(src: &Path, dst: &Path) -> Result<(), SnapshotError> {
     let mut links: HashMap<(u64, u64), std::path::PathBuf> = HashMap::new();
     copy_entry(src, dst, &mut links)?;

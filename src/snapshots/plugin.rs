@@ -9,7 +9,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Backend, FsSnapshotter, SnapshotError, Snapshotter};
+use super::error::SnapshotError;
+use super::snapshotter::Backend;
+use super::{FsSnapshotter, Snapshotter};
 use crate::metadata::Db;
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
 

@@ -20,7 +20,8 @@ use prost::Message;
 use prost_types::Timestamp;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::{Info, Kind, SnapshotError, Usage};
+use super::error::SnapshotError;
+use super::model::{Info, Kind, Usage};
 use crate::filters::{self, Adaptor};
 use crate::identifiers;
 use crate::metadata::{Db, MetadataError, NamespaceCheck};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::*;
 use crate::diff::{Differ, Limits, Walking};
 use crate::errdefs::{ErrorKind, Kind as EK};
-use crate::metadata::NamespaceStore;
+use crate::metadata::{Db, NamespaceStore};
 
 struct Env {
     tmp: tempfile::TempDir,
