@@ -24,8 +24,8 @@
 //!
 //! Run as root: `cargo bench --bench node_scale` (`-- --pods 110 --parallel 10 --idle-secs
 //! 60 --only taskd|containerd`). Build taskd and its shim in release first (`cargo build
-//! --release; cargo build --profile shim -p containerd-shim-taskd-v2`); `TASKD_BIN`
-//! overrides the taskd binary. The logs stay under the printed temp dir on failure.
+//! --release`, then the shim as `scripts/run.sh` builds it: the `shim` profile, linked
+//! statically, copied next to taskd); `TASKD_BIN` overrides the taskd binary. The logs stay under the printed temp dir on failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "common/cri.rs"]
