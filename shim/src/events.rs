@@ -3,6 +3,8 @@
 //! task reconnects and retries the same event, so nothing queued is lost or reordered.
 //! Only a full queue drops an event (logged), and a daemon that rejects an event outright.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use containerd_shim::util::timestamp;
@@ -27,13 +29,21 @@ pub struct Publisher {
     tx: mpsc::Sender<Envelope>,
     namespace: String,
     task: JoinHandle<()>,
+    /// Events queued and not yet answered by the daemon (one may be on the wire).
+    pending: Arc<AtomicUsize>,
 }
 
 impl Publisher {
     pub fn new(address: String, namespace: String) -> Publisher {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(forward_loop(address, rx));
-        Publisher { tx, namespace, task }
+        let pending = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(forward_loop(address, rx, pending.clone()));
+        Publisher {
+            tx,
+            namespace,
+            task,
+            pending,
+        }
     }
 
     /// Queues `event` under `topic`; never waits. Encoded through the message's own
@@ -56,7 +66,9 @@ impl Publisher {
                 return;
             }
         }
+        self.pending.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = self.tx.try_send(env) {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
             warn!("event queue full, {topic} dropped: {e}");
         }
     }
@@ -64,7 +76,9 @@ impl Publisher {
     /// Gives the queue up to `within` to drain (Shutdown), then stops the forwarder.
     pub async fn flush(&self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
-        while self.tx.capacity() < QUEUE && tokio::time::Instant::now() < deadline {
+        // Until the last event is answered, not merely taken off the queue: stopping the
+        // forwarder mid-call would lose it (and the daemon's reply would hit a closed pipe).
+        while self.pending.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.task.abort();
@@ -111,7 +125,7 @@ async fn connect(address: &str) -> Option<EventsClient> {
     Some(EventsClient::new(client))
 }
 
-async fn forward_loop(address: String, mut rx: mpsc::Receiver<Envelope>) {
+async fn forward_loop(address: String, mut rx: mpsc::Receiver<Envelope>, pending: Arc<AtomicUsize>) {
     let mut client: Option<EventsClient> = None;
     while let Some(env) = rx.recv().await {
         let mut req = ForwardRequest::new();
@@ -138,6 +152,7 @@ async fn forward_loop(address: String, mut rx: mpsc::Receiver<Envelope>) {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+        pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
