@@ -106,15 +106,19 @@ async fn load_one(inner: &Arc<Inner>, ns: &str, id: &str) -> Result<()> {
     let runtime = b.read(bundle::RUNTIME)?.unwrap_or_default();
     let facts = b.spec_facts();
     let address = b.read(bundle::ADDRESS)?;
-    let live = match &address {
-        None => Err(RuntimeError::ShimConnect {
-            address: String::new(),
-            reason: "no address file".into(),
-        }),
-        Some(address) => inner.conns.connect(address, ns, id).await,
+    let connected = match &address {
+        None => None,
+        Some(address) => match inner.conns.connect(address, ns, id).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(namespace = ns, id, error = %e, "shim unreachable");
+                shim::remove_stale_socket(address);
+                None
+            }
+        },
     };
-    let live = match live {
-        Ok((conn, 0)) => match settled_pid(&conn, ns, id).await {
+    let live = match connected {
+        Some((conn, 0)) => match settled_pid(&conn, ns, id).await {
             Some(pid) => Some((conn, pid)),
             None => {
                 // The shim lives but has no such task (a create cut before the shim made
@@ -125,13 +129,7 @@ async fn load_one(inner: &Arc<Inner>, ns: &str, id: &str) -> Result<()> {
                 return Ok(());
             }
         },
-        Ok((conn, pid)) => Some((conn, pid)),
-        Err(_) => {
-            if let Some(address) = &address {
-                shim::remove_stale_socket(address);
-            }
-            None
-        }
+        other => other,
     };
     let Some((conn, pid)) = live else {
         tracing::warn!(namespace = ns, id, "shim is gone, cleaning up its task");
