@@ -353,10 +353,7 @@ fn main() -> Result<()> {
     let ((samples, rss, daemons, execs, streams), w) = keep_logs_on_error(result, w)?;
     drop(daemons);
     rt.shutdown_timeout(Duration::from_secs(5));
-    if std::env::var_os("TASKD_BENCH_LOG").is_some() {
-        let d = w.keep();
-        eprintln!("daemon logs kept under {}", d.display());
-    }
+    keep_logs_if_asked(w);
 
     let [cd, td] = &samples;
     println!(

@@ -476,9 +476,10 @@ fn main() -> Result<()> {
         }
         Ok::<_, anyhow::Error>((out, daemons))
     });
-    let ((results, daemons), _w) = keep_logs_on_error(result, w)?;
+    let ((results, daemons), w) = keep_logs_on_error(result, w)?;
     drop(daemons);
     rt.shutdown_timeout(Duration::from_secs(5));
+    keep_logs_if_asked(w);
 
     let n = a.pods;
     println!(

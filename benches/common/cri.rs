@@ -73,6 +73,14 @@ pub fn keep_logs_on_error<T>(result: Result<T>, w: tempfile::TempDir) -> Result<
     }
 }
 
+/// With `TASKD_BENCH_LOG` set, keeps the bench's temp dir (the daemons' logs) and names it.
+pub fn keep_logs_if_asked(w: tempfile::TempDir) {
+    if std::env::var_os("TASKD_BENCH_LOG").is_some() {
+        let d = w.keep();
+        eprintln!("daemon logs kept under {}", d.display());
+    }
+}
+
 /// One daemon under test, restartable on the same dirs and config.
 pub struct Daemon {
     pub name: &'static str,

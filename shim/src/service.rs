@@ -91,6 +91,9 @@ struct Container {
     init: Proc,
     execs: HashMap<String, Proc>,
     oom: Option<JoinHandle<()>>,
+    /// The init's cgroup as Stats loaded it, with the pid it was loaded for (see
+    /// [`crate::stats::CgroupCache`]).
+    cgroup: crate::stats::CgroupCache,
 }
 
 impl Container {
@@ -460,6 +463,7 @@ impl Service {
                     init,
                     execs: HashMap::new(),
                     oom,
+                    cgroup: crate::stats::CgroupCache::default(),
                 },
             );
             self.inner.publish(
@@ -1057,8 +1061,17 @@ impl Task for Service {
     }
 
     async fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> ttrpc::Result<api::StatsResponse> {
-        let pid = ok(self.inner.with(&req.id, |c| Ok(c.init.pid)))?;
-        let stats = ok(crate::stats::collect(&req.id, pid).await)?;
+        let (pid, cached) = ok(self
+            .inner
+            .with(&req.id, |c| Ok((c.init.pid, c.cgroup.get(c.init.pid)))))?;
+        let (stats, loaded) = ok(crate::stats::collect(&req.id, pid, cached).await)?;
+        if let Some(cg) = loaded {
+            // Gone since (deleted during the call): nothing to keep.
+            let _ = self.inner.with(&req.id, |c| {
+                c.cgroup.set(pid, cg);
+                Ok(())
+            });
+        }
         Ok(api::StatsResponse {
             stats: MessageField::some(stats),
             ..Default::default()

@@ -3,6 +3,8 @@
 //! the memory.stat counters they leave out (which the CRI's stats need: CPU usage, RSS,
 //! page faults, working set) are filled in from cgroups-rs here.
 
+use std::sync::Arc;
+
 use containerd_shim::cgroup::{collect_metrics, collect_metrics_v2, get_cgroup};
 use containerd_shim_protos::cgroups::metrics::{CPUUsage, MemoryEntry, Metrics};
 use containerd_shim_protos::protobuf::Message;
@@ -91,7 +93,34 @@ fn v1(cg: &Cgroup) -> containerd_shim::Result<Metrics> {
     Ok(m)
 }
 
-pub async fn collect(id: &str, pid: u32) -> Result<Any, ServiceError> {
+/// A task's cgroup, loaded once per init pid. Loading it reads and parses
+/// `/proc/self/mountinfo` (twice on cgroup v1), which grows with every pod's mounts: on a full
+/// node that was most of a Stats call (about 10 ms each), so a node's worth of stats took
+/// over a second.
+#[derive(Default)]
+pub struct CgroupCache(Option<(u32, Arc<Cgroup>)>);
+
+impl CgroupCache {
+    /// The cgroup loaded for `pid`, if it was.
+    pub fn get(&self, pid: u32) -> Option<Arc<Cgroup>> {
+        self.0
+            .as_ref()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, cg)| cg.clone())
+    }
+
+    pub fn set(&mut self, pid: u32, cg: Arc<Cgroup>) {
+        self.0 = Some((pid, cg));
+    }
+}
+
+/// The task's cgroup metrics; with the cgroup it loaded when `cached` had none (for the
+/// caller to keep).
+pub async fn collect(
+    id: &str,
+    pid: u32,
+    cached: Option<Arc<Cgroup>>,
+) -> Result<(Any, Option<Arc<Cgroup>>), ServiceError> {
     let id2 = id.to_owned();
     let err = move |e: &dyn std::fmt::Display| ServiceError::Invalid {
         id: id2.clone(),
@@ -99,16 +128,20 @@ pub async fn collect(id: &str, pid: u32) -> Result<Any, ServiceError> {
     };
     let e2 = err.clone();
     tokio::task::spawn_blocking(move || {
-        let cg = get_cgroup(pid).map_err(|e| err(&e))?;
-        if cg.v2() {
+        let (cg, loaded) = match cached {
+            Some(cg) => (cg, false),
+            None => (Arc::new(get_cgroup(pid).map_err(|e| err(&e))?), true),
+        };
+        let any = if cg.v2() {
             let m = collect_metrics_v2(&cg).map_err(|e| err(&e))?;
             let v = m.write_to_bytes().map_err(|e| err(&e))?;
-            Ok(crate::events::any("io.containerd.cgroups.v2.Metrics", v))
+            crate::events::any("io.containerd.cgroups.v2.Metrics", v)
         } else {
             let m = v1(&cg).map_err(|e| err(&e))?;
             let v = m.write_to_bytes().map_err(|e| err(&e))?;
-            Ok(crate::events::any("io.containerd.cgroups.v1.Metrics", v))
-        }
+            crate::events::any("io.containerd.cgroups.v1.Metrics", v)
+        };
+        Ok((any, loaded.then_some(cg)))
     })
     .await
     .map_err(|e| e2(&e))?

@@ -26,7 +26,8 @@ fn registration() -> Registration {
         let events = container_events::ContainerEvents::new().map_err(PluginError::init)?;
         events.register(cx.metrics()).map_err(PluginError::init)?;
         let mut service = CriService::new(config.clone(), cx.root(), cx.state(), events);
-        service.handler_features = features::probe(&config).await;
+        // Probed while recovery runs (a `runc features` per handler: a fork and exec).
+        let probe = features::probe(&config);
         // The image side (images service + server-side pull + the snapshotter it unpacks
         // into + content): the image RPCs and the containers' root file systems.
         let image_side = match (
@@ -81,7 +82,8 @@ fn registration() -> Registration {
         let subscriber = cx.get::<dyn crate::events::Subscriber>()?;
         // Subscribed before recovery, so an exit during recovery is not missed.
         let event_loop = events::spawn(service.clone(), subscriber.as_ref()).map_err(PluginError::init)?;
-        let report = recover::recover(&service).await;
+        let (report, handler_features) = tokio::join!(recover::recover(&service), probe);
+        let _ = service.handler_features.set(handler_features);
         let stream_url = stream_server.front().base_url.clone();
         let stream_server = stream_server.start(service.clone());
         let calls = service.clone();

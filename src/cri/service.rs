@@ -68,8 +68,10 @@ pub struct CriService {
     pub metrics: super::metrics::CriMetrics,
     /// When this instance was made: an exit from before it is one found at recovery.
     pub started_at: std::time::SystemTime,
-    /// Each runtime handler's features, probed at start (empty: none supported).
-    pub handler_features: std::collections::HashMap<String, super::features::HandlerFeatures>,
+    /// Each runtime handler's features, probed at start while recovery runs (unset or a
+    /// handler missing: none supported); see [`CriService::handler_features`].
+    pub handler_features:
+        std::sync::OnceLock<std::collections::HashMap<String, super::features::HandlerFeatures>>,
     /// The streaming server's token cache and URL (Exec/Attach/PortForward); None until
     /// the plugin bound it.
     pub streaming: Option<std::sync::Arc<crate::cri::stream_front::Front>>,
@@ -98,7 +100,7 @@ impl CriService {
             metrics,
             started_at: std::time::SystemTime::now(),
             cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
-            handler_features: std::collections::HashMap::new(),
+            handler_features: std::sync::OnceLock::new(),
             streaming: None,
             detached: super::detach::Detached::default(),
             sandboxes: Store::default(),
@@ -269,6 +271,15 @@ impl CriService {
             .ok_or(crate::cri::error::CriError::Streaming(
                 crate::cri::stream_front::StreamingError::NotRunning,
             ))
+    }
+
+    /// What runtime handler `name` supports (nothing when it was not probed).
+    pub fn handler_features(&self, name: &str) -> super::features::HandlerFeatures {
+        self.handler_features
+            .get()
+            .and_then(|all| all.get(name))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// `<state>/containers/<id>`: a container's stdio fifos.

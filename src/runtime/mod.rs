@@ -242,6 +242,10 @@ pub trait Task: Process {
     fn runtime(&self) -> &str;
     /// `linux.cgroupsPath` from the task's spec, when set.
     fn cgroups_path(&self) -> Option<String>;
+    /// The init process's status as last learned (from a State answer, a Start, an exit
+    /// event; recovery asks each task once), without asking the shim; Unknown when never
+    /// learned.
+    fn last_status(&self) -> Status;
     async fn pause(&self) -> Result<()>;
     async fn resume(&self) -> Result<()>;
     async fn exec(&self, exec_id: &str, opts: ExecOpts) -> Result<Arc<dyn Process>>;

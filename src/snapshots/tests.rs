@@ -382,6 +382,50 @@ fn overlay_check_mounts_on_this_host() {
     );
 }
 
+#[test]
+#[ignore = "e2e: needs root (overlay mount)"]
+fn a_passed_overlay_check_is_recorded_and_trusted_until_kernel_or_fs_change() {
+    crate::e2e_guard::require(&[crate::e2e_guard::Need::Root]);
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join(plugin::CHECKED);
+    plugin::check_overlay_once(tmp.path()).unwrap();
+    let print = plugin::check_fingerprint(tmp.path()).unwrap();
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), print);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&record).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        1,
+        "only the record is left"
+    );
+    // A record of another kernel is not trusted: the check runs again and rewrites it.
+    std::fs::write(&record, print.replace("kernel=", "kernel=0.0-other-")).unwrap();
+    plugin::check_overlay_once(tmp.path()).unwrap();
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), print);
+}
+
+#[test]
+fn a_matching_overlay_record_skips_the_test_mount() {
+    // As a normal user the test mount would fail (EPERM): a matching record must answer
+    // without it, and a record that does not match must not.
+    let tmp = tempfile::tempdir().unwrap();
+    let print = plugin::check_fingerprint(tmp.path()).unwrap();
+    assert!(print.starts_with("kernel=") && print.contains("\ndev=") && print.contains("\nfs=0x"));
+    std::fs::write(tmp.path().join(plugin::CHECKED), &print).unwrap();
+    plugin::check_overlay_once(tmp.path()).unwrap();
+    if !nix::unistd::geteuid().is_root() {
+        std::fs::write(tmp.path().join(plugin::CHECKED), "kernel=other\n").unwrap();
+        assert!(
+            plugin::check_overlay_once(tmp.path()).is_err(),
+            "a stale record is not trusted"
+        );
+        assert!(
+            !tmp.path().join(plugin::CHECKED).exists(),
+            "a failed check removes the record"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_prepares_of_one_key_create_exactly_one_snapshot() {
     let env = Env::new();

@@ -704,6 +704,12 @@ impl Task for TaskHandle {
     fn cgroups_path(&self) -> Option<String> {
         self.0.cgroups_path.clone()
     }
+    fn last_status(&self) -> Status {
+        if self.0.dead_exit().is_some() {
+            return Status::Stopped;
+        }
+        self.0.hint()
+    }
     async fn pause(&self) -> Result<()> {
         let t = &self.0;
         let req = pb::PauseRequest {

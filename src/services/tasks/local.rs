@@ -36,18 +36,6 @@ pub struct Local {
     checkpoints: Option<Checkpoints>,
 }
 
-/// The task and whether it has stopped (a task whose state cannot be had in time counts as
-/// not stopped).
-async fn with_stopped(t: Arc<dyn Task>) -> (Arc<dyn Task>, bool) {
-    let stopped = matches!(
-        tokio::time::timeout(STATE_TIMEOUT, t.state()).await,
-        Ok(Ok(State {
-            status: Status::Stopped,
-            ..
-        }))
-    );
-    (t, stopped)
-}
 fn label_map(runtime: &str) -> BTreeMap<String, String> {
     BTreeMap::from([("runtime".to_owned(), runtime.to_owned())])
 }
@@ -130,21 +118,11 @@ impl Local {
     /// Re-registers every task the runtime recovered with the monitor (with its `runtime`
     /// label, which containerd loses across a restart).
     pub async fn monitor_recovered(&self) {
-        // The states at once (a round trip to each shim), so a full node is not asked one
-        // task after another.
-        let asks: Vec<_> = self
-            .runtime
-            .tasks(None)
-            .await
-            .into_iter()
-            .map(with_stopped)
-            .collect();
-        let states = futures::stream::iter(asks)
-            .buffer_unordered(SHIMS_AT_ONCE)
-            .collect::<Vec<_>>()
-            .await;
-        for (t, stopped) in states {
-            if stopped {
+        // Recovery asked every task's state just before: what it learned is used, not a
+        // second round trip to each shim. A task that stopped since is monitored until its
+        // delete, as any task that exits.
+        for t in self.runtime.tasks(None).await {
+            if t.last_status() == Status::Stopped {
                 continue;
             }
             let mut runtime = t.runtime().to_owned();

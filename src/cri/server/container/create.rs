@@ -347,10 +347,7 @@ impl CriService {
             all_caps: crate::cri::spec::current_caps(),
             pod_annotations: &handler.pod_annotations,
             container_annotations: &handler.container_annotations,
-            recursive_read_only_mounts: self
-                .handler_features
-                .get(&handler_name)
-                .is_some_and(|f| f.recursive_read_only_mounts),
+            recursive_read_only_mounts: self.handler_features(&handler_name).recursive_read_only_mounts,
             userns: pod_userns.map(|map| UsernsSpec { path: &user_pin, map }),
         })?;
         let mut spec = spec;

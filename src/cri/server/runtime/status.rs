@@ -49,7 +49,7 @@ impl CriService {
         };
         // The default handler answers to "" as well as its own name.
         let features = |name: &str| {
-            let f = self.handler_features.get(name).copied().unwrap_or_default();
+            let f = self.handler_features(name);
             Some(RuntimeHandlerFeatures {
                 recursive_read_only_mounts: f.recursive_read_only_mounts,
                 user_namespaces: f.user_namespaces,

@@ -407,11 +407,7 @@ impl CriService {
                 reason,
             })
         };
-        if !self
-            .handler_features
-            .get(handler_name)
-            .is_some_and(|f| f.user_namespaces)
-        {
+        if !self.handler_features(handler_name).user_namespaces {
             return refuse(format!(
                 "runtime handler {handler_name:?} does not support user namespaces (see Status features)"
             ));
