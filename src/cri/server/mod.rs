@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status};
 
 use super::instrument::Instrument;
 use crate::cri::service::CriService;
-use crate::server::{GrpcLimits, GrpcService};
+use crate::server::{GrpcLimits, GrpcService, limited};
 
 type Rpc<T> = Result<Response<T>, Status>;
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -60,16 +60,8 @@ impl CriApi {
 
 impl GrpcService for CriApi {
     fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            RuntimeServiceServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
-        routes.add_service(
-            ImageServiceServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
+        routes.add_service(limited!(RuntimeServiceServer::new(self.clone()), limits));
+        routes.add_service(limited!(ImageServiceServer::new(self.clone()), limits));
     }
 }
 

@@ -2,7 +2,6 @@
 //! `server::status::to_status`, nothing else. `ListStream` sends one container per message.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use taskd_proto::containerd::services::containers::v1 as api;
@@ -10,29 +9,12 @@ use tonic::{Request, Response, Status};
 
 use super::Containers;
 use crate::metadata::{Container, MetadataError, Runtime};
-use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
+use crate::server::{namespace, status::to_status};
 
-/// The tonic service; cheap to clone.
-#[derive(Clone)]
-pub struct Service {
-    local: Arc<dyn Containers>,
-}
-
-impl Service {
-    pub fn new(local: Arc<dyn Containers>) -> Self {
-        Service { local }
-    }
-}
-
-impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            api::containers_server::ContainersServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
-    }
-}
+crate::server::grpc_adapter!(
+    /// The tonic service; cheap to clone.
+    Service(dyn Containers) => api::containers_server::ContainersServer
+);
 
 fn time_to_proto(t: Option<SystemTime>) -> Option<prost_types::Timestamp> {
     t.map(prost_types::Timestamp::from)

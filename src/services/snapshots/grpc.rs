@@ -3,14 +3,13 @@
 //! the snapshots in batches of 100, as containerd does.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use taskd_proto::containerd::services::snapshots::v1 as api;
 use taskd_proto::containerd::types as ctypes;
 use tonic::{Request, Response, Status};
 
 use super::Snapshots;
-use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
+use crate::server::{namespace, status::to_status};
 use crate::snapshots::{Info, Kind, Mount, SnapshotError};
 
 /// The gRPC metadata key carrying the lease of a request.
@@ -19,26 +18,7 @@ pub const LEASE_HEADER: &str = "containerd-lease";
 /// How many snapshots one List message carries.
 const LIST_BATCH: usize = 100;
 
-#[derive(Clone)]
-pub struct Service {
-    local: Arc<dyn Snapshots>,
-}
-
-impl Service {
-    pub fn new(local: Arc<dyn Snapshots>) -> Self {
-        Service { local }
-    }
-}
-
-impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            api::snapshots_server::SnapshotsServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
-    }
-}
+crate::server::grpc_adapter!(Service(dyn Snapshots) => api::snapshots_server::SnapshotsServer);
 
 /// The lease named by the request's `containerd-lease` header, if any.
 pub fn lease<T>(req: &Request<T>) -> Result<Option<String>, Status> {
