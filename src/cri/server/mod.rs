@@ -30,7 +30,10 @@ use taskd_proto::cri::v1::runtime_service_server::{RuntimeService, RuntimeServic
 use tonic::{Request, Response, Status};
 
 use super::instrument::Instrument;
+use crate::cri::error::CriError;
 use crate::cri::service::CriService;
+use crate::cri::store::container::Container;
+use crate::cri::store::sandbox::Sandbox;
 use crate::server::{GrpcLimits, GrpcService, limited};
 
 type Rpc<T> = Result<Response<T>, Status>;
@@ -43,6 +46,26 @@ pub const STREAM_CHUNK: usize = 100;
 pub fn chunked<T: Clone, R: Send + 'static>(items: Vec<T>, wrap: impl Fn(Vec<T>) -> R) -> BoxStream<R> {
     let messages: Vec<Result<R, Status>> = items.chunks(STREAM_CHUNK).map(|c| Ok(wrap(c.to_vec()))).collect();
     Box::pin(futures::stream::iter(messages))
+}
+
+/// FailedPrecondition for a call that container `c`'s state does not allow: the reason reads
+/// "is <STATE><rest>" (`rest` e.g. ", not running").
+pub fn container_state_error(c: &Container, rest: &str) -> CriError {
+    CriError::FailedPrecondition {
+        what: format!("container {}", c.id),
+        reason: format!("is {}{rest}", c.state.as_str()),
+    }
+}
+
+/// Containers are created and started, and ports forwarded, only in a ready pod sandbox.
+pub fn ensure_ready(s: &Sandbox) -> Result<(), CriError> {
+    if s.state.is_ready() {
+        return Ok(());
+    }
+    Err(CriError::FailedPrecondition {
+        what: format!("pod sandbox {}", s.id),
+        reason: format!("is {}, not ready", s.state.as_str()),
+    })
 }
 
 /// The tonic face of the CRI plugin.
