@@ -113,12 +113,7 @@ impl FsSnapshotter {
         F: FnOnce(Arc<store::Store>, PathBuf, Backend) -> Result<T, SnapshotError> + Send + 'static,
     {
         let (store, root, backend) = (self.store.clone(), self.root.clone(), self.backend.clone());
-        tokio::task::spawn_blocking(move || f(store, root, backend))
-            .await
-            .map_err(|e| SnapshotError::Interrupted {
-                op,
-                reason: e.to_string(),
-            })?
+        crate::blocking::try_run(op, move || f(store, root, backend)).await
     }
 
     fn remove_in(s: &store::Store, root: &Path, ns: &str, key: &str) -> Result<(), SnapshotError> {
