@@ -93,6 +93,33 @@ fn info_from_proto(i: api::Info) -> Info {
     }
 }
 
+impl Service {
+    /// Prepare, or View when `readonly`: the new snapshot's mounts.
+    async fn prepare_mounts(
+        &self,
+        req: Request<api::PrepareSnapshotRequest>,
+        readonly: bool,
+    ) -> Result<Vec<ctypes::Mount>, Status> {
+        let ns = namespace::required(&req)?;
+        let lease = lease(&req)?;
+        let r = req.into_inner();
+        let mounts = self
+            .local
+            .prepare(
+                &ns,
+                lease.as_deref(),
+                &r.snapshotter,
+                &r.key,
+                &r.parent,
+                r.labels.into_iter().collect(),
+                readonly,
+            )
+            .await
+            .map_err(st)?;
+        Ok(mounts.into_iter().map(mount_to_proto).collect())
+    }
+}
+
 type ListStream = Pin<Box<dyn futures::Stream<Item = Result<api::ListSnapshotsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -101,50 +128,23 @@ impl api::snapshots_server::Snapshots for Service {
         &self,
         req: Request<api::PrepareSnapshotRequest>,
     ) -> Result<Response<api::PrepareSnapshotResponse>, Status> {
-        let ns = namespace::required(&req)?;
-        let lease = lease(&req)?;
-        let r = req.into_inner();
-        let mounts = self
-            .local
-            .prepare(
-                &ns,
-                lease.as_deref(),
-                &r.snapshotter,
-                &r.key,
-                &r.parent,
-                r.labels.into_iter().collect(),
-                false,
-            )
-            .await
-            .map_err(st)?;
-        Ok(Response::new(api::PrepareSnapshotResponse {
-            mounts: mounts.into_iter().map(mount_to_proto).collect(),
-        }))
+        let mounts = self.prepare_mounts(req, false).await?;
+        Ok(Response::new(api::PrepareSnapshotResponse { mounts }))
     }
 
     async fn view(
         &self,
         req: Request<api::ViewSnapshotRequest>,
     ) -> Result<Response<api::ViewSnapshotResponse>, Status> {
-        let ns = namespace::required(&req)?;
-        let lease = lease(&req)?;
-        let r = req.into_inner();
-        let mounts = self
-            .local
-            .prepare(
-                &ns,
-                lease.as_deref(),
-                &r.snapshotter,
-                &r.key,
-                &r.parent,
-                r.labels.into_iter().collect(),
-                true,
-            )
-            .await
-            .map_err(st)?;
-        Ok(Response::new(api::ViewSnapshotResponse {
-            mounts: mounts.into_iter().map(mount_to_proto).collect(),
-        }))
+        // The same fields as Prepare's; the snapshot is read-only.
+        let req = req.map(|r| api::PrepareSnapshotRequest {
+            snapshotter: r.snapshotter,
+            key: r.key,
+            parent: r.parent,
+            labels: r.labels,
+        });
+        let mounts = self.prepare_mounts(req, true).await?;
+        Ok(Response::new(api::ViewSnapshotResponse { mounts }))
     }
 
     async fn mounts(
