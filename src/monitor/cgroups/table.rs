@@ -94,14 +94,7 @@ pub const fn row(
     help: &'static str,
     source: Source,
 ) -> MetricDef {
-    MetricDef {
-        vt,
-        name,
-        unit,
-        help,
-        labels: &[],
-        source,
-    }
+    row_l(vt, name, unit, help, &[], source)
 }
 
 /// A table row with extra labels.
