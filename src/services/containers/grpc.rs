@@ -67,6 +67,17 @@ fn required_container(c: Option<api::Container>) -> Result<api::Container, Statu
     c.ok_or_else(|| to_status(&MetadataError::invalid("container", "must be set")))
 }
 
+impl Service {
+    /// The containers List and ListStream answer.
+    async fn list_all(&self, req: Request<api::ListContainersRequest>) -> Result<Vec<Container>, Status> {
+        let ns = namespace::required(&req)?;
+        self.local
+            .list(&ns, req.into_inner().filters)
+            .await
+            .map_err(|e| to_status(&e))
+    }
+}
+
 type ListStream = Pin<Box<dyn futures::Stream<Item = Result<api::ListContainerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -90,15 +101,8 @@ impl api::containers_server::Containers for Service {
         &self,
         req: Request<api::ListContainersRequest>,
     ) -> Result<Response<api::ListContainersResponse>, Status> {
-        let ns = namespace::required(&req)?;
-        let list = self
-            .local
-            .list(&ns, req.into_inner().filters)
-            .await
-            .map_err(|e| to_status(&e))?;
-        Ok(Response::new(api::ListContainersResponse {
-            containers: list.into_iter().map(to_proto).collect(),
-        }))
+        let containers = self.list_all(req).await?.into_iter().map(to_proto).collect();
+        Ok(Response::new(api::ListContainersResponse { containers }))
     }
 
     type ListStreamStream = ListStream;
@@ -107,13 +111,7 @@ impl api::containers_server::Containers for Service {
         &self,
         req: Request<api::ListContainersRequest>,
     ) -> Result<Response<Self::ListStreamStream>, Status> {
-        let ns = namespace::required(&req)?;
-        let list = self
-            .local
-            .list(&ns, req.into_inner().filters)
-            .await
-            .map_err(|e| to_status(&e))?;
-        let stream = futures::stream::iter(list.into_iter().map(|c| {
+        let stream = futures::stream::iter(self.list_all(req).await?.into_iter().map(|c| {
             Ok(api::ListContainerMessage {
                 container: Some(to_proto(c)),
             })
