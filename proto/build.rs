@@ -1,8 +1,8 @@
 //! Generates the API types at build time, with no system `protoc`:
 //! - gRPC (tonic + prost) for the containerd v1 services, CRI v1 and cgroup metrics, using the
 //!   `protoc` binary shipped inside the `protoc-bin-vendored` crate;
-//! - ttrpc (rust-protobuf, pure parser) for the shim side: the task v2/v3 clients and the
-//!   `containerd.services.events.ttrpc.v1.Events` service that shims publish to.
+//! - ttrpc (rust-protobuf, pure parser) for the `containerd.task.v2.Task` client only: the
+//!   shim messages and the events service come from `containerd-shim-protos` (see lib.rs).
 
 use std::path::{Path, PathBuf};
 use std::{env, fs};
@@ -13,29 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=protos");
     let out = PathBuf::from(env::var("OUT_DIR")?);
     grpc()?;
+    // Only the `containerd.task.v2.Task` client is generated here; its messages, the shim
+    // types and the shim events service are containerd-shim-protos' (lib.rs says why).
     ttrpc_module(
         &out,
         "ttrpc_v2",
         &["protos"],
-        &[
-            &format!("{API}/types/mount.proto"),
-            &format!("{API}/types/task/task.proto"),
-            &format!("{API}/types/fieldpath.proto"),
-            &format!("{API}/types/event.proto"),
-            &format!("{API}/runtime/task/v2/shim.proto"),
-            &format!("{API}/services/ttrpc/events/v1/events.proto"),
-        ],
-    )?;
-    let v3_root = format!("{API}/");
-    ttrpc_module(
-        &out,
-        "ttrpc_v3",
-        &[v3_root.as_str(), "protos"],
-        &[
-            &format!("{API}/types/mount.proto"),
-            &format!("{API}/types/task/task.proto"),
-            &format!("{API}/runtime/task/v3/shim.proto"),
-        ],
+        &[&format!("{API}/runtime/task/v2/shim.proto")],
     )?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the map of this crate.
 
+pub mod blocking;
 pub mod builtins;
 pub mod config;
 pub mod content;

@@ -114,16 +114,4 @@ impl ContentError {
     }
 }
 
-/// Runs a blocking content call on tokio's blocking pool.
-pub async fn blocking<T, F>(op: &'static str, f: F) -> Result<T, ContentError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, ContentError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ContentError::Interrupted {
-            op,
-            reason: e.to_string(),
-        })?
-}
+crate::blocking::interrupted!(ContentError);

@@ -42,7 +42,9 @@ pub mod plugin;
 mod records;
 pub mod store;
 
-pub use error::{ContentError, blocking};
+/// Runs a blocking content call on tokio's blocking pool.
+pub use crate::blocking::try_run as blocking;
+pub use error::ContentError;
 pub use model::{
     Info, InfoFields, LABEL_GC_REF_CONTENT, LABEL_GC_REF_SNAPSHOT, LABEL_GC_ROOT, MAX_REF, Status,
     StatusFields, digest_of, parse_digest, validate_ref,

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use super::error::ContentError;
 use super::store::Store;
 use crate::metadata::Db;
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
@@ -20,14 +19,8 @@ fn registration() -> Registration {
 async fn init(cx: InitContext) -> Result<Instance, PluginError> {
     let db = cx.get::<Db>()?;
     let root = cx.root().to_owned();
-    let store = tokio::task::spawn_blocking(move || Store::open(db, &root))
+    let store = crate::blocking::try_run("open", move || Store::open(db, &root))
         .await
-        .map_err(|e| {
-            PluginError::init(ContentError::Interrupted {
-                op: "open",
-                reason: e.to_string(),
-            })
-        })?
         .map_err(PluginError::init)?;
     Ok(Instance::new()
         .with::<Store>(store.clone())

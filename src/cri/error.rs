@@ -86,12 +86,18 @@ where
     T: Send + 'static,
     E: Into<CriError> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(Into::into),
-        Err(e) => Err(CriError::FailedPrecondition {
-            what: what.into(),
-            reason: e.to_string(),
-        }),
+    crate::blocking::run::<_, CriError>(what, f)
+        .await?
+        .map_err(Into::into)
+}
+
+/// A CRI call's blocking work that never answered fails its precondition.
+impl crate::blocking::Interrupted for CriError {
+    fn interrupted(op: &'static str, reason: String) -> Self {
+        CriError::FailedPrecondition {
+            what: op.into(),
+            reason,
+        }
     }
 }
 

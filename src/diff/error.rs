@@ -91,6 +91,8 @@ fn limit_unit(k: LimitKind) -> &'static str {
     }
 }
 
+crate::blocking::interrupted!(DiffError);
+
 impl ErrorKind for DiffError {
     fn kind(&self) -> Kind {
         match self {

@@ -180,12 +180,7 @@ impl Walking {
             format,
             limits: self.limits.clone(),
         };
-        tokio::task::spawn_blocking(move || apply_layer(reader, &media_type, &dir, &opts))
-            .await
-            .map_err(|e| DiffError::Interrupted {
-                op: "apply",
-                reason: e.to_string(),
-            })?
+        crate::blocking::try_run("apply", move || apply_layer(reader, &media_type, &dir, &opts)).await
     }
 }
 
@@ -204,12 +199,8 @@ impl Differ for Walking {
             .clone()
             .ok_or_else(|| DiffError::NoContentStore(desc.digest.clone()))?;
         let (ns, digest) = (namespace.to_owned(), desc.digest.clone());
-        let reader = tokio::task::spawn_blocking(move || source.open(&ns, &digest))
-            .await
-            .map_err(|e| DiffError::Interrupted {
-                op: "open layer",
-                reason: e.to_string(),
-            })??;
+        let reader =
+            crate::blocking::run::<_, DiffError>("open layer", move || source.open(&ns, &digest)).await??;
         self.run(desc.media_type, reader, target).await
     }
 
@@ -244,7 +235,7 @@ impl Differ for Walking {
             .scratch
             .join(format!("compare-{}", uuid::Uuid::new_v4().simple()));
         let (ns, media_type) = (namespace.to_owned(), media_type.to_owned());
-        tokio::task::spawn_blocking(move || {
+        crate::blocking::try_run("compare", move || {
             let result = (|| {
                 let file = std::fs::File::create(&staged).map_err(|source| DiffError::Io {
                     op: "create",
@@ -259,9 +250,5 @@ impl Differ for Walking {
             result
         })
         .await
-        .map_err(|e| DiffError::Interrupted {
-            op: "compare",
-            reason: e.to_string(),
-        })?
     }
 }

@@ -23,6 +23,16 @@ pub trait Publisher: Send + Sync {
     fn publish(&self, namespace: &str, topic: &str, event: prost_types::Any) -> Result<(), EventError>;
 }
 
+impl dyn Publisher {
+    /// Publishes `msg` (as [`any`]) and logs a failure: the event of a service call is a
+    /// notice, not part of the call's answer.
+    pub fn publish_logged<M: prost::Name>(&self, namespace: &str, topic: &str, msg: &M) {
+        if let Err(error) = self.publish(namespace, topic, any(msg)) {
+            tracing::warn!(%error, namespace, topic, "publish event");
+        }
+    }
+}
+
 /// Forwards an envelope that already has its namespace and timestamp (from a shim or a
 /// client's `Forward`).
 pub trait Forwarder: Send + Sync {

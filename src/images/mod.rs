@@ -426,16 +426,7 @@ impl Store {
     }
 }
 
+crate::blocking::interrupted!(ImageError);
+
 /// Runs a blocking image store call on tokio's blocking pool.
-pub async fn blocking<T, F>(op: &'static str, f: F) -> Result<T, ImageError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, ImageError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ImageError::Interrupted {
-            op,
-            reason: e.to_string(),
-        })?
-}
+pub use crate::blocking::try_run as blocking;

@@ -783,7 +783,7 @@ impl Puller {
             writer = content::blocking("restart blob", move || {
                 let mut w = writer;
                 w.truncate()?;
-                Ok(w)
+                Ok::<_, ContentError>(w)
             })
             .await?;
         }
@@ -831,7 +831,7 @@ impl Puller {
             writer = content::blocking("write blob", move || {
                 let mut w = writer;
                 w.write(&chunk)?;
-                Ok(w)
+                Ok::<_, ContentError>(w)
             })
             .await?;
         }

@@ -105,10 +105,7 @@ where
     if multi_thread {
         return tokio::task::block_in_place(f);
     }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| MetadataError::Interrupted {
-            op,
-            reason: e.to_string(),
-        })?
+    crate::blocking::try_run(op, f).await
 }
+
+crate::blocking::interrupted!(MetadataError);

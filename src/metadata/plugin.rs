@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::error::MetadataError;
 use super::store::Db;
 use super::{ContainerStore, LeaseManager, NamespaceStore};
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
@@ -47,14 +46,8 @@ async fn init(cx: InitContext) -> Result<Instance, PluginError> {
     let cfg: Config = cx.config()?;
     let path = cx.root().join(DB_FILE);
     let open_path = path.clone();
-    let db = tokio::task::spawn_blocking(move || Db::open(&open_path))
+    let db = crate::blocking::try_run("open", move || Db::open(&open_path))
         .await
-        .map_err(|e| {
-            PluginError::init(MetadataError::Interrupted {
-                op: "open",
-                reason: e.to_string(),
-            })
-        })?
         .map_err(PluginError::init)?;
     let db = Arc::new(db);
     let every = Duration::from_millis(cfg.lease_expiry_interval_ms.max(10));

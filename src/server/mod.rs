@@ -20,6 +20,45 @@ pub trait GrpcService: Send + Sync {
     fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits);
 }
 
+/// A generated tonic server with the daemon's message size limits: `$server` wrapped with
+/// `.max_decoding_message_size(limits.max_recv).max_encoding_message_size(limits.max_send)`,
+/// as [`GrpcService::register`] requires of every server it adds.
+macro_rules! limited {
+    ($server:expr, $limits:expr) => {
+        $server
+            .max_decoding_message_size($limits.max_recv)
+            .max_encoding_message_size($limits.max_send)
+    };
+}
+pub(crate) use limited;
+
+/// A thin gRPC adapter over an in-process service: `pub struct $name { local: Arc<$local> }`
+/// (cheap to clone), its `new`, and the [`GrpcService`] that adds `$server::new(self.clone())`
+/// under the message size limits. The adapter's own `impl` of the generated service trait
+/// converts messages and maps errors.
+macro_rules! grpc_adapter {
+    ($(#[$attr:meta])* $name:ident($local:ty) => $($server:ident)::+) => {
+        $(#[$attr])*
+        #[derive(Clone)]
+        pub struct $name {
+            local: std::sync::Arc<$local>,
+        }
+
+        impl $name {
+            pub fn new(local: std::sync::Arc<$local>) -> Self {
+                $name { local }
+            }
+        }
+
+        impl $crate::server::GrpcService for $name {
+            fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: $crate::server::GrpcLimits) {
+                routes.add_service($crate::server::limited!($($server)::+::new(self.clone()), limits));
+            }
+        }
+    };
+}
+pub(crate) use grpc_adapter;
+
 /// A ttrpc service served on the ttrpc socket (where shims publish events).
 pub trait TtrpcService: Send + Sync {
     fn services(&self) -> std::collections::HashMap<String, ::ttrpc::r#async::Service>;

@@ -43,6 +43,8 @@ pub enum SnapshotError {
     Interrupted { op: &'static str, reason: String },
 }
 
+crate::blocking::interrupted!(SnapshotError);
+
 impl ErrorKind for SnapshotError {
     fn kind(&self) -> ErrKind {
         match self {

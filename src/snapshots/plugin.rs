@@ -28,14 +28,11 @@ fn overlayfs() -> Registration {
     Registration::new(PluginType::Snapshotter, ids::OVERLAYFS, |cx| async move {
         let root = cx.root().to_owned();
         let check_root = root.clone();
-        let checked = tokio::task::spawn_blocking(move || check_overlay_once(&check_root))
-            .await
-            .map_err(|e| {
-                PluginError::init(SnapshotError::Interrupted {
-                    op: "overlay check",
-                    reason: e.to_string(),
-                })
-            })?;
+        let checked = crate::blocking::run::<_, SnapshotError>("overlay check", move || {
+            check_overlay_once(&check_root)
+        })
+        .await
+        .map_err(PluginError::init)?;
         if let Err(reason) = checked {
             return Err(PluginError::Skip(reason));
         }
@@ -55,14 +52,8 @@ fn native() -> Registration {
 async fn init(cx: InitContext, name: &'static str, backend: Backend) -> Result<Instance, PluginError> {
     let db = cx.get::<Db>()?;
     let root = cx.root().to_owned();
-    let sn = tokio::task::spawn_blocking(move || FsSnapshotter::open(name, &root, backend, db))
+    let sn = crate::blocking::try_run("open", move || FsSnapshotter::open(name, &root, backend, db))
         .await
-        .map_err(|e| {
-            PluginError::init(SnapshotError::Interrupted {
-                op: "open",
-                reason: e.to_string(),
-            })
-        })?
         .map_err(PluginError::init)?;
     let fs = Arc::new(sn);
     let sn: Arc<dyn Snapshotter> = fs.clone();

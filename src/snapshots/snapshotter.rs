@@ -113,12 +113,31 @@ impl FsSnapshotter {
         F: FnOnce(Arc<store::Store>, PathBuf, Backend) -> Result<T, SnapshotError> + Send + 'static,
     {
         let (store, root, backend) = (self.store.clone(), self.root.clone(), self.backend.clone());
-        tokio::task::spawn_blocking(move || f(store, root, backend))
-            .await
-            .map_err(|e| SnapshotError::Interrupted {
-                op,
-                reason: e.to_string(),
-            })?
+        crate::blocking::try_run(op, move || f(store, root, backend)).await
+    }
+
+    /// Prepare ([`Kind::Active`]) and View ([`Kind::View`]): a new snapshot `key` on `parent`.
+    async fn new_snapshot(
+        &self,
+        op: &'static str,
+        kind: Kind,
+        namespace: &str,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        let (namespace, key, parent) = (namespace.to_owned(), key.to_owned(), parent.to_owned());
+        self.blocking(op, move |s, root, backend| {
+            let new = NewSnapshot {
+                kind,
+                namespace,
+                key,
+                parent,
+                labels,
+            };
+            Self::create(&s, &root, &backend, new)
+        })
+        .await
     }
 
     fn remove_in(s: &store::Store, root: &Path, ns: &str, key: &str) -> Result<(), SnapshotError> {
@@ -265,22 +284,8 @@ impl Snapshotter for FsSnapshotter {
         parent: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        let (ns, key, parent) = (namespace.to_owned(), key.to_owned(), parent.to_owned());
-        self.blocking("prepare", move |s, root, backend| {
-            Self::create(
-                &s,
-                &root,
-                &backend,
-                NewSnapshot {
-                    kind: Kind::Active,
-                    namespace: ns,
-                    key,
-                    parent,
-                    labels,
-                },
-            )
-        })
-        .await
+        self.new_snapshot("prepare", Kind::Active, namespace, key, parent, labels)
+            .await
     }
 
     async fn view(
@@ -290,22 +295,8 @@ impl Snapshotter for FsSnapshotter {
         parent: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        let (ns, key, parent) = (namespace.to_owned(), key.to_owned(), parent.to_owned());
-        self.blocking("view", move |s, root, backend| {
-            Self::create(
-                &s,
-                &root,
-                &backend,
-                NewSnapshot {
-                    kind: Kind::View,
-                    namespace: ns,
-                    key,
-                    parent,
-                    labels,
-                },
-            )
-        })
-        .await
+        self.new_snapshot("view", Kind::View, namespace, key, parent, labels)
+            .await
     }
 
     async fn commit(

@@ -30,8 +30,11 @@ use taskd_proto::cri::v1::runtime_service_server::{RuntimeService, RuntimeServic
 use tonic::{Request, Response, Status};
 
 use super::instrument::Instrument;
+use crate::cri::error::CriError;
 use crate::cri::service::CriService;
-use crate::server::{GrpcLimits, GrpcService};
+use crate::cri::store::container::Container;
+use crate::cri::store::sandbox::Sandbox;
+use crate::server::{GrpcLimits, GrpcService, limited};
 
 type Rpc<T> = Result<Response<T>, Status>;
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -43,6 +46,26 @@ pub const STREAM_CHUNK: usize = 100;
 pub fn chunked<T: Clone, R: Send + 'static>(items: Vec<T>, wrap: impl Fn(Vec<T>) -> R) -> BoxStream<R> {
     let messages: Vec<Result<R, Status>> = items.chunks(STREAM_CHUNK).map(|c| Ok(wrap(c.to_vec()))).collect();
     Box::pin(futures::stream::iter(messages))
+}
+
+/// FailedPrecondition for a call that container `c`'s state does not allow: the reason reads
+/// "is <STATE><rest>" (`rest` e.g. ", not running").
+pub fn container_state_error(c: &Container, rest: &str) -> CriError {
+    CriError::FailedPrecondition {
+        what: format!("container {}", c.id),
+        reason: format!("is {}{rest}", c.state.as_str()),
+    }
+}
+
+/// Containers are created and started, and ports forwarded, only in a ready pod sandbox.
+pub fn ensure_ready(s: &Sandbox) -> Result<(), CriError> {
+    if s.state.is_ready() {
+        return Ok(());
+    }
+    Err(CriError::FailedPrecondition {
+        what: format!("pod sandbox {}", s.id),
+        reason: format!("is {}, not ready", s.state.as_str()),
+    })
 }
 
 /// The tonic face of the CRI plugin.
@@ -60,16 +83,8 @@ impl CriApi {
 
 impl GrpcService for CriApi {
     fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            RuntimeServiceServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
-        routes.add_service(
-            ImageServiceServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
+        routes.add_service(limited!(RuntimeServiceServer::new(self.clone()), limits));
+        routes.add_service(limited!(ImageServiceServer::new(self.clone()), limits));
     }
 }
 

@@ -80,6 +80,12 @@ pub struct MetricDef {
     pub source: Source,
 }
 
+// The unit parts of the metric names the v1 and v2 tables share.
+pub const BYTES: &str = "bytes";
+pub const TOTAL: &str = "total";
+pub const LIMIT: &str = "limit";
+pub const CURRENT: &str = "current";
+
 /// A table row without extra labels.
 pub const fn row(
     vt: ValueType,
@@ -88,14 +94,7 @@ pub const fn row(
     help: &'static str,
     source: Source,
 ) -> MetricDef {
-    MetricDef {
-        vt,
-        name,
-        unit,
-        help,
-        labels: &[],
-        source,
-    }
+    row_l(vt, name, unit, help, &[], source)
 }
 
 /// A table row with extra labels.

@@ -15,13 +15,9 @@
 use super::table::Max;
 use super::table::Source::{Blkio, Hugetlb, Key, PerCpu, Single, Ticks};
 use super::table::ValueType::{Counter, Gauge};
-use super::table::{MetricDef, row, row_l};
+use super::table::{BYTES, CURRENT, LIMIT, MetricDef, TOTAL, row, row_l};
 
-const BYTES: &str = "bytes";
-const TOTAL: &str = "total";
 const NANOSECONDS: &str = "nanoseconds";
-const LIMIT: &str = "limit";
-const CURRENT: &str = "current";
 
 /// Every v1 row, in containerd's order (pids, cpu, memory, oom, hugetlb, blkio).
 #[rustfmt::skip]

@@ -16,13 +16,9 @@
 use super::table::Max;
 use super::table::Source::{Key, Nested, Single};
 use super::table::ValueType::Gauge;
-use super::table::{MetricDef, row, row_l};
+use super::table::{BYTES, CURRENT, LIMIT, MetricDef, TOTAL, row, row_l};
 
-const BYTES: &str = "bytes";
-const TOTAL: &str = "total";
 const MICROSECONDS: &str = "microseconds";
-const LIMIT: &str = "limit";
-const CURRENT: &str = "current";
 
 /// Every v2 row, in containerd's order (pids, cpu, memory, io).
 #[rustfmt::skip]

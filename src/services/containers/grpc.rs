@@ -2,7 +2,6 @@
 //! `server::status::to_status`, nothing else. `ListStream` sends one container per message.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use taskd_proto::containerd::services::containers::v1 as api;
@@ -10,29 +9,12 @@ use tonic::{Request, Response, Status};
 
 use super::Containers;
 use crate::metadata::{Container, MetadataError, Runtime};
-use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
+use crate::server::{namespace, status::to_status};
 
-/// The tonic service; cheap to clone.
-#[derive(Clone)]
-pub struct Service {
-    local: Arc<dyn Containers>,
-}
-
-impl Service {
-    pub fn new(local: Arc<dyn Containers>) -> Self {
-        Service { local }
-    }
-}
-
-impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            api::containers_server::ContainersServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
-    }
-}
+crate::server::grpc_adapter!(
+    /// The tonic service; cheap to clone.
+    Service(dyn Containers) => api::containers_server::ContainersServer
+);
 
 fn time_to_proto(t: Option<SystemTime>) -> Option<prost_types::Timestamp> {
     t.map(prost_types::Timestamp::from)
@@ -85,6 +67,17 @@ fn required_container(c: Option<api::Container>) -> Result<api::Container, Statu
     c.ok_or_else(|| to_status(&MetadataError::invalid("container", "must be set")))
 }
 
+impl Service {
+    /// The containers List and ListStream answer.
+    async fn list_all(&self, req: Request<api::ListContainersRequest>) -> Result<Vec<Container>, Status> {
+        let ns = namespace::required(&req)?;
+        self.local
+            .list(&ns, req.into_inner().filters)
+            .await
+            .map_err(|e| to_status(&e))
+    }
+}
+
 type ListStream = Pin<Box<dyn futures::Stream<Item = Result<api::ListContainerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -108,15 +101,8 @@ impl api::containers_server::Containers for Service {
         &self,
         req: Request<api::ListContainersRequest>,
     ) -> Result<Response<api::ListContainersResponse>, Status> {
-        let ns = namespace::required(&req)?;
-        let list = self
-            .local
-            .list(&ns, req.into_inner().filters)
-            .await
-            .map_err(|e| to_status(&e))?;
-        Ok(Response::new(api::ListContainersResponse {
-            containers: list.into_iter().map(to_proto).collect(),
-        }))
+        let containers = self.list_all(req).await?.into_iter().map(to_proto).collect();
+        Ok(Response::new(api::ListContainersResponse { containers }))
     }
 
     type ListStreamStream = ListStream;
@@ -125,13 +111,7 @@ impl api::containers_server::Containers for Service {
         &self,
         req: Request<api::ListContainersRequest>,
     ) -> Result<Response<Self::ListStreamStream>, Status> {
-        let ns = namespace::required(&req)?;
-        let list = self
-            .local
-            .list(&ns, req.into_inner().filters)
-            .await
-            .map_err(|e| to_status(&e))?;
-        let stream = futures::stream::iter(list.into_iter().map(|c| {
+        let stream = futures::stream::iter(self.list_all(req).await?.into_iter().map(|c| {
             Ok(api::ListContainerMessage {
                 container: Some(to_proto(c)),
             })

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use taskd_proto::containerd::events::{ContainerCreate, ContainerDelete, ContainerUpdate, container_create};
 
-use crate::events::{self, Publisher};
+use crate::events::Publisher;
 use crate::metadata::{self, Container, ContainerStore, MetadataError};
 
 /// The containers service, in process (what CRI and other plugins use).
@@ -46,12 +46,6 @@ impl Local {
     pub fn new(store: Arc<dyn ContainerStore>, publisher: Arc<dyn Publisher>) -> Self {
         Local { store, publisher }
     }
-
-    fn publish<M: prost::Name>(&self, namespace: &str, topic: &str, msg: &M) {
-        if let Err(error) = self.publisher.publish(namespace, topic, events::any(msg)) {
-            tracing::warn!(%error, namespace, topic, "publish event");
-        }
-    }
 }
 
 #[async_trait]
@@ -69,7 +63,7 @@ impl Containers for Local {
     async fn create(&self, namespace: &str, container: Container) -> Result<Container, MetadataError> {
         let (store, ns) = (self.store.clone(), namespace.to_owned());
         let created = metadata::blocking("create container", move || store.create(&ns, container)).await?;
-        self.publish(
+        self.publisher.publish_logged(
             namespace,
             "/containers/create",
             &ContainerCreate {
@@ -95,7 +89,7 @@ impl Containers for Local {
             store.update(&ns, container, &fieldpaths)
         })
         .await?;
-        self.publish(
+        self.publisher.publish_logged(
             namespace,
             "/containers/update",
             &ContainerUpdate {
@@ -111,7 +105,7 @@ impl Containers for Local {
     async fn delete(&self, namespace: &str, id: &str) -> Result<(), MetadataError> {
         let (store, ns, owned) = (self.store.clone(), namespace.to_owned(), id.to_owned());
         metadata::blocking("delete container", move || store.delete(&ns, &owned)).await?;
-        self.publish(
+        self.publisher.publish_logged(
             namespace,
             "/containers/delete",
             &ContainerDelete { id: id.to_owned() },

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{Content, WriteAction, WriteRequest, WriteResponse, WriteSession};
 use crate::content::{ContentError, Info};
-use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
+use crate::server::{namespace, status::to_status};
 
 /// The gRPC metadata key naming the lease a request works under.
 pub const LEASE_HEADER: &str = "containerd-lease";
@@ -18,26 +18,7 @@ pub const LEASE_HEADER: &str = "containerd-lease";
 /// How many infos one List response message carries.
 const LIST_BATCH: usize = 100;
 
-#[derive(Clone)]
-pub struct Service {
-    local: Arc<dyn Content>,
-}
-
-impl Service {
-    pub fn new(local: Arc<dyn Content>) -> Self {
-        Service { local }
-    }
-}
-
-impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            api::content_server::ContentServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
-    }
-}
+crate::server::grpc_adapter!(Service(dyn Content) => api::content_server::ContentServer);
 
 /// The lease named by the `containerd-lease` header, if any.
 pub fn lease<T>(req: &Request<T>) -> Option<String> {

@@ -29,7 +29,7 @@ use taskd_proto::containerd::events::ContentDelete;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::content::{self, ContentError, Info, Status, Store, Writer};
-use crate::events::{self, Publisher, topics};
+use crate::events::{Publisher, topics};
 
 /// Read chunk size (containerd's content server uses 1 MiB buffers).
 pub const READ_CHUNK: usize = 1 << 20;
@@ -139,12 +139,11 @@ impl Content for Local {
     async fn delete(&self, namespace: &str, digest: &str) -> Result<(), ContentError> {
         let (s, ns, d) = (self.store.clone(), namespace.to_owned(), digest.to_owned());
         content::blocking("content delete", move || s.delete(&ns, &d)).await?;
-        let ev = events::any(&ContentDelete {
+        let ev = ContentDelete {
             digest: digest.to_owned(),
-        });
-        if let Err(error) = self.publisher.publish(namespace, topics::CONTENT_DELETE, ev) {
-            tracing::warn!(%error, namespace, "publish /content/delete");
-        }
+        };
+        self.publisher
+            .publish_logged(namespace, topics::CONTENT_DELETE, &ev);
         Ok(())
     }
 
@@ -274,16 +273,12 @@ impl WriteSession {
         let store = self.store.clone();
         let ns = self.namespace.clone();
         let (total, expected) = (self.total, self.expected.clone());
-        let (writer, result) = tokio::task::spawn_blocking(move || {
+        let (writer, result) = crate::blocking::run::<_, ContentError>("content write", move || {
             let mut w = writer;
             let r = step(&store, &ns, &mut w, req, total, expected);
             (w, r)
         })
-        .await
-        .map_err(|e| ContentError::Interrupted {
-            op: "content write",
-            reason: e.to_string(),
-        })?;
+        .await?;
         let (resp, total, expected) = result?;
         self.total = total;
         self.expected = expected;

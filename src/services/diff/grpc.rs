@@ -1,36 +1,15 @@
 //! gRPC adapter for the diff service: converts messages, maps errors with
 //! `server::status::to_status`. `Diff` is the walking differ's Compare.
 
-use std::sync::Arc;
-
 use taskd_proto::containerd::services::diff::v1 as api;
 use taskd_proto::containerd::types as ctypes;
 use tonic::{Request, Response, Status};
 
 use crate::diff::{Descriptor, DiffError, Differ};
-use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
+use crate::server::{namespace, status::to_status};
 use crate::services::snapshots::grpc::mount_from_proto;
 
-#[derive(Clone)]
-pub struct Service {
-    differ: Arc<dyn Differ>,
-}
-
-impl Service {
-    pub fn new(differ: Arc<dyn Differ>) -> Self {
-        Service { differ }
-    }
-}
-
-impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            api::diff_server::DiffServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
-    }
-}
+crate::server::grpc_adapter!(Service(dyn Differ) => api::diff_server::DiffServer);
 
 #[tonic::async_trait]
 impl api::diff_server::Diff for Service {
@@ -46,7 +25,7 @@ impl api::diff_server::Diff for Service {
             size: d.size,
         };
         let applied = self
-            .differ
+            .local
             .apply(&ns, desc, r.mounts.into_iter().map(mount_from_proto).collect())
             .await
             .map_err(|e| to_status(&e))?;
@@ -64,7 +43,7 @@ impl api::diff_server::Diff for Service {
         let ns = namespace::required(&req)?;
         let r = req.into_inner();
         let desc = self
-            .differ
+            .local
             .compare(
                 &ns,
                 r.left.into_iter().map(mount_from_proto).collect(),

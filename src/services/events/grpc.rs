@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::events::{Envelope, EventError, Forwarder, Publisher, Subscriber};
 use crate::filters;
 use crate::server::status::to_status;
-use crate::server::{GrpcLimits, GrpcService, namespace};
+use crate::server::{GrpcLimits, GrpcService, limited, namespace};
 
 /// The subscriber name of gRPC `Subscribe` streams (metrics label, logs).
 pub const SUBSCRIBER: &str = "grpc";
@@ -41,9 +41,7 @@ impl EventsService {
 
     /// The tonic server with the given message size limits.
     pub fn server(&self, limits: GrpcLimits) -> EventsServer<EventsService> {
-        EventsServer::new(self.clone())
-            .max_decoding_message_size(limits.max_recv)
-            .max_encoding_message_size(limits.max_send)
+        limited!(EventsServer::new(self.clone()), limits)
     }
 }
 

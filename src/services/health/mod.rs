@@ -46,11 +46,8 @@ impl Health {
 
 impl GrpcService for Health {
     fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            HealthServer::new(HealthService::from_health_reporter(self.reporter.clone()))
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
+        let health = HealthService::from_health_reporter(self.reporter.clone());
+        routes.add_service(crate::server::limited!(HealthServer::new(health), limits));
     }
 }
 

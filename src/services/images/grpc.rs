@@ -1,36 +1,15 @@
 //! gRPC adapter for the images service: converts messages, maps errors with
 //! `server::status::to_status`.
 
-use std::sync::Arc;
-
 use taskd_proto::containerd::services::images::v1 as api;
 use taskd_proto::containerd::types::Descriptor as ApiDescriptor;
 use tonic::{Request, Response, Status};
 
 use super::Images;
 use crate::images::{Descriptor, Image, ImageError};
-use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
+use crate::server::{namespace, status::to_status};
 
-#[derive(Clone)]
-pub struct Service {
-    local: Arc<dyn Images>,
-}
-
-impl Service {
-    pub fn new(local: Arc<dyn Images>) -> Self {
-        Service { local }
-    }
-}
-
-impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            api::images_server::ImagesServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
-    }
-}
+crate::server::grpc_adapter!(Service(dyn Images) => api::images_server::ImagesServer);
 
 fn desc_from(d: Option<ApiDescriptor>) -> Descriptor {
     let d = d.unwrap_or_default();

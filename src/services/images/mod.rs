@@ -21,7 +21,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use taskd_proto::containerd::services::images::v1::{ImageCreate, ImageDelete, ImageUpdate};
 
-use crate::events::{self, Publisher, topics};
+use crate::events::{Publisher, topics};
 use crate::gc::Collector;
 use crate::images::{self, Image, ImageError, Store};
 
@@ -59,12 +59,6 @@ impl Local {
     pub fn new(store: Arc<Store>, publisher: Arc<dyn Publisher>, gc: Option<Arc<Collector>>) -> Self {
         Local { store, publisher, gc }
     }
-
-    fn publish<M: prost::Name>(&self, namespace: &str, topic: &str, msg: &M) {
-        if let Err(error) = self.publisher.publish(namespace, topic, events::any(msg)) {
-            tracing::warn!(%error, namespace, topic, "publish event");
-        }
-    }
 }
 
 #[async_trait]
@@ -82,7 +76,7 @@ impl Images for Local {
     async fn create(&self, namespace: &str, image: Image) -> Result<Image, ImageError> {
         let (s, ns) = (self.store.clone(), namespace.to_owned());
         let created = images::blocking("create image", move || s.create(&ns, image)).await?;
-        self.publish(
+        self.publisher.publish_logged(
             namespace,
             topics::IMAGE_CREATE,
             &ImageCreate {
@@ -101,7 +95,7 @@ impl Images for Local {
     ) -> Result<Image, ImageError> {
         let (s, ns) = (self.store.clone(), namespace.to_owned());
         let updated = images::blocking("update image", move || s.update(&ns, image, &fieldpaths)).await?;
-        self.publish(
+        self.publisher.publish_logged(
             namespace,
             topics::IMAGE_UPDATE,
             &ImageUpdate {
@@ -121,7 +115,7 @@ impl Images for Local {
     ) -> Result<(), ImageError> {
         let (s, ns, n) = (self.store.clone(), namespace.to_owned(), name.to_owned());
         images::blocking("delete image", move || s.delete(&ns, &n, target.as_deref())).await?;
-        self.publish(
+        self.publisher.publish_logged(
             namespace,
             topics::IMAGE_DELETE,
             &ImageDelete {

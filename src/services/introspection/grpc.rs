@@ -1,7 +1,5 @@
 //! gRPC adapter: `containerd.services.introspection.v1.Introspection`.
 
-use std::sync::Arc;
-
 use taskd_proto::containerd::services::introspection::v1 as pb;
 use taskd_proto::containerd::services::introspection::v1::introspection_server::{
     Introspection, IntrospectionServer,
@@ -11,28 +9,8 @@ use tonic::{Request, Response, Status};
 
 use super::{Local, Plugin};
 use crate::server::status::to_status;
-use crate::server::{GrpcLimits, GrpcService};
 
-#[derive(Clone)]
-pub struct IntrospectionService {
-    local: Arc<Local>,
-}
-
-impl IntrospectionService {
-    pub fn new(local: Arc<Local>) -> Self {
-        IntrospectionService { local }
-    }
-}
-
-impl GrpcService for IntrospectionService {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            IntrospectionServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
-    }
-}
+crate::server::grpc_adapter!(IntrospectionService(Local) => IntrospectionServer);
 
 fn plugin_to_proto(p: Plugin) -> pb::Plugin {
     pb::Plugin {

@@ -1,35 +1,14 @@
 //! gRPC adapter for the leases service: converts messages, maps errors with
 //! `server::status::to_status`.
 
-use std::sync::Arc;
-
 use taskd_proto::containerd::services::leases::v1 as api;
 use tonic::{Request, Response, Status};
 
 use super::Leases;
 use crate::metadata::{Lease, LeaseResource, MetadataError};
-use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
+use crate::server::{namespace, status::to_status};
 
-#[derive(Clone)]
-pub struct Service {
-    local: Arc<dyn Leases>,
-}
-
-impl Service {
-    pub fn new(local: Arc<dyn Leases>) -> Self {
-        Service { local }
-    }
-}
-
-impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            api::leases_server::LeasesServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
-    }
-}
+crate::server::grpc_adapter!(Service(dyn Leases) => api::leases_server::LeasesServer);
 
 fn to_proto(l: Lease) -> api::Lease {
     api::Lease {

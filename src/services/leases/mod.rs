@@ -62,6 +62,19 @@ impl Local {
         self.gc = gc;
         self
     }
+
+    /// Adds or deletes (`change`) one resource of `lease`, off the async workers.
+    async fn change_resource(
+        &self,
+        op: &'static str,
+        namespace: &str,
+        lease: &str,
+        resource: LeaseResource,
+        change: fn(&(dyn LeaseManager + 'static), &str, &str, LeaseResource) -> Result<(), MetadataError>,
+    ) -> Result<(), MetadataError> {
+        let (m, ns, lease) = (self.manager.clone(), namespace.to_owned(), lease.to_owned());
+        metadata::blocking(op, move || change(m.as_ref(), &ns, &lease, resource)).await
+    }
 }
 
 #[async_trait]
@@ -115,11 +128,9 @@ impl Leases for Local {
         lease: &str,
         resource: LeaseResource,
     ) -> Result<(), MetadataError> {
-        let (m, ns, lease) = (self.manager.clone(), namespace.to_owned(), lease.to_owned());
-        metadata::blocking("add lease resource", move || {
-            m.add_resource(&ns, &lease, resource)
-        })
-        .await
+        let add = <dyn LeaseManager>::add_resource;
+        self.change_resource("add lease resource", namespace, lease, resource, add)
+            .await
     }
 
     async fn delete_resource(
@@ -128,11 +139,9 @@ impl Leases for Local {
         lease: &str,
         resource: LeaseResource,
     ) -> Result<(), MetadataError> {
-        let (m, ns, lease) = (self.manager.clone(), namespace.to_owned(), lease.to_owned());
-        metadata::blocking("delete lease resource", move || {
-            m.delete_resource(&ns, &lease, resource)
-        })
-        .await
+        let delete = <dyn LeaseManager>::delete_resource;
+        self.change_resource("delete lease resource", namespace, lease, resource, delete)
+            .await
     }
 
     async fn list_resources(

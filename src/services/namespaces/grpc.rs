@@ -1,35 +1,14 @@
 //! gRPC adapter for the namespaces service: converts messages, maps errors with
 //! `server::status::to_status`. The namespace header is not used: the request names it.
 
-use std::sync::Arc;
-
 use taskd_proto::containerd::services::namespaces::v1 as api;
 use tonic::{Request, Response, Status};
 
 use super::Namespaces;
 use crate::metadata::{MetadataError, Namespace};
-use crate::server::{GrpcLimits, GrpcService, status::to_status};
+use crate::server::status::to_status;
 
-#[derive(Clone)]
-pub struct Service {
-    local: Arc<dyn Namespaces>,
-}
-
-impl Service {
-    pub fn new(local: Arc<dyn Namespaces>) -> Self {
-        Service { local }
-    }
-}
-
-impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            api::namespaces_server::NamespacesServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
-    }
-}
+crate::server::grpc_adapter!(Service(dyn Namespaces) => api::namespaces_server::NamespacesServer);
 
 fn to_proto(n: Namespace) -> api::Namespace {
     api::Namespace {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use taskd_proto::containerd::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
 
-use crate::events::{self, Publisher};
+use crate::events::Publisher;
 use crate::filters;
 use crate::metadata::{self, MetadataError, Namespace, NamespaceFields, NamespaceStore};
 
@@ -45,12 +45,6 @@ impl Local {
     pub fn new(store: Arc<dyn NamespaceStore>, publisher: Arc<dyn Publisher>) -> Self {
         Local { store, publisher }
     }
-
-    fn publish<M: prost::Name>(&self, namespace: &str, topic: &str, msg: &M) {
-        if let Err(error) = self.publisher.publish(namespace, topic, events::any(msg)) {
-            tracing::warn!(%error, namespace, topic, "publish event");
-        }
-    }
 }
 
 #[async_trait]
@@ -58,7 +52,7 @@ impl Namespaces for Local {
     async fn create(&self, name: &str, labels: BTreeMap<String, String>) -> Result<Namespace, MetadataError> {
         let (store, owned) = (self.store.clone(), name.to_owned());
         let ns = metadata::blocking("create namespace", move || store.create(&owned, labels)).await?;
-        self.publish(
+        self.publisher.publish_logged(
             &ns.name,
             "/namespaces/create",
             &NamespaceCreate {
@@ -97,7 +91,7 @@ impl Namespaces for Local {
     ) -> Result<Namespace, MetadataError> {
         let store = self.store.clone();
         let ns = metadata::blocking("update namespace", move || store.update(namespace, &fieldpaths)).await?;
-        self.publish(
+        self.publisher.publish_logged(
             &ns.name,
             "/namespaces/update",
             &NamespaceUpdate {
@@ -111,7 +105,7 @@ impl Namespaces for Local {
     async fn delete(&self, name: &str) -> Result<(), MetadataError> {
         let (store, owned) = (self.store.clone(), name.to_owned());
         metadata::blocking("delete namespace", move || store.delete(&owned)).await?;
-        self.publish(
+        self.publisher.publish_logged(
             name,
             "/namespaces/delete",
             &NamespaceDelete {

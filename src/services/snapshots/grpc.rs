@@ -3,14 +3,13 @@
 //! the snapshots in batches of 100, as containerd does.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use taskd_proto::containerd::services::snapshots::v1 as api;
 use taskd_proto::containerd::types as ctypes;
 use tonic::{Request, Response, Status};
 
 use super::Snapshots;
-use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
+use crate::server::{namespace, status::to_status};
 use crate::snapshots::{Info, Kind, Mount, SnapshotError};
 
 /// The gRPC metadata key carrying the lease of a request.
@@ -19,26 +18,7 @@ pub const LEASE_HEADER: &str = "containerd-lease";
 /// How many snapshots one List message carries.
 const LIST_BATCH: usize = 100;
 
-#[derive(Clone)]
-pub struct Service {
-    local: Arc<dyn Snapshots>,
-}
-
-impl Service {
-    pub fn new(local: Arc<dyn Snapshots>) -> Self {
-        Service { local }
-    }
-}
-
-impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            api::snapshots_server::SnapshotsServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
-    }
-}
+crate::server::grpc_adapter!(Service(dyn Snapshots) => api::snapshots_server::SnapshotsServer);
 
 /// The lease named by the request's `containerd-lease` header, if any.
 pub fn lease<T>(req: &Request<T>) -> Result<Option<String>, Status> {
@@ -113,6 +93,33 @@ fn info_from_proto(i: api::Info) -> Info {
     }
 }
 
+impl Service {
+    /// Prepare, or View when `readonly`: the new snapshot's mounts.
+    async fn prepare_mounts(
+        &self,
+        req: Request<api::PrepareSnapshotRequest>,
+        readonly: bool,
+    ) -> Result<Vec<ctypes::Mount>, Status> {
+        let ns = namespace::required(&req)?;
+        let lease = lease(&req)?;
+        let r = req.into_inner();
+        let mounts = self
+            .local
+            .prepare(
+                &ns,
+                lease.as_deref(),
+                &r.snapshotter,
+                &r.key,
+                &r.parent,
+                r.labels.into_iter().collect(),
+                readonly,
+            )
+            .await
+            .map_err(st)?;
+        Ok(mounts.into_iter().map(mount_to_proto).collect())
+    }
+}
+
 type ListStream = Pin<Box<dyn futures::Stream<Item = Result<api::ListSnapshotsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -121,50 +128,23 @@ impl api::snapshots_server::Snapshots for Service {
         &self,
         req: Request<api::PrepareSnapshotRequest>,
     ) -> Result<Response<api::PrepareSnapshotResponse>, Status> {
-        let ns = namespace::required(&req)?;
-        let lease = lease(&req)?;
-        let r = req.into_inner();
-        let mounts = self
-            .local
-            .prepare(
-                &ns,
-                lease.as_deref(),
-                &r.snapshotter,
-                &r.key,
-                &r.parent,
-                r.labels.into_iter().collect(),
-                false,
-            )
-            .await
-            .map_err(st)?;
-        Ok(Response::new(api::PrepareSnapshotResponse {
-            mounts: mounts.into_iter().map(mount_to_proto).collect(),
-        }))
+        let mounts = self.prepare_mounts(req, false).await?;
+        Ok(Response::new(api::PrepareSnapshotResponse { mounts }))
     }
 
     async fn view(
         &self,
         req: Request<api::ViewSnapshotRequest>,
     ) -> Result<Response<api::ViewSnapshotResponse>, Status> {
-        let ns = namespace::required(&req)?;
-        let lease = lease(&req)?;
-        let r = req.into_inner();
-        let mounts = self
-            .local
-            .prepare(
-                &ns,
-                lease.as_deref(),
-                &r.snapshotter,
-                &r.key,
-                &r.parent,
-                r.labels.into_iter().collect(),
-                true,
-            )
-            .await
-            .map_err(st)?;
-        Ok(Response::new(api::ViewSnapshotResponse {
-            mounts: mounts.into_iter().map(mount_to_proto).collect(),
-        }))
+        // The same fields as Prepare's; the snapshot is read-only.
+        let req = req.map(|r| api::PrepareSnapshotRequest {
+            snapshotter: r.snapshotter,
+            key: r.key,
+            parent: r.parent,
+            labels: r.labels,
+        });
+        let mounts = self.prepare_mounts(req, true).await?;
+        Ok(Response::new(api::ViewSnapshotResponse { mounts }))
     }
 
     async fn mounts(

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use taskd_proto::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 
-use crate::events::{self, Publisher, topics};
+use crate::events::{Publisher, topics};
 use crate::metadata::{self, LeaseManager, LeaseResource};
 use crate::snapshots::{Mount, SnapshotError, Snapshotter};
 
@@ -73,12 +73,6 @@ impl Local {
                 .collect(),
             leases,
             publisher,
-        }
-    }
-
-    fn publish<M: prost::Name>(&self, namespace: &str, topic: &str, msg: &M) {
-        if let Err(error) = self.publisher.publish(namespace, topic, events::any(msg)) {
-            tracing::warn!(%error, namespace, topic, "publish event");
         }
     }
 
@@ -154,7 +148,7 @@ impl Snapshots for Local {
         };
         match made {
             Ok(mounts) => {
-                self.publish(
+                self.publisher.publish_logged(
                     namespace,
                     topics::SNAPSHOT_PREPARE,
                     &SnapshotPrepare {
@@ -191,7 +185,7 @@ impl Snapshots for Local {
             }
             return Err(e);
         }
-        self.publish(
+        self.publisher.publish_logged(
             namespace,
             topics::SNAPSHOT_COMMIT,
             &SnapshotCommit {
@@ -206,7 +200,7 @@ impl Snapshots for Local {
     async fn remove(&self, namespace: &str, snapshotter: &str, key: &str) -> Result<(), SnapshotError> {
         let sn = self.snapshotter(snapshotter)?;
         sn.remove(namespace, key).await?;
-        self.publish(
+        self.publisher.publish_logged(
             namespace,
             topics::SNAPSHOT_REMOVE,
             &SnapshotRemove {

@@ -161,12 +161,7 @@ impl Checkpoints {
             )?;
             Ok(vec![image, spec])
         };
-        tokio::task::spawn_blocking(run)
-            .await
-            .map_err(|e| TasksError::Interrupted {
-                op: "write checkpoint",
-                reason: e.to_string(),
-            })?
+        crate::blocking::try_run("write checkpoint", run).await
     }
 
     /// Unpacks checkpoint `desc` of namespace `ns` into a new restore dir of task `id`;
@@ -180,7 +175,7 @@ impl Checkpoints {
         mkdir_private(&dir)?;
         let digest = desc.digest.clone();
         let target = dir.clone();
-        let applied = tokio::task::spawn_blocking(move || -> Result<()> {
+        let applied = crate::blocking::run("unpack checkpoint", move || -> Result<()> {
             let file = std::fs::File::open(&path).map_err(|e| io_err("open", &path, e))?;
             crate::diff::apply_layer(
                 std::io::BufReader::new(file),
@@ -191,11 +186,7 @@ impl Checkpoints {
             .map_err(|source| TasksError::CheckpointArchive { digest, source })?;
             Ok(())
         })
-        .await
-        .map_err(|e| TasksError::Interrupted {
-            op: "unpack checkpoint",
-            reason: e.to_string(),
-        });
+        .await;
         match applied.and_then(|r| r) {
             Ok(()) => Ok(dir),
             Err(e) => {

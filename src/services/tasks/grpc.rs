@@ -1,7 +1,6 @@
 //! The `containerd.services.tasks.v1.Tasks` gRPC adapter: converts messages, forwards to
 //! [`Tasks`], maps errors with `server::status::to_status`. Nothing else.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use taskd_proto::containerd::services::tasks::v1 as api;
@@ -12,30 +11,12 @@ use tonic::{Request, Response, Status};
 
 use super::{CreateTask, Descriptor, Tasks};
 use crate::runtime::{self, ExecOpts, Exit, Mount, State, Stdio};
-use crate::server::{GrpcLimits, GrpcService, namespace, status::to_status};
+use crate::server::{namespace, status::to_status};
 
-/// The adapter.
-pub struct Service {
-    local: Arc<dyn Tasks>,
-}
-
-impl Service {
-    pub fn new(local: Arc<dyn Tasks>) -> Service {
-        Service { local }
-    }
-}
-
-impl GrpcService for Service {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            TasksServer::new(Service {
-                local: self.local.clone(),
-            })
-            .max_decoding_message_size(limits.max_recv)
-            .max_encoding_message_size(limits.max_send),
-        );
-    }
-}
+crate::server::grpc_adapter!(
+    /// The adapter.
+    Service(dyn Tasks) => TasksServer
+);
 
 fn ts(t: SystemTime) -> prost_types::Timestamp {
     t.into()

@@ -98,6 +98,8 @@ pub enum TasksError {
     Identifier(#[from] crate::identifiers::InvalidIdentifier),
 }
 
+crate::blocking::interrupted!(TasksError);
+
 impl ErrorKind for TasksError {
     fn kind(&self) -> Kind {
         match self {

@@ -1,34 +1,12 @@
 //! gRPC adapter: `containerd.services.version.v1.Version`.
 
-use std::sync::Arc;
-
 use taskd_proto::containerd::services::version::v1::VersionResponse;
 use taskd_proto::containerd::services::version::v1::version_server::{Version, VersionServer};
 use tonic::{Request, Response, Status};
 
 use super::Local;
-use crate::server::{GrpcLimits, GrpcService};
 
-#[derive(Clone)]
-pub struct VersionService {
-    local: Arc<Local>,
-}
-
-impl VersionService {
-    pub fn new(local: Arc<Local>) -> Self {
-        VersionService { local }
-    }
-}
-
-impl GrpcService for VersionService {
-    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: GrpcLimits) {
-        routes.add_service(
-            VersionServer::new(self.clone())
-                .max_decoding_message_size(limits.max_recv)
-                .max_encoding_message_size(limits.max_send),
-        );
-    }
-}
+crate::server::grpc_adapter!(VersionService(Local) => VersionServer);
 
 #[tonic::async_trait]
 impl Version for VersionService {
@@ -43,6 +21,8 @@ impl Version for VersionService {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[tokio::test]

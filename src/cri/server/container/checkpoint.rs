@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use taskd_proto::cri::v1::{CheckpointContainerRequest, CheckpointContainerResponse};
 
 use crate::cri::error::CriError;
+use crate::cri::server::container_state_error;
 use crate::cri::service::CriService;
 use crate::cri::store::container::ContainerState;
 
@@ -88,13 +89,10 @@ impl CriService {
         let runner = self.container_runtime("CheckpointContainer")?;
         let c = self.containers.get(&req.container_id)?;
         if c.state != ContainerState::Running {
-            return Err(CriError::FailedPrecondition {
-                what: format!("container {}", c.id),
-                reason: format!(
-                    "is {}, only a running container can be checkpointed",
-                    c.state.as_str()
-                ),
-            });
+            return Err(container_state_error(
+                &c,
+                ", only a running container can be checkpointed",
+            ));
         }
         let location = check_location(&req.location)?;
         let stage = self

@@ -27,6 +27,7 @@ use taskd_proto::cri::v1::{
 use crate::cri::backend::contract::CreateContainer;
 use crate::cri::error::CriError;
 use crate::cri::io::ContainerIo;
+use crate::cri::server::ensure_ready;
 use crate::cri::server::sandbox::run::new_id;
 use crate::cri::service::CriService;
 use crate::cri::spec::container::{ContainerInput, container_spec};
@@ -36,7 +37,6 @@ use crate::cri::spec::resources::{cgroup_v2_host, hugetlb_controller_present};
 use crate::cri::spec::seccomp::{SeccompChoice, seccomp_choice};
 use crate::cri::spec::{UsernsSpec, user};
 use crate::cri::store::container::{Container, ContainerState, Exit, container_name};
-use crate::cri::store::sandbox::SandboxState;
 use crate::cri::userns;
 use crate::images::reference;
 use crate::rollback::Rollback;
@@ -200,12 +200,7 @@ impl CriService {
     ) -> Result<CreateContainerResponse, CriError> {
         let runner = self.container_runtime("CreateContainer")?;
         let sandbox = self.sandboxes.get(&req.pod_sandbox_id)?;
-        if sandbox.state != SandboxState::Ready {
-            return Err(CriError::FailedPrecondition {
-                what: format!("pod sandbox {}", sandbox.id),
-                reason: format!("is {}, not ready", sandbox.state.as_str()),
-            });
-        }
+        ensure_ready(&sandbox)?;
         let cfg = req.config.ok_or_else(|| invalid("config", "must be set"))?;
         let md = cfg
             .metadata

@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 use crate::cri::error::CriError;
 use crate::cri::io::ExecOutput;
 use crate::cri::service::CriService;
-use crate::cri::store::container::ContainerState;
+use crate::cri::streaming::exec::running_container;
 
 /// How long a killed exec may take to be reaped before ExecSync stops waiting for it.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -71,13 +71,7 @@ impl CriService {
         mut gone: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<ExecSyncResponse, CriError> {
         let runner = self.container_runtime("ExecSync")?;
-        let c = self.containers.get(&req.container_id)?;
-        if c.state != ContainerState::Running {
-            return Err(CriError::FailedPrecondition {
-                what: format!("container {}", c.id),
-                reason: format!("is {}, not running", c.state.as_str()),
-            });
-        }
+        let c = running_container(self, &req.container_id)?;
         if req.cmd.is_empty() {
             return Err(CriError::InvalidArgument {
                 field: "cmd",

@@ -4,6 +4,7 @@
 use taskd_proto::cri::v1::{ReopenContainerLogRequest, ReopenContainerLogResponse};
 
 use crate::cri::error::CriError;
+use crate::cri::server::container_state_error;
 use crate::cri::service::CriService;
 use crate::cri::store::container::ContainerState;
 
@@ -14,13 +15,10 @@ impl CriService {
     ) -> Result<ReopenContainerLogResponse, CriError> {
         let c = self.containers.get(&req.container_id)?;
         if c.state != ContainerState::Running {
-            return Err(CriError::FailedPrecondition {
-                what: format!("container {}", c.id),
-                reason: format!(
-                    "is {}, not running: there is no log writer to reopen",
-                    c.state.as_str()
-                ),
-            });
+            return Err(container_state_error(
+                &c,
+                ", not running: there is no log writer to reopen",
+            ));
         }
         let log = c.log.ok_or_else(|| CriError::FailedPrecondition {
             what: format!("container {}", c.id),

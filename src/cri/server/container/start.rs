@@ -6,9 +6,9 @@ use std::time::SystemTime;
 use taskd_proto::cri::v1::{ContainerEventType, StartContainerRequest, StartContainerResponse};
 
 use crate::cri::error::CriError;
+use crate::cri::server::{container_state_error, ensure_ready};
 use crate::cri::service::CriService;
 use crate::cri::store::container::ContainerState;
-use crate::cri::store::sandbox::SandboxState;
 
 impl CriService {
     pub async fn start_container(
@@ -18,18 +18,10 @@ impl CriService {
         let runner = self.container_runtime("StartContainer")?;
         let c = self.containers.get(&req.container_id)?;
         if c.state != ContainerState::Created {
-            return Err(CriError::FailedPrecondition {
-                what: format!("container {}", c.id),
-                reason: format!("is {}, not CONTAINER_CREATED", c.state.as_str()),
-            });
+            return Err(container_state_error(&c, ", not CONTAINER_CREATED"));
         }
         let sandbox = self.sandboxes.get(&c.sandbox_id)?;
-        if sandbox.state != SandboxState::Ready {
-            return Err(CriError::FailedPrecondition {
-                what: format!("pod sandbox {}", sandbox.id),
-                reason: format!("is {}, not ready", sandbox.state.as_str()),
-            });
-        }
+        ensure_ready(&sandbox)?;
         match runner.start(&c.id).await {
             Ok(pid) => {
                 // A process that ends at once may have its exit recorded (by the event

@@ -5,6 +5,7 @@
 use taskd_proto::cri::v1::{UpdateContainerResourcesRequest, UpdateContainerResourcesResponse};
 
 use crate::cri::error::CriError;
+use crate::cri::server::container_state_error;
 use crate::cri::service::CriService;
 use crate::cri::spec::resources::update_resources;
 use crate::cri::store::container::ContainerState;
@@ -17,13 +18,10 @@ impl CriService {
         let runner = self.container_runtime("UpdateContainerResources")?;
         let c = self.containers.get(&req.container_id)?;
         if !matches!(c.state, ContainerState::Created | ContainerState::Running) {
-            return Err(CriError::FailedPrecondition {
-                what: format!("container {}", c.id),
-                reason: format!(
-                    "is {}: only created or running containers can be updated",
-                    c.state.as_str()
-                ),
-            });
+            return Err(container_state_error(
+                &c,
+                ": only created or running containers can be updated",
+            ));
         }
         let Some(res) = req.linux else {
             return Ok(UpdateContainerResourcesResponse {});

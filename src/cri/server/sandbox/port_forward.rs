@@ -10,6 +10,7 @@
 use taskd_proto::cri::v1::{PortForwardRequest, PortForwardResponse};
 
 use crate::cri::error::CriError;
+use crate::cri::server::ensure_ready;
 use crate::cri::service::CriService;
 use crate::cri::stream_tokens::Pending;
 
@@ -17,12 +18,7 @@ impl CriService {
     pub async fn port_forward(&self, req: PortForwardRequest) -> Result<PortForwardResponse, CriError> {
         let front = self.streaming()?;
         let s = self.sandboxes.get(&req.pod_sandbox_id)?;
-        if !s.state.is_ready() {
-            return Err(CriError::FailedPrecondition {
-                what: format!("pod sandbox {}", s.id),
-                reason: format!("is {}, not ready", s.state.as_str()),
-            });
-        }
+        ensure_ready(&s)?;
         let mut ports = Vec::with_capacity(req.port.len());
         for p in &req.port {
             match u16::try_from(*p) {
