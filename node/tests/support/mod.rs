@@ -14,17 +14,26 @@ pub fn agent_bin() -> PathBuf {
 
 /// The workspace's real taskd binary, built into the same target dir (a no-op when
 /// `cargo test --workspace` built it already).
+///
+/// It is built by `cargo test --workspace --no-run --test daemon`: the features of
+/// `cargo test --workspace` (every member, dev-dependencies on), so under scripts/test.sh the
+/// binary that command just built is fresh and nothing compiles. A plain
+/// `cargo build -p taskd` resolves features for taskd alone (tonic, tower, nix, log, uuid...
+/// differ) and rebuilt ~40 crates and taskd itself, minutes on CI's 2 cores.
 pub fn taskd_bin() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     let taskd = agent_bin().parent().expect("target dir").join("taskd");
     BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", "taskd", "--bin", "taskd"])
+            .args(["test", "--workspace", "--no-run", "--test", "daemon"])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
-            .expect("run cargo build -p taskd");
-        assert!(status.success(), "cargo build -p taskd failed");
+            .expect("run cargo test --workspace --no-run");
+        assert!(
+            status.success(),
+            "building taskd (cargo test --workspace --no-run --test daemon) failed"
+        );
     });
     assert!(taskd.is_file(), "no taskd binary at {}", taskd.display());
     taskd
