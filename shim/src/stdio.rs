@@ -300,6 +300,12 @@ async fn output(
 
 /// How long output left in a fifo may wait for its reader once the process's output ended.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
+/// The first and the longest pause between two looks at what the fifo still holds: a reader
+/// that is there takes the last bytes within a millisecond or so, and every short-lived
+/// process (an exec of `echo`) waits for that look before its output ends, so the first
+/// looks come quickly and only a reader that is away is looked for every 10 ms.
+const DRAIN_TICK_FIRST: Duration = Duration::from_micros(500);
+const DRAIN_TICK_MAX: Duration = Duration::from_millis(10);
 
 /// The source of an output copy that, at its end, holds the fifo open for writing until
 /// what is queued in it has been read (or [`DRAIN_WAIT`] passed). The copy never waits for
@@ -311,6 +317,8 @@ struct DrainFirst {
     fifo: Option<File>,
     until: Option<tokio::time::Instant>,
     tick: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The next pause between looks (doubling from DRAIN_TICK_FIRST to DRAIN_TICK_MAX).
+    pause: Duration,
 }
 
 impl DrainFirst {
@@ -321,6 +329,7 @@ impl DrainFirst {
             fifo: None,
             until: None,
             tick: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            pause: DRAIN_TICK_FIRST,
         }
     }
 
@@ -375,9 +384,8 @@ impl tokio::io::AsyncRead for DrainFirst {
                 this.fifo = None;
                 return Poll::Ready(Ok(()));
             }
-            this.tick
-                .as_mut()
-                .reset(tokio::time::Instant::now() + Duration::from_millis(10));
+            this.tick.as_mut().reset(tokio::time::Instant::now() + this.pause);
+            this.pause = (this.pause * 2).min(DRAIN_TICK_MAX);
             if this.tick.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
