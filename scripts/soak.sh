@@ -19,7 +19,9 @@ case "$CYCLES" in
 esac
 [ "$(id -u)" = 0 ] || { echo "soak: needs root (real taskd, runc, shims, CNI)" >&2; exit 1; }
 
-# The tests' taskd finds its shim next to itself (target/debug).
-cargo build -p containerd-shim-taskd-v2
+# The tests' taskd finds its shim next to itself (target/debug). Built as the suite builds
+# (`cargo test --workspace`): a `cargo build -p ...` or a test of one package resolves other
+# crate features and rebuilds dozens of crates on a tree the suite already built.
+cargo test --workspace --no-run
 TASKD_E2E=1 TASKD_SOAK_CYCLES="$CYCLES" \
-    cargo test --test soak -- --include-ignored --nocapture --test-threads 1
+    cargo test --workspace --test soak -- --include-ignored --nocapture --test-threads 1
