@@ -98,8 +98,7 @@ impl Collector for StateCollector {
                 tasks.with_label_values(&[s.as_str()]).set(0);
             }
             for t in lock(&table).values() {
-                let state = match t.hint() {
-                    _ if t.dead_exit().is_some() => Status::Stopped,
+                let state = match t.known_status() {
                     Status::Running | Status::Paused | Status::Created | Status::Pausing
                         if !shim::pid_alive(t.pid()) =>
                     {

@@ -397,6 +397,14 @@ impl ShimTask {
         self.status_hint.lock().map(|g| *g).unwrap_or(Status::Unknown)
     }
 
+    /// The init's status as last learned: Stopped once the shim died, else the hint.
+    pub fn known_status(&self) -> Status {
+        if self.dead_exit().is_some() {
+            return Status::Stopped;
+        }
+        self.hint()
+    }
+
     /// The client, or ProcessFinished when the shim is gone.
     fn client(&self, id: &str) -> Result<&TaskClient> {
         if self.dead_exit().is_some() {
@@ -705,10 +713,7 @@ impl Task for TaskHandle {
         self.0.cgroups_path.clone()
     }
     fn last_status(&self) -> Status {
-        if self.0.dead_exit().is_some() {
-            return Status::Stopped;
-        }
-        self.0.hint()
+        self.0.known_status()
     }
     async fn pause(&self) -> Result<()> {
         let t = &self.0;
