@@ -569,3 +569,112 @@ async fn a_scrape_flood_is_bounded_and_pods_still_start() {
     }
     w.assert_no_pod_left();
 }
+
+// ------------------------------------------------------- runc from taskd's sealed copy
+
+/// The bundle dir of container `id`.
+fn bundle_of(w: &CriWorld, id: &str) -> std::path::PathBuf {
+    w.bundles()
+        .into_iter()
+        .find(|b| b.ends_with(id))
+        .unwrap_or_else(|| panic!("no bundle for {id}"))
+}
+
+/// What `/proc/<pid>/exe` of the created (not started) container's `runc init` names.
+async fn created_init_exe(
+    w: &CriWorld,
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    name: &str,
+) -> String {
+    let cfg = w.pod_config(pod);
+    let pod_id = w.run_pod(rt, &cfg).await;
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id,
+            config: Some(container_config(name, "sleep 3600")),
+            sandbox_config: Some(cfg),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    let pid = std::fs::read_to_string(bundle_of(w, &id).join("init.pid")).expect("init.pid");
+    std::fs::read_link(format!("/proc/{}/exe", pid.trim()))
+        .expect("exe of runc init")
+        .display()
+        .to_string()
+}
+
+/// The mounts at the runtime's `.sealed-runc` in taskd's state dir.
+fn sealed_mounts(w: &CriWorld) -> usize {
+    let at = w.server.state.join("io.containerd.runtime.v2.task/.sealed-runc");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(at.to_str().unwrap()))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, taskd's shim, CNI plugins, docker-registry"]
+async fn containers_start_from_the_sealed_runc_copy_so_runc_init_mounts_nothing() {
+    let w = CriWorld::start(200, "");
+    let mut rt = w.runtime().await;
+    assert_eq!(sealed_mounts(&w), 1, "one sealed copy per taskd");
+    // runc init of a container that waits for StartContainer: run from the memfd (runc
+    // saw it sealed and skipped its bind mount and re-exec), not from a runc.XXXXXX mount.
+    let exe = created_init_exe(&w, &mut rt, "sealed", "waits").await;
+    assert!(
+        exe.starts_with("/memfd:taskd-sealed-runc"),
+        "runc init runs from {exe}"
+    );
+    // Start and exec through it.
+    let (_, id) = w.pod_with(&mut rt, "sealed-exec", "exec sleep 3600").await;
+    let r = support::cri_client::sh(&mut rt, &id, "echo via-sealed").await;
+    assert_eq!(
+        (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned()),
+        (0, "via-sealed\n".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, taskd's shim, CNI plugins, docker-registry"]
+async fn a_restart_replaces_the_sealed_runc_copy_and_a_stop_removes_it() {
+    let mut w = CriWorld::start(205, "");
+    let mut rt = w.runtime().await;
+    let (_, before) = w.pod_with(&mut rt, "kept", "exec sleep 3600").await;
+    w.server.kill9();
+    // The killed taskd's mount is stale; the restart detaches it and mounts a new copy.
+    w.server.restart();
+    assert_eq!(
+        sealed_mounts(&w),
+        1,
+        "exactly one sealed copy after kill -9 and a restart"
+    );
+    let mut rt = w.runtime().await;
+    let r = support::cri_client::sh(&mut rt, &before, "echo still").await;
+    assert_eq!(r.exit_code, 0, "exec in a container of the earlier run");
+    let exe = created_init_exe(&w, &mut rt, "after", "waits").await;
+    assert!(
+        exe.starts_with("/memfd:taskd-sealed-runc"),
+        "runc init runs from {exe}"
+    );
+    assert_eq!(w.server.stop().code(), Some(0));
+    assert_eq!(sealed_mounts(&w), 0, "no sealed copy left mounted after a stop");
+    w.server.restart();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, taskd's shim, CNI plugins, docker-registry"]
+async fn with_sealed_runc_off_runc_clones_itself_as_before() {
+    let w = CriWorld::start_with_tables(
+        210,
+        "",
+        "[plugins.\"io.containerd.runtime.v2.task\"]\nsealed_runc = false\n",
+    );
+    let mut rt = w.runtime().await;
+    assert_eq!(sealed_mounts(&w), 0, "nothing sealed when switched off");
+    let exe = created_init_exe(&w, &mut rt, "unsealed", "waits").await;
+    assert!(!exe.contains("taskd-sealed-runc"), "runc init runs from {exe}");
+}

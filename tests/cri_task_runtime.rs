@@ -217,6 +217,7 @@ async fn world() -> World {
             grpc: dir.path().join("grpc.sock"),
             ttrpc: ttrpc_sock,
             exe: PathBuf::from(env!("CARGO_BIN_EXE_taskd")),
+            sealed_runc: None,
         },
         Config {
             // The CRI's default handler runs taskd's own shim, built next to taskd

@@ -273,6 +273,7 @@ impl World {
                 grpc: dir.join("grpc.sock"),
                 ttrpc: dir.join("ttrpc.sock"),
                 exe: std::env::current_exe().unwrap(),
+                sealed_runc: None,
             },
             Config {
                 shim_pool_size: pool,

@@ -2,10 +2,12 @@
 //! SIGCHLD handler reaps every child (`waitpid(-1)`), so a runc command's exit status comes
 //! from that reaper's exit events, never from a `wait` of our own (which would race it).
 
+use std::ffi::{CStr, CString, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use containerd_shim::monitor::{Subject, Topic, monitor_subscribe, monitor_unsubscribe};
@@ -51,6 +53,9 @@ impl Spawner for ReaperSpawner {
             .await
             .map_err(|e| runc::error::Error::Other(Box::new(e)))?;
         let mut cmd = cmd.into_std();
+        if let Some(sealed) = sealed_for(&cmd) {
+            run_sealed_first(&mut cmd, sealed);
+        }
         let spawned = cmd.spawn();
         let mut child = match spawned {
             Ok(c) => c,
@@ -81,6 +86,147 @@ impl Spawner for ReaperSpawner {
         // std's Child never reaps on drop; the reaper already did.
         drop(child);
         Ok((ExitStatus::from_raw((code & 0xff) << 8), pid, out, err))
+    }
+}
+
+/// taskd's sealed in-memory copy of runc (the daemon's `runtime/v2/sealed_runc.rs`), as
+/// its environment names it: the mount and the identity of the file it copied.
+struct Sealed {
+    path: CString,
+    id: String,
+}
+
+fn sealed() -> Option<&'static Sealed> {
+    static SEALED: OnceLock<Option<Sealed>> = OnceLock::new();
+    SEALED
+        .get_or_init(|| {
+            let path = std::env::var_os("TASKD_SEALED_RUNC")?;
+            Some(Sealed {
+                path: CString::new(path.into_vec()).ok()?,
+                id: std::env::var("TASKD_SEALED_RUNC_ID").ok()?,
+            })
+        })
+        .as_ref()
+}
+
+/// A file's identity as taskd recorded it (`sealed_runc::identity`: device, inode, size,
+/// mtime, ctime).
+fn identity(m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}:{}:{}:{}.{}:{}.{}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    )
+}
+
+/// The file `name` in the dirs of `path` (the first executable one), as `execvp` finds it.
+fn on_path_in(path: &std::ffi::OsStr, name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .map(|d| d.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// The file a command's `program` runs: a path as it is, a bare name through PATH.
+fn resolve(program: &std::ffi::OsStr, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    if program.as_bytes().contains(&b'/') {
+        Some(PathBuf::from(program))
+    } else {
+        on_path_in(path?, &program.to_string_lossy())
+    }
+}
+
+/// The sealed copy to run instead of `file`: only when `file` is the very file taskd copied
+/// (the same device, inode, size, mtime and ctime through any symlink), so a runc upgraded
+/// since, or another BinaryName, runs from its own file.
+fn choose<'a>(s: &'a Sealed, file: Option<&Path>) -> Option<&'a CStr> {
+    let m = std::fs::metadata(file?).ok()?;
+    (identity(&m) == s.id).then_some(s.path.as_c_str())
+}
+
+fn sealed_for(cmd: &std::process::Command) -> Option<&'static CStr> {
+    let s = sealed()?;
+    let path = std::env::var_os("PATH");
+    choose(s, resolve(cmd.get_program(), path.as_deref()).as_deref())
+}
+
+/// `execve` arguments built before the fork (the child may not allocate).
+struct SealedExec {
+    path: &'static CStr,
+    _strings: (Vec<CString>, Vec<CString>),
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the pointers point into the CStrings this value owns (their buffers never move)
+// and are only read, in the forked child.
+unsafe impl Send for SealedExec {}
+unsafe impl Sync for SealedExec {}
+
+impl SealedExec {
+    /// Returns only when the exec failed.
+    fn exec(&self) {
+        // SAFETY: NUL-terminated path, NULL-terminated arrays of live C strings.
+        unsafe {
+            libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
+        }
+    }
+}
+
+/// Makes the child exec `sealed` with `cmd`'s arguments and environment; when that fails
+/// (taskd stopped, and the mount with it), `cmd` runs its own `runc` as before.
+fn run_sealed_first(cmd: &mut std::process::Command, sealed: &'static CStr) {
+    use std::os::unix::process::CommandExt;
+    let cstr = |b: Vec<u8>| CString::new(b).ok();
+    let argv: Option<Vec<CString>> = std::iter::once(std::ffi::OsStr::new("runc"))
+        .chain(cmd.get_args())
+        .map(|a| cstr(a.as_bytes().to_vec()))
+        .collect();
+    // The environment std gives the command: this process's, with the command's changes.
+    let mut env: std::collections::BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => env.insert(k.to_owned(), v.to_owned()),
+            None => env.remove(k),
+        };
+    }
+    let envp: Option<Vec<CString>> = env
+        .into_iter()
+        .map(|(k, v)| {
+            let mut b = k.into_vec();
+            b.push(b'=');
+            b.extend(v.into_vec());
+            cstr(b)
+        })
+        .collect();
+    let (Some(argv), Some(envp)) = (argv, envp) else {
+        return;
+    };
+    let ptrs = |v: &[CString]| {
+        v.iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect::<Vec<_>>()
+    };
+    let exec = SealedExec {
+        path: sealed,
+        argv: ptrs(&argv),
+        envp: ptrs(&envp),
+        _strings: (argv, envp),
+    };
+    // SAFETY: the closure only calls execve(2), async-signal-safe, with arrays built above;
+    // when it returns (it failed), std goes on to exec the command's own program.
+    unsafe {
+        cmd.pre_exec(move || {
+            exec.exec();
+            Ok(())
+        });
     }
 }
 
@@ -216,5 +362,65 @@ pub fn describe(err: &runc::error::Error, bundle: &Path) -> String {
     match logged {
         Some(m) => format!("{err}: {m}"),
         None => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(mut cmd: std::process::Command) -> String {
+        let out = cmd.output().expect("run");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn the_sealed_copy_runs_with_the_commands_arguments_and_environment() {
+        let mut cmd = std::process::Command::new("true");
+        cmd.args([
+            "-c",
+            "head -c 5 /proc/$$/cmdline | tr '\\0' '|'; echo \" $0 $SEALED_TEST\"",
+            "arg",
+        ])
+        .env("SEALED_TEST", "env");
+        // /bin/sh stands in for the sealed runc: it gets argv[0] `runc` and the arguments.
+        run_sealed_first(&mut cmd, c"/bin/sh");
+        assert_eq!(output(cmd), "runc| arg env\n");
+    }
+
+    #[test]
+    fn without_the_sealed_copy_the_commands_own_program_runs() {
+        let mut cmd = std::process::Command::new("echo");
+        cmd.arg("own");
+        run_sealed_first(&mut cmd, c"/nonexistent/.sealed-runc");
+        assert_eq!(output(cmd), "own\n");
+    }
+
+    #[test]
+    fn only_an_unchanged_runc_on_path_is_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runc = dir.path().join("runc");
+        std::fs::write(&runc, b"#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&runc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        let id = identity(&std::fs::metadata(&runc).expect("stat"));
+        let sealed = Sealed {
+            path: CString::new("/sealed").expect("path"),
+            id,
+        };
+        let path = std::env::join_paths([dir.path()]).expect("PATH");
+        let pick = |program: &str| {
+            let file = resolve(std::ffi::OsStr::new(program), Some(&path));
+            choose(&sealed, file.as_deref())
+        };
+        assert!(pick("runc").is_some(), "the unchanged file, found on PATH");
+        assert!(
+            pick(runc.to_str().expect("utf-8")).is_some(),
+            "the same file by its path"
+        );
+        assert!(pick("/bin/sh").is_none(), "a BinaryName of its own");
+        std::fs::write(dir.path().join("new"), b"#!/bin/sh\n# upgraded\n").expect("write");
+        std::fs::rename(dir.path().join("new"), &runc).expect("replace");
+        assert!(pick("runc").is_none(), "an upgraded runc runs from its file");
     }
 }

@@ -425,6 +425,19 @@ pub async fn unix_channel(socket: &Path) -> tonic::transport::Channel {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test keeps the daemon's debug log (its dir goes below).
+        if std::thread::panicking() {
+            let name = self
+                .dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let kept = std::env::temp_dir().join(format!("{name}-daemon.log"));
+            if std::fs::copy(&self.log_path, &kept).is_ok() {
+                eprintln!("the failed test's daemon log: {}", kept.display());
+            }
+        }
         cleanup::after_daemon(&self.state);
         remove_tree(&self.dir);
     }

@@ -16,12 +16,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use protobuf::Message as _;
 use tokio::io::AsyncWriteExt;
 
 use super::bundle::Bundle;
+use super::sealed_runc::SealedRunc;
 use crate::runtime::{Exit, Result, RuntimeError};
 
 /// How long `<shim> start` and `<shim> delete` may run.
@@ -37,6 +39,8 @@ pub struct DaemonAddresses {
     pub ttrpc: PathBuf,
     /// The taskd executable (`-publish-binary`).
     pub exe: PathBuf,
+    /// The sealed runc copy every shim is told about (taskd's own shim runs it).
+    pub sealed_runc: Option<Arc<SealedRunc>>,
 }
 
 /// Resolves a runtime name to a shim binary path: the plugin config's explicit path, an
@@ -128,6 +132,7 @@ fn command(
         .env("GRPC_ADDRESS", &addrs.grpc)
         .env("NAMESPACE", &bundle.namespace)
         .env("GOMAXPROCS", "2")
+        .envs(addrs.sealed_runc.iter().flat_map(|s| s.env()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

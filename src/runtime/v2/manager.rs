@@ -35,6 +35,9 @@ pub struct Config {
     pub shim_pool_size: usize,
     /// An idle pool shim is shut down after this long unused.
     pub shim_pool_idle_timeout: HumanDuration,
+    /// Keep one sealed in-memory copy of runc for taskd's own shim to run (see
+    /// `sealed_runc.rs`): no bind mount and re-exec at each `runc init`.
+    pub sealed_runc: bool,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             shims: BTreeMap::new(),
             shim_pool_size: 1,
             shim_pool_idle_timeout: HumanDuration(Duration::from_secs(60)),
+            sealed_runc: true,
         }
     }
 }

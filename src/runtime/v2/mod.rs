@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod pool;
 pub mod recovery;
+pub mod sealed_runc;
 pub mod shim;
 
 pub use manager::{Config, TaskManager};

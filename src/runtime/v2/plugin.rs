@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::binary::DaemonAddresses;
 use super::manager::{Config, TaskManager};
+use super::sealed_runc::SealedRunc;
 use crate::events::Publisher;
 use crate::plugin::{InitContext, Instance, PluginError, PluginType, Registration, ids};
 use crate::runtime::{PlatformRuntime, RuntimeError};
@@ -28,10 +29,21 @@ fn registration() -> Registration {
                 source,
             })
         })?;
+        let sealed_runc = if config.sealed_runc {
+            let state = cx.state().to_path_buf();
+            tokio::task::spawn_blocking(move || SealedRunc::install(&state))
+                .await
+                .ok()
+                .flatten()
+                .map(Arc::new)
+        } else {
+            None
+        };
         let addrs = DaemonAddresses {
             grpc: cx.addresses().grpc.clone(),
             ttrpc: cx.addresses().ttrpc.clone(),
             exe,
+            sealed_runc,
         };
         let manager = TaskManager::new(
             cx.state().to_path_buf(),
