@@ -2,12 +2,16 @@
 //! writes it), `stdout` and `stderr` (the shim writes them), each output drained by a
 //! reader task until EOF.
 //!
+//! Each output's read end is opened at once (non-blocking) and taskd holds a write end of
+//! its own until the exec has started ([`ExecOutput::started`]): the shim opens its write
+//! ends during Start and may close one again within a millisecond (an `echo` leaves stderr
+//! empty). A reader still on its way into a blocking open() then waited for a writer that
+//! had come and gone, forever (a session that never ended, seen under load).
+//!
 //! ExecSync reads each output into a buffer capped at `cap` bytes (the rest is read and
 //! dropped, so the process never blocks on a full pipe and a probe cannot exhaust the
 //! daemon's memory); a streaming exec gives its own readers (forwarding to the client).
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
@@ -37,6 +41,8 @@ pub struct ExecOutput {
     pub stderr: Option<PathBuf>,
     /// stdout's reader, then stderr's.
     readers: [Option<JoinHandle<Vec<u8>>>; 2],
+    /// taskd's write end of each output until the exec started (see the module doc).
+    holds: Vec<pipe::Sender>,
     /// ExecSync's output as read so far (stdout, stderr): kept outside the readers, so a
     /// reader stopped at the drain bound loses nothing it read.
     captured: Option<[Captured; 2]>,
@@ -51,19 +57,6 @@ pub(super) fn mkfifo(path: &Path) -> Result<(), LogError> {
         path: path.to_owned(),
         source: std::io::Error::from(e),
     })
-}
-
-/// Opens `fifo` for reading (blocking until the shim opens its write end) and runs `reader`.
-async fn read_fifo(fifo: PathBuf, reader: Reader) -> Vec<u8> {
-    let path = fifo.clone();
-    let Ok(Ok(file)) = tokio::task::spawn_blocking(move || OpenOptions::new().read(true).open(&path)).await
-    else {
-        return Vec::new();
-    };
-    let Ok(rx) = pipe::Receiver::from_file(file) else {
-        return Vec::new();
-    };
-    reader(rx).await
 }
 
 /// A reader dropping everything (an output the client did not ask for: the shim still needs
@@ -89,13 +82,6 @@ fn capped(cap: usize, into: Captured) -> Reader {
             }
         })
     })
-}
-
-fn poke(p: &Path) {
-    let _ = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(p);
 }
 
 impl ExecOutput {
@@ -130,6 +116,7 @@ impl ExecOutput {
             stdout: None,
             stderr: None,
             readers: [None, None],
+            holds: Vec::new(),
             captured: None,
         };
         if stdin {
@@ -141,7 +128,15 @@ impl ExecOutput {
             let Some(reader) = reader else { continue };
             let p = dir.join(name);
             mkfifo(&p)?;
-            out.readers[i] = Some(tokio::spawn(read_fifo(p.clone(), reader)));
+            let open_err = |source| LogError::Open {
+                path: p.clone(),
+                source,
+            };
+            // Read end first (a non-blocking open needs no writer), then ours.
+            let rx = pipe::OpenOptions::new().open_receiver(&p).map_err(open_err)?;
+            out.holds
+                .push(pipe::OpenOptions::new().open_sender(&p).map_err(open_err)?);
+            out.readers[i] = Some(tokio::spawn(reader(rx)));
             if i == 0 {
                 out.stdout = Some(p);
             } else {
@@ -177,22 +172,17 @@ impl ExecOutput {
         )
     }
 
-    fn outputs(&self) -> impl Iterator<Item = &PathBuf> {
-        self.stdout.iter().chain(self.stderr.iter())
+    /// The exec started (the shim holds its write ends): taskd lets go of its own, so the
+    /// readers end when the shim's copies do.
+    pub fn started(&mut self) {
+        self.holds.clear();
     }
 
-    fn running(&self) -> bool {
-        self.readers.iter().flatten().any(|h| !h.is_finished())
-    }
-
-    /// Ends readers no writer will ever open (the exec never started), retrying until
-    /// they are done (a reader may not be in open() yet).
-    pub async fn release(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.running() && std::time::Instant::now() < deadline {
-            self.outputs().for_each(|p| poke(p));
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+    /// The exec never started: the readers end (EOF once taskd's write ends are gone and
+    /// no shim holds one), waited for up to 10 s.
+    pub async fn release(&mut self) {
+        self.holds.clear();
+        self.finish(std::time::Duration::from_secs(10)).await;
     }
 
     /// Waits up to `grace` for the readers to reach EOF (a process that left a child
@@ -226,22 +216,62 @@ impl Drop for ExecOutput {
         for h in self.readers.iter().flatten() {
             h.abort();
         }
-        if self.running() {
-            self.outputs().for_each(|p| poke(p));
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
     use std::io::Write;
     use std::time::Duration;
+
+    /// The shim's write ends can come and go before a reader task ever ran (an `echo`'s
+    /// empty stderr is closed within a millisecond of Start): what was written is read,
+    /// and both readers end.
+    #[tokio::test(flavor = "current_thread")]
+    async fn writers_that_came_and_went_before_the_readers_ran_are_read_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = ExecOutput::create(&dir.path().join("x"), 1024).unwrap();
+        // No await since create: on this runtime the reader tasks have not run yet.
+        let mut o = OpenOptions::new()
+            .write(true)
+            .open(out.stdout.clone().unwrap())
+            .unwrap();
+        o.write_all(b"hi\n").unwrap();
+        drop(o);
+        drop(
+            OpenOptions::new()
+                .write(true)
+                .open(out.stderr.clone().unwrap())
+                .unwrap(),
+        );
+        out.started();
+        let (stdout, stderr) = out.collect_within(Duration::from_secs(10)).await;
+        assert_eq!((stdout, stderr), (b"hi\n".to_vec(), Vec::new()));
+    }
+
+    /// Before the exec started, the readers wait for it (taskd's own write ends keep them
+    /// from an early EOF); a failed start ends them at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn readers_wait_for_the_start_and_end_when_it_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = ExecOutput::create(&dir.path().join("x"), 1024).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            out.readers.iter().flatten().all(|h| !h.is_finished()),
+            "no EOF before the start"
+        );
+        let t = std::time::Instant::now();
+        out.release().await;
+        assert!(out.readers.iter().all(Option::is_none), "both readers ended");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn output_is_capped_but_fully_drained() {
         let dir = tempfile::tempdir().unwrap();
-        let out = ExecOutput::create(&dir.path().join("x"), 10).unwrap();
+        let mut out = ExecOutput::create(&dir.path().join("x"), 10).unwrap();
         let (o, e) = (out.stdout.clone().unwrap(), out.stderr.clone().unwrap());
         std::thread::spawn(move || {
             let mut o = OpenOptions::new().write(true).open(o).unwrap();
@@ -252,6 +282,7 @@ mod tests {
         })
         .join()
         .unwrap();
+        out.started();
         let (stdout, stderr) = out.collect_within(Duration::from_secs(10)).await;
         assert_eq!(stdout, b"aaaaaaaaaa");
         assert_eq!(stderr, b"err");
@@ -262,7 +293,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_writer_that_never_closes_is_cut_at_the_drain_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let out = ExecOutput::create(&dir.path().join("x"), 100).unwrap();
+        let mut out = ExecOutput::create(&dir.path().join("x"), 100).unwrap();
         let (o, e) = (out.stdout.clone().unwrap(), out.stderr.clone().unwrap());
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let holder = std::thread::spawn(move || {
@@ -274,6 +305,7 @@ mod tests {
         });
         // Let the reader take in what was written.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        out.started();
         let t0 = std::time::Instant::now();
         let (stdout, stderr) = out.collect_within(Duration::from_millis(300)).await;
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
@@ -285,7 +317,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn release_ends_readers_without_writers() {
         let dir = tempfile::tempdir().unwrap();
-        let out = ExecOutput::create(&dir.path().join("x"), 10).unwrap();
+        let mut out = ExecOutput::create(&dir.path().join("x"), 10).unwrap();
         out.release().await;
         assert_eq!(
             out.collect_within(Duration::from_secs(10)).await,

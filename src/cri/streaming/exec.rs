@@ -216,6 +216,7 @@ pub async fn exec(svc: &CriService, req: &ExecRequest, io: SessionIo, mut gone_r
         let _ = std::fs::remove_dir_all(&dir);
         return Outcome::Failed(e.to_string());
     }
+    fifos.started();
     let close = async {
         if let Err(e) = runner.close_stdin(&c.id, &exec_id).await {
             tracing::debug!(exec = %exec_id, error = %e, "close exec stdin");

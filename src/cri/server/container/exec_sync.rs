@@ -86,13 +86,14 @@ impl CriService {
         }
         let exec_id = format!("exec-{}", uuid::Uuid::new_v4().simple());
         let dir = self.container_dir(&c.id).join("exec").join(&exec_id);
-        let out = ExecOutput::create(&dir, self.config.max_exec_output_bytes)?;
+        let mut out = ExecOutput::create(&dir, self.config.max_exec_output_bytes)?;
         let started = runner.exec(&c.id, &exec_id, req.cmd.clone(), out.io(false)).await;
         if let Err(e) = started {
             out.release().await;
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
+        out.started();
         let limit = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
         let waited = tokio::select! {
             w = async {
