@@ -324,56 +324,101 @@ fn metric_values(metrics: &[cri::Metric]) -> HashMap<String, u64> {
         .collect()
 }
 
-/// Pod and container lifecycle, the container's cgroup where the driver puts it (with its
-/// hugepage limit), stats (PSI too) and
-/// metrics from the v2 files, UpdateContainerResources reaching them (memory.high and the
-/// swap limit too), and a kill -9 of taskd that the running container survives.
-async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
-    let mut w = World::new(driver, octet);
-    let mut rt = w.runtime().await;
-    let pod_cfg = w.pod_config("life", false);
-    let pod = run_pod(&mut rt, &pod_cfg).await;
-    let app = create_and_start(
-        &mut rt,
-        &pod,
-        &pod_cfg,
-        container(
-            "app",
-            "echo ready; while :; do i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done; sleep 1; done",
-            cri::LinuxContainerResources {
-                hugepage_limits: vec![cri::HugepageLimit {
-                    page_size: "2MB".into(),
-                    limit: 4 * MIB as u64,
-                }],
-                ..limits(64 * MIB, 20_000, 256)
-            },
-            false,
-        ),
-    )
-    .await;
-    w.wait_log("life", "app", "ready");
+// The lifecycle scenarios: each runs one `app` container (its own pod name, so its own pod
+// cgroup) and checks one behaviour: the cgroup and its limits, the stats (PSI too) and
+// metrics from the v2 files, UpdateContainerResources reaching them (memory.high and the
+// swap limit too), a kill -9 of taskd that the running container survives, and the cgroup's
+// removal with the container.
 
-    // The cgroup is where the driver names it, with the limits of the spec.
-    let cg = w.container_cgroup("life", &app);
+/// A running `app` container in pod `pod_name` (64 MiB, 0.2 CPU, 256 shares, a 4 MiB 2MB
+/// hugepage limit) that keeps the CPU a little busy, on a fresh world; it has logged `ready`.
+struct App {
+    w: World,
+    rt: RuntimeServiceClient<Channel>,
+    pod: String,
+    app: String,
+    /// The container's cgroup dir.
+    cg: PathBuf,
+}
+
+impl App {
+    async fn start(driver: Driver, octet: u8, pod_name: &str) -> App {
+        let w = World::new(driver, octet);
+        let mut rt = w.runtime().await;
+        let pod_cfg = w.pod_config(pod_name, false);
+        let pod = run_pod(&mut rt, &pod_cfg).await;
+        let app = create_and_start(
+            &mut rt,
+            &pod,
+            &pod_cfg,
+            container(
+                "app",
+                "echo ready; while :; do i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done; sleep 1; done",
+                cri::LinuxContainerResources {
+                    hugepage_limits: vec![cri::HugepageLimit {
+                        page_size: "2MB".into(),
+                        limit: 4 * MIB as u64,
+                    }],
+                    ..limits(64 * MIB, 20_000, 256)
+                },
+                false,
+            ),
+        )
+        .await;
+        w.wait_log(pod_name, "app", "ready");
+        let cg = w.container_cgroup(pod_name, &app);
+        App { w, rt, pod, app, cg }
+    }
+
+    /// UpdateContainerResources to 128 MiB (+64 MiB swap), 0.5 CPU, 512 shares, pids.max 77
+    /// and memory.high 100 MiB (unified map).
+    async fn update(&mut self) {
+        let mut new = limits(128 * MIB, 50_000, 512);
+        new.memory_swap_limit_in_bytes = 192 * MIB;
+        new.unified.insert("pids.max".into(), "77".into());
+        new.unified.insert("memory.high".into(), (100 * MIB).to_string());
+        self.rt
+            .update_container_resources(cri::UpdateContainerResourcesRequest {
+                container_id: self.app.clone(),
+                linux: Some(new),
+                ..Default::default()
+            })
+            .await
+            .expect("UpdateContainerResources");
+    }
+
+    async fn tear_down(mut self) {
+        tear_down(&mut self.rt, &self.pod, &[&self.app]).await;
+    }
+}
+
+/// The container's cgroup is where the driver names it, with the limits of the spec.
+async fn cgroup_has_the_spec_limits(driver: Driver, octet: u8) {
+    let a = App::start(driver, octet, "limits").await;
+    let cg = &a.cg;
     assert!(
-        !cg_file(&cg, "cgroup.procs").is_empty(),
+        !cg_file(cg, "cgroup.procs").is_empty(),
         "no process in {}",
         cg.display()
     );
-    assert_eq!(cg_file(&cg, "memory.max"), (64 * MIB).to_string());
-    assert_eq!(cg_file(&cg, "cpu.max"), "20000 100000");
-    assert_eq!(cg_file(&cg, "cpu.weight"), cpu_weight(256).to_string());
+    assert_eq!(cg_file(cg, "memory.max"), (64 * MIB).to_string());
+    assert_eq!(cg_file(cg, "cpu.max"), "20000 100000");
+    assert_eq!(cg_file(cg, "cpu.weight"), cpu_weight(256).to_string());
     // Hugepage limits: the guest kernel has the hugetlb controller.
     assert!(
         cg_file(Path::new(CGROUP_ROOT), "cgroup.controllers").contains("hugetlb"),
         "no hugetlb controller in the guest"
     );
-    assert_eq!(cg_file(&cg, "hugetlb.2MB.max"), (4 * MIB).to_string());
+    assert_eq!(cg_file(cg, "hugetlb.2MB.max"), (4 * MIB).to_string());
+    a.tear_down().await;
+}
 
-    // ContainerStats from cpu.stat and memory.current/memory.stat.
+/// ContainerStats from cpu.stat and memory.current/memory.stat.
+async fn container_stats_come_from_the_v2_files(driver: Driver, octet: u8) {
+    let mut a = App::start(driver, octet, "stats").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let stats = loop {
-        let s = container_stats(&mut rt, &app).await;
+        let s = container_stats(&mut a.rt, &a.app).await;
         let cpu = val(s.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()));
         if cpu > 0 {
             break s;
@@ -389,15 +434,20 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
         Some(64 * MIB as u64 - ws),
         "available = limit - working set: {stats:?}"
     );
+    a.tear_down().await;
+}
 
-    // PSI from the container's cpu/memory/io.pressure (the k8s-cri client predates the psi
-    // fields: taskd's own generated client reads them). The totals only grow: read back from
-    // the container's files afterwards they are at least what ContainerStats said.
+/// PSI from the container's cpu/memory/io.pressure (the k8s-cri client predates the psi
+/// fields: taskd's own generated client reads them). The totals only grow: read back from
+/// the container's files afterwards they are at least what ContainerStats said. The pod's
+/// stats carry the pod cgroup's (the parent of the container's).
+async fn container_and_pod_stats_carry_psi(driver: Driver, octet: u8) {
+    let a = App::start(driver, octet, "psi").await;
     let mut raw =
-        taskd_proto::cri::v1::runtime_service_client::RuntimeServiceClient::new(w.d.channel().await);
+        taskd_proto::cri::v1::runtime_service_client::RuntimeServiceClient::new(a.w.d.channel().await);
     let with_psi = raw
         .container_stats(taskd_proto::cri::v1::ContainerStatsRequest {
-            container_id: app.clone(),
+            container_id: a.app.clone(),
         })
         .await
         .expect("ContainerStats (taskd_proto client)")
@@ -412,7 +462,7 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
         let some = psi
             .and_then(|p| p.some)
             .unwrap_or_else(|| panic!("no {resource} PSI: {with_psi:?}"));
-        let file = cg_file(&cg, &format!("{resource}.pressure"));
+        let file = cg_file(&a.cg, &format!("{resource}.pressure"));
         let now: u64 = file
             .lines()
             .find_map(|l| l.strip_prefix("some "))
@@ -426,10 +476,9 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
         );
     }
 
-    // PodSandboxStats' PSI: the pod cgroup's (the parent of the container's).
     let pod_psi = raw
         .pod_sandbox_stats(taskd_proto::cri::v1::PodSandboxStatsRequest {
-            pod_sandbox_id: pod.clone(),
+            pod_sandbox_id: a.pod.clone(),
         })
         .await
         .expect("PodSandboxStats (taskd_proto client)")
@@ -447,11 +496,15 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
             "no pod {resource} PSI: {pod_psi:?}"
         );
     }
+    a.tear_down().await;
+}
 
-    // PodSandboxStats: the pod's own cgroup totals and the container's.
-    let ps = rt
-        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
-            pod_sandbox_id: pod.clone(),
+/// PodSandboxStats: the pod's own cgroup totals and the container's.
+async fn pod_stats_total_the_pod_and_list_its_container(driver: Driver, octet: u8) {
+    let mut a = App::start(driver, octet, "podstats").await;
+    let ps =
+        a.rt.pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: a.pod.clone(),
         })
         .await
         .expect("PodSandboxStats")
@@ -475,25 +528,30 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
         linux
             .containers
             .iter()
-            .any(|c| c.attributes.as_ref().is_some_and(|a| a.id == app)),
+            .any(|c| c.attributes.as_ref().is_some_and(|attr| attr.id == a.app)),
         "pod stats list the container: {ps:?}"
     );
+    a.tear_down().await;
+}
 
-    // ListPodSandboxMetrics: cAdvisor's series for the container.
-    let all = rt
-        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
-        .await
-        .expect("ListPodSandboxMetrics")
-        .into_inner()
-        .pod_metrics;
+/// ListPodSandboxMetrics: cAdvisor's series for the container.
+async fn pod_sandbox_metrics_have_the_container_s_cadvisor_series(driver: Driver, octet: u8) {
+    let mut a = App::start(driver, octet, "metrics").await;
+    let all =
+        a.rt.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+            .await
+            .expect("ListPodSandboxMetrics")
+            .into_inner()
+            .pod_metrics;
+    let (pod, app) = (&a.pod, &a.app);
     let pm = all
         .iter()
-        .find(|p| p.pod_sandbox_id == pod)
+        .find(|p| p.pod_sandbox_id == *pod)
         .unwrap_or_else(|| panic!("no metrics for pod {pod}: {all:?}"));
     let cm = pm
         .container_metrics
         .iter()
-        .find(|c| c.container_id == app)
+        .find(|c| c.container_id == *app)
         .unwrap_or_else(|| panic!("no metrics for container {app}: {pm:?}"));
     let values = metric_values(&cm.metrics);
     assert!(
@@ -506,29 +564,24 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
         values.contains_key("container_cpu_usage_seconds_total"),
         "{values:?}"
     );
+    a.tear_down().await;
+}
 
-    // UpdateContainerResources reaches memory.max, cpu.max, cpu.weight, pids.max and
-    // memory.high (unified map), memory.swap.max (memory + swap limit − memory limit).
-    let mut new = limits(128 * MIB, 50_000, 512);
-    new.memory_swap_limit_in_bytes = 192 * MIB;
-    new.unified.insert("pids.max".into(), "77".into());
-    new.unified.insert("memory.high".into(), (100 * MIB).to_string());
-    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
-        container_id: app.clone(),
-        linux: Some(new),
-        ..Default::default()
-    })
-    .await
-    .expect("UpdateContainerResources");
-    assert_eq!(cg_file(&cg, "memory.max"), (128 * MIB).to_string());
-    assert_eq!(cg_file(&cg, "cpu.max"), "50000 100000");
-    assert_eq!(cg_file(&cg, "cpu.weight"), cpu_weight(512).to_string());
-    assert_eq!(cg_file(&cg, "pids.max"), "77");
-    assert_eq!(cg_file(&cg, "memory.high"), (100 * MIB).to_string());
-    assert_eq!(cg_file(&cg, "memory.swap.max"), (64 * MIB).to_string());
-    // ContainerStats.swap from memory.swap.current and memory.swap.max (the guest has no
-    // swap device: nothing used, all of the limit available).
-    let stats = container_stats(&mut rt, &app).await;
+/// UpdateContainerResources reaches memory.max, cpu.max, cpu.weight, pids.max and
+/// memory.high (unified map), memory.swap.max (memory + swap limit − memory limit); and
+/// ContainerStats.swap comes from memory.swap.current and memory.swap.max.
+async fn update_container_resources_reaches_the_v2_files(driver: Driver, octet: u8) {
+    let mut a = App::start(driver, octet, "update").await;
+    a.update().await;
+    let cg = &a.cg;
+    assert_eq!(cg_file(cg, "memory.max"), (128 * MIB).to_string());
+    assert_eq!(cg_file(cg, "cpu.max"), "50000 100000");
+    assert_eq!(cg_file(cg, "cpu.weight"), cpu_weight(512).to_string());
+    assert_eq!(cg_file(cg, "pids.max"), "77");
+    assert_eq!(cg_file(cg, "memory.high"), (100 * MIB).to_string());
+    assert_eq!(cg_file(cg, "memory.swap.max"), (64 * MIB).to_string());
+    // The guest has no swap device: nothing used, all of the limit available.
+    let stats = container_stats(&mut a.rt, &a.app).await;
     let swap = stats.swap.expect("swap stats");
     assert_eq!(
         (
@@ -538,14 +591,19 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
         (0, 64 * MIB as u64),
         "{swap:?}"
     );
+    a.tear_down().await;
+}
 
-    // The task monitor's v2 series (containerd's names), promtool-clean.
-    let labels = [("container_id", app.as_str()), ("namespace", "k8s.io")];
+/// The task monitor's v2 series (containerd's names) follow an update, promtool-clean.
+async fn task_monitor_series_follow_an_update_and_pass_promtool(driver: Driver, octet: u8) {
+    let mut a = App::start(driver, octet, "series").await;
+    a.update().await;
+    let labels = [("container_id", a.app.as_str()), ("namespace", "k8s.io")];
     let body = support::observe::eventually(
         "container_memory_usage_limit_bytes of the container",
         Duration::from_secs(30),
         || {
-            let (code, body) = w.d.http("/v1/metrics", None);
+            let (code, body) = a.w.d.http("/v1/metrics", None);
             (code == 200 && sample(&body, "container_memory_usage_limit_bytes", &labels).is_some())
                 .then_some(body)
         },
@@ -559,23 +617,36 @@ async fn lifecycle_stats_update_restart(driver: Driver, octet: u8) {
     assert!(sample(&body, "container_cpu_usage_usec_microseconds", &labels).is_some_and(|v| v > 0.0));
     assert!(sample(&body, "container_memory_usage_bytes", &labels).is_some_and(|v| v > 0.0));
     promtool_check(&body);
+    a.tear_down().await;
+}
 
-    // kill -9 of taskd: the container keeps running in its cgroup, the restarted daemon
-    // recovers it, and its stats still come from the same files.
-    let procs = cg_file(&cg, "cgroup.procs");
-    w.d.kill9();
-    w.d.restart();
-    let mut rt = w.runtime().await;
-    let s = status(&mut rt, &app).await;
+/// kill -9 of taskd: the container keeps running in its cgroup, the restarted daemon
+/// recovers it, and its stats still come from the same files.
+async fn a_running_container_survives_a_kill_9_of_taskd(driver: Driver, octet: u8) {
+    let mut a = App::start(driver, octet, "restart").await;
+    let procs = cg_file(&a.cg, "cgroup.procs");
+    a.w.d.kill9();
+    a.w.d.restart();
+    a.rt = a.w.runtime().await;
+    let s = status(&mut a.rt, &a.app).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32, "{s:?}");
-    assert_eq!(cg_file(&cg, "cgroup.procs").lines().next(), procs.lines().next());
-    let after = container_stats(&mut rt, &app).await;
+    assert_eq!(
+        cg_file(&a.cg, "cgroup.procs").lines().next(),
+        procs.lines().next()
+    );
+    let after = container_stats(&mut a.rt, &a.app).await;
     assert!(
         val(after.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref())) > 0,
         "{after:?}"
     );
+    a.tear_down().await;
+}
 
-    tear_down(&mut rt, &pod, &[&app]).await;
+/// Stop and RemoveContainer (then the pod's) remove the container's cgroup.
+async fn remove_container_removes_its_cgroup(driver: Driver, octet: u8) {
+    let a = App::start(driver, octet, "remove").await;
+    let cg = a.cg.clone();
+    a.tear_down().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while cg.exists() {
         assert!(
@@ -710,7 +781,15 @@ mod vm {
     use super::*;
 
     both_drivers! {
-        lifecycle_stats_update_restart, cgroupfs_lifecycle_stats_update_restart, systemd_lifecycle_stats_update_restart, 1;
+        cgroup_has_the_spec_limits, cgroupfs_cgroup_has_the_spec_limits, systemd_cgroup_has_the_spec_limits, 1;
+        container_stats_come_from_the_v2_files, cgroupfs_container_stats_come_from_the_v2_files, systemd_container_stats_come_from_the_v2_files, 7;
+        container_and_pod_stats_carry_psi, cgroupfs_container_and_pod_stats_carry_psi, systemd_container_and_pod_stats_carry_psi, 9;
+        pod_stats_total_the_pod_and_list_its_container, cgroupfs_pod_stats_total_the_pod_and_list_its_container, systemd_pod_stats_total_the_pod_and_list_its_container, 11;
+        pod_sandbox_metrics_have_the_container_s_cadvisor_series, cgroupfs_pod_sandbox_metrics_have_the_container_s_cadvisor_series, systemd_pod_sandbox_metrics_have_the_container_s_cadvisor_series, 13;
+        update_container_resources_reaches_the_v2_files, cgroupfs_update_container_resources_reaches_the_v2_files, systemd_update_container_resources_reaches_the_v2_files, 15;
+        task_monitor_series_follow_an_update_and_pass_promtool, cgroupfs_task_monitor_series_follow_an_update_and_pass_promtool, systemd_task_monitor_series_follow_an_update_and_pass_promtool, 17;
+        a_running_container_survives_a_kill_9_of_taskd, cgroupfs_a_running_container_survives_a_kill_9_of_taskd, systemd_a_running_container_survives_a_kill_9_of_taskd, 19;
+        remove_container_removes_its_cgroup, cgroupfs_remove_container_removes_its_cgroup, systemd_remove_container_removes_its_cgroup, 21;
         oom_kill, cgroupfs_oom_kill, systemd_oom_kill, 3;
         private_cgroup_namespace, cgroupfs_private_cgroup_namespace, systemd_private_cgroup_namespace, 5;
     }

@@ -126,43 +126,109 @@ fn ctr_content_ingest_with_a_wrong_digest_fails_naming_both_and_commits_nothing(
     assert!(!out.status.success() && err.contains("unexpected size"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_is_resumable_by_ref_and_read_honours_offset_and_size() {
-    let d = Daemon::start();
-    let mut c = ContentClient::new(d.channel().await);
-    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    let digest = sha256(&data);
-    let total = data.len() as i64;
-
-    // First session: stat, write the first 1 MB, hang up.
-    let first = vec![
-        api::WriteContentRequest {
-            action: api::WriteAction::Stat as i32,
-            r#ref: "big".into(),
-            total,
-            expected: digest.clone(),
-            ..Default::default()
-        },
-        api::WriteContentRequest {
-            action: api::WriteAction::Write as i32,
-            r#ref: "big".into(),
-            offset: 0,
-            data: data[..1_000_000].to_vec(),
-            ..Default::default()
-        },
-    ];
-    let mut out = c
-        .write(with_ns("t", futures::stream::iter(first)))
+/// One `Write` session in namespace `t` under `r#ref`: sends `msgs` and returns the
+/// response stream.
+async fn write_session(
+    c: &mut ContentClient<tonic::transport::Channel>,
+    msgs: Vec<api::WriteContentRequest>,
+) -> tonic::Streaming<api::WriteContentResponse> {
+    c.write(with_ns("t", futures::stream::iter(msgs)))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+fn stat_msg(r#ref: &str) -> api::WriteContentRequest {
+    api::WriteContentRequest {
+        action: api::WriteAction::Stat as i32,
+        r#ref: r#ref.into(),
+        ..Default::default()
+    }
+}
+
+/// A `Write` (or `Commit`) message on ref `big` carrying `data` at `offset`.
+fn chunk_msg(action: api::WriteAction, offset: i64, data: &[u8]) -> api::WriteContentRequest {
+    api::WriteContentRequest {
+        action: action as i32,
+        r#ref: "big".into(),
+        offset,
+        data: data.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// 3 MB that are not all one byte: more than two of the store's 1 MiB read chunks.
+fn big_data() -> Vec<u8> {
+    (0..3_000_000u32).map(|i| (i % 251) as u8).collect()
+}
+
+/// A first session on ref `big` that stats (with total and expected digest), writes the
+/// first 1 MB of `data` and hangs up; checks the two replies.
+async fn write_first_megabyte_and_hang_up(c: &mut ContentClient<tonic::transport::Channel>, data: &[u8]) {
+    let total = data.len() as i64;
+    let first = vec![
+        api::WriteContentRequest {
+            total,
+            expected: sha256(data),
+            ..stat_msg("big")
+        },
+        chunk_msg(api::WriteAction::Write, 0, &data[..1_000_000]),
+    ];
+    let mut out = write_session(c, first).await;
     let stat = out.message().await.unwrap().unwrap();
     assert_eq!((stat.offset, stat.total), (0, total));
     let w = out.message().await.unwrap().unwrap();
     assert_eq!(w.offset, 1_000_000);
-    drop(out);
+}
 
-    // Status shows the partial write; nothing is committed.
+/// The session that resumes ref `big` after [`write_first_megabyte_and_hang_up`]: stat
+/// (which reports the offset reached) and commit the rest.
+async fn resume_and_commit(c: &mut ContentClient<tonic::transport::Channel>, data: &[u8]) {
+    let (digest, total) = (sha256(data), data.len() as i64);
+    let rest = vec![
+        stat_msg("big"),
+        api::WriteContentRequest {
+            total,
+            expected: digest.clone(),
+            ..chunk_msg(api::WriteAction::Commit, 1_000_000, &data[1_000_000..])
+        },
+    ];
+    let mut out = write_session(c, rest).await;
+    assert_eq!(out.message().await.unwrap().unwrap().offset, 1_000_000);
+    let commit = out.message().await.unwrap().unwrap();
+    assert_eq!((commit.offset, commit.digest.as_str()), (total, digest.as_str()));
+}
+
+/// A daemon holding [`big_data`] committed in namespace `t` (in two sessions, as a client
+/// that resumes would); returns the client and the data.
+async fn daemon_with_big_blob() -> (Daemon, ContentClient<tonic::transport::Channel>, Vec<u8>) {
+    let d = Daemon::start();
+    let mut c = ContentClient::new(d.channel().await);
+    let data = big_data();
+    write_first_megabyte_and_hang_up(&mut c, &data).await;
+    resume_and_commit(&mut c, &data).await;
+    (d, c, data)
+}
+
+/// The status code of a `Read` call (the error comes with the response or not at all).
+async fn read_code(
+    c: &mut ContentClient<tonic::transport::Channel>,
+    req: api::ReadContentRequest,
+) -> tonic::Code {
+    match c.read(with_ns("t", req)).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_hangs_up_is_a_partial_status_and_commits_nothing() {
+    let d = Daemon::start();
+    let mut c = ContentClient::new(d.channel().await);
+    let data = big_data();
+    let digest = sha256(&data);
+    write_first_megabyte_and_hang_up(&mut c, &data).await;
+
     let st = c
         .status(with_ns("t", api::StatusRequest { r#ref: "big".into() }))
         .await
@@ -172,81 +238,46 @@ async fn write_is_resumable_by_ref_and_read_honours_offset_and_size() {
         .unwrap();
     assert_eq!(
         (st.offset, st.total, st.expected.as_str()),
-        (1_000_000, total, digest.as_str())
+        (1_000_000, data.len() as i64, digest.as_str())
     );
     let err = c
-        .info(with_ns(
-            "t",
-            api::InfoRequest {
-                digest: digest.clone(),
-            },
-        ))
+        .info(with_ns("t", api::InfoRequest { digest }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
+}
 
-    // Second session resumes at the offset, a wrong offset is OutOfRange.
-    let bad = vec![
-        api::WriteContentRequest {
-            action: api::WriteAction::Stat as i32,
-            r#ref: "big".into(),
-            ..Default::default()
-        },
-        api::WriteContentRequest {
-            action: api::WriteAction::Write as i32,
-            r#ref: "big".into(),
-            offset: 5,
-            data: vec![1],
-            ..Default::default()
-        },
-    ];
-    let mut out = c
-        .write(with_ns("t", futures::stream::iter(bad)))
-        .await
-        .unwrap()
-        .into_inner();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_write_at_another_offset_than_the_one_reached_is_out_of_range() {
+    let d = Daemon::start();
+    let mut c = ContentClient::new(d.channel().await);
+    write_first_megabyte_and_hang_up(&mut c, &big_data()).await;
+    let bad = vec![stat_msg("big"), chunk_msg(api::WriteAction::Write, 5, &[1])];
+    let mut out = write_session(&mut c, bad).await;
     assert_eq!(out.message().await.unwrap().unwrap().offset, 1_000_000);
     assert_eq!(out.message().await.unwrap_err().code(), tonic::Code::OutOfRange);
+}
 
-    let rest = vec![
-        api::WriteContentRequest {
-            action: api::WriteAction::Stat as i32,
-            r#ref: "big".into(),
-            ..Default::default()
-        },
-        api::WriteContentRequest {
-            action: api::WriteAction::Commit as i32,
-            r#ref: "big".into(),
-            offset: 1_000_000,
-            total,
-            expected: digest.clone(),
-            data: data[1_000_000..].to_vec(),
-            ..Default::default()
-        },
-    ];
-    let mut out = c
-        .write(with_ns("t", futures::stream::iter(rest)))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(out.message().await.unwrap().unwrap().offset, 1_000_000);
-    let commit = out.message().await.unwrap().unwrap();
-    assert_eq!((commit.offset, commit.digest.as_str()), (total, digest.as_str()));
-    drop(out);
-
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_resumed_by_ref_commits_and_leaves_no_status() {
+    // daemon_with_big_blob resumes the write and checks the stat and commit replies.
+    let (_d, mut c, _) = daemon_with_big_blob().await;
     let statuses = c
         .list_statuses(with_ns("t", api::ListStatusesRequest::default()))
         .await
         .unwrap()
         .into_inner();
     assert!(statuses.statuses.is_empty());
+}
 
-    // Ranged read across a chunk boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ranged_read_across_a_chunk_boundary_returns_exactly_the_range() {
+    let (_d, mut c, data) = daemon_with_big_blob().await;
     let mut rd = c
         .read(with_ns(
             "t",
             api::ReadContentRequest {
-                digest: digest.clone(),
+                digest: sha256(&data),
                 offset: 1_048_000,
                 size: 2_000,
             },
@@ -260,61 +291,54 @@ async fn write_is_resumable_by_ref_and_read_honours_offset_and_size() {
         got.extend(m.data);
     }
     assert_eq!(got, data[1_048_000..1_050_000]);
+}
 
-    // A write whose expected digest is committed already is AlreadyExists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_expecting_a_committed_digest_is_already_exists() {
+    let (_d, mut c, data) = daemon_with_big_blob().await;
     let again = vec![api::WriteContentRequest {
-        action: api::WriteAction::Stat as i32,
-        r#ref: "again".into(),
-        expected: digest.clone(),
-        ..Default::default()
+        expected: sha256(&data),
+        ..stat_msg("again")
     }];
-    let mut out = c
-        .write(with_ns("t", futures::stream::iter(again)))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut out = write_session(&mut c, again).await;
     assert_eq!(
         out.message().await.unwrap_err().code(),
         tonic::Code::AlreadyExists
     );
+}
 
-    // Reads beyond the end are OutOfRange; unknown digests NotFound; bad digests InvalidArgument.
-    let code = |r: Result<tonic::Response<tonic::Streaming<api::ReadContentResponse>>, tonic::Status>| match r
-    {
-        Ok(_) => tonic::Code::Ok,
-        Err(s) => s.code(),
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_beyond_the_end_is_out_of_range() {
+    let (_d, mut c, data) = daemon_with_big_blob().await;
+    let req = api::ReadContentRequest {
+        digest: sha256(&data),
+        offset: data.len() as i64 + 1,
+        size: 0,
     };
-    let r = c
-        .read(with_ns(
-            "t",
-            api::ReadContentRequest {
-                digest: digest.clone(),
-                offset: total + 1,
-                size: 0,
-            },
-        ))
-        .await;
-    assert_eq!(code(r), tonic::Code::OutOfRange);
-    let r = c
-        .read(with_ns(
-            "t",
-            api::ReadContentRequest {
-                digest: sha256(b"nope"),
-                ..Default::default()
-            },
-        ))
-        .await;
-    assert_eq!(code(r), tonic::Code::NotFound);
-    let r = c
-        .read(with_ns(
-            "t",
-            api::ReadContentRequest {
-                digest: "sha256:../../etc".into(),
-                ..Default::default()
-            },
-        ))
-        .await;
-    assert_eq!(code(r), tonic::Code::InvalidArgument);
+    assert_eq!(read_code(&mut c, req).await, tonic::Code::OutOfRange);
+}
+
+/// The status code of a whole-blob `Read` of `digest` on a fresh daemon.
+async fn read_code_on_an_empty_store(digest: String) -> tonic::Code {
+    let d = Daemon::start();
+    let mut c = ContentClient::new(d.channel().await);
+    let req = api::ReadContentRequest {
+        digest,
+        ..Default::default()
+    };
+    read_code(&mut c, req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_an_unknown_digest_is_not_found() {
+    let code = read_code_on_an_empty_store(sha256(b"nope")).await;
+    assert_eq!(code, tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_a_malformed_digest_is_invalid_argument() {
+    let code = read_code_on_an_empty_store("sha256:../../etc".into()).await;
+    assert_eq!(code, tonic::Code::InvalidArgument);
 }
 
 #[test]

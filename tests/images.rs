@@ -41,152 +41,191 @@ fn image(name: &str, digest: &str) -> api::Image {
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "e2e: needs ctr (containerd)"]
-async fn images_service_crud_filters_field_mask_and_events() {
-    let d = Daemon::start();
-    let ch = d.channel().await;
-    let mut events = EventsClient::new(ch.clone())
-        .subscribe(SubscribeRequest {
-            filters: vec![r#"topic~="^/images/""#.into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut c = ImagesClient::new(ch);
+type Images = ImagesClient<tonic::transport::Channel>;
 
-    let created = c
-        .create(with_ns(
-            "t",
-            api::CreateImageRequest {
-                image: Some(image("example.com/a:1", D1)),
-                ..Default::default()
-            },
-        ))
+fn create_req(image: api::Image) -> api::CreateImageRequest {
+    api::CreateImageRequest {
+        image: Some(image),
+        ..Default::default()
+    }
+}
+
+/// A daemon and an images client on it.
+async fn images_daemon() -> (Daemon, Images) {
+    let d = Daemon::start();
+    let c = ImagesClient::new(d.channel().await);
+    (d, c)
+}
+
+/// Creates `example.com/a:1` (target D1) and `example.com/b:1` (target D2) in namespace `t`,
+/// both labelled team=a; returns the first as created.
+async fn create_a_and_b(c: &mut Images) -> api::Image {
+    let a = c
+        .create(with_ns("t", create_req(image("example.com/a:1", D1))))
         .await
         .unwrap()
         .into_inner()
         .image
         .unwrap();
-    assert!(created.created_at.is_some());
-    let err = c
-        .create(with_ns(
-            "t",
-            api::CreateImageRequest {
-                image: Some(image("example.com/a:1", D1)),
-                ..Default::default()
-            },
-        ))
+    c.create(with_ns("t", create_req(image("example.com/b:1", D2))))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::AlreadyExists);
-    c.create(with_ns(
+        .unwrap();
+    a
+}
+
+/// A daemon holding the images of [`create_a_and_b`].
+async fn daemon_with_a_and_b() -> (Daemon, Images) {
+    let (d, mut c) = images_daemon().await;
+    create_a_and_b(&mut c).await;
+    (d, c)
+}
+
+async fn list_names(c: &mut Images, ns: &str, filters: &[&str]) -> Vec<String> {
+    let req = api::ListImagesRequest {
+        filters: filters.iter().map(ToString::to_string).collect(),
+    };
+    c.list(with_ns(ns, req))
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .into_iter()
+        .map(|i| i.name)
+        .collect()
+}
+
+/// Sets label team=b on `example.com/a:1` under the mask `labels.team`, with a request that
+/// also carries another target (D2), which the mask leaves alone.
+async fn relabel_a(c: &mut Images) -> api::Image {
+    let mut upd = image("example.com/a:1", D2);
+    upd.labels = [("team".to_string(), "b".to_string())].into();
+    c.update(with_ns(
         "t",
-        api::CreateImageRequest {
-            image: Some(image("example.com/b:1", D2)),
+        api::UpdateImageRequest {
+            image: Some(upd),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["labels.team".into()],
+            }),
             ..Default::default()
         },
     ))
     .await
-    .unwrap();
-    // Invalid: empty name, bad digest.
+    .unwrap()
+    .into_inner()
+    .image
+    .unwrap()
+}
+
+/// Deletes `example.com/a:1` over gRPC naming the stale target D2.
+async fn delete_a_with_a_stale_target(c: &mut Images) -> tonic::Status {
+    c.delete(with_ns(
+        "t",
+        api::DeleteImageRequest {
+            name: "example.com/a:1".into(),
+            sync: false,
+            target: Some(Descriptor {
+                digest: D2.into(),
+                ..Default::default()
+            }),
+        },
+    ))
+    .await
+    .unwrap_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs ctr (containerd)"]
+async fn create_returns_the_image_with_its_creation_time() {
+    let (_d, mut c) = images_daemon().await;
+    let created = create_a_and_b(&mut c).await;
+    assert!(created.created_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs ctr (containerd)"]
+async fn create_of_a_name_that_exists_is_already_exists() {
+    let (_d, mut c) = daemon_with_a_and_b().await;
+    let err = c
+        .create(with_ns("t", create_req(image("example.com/a:1", D1))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs ctr (containerd)"]
+async fn create_with_an_empty_name_or_a_bad_digest_is_invalid_argument() {
+    let (_d, mut c) = images_daemon().await;
     for bad in [image("", D1), image("x", "sha256:nothex")] {
-        let err = c
-            .create(with_ns(
-                "t",
-                api::CreateImageRequest {
-                    image: Some(bad),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap_err();
+        let err = c.create(with_ns("t", create_req(bad))).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     }
+}
 
-    let list = |filters: Vec<&str>| api::ListImagesRequest {
-        filters: filters.into_iter().map(String::from).collect(),
-    };
-    let all = c
-        .list(with_ns("t", list(vec![])))
-        .await
-        .unwrap()
-        .into_inner()
-        .images;
-    assert_eq!(all.len(), 2);
-    let by_digest = c
-        .list(with_ns("t", list(vec![&format!("target.digest=={D2}")])))
-        .await
-        .unwrap()
-        .into_inner()
-        .images;
-    assert_eq!(by_digest.len(), 1);
-    assert_eq!(by_digest[0].name, "example.com/b:1");
-    let by_name = c
-        .list(with_ns("t", list(vec![r#"name~="/a:""#, "labels.team==zzz"])))
-        .await
-        .unwrap()
-        .into_inner()
-        .images;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs ctr (containerd)"]
+async fn list_returns_the_namespace_s_images_and_no_other_namespace_s() {
+    let (_d, mut c) = daemon_with_a_and_b().await;
+    assert_eq!(list_names(&mut c, "t", &[]).await.len(), 2);
+    assert!(list_names(&mut c, "other", &[]).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs ctr (containerd)"]
+async fn list_filters_by_target_digest() {
+    let (_d, mut c) = daemon_with_a_and_b().await;
+    let by_digest = list_names(&mut c, "t", &[&format!("target.digest=={D2}")]).await;
+    assert_eq!(by_digest, vec!["example.com/b:1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs ctr (containerd)"]
+async fn list_filters_by_a_name_regexp_or_a_label() {
+    let (_d, mut c) = daemon_with_a_and_b().await;
+    let by_name = list_names(&mut c, "t", &[r#"name~="/a:""#, "labels.team==zzz"]).await;
     assert_eq!(by_name.len(), 1);
-    assert!(
-        c.list(with_ns("other", list(vec![])))
-            .await
-            .unwrap()
-            .into_inner()
-            .images
-            .is_empty()
-    );
+}
 
-    // Update only one label: target untouched.
-    let mut upd = image("example.com/a:1", D2);
-    upd.labels = [("team".to_string(), "b".to_string())].into();
-    let updated = c
-        .update(with_ns(
-            "t",
-            api::UpdateImageRequest {
-                image: Some(upd),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["labels.team".into()],
-                }),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs ctr (containerd)"]
+async fn update_with_a_field_mask_changes_only_that_label() {
+    let (_d, mut c) = daemon_with_a_and_b().await;
+    let updated = relabel_a(&mut c).await;
     assert_eq!(updated.labels.get("team").map(String::as_str), Some("b"));
     assert_eq!(updated.target.unwrap().digest, D1);
+}
 
-    // ctr sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs ctr (containerd)"]
+async fn ctr_lists_the_images_created_over_grpc() {
+    let (d, _c) = daemon_with_a_and_b().await;
     let ls = d.ctr_ok(&["-n", "t", "images", "ls", "-q"]);
     assert_eq!(
         ls.lines().collect::<Vec<_>>(),
         vec!["example.com/a:1", "example.com/b:1"]
     );
+}
 
-    // A namespace with images cannot be deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs ctr (containerd)"]
+async fn a_namespace_holding_images_cannot_be_deleted() {
+    let (d, _c) = daemon_with_a_and_b().await;
     let out = d.ctr(&["namespaces", "rm", "t"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 images"));
+}
 
-    // Delete with a stale target is NotFound; then delete for real.
-    let err = c
-        .delete(with_ns(
-            "t",
-            api::DeleteImageRequest {
-                name: "example.com/a:1".into(),
-                sync: false,
-                target: Some(Descriptor {
-                    digest: D2.into(),
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .unwrap_err();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs ctr (containerd)"]
+async fn delete_naming_a_stale_target_is_not_found() {
+    let (_d, mut c) = daemon_with_a_and_b().await;
+    let err = delete_a_with_a_stale_target(&mut c).await;
     assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs ctr (containerd)"]
+async fn an_image_removed_with_ctr_is_not_found() {
+    let (d, mut c) = daemon_with_a_and_b().await;
     d.ctr_ok(&["-n", "t", "images", "rm", "--sync", "example.com/a:1"]);
     let err = c
         .get(with_ns(
@@ -198,6 +237,28 @@ async fn images_service_crud_filters_field_mask_and_events() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+/// One sequence: the events come in the order of the calls, and the failed calls in between
+/// (a duplicate, an invalid image, a stale delete) publish nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs ctr (containerd)"]
+async fn create_update_and_delete_publish_image_events_in_order_and_failures_none() {
+    let (d, mut c) = images_daemon().await;
+    let mut events = EventsClient::new(d.channel().await)
+        .subscribe(SubscribeRequest {
+            filters: vec![r#"topic~="^/images/""#.into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    create_a_and_b(&mut c).await;
+    for bad in [image("example.com/a:1", D1), image("", D1)] {
+        c.create(with_ns("t", create_req(bad))).await.unwrap_err();
+    }
+    relabel_a(&mut c).await;
+    delete_a_with_a_stale_target(&mut c).await;
+    d.ctr_ok(&["-n", "t", "images", "rm", "--sync", "example.com/a:1"]);
 
     let mut topics = Vec::new();
     while topics.len() < 4 {

@@ -238,49 +238,131 @@ fn ctr_leases_create_ls_rm() {
     assert!(err.contains("not found"), "{err}");
 }
 
-#[test]
-#[ignore = "e2e: needs root, ctr (containerd)"]
-fn grpc_validation_errors_carry_the_code_and_name_the_field() {
+/// The metadata clients of one daemon.
+struct Clients {
+    c: Containers,
+    n: Namespaces,
+    l: Leases,
+}
+
+/// Runs `body` on a runtime against a fresh daemon and its clients.
+fn with_daemon(body: impl AsyncFnOnce(Clients)) {
     let d = daemon();
     rt().block_on(async {
         let ch = d.channel().await;
-        let mut c = Containers::new(ch.clone());
-        let mut n = Namespaces::new(ch.clone());
-        let mut l = Leases::new(ch);
+        body(Clients {
+            c: Containers::new(ch.clone()),
+            n: Namespaces::new(ch.clone()),
+            l: Leases::new(ch),
+        })
+        .await;
+    });
+}
 
+async fn create_lease(
+    l: &mut Leases,
+    id: &str,
+    labels: HashMap<String, String>,
+) -> Result<(), tonic::Status> {
+    l.create(in_ns(
+        "default",
+        lapi::CreateRequest {
+            id: id.into(),
+            labels,
+        },
+    ))
+    .await
+    .map(drop)
+}
+
+async fn add_resource(l: &mut Leases, lease: &str, r#type: &str, id: &str) -> Result<(), tonic::Status> {
+    l.add_resource(in_ns(
+        "default",
+        lapi::AddResourceRequest {
+            id: lease.into(),
+            resource: Some(lapi::Resource {
+                id: id.into(),
+                r#type: r#type.into(),
+            }),
+        },
+    ))
+    .await
+    .map(drop)
+}
+
+async fn list_resources(l: &mut Leases, lease: &str) -> Vec<lapi::Resource> {
+    l.list_resources(in_ns("default", lapi::ListResourcesRequest { id: lease.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .resources
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn container_create_without_a_runtime_name_is_invalid_argument_naming_it() {
+    with_daemon(async |mut k| {
         let mut bad = container("x");
         bad.runtime = None;
         assert_status(
-            create(&mut c, "default", bad).await,
+            create(&mut k.c, "default", bad).await,
             Code::InvalidArgument,
             "runtime.name",
         );
+    });
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn container_create_with_a_malformed_or_too_long_id_is_invalid_argument() {
+    with_daemon(async |mut k| {
         assert_status(
-            create(&mut c, "default", container("a/b")).await,
+            create(&mut k.c, "default", container("a/b")).await,
             Code::InvalidArgument,
             "container id",
         );
         assert_status(
-            create(&mut c, "default", container(&"x".repeat(77))).await,
+            create(&mut k.c, "default", container(&"x".repeat(77))).await,
             Code::InvalidArgument,
             "container id",
         );
+    });
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn container_create_with_oversized_labels_is_invalid_argument_naming_them() {
+    with_daemon(async |mut k| {
         let mut bad = container("x");
         bad.labels.insert("k".repeat(100), "v".repeat(4000));
         assert_status(
-            create(&mut c, "default", bad).await,
+            create(&mut k.c, "default", bad).await,
             Code::InvalidArgument,
             "labels",
         );
+    });
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn container_create_without_a_spec_is_invalid_argument_naming_it() {
+    with_daemon(async |mut k| {
         let mut bad = container("x");
         bad.spec = None;
         assert_status(
-            create(&mut c, "default", bad).await,
+            create(&mut k.c, "default", bad).await,
             Code::InvalidArgument,
             "spec",
         );
+    });
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn a_call_without_a_namespace_or_with_a_malformed_one_is_invalid_argument() {
+    with_daemon(async |mut k| {
         assert_status(
-            c.create(Request::new(capi::CreateContainerRequest {
+            k.c.create(Request::new(capi::CreateContainerRequest {
                 container: Some(container("x")),
             }))
             .await,
@@ -288,12 +370,19 @@ fn grpc_validation_errors_carry_the_code_and_name_the_field() {
             "namespace",
         );
         assert_status(
-            create(&mut c, "bad ns", container("x")).await,
+            create(&mut k.c, "bad ns", container("x")).await,
             Code::InvalidArgument,
             "namespace",
         );
+    });
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn container_list_with_a_malformed_filter_is_invalid_argument() {
+    with_daemon(async |mut k| {
         assert_status(
-            c.list(in_ns(
+            k.c.list(in_ns(
                 "default",
                 capi::ListContainersRequest {
                     filters: vec!["image~=(".into()],
@@ -303,14 +392,29 @@ fn grpc_validation_errors_carry_the_code_and_name_the_field() {
             Code::InvalidArgument,
             "filter",
         );
-        create(&mut c, "default", container("x")).await.unwrap();
+    });
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn container_create_of_an_existing_id_is_already_exists_naming_it() {
+    with_daemon(async |mut k| {
+        create(&mut k.c, "default", container("x")).await.unwrap();
         assert_status(
-            create(&mut c, "default", container("x")).await,
+            create(&mut k.c, "default", container("x")).await,
             Code::AlreadyExists,
             "x",
         );
+    });
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn container_update_of_the_id_is_invalid_argument_naming_the_mask() {
+    with_daemon(async |mut k| {
+        create(&mut k.c, "default", container("x")).await.unwrap();
         assert_status(
-            c.update(in_ns(
+            k.c.update(in_ns(
                 "default",
                 capi::UpdateContainerRequest {
                     container: Some(container("x")),
@@ -323,8 +427,15 @@ fn grpc_validation_errors_carry_the_code_and_name_the_field() {
             Code::InvalidArgument,
             "update_mask",
         );
+    });
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn container_delete_of_an_unknown_id_is_not_found_naming_it() {
+    with_daemon(async |mut k| {
         assert_status(
-            c.delete(in_ns(
+            k.c.delete(in_ns(
                 "default",
                 capi::DeleteContainerRequest { id: "nope".into() },
             ))
@@ -332,9 +443,15 @@ fn grpc_validation_errors_carry_the_code_and_name_the_field() {
             Code::NotFound,
             "nope",
         );
+    });
+}
 
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn namespace_create_with_a_malformed_name_is_invalid_argument() {
+    with_daemon(async |mut k| {
         assert_status(
-            n.create(napi::CreateNamespaceRequest {
+            k.n.create(napi::CreateNamespaceRequest {
                 namespace: Some(napi::Namespace {
                     name: "-x".into(),
                     labels: HashMap::new(),
@@ -344,63 +461,58 @@ fn grpc_validation_errors_carry_the_code_and_name_the_field() {
             Code::InvalidArgument,
             "namespace",
         );
+    });
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn namespace_delete_while_it_holds_a_container_is_failed_precondition_counting_them() {
+    with_daemon(async |mut k| {
+        create(&mut k.c, "default", container("x")).await.unwrap();
         assert_status(
-            n.delete(napi::DeleteNamespaceRequest {
+            k.n.delete(napi::DeleteNamespaceRequest {
                 name: "default".into(),
             })
             .await,
             Code::FailedPrecondition,
             "1 container",
         );
+    });
+}
 
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn lease_create_with_a_malformed_expiry_label_is_invalid_argument_naming_it() {
+    with_daemon(async |mut k| {
+        let labels = HashMap::from([("containerd.io/gc.expire".to_string(), "soon".to_string())]);
         assert_status(
-            l.create(in_ns(
-                "default",
-                lapi::CreateRequest {
-                    id: "l".into(),
-                    labels: HashMap::from([("containerd.io/gc.expire".to_string(), "soon".to_string())]),
-                },
-            ))
-            .await,
+            create_lease(&mut k.l, "l", labels).await,
             Code::InvalidArgument,
             "containerd.io/gc.expire",
         );
-        l.create(in_ns(
-            "default",
-            lapi::CreateRequest {
-                id: "l".into(),
-                labels: HashMap::new(),
-            },
-        ))
-        .await
-        .unwrap();
+    });
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn lease_resource_of_content_with_a_malformed_digest_is_invalid_argument() {
+    with_daemon(async |mut k| {
+        create_lease(&mut k.l, "l", HashMap::new()).await.unwrap();
         assert_status(
-            l.add_resource(in_ns(
-                "default",
-                lapi::AddResourceRequest {
-                    id: "l".into(),
-                    resource: Some(lapi::Resource {
-                        id: "not-a-digest".into(),
-                        r#type: "content".into(),
-                    }),
-                },
-            ))
-            .await,
+            add_resource(&mut k.l, "l", "content", "not-a-digest").await,
             Code::InvalidArgument,
             "resource.id",
         );
+    });
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn lease_resource_of_an_unknown_type_is_unimplemented() {
+    with_daemon(async |mut k| {
+        create_lease(&mut k.l, "l", HashMap::new()).await.unwrap();
         assert_status(
-            l.add_resource(in_ns(
-                "default",
-                lapi::AddResourceRequest {
-                    id: "l".into(),
-                    resource: Some(lapi::Resource {
-                        id: "x".into(),
-                        r#type: "widgets".into(),
-                    }),
-                },
-            ))
-            .await,
+            add_resource(&mut k.l, "l", "widgets", "x").await,
             Code::Unimplemented,
             "resource.type",
         );
@@ -409,20 +521,16 @@ fn grpc_validation_errors_carry_the_code_and_name_the_field() {
 
 #[test]
 #[ignore = "e2e: needs root, ctr (containerd)"]
-fn grpc_list_stream_filters_updates_and_resources() {
-    let d = daemon();
-    rt().block_on(async {
-        let ch = d.channel().await;
-        let mut c = Containers::new(ch.clone());
-        let mut l = Leases::new(ch);
+fn list_stream_streams_what_any_filter_matches_in_id_order() {
+    with_daemon(async |mut k| {
         for i in 0..25 {
             let mut ctr = container(&format!("c{i:02}"));
             ctr.labels
                 .insert("parity".into(), if i % 2 == 0 { "even" } else { "odd" }.into());
-            create(&mut c, "default", ctr).await.unwrap();
+            create(&mut k.c, "default", ctr).await.unwrap();
         }
-        let mut stream = c
-            .list_stream(in_ns(
+        let mut stream =
+            k.c.list_stream(in_ns(
                 "default",
                 capi::ListContainersRequest {
                     filters: vec!["labels.parity==odd".into(), "id==c00".into()],
@@ -437,15 +545,16 @@ fn grpc_list_stream_filters_updates_and_resources() {
         }
         assert_eq!(ids.len(), 13, "{ids:?}");
         assert_eq!(ids[0], "c00");
+    });
+}
 
-        // Update with a mask over several fields keeps created_at, moves updated_at.
-        let before = c
-            .get(in_ns("default", capi::GetContainerRequest { id: "c01".into() }))
-            .await
-            .unwrap()
-            .into_inner()
-            .container
-            .unwrap();
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn update_with_a_mask_over_several_fields_keeps_created_at_and_moves_updated_at() {
+    with_daemon(async |mut k| {
+        let mut c01 = container("c01");
+        c01.labels.insert("parity".into(), "odd".into());
+        let before = create(&mut k.c, "default", c01).await.unwrap();
         let mut upd = container("c01");
         upd.image = "img:2".into();
         upd.snapshotter = "overlayfs".into();
@@ -454,8 +563,8 @@ fn grpc_list_stream_filters_updates_and_resources() {
             ("parity".to_string(), String::new()),
             ("new".to_string(), "1".to_string()),
         ]);
-        let after = c
-            .update(in_ns(
+        let after =
+            k.c.update(in_ns(
                 "default",
                 capi::UpdateContainerRequest {
                     container: Some(upd),
@@ -486,59 +595,48 @@ fn grpc_list_stream_filters_updates_and_resources() {
         );
         assert_eq!(after.created_at, before.created_at);
         assert_ne!(after.updated_at, before.updated_at);
+    });
+}
 
-        // Lease resources round trip.
-        l.create(in_ns(
-            "default",
-            lapi::CreateRequest {
-                id: "hold".into(),
-                labels: HashMap::new(),
-            },
-        ))
-        .await
-        .unwrap();
-        let digest = format!("sha256:{}", "ab".repeat(32));
-        for (t, id) in [("content", digest.as_str()), ("snapshots/overlayfs", "c01-snap")] {
-            l.add_resource(in_ns(
-                "default",
-                lapi::AddResourceRequest {
-                    id: "hold".into(),
-                    resource: Some(lapi::Resource {
-                        id: id.into(),
-                        r#type: t.into(),
-                    }),
-                },
-            ))
-            .await
-            .unwrap();
-        }
-        let res = l
-            .list_resources(in_ns("default", lapi::ListResourcesRequest { id: "hold".into() }))
-            .await
-            .unwrap()
-            .into_inner()
-            .resources;
+/// A lease `hold` on a content digest and on the snapshot `c01-snap`; returns the digest.
+async fn lease_holding_content_and_a_snapshot(l: &mut Leases) -> String {
+    create_lease(l, "hold", HashMap::new()).await.unwrap();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    for (t, id) in [("content", digest.as_str()), ("snapshots/overlayfs", "c01-snap")] {
+        add_resource(l, "hold", t, id).await.unwrap();
+    }
+    digest
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn lease_resources_added_are_listed() {
+    with_daemon(async |mut k| {
+        lease_holding_content_and_a_snapshot(&mut k.l).await;
+        let res = list_resources(&mut k.l, "hold").await;
         assert_eq!(res.len(), 2, "{res:?}");
-        l.delete_resource(in_ns(
+    });
+}
+
+#[test]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+fn a_lease_resource_deleted_is_no_longer_listed() {
+    with_daemon(async |mut k| {
+        let digest = lease_holding_content_and_a_snapshot(&mut k.l).await;
+        k.l.delete_resource(in_ns(
             "default",
             lapi::DeleteResourceRequest {
                 id: "hold".into(),
                 resource: Some(lapi::Resource {
-                    id: digest.clone(),
+                    id: digest,
                     r#type: "content".into(),
                 }),
             },
         ))
         .await
         .unwrap();
-        let res = l
-            .list_resources(in_ns("default", lapi::ListResourcesRequest { id: "hold".into() }))
-            .await
-            .unwrap()
-            .into_inner()
-            .resources;
         assert_eq!(
-            res,
+            list_resources(&mut k.l, "hold").await,
             vec![lapi::Resource {
                 id: "c01-snap".into(),
                 r#type: "snapshots/overlayfs".into()
@@ -747,15 +845,7 @@ lease_expiry_interval_ms = 50
             ),
             ("kept", HashMap::new()),
         ] {
-            l.create(in_ns(
-                "default",
-                lapi::CreateRequest {
-                    id: id.into(),
-                    labels,
-                },
-            ))
-            .await
-            .unwrap();
+            create_lease(&mut l, id, labels).await.unwrap();
         }
     });
     let mut left = String::new();

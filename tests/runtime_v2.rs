@@ -40,9 +40,12 @@ fn require_tools() {
     ]);
 }
 
-/// A default runc spec (`runc spec`) with the given rootfs and args.
+/// A default runc spec (`runc spec`) with the given rootfs and args, for container `id` in
+/// namespace `ns`; its cgroup is `/taskd-test/<ns>-<id>`, one per world (tests run in
+/// parallel, and many use the same container ids).
 fn spec_with(
     rootfs: &Path,
+    ns: &str,
     id: &str,
     args: &[&str],
     terminal: bool,
@@ -65,7 +68,7 @@ fn spec_with(
     v["process"]["args"] = serde_json::json!(args);
     v["process"]["terminal"] = terminal.into();
     v["hostname"] = id.into();
-    v["linux"]["cgroupsPath"] = format!("/taskd-test/{id}").into();
+    v["linux"]["cgroupsPath"] = format!("/taskd-test/{ns}-{id}").into();
     if let Some(sb) = sandbox {
         v["annotations"] = serde_json::json!({ "io.kubernetes.cri.sandbox-id": sb });
     }
@@ -319,7 +322,7 @@ impl World {
     }
 
     fn spec(&self, id: &str, args: &[&str], terminal: bool, sandbox: Option<&str>) -> prost_types::Any {
-        spec_with(self.rootfs.path(), id, args, terminal, sandbox)
+        spec_with(self.rootfs.path(), &self.ns, id, args, terminal, sandbox)
     }
 
     fn container_spec(&self, id: &str, spec: prost_types::Any) {
@@ -534,37 +537,45 @@ async fn echo_events_in_order(runtime: &'static str) {
     assert_eq!(err.to_string(), "task echo not found");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "e2e: needs root, runc, the runc shim"]
-async fn all_rpcs_on_a_long_running_task() {
-    let w = World::new().await;
-    let ns = w.ns.clone();
-    w.container("long", &["/bin/sleep", "1000"]);
-    w.create("long").await;
-    let err = w
-        .local
+/// A Create of task `id` (no IO) that must fail; its error.
+async fn create_that_fails(w: &World, id: &str) -> impl ErrorKind + std::fmt::Display {
+    w.local
         .create(
-            &ns,
+            &w.ns,
             CreateTask {
-                container_id: "long".into(),
+                container_id: id.into(),
                 ..Default::default()
             },
         )
         .await
-        .unwrap_err();
-    assert_eq!(err.kind(), Kind::AlreadyExists);
-    assert_eq!(err.to_string(), "task long already exists");
-    let pid = w.local.start(&ns, "long", "").await.unwrap();
-    assert!(alive(pid));
-    let listed = w.local.list(&ns, "").await.unwrap();
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].status, Status::Running);
+        .unwrap_err()
+}
 
-    // exec
+/// A world with the task `long` (`sleep 1000`) created and started: its init pid, alive.
+async fn long_running() -> (World, u32) {
+    let w = World::new().await;
+    w.container("long", &["/bin/sleep", "1000"]);
+    w.create("long").await;
+    let pid = w.local.start(&w.ns, "long", "").await.unwrap();
+    assert!(alive(pid));
+    (w, pid)
+}
+
+/// A Wait on process `exec` of `id` (the init when empty), in the background; its exit status.
+fn spawn_wait(w: &World, id: &'static str, exec: &'static str) -> tokio::task::JoinHandle<u32> {
+    let local = w.local.clone();
+    let ns = w.ns.clone();
+    tokio::spawn(async move { local.wait(&ns, id, exec).await.unwrap().status })
+}
+
+/// Exec `e1` in `long` (prints, exits 3), start it, wait for its exit and delete it (both
+/// report 3); the file its stdout and stderr went to.
+async fn exec_exit_3_and_delete(w: &World) -> PathBuf {
+    let ns = &w.ns;
     let (uri, out) = w.out("e1.out");
     w.local
         .exec(
-            &ns,
+            ns,
             "long",
             "e1",
             ExecOpts {
@@ -578,31 +589,95 @@ async fn all_rpcs_on_a_long_running_task() {
         )
         .await
         .unwrap();
-    let wait = {
-        let local = w.local.clone();
-        let ns = ns.clone();
-        tokio::spawn(async move { local.wait(&ns, "long", "e1").await })
-    };
-    w.local.start(&ns, "long", "e1").await.unwrap();
-    assert_eq!(wait.await.unwrap().unwrap().status, 3);
-    let e = w.local.delete_process(&ns, "long", "e1").await.unwrap();
+    let wait = spawn_wait(w, "long", "e1");
+    w.local.start(ns, "long", "e1").await.unwrap();
+    assert_eq!(wait.await.unwrap(), 3);
+    let e = w.local.delete_process(ns, "long", "e1").await.unwrap();
     assert_eq!(e.status, 3);
-    // The shim finishes copying output by the time the process is deleted (not at exit).
-    assert_eq!(std::fs::read_to_string(out).unwrap(), "from-exec\n");
-    let err = w.local.get(&ns, "long", "e1").await.unwrap_err();
-    assert_eq!(err.kind(), Kind::NotFound, "{err}");
+    out
+}
 
-    // pids, pause/resume, stats, update, resize on a non-tty (error kind kept), close io
-    let pids = w.local.list_pids(&ns, "long").await.unwrap();
-    assert!(pids.iter().any(|p| p.pid == pid), "{pids:?}");
-    w.local.pause(&ns, "long").await.unwrap();
-    assert_eq!(w.local.get(&ns, "long", "").await.unwrap().status, Status::Paused);
-    w.local.resume(&ns, "long").await.unwrap();
+async fn pause_and_resume_long(w: &World) {
+    w.local.pause(&w.ns, "long").await.unwrap();
     assert_eq!(
-        w.local.get(&ns, "long", "").await.unwrap().status,
+        w.local.get(&w.ns, "long", "").await.unwrap().status,
+        Status::Paused
+    );
+    w.local.resume(&w.ns, "long").await.unwrap();
+    assert_eq!(
+        w.local.get(&w.ns, "long", "").await.unwrap().status,
         Status::Running
     );
-    let metrics = w.local.metrics(&ns, &["id==long".to_owned()]).await.unwrap();
+}
+
+/// SIGKILL `long`, whose Wait returns 137, and delete it (137 too).
+async fn kill_wait_and_delete_long(w: &World) {
+    let wait = spawn_wait(w, "long", "");
+    w.local.kill(&w.ns, "long", "", 9, false).await.unwrap();
+    assert_eq!(wait.await.unwrap(), 137);
+    let exit = w.local.delete(&w.ns, "long").await.unwrap();
+    assert_eq!(exit.status, 137);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
+async fn create_of_a_task_that_exists_is_already_exists_naming_it() {
+    let w = World::new().await;
+    w.container("long", &["/bin/sleep", "1000"]);
+    w.create("long").await;
+    let err = create_that_fails(&w, "long").await;
+    assert_eq!(err.kind(), Kind::AlreadyExists);
+    assert_eq!(err.to_string(), "task long already exists");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
+async fn a_started_task_is_listed_running() {
+    let (w, _) = long_running().await;
+    let listed = w.local.list(&w.ns, "").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].status, Status::Running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
+async fn an_exec_s_output_is_copied_by_the_time_it_is_deleted() {
+    // exec_exit_3_and_delete checks the exit status from Wait and Delete.
+    let (w, _) = long_running().await;
+    let out = exec_exit_3_and_delete(&w).await;
+    // The shim finishes copying output by the time the process is deleted (not at exit).
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "from-exec\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
+async fn a_deleted_exec_is_not_found() {
+    let (w, _) = long_running().await;
+    exec_exit_3_and_delete(&w).await;
+    let err = w.local.get(&w.ns, "long", "e1").await.unwrap_err();
+    assert_eq!(err.kind(), Kind::NotFound, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
+async fn list_pids_includes_the_init() {
+    let (w, pid) = long_running().await;
+    let pids = w.local.list_pids(&w.ns, "long").await.unwrap();
+    assert!(pids.iter().any(|p| p.pid == pid), "{pids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
+async fn pause_and_resume_move_the_status_to_paused_and_back_to_running() {
+    let (w, _) = long_running().await;
+    pause_and_resume_long(&w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
+async fn metrics_of_a_task_are_its_cgroup_stats() {
+    let (w, _) = long_running().await;
+    let metrics = w.local.metrics(&w.ns, &["id==long".to_owned()]).await.unwrap();
     assert_eq!(metrics.len(), 1);
     let data = metrics[0].data.as_ref().expect("stats");
     assert!(
@@ -610,10 +685,16 @@ async fn all_rpcs_on_a_long_running_task() {
         "{}",
         data.type_url
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
+async fn update_with_linux_resources_succeeds() {
+    let (w, _) = long_running().await;
     let resources = serde_json::json!({"cpu": {"shares": 512}});
     w.local
         .update(
-            &ns,
+            &w.ns,
             "long",
             Some(prost_types::Any {
                 type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
@@ -623,29 +704,53 @@ async fn all_rpcs_on_a_long_running_task() {
         )
         .await
         .unwrap();
-    w.local.close_io(&ns, "long", "", true).await.unwrap();
-    let err = w.local.checkpoint(&ns, "long", "", None, None).await.unwrap_err();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
+async fn close_io_of_the_init_s_stdin_succeeds() {
+    let (w, _) = long_running().await;
+    w.local.close_io(&w.ns, "long", "", true).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
+async fn checkpoint_without_the_content_store_is_not_implemented() {
+    let (w, _) = long_running().await;
+    let err = w
+        .local
+        .checkpoint(&w.ns, "long", "", None, None)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), Kind::NotImplemented);
     assert!(
         err.to_string().starts_with("checkpoint needs the content store"),
         "{err}"
     );
+}
 
-    // kill + wait + delete
-    let wait = {
-        let local = w.local.clone();
-        let ns = ns.clone();
-        tokio::spawn(async move { local.wait(&ns, "long", "").await })
-    };
-    w.local.kill(&ns, "long", "", 9, false).await.unwrap();
-    assert_eq!(wait.await.unwrap().unwrap().status, 137);
-    let exit = w.local.delete(&ns, "long").await.unwrap();
-    assert_eq!(exit.status, 137);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
+async fn kill_wait_and_delete_leave_no_bundle_and_no_mount() {
+    // kill_wait_and_delete_long checks the exit status from Wait and Delete.
+    let (w, _) = long_running().await;
+    kill_wait_and_delete_long(&w).await;
     assert!(!w.bundle("long").exists());
     assert_eq!(w.mounts_under_dir(), 0);
-    w.events.wait_for(&ns, "/tasks/delete", 1).await;
+}
+
+/// One sequence (the order is the behaviour): the task's and an exec's lives publish their
+/// events in the order of the calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim"]
+async fn a_long_running_task_s_rpcs_publish_events_in_order() {
+    let (w, _) = long_running().await;
+    exec_exit_3_and_delete(&w).await;
+    pause_and_resume_long(&w).await;
+    kill_wait_and_delete_long(&w).await;
+    w.events.wait_for(&w.ns, "/tasks/delete", 1).await;
     assert_eq!(
-        w.events.topics(&ns),
+        w.events.topics(&w.ns),
         [
             "/tasks/create",
             "/tasks/start",
@@ -665,17 +770,7 @@ async fn all_rpcs_on_a_long_running_task() {
 async fn runtime_v1_is_refused() {
     let w = World::new().await;
     w.container_with("v1", &["/bin/true"], "io.containerd.runc.v1");
-    let err = w
-        .local
-        .create(
-            &w.ns,
-            CreateTask {
-                container_id: "v1".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+    let err = create_that_fails(&w, "v1").await;
     assert_eq!(err.kind(), Kind::FailedPrecondition);
     assert!(err.to_string().contains("io.containerd.runc.v2"), "{err}");
     assert!(!w.bundle("v1").exists());

@@ -248,77 +248,159 @@ fn exec_spec(args: &[&str], terminal: bool) -> protobuf::well_known_types::any::
     }
 }
 
-/// Every RPC with bad input gets a clear ttrpc status and the shim lives on; events come in
-/// order; an exec with a terminal can be resized; Delete cleans up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
-async fn rpcs_events_bad_input_and_tty_exec() {
-    let mut r = Rig::new("rpcs").await;
+fn start_req(id: &str, exec_id: &str) -> shim::StartRequest {
+    shim::StartRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    }
+}
+
+fn kill_req(id: &str, exec_id: &str) -> shim::KillRequest {
+    shim::KillRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        signal: 9,
+        ..Default::default()
+    }
+}
+
+fn wait_req(id: &str, exec_id: &str) -> shim::WaitRequest {
+    shim::WaitRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    }
+}
+
+fn delete_req(id: &str, exec_id: &str) -> shim::DeleteRequest {
+    shim::DeleteRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    }
+}
+
+/// A rig whose shim serves container `c1` (`sleep 1000`), not yet created; its task client.
+async fn shim_for_c1(test: &str) -> (Rig, TaskClient, PathBuf) {
+    let mut r = Rig::new(test).await;
     let b = r.bundle("c1", &["/bin/sleep", "1000"], None);
     r.start_shim("c1", &b).await;
-    let ns = r.ns.clone();
     let t = r.task().clone();
+    (r, t, b)
+}
 
-    // A bundle without config.json: InvalidArgument, no event.
+/// A rig whose shim runs `c1` (`sleep 1000`): created, then started with the created pid.
+async fn running_c1(test: &str) -> (Rig, TaskClient, u32) {
+    let (mut r, t, b) = shim_for_c1(test).await;
+    let pid = r.create("c1", &b, false).await.expect("Create");
+    assert!(pid > 0);
+    let started = t.start(ctx(&r.ns), &start_req("c1", "")).await.expect("Start");
+    assert_eq!(started.pid, pid);
+    (r, t, pid)
+}
+
+/// SIGKILL the init of `c1` and wait for it: exit status 137.
+async fn kill_and_wait_c1(r: &Rig, t: &TaskClient) {
+    t.kill(ctx(&r.ns), &kill_req("c1", "")).await.expect("Kill");
+    let w = t.wait(ctx(&r.ns), &wait_req("c1", "")).await.expect("Wait");
+    assert_eq!(w.exit_status, 137);
+}
+
+/// Exec `e1` (`true`, no terminal) in `c1`, start it and wait for its exit status 0.
+async fn exec_to_its_exit(r: &Rig, t: &TaskClient) {
+    let ns = &r.ns;
+    t.exec(
+        ctx(ns),
+        &shim::ExecProcessRequest {
+            id: "c1".into(),
+            exec_id: "e1".into(),
+            spec: protobuf::MessageField::some(exec_spec(&["/bin/true"], false)),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("Exec");
+    t.start(ctx(ns), &start_req("c1", "e1"))
+        .await
+        .expect("exec Start");
+    let w = t.wait(ctx(ns), &wait_req("c1", "e1")).await.expect("exec Wait");
+    assert_eq!(w.exit_status, 0);
+}
+
+#[track_caller]
+fn assert_shim_lives(r: &Rig) {
+    assert!(r.shim_alive(), "the shim died on bad input");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn create_from_a_bundle_without_config_json_is_invalid_argument_naming_it() {
+    let (mut r, _t, _b) = shim_for_c1("nobundle").await;
     let bad = r.dir.path().join("nobundle");
     std::fs::create_dir_all(&bad).expect("mkdir");
     let e = r.create("bad", &bad, false).await.expect_err("bad bundle");
     assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT, "{e:?}");
     assert!(format!("{e:?}").contains("config.json"), "{e:?}");
+    assert_shim_lives(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn start_of_an_unknown_id_is_not_found() {
+    let (r, t, _b) = shim_for_c1("nosuch").await;
     let e = t
-        .start(
-            ctx(&ns),
-            &shim::StartRequest {
-                id: "nosuch".into(),
-                ..Default::default()
-            },
-        )
+        .start(ctx(&r.ns), &start_req("nosuch", ""))
         .await
         .expect_err("unknown id");
     assert_eq!(code(&e), ttrpc::Code::NOT_FOUND, "{e:?}");
+    assert_shim_lives(&r);
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn create_of_an_existing_id_is_already_exists() {
+    let (mut r, _t, b) = shim_for_c1("recreate").await;
     let pid = r.create("c1", &b, false).await.expect("Create");
     assert!(pid > 0);
     let e = r.create("c1", &b, false).await.expect_err("second create");
     assert_eq!(code(&e), ttrpc::Code::ALREADY_EXISTS, "{e:?}");
-    let started = t
-        .start(
-            ctx(&ns),
-            &shim::StartRequest {
-                id: "c1".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("Start");
-    assert_eq!(started.pid, pid);
+    assert_shim_lives(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn a_second_start_is_failed_precondition() {
+    // running_c1 checks that Start returns the pid Create did.
+    let (r, t, _) = running_c1("restart").await;
     let e = t
-        .start(
-            ctx(&ns),
-            &shim::StartRequest {
-                id: "c1".into(),
-                ..Default::default()
-            },
-        )
+        .start(ctx(&r.ns), &start_req("c1", ""))
         .await
         .expect_err("second start");
     assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION, "{e:?}");
+    assert_shim_lives(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn start_of_an_unknown_exec_is_not_found_naming_it() {
+    let (r, t, _) = running_c1("noexec").await;
     let e = t
-        .start(
-            ctx(&ns),
-            &shim::StartRequest {
-                id: "c1".into(),
-                exec_id: "nosuch".into(),
-                ..Default::default()
-            },
-        )
+        .start(ctx(&r.ns), &start_req("c1", "nosuch"))
         .await
         .expect_err("unknown exec");
     assert_eq!(code(&e), ttrpc::Code::NOT_FOUND, "{e:?}");
     assert!(format!("{e:?}").contains("nosuch"), "{e:?}");
+    assert_shim_lives(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn exec_without_a_spec_is_invalid_argument() {
+    let (r, t, _) = running_c1("nospec").await;
     let e = t
         .exec(
-            ctx(&ns),
+            ctx(&r.ns),
             &shim::ExecProcessRequest {
                 id: "c1".into(),
                 exec_id: "x".into(),
@@ -328,8 +410,14 @@ async fn rpcs_events_bad_input_and_tty_exec() {
         .await
         .expect_err("exec without spec");
     assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT, "{e:?}");
+    assert_shim_lives(&r);
+}
 
-    // Exec with a terminal: its size follows ResizePty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn a_terminal_exec_takes_the_size_resize_pty_sets() {
+    let (r, t, _) = running_c1("tty").await;
+    let ns = r.ns.clone();
     let fifo = r.dir.path().join("e1-out");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
     let reader = {
@@ -352,16 +440,9 @@ async fn rpcs_events_bad_input_and_tty_exec() {
     )
     .await
     .expect("Exec");
-    t.start(
-        ctx(&ns),
-        &shim::StartRequest {
-            id: "c1".into(),
-            exec_id: "e1".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("exec Start");
+    t.start(ctx(&ns), &start_req("c1", "e1"))
+        .await
+        .expect("exec Start");
     t.resize_pty(
         ctx(&ns),
         &shim::ResizePtyRequest {
@@ -374,50 +455,37 @@ async fn rpcs_events_bad_input_and_tty_exec() {
     )
     .await
     .expect("ResizePty");
-    let w = t
-        .wait(
-            ctx(&ns),
-            &shim::WaitRequest {
-                id: "c1".into(),
-                exec_id: "e1".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("exec Wait");
+    let w = t.wait(ctx(&ns), &wait_req("c1", "e1")).await.expect("exec Wait");
     assert_eq!(w.exit_status, 0);
+    t.delete(ctx(&ns), &delete_req("c1", "e1"))
+        .await
+        .expect("exec Delete");
+    let out = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
+    assert!(out.contains("37 91") && out.contains("/dev/pts/"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn kill_of_an_exited_exec_is_not_found_process_already_finished() {
+    let (r, t, _) = running_c1("killexec").await;
+    exec_to_its_exit(&r, &t).await;
     let e = t
-        .kill(
-            ctx(&ns),
-            &shim::KillRequest {
-                id: "c1".into(),
-                exec_id: "e1".into(),
-                signal: 9,
-                ..Default::default()
-            },
-        )
+        .kill(ctx(&r.ns), &kill_req("c1", "e1"))
         .await
         .expect_err("kill an exited exec");
     // NotFound "process already finished", as the stock shim answers.
     assert_eq!(code(&e), ttrpc::Code::NOT_FOUND, "{e:?}");
     assert!(format!("{e:?}").contains("process already finished"), "{e:?}");
-    t.delete(
-        ctx(&ns),
-        &shim::DeleteRequest {
-            id: "c1".into(),
-            exec_id: "e1".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("exec Delete");
-    let out = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
-    assert!(out.contains("37 91") && out.contains("/dev/pts/"), "{out:?}");
+    assert_shim_lives(&r);
+}
 
-    // Pids, Stats, Pause/Resume, State on the running init.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn pids_lists_the_running_init() {
+    let (r, t, pid) = running_c1("pids").await;
     let pids = t
         .pids(
-            ctx(&ns),
+            ctx(&r.ns),
             &shim::PidsRequest {
                 id: "c1".into(),
                 ..Default::default()
@@ -426,9 +494,15 @@ async fn rpcs_events_bad_input_and_tty_exec() {
         .await
         .expect("Pids");
     assert!(pids.processes.iter().any(|p| p.pid == pid), "{pids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn stats_of_the_running_init_are_cgroup_metrics() {
+    let (r, t, _) = running_c1("stats").await;
     let stats = t
         .stats(
-            ctx(&ns),
+            ctx(&r.ns),
             &shim::StatsRequest {
                 id: "c1".into(),
                 ..Default::default()
@@ -441,8 +515,12 @@ async fn rpcs_events_bad_input_and_tty_exec() {
         "{:?}",
         stats.stats.type_url
     );
+}
+
+/// Pause then Resume of the running init (their events: in the order test below).
+async fn pause_and_resume_c1(r: &Rig, t: &TaskClient) {
     t.pause(
-        ctx(&ns),
+        ctx(&r.ns),
         &shim::PauseRequest {
             id: "c1".into(),
             ..Default::default()
@@ -451,7 +529,7 @@ async fn rpcs_events_bad_input_and_tty_exec() {
     .await
     .expect("Pause");
     t.resume(
-        ctx(&ns),
+        ctx(&r.ns),
         &shim::ResumeRequest {
             id: "c1".into(),
             ..Default::default()
@@ -459,64 +537,76 @@ async fn rpcs_events_bad_input_and_tty_exec() {
     )
     .await
     .expect("Resume");
+}
 
-    // Delete of a running task is refused; kill, wait, a second kill is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn pause_and_resume_of_the_running_init_succeed() {
+    let (r, t, _) = running_c1("pause").await;
+    pause_and_resume_c1(&r, &t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn delete_of_a_running_task_is_failed_precondition() {
+    let (r, t, _) = running_c1("delrunning").await;
     let e = t
-        .delete(
-            ctx(&ns),
-            &shim::DeleteRequest {
-                id: "c1".into(),
-                ..Default::default()
-            },
-        )
+        .delete(ctx(&r.ns), &delete_req("c1", ""))
         .await
         .expect_err("delete running");
     assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION, "{e:?}");
-    t.kill(
-        ctx(&ns),
-        &shim::KillRequest {
-            id: "c1".into(),
-            signal: 9,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("Kill");
-    let w = t
-        .wait(
-            ctx(&ns),
-            &shim::WaitRequest {
-                id: "c1".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("Wait");
-    assert_eq!(w.exit_status, 137);
+    assert_shim_lives(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn kill_9_ends_the_init_and_wait_returns_137() {
+    // kill_and_wait_c1 asserts the 137.
+    let (r, t, _) = running_c1("kill").await;
+    kill_and_wait_c1(&r, &t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn kill_of_an_exited_init_is_not_found() {
+    let (r, t, _) = running_c1("killexited").await;
+    kill_and_wait_c1(&r, &t).await;
     let e = t
-        .kill(
-            ctx(&ns),
-            &shim::KillRequest {
-                id: "c1".into(),
-                signal: 9,
-                ..Default::default()
-            },
-        )
+        .kill(ctx(&r.ns), &kill_req("c1", ""))
         .await
         .expect_err("kill exited");
     assert_eq!(code(&e), ttrpc::Code::NOT_FOUND, "{e:?}");
-    let d = t
-        .delete(
-            ctx(&ns),
-            &shim::DeleteRequest {
-                id: "c1".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("Delete");
+    assert_shim_lives(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn delete_of_an_exited_task_returns_its_exit_status() {
+    let (r, t, _) = running_c1("delete").await;
+    kill_and_wait_c1(&r, &t).await;
+    let d = t.delete(ctx(&r.ns), &delete_req("c1", "")).await.expect("Delete");
     assert_eq!(d.exit_status, 137);
-    assert!(r.shim_alive(), "the shim died on bad input");
+}
+
+/// One sequence (the order is the behaviour): a failed create publishes nothing; create,
+/// start, an exec's life, pause/resume, the exit and delete publish their events in order,
+/// and the delete event carries the exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn events_come_in_the_order_of_the_calls_and_delete_carries_the_exit() {
+    let (mut r, t, b) = shim_for_c1("events").await;
+    let bad = r.dir.path().join("nobundle");
+    std::fs::create_dir_all(&bad).expect("mkdir");
+    r.create("bad", &bad, false).await.expect_err("bad bundle");
+    r.create("c1", &b, false).await.expect("Create");
+    t.start(ctx(&r.ns), &start_req("c1", "")).await.expect("Start");
+    exec_to_its_exit(&r, &t).await;
+    t.delete(ctx(&r.ns), &delete_req("c1", "e1"))
+        .await
+        .expect("exec Delete");
+    pause_and_resume_c1(&r, &t).await;
+    kill_and_wait_c1(&r, &t).await;
+    t.delete(ctx(&r.ns), &delete_req("c1", "")).await.expect("Delete");
 
     let topics = r.topics(8).await;
     assert_eq!(
@@ -537,12 +627,18 @@ async fn rpcs_events_bad_input_and_tty_exec() {
     assert_eq!(del.event.type_url, "containerd.events.TaskDelete");
     let d = ev::TaskDelete::decode(del.event.value.as_slice()).expect("decode");
     assert_eq!((d.container_id.as_str(), d.exit_status), ("c1", 137));
+}
 
-    // Shutdown with nothing left: the shim exits, no zombie left of its children.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: root, runc, busybox-static, the built containerd-shim-taskd-v2"]
+async fn shutdown_with_nothing_left_exits_the_shim() {
+    let (r, t, _) = running_c1("shutdown").await;
+    kill_and_wait_c1(&r, &t).await;
+    t.delete(ctx(&r.ns), &delete_req("c1", "")).await.expect("Delete");
     let pid = r.shim_pid.expect("pid");
     let _ = t
         .shutdown(
-            ctx(&ns),
+            ctx(&r.ns),
             &shim::ShutdownRequest {
                 id: "c1".into(),
                 ..Default::default()

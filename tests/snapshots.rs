@@ -227,23 +227,22 @@ fn ctr_drives_both_snapshotters_and_state_survives_kill9() {
     d.stop();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "e2e: needs root, ctr (containerd)"]
-async fn grpc_filters_update_masks_leases_and_diff_errors() {
+type SnClient = snapshots::snapshots_client::SnapshotsClient<tonic::transport::Channel>;
+
+/// The namespace the gRPC tests below work in.
+const NS: &str = "grpc-test";
+
+/// A daemon (after the root/ctr/mount checks), its channel and a snapshots client.
+async fn grpc_daemon() -> (Daemon, tonic::transport::Channel, SnClient) {
     prereqs();
     let d = Daemon::start();
     let ch = d.channel().await;
-    let mut sn = snapshots::snapshots_client::SnapshotsClient::new(ch.clone());
-    let ns = "grpc-test";
-    let mut events =
-        taskd_proto::containerd::services::events::v1::events_client::EventsClient::new(ch.clone())
-            .subscribe(taskd_proto::containerd::services::events::v1::SubscribeRequest {
-                filters: vec![format!("namespace=={ns},topic~=^/snapshot/")],
-            })
-            .await
-            .unwrap()
-            .into_inner();
-    let prepare = |key: &str, parent: &str, labels: &[(&str, &str)]| snapshots::PrepareSnapshotRequest {
+    let sn = SnClient::new(ch.clone());
+    (d, ch, sn)
+}
+
+fn prepare(key: &str, parent: &str, labels: &[(&str, &str)]) -> snapshots::PrepareSnapshotRequest {
+    snapshots::PrepareSnapshotRequest {
         snapshotter: "overlayfs".into(),
         key: key.into(),
         parent: parent.into(),
@@ -251,35 +250,160 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-    };
+    }
+}
 
-    // The snapshotter field is required and must name a loaded plugin.
+/// Prepare `prepared` under the lease `lease` (the `containerd-lease` header).
+async fn prepare_under_lease(
+    sn: &mut SnClient,
+    prepared: snapshots::PrepareSnapshotRequest,
+    lease: &str,
+) -> Result<tonic::Response<snapshots::PrepareSnapshotResponse>, tonic::Status> {
+    let mut req = with_ns(prepared, NS);
+    req.metadata_mut()
+        .insert("containerd-lease", lease.parse().unwrap());
+    sn.prepare(req).await
+}
+
+/// Commit the active snapshot `a` as `A` with the label tier=base.
+async fn commit_a(sn: &mut SnClient) {
+    sn.commit(with_ns(
+        snapshots::CommitSnapshotRequest {
+            snapshotter: "overlayfs".into(),
+            name: "A".into(),
+            key: "a".into(),
+            labels: [("tier".to_string(), "base".to_string())].into(),
+        },
+        NS,
+    ))
+    .await
+    .unwrap();
+}
+
+/// The committed snapshot `A` (label tier=base) and the active children `c000`..`c{n-1}`
+/// on it.
+async fn committed_a_with_children(sn: &mut SnClient, n: usize) {
+    sn.prepare(with_ns(prepare("a", "", &[("app", "web")]), NS))
+        .await
+        .unwrap();
+    commit_a(sn).await;
+    for i in 0..n {
+        sn.prepare(with_ns(prepare(&format!("c{i:03}"), "A", &[]), NS))
+            .await
+            .unwrap();
+    }
+}
+
+/// The whole `List` of the overlayfs snapshotter under `filters`, as the batches it came in.
+async fn list_batches(
+    sn: &mut SnClient,
+    filters: Vec<String>,
+) -> Result<Vec<Vec<snapshots::Info>>, tonic::Status> {
+    let req = snapshots::ListSnapshotsRequest {
+        snapshotter: "overlayfs".into(),
+        filters,
+    };
+    let mut stream = sn.list(with_ns(req, NS)).await?.into_inner();
+    let mut batches = Vec::new();
+    while let Some(m) = stream.message().await? {
+        batches.push(m.info);
+    }
+    Ok(batches)
+}
+
+/// An update of snapshot `A` that sets `labels` under the mask `paths`, and tries to change
+/// the parent and the kind (which the mask decides whether to touch).
+fn update_a(labels: &[(&str, &str)], paths: &[&str]) -> snapshots::UpdateSnapshotRequest {
+    snapshots::UpdateSnapshotRequest {
+        snapshotter: "overlayfs".into(),
+        info: Some(snapshots::Info {
+            name: "A".into(),
+            parent: "ignored".into(),
+            kind: snapshots::Kind::Active as i32,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(std::string::ToString::to_string).collect(),
+        }),
+    }
+}
+
+/// A diff Apply of a made-up blob of `media_type` onto `mounts`.
+fn apply(mounts: Vec<ctypes::Mount>, media_type: &str) -> diff::ApplyRequest {
+    diff::ApplyRequest {
+        diff: Some(ctypes::Descriptor {
+            media_type: media_type.into(),
+            digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000".into(),
+            size: 10,
+            annotations: HashMap::new(),
+        }),
+        mounts,
+        payloads: HashMap::new(),
+        sync_fs: false,
+    }
+}
+
+const LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// The mounts of the active snapshot `key`.
+async fn mounts_of(sn: &mut SnClient, key: &str) -> Vec<ctypes::Mount> {
+    sn.mounts(with_ns(
+        snapshots::MountsRequest {
+            snapshotter: "overlayfs".into(),
+            key: key.into(),
+        },
+        NS,
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .mounts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn prepare_without_a_snapshotter_is_invalid_argument() {
+    let (_d, _ch, mut sn) = grpc_daemon().await;
     let mut p = prepare("k", "", &[]);
     p.snapshotter = String::new();
-    let e = sn.prepare(with_ns(p.clone(), ns)).await.unwrap_err();
+    let e = sn.prepare(with_ns(p, NS)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("snapshotter argument missing"), "{e}");
-    p.snapshotter = "zfs".into();
-    let e = sn.prepare(with_ns(p, ns)).await.unwrap_err();
-    assert!(e.message().contains("snapshotter not loaded: zfs"), "{e}");
+}
 
-    // A lease from the header holds the new snapshots.
-    let mut lc = leases::leases_client::LeasesClient::new(ch.clone());
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn prepare_on_a_snapshotter_not_loaded_names_it() {
+    let (_d, _ch, mut sn) = grpc_daemon().await;
+    let mut p = prepare("k", "", &[]);
+    p.snapshotter = "zfs".into();
+    let e = sn.prepare(with_ns(p, NS)).await.unwrap_err();
+    assert!(e.message().contains("snapshotter not loaded: zfs"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn a_lease_in_the_header_holds_the_prepared_snapshot() {
+    let (_d, ch, mut sn) = grpc_daemon().await;
+    let mut lc = leases::leases_client::LeasesClient::new(ch);
     lc.create(with_ns(
         leases::CreateRequest {
             id: "l1".into(),
             labels: HashMap::new(),
         },
-        ns,
+        NS,
     ))
     .await
     .unwrap();
-    let mut req = with_ns(prepare("a", "", &[("app", "web")]), ns);
-    req.metadata_mut()
-        .insert("containerd-lease", "l1".parse().unwrap());
-    sn.prepare(req).await.unwrap();
+    prepare_under_lease(&mut sn, prepare("a", "", &[("app", "web")]), "l1")
+        .await
+        .unwrap();
     let res = lc
-        .list_resources(with_ns(leases::ListResourcesRequest { id: "l1".into() }, ns))
+        .list_resources(with_ns(leases::ListResourcesRequest { id: "l1".into() }, NS))
         .await
         .unwrap()
         .into_inner()
@@ -287,17 +411,23 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
     assert_eq!(res.len(), 1);
     assert_eq!(res[0].id, "a");
     assert_eq!(res[0].r#type, "snapshots/overlayfs");
-    let mut req = with_ns(prepare("b", "", &[]), ns);
-    req.metadata_mut()
-        .insert("containerd-lease", "no-such-lease".parse().unwrap());
-    assert_eq!(sn.prepare(req).await.unwrap_err().code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn prepare_under_an_unknown_lease_is_not_found_and_creates_nothing() {
+    let (_d, _ch, mut sn) = grpc_daemon().await;
+    let e = prepare_under_lease(&mut sn, prepare("b", "", &[]), "no-such-lease")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
     let e = sn
         .stat(with_ns(
             snapshots::StatSnapshotRequest {
                 snapshotter: "overlayfs".into(),
                 key: "b".into(),
             },
-            ns,
+            NS,
         ))
         .await
         .unwrap_err();
@@ -306,18 +436,26 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
         tonic::Code::NotFound,
         "nothing created under an unknown lease"
     );
+}
 
-    sn.commit(with_ns(
-        snapshots::CommitSnapshotRequest {
-            snapshotter: "overlayfs".into(),
-            name: "A".into(),
-            key: "a".into(),
-            labels: [("tier".to_string(), "base".to_string())].into(),
-        },
-        ns,
-    ))
-    .await
-    .unwrap();
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn prepare_and_commit_publish_events_and_a_failed_prepare_publishes_none() {
+    let (_d, ch, mut sn) = grpc_daemon().await;
+    let mut events = taskd_proto::containerd::services::events::v1::events_client::EventsClient::new(ch)
+        .subscribe(taskd_proto::containerd::services::events::v1::SubscribeRequest {
+            filters: vec![format!("namespace=={NS},topic~=^/snapshot/")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    prepare_under_lease(&mut sn, prepare("b", "", &[]), "no-such-lease")
+        .await
+        .unwrap_err();
+    sn.prepare(with_ns(prepare("a", "", &[("app", "web")]), NS))
+        .await
+        .unwrap();
+    commit_a(&mut sn).await;
     // The events: prepare of "a" (the failed one under an unknown lease published nothing),
     // then the commit.
     let mut next = async || {
@@ -341,65 +479,55 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
     )
     .unwrap();
     assert_eq!((ev.key.as_str(), ev.name.as_str()), ("a", "A"));
+}
 
-    for i in 0..150 {
-        sn.prepare(with_ns(prepare(&format!("c{i:03}"), "A", &[]), ns))
-            .await
-            .unwrap();
-    }
-
-    // List streams in batches; filters are containerd's syntax.
-    let list = |filters: Vec<String>| snapshots::ListSnapshotsRequest {
-        snapshotter: "overlayfs".into(),
-        filters,
-    };
-    let mut stream = sn.list(with_ns(list(vec![]), ns)).await.unwrap().into_inner();
-    let mut batches = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        batches.push(m.info.len());
-    }
-    assert_eq!(batches, vec![100, 51]);
-    let mut stream = sn
-        .list(with_ns(
-            list(vec!["kind==Committed".into(), "name==c007".into()]),
-            ns,
-        ))
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn list_streams_in_batches_of_a_hundred() {
+    let (_d, _ch, mut sn) = grpc_daemon().await;
+    committed_a_with_children(&mut sn, 150).await;
+    let sizes: Vec<usize> = list_batches(&mut sn, vec![])
         .await
         .unwrap()
-        .into_inner();
-    let mut names = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        names.extend(m.info.into_iter().map(|i| i.name));
-    }
-    assert_eq!(names, vec!["A", "c007"]);
-    let e = sn
-        .list(with_ns(list(vec!["name==".into(), "(".into()]), ns))
-        .await;
-    let e = match e {
-        Err(e) => e,
-        Ok(s) => s.into_inner().message().await.unwrap_err(),
-    };
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert_eq!(sizes, vec![100, 51]);
+}
 
-    // Update with a field mask: one label; name/parent/kind are immutable.
-    let update = |labels: &[(&str, &str)], paths: &[&str]| snapshots::UpdateSnapshotRequest {
-        snapshotter: "overlayfs".into(),
-        info: Some(snapshots::Info {
-            name: "A".into(),
-            parent: "ignored".into(),
-            kind: snapshots::Kind::Active as i32,
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: paths.iter().map(std::string::ToString::to_string).collect(),
-        }),
-    };
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn list_filters_in_containerd_syntax_match_any_of_them() {
+    let (_d, _ch, mut sn) = grpc_daemon().await;
+    committed_a_with_children(&mut sn, 10).await;
+    let filters = vec!["kind==Committed".into(), "name==c007".into()];
+    let names: Vec<String> = list_batches(&mut sn, filters)
+        .await
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, vec!["A", "c007"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn list_with_a_malformed_filter_is_invalid_argument() {
+    let (_d, _ch, mut sn) = grpc_daemon().await;
+    let e = list_batches(&mut sn, vec!["name==".into(), "(".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn update_with_a_field_mask_sets_only_that_label() {
+    let (_d, _ch, mut sn) = grpc_daemon().await;
+    committed_a_with_children(&mut sn, 0).await;
     let info = sn
-        .update(with_ns(update(&[("x", "1")], &["labels.x"]), ns))
+        .update(with_ns(update_a(&[("x", "1")], &["labels.x"]), NS))
         .await
         .unwrap()
         .into_inner()
@@ -409,25 +537,43 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
     assert_eq!(info.labels.get("x").map(String::as_str), Some("1"));
     assert_eq!(info.parent, "");
     assert_eq!(info.kind, snapshots::Kind::Committed as i32);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn update_of_an_immutable_field_is_invalid_argument() {
+    let (_d, _ch, mut sn) = grpc_daemon().await;
+    committed_a_with_children(&mut sn, 0).await;
     let e = sn
-        .update(with_ns(update(&[], &["parent"]), ns))
+        .update(with_ns(update_a(&[], &["parent"]), NS))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
 
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn remove_of_a_snapshot_with_children_is_failed_precondition() {
+    let (_d, _ch, mut sn) = grpc_daemon().await;
+    committed_a_with_children(&mut sn, 1).await;
     let e = sn
         .remove(with_ns(
             snapshots::RemoveSnapshotRequest {
                 snapshotter: "overlayfs".into(),
                 key: "A".into(),
             },
-            ns,
+            NS,
         ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+}
 
-    // Cleanup removes directories no snapshot names.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn cleanup_removes_directories_no_snapshot_names() {
+    let (d, _ch, mut sn) = grpc_daemon().await;
+    committed_a_with_children(&mut sn, 1).await;
     let orphan = d
         .root
         .join("io.containerd.snapshotter.v1.overlayfs/snapshots/999999");
@@ -436,38 +582,18 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
         snapshots::CleanupRequest {
             snapshotter: "overlayfs".into(),
         },
-        ns,
+        NS,
     ))
     .await
     .unwrap();
     assert!(!orphan.exists());
+}
 
-    // Diff: Apply refuses mounts outside the snapshotters and (until the content store is
-    // wired) says clearly that it cannot read layers.
-    let mut df = diff::diff_client::DiffClient::new(ch.clone());
-    let mounts = sn
-        .mounts(with_ns(
-            snapshots::MountsRequest {
-                snapshotter: "overlayfs".into(),
-                key: "c000".into(),
-            },
-            ns,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .mounts;
-    let apply = |mounts: Vec<ctypes::Mount>, media_type: &str| diff::ApplyRequest {
-        diff: Some(ctypes::Descriptor {
-            media_type: media_type.into(),
-            digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000".into(),
-            size: 10,
-            annotations: HashMap::new(),
-        }),
-        mounts,
-        payloads: HashMap::new(),
-        sync_fs: false,
-    };
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn diff_apply_refuses_mounts_outside_the_snapshotters() {
+    let (_d, ch, _sn) = grpc_daemon().await;
+    let mut df = diff::diff_client::DiffClient::new(ch);
     let host = vec![ctypes::Mount {
         r#type: "bind".into(),
         source: "/etc".into(),
@@ -475,35 +601,50 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
         options: vec!["rw".into(), "rbind".into()],
     }];
     let e = df
-        .apply(with_ns(
-            apply(host, "application/vnd.oci.image.layer.v1.tar+gzip"),
-            ns,
-        ))
+        .apply(with_ns(apply(host, LAYER_TAR_GZIP), NS))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
     assert!(e.message().contains("not a snapshot directory"), "{e}");
-    let e = df
-        .apply(with_ns(
-            apply(mounts.clone(), "application/vnd.oci.image.layer.v1.tar+gzip"),
-            ns,
-        ))
+}
+
+/// A diff Apply of a made-up blob of `media_type` onto the active snapshot `c000` (a child
+/// of the committed `A`); it must fail, with this status.
+async fn apply_onto_an_active_snapshot(media_type: &str) -> tonic::Status {
+    let (_d, ch, mut sn) = grpc_daemon().await;
+    committed_a_with_children(&mut sn, 1).await;
+    let mounts = mounts_of(&mut sn, "c000").await;
+    diff::diff_client::DiffClient::new(ch)
+        .apply(with_ns(apply(mounts, media_type), NS))
         .await
-        .unwrap_err();
-    // The layer is not in the content store.
+        .unwrap_err()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn diff_apply_of_a_layer_missing_from_the_content_store_is_not_found() {
+    let e = apply_onto_an_active_snapshot(LAYER_TAR_GZIP).await;
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
     assert!(e.message().contains("not found"), "{e}");
-    let e = df
-        .apply(with_ns(
-            apply(mounts.clone(), "application/vnd.oci.image.config.v1+json"),
-            ns,
-        ))
-        .await
-        .unwrap_err();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn diff_apply_of_a_media_type_that_is_not_a_layer_is_unimplemented() {
+    let e = apply_onto_an_active_snapshot("application/vnd.oci.image.config.v1+json").await;
     assert_eq!(e.code(), tonic::Code::Unimplemented, "{e}");
-    // Compare: the mount shapes are understood (an overlay against its own lower layers);
-    // the layer lands in the content store.
-    let view = overlay_view(&mut sn, ns, "va", "A").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn diff_compare_of_an_overlay_and_its_parent_view_writes_the_layer_to_content() {
+    let (d, ch, mut sn) = grpc_daemon().await;
+    committed_a_with_children(&mut sn, 1).await;
+    let mounts = mounts_of(&mut sn, "c000").await;
+    // The mount shapes are understood (an overlay against its own lower layers); the layer
+    // lands in the content store.
+    let view = overlay_view(&mut sn, NS, "va", "A").await;
+    let mut df = diff::diff_client::DiffClient::new(ch);
     let layer = df
         .diff(with_ns(
             diff::DiffRequest {
@@ -511,17 +652,24 @@ async fn grpc_filters_update_masks_leases_and_diff_errors() {
                 right: mounts,
                 ..Default::default()
             },
-            ns,
+            NS,
         ))
         .await
         .unwrap()
         .into_inner()
         .diff
         .expect("a layer descriptor");
-    let listed = d.ctr_ok(&["-n", ns, "content", "ls", "-q"]);
+    let listed = d.ctr_ok(&["-n", NS, "content", "ls", "-q"]);
     assert!(listed.contains(&layer.digest), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root, ctr (containerd)"]
+async fn diff_compare_without_mounts_is_unimplemented() {
+    let (_d, ch, _sn) = grpc_daemon().await;
+    let mut df = diff::diff_client::DiffClient::new(ch);
     let e = df
-        .diff(with_ns(diff::DiffRequest::default(), ns))
+        .diff(with_ns(diff::DiffRequest::default(), NS))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);

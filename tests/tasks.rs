@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use support::Daemon;
 use support::procs::{command_lines, fd_count, zombie_children};
+use support::registry::LayerBuilder;
 use taskd_proto::containerd::services::tasks::v1 as api;
 
 fn require_tools() {
@@ -739,15 +740,27 @@ fn in_ns<T>(ns: &str, msg: T) -> tonic::Request<T> {
     req
 }
 
+type Tasks = api::tasks_client::TasksClient<tonic::transport::Channel>;
+
+/// A daemon, a namespace on it and a tasks client.
+async fn tasks_daemon(test: &str) -> (Daemon, Ns, Tasks) {
+    let d = Daemon::start();
+    let n = Ns::new(&d, test);
+    let c = Tasks::new(d.channel().await);
+    (d, n, c)
+}
+
+/// A daemon whose namespace runs the task `e1` (`sleep 1000`).
+async fn sleeping_e1(test: &str) -> (Daemon, Ns, Tasks) {
+    let (d, n, c) = tasks_daemon(test).await;
+    n.run_detached("e1", &["/bin/sleep", "1000"]);
+    (d, n, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, ctr"]
-async fn errors_keep_their_kind_across_the_shim_and_grpc() {
-    let d = Daemon::start();
-    let n = Ns::new(&d, "errors");
-    let mut c = api::tasks_client::TasksClient::new(d.channel().await);
-
-    // A shim's NotFound reaches the client as NOT_FOUND.
-    n.run_detached("e1", &["/bin/sleep", "1000"]);
+async fn a_shim_s_not_found_reaches_the_client_as_not_found() {
+    let (_d, n, mut c) = sleeping_e1("errors-get").await;
     let st = c
         .get(in_ns(
             &n.ns,
@@ -759,8 +772,12 @@ async fn errors_keep_their_kind_across_the_shim_and_grpc() {
         .await
         .unwrap_err();
     assert_eq!(st.code(), tonic::Code::NotFound, "{st:?}");
+}
 
-    // Create of an existing task: AlreadyExists naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
+async fn create_of_an_existing_task_is_already_exists_naming_it() {
+    let (_d, n, mut c) = sleeping_e1("errors-create").await;
     let st = c
         .create(in_ns(
             &n.ns,
@@ -773,8 +790,12 @@ async fn errors_keep_their_kind_across_the_shim_and_grpc() {
         .unwrap_err();
     assert_eq!(st.code(), tonic::Code::AlreadyExists);
     assert_eq!(st.message(), "task e1 already exists");
+}
 
-    // Checkpoint of a container that does not exist: NotFound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
+async fn checkpoint_of_a_container_that_does_not_exist_is_not_found() {
+    let (_d, n, mut c) = tasks_daemon("errors-checkpoint").await;
     let st = c
         .checkpoint(in_ns(
             &n.ns,
@@ -786,8 +807,12 @@ async fn errors_keep_their_kind_across_the_shim_and_grpc() {
         .await
         .unwrap_err();
     assert_eq!(st.code(), tonic::Code::NotFound, "{st:?}");
+}
 
-    // Exec without an id: InvalidArgument.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
+async fn exec_without_an_id_is_invalid_argument() {
+    let (_d, n, mut c) = sleeping_e1("errors-exec").await;
     let st = c
         .exec(in_ns(
             &n.ns,
@@ -801,8 +826,13 @@ async fn errors_keep_their_kind_across_the_shim_and_grpc() {
         .await
         .unwrap_err();
     assert_eq!(st.code(), tonic::Code::InvalidArgument);
+}
 
-    // A container without a task: NotFound "task X not found".
+/// One sequence: a container whose task was killed and removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
+async fn get_and_delete_on_a_container_without_a_task_are_not_found_naming_the_task() {
+    let (_d, n, mut c) = sleeping_e1("errors-notask").await;
     n.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "e1"]);
     assert_eq!(n.wait("e1").await, 137);
     n.ctr_ok(&["tasks", "rm", "e1"]);
@@ -829,8 +859,13 @@ async fn errors_keep_their_kind_across_the_shim_and_grpc() {
         assert_eq!(st.message(), "task e1 not found");
     }
     n.ctr_ok(&["containers", "rm", "e1"]);
+}
 
-    // Runtime v1 is refused, naming the v2 runtime.
+#[test]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
+fn runtime_v1_is_refused_naming_the_v2_runtime() {
+    let d = Daemon::start();
+    let n = Ns::new(&d, "errors-v1");
     let out = n.ctr(&[
         "run",
         "--rm",
@@ -1027,17 +1062,15 @@ fn create_from_checkpoint(
 
 const MEDIA_CRIU: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
 
-/// Create with a `checkpoint` descriptor, as containerd's tasks service: only the CRIU tar
-/// media type, content that exists, an archive that stays inside its restore dir. A
-/// well-formed archive reaches the shim (whose Start runs `runc restore`), and the restore
-/// dir goes with the task.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
-async fn create_from_checkpoint_checks_the_descriptor_and_the_archive() {
-    use support::registry::LayerBuilder;
-    let d = Daemon::start();
-    let n = Ns::new(&d, "restore");
-    let mut c = api::tasks_client::TasksClient::new(d.channel().await);
+// Create with a `checkpoint` descriptor, as containerd's tasks service: only the CRIU tar
+// media type, content that exists, an archive that stays inside its restore dir. A
+// well-formed archive reaches the shim (whose Start runs `runc restore`), and the restore
+// dir goes with the task. The tests below check one of these each.
+
+/// A daemon with the container `r1` (the counter script, no task) to restore into; the
+/// tasks client and the namespace's restore staging dir.
+async fn restore_target(test: &str) -> (Daemon, Ns, Tasks, PathBuf) {
+    let (d, n, c) = tasks_daemon(test).await;
     std::fs::write(n.rootfs.path().join("count.sh"), COUNTER).unwrap();
     n.ctr_ok(&[
         "containers",
@@ -1049,83 +1082,46 @@ async fn create_from_checkpoint_checks_the_descriptor_and_the_archive() {
         "/count.sh",
     ]);
     let restore = tasks_service_root(&d).join("restore").join(&n.ns);
+    (d, n, c, restore)
+}
 
-    // Any other media type: refused before anything is read.
+/// A create of `r1` from the archive `tar(escape)` (aimed at /tmp/`escape`) is refused as
+/// InvalidArgument saying `expect` and naming the digest; nothing is written outside,
+/// nothing staged, no task created.
+async fn assert_hostile_checkpoint_refused(name: &str, tar: impl FnOnce(&str) -> Vec<u8>, expect: &str) {
+    let escape = format!("taskd-ckpt-escape-{}-{name}", std::process::id());
+    let tar = tar(&escape);
+    let (_d, n, mut c, restore) = restore_target(&format!("restore-{name}")).await;
+    let digest = ingest(&n, &format!("hostile-{name}"), &tar);
     let st = c
         .create(create_from_checkpoint(
             &n.ns,
             "r1",
-            "application/vnd.oci.image.layer.v1.tar",
-            &support::registry::sha256(b"x"),
-            1,
+            MEDIA_CRIU,
+            &digest,
+            tar.len() as i64,
         ))
         .await
         .unwrap_err();
-    assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
-    assert_eq!(
-        st.message(),
-        "unsupported checkpoint type \"application/vnd.oci.image.layer.v1.tar\""
+    assert_eq!(st.code(), tonic::Code::InvalidArgument, "{name}: {st:?}");
+    assert!(st.message().contains(expect), "{name}: {}", st.message());
+    assert!(st.message().contains(&digest), "{name}: {}", st.message());
+    assert!(!Path::new("/tmp").join(&escape).exists(), "{name}: wrote outside");
+    assert!(
+        entries(&restore).is_empty(),
+        "{name}: left {:?}",
+        entries(&restore)
     );
+    assert!(n.tasks().is_empty(), "{name}: a task was created");
+}
 
-    // A digest the content store does not hold: NotFound.
-    let missing = support::registry::sha256(b"no such checkpoint");
-    let st = c
-        .create(create_from_checkpoint(&n.ns, "r1", MEDIA_CRIU, &missing, 18))
-        .await
-        .unwrap_err();
-    assert_eq!(st.code(), tonic::Code::NotFound, "{st:?}");
-    assert!(st.message().contains(&missing), "{}", st.message());
-
-    // Hostile archives: `..` out of the restore dir, and a symlink out of it written through.
-    let escape = format!("taskd-ckpt-escape-{}", std::process::id());
-    let hostile = [
-        (
-            "dotdot",
-            LayerBuilder::new()
-                .raw_file(&format!("../../../../../../../../../../tmp/{escape}"), "x")
-                .tar(),
-            "path escapes the root",
-        ),
-        (
-            "symlink",
-            LayerBuilder::new()
-                .raw_symlink("evil", "/tmp")
-                .raw_file(&format!("evil/{escape}"), "x")
-                .tar(),
-            "resolves outside the root",
-        ),
-    ];
-    for (name, tar, expect) in hostile {
-        let digest = ingest(&n, &format!("hostile-{name}"), &tar);
-        let st = c
-            .create(create_from_checkpoint(
-                &n.ns,
-                "r1",
-                MEDIA_CRIU,
-                &digest,
-                tar.len() as i64,
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{name}: {st:?}");
-        assert!(st.message().contains(expect), "{name}: {}", st.message());
-        assert!(st.message().contains(&digest), "{name}: {}", st.message());
-        assert!(!Path::new("/tmp").join(&escape).exists(), "{name}: wrote outside");
-        assert!(
-            entries(&restore).is_empty(),
-            "{name}: left {:?}",
-            entries(&restore)
-        );
-        assert!(n.tasks().is_empty(), "{name}: a task was created");
-    }
-
-    // A well-formed archive: unpacked for the shim; Start runs `runc restore` on it, which
-    // fails (it is no CRIU image, and CRIU may not run here at all) with CRIU's error.
+/// A well-formed archive that is no CRIU image, in the content store; `r1` created from it.
+async fn create_from_a_fake_criu_image(n: &Ns, c: &mut Tasks) {
     let image = LayerBuilder::new()
         .file("inventory.img", "not a CRIU image")
         .file("descriptors.json", r#"["/dev/null","/dev/null","/dev/null"]"#)
         .tar();
-    let digest = ingest(&n, "fake-criu-image", &image);
+    let digest = ingest(n, "fake-criu-image", &image);
     c.create(create_from_checkpoint(
         &n.ns,
         "r1",
@@ -1135,17 +1131,11 @@ async fn create_from_checkpoint_checks_the_descriptor_and_the_archive() {
     ))
     .await
     .unwrap_or_else(|e| panic!("create from checkpoint: {e:?}\n{}", n.log()));
-    let dirs = entries(&restore.join("r1"));
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    assert_eq!(
-        entries(&restore.join("r1").join(&dirs[0])).len(),
-        2,
-        "the archive's two files"
-    );
-    assert_eq!(
-        std::fs::read(restore.join("r1").join(&dirs[0]).join("inventory.img")).unwrap(),
-        b"not a CRIU image"
-    );
+}
+
+/// Start of `r1` created by [`create_from_a_fake_criu_image`]: `runc restore` fails (it is
+/// no CRIU image, and CRIU may not run here at all) with CRIU's error.
+async fn start_fails_with_criu_s_error(n: &Ns, c: &mut Tasks) {
     let st = c
         .start(in_ns(
             &n.ns,
@@ -1161,6 +1151,98 @@ async fn create_from_checkpoint_checks_the_descriptor_and_the_archive() {
         "{st:?}"
     );
     eprintln!("restore from a fake image: {st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
+async fn create_from_a_checkpoint_of_another_media_type_is_refused_before_any_read() {
+    let (_d, n, mut c, _) = restore_target("restore-media").await;
+    let st = c
+        .create(create_from_checkpoint(
+            &n.ns,
+            "r1",
+            "application/vnd.oci.image.layer.v1.tar",
+            &support::registry::sha256(b"x"),
+            1,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+    assert_eq!(
+        st.message(),
+        "unsupported checkpoint type \"application/vnd.oci.image.layer.v1.tar\""
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
+async fn create_from_a_checkpoint_the_content_store_lacks_is_not_found_naming_it() {
+    let (_d, n, mut c, _) = restore_target("restore-missing").await;
+    let missing = support::registry::sha256(b"no such checkpoint");
+    let st = c
+        .create(create_from_checkpoint(&n.ns, "r1", MEDIA_CRIU, &missing, 18))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::NotFound, "{st:?}");
+    assert!(st.message().contains(&missing), "{}", st.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
+async fn a_checkpoint_archive_with_a_dotdot_path_is_refused_and_writes_nothing() {
+    let tar = |escape: &str| {
+        LayerBuilder::new()
+            .raw_file(&format!("../../../../../../../../../../tmp/{escape}"), "x")
+            .tar()
+    };
+    assert_hostile_checkpoint_refused("dotdot", tar, "path escapes the root").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
+async fn a_checkpoint_archive_writing_through_a_symlink_out_is_refused_and_writes_nothing() {
+    let tar = |escape: &str| {
+        LayerBuilder::new()
+            .raw_symlink("evil", "/tmp")
+            .raw_file(&format!("evil/{escape}"), "x")
+            .tar()
+    };
+    assert_hostile_checkpoint_refused("symlink", tar, "resolves outside the root").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
+async fn create_from_a_well_formed_checkpoint_unpacks_it_in_one_restore_dir() {
+    let (_d, n, mut c, restore) = restore_target("restore-unpack").await;
+    create_from_a_fake_criu_image(&n, &mut c).await;
+    let dirs = entries(&restore.join("r1"));
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert_eq!(
+        entries(&restore.join("r1").join(&dirs[0])).len(),
+        2,
+        "the archive's two files"
+    );
+    assert_eq!(
+        std::fs::read(restore.join("r1").join(&dirs[0]).join("inventory.img")).unwrap(),
+        b"not a CRIU image"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
+async fn start_from_an_archive_that_is_no_criu_image_fails_with_criu_s_error() {
+    let (_d, n, mut c, _) = restore_target("restore-start").await;
+    create_from_a_fake_criu_image(&n, &mut c).await;
+    start_fails_with_criu_s_error(&n, &mut c).await;
+}
+
+/// One sequence: a task whose restore failed at Start is deleted with its restore dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, ctr"]
+async fn delete_of_a_task_whose_restore_failed_removes_its_restore_dir() {
+    let (_d, n, mut c, restore) = restore_target("restore-delete").await;
+    create_from_a_fake_criu_image(&n, &mut c).await;
+    start_fails_with_criu_s_error(&n, &mut c).await;
     // No process ever ran: Delete (`ctr tasks rm -f` would wait for an exit that never comes).
     let deleted = tokio::time::timeout(
         Duration::from_secs(60),
