@@ -22,7 +22,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
 use support::Daemon;
-use support::cri_client::{container_stats, create_and_start, exited, status, stop_and_remove};
+use support::cri_client::{container_stats, create_and_start, exited, pod_status, status, stop_and_remove};
 
 /// The exec dirs of container `id` left under the CRI state dir.
 fn exec_dirs(d: &Daemon, id: &str) -> Vec<PathBuf> {
@@ -104,16 +104,7 @@ async fn remove(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
 async fn run_pod_sandbox_is_ready_with_an_ip_on_the_worlds_subnet() {
     let (w, mut rt, _) = world(0).await;
     let pod = run_pod(&mut rt, &w.pod_config("web"), "RunPodSandbox").await;
-    let st = rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .unwrap();
+    let st = pod_status(&mut rt, &pod).await;
     assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
     let ip = st.network.unwrap().ip;
     assert!(ip.starts_with(&format!("10.88.{}.", w.octet)), "{ip}");

@@ -337,18 +337,9 @@ async fn a_userns_pod_survives_kill_9_and_a_new_container_joins_its_namespace_an
 
     // kill -9 and restart: the pod and its container are back, and work.
     let mut rt = kill9_and_restart(&mut w).await;
-    let st = rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus after restart")
-        .into_inner();
-    assert_eq!(
-        st.status.unwrap().state,
-        cri::PodSandboxState::SandboxReady as i32
-    );
+    // PodSandboxStatus after restart.
+    let st = support::cri_client::pod_status(&mut rt, &pod).await;
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
     assert!(
         squeeze(&exec(&mut rt, &id, "cat /proc/self/uid_map").await).contains(&format!("0 {HOST_UID} 65536"))
     );
