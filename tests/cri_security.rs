@@ -164,16 +164,8 @@ fn probe_errnos(out: &str) -> std::collections::HashMap<String, i64> {
 
 /// A world on its own 10.88.<octet>.0/24 (`slot`: one per test of the pod options below) with
 /// busybox pulled and pod "opts" run as kubelet sends a usual pod: no pause container, so its
-/// hostname and sysctl are set in namespaces taskd pinned itself; (world, client, pod config,
-/// pod id).
-async fn opts_pod(
-    slot: u8,
-) -> (
-    CriWorld,
-    RuntimeServiceClient<Channel>,
-    cri::PodSandboxConfig,
-    String,
-) {
+/// hostname and sysctl are set in namespaces taskd pinned itself.
+async fn opts_pod(slot: u8) -> OptsPod {
     let w = CriWorld::kubelet(240 + slot * 2 + (std::process::id() % 2) as u8, "", "");
     let (mut rt, mut images) = w.clients().await;
     pull(&mut images, "busybox", None).await;
@@ -189,18 +181,21 @@ async fn opts_pod(
             .insert("net.ipv4.ip_unprivileged_port_start".into(), "80".into());
     }
     let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
-    (w, rt, cfg, pod)
+    OptsPod { w, rt, cfg, pod }
+}
+
+/// The pod of [`opts_pod`] with its world and client.
+struct OptsPod {
+    w: CriWorld,
+    rt: RuntimeServiceClient<Channel>,
+    cfg: cri::PodSandboxConfig,
+    pod: String,
 }
 
 /// Container "locked" of the opts pod: prints its DNS, hostname and the namespaced sysctl, runs
 /// as 1234 on a read-only rootfs with no capabilities (printing its uid, whether it can
 /// write, its capabilities), then sleeps; (container id, its log once all is printed).
-async fn locked(
-    w: &CriWorld,
-    rt: &mut RuntimeServiceClient<Channel>,
-    cfg: &cri::PodSandboxConfig,
-    pod: &str,
-) -> (String, String) {
+async fn locked(op: &mut OptsPod) -> (String, String) {
     let mut locked = container_config(
         "locked",
         "cat /etc/resolv.conf; hostname; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; \
@@ -222,43 +217,35 @@ async fn locked(
         }),
         ..Default::default()
     });
-    let locked = create_and_start(rt, pod, cfg, locked).await;
-    let log = w.dir.path().join("logs/opts/locked.log");
-    wait_for("the locked container's output", || async {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("CapEff")
-    })
-    .await;
+    let locked = create_and_start(&mut op.rt, &op.pod, &op.cfg, locked).await;
+    let log = opts_log_with(&op.w, "locked", "CapEff").await;
     (locked, std::fs::read_to_string(&log).unwrap())
 }
 
 /// Container "ticker" of the opts pod, ticking every 100 ms; (container id, its log, once
 /// it ticked).
-async fn ticker(
-    w: &CriWorld,
-    rt: &mut RuntimeServiceClient<Channel>,
-    cfg: &cri::PodSandboxConfig,
-    pod: &str,
-) -> (String, PathBuf) {
+async fn ticker(op: &mut OptsPod) -> (String, PathBuf) {
     let ticker = create_and_start(
-        rt,
-        pod,
-        cfg,
+        &mut op.rt,
+        &op.pod,
+        &op.cfg,
         own_pid(container_config(
             "ticker",
             "while true; do echo tick; sleep 0.1; done",
         )),
     )
     .await;
-    let tlog = w.dir.path().join("logs/opts/ticker.log");
-    wait_for("ticks", || async {
-        std::fs::read_to_string(&tlog)
-            .unwrap_or_default()
-            .contains("tick")
+    (ticker, opts_log_with(&op.w, "ticker", "tick").await)
+}
+
+/// The log of container `name` of the opts pod, once it holds `needle`.
+async fn opts_log_with(w: &CriWorld, name: &str, needle: &str) -> PathBuf {
+    let log = w.dir.path().join(format!("logs/opts/{name}.log"));
+    wait_for(&format!("{needle:?} in {name}'s log"), || async {
+        std::fs::read_to_string(&log).unwrap_or_default().contains(needle)
     })
     .await;
-    (ticker, tlog)
+    log
 }
 
 /// `want` lines all in `text`.
@@ -271,9 +258,9 @@ fn assert_has_all(text: &str, want: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn a_pods_dns_hostname_and_namespaced_sysctl_reach_its_container_without_a_pause_container() {
-    let (w, mut rt, cfg, pod) = opts_pod(0).await;
-    assert!(!has_pause_container(&mut rt, &pod).await);
-    let (_, text) = locked(&w, &mut rt, &cfg, &pod).await;
+    let mut op = opts_pod(0).await;
+    let (_, text) = locked(&mut op).await;
+    assert!(!has_pause_container(&mut op.rt, &op.pod).await);
     assert_has_all(
         &text,
         &[
@@ -289,15 +276,15 @@ async fn a_pods_dns_hostname_and_namespaced_sysctl_reach_its_container_without_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn run_as_user_read_only_rootfs_and_dropped_capabilities_apply() {
-    let (w, mut rt, cfg, pod) = opts_pod(1).await;
-    let (_, text) = locked(&w, &mut rt, &cfg, &pod).await;
+    let mut op = opts_pod(1).await;
+    let (_, text) = locked(&mut op).await;
     assert_has_all(&text, &[" 1234\n", "READONLY", "CapEff:\t0000000000000000"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn a_sysctl_outside_the_pods_namespaces_is_refused_and_leaves_nothing() {
-    let (w, mut rt, _, _) = opts_pod(2).await;
+    let OptsPod { w, mut rt, .. } = opts_pod(2).await;
     let (netns_before, podns_before, ips_before) = (
         netns_pins(&w.server).len(),
         podns_pins(&w.server).len(),
@@ -330,7 +317,12 @@ async fn a_sysctl_outside_the_pods_namespaces_is_refused_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn a_container_cannot_join_a_pid_namespace_the_pod_does_not_share() {
-    let (_w, mut rt, cfg, pod) = opts_pod(3).await;
+    let OptsPod {
+        w: _w,
+        mut rt,
+        cfg,
+        pod,
+    } = opts_pod(3).await;
     let e = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
@@ -346,8 +338,9 @@ async fn a_container_cannot_join_a_pid_namespace_the_pod_does_not_share() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn update_container_resources_reaches_the_containers_cgroup_and_its_status() {
-    let (w, mut rt, cfg, pod) = opts_pod(4).await;
-    let (locked, _) = locked(&w, &mut rt, &cfg, &pod).await;
+    let mut op = opts_pod(4).await;
+    let (locked, _) = locked(&mut op).await;
+    let mut rt = op.rt;
     rt.update_container_resources(cri::UpdateContainerResourcesRequest {
         container_id: locked.clone(),
         linux: Some(cri::LinuxContainerResources {
@@ -384,9 +377,10 @@ async fn update_container_resources_reaches_the_containers_cgroup_and_its_status
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn the_pods_containers_share_one_64_mib_dev_shm() {
-    let (w, mut rt, cfg, pod) = opts_pod(5).await;
-    let (locked, _) = locked(&w, &mut rt, &cfg, &pod).await;
-    let (ticker, _) = ticker(&w, &mut rt, &cfg, &pod).await;
+    let mut op = opts_pod(5).await;
+    let (locked, _) = locked(&mut op).await;
+    let (ticker, _) = ticker(&mut op).await;
+    let mut rt = op.rt;
     let (mounts, code) = sh(
         &mut rt,
         &locked,
@@ -407,8 +401,9 @@ async fn the_pods_containers_share_one_64_mib_dev_shm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
 async fn reopen_container_log_goes_on_in_a_new_file_and_is_refused_once_stopped() {
-    let (w, mut rt, cfg, pod) = opts_pod(6).await;
-    let (ticker, tlog) = ticker(&w, &mut rt, &cfg, &pod).await;
+    let mut op = opts_pod(6).await;
+    let (ticker, tlog) = ticker(&mut op).await;
+    let OptsPod { w, mut rt, pod, .. } = op;
     // ReopenContainerLog: kubelet renames the file, asks for a reopen; output goes on in a
     // new file at the same path.
     std::fs::rename(&tlog, tlog.with_extension("log.1")).unwrap();
@@ -615,22 +610,6 @@ async fn seccomp_pod(slot: u8) -> SecPod {
     sec_pod(60 + slot * 4 + (std::process::id() % 4) as u8).await
 }
 
-/// A seccomp pod (`slot`) with container `name` under a Localhost profile: a node profile file
-/// that denies mkdir with EPERM, named `<prefix><path>`; (the pod, the container id).
-async fn under_deny_mkdir(slot: u8, name: &str, prefix: &str) -> (SecPod, String) {
-    let mut sp = seccomp_pod(slot).await;
-    let profile = sp.w.dir.path().join("deny-mkdir.json");
-    std::fs::write(
-        &profile,
-        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
-            {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
-    )
-    .unwrap();
-    let localhost_ref = format!("{prefix}{}", profile.display());
-    let id = with_seccomp(&mut sp, name, ProfileType::Localhost, &localhost_ref).await;
-    (sp, id)
-}
-
 /// RuntimeDefault: a filter (mode 2), and unshare(2) refused without CAP_SYS_ADMIN.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
@@ -661,6 +640,22 @@ async fn unconfined_seccomp_has_no_filter() {
         // The kernel may refuse user namespaces on its own; the filter is what differs.
         eprintln!("unshare -U unconfined fails on this host too ({out}): Seccomp lines only");
     }
+}
+
+/// A seccomp pod (`slot`) with container `name` under a Localhost profile: a node profile file
+/// that denies mkdir with EPERM, named `<prefix><path>`; (the pod, the container id).
+async fn under_deny_mkdir(slot: u8, name: &str, prefix: &str) -> (SecPod, String) {
+    let mut sp = seccomp_pod(slot).await;
+    let profile = sp.w.dir.path().join("deny-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+            {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )
+    .unwrap();
+    let localhost_ref = format!("{prefix}{}", profile.display());
+    let id = with_seccomp(&mut sp, name, ProfileType::Localhost, &localhost_ref).await;
+    (sp, id)
 }
 
 /// Localhost: the node's profile file denies mkdir with EPERM.
