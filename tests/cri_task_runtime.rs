@@ -392,6 +392,13 @@ async fn app_and_side(w: &World) -> (String, String, String) {
     (pod, ids[0].clone(), ids[1].clone())
 }
 
+/// Pod "web" with only side, waited for until it exited on its own; side's id.
+async fn exited_side(w: &World) -> String {
+    let (_, _, ids) = pod_with(w, &[("side", SIDE)]).await;
+    wait_exited(w, &ids[0]);
+    ids[0].clone()
+}
+
 /// RemovePodSandbox `pod`: no sandbox, container or task is left.
 async fn remove_pod(w: &World, pod: &str) {
     w.svc
@@ -481,10 +488,9 @@ async fn container_log_holds_its_output_with_the_pods_hostname_and_ip() {
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
 async fn a_container_exiting_on_its_own_is_recorded_with_its_exit_code() {
     let w = world().await;
-    let (_, _, ids) = pod_with(&w, &[("side", SIDE)]).await;
     // side exits 3 on its own: the event loop records it.
-    wait_exited(&w, &ids[0]);
-    let s = w.svc.containers.get(&ids[0]).unwrap();
+    let side = exited_side(&w).await;
+    let s = w.svc.containers.get(&side).unwrap();
     assert_eq!((s.exit.code, s.exit.reason.as_str()), (3, "Error"));
 }
 
@@ -557,9 +563,8 @@ async fn concurrent_exec_syncs_each_get_their_own_exit_code() {
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
 async fn exec_sync_in_an_exited_container_is_a_failed_precondition() {
     let w = world().await;
-    let (_, _, ids) = pod_with(&w, &[("side", SIDE)]).await;
-    wait_exited(&w, &ids[0]);
-    let e = exec(&w, &ids[0], &["true"], 5).await.unwrap_err();
+    let side = exited_side(&w).await;
+    let e = exec(&w, &side, &["true"], 5).await.unwrap_err();
     assert_eq!(
         taskd::errdefs::ErrorKind::kind(&e),
         taskd::errdefs::Kind::FailedPrecondition,
@@ -797,8 +802,8 @@ async fn memory_limit_exceeded_reports_oomkilled() {
     let id = w.create_and_start(&pod, &pod_cfg, hog).await;
     wait_exited(&w, &id);
     let c = w.svc.containers.get(&id).unwrap();
-    assert_eq!((c.exit.code, c.exit.reason.as_str()), (137, "OOMKilled"), "{c:?}");
     remove_pod(&w, &pod).await;
+    assert_eq!((c.exit.code, c.exit.reason.as_str()), (137, "OOMKilled"), "{c:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -957,12 +962,12 @@ async fn an_exit_while_the_cri_is_down_is_recovered_and_reported_to_late_subscri
         .await
         .expect("a recovery event")
         .expect("stream open");
+    stop_and_remove_after_restart(&w, &pod).await;
     assert_eq!(ev.container_id, victim);
     assert_eq!(
         ev.container_event_type,
         cri::ContainerEventType::ContainerStoppedEvent as i32
     );
-    stop_and_remove_after_restart(&w, &pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -974,11 +979,11 @@ async fn a_container_that_completed_before_the_cri_restart_is_recovered_complete
     let (report, ()) = crash_and_restart(&mut w, |_| async {}).await;
     assert_eq!((report.containers, report.running), (1, 0), "{report:?}");
     let d = w.svc.containers.get(&ids[0]).unwrap();
+    stop_and_remove_after_restart(&w, &pod).await;
     assert_eq!(
         (d.state, d.exit.code, d.exit.reason.as_str()),
         (ContainerState::Exited, 0, "Completed")
     );
-    stop_and_remove_after_restart(&w, &pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
