@@ -166,7 +166,7 @@ fn probe_errnos(out: &str) -> std::collections::HashMap<String, i64> {
 /// busybox pulled and pod "opts" run as kubelet sends a usual pod: no pause container, so its
 /// hostname and sysctl are set in namespaces taskd pinned itself.
 async fn opts_pod(slot: u8) -> OptsPod {
-    let w = CriWorld::kubelet(240 + slot * 2 + (std::process::id() % 2) as u8, "", "");
+    let w = CriWorld::kubelet(240 + slot, "", "");
     let (mut rt, mut images) = w.clients().await;
     pull(&mut images, "busybox", None).await;
     let mut cfg = kubelet_pod(w.pod_config("opts"));
@@ -400,10 +400,10 @@ async fn the_pods_containers_share_one_64_mib_dev_shm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
-async fn reopen_container_log_goes_on_in_a_new_file_and_is_refused_once_stopped() {
+async fn reopen_container_log_goes_on_in_a_new_file_at_the_same_path() {
     let mut op = opts_pod(6).await;
     let (ticker, tlog) = ticker(&mut op).await;
-    let OptsPod { w, mut rt, pod, .. } = op;
+    let mut rt = op.rt;
     // ReopenContainerLog: kubelet renames the file, asks for a reopen; output goes on in a
     // new file at the same path.
     std::fs::rename(&tlog, tlog.with_extension("log.1")).unwrap();
@@ -416,6 +416,14 @@ async fn reopen_container_log_goes_on_in_a_new_file_and_is_refused_once_stopped(
         std::fs::read_to_string(&tlog).unwrap_or_default().lines().count() >= 3
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn reopen_container_log_of_a_stopped_container_is_a_failed_precondition() {
+    let mut op = opts_pod(7).await;
+    let (ticker, _) = ticker(&mut op).await;
+    let OptsPod { w, mut rt, pod, .. } = op;
     rt.stop_container(cri::StopContainerRequest {
         container_id: ticker.clone(),
         timeout: 1,
