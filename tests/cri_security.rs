@@ -403,7 +403,8 @@ async fn the_pods_containers_share_one_64_mib_dev_shm() {
 async fn reopen_container_log_goes_on_in_a_new_file_at_the_same_path() {
     let mut op = opts_pod(6).await;
     let (ticker, tlog) = ticker(&mut op).await;
-    let mut rt = op.rt;
+    // The world stays with `op` until the end.
+    let OptsPod { mut rt, .. } = op;
     // ReopenContainerLog: kubelet renames the file, asks for a reopen; output goes on in a
     // new file at the same path.
     std::fs::rename(&tlog, tlog.with_extension("log.1")).unwrap();
