@@ -17,9 +17,12 @@ use cri_world::{
     wait_for, with_security,
 };
 use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
 
 use support::Daemon;
-use support::cri_client::{container_stats, create_and_start, exited, status, stop_and_remove};
+use support::cri_client::{container_stats, create_and_start, exited, pod_status, status, stop_and_remove};
 
 /// The exec dirs of container `id` left under the CRI state dir.
 fn exec_dirs(d: &Daemon, id: &str) -> Vec<PathBuf> {
@@ -33,11 +36,84 @@ fn exec_dirs(d: &Daemon, id: &str) -> Vec<PathBuf> {
     .unwrap_or_default()
 }
 
+/// A kubelet world on its own 10.88.<octet>.0/24 (`slot`: one per test of this file that uses
+/// it; tests run in parallel) and its runtime and image clients.
+async fn world(
+    slot: u8,
+) -> (
+    CriWorld,
+    RuntimeServiceClient<Channel>,
+    ImageServiceClient<Channel>,
+) {
+    let w = CriWorld::kubelet(130 + slot * 4 + (std::process::id() % 4) as u8, "", "");
+    let (rt, images) = w.clients().await;
+    (w, rt, images)
+}
+
+/// A pod of `w` named `name` (busybox pulled) running container "app" with `script`; (pod
+/// config, pod id, container id).
+async fn pod_with_app(
+    w: &CriWorld,
+    rt: &mut RuntimeServiceClient<Channel>,
+    images: &mut ImageServiceClient<Channel>,
+    name: &str,
+    script: &str,
+) -> (cri::PodSandboxConfig, String, String) {
+    pull(images, "busybox", None).await;
+    let cfg = w.pod_config(name);
+    let pod = run_pod(rt, &cfg, "RunPodSandbox").await;
+    let app = create_and_start(rt, &pod, &cfg, container_config("app", script)).await;
+    (cfg, pod, app)
+}
+
+/// Pod "web" whose container "app" runs the image's entrypoint + cmd (no command or args),
+/// waited for until it printed its working dir and went to sleep; (pod config, pod id,
+/// container id, its log).
+async fn web_with_image_defaults(
+    w: &CriWorld,
+    rt: &mut RuntimeServiceClient<Channel>,
+    images: &mut ImageServiceClient<Channel>,
+) -> (cri::PodSandboxConfig, String, String, PathBuf) {
+    let (cfg, pod, ctr) = pod_with_app(w, rt, images, "web", "").await;
+    let log = wait_for_app_line(&cfg, " stdout F /tmp\n").await;
+    (cfg, pod, ctr, log)
+}
+
+/// Waits until the log of the pod's container "app" holds `line`; the log's path.
+async fn wait_for_app_line(cfg: &cri::PodSandboxConfig, line: &str) -> PathBuf {
+    let log = PathBuf::from(&cfg.log_directory).join("app.log");
+    wait_for(&format!("{line:?} in the container's log"), || {
+        let log = log.clone();
+        async move { std::fs::read_to_string(&log).unwrap_or_default().contains(line) }
+    })
+    .await;
+    log
+}
+
+/// RemoveContainer `id`.
+async fn remove(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.to_owned(),
+    })
+    .await
+    .expect("RemoveContainer");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
-async fn pod_and_container_lifecycle_through_the_daemon() {
-    let w = CriWorld::kubelet(180 + (std::process::id() % 20) as u8, "", "");
-    let (mut rt, mut images) = w.clients().await;
+async fn run_pod_sandbox_is_ready_with_an_ip_on_the_worlds_subnet() {
+    let (w, mut rt, _) = world(0).await;
+    let pod = run_pod(&mut rt, &w.pod_config("web"), "RunPodSandbox").await;
+    let st = pod_status(&mut rt, &pod).await;
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    let ip = st.network.unwrap().ip;
+    assert!(ip.starts_with(&format!("10.88.{}.", w.octet)), "{ip}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_sandbox_image_pulled_by_ctr_is_unpacked_into_overlayfs_and_pinned() {
+    let (w, mut rt, mut images) = world(1).await;
     // The sandbox image comes from ctr (client-side pull, unpacked into the native
     // snapshotter only, then tagged): the CRI finds it and unpacks it into overlayfs.
     let ctr_pause = format!("{}/pause:3.10", w.registry.addr);
@@ -66,21 +142,7 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
         "nothing in overlayfs yet: {}",
         overlay(&w.server)
     );
-    let pod_cfg = w.pod_config("web");
-    let pod = run_pod(&mut rt, &pod_cfg, "RunPodSandbox").await;
-    let st = rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .unwrap();
-    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
-    let ip = st.network.unwrap().ip;
-    assert!(ip.starts_with(&format!("10.88.{}.", w.octet)), "{ip}");
+    run_pod(&mut rt, &w.pod_config("web"), "RunPodSandbox").await;
     let pause = list(&mut images, Some("registry.k8s.io/pause:3.10")).await;
     assert_eq!(pause.len(), 1, "{pause:?}");
     assert!(
@@ -88,23 +150,18 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
         "the pause image was unpacked into overlayfs: {}",
         overlay(&w.server)
     );
-    let image_id = pull(&mut images, "busybox", None).await;
+    pull(&mut images, "busybox", None).await;
     assert!(pause[0].pinned, "the sandbox image is pinned: {pause:?}");
     assert!(!list(&mut images, Some("busybox")).await[0].pinned);
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_container_without_command_runs_the_images_entrypoint_env_user_and_working_dir() {
+    let (w, mut rt, mut images) = world(2).await;
     // No command or args: the image's entrypoint + cmd, env, user (nobody, its group from
     // the image's /etc/passwd) and working dir.
-    let ctr = create_and_start(&mut rt, &pod, &pod_cfg, container_config("app", "")).await;
-    let log = PathBuf::from(&pod_cfg.log_directory).join("app.log");
-    wait_for("the container's output", || {
-        let log = log.clone();
-        async move {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains(" stdout F /tmp\n")
-        }
-    })
-    .await;
+    let (_, _, _, log) = web_with_image_defaults(&w, &mut rt, &mut images).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains(" stdout F from-image\n"), "{text}");
     assert!(
@@ -117,7 +174,13 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
         ts.contains('T') && ts.len() > 20,
         "RFC3339Nano timestamp: {first}"
     );
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn exec_sync_runs_with_the_images_env_and_user() {
+    let (w, mut rt, mut images) = world(3).await;
+    let (_, _, ctr, _) = web_with_image_defaults(&w, &mut rt, &mut images).await;
     let r = rt
         .exec_sync(cri::ExecSyncRequest {
             container_id: ctr.clone(),
@@ -135,20 +198,42 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
         (String::from_utf8_lossy(&r.stdout).as_ref(), r.exit_code),
         ("exec from-image\n65534\n", 3)
     );
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn container_status_shows_running_the_pulled_image_and_the_log_path() {
+    let (w, mut rt, mut images) = world(4).await;
+    let image_id = pull(&mut images, "busybox", None).await;
+    let (_, _, ctr, log) = web_with_image_defaults(&w, &mut rt, &mut images).await;
     let cs = status(&mut rt, &ctr).await;
     assert_eq!(cs.state, cri::ContainerState::ContainerRunning as i32);
     assert_eq!(cs.image_ref, image_id);
     assert_eq!(cs.image.unwrap().image, "docker.io/library/busybox:latest");
     assert_eq!(cs.log_path, log.display().to_string());
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_second_container_shares_the_pods_pid_namespace() {
+    let (w, mut rt, mut images) = world(5).await;
+    let (pod_cfg, pod, _, _) = web_with_image_defaults(&w, &mut rt, &mut images).await;
     // A second container shares the pod's PID namespace: it sees the app's processes.
     let side = create_and_start(&mut rt, &pod, &pod_cfg, container_config("side", "ps; exit 3")).await;
     let s = exited(&mut rt, &side).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"), "{s:?}");
     let side_log = std::fs::read_to_string(PathBuf::from(&pod_cfg.log_directory).join("side.log")).unwrap();
     assert!(side_log.contains("sleep 3600"), "{side_log}");
+    remove(&mut rt, &side).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_container_over_its_memory_limit_is_oomkilled() {
+    let (w, mut rt, mut images) = world(6).await;
+    pull(&mut images, "busybox", None).await;
+    let pod_cfg = w.pod_config("web");
+    let pod = run_pod(&mut rt, &pod_cfg, "RunPodSandbox").await;
     // Over its memory limit: OOMKilled.
     let mut hog = container_config(
         "hog",
@@ -164,14 +249,14 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
     let hog = create_and_start(&mut rt, &pod, &pod_cfg, hog).await;
     let s = exited(&mut rt, &hog).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"), "{s:?}");
-    for id in [&side, &hog] {
-        rt.remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("RemoveContainer");
-    }
+    remove(&mut rt, &hog).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn stop_container_ends_a_shared_pid_namespace_sleep_with_the_images_stop_signal() {
+    let (w, mut rt, mut images) = world(7).await;
+    let (_, _, ctr, _) = web_with_image_defaults(&w, &mut rt, &mut images).await;
     // The pod shares its PID namespace (mode POD): sleep is not pid 1 and dies of the
     // image's stop signal (SIGTERM, the default) before the timeout.
     rt.stop_container(cri::StopContainerRequest {
@@ -183,11 +268,7 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
     let cs = status(&mut rt, &ctr).await;
     assert_eq!(cs.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!((cs.exit_code, cs.reason.as_str()), (143, "Error"), "{cs:?}");
-    rt.remove_container(cri::RemoveContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .expect("RemoveContainer");
+    remove(&mut rt, &ctr).await;
     let left = rt
         .list_containers(cri::ListContainersRequest { filter: None })
         .await
@@ -195,7 +276,13 @@ async fn pod_and_container_lifecycle_through_the_daemon() {
         .into_inner()
         .containers;
     assert!(left.is_empty(), "{left:?}");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn stop_and_remove_pod_sandbox_are_idempotent_and_leave_no_pod_or_container_snapshot() {
+    let (w, mut rt, mut images) = world(8).await;
+    let (_, pod, _, _) = web_with_image_defaults(&w, &mut rt, &mut images).await;
     for _ in 0..2 {
         rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: pod.clone(),
@@ -293,44 +380,33 @@ async fn runtime_handler_options_reach_the_runc_shim() {
     w.assert_no_pod_left();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
-async fn probes_stats_metrics_and_events_through_the_client() {
-    let w = CriWorld::kubelet(120 + (std::process::id() % 20) as u8, "", "");
-    let (mut rt, mut images) = w.clients().await;
-    pull(&mut images, "busybox", None).await;
-    // Two GetContainerEvents subscribers, both before anything happens.
-    let mut subs = Vec::new();
-    for _ in 0..2 {
-        subs.push(
-            rt.get_container_events(cri::GetEventsRequest {})
-                .await
-                .expect("GetContainerEvents")
-                .into_inner(),
-        );
-    }
-    let cfg = w.pod_config("probed");
-    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
-    let app = create_and_start(
-        &mut rt,
-        &pod,
-        &cfg,
-        container_config(
-            "app",
-            "dd if=/dev/zero of=/tmp/fill bs=1024 count=512 2>/dev/null; exec sleep 3600",
-        ),
-    )
-    .await;
+/// The script of the probed pod's container: 512 KiB in its writable layer, then sleep.
+const FILL: &str = "dd if=/dev/zero of=/tmp/fill bs=1024 count=512 2>/dev/null; echo filled; exec sleep 3600";
 
-    // ExecSync: output and exit code; 50 at once; the timeout is honoured promptly; output
-    // is capped at 16 MiB per stream.
-    let exec = |cmd: &str, timeout: i64| cri::ExecSyncRequest {
-        container_id: app.clone(),
+/// A [`world`] with pod "probed" whose container "app" wrote 512 KiB into its writable layer
+/// and sleeps; (world, runtime client, pod id, container id).
+async fn probed(slot: u8) -> (CriWorld, RuntimeServiceClient<Channel>, String, String) {
+    let (w, mut rt, mut images) = world(slot).await;
+    let (cfg, pod, app) = pod_with_app(&w, &mut rt, &mut images, "probed", FILL).await;
+    wait_for_app_line(&cfg, " stdout F filled\n").await;
+    (w, rt, pod, app)
+}
+
+/// ExecSync `sh -c cmd` in `id` with `timeout` seconds.
+fn sh(id: &str, cmd: &str, timeout: i64) -> cri::ExecSyncRequest {
+    cri::ExecSyncRequest {
+        container_id: id.to_owned(),
         cmd: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
         timeout,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn exec_sync_returns_stdout_stderr_and_the_exit_code() {
+    let (_w, mut rt, _, app) = probed(9).await;
     let r = rt
-        .exec_sync(exec("echo out; echo err >&2; exit 3", 10))
+        .exec_sync(sh(&app, "echo out; echo err >&2; exit 3", 10))
         .await
         .unwrap()
         .into_inner();
@@ -338,12 +414,18 @@ async fn probes_stats_metrics_and_events_through_the_client() {
         (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
         (&b"out\n"[..], &b"err\n"[..], 3)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn fifty_exec_syncs_at_once_all_answer() {
+    let (w, rt, _, app) = probed(10).await;
     // 50 at once. Many parallel `runc exec` in one container are slow on some hosts (on
     // this one, 50 parallel `ctr tasks exec` take 20-50 s against containerd and taskd
     // alike), so each gets a generous timeout: the point is that all of them work.
     let all = futures::future::join_all((0..50).map(|i| {
         let mut rt = rt.clone();
-        let req = exec(&format!("echo {i}"), 240);
+        let req = sh(&app, &format!("echo {i}"), 240);
         async move { rt.exec_sync(req).await }
     }))
     .await;
@@ -360,18 +442,30 @@ async fn probes_stats_metrics_and_events_through_the_client() {
             .into_inner();
         assert_eq!((r.stdout, r.exit_code), (format!("{i}\n").into_bytes(), 0));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn exec_sync_timeout_is_honoured_promptly() {
+    let (_w, mut rt, _, app) = probed(11).await;
     let t0 = Instant::now();
-    let e = rt.exec_sync(exec("sleep 600", 1)).await.unwrap_err();
+    let e = rt.exec_sync(sh(&app, "sleep 600", 1)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
     assert!(
         t0.elapsed() < Duration::from_secs(30),
         "the timeout is honoured, not minutes later"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn exec_sync_output_is_capped_to_what_one_16_mib_response_holds() {
+    let (_w, rt, _, app) = probed(12).await;
     // As kubelet's CRI client: messages of up to 16 MiB.
     let big = rt
         .clone()
         .max_decoding_message_size(16 << 20)
-        .exec_sync(exec("head -c 20000000 /dev/zero", 60))
+        .exec_sync(sh(&app, "head -c 20000000 /dev/zero", 60))
         .await
         .expect("ExecSync with a big output")
         .into_inner();
@@ -380,8 +474,12 @@ async fn probes_stats_metrics_and_events_through_the_client() {
         taskd::cri::server::container::exec_sync::MAX_RESPONSE_OUTPUT,
         "stdout capped to what one 16 MiB response holds"
     );
+}
 
-    // Stats: container (cpu, memory, writable layer), pod (cpu, memory, network, processes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn container_stats_report_cpu_memory_and_the_writable_layer() {
+    let (_w, mut rt, pod, app) = probed(13).await;
     let cs = container_stats(&mut rt, &app).await;
     assert!(
         cs.cpu
@@ -421,6 +519,12 @@ async fn probes_stats_metrics_and_events_through_the_client() {
         .into_inner()
         .stats;
     assert_eq!(listed.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn pod_sandbox_stats_report_cpu_memory_processes_and_network() {
+    let (_w, mut rt, pod, _) = probed(14).await;
     let ps = rt
         .pod_sandbox_stats(cri::PodSandboxStatsRequest {
             pod_sandbox_id: pod.clone(),
@@ -436,6 +540,12 @@ async fn probes_stats_metrics_and_events_through_the_client() {
     assert!(linux.process.unwrap().process_count.unwrap().value >= 2);
     assert_eq!(linux.network.unwrap().default_interface.unwrap().name, "eth0");
     assert_eq!(linux.containers.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn pod_sandbox_metrics_carry_the_container_series_and_each_is_described() {
+    let (_w, mut rt, _, _) = probed(15).await;
     let desc = rt
         .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
         .await
@@ -464,83 +574,116 @@ async fn probes_stats_metrics_and_events_through_the_client() {
         let d = desc.iter().find(|d| d.name == m.name).expect("described");
         assert_eq!(d.label_keys.len(), m.label_values.len(), "{}", m.name);
     }
+}
 
-    // The Stream* twins (cri-api 0.34+, taskd's own generated client) answer what List does,
-    // and UpdatePodSandboxResources is kept and shown in the verbose pod status.
-    {
-        use taskd_proto::cri::v1 as t;
-        let mut c = t::runtime_service_client::RuntimeServiceClient::new(w.server.channel().await);
-        let stats = all_of(
-            c.stream_container_stats(t::StreamContainerStatsRequest { filter: None })
-                .await
-                .expect("StreamContainerStats")
-                .into_inner(),
-        )
-        .await;
-        assert_eq!(stats.iter().map(|m| m.container_stats.len()).sum::<usize>(), 1);
-        let stats = all_of(
-            c.stream_pod_sandbox_stats(t::StreamPodSandboxStatsRequest { filter: None })
-                .await
-                .expect("StreamPodSandboxStats")
-                .into_inner(),
-        )
-        .await;
-        assert_eq!(stats.iter().map(|m| m.pod_sandbox_stats.len()).sum::<usize>(), 1);
-        let ids: Vec<String> = all_of(
-            c.stream_pod_sandbox_metrics(t::StreamPodSandboxMetricsRequest {})
-                .await
-                .expect("StreamPodSandboxMetrics")
-                .into_inner(),
-        )
-        .await
-        .into_iter()
-        .flat_map(|m| m.pod_sandbox_metrics.into_iter().map(|p| p.pod_sandbox_id))
-        .collect();
-        assert_eq!(ids, std::slice::from_ref(&pod));
-        c.update_pod_sandbox_resources(t::UpdatePodSandboxResourcesRequest {
-            pod_sandbox_id: pod.clone(),
-            resources: Some(t::LinuxContainerResources {
-                cpu_shares: 512,
-                memory_limit_in_bytes: 256 << 20,
-                ..Default::default()
-            }),
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn the_stream_twins_answer_what_list_does() {
+    use taskd_proto::cri::v1 as t;
+    let (w, _, pod, _) = probed(16).await;
+    // The Stream* twins (cri-api 0.34+, taskd's own generated client) answer what List does.
+    let mut c = t::runtime_service_client::RuntimeServiceClient::new(w.server.channel().await);
+    let stats = all_of(
+        c.stream_container_stats(t::StreamContainerStatsRequest { filter: None })
+            .await
+            .expect("StreamContainerStats")
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(stats.iter().map(|m| m.container_stats.len()).sum::<usize>(), 1);
+    let stats = all_of(
+        c.stream_pod_sandbox_stats(t::StreamPodSandboxStatsRequest { filter: None })
+            .await
+            .expect("StreamPodSandboxStats")
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(stats.iter().map(|m| m.pod_sandbox_stats.len()).sum::<usize>(), 1);
+    let ids: Vec<String> = all_of(
+        c.stream_pod_sandbox_metrics(t::StreamPodSandboxMetricsRequest {})
+            .await
+            .expect("StreamPodSandboxMetrics")
+            .into_inner(),
+    )
+    .await
+    .into_iter()
+    .flat_map(|m| m.pod_sandbox_metrics.into_iter().map(|p| p.pod_sandbox_id))
+    .collect();
+    assert_eq!(ids, std::slice::from_ref(&pod));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn update_pod_sandbox_resources_is_kept_and_shown_in_the_verbose_pod_status() {
+    use taskd_proto::cri::v1 as t;
+    let (w, _, pod, _) = probed(17).await;
+    let mut c = t::runtime_service_client::RuntimeServiceClient::new(w.server.channel().await);
+    c.update_pod_sandbox_resources(t::UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: pod.clone(),
+        resources: Some(t::LinuxContainerResources {
+            cpu_shares: 512,
+            memory_limit_in_bytes: 256 << 20,
             ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("UpdatePodSandboxResources");
+    let st = c
+        .pod_sandbox_status(t::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
         })
         .await
-        .expect("UpdatePodSandboxResources");
-        let st = c
-            .pod_sandbox_status(t::PodSandboxStatusRequest {
-                pod_sandbox_id: pod.clone(),
-                verbose: true,
-            })
-            .await
-            .expect("PodSandboxStatus")
-            .into_inner();
-        let info = st.info.values().cloned().collect::<Vec<_>>().join("\n");
-        assert!(
-            info.contains("268435456"),
-            "the new pod resources in the verbose status: {info}"
-        );
-    }
+        .expect("PodSandboxStatus")
+        .into_inner();
+    let info = st.info.values().cloned().collect::<Vec<_>>().join("\n");
+    assert!(
+        info.contains("268435456"),
+        "the new pod resources in the verbose status: {info}"
+    );
+}
 
-    // Stop and remove: both subscribers saw CREATED, STARTED, STOPPED, DELETED in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn exec_sync_in_a_stopped_container_is_a_failed_precondition() {
+    let (_w, mut rt, _, app) = probed(18).await;
     rt.stop_container(cri::StopContainerRequest {
         container_id: app.clone(),
         timeout: 2,
     })
     .await
     .expect("StopContainer");
-    let e = rt.exec_sync(exec("true", 5)).await.unwrap_err();
+    let e = rt.exec_sync(sh(&app, "true", 5)).await.unwrap_err();
     assert_eq!(
         e.code(),
         tonic::Code::FailedPrecondition,
         "exec in a stopped container: {e:?}"
     );
-    rt.remove_container(cri::RemoveContainerRequest {
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn every_container_events_subscriber_sees_created_started_stopped_deleted_in_order() {
+    let (w, mut rt, mut images) = world(19).await;
+    // Two GetContainerEvents subscribers, both before anything happens.
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        subs.push(
+            rt.get_container_events(cri::GetEventsRequest {})
+                .await
+                .expect("GetContainerEvents")
+                .into_inner(),
+        );
+    }
+    let (_, pod, app) = pod_with_app(&w, &mut rt, &mut images, "probed", FILL).await;
+    rt.stop_container(cri::StopContainerRequest {
         container_id: app.clone(),
+        timeout: 2,
     })
     .await
-    .expect("RemoveContainer");
+    .expect("StopContainer");
+    remove(&mut rt, &app).await;
     use cri::ContainerEventType::*;
     for sub in &mut subs {
         let mut seen = Vec::new();
@@ -566,7 +709,14 @@ async fn probes_stats_metrics_and_events_through_the_client() {
         );
     }
     stop_and_remove(&mut rt, &pod).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn the_cri_operation_metrics_kubelet_operators_scrape_are_served() {
+    let (w, mut rt, pod, app) = probed(20).await;
+    rt.exec_sync(sh(&app, "true", 10)).await.expect("ExecSync");
+    stop_and_remove(&mut rt, &pod).await;
     // The operation metrics kubelet operators scrape.
     let (_, body) = w.server.http("/v1/metrics", None);
     for want in [
@@ -692,9 +842,8 @@ async fn checkpoint_container_writes_the_archive_or_says_why_criu_cannot() {
 /// `run_as_username` is InvalidArgument.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
-async fn unknown_ids_stop_and_a_group_without_a_user_is_refused() {
-    let w = CriWorld::kubelet(30 + (std::process::id() % 20) as u8, "", "");
-    let (mut rt, mut images) = w.clients().await;
+async fn stop_of_an_unknown_container_or_pod_succeeds() {
+    let (_w, mut rt, _) = world(21).await;
     rt.stop_container(cri::StopContainerRequest {
         container_id: "no-such-container".into(),
         timeout: 1,
@@ -706,37 +855,13 @@ async fn unknown_ids_stop_and_a_group_without_a_user_is_refused() {
     })
     .await
     .expect("StopPodSandbox of an unknown id");
+}
 
-    pull(&mut images, "busybox", None).await;
-    let cfg = kubelet_pod(w.pod_config("group"));
-    let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
-    let grouped = |user: Option<i64>, username: &str| {
-        own_pid(with_security(
-            container_config("grouped", "id -u; id -g"),
-            cri::LinuxContainerSecurityContext {
-                run_as_user: user.map(|value| cri::Int64Value { value }),
-                run_as_username: username.into(),
-                run_as_group: Some(cri::Int64Value { value: 4242 }),
-                ..Default::default()
-            },
-        ))
-    };
-    let e = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(grouped(None, "")),
-            sandbox_config: Some(cfg.clone()),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
-    assert!(e.message().contains("run_as_group"), "{e:?}");
-    // With a user it runs with that group.
-    let id = create_and_start(&mut rt, &pod, &cfg, grouped(Some(1000), "")).await;
-    let s = exited(&mut rt, &id).await;
-    assert_eq!(s.exit_code, 0);
-    let log = std::fs::read_to_string(&s.log_path).unwrap();
-    assert!(log.contains(" 1000\n") && log.contains(" 4242\n"), "{log}");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn stop_pod_sandbox_of_a_removed_pod_succeeds() {
+    let (w, mut rt, mut images) = world(22).await;
+    let (_, pod, _) = pod_with_app(&w, &mut rt, &mut images, "gone", "exec sleep 3600").await;
     stop_and_remove(&mut rt, &pod).await;
     // Stopping it again, now that it is gone, still succeeds.
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod })
@@ -745,9 +870,61 @@ async fn unknown_ids_stop_and_a_group_without_a_user_is_refused() {
     w.assert_no_pod_left();
 }
 
-/// Pod and container annotations reach the OCI specs (the bundles' config.json, which the shim
-/// and runc read; pods with a pause container, so that both specs are there) only when the
-/// handler allows them: by default neither a systemd property
+/// A pod (its own PID namespace per container, as kubelet's usual pod) and a container of it
+/// printing its uid and gid, run as group 4242 and as `user` / `username`.
+async fn group_pod(
+    w: &CriWorld,
+    rt: &mut RuntimeServiceClient<Channel>,
+    images: &mut ImageServiceClient<Channel>,
+    user: Option<i64>,
+    username: &str,
+) -> (cri::PodSandboxConfig, String, cri::ContainerConfig) {
+    pull(images, "busybox", None).await;
+    let cfg = kubelet_pod(w.pod_config("group"));
+    let pod = run_pod(rt, &cfg, "RunPodSandbox").await;
+    let grouped = own_pid(with_security(
+        container_config("grouped", "id -u; id -g"),
+        cri::LinuxContainerSecurityContext {
+            run_as_user: user.map(|value| cri::Int64Value { value }),
+            run_as_username: username.into(),
+            run_as_group: Some(cri::Int64Value { value: 4242 }),
+            ..Default::default()
+        },
+    ));
+    (cfg, pod, grouped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_group_without_a_user_is_invalid_argument() {
+    let (w, mut rt, mut images) = world(23).await;
+    let (cfg, pod, grouped) = group_pod(&w, &mut rt, &mut images, None, "").await;
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(grouped),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("run_as_group"), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_group_with_a_user_runs_with_that_group() {
+    let (w, mut rt, mut images) = world(24).await;
+    let (cfg, pod, grouped) = group_pod(&w, &mut rt, &mut images, Some(1000), "").await;
+    let id = create_and_start(&mut rt, &pod, &cfg, grouped).await;
+    let s = exited(&mut rt, &id).await;
+    assert_eq!(s.exit_code, 0);
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert!(log.contains(" 1000\n") && log.contains(" 4242\n"), "{log}");
+    stop_and_remove(&mut rt, &pod).await;
+    w.assert_no_pod_left();
+}
+
 /// nor the runc shim's grouping annotation gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]

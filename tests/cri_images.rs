@@ -10,13 +10,35 @@ mod support;
 
 use cri_world::{CriWorld, GREETING, image_spec, list, pull};
 use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use support::registry::Registry;
+use tonic::transport::Channel;
+
+/// A kubelet world on its own 10.88.<octet>.0/24 (`slot`: one per test of this file; tests
+/// run in parallel) and its CRI image client.
+async fn world(slot: u8) -> (CriWorld, ImageServiceClient<Channel>) {
+    let w = CriWorld::kubelet(200 + slot * 3 + (std::process::id() % 3) as u8, "", "");
+    let (_, images) = w.clients().await;
+    (w, images)
+}
+
+/// [`world`] with busybox pulled as kubelet sends it (`busybox`) and as `busybox:1.36`, a
+/// second tag of the same digest; the image id.
+async fn world_with_two_tags(slot: u8) -> (CriWorld, ImageServiceClient<Channel>, String) {
+    let (w, mut images) = world(slot).await;
+    let id = w.busybox.config.digest.clone();
+    assert_eq!(pull(&mut images, "busybox", None).await, id);
+    assert_eq!(
+        pull(&mut images, "docker.io/library/busybox:1.36", None).await,
+        id
+    );
+    (w, images, id)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
-async fn image_service_pull_list_status_remove_fsinfo() {
-    let w = CriWorld::kubelet(200 + (std::process::id() % 20) as u8, "", "");
-    let (_, mut images) = w.clients().await;
+async fn pull_normalizes_kubelets_reference_through_the_mirror_and_lists_the_image() {
+    let (w, mut images) = world(0).await;
     let id = w.busybox.config.digest.clone();
     let manifest = w.busybox.manifest.digest.clone();
 
@@ -32,21 +54,33 @@ async fn image_service_pull_list_status_remove_fsinfo() {
     );
     assert_eq!(all[0].username, "nobody");
     assert!(all[0].size > 0);
-    // A second tag of the same digest joins the same image.
-    assert_eq!(
-        pull(&mut images, "docker.io/library/busybox:1.36", None).await,
-        id
-    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_second_tag_of_the_same_digest_joins_the_same_image() {
+    let (_w, mut images, _) = world_with_two_tags(1).await;
     let all = list(&mut images, None).await;
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0].repo_tags.len(), 2, "{all:?}");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn list_images_filters_by_reference_and_by_id() {
+    let (_w, mut images, id) = world_with_two_tags(2).await;
     // Filter: by reference, by id, and a miss.
     assert_eq!(list(&mut images, Some("busybox:1.36")).await.len(), 1);
     assert_eq!(list(&mut images, Some(&id)).await.len(), 1);
     assert!(list(&mut images, Some("nothing-here")).await.is_empty());
+}
 
-    // Verbose status carries the image config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn verbose_image_status_carries_the_image_config() {
+    let (w, mut images) = world(3).await;
+    let id = pull(&mut images, "busybox", None).await;
+    assert_eq!(id, w.busybox.config.digest);
     let st = images
         .image_status(cri::ImageStatusRequest {
             image: image_spec("busybox"),
@@ -61,8 +95,13 @@ async fn image_service_pull_list_status_remove_fsinfo() {
         info.contains(GREETING) && info.contains("\"WorkingDir\":\"/tmp\"") && info.contains("sleep 3600"),
         "{info}"
     );
+}
 
-    // Usage of the snapshotter the image was unpacked into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn image_fs_info_reports_the_usage_of_the_snapshotter_the_image_is_unpacked_into() {
+    let (w, mut images) = world(4).await;
+    assert_eq!(pull(&mut images, "busybox", None).await, w.busybox.config.digest);
     let fs = images
         .image_fs_info(cri::ImageFsInfoRequest {})
         .await
@@ -77,8 +116,12 @@ async fn image_service_pull_list_status_remove_fsinfo() {
         u.used_bytes.unwrap().value > 0 && u.inodes_used.unwrap().value > 0,
         "{fs:?}"
     );
+}
 
-    // Remove by one tag removes every tag, the digest and the id; again is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn remove_by_one_tag_removes_every_tag_the_digest_and_the_id_and_again_is_fine() {
+    let (_w, mut images, id) = world_with_two_tags(5).await;
     for _ in 0..2 {
         images
             .remove_image(cri::RemoveImageRequest {
@@ -97,8 +140,12 @@ async fn image_service_pull_list_status_remove_fsinfo() {
         .expect("ImageStatus of a removed image")
         .into_inner();
     assert!(st.image.is_none());
+}
 
-    // Auth from the request, against a registry that requires it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn pull_from_a_registry_that_requires_auth_needs_the_requests_credentials() {
+    let (_w, mut images) = world(6).await;
     let private = Registry::start_basic_auth();
     private.push_busybox("private/bb", "v1");
     let r = format!("{}/private/bb:v1", private.addr);
@@ -118,12 +165,16 @@ async fn image_service_pull_list_status_remove_fsinfo() {
     };
     assert!(pull(&mut images, &r, Some(auth)).await.starts_with("sha256:"));
     assert_eq!(list(&mut images, Some(&r)).await.len(), 1);
+}
 
-    // An image pulled client-side by ctr into k8s.io is a CRI image too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn an_image_pulled_by_ctr_into_k8s_io_is_a_cri_image() {
+    let (w, mut images) = world(7).await;
     let ctr_ref = format!("{}/library/busybox:1.36", w.registry.addr);
     w.server
         .ctr_ok(&["-n", "k8s.io", "images", "pull", "--plain-http", &ctr_ref]);
     let found = list(&mut images, Some(&ctr_ref)).await;
     assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!(found[0].id, id);
+    assert_eq!(found[0].id, w.busybox.config.digest);
 }

@@ -18,6 +18,7 @@ use cri_world::{
 };
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::security_profile::ProfileType;
 use support::cri_client::{create_and_start, status, stop_and_remove};
 use support::registry::OciLayout;
 use tonic::transport::Channel;
@@ -161,14 +162,13 @@ fn probe_errnos(out: &str) -> std::collections::HashMap<String, i64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
-async fn pod_options_security_context_resources_and_log_reopen() {
-    let w = CriWorld::kubelet(240 + (std::process::id() % 14) as u8, "", "");
+/// A world on its own 10.88.<octet>.0/24 (`slot`: one per test of the pod options below) with
+/// busybox pulled and pod "opts" run as kubelet sends a usual pod: no pause container, so its
+/// hostname and sysctl are set in namespaces taskd pinned itself.
+async fn opts_pod(slot: u8) -> OptsPod {
+    let w = CriWorld::kubelet(240 + slot, "", "");
     let (mut rt, mut images) = w.clients().await;
     pull(&mut images, "busybox", None).await;
-    // As kubelet sends a usual pod: no pause container, so the hostname and the sysctl are
-    // set in namespaces taskd pinned itself.
     let mut cfg = kubelet_pod(w.pod_config("opts"));
     cfg.hostname = "opts-host".into();
     cfg.dns_config = Some(cri::DnsConfig {
@@ -181,8 +181,110 @@ async fn pod_options_security_context_resources_and_log_reopen() {
             .insert("net.ipv4.ip_unprivileged_port_start".into(), "80".into());
     }
     let pod = run_pod(&mut rt, &cfg, "RunPodSandbox").await;
-    assert!(!has_pause_container(&mut rt, &pod).await);
-    // A sysctl outside the pod's namespaces is refused, and nothing is left of that pod.
+    OptsPod { w, rt, cfg, pod }
+}
+
+/// The pod of [`opts_pod`] with its world and client.
+struct OptsPod {
+    w: CriWorld,
+    rt: RuntimeServiceClient<Channel>,
+    cfg: cri::PodSandboxConfig,
+    pod: String,
+}
+
+/// Container "locked" of the opts pod: prints its DNS, hostname and the namespaced sysctl, runs
+/// as 1234 on a read-only rootfs with no capabilities (printing its uid, whether it can
+/// write, its capabilities), then sleeps; (container id, its log once all is printed).
+async fn locked(op: &mut OptsPod) -> (String, String) {
+    let mut locked = container_config(
+        "locked",
+        "cat /etc/resolv.conf; hostname; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; \
+         id -u; touch /x 2>/dev/null || echo READONLY; grep CapEff /proc/self/status; exec sleep 3600",
+    );
+    locked.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            run_as_user: Some(cri::Int64Value { value: 1234 }),
+            readonly_rootfs: true,
+            capabilities: Some(cri::Capability {
+                drop_capabilities: vec!["ALL".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let locked = create_and_start(&mut op.rt, &op.pod, &op.cfg, locked).await;
+    let log = opts_log_with(&op.w, "locked", "CapEff").await;
+    (locked, std::fs::read_to_string(&log).unwrap())
+}
+
+/// Container "ticker" of the opts pod, ticking every 100 ms; (container id, its log, once
+/// it ticked).
+async fn ticker(op: &mut OptsPod) -> (String, PathBuf) {
+    let ticker = create_and_start(
+        &mut op.rt,
+        &op.pod,
+        &op.cfg,
+        own_pid(container_config(
+            "ticker",
+            "while true; do echo tick; sleep 0.1; done",
+        )),
+    )
+    .await;
+    (ticker, opts_log_with(&op.w, "ticker", "tick").await)
+}
+
+/// The log of container `name` of the opts pod, once it holds `needle`.
+async fn opts_log_with(w: &CriWorld, name: &str, needle: &str) -> PathBuf {
+    let log = w.dir.path().join(format!("logs/opts/{name}.log"));
+    wait_for(&format!("{needle:?} in {name}'s log"), || async {
+        std::fs::read_to_string(&log).unwrap_or_default().contains(needle)
+    })
+    .await;
+    log
+}
+
+/// `want` lines all in `text`.
+fn assert_has_all(text: &str, want: &[&str]) {
+    for want in want {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_pods_dns_hostname_and_namespaced_sysctl_reach_its_container_without_a_pause_container() {
+    let mut op = opts_pod(0).await;
+    let (_, text) = locked(&mut op).await;
+    assert!(!has_pause_container(&mut op.rt, &op.pod).await);
+    assert_has_all(
+        &text,
+        &[
+            "nameserver 10.0.0.10",
+            "search svc.example",
+            "options ndots:2",
+            "opts-host",
+            " 80\n",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn run_as_user_read_only_rootfs_and_dropped_capabilities_apply() {
+    let mut op = opts_pod(1).await;
+    let (_, text) = locked(&mut op).await;
+    assert_has_all(&text, &[" 1234\n", "READONLY", "CapEff:\t0000000000000000"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_sysctl_outside_the_pods_namespaces_is_refused_and_leaves_nothing() {
+    let OptsPod { w, mut rt, .. } = opts_pod(2).await;
     let (netns_before, podns_before, ips_before) = (
         netns_pins(&w.server).len(),
         podns_pins(&w.server).len(),
@@ -210,7 +312,17 @@ async fn pod_options_security_context_resources_and_log_reopen() {
         (netns_before, podns_before, ips_before),
         "the refused pod left something"
     );
-    // A container cannot join a PID namespace the pod does not share.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_container_cannot_join_a_pid_namespace_the_pod_does_not_share() {
+    let OptsPod {
+        w: _w,
+        mut rt,
+        cfg,
+        pod,
+    } = opts_pod(3).await;
     let e = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
@@ -221,52 +333,14 @@ async fn pod_options_security_context_resources_and_log_reopen() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("pid"), "{e:?}");
+}
 
-    // DNS, hostname, a namespaced sysctl; run as 1234, read-only rootfs, no capabilities.
-    let mut locked = container_config(
-        "locked",
-        "cat /etc/resolv.conf; hostname; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; \
-         id -u; touch /x 2>/dev/null || echo READONLY; grep CapEff /proc/self/status; exec sleep 3600",
-    );
-    locked.linux = Some(cri::LinuxContainerConfig {
-        security_context: Some(cri::LinuxContainerSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                pid: cri::NamespaceMode::Container as i32,
-                ..Default::default()
-            }),
-            run_as_user: Some(cri::Int64Value { value: 1234 }),
-            readonly_rootfs: true,
-            capabilities: Some(cri::Capability {
-                drop_capabilities: vec!["ALL".into()],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let locked = create_and_start(&mut rt, &pod, &cfg, locked).await;
-    let log = w.dir.path().join("logs/opts/locked.log");
-    wait_for("the locked container's output", || async {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("CapEff")
-    })
-    .await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    for want in [
-        "nameserver 10.0.0.10",
-        "search svc.example",
-        "options ndots:2",
-        "opts-host",
-        " 80\n",
-        " 1234\n",
-        "READONLY",
-        "CapEff:\t0000000000000000",
-    ] {
-        assert!(text.contains(want), "{want:?} missing from:\n{text}");
-    }
-
-    // UpdateContainerResources reaches the container's cgroup and its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn update_container_resources_reaches_the_containers_cgroup_and_its_status() {
+    let mut op = opts_pod(4).await;
+    let (locked, _) = locked(&mut op).await;
+    let mut rt = op.rt;
     rt.update_container_resources(cri::UpdateContainerResourcesRequest {
         container_id: locked.clone(),
         linux: Some(cri::LinuxContainerResources {
@@ -298,27 +372,15 @@ async fn pod_options_security_context_resources_and_log_reopen() {
             .map(|l| l.memory_limit_in_bytes),
         Some(64 << 20)
     );
+}
 
-    // ReopenContainerLog: kubelet renames the file, asks for a reopen; output goes on in a
-    // new file at the same path.
-    let ticker = create_and_start(
-        &mut rt,
-        &pod,
-        &cfg,
-        own_pid(container_config(
-            "ticker",
-            "while true; do echo tick; sleep 0.1; done",
-        )),
-    )
-    .await;
-    let tlog = w.dir.path().join("logs/opts/ticker.log");
-    wait_for("ticks", || async {
-        std::fs::read_to_string(&tlog)
-            .unwrap_or_default()
-            .contains("tick")
-    })
-    .await;
-    // The pod's containers share one /dev/shm: a 64 MiB tmpfs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn the_pods_containers_share_one_64_mib_dev_shm() {
+    let mut op = opts_pod(5).await;
+    let (locked, _) = locked(&mut op).await;
+    let (ticker, _) = ticker(&mut op).await;
+    let mut rt = op.rt;
     let (mounts, code) = sh(
         &mut rt,
         &locked,
@@ -334,6 +396,17 @@ async fn pod_options_security_context_resources_and_log_reopen() {
         sh(&mut rt, &ticker, "cat /dev/shm/seg").await,
         ("shared\n".into(), 0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn reopen_container_log_goes_on_in_a_new_file_at_the_same_path() {
+    let mut op = opts_pod(6).await;
+    let (ticker, tlog) = ticker(&mut op).await;
+    // The world stays with `op` until the end.
+    let OptsPod { mut rt, .. } = op;
+    // ReopenContainerLog: kubelet renames the file, asks for a reopen; output goes on in a
+    // new file at the same path.
     std::fs::rename(&tlog, tlog.with_extension("log.1")).unwrap();
     rt.reopen_container_log(cri::ReopenContainerLogRequest {
         container_id: ticker.clone(),
@@ -344,6 +417,14 @@ async fn pod_options_security_context_resources_and_log_reopen() {
         std::fs::read_to_string(&tlog).unwrap_or_default().lines().count() >= 3
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn reopen_container_log_of_a_stopped_container_is_a_failed_precondition() {
+    let mut op = opts_pod(7).await;
+    let (ticker, _) = ticker(&mut op).await;
+    let OptsPod { w, mut rt, pod, .. } = op;
     rt.stop_container(cri::StopContainerRequest {
         container_id: ticker.clone(),
         timeout: 1,
@@ -508,6 +589,16 @@ fn cgroup(w: &CriWorld, controller: &str, id: &str) -> PathBuf {
 
 /// A RuntimeDefault container (the pod's PID namespace, the default masked paths).
 async fn runtime_default(sp: &mut SecPod, name: &str) -> String {
+    with_seccomp(sp, name, ProfileType::RuntimeDefault, "").await
+}
+
+/// A sleeping container of `sp`'s pod with seccomp profile `t` (`localhost_ref` for Localhost).
+async fn with_seccomp(
+    sp: &mut SecPod,
+    name: &str,
+    t: cri::security_profile::ProfileType,
+    localhost_ref: &str,
+) -> String {
     create_and_start(
         &mut sp.rt,
         &sp.pod,
@@ -515,7 +606,7 @@ async fn runtime_default(sp: &mut SecPod, name: &str) -> String {
         with_security(
             sleeper(name),
             cri::LinuxContainerSecurityContext {
-                seccomp: seccomp(cri::security_profile::ProfileType::RuntimeDefault, ""),
+                seccomp: seccomp(t, localhost_ref),
                 ..Default::default()
             },
         ),
@@ -523,113 +614,91 @@ async fn runtime_default(sp: &mut SecPod, name: &str) -> String {
     .await
 }
 
-/// Seccomp: RuntimeDefault filters (unshare refused), Unconfined does not, a Localhost profile
-/// (plain or `localhost/`-prefixed) applies, a missing one is refused with nothing left.
+/// The seccomp tests' pod (`slot`: one per test, for its subnet).
+async fn seccomp_pod(slot: u8) -> SecPod {
+    sec_pod(60 + slot * 4 + (std::process::id() % 4) as u8).await
+}
+
+/// RuntimeDefault: a filter (mode 2), and unshare(2) refused without CAP_SYS_ADMIN.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
-async fn seccomp_profiles_runtime_default_unconfined_and_localhost() {
-    use cri::security_profile::ProfileType;
-    let sp = sec_pod(60 + (std::process::id() % 20) as u8).await;
-    let SecPod { w, mut rt, cfg, pod } = sp;
-    // RuntimeDefault: a filter (mode 2), and unshare(2) refused without CAP_SYS_ADMIN; the
-    // default masked and read-only paths are in place.
-    let dflt = create_and_start(
-        &mut rt,
-        &pod,
-        &cfg,
-        with_security(
-            sleeper("rtdefault"),
-            cri::LinuxContainerSecurityContext {
-                seccomp: seccomp(ProfileType::RuntimeDefault, ""),
-                ..Default::default()
-            },
-        ),
-    )
-    .await;
-    assert_eq!(proc_status(host_pid(&mut rt, &dflt).await, "Seccomp"), "2");
-    let (out, code) = sh(&mut rt, &dflt, "grep Seccomp: /proc/self/status; unshare -U true").await;
+async fn runtime_default_seccomp_filters_and_refuses_unshare() {
+    let mut sp = seccomp_pod(0).await;
+    let dflt = runtime_default(&mut sp, "rtdefault").await;
+    let rt = &mut sp.rt;
+    assert_eq!(proc_status(host_pid(rt, &dflt).await, "Seccomp"), "2");
+    let (out, code) = sh(rt, &dflt, "grep Seccomp: /proc/self/status; unshare -U true").await;
     assert!(out.contains("Seccomp:\t2"), "{out}");
     assert!(
         code != 0 && out.contains("Operation not permitted"),
         "unshare under RuntimeDefault: {code} {out}"
     );
-    // Unconfined: no filter, and the same unshare(2) passes the (absent) filter.
-    let unconf = create_and_start(
-        &mut rt,
-        &pod,
-        &cfg,
-        with_security(
-            sleeper("unconfined"),
-            cri::LinuxContainerSecurityContext {
-                seccomp: seccomp(ProfileType::Unconfined, ""),
-                ..Default::default()
-            },
-        ),
-    )
-    .await;
-    assert_eq!(proc_status(host_pid(&mut rt, &unconf).await, "Seccomp"), "0");
-    let (out, code) = sh(
-        &mut rt,
-        &unconf,
-        "grep Seccomp: /proc/self/status; unshare -U true",
-    )
-    .await;
+}
+
+/// Unconfined: no filter, and the same unshare(2) passes the (absent) filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn unconfined_seccomp_has_no_filter() {
+    let mut sp = seccomp_pod(1).await;
+    let unconf = with_seccomp(&mut sp, "unconfined", ProfileType::Unconfined, "").await;
+    let rt = &mut sp.rt;
+    assert_eq!(proc_status(host_pid(rt, &unconf).await, "Seccomp"), "0");
+    let (out, code) = sh(rt, &unconf, "grep Seccomp: /proc/self/status; unshare -U true").await;
     assert!(out.contains("Seccomp:\t0"), "{out}");
     if code != 0 {
         // The kernel may refuse user namespaces on its own; the filter is what differs.
         eprintln!("unshare -U unconfined fails on this host too ({out}): Seccomp lines only");
     }
-    // Localhost: the node's profile file denies mkdir with EPERM.
-    let profile = w.dir.path().join("deny-mkdir.json");
+}
+
+/// A seccomp pod (`slot`) with container `name` under a Localhost profile: a node profile file
+/// that denies mkdir with EPERM, named `<prefix><path>`; (the pod, the container id).
+async fn under_deny_mkdir(slot: u8, name: &str, prefix: &str) -> (SecPod, String) {
+    let mut sp = seccomp_pod(slot).await;
+    let profile = sp.w.dir.path().join("deny-mkdir.json");
     std::fs::write(
         &profile,
         r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
             {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
     )
     .unwrap();
-    let local = create_and_start(
-        &mut rt,
-        &pod,
-        &cfg,
-        with_security(
-            sleeper("localhost"),
-            cri::LinuxContainerSecurityContext {
-                seccomp: seccomp(ProfileType::Localhost, &profile.display().to_string()),
-                ..Default::default()
-            },
-        ),
-    )
-    .await;
-    assert_eq!(proc_status(host_pid(&mut rt, &local).await, "Seccomp"), "2");
-    let (out, code) = sh(&mut rt, &local, "mkdir /tmp/made").await;
+    let localhost_ref = format!("{prefix}{}", profile.display());
+    let id = with_seccomp(&mut sp, name, ProfileType::Localhost, &localhost_ref).await;
+    (sp, id)
+}
+
+/// Localhost: the node's profile file denies mkdir with EPERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_localhost_seccomp_profile_from_the_node_applies() {
+    let (mut sp, local) = under_deny_mkdir(2, "localhost", "").await;
+    let rt = &mut sp.rt;
+    assert_eq!(proc_status(host_pid(rt, &local).await, "Seccomp"), "2");
+    let (out, code) = sh(rt, &local, "mkdir /tmp/made").await;
     assert!(
         code != 0 && out.contains("Operation not permitted"),
         "mkdir under the Localhost profile: {code} {out}"
     );
-    // The same file as `localhost/<path>` (the prefix containerd trims): touch still works,
-    // mkdir does not.
-    let prefixed = create_and_start(
-        &mut rt,
-        &pod,
-        &cfg,
-        with_security(
-            sleeper("prefixed"),
-            cri::LinuxContainerSecurityContext {
-                seccomp: seccomp(
-                    ProfileType::Localhost,
-                    &format!("localhost/{}", profile.display()),
-                ),
-                ..Default::default()
-            },
-        ),
-    )
-    .await;
-    let (out, code) = sh(&mut rt, &prefixed, "touch /tmp/f && mkdir /tmp/d").await;
+}
+
+/// The same file as `localhost/<path>` (the prefix containerd trims): touch still works, mkdir
+/// does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_localhost_slash_prefixed_seccomp_profile_applies_too() {
+    let (mut sp, prefixed) = under_deny_mkdir(3, "prefixed", "localhost/").await;
+    let (out, code) = sh(&mut sp.rt, &prefixed, "touch /tmp/f && mkdir /tmp/d").await;
     assert!(
         code != 0 && out.contains("mkdir") && out.contains("Operation not permitted"),
         "{out}"
     );
-    // A Localhost profile that is not on the node: a clear error, nothing left behind.
+}
+
+/// A Localhost profile that is not on the node: a clear error, nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_localhost_seccomp_profile_missing_from_the_node_is_refused_and_leaves_nothing() {
+    let SecPod { w, mut rt, cfg, pod } = seccomp_pod(4).await;
     let bundles = w.bundles().len();
     let missing = w.dir.path().join("no-such-profile.json");
     let e = rt
@@ -659,21 +728,19 @@ async fn seccomp_profiles_runtime_default_unconfined_and_localhost() {
     w.assert_no_pod_left();
 }
 
-/// Masked and read-only paths: containerd's defaults, custom lists from the security
-/// context, and none in a privileged container (only in a privileged pod; the host's devices).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
-async fn masked_and_read_only_paths_defaults_custom_lists_and_privileged() {
-    use cri::security_profile::ProfileType;
-    let mut sp = sec_pod(20 + (std::process::id() % 20) as u8).await;
-    let dflt = runtime_default(&mut sp, "rtdefault").await;
-    let SecPod { w, mut rt, cfg, pod } = sp;
-    // `KEY=value` lines: the size of a masked proc file (one this kernel has), the entries of
-    // /sys/firmware, the mount options at a path (`-`: nothing mounted there).
-    let masked_file = ["/proc/kcore", "/proc/timer_list", "/proc/keys"]
+/// A proc file of the default masked list that this kernel has.
+fn masked_file() -> &'static str {
+    ["/proc/kcore", "/proc/timer_list", "/proc/keys"]
         .into_iter()
         .find(|p| Path::new(p).exists())
-        .expect("a proc file of the default masked list on this kernel");
+        .expect("a proc file of the default masked list on this kernel")
+}
+
+/// What container `id` sees of the masked and read-only paths.
+async fn probe_paths(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> Probed {
+    let masked_file = masked_file();
+    // `KEY=value` lines: the size of a masked proc file (one this kernel has), the entries of
+    // /sys/firmware, the mount options at a path (`-`: nothing mounted there).
     let probe = format!(
         "echo FILE=$(cat {masked_file} 2>/dev/null | wc -c); echo FIRMWARE=$(ls -A /sys/firmware | wc -l); \
          echo GROUP=$(wc -c < /etc/group); \
@@ -681,30 +748,69 @@ async fn masked_and_read_only_paths_defaults_custom_lists_and_privileged() {
          echo 1 2>&1 > /proc/sys/kernel/ns_last_pid | sed 's/^/SYSCTL=/'; \
          touch /tmp/x 2>&1 | sed 's/^/TMP=/'"
     );
-    let probe = async |rt: &mut RuntimeServiceClient<Channel>, id: &str| {
-        let (out, _) = sh(rt, id, &probe).await;
-        let get = |k: &str| {
-            out.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}=")))
-                .unwrap_or_else(|| panic!("{k} missing from:\n{out}"))
-                .to_owned()
-        };
-        let ro = |p: &str| get(p).split(',').any(|o| o == "ro");
-        Probed {
-            file_bytes: get("FILE"),
-            firmware_entries: get("FIRMWARE"),
-            group_bytes: get("GROUP"),
-            file_masked: get(masked_file) != "-",
-            proc_sys_ro: ro("/proc/sys"),
-            group_masked: get("/etc/group") != "-",
-            tmp_ro: ro("/tmp"),
-            sysfs_ro: ro("/sys") || ro("/sys/fs/cgroup"),
-            out: out.clone(),
-        }
+    let (out, _) = sh(rt, id, &probe).await;
+    let get = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} missing from:\n{out}"))
+            .to_owned()
     };
-    // The defaults (containerd's): the proc file reads empty, /sys/firmware is an empty
-    // tmpfs, /proc/sys is mounted read-only (a write fails so).
-    let p = probe(&mut rt, &dflt).await;
+    let ro = |p: &str| get(p).split(',').any(|o| o == "ro");
+    Probed {
+        file_bytes: get("FILE"),
+        firmware_entries: get("FIRMWARE"),
+        group_bytes: get("GROUP"),
+        file_masked: get(masked_file) != "-",
+        proc_sys_ro: ro("/proc/sys"),
+        group_masked: get("/etc/group") != "-",
+        tmp_ro: ro("/tmp"),
+        sysfs_ro: ro("/sys") || ro("/sys/fs/cgroup"),
+        out: out.clone(),
+    }
+}
+
+/// The masked-paths tests' pod (`slot`: one per test, for its subnet).
+async fn masked_pod(slot: u8) -> SecPod {
+    sec_pod(20 + slot * 4 + (std::process::id() % 4) as u8).await
+}
+
+/// A privileged container asking for masks, read-only paths and RuntimeDefault seccomp (all
+/// of which privileged overrides).
+fn privileged_sleeper() -> cri::ContainerConfig {
+    with_security(
+        sleeper("privileged"),
+        cri::LinuxContainerSecurityContext {
+            privileged: true,
+            masked_paths: vec!["/etc/group".into()],
+            readonly_paths: vec!["/tmp".into()],
+            seccomp: seccomp(ProfileType::RuntimeDefault, ""),
+            ..Default::default()
+        },
+    )
+}
+
+/// [`privileged_sleeper`] in a privileged pod of `sp`'s world; (pod id, container id).
+async fn privileged_in_a_privileged_pod(sp: &mut SecPod) -> (String, String) {
+    let mut priv_cfg = sp.w.pod_config("privpod");
+    if let Some(l) = priv_cfg.linux.as_mut() {
+        l.security_context = Some(cri::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+    }
+    let priv_pod = run_pod(&mut sp.rt, &priv_cfg, "RunPodSandbox privileged").await;
+    let id = create_and_start(&mut sp.rt, &priv_pod, &priv_cfg, privileged_sleeper()).await;
+    (priv_pod, id)
+}
+
+/// The defaults (containerd's): the proc file reads empty, /sys/firmware is an empty tmpfs,
+/// /proc/sys is mounted read-only (a write fails so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn containerds_default_masked_and_read_only_paths_are_in_place() {
+    let mut sp = masked_pod(0).await;
+    let dflt = runtime_default(&mut sp, "rtdefault").await;
+    let p = probe_paths(&mut sp.rt, &dflt).await;
     assert_eq!(
         (p.file_bytes.as_str(), p.firmware_entries.as_str()),
         ("0", "0"),
@@ -718,7 +824,18 @@ async fn masked_and_read_only_paths_defaults_custom_lists_and_privileged() {
         p.out.contains("SYSCTL=") && p.out.contains("Read-only file system"),
         "{p:?}"
     );
-    // Custom lists from the security context replace the defaults.
+}
+
+/// Custom lists from the security context replace the defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn custom_masked_and_read_only_paths_replace_the_defaults() {
+    let SecPod {
+        w: _w,
+        mut rt,
+        cfg,
+        pod,
+    } = masked_pod(1).await;
     let custom = create_and_start(
         &mut rt,
         &pod,
@@ -733,76 +850,86 @@ async fn masked_and_read_only_paths_defaults_custom_lists_and_privileged() {
         ),
     )
     .await;
-    let p = probe(&mut rt, &custom).await;
+    let p = probe_paths(&mut rt, &custom).await;
     assert_eq!(p.group_bytes, "0", "/etc/group masked: {p:?}");
     assert!(p.group_masked && p.tmp_ro && p.out.contains("TMP="), "{p:?}");
     assert!(
         !p.file_masked && !p.proc_sys_ro && p.firmware_entries != "0",
         "the defaults are gone: {p:?}"
     );
-    // Privileged: only in a privileged pod (as containerd); there no masks, no read-only
-    // /proc/sys, no seccomp, every device allowed and the host's devices in /dev.
-    let privileged_cfg = with_security(
-        sleeper("privileged"),
-        cri::LinuxContainerSecurityContext {
-            privileged: true,
-            masked_paths: vec!["/etc/group".into()],
-            readonly_paths: vec!["/tmp".into()],
-            seccomp: seccomp(ProfileType::RuntimeDefault, ""),
-            ..Default::default()
-        },
-    );
+}
+
+/// Privileged: only in a privileged pod (as containerd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_privileged_container_in_an_unprivileged_pod_is_refused() {
+    let SecPod {
+        w: _w,
+        mut rt,
+        cfg,
+        pod,
+    } = masked_pod(2).await;
     let e = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
-            config: Some(privileged_cfg.clone()),
+            config: Some(privileged_sleeper()),
             sandbox_config: Some(cfg.clone()),
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("privileged pod"), "{e:?}");
-    let mut priv_cfg = w.pod_config("privpod");
-    if let Some(l) = priv_cfg.linux.as_mut() {
-        l.security_context = Some(cri::LinuxSandboxSecurityContext {
-            privileged: true,
-            ..Default::default()
-        });
-    }
-    let priv_pod = run_pod(&mut rt, &priv_cfg, "RunPodSandbox privileged").await;
-    let privileged = create_and_start(&mut rt, &priv_pod, &priv_cfg, privileged_cfg).await;
-    let p = probe(&mut rt, &privileged).await;
+}
+
+/// In a privileged pod: no masks, no read-only /proc/sys, no seccomp, every device allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_privileged_container_has_no_masks_read_only_paths_seccomp_or_device_limits() {
+    let mut sp = masked_pod(3).await;
+    let (_, privileged) = privileged_in_a_privileged_pod(&mut sp).await;
+    let p = probe_paths(&mut sp.rt, &privileged).await;
     assert!(
         !p.file_masked && !p.proc_sys_ro && !p.group_masked && !p.tmp_ro && !p.sysfs_ro,
         "{p:?}"
     );
     assert!(p.group_bytes != "0" && p.firmware_entries != "0", "{p:?}");
-    let pid = host_pid(&mut rt, &privileged).await;
+    let pid = host_pid(&mut sp.rt, &privileged).await;
     assert_eq!(proc_status(pid, "Seccomp"), "0");
-    let devices = std::fs::read_to_string(cgroup(&w, "devices", &privileged).join("devices.list")).unwrap();
+    let devices =
+        std::fs::read_to_string(cgroup(&sp.w, "devices", &privileged).join("devices.list")).unwrap();
     assert_eq!(devices.trim(), "a *:* rwm", "privileged devices cgroup");
-    // A host device runc would not create on its own.
-    if let Some(host_dev) = ["/dev/loop-control", "/dev/kmsg", "/dev/fuse", "/dev/autofs"]
+}
+
+/// A host device runc would not create on its own is in a privileged container's /dev, not in
+/// an unprivileged one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins, docker-registry"]
+async fn a_privileged_container_sees_the_hosts_devices_and_an_unprivileged_one_does_not() {
+    let Some(host_dev) = ["/dev/loop-control", "/dev/kmsg", "/dev/fuse", "/dev/autofs"]
         .into_iter()
         .find(|p| Path::new(p).exists())
-    {
-        use std::os::unix::fs::MetadataExt;
-        let rdev = std::fs::metadata(host_dev).unwrap().rdev();
-        let want = format!(
-            "{:x}:{:x}",
-            nix::sys::stat::major(rdev),
-            nix::sys::stat::minor(rdev)
-        );
-        let (out, _) = sh(&mut rt, &privileged, &format!("stat -c '%t:%T' {host_dev}")).await;
-        assert_eq!(
-            out.trim(),
-            want,
-            "the host's {host_dev} in the privileged container"
-        );
-        let (out, _) = sh(&mut rt, &dflt, &format!("ls {host_dev} 2>&1")).await;
-        assert!(out.contains("No such file"), "not in an unprivileged one: {out}");
-    }
-
+    else {
+        panic!("none of the host devices this test looks for is on this host");
+    };
+    let mut sp = masked_pod(4).await;
+    let dflt = runtime_default(&mut sp, "rtdefault").await;
+    let (priv_pod, privileged) = privileged_in_a_privileged_pod(&mut sp).await;
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(host_dev).unwrap().rdev();
+    let want = format!(
+        "{:x}:{:x}",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    );
+    let (out, _) = sh(&mut sp.rt, &privileged, &format!("stat -c '%t:%T' {host_dev}")).await;
+    assert_eq!(
+        out.trim(),
+        want,
+        "the host's {host_dev} in the privileged container"
+    );
+    let (out, _) = sh(&mut sp.rt, &dflt, &format!("ls {host_dev} 2>&1")).await;
+    assert!(out.contains("No such file"), "not in an unprivileged one: {out}");
+    let SecPod { w, mut rt, pod, .. } = sp;
     for p in [pod, priv_pod] {
         stop_and_remove(&mut rt, &p).await;
     }

@@ -335,53 +335,124 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The script of the pod's long-running container: its output, hostname and eth0, then sleep.
+const APP: &str = "echo hello from app; hostname; ip -4 -o addr show eth0; sleep 3600";
+/// The script of a container that lists the pod's processes and exits 3 on its own.
+const SIDE: &str = "ps; exit 3";
+
+/// The config of pod "web" whose containers `names` log to `<dir>/logs/<name>/0.log`.
+fn web_pod_config(w: &World, names: &[&str]) -> cri::PodSandboxConfig {
+    let logs = w.dir.path().join("logs");
+    for name in names {
+        std::fs::create_dir_all(logs.join(name)).unwrap();
+    }
+    pod_config(&logs, cgroup_parent(w.dir.path()))
+}
+
+/// Pod "web" with no container yet, ready for container `name`'s log; (pod config, pod id).
+async fn pod_for(w: &World, name: &str) -> (cri::PodSandboxConfig, String) {
+    let pod_cfg = web_pod_config(w, &[name]);
+    let pod = w.run_pod(&pod_cfg).await;
+    (pod_cfg, pod)
+}
+
+/// A pod "web" running `containers` (name, script), each logging to `<dir>/logs/<name>/0.log`;
+/// (pod config, pod id, container ids in order).
+async fn pod_with(w: &World, containers: &[(&str, &str)]) -> (cri::PodSandboxConfig, String, Vec<String>) {
+    let names: Vec<&str> = containers.iter().map(|(name, _)| *name).collect();
+    let pod_cfg = web_pod_config(w, &names);
+    let pod = w.run_pod(&pod_cfg).await;
+    let mut ids = Vec::new();
+    for (name, script) in containers {
+        ids.push(w.create_and_start(&pod, &pod_cfg, container(name, script)).await);
+    }
+    (pod_cfg, pod, ids)
+}
+
+/// The CRI log of container `name`.
+fn log_of(w: &World, name: &str) -> PathBuf {
+    w.dir.path().join("logs").join(name).join("0.log")
+}
+
+fn wait_exited(w: &World, id: &str) {
+    wait_for(&format!("{id} exits"), || {
+        w.svc.containers.get(id).unwrap().state == ContainerState::Exited
+    });
+}
+
+/// Pod "web" with app running (its output logged) and side exited on its own; (pod, app, side).
+async fn app_and_side(w: &World) -> (String, String, String) {
+    let (_, pod, ids) = pod_with(w, &[("app", APP), ("side", SIDE)]).await;
+    let app_log = log_of(w, "app");
+    wait_for("app output", || {
+        std::fs::read_to_string(&app_log)
+            .unwrap_or_default()
+            .contains("eth0")
+    });
+    wait_exited(w, &ids[1]);
+    (pod, ids[0].clone(), ids[1].clone())
+}
+
+/// Pod "web" with only side, waited for until it exited on its own; side's id.
+async fn exited_side(w: &World) -> String {
+    let (_, _, ids) = pod_with(w, &[("side", SIDE)]).await;
+    wait_exited(w, &ids[0]);
+    ids[0].clone()
+}
+
+/// RemovePodSandbox `pod`: no sandbox, container or task is left.
+async fn remove_pod(w: &World, pod: &str) {
+    w.svc
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.to_owned(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+    assert!(w.svc.sandboxes.is_empty() && w.svc.containers.is_empty());
+    assert!(
+        w.tasks.list("k8s.io", "").await.unwrap().is_empty(),
+        "no task left"
+    );
+}
+
+/// StopPodSandbox then RemovePodSandbox `pod` through the restarted CRI plugin: nothing is left.
+async fn stop_and_remove_after_restart(w: &World, pod: &str) {
+    w.svc
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.to_owned(),
+        })
+        .await
+        .expect("StopPodSandbox after restart");
+    remove_pod(w, pod).await;
+}
+
+/// ExecSync `cmd` in `id` with `timeout` seconds.
+async fn exec(w: &World, id: &str, cmd: &[&str], timeout: i64) -> Result<cri::ExecSyncResponse, CriError> {
+    w.svc
+        .clone()
+        .exec_sync_detached(cri::ExecSyncRequest {
+            container_id: id.to_owned(),
+            cmd: cmd.iter().map(std::string::ToString::to_string).collect(),
+            timeout,
+        })
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
-async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
+async fn run_pod_sandbox_gives_the_pod_an_ip_on_the_bridge_and_a_sandbox_pid() {
     let w = world().await;
-    let logs = w.dir.path().join("logs");
-    for d in ["app", "side"] {
-        std::fs::create_dir_all(logs.join(d)).unwrap();
-    }
-    let pod_cfg = pod_config(&logs, cgroup_parent(w.dir.path()));
-    let pod = w.run_pod(&pod_cfg).await;
+    let (_, pod, _) = pod_with(&w, &[]).await;
     let sb = w.svc.sandboxes.get(&pod).unwrap();
     assert!(sb.ip.starts_with("10.88."), "{}", sb.ip);
     assert!(sb.pid > 0);
+}
 
-    let create = |name: &str, script: &str| {
-        let svc = w.svc.clone();
-        let req = cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container(name, script)),
-            sandbox_config: Some(pod_cfg.clone()),
-        };
-        async move {
-            svc.create_container(req)
-                .await
-                .expect("CreateContainer")
-                .container_id
-        }
-    };
-    let app = create(
-        "app",
-        "echo hello from app; hostname; ip -4 -o addr show eth0; sleep 3600",
-    )
-    .await;
-    w.svc
-        .start_container(cri::StartContainerRequest {
-            container_id: app.clone(),
-        })
-        .await
-        .expect("StartContainer");
-    let side = create("side", "ps; exit 3").await;
-    w.svc
-        .start_container(cri::StartContainerRequest {
-            container_id: side.clone(),
-        })
-        .await
-        .expect("StartContainer side");
-
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn pod_start_is_observed_once_at_its_first_running_container() {
+    let w = world().await;
+    pod_with(&w, &[("app", APP), ("side", SIDE)]).await;
     assert_eq!(
         w.svc
             .metrics
@@ -391,8 +462,15 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
         1,
         "one pod start observed, at its first running container"
     );
+}
 
-    let app_log = logs.join("app/0.log");
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn container_log_holds_its_output_with_the_pods_hostname_and_ip() {
+    let w = world().await;
+    let (_, pod, _) = pod_with(&w, &[("app", APP)]).await;
+    let sb = w.svc.sandboxes.get(&pod).unwrap();
+    let app_log = log_of(&w, "app");
     wait_for("app output", || {
         std::fs::read_to_string(&app_log)
             .unwrap_or_default()
@@ -405,67 +483,102 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
         "hostname from the pod: {text}"
     );
     assert!(text.contains(&sb.ip), "the pod IP on eth0: {text}");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn a_container_exiting_on_its_own_is_recorded_with_its_exit_code() {
+    let w = world().await;
     // side exits 3 on its own: the event loop records it.
-    wait_for("side exit", || {
-        w.svc.containers.get(&side).unwrap().state == ContainerState::Exited
-    });
+    let side = exited_side(&w).await;
     let s = w.svc.containers.get(&side).unwrap();
     assert_eq!((s.exit.code, s.exit.reason.as_str()), (3, "Error"));
-    // PID namespace shared with the pod: ps in side sees app's and the pause's processes.
-    let side_log = std::fs::read_to_string(logs.join("side/0.log")).unwrap();
-    assert!(side_log.contains("sleep 3600"), "{side_log}");
+}
 
-    // ExecSync: output, stderr, exit code.
-    let exec = |cmd: &[&str], timeout: i64| {
-        let svc = w.svc.clone();
-        let req = cri::ExecSyncRequest {
-            container_id: app.clone(),
-            cmd: cmd.iter().map(std::string::ToString::to_string).collect(),
-            timeout,
-        };
-        async move { svc.exec_sync_detached(req).await }
-    };
-    let r = exec(&["/bin/sh", "-c", "echo hi; echo err >&2; exit 7"], 10)
-        .await
-        .expect("ExecSync");
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn containers_share_the_pods_pid_namespace() {
+    let w = world().await;
+    app_and_side(&w).await;
+    // PID namespace shared with the pod: ps in side sees app's and the pause's processes.
+    let side_log = std::fs::read_to_string(log_of(&w, "side")).unwrap();
+    assert!(side_log.contains("sleep 3600"), "{side_log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn exec_sync_returns_stdout_stderr_and_the_exit_code() {
+    let w = world().await;
+    let (_, _, ids) = pod_with(&w, &[("app", APP)]).await;
+    let r = exec(
+        &w,
+        &ids[0],
+        &["/bin/sh", "-c", "echo hi; echo err >&2; exit 7"],
+        10,
+    )
+    .await
+    .expect("ExecSync");
     assert_eq!(
         (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
         (&b"hi\n"[..], &b"err\n"[..], 7)
     );
-    // The timeout is honoured: killed, DeadlineExceeded.
-    let e = exec(&["/bin/sleep", "600"], 1).await.unwrap_err();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn exec_sync_past_its_timeout_is_killed_and_deadline_exceeded() {
+    let w = world().await;
+    let (_, _, ids) = pod_with(&w, &[("app", APP)]).await;
+    let e = exec(&w, &ids[0], &["/bin/sleep", "600"], 1).await.unwrap_err();
     assert_eq!(
         taskd::errdefs::ErrorKind::kind(&e),
         taskd::errdefs::Kind::DeadlineExceeded,
         "{e}"
     );
-    // Many at once.
-    let all = futures::future::join_all(
-        (0..20).map(|i| exec(&["/bin/sh", "-c", if i % 2 == 0 { "true" } else { "false" }], 30)),
-    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn concurrent_exec_syncs_each_get_their_own_exit_code() {
+    let w = world().await;
+    let (_, _, ids) = pod_with(&w, &[("app", APP)]).await;
+    let all = futures::future::join_all((0..20).map(|i| {
+        exec(
+            &w,
+            &ids[0],
+            if i % 2 == 0 {
+                &["/bin/sh", "-c", "true"]
+            } else {
+                &["/bin/sh", "-c", "false"]
+            },
+            30,
+        )
+    }))
     .await;
     for (i, r) in all.into_iter().enumerate() {
         assert_eq!(r.expect("concurrent ExecSync").exit_code, (i % 2) as i32);
     }
-    // Not running: FailedPrecondition.
-    let e = w
-        .svc
-        .clone()
-        .exec_sync_detached(cri::ExecSyncRequest {
-            container_id: side.clone(),
-            cmd: vec!["true".into()],
-            timeout: 5,
-        })
-        .await
-        .unwrap_err();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn exec_sync_in_an_exited_container_is_a_failed_precondition() {
+    let w = world().await;
+    let side = exited_side(&w).await;
+    let e = exec(&w, &side, &["true"], 5).await.unwrap_err();
     assert_eq!(
         taskd::errdefs::ErrorKind::kind(&e),
         taskd::errdefs::Kind::FailedPrecondition,
         "{e}"
     );
+}
 
-    // Stats from the task's cgroup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn container_stats_come_from_the_tasks_cgroup_with_a_rate_from_the_second_sample() {
+    let w = world().await;
+    let (_, _, ids) = pod_with(&w, &[("app", APP)]).await;
+    let app = &ids[0];
     let st = w
         .svc
         .container_stats(cri::ContainerStatsRequest {
@@ -497,6 +610,13 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
         again.cpu.unwrap().usage_nano_cores.is_some(),
         "a rate from the second sample"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn list_container_stats_lists_the_pods_containers_and_no_sample_of_an_exited_one() {
+    let w = world().await;
+    let (pod, _, side) = app_and_side(&w).await;
     let list = w
         .svc
         .list_container_stats(cri::ListContainerStatsRequest {
@@ -517,7 +637,13 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
         side_stats.cpu.is_none(),
         "an exited container has no task to sample"
     );
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn pod_sandbox_stats_sum_the_pods_tasks_and_read_its_network() {
+    let w = world().await;
+    let (pod, _, _) = app_and_side(&w).await;
     // Pod stats: cpu/memory/processes summed over the pause task and running containers,
     // network from the pod's netns (eth0 from the bridge plugin), containers listed.
     let ps = w
@@ -547,6 +673,13 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
     let net = linux.network.as_ref().expect("pod network usage");
     assert_eq!(net.default_interface.as_ref().unwrap().name, "eth0");
     assert_eq!(linux.containers.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn list_pod_sandbox_stats_honours_the_label_selector() {
+    let w = world().await;
+    pod_with(&w, &[]).await;
     let listed = w
         .svc
         .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
@@ -568,7 +701,13 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
             .len(),
         1
     );
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn pod_sandbox_metrics_cover_running_containers_and_every_series_is_described() {
+    let w = world().await;
+    let (pod, app, _) = app_and_side(&w).await;
     // CRI metrics: every served series has a descriptor with as many label keys as values.
     let desc = w
         .svc
@@ -612,8 +751,14 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
             .unwrap_or_else(|| panic!("{} not described", m.name));
         assert_eq!(d.label_keys.len(), m.label_values.len(), "{}", m.name);
     }
+}
 
-    // Stop app, then remove it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn stop_and_remove_of_containers_and_the_pod_leave_no_netns_record_or_task() {
+    let w = world().await;
+    let (pod, app, _) = app_and_side(&w).await;
+    let netns_path = w.svc.sandboxes.get(&pod).unwrap().netns_path.clone();
     w.svc
         .stop_container(cri::StopContainerRequest {
             container_id: app.clone(),
@@ -628,8 +773,6 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
         })
         .await
         .expect("RemoveContainer");
-
-    let netns_path = sb.netns_path.clone();
     w.svc
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: pod.clone(),
@@ -637,31 +780,14 @@ async fn pod_with_two_containers_sharing_pids_logs_and_teardown() {
         .await
         .expect("StopPodSandbox");
     assert!(!Path::new(&netns_path).exists());
-    w.svc
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .expect("RemovePodSandbox");
-    assert!(w.svc.sandboxes.is_empty() && w.svc.containers.is_empty());
-    assert!(
-        w.tasks.list("k8s.io", "").await.unwrap().is_empty(),
-        "no task left"
-    );
+    remove_pod(&w, &pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
-async fn memory_limit_exceeded_reports_oomkilled_and_bad_command_is_a_start_error() {
+async fn memory_limit_exceeded_reports_oomkilled() {
     let w = world().await;
-    let logs = w.dir.path().join("logs");
-    for d in ["hog", "bad"] {
-        std::fs::create_dir_all(logs.join(d)).unwrap();
-    }
-    let mut pod_cfg = pod_config(&logs, cgroup_parent(w.dir.path()));
-    pod_cfg.metadata.as_mut().unwrap().name = "oom".into();
-    let pod = w.run_pod(&pod_cfg).await;
-
+    let (pod_cfg, pod) = pod_for(&w, "hog").await;
     // 32 MiB limit, then allocate far more: the kernel OOM-kills it.
     let mut hog = container(
         "hog",
@@ -675,12 +801,17 @@ async fn memory_limit_exceeded_reports_oomkilled_and_bad_command_is_a_start_erro
         ..Default::default()
     });
     let id = w.create_and_start(&pod, &pod_cfg, hog).await;
-    wait_for("hog exit", || {
-        w.svc.containers.get(&id).unwrap().state == ContainerState::Exited
-    });
+    wait_exited(&w, &id);
     let c = w.svc.containers.get(&id).unwrap();
+    remove_pod(&w, &pod).await;
     assert_eq!((c.exit.code, c.exit.reason.as_str()), (137, "OOMKilled"), "{c:?}");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn a_command_that_does_not_exist_is_a_start_error() {
+    let w = world().await;
+    let (pod_cfg, pod) = pod_for(&w, "bad").await;
     // A command that does not exist: StartContainer fails, the container shows StartError.
     let mut bad = container("bad", "");
     bad.command = vec!["/no/such/binary".into()];
@@ -714,108 +845,70 @@ async fn memory_limit_exceeded_reports_oomkilled_and_bad_command_is_a_start_erro
             );
         }
     }
+    remove_pod(&w, &pod).await;
+}
 
-    // A tty container: the console output reaches the CRI log too.
-    std::fs::create_dir_all(logs.join("tty")).unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn a_tty_containers_console_output_reaches_the_cri_log() {
+    let w = world().await;
     let mut tty = container("tty", "echo on-a-tty; [ -t 1 ] && echo is-a-terminal; sleep 3600");
     tty.tty = true;
+    let (pod_cfg, pod) = pod_for(&w, "tty").await;
     w.create_and_start(&pod, &pod_cfg, tty).await;
-    let tty_log = logs.join("tty/0.log");
+    let tty_log = log_of(&w, "tty");
     wait_for("tty output", || {
         std::fs::read_to_string(&tty_log)
             .unwrap_or_default()
             .contains("is-a-terminal")
     });
+    remove_pod(&w, &pod).await;
+}
 
-    w.svc
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })
-        .await
-        .expect("RemovePodSandbox");
-    assert!(w.svc.containers.is_empty());
-    assert!(
-        w.tasks.list("k8s.io", "").await.unwrap().is_empty(),
-        "no task left"
-    );
+/// The script of a container that logs a numbered tick every 100 ms.
+const TICKER: &str = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done";
+
+/// The CRI plugin crashes (taskd's crash: see [`World::crash_cri`]); `while_down` runs; a new
+/// CRI plugin instance loads, subscribes and recovers. The recovery report and what
+/// `while_down` returned.
+async fn crash_and_restart<T, F: std::future::Future<Output = T>>(
+    w: &mut World,
+    while_down: impl FnOnce(Arc<dyn Tasks>) -> F,
+) -> (taskd::cri::recover::Report, T) {
+    w.crash_cri();
+    let t = while_down(w.tasks.clone()).await;
+    let (report, skipped) = w.restart_cri().await;
+    assert_eq!(skipped, 0, "no corrupt record");
+    (report, t)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
-async fn cri_restart_recovers_pods_containers_logs_and_exits_while_down() {
+async fn cri_restart_recovers_the_running_pod_and_container_whose_log_goes_on_without_loss() {
     let mut w = world().await;
-    let logs = w.dir.path().join("logs");
-    for d in ["ticker", "victim", "done"] {
-        std::fs::create_dir_all(logs.join(d)).unwrap();
-    }
-    let pod_cfg = pod_config(&logs, cgroup_parent(w.dir.path()));
-    let pod = w.run_pod(&pod_cfg).await;
+    let (_, pod, ids) = pod_with(&w, &[("ticker", TICKER)]).await;
+    let ticker = &ids[0];
     let before = w.svc.sandboxes.get(&pod).unwrap();
-    let mut ids = Vec::new();
-    for (name, script) in [
-        (
-            "ticker",
-            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
-        ),
-        ("victim", "sleep 3600"),
-        ("done", "echo finished; exit 0"),
-    ] {
-        ids.push(w.create_and_start(&pod, &pod_cfg, container(name, script)).await);
-    }
-    let (ticker, victim, done) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
-    let ticker_log = logs.join("ticker/0.log");
+    let ticker_log = log_of(&w, "ticker");
     wait_for("ticks", || {
         std::fs::read_to_string(&ticker_log)
             .unwrap_or_default()
             .contains("tick 3")
     });
-    wait_for("done exits", || {
-        w.svc.containers.get(&done).unwrap().state == ContainerState::Exited
-    });
-    let ticker_pid = w.svc.containers.get(&ticker).unwrap().pid;
-
-    // The CRI plugin goes away; a record file gets corrupted; the victim dies meanwhile.
-    w.crash_cri();
-    std::fs::write(w.dir.path().join("root/cri/containers/0bad.json"), b"{\"id\": 12").unwrap();
-    w.tasks
-        .kill("k8s.io", &victim, "", 9, false)
-        .await
-        .expect("kill victim");
-    w.tasks.wait("k8s.io", &victim, "").await.expect("victim exits");
-    let lines_at_crash = std::fs::read_to_string(&ticker_log).unwrap().lines().count();
-
-    let (report, skipped) = w.restart_cri().await;
-    assert_eq!(skipped, 1, "the corrupt record is skipped, not fatal");
+    let ticker_pid = w.svc.containers.get(ticker).unwrap().pid;
+    let (report, lines_at_crash) = crash_and_restart(&mut w, |_| {
+        let lines = std::fs::read_to_string(&ticker_log).unwrap().lines().count();
+        async move { lines }
+    })
+    .await;
     assert_eq!((report.sandboxes, report.ready), (1, 1), "{report:?}");
-    assert_eq!((report.containers, report.running), (3, 1), "{report:?}");
-    // The victim's exit is found by recovery, or (when its event reaches the new event loop
-    // first) by the loop: either way it is EXITED below and reported to late subscribers.
-    assert!(report.exited_while_down <= 1, "{report:?}");
+    assert_eq!((report.containers, report.running), (1, 1), "{report:?}");
 
     let sb = w.svc.sandboxes.get(&pod).unwrap();
     assert!(sb.state.is_ready());
     assert_eq!((sb.ip.as_str(), sb.pid), (before.ip.as_str(), before.pid));
-    let t = w.svc.containers.get(&ticker).unwrap();
+    let t = w.svc.containers.get(ticker).unwrap();
     assert_eq!((t.state, t.pid), (ContainerState::Running, ticker_pid));
-    let v = w.svc.containers.get(&victim).unwrap();
-    assert_eq!(v.state, ContainerState::Exited);
-    assert_eq!((v.exit.code, v.exit.reason.as_str()), (137, "Error"));
-    assert!(v.exit.finished_at.is_some());
-    let d = w.svc.containers.get(&done).unwrap();
-    assert_eq!(
-        (d.state, d.exit.code, d.exit.reason.as_str()),
-        (ContainerState::Exited, 0, "Completed")
-    );
-
-    // GetContainerEvents after the restart reports the exit that happened while down.
-    let mut events = w.svc.events.subscribe();
-    let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
-        .await
-        .expect("a recovery event")
-        .expect("stream open");
-    assert_eq!(ev.container_id, victim);
-    assert_eq!(
-        ev.container_event_type,
-        cri::ContainerEventType::ContainerStoppedEvent as i32
-    );
 
     // The ticker's output continues in the same log file.
     wait_for("ticks after the restart", || {
@@ -833,25 +926,81 @@ async fn cri_restart_recovers_pods_containers_logs_and_exits_while_down() {
             "no line lost or repeated across the restart"
         );
     }
+    stop_and_remove_after_restart(&w, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn an_exit_while_the_cri_is_down_is_recovered_and_reported_to_late_subscribers() {
+    let mut w = world().await;
+    let (_, pod, ids) = pod_with(&w, &[("victim", "sleep 3600")]).await;
+    let victim = ids[0].clone();
+    // The victim dies while the CRI plugin is away.
+    let (report, ()) = crash_and_restart(&mut w, |tasks| {
+        let victim = victim.clone();
+        async move {
+            tasks
+                .kill("k8s.io", &victim, "", 9, false)
+                .await
+                .expect("kill victim");
+            tasks.wait("k8s.io", &victim, "").await.expect("victim exits");
+        }
+    })
+    .await;
+    assert_eq!((report.sandboxes, report.ready), (1, 1), "{report:?}");
+    assert_eq!((report.containers, report.running), (1, 0), "{report:?}");
+    // The victim's exit is found by recovery, or (when its event reaches the new event loop
+    // first) by the loop: either way it is EXITED below and reported to late subscribers.
+    assert!(report.exited_while_down <= 1, "{report:?}");
+    let v = w.svc.containers.get(&victim).unwrap();
+    assert_eq!(v.state, ContainerState::Exited);
+    assert_eq!((v.exit.code, v.exit.reason.as_str()), (137, "Error"));
+    assert!(v.exit.finished_at.is_some());
+
+    // GetContainerEvents after the restart reports the exit that happened while down.
+    let mut events = w.svc.events.subscribe();
+    let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("a recovery event")
+        .expect("stream open");
+    stop_and_remove_after_restart(&w, &pod).await;
+    assert_eq!(ev.container_id, victim);
+    assert_eq!(
+        ev.container_event_type,
+        cri::ContainerEventType::ContainerStoppedEvent as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn a_container_that_completed_before_the_cri_restart_is_recovered_completed() {
+    let mut w = world().await;
+    let (_, pod, ids) = pod_with(&w, &[("done", "echo finished; exit 0")]).await;
+    wait_exited(&w, &ids[0]);
+    let (report, ()) = crash_and_restart(&mut w, |_| async {}).await;
+    assert_eq!((report.containers, report.running), (1, 0), "{report:?}");
+    let d = w.svc.containers.get(&ids[0]).unwrap();
+    stop_and_remove_after_restart(&w, &pod).await;
+    assert_eq!(
+        (d.state, d.exit.code, d.exit.reason.as_str()),
+        (ContainerState::Exited, 0, "Completed")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root, runc, the runc shim, CNI plugins"]
+async fn a_corrupt_record_is_skipped_at_cri_restart_and_set_aside_when_the_pod_is_removed() {
+    let mut w = world().await;
+    let (_, pod, _) = pod_with(&w, &[("ticker", TICKER)]).await;
+    // The CRI plugin goes away; a record file gets corrupted.
+    w.crash_cri();
+    std::fs::write(w.dir.path().join("root/cri/containers/0bad.json"), b"{\"id\": 12").unwrap();
+    let (report, skipped) = w.restart_cri().await;
+    assert_eq!(skipped, 1, "the corrupt record is skipped, not fatal");
+    assert_eq!((report.containers, report.running), (1, 1), "{report:?}");
 
     // Everything can be stopped and removed by the new instance.
-    w.svc
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .expect("StopPodSandbox after restart");
-    w.svc
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .expect("RemovePodSandbox after restart");
-    assert!(w.svc.sandboxes.is_empty() && w.svc.containers.is_empty());
-    assert!(
-        w.tasks.list("k8s.io", "").await.unwrap().is_empty(),
-        "no task left"
-    );
+    stop_and_remove_after_restart(&w, &pod).await;
     let left: Vec<_> = std::fs::read_dir(w.dir.path().join("root/cri/containers"))
         .unwrap()
         .flatten()

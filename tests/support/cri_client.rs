@@ -57,6 +57,19 @@ pub async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::Co
     .unwrap()
 }
 
+/// PodSandboxStatus (not verbose) of pod `id`.
+pub async fn pod_status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::PodSandboxStatus {
+    rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: {e:?}"))
+    .into_inner()
+    .status
+    .unwrap()
+}
+
 /// Waits until the container has exited; returns its status.
 pub async fn exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
     let deadline = Instant::now() + Duration::from_secs(60);
