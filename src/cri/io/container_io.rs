@@ -6,27 +6,30 @@
 //! create():  mkfifo stdout, stderr (+ stdin, opened read-write by taskd and kept: the
 //!            shim keeps a write end of its own too, so the process sees EOF only after
 //!            CloseIO and taskd's end closed); open the log file
-//!            per fifo, a copier task: blocking open(O_RDONLY) on the blocking pool —
-//!            returns when the shim opens its write end during task create — then
-//!            copy() until EOF (the process and the shim's copy ended)
-//! release(): task create failed: open each fifo O_WRONLY|O_NONBLOCK and close it, which
-//!            completes a reader waiting in open() with an immediate EOF (retried until
-//!            every copier ended: a reader may not be in open() yet)
+//!            per fifo: the read end opened at once (non-blocking), then a write end taskd
+//!            holds until the task was created (`started`: the shim holds its own by
+//!            then), so no copier sees EOF before the shim came; a copier task copy()s
+//!            until EOF (the process and the shim's copy ended)
+//! release(): task create failed: taskd's write ends go, the copiers read EOF
 //! wait():    join the copiers (all output is in the log file after this)
 //! attach():  after a taskd restart: the same copiers on the fifos that already exist (the
 //!            shim keeps a read end of each open while nobody reads, so its writes never
-//!            fail and nothing written meanwhile is lost: it waits in the fifo); the stdin
+//!            fail and nothing written meanwhile is lost: it waits in the fifo); a write
+//!            end opened and closed right after each read end makes the copier see EOF
+//!            once no writer is left: a task that ended while taskd was down has none, and
+//!            its copiers read what waits and end (a blocking open() used to wait for a
+//!            writer forever there, one blocking thread per such container); the stdin
 //!            fifo, when there, is opened again
 //! taps:      each copier hands what it reads to the attached clients (`Tap`: bounded
 //!            queue per client, a slow one is dropped, the log never waits)
 //! ```
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
 use super::exec_output::mkfifo;
@@ -43,6 +46,8 @@ pub struct ContainerIo {
     taps: [Arc<Tap>; 2],
     log: Arc<LogFile>,
     copiers: Vec<JoinHandle<()>>,
+    /// taskd's write end of stdout and stderr until the task was created (`started`).
+    holds: Vec<pipe::Sender>,
 }
 
 fn open_stdin(path: &Path) -> Result<std::fs::File, LogError> {
@@ -80,7 +85,7 @@ impl ContainerIo {
         } else {
             let _ = std::fs::remove_file(&stdin_path);
         }
-        Self::attach(dir, log_path, max_line, flush_after)
+        Self::open(dir, log_path, max_line, flush_after, true)
     }
 
     /// Starts the copiers on the fifos already in `dir` (a container taskd knew before it
@@ -90,6 +95,18 @@ impl ContainerIo {
         log_path: &Path,
         max_line: usize,
         flush_after: Duration,
+    ) -> Result<ContainerIo, LogError> {
+        Self::open(dir, log_path, max_line, flush_after, false)
+    }
+
+    /// The copiers on the fifos in `dir`; with `hold`, taskd keeps a write end of each
+    /// until [`ContainerIo::started`].
+    fn open(
+        dir: &Path,
+        log_path: &Path,
+        max_line: usize,
+        flush_after: Duration,
+        hold: bool,
     ) -> Result<ContainerIo, LogError> {
         let log = LogFile::open(log_path)?;
         let stdout = dir.join("stdout");
@@ -101,20 +118,40 @@ impl ContainerIo {
             (None, None)
         };
         let taps: [Arc<Tap>; 2] = Default::default();
-        let copiers = [
+        let mut copiers = Vec::with_capacity(2);
+        let mut holds = Vec::new();
+        for (fifo, stream, tap) in [
             (stdout.clone(), Stream::Stdout, taps[0].clone()),
             (stderr.clone(), Stream::Stderr, taps[1].clone()),
-        ]
-        .into_iter()
-            .map(|(fifo, stream, tap)| {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = drain(&fifo, stream, log, max_line, flush_after, tap).await {
-                        tracing::warn!(error = %e, fifo = %fifo.display(), "container output copy ended with an error");
-                    }
-                })
-            })
-            .collect();
+        ] {
+            // Non-blocking: it never waits for a writer (see the module doc).
+            let rx = pipe::OpenOptions::new()
+                .open_receiver(&fifo)
+                .map_err(|source| LogError::Read {
+                    stream,
+                    path: fifo.clone(),
+                    source,
+                })?;
+            // A write end opened after the read end: once no writer is left, the reader
+            // sees EOF, even when no writer comes again (the task ended while taskd was
+            // down); a shim still writing keeps it going. Held until the task was created
+            // (`started`), else closed at once.
+            let ours = pipe::OpenOptions::new()
+                .open_sender(&fifo)
+                .map_err(|source| LogError::Open {
+                    path: fifo.clone(),
+                    source,
+                })?;
+            if hold {
+                holds.push(ours);
+            }
+            let log = log.clone();
+            copiers.push(tokio::spawn(async move {
+                if let Err(e) = copy(rx, stream, log, max_line, flush_after, tap).await {
+                    tracing::warn!(error = %e, fifo = %fifo.display(), "container output copy ended with an error");
+                }
+            }));
+        }
         Ok(ContainerIo {
             stdin,
             stdout,
@@ -123,6 +160,7 @@ impl ContainerIo {
             taps,
             log,
             copiers,
+            holds,
         })
     }
 
@@ -158,33 +196,24 @@ impl ContainerIo {
         &self.log
     }
 
-    /// Ends copiers whose fifo no writer will ever open (task create failed), and waits
-    /// for them. A copier may not have reached its open() yet (then the nonblocking open
-    /// fails with ENXIO), so this retries until every copier is done.
-    pub async fn release(&mut self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while self.copiers.iter().any(|h| !h.is_finished()) {
-            self.poke();
-            if std::time::Instant::now() > deadline {
-                tracing::warn!(fifo = %self.stdout.display(), "container io copiers did not end; aborting them");
-                for h in &self.copiers {
-                    h.abort();
-                }
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.wait().await;
+    /// The task was created (the shim holds its write ends): taskd lets go of its own.
+    pub fn started(&mut self) {
+        self.holds.clear();
     }
 
-    /// One nonblocking open+close of each write end: a reader blocked in open() gets EOF.
-    fn poke(&self) {
-        for p in [&self.stdout, &self.stderr] {
-            let _ = OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(p);
+    /// Ends the copiers: taskd's write ends go (task create failed, or the task is gone),
+    /// and the copiers are waited for, up to 10 s (a process that left a child holding
+    /// its output open keeps them going), then stopped.
+    pub async fn release(&mut self) {
+        self.holds.clear();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for h in &mut self.copiers {
+            if tokio::time::timeout_at(deadline, &mut *h).await.is_err() {
+                tracing::warn!(fifo = %self.stdout.display(), "container io copiers did not end; aborting them");
+                h.abort();
+            }
         }
+        self.copiers.clear();
     }
 
     /// Stops copying without draining: the fifos and what waits in them stay for whoever
@@ -201,45 +230,6 @@ impl ContainerIo {
             let _ = h.await;
         }
     }
-}
-
-impl Drop for ContainerIo {
-    fn drop(&mut self) {
-        // Copiers end at EOF on their own; a copier still running when its owner is gone
-        // would leak, so make sure none waits forever in open().
-        if self.copiers.iter().any(|h| !h.is_finished()) {
-            self.poke();
-        }
-    }
-}
-
-async fn drain(
-    fifo: &Path,
-    stream: Stream,
-    log: Arc<LogFile>,
-    max_line: usize,
-    flush_after: Duration,
-    tap: Arc<Tap>,
-) -> Result<u64, LogError> {
-    let path = fifo.to_owned();
-    let file = tokio::task::spawn_blocking(move || OpenOptions::new().read(true).open(&path))
-        .await
-        .map_err(|e| LogError::Read {
-            stream,
-            path: fifo.to_owned(),
-            source: std::io::Error::other(e.to_string()),
-        })?
-        .map_err(|source| LogError::Read {
-            stream,
-            path: fifo.to_owned(),
-            source,
-        })?;
-    let rx = tokio::net::unix::pipe::Receiver::from_file(file).map_err(|source| LogError::Read {
-        stream,
-        path: fifo.to_owned(),
-        source,
-    })?;
-    copy(rx, stream, log, max_line, flush_after, tap).await
 }
 
 #[cfg(test)]
@@ -268,11 +258,52 @@ mod tests {
             e.write_all(b"oops\n").unwrap();
         });
         w.join().unwrap();
+        io.started();
         io.wait().await;
         let text = std::fs::read_to_string(&log).unwrap();
         let mut lines: Vec<&str> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
         lines.sort();
         assert_eq!(lines, ["stderr F oops", "stdout F hello", "stdout P world"]);
+    }
+
+    /// After a restart, a container whose task ended while taskd was down has fifos no
+    /// writer will ever open again: the copiers take what waits and end (they used to wait
+    /// in open() forever, each holding a blocking thread).
+    #[tokio::test(flavor = "current_thread")]
+    async fn attach_to_fifos_without_a_writer_ends_the_copiers() {
+        let dir = tempfile::tempdir().unwrap();
+        let io_dir = dir.path().join("io");
+        let log = dir.path().join("c.log");
+        let mut first = ContainerIo::create(&io_dir, &log, 1024, Duration::from_secs(60), false).unwrap();
+        first.abort();
+        drop(first);
+        let mut again = ContainerIo::attach(&io_dir, &log, 1024, Duration::from_secs(60)).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), again.wait())
+            .await
+            .expect("copiers ended");
+    }
+
+    /// A shim write end that came and went before the copier task ran: what it wrote is
+    /// in the log.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_writer_that_came_and_went_before_the_copier_ran_is_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("c.log");
+        let mut io =
+            ContainerIo::create(&dir.path().join("io"), &log, 1024, Duration::from_secs(60), false).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&io.stdout)
+            .unwrap()
+            .write_all(b"quick\n")
+            .unwrap();
+        drop(OpenOptions::new().write(true).open(&io.stderr).unwrap());
+        io.started();
+        tokio::time::timeout(Duration::from_secs(5), io.wait())
+            .await
+            .expect("copiers ended");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.ends_with(" stdout F quick\n"), "{text:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

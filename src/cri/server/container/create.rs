@@ -464,7 +464,8 @@ impl CriService {
             return Err(e);
         }
         rollback.disarm();
-        if let Some(io) = io {
+        if let Some(mut io) = io {
+            io.started();
             let log = io.log().clone();
             let _ = self.containers.update(&id, |c| {
                 c.log = Some(log);
