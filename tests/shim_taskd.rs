@@ -1096,10 +1096,12 @@ fn hundred_cycles_leak_nothing() {
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let prefix = d.dir.to_string_lossy().into_owned();
-    assert!(
-        !mounts.lines().any(|l| l.contains(&prefix)),
-        "mounts left under {prefix}"
-    );
+    // (The daemon's one sealed runc copy is there by design while it runs.)
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(&prefix) && !l.contains("/.sealed-runc "))
+        .collect();
+    assert!(left.is_empty(), "mounts left under {prefix}: {left:?}");
     for sub in ["memory", "pids", "cpu", ""] {
         let cg = Path::new("/sys/fs/cgroup").join(sub).join(&ns);
         let left: Vec<_> = std::fs::read_dir(&cg)

@@ -214,6 +214,8 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .filter(|m| m.starts_with(&prefix))
+        // The daemon's one sealed runc copy is there by design while it runs.
+        .filter(|m| !m.ends_with("/.sealed-runc"))
         .map(str::to_owned)
         .collect()
 }
