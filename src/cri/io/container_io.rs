@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
-use super::exec_output::mkfifo;
+use super::exec_output::{mkfifo, open_reader};
 use super::{LogError, LogFile, Stream, Tap, copy};
 
 /// The fifos and copiers of one container.
@@ -124,24 +124,10 @@ impl ContainerIo {
             (stdout.clone(), Stream::Stdout, taps[0].clone()),
             (stderr.clone(), Stream::Stderr, taps[1].clone()),
         ] {
-            // Non-blocking: it never waits for a writer (see the module doc).
-            let rx = pipe::OpenOptions::new()
-                .open_receiver(&fifo)
-                .map_err(|source| LogError::Read {
-                    stream,
-                    path: fifo.clone(),
-                    source,
-                })?;
-            // A write end opened after the read end: once no writer is left, the reader
-            // sees EOF, even when no writer comes again (the task ended while taskd was
-            // down); a shim still writing keeps it going. Held until the task was created
-            // (`started`), else closed at once.
-            let ours = pipe::OpenOptions::new()
-                .open_sender(&fifo)
-                .map_err(|source| LogError::Open {
-                    path: fifo.clone(),
-                    source,
-                })?;
+            // taskd's write end is held until the task was created (`started`), else
+            // closed at once: a task that ended while taskd was down leaves no writer, and
+            // the copier reads what waits and ends; a shim still writing keeps it going.
+            let (rx, ours) = open_reader(&fifo)?;
             if hold {
                 holds.push(ours);
             }

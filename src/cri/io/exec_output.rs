@@ -59,6 +59,19 @@ pub(super) fn mkfifo(path: &Path) -> Result<(), LogError> {
     })
 }
 
+/// `path`'s read end opened at once (non-blocking: it never waits for a writer), with a
+/// write end of taskd's own opened behind it. While that one is held the reader sees no
+/// EOF; once no writer is left it does, even when no writer ever comes again.
+pub(super) fn open_reader(path: &Path) -> Result<(pipe::Receiver, pipe::Sender), LogError> {
+    let open_err = |source| LogError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let rx = pipe::OpenOptions::new().open_receiver(path).map_err(open_err)?;
+    let ours = pipe::OpenOptions::new().open_sender(path).map_err(open_err)?;
+    Ok((rx, ours))
+}
+
 /// A reader dropping everything (an output the client did not ask for: the shim still needs
 /// its fifo drained).
 pub fn discard() -> Reader {
@@ -128,14 +141,8 @@ impl ExecOutput {
             let Some(reader) = reader else { continue };
             let p = dir.join(name);
             mkfifo(&p)?;
-            let open_err = |source| LogError::Open {
-                path: p.clone(),
-                source,
-            };
-            // Read end first (a non-blocking open needs no writer), then ours.
-            let rx = pipe::OpenOptions::new().open_receiver(&p).map_err(open_err)?;
-            out.holds
-                .push(pipe::OpenOptions::new().open_sender(&p).map_err(open_err)?);
+            let (rx, ours) = open_reader(&p)?;
+            out.holds.push(ours);
             out.readers[i] = Some(tokio::spawn(reader(rx)));
             if i == 0 {
                 out.stdout = Some(p);
